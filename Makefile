@@ -1,0 +1,27 @@
+# The two commands of the quick start: `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install run test lint bench bench-quick clean
+
+install:
+	@scripts/bootstrap.sh
+
+run: install
+	cd examples/chat && ../../$(PY) manage.py migrate --noinput -v 0 && \
+	  ../../$(VENV)/bin/cdaphne -b 127.0.0.1 -p 8000 chat_project.asgi:application
+
+test: install
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check python tests
+
+bench: install
+	$(PY) -m bench --full
+
+bench-quick: install
+	$(PY) -m bench --quick
+
+clean:
+	rm -rf build python/cdaphne/*.so $(VENV)

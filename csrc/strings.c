@@ -1,0 +1,72 @@
+/* Module state: interned strings, constants, traverse and clear. */
+#include "internal.h"
+
+int
+cd_strings_init(cd_state *st)
+{
+#define CD_INIT_STR(name, text)                                            \
+    st->name = PyUnicode_InternFromString(text);                           \
+    if (st->name == NULL) {                                                \
+        return -1;                                                         \
+    }
+    CD_STRINGS(CD_INIT_STR)
+#undef CD_INIT_STR
+
+    st->empty_bytes = PyBytes_FromStringAndSize("", 0);
+    st->empty_tuple = PyTuple_New(0);
+    st->kwnames_eager = Py_BuildValue("(OO)", st->s_loop, st->s_eager_start);
+    st->kwnames_loop = Py_BuildValue("(O)", st->s_loop);
+    st->asgi_dict = Py_BuildValue("{OOOO}", st->s_version, st->s_v3_0,
+                                  st->s_spec_version, st->s_v2_3);
+    if (!st->empty_bytes || !st->empty_tuple || !st->kwnames_eager ||
+        !st->kwnames_loop || !st->asgi_dict) {
+        return -1;
+    }
+
+    PyObject *asyncio = PyImport_ImportModule("asyncio");
+    if (asyncio == NULL) {
+        return -1;
+    }
+    st->asyncio_Task = PyObject_GetAttrString(asyncio, "Task");
+    st->asyncio_CancelledError =
+        PyObject_GetAttrString(asyncio, "CancelledError");
+    Py_DECREF(asyncio);
+    if (!st->asyncio_Task || !st->asyncio_CancelledError) {
+        return -1;
+    }
+    return 0;
+}
+
+int
+cd_state_traverse(cd_state *st, visitproc visit, void *arg)
+{
+    Py_VISIT(st->LoopCore_type);
+    Py_VISIT(st->Server_type);
+    Py_VISIT(st->HttpCycle_type);
+    Py_VISIT(st->WsCycle_type);
+    Py_VISIT(st->Waiter_type);
+    Py_VISIT(st->asyncio_Task);
+    Py_VISIT(st->asyncio_CancelledError);
+    Py_VISIT(st->asgi_dict);
+    return 0;
+}
+
+void
+cd_state_clear(cd_state *st)
+{
+    Py_CLEAR(st->LoopCore_type);
+    Py_CLEAR(st->Server_type);
+    Py_CLEAR(st->HttpCycle_type);
+    Py_CLEAR(st->WsCycle_type);
+    Py_CLEAR(st->Waiter_type);
+    Py_CLEAR(st->asyncio_Task);
+    Py_CLEAR(st->asyncio_CancelledError);
+    Py_CLEAR(st->empty_bytes);
+    Py_CLEAR(st->empty_tuple);
+    Py_CLEAR(st->asgi_dict);
+    Py_CLEAR(st->kwnames_eager);
+    Py_CLEAR(st->kwnames_loop);
+#define CD_CLEAR_STR(name, text) Py_CLEAR(st->name);
+    CD_STRINGS(CD_CLEAR_STR)
+#undef CD_CLEAR_STR
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs whatever is missing for building, running and testing cdaphne:
+# Debian packages, a virtualenv on the newest CPython >= 3.12 found (else
+# python3), and the package itself in editable mode with its test extras.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES="build-essential pkg-config libuv1-dev libwslay-dev node-llhttp libssl-dev
+redis-server wrk chromium chromium-driver"
+VENV=${VENV:-.venv}
+
+missing=()
+for p in $APT_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "bootstrap: installing Debian packages: ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+pick_python() {
+    local best="" v
+    for cand in "${PYTHON:-}" "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python3 \
+        python3.14 python3.13 python3.12; do
+        [ -n "$cand" ] || continue
+        command -v "$cand" >/dev/null 2>&1 || [ -x "$cand" ] || continue
+        v=$("$cand" -c 'import sys; print(sys.version_info >= (3, 12))' 2>/dev/null) || continue
+        [ "$v" = True ] || continue
+        if [ -z "$best" ] || [ "$("$cand" -c 'import sys; print(sys.version_info[:2])')" \> \
+            "$("$best" -c 'import sys; print(sys.version_info[:2])')" ]; then
+            best=$cand
+        fi
+    done
+    echo "${best:-python3}"
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+    py=$(pick_python)
+    echo "bootstrap: creating $VENV with $py ($("$py" --version))"
+    "$py" -m venv "$VENV"
+fi
+
+stamp="$VENV/.installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
+    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    touch "$stamp"
+fi
+# The C sources change more often than the metadata: rebuild in place.
+"$VENV/bin/python" setup.py -q build_ext --inplace 2>&1 | grep -v -E '^(running|copying|creating)' || true

@@ -1,0 +1,76 @@
+"""Build the C extension. Metadata lives in pyproject.toml."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+from setuptools import Extension, setup
+
+LLHTTP_SRC = "/usr/share/llhttp"
+LLHTTP_INC = "/usr/share/include/llhttp"
+WSLAY_INC = "/usr/include/wslay"
+
+
+def fail(what: str, package: str) -> None:
+    sys.exit(f"cdaphne: {what} not found; install it with: apt-get install {package}")
+
+
+def pkg_config(name: str, package: str) -> tuple[list[str], list[str], list[str]]:
+    if shutil.which("pkg-config") is None:
+        fail("pkg-config", "pkg-config")
+    try:
+        cflags = subprocess.check_output(["pkg-config", "--cflags", name], text=True).split()
+        libs = subprocess.check_output(["pkg-config", "--libs", name], text=True).split()
+    except subprocess.CalledProcessError:
+        fail(name, package)
+    incs = [f[2:] for f in cflags if f.startswith("-I")]
+    libdirs = [f[2:] for f in libs if f.startswith("-L")]
+    names = [f[2:] for f in libs if f.startswith("-l")]
+    return incs, libdirs, names
+
+
+def extensions() -> list[Extension]:
+    if not os.path.exists(os.path.join(LLHTTP_SRC, "llhttp.c")):
+        fail("llhttp C sources", "node-llhttp")
+    if not os.path.exists(os.path.join(WSLAY_INC, "wslay.h")):
+        fail("wslay", "libwslay-dev")
+    uv_inc, uv_dirs, uv_libs = pkg_config("libuv", "libuv1-dev")
+    ssl_inc, ssl_dirs, ssl_libs = pkg_config("libcrypto", "libssl-dev")
+    debug = os.environ.get("CDAPHNE_DEBUG") == "1"
+    cflags = ["-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"]
+    if debug:
+        cflags += ["-O0", "-g", "-UNDEBUG"]
+    else:
+        cflags += ["-O2"]
+    if os.environ.get("CDAPHNE_ASAN") == "1":
+        cflags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+    core_sources = sorted(
+        os.path.join("csrc", f)
+        for f in os.listdir("csrc")
+        if f.endswith(".c") and not f.startswith("layer")
+    )
+    core = Extension(
+        "cdaphne._cdaphne",
+        sources=core_sources
+        + [os.path.join(LLHTTP_SRC, f) for f in ("llhttp.c", "api.c", "http.c")],
+        include_dirs=["csrc", LLHTTP_INC, *uv_inc, *ssl_inc],
+        library_dirs=[*uv_dirs, *ssl_dirs],
+        libraries=[*uv_libs, "wslay", *ssl_libs],
+        extra_compile_args=cflags,
+        extra_link_args=["-fsanitize=address"] if os.environ.get("CDAPHNE_ASAN") == "1" else [],
+    )
+    exts = [core]
+    if os.path.exists("csrc/layer.c"):
+        exts.append(
+            Extension(
+                "cdaphne._layer",
+                sources=["csrc/layer.c"],
+                include_dirs=["csrc"],
+                extra_compile_args=cflags,
+            )
+        )
+    return exts
+
+
+setup(ext_modules=extensions())
