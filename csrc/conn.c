@@ -54,9 +54,6 @@ cd_conn_close(cd_conn_t *c)
     if (c->cycle != NULL) {
         cd_cycle_on_disconnect(c->cycle);
     }
-    if (c->ws != NULL) {
-        /* websocket.c hooks in here once it exists. */
-    }
     uv_close(&c->io.handle, conn_on_handle_close);
     uv_close((uv_handle_t *)&c->timer, conn_on_handle_close);
 }
@@ -106,7 +103,8 @@ conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     c->in.len += (size_t)nread;
     if (c->state == CD_CONN_UPGRADED) {
-        return; /* websocket.c reads from here once it exists. */
+        cd_ws_on_read(c);
+        return;
     }
     cd_http1_parse(c);
 }

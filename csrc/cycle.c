@@ -54,7 +54,7 @@ msg_disconnect(cd_state *st)
 /* New reference to the next message for receive(), or NULL without an
  * exception when the app has to wait. */
 static PyObject *
-take_message(cd_http_cycle_t *cy)
+take_message(cd_cycle_t *cy)
 {
     cd_state *st = cy->st;
     if (!cy->body_delivered && !cy->disconnected) {
@@ -89,7 +89,7 @@ take_message(cd_http_cycle_t *cy)
 
 /* A receive() is waiting and something changed: give it its message. */
 static void
-wake_receiver(cd_http_cycle_t *cy)
+wake_receiver(cd_cycle_t *cy)
 {
     if (cy->recv_fut == NULL) {
         return;
@@ -111,7 +111,7 @@ wake_receiver(cd_http_cycle_t *cy)
 }
 
 static void
-wake_sender(cd_http_cycle_t *cy)
+wake_sender(cd_cycle_t *cy)
 {
     if (cy->send_fut == NULL) {
         return;
@@ -125,19 +125,19 @@ wake_sender(cd_http_cycle_t *cy)
 }
 
 void
-cd_cycle_on_body(cd_http_cycle_t *cy)
+cd_cycle_on_body(cd_cycle_t *cy)
 {
     wake_receiver(cy);
 }
 
 void
-cd_cycle_on_drain(cd_http_cycle_t *cy)
+cd_cycle_on_drain(cd_cycle_t *cy)
 {
     wake_sender(cy);
 }
 
 static PyObject *
-cycle_cancel_task(cd_http_cycle_t *cy, PyObject *unused)
+cycle_cancel_task(cd_cycle_t *cy, PyObject *unused)
 {
     if (cy->task != NULL) {
         PyObject *r = PyObject_CallMethodNoArgs(cy->task, cy->st->s_cancel);
@@ -154,8 +154,8 @@ static PyMethodDef cancel_def = {"_cancel_task",
                                  NULL};
 
 /* The app may outlive its connection by application_close_timeout. */
-static void
-arm_close_timeout(cd_http_cycle_t *cy)
+void
+cd_cycle_arm_close_timeout(cd_cycle_t *cy)
 {
     if (cy->task == NULL || cy->close_handle != NULL) {
         return;
@@ -175,21 +175,25 @@ arm_close_timeout(cd_http_cycle_t *cy)
 }
 
 void
-cd_cycle_on_disconnect(cd_http_cycle_t *cy)
+cd_cycle_on_disconnect(cd_cycle_t *cy)
 {
     if (cy->disconnected) {
         return;
     }
     cy->disconnected = 1;
+    if (cy->kind == CD_CYCLE_WS) {
+        cd_ws_on_close(cy);
+        return;
+    }
     wake_receiver(cy);
     wake_sender(cy);
     if (cy->resp != CD_RESP_DONE) {
-        arm_close_timeout(cy);
+        cd_cycle_arm_close_timeout(cy);
     }
 }
 
-static void
-log_access(cd_http_cycle_t *cy, int status)
+void
+cd_cycle_log_access(cd_cycle_t *cy, int status)
 {
     cd_server_t *srv = cy->server;
     if (srv->action_logger == NULL) {
@@ -221,8 +225,8 @@ log_access(cd_http_cycle_t *cy, int status)
 }
 
 /* The response can no longer come from the app: answer it ourselves. */
-static void
-respond_error(cd_http_cycle_t *cy, int status, const char *body)
+void
+cd_cycle_respond_error(cd_cycle_t *cy, int status, const char *body)
 {
     cd_conn_t *c = cy->conn;
     if (c == NULL || cy->disconnected) {
@@ -230,7 +234,7 @@ respond_error(cd_http_cycle_t *cy, int status, const char *body)
     }
     if (cy->resp == CD_RESP_START || cy->resp == CD_RESP_HEAD) {
         cy->resp = CD_RESP_DONE;
-        log_access(cy, status);
+        cd_cycle_log_access(cy, status);
         cd_http1_simple_response(c, status, body);
     }
     else if (cy->resp == CD_RESP_BODY) {
@@ -241,16 +245,16 @@ respond_error(cd_http_cycle_t *cy, int status, const char *body)
 }
 
 void
-cd_cycle_on_timeout(cd_http_cycle_t *cy)
+cd_cycle_on_timeout(cd_cycle_t *cy)
 {
     /* --http-timeout: Daphne answers 503 if nothing was sent yet. */
-    respond_error(cy, 503, "Service Unavailable");
+    cd_cycle_respond_error(cy, 503, "Service Unavailable");
 }
 
 /* ---- receive ------------------------------------------------------ */
 
 static PyObject *
-cycle_receive(cd_http_cycle_t *cy, PyObject *unused)
+cycle_receive(cd_cycle_t *cy, PyObject *unused)
 {
     PyObject *msg = take_message(cy);
     if (msg != NULL) {
@@ -297,8 +301,8 @@ has_crlf(const char *p, Py_ssize_t n)
     return 0;
 }
 
-static int
-on_response_start(cd_http_cycle_t *cy, PyObject *msg)
+int
+cd_cycle_response_start(cd_cycle_t *cy, PyObject *msg)
 {
     cd_state *st = cy->st;
     if (cy->resp != CD_RESP_START) {
@@ -365,7 +369,7 @@ on_response_start(cd_http_cycle_t *cy, PyObject *msg)
  * whether the first body message is also the last (then the length is
  * known). */
 static int
-build_head(cd_http_cycle_t *cy, Py_ssize_t first_len, int final, char **out,
+build_head(cd_cycle_t *cy, Py_ssize_t first_len, int final, char **out,
            size_t *outlen)
 {
     cd_server_t *srv = cy->server;
@@ -489,8 +493,8 @@ build_head(cd_http_cycle_t *cy, Py_ssize_t first_len, int final, char **out,
 /* Room for a chunk-size line after the head: "%zx\r\n". */
 #define CD_CHUNK_PREFIX 20
 
-static int
-on_response_body(cd_http_cycle_t *cy, PyObject *msg)
+int
+cd_cycle_response_body(cd_cycle_t *cy, PyObject *msg)
 {
     cd_state *st = cy->st;
     if (cy->resp == CD_RESP_START) {
@@ -627,7 +631,7 @@ on_response_body(cd_http_cycle_t *cy, PyObject *msg)
             cy->sent < (uint64_t)cy->content_length && !bodyless) {
             keep = 0; /* Short body: the client can't find the end. */
         }
-        log_access(cy, cy->status);
+        cd_cycle_log_access(cy, cy->status);
         /* Keep ourselves alive: the conn drops its reference. */
         Py_INCREF(cy);
         cd_http1_response_done(c, keep);
@@ -638,7 +642,7 @@ on_response_body(cd_http_cycle_t *cy, PyObject *msg)
 }
 
 static PyObject *
-cycle_send(cd_http_cycle_t *cy, PyObject *msg)
+cycle_send(cd_cycle_t *cy, PyObject *msg)
 {
     cd_state *st = cy->st;
     if (!PyDict_Check(msg)) {
@@ -656,12 +660,12 @@ cycle_send(cd_http_cycle_t *cy, PyObject *msg)
     if (type == st->s_http_response_body ||
         (PyUnicode_Check(type) &&
          PyUnicode_Compare(type, st->s_http_response_body) == 0)) {
-        r = on_response_body(cy, msg);
+        r = cd_cycle_response_body(cy, msg);
     }
     else if (type == st->s_http_response_start ||
              (PyUnicode_Check(type) &&
               PyUnicode_Compare(type, st->s_http_response_start) == 0)) {
-        r = on_response_start(cy, msg);
+        r = cd_cycle_response_start(cy, msg);
     }
     else {
         PyErr_Format(PyExc_ValueError,
@@ -689,14 +693,39 @@ cycle_send(cd_http_cycle_t *cy, PyObject *msg)
 
 /* ---- the app's task ----------------------------------------------- */
 
+/* A WebSocket app finished: log its exception, close as it deserves. */
 static void
-on_task_done(cd_http_cycle_t *cy, PyObject *task)
+on_ws_task_done(cd_cycle_t *cy, PyObject *task, int cancelled)
+{
+    PyObject *exc = NULL;
+    if (!cancelled) {
+        exc = PyObject_CallMethodNoArgs(task, cy->st->s_exception);
+        if (exc == NULL) {
+            cd_log_exception("Exception inside application");
+        }
+        else if (exc == Py_None) {
+            Py_CLEAR(exc);
+        }
+        else {
+            PyErr_SetRaisedException(Py_NewRef(exc));
+            cd_log_exception("Exception inside application");
+        }
+    }
+    cd_ws_on_task_done(cy, exc);
+    Py_XDECREF(exc);
+}
+
+static void
+on_task_done(cd_cycle_t *cy, PyObject *task)
 {
     cd_state *st = cy->st;
     PyObject *r = PyObject_CallMethodNoArgs(task, st->s_cancelled);
     int cancelled = r ? PyObject_IsTrue(r) : 0;
     Py_XDECREF(r);
-    if (!cancelled) {
+    if (cy->kind == CD_CYCLE_WS) {
+        on_ws_task_done(cy, task, cancelled);
+    }
+    else if (!cancelled) {
         PyObject *exc = PyObject_CallMethodNoArgs(task, st->s_exception);
         if (exc == NULL) {
             cd_log_exception("Exception inside application");
@@ -704,7 +733,7 @@ on_task_done(cd_http_cycle_t *cy, PyObject *task)
         else if (exc != Py_None) {
             PyErr_SetRaisedException(exc);
             cd_log_exception("Exception inside application");
-            respond_error(cy, 500, "Internal Server Error");
+            cd_cycle_respond_error(cy, 500, "Internal Server Error");
         }
         else {
             Py_DECREF(exc);
@@ -713,12 +742,12 @@ on_task_done(cd_http_cycle_t *cy, PyObject *task)
                                 "ASGI application returned without "
                                 "completing the response");
                 cd_log_exception("Application error");
-                respond_error(cy, 500, "Internal Server Error");
+                cd_cycle_respond_error(cy, 500, "Internal Server Error");
             }
         }
     }
     else {
-        respond_error(cy, 500, "Internal Server Error");
+        cd_cycle_respond_error(cy, 500, "Internal Server Error");
     }
     if (cy->close_handle != NULL) {
         PyObject *x = PyObject_CallMethodNoArgs(cy->close_handle,
@@ -731,31 +760,43 @@ on_task_done(cd_http_cycle_t *cy, PyObject *task)
 }
 
 static PyObject *
-cycle_task_done(cd_http_cycle_t *cy, PyObject *task)
+cycle_task_done(cd_cycle_t *cy, PyObject *task)
 {
     on_task_done(cy, task);
     Py_RETURN_NONE;
+}
+
+static PyObject *
+ws_receive(cd_cycle_t *cy, PyObject *unused)
+{
+    return cd_ws_receive(cy);
 }
 
 static PyMethodDef receive_def = {"receive", (PyCFunction)cycle_receive,
                                   METH_NOARGS, NULL};
 static PyMethodDef send_def = {"send", (PyCFunction)cycle_send, METH_O,
                                NULL};
+static PyMethodDef ws_receive_def = {"receive", (PyCFunction)ws_receive,
+                                     METH_NOARGS, NULL};
+static PyMethodDef ws_send_def = {"send", (PyCFunction)cd_ws_send, METH_O,
+                                  NULL};
 static PyMethodDef done_def = {"_task_done", (PyCFunction)cycle_task_done,
                                METH_O, NULL};
 
 int
 cd_cycle_start(PyObject *obj)
 {
-    cd_http_cycle_t *cy = (cd_http_cycle_t *)obj;
+    cd_cycle_t *cy = (cd_cycle_t *)obj;
     cd_state *st = cy->st;
     cd_server_t *srv = cy->server;
     if (cy->disconnected && cy->resp == CD_RESP_START &&
         cy->conn == NULL) {
         /* Gone before its app started: nothing to serve. */
     }
-    PyObject *receive = PyCFunction_New(&receive_def, obj);
-    PyObject *send = PyCFunction_New(&send_def, obj);
+    int ws = cy->kind == CD_CYCLE_WS;
+    PyObject *receive = PyCFunction_New(ws ? &ws_receive_def : &receive_def,
+                                        obj);
+    PyObject *send = PyCFunction_New(ws ? &ws_send_def : &send_def, obj);
     PyObject *coro = NULL, *task = NULL;
     if (receive == NULL || send == NULL) {
         goto error;
@@ -812,16 +853,21 @@ error:
         Py_DECREF(coro);
     }
     cd_log_exception("Exception inside application");
-    respond_error(cy, 500, "Internal Server Error");
+    if (cy->kind == CD_CYCLE_WS) {
+        cd_ws_on_task_done(cy, Py_None);
+    }
+    else {
+        cd_cycle_respond_error(cy, 500, "Internal Server Error");
+    }
     return 0;
 }
 
-cd_http_cycle_t *
+cd_cycle_t *
 cd_cycle_new(cd_conn_t *c, PyObject *scope)
 {
     cd_server_t *srv = c->server;
-    cd_http_cycle_t *cy =
-        PyObject_GC_New(cd_http_cycle_t, srv->st->HttpCycle_type);
+    cd_cycle_t *cy =
+        PyObject_GC_New(cd_cycle_t, srv->st->Cycle_type);
     if (cy == NULL) {
         return NULL;
     }
@@ -843,7 +889,7 @@ cd_cycle_new(cd_conn_t *c, PyObject *scope)
 }
 
 static int
-cycle_traverse(cd_http_cycle_t *cy, visitproc visit, void *arg)
+cycle_traverse(cd_cycle_t *cy, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(cy));
     Py_VISIT(cy->server);
@@ -857,7 +903,7 @@ cycle_traverse(cd_http_cycle_t *cy, visitproc visit, void *arg)
 }
 
 static int
-cycle_clear(cd_http_cycle_t *cy)
+cycle_clear(cd_cycle_t *cy)
 {
     Py_CLEAR(cy->scope);
     Py_CLEAR(cy->task);
@@ -869,12 +915,15 @@ cycle_clear(cd_http_cycle_t *cy)
 }
 
 static void
-cycle_dealloc(cd_http_cycle_t *cy)
+cycle_dealloc(cd_cycle_t *cy)
 {
     PyTypeObject *tp = Py_TYPE(cy);
     PyObject_GC_UnTrack(cy);
     cycle_clear(cy);
     cd_buf_dispose(&cy->body);
+    if (cy->ws != NULL) {
+        cd_ws_free(cy->ws);
+    }
     Py_CLEAR(cy->server);
     tp->tp_free(cy);
     Py_DECREF(tp);
@@ -888,8 +937,8 @@ static PyType_Slot cycle_slots[] = {
 };
 
 static PyType_Spec cycle_spec = {
-    .name = "cdaphne._cdaphne.HttpCycle",
-    .basicsize = sizeof(cd_http_cycle_t),
+    .name = "cdaphne._cdaphne.Cycle",
+    .basicsize = sizeof(cd_cycle_t),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
              Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = cycle_slots,
@@ -898,7 +947,7 @@ static PyType_Spec cycle_spec = {
 int
 cd_cycle_type_init(PyObject *module, cd_state *st)
 {
-    st->HttpCycle_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+    st->Cycle_type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &cycle_spec, NULL);
-    return st->HttpCycle_type ? 0 : -1;
+    return st->Cycle_type ? 0 : -1;
 }

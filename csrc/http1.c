@@ -169,24 +169,32 @@ on_headers_complete(llhttp_t *p)
         p->content_length > srv->cfg.max_body) {
         return fail(p, 413);
     }
-    if (!c->ws_upgrade) {
+    int websocket = c->ws_upgrade && p->upgrade;
+    if (!websocket) {
         /* Upgrades other than WebSocket (h2c...) are plain requests. */
         p->upgrade = 0;
     }
-    else {
-        /* WebSocket arrives with the websocket issue; until then refuse
-         * it with a clear answer. */
-        p->upgrade = 0;
-    }
-    PyObject *scope = cd_scope_http(c, "http");
+    PyObject *scope = cd_scope_http(c, websocket ? "websocket" : "http");
     Py_CLEAR(c->headers); /* The scope has them now. */
     if (scope == NULL) {
         return fail(p, 500);
     }
-    cd_http_cycle_t *cy = cd_cycle_new(c, scope);
+    cd_cycle_t *cy = cd_cycle_new(c, scope);
     Py_DECREF(scope);
     if (cy == NULL) {
         return fail(p, 500);
+    }
+    if (websocket) {
+        int status = cd_ws_begin(c, cy);
+        if (status) {
+            Py_DECREF(cy);
+            return fail(p, status);
+        }
+        c->cycle = cy;
+        if (cd_loop_defer_start(srv->loop, (PyObject *)cy) < 0) {
+            return fail(p, 500);
+        }
+        return 0;
     }
     c->cycle = cy; /* The conn's strong reference. */
     c->state = CD_CONN_ACTIVE;
@@ -203,7 +211,7 @@ static int
 on_body(llhttp_t *p, const char *at, size_t n)
 {
     cd_conn_t *c = cd_container_of(p, cd_conn_t, parser);
-    cd_http_cycle_t *cy = c->cycle;
+    cd_cycle_t *cy = c->cycle;
     if (cy == NULL || cy->disconnected) {
         return 0; /* The response is done: drop the rest. */
     }
@@ -255,7 +263,7 @@ cd_http1_release_request(cd_conn_t *c)
 {
     Py_CLEAR(c->headers);
     if (c->cycle != NULL) {
-        cd_http_cycle_t *cy = c->cycle;
+        cd_cycle_t *cy = c->cycle;
         c->cycle = NULL;
         cy->conn = NULL;
         Py_DECREF(cy);
@@ -284,9 +292,12 @@ cd_http1_parse(cd_conn_t *c)
         c->in.len = 0;
         return;
     }
-    if (err == HPE_PAUSED) {
+    if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
         const char *pos = llhttp_get_error_pos(&c->parser);
         cd_buf_consume(&c->in, (size_t)(pos - c->in.base));
+        if (c->state == CD_CONN_UPGRADED) {
+            return; /* The rest is WebSocket frames. */
+        }
         if (c->in.len > c->server->cfg.max_head) {
             cd_conn_read_stop(c);
         }
@@ -299,7 +310,10 @@ cd_http1_parse(cd_conn_t *c)
         return;
     }
     const char *body = "Bad Request";
-    if (status == 431) {
+    if (status == 426) {
+        body = "WebSocket version 13 required";
+    }
+    else if (status == 431) {
         body = "Request Header Fields Too Large";
     }
     else if (status == 413) {
@@ -321,6 +335,10 @@ cd_http1_on_eof(cd_conn_t *c)
 void
 cd_http1_on_timeout(cd_conn_t *c)
 {
+    if (c->state == CD_CONN_UPGRADED) {
+        cd_ws_on_timeout(c);
+        return;
+    }
     if (c->state == CD_CONN_ACTIVE && c->cycle != NULL) {
         cd_cycle_on_timeout(c->cycle);
         return;
@@ -332,7 +350,7 @@ cd_http1_on_timeout(cd_conn_t *c)
 void
 cd_http1_response_done(cd_conn_t *c, int keep_alive)
 {
-    cd_http_cycle_t *cy = c->cycle;
+    cd_cycle_t *cy = c->cycle;
     c->cycle = NULL;
     if (cy != NULL) {
         cy->conn = NULL;

@@ -65,7 +65,7 @@ typedef struct cd_loop_s cd_loop_t;
 typedef struct cd_server_s cd_server_t;
 typedef struct cd_listener_s cd_listener_t;
 typedef struct cd_conn_s cd_conn_t;
-typedef struct cd_http_cycle_s cd_http_cycle_t;
+typedef struct cd_cycle_s cd_cycle_t;
 typedef struct cd_ws_s cd_ws_t;
 
 /* ---- strings.c ---------------------------------------------------- */
@@ -156,6 +156,11 @@ typedef struct {
     size_t write_high_water;  /* send() waits above this much queued */
     int limit_concurrency;    /* connections before 503, 0 = none */
     int eager_tasks;          /* Task(eager_start=True) available */
+    uint64_t ws_connect_timeout; /* ms to accept a WebSocket, 0 = none */
+    uint64_t ws_timeout;      /* ms a WebSocket may live, 0 = forever */
+    uint64_t ping_interval;   /* ms between server pings, 0 = none */
+    uint64_t ping_timeout;    /* ms to wait for a pong */
+    uint64_t ws_max_message;  /* bytes, 0 = unlimited (close 1009) */
 } cd_config_t;
 
 struct cd_listener_s {
@@ -248,8 +253,7 @@ struct cd_conn_s {
     int ws_upgrade;         /* Upgrade: websocket was asked for */
     int fail_status;        /* set by a parser callback that failed */
     uint64_t body_bytes;    /* request body bytes seen */
-    cd_http_cycle_t *cycle; /* strong: the request with the app */
-    cd_ws_t *ws;            /* owned by websocket.c once upgraded */
+    cd_cycle_t *cycle;      /* strong: the request or WebSocket with the app */
 };
 
 cd_conn_t *cd_conn_new(cd_listener_t *ls);
@@ -285,7 +289,12 @@ size_t cd_http1_date(char *out);
 /* New reference: the scope dict of the request just parsed. */
 PyObject *cd_scope_http(cd_conn_t *c, const char *type);
 
-/* ---- cycle.c: one HTTP request/response with the app -------------- */
+/* ---- cycle.c: one HTTP request/response or WebSocket with the app -- */
+
+typedef enum {
+    CD_CYCLE_HTTP,
+    CD_CYCLE_WS,
+} cd_cycle_kind_t;
 
 typedef enum {
     CD_RESP_START, /* nothing sent */
@@ -294,8 +303,10 @@ typedef enum {
     CD_RESP_DONE,
 } cd_resp_state_t;
 
-struct cd_http_cycle_s {
+struct cd_cycle_s {
     PyObject_HEAD
+    cd_cycle_kind_t kind;
+    cd_ws_t *ws;            /* owned: WebSocket state, CD_CYCLE_WS only */
     cd_state *st;           /* borrowed */
     cd_server_t *server;    /* strong */
     cd_conn_t *conn;        /* borrowed: NULL once detached */
@@ -323,17 +334,40 @@ struct cd_http_cycle_s {
 };
 
 int cd_cycle_type_init(PyObject *module, cd_state *st);
-cd_http_cycle_t *cd_cycle_new(cd_conn_t *c, PyObject *scope);
+cd_cycle_t *cd_cycle_new(cd_conn_t *c, PyObject *scope);
 /* Start the app for a cycle (called from the loop's dispatch). */
 int cd_cycle_start(PyObject *cycle);
-void cd_cycle_on_body(cd_http_cycle_t *cy);
-void cd_cycle_on_disconnect(cd_http_cycle_t *cy);
-void cd_cycle_on_drain(cd_http_cycle_t *cy);
-void cd_cycle_on_timeout(cd_http_cycle_t *cy);
+void cd_cycle_on_body(cd_cycle_t *cy);
+void cd_cycle_on_disconnect(cd_cycle_t *cy);
+void cd_cycle_on_drain(cd_cycle_t *cy);
+void cd_cycle_on_timeout(cd_cycle_t *cy);
 /* Resolve fut with result (both borrowed) unless fut is done. */
 int cd_future_resolve(cd_state *st, PyObject *fut, PyObject *result);
 /* New reference: a loop future. */
 PyObject *cd_future_new(cd_server_t *srv);
+
+/* Respond to a request the app can no longer answer (HTTP only). */
+int cd_cycle_response_start(cd_cycle_t *cy, PyObject *msg);
+int cd_cycle_response_body(cd_cycle_t *cy, PyObject *msg);
+void cd_cycle_respond_error(cd_cycle_t *cy, int status, const char *body);
+void cd_cycle_arm_close_timeout(cd_cycle_t *cy);
+void cd_cycle_log_access(cd_cycle_t *cy, int status);
+
+/* ---- websocket.c: the handshake, wslay, ASGI websocket events ------ */
+/* At headers complete: checks the handshake request and turns the
+ * conn's cycle into a WebSocket one; returns an HTTP status to refuse
+ * it with, or 0. */
+int cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy);
+void cd_ws_on_read(cd_conn_t *c);
+void cd_ws_on_timeout(cd_conn_t *c);
+/* The conn is closing: tell the app (websocket.disconnect). */
+void cd_ws_on_close(cd_cycle_t *cy);
+/* Server shutdown: close with 1012. */
+void cd_ws_shutdown(cd_conn_t *c);
+PyObject *cd_ws_receive(cd_cycle_t *cy);
+PyObject *cd_ws_send(cd_cycle_t *cy, PyObject *msg);
+void cd_ws_on_task_done(cd_cycle_t *cy, PyObject *exc);
+void cd_ws_free(cd_ws_t *ws);
 
 /* ---- waiter.c: the awaitable returned by receive()/send() --------- */
 int cd_waiter_type_init(PyObject *module, cd_state *st);

@@ -265,7 +265,12 @@ server_close_all(cd_server_t *srv, PyObject *unused)
     while (l != &srv->conns) {
         cd_conn_t *c = cd_container_of(l, cd_conn_t, link);
         l = l->next;
-        cd_conn_close(c);
+        if (c->state == CD_CONN_UPGRADED) {
+            cd_ws_shutdown(c); /* 1012: service restart */
+        }
+        else {
+            cd_conn_close(c);
+        }
     }
     Py_RETURN_NONE;
 }
@@ -385,6 +390,17 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         goto error;
     }
     c->limit_concurrency = (int)v;
+    if (cfg_number(config, "websocket_connect_timeout", 5, 1000,
+                   &c->ws_connect_timeout) < 0 ||
+        cfg_number(config, "websocket_timeout", 86400, 1000,
+                   &c->ws_timeout) < 0 ||
+        cfg_number(config, "ping_interval", 20, 1000, &c->ping_interval) <
+            0 ||
+        cfg_number(config, "ping_timeout", 30, 1000, &c->ping_timeout) < 0 ||
+        cfg_number(config, "websocket_max_message_size", 1 << 20, 1,
+                   &c->ws_max_message) < 0) {
+        goto error;
+    }
     if (c->header_timeout == 0) {
         c->header_timeout = 30000;
     }
