@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--websocket-max-frame-size", type=_size, default=1 << 20,
       help="largest WebSocket frame, bytes (0: unlimited)")
     a("--timeout-keep-alive", type=float, default=60, help="seconds an idle connection stays open")
+    a("--header-timeout", type=float, default=30,
+      help="seconds a client has to send a whole request head")
     a("--limit-concurrency", type=int, default=None,
       help="connections beyond this get a 503")
     a("--max-body-size", type=_size, default=None, help="largest request body, bytes (413 beyond)")
@@ -97,6 +99,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         websocket_max_frame_size=args.websocket_max_frame_size,
         application_close_timeout=args.application_close_timeout,
         timeout_keep_alive=args.timeout_keep_alive,
+        header_timeout=args.header_timeout,
         limit_concurrency=args.limit_concurrency,
         max_body_size=args.max_body_size,
         lifespan=args.lifespan,
