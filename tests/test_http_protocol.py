@@ -266,3 +266,18 @@ def test_server_name_flag(serve):
     proc = serve("tests.apps.http1:app", "-s", "MyServer/1.0")
     r = httpx.get(proc.url("/hello"))
     assert r.headers["server"] == "MyServer/1.0"
+
+
+def test_head_sent_in_tiny_pieces_is_parsed(server):
+    import socket as _socket
+    head = (b"GET /scope HTTP/1.1\r\nHost: x\r\nX-Long-Value: one two  three\r\n"
+            b"X-Other: v\r\n\r\n")
+    with connect(server) as sock:
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        for i in range(0, len(head), 3):
+            sock.sendall(head[i:i + 3])
+            time.sleep(0.005)
+        r = Reader(sock).response()
+    scope = json.loads(r.body)
+    assert [{"__bytes__": "x-long-value"}, {"__bytes__": "one two  three"}] in scope["headers"]
+    assert [{"__bytes__": "x-other"}, {"__bytes__": "v"}] in scope["headers"]
