@@ -11,6 +11,8 @@ static void
 listener_on_close(uv_handle_t *h)
 {
     cd_listener_t *ls = (cd_listener_t *)h->data;
+    /* Runs inside uv_run with the GIL released; ls->server may be gone. */
+    cd_gil_ensure(cd_container_of(h->loop, cd_loop_t, uv));
     Py_XDECREF(ls->sockname);
     free(ls);
 }
