@@ -55,8 +55,6 @@ async def check_current_task():
 
 
 async def check_timeout():
-    if sys.version_info < (3, 11):
-        return "n/a"
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     try:

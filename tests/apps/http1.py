@@ -146,7 +146,7 @@ async def disconnect_after_response(scope, receive, send):
     await send({"type": "http.response.body", "body": b"end"})
     try:
         msg = await asyncio.wait_for(waiter, 2)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         msg = {"type": "timeout"}
     REPORT["after_response"] = msg
 
