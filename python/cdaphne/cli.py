@@ -47,9 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--application-close-timeout", type=float, default=10,
       help="seconds an application may run after its client is gone")
     a("--root-path", default="", help="the setting for the ASGI root_path variable")
-    a("--proxy-headers", action="store_true", help="trust X-Forwarded-For/-Proto/-Port and Forwarded")
-    a("--proxy-headers-host", default="X-Real-IP", help="header carrying the client address")
-    a("--proxy-headers-port", default="X-Forwarded-Port", help="header carrying the client port")
+    a("--proxy-headers", action="store_true",
+      help="trust X-Forwarded-For/-Proto/-Port and Forwarded from --forwarded-allow-ips")
+    a("--proxy-headers-host", default=None,
+      help="header carrying the client address (X-Forwarded-For; X-Real-IP is common)")
+    a("--proxy-headers-port", default=None,
+      help="header carrying the client port (X-Forwarded-Port)")
     a("--forwarded-allow-ips", default=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
       help="comma-separated addresses trusted for proxy headers ('*' for all)")
     a("-t", "--http-timeout", type=float, default=None,

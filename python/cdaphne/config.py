@@ -77,8 +77,8 @@ class Config:
     endpoints: list[str] = field(default_factory=list)
     root_path: str = ""
     proxy_headers: bool = False
-    proxy_headers_host: str = "X-Real-IP"
-    proxy_headers_port: str = "X-Forwarded-Port"
+    proxy_headers_host: str | None = None  # None: X-Forwarded-For
+    proxy_headers_port: str | None = None  # None: X-Forwarded-Port
     forwarded_allow_ips: str = "127.0.0.1"
     access_log: str | None = None
     log_fmt: str = "%(asctime)-15s %(levelname)-8s %(message)s"
@@ -143,6 +143,13 @@ class Config:
             raise ConfigError(f"{self.app!r} is not callable: it is not an ASGI application")
         if not is_asgi3(app):
             app = ASGI2Adapter(app)
+        if self.proxy_headers:
+            from .proxy import wrap
+
+            try:
+                app = wrap(app, self)
+            except ValueError as exc:
+                raise ConfigError(f"forwarded_allow_ips: {exc}") from exc
         self.loaded_app = app
         return app
 
