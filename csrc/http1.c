@@ -427,20 +427,23 @@ cd_http1_date(char *out)
 void
 cd_http1_simple_response(cd_conn_t *c, int status, const char *body)
 {
-    char *buf = malloc(512);
+    const char *server = c->server->server_header;
+    size_t cap = 512 + (server ? strlen(server) : 0);
+    char *buf = malloc(cap);
     if (buf == NULL) {
         cd_conn_close(c);
         return;
     }
     size_t blen = strlen(body);
-    int n = snprintf(buf, 512,
+    int n = snprintf(buf, cap,
                      "HTTP/1.1 %d %s\r\n"
                      "content-type: text/plain; charset=utf-8\r\n"
                      "content-length: %zu\r\n"
-                     "connection: close\r\n",
-                     status, cd_http1_reason(status), blen);
+                     "connection: close\r\n%s",
+                     status, cd_http1_reason(status), blen,
+                     server ? server : "");
     n += (int)cd_http1_date(buf + n);
-    n += snprintf(buf + n, 512 - n, "\r\n%s", body);
+    n += snprintf(buf + n, cap - n, "\r\n%s", body);
     uv_buf_t b = uv_buf_init(buf, (unsigned)n);
     cd_conn_read_stop(c);
     if (cd_conn_write(c, &b, 1, NULL, buf) == 0) {
