@@ -276,3 +276,45 @@ def test_malformed_request_after_a_good_one_on_same_connection(server):
         reader = Reader(sock)
         assert reader.response().status == 200
         assert reader.response().status == 400
+
+
+def test_http_timeout_after_response_started_finishes_the_connection(serve):
+    proc = serve("tests.apps.http1:app", "-t", "0.5", "--application-close-timeout", "1")
+    with connect(proc) as sock:
+        sock.sendall(b"GET /started_then_sleep?s=3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        t0 = time.monotonic()
+        raw = recv_all(sock, timeout=5)
+        elapsed = time.monotonic() - t0
+    assert raw.startswith(b"HTTP/1.1 200")
+    assert b"started;" in raw and b"late" not in raw
+    assert elapsed < 2.5
+
+
+def test_very_long_request_target_is_refused(server):
+    with connect(server) as sock:
+        try:
+            sock.sendall(b"GET /" + b"a" * 100000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        r = Reader(sock).response()
+    assert r.status in (414, 431)
+
+
+MORE_MALFORMED = {
+    "te_not_chunked_last": b"POST /echo HTTP/1.1\r\nHost: x\r\n"
+                           b"Transfer-Encoding: chunked, gzip\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "http2_preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "negative_content_length": b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    "chunk_without_crlf": b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"3\r\nabcX0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MORE_MALFORMED))
+def test_more_malformed_requests_get_400(server, name):
+    with connect(server) as sock:
+        sock.sendall(MORE_MALFORMED[name])
+        r = Reader(sock).response()
+        assert r.status in (400, 505), (name, r)
+        assert is_closed(sock)
+    assert request(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").status == 200

@@ -120,3 +120,33 @@ def test_http_request_messages_shape(server):
                         "sha256": hashlib.sha256(b"").hexdigest()}
     r = httpx.get(server.url("/echo"))
     assert json.loads(r.content)["messages"] == 1
+
+
+def test_slow_reading_app_gets_the_whole_body(server):
+    body = os.urandom(4 << 20)
+    r = httpx.post(server.url("/slow_reader"), content=body, timeout=30)
+    data = r.json()
+    assert data["size"] == len(body)
+    assert data["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_client_leaving_mid_upload_gives_http_disconnect(server):
+    sock = connect(server)
+    sock.sendall(b"POST /record_body HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+                 + b"a" * 10)
+    time.sleep(0.3)
+    sock.close()
+    assert report(server, "record_body_done") is True
+    msgs = report(server, "record_body")
+    assert msgs[0] == {"type": "http.request", "size": 10, "more_body": True}
+    assert msgs[-1]["type"] == "http.disconnect"
+
+
+def test_client_leaving_during_big_response_lets_the_app_finish(server):
+    sock = connect(server, timeout=10)
+    sock.sendall(b"GET /big?mb=200 HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.recv(65536)
+    sock.close()
+    # send() must not block forever on a gone client: the app finishes.
+    wait_until(lambda: httpx.get(server.url("/progress")).json()["done"], 10)
+    assert httpx.get(server.url("/hello")).status_code == 200

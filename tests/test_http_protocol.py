@@ -260,6 +260,8 @@ def test_no_server_name_flag(serve):
     r = httpx.get(proc.url("/hello"))
     assert "server" not in r.headers
     assert "date" in r.headers
+    bad = request(proc, b"G@T / HTTP/1.1\r\n\r\n")
+    assert bad.status == 400 and bad.header("server") is None
 
 
 def test_server_name_flag(serve):
@@ -281,3 +283,75 @@ def test_head_sent_in_tiny_pieces_is_parsed(server):
     scope = json.loads(r.body)
     assert [{"__bytes__": "x-long-value"}, {"__bytes__": "one two  three"}] in scope["headers"]
     assert [{"__bytes__": "x-other"}, {"__bytes__": "v"}] in scope["headers"]
+
+
+def test_short_body_for_content_length_closes_the_connection(server):
+    with connect(server) as sock:
+        sock.sendall(b"GET /short_cl HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = recv_all(sock)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"content-length: 10" in head.lower()
+    assert body == b"01234"
+
+
+def test_app_named_chunked_encoding_is_framed_once(server):
+    r = request(server, b"GET /app_chunked HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert r.chunked
+    assert r.header_all("transfer-encoding") == ["chunked"]
+    assert r.body == b"abcdef"
+
+
+def test_http10_large_streamed_body_is_not_truncated_at_close(server):
+    with connect(server, timeout=10) as sock:
+        sock.sendall(b"GET /stream?n=200&size=65536 HTTP/1.0\r\n\r\n")
+        raw = recv_all(sock, timeout=10)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"chunked" not in head.lower()
+    assert len(body) == 200 * 65536
+
+
+def test_connection_close_large_response_is_not_truncated(server):
+    with connect(server, timeout=10) as sock:
+        sock.sendall(b"GET /big?mb=16 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        time.sleep(0.5)  # Let the server queue everything and start closing.
+        raw = recv_all(sock, timeout=10)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert len(body) == 16 << 20
+
+
+def test_absolute_form_request_target(server):
+    r = request(server, b"GET http://example.com/scope?a=b HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    scope = json.loads(r.body)
+    assert scope["path"] == "/scope"
+    assert scope["raw_path"] == {"__bytes__": "/scope"}
+    assert scope["query_string"] == {"__bytes__": "a=b"}
+
+
+def test_many_concurrent_connections_do_not_mix_up(server):
+    import concurrent.futures
+
+    def one(i):
+        with httpx.Client() as client:
+            r = client.get(server.url(f"/slow?n={i}&delay=0.2"), timeout=10)
+            return r.content
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        got = list(pool.map(one, range(50)))
+    assert got == [str(i).encode() for i in range(50)]
+
+
+@pytest.mark.parametrize("first", [
+    b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET /hello HTTP/1.0\r\n\r\n",
+])
+def test_request_pipelined_after_a_closing_one_is_not_answered(server, first):
+    with connect(server) as sock:
+        sock.sendall(first + b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = recv_all(sock)
+    assert raw.count(b"HTTP/1.") == 1, raw
+
+
+def test_error_responses_carry_date_and_server(server):
+    r = request(server, b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert r.status == 400
+    assert r.header("date")
+    assert r.header("server") == "cdaphne"

@@ -164,6 +164,58 @@ async def disconnect_client_leaves(scope, receive, send):
     REPORT["late_send_ok"] = True
 
 
+async def short_content_length(scope, receive, send):
+    """Promises 10 bytes, sends 5 and finishes."""
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"10")]})
+    await send({"type": "http.response.body", "body": b"01234"})
+
+
+async def app_chunked(scope, receive, send):
+    """The app names Transfer-Encoding: chunked itself; the server frames it."""
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"transfer-encoding", b"chunked")]})
+    await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+    await send({"type": "http.response.body", "body": b"def"})
+
+
+async def record_body(scope, receive, send):
+    """Records every message receive() gives until the body ends or the client goes."""
+    msgs = []
+    REPORT["record_body"] = msgs
+    while True:
+        msg = await receive()
+        msgs.append({"type": msg["type"], "size": len(msg.get("body", b"")),
+                     "more_body": msg.get("more_body", False)})
+        if msg["type"] == "http.disconnect" or not msg.get("more_body", False):
+            break
+    REPORT["record_body_done"] = True
+    await send_text(send, b"recorded")
+
+
+async def slow_reader(scope, receive, send):
+    """Reads the body with pauses between messages."""
+    h = hashlib.sha256()
+    size = count = 0
+    while True:
+        msg = await receive()
+        count += 1
+        h.update(msg.get("body", b""))
+        size += len(msg.get("body", b""))
+        await asyncio.sleep(0.01)
+        if not msg.get("more_body"):
+            break
+    await send_json(send, {"size": size, "messages": count, "sha256": h.hexdigest()})
+
+
+async def started_then_sleep(scope, receive, send):
+    """Starts a streamed response, then stalls for ?s= seconds."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"started;", "more_body": True})
+    await asyncio.sleep(float(query(scope).get("s", "3")))
+    await send({"type": "http.response.body", "body": b"late"})
+
+
 async def report(scope, receive, send):
     key = query(scope).get("key")
     await send_json(send, {"present": key in REPORT, "value": jsonable(REPORT.get(key))})
@@ -191,6 +243,11 @@ ROUTES = {
     "/progress": progress,
     "/disc_response": disconnect_after_response,
     "/disc_client": disconnect_client_leaves,
+    "/short_cl": short_content_length,
+    "/app_chunked": app_chunked,
+    "/record_body": record_body,
+    "/slow_reader": slow_reader,
+    "/started_then_sleep": started_then_sleep,
     "/_report": report,
     "/_clear": clear,
 }
