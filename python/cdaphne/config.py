@@ -38,10 +38,30 @@ class Bind:
         return f"fd:fileno={self.fd}"
 
 
+def _split_endpoint(text: str) -> list[str]:
+    """Split on ':' as Twisted does: a backslash escapes the next character
+    (Daphne writes IPv6 interfaces as `interface=\\:\\:1`)."""
+    parts, cur, i = [], [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            cur.append(text[i + 1])
+            i += 2
+            continue
+        if ch == ":":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
 def parse_endpoint(text: str) -> Bind:
     """Parse a Twisted-style endpoint string as Daphne's -e takes it."""
     kind, _, rest = text.partition(":")
-    parts = rest.split(":") if rest else []
+    parts = _split_endpoint(rest) if rest else []
     opts = dict(p.split("=", 1) for p in parts if "=" in p)
     positional = [p for p in parts if "=" not in p]
     if kind == "tcp":
