@@ -120,7 +120,8 @@ class ServerProcess:
 
     # ---- lifetime ----------------------------------------------------
     def url(self, path: str = "/") -> str:
-        return f"http://{self.host}:{self.port}{path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{path}"
 
     def send_signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

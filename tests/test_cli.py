@@ -199,3 +199,40 @@ def test_access_log_to_stdout(serve):
     line = [ln for ln in proc.stdout.splitlines() if "GET /hello" in ln][0]
     assert line.startswith("127.0.0.1:")
     assert '"GET /hello" 200 13' in line
+
+
+def test_not_callable_application():
+    assert_one_clear_line(run_cli("-p", "0", "tests.apps.http1:REPORT"), "not callable")
+
+
+def test_bind_ipv6(serve):
+    proc = serve(APP, "-b", "::1")
+    assert proc.host == "::1"
+    scope = httpx.get(proc.url("/scope")).json()
+    assert scope["server"] == ["::1", proc.port]
+    assert scope["client"][0] == "::1"
+
+
+def test_endpoint_ipv6_with_twisted_escapes(serve):
+    proc = serve(APP, "-e", r"tcp:port=0:interface=\:\:1", port=False)
+    assert proc.host == "::1"
+    assert httpx.get(proc.url("/")).content == b"Hello, world!"
+
+
+def test_inherited_unix_socket_fd(serve, tmp_path):
+    path = str(tmp_path / "fd.sock")
+    lsock = socket.socket(socket.AF_UNIX)
+    lsock.bind(path)
+    lsock.listen(16)
+    os.set_inheritable(lsock.fileno(), True)
+    serve(APP, "--fd", str(lsock.fileno()), port=False, pass_fds=(lsock.fileno(),))
+    lsock.close()
+    scope = unix_get(path).json()
+    assert scope["server"] == [path, None]
+    assert scope["client"] is None
+
+
+def test_bind_hostname_localhost_resolves(serve):
+    proc = serve(APP, "-b", "localhost")
+    assert proc.host in ("127.0.0.1", "::1")
+    assert httpx.get(proc.url("/")).status_code == 200
