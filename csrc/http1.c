@@ -344,6 +344,11 @@ cd_http1_response_done(cd_conn_t *c, int keep_alive)
         cy->conn = NULL;
     }
     int body_read = cy == NULL || cy->body_complete;
+    if (!body_read) {
+        /* The conn closes with the body unread: receive() must not wait
+         * for the rest of it. */
+        cd_cycle_on_disconnect(cy);
+    }
     Py_XDECREF(cy);
     if (c->state == CD_CONN_CLOSING) {
         return;
