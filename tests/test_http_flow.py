@@ -150,3 +150,14 @@ def test_client_leaving_during_big_response_lets_the_app_finish(server):
     # send() must not block forever on a gone client: the app finishes.
     wait_until(lambda: httpx.get(server.url("/progress")).json()["done"], 10)
     assert httpx.get(server.url("/hello")).status_code == 200
+
+
+def test_receive_after_early_response_with_unread_body_returns_disconnect(server):
+    with connect(server) as sock:
+        sock.sendall(b"POST /respond_then_receive HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 100000\r\n\r\n" + b"a" * 10)
+        r = Reader(sock).response()
+        assert r.body == b"answered"
+        assert report(server, "rtr_done", timeout=6) is True
+    msgs = report(server, "rtr")
+    assert msgs[-1] == "http.disconnect", msgs

@@ -216,6 +216,23 @@ async def started_then_sleep(scope, receive, send):
     await send({"type": "http.response.body", "body": b"late"})
 
 
+async def respond_then_receive(scope, receive, send):
+    """Answers before the body arrived, then receive()s until http.disconnect."""
+    await send_text(send, b"answered")
+    msgs = []
+    REPORT["rtr"] = msgs
+    try:
+        async with asyncio.timeout(3):
+            while True:
+                msg = await receive()
+                msgs.append(msg["type"])
+                if msg["type"] == "http.disconnect":
+                    break
+    except TimeoutError:
+        msgs.append("timeout")
+    REPORT["rtr_done"] = True
+
+
 async def report(scope, receive, send):
     key = query(scope).get("key")
     await send_json(send, {"present": key in REPORT, "value": jsonable(REPORT.get(key))})
@@ -248,6 +265,7 @@ ROUTES = {
     "/record_body": record_body,
     "/slow_reader": slow_reader,
     "/started_then_sleep": started_then_sleep,
+    "/respond_then_receive": respond_then_receive,
     "/_report": report,
     "/_clear": clear,
 }
