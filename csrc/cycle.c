@@ -831,8 +831,9 @@ cd_cycle_new(cd_conn_t *c, PyObject *scope)
     cy->server = (cd_server_t *)Py_NewRef((PyObject *)srv);
     cy->conn = c;
     cy->scope = Py_NewRef(scope);
-    cy->expect_continue = c->expect_continue;
     cy->http10 = c->parser.http_major == 1 && c->parser.http_minor == 0;
+    /* RFC 9110 10.1.1: ignore 100-continue from HTTP/1.0 clients. */
+    cy->expect_continue = c->expect_continue && !cy->http10;
     cy->is_head = c->parser.method == HTTP_HEAD;
     cy->keep_alive = llhttp_should_keep_alive(&c->parser);
     cy->resp = CD_RESP_START;
