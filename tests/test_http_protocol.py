@@ -355,3 +355,15 @@ def test_error_responses_carry_date_and_server(server):
     assert r.status == 400
     assert r.header("date")
     assert r.header("server") == "cdaphne"
+
+
+def test_no_100_continue_for_http10_clients(server):
+    with connect(server) as sock:
+        sock.sendall(b"POST /echo HTTP/1.0\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        time.sleep(0.3)
+        sock.sendall(b"hello")
+        raw = recv_all(sock)
+    assert b"100 Continue" not in raw
+    assert raw.startswith(b"HTTP/1.1 200")
+    assert raw.endswith(b'"body": "hello"}')
