@@ -297,6 +297,19 @@ has_crlf(const char *p, Py_ssize_t n)
     return 0;
 }
 
+/* RFC 9110 token characters: what a header name may hold. */
+static int
+is_token(const char *p, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch <= ' ' || ch >= 127 || strchr("\"(),/:;<=>?@[\\]{}", ch)) {
+            return 0;
+        }
+    }
+    return n > 0;
+}
+
 static int
 on_response_start(cd_http_cycle_t *cy, PyObject *msg)
 {
@@ -344,8 +357,7 @@ on_response_start(cd_http_cycle_t *cy, PyObject *msg)
         }
         PyObject *n = PyTuple_GET_ITEM(pair, 0);
         PyObject *v = PyTuple_GET_ITEM(pair, 1);
-        if (PyBytes_GET_SIZE(n) == 0 ||
-            has_crlf(PyBytes_AS_STRING(n), PyBytes_GET_SIZE(n)) ||
+        if (!is_token(PyBytes_AS_STRING(n), PyBytes_GET_SIZE(n)) ||
             has_crlf(PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))) {
             Py_DECREF(pair);
             Py_DECREF(list);
