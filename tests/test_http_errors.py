@@ -84,6 +84,8 @@ def test_app_returning_after_start_only_closes(errors_server):
 @pytest.mark.parametrize("kind,exc", [("no_status", "ValueError"),
                                       ("str_headers", "TypeError"),
                                       ("twice", "RuntimeError"),
+                                      ("bad_name", "ValueError"),
+                                      ("crlf_value", "ValueError"),
                                       ("too_long", "RuntimeError")])
 def test_invalid_send_raises_inside_the_app(errors_server, kind, exc):
     with connect(errors_server) as sock:

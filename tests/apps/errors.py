@@ -70,6 +70,12 @@ async def app(scope, receive, send):
             elif kind == "twice":
                 await send({"type": "http.response.start", "status": 200, "headers": []})
                 await send({"type": "http.response.start", "status": 200, "headers": []})
+            elif kind == "bad_name":
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"x bad:name", b"v")]})
+            elif kind == "crlf_value":
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"x-a", b"v\r\nx-injected: 1")]})
             elif kind == "too_long":
                 await send({"type": "http.response.start", "status": 200,
                             "headers": [(b"content-length", b"2")]})
