@@ -568,6 +568,9 @@ on_response_body(cd_http_cycle_t *cy, PyObject *msg)
         cy->sent + (uint64_t)blen > (uint64_t)cy->content_length) {
         free(head);
         Py_DECREF(body);
+        if (first) {
+            cy->resp = CD_RESP_HEAD; /* Nothing written: a 500 still fits. */
+        }
         PyErr_SetString(PyExc_RuntimeError,
                         "response body longer than its Content-Length");
         return -1;
