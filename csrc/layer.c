@@ -600,44 +600,10 @@ cd_channel_shift(cd_channel *ch, double *deadline)
     return msg;
 }
 
-/* Lock held.  Takes ch out of every group it is in. */
-static void
-cd_channel_leave_groups(cd_core *self, cd_channel *ch, cd_bag *trash)
-{
-    PyObject *g, *t;
-    Py_ssize_t pos = 0;
-    if (ch->groups == NULL) {
-        return;
-    }
-    while (PyDict_Next(ch->groups, &pos, &g, &t)) {
-        PyObject *members = PyDict_GetItemWithError(self->groups, g);
-        if (members == NULL) {
-            PyErr_Clear();
-            continue;
-        }
-        if (PyDict_GetItemWithError(members, ch->name) != NULL) {
-            cd_bag_put(trash, Py_NewRef((PyObject *)ch));
-            if (PyDict_DelItem(members, ch->name) < 0) {
-                PyErr_Clear();
-            }
-        }
-        else {
-            PyErr_Clear();
-        }
-        if (PyDict_GET_SIZE(members) == 0) {
-            cd_bag_put(trash, Py_NewRef(members));
-            if (PyDict_DelItem(self->groups, g) < 0) {
-                PyErr_Clear();
-            }
-        }
-    }
-    cd_bag_put(trash, ch->groups);
-    ch->groups = NULL;
-}
-
-/* Lock held.  Drops expired messages at the head of the ring; a channel
- * that let a message expire unread leaves its groups (as Channels' own
- * in-memory layer does).  Returns how many were dropped. */
+/* Lock held.  Drops expired messages at the head of the ring.  Unlike
+ * Channels' own in-memory layer, the channel keeps its groups: membership
+ * ends only with group_discard(), group_expiry or flush() (as in
+ * channels_redis).  Returns how many were dropped. */
 static Py_ssize_t
 cd_channel_expire(cd_core *self, cd_channel *ch, double now, cd_bag *trash)
 {
@@ -645,9 +611,6 @@ cd_channel_expire(cd_core *self, cd_channel *ch, double now, cd_bag *trash)
     while (ch->len > 0 && ch->ring[ch->head].deadline <= now) {
         cd_bag_put(trash, cd_channel_shift(ch, NULL));
         n++;
-    }
-    if (n > 0) {
-        cd_channel_leave_groups(self, ch, trash);
     }
     return n;
 }
@@ -867,7 +830,7 @@ cd_wake_all(cd_layer_state *st, cd_bag *wakes)
             PyObject *args[3] = {loop, st->wake, fut};
             r = PyObject_VectorcallMethod(
                 st->s_call_soon_threadsafe, args,
-                2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+                3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
             if (r == NULL) {
                 /* Loop closed: nobody will resume this waiter. */
                 PyErr_Clear();
