@@ -38,7 +38,7 @@ def impls(channels_bug: str | None = None):
 
 
 async def assert_nothing(layer, channel: str, timeout: float = 0.2) -> None:
-    with pytest.raises(asyncio.TimeoutError):
+    with pytest.raises(TimeoutError):
         await asyncio.wait_for(layer.receive(channel), timeout)
 
 
@@ -700,7 +700,7 @@ async def test_receive_cancel_race_loses_no_message(cls):
         try:
             await asyncio.wait_for(layer.receive("c"), 0.1)
             received += 1
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
     assert received == sent
 
@@ -745,7 +745,7 @@ async def test_senders_and_receivers_interleaved_lose_nothing(cls):
         while len(got) < total:
             try:
                 got.append((await asyncio.wait_for(layer.receive("pipe"), 1))["n"])
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
 
     async def sender(start):
@@ -943,9 +943,8 @@ def test_get_channel_layer_with_cdaphne_backend():
 
     if not settings.configured:
         settings.configure()
-    from django.test import override_settings
-
     from channels.layers import get_channel_layer
+    from django.test import override_settings
 
     config = {
         "default": {
