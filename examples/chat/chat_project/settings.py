@@ -66,10 +66,14 @@ TEMPLATES = [
 WSGI_APPLICATION = "chat_project.wsgi.application"
 ASGI_APPLICATION = "chat_project.asgi.application"
 
+DATABASE_PATH = Path(os.environ.get("CHAT_DATABASE") or BASE_DIR / "db.sqlite3")
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("CHAT_DATABASE") or BASE_DIR / "db.sqlite3",
+        "NAME": DATABASE_PATH,
+        # A file, not SQLite's in-memory default: the live-server tests
+        # (chat/tests.py) run the server in another process.
+        "TEST": {"NAME": DATABASE_PATH.with_name("test_" + DATABASE_PATH.name)},
     }
 }
 
