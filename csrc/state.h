@@ -85,8 +85,7 @@ typedef struct {
     /* Heap types. */
     PyTypeObject *LoopCore_type;
     PyTypeObject *Server_type;
-    PyTypeObject *HttpCycle_type;
-    PyTypeObject *WsCycle_type;
+    PyTypeObject *Cycle_type;
     PyTypeObject *Waiter_type;
 
     /* Imported at exec time: asyncio.Task, logging callables. */

@@ -42,8 +42,7 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
 {
     Py_VISIT(st->LoopCore_type);
     Py_VISIT(st->Server_type);
-    Py_VISIT(st->HttpCycle_type);
-    Py_VISIT(st->WsCycle_type);
+    Py_VISIT(st->Cycle_type);
     Py_VISIT(st->Waiter_type);
     Py_VISIT(st->asyncio_Task);
     Py_VISIT(st->asyncio_CancelledError);
@@ -56,8 +55,7 @@ cd_state_clear(cd_state *st)
 {
     Py_CLEAR(st->LoopCore_type);
     Py_CLEAR(st->Server_type);
-    Py_CLEAR(st->HttpCycle_type);
-    Py_CLEAR(st->WsCycle_type);
+    Py_CLEAR(st->Cycle_type);
     Py_CLEAR(st->Waiter_type);
     Py_CLEAR(st->asyncio_Task);
     Py_CLEAR(st->asyncio_CancelledError);

@@ -1,0 +1,982 @@
+/* WebSocket: the opening handshake, wslay for incoming frames, and the
+ * ASGI websocket.* events.
+ *
+ * Incoming bytes go through wslay (unmasking, fragments, control frames,
+ * limits).  Outgoing data frames are written directly, header plus the
+ * app's bytes without a copy; wslay's own frames (pong, close) are
+ * flushed before each of them so that order is kept. */
+#include "internal.h"
+
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <wslay/wslay.h>
+
+#define CD_WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+/* Stop reading a socket while this many messages wait for the app. */
+#define CD_WS_QUEUE_HIGH 64
+#define CD_WS_QUEUE_LOW 16
+/* How long the peer has to answer our close frame. */
+#define CD_WS_CLOSE_WAIT_MS 5000
+
+typedef enum {
+    CD_WS_CONNECTING, /* handshake request in, connect not yet received */
+    CD_WS_HANDSHAKE,  /* websocket.connect delivered, no answer yet */
+    CD_WS_DENYING,    /* websocket.http.response started */
+    CD_WS_OPEN,
+    CD_WS_CLOSING,    /* our close frame is out, waiting for the peer */
+    CD_WS_CLOSED,     /* the connection is gone */
+} cd_ws_state_t;
+
+/* Owned by its cycle (cy->ws); freed with it. */
+struct cd_ws_s {
+    cd_ws_state_t state;
+    wslay_event_context_ptr ctx; /* owned: NULL until accepted */
+    cd_cycle_t *cy;             /* borrowed: the cycle owns us */
+    char key[64];               /* Sec-WebSocket-Key */
+    size_t in_pos;              /* bytes of conn->in wslay took */
+    cd_buf_t out;               /* owned: wslay's frames to write */
+    PyObject **queue;           /* owned ring of strong messages */
+    int qhead, qlen, qcap;
+    int connect_delivered;
+    int close_code;             /* for websocket.disconnect */
+    PyObject *close_reason;     /* strong: str */
+    int pong_pending;
+    uint64_t ping_sent_at;
+    uint64_t opened_at;
+};
+
+static const char *
+ws_state_name(cd_ws_state_t s)
+{
+    static const char *names[] = {"CONNECTING", "HANDSHAKE", "DENYING",
+                                  "OPEN",       "CLOSING",   "CLOSED"};
+    return names[s];
+}
+
+static void
+ws_log(cd_cycle_t *cy, const char *action)
+{
+    cd_server_t *srv = cy->server;
+    if (srv->action_logger == NULL) {
+        return;
+    }
+    PyObject *path = PyDict_GetItemWithError(cy->scope, cy->st->s_path);
+    PyObject *c = PyDict_GetItemWithError(cy->scope, cy->st->s_client);
+    PyObject *client = NULL;
+    if (c != NULL && PyTuple_Check(c) && PyTuple_GET_SIZE(c) == 2) {
+        client = PyUnicode_FromFormat("%S:%S", PyTuple_GET_ITEM(c, 0),
+                                      PyTuple_GET_ITEM(c, 1));
+    }
+    PyObject *details =
+        Py_BuildValue("{sOsO}", "path", path ? path : Py_None, "client",
+                      client ? client : Py_None);
+    Py_XDECREF(client);
+    if (details == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    cd_server_log_action(srv, "websocket", action, details);
+    Py_DECREF(details);
+}
+
+/* ---- the message queue -------------------------------------------- */
+
+static int
+queue_push(cd_ws_t *ws, PyObject *msg) /* steals msg */
+{
+    if (ws->qlen == ws->qcap) {
+        int cap = ws->qcap ? ws->qcap * 2 : 16;
+        PyObject **q = malloc(cap * sizeof(*q));
+        if (q == NULL) {
+            Py_DECREF(msg);
+            return -1;
+        }
+        for (int i = 0; i < ws->qlen; i++) {
+            q[i] = ws->queue[(ws->qhead + i) % ws->qcap];
+        }
+        free(ws->queue);
+        ws->queue = q;
+        ws->qcap = cap;
+        ws->qhead = 0;
+    }
+    ws->queue[(ws->qhead + ws->qlen) % ws->qcap] = msg;
+    ws->qlen++;
+    return 0;
+}
+
+static PyObject *
+queue_pop(cd_ws_t *ws) /* new reference or NULL when empty */
+{
+    if (ws->qlen == 0) {
+        return NULL;
+    }
+    PyObject *msg = ws->queue[ws->qhead];
+    ws->qhead = (ws->qhead + 1) % ws->qcap;
+    ws->qlen--;
+    return msg;
+}
+
+static PyObject *
+disconnect_msg(cd_cycle_t *cy)
+{
+    cd_ws_t *ws = cy->ws;
+    return Py_BuildValue("{OOOiOO}", cy->st->s_type, cy->st->s_ws_disconnect,
+                         cy->st->s_code, ws->close_code, cy->st->s_reason,
+                         ws->close_reason ? ws->close_reason
+                                          : cy->st->s_empty);
+}
+
+/* New reference: the next message for receive(), or NULL (no error) if
+ * the app must wait. */
+static PyObject *
+next_message(cd_cycle_t *cy)
+{
+    cd_ws_t *ws = cy->ws;
+    if (!ws->connect_delivered) {
+        ws->connect_delivered = 1;
+        if (ws->state == CD_WS_CONNECTING) {
+            ws->state = CD_WS_HANDSHAKE;
+        }
+        return Py_BuildValue("{OO}", cy->st->s_type, cy->st->s_ws_connect);
+    }
+    PyObject *msg = queue_pop(ws);
+    if (msg != NULL) {
+        if (ws->qlen == CD_WS_QUEUE_LOW && cy->conn != NULL &&
+            ws->state == CD_WS_OPEN) {
+            cd_conn_read_start(cy->conn);
+        }
+        return msg;
+    }
+    if (ws->state == CD_WS_CLOSED) {
+        return disconnect_msg(cy);
+    }
+    return NULL;
+}
+
+static void
+wake_receiver(cd_cycle_t *cy)
+{
+    if (cy->recv_fut == NULL) {
+        return;
+    }
+    PyObject *msg = next_message(cy);
+    if (msg == NULL) {
+        if (PyErr_Occurred()) {
+            cd_log_exception("Error in websocket receive()");
+        }
+        return;
+    }
+    PyObject *fut = cy->recv_fut;
+    cy->recv_fut = NULL;
+    if (cd_future_resolve(cy->st, fut, msg) < 0) {
+        cd_log_exception("Error resolving websocket receive()");
+    }
+    Py_DECREF(fut);
+    Py_DECREF(msg);
+}
+
+/* ---- wslay glue --------------------------------------------------- */
+
+static ssize_t
+wslay_on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
+              int flags, void *user)
+{
+    cd_cycle_t *cy = user;
+    cd_conn_t *c = cy->conn;
+    size_t avail = c ? c->in.len - cy->ws->in_pos : 0;
+    if (avail == 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    size_t n = len < avail ? len : avail;
+    memcpy(buf, c->in.base + cy->ws->in_pos, n);
+    cy->ws->in_pos += n;
+    return (ssize_t)n;
+}
+
+static ssize_t
+wslay_on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len,
+              int flags, void *user)
+{
+    cd_cycle_t *cy = user;
+    if (cd_buf_append(&cy->ws->out, (const char *)data, len) < 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+        return -1;
+    }
+    return (ssize_t)len;
+}
+
+static int
+valid_close_code(int code)
+{
+    return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1011) ||
+           (code >= 3000 && code <= 4999);
+}
+
+static void
+queue_close(cd_ws_t *ws, int code, const char *reason, size_t n)
+{
+    if (n > 123) {
+        n = 123;
+    }
+    wslay_event_queue_close(ws->ctx, (uint16_t)code, (const uint8_t *)reason,
+                            n);
+}
+
+static void
+wslay_on_msg(wslay_event_context_ptr ctx,
+             const struct wslay_event_on_msg_recv_arg *arg, void *user)
+{
+    cd_cycle_t *cy = user;
+    cd_ws_t *ws = cy->ws;
+    cd_state *st = cy->st;
+    ws->pong_pending = 0; /* Any frame shows the peer is alive. */
+    if (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME) {
+        if (ws->state != CD_WS_OPEN) {
+            return;
+        }
+        PyObject *payload, *key;
+        if (arg->opcode == WSLAY_TEXT_FRAME) {
+            payload = PyUnicode_DecodeUTF8((const char *)arg->msg,
+                                           (Py_ssize_t)arg->msg_length,
+                                           NULL);
+            if (payload == NULL) {
+                PyErr_Clear();
+                queue_close(ws, 1007, "invalid UTF-8", 13);
+                wslay_event_shutdown_read(ctx);
+                return;
+            }
+            key = st->s_text;
+        }
+        else {
+            payload = PyBytes_FromStringAndSize((const char *)arg->msg,
+                                                (Py_ssize_t)arg->msg_length);
+            key = st->s_bytes;
+        }
+        PyObject *msg = payload ? Py_BuildValue("{OOON}", st->s_type,
+                                                st->s_ws_receive, key,
+                                                payload)
+                                : NULL;
+        if (msg == NULL || queue_push(ws, msg) < 0) {
+            cd_log_exception("Error queueing a WebSocket message");
+            return;
+        }
+        wake_receiver(cy);
+        return;
+    }
+    if (arg->opcode == WSLAY_CONNECTION_CLOSE) {
+        int code = arg->status_code;
+        ws->close_code = code ? code : 1005;
+        if (arg->msg_length > 2) {
+            PyObject *reason = PyUnicode_DecodeUTF8(
+                (const char *)arg->msg + 2, (Py_ssize_t)arg->msg_length - 2,
+                NULL);
+            if (reason == NULL) {
+                PyErr_Clear();
+                queue_close(ws, 1007, "invalid UTF-8", 13);
+                return;
+            }
+            Py_XSETREF(ws->close_reason, reason);
+        }
+        if (arg->msg_length == 1 || (code && !valid_close_code(code))) {
+            queue_close(ws, 1002, "", 0);
+        }
+        else if (!wslay_event_get_close_sent(ctx)) {
+            queue_close(ws, code ? code : 0, "", 0);
+        }
+    }
+}
+
+static const struct wslay_event_callbacks wslay_callbacks = {
+    .recv_callback = wslay_on_recv,
+    .send_callback = wslay_on_send,
+    .on_msg_recv_callback = wslay_on_msg,
+};
+
+/* Write whatever wslay has queued (pongs, close frames). */
+static void
+flush_wslay(cd_cycle_t *cy)
+{
+    cd_ws_t *ws = cy->ws;
+    cd_conn_t *c = cy->conn;
+    if (ws->ctx == NULL || c == NULL || c->state == CD_CONN_CLOSING) {
+        return;
+    }
+    wslay_event_send(ws->ctx);
+    if (ws->out.len > 0) {
+        uv_buf_t b = uv_buf_init(ws->out.base, (unsigned)ws->out.len);
+        char *owned = ws->out.base;
+        ws->out.base = NULL;
+        ws->out.len = ws->out.cap = 0;
+        cd_conn_write(c, &b, 1, NULL, owned);
+    }
+    if (c->state != CD_CONN_CLOSING && wslay_event_get_close_sent(ws->ctx)) {
+        if (wslay_event_get_close_received(ws->ctx) ||
+            !wslay_event_get_read_enabled(ws->ctx)) {
+            cd_conn_close_after_writes(c);
+        }
+        else if (ws->state == CD_WS_OPEN) {
+            ws->state = CD_WS_CLOSING;
+            cd_conn_timer_start(c, CD_WS_CLOSE_WAIT_MS);
+        }
+    }
+}
+
+void
+cd_ws_on_read(cd_conn_t *c)
+{
+    cd_cycle_t *cy = c->cycle;
+    if (cy == NULL || cy->ws == NULL) {
+        cd_conn_close(c);
+        return;
+    }
+    cd_ws_t *ws = cy->ws;
+    if (ws->ctx == NULL) {
+        /* Not accepted yet: hold the bytes, within reason. */
+        if (c->in.len > (1 << 20)) {
+            cd_conn_read_stop(c);
+        }
+        return;
+    }
+    ws->in_pos = 0;
+    int r = wslay_event_recv(ws->ctx);
+    cd_buf_consume(&c->in, ws->in_pos);
+    ws->in_pos = 0;
+    if (r != 0) {
+        cd_conn_close(c);
+        return;
+    }
+    flush_wslay(cy);
+    if (ws->qlen >= CD_WS_QUEUE_HIGH) {
+        cd_conn_read_stop(c);
+    }
+}
+
+/* ---- handshake ---------------------------------------------------- */
+
+static int
+header_eq(PyObject *name, const char *lower)
+{
+    size_t n = strlen(lower);
+    return (size_t)PyBytes_GET_SIZE(name) == n &&
+           memcmp(PyBytes_AS_STRING(name), lower, n) == 0;
+}
+
+/* New reference: the list of offered subprotocols. */
+static PyObject *
+subprotocols(PyObject *headers)
+{
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
+        PyObject *pair = PyList_GET_ITEM(headers, i);
+        if (!header_eq(PyTuple_GET_ITEM(pair, 0), "sec-websocket-protocol")) {
+            continue;
+        }
+        PyObject *v = PyTuple_GET_ITEM(pair, 1);
+        const char *p = PyBytes_AS_STRING(v);
+        const char *end = p + PyBytes_GET_SIZE(v);
+        while (p < end) {
+            const char *comma = memchr(p, ',', end - p);
+            const char *stop = comma ? comma : end;
+            const char *a = p, *b = stop;
+            while (a < b && (*a == ' ' || *a == '\t')) {
+                a++;
+            }
+            while (b > a && (b[-1] == ' ' || b[-1] == '\t')) {
+                b--;
+            }
+            if (b > a) {
+                PyObject *s = PyUnicode_DecodeLatin1(a, b - a, NULL);
+                if (s == NULL || PyList_Append(out, s) < 0) {
+                    Py_XDECREF(s);
+                    Py_DECREF(out);
+                    return NULL;
+                }
+                Py_DECREF(s);
+            }
+            p = stop + 1;
+        }
+    }
+    return out;
+}
+
+int
+cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy)
+{
+    PyObject *headers = PyDict_GetItemWithError(cy->scope, cy->st->s_headers);
+    if (headers == NULL || c->parser.method != HTTP_GET) {
+        return 400;
+    }
+    const char *key = NULL;
+    Py_ssize_t keylen = 0;
+    int version_ok = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
+        PyObject *pair = PyList_GET_ITEM(headers, i);
+        PyObject *n = PyTuple_GET_ITEM(pair, 0);
+        PyObject *v = PyTuple_GET_ITEM(pair, 1);
+        if (header_eq(n, "sec-websocket-key")) {
+            key = PyBytes_AS_STRING(v);
+            keylen = PyBytes_GET_SIZE(v);
+        }
+        else if (header_eq(n, "sec-websocket-version")) {
+            version_ok = PyBytes_GET_SIZE(v) == 2 &&
+                         memcmp(PyBytes_AS_STRING(v), "13", 2) == 0;
+        }
+    }
+    if (!version_ok) {
+        return 426;
+    }
+    if (key == NULL || keylen < 16 || keylen > 40) {
+        return 400;
+    }
+    PyObject *protos = subprotocols(headers);
+    if (protos == NULL) {
+        return 500;
+    }
+    int r = PyDict_SetItem(cy->scope, cy->st->s_subprotocols, protos);
+    Py_DECREF(protos);
+    if (r < 0) {
+        return 500;
+    }
+    cd_ws_t *ws = calloc(1, sizeof(*ws));
+    if (ws == NULL) {
+        return 500;
+    }
+    memcpy(ws->key, key, keylen);
+    ws->cy = cy;
+    ws->state = CD_WS_CONNECTING;
+    ws->close_code = 1006;
+    cy->kind = CD_CYCLE_WS;
+    cy->ws = ws;
+    c->state = CD_CONN_UPGRADED;
+    uint64_t t = c->server->cfg.ws_connect_timeout;
+    if (t) {
+        cd_conn_timer_start(c, t);
+    }
+    ws_log(cy, "connecting");
+    return 0;
+}
+
+/* "HTTP/1.1 101 ..." with Sec-WebSocket-Accept; malloc'd in *out. */
+static int
+build_accept(cd_cycle_t *cy, PyObject *msg, char **out, size_t *outlen)
+{
+    cd_state *st = cy->st;
+    unsigned char digest[SHA_DIGEST_LENGTH];
+    char joined[128];
+    int jl = snprintf(joined, sizeof(joined), "%s%s", cy->ws->key,
+                      CD_WS_GUID);
+    SHA1((const unsigned char *)joined, (size_t)jl, digest);
+    char accept[64];
+    EVP_EncodeBlock((unsigned char *)accept, digest, SHA_DIGEST_LENGTH);
+
+    PyObject *sub = PyDict_GetItemWithError(msg, st->s_subprotocol);
+    if (sub == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    const char *subp = NULL;
+    if (sub != NULL && sub != Py_None) {
+        subp = PyUnicode_AsUTF8(sub);
+        if (subp == NULL) {
+            return -1;
+        }
+    }
+    PyObject *hs = PyDict_GetItemWithError(msg, st->s_headers);
+    if (hs == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *list = hs ? PySequence_Fast(hs, "headers must be a list")
+                        : PyList_New(0);
+    if (list == NULL) {
+        return -1;
+    }
+    size_t need = 256 + (subp ? strlen(subp) : 0);
+    Py_ssize_t nh = PySequence_Fast_GET_SIZE(list);
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(list, i);
+        if (!PySequence_Check(pair) || PySequence_Size(pair) != 2) {
+            Py_DECREF(list);
+            PyErr_SetString(PyExc_TypeError,
+                            "accept headers must be [bytes, bytes] pairs");
+            return -1;
+        }
+        PyObject *n = PySequence_GetItem(pair, 0);
+        PyObject *v = PySequence_GetItem(pair, 1);
+        int ok = n && v && PyBytes_Check(n) && PyBytes_Check(v);
+        if (ok) {
+            need += PyBytes_GET_SIZE(n) + PyBytes_GET_SIZE(v) + 4;
+        }
+        Py_XDECREF(n);
+        Py_XDECREF(v);
+        if (!ok) {
+            Py_DECREF(list);
+            PyErr_SetString(PyExc_TypeError,
+                            "accept headers must be [bytes, bytes] pairs");
+            return -1;
+        }
+    }
+    char *buf = malloc(need);
+    if (buf == NULL) {
+        Py_DECREF(list);
+        PyErr_NoMemory();
+        return -1;
+    }
+    size_t o = (size_t)snprintf(buf, need,
+                                "HTTP/1.1 101 Switching Protocols\r\n"
+                                "upgrade: websocket\r\n"
+                                "connection: Upgrade\r\n"
+                                "sec-websocket-accept: %s\r\n",
+                                accept);
+    if (subp) {
+        o += (size_t)snprintf(buf + o, need - o,
+                              "sec-websocket-protocol: %s\r\n", subp);
+    }
+    if (cy->server->server_header) {
+        size_t sl = strlen(cy->server->server_header);
+        memcpy(buf + o, cy->server->server_header, sl);
+        o += sl;
+    }
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(list, i);
+        PyObject *n = PySequence_GetItem(pair, 0);
+        PyObject *v = PySequence_GetItem(pair, 1);
+        memcpy(buf + o, PyBytes_AS_STRING(n), PyBytes_GET_SIZE(n));
+        o += PyBytes_GET_SIZE(n);
+        buf[o++] = ':';
+        buf[o++] = ' ';
+        memcpy(buf + o, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v));
+        o += PyBytes_GET_SIZE(v);
+        buf[o++] = '\r';
+        buf[o++] = '\n';
+        Py_DECREF(n);
+        Py_DECREF(v);
+    }
+    Py_DECREF(list);
+    buf[o++] = '\r';
+    buf[o++] = '\n';
+    *out = buf;
+    *outlen = o;
+    return 0;
+}
+
+static int
+ws_accept(cd_cycle_t *cy, PyObject *msg)
+{
+    cd_ws_t *ws = cy->ws;
+    cd_conn_t *c = cy->conn;
+    cd_config_t *cfg = &cy->server->cfg;
+    char *head;
+    size_t hlen;
+    if (build_accept(cy, msg, &head, &hlen) < 0) {
+        return -1;
+    }
+    if (wslay_event_context_server_init(&ws->ctx, &wslay_callbacks, cy) !=
+        0) {
+        free(head);
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (cfg->ws_max_message) {
+        wslay_event_config_set_max_recv_msg_length(ws->ctx,
+                                                   cfg->ws_max_message);
+    }
+    ws->state = CD_WS_OPEN;
+    ws->opened_at = uv_now(&cy->server->loop->uv);
+    uv_buf_t b = uv_buf_init(head, (unsigned)hlen);
+    if (cd_conn_write(c, &b, 1, NULL, head) < 0) {
+        return 0; /* Closed: the app gets websocket.disconnect. */
+    }
+    cd_conn_timer_stop(c);
+    if (cfg->ping_interval) {
+        cd_conn_timer_start(c, cfg->ping_interval);
+    }
+    ws_log(cy, "connected");
+    if (c->in.len > 0) {
+        cd_ws_on_read(c);
+    }
+    cd_conn_read_start(c);
+    return 0;
+}
+
+/* Before accept: answer the handshake with a plain HTTP response. */
+static void
+ws_reject(cd_cycle_t *cy, int status, const char *body)
+{
+    cd_ws_t *ws = cy->ws;
+    ws->state = CD_WS_CLOSED;
+    ws_log(cy, "rejected");
+    if (cy->conn != NULL && cy->conn->state != CD_CONN_CLOSING) {
+        cd_http1_simple_response(cy->conn, status, body);
+    }
+}
+
+static int
+ws_close(cd_cycle_t *cy, PyObject *msg)
+{
+    cd_ws_t *ws = cy->ws;
+    cd_state *st = cy->st;
+    if (ws->state == CD_WS_CONNECTING || ws->state == CD_WS_HANDSHAKE) {
+        ws_reject(cy, 403, "Forbidden");
+        return 0;
+    }
+    if (ws->state != CD_WS_OPEN) {
+        return 0; /* Already closing or closed: nothing to do. */
+    }
+    int code = 1000;
+    PyObject *v = PyDict_GetItemWithError(msg, st->s_code);
+    if (v == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    if (v != NULL && v != Py_None) {
+        code = PyLong_AsInt(v);
+        if (code == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    const char *reason = "";
+    Py_ssize_t rlen = 0;
+    v = PyDict_GetItemWithError(msg, st->s_reason);
+    if (v == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    if (v != NULL && v != Py_None) {
+        reason = PyUnicode_AsUTF8AndSize(v, &rlen);
+        if (reason == NULL) {
+            return -1;
+        }
+    }
+    queue_close(ws, code, reason, (size_t)rlen);
+    flush_wslay(cy);
+    return 0;
+}
+
+/* Frame and write one data message, keeping a reference to its bytes. */
+static int
+ws_write_frame(cd_cycle_t *cy, int opcode, const char *data, size_t n,
+               PyObject *keep)
+{
+    cd_conn_t *c = cy->conn;
+    flush_wslay(cy);
+    char *head = malloc(10);
+    if (head == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    size_t hl;
+    head[0] = (char)(0x80 | opcode);
+    if (n < 126) {
+        head[1] = (char)n;
+        hl = 2;
+    }
+    else if (n < 65536) {
+        head[1] = 126;
+        head[2] = (char)(n >> 8);
+        head[3] = (char)n;
+        hl = 4;
+    }
+    else {
+        head[1] = 127;
+        for (int i = 0; i < 8; i++) {
+            head[2 + i] = (char)((uint64_t)n >> (56 - 8 * i));
+        }
+        hl = 10;
+    }
+    uv_buf_t bufs[2] = {uv_buf_init(head, (unsigned)hl),
+                        uv_buf_init((char *)data, (unsigned)n)};
+    cd_conn_write(c, bufs, n ? 2 : 1, keep, head);
+    return 0;
+}
+
+static int
+ws_send_data(cd_cycle_t *cy, PyObject *msg)
+{
+    cd_ws_t *ws = cy->ws;
+    cd_state *st = cy->st;
+    if (ws->state == CD_WS_CONNECTING || ws->state == CD_WS_HANDSHAKE ||
+        ws->state == CD_WS_DENYING) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "websocket.send before websocket.accept (state %s)",
+                     ws_state_name(ws->state));
+        return -1;
+    }
+    PyObject *b = PyDict_GetItemWithError(msg, st->s_bytes);
+    if (b == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *t = NULL;
+    if (b == NULL || b == Py_None) {
+        t = PyDict_GetItemWithError(msg, st->s_text);
+        if (t == NULL && PyErr_Occurred()) {
+            return -1;
+        }
+        if (t == NULL || t == Py_None) {
+            PyErr_SetString(PyExc_ValueError,
+                            "websocket.send needs 'bytes' or 'text'");
+            return -1;
+        }
+        if (!PyUnicode_Check(t)) {
+            PyErr_SetString(PyExc_TypeError, "'text' must be a str");
+            return -1;
+        }
+    }
+    else if (!PyBytes_Check(b)) {
+        PyErr_SetString(PyExc_TypeError, "'bytes' must be bytes");
+        return -1;
+    }
+    if (ws->state != CD_WS_OPEN || cy->conn == NULL) {
+        return 0; /* Daphne drops sends after the close. */
+    }
+    if (t != NULL) {
+        Py_ssize_t n;
+        const char *p = PyUnicode_AsUTF8AndSize(t, &n);
+        if (p == NULL) {
+            return -1;
+        }
+        return ws_write_frame(cy, WSLAY_TEXT_FRAME, p, (size_t)n, t);
+    }
+    return ws_write_frame(cy, WSLAY_BINARY_FRAME, PyBytes_AS_STRING(b),
+                          (size_t)PyBytes_GET_SIZE(b), b);
+}
+
+static int
+type_is(PyObject *type, PyObject *s)
+{
+    return type == s ||
+           (PyUnicode_Check(type) && PyUnicode_Compare(type, s) == 0);
+}
+
+PyObject *
+cd_ws_send(cd_cycle_t *cy, PyObject *msg)
+{
+    cd_ws_t *ws = cy->ws;
+    cd_state *st = cy->st;
+    if (!PyDict_Check(msg)) {
+        PyErr_SetString(PyExc_TypeError, "send() takes a dict");
+        return NULL;
+    }
+    PyObject *type = PyDict_GetItemWithError(msg, st->s_type);
+    if (type == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "message has no 'type'");
+        }
+        return NULL;
+    }
+    int r;
+    if (type_is(type, st->s_ws_send)) {
+        r = ws_send_data(cy, msg);
+    }
+    else if (type_is(type, st->s_ws_accept)) {
+        if (ws->state == CD_WS_CLOSED) {
+            r = 0;
+        }
+        else if (ws->state != CD_WS_CONNECTING &&
+                 ws->state != CD_WS_HANDSHAKE) {
+            PyErr_Format(PyExc_RuntimeError,
+                         "websocket.accept in state %s",
+                         ws_state_name(ws->state));
+            r = -1;
+        }
+        else {
+            r = ws_accept(cy, msg);
+        }
+    }
+    else if (type_is(type, st->s_ws_close)) {
+        r = ws_close(cy, msg);
+    }
+    else if (type_is(type, st->s_ws_http_response_start)) {
+        if (ws->state != CD_WS_CONNECTING && ws->state != CD_WS_HANDSHAKE) {
+            PyErr_Format(PyExc_RuntimeError,
+                         "websocket.http.response.start in state %s",
+                         ws_state_name(ws->state));
+            return NULL;
+        }
+        ws->state = CD_WS_DENYING;
+        r = cd_cycle_response_start(cy, msg);
+    }
+    else if (type_is(type, st->s_ws_http_response_body)) {
+        if (ws->state != CD_WS_DENYING) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "websocket.http.response.body without start");
+            return NULL;
+        }
+        cy->keep_alive = 0;
+        r = cd_cycle_response_body(cy, msg);
+        if (r == 0 && cy->resp == CD_RESP_DONE) {
+            ws->state = CD_WS_CLOSED;
+            ws_log(cy, "rejected");
+        }
+    }
+    else {
+        PyErr_Format(PyExc_ValueError,
+                     "unexpected ASGI message type %R for a WebSocket", type);
+        return NULL;
+    }
+    if (r < 0) {
+        return NULL;
+    }
+    cd_conn_t *c = cy->conn;
+    if (c != NULL && ws->state == CD_WS_OPEN &&
+        c->write_queued > cy->server->cfg.write_high_water) {
+        if (cy->send_fut == NULL) {
+            cy->send_fut = cd_future_new(cy->server);
+            if (cy->send_fut == NULL) {
+                return NULL;
+            }
+        }
+        return cd_waiter_pending(st, Py_NewRef(cy->send_fut));
+    }
+    return cd_waiter_ready(st, Py_NewRef(Py_None));
+}
+
+PyObject *
+cd_ws_receive(cd_cycle_t *cy)
+{
+    PyObject *msg = next_message(cy);
+    if (msg != NULL) {
+        return cd_waiter_ready(cy->st, msg);
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (cy->recv_fut == NULL) {
+        cy->recv_fut = cd_future_new(cy->server);
+        if (cy->recv_fut == NULL) {
+            return NULL;
+        }
+    }
+    return cd_waiter_pending(cy->st, Py_NewRef(cy->recv_fut));
+}
+
+/* ---- lifecycle ---------------------------------------------------- */
+
+void
+cd_ws_on_close(cd_cycle_t *cy)
+{
+    cd_ws_t *ws = cy->ws;
+    if (ws->state == CD_WS_CLOSED) {
+        wake_receiver(cy);
+        return;
+    }
+    int was_open = ws->state == CD_WS_OPEN || ws->state == CD_WS_CLOSING;
+    ws->state = CD_WS_CLOSED;
+    wake_receiver(cy);
+    if (cy->send_fut != NULL) {
+        PyObject *fut = cy->send_fut;
+        cy->send_fut = NULL;
+        if (cd_future_resolve(cy->st, fut, Py_None) < 0) {
+            PyErr_Clear();
+        }
+        Py_DECREF(fut);
+    }
+    if (was_open) {
+        ws_log(cy, "disconnected");
+    }
+    cd_cycle_arm_close_timeout(cy);
+}
+
+void
+cd_ws_on_timeout(cd_conn_t *c)
+{
+    cd_cycle_t *cy = c->cycle;
+    if (cy == NULL || cy->ws == NULL) {
+        cd_conn_close(c);
+        return;
+    }
+    cd_ws_t *ws = cy->ws;
+    cd_config_t *cfg = &c->server->cfg;
+    uint64_t now = uv_now(&c->server->loop->uv);
+    switch (ws->state) {
+    case CD_WS_CONNECTING:
+    case CD_WS_HANDSHAKE:
+        /* --websocket_connect_timeout: the app never answered. */
+        ws_reject(cy, 403, "Forbidden");
+        return;
+    case CD_WS_OPEN:
+        if (cfg->ws_timeout && now - ws->opened_at >= cfg->ws_timeout) {
+            queue_close(ws, 1000, "", 0);
+            flush_wslay(cy);
+            return;
+        }
+        if (ws->pong_pending &&
+            now - ws->ping_sent_at >= cfg->ping_timeout) {
+            cd_conn_close(c);
+            return;
+        }
+        if (!ws->pong_pending) {
+            struct wslay_event_msg ping = {WSLAY_PING, NULL, 0};
+            wslay_event_queue_msg(ws->ctx, &ping);
+            ws->pong_pending = 1;
+            ws->ping_sent_at = now;
+            flush_wslay(cy);
+        }
+        cd_conn_timer_start(c, cfg->ping_interval);
+        return;
+    default:
+        cd_conn_close(c);
+    }
+}
+
+void
+cd_ws_shutdown(cd_conn_t *c)
+{
+    cd_cycle_t *cy = c->cycle;
+    if (cy != NULL && cy->ws != NULL && cy->ws->state == CD_WS_OPEN) {
+        queue_close(cy->ws, 1012, "", 0);
+        flush_wslay(cy);
+        cd_conn_close_after_writes(c);
+        return;
+    }
+    cd_conn_close(c);
+}
+
+void
+cd_ws_on_task_done(cd_cycle_t *cy, PyObject *exc)
+{
+    cd_ws_t *ws = cy->ws;
+    switch (ws->state) {
+    case CD_WS_CONNECTING:
+    case CD_WS_HANDSHAKE:
+        if (exc != NULL) {
+            ws_reject(cy, 500, "Internal Server Error");
+        }
+        else {
+            ws_reject(cy, 403, "Forbidden");
+        }
+        break;
+    case CD_WS_DENYING:
+        cy->resp = CD_RESP_DONE;
+        ws->state = CD_WS_CLOSED;
+        if (cy->conn != NULL) {
+            cd_conn_close(cy->conn);
+        }
+        break;
+    case CD_WS_OPEN:
+        queue_close(ws, exc != NULL ? 1011 : 1000, "", 0);
+        flush_wslay(cy);
+        break;
+    default:
+        break;
+    }
+}
+
+void
+cd_ws_free(cd_ws_t *ws)
+{
+    if (ws->ctx != NULL) {
+        wslay_event_context_free(ws->ctx);
+    }
+    while (ws->qlen > 0) {
+        Py_DECREF(queue_pop(ws));
+    }
+    free(ws->queue);
+    cd_buf_dispose(&ws->out);
+    Py_XDECREF(ws->close_reason);
+    free(ws);
+}
