@@ -116,6 +116,15 @@ def resolve_host(addr: str, port: int, ipv6: bool) -> str:
     return str(infos[0][4][0])
 
 
+def check_bindable(host: str, port: int) -> None:
+    """Raise the OSError that binding host:port would raise now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As the server does: a port in TIME_WAIT is fine, a listener is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+
+
 class Command(StaticfilesRunserverCommand):
     help = (
         "Starts a lightweight development server for the project's ASGI_APPLICATION "
@@ -228,6 +237,13 @@ class Command(StaticfilesRunserverCommand):
             http_timeout=options.get("http_timeout"),
             websocket_connect_timeout=options.get("websocket_handshake_timeout", 5),
         )
+        if port:
+            # The server reports a bind failure as a startup error; check first
+            # so that the user gets Django's wording for the usual causes.
+            try:
+                check_bindable(host, port)
+            except OSError as exc:
+                self._exit_with_error(BIND_ERRORS.get(exc.errno or 0, str(exc)))
         done = threading.Event()
         server = Server(config)
         if options.get("use_reloader"):
