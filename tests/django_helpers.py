@@ -154,10 +154,11 @@ class ServerProcess:
         return self.proc.wait(timeout)
 
     def stop(self) -> int:
-        """SIGINT (Ctrl-C) to the whole session, then SIGKILL if needed."""
+        """SIGTERM to the whole session (SIGINT may be ignored when the tests
+        run in the background), then SIGKILL if needed."""
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGINT)
+                os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)

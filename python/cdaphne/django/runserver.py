@@ -236,6 +236,9 @@ class Command(StaticfilesRunserverCommand):
             on_ready=self.on_ready,
             http_timeout=options.get("http_timeout"),
             websocket_connect_timeout=options.get("websocket_handshake_timeout", 5),
+            # A development server restarts often: close open WebSockets
+            # (1012, service restart) after one second, not ten.
+            graceful_timeout=1.0,
         )
         if port:
             # The server reports a bind failure as a startup error; check first
@@ -251,7 +254,7 @@ class Command(StaticfilesRunserverCommand):
             # WebSockets are closed as a restart (1012) rather than cut.
             def stop_before_reload(sender: Any, file_path: Any, **kwargs: Any) -> None:
                 server.request_stop()
-                done.wait(3.0)
+                done.wait(5.0)
 
             autoreload.file_changed.connect(stop_before_reload, weak=False)
         logger.debug("cdaphne running, listening on %s:%s", host, port)
