@@ -111,6 +111,12 @@ def test_room_page_has_log_input_and_script(server: ChatServer) -> None:
     assert "/static/chat/room.js" in response.text
 
 
+def test_static_files_are_served_in_debug(server: ChatServer) -> None:
+    response = http_get(server.http + "/static/chat/room.js")
+    assert response.status_code == 200
+    assert "new WebSocket(url)" in response.text
+
+
 def test_two_clients_in_one_room_see_each_others_messages(server: ChatServer) -> None:
     alice = server.client("/ws/chat/room-a/")
     bob = server.client("/ws/chat/room-a/")

@@ -124,8 +124,11 @@ def test_runserver_insecure_serves_static_files_without_debug(project: Path, run
 
 @needs_server
 def test_runserver_nostatic_serves_no_static_files(project: Path, runserver) -> None:
+    # Without DEBUG: in DEBUG the example's application serves them itself.
     port = free_port()
-    server = runserver(project, "--noreload", "--nostatic", str(port))
+    server = runserver(
+        project, "--noreload", "--nostatic", "--insecure", str(port), DJANGO_DEBUG="0"
+    )
     server.wait_listening(port)
     assert http_get(f"http://127.0.0.1:{port}/static/chat/room.js").status_code == 404
     assert http_get(f"http://127.0.0.1:{port}/chat/lobby/").status_code == 200
