@@ -4,6 +4,7 @@ real processes on free ports, real HTTP and WebSocket clients."""
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import sys
 import time
@@ -323,3 +324,20 @@ def test_runserver_help_lists_the_cdaphne_options(project: Path) -> None:
     for option in ("--noasgi", "--nostatic", "--insecure", "--noreload", "--http_timeout"):
         assert option in result.stdout
     assert "cdaphne" in result.stdout
+
+
+@needs_server
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_runserver_noreload_stops_cleanly_on_a_signal(
+    project: Path, runserver, signum: int
+) -> None:
+    port = free_port()
+    server = runserver(project, "--noreload", str(port))
+    server.wait_listening(port)
+    client = WSClient(f"ws://127.0.0.1:{port}/ws/chat/lobby/")
+    server.proc.send_signal(signum)
+    assert server.wait_exit(timeout=15) == 0
+    opcode, payload = client.ws.recv_data(control_frame=True)
+    assert opcode == websocket.ABNF.OPCODE_CLOSE
+    assert int.from_bytes(payload[:2], "big") == 1012
+    assert "Traceback" not in server.output()
