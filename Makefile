@@ -1,6 +1,7 @@
 # The two commands of the quick start: `make run` and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+export VENV PYTHON
 
 .PHONY: install run test lint bench bench-quick clean
 

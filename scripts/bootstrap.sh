@@ -24,7 +24,11 @@ fi
 
 pick_python() {
     local best="" v
-    for cand in "${PYTHON:-}" "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python3 \
+    if [ -n "${PYTHON:-}" ]; then
+        echo "$PYTHON"  # Asked for by name (CI's 3.11 run).
+        return
+    fi
+    for cand in "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python3 \
         python3.14 python3.13 python3.12; do
         [ -n "$cand" ] || continue
         command -v "$cand" >/dev/null 2>&1 || [ -x "$cand" ] || continue

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--application-close-timeout", type=float, default=10,
       help="seconds an application may run after its client is gone")
     a("--root-path", default="", help="the setting for the ASGI root_path variable")
-    a("--proxy-headers", action="store_true", help="trust X-Forwarded-For/-Proto/-Port and Forwarded")
+    a("--proxy-headers", action="store_true",
+      help="trust X-Forwarded-For/-Proto/-Port and Forwarded")
     a("--proxy-headers-host", default="X-Real-IP", help="header carrying the client address")
     a("--proxy-headers-port", default="X-Forwarded-Port", help="header carrying the client port")
     a("--forwarded-allow-ips", default=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--limit-concurrency", type=int, default=None,
       help="connections beyond this get a 503")
     a("--max-body-size", type=_size, default=None, help="largest request body, bytes (413 beyond)")
+    a("--timeout-graceful-shutdown", dest="graceful_timeout", type=float, default=10,
+      help="seconds in-flight requests and WebSockets get on shutdown before being closed")
     a("--lifespan", choices=("auto", "on", "off"), default="auto", help="ASGI lifespan protocol")
     a("-v", "--verbosity", type=int, default=1, help="0 = quiet, 1 = normal, 2/3 = debug")
     a("-s", "--server-name", default="cdaphne", help="the Server header's value")
@@ -100,6 +103,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         limit_concurrency=args.limit_concurrency,
         max_body_size=args.max_body_size,
         lifespan=args.lifespan,
+        graceful_timeout=args.graceful_timeout,
         configure_logging=True,
     )
 

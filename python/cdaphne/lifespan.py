@@ -48,7 +48,7 @@ class Lifespan:
         await self._inbox.put({"type": "lifespan.shutdown"})
         try:
             await asyncio.wait_for(self._shutdown_done.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.warning("Lifespan shutdown timed out after %ss", timeout)
         if self.failed_message is not None:
             logger.error("Application shutdown failed: %s", self.failed_message)

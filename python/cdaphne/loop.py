@@ -31,7 +31,9 @@ class LibuvSelector(selectors._BaseSelectorImpl):  # type: ignore[misc]
         """Route request dispatch through `loop` (called once by the loop)."""
         self.core.attach(loop)
         handle = asyncio.Handle(self.core.dispatch, (), loop)
-        key = selectors.SelectorKey(_DISPATCH_FD, _DISPATCH_FD, selectors.EVENT_READ, (handle, None))
+        key = selectors.SelectorKey(
+            _DISPATCH_FD, _DISPATCH_FD, selectors.EVENT_READ, (handle, None)
+        )
         self._dispatch_ready = [(key, selectors.EVENT_READ)]
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:

@@ -99,7 +99,7 @@ class Server:
 
         self._install_signal_handlers(loop)
         logger.info("cdaphne %s serving (Python %s)", __version__, sys.version.split()[0])
-        for bind, name in zip(binds, self.sockets):
+        for bind, name in zip(binds, self.sockets, strict=True):
             logger.info("Listening on %s", _describe(bind, name))
         self.started.set()
         if config.on_ready is not None:

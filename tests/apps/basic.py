@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-
 
 async def hello(scope, receive, send):
     if scope["type"] != "http":

@@ -1,0 +1,419 @@
+"""WebSocket behaviour of a real cdaphne process, with real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import struct
+import time
+
+import httpx
+import pytest
+import websocket
+import websockets
+
+from .serverproc import ServerProcess, serve
+
+APP = "tests.apps.wsbehaviour:app"
+
+
+def events(server: ServerProcess) -> list[dict]:
+    return httpx.get(server.url("/events")).json()
+
+
+def wait_events(server: ServerProcess, kind: str, timeout: float = 5) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in events(server) if e["event"] == kind]
+        if found:
+            return found
+        time.sleep(0.05)
+    return []
+
+
+# ---- a raw client for what the libraries won't do -----------------------
+
+def raw_handshake(port: int, path: str = "/") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        assert chunk, "closed during handshake"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = True) -> bytes:
+    first = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        head = bytes([first, (0x80 if masked else 0) | n])
+    elif n < 65536:
+        head = bytes([first, (0x80 if masked else 0) | 126]) + struct.pack("!H", n)
+    else:
+        head = bytes([first, (0x80 if masked else 0) | 127]) + struct.pack("!Q", n)
+    if not masked:
+        return head + payload
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def read_frame(sock: socket.socket) -> tuple[int, bytes]:
+    def exact(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("closed")
+            data += chunk
+        return data
+
+    b0, b1 = exact(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", exact(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", exact(8))[0]
+    assert not b1 & 0x80, "server frames are never masked"
+    return b0 & 0x0F, exact(n)
+
+
+def close_code(payload: bytes) -> int:
+    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+
+
+@pytest.fixture(scope="module")
+def server():
+    with serve(APP, "--ping-interval", "0", "--websocket-max-message-size", "65536") as s:
+        yield s
+
+
+# ---- messages ------------------------------------------------------------
+
+def test_text_and_binary_echo(server):
+    ws = websocket.create_connection(server.url("/echo", "ws"))
+    ws.send("héllo wörld")
+    assert ws.recv() == "héllo wörld"
+    ws.send_binary(b"\x00\xff" * 1000)
+    assert ws.recv() == b"\x00\xff" * 1000
+    ws.close()
+
+
+def test_fragmented_message_is_reassembled(server):
+    sock = raw_handshake(server.port, "/echo")
+    sock.sendall(frame(0x1, b"frag", fin=False) + frame(0x0, b"men", fin=False))
+    sock.sendall(frame(0x9, b"ping-in-between") + frame(0x0, b"ted"))
+    assert read_frame(sock) == (0xA, b"ping-in-between")
+    assert read_frame(sock) == (0x1, b"fragmented")
+    sock.close()
+
+
+def test_client_ping_gets_pong(server):
+    sock = raw_handshake(server.port, "/echo")
+    sock.sendall(frame(0x9, b"are you there"))
+    assert read_frame(sock) == (0xA, b"are you there")
+    sock.close()
+
+
+def test_websockets_library_round_trip(server):
+    async def main() -> None:
+        async with websockets.connect(server.url("/echo", "ws")) as ws:
+            for i in range(50):
+                await ws.send(f"msg {i}")
+                assert await ws.recv() == f"msg {i}"
+            await ws.send(b"\x01" * 60000)
+            assert await ws.recv() == b"\x01" * 60000
+
+    asyncio.run(main())
+
+
+# ---- handshake -----------------------------------------------------------
+
+def test_scope_subprotocol_and_accept_headers(server):
+    ws = websocket.create_connection(
+        server.url("/scope?room=1", "ws"), subprotocols=["chat.v1", "chat.v2"]
+    )
+    assert ws.getsubprotocol() == "chat.v2"
+    assert ws.getheaders()["x-extra"] == "yes"
+    scope = json.loads(ws.recv())
+    ws.close()
+    assert scope["type"] == "websocket"
+    assert scope["scheme"] == "ws"
+    assert scope["subprotocols"] == ["chat.v1", "chat.v2"]
+    assert scope["has_method"] is False
+    assert scope["path"] == "/scope"
+    assert scope["raw_path"] == "/scope"
+    assert scope["query_string"] == "room=1"
+    assert scope["http_version"] == "1.1"
+    assert scope["client"][0] == "127.0.0.1"
+    assert scope["server"] == ["127.0.0.1", server.port]
+    assert scope["extensions"] == {"websocket.http.response": {}}
+
+
+def test_close_before_accept_is_403(server):
+    with pytest.raises(websocket.WebSocketBadStatusException) as info:
+        websocket.create_connection(server.url("/reject", "ws"))
+    assert info.value.status_code == 403
+
+
+WS_HEADERS = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
+
+
+def test_http_response_extension_denies_with_custom_response(server):
+    # httpx reads the streamed (chunked) denial body; websocket-client won't.
+    response = httpx.get(server.url("/deny"), headers=WS_HEADERS)
+    assert response.status_code == 401
+    assert response.content == b"no entry"
+    assert response.headers["x-why"] == "token"
+
+
+def test_send_before_accept_raises_in_app(server):
+    with pytest.raises(websocket.WebSocketBadStatusException):
+        websocket.create_connection(server.url("/send-before-accept", "ws"))
+    errors = wait_events(server, "send-error")
+    assert errors and "before websocket.accept" in errors[0]["text"]
+
+
+def test_bad_version_is_426_and_server_still_serves(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 8\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 426")
+    ws = websocket.create_connection(server.url("/echo", "ws"))
+    ws.send("still here")
+    assert ws.recv() == "still here"
+    ws.close()
+
+
+def test_app_crash_before_accept_is_500(server):
+    with pytest.raises(websocket.WebSocketBadStatusException) as info:
+        websocket.create_connection(server.url("/crash-before-accept", "ws"))
+    assert info.value.status_code == 500
+    assert server.wait_for_log("boom before accept")
+
+
+# ---- closing -------------------------------------------------------------
+
+def test_server_close_sends_code_and_reason(server):
+    sock = raw_handshake(server.port, "/close")
+    opcode, payload = read_frame(sock)
+    assert opcode == 0x8
+    assert close_code(payload) == 4001
+    assert payload[2:] == b"bye now"
+    sock.sendall(frame(0x8, payload[:2]))
+    sock.close()
+
+
+def test_client_close_code_and_reason_reach_app(server):
+    before = len([e for e in events(server) if e["event"] == "websocket.disconnect"])
+    sock = raw_handshake(server.port, "/record")
+    sock.sendall(frame(0x8, struct.pack("!H", 4002) + "ciao 👋".encode()))
+    assert close_code(read_frame(sock)[1]) == 4002
+    sock.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        got = [e for e in events(server) if e["event"] == "websocket.disconnect"]
+        if len(got) > before:
+            break
+        time.sleep(0.05)
+    assert got[before:] == [{"event": "websocket.disconnect", "code": 4002, "reason": "ciao 👋"}]
+
+
+@pytest.mark.parametrize(
+    ("how", "code"),
+    [("close-without-code", 1005), ("drop", 1006)],
+)
+def test_disconnect_code_delivered_exactly_once(server, how, code):
+    marker = f"/record?{how}"
+    sock = raw_handshake(server.port, marker)
+    before = len(events(server))
+    if how == "drop":
+        sock.close()
+    else:
+        sock.sendall(frame(0x8, b""))
+        assert read_frame(sock)[0] == 0x8
+        sock.close()
+    time.sleep(0.3)
+    new = [e for e in events(server)[before:] if e["event"] == "websocket.disconnect"]
+    assert new == [{"event": "websocket.disconnect", "code": code, "reason": ""}]
+
+
+def test_disconnect_delivered_after_server_side_close(server):
+    before = len(events(server))
+    sock = raw_handshake(server.port, "/close")
+    assert read_frame(sock)[0] == 0x8
+    sock.sendall(frame(0x8, struct.pack("!H", 4001)))
+    sock.close()
+    time.sleep(0.3)
+    new = [e for e in events(server)[before:] if e["event"] == "websocket.disconnect"]
+    assert len(new) == 1
+
+
+def test_app_exception_after_accept_closes_1011(server):
+    sock = raw_handshake(server.port, "/crash")
+    opcode, payload = read_frame(sock)
+    assert (opcode, close_code(payload)) == (0x8, 1011)
+    sock.close()
+    assert server.wait_for_log("boom after accept")
+
+
+def test_app_returning_closes_1000(server):
+    sock = raw_handshake(server.port, "/return")
+    opcode, payload = read_frame(sock)
+    assert (opcode, close_code(payload)) == (0x8, 1000)
+    sock.close()
+
+
+# ---- protocol errors and limits --------------------------------------------
+
+def test_invalid_utf8_closes_1007(server):
+    sock = raw_handshake(server.port, "/echo")
+    sock.sendall(frame(0x1, b"\xff\xfe bad"))
+    opcode, payload = read_frame(sock)
+    assert (opcode, close_code(payload)) == (0x8, 1007)
+    sock.close()
+
+
+def test_unmasked_client_frame_closes_1002(server):
+    sock = raw_handshake(server.port, "/echo")
+    sock.sendall(frame(0x1, b"naked", masked=False))
+    opcode, payload = read_frame(sock)
+    assert (opcode, close_code(payload)) == (0x8, 1002)
+    sock.close()
+
+
+def test_message_over_limit_closes_1009(server):
+    sock = raw_handshake(server.port, "/echo")
+    sock.sendall(frame(0x2, b"x" * 70000))
+    opcode, payload = read_frame(sock)
+    assert (opcode, close_code(payload)) == (0x8, 1009)
+    sock.close()
+
+
+def test_fragments_over_limit_close_1009(server):
+    sock = raw_handshake(server.port, "/echo")
+    for _ in range(3):
+        sock.sendall(frame(0x2 if _ == 0 else 0x0, b"y" * 30000, fin=False))
+    opcode, payload = read_frame(sock)
+    assert (opcode, close_code(payload)) == (0x8, 1009)
+    sock.close()
+
+
+# ---- backpressure ----------------------------------------------------------
+
+def test_send_waits_for_a_slow_reader(server):
+    sock = raw_handshake(server.port, "/flood")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    time.sleep(1.0)
+    sent_while_stalled = httpx.get(server.url("/sent")).json()["bytes"]
+    assert sent_while_stalled < 32 * 1024 * 1024
+    total = 0
+    while True:
+        opcode, payload = read_frame(sock)
+        if opcode == 0x8:
+            break
+        total += len(payload)
+    assert total == 3200 * 65536
+    sock.close()
+
+
+# ---- timers (own servers: they need other flags) --------------------------
+
+def test_server_pings_and_drops_a_silent_peer():
+    with serve(APP, "--ping-interval", "0.2", "--ping-timeout", "0.3") as s:
+        sock = raw_handshake(s.port, "/record")
+        opcode, _ = read_frame(sock)
+        assert opcode == 0x9
+        start = time.monotonic()
+        sock.settimeout(5)
+        with pytest.raises(ConnectionError):
+            while True:  # We never answer: the server must hang up.
+                read_frame(sock)
+        assert time.monotonic() - start < 3
+        sock.close()
+        found = wait_events(s, "websocket.disconnect")
+        assert found and found[0]["code"] == 1006
+
+
+def test_pongs_keep_a_connection_open():
+    with serve(APP, "--ping-interval", "0.2", "--ping-timeout", "0.3") as s:
+        sock = raw_handshake(s.port, "/echo")
+        deadline = time.monotonic() + 1.5
+        pings = 0
+        while time.monotonic() < deadline:
+            opcode, payload = read_frame(sock)
+            assert opcode == 0x9
+            pings += 1
+            sock.sendall(frame(0xA, payload))
+        sock.sendall(frame(0x1, b"alive"))
+        while True:
+            opcode, payload = read_frame(sock)
+            if opcode == 0x1:
+                break
+        assert payload == b"alive"
+        assert pings >= 3
+        sock.close()
+
+
+def test_websocket_connect_timeout_rejects_slow_apps():
+    with serve(APP, "--websocket_connect_timeout", "0.3") as s:
+        with pytest.raises(websocket.WebSocketBadStatusException) as info:
+            websocket.create_connection(s.url("/never-accept", "ws"), timeout=5)
+        assert info.value.status_code == 403
+
+
+def test_websocket_timeout_closes_old_connections():
+    with serve(APP, "--websocket_timeout", "0.5", "--ping-interval", "0.1") as s:
+        sock = raw_handshake(s.port, "/echo")
+        start = time.monotonic()
+        while True:
+            opcode, payload = read_frame(sock)
+            if opcode == 0x9:
+                sock.sendall(frame(0xA, payload))
+                continue
+            break
+        assert (opcode, close_code(payload)) == (0x8, 1000)
+        assert time.monotonic() - start < 3
+        sock.close()
+
+
+def test_shutdown_closes_open_sockets_with_1012():
+    server = ServerProcess(APP, "--timeout-graceful-shutdown", "0.5").start()
+    try:
+        sock = raw_handshake(server.port, "/record")
+        server.proc.send_signal(signal.SIGTERM)
+        opcode, payload = read_frame(sock)
+        assert (opcode, close_code(payload)) == (0x8, 1012)
+        sock.close()
+        assert server.proc.wait(10) == 0
+    finally:
+        server.stop()
+
+
+def test_idle_connections_cost_no_cpu():
+    psutil = pytest.importorskip("psutil")
+    with serve(APP) as s:
+        socks = [raw_handshake(s.port, "/echo") for _ in range(1000)]
+        proc = psutil.Process(s.proc.pid)
+        before = sum(proc.cpu_times()[:2])
+        time.sleep(2)
+        used = sum(proc.cpu_times()[:2]) - before
+        for sock in socks:
+            sock.close()
+        assert used < 0.2, f"1000 idle WebSockets used {used:.2f}s of CPU in 2s"
