@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from django_helpers import (
+from .django_helpers import (
     EXAMPLE_DIR,
     browser_available,
     cdaphne_server_available,

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import websocket
 
-from django_helpers import (
+from .django_helpers import (
     EXAMPLE_DIR,
     ServerProcess,
     WSClient,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import websocket
 
-from django_helpers import (
+from .django_helpers import (
     ServerProcess,
     WSClient,
     cdaphne_server_available,

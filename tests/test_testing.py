@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from django_helpers import cdaphne_server_available
+from .django_helpers import cdaphne_server_available
 
 pytestmark = pytest.mark.skipif(
     not cdaphne_server_available(), reason="cdaphne.server does not exist yet"

@@ -174,6 +174,7 @@ else:
 
         _port: int
         _server_process: Any
+        _live_server_modified_settings: Any
 
         @property
         def live_server_url(self) -> str:
@@ -186,7 +187,7 @@ else:
         @classmethod
         def setUpClass(cls) -> None:
             for connection in connections.all():
-                if connection.vendor == "sqlite" and connection.is_in_memory_db():
+                if connection.vendor == "sqlite" and connection.is_in_memory_db():  # type: ignore[attr-defined]
                     raise ImproperlyConfigured(
                         "ChannelsLiveServerTestCase can not be used with in memory databases"
                     )

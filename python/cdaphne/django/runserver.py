@@ -132,6 +132,12 @@ class Command(StaticfilesRunserverCommand):
     )
     server_version = cdaphne.__version__
 
+    # Set by Django's handle() from the addrport argument.
+    addr: str
+    port: str
+    use_ipv6: bool
+    _raw_ipv6: bool
+
     def add_arguments(self, parser: CommandParser) -> None:
         super().add_arguments(parser)
         parser.add_argument(
@@ -180,7 +186,7 @@ class Command(StaticfilesRunserverCommand):
             and use_static_handler
             and (settings.DEBUG or insecure_serving)
         ):
-            return ASGIStaticFilesHandler(application)  # type: ignore[no-untyped-call]
+            return ASGIStaticFilesHandler(application)  # type: ignore[arg-type]
         return application
 
     def inner_run(self, *args: Any, **options: Any) -> None:
@@ -207,8 +213,9 @@ class Command(StaticfilesRunserverCommand):
             # fixing the module restarts the server, as with Django's server.
             cause = exc.__cause__
             filename = _failing_file(cause) if cause is not None else None
-            if filename and filename not in autoreload._error_files:
-                autoreload._error_files.append(filename)
+            error_files: list[str] = getattr(autoreload, "_error_files", [])
+            if filename and filename not in error_files:
+                error_files.append(filename)
             self.stderr.write(f"Error: {exc}")
             self.stderr.write("Waiting for a file change to restart the server.")
             self.stderr.flush()
