@@ -1,0 +1,98 @@
+"""cdaphne.testing.CdaphneProcess: a real server in a child process."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .django_helpers import cdaphne_server_available
+
+pytestmark = pytest.mark.skipif(
+    not cdaphne_server_available(), reason="cdaphne.server does not exist yet"
+)
+
+
+async def hello_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hello from the child"})
+
+
+def get_hello_app() -> Any:
+    return hello_app
+
+
+def get_broken_app() -> Any:
+    raise LookupError("no application here")
+
+
+def touch(path: str) -> None:
+    Path(path).write_text("called")
+
+
+def wait_ready(process: Any) -> int:
+    assert process.ready.wait(30), "server did not become ready"
+    return int(process.port.value)
+
+
+def test_process_serves_on_an_os_chosen_port_and_stops_on_terminate(tmp_path: Path) -> None:
+    from cdaphne.testing import CdaphneProcess
+
+    setup_marker = tmp_path / "setup"
+    teardown_marker = tmp_path / "teardown"
+    process = CdaphneProcess(
+        "127.0.0.1",
+        get_hello_app,
+        setup=partial(touch, str(setup_marker)),
+        teardown=partial(touch, str(teardown_marker)),
+    )
+    process.start()
+    try:
+        port = wait_ready(process)
+        assert port > 0
+        assert setup_marker.exists()
+        response = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+        assert response.text == "hello from the child"
+    finally:
+        process.terminate()
+        process.join(30)
+    assert process.exitcode == 0
+    assert teardown_marker.exists()
+    assert process.errors.empty()
+
+
+def test_process_resolves_localhost_and_passes_config_kwargs() -> None:
+    from cdaphne.testing import CdaphneProcess
+
+    process = CdaphneProcess("localhost", get_hello_app, kwargs={"server_name": "testing-name"})
+    process.start()
+    try:
+        port = wait_ready(process)
+        response = httpx.get(f"http://localhost:{port}/", timeout=10)
+        assert response.status_code == 200
+        assert response.headers.get("server") == "testing-name"
+    finally:
+        process.terminate()
+        process.join(30)
+
+
+def test_process_reports_a_failing_get_application(tmp_path: Path) -> None:
+    from cdaphne.testing import CdaphneProcess
+
+    teardown_marker = tmp_path / "teardown"
+    process = CdaphneProcess(
+        "127.0.0.1", get_broken_app, teardown=partial(touch, str(teardown_marker))
+    )
+    process.start()
+    process.join(30)
+    assert not process.ready.is_set()
+    error, text = process.errors.get(timeout=5)
+    assert isinstance(error, LookupError)
+    assert "no application here" in text
+    assert "Traceback" in text
+    assert teardown_marker.exists()
