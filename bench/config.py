@@ -29,7 +29,8 @@ class Mode:
     ws_message_size: int = 64
     ws_client_procs: int = 1
     idle_connections: int = 1000
-    latency_rate: int = 2000  # requests per second, all connections together
+    latency_rate: int = 1000  # requests per second, all connections together
+    latency_connections: int = 10
     startup_timeout: float = 30.0
 
 

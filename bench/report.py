@@ -33,7 +33,9 @@ def _notes(res: dict[str, Any]) -> str:
         parts.append(f"**{res['status']}**: {res['reason']}")
         if res.get("median") is not None:
             parts.append(f"(unverified median {res['median']:,.0f})")
-    elif res.get("first_error"):
+    if res.get("summary"):
+        parts.append(str(res["summary"]))
+    if res["status"] == OK and res.get("first_error"):
         parts.append(str(res["first_error"]))
     text = " ".join(parts).replace("|", "\\|").replace("\n", " ")
     return text[:300] + ("…" if len(text) > 300 else "")
@@ -45,6 +47,14 @@ def _ok_median(servers: dict[str, Any], name: str) -> float | None:
         return None
     median: float | None = res["median"]
     return median
+
+
+def _ok_extra(servers: dict[str, Any], name: str, key: str) -> float | None:
+    res = servers.get(name)
+    if res is None or res["status"] != OK or key not in res:
+        return None
+    value: float = res[key]
+    return value
 
 
 def scenario_table(key: str, sc: dict[str, Any]) -> list[str]:
@@ -68,10 +78,13 @@ def scenario_table(key: str, sc: dict[str, Any]) -> list[str]:
     second = _ok_median(servers, SECOND_REFERENCE)
     vs = "cdaphne ÷ this" if higher else "this ÷ cdaphne"
     vs2 = "this ÷ uvicorn" if higher else "uvicorn ÷ this"
+    ref_cpu = _ok_extra(servers, REFERENCE, "per_server_cpu_s")
+    per_cpu = any("per_server_cpu_s" in r for r in servers.values())
     lines += [
-        f"| server | median {unit} | runs (min–max) | {vs} | {vs2} | cores busy srv/cli %"
-        " | notes |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        f"| server | median {unit} | runs (min–max) | {vs} | {vs2} | CPU % srv/cli"
+        + (" | per server CPU-s | cdaphne ÷ this per CPU-s" if per_cpu else "")
+        + " | notes |",
+        "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if per_cpu else "") + "---|",
     ]
     order = sorted(
         servers.items(),
@@ -89,16 +102,25 @@ def scenario_table(key: str, sc: dict[str, Any]) -> list[str]:
             if res["values"] else "0"
         )  # fmt: skip
         cores = "—"
-        if "server_core_pct" in res:
-            cores = f"{res['server_core_pct']:.0f}/{res.get('client_core_pct', 0):.0f}"
+        if "server_cpu_pct" in res:
+            cores = f"{res['server_cpu_pct']:.0f}/{res.get('client_cpu_pct', 0):.0f}"
         vs_ref = "1.00×" if name == REFERENCE and ok else _cell(r1)
+        cpu_cells = ""
+        r3 = None
+        if per_cpu:
+            mine = res.get("per_server_cpu_s") if ok else None
+            r3 = _ratio(ref_cpu, mine)
+            cpu_cells = f" | {_fmt(mine, unit)} | {_cell(r3)}"
         lines.append(
             f"| {name} | {_fmt(med, unit)} | {runs} | {vs_ref} | {_cell(r2)} | {cores}"
-            f" | {_notes(res)} |"
+            f"{cpu_cells} | {_notes(res)} |"
         )
         if name != REFERENCE and r1 is not None:
             word = "" if higher else "less memory than "
-            sentences.append(f"cdaphne is {r1:.1f}× {word}{name}")
+            if unit == "ms":
+                word = "lower p99 than "
+            extra = f" ({r3:.1f}× per server CPU-second)" if r3 is not None else ""
+            sentences.append(f"cdaphne is {r1:.1f}× {word}{name}{extra}")
     lines.append("")
     if ref is None and REFERENCE in servers:
         lines += [f"No ratios to cdaphne: cdaphne is {servers[REFERENCE]['status']}.", ""]
@@ -122,9 +144,9 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         "Each number is the median of the runs; servers alternate round-robin within one run."
         " A server with errors (non-2xx, socket errors, echo mismatches, broken pipelining)"
-        " gets its errors shown instead of a number. Cores busy: median % of core 0 (server)"
-        " and core 1 (client) during the runs; a client core near 100% means the client,"
-        " not the server, may be the limit.",
+        " gets its errors shown instead of a number. CPU % srv/cli: median CPU time of the"
+        " server's process tree and of the load generator, as % of one core, during the runs;"
+        " a client near 100% means the client, not the server, may have been the limit.",
         "",
         "## Servers and versions",
         "",

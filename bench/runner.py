@@ -80,8 +80,9 @@ def run(argv: list[str]) -> dict[str, Any]:
     log(f"{name}: scenarios {chosen}, servers {selected}, {mode}")
 
     results = {
-        key: ScenarioResult(key, SCENARIO_TITLES[key], UNITS[key], higher_is_better=key == "ws"
-                            or key in WRK_SCENARIOS)  # fmt: skip
+        key: ScenarioResult(
+            key, SCENARIO_TITLES[key], UNITS[key], higher_is_better=UNITS[key] in ("req/s", "msg/s")
+        )
         for key in chosen
     }
     notes: list[str] = []
@@ -106,10 +107,19 @@ def run(argv: list[str]) -> dict[str, Any]:
             if key in results:
                 results[key].status, results[key].reason = UNAVAILABLE, "wrk is not installed"
 
-    http = [results[k] for k in ("hello", "pipeline") if k in results and results[k].status == "ok"]
+    http = [
+        results[k]
+        for k in ("hello", "latency", "pipeline")  # pipelining last: it may wedge a server
+        if k in results and results[k].status == "ok"
+    ]
     for sc in http:
-        sc.params = {"connections": mode.connections, "depth": 1 if sc.key == "hello" else
-                     mode.pipeline_depth, "seconds": mode.duration, "runs": mode.reps}  # fmt: skip
+        if sc.key == "latency":
+            sc.params = {"rate_req_per_s": mode.latency_rate,
+                         "connections": mode.latency_connections, "seconds": mode.duration,
+                         "runs": mode.reps, "value": "p99 latency (median of runs)"}
+        else:
+            sc.params = {"connections": mode.connections, "depth": 1 if sc.key == "hello" else
+                         mode.pipeline_depth, "seconds": mode.duration, "runs": mode.reps}
     if http:
         log("scenario: " + " + ".join(sc.key for sc in http))
         names = sorted({n for sc in http for n in ctx.servers_for(sc.key)}, key=selected.index)
@@ -131,9 +141,6 @@ def run(argv: list[str]) -> dict[str, Any]:
         sc.params = {"idle_connections": mode.idle_connections}
         log("scenario: ws-idle")
         scenarios.ws_idle(ctx, sc, ctx.servers_for("ws-idle"))
-    if "latency" in results:
-        sc = results["latency"]
-        sc.status, sc.reason = "skipped", "not implemented yet"
     if "layer" in results:
         log("scenario: layer")
         scenarios.layer(ctx, results["layer"])

@@ -8,8 +8,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import env, probes, servers, wrk, ws
+from . import env, latency, probes, servers, wrk, ws
 from .config import Mode
+from .cpu import Meter
 from .results import ERROR, SKIPPED, UNAVAILABLE, ScenarioResult, ServerResult
 from .servers import HOST, SPECS, RunningServer, Unavailable
 
@@ -22,7 +23,7 @@ DEFAULT_SERVERS = {
     "django": ["cdaphne", "uvicorn", "daphne", "granian"],
     "ws": ["cdaphne", "uvicorn", "granian", "daphne", "hypercorn"],
     "ws-idle": ["cdaphne", "uvicorn", "granian", "daphne", "hypercorn"],
-    "latency": ["cdaphne", "uvicorn", "granian", "daphne", "hypercorn"],
+    "latency": ["cdaphne", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling"],
 }
 
 
@@ -92,13 +93,25 @@ def _died(srv: RunningServer, res: ServerResult) -> bool:
     return True
 
 
-def _core_medians(res: ServerResult) -> None:
-    """Median busy % of the server core (0) and the client core (1) over the runs."""
-    cores = ((servers.SERVER_CORE, "server_core_pct"), (servers.CLIENT_CORE, "client_core_pct"))
-    for core, key in cores:
-        values = sorted(float(r.get("cores_busy_pct", {}).get(core, 0.0)) for r in res.runs)
+def _cpu_medians(res: ServerResult, throughput: bool = True) -> None:
+    """Median CPU % of the server tree and of the load generator over the runs.
+
+    For throughput, also the median per server CPU-second: on a shared, noisy
+    machine it shows the cost per request even when the server did not get its
+    whole core.
+    """
+    for key in ("server_cpu_pct", "client_cpu_pct"):
+        values = sorted(float(r["cpu"][key]) for r in res.runs if "cpu" in r)
         if values:
             res.extra[key] = values[len(values) // 2]
+    if throughput and len(res.runs) == len(res.values):
+        per_cpu = sorted(
+            v / (float(r["cpu"]["server_cpu_pct"]) / 100.0)
+            for v, r in zip(res.values, res.runs, strict=True)
+            if "cpu" in r and float(r["cpu"]["server_cpu_pct"]) > 0
+        )
+        if per_cpu:
+            res.extra["per_server_cpu_s"] = round(per_cpu[len(per_cpu) // 2], 1)
 
 
 def http_group(ctx: Context, scenarios: list[ScenarioResult], app: str, names: list[str]) -> None:
@@ -117,7 +130,8 @@ def http_group(ctx: Context, scenarios: list[ScenarioResult], app: str, names: l
                 ctx.log(f"  warm-up of {name} failed: {exc}")
         for sc in scenarios:
             depth = int(sc.params.get("depth", 1))
-            eligible = [n for n in running if sc.server(n).status != UNAVAILABLE]
+            wanted = ctx.servers_for(sc.key)
+            eligible = [n for n in running if n in wanted and sc.server(n).status != UNAVAILABLE]
             if depth > 1:
                 for name in list(eligible):
                     why = probes.pipeline_probe(HOST, running[name].port, depth)
@@ -131,18 +145,60 @@ def http_group(ctx: Context, scenarios: list[ScenarioResult], app: str, names: l
                     srv, res = running[name], sc.server(name)
                     if _died(srv, res):
                         continue
-                    try:
-                        r = wrk.run(srv.url, mode.duration, mode.connections, depth=depth)
-                    except wrk.WrkError as exc:
-                        res.fail(ERROR, str(exc))
-                        continue
-                    res.values.append(r.rps)
-                    res.runs.append(r.as_dict())
-                    res.add_errors(r.errors)
-                    ctx.log(f"    {name:10s} {r.rps:12,.0f} req/s  errors {r.error_count}")
+                    if sc.key == "latency":
+                        _latency_run(ctx, name, srv, res)
+                    else:
+                        _wrk_run(ctx, name, srv, res, depth)
                     _died(srv, res)
             for name in eligible:
-                _core_medians(sc.server(name))
+                res = sc.server(name)
+                _cpu_medians(res, throughput=sc.key != "latency")
+                if sc.key == "latency" and res.runs:
+                    _latency_summary(res)
+
+
+def _wrk_run(ctx: Context, name: str, srv: RunningServer, res: ServerResult, depth: int) -> None:
+    mode = ctx.mode
+    meter = Meter(srv.proc.pid)
+    try:
+        r = wrk.run(srv.url, mode.duration, mode.connections, depth=depth)
+    except wrk.WrkError as exc:
+        res.fail(ERROR, str(exc))
+        return
+    res.values.append(r.rps)
+    res.runs.append({**r.as_dict(), "cpu": meter.stop()})
+    res.add_errors(r.errors)
+    ctx.log(f"    {name:10s} {r.rps:12,.0f} req/s  errors {r.error_count}")
+
+
+def _latency_run(ctx: Context, name: str, srv: RunningServer, res: ServerResult) -> None:
+    """p99 latency at the fixed rate; the run fails if the rate was not reached."""
+    mode = ctx.mode
+    meter = Meter(srv.proc.pid)
+    try:
+        r = latency.run(srv.port, mode.latency_rate, mode.latency_connections, mode.duration)
+    except latency.RateClientError as exc:
+        res.fail(ERROR, str(exc))
+        return
+    res.runs.append({**r, "cpu": meter.stop()})
+    res.add_errors(r["errors"])
+    if r["rate_achieved"] < 0.95 * mode.latency_rate:
+        res.add_errors({"rate_not_reached": 1})
+    res.values.append(float(r["latency_ms"]["p99"]))
+    lat, errors = r["latency_ms"], sum(r["errors"].values())
+    ctx.log(f"    {name:10s} p50 {lat['p50']:.3f} ms  p99 {lat['p99']:.3f} ms"
+            f"  at {r['rate_achieved']:,.0f} req/s  errors {errors}")  # fmt: skip
+
+
+def _latency_summary(res: ServerResult) -> None:
+    """Median over runs of each percentile, shown next to the p99 median."""
+    for key in ("p50", "p90", "p99", "p999", "max"):
+        values = sorted(float(r["latency_ms"][key]) for r in res.runs)
+        res.extra[f"{key}_ms"] = values[len(values) // 2]
+    res.extra["summary"] = (
+        f"p50 {res.extra['p50_ms']:.2f} ms, p90 {res.extra['p90_ms']:.2f},"
+        f" p99.9 {res.extra['p999_ms']:.2f}, max {res.extra['max_ms']:.1f}"
+    )
 
 
 def ws_echo(ctx: Context, sc: ScenarioResult, names: list[str]) -> None:
@@ -170,27 +226,25 @@ def ws_echo(ctx: Context, sc: ScenarioResult, names: list[str]) -> None:
                 srv, res = running[name], sc.server(name)
                 if _died(srv, res):
                     continue
+                meter = Meter(srv.proc.pid)
                 try:
                     r = once(srv, mode.duration)
                 except ws.WsClientError as exc:
                     res.fail(ERROR, str(exc))
                     continue
                 res.values.append(r.rate)
-                res.runs.append(r.as_dict())
+                res.runs.append({**r.as_dict(), "cpu": meter.stop()})
                 res.add_errors(r.errors)
                 if r.first_error:
                     res.extra.setdefault("first_error", r.first_error)
                 ctx.log(
                     f"    {name:10s} {r.rate:12,.0f} msg/s  errors {sum(r.errors.values())}"
+                    f"  server cpu {res.runs[-1]['cpu']['server_cpu_pct']:.0f}%"
                     f"  client cpu {r.client_cpu_pct:.0f}%"
                 )
                 _died(srv, res)
         for name in eligible:
-            res = sc.server(name)
-            _core_medians(res)
-            cpu = sorted(float(r["client_cpu_pct"]) for r in res.runs)
-            if cpu:
-                res.extra["client_process_cpu_pct"] = cpu[len(cpu) // 2]
+            _cpu_medians(sc.server(name))
 
 
 def _tree_rss(pid: int) -> int:

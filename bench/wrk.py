@@ -3,10 +3,9 @@
 import json
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import env
-from .cpu import CoreSampler
 from .servers import CLIENT_CORE, pin
 
 SCRIPT = env.BENCH / "wrk.lua"
@@ -20,7 +19,6 @@ class WrkResult:
     requests: int
     errors: dict[str, int]
     latency_ms: dict[str, float]
-    cores_busy_pct: dict[str, float] = field(default_factory=dict)
 
     @property
     def error_count(self) -> int:
@@ -32,7 +30,6 @@ class WrkResult:
             "requests": self.requests,
             "errors": self.errors,
             "latency_ms": self.latency_ms,
-            "cores_busy_pct": self.cores_busy_pct,
         }
 
 
@@ -56,12 +53,12 @@ def run(
         *pin(CLIENT_CORE), "wrk", "-t", "1", "-c", str(connections), "-d", f"{duration}s",
         "--timeout", f"{timeout_s}s", "-s", str(SCRIPT), url, "--", str(depth),
     ]  # fmt: skip
-    sampler = CoreSampler()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30)
     except subprocess.TimeoutExpired as exc:
         raise WrkError(f"wrk did not finish within {duration + 30} s") from exc
-    busy = sampler.stop()
+    except OSError as exc:
+        raise WrkError(f"cannot run wrk: {exc}") from exc
     line = next((x for x in proc.stdout.splitlines() if x.startswith("WRKJSON ")), None)
     if line is None:
         raise WrkError(f"wrk exited {proc.returncode}: {(proc.stderr or proc.stdout)[-500:]}")
@@ -73,5 +70,4 @@ def run(
         requests=data["requests"],
         errors={k: int(v) for k, v in data["errors"].items()},
         latency_ms={k: round(float(v) / 1000.0, 3) for k, v in lat.items()},
-        cores_busy_pct=busy,
     )

@@ -3,11 +3,10 @@
 import json
 import select
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any
 
 from . import env
-from .cpu import CoreSampler
 from .servers import CLIENT_CORE, pin
 
 CLIENT = env.BENCH / "ws_client.py"
@@ -27,7 +26,6 @@ class EchoResult:
     errors: dict[str, int]
     first_error: str
     client_cpu_pct: float
-    cores_busy_pct: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -36,8 +34,7 @@ class EchoResult:
             "connected": self.connected,
             "errors": self.errors,
             "first_error": self.first_error,
-            "client_cpu_pct": self.client_cpu_pct,
-            "cores_busy_pct": self.cores_busy_pct,
+            "client_process_cpu_pct": self.client_cpu_pct,
         }
 
 
@@ -53,7 +50,6 @@ def echo(url: str, connections: int, duration: int, size: int, procs: int) -> Ec
     """`procs` client processes on the client core, `connections` echo loops in all."""
     procs = max(1, min(procs, connections))
     share = [connections // procs + (1 if i < connections % procs else 0) for i in range(procs)]
-    sampler = CoreSampler()
     children = []
     first = 0
     for n in share:
@@ -72,7 +68,6 @@ def echo(url: str, connections: int, duration: int, size: int, procs: int) -> Ec
             child.kill()
             out, err = child.communicate()
         outputs.append(_parse(out.decode(), err.decode(), child.returncode))
-    busy = sampler.stop()
     messages = sum(int(o["messages"]) for o in outputs)
     elapsed = max(float(o["elapsed_s"]) for o in outputs)
     errors = {
@@ -88,7 +83,6 @@ def echo(url: str, connections: int, duration: int, size: int, procs: int) -> Ec
         errors=errors,
         first_error=next((str(o["first_error"]) for o in outputs if o["first_error"]), ""),
         client_cpu_pct=round(100.0 * cpu / elapsed, 1) if elapsed > 0 else 0.0,
-        cores_busy_pct=busy,
     )
 
 
