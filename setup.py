@@ -52,9 +52,9 @@ def extensions() -> list[Extension]:
     )
     core = Extension(
         "cdaphne._cdaphne",
-        sources=core_sources
-        + [os.path.join(LLHTTP_SRC, f) for f in ("llhttp.c", "api.c", "http.c")],
-        include_dirs=["csrc", LLHTTP_INC, *uv_inc, *ssl_inc],
+        sources=core_sources,
+        # csrc/llhttp_*.c include <llhttp/*.c> from /usr/share.
+        include_dirs=["csrc", LLHTTP_INC, os.path.dirname(LLHTTP_SRC), *uv_inc, *ssl_inc],
         library_dirs=[*uv_dirs, *ssl_dirs],
         libraries=[*uv_libs, "wslay", *ssl_libs],
         extra_compile_args=cflags,

@@ -1,21 +1,344 @@
-/* Prototypes shared between the files of csrc/, grouped by file. */
+/* Types and prototypes shared between the files of csrc/, one banner per
+ * file.  Ownership tags on pointer fields: owned (our close path frees it),
+ * borrowed (who keeps it alive is named), strong (a PyObject reference
+ * that traverse/clear or the close path releases). */
 #ifndef CD_INTERNAL_H
 #define CD_INTERNAL_H
 
 #include "state.h"
 
+#include <llhttp.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <uv.h>
+
+/* Compatibility with CPython 3.11 and 3.12. */
+#if PY_VERSION_HEX < 0x030C0000
+static inline PyObject *
+cd_compat_get_raised(void)
+{
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    if (t == NULL) {
+        return NULL;
+    }
+    PyErr_NormalizeException(&t, &v, &tb);
+    if (tb != NULL) {
+        PyException_SetTraceback(v, tb);
+    }
+    Py_XDECREF(t);
+    Py_XDECREF(tb);
+    return v;
+}
+#define PyErr_GetRaisedException cd_compat_get_raised
+static inline void
+cd_compat_set_raised(PyObject *exc)
+{
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc,
+                  PyException_GetTraceback(exc));
+}
+#define PyErr_SetRaisedException cd_compat_set_raised
+#endif
+#if PY_VERSION_HEX < 0x030D0000
+static inline int
+cd_compat_long_as_int(PyObject *o)
+{
+    long v = PyLong_AsLong(o);
+    if (v > INT_MAX || v < INT_MIN) {
+        PyErr_SetString(PyExc_OverflowError, "value out of int range");
+        return -1;
+    }
+    return (int)v;
+}
+#define PyLong_AsInt cd_compat_long_as_int
+#endif
 
 #define cd_container_of(ptr, type, member)                                 \
     ((type *)((char *)(ptr)-offsetof(type, member)))
+
+/* asyncio's selector event masks; they equal UV_READABLE/UV_WRITABLE. */
+#define CD_EVENT_READ 1
+#define CD_EVENT_WRITE 2
+
+typedef struct cd_loop_s cd_loop_t;
+typedef struct cd_server_s cd_server_t;
+typedef struct cd_listener_s cd_listener_t;
+typedef struct cd_conn_s cd_conn_t;
+typedef struct cd_http_cycle_s cd_http_cycle_t;
+typedef struct cd_ws_s cd_ws_t;
 
 /* ---- strings.c ---------------------------------------------------- */
 int cd_strings_init(cd_state *st);
 int cd_state_traverse(cd_state *st, visitproc visit, void *arg);
 void cd_state_clear(cd_state *st);
 
-/* ---- module.c: each type file adds its types here ----------------- */
+/* ---- types.c ------------------------------------------------------ */
 int cd_types_init(PyObject *module, cd_state *st);
+
+/* ---- buf.c: a growable byte buffer -------------------------------- */
+typedef struct {
+    char *base; /* owned */
+    size_t len;
+    size_t cap;
+} cd_buf_t;
+
+int cd_buf_reserve(cd_buf_t *b, size_t extra);
+int cd_buf_append(cd_buf_t *b, const char *data, size_t n);
+void cd_buf_consume(cd_buf_t *b, size_t n);
+void cd_buf_dispose(cd_buf_t *b);
+
+/* ---- loop.c: the libuv loop under asyncio's selector -------------- */
+
+/* One uv_poll_t per file descriptor that asyncio registered. */
+typedef struct {
+    uv_poll_t handle;
+    cd_loop_t *loop; /* borrowed: the loop closes every poll before dying */
+    int fd;
+    int events;
+} cd_poll_t;
+
+typedef struct {
+    int fd;
+    int events;
+} cd_ready_t;
+
+/* The Python object LoopCore.  It owns the uv_loop_t; asyncio's
+ * SelectorEventLoop drives it through cdaphne.loop.LibuvSelector. */
+struct cd_loop_s {
+    PyObject_HEAD
+    /* public */
+    uv_loop_t uv;            /* owned, embedded */
+    cd_state *st;            /* borrowed: the module outlives its types */
+    /* private */
+    uv_timer_t select_timer; /* wakes uv_run at select()'s timeout */
+    PyThreadState *released; /* non-NULL while the GIL is released */
+    cd_poll_t **polls;       /* owned: indexed by fd, NULL when unused */
+    int npolls;
+    cd_ready_t *ready; /* owned: events collected during uv_run */
+    int nready;
+    int ready_cap;
+    PyObject *pending; /* strong: list of cycles waiting to start */
+    PyObject *aio_loop; /* strong: the asyncio loop, once attached */
+    int closed;
+};
+
+/* Retake the GIL if select() released it; every libuv callback that
+ * touches a PyObject calls this first. */
+static inline void
+cd_gil_ensure(cd_loop_t *loop)
+{
+    if (loop->released != NULL) {
+        PyThreadState *ts = loop->released;
+        loop->released = NULL;
+        PyEval_RestoreThread(ts);
+    }
+}
+
+int cd_loop_type_init(PyObject *module, cd_state *st);
+/* Queues a cycle whose application must start on the next dispatch.
+ * Does not steal. */
+int cd_loop_defer_start(cd_loop_t *loop, PyObject *cycle);
+/* Logs the current exception with the "cdaphne" logger and clears it. */
+void cd_log_exception(const char *msg);
+
+/* ---- server.c ----------------------------------------------------- */
+
+/* Settings copied from cdaphne.config.Config at Server() time. */
+typedef struct {
+    uint64_t max_body;        /* 0 = unlimited (Daphne's default) */
+    size_t max_head;          /* request head bytes before 431 */
+    uint64_t header_timeout;  /* ms to read a request head */
+    uint64_t keepalive_timeout; /* ms idle between requests */
+    uint64_t http_timeout;    /* ms before 503, 0 = none */
+    uint64_t app_close_timeout; /* ms an app may outlive its conn */
+    size_t body_high_water;   /* stop reading above this much body */
+    size_t write_high_water;  /* send() waits above this much queued */
+    int limit_concurrency;    /* connections before 503, 0 = none */
+    int eager_tasks;          /* Task(eager_start=True) available */
+} cd_config_t;
+
+struct cd_listener_s {
+    union {
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } io;
+    cd_server_t *server; /* borrowed: the server closes its listeners */
+    PyObject *sockname;  /* strong: the scope's "server" value */
+    int is_unix;
+};
+
+/* Doubly linked list node; conns of a server hang off server->conns. */
+typedef struct cd_link_s {
+    struct cd_link_s *prev, *next;
+} cd_link_t;
+
+/* The Python object Server: listeners, connections, the app. */
+struct cd_server_s {
+    PyObject_HEAD
+    cd_state *st;      /* borrowed: the module outlives its types */
+    cd_loop_t *loop;   /* strong */
+    PyObject *app;     /* strong: ASGI 3 callable */
+    PyObject *root_path; /* strong: str */
+    PyObject *lifespan_state; /* strong: dict or NULL */
+    PyObject *action_logger; /* strong: callable or NULL */
+    PyObject *scheme;  /* strong: "http" or "https" */
+    char *server_header; /* owned: "server: x\r\n" or NULL */
+    cd_config_t cfg;
+    cd_listener_t **listeners; /* owned array of owned listeners */
+    int nlisteners;
+    cd_link_t conns;   /* every open connection */
+    int nconns;
+    int closing;       /* stop accepting, close idle conns */
+    uint64_t requests; /* served so far */
+};
+
+int cd_server_type_init(PyObject *module, cd_state *st);
+void cd_server_log_action(cd_server_t *srv, const char *protocol,
+                          const char *action, PyObject *details);
+
+/* ---- conn.c: one accepted stream ---------------------------------- */
+
+typedef enum {
+    CD_CONN_HEAD,     /* reading a request head (or idle keep-alive) */
+    CD_CONN_ACTIVE,   /* an HTTP request is with the app */
+    CD_CONN_UPGRADED, /* a WebSocket owns the stream */
+    CD_CONN_CLOSING,  /* uv_close called, waiting for callbacks */
+} cd_conn_state_t;
+
+enum {
+    CD_CONN_F_READING = 1 << 0,   /* uv_read_start is active */
+    CD_CONN_F_PAUSED = 1 << 1,    /* llhttp paused at message end */
+    CD_CONN_F_EOF = 1 << 2,       /* peer closed its side */
+    CD_CONN_F_CLOSE_AFTER = 1 << 3, /* close once writes drain */
+    CD_CONN_F_GOT_BYTES = 1 << 4, /* first byte of a head arrived */
+};
+
+/* A connection.  Owned by its server's list; freed in the last close
+ * callback of its two handles. */
+struct cd_conn_s {
+    union {
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } io;
+    uv_timer_t timer;       /* header, keep-alive or http timeout */
+    cd_link_t link;         /* in server->conns */
+    cd_server_t *server;    /* borrowed: closes every conn before dying */
+    cd_listener_t *listener; /* borrowed: likewise */
+    cd_conn_state_t state;
+    unsigned flags;
+    int open_handles;       /* free the conn when this reaches 0 */
+    int writes_in_flight;
+    size_t write_queued;    /* bytes handed to uv_write, not yet done */
+    cd_buf_t in;            /* owned: bytes read, not yet parsed */
+    llhttp_t parser;
+    PyObject *client;       /* strong: (host, port) or None */
+    /* The request being parsed. */
+    cd_buf_t url;           /* owned */
+    cd_buf_t hname;         /* owned: current header name */
+    cd_buf_t hvalue;        /* owned: current header value */
+    int in_value;
+    size_t head_bytes;
+    PyObject *headers;      /* strong: list of (name, value) or NULL */
+    int expect_continue;
+    int ws_upgrade;         /* Upgrade: websocket was asked for */
+    int fail_status;        /* set by a parser callback that failed */
+    uint64_t body_bytes;    /* request body bytes seen */
+    cd_http_cycle_t *cycle; /* strong: the request with the app */
+    cd_ws_t *ws;            /* owned by websocket.c once upgraded */
+};
+
+cd_conn_t *cd_conn_new(cd_listener_t *ls);
+/* Writes bufs.  `keep` (borrowed, may be NULL) is INCREF'd while the data
+ * is queued; `owned` (may be NULL) is freed once the data is sent. */
+int cd_conn_write(cd_conn_t *c, uv_buf_t *bufs, int nbufs, PyObject *keep,
+                  char *owned);
+void cd_conn_close(cd_conn_t *c);
+/* Close once every queued write is done. */
+void cd_conn_close_after_writes(cd_conn_t *c);
+void cd_conn_read_start(cd_conn_t *c);
+void cd_conn_read_stop(cd_conn_t *c);
+void cd_conn_timer_start(cd_conn_t *c, uint64_t ms);
+void cd_conn_timer_stop(cd_conn_t *c);
+/* Writes that drained below the high-water mark. */
+void cd_conn_on_drain(cd_conn_t *c);
+
+/* ---- http1.c: llhttp glue ----------------------------------------- */
+void cd_http1_init(cd_conn_t *c);
+/* Parses what c->in holds; called after reads and after a response. */
+void cd_http1_parse(cd_conn_t *c);
+void cd_http1_on_timeout(cd_conn_t *c);
+void cd_http1_on_eof(cd_conn_t *c);
+/* A response finished: next request, or close. */
+void cd_http1_response_done(cd_conn_t *c, int keep_alive);
+/* Writes a whole simple response (400, 431, 503...) and closes. */
+void cd_http1_simple_response(cd_conn_t *c, int status, const char *body);
+void cd_http1_release_request(cd_conn_t *c);
+const char *cd_http1_reason(int status);
+size_t cd_http1_date(char *out);
+
+/* ---- scope.c ------------------------------------------------------ */
+/* New reference: the scope dict of the request just parsed. */
+PyObject *cd_scope_http(cd_conn_t *c, const char *type);
+
+/* ---- cycle.c: one HTTP request/response with the app -------------- */
+
+typedef enum {
+    CD_RESP_START, /* nothing sent */
+    CD_RESP_HEAD,  /* http.response.start received, head not written */
+    CD_RESP_BODY,  /* head sent, more body to come */
+    CD_RESP_DONE,
+} cd_resp_state_t;
+
+struct cd_http_cycle_s {
+    PyObject_HEAD
+    cd_state *st;           /* borrowed */
+    cd_server_t *server;    /* strong */
+    cd_conn_t *conn;        /* borrowed: NULL once detached */
+    PyObject *scope;        /* strong */
+    PyObject *task;         /* strong: the app's Task, or NULL */
+    PyObject *recv_fut;     /* strong: a receive() waiting, or NULL */
+    PyObject *send_fut;     /* strong: a send() waiting to drain */
+    cd_buf_t body;          /* owned: request body not yet received */
+    int body_complete;      /* llhttp finished the request */
+    int body_delivered;     /* the last http.request went out */
+    int disconnected;
+    int continue_sent;
+    int expect_continue;
+    int http10;
+    int is_head;
+    int keep_alive;
+    cd_resp_state_t resp;
+    PyObject *close_handle; /* strong: call_later handle, or NULL */
+    int status;
+    int chunked;
+    int64_t content_length; /* -1 unknown */
+    uint64_t sent;          /* body bytes sent */
+    PyObject *resp_headers; /* strong: from http.response.start */
+    uint64_t start_ns;
+};
+
+int cd_cycle_type_init(PyObject *module, cd_state *st);
+cd_http_cycle_t *cd_cycle_new(cd_conn_t *c, PyObject *scope);
+/* Start the app for a cycle (called from the loop's dispatch). */
+int cd_cycle_start(PyObject *cycle);
+void cd_cycle_on_body(cd_http_cycle_t *cy);
+void cd_cycle_on_disconnect(cd_http_cycle_t *cy);
+void cd_cycle_on_drain(cd_http_cycle_t *cy);
+void cd_cycle_on_timeout(cd_http_cycle_t *cy);
+/* Resolve fut with result (both borrowed) unless fut is done. */
+int cd_future_resolve(cd_state *st, PyObject *fut, PyObject *result);
+/* New reference: a loop future. */
+PyObject *cd_future_new(cd_server_t *srv);
+
+/* ---- waiter.c: the awaitable returned by receive()/send() --------- */
+int cd_waiter_type_init(PyObject *module, cd_state *st);
+/* New reference.  Steals value / fut (one of them NULL). */
+PyObject *cd_waiter_ready(cd_state *st, PyObject *value);
+PyObject *cd_waiter_pending(cd_state *st, PyObject *fut);
 
 #endif

@@ -44,11 +44,25 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$py" -m venv "$VENV"
 fi
 
+# Runs a command quietly; on failure shows its output and stops.
+quiet() {
+    local log
+    log=$(mktemp)
+    if ! "$@" >"$log" 2>&1; then
+        grep -v "is ignored: it is neither" "$log" >&2
+        rm -f "$log"
+        echo "bootstrap: failed: $*" >&2
+        exit 1
+    fi
+    rm -f "$log"
+}
+
 stamp="$VENV/.installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
-    "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
-    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    echo "bootstrap: pip install -e .[test] into $VENV"
+    quiet "$VENV/bin/python" -m pip install --upgrade pip setuptools wheel
+    quiet "$VENV/bin/python" -m pip install -e ".[test]"
     touch "$stamp"
 fi
 # The C sources change more often than the metadata: rebuild in place.
-"$VENV/bin/python" setup.py -q build_ext --inplace 2>&1 | grep -v -E '^(running|copying|creating)' || true
+quiet "$VENV/bin/python" setup.py build_ext --inplace

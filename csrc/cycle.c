@@ -1,0 +1,904 @@
+/* HttpCycle: one HTTP request/response between a connection and the
+ * app.  receive() hands out the request body and then http.disconnect;
+ * send() validates the response messages and writes them.
+ *
+ * The conn holds the cycle (strong) while the request is on it; the
+ * cycle points back (borrowed) until the response is done or the conn
+ * closes, after which sends are ignored as Daphne does. */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static const char continue_line[] = "HTTP/1.1 100 Continue\r\n\r\n";
+static const char crlf[] = "\r\n";
+static const char last_chunk[] = "0\r\n\r\n";
+static const char crlf_last_chunk[] = "\r\n0\r\n\r\n";
+
+PyObject *
+cd_future_new(cd_server_t *srv)
+{
+    PyObject *loop = srv->loop->aio_loop;
+    if (loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "no asyncio loop attached");
+        return NULL;
+    }
+    return PyObject_CallMethodNoArgs(loop, srv->st->s_create_future);
+}
+
+int
+cd_future_resolve(cd_state *st, PyObject *fut, PyObject *result)
+{
+    PyObject *done = PyObject_CallMethodNoArgs(fut, st->s_done);
+    if (done == NULL) {
+        return -1;
+    }
+    int is_done = PyObject_IsTrue(done);
+    Py_DECREF(done);
+    if (is_done) {
+        return 0;
+    }
+    PyObject *r = PyObject_CallMethodOneArg(fut, st->s_set_result, result);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+static PyObject *
+msg_disconnect(cd_state *st)
+{
+    return Py_BuildValue("{OO}", st->s_type, st->s_http_disconnect);
+}
+
+/* New reference to the next message for receive(), or NULL without an
+ * exception when the app has to wait. */
+static PyObject *
+take_message(cd_http_cycle_t *cy)
+{
+    cd_state *st = cy->st;
+    if (!cy->body_delivered && !cy->disconnected) {
+        if (cy->body.len == 0 && !cy->body_complete) {
+            return NULL;
+        }
+        PyObject *body = cy->body.len
+                             ? PyBytes_FromStringAndSize(cy->body.base,
+                                                         cy->body.len)
+                             : Py_NewRef(st->empty_bytes);
+        if (body == NULL) {
+            return NULL;
+        }
+        cy->body.len = 0;
+        if (cy->body_complete) {
+            cy->body_delivered = 1;
+            cd_buf_dispose(&cy->body);
+        }
+        else if (cy->conn != NULL) {
+            cd_conn_read_start(cy->conn);
+        }
+        PyObject *msg = Py_BuildValue(
+            "{OOONOO}", st->s_type, st->s_http_request, st->s_body, body,
+            st->s_more_body, cy->body_complete ? Py_False : Py_True);
+        return msg;
+    }
+    if (cy->disconnected || cy->resp == CD_RESP_DONE) {
+        return msg_disconnect(st);
+    }
+    return NULL;
+}
+
+/* A receive() is waiting and something changed: give it its message. */
+static void
+wake_receiver(cd_http_cycle_t *cy)
+{
+    if (cy->recv_fut == NULL) {
+        return;
+    }
+    PyObject *msg = take_message(cy);
+    if (msg == NULL) {
+        if (PyErr_Occurred()) {
+            cd_log_exception("Error in receive()");
+        }
+        return;
+    }
+    PyObject *fut = cy->recv_fut;
+    cy->recv_fut = NULL;
+    if (cd_future_resolve(cy->st, fut, msg) < 0) {
+        cd_log_exception("Error resolving receive()");
+    }
+    Py_DECREF(fut);
+    Py_DECREF(msg);
+}
+
+static void
+wake_sender(cd_http_cycle_t *cy)
+{
+    if (cy->send_fut == NULL) {
+        return;
+    }
+    PyObject *fut = cy->send_fut;
+    cy->send_fut = NULL;
+    if (cd_future_resolve(cy->st, fut, Py_None) < 0) {
+        cd_log_exception("Error resolving send()");
+    }
+    Py_DECREF(fut);
+}
+
+void
+cd_cycle_on_body(cd_http_cycle_t *cy)
+{
+    wake_receiver(cy);
+}
+
+void
+cd_cycle_on_drain(cd_http_cycle_t *cy)
+{
+    wake_sender(cy);
+}
+
+static PyObject *
+cycle_cancel_task(cd_http_cycle_t *cy, PyObject *unused)
+{
+    if (cy->task != NULL) {
+        PyObject *r = PyObject_CallMethodNoArgs(cy->task, cy->st->s_cancel);
+        Py_XDECREF(r);
+        if (r == NULL) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef cancel_def = {"_cancel_task",
+                                 (PyCFunction)cycle_cancel_task, METH_NOARGS,
+                                 NULL};
+
+/* The app may outlive its connection by application_close_timeout. */
+static void
+arm_close_timeout(cd_http_cycle_t *cy)
+{
+    if (cy->task == NULL || cy->close_handle != NULL) {
+        return;
+    }
+    PyObject *cb = PyCFunction_New(&cancel_def, (PyObject *)cy);
+    if (cb == NULL) {
+        cd_log_exception("application_close_timeout");
+        return;
+    }
+    double secs = (double)cy->server->cfg.app_close_timeout / 1000.0;
+    cy->close_handle = PyObject_CallMethod(cy->server->loop->aio_loop,
+                                           "call_later", "dO", secs, cb);
+    Py_DECREF(cb);
+    if (cy->close_handle == NULL) {
+        cd_log_exception("application_close_timeout");
+    }
+}
+
+void
+cd_cycle_on_disconnect(cd_http_cycle_t *cy)
+{
+    if (cy->disconnected) {
+        return;
+    }
+    cy->disconnected = 1;
+    wake_receiver(cy);
+    wake_sender(cy);
+    if (cy->resp != CD_RESP_DONE) {
+        arm_close_timeout(cy);
+    }
+}
+
+static void
+log_access(cd_http_cycle_t *cy, int status)
+{
+    cd_server_t *srv = cy->server;
+    if (srv->action_logger == NULL) {
+        return;
+    }
+    PyObject *client = Py_None, *cl = NULL;
+    PyObject *c = PyDict_GetItemWithError(cy->scope, cy->st->s_client);
+    if (c != NULL && PyTuple_Check(c) && PyTuple_GET_SIZE(c) == 2) {
+        cl = PyUnicode_FromFormat("%S:%S", PyTuple_GET_ITEM(c, 0),
+                                  PyTuple_GET_ITEM(c, 1));
+        client = cl;
+    }
+    PyObject *path = PyDict_GetItemWithError(cy->scope, cy->st->s_path);
+    PyObject *method = PyDict_GetItemWithError(cy->scope, cy->st->s_method);
+    double taken = (double)(uv_hrtime() - cy->start_ns) / 1e9;
+    PyObject *details = Py_BuildValue(
+        "{sOsOsisOsdsK}", "path", path ? path : Py_None, "method",
+        method ? method : Py_None, "status", status, "client",
+        client ? client : Py_None, "time_taken", taken, "size",
+        (unsigned long long)cy->sent);
+    Py_XDECREF(cl);
+    if (details != NULL) {
+        cd_server_log_action(srv, "http", "complete", details);
+        Py_DECREF(details);
+    }
+    else {
+        PyErr_Clear();
+    }
+}
+
+/* The response can no longer come from the app: answer it ourselves. */
+static void
+respond_error(cd_http_cycle_t *cy, int status, const char *body)
+{
+    cd_conn_t *c = cy->conn;
+    if (c == NULL || cy->disconnected) {
+        return;
+    }
+    if (cy->resp == CD_RESP_START || cy->resp == CD_RESP_HEAD) {
+        cy->resp = CD_RESP_DONE;
+        log_access(cy, status);
+        cd_http1_simple_response(c, status, body);
+    }
+    else if (cy->resp == CD_RESP_BODY) {
+        cy->resp = CD_RESP_DONE;
+        cd_conn_close(c);
+    }
+    cd_cycle_on_disconnect(cy);
+}
+
+void
+cd_cycle_on_timeout(cd_http_cycle_t *cy)
+{
+    /* --http-timeout: Daphne answers 503 if nothing was sent yet. */
+    respond_error(cy, 503, "Service Unavailable");
+}
+
+/* ---- receive ------------------------------------------------------ */
+
+static PyObject *
+cycle_receive(cd_http_cycle_t *cy, PyObject *unused)
+{
+    PyObject *msg = take_message(cy);
+    if (msg != NULL) {
+        return cd_waiter_ready(cy->st, msg);
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (cy->expect_continue && !cy->continue_sent &&
+        cy->resp == CD_RESP_START && cy->conn != NULL &&
+        !cy->body_complete) {
+        cy->continue_sent = 1;
+        uv_buf_t b = uv_buf_init((char *)continue_line,
+                                 sizeof(continue_line) - 1);
+        cd_conn_write(cy->conn, &b, 1, NULL, NULL);
+    }
+    if (cy->recv_fut == NULL) {
+        cy->recv_fut = cd_future_new(cy->server);
+        if (cy->recv_fut == NULL) {
+            return NULL;
+        }
+    }
+    return cd_waiter_pending(cy->st, Py_NewRef(cy->recv_fut));
+}
+
+/* ---- send --------------------------------------------------------- */
+
+static int
+header_name_is(PyObject *name, const char *lower)
+{
+    size_t n = strlen(lower);
+    return (size_t)PyBytes_GET_SIZE(name) == n &&
+           strncasecmp(PyBytes_AS_STRING(name), lower, n) == 0;
+}
+
+static int
+has_crlf(const char *p, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0') {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int
+on_response_start(cd_http_cycle_t *cy, PyObject *msg)
+{
+    cd_state *st = cy->st;
+    if (cy->resp != CD_RESP_START) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "http.response.start sent twice");
+        return -1;
+    }
+    PyObject *status = PyDict_GetItemWithError(msg, st->s_status);
+    if (status == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError,
+                            "http.response.start without a status");
+        }
+        return -1;
+    }
+    int code = PyLong_AsInt(status);
+    if (code == -1 && PyErr_Occurred()) {
+        PyErr_SetString(PyExc_TypeError, "status must be an int");
+        return -1;
+    }
+    if (code < 100 || code > 999) {
+        PyErr_Format(PyExc_ValueError, "invalid status %d", code);
+        return -1;
+    }
+    PyObject *headers = PyDict_GetItemWithError(msg, st->s_headers);
+    if (headers == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *list = headers ? PySequence_List(headers) : PyList_New(0);
+    if (list == NULL) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
+        PyObject *pair = PySequence_Tuple(PyList_GET_ITEM(list, i));
+        if (pair == NULL || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyBytes_Check(PyTuple_GET_ITEM(pair, 0)) ||
+            !PyBytes_Check(PyTuple_GET_ITEM(pair, 1))) {
+            Py_XDECREF(pair);
+            Py_DECREF(list);
+            PyErr_SetString(PyExc_TypeError,
+                            "response headers must be [bytes, bytes] pairs");
+            return -1;
+        }
+        PyObject *n = PyTuple_GET_ITEM(pair, 0);
+        PyObject *v = PyTuple_GET_ITEM(pair, 1);
+        if (PyBytes_GET_SIZE(n) == 0 ||
+            has_crlf(PyBytes_AS_STRING(n), PyBytes_GET_SIZE(n)) ||
+            has_crlf(PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))) {
+            Py_DECREF(pair);
+            Py_DECREF(list);
+            PyErr_SetString(PyExc_ValueError,
+                            "invalid character in a response header");
+            return -1;
+        }
+        PyList_SET_ITEM(list, i, pair); /* Steals pair, drops the old. */
+    }
+    cy->status = code;
+    Py_XSETREF(cy->resp_headers, list);
+    cy->resp = CD_RESP_HEAD;
+    return 0;
+}
+
+/* Build the response head; returns malloc'd bytes in *out.  `final` says
+ * whether the first body message is also the last (then the length is
+ * known). */
+static int
+build_head(cd_http_cycle_t *cy, Py_ssize_t first_len, int final, char **out,
+           size_t *outlen)
+{
+    cd_server_t *srv = cy->server;
+    PyObject *hs = cy->resp_headers;
+    Py_ssize_t nh = PyList_GET_SIZE(hs);
+    size_t need = 128 + (srv->server_header ? strlen(srv->server_header) : 0);
+    int has_server = 0, has_date = 0, has_cl = 0, app_chunked = 0;
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        PyObject *n = PyTuple_GET_ITEM(PyList_GET_ITEM(hs, i), 0);
+        PyObject *v = PyTuple_GET_ITEM(PyList_GET_ITEM(hs, i), 1);
+        need += PyBytes_GET_SIZE(n) + PyBytes_GET_SIZE(v) + 4;
+        if (header_name_is(n, "content-length")) {
+            char tmp[32];
+            Py_ssize_t vl = PyBytes_GET_SIZE(v);
+            char *end;
+            if (vl <= 0 || vl >= (Py_ssize_t)sizeof(tmp)) {
+                PyErr_SetString(PyExc_ValueError, "invalid content-length");
+                return -1;
+            }
+            memcpy(tmp, PyBytes_AS_STRING(v), vl);
+            tmp[vl] = 0;
+            long long cl = strtoll(tmp, &end, 10);
+            if (*end != 0 || cl < 0) {
+                PyErr_SetString(PyExc_ValueError, "invalid content-length");
+                return -1;
+            }
+            cy->content_length = cl;
+            has_cl = 1;
+        }
+        else if (header_name_is(n, "connection")) {
+            Py_ssize_t vl = PyBytes_GET_SIZE(v);
+            const char *vp = PyBytes_AS_STRING(v);
+            for (Py_ssize_t k = 0; k + 5 <= vl; k++) {
+                if (strncasecmp(vp + k, "close", 5) == 0) {
+                    cy->keep_alive = 0;
+                }
+            }
+        }
+        else if (header_name_is(n, "transfer-encoding")) {
+            app_chunked = 1;
+        }
+        else if (header_name_is(n, "server")) {
+            has_server = 1;
+        }
+        else if (header_name_is(n, "date")) {
+            has_date = 1;
+        }
+    }
+    int code = cy->status;
+    int bodyless = cy->is_head || code == 204 || code == 304 || code < 200;
+    if (!has_cl && !app_chunked) {
+        if (final && code != 204 && code != 304 && code >= 200) {
+            cy->content_length = first_len;
+            has_cl = 2; /* We add it. */
+        }
+        else if (!bodyless) {
+            if (cy->http10) {
+                cy->keep_alive = 0; /* The close delimits the body. */
+            }
+            else {
+                cy->chunked = 1;
+            }
+        }
+    }
+    else if (app_chunked && !has_cl && !bodyless) {
+        cy->chunked = 2; /* The app named it; we still frame it. */
+    }
+    char *buf = malloc(need);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    size_t o = (size_t)snprintf(buf, need, "HTTP/1.1 %d %s\r\n", code,
+                                cd_http1_reason(code));
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        PyObject *n = PyTuple_GET_ITEM(PyList_GET_ITEM(hs, i), 0);
+        PyObject *v = PyTuple_GET_ITEM(PyList_GET_ITEM(hs, i), 1);
+        memcpy(buf + o, PyBytes_AS_STRING(n), PyBytes_GET_SIZE(n));
+        o += PyBytes_GET_SIZE(n);
+        buf[o++] = ':';
+        buf[o++] = ' ';
+        memcpy(buf + o, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v));
+        o += PyBytes_GET_SIZE(v);
+        buf[o++] = '\r';
+        buf[o++] = '\n';
+    }
+    if (has_cl == 2) {
+        o += (size_t)snprintf(buf + o, need - o, "content-length: %lld\r\n",
+                              (long long)cy->content_length);
+    }
+    if (cy->chunked == 1) {
+        memcpy(buf + o, "transfer-encoding: chunked\r\n", 28);
+        o += 28;
+    }
+    if (!has_date) {
+        o += cd_http1_date(buf + o);
+    }
+    if (!has_server && srv->server_header != NULL) {
+        size_t sl = strlen(srv->server_header);
+        memcpy(buf + o, srv->server_header, sl);
+        o += sl;
+    }
+    if (srv->closing) {
+        cy->keep_alive = 0;
+    }
+    if (!cy->keep_alive) {
+        memcpy(buf + o, "connection: close\r\n", 19);
+        o += 19;
+    }
+    else if (cy->http10) {
+        memcpy(buf + o, "connection: keep-alive\r\n", 24);
+        o += 24;
+    }
+    buf[o++] = '\r';
+    buf[o++] = '\n';
+    *out = buf;
+    *outlen = o;
+    return 0;
+}
+
+/* Room for a chunk-size line after the head: "%zx\r\n". */
+#define CD_CHUNK_PREFIX 20
+
+static int
+on_response_body(cd_http_cycle_t *cy, PyObject *msg)
+{
+    cd_state *st = cy->st;
+    if (cy->resp == CD_RESP_START) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "http.response.body before http.response.start");
+        return -1;
+    }
+    if (cy->resp == CD_RESP_DONE) {
+        if (cy->disconnected) {
+            return 0;
+        }
+        PyErr_SetString(PyExc_RuntimeError,
+                        "http.response.body after the response finished");
+        return -1;
+    }
+    PyObject *body = PyDict_GetItemWithError(msg, st->s_body);
+    if (body == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    if (body == NULL) {
+        body = st->empty_bytes;
+    }
+    Py_INCREF(body);
+    if (!PyBytes_Check(body)) {
+        if (!PyByteArray_Check(body) && !PyMemoryView_Check(body)) {
+            Py_DECREF(body);
+            PyErr_SetString(PyExc_TypeError, "body must be bytes");
+            return -1;
+        }
+        Py_SETREF(body, PyBytes_FromObject(body));
+        if (body == NULL) {
+            return -1;
+        }
+    }
+    PyObject *more = PyDict_GetItemWithError(msg, st->s_more_body);
+    if (more == NULL && PyErr_Occurred()) {
+        Py_DECREF(body);
+        return -1;
+    }
+    int more_body = more ? PyObject_IsTrue(more) : 0;
+    if (more_body < 0) {
+        Py_DECREF(body);
+        return -1;
+    }
+    Py_ssize_t blen = PyBytes_GET_SIZE(body);
+    cd_conn_t *c = cy->disconnected ? NULL : cy->conn;
+
+    char *head = NULL;
+    size_t hlen = 0;
+    int first = cy->resp == CD_RESP_HEAD;
+    if (first) {
+        if (build_head(cy, blen, !more_body, &head, &hlen) < 0) {
+            Py_DECREF(body);
+            return -1;
+        }
+        cy->resp = CD_RESP_BODY;
+    }
+    int bodyless = cy->is_head || cy->status == 204 || cy->status == 304;
+    if (bodyless) {
+        blen = 0;
+    }
+    if (cy->content_length >= 0 &&
+        cy->sent + (uint64_t)blen > (uint64_t)cy->content_length) {
+        free(head);
+        Py_DECREF(body);
+        PyErr_SetString(PyExc_RuntimeError,
+                        "response body longer than its Content-Length");
+        return -1;
+    }
+    cy->sent += (uint64_t)blen;
+    if (!more_body) {
+        cy->resp = CD_RESP_DONE;
+    }
+    if (c == NULL) {
+        free(head); /* Daphne ignores sends after a disconnect. */
+        Py_DECREF(body);
+        return 0;
+    }
+
+    uv_buf_t bufs[3];
+    int nb = 0;
+    if (cy->chunked && blen > 0) {
+        /* The chunk-size line goes after the head, in the same block. */
+        char *h = realloc(head, hlen + CD_CHUNK_PREFIX);
+        if (h == NULL) {
+            free(head);
+            Py_DECREF(body);
+            PyErr_NoMemory();
+            return -1;
+        }
+        head = h;
+        hlen += (size_t)snprintf(head + hlen, CD_CHUNK_PREFIX, "%zx\r\n",
+                                 (size_t)blen);
+    }
+    if (hlen) {
+        bufs[nb++] = uv_buf_init(head, (unsigned)hlen);
+    }
+    if (blen > 0) {
+        bufs[nb++] = uv_buf_init(PyBytes_AS_STRING(body), (unsigned)blen);
+    }
+    if (cy->chunked) {
+        const char *tail = NULL;
+        size_t tl = 0;
+        if (blen > 0 && !more_body) {
+            tail = crlf_last_chunk;
+            tl = sizeof(crlf_last_chunk) - 1;
+        }
+        else if (blen > 0) {
+            tail = crlf;
+            tl = 2;
+        }
+        else if (!more_body) {
+            tail = last_chunk;
+            tl = sizeof(last_chunk) - 1;
+        }
+        if (tail) {
+            bufs[nb++] = uv_buf_init((char *)tail, (unsigned)tl);
+        }
+    }
+    int r = 0;
+    if (nb > 0) {
+        r = cd_conn_write(c, bufs, nb, blen > 0 ? body : NULL, head);
+    }
+    else {
+        free(head);
+    }
+    Py_DECREF(body);
+    if (r < 0) {
+        return 0; /* The conn closed; the app sees http.disconnect. */
+    }
+    if (!more_body) {
+        int keep = cy->keep_alive;
+        if (cy->content_length >= 0 &&
+            cy->sent < (uint64_t)cy->content_length && !bodyless) {
+            keep = 0; /* Short body: the client can't find the end. */
+        }
+        log_access(cy, cy->status);
+        /* Keep ourselves alive: the conn drops its reference. */
+        Py_INCREF(cy);
+        cd_http1_response_done(c, keep);
+        wake_receiver(cy);
+        Py_DECREF(cy);
+    }
+    return 0;
+}
+
+static PyObject *
+cycle_send(cd_http_cycle_t *cy, PyObject *msg)
+{
+    cd_state *st = cy->st;
+    if (!PyDict_Check(msg)) {
+        PyErr_SetString(PyExc_TypeError, "send() takes a dict");
+        return NULL;
+    }
+    PyObject *type = PyDict_GetItemWithError(msg, st->s_type);
+    if (type == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "message has no 'type'");
+        }
+        return NULL;
+    }
+    int r;
+    if (type == st->s_http_response_body ||
+        (PyUnicode_Check(type) &&
+         PyUnicode_Compare(type, st->s_http_response_body) == 0)) {
+        r = on_response_body(cy, msg);
+    }
+    else if (type == st->s_http_response_start ||
+             (PyUnicode_Check(type) &&
+              PyUnicode_Compare(type, st->s_http_response_start) == 0)) {
+        r = on_response_start(cy, msg);
+    }
+    else {
+        PyErr_Format(PyExc_ValueError,
+                     "unexpected ASGI message type %R for an HTTP "
+                     "response",
+                     type);
+        return NULL;
+    }
+    if (r < 0) {
+        return NULL;
+    }
+    cd_conn_t *c = cy->conn;
+    if (c != NULL && !cy->disconnected &&
+        c->write_queued > cy->server->cfg.write_high_water) {
+        if (cy->send_fut == NULL) {
+            cy->send_fut = cd_future_new(cy->server);
+            if (cy->send_fut == NULL) {
+                return NULL;
+            }
+        }
+        return cd_waiter_pending(st, Py_NewRef(cy->send_fut));
+    }
+    return cd_waiter_ready(st, Py_NewRef(Py_None));
+}
+
+/* ---- the app's task ----------------------------------------------- */
+
+static void
+on_task_done(cd_http_cycle_t *cy, PyObject *task)
+{
+    cd_state *st = cy->st;
+    PyObject *r = PyObject_CallMethodNoArgs(task, st->s_cancelled);
+    int cancelled = r ? PyObject_IsTrue(r) : 0;
+    Py_XDECREF(r);
+    if (!cancelled) {
+        PyObject *exc = PyObject_CallMethodNoArgs(task, st->s_exception);
+        if (exc == NULL) {
+            cd_log_exception("Exception inside application");
+        }
+        else if (exc != Py_None) {
+            PyErr_SetRaisedException(exc);
+            cd_log_exception("Exception inside application");
+            respond_error(cy, 500, "Internal Server Error");
+        }
+        else {
+            Py_DECREF(exc);
+            if (cy->resp != CD_RESP_DONE && !cy->disconnected) {
+                PyErr_SetString(PyExc_RuntimeError,
+                                "ASGI application returned without "
+                                "completing the response");
+                cd_log_exception("Application error");
+                respond_error(cy, 500, "Internal Server Error");
+            }
+        }
+    }
+    else {
+        respond_error(cy, 500, "Internal Server Error");
+    }
+    if (cy->close_handle != NULL) {
+        PyObject *x = PyObject_CallMethodNoArgs(cy->close_handle,
+                                                st->s_cancel);
+        Py_XDECREF(x);
+        PyErr_Clear();
+        Py_CLEAR(cy->close_handle);
+    }
+    Py_CLEAR(cy->task);
+}
+
+static PyObject *
+cycle_task_done(cd_http_cycle_t *cy, PyObject *task)
+{
+    on_task_done(cy, task);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef receive_def = {"receive", (PyCFunction)cycle_receive,
+                                  METH_NOARGS, NULL};
+static PyMethodDef send_def = {"send", (PyCFunction)cycle_send, METH_O,
+                               NULL};
+static PyMethodDef done_def = {"_task_done", (PyCFunction)cycle_task_done,
+                               METH_O, NULL};
+
+int
+cd_cycle_start(PyObject *obj)
+{
+    cd_http_cycle_t *cy = (cd_http_cycle_t *)obj;
+    cd_state *st = cy->st;
+    cd_server_t *srv = cy->server;
+    if (cy->disconnected && cy->resp == CD_RESP_START &&
+        cy->conn == NULL) {
+        /* Gone before its app started: nothing to serve. */
+    }
+    PyObject *receive = PyCFunction_New(&receive_def, obj);
+    PyObject *send = PyCFunction_New(&send_def, obj);
+    PyObject *coro = NULL, *task = NULL;
+    if (receive == NULL || send == NULL) {
+        goto error;
+    }
+    PyObject *args[3] = {cy->scope, receive, send};
+    coro = PyObject_Vectorcall(srv->app, args, 3, NULL);
+    if (coro == NULL) {
+        goto error;
+    }
+    if (srv->cfg.eager_tasks) {
+        PyObject *targs[3] = {coro, srv->loop->aio_loop, Py_True};
+        task = PyObject_Vectorcall(st->asyncio_Task, targs, 1,
+                                   st->kwnames_eager);
+    }
+    else {
+        PyObject *targs[2] = {coro, srv->loop->aio_loop};
+        task = PyObject_Vectorcall(st->asyncio_Task, targs, 1,
+                                   st->kwnames_loop);
+    }
+    if (task == NULL) {
+        goto error;
+    }
+    Py_CLEAR(coro);
+    Py_CLEAR(receive);
+    Py_CLEAR(send);
+    cy->task = task;
+    PyObject *done = PyObject_CallMethodNoArgs(task, st->s_done);
+    if (done == NULL) {
+        return -1;
+    }
+    int is_done = PyObject_IsTrue(done);
+    Py_DECREF(done);
+    if (is_done) {
+        on_task_done(cy, task);
+        return 0;
+    }
+    PyObject *cb = PyCFunction_New(&done_def, obj);
+    if (cb == NULL) {
+        return -1;
+    }
+    PyObject *r = PyObject_CallMethodOneArg(task, st->s_add_done_callback,
+                                            cb);
+    Py_DECREF(cb);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+
+error:
+    Py_XDECREF(receive);
+    Py_XDECREF(send);
+    if (coro != NULL) {
+        /* Never awaited: close it quietly. */
+        PyObject *x = PyObject_CallMethod(coro, "close", NULL);
+        Py_XDECREF(x);
+        Py_DECREF(coro);
+    }
+    cd_log_exception("Exception inside application");
+    respond_error(cy, 500, "Internal Server Error");
+    return 0;
+}
+
+cd_http_cycle_t *
+cd_cycle_new(cd_conn_t *c, PyObject *scope)
+{
+    cd_server_t *srv = c->server;
+    cd_http_cycle_t *cy =
+        PyObject_GC_New(cd_http_cycle_t, srv->st->HttpCycle_type);
+    if (cy == NULL) {
+        return NULL;
+    }
+    memset((char *)cy + sizeof(PyObject), 0,
+           sizeof(*cy) - sizeof(PyObject));
+    cy->st = srv->st;
+    cy->server = (cd_server_t *)Py_NewRef((PyObject *)srv);
+    cy->conn = c;
+    cy->scope = Py_NewRef(scope);
+    cy->expect_continue = c->expect_continue;
+    cy->http10 = c->parser.http_major == 1 && c->parser.http_minor == 0;
+    cy->is_head = c->parser.method == HTTP_HEAD;
+    cy->keep_alive = llhttp_should_keep_alive(&c->parser);
+    cy->resp = CD_RESP_START;
+    cy->content_length = -1;
+    cy->start_ns = uv_hrtime();
+    PyObject_GC_Track(cy);
+    return cy;
+}
+
+static int
+cycle_traverse(cd_http_cycle_t *cy, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(cy));
+    Py_VISIT(cy->server);
+    Py_VISIT(cy->scope);
+    Py_VISIT(cy->task);
+    Py_VISIT(cy->recv_fut);
+    Py_VISIT(cy->send_fut);
+    Py_VISIT(cy->resp_headers);
+    Py_VISIT(cy->close_handle);
+    return 0;
+}
+
+static int
+cycle_clear(cd_http_cycle_t *cy)
+{
+    Py_CLEAR(cy->scope);
+    Py_CLEAR(cy->task);
+    Py_CLEAR(cy->recv_fut);
+    Py_CLEAR(cy->send_fut);
+    Py_CLEAR(cy->resp_headers);
+    Py_CLEAR(cy->close_handle);
+    return 0;
+}
+
+static void
+cycle_dealloc(cd_http_cycle_t *cy)
+{
+    PyTypeObject *tp = Py_TYPE(cy);
+    PyObject_GC_UnTrack(cy);
+    cycle_clear(cy);
+    cd_buf_dispose(&cy->body);
+    Py_CLEAR(cy->server);
+    tp->tp_free(cy);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot cycle_slots[] = {
+    {Py_tp_traverse, cycle_traverse},
+    {Py_tp_clear, cycle_clear},
+    {Py_tp_dealloc, cycle_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec cycle_spec = {
+    .name = "cdaphne._cdaphne.HttpCycle",
+    .basicsize = sizeof(cd_http_cycle_t),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = cycle_slots,
+};
+
+int
+cd_cycle_type_init(PyObject *module, cd_state *st)
+{
+    st->HttpCycle_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &cycle_spec, NULL);
+    return st->HttpCycle_type ? 0 : -1;
+}

@@ -1,0 +1,392 @@
+/* LoopCore: a uv_loop_t that asyncio drives through a selector.
+ *
+ * asyncio's file descriptors become uv_poll_t handles on the same loop
+ * as cdaphne's own sockets, so one epoll_wait serves both.  run_once()
+ * is the selector's select(): it releases the GIL, runs libuv once and
+ * returns the (fd, events) pairs asyncio asked about.  Requests parsed
+ * inside uv_run are only queued; dispatch() starts their apps from a
+ * normal asyncio callback, so app code never runs inside uv_run. */
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+static void
+poll_on_close(uv_handle_t *h)
+{
+    free(cd_container_of(h, cd_poll_t, handle));
+}
+
+static void
+poll_on_event(uv_poll_t *h, int status, int events)
+{
+    cd_poll_t *p = cd_container_of(h, cd_poll_t, handle);
+    cd_loop_t *loop = p->loop;
+    if (status < 0) {
+        /* Let asyncio find the error with its own read or write. */
+        events = p->events;
+    }
+    events &= p->events;
+    if (events == 0) {
+        return;
+    }
+    if (loop->nready == loop->ready_cap) {
+        int cap = loop->ready_cap ? loop->ready_cap * 2 : 64;
+        cd_ready_t *r = realloc(loop->ready, cap * sizeof(*r));
+        if (r == NULL) {
+            return; /* The fd stays ready: reported next time. */
+        }
+        loop->ready = r;
+        loop->ready_cap = cap;
+    }
+    loop->ready[loop->nready].fd = p->fd;
+    loop->ready[loop->nready].events = events;
+    loop->nready++;
+}
+
+static int
+loop_check_fd(cd_loop_t *loop, int fd)
+{
+    if (loop->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "loop core is closed");
+        return -1;
+    }
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative file descriptor");
+        return -1;
+    }
+    if (fd >= loop->npolls) {
+        int n = loop->npolls ? loop->npolls : 64;
+        while (n <= fd) {
+            n *= 2;
+        }
+        cd_poll_t **p = realloc(loop->polls, n * sizeof(*p));
+        if (p == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (int i = loop->npolls; i < n; i++) {
+            p[i] = NULL;
+        }
+        loop->polls = p;
+        loop->npolls = n;
+    }
+    return 0;
+}
+
+/* poll(fd, events): start, change or (events == 0) stop watching fd. */
+static PyObject *
+loop_poll(cd_loop_t *loop, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "poll(fd, events)");
+        return NULL;
+    }
+    int fd = PyLong_AsInt(args[0]);
+    int events = PyLong_AsInt(args[1]);
+    if (PyErr_Occurred() || loop_check_fd(loop, fd) < 0) {
+        return NULL;
+    }
+    events &= CD_EVENT_READ | CD_EVENT_WRITE;
+    cd_poll_t *p = loop->polls[fd];
+    if (events == 0) {
+        if (p != NULL) {
+            uv_poll_stop(&p->handle);
+            uv_close((uv_handle_t *)&p->handle, poll_on_close);
+            loop->polls[fd] = NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    if (p == NULL) {
+        p = calloc(1, sizeof(*p));
+        if (p == NULL) {
+            return PyErr_NoMemory();
+        }
+        int r = uv_poll_init(&loop->uv, &p->handle, fd);
+        if (r < 0) {
+            free(p);
+            PyErr_Format(PyExc_OSError, "uv_poll_init(%d): %s", fd,
+                         uv_strerror(r));
+            return NULL;
+        }
+        p->loop = loop;
+        p->fd = fd;
+        loop->polls[fd] = p;
+    }
+    p->events = events;
+    int r = uv_poll_start(&p->handle, events, poll_on_event);
+    if (r < 0) {
+        PyErr_Format(PyExc_OSError, "uv_poll_start(%d): %s", fd,
+                     uv_strerror(r));
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static void
+select_timer_on_fire(uv_timer_t *t)
+{
+    (void)t; /* Only here to end uv_run(UV_RUN_ONCE). */
+}
+
+/* run_once(timeout) -> list of (fd, events); timeout None blocks. */
+static PyObject *
+loop_run_once(cd_loop_t *loop, PyObject *timeout)
+{
+    if (loop->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "loop core is closed");
+        return NULL;
+    }
+    uv_run_mode mode = UV_RUN_ONCE;
+    if (PyList_GET_SIZE(loop->pending) > 0) {
+        mode = UV_RUN_NOWAIT;
+    }
+    else if (timeout != Py_None) {
+        double t = PyFloat_AsDouble(timeout);
+        if (t == -1.0 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (t <= 0) {
+            mode = UV_RUN_NOWAIT;
+        }
+        else {
+            uint64_t ms = (uint64_t)ceil(t * 1000.0);
+            uv_timer_start(&loop->select_timer, select_timer_on_fire, ms, 0);
+        }
+    }
+    loop->nready = 0;
+    loop->released = PyEval_SaveThread();
+    uv_run(&loop->uv, mode);
+    cd_gil_ensure(loop);
+    uv_timer_stop(&loop->select_timer);
+
+    PyObject *out = PyList_New(loop->nready);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < loop->nready; i++) {
+        PyObject *t = Py_BuildValue("(ii)", loop->ready[i].fd,
+                                    loop->ready[i].events);
+        if (t == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, t);
+    }
+    loop->nready = 0;
+    return out;
+}
+
+int
+cd_loop_defer_start(cd_loop_t *loop, PyObject *cycle)
+{
+    return PyList_Append(loop->pending, cycle);
+}
+
+/* dispatch(): start the apps of every request parsed since last time.
+ * Called as an asyncio callback when has_pending() said so. */
+static PyObject *
+loop_dispatch(cd_loop_t *loop, PyObject *unused)
+{
+    while (PyList_GET_SIZE(loop->pending) > 0) {
+        PyObject *batch = loop->pending;
+        loop->pending = PyList_New(0);
+        if (loop->pending == NULL) {
+            loop->pending = batch;
+            return NULL;
+        }
+        Py_ssize_t n = PyList_GET_SIZE(batch);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (cd_cycle_start(PyList_GET_ITEM(batch, i)) < 0) {
+                cd_log_exception("Exception starting an ASGI application");
+            }
+        }
+        Py_DECREF(batch);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+loop_has_pending(cd_loop_t *loop, PyObject *unused)
+{
+    return PyBool_FromLong(PyList_GET_SIZE(loop->pending) > 0);
+}
+
+/* attach(asyncio_loop): the loop whose futures receive/send return. */
+static PyObject *
+loop_attach(cd_loop_t *loop, PyObject *aio_loop)
+{
+    Py_XSETREF(loop->aio_loop, Py_NewRef(aio_loop));
+    Py_RETURN_NONE;
+}
+
+static void
+walk_close(uv_handle_t *h, void *arg)
+{
+    if (!uv_is_closing(h)) {
+        uv_close(h, h->type == UV_POLL ? poll_on_close : NULL);
+    }
+}
+
+static void
+loop_close_uv(cd_loop_t *loop)
+{
+    if (loop->closed) {
+        return;
+    }
+    loop->closed = 1;
+    /* Only polls and the select timer remain once servers are closed;
+     * close everything so uv_loop_close succeeds. */
+    uv_walk(&loop->uv, walk_close, NULL);
+    uv_run(&loop->uv, UV_RUN_DEFAULT);
+    uv_loop_close(&loop->uv);
+    free(loop->polls);
+    loop->polls = NULL;
+    loop->npolls = 0;
+    free(loop->ready);
+    loop->ready = NULL;
+}
+
+static PyObject *
+loop_close(cd_loop_t *loop, PyObject *unused)
+{
+    loop_close_uv(loop);
+    Py_CLEAR(loop->aio_loop);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+loop_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kw && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "LoopCore() takes no arguments");
+        return NULL;
+    }
+    cd_state *st = cd_state_from_type(tp);
+    if (st == NULL) {
+        return NULL;
+    }
+    cd_loop_t *loop = (cd_loop_t *)tp->tp_alloc(tp, 0);
+    if (loop == NULL) {
+        return NULL;
+    }
+    loop->st = st;
+    loop->closed = 1; /* Until uv_loop_init succeeds. */
+    loop->pending = PyList_New(0);
+    if (loop->pending == NULL) {
+        Py_DECREF(loop);
+        return NULL;
+    }
+    int r = uv_loop_init(&loop->uv);
+    if (r < 0) {
+        PyErr_Format(PyExc_OSError, "uv_loop_init: %s", uv_strerror(r));
+        Py_DECREF(loop);
+        return NULL;
+    }
+    loop->closed = 0;
+    uv_timer_init(&loop->uv, &loop->select_timer);
+    uv_unref((uv_handle_t *)&loop->select_timer);
+    loop->uv.data = loop;
+    return (PyObject *)loop;
+}
+
+static int
+loop_traverse(cd_loop_t *loop, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(loop));
+    Py_VISIT(loop->pending);
+    Py_VISIT(loop->aio_loop);
+    return 0;
+}
+
+static int
+loop_clear(cd_loop_t *loop)
+{
+    Py_CLEAR(loop->pending);
+    Py_CLEAR(loop->aio_loop);
+    return 0;
+}
+
+static void
+loop_dealloc(cd_loop_t *loop)
+{
+    PyTypeObject *tp = Py_TYPE(loop);
+    PyObject_GC_UnTrack(loop);
+    loop_close_uv(loop);
+    loop_clear(loop);
+    tp->tp_free(loop);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef loop_methods[] = {
+    {"poll", (PyCFunction)(void (*)(void))loop_poll, METH_FASTCALL,
+     "poll(fd, events): watch fd for events (0 stops)."},
+    {"run_once", (PyCFunction)loop_run_once, METH_O,
+     "run_once(timeout) -> [(fd, events)]"},
+    {"dispatch", (PyCFunction)loop_dispatch, METH_NOARGS,
+     "Start the apps of requests parsed so far."},
+    {"has_pending", (PyCFunction)loop_has_pending, METH_NOARGS, NULL},
+    {"attach", (PyCFunction)loop_attach, METH_O,
+     "attach(asyncio_loop)"},
+    {"close", (PyCFunction)loop_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot loop_slots[] = {
+    {Py_tp_new, loop_new},
+    {Py_tp_dealloc, loop_dealloc},
+    {Py_tp_traverse, loop_traverse},
+    {Py_tp_clear, loop_clear},
+    {Py_tp_methods, loop_methods},
+    {Py_tp_doc, "The libuv loop under cdaphne's asyncio selector."},
+    {0, NULL},
+};
+
+static PyType_Spec loop_spec = {
+    .name = "cdaphne._cdaphne.LoopCore",
+    .basicsize = sizeof(cd_loop_t),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = loop_slots,
+};
+
+int
+cd_loop_type_init(PyObject *module, cd_state *st)
+{
+    st->LoopCore_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &loop_spec, NULL);
+    if (st->LoopCore_type == NULL) {
+        return -1;
+    }
+    return PyModule_AddType(module, st->LoopCore_type);
+}
+
+void
+cd_log_exception(const char *msg)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *logging = PyImport_ImportModule("logging");
+    PyObject *logger = NULL, *r = NULL;
+    if (logging != NULL) {
+        logger = PyObject_CallMethod(logging, "getLogger", "s", "cdaphne");
+    }
+    if (logger != NULL) {
+        PyObject *kw = Py_BuildValue("{sO}", "exc_info",
+                                     exc ? exc : Py_True);
+        PyObject *meth = PyObject_GetAttrString(logger, "error");
+        PyObject *a = Py_BuildValue("(s)", msg);
+        if (kw && meth && a) {
+            r = PyObject_Call(meth, a, kw);
+        }
+        Py_XDECREF(kw);
+        Py_XDECREF(meth);
+        Py_XDECREF(a);
+    }
+    if (r == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(r);
+    Py_XDECREF(logger);
+    Py_XDECREF(logging);
+    Py_XDECREF(exc);
+}

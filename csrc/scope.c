@@ -1,0 +1,169 @@
+/* The ASGI scope of an HTTP request or a WebSocket handshake. */
+#include "internal.h"
+
+#include <string.h>
+
+static int
+hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9') {
+        return ch - '0';
+    }
+    if (ch >= 'a' && ch <= 'f') {
+        return ch - 'a' + 10;
+    }
+    if (ch >= 'A' && ch <= 'F') {
+        return ch - 'A' + 10;
+    }
+    return -1;
+}
+
+/* New reference: the percent-decoded, UTF-8-decoded path. */
+static PyObject *
+decode_path(const char *p, size_t n)
+{
+    if (memchr(p, '%', n) == NULL) {
+        return PyUnicode_DecodeUTF8(p, (Py_ssize_t)n, "replace");
+    }
+    PyObject *tmp = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+    if (tmp == NULL) {
+        return NULL;
+    }
+    char *out = PyBytes_AS_STRING(tmp);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int hi, lo;
+        if (p[i] == '%' && i + 2 < n && (hi = hexval(p[i + 1])) >= 0 &&
+            (lo = hexval(p[i + 2])) >= 0) {
+            out[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        }
+        else {
+            out[o++] = p[i];
+        }
+    }
+    PyObject *s = PyUnicode_DecodeUTF8(out, (Py_ssize_t)o, "replace");
+    Py_DECREF(tmp);
+    return s;
+}
+
+static PyObject *
+method_str(cd_state *st, llhttp_t *p)
+{
+    switch (p->method) {
+    case HTTP_GET: return Py_NewRef(st->s_GET);
+    case HTTP_POST: return Py_NewRef(st->s_POST);
+    case HTTP_HEAD: return Py_NewRef(st->s_HEAD);
+    case HTTP_PUT: return Py_NewRef(st->s_PUT);
+    case HTTP_DELETE: return Py_NewRef(st->s_DELETE);
+    case HTTP_OPTIONS: return Py_NewRef(st->s_OPTIONS);
+    case HTTP_PATCH: return Py_NewRef(st->s_PATCH);
+    default:
+        return PyUnicode_FromString(
+            llhttp_method_name((llhttp_method_t)p->method));
+    }
+}
+
+static int
+set_new(PyObject *d, PyObject *key, PyObject *value)
+{
+    if (value == NULL) {
+        return -1;
+    }
+    int r = PyDict_SetItem(d, key, value);
+    Py_DECREF(value);
+    return r;
+}
+
+PyObject *
+cd_scope_http(cd_conn_t *c, const char *type)
+{
+    cd_server_t *srv = c->server;
+    cd_state *st = srv->st;
+    int is_ws = type[0] == 'w';
+    const char *url = c->url.base ? c->url.base : "/";
+    size_t ulen = c->url.base ? c->url.len : 1;
+
+    /* absolute-form (GET http://host/path): keep from the path on. */
+    if (ulen > 7 && (strncmp(url, "http://", 7) == 0 ||
+                     strncmp(url, "https://", 8) == 0)) {
+        const char *slash = memchr(url + 8, '/', ulen - 8);
+        if (slash == NULL) {
+            url = "/";
+            ulen = 1;
+        }
+        else {
+            ulen -= (size_t)(slash - url);
+            url = slash;
+        }
+    }
+    const char *q = memchr(url, '?', ulen);
+    size_t plen = q ? (size_t)(q - url) : ulen;
+    const char *hash = memchr(url, '#', ulen);
+    size_t qlen = 0;
+    if (q) {
+        qlen = (hash && hash > q ? (size_t)(hash - q) : ulen - plen) - 1;
+    }
+    else if (hash) {
+        plen = (size_t)(hash - url);
+    }
+
+    PyObject *scope = PyDict_New();
+    if (scope == NULL) {
+        return NULL;
+    }
+    int v10 = c->parser.http_major == 1 && c->parser.http_minor == 0;
+    if (set_new(scope, st->s_type,
+                Py_NewRef(is_ws ? st->s_websocket : st->s_http)) < 0 ||
+        set_new(scope, st->s_asgi, PyDict_Copy(st->asgi_dict)) < 0 ||
+        set_new(scope, st->s_http_version,
+                Py_NewRef(v10 ? st->s_v1_0 : st->s_v1_1)) < 0 ||
+        set_new(scope, st->s_scheme,
+                Py_NewRef(is_ws ? (srv->scheme == st->s_https ? st->s_wss
+                                                              : st->s_ws)
+                                : srv->scheme)) < 0 ||
+        set_new(scope, st->s_path, decode_path(url, plen)) < 0 ||
+        set_new(scope, st->s_raw_path,
+                PyBytes_FromStringAndSize(url, (Py_ssize_t)plen)) < 0 ||
+        set_new(scope, st->s_query_string,
+                qlen ? PyBytes_FromStringAndSize(q + 1, (Py_ssize_t)qlen)
+                     : Py_NewRef(st->empty_bytes)) < 0 ||
+        set_new(scope, st->s_root_path, Py_NewRef(srv->root_path)) < 0 ||
+        set_new(scope, st->s_headers, Py_NewRef(c->headers)) < 0 ||
+        set_new(scope, st->s_client, Py_NewRef(c->client)) < 0 ||
+        set_new(scope, st->s_server, Py_NewRef(c->listener->sockname)) < 0) {
+        goto error;
+    }
+    if (!is_ws) {
+        if (set_new(scope, st->s_method, method_str(st, &c->parser)) < 0) {
+            goto error;
+        }
+    }
+    if (srv->lifespan_state != NULL) {
+        if (set_new(scope, st->s_state,
+                    PyDict_Copy(srv->lifespan_state)) < 0) {
+            goto error;
+        }
+    }
+    PyObject *ext = PyDict_New();
+    if (ext == NULL) {
+        goto error;
+    }
+    if (is_ws) {
+        PyObject *e = PyDict_New();
+        if (e == NULL || PyDict_SetItem(ext, st->s_ws_http_response, e) < 0) {
+            Py_XDECREF(e);
+            Py_DECREF(ext);
+            goto error;
+        }
+        Py_DECREF(e);
+    }
+    if (set_new(scope, st->s_extensions, ext) < 0) {
+        goto error;
+    }
+    return scope;
+
+error:
+    Py_DECREF(scope);
+    return NULL;
+}

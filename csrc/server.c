@@ -1,0 +1,529 @@
+/* Server: listeners, accepting, the set of connections, shutdown. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+static void
+listener_on_close(uv_handle_t *h)
+{
+    cd_listener_t *ls = (cd_listener_t *)h->data;
+    Py_XDECREF(ls->sockname);
+    free(ls);
+}
+
+static void
+listener_on_connection(uv_stream_t *s, int status)
+{
+    cd_listener_t *ls = (cd_listener_t *)s->data;
+    cd_server_t *srv = ls->server;
+    cd_gil_ensure(srv->loop);
+    if (status < 0) {
+        return;
+    }
+    cd_conn_t *c = cd_conn_new(ls);
+    if (c == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    if (srv->cfg.limit_concurrency &&
+        srv->nconns > srv->cfg.limit_concurrency) {
+        cd_conn_read_stop(c);
+        cd_http1_simple_response(c, 503, "Service Unavailable");
+    }
+}
+
+void
+cd_server_log_action(cd_server_t *srv, const char *protocol,
+                     const char *action, PyObject *details)
+{
+    if (srv->action_logger == NULL) {
+        return;
+    }
+    PyObject *r = PyObject_CallFunction(srv->action_logger, "ssO", protocol,
+                                        action, details);
+    if (r == NULL) {
+        cd_log_exception("Exception in action_logger");
+    }
+    Py_XDECREF(r);
+}
+
+static cd_listener_t *
+listener_new(cd_server_t *srv, int is_unix)
+{
+    cd_listener_t *ls = calloc(1, sizeof(*ls));
+    if (ls == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    int r = is_unix ? uv_pipe_init(&srv->loop->uv, &ls->io.pipe, 0)
+                    : uv_tcp_init(&srv->loop->uv, &ls->io.tcp);
+    if (r < 0) {
+        free(ls);
+        PyErr_Format(PyExc_OSError, "%s", uv_strerror(r));
+        return NULL;
+    }
+    ls->server = srv;
+    ls->is_unix = is_unix;
+    ls->io.handle.data = ls;
+    return ls;
+}
+
+static void
+listener_close(cd_listener_t *ls)
+{
+    uv_close(&ls->io.handle, listener_on_close);
+}
+
+static int
+server_add_listener(cd_server_t *srv, cd_listener_t *ls, int backlog)
+{
+    int r = uv_listen(&ls->io.stream, backlog, listener_on_connection);
+    if (r < 0) {
+        PyErr_Format(PyExc_OSError, "listen: %s", uv_strerror(r));
+        return -1;
+    }
+    cd_listener_t **arr = realloc(srv->listeners, (srv->nlisteners + 1) *
+                                                       sizeof(*arr));
+    if (arr == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    srv->listeners = arr;
+    arr[srv->nlisteners++] = ls;
+    return 0;
+}
+
+static PyObject *
+tcp_sockname(uv_tcp_t *tcp)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    int r = uv_tcp_getsockname(tcp, (struct sockaddr *)&ss, &len);
+    if (r < 0) {
+        PyErr_Format(PyExc_OSError, "getsockname: %s", uv_strerror(r));
+        return NULL;
+    }
+    char host[64];
+    int port;
+    if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        uv_ip6_name(a, host, sizeof(host));
+        port = ntohs(a->sin6_port);
+    }
+    else {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        uv_ip4_name(a, host, sizeof(host));
+        port = ntohs(a->sin_port);
+    }
+    return Py_BuildValue("(si)", host, port);
+}
+
+/* listen_tcp(host, port, backlog) -> (host, port) actually bound.
+ * host is a numeric IPv4/IPv6 address (cdaphne.config resolves names). */
+static PyObject *
+server_listen_tcp(cd_server_t *srv, PyObject *args)
+{
+    const char *host;
+    int port, backlog;
+    if (!PyArg_ParseTuple(args, "sii", &host, &port, &backlog)) {
+        return NULL;
+    }
+    struct sockaddr_storage ss;
+    int r = strchr(host, ':')
+                ? uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss)
+                : uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
+    if (r < 0) {
+        PyErr_Format(PyExc_ValueError, "invalid address %s", host);
+        return NULL;
+    }
+    cd_listener_t *ls = listener_new(srv, 0);
+    if (ls == NULL) {
+        return NULL;
+    }
+    r = uv_tcp_bind(&ls->io.tcp, (struct sockaddr *)&ss, 0);
+    if (r == 0) {
+        /* libuv reports bind errors at listen time on some kernels. */
+        r = uv_listen(&ls->io.stream, backlog, listener_on_connection);
+    }
+    if (r < 0) {
+        listener_close(ls);
+        errno = -r;
+        PyErr_Format(PyExc_OSError, "[Errno %d] error while attempting to "
+                     "bind on address ('%s', %d): %s", -r, host, port,
+                     uv_strerror(r));
+        return NULL;
+    }
+    ls->sockname = tcp_sockname(&ls->io.tcp);
+    if (ls->sockname == NULL) {
+        listener_close(ls);
+        return NULL;
+    }
+    cd_listener_t **arr = realloc(srv->listeners, (srv->nlisteners + 1) *
+                                                       sizeof(*arr));
+    if (arr == NULL) {
+        listener_close(ls);
+        return PyErr_NoMemory();
+    }
+    srv->listeners = arr;
+    arr[srv->nlisteners++] = ls;
+    return Py_NewRef(ls->sockname);
+}
+
+/* listen_unix(path, backlog) */
+static PyObject *
+server_listen_unix(cd_server_t *srv, PyObject *args)
+{
+    const char *path;
+    int backlog;
+    if (!PyArg_ParseTuple(args, "si", &path, &backlog)) {
+        return NULL;
+    }
+    cd_listener_t *ls = listener_new(srv, 1);
+    if (ls == NULL) {
+        return NULL;
+    }
+    int r = uv_pipe_bind(&ls->io.pipe, path);
+    if (r < 0) {
+        listener_close(ls);
+        PyErr_Format(PyExc_OSError, "bind %s: %s", path, uv_strerror(r));
+        return NULL;
+    }
+    ls->sockname = Py_BuildValue("(sO)", path, Py_None);
+    if (ls->sockname == NULL || server_add_listener(srv, ls, backlog) < 0) {
+        listener_close(ls);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* listen_fd(fd, is_unix, backlog) -> sockname: an inherited socket. */
+static PyObject *
+server_listen_fd(cd_server_t *srv, PyObject *args)
+{
+    int fd, is_unix, backlog;
+    if (!PyArg_ParseTuple(args, "ipi", &fd, &is_unix, &backlog)) {
+        return NULL;
+    }
+    cd_listener_t *ls = listener_new(srv, is_unix);
+    if (ls == NULL) {
+        return NULL;
+    }
+    int r = is_unix ? uv_pipe_open(&ls->io.pipe, fd)
+                    : uv_tcp_open(&ls->io.tcp, fd);
+    if (r < 0) {
+        listener_close(ls);
+        PyErr_Format(PyExc_OSError, "fd %d: %s", fd, uv_strerror(r));
+        return NULL;
+    }
+    ls->sockname = is_unix ? Py_BuildValue("(sO)", "", Py_None)
+                           : tcp_sockname(&ls->io.tcp);
+    if (ls->sockname == NULL || server_add_listener(srv, ls, backlog) < 0) {
+        listener_close(ls);
+        return NULL;
+    }
+    return Py_NewRef(ls->sockname);
+}
+
+static void
+server_close_listeners_c(cd_server_t *srv)
+{
+    for (int i = 0; i < srv->nlisteners; i++) {
+        listener_close(srv->listeners[i]);
+    }
+    free(srv->listeners);
+    srv->listeners = NULL;
+    srv->nlisteners = 0;
+}
+
+/* close_listeners(): stop accepting; idle keep-alive conns close and
+ * busy ones close once their response is done. */
+static PyObject *
+server_close_listeners(cd_server_t *srv, PyObject *unused)
+{
+    server_close_listeners_c(srv);
+    srv->closing = 1;
+    cd_link_t *l = srv->conns.next;
+    while (l != &srv->conns) {
+        cd_conn_t *c = cd_container_of(l, cd_conn_t, link);
+        l = l->next;
+        if (c->state == CD_CONN_HEAD && !(c->flags & CD_CONN_F_GOT_BYTES)) {
+            cd_conn_close(c);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* close_all(): close every connection now (end of the grace period). */
+static PyObject *
+server_close_all(cd_server_t *srv, PyObject *unused)
+{
+    cd_link_t *l = srv->conns.next;
+    while (l != &srv->conns) {
+        cd_conn_t *c = cd_container_of(l, cd_conn_t, link);
+        l = l->next;
+        cd_conn_close(c);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+server_set_state(cd_server_t *srv, PyObject *state)
+{
+    if (state != Py_None && !PyDict_Check(state)) {
+        PyErr_SetString(PyExc_TypeError, "state must be a dict or None");
+        return NULL;
+    }
+    Py_XSETREF(srv->lifespan_state,
+               state == Py_None ? NULL : Py_NewRef(state));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+server_get_connections(cd_server_t *srv, void *closure)
+{
+    return PyLong_FromLong(srv->nconns);
+}
+
+static PyObject *
+server_get_busy(cd_server_t *srv, void *closure)
+{
+    long busy = 0;
+    for (cd_link_t *l = srv->conns.next; l != &srv->conns; l = l->next) {
+        cd_conn_t *c = cd_container_of(l, cd_conn_t, link);
+        if (c->state == CD_CONN_ACTIVE || c->state == CD_CONN_UPGRADED ||
+            (c->flags & CD_CONN_F_GOT_BYTES)) {
+            busy++;
+        }
+    }
+    return PyLong_FromLong(busy);
+}
+
+/* Read a number attribute of the config, in milliseconds if `ms`. */
+static int
+cfg_number(PyObject *config, const char *name, double dflt, double scale,
+           uint64_t *out)
+{
+    PyObject *v = PyObject_GetAttrString(config, name);
+    if (v == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return -1;
+        }
+        PyErr_Clear();
+        *out = (uint64_t)(dflt * scale);
+        return 0;
+    }
+    double d = 0;
+    if (v != Py_None) {
+        d = PyFloat_AsDouble(v);
+        if (d == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(v);
+            return -1;
+        }
+    }
+    Py_DECREF(v);
+    *out = d <= 0 ? 0 : (uint64_t)(d * scale);
+    return 0;
+}
+
+static PyObject *
+cfg_object(PyObject *config, const char *name)
+{
+    PyObject *v = PyObject_GetAttrString(config, name);
+    if (v == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        return Py_NewRef(Py_None);
+    }
+    return v;
+}
+
+/* Server(loop_core, app, config) */
+static PyObject *
+server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    PyObject *loop, *app, *config;
+    if (!PyArg_ParseTuple(args, "OOO", &loop, &app, &config)) {
+        return NULL;
+    }
+    cd_state *st = cd_state_from_type(tp);
+    if (st == NULL) {
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(loop, st->LoopCore_type)) {
+        PyErr_SetString(PyExc_TypeError, "Server() needs a LoopCore");
+        return NULL;
+    }
+    cd_server_t *srv = (cd_server_t *)tp->tp_alloc(tp, 0);
+    if (srv == NULL) {
+        return NULL;
+    }
+    srv->st = st;
+    srv->conns.next = srv->conns.prev = &srv->conns;
+    srv->loop = (cd_loop_t *)Py_NewRef(loop);
+    srv->app = Py_NewRef(app);
+    srv->scheme = Py_NewRef(st->s_http);
+
+    cd_config_t *c = &srv->cfg;
+    uint64_t v;
+    PyObject *o;
+    if (cfg_number(config, "max_body_size", 0, 1, &c->max_body) < 0 ||
+        cfg_number(config, "max_header_size", 65536, 1, &v) < 0) {
+        goto error;
+    }
+    c->max_head = (size_t)v;
+    if (cfg_number(config, "header_timeout", 30, 1000, &c->header_timeout) <
+            0 ||
+        cfg_number(config, "timeout_keep_alive", 60, 1000,
+                   &c->keepalive_timeout) < 0 ||
+        cfg_number(config, "http_timeout", 0, 1000, &c->http_timeout) < 0 ||
+        cfg_number(config, "application_close_timeout", 10, 1000,
+                   &c->app_close_timeout) < 0 ||
+        cfg_number(config, "limit_concurrency", 0, 1, &v) < 0) {
+        goto error;
+    }
+    c->limit_concurrency = (int)v;
+    if (c->header_timeout == 0) {
+        c->header_timeout = 30000;
+    }
+    if (c->keepalive_timeout == 0) {
+        c->keepalive_timeout = 60000;
+    }
+    c->body_high_water = 1 << 20;
+    c->write_high_water = 1 << 20;
+    c->eager_tasks = PY_VERSION_HEX >= 0x030C0000;
+
+    if ((o = cfg_object(config, "root_path")) == NULL) {
+        goto error;
+    }
+    if (o == Py_None) {
+        Py_SETREF(o, Py_NewRef(st->s_empty));
+    }
+    srv->root_path = o;
+    if ((o = cfg_object(config, "action_logger")) == NULL) {
+        goto error;
+    }
+    srv->action_logger = o == Py_None ? NULL : o;
+    if (o == Py_None) {
+        Py_DECREF(o);
+    }
+    if ((o = cfg_object(config, "server_name")) == NULL) {
+        goto error;
+    }
+    if (o != Py_None) {
+        const char *name = PyUnicode_AsUTF8(o);
+        if (name == NULL) {
+            Py_DECREF(o);
+            goto error;
+        }
+        if (*name) {
+            size_t n = strlen(name) + 16;
+            srv->server_header = malloc(n);
+            if (srv->server_header == NULL) {
+                Py_DECREF(o);
+                PyErr_NoMemory();
+                goto error;
+            }
+            snprintf(srv->server_header, n, "server: %s\r\n", name);
+        }
+    }
+    Py_DECREF(o);
+    return (PyObject *)srv;
+
+error:
+    Py_DECREF(srv);
+    return NULL;
+}
+
+static int
+server_traverse(cd_server_t *srv, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(srv));
+    Py_VISIT(srv->loop);
+    Py_VISIT(srv->app);
+    Py_VISIT(srv->root_path);
+    Py_VISIT(srv->lifespan_state);
+    Py_VISIT(srv->action_logger);
+    return 0;
+}
+
+static int
+server_clear(cd_server_t *srv)
+{
+    Py_CLEAR(srv->app);
+    Py_CLEAR(srv->root_path);
+    Py_CLEAR(srv->lifespan_state);
+    Py_CLEAR(srv->action_logger);
+    Py_CLEAR(srv->scheme);
+    return 0;
+}
+
+static void
+server_dealloc(cd_server_t *srv)
+{
+    PyTypeObject *tp = Py_TYPE(srv);
+    PyObject_GC_UnTrack(srv);
+    /* Connections hold a reference, so none is left here. */
+    if (srv->loop != NULL && !srv->loop->closed) {
+        server_close_listeners_c(srv);
+    }
+    server_clear(srv);
+    Py_CLEAR(srv->loop);
+    free(srv->server_header);
+    tp->tp_free(srv);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef server_methods[] = {
+    {"listen_tcp", (PyCFunction)server_listen_tcp, METH_VARARGS,
+     "listen_tcp(host, port, backlog) -> (host, port)"},
+    {"listen_unix", (PyCFunction)server_listen_unix, METH_VARARGS,
+     "listen_unix(path, backlog)"},
+    {"listen_fd", (PyCFunction)server_listen_fd, METH_VARARGS,
+     "listen_fd(fd, is_unix, backlog) -> sockname"},
+    {"close_listeners", (PyCFunction)server_close_listeners, METH_NOARGS,
+     "Stop accepting and close idle connections."},
+    {"close_all", (PyCFunction)server_close_all, METH_NOARGS,
+     "Close every connection."},
+    {"set_state", (PyCFunction)server_set_state, METH_O,
+     "set_state(dict): the lifespan state copied into each scope."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef server_getset[] = {
+    {"connections", (getter)server_get_connections, NULL, NULL, NULL},
+    {"busy_connections", (getter)server_get_busy, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot server_slots[] = {
+    {Py_tp_new, server_new},
+    {Py_tp_dealloc, server_dealloc},
+    {Py_tp_traverse, server_traverse},
+    {Py_tp_clear, server_clear},
+    {Py_tp_methods, server_methods},
+    {Py_tp_getset, server_getset},
+    {Py_tp_doc, "Server(loop_core, app, config): HTTP/WebSocket server."},
+    {0, NULL},
+};
+
+static PyType_Spec server_spec = {
+    .name = "cdaphne._cdaphne.Server",
+    .basicsize = sizeof(cd_server_t),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = server_slots,
+};
+
+int
+cd_server_type_init(PyObject *module, cd_state *st)
+{
+    st->Server_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &server_spec, NULL);
+    if (st->Server_type == NULL) {
+        return -1;
+    }
+    return PyModule_AddType(module, st->Server_type);
+}

@@ -1,0 +1,167 @@
+/* Waiter: the awaitable that receive() and send() return.
+ *
+ * When the value is already there, awaiting it returns at once without a
+ * loop round trip.  Otherwise it yields a loop future once (as
+ * asyncio.Future.__await__ does) and returns that future's result. */
+#include "internal.h"
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *value; /* strong: the result, when ready */
+    PyObject *fut;   /* strong: the future to wait on, when not */
+    int yielded;
+} cd_waiter_t;
+
+static PyObject *
+waiter_new(cd_state *st, PyObject *value, PyObject *fut)
+{
+    cd_waiter_t *w = PyObject_GC_New(cd_waiter_t, st->Waiter_type);
+    if (w == NULL) {
+        Py_XDECREF(value);
+        Py_XDECREF(fut);
+        return NULL;
+    }
+    w->value = value;
+    w->fut = fut;
+    w->yielded = 0;
+    PyObject_GC_Track(w);
+    return (PyObject *)w;
+}
+
+PyObject *
+cd_waiter_ready(cd_state *st, PyObject *value)
+{
+    return waiter_new(st, value, NULL);
+}
+
+PyObject *
+cd_waiter_pending(cd_state *st, PyObject *fut)
+{
+    return waiter_new(st, NULL, fut);
+}
+
+static PySendResult
+waiter_am_send(cd_waiter_t *w, PyObject *arg, PyObject **result)
+{
+    if (w->value != NULL) {
+        *result = w->value;
+        w->value = NULL;
+        return PYGEN_RETURN;
+    }
+    if (w->fut == NULL) {
+        *result = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
+    }
+    if (!w->yielded) {
+        if (PyObject_SetAttrString(w->fut, "_asyncio_future_blocking",
+                                   Py_True) < 0) {
+            *result = NULL;
+            return PYGEN_ERROR;
+        }
+        w->yielded = 1;
+        *result = Py_NewRef(w->fut);
+        return PYGEN_NEXT;
+    }
+    PyObject *fut = w->fut;
+    w->fut = NULL;
+    *result = PyObject_CallMethod(fut, "result", NULL);
+    Py_DECREF(fut);
+    return *result ? PYGEN_RETURN : PYGEN_ERROR;
+}
+
+static PyObject *
+waiter_iternext(cd_waiter_t *w)
+{
+    PyObject *res;
+    PySendResult r = waiter_am_send(w, Py_None, &res);
+    if (r == PYGEN_NEXT) {
+        return res;
+    }
+    if (r == PYGEN_RETURN) {
+        if (res == Py_None) {
+            Py_DECREF(res);
+            PyErr_SetNone(PyExc_StopIteration);
+            return NULL;
+        }
+        PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, res);
+        Py_DECREF(res);
+        if (e != NULL) {
+            PyErr_SetObject(PyExc_StopIteration, e);
+            Py_DECREF(e);
+        }
+    }
+    return NULL;
+}
+
+/* Generator-style send(), used by code that drives awaitables by hand. */
+static PyObject *
+waiter_send(cd_waiter_t *w, PyObject *arg)
+{
+    return waiter_iternext(w);
+}
+
+static PyObject *
+waiter_await(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static int
+waiter_traverse(cd_waiter_t *w, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(w));
+    Py_VISIT(w->value);
+    Py_VISIT(w->fut);
+    return 0;
+}
+
+static int
+waiter_clear(cd_waiter_t *w)
+{
+    Py_CLEAR(w->value);
+    Py_CLEAR(w->fut);
+    return 0;
+}
+
+static void
+waiter_dealloc(cd_waiter_t *w)
+{
+    PyTypeObject *tp = Py_TYPE(w);
+    PyObject_GC_UnTrack(w);
+    waiter_clear(w);
+    tp->tp_free(w);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef waiter_methods[] = {
+    {"send", (PyCFunction)waiter_send, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot waiter_slots[] = {
+    {Py_am_await, waiter_await},
+    {Py_am_send, waiter_am_send},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, waiter_iternext},
+    {Py_tp_methods, waiter_methods},
+    {Py_tp_traverse, waiter_traverse},
+    {Py_tp_clear, waiter_clear},
+    {Py_tp_dealloc, waiter_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec waiter_spec = {
+    .name = "cdaphne._cdaphne.Waiter",
+    .basicsize = sizeof(cd_waiter_t),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = waiter_slots,
+};
+
+int
+cd_waiter_type_init(PyObject *module, cd_state *st)
+{
+    st->Waiter_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &waiter_spec, NULL);
+    return st->Waiter_type ? 0 : -1;
+}

@@ -1,0 +1,115 @@
+"""The command line: Daphne's flags (plus uvicorn's spellings) into a Config."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import NoReturn
+
+from . import __version__
+from .config import Config, ConfigError
+from .server import Server
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not a usage wall.
+        self.exit(2, f"cdaphne: error: {message} (see cdaphne --help)\n")
+
+
+def _size(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="cdaphne", description="ASGI server written in C, a drop-in for Daphne.")
+    a = p.add_argument
+    a("application", help="the application to serve, as module:attr (or module.attr)")
+    a("-p", "--port", type=int, default=None, help="port number to listen on (8000)")
+    a("-b", "--bind", "--host", dest="host", default=None, help="address to bind to (127.0.0.1)")
+    a("--websocket_timeout", "--websocket-timeout", type=float, default=86400,
+      help="seconds a WebSocket may stay open; -1 for no limit")
+    a("--websocket_connect_timeout", "--websocket-connect-timeout", type=float, default=5,
+      help="seconds an app has to accept or reject a WebSocket")
+    a("-u", "--unix-socket", "--uds", dest="unix_socket", default=None,
+      help="bind to a unix socket path")
+    a("--fd", type=int, default=None, help="serve on an inherited socket file descriptor")
+    a("-e", "--endpoint", dest="endpoints", action="append", default=[],
+      help="endpoint string: tcp:PORT:interface=HOST, unix:/path, fd:fileno=N (repeatable)")
+    a("--access-log", default=None, help="where to write the access log ('-' for stdout)")
+    a("--log-fmt", default="%(asctime)-15s %(levelname)-8s %(message)s", help="log format")
+    a("--ping-interval", type=float, default=20, help="seconds between WebSocket keepalive pings")
+    a("--ping-timeout", type=float, default=30, help="seconds to wait for a pong before closing")
+    a("--application-close-timeout", type=float, default=10,
+      help="seconds an application may run after its client is gone")
+    a("--root-path", default="", help="the setting for the ASGI root_path variable")
+    a("--proxy-headers", action="store_true", help="trust X-Forwarded-For/-Proto/-Port and Forwarded")
+    a("--proxy-headers-host", default="X-Real-IP", help="header carrying the client address")
+    a("--proxy-headers-port", default="X-Forwarded-Port", help="header carrying the client port")
+    a("--forwarded-allow-ips", default=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+      help="comma-separated addresses trusted for proxy headers ('*' for all)")
+    a("-t", "--http-timeout", type=float, default=None,
+      help="seconds before a response that has not started gets a 503")
+    a("--websocket-max-message-size", "--ws-max-size", type=_size, default=1 << 20,
+      help="largest WebSocket message, bytes (0: unlimited)")
+    a("--websocket-max-frame-size", type=_size, default=1 << 20,
+      help="largest WebSocket frame, bytes (0: unlimited)")
+    a("--timeout-keep-alive", type=float, default=60, help="seconds an idle connection stays open")
+    a("--limit-concurrency", type=int, default=None,
+      help="connections beyond this get a 503")
+    a("--max-body-size", type=_size, default=None, help="largest request body, bytes (413 beyond)")
+    a("--lifespan", choices=("auto", "on", "off"), default="auto", help="ASGI lifespan protocol")
+    a("-v", "--verbosity", type=int, default=1, help="0 = quiet, 1 = normal, 2/3 = debug")
+    a("-s", "--server-name", default="cdaphne", help="the Server header's value")
+    a("--no-server-name", action="store_true", help="send no Server header")
+    a("--version", action="version", version=f"cdaphne {__version__}")
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> Config:
+    args = build_parser().parse_args(argv)
+    return Config(
+        app=args.application,
+        host=args.host,
+        port=args.port,
+        unix_socket=args.unix_socket,
+        fd=args.fd,
+        endpoints=args.endpoints,
+        root_path=args.root_path,
+        proxy_headers=args.proxy_headers,
+        proxy_headers_host=args.proxy_headers_host,
+        proxy_headers_port=args.proxy_headers_port,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        access_log=args.access_log,
+        log_fmt=args.log_fmt,
+        verbosity=args.verbosity,
+        server_name=None if args.no_server_name else args.server_name,
+        http_timeout=args.http_timeout,
+        websocket_timeout=args.websocket_timeout,
+        websocket_connect_timeout=args.websocket_connect_timeout,
+        ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
+        websocket_max_message_size=args.websocket_max_message_size,
+        websocket_max_frame_size=args.websocket_max_frame_size,
+        application_close_timeout=args.application_close_timeout,
+        timeout_keep_alive=args.timeout_keep_alive,
+        limit_concurrency=args.limit_concurrency,
+        max_body_size=args.max_body_size,
+        lifespan=args.lifespan,
+        configure_logging=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    config = config_from_args(argv)
+    try:
+        config.binds()
+        config.load()
+    except ConfigError as exc:
+        print(f"cdaphne: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(Server(config).run())

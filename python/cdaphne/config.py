@@ -1,0 +1,189 @@
+"""Every server option, its default and its validation; `Config.load()`."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._types import ActionLogger, ASGIApp, Receive, Scope, Send
+from .importer import ImportFromStringError, import_from_string
+
+logger = logging.getLogger("cdaphne")
+
+
+class ConfigError(Exception):
+    """A bad option: the message is one line for the user."""
+
+
+@dataclass
+class Bind:
+    """One place to listen: TCP host/port, a unix socket path, or an inherited fd."""
+
+    kind: str  # "tcp", "unix" or "fd"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    fd: int = -1
+
+    def describe(self) -> str:
+        if self.kind == "tcp":
+            return f"tcp:port={self.port}:interface={self.host}"
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        return f"fd:fileno={self.fd}"
+
+
+def parse_endpoint(text: str) -> Bind:
+    """Parse a Twisted-style endpoint string as Daphne's -e takes it."""
+    kind, _, rest = text.partition(":")
+    parts = rest.split(":") if rest else []
+    opts = dict(p.split("=", 1) for p in parts if "=" in p)
+    positional = [p for p in parts if "=" not in p]
+    if kind == "tcp":
+        port = opts.get("port") or (positional[0] if positional else "")
+        if not port.isdigit():
+            raise ConfigError(f"endpoint {text!r}: needs a port, e.g. tcp:8000:interface=0.0.0.0")
+        host = opts.get("interface", "0.0.0.0").strip("[]")
+        return Bind("tcp", host=host, port=int(port))
+    if kind == "unix":
+        path = opts.get("address") or (positional[0] if positional else "")
+        if not path:
+            raise ConfigError(f"endpoint {text!r}: needs a path, e.g. unix:/tmp/app.sock")
+        return Bind("unix", path=path)
+    if kind == "fd":
+        fileno = opts.get("fileno") or (positional[0] if positional else "")
+        if not fileno.isdigit():
+            raise ConfigError(f"endpoint {text!r}: needs fileno=N")
+        return Bind("fd", fd=int(fileno))
+    if kind == "ssl":
+        raise ConfigError(f"endpoint {text!r}: TLS is not supported yet; terminate TLS in a proxy")
+    raise ConfigError(f"endpoint {text!r}: unknown endpoint type {kind!r} (tcp, unix, fd)")
+
+
+@dataclass
+class Config:
+    """Server settings. Names follow Daphne's flags; uvicorn's spellings map onto them."""
+
+    app: ASGIApp | str
+    host: str | None = None
+    port: int | None = None
+    unix_socket: str | None = None
+    fd: int | None = None
+    endpoints: list[str] = field(default_factory=list)
+    root_path: str = ""
+    proxy_headers: bool = False
+    proxy_headers_host: str = "X-Real-IP"
+    proxy_headers_port: str = "X-Forwarded-Port"
+    forwarded_allow_ips: str = "127.0.0.1"
+    access_log: str | None = None
+    log_fmt: str = "%(asctime)-15s %(levelname)-8s %(message)s"
+    verbosity: int = 1
+    server_name: str | None = "cdaphne"
+    http_timeout: float | None = None
+    websocket_timeout: float = 86400
+    websocket_connect_timeout: float = 5
+    ping_interval: float = 20
+    ping_timeout: float = 30
+    websocket_max_message_size: int = 1 << 20
+    websocket_max_frame_size: int = 1 << 20
+    application_close_timeout: float = 10
+    timeout_keep_alive: float = 60
+    header_timeout: float = 30
+    limit_concurrency: int | None = None
+    max_body_size: int | None = None
+    max_header_size: int = 65536
+    lifespan: str = "auto"
+    backlog: int = 2048
+    graceful_timeout: float = 10
+    action_logger: ActionLogger | None = None
+    on_ready: Any = None
+    configure_logging: bool = False
+    loaded_app: ASGIApp | None = field(default=None, init=False, repr=False)
+
+    def binds(self) -> list[Bind]:
+        """Where to listen, Daphne's way: endpoints, plus host/port/socket/fd if given."""
+        binds = [parse_endpoint(e) for e in self.endpoints]
+        if self.unix_socket:
+            binds.append(Bind("unix", path=self.unix_socket))
+        if self.fd is not None:
+            binds.append(Bind("fd", fd=self.fd))
+        if self.host is not None or self.port is not None or not binds:
+            host = self.host if self.host is not None else "127.0.0.1"
+            port = self.port if self.port is not None else 8000
+            binds.append(Bind("tcp", host=host, port=port))
+        for b in binds:
+            if b.kind == "tcp":
+                b.host = resolve_host(b.host)
+                if not 0 <= b.port <= 65535:
+                    raise ConfigError(f"port {b.port} is out of range")
+        return binds
+
+    def validate(self) -> None:
+        if self.lifespan not in ("auto", "on", "off"):
+            raise ConfigError(f"lifespan must be auto, on or off, not {self.lifespan!r}")
+        for name in ("websocket_max_message_size", "websocket_max_frame_size", "max_header_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+
+    def load(self) -> ASGIApp:
+        """Import the app (if given as a string) and adapt ASGI 2 apps to ASGI 3."""
+        self.validate()
+        app: Any = self.app
+        if isinstance(app, str):
+            try:
+                app = import_from_string(app)
+            except ImportFromStringError as exc:
+                raise ConfigError(str(exc)) from exc
+        if not callable(app):
+            raise ConfigError(f"{self.app!r} is not callable: it is not an ASGI application")
+        if not is_asgi3(app):
+            app = ASGI2Adapter(app)
+        self.loaded_app = app
+        return app
+
+
+def is_asgi3(app: Any) -> bool:
+    if inspect.isclass(app):
+        return hasattr(app, "__await__")
+    if inspect.isfunction(app) or inspect.ismethod(app):
+        return asyncio.iscoroutinefunction(app)
+    call = getattr(app, "__call__", None)  # noqa: B004 - instances, not only functions
+    return asyncio.iscoroutinefunction(call)
+
+
+class ASGI2Adapter:
+    """Runs a double-callable (ASGI 2) application as ASGI 3."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        instance = self.app(scope)
+        await instance(receive, send)
+
+
+def resolve_host(host: str) -> str:
+    """A numeric address for host: names such as "localhost" are resolved once."""
+    host = host.strip("[]")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return host
+        except OSError:
+            pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot resolve host {host!r}: {exc.strerror}") from exc
+    return str(infos[0][4][0])
+
+
+def configure_logging(config: Config) -> None:
+    level = {0: logging.WARNING, 1: logging.INFO}.get(config.verbosity, logging.DEBUG)
+    logging.basicConfig(level=level, format=config.log_fmt, stream=sys.stderr)
+    logging.getLogger("cdaphne").setLevel(level)

@@ -1,0 +1,97 @@
+"""The ASGI lifespan protocol: startup before serving, shutdown after."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ._types import ASGIApp, Message
+
+logger = logging.getLogger("cdaphne")
+
+
+class Lifespan:
+    """Runs the app's lifespan scope in its own task.
+
+    mode "auto": an app that raises before answering startup (Channels'
+    ProtocolTypeRouter does) runs without lifespan; "on": that is fatal.
+    """
+
+    def __init__(self, app: ASGIApp, mode: str) -> None:
+        self.app = app
+        self.mode = mode
+        self.state: dict[str, Any] = {}
+        self.enabled = mode != "off"
+        self.failed_message: str | None = None
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._startup_done = asyncio.Event()
+        self._shutdown_done = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._answered_startup = False
+
+    async def startup(self) -> bool:
+        """True when serving may begin."""
+        if not self.enabled:
+            return True
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        await self._inbox.put({"type": "lifespan.startup"})
+        await self._startup_done.wait()
+        if self.failed_message is not None:
+            logger.error("Application startup failed: %s", self.failed_message)
+            return False
+        return True
+
+    async def shutdown(self, timeout: float = 10) -> None:
+        if not self.enabled or self._task is None or self._task.done():
+            return
+        await self._inbox.put({"type": "lifespan.shutdown"})
+        try:
+            await asyncio.wait_for(self._shutdown_done.wait(), timeout)
+        except asyncio.TimeoutError:
+            logger.warning("Lifespan shutdown timed out after %ss", timeout)
+        if self.failed_message is not None:
+            logger.error("Application shutdown failed: %s", self.failed_message)
+
+    async def _run(self) -> None:
+        scope = {
+            "type": "lifespan",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "state": self.state,
+        }
+        try:
+            await self.app(scope, self._receive, self._send)
+        except BaseException as exc:  # noqa: BLE001 - the app's error decides the mode
+            if self._answered_startup:
+                logger.exception("Exception in lifespan after startup")
+            elif self.mode == "auto":
+                logger.info("ASGI 'lifespan' protocol appears unsupported (%s).", exc)
+                self.enabled = False
+            else:
+                logger.exception("Exception in 'lifespan' protocol")
+                self.failed_message = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+        finally:
+            self._startup_done.set()
+            self._shutdown_done.set()
+
+    async def _receive(self) -> Message:
+        return await self._inbox.get()
+
+    async def _send(self, message: Message) -> None:
+        kind = message.get("type")
+        if kind == "lifespan.startup.complete":
+            self._answered_startup = True
+            self._startup_done.set()
+        elif kind == "lifespan.startup.failed":
+            self._answered_startup = True
+            self.failed_message = str(message.get("message", ""))
+            self._startup_done.set()
+        elif kind == "lifespan.shutdown.complete":
+            self._shutdown_done.set()
+        elif kind == "lifespan.shutdown.failed":
+            self.failed_message = str(message.get("message", ""))
+            self._shutdown_done.set()
+        else:
+            raise RuntimeError(f"unexpected lifespan message {kind!r}")

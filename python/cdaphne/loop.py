@@ -1,0 +1,91 @@
+"""asyncio on cdaphne's libuv loop.
+
+`LibuvSelector` is a `selectors` selector whose `select()` runs the libuv
+loop once: asyncio's own file descriptors are libuv poll handles on the
+same loop as the server's sockets, so one `epoll_wait` serves both and
+every asyncio API keeps working inside apps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from typing import Any
+
+from ._cdaphne import LoopCore
+
+# A file descriptor no real file has: the selector reports it readable
+# when the C side has parsed requests whose apps must start.
+_DISPATCH_FD = -1
+
+
+class LibuvSelector(selectors._BaseSelectorImpl):  # type: ignore[misc]
+    """A selector backed by a libuv loop (`LoopCore`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = LoopCore()
+        self._dispatch_ready: list[tuple[selectors.SelectorKey, int]] = []
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Route request dispatch through `loop` (called once by the loop)."""
+        self.core.attach(loop)
+        handle = asyncio.Handle(self.core.dispatch, (), loop)
+        key = selectors.SelectorKey(_DISPATCH_FD, _DISPATCH_FD, selectors.EVENT_READ, (handle, None))
+        self._dispatch_ready = [(key, selectors.EVENT_READ)]
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        key = super().register(fileobj, events, data)
+        try:
+            self.core.poll(key.fd, events)
+        except BaseException:
+            super().unregister(fileobj)
+            raise
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        key = super().unregister(fileobj)
+        self.core.poll(key.fd, 0)
+        return key
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        key = self._fd_to_key.get(self._fileobj_lookup(fileobj))
+        if key is None:
+            raise KeyError(f"{fileobj!r} is not registered")
+        if events != key.events:
+            self.core.poll(key.fd, events)
+        key = key._replace(events=events, data=data)
+        self._fd_to_key[key.fd] = key
+        return key
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        core = self.core
+        if core.has_pending():
+            return self._dispatch_ready
+        fd_to_key = self._fd_to_key
+        ready = []
+        for fd, events in core.run_once(timeout):
+            key = fd_to_key.get(fd)
+            if key is not None:
+                ready.append((key, events & key.events))
+        if core.has_pending():
+            ready += self._dispatch_ready
+        return ready
+
+    def close(self) -> None:
+        super().close()
+        self.core.close()
+
+
+class LibuvEventLoop(asyncio.SelectorEventLoop):
+    """asyncio's selector event loop, on libuv."""
+
+    def __init__(self) -> None:
+        selector = LibuvSelector()
+        super().__init__(selector)
+        self.core = selector.core
+        selector.bind(self)
+
+
+def new_event_loop() -> LibuvEventLoop:
+    return LibuvEventLoop()

@@ -1,0 +1,189 @@
+"""Startup, the main loop, graceful shutdown and signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import threading
+from typing import Any
+
+from . import __version__
+from ._cdaphne import Server as CoreServer
+from .accesslog import AccessLogGenerator
+from .config import Bind, Config, ConfigError, configure_logging
+from .lifespan import Lifespan
+from .loop import LibuvEventLoop, new_event_loop
+
+logger = logging.getLogger("cdaphne")
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StartupError(Exception):
+    """Serving could not begin; the message is one line for the user."""
+
+
+class Server:
+    """Serves one ASGI application on cdaphne's C core."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.ports: list[int] = []
+        self.sockets: list[Any] = []
+        self.core: CoreServer | None = None
+        self.loop: LibuvEventLoop | None = None
+        self.started = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._stop_requested = False
+
+    # ---- public API ---------------------------------------------------
+    def run(self) -> int:
+        """Serve until SIGINT/SIGTERM or request_stop(); returns the exit code."""
+        if self.config.configure_logging:
+            configure_logging(self.config)
+        loop = new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            return loop.run_until_complete(self.serve())
+        except (ConfigError, StartupError) as exc:
+            print(f"cdaphne: error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    def request_stop(self) -> None:
+        """Ask the server to stop; safe from any thread and from signal handlers."""
+        self._stop_requested = True
+        loop = self.loop
+        if loop is not None and not loop.is_closed() and self._stop is not None:
+            loop.call_soon_threadsafe(self._stop.set)
+
+    async def serve(self) -> int:
+        config = self.config
+        app = config.load()
+        loop = asyncio.get_running_loop()
+        if not isinstance(loop, LibuvEventLoop):
+            raise StartupError("cdaphne.Server must run on cdaphne.loop.LibuvEventLoop")
+        self.loop = loop
+        self._stop = asyncio.Event()
+        if self._stop_requested:
+            self._stop.set()
+        binds = config.binds()
+
+        lifespan = Lifespan(app, config.lifespan)
+        if not await lifespan.startup():
+            return 3
+
+        if config.access_log and config.action_logger is None:
+            config.action_logger = AccessLogGenerator.open(config.access_log)
+        core = CoreServer(loop.core, app, config)
+        self.core = core
+        core.set_state(lifespan.state if lifespan.enabled else None)
+        try:
+            for bind in binds:
+                self._listen(core, bind)
+        except OSError as exc:
+            core.close_listeners()
+            await lifespan.shutdown()
+            raise StartupError(str(exc)) from exc
+
+        self._install_signal_handlers(loop)
+        logger.info("cdaphne %s serving (Python %s)", __version__, sys.version.split()[0])
+        for bind, name in zip(binds, self.sockets):
+            logger.info("Listening on %s", _describe(bind, name))
+        self.started.set()
+        if config.on_ready is not None:
+            config.on_ready(self)
+
+        await self._stop.wait()
+        await self._shutdown(core)
+        await lifespan.shutdown()
+        self._remove_signal_handlers(loop)
+        return 0
+
+    # ---- internals ----------------------------------------------------
+    def _listen(self, core: CoreServer, bind: Bind) -> None:
+        backlog = self.config.backlog
+        if bind.kind == "tcp":
+            name = core.listen_tcp(bind.host, bind.port, backlog)
+            self.ports.append(name[1])
+        elif bind.kind == "unix":
+            _remove_stale_socket(bind.path)
+            core.listen_unix(bind.path, backlog)
+            name = (bind.path, None)
+        else:
+            sock = socket.socket(fileno=bind.fd)
+            is_unix = sock.family == socket.AF_UNIX
+            sock.detach()
+            name = core.listen_fd(bind.fd, is_unix, backlog)
+            if not is_unix:
+                self.ports.append(name[1])
+        self.sockets.append(name)
+
+    async def _shutdown(self, core: CoreServer) -> None:
+        logger.info("Shutting down")
+        core.close_listeners()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.graceful_timeout
+        while core.busy_connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        core.close_all()
+        # Give apps their disconnect and the close callbacks one turn.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        tasks = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.config.application_close_timeout)
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in HANDLED_SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _remove_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in HANDLED_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: int) -> None:
+        if self._stop is not None and self._stop.is_set():
+            # A second Ctrl-C: stop waiting for the grace period.
+            if self.core is not None:
+                self.core.close_all()
+            return
+        self.request_stop()
+
+
+def _describe(bind: Bind, name: Any) -> str:
+    if bind.kind == "unix":
+        return f"unix socket {bind.path}"
+    if bind.kind == "fd" and name[1] is None:
+        return f"inherited unix socket fd {bind.fd}"
+    return f"TCP address {name[0]}:{name[1]}"
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISSOCK(mode):
+        os.unlink(path)
+
+
+def run(app: Any, **kwargs: Any) -> int:
+    """Serve `app` (an ASGI app or "module:attr") with `Config(**kwargs)`."""
+    config = Config(app, **kwargs)
+    return Server(config).run()
