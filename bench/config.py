@@ -34,8 +34,9 @@ class Mode:
     startup_timeout: float = 30.0
 
 
-QUICK = Mode(name="quick", reps=3, duration=2, warmup=1, idle_connections=1000)
-FULL = Mode(name="full", reps=5, duration=5, warmup=2, idle_connections=5000)
+# Budgets: quick under 3 minutes, full under 15 (with the channel-layer benchmark).
+QUICK = Mode(name="quick", reps=3, duration=1, warmup=1, idle_connections=500)
+FULL = Mode(name="full", reps=5, duration=3, warmup=2, idle_connections=5000)
 
 
 def with_overrides(mode: Mode, reps: int | None, duration: int | None) -> Mode:
