@@ -2,12 +2,13 @@
 
 from dataclasses import dataclass, replace
 
-SCENARIOS = ("hello", "pipeline", "django", "ws", "ws-idle", "latency", "layer")
+SCENARIOS = ("hello", "pipeline", "django", "ws", "fanout", "ws-idle", "latency", "layer")
 SCENARIO_TITLES = {
     "hello": "HTTP hello world, keep-alive",
     "pipeline": "HTTP hello world, pipelined 16 deep",
     "django": "Django view (get_asgi_application)",
     "ws": "WebSocket echo",
+    "fanout": "Channels chat room fan-out (InMemoryChannelLayer)",
     "ws-idle": "Idle WebSocket memory",
     "latency": "HTTP latency at a fixed rate",
     "layer": "Channel layer (bench/layer_bench.py)",
@@ -28,6 +29,7 @@ class Mode:
     ws_connections: int = 50
     ws_message_size: int = 64
     ws_client_procs: int = 1
+    fanout_connections: int = 100
     idle_connections: int = 1000
     latency_rate: int = 1000  # requests per second, all connections together
     latency_connections: int = 10

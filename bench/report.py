@@ -12,7 +12,7 @@ SECOND_REFERENCE = "uvicorn"
 def _fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "—"
-    if unit in ("req/s", "msg/s"):
+    if unit.endswith("/s"):
         return f"{value:,.0f}"
     return f"{value:,.1f}"
 

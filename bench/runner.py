@@ -17,6 +17,7 @@ from .servers import SPECS
 DEFAULT_SCENARIOS = ("hello", "pipeline", "django", "ws", "ws-idle", "layer")
 WRK_SCENARIOS = ("hello", "pipeline", "django")
 UNITS = {"hello": "req/s", "pipeline": "req/s", "django": "req/s", "ws": "msg/s",
+         "fanout": "deliveries/s",
          "ws-idle": "KiB/connection", "latency": "ms", "layer": ""}  # fmt: skip
 
 
@@ -50,7 +51,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _needs_peers(chosen: list[str], selected: list[str]) -> bool:
-    if any(s in chosen for s in ("ws", "ws-idle", "latency")):
+    if any(s in chosen for s in ("ws", "fanout", "ws-idle", "latency")):
         return True  # the picows client lives in the peer venv
     return any(
         SPECS[name].venv == "peer"
@@ -81,7 +82,7 @@ def run(argv: list[str]) -> dict[str, Any]:
 
     results = {
         key: ScenarioResult(
-            key, SCENARIO_TITLES[key], UNITS[key], higher_is_better=UNITS[key] in ("req/s", "msg/s")
+            key, SCENARIO_TITLES[key], UNITS[key], higher_is_better=UNITS[key].endswith("/s")
         )
         for key in chosen
     }
@@ -136,6 +137,13 @@ def run(argv: list[str]) -> dict[str, Any]:
                      "runs": mode.reps}  # fmt: skip
         log("scenario: ws")
         scenarios.ws_echo(ctx, sc, ctx.servers_for("ws"))
+    if "fanout" in results:
+        sc = results["fanout"]
+        sc.params = {"room_members": mode.fanout_connections, "message_bytes": mode.ws_message_size,
+                     "layer": "channels InMemoryChannelLayer", "seconds": mode.duration,
+                     "runs": mode.reps}  # fmt: skip
+        log("scenario: fanout")
+        scenarios.ws_echo(ctx, sc, ctx.servers_for("fanout"), kind="fanout")
     if "ws-idle" in results:
         sc = results["ws-idle"]
         sc.params = {"idle_connections": mode.idle_connections}

@@ -23,6 +23,7 @@ DEFAULT_SERVERS = {
     "django": ["cdaphne", "uvicorn", "daphne", "granian"],
     "ws": ["cdaphne", "uvicorn", "granian", "daphne", "hypercorn"],
     "ws-idle": ["cdaphne", "uvicorn", "granian", "daphne", "hypercorn"],
+    "fanout": ["cdaphne", "uvicorn", "granian", "daphne", "hypercorn"],
     "latency": ["cdaphne", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling"],
 }
 
@@ -201,26 +202,29 @@ def _latency_summary(res: ServerResult) -> None:
     )
 
 
-def ws_echo(ctx: Context, sc: ScenarioResult, names: list[str]) -> None:
-    """WebSocket echo: messages per second at N connections, every echo checked."""
+def ws_echo(ctx: Context, sc: ScenarioResult, names: list[str], kind: str = "echo") -> None:
+    """WebSocket echo (messages per second at N connections, every echo checked), or
+    kind "fanout": Channels chat-room broadcasts (deliveries per second, each checked)."""
     mode = ctx.mode
+    app = "chat" if kind == "fanout" else "echo"
+    connections = mode.fanout_connections if kind == "fanout" else mode.ws_connections
 
     def probe(srv: RunningServer) -> str | None:
         return probes.ws_probe(HOST, srv.port)
 
     def once(srv: RunningServer, duration: int) -> ws.EchoResult:
         return ws.echo(
-            srv.ws_url, mode.ws_connections, duration, mode.ws_message_size, mode.ws_client_procs
+            srv.ws_url, connections, duration, mode.ws_message_size, mode.ws_client_procs, kind
         )
 
-    with _started(ctx, names, "echo", probe, [sc]) as running:
+    with _started(ctx, names, app, probe, [sc]) as running:
         for name, srv in running.items():
             try:
                 once(srv, mode.warmup)
             except ws.WsClientError as exc:
                 ctx.log(f"  warm-up of {name} failed: {exc}")
         eligible = list(running)
-        ctx.log(f"  ws: {mode.reps} runs x {mode.duration} s, order rotates: {eligible}")
+        ctx.log(f"  {sc.key}: {mode.reps} runs x {mode.duration} s, order rotates: {eligible}")
         for rep in range(mode.reps):
             for name in _rotated(eligible, rep):
                 srv, res = running[name], sc.server(name)
@@ -238,7 +242,7 @@ def ws_echo(ctx: Context, sc: ScenarioResult, names: list[str]) -> None:
                 if r.first_error:
                     res.extra.setdefault("first_error", r.first_error)
                 ctx.log(
-                    f"    {name:10s} {r.rate:12,.0f} msg/s  errors {sum(r.errors.values())}"
+                    f"    {name:10s} {r.rate:12,.0f} {sc.unit}  errors {sum(r.errors.values())}"
                     f"  server cpu {res.runs[-1]['cpu']['server_cpu_pct']:.0f}%"
                     f"  client cpu {r.client_cpu_pct:.0f}%"
                 )

@@ -17,6 +17,7 @@ TARGETS = {
     "hello": "hello:app",
     "echo": "echo:app",
     "django": "djhello.asgi:application",
+    "chat": "chatroom.asgi:application",
 }
 HOST = "127.0.0.1"
 SERVER_CORE = "0"

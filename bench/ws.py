@@ -46,15 +46,22 @@ def _parse(stdout: str, stderr: str, code: int | None) -> dict[str, Any]:
     return data
 
 
-def echo(url: str, connections: int, duration: int, size: int, procs: int) -> EchoResult:
-    """`procs` client processes on the client core, `connections` echo loops in all."""
+def echo(
+    url: str, connections: int, duration: int, size: int, procs: int, kind: str = "echo"
+) -> EchoResult:
+    """`procs` client processes on the client core, `connections` echo loops in all.
+
+    kind "fanout": one process, `connections` members of one chat room.
+    """
+    if kind == "fanout":
+        procs = 1
     procs = max(1, min(procs, connections))
     share = [connections // procs + (1 if i < connections % procs else 0) for i in range(procs)]
     children = []
     first = 0
     for n in share:
         cmd = [
-            *pin(CLIENT_CORE), str(env.peer_python()), str(CLIENT), "echo", "--url", url,
+            *pin(CLIENT_CORE), str(env.peer_python()), str(CLIENT), kind, "--url", url,
             "--connections", str(n), "--duration", str(duration), "--size", str(size),
             "--first-id", str(first),
         ]  # fmt: skip

@@ -4,6 +4,10 @@ echo mode: each of N connections sends a binary message carrying (connection, se
 waits for the echo, checks it byte for byte, and sends the next one, until the
 deadline. Prints one line "WSJSON {...}" with messages, mismatches and CPU time.
 
+fanout mode: N connections join one chat room; one of them sends a text message,
+waits until all N members (itself included) received exactly that message, and
+sends the next. Prints deliveries (messages x members) and mismatches.
+
 idle mode: opens N connections, prints "WSJSON {...}" with the count, then holds
 them until stdin closes or --hold seconds pass, and closes them.
 
@@ -84,6 +88,103 @@ class EchoClient(WSListener):
             self.done.set_result(None)
 
 
+class Room:
+    """The fan-out bookkeeping: the message in flight and who has received it."""
+
+    def __init__(self, size: int, deadline: float) -> None:
+        self.size = size
+        self.deadline = deadline
+        self.members: list[WSTransport] = []
+        self.expected = b""
+        self.got = 0
+        self.seq = 0
+        self.broadcasts = 0
+        self.deliveries = 0
+        self.mismatches = 0
+        self.first_error = ""
+        self.done = asyncio.get_running_loop().create_future()
+
+    def send_next(self) -> None:
+        self.seq += 1
+        head = f"seq {self.seq} ".encode()
+        self.expected = head + b"x" * max(0, self.size - len(head))
+        self.got = 0
+        self.members[0].send(WSMsgType.TEXT, self.expected)
+
+    def delivered(self, payload: bytes) -> None:
+        if payload != self.expected:
+            self.mismatches += 1
+            self.first_error = self.first_error or f"unexpected message {payload[:40]!r}"
+            return
+        self.got += 1
+        self.deliveries += 1
+        if self.got == len(self.members):
+            self.broadcasts += 1
+            if time.monotonic() < self.deadline:
+                self.send_next()
+            elif not self.done.done():
+                self.done.set_result(None)
+
+    def lost(self) -> None:
+        if not self.done.done() and time.monotonic() < self.deadline:
+            self.first_error = self.first_error or "a member was disconnected"
+            self.done.set_result(None)
+
+
+class RoomMember(WSListener):
+    def __init__(self, room: Room) -> None:
+        self.room = room
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type == WSMsgType.TEXT and frame.fin:
+            self.room.delivered(frame.get_payload_as_bytes())
+        elif frame.msg_type == WSMsgType.CLOSE:
+            self.room.lost()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.room.lost()
+
+
+async def fanout(args: argparse.Namespace) -> dict[str, object]:
+    room = Room(args.size, deadline=0.0)
+    failed = 0
+    first_error = ""
+    for _ in range(args.connections):  # one by one: every member must be in before the first send
+        try:
+            transport, _ = await ws_connect(lambda: RoomMember(room), args.url)
+        except Exception as exc:  # noqa: BLE001 - report any connect failure as data
+            failed += 1
+            first_error = first_error or repr(exc)
+            continue
+        room.members.append(transport)
+    await asyncio.sleep(0.2)  # let the server finish the group_add of the last member
+    start = time.monotonic()
+    room.deadline = start + args.duration
+    stalled = 0
+    if room.members:
+        room.send_next()
+        try:
+            await asyncio.wait_for(asyncio.shield(room.done), timeout=args.duration + 10)
+        except TimeoutError:
+            stalled = 1
+            room.first_error = room.first_error or "a broadcast never reached every member"
+    elapsed = time.monotonic() - start
+    for t in room.members:
+        t.send_close()
+        t.disconnect()
+    return {
+        "messages": room.deliveries,
+        "broadcasts": room.broadcasts,
+        "elapsed_s": round(elapsed, 3),
+        "connected": len(room.members),
+        "connect_failures": failed,
+        "mismatches": room.mismatches,
+        "closed_early": stalled,
+        "first_error": room.first_error or first_error,
+        "client_cpu_s": round(time.process_time(), 3),
+    }
+
+
 class IdleClient(WSListener):
     """Connects and stays silent (picows answers pings by itself)."""
 
@@ -160,7 +261,7 @@ async def idle(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["echo", "idle"])
+    parser.add_argument("mode", choices=["echo", "fanout", "idle"])
     parser.add_argument("--url", required=True)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--duration", type=float, default=5.0)
@@ -176,6 +277,8 @@ def main() -> None:
         pass
     if args.mode == "echo":
         print("WSJSON " + json.dumps(asyncio.run(echo(args))), flush=True)
+    elif args.mode == "fanout":
+        print("WSJSON " + json.dumps(asyncio.run(fanout(args))), flush=True)
     else:
         asyncio.run(idle(args))
 
