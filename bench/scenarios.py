@@ -83,8 +83,7 @@ def _started(
             running[name] = srv
         yield running
     finally:
-        for srv in running.values():
-            srv.stop()
+        servers.stop_all(list(running.values()))
 
 
 def _died(srv: RunningServer, res: ServerResult) -> bool:

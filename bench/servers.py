@@ -188,24 +188,36 @@ class RunningServer:
                 time.sleep(0.05)
         raise Unavailable(f"not listening after {timeout:.0f} s: {self.log_tail()}")
 
-    def stop(self) -> None:
-        """SIGINT, then SIGTERM, then SIGKILL to the process group this object started."""
-        if self.proc.poll() is None:
-            for sig, grace in ((signal.SIGINT, 5.0), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
-                try:
-                    os.killpg(self.proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.proc.wait(timeout=grace)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        # Workers (granian, hypercorn) may outlive the parent: end the rest of the group.
+    def _signal(self, sig: signal.Signals) -> None:
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, sig)
         except ProcessLookupError:
             pass
+
+    def stop(self) -> None:
+        stop_all([self])
+
+
+def stop_all(running: list[RunningServer], grace: float = 3.0) -> None:
+    """SIGINT to every group at once, then SIGTERM, then SIGKILL to those still there.
+
+    Only the process groups these objects started are signalled. Workers (granian,
+    hypercorn) may outlive their parent, so each group gets a final SIGKILL.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        alive = [srv for srv in running if srv.alive()]
+        if not alive:
+            break
+        for srv in alive:
+            srv._signal(sig)
+        deadline = time.monotonic() + grace
+        for srv in alive:
+            try:
+                srv.proc.wait(timeout=max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+    for srv in running:
+        srv._signal(signal.SIGKILL)
 
 
 def start(spec: ServerSpec, app: str, log_dir: Path, timeout: float) -> RunningServer:
