@@ -301,6 +301,19 @@ has_crlf(const char *p, Py_ssize_t n)
     return 0;
 }
 
+/* RFC 9110 token characters: what a header name may hold. */
+static int
+is_token(const char *p, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch <= ' ' || ch >= 127 || strchr("\"(),/:;<=>?@[\\]{}", ch)) {
+            return 0;
+        }
+    }
+    return n > 0;
+}
+
 int
 cd_cycle_response_start(cd_cycle_t *cy, PyObject *msg)
 {
@@ -348,8 +361,7 @@ cd_cycle_response_start(cd_cycle_t *cy, PyObject *msg)
         }
         PyObject *n = PyTuple_GET_ITEM(pair, 0);
         PyObject *v = PyTuple_GET_ITEM(pair, 1);
-        if (PyBytes_GET_SIZE(n) == 0 ||
-            has_crlf(PyBytes_AS_STRING(n), PyBytes_GET_SIZE(n)) ||
+        if (!is_token(PyBytes_AS_STRING(n), PyBytes_GET_SIZE(n)) ||
             has_crlf(PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))) {
             Py_DECREF(pair);
             Py_DECREF(list);
@@ -560,6 +572,9 @@ cd_cycle_response_body(cd_cycle_t *cy, PyObject *msg)
         cy->sent + (uint64_t)blen > (uint64_t)cy->content_length) {
         free(head);
         Py_DECREF(body);
+        if (first) {
+            cy->resp = CD_RESP_HEAD; /* Nothing written: a 500 still fits. */
+        }
         PyErr_SetString(PyExc_RuntimeError,
                         "response body longer than its Content-Length");
         return -1;
@@ -877,8 +892,9 @@ cd_cycle_new(cd_conn_t *c, PyObject *scope)
     cy->server = (cd_server_t *)Py_NewRef((PyObject *)srv);
     cy->conn = c;
     cy->scope = Py_NewRef(scope);
-    cy->expect_continue = c->expect_continue;
     cy->http10 = c->parser.http_major == 1 && c->parser.http_minor == 0;
+    /* RFC 9110 10.1.1: ignore 100-continue from HTTP/1.0 clients. */
+    cy->expect_continue = c->expect_continue && !cy->http10;
     cy->is_head = c->parser.method == HTTP_HEAD;
     cy->keep_alive = llhttp_should_keep_alive(&c->parser);
     cy->resp = CD_RESP_START;

@@ -152,7 +152,13 @@ on_header_value(llhttp_t *p, const char *at, size_t n)
     if (count_head(c, n) < 0) {
         return -1;
     }
-    c->in_value = 1;
+    /* llhttp splits a value only at the end of the buffer it parses and
+     * at an obs-fold, which RFC 9112 lets a server reject: do that.
+     * in_value 2: the last piece ended where the buffer did. */
+    if (c->in_value && !(c->in_value == 2 && at == c->in.base)) {
+        return fail(p, 400);
+    }
+    c->in_value = at + n == c->in.base + c->in.len ? 2 : 1;
     return cd_buf_append(&c->hvalue, at, n) < 0 ? fail(p, 500) : 0;
 }
 
@@ -356,6 +362,11 @@ cd_http1_response_done(cd_conn_t *c, int keep_alive)
         cy->conn = NULL;
     }
     int body_read = cy == NULL || cy->body_complete;
+    if (!body_read) {
+        /* The conn closes with the body unread: receive() must not wait
+         * for the rest of it. */
+        cd_cycle_on_disconnect(cy);
+    }
     Py_XDECREF(cy);
     if (c->state == CD_CONN_CLOSING) {
         return;
@@ -439,20 +450,23 @@ cd_http1_date(char *out)
 void
 cd_http1_simple_response(cd_conn_t *c, int status, const char *body)
 {
-    char *buf = malloc(512);
+    const char *server = c->server->server_header;
+    size_t cap = 512 + (server ? strlen(server) : 0);
+    char *buf = malloc(cap);
     if (buf == NULL) {
         cd_conn_close(c);
         return;
     }
     size_t blen = strlen(body);
-    int n = snprintf(buf, 512,
+    int n = snprintf(buf, cap,
                      "HTTP/1.1 %d %s\r\n"
                      "content-type: text/plain; charset=utf-8\r\n"
                      "content-length: %zu\r\n"
-                     "connection: close\r\n",
-                     status, cd_http1_reason(status), blen);
+                     "connection: close\r\n%s",
+                     status, cd_http1_reason(status), blen,
+                     server ? server : "");
     n += (int)cd_http1_date(buf + n);
-    n += snprintf(buf + n, 512 - n, "\r\n%s", body);
+    n += snprintf(buf + n, cap - n, "\r\n%s", body);
     uv_buf_t b = uv_buf_init(buf, (unsigned)n);
     cd_conn_read_stop(c);
     if (cd_conn_write(c, &b, 1, NULL, buf) == 0) {

@@ -4,4 +4,7 @@
  * they do not build as a single translation unit. */
 #pragma GCC diagnostic ignored "-Wunused-parameter"
 #pragma GCC diagnostic ignored "-Wimplicit-fallthrough"
+/* Strict mode rejects obs-fold and invalid characters in header names,
+ * which the lenient build lets through (request smuggling vectors). */
+#define LLHTTP_STRICT_MODE 1
 #include <llhttp/llhttp.c>

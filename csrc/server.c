@@ -11,6 +11,8 @@ static void
 listener_on_close(uv_handle_t *h)
 {
     cd_listener_t *ls = (cd_listener_t *)h->data;
+    /* Runs inside uv_run with the GIL released; ls->server may be gone. */
+    cd_gil_ensure(cd_container_of(h->loop, cd_loop_t, uv));
     Py_XDECREF(ls->sockname);
     free(ls);
 }
@@ -219,8 +221,19 @@ server_listen_fd(cd_server_t *srv, PyObject *args)
         PyErr_Format(PyExc_OSError, "fd %d: %s", fd, uv_strerror(r));
         return NULL;
     }
-    ls->sockname = is_unix ? Py_BuildValue("(sO)", "", Py_None)
-                           : tcp_sockname(&ls->io.tcp);
+    if (is_unix) {
+        /* The scope's server is [path, None], as for -u. */
+        char path[1024];
+        size_t plen = sizeof(path);
+        if (uv_pipe_getsockname(&ls->io.pipe, path, &plen) < 0) {
+            plen = 0;
+        }
+        ls->sockname = Py_BuildValue("(s#O)", path, (Py_ssize_t)plen,
+                                     Py_None);
+    }
+    else {
+        ls->sockname = tcp_sockname(&ls->io.tcp);
+    }
     if (ls->sockname == NULL || server_add_listener(srv, ls, backlog) < 0) {
         listener_close(ls);
         return NULL;

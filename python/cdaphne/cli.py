@@ -48,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
       help="seconds an application may run after its client is gone")
     a("--root-path", default="", help="the setting for the ASGI root_path variable")
     a("--proxy-headers", action="store_true",
-      help="trust X-Forwarded-For/-Proto/-Port and Forwarded")
-    a("--proxy-headers-host", default="X-Real-IP", help="header carrying the client address")
-    a("--proxy-headers-port", default="X-Forwarded-Port", help="header carrying the client port")
+      help="trust X-Forwarded-For/-Proto/-Port and Forwarded from --forwarded-allow-ips")
+    a("--proxy-headers-host", default=None,
+      help="header carrying the client address (X-Forwarded-For; X-Real-IP is common)")
+    a("--proxy-headers-port", default=None,
+      help="header carrying the client port (X-Forwarded-Port)")
     a("--forwarded-allow-ips", default=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
       help="comma-separated addresses trusted for proxy headers ('*' for all)")
     a("-t", "--http-timeout", type=float, default=None,
@@ -60,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--websocket-max-frame-size", type=_size, default=1 << 20,
       help="largest WebSocket frame, bytes (0: unlimited)")
     a("--timeout-keep-alive", type=float, default=60, help="seconds an idle connection stays open")
+    a("--header-timeout", type=float, default=30,
+      help="seconds a client has to send a whole request head")
     a("--limit-concurrency", type=int, default=None,
       help="connections beyond this get a 503")
     a("--max-body-size", type=_size, default=None, help="largest request body, bytes (413 beyond)")
@@ -100,6 +104,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         websocket_max_frame_size=args.websocket_max_frame_size,
         application_close_timeout=args.application_close_timeout,
         timeout_keep_alive=args.timeout_keep_alive,
+        header_timeout=args.header_timeout,
         limit_concurrency=args.limit_concurrency,
         max_body_size=args.max_body_size,
         lifespan=args.lifespan,

@@ -38,10 +38,30 @@ class Bind:
         return f"fd:fileno={self.fd}"
 
 
+def _split_endpoint(text: str) -> list[str]:
+    """Split on ':' as Twisted does: a backslash escapes the next character
+    (Daphne writes IPv6 interfaces as `interface=\\:\\:1`)."""
+    parts, cur, i = [], [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            cur.append(text[i + 1])
+            i += 2
+            continue
+        if ch == ":":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
 def parse_endpoint(text: str) -> Bind:
     """Parse a Twisted-style endpoint string as Daphne's -e takes it."""
     kind, _, rest = text.partition(":")
-    parts = rest.split(":") if rest else []
+    parts = _split_endpoint(rest) if rest else []
     opts = dict(p.split("=", 1) for p in parts if "=" in p)
     positional = [p for p in parts if "=" not in p]
     if kind == "tcp":
@@ -77,8 +97,8 @@ class Config:
     endpoints: list[str] = field(default_factory=list)
     root_path: str = ""
     proxy_headers: bool = False
-    proxy_headers_host: str = "X-Real-IP"
-    proxy_headers_port: str = "X-Forwarded-Port"
+    proxy_headers_host: str | None = None  # None: X-Forwarded-For
+    proxy_headers_port: str | None = None  # None: X-Forwarded-Port
     forwarded_allow_ips: str = "127.0.0.1"
     access_log: str | None = None
     log_fmt: str = "%(asctime)-15s %(levelname)-8s %(message)s"
@@ -143,6 +163,13 @@ class Config:
             raise ConfigError(f"{self.app!r} is not callable: it is not an ASGI application")
         if not is_asgi3(app):
             app = ASGI2Adapter(app)
+        if self.proxy_headers:
+            from .proxy import wrap
+
+            try:
+                app = wrap(app, self)
+            except ValueError as exc:
+                raise ConfigError(f"forwarded_allow_ips: {exc}") from exc
         self.loaded_app = app
         return app
 

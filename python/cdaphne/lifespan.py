@@ -30,6 +30,10 @@ class Lifespan:
         self._task: asyncio.Task[None] | None = None
         self._answered_startup = False
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
     async def startup(self) -> bool:
         """True when serving may begin."""
         if not self.enabled:

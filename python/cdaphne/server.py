@@ -106,7 +106,7 @@ class Server:
             config.on_ready(self)
 
         await self._stop.wait()
-        await self._shutdown(core)
+        await self._shutdown(core, lifespan.task)
         await lifespan.shutdown()
         self._remove_signal_handlers(loop)
         return 0
@@ -130,7 +130,7 @@ class Server:
                 self.ports.append(name[1])
         self.sockets.append(name)
 
-    async def _shutdown(self, core: CoreServer) -> None:
+    async def _shutdown(self, core: CoreServer, keep: asyncio.Task[None] | None = None) -> None:
         logger.info("Shutting down")
         core.close_listeners()
         loop = asyncio.get_running_loop()
@@ -141,7 +141,9 @@ class Server:
         # Give apps their disconnect and the close callbacks one turn.
         for _ in range(3):
             await asyncio.sleep(0)
-        tasks = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task()]
+        # The lifespan task lives on until lifespan.shutdown: don't wait for it.
+        tasks = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task()
+                 and t is not keep]
         if tasks:
             await asyncio.wait(tasks, timeout=self.config.application_close_timeout)
 

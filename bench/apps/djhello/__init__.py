@@ -1,0 +1,1 @@
+"""A minimal Django project: one view returning ``HttpResponse("Hello, world!")``."""

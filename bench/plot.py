@@ -1,0 +1,77 @@
+"""PNG bar charts of a results JSON: ``python -m bench.plot RESULTS.json OUTDIR``.
+
+Runs in bench/.work/venv, which has matplotlib; the runner calls it.
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def plot_scenario(key: str, sc: dict[str, Any], machine: str, out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    servers: dict[str, Any] = sc["servers"]
+    if not servers or not any(r["values"] for r in servers.values()):
+        return None
+    higher = sc["higher_is_better"]
+    items = sorted(
+        servers.items(),
+        key=lambda kv: (kv[1]["median"] or 0) if higher else -(kv[1]["median"] or 0),
+    )
+    names, medians, lows, highs, colors, labels = [], [], [], [], [], []
+    for name, res in items:
+        ok = res["status"] == "ok"
+        med = res["median"] or 0.0
+        names.append(name)
+        medians.append(med if ok else 0.0)
+        lows.append(max(0.0, med - (res["min"] or med)) if ok else 0.0)
+        highs.append(max(0.0, (res["max"] or med) - med) if ok else 0.0)
+        if not ok:
+            colors.append("#bbbbbb")
+            labels.append(res["status"])
+        else:
+            colors.append("#d1495b" if name == "cdaphne" else
+                          "#555555" if name == "ceiling" else "#2e86ab")  # fmt: skip
+            labels.append(f"{med:,.0f}" if med >= 100 else f"{med:,.1f}")
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(names) + 1.6), dpi=110)
+    y = range(len(names))
+    ax.barh(y, medians, xerr=[lows, highs], color=colors, capsize=3)
+    ax.set_yticks(list(y), names)
+    ends = [m + h for m, h in zip(medians, highs, strict=True)]
+    top = max(ends) if max(ends) > 0 else 1.0
+    for i, (end, label) in enumerate(zip(ends, labels, strict=True)):
+        ax.text(end + top * 0.015, i, label, va="center", fontsize=9)
+    ax.set_xlim(0, top * 1.2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    better = "higher is better" if higher else "lower is better"
+    ax.set_xlabel(f"{sc['unit']} (median, bars: min–max; {better})")
+    ax.set_title(f"{sc['title']}\n{machine}", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path = out / f"{key}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    doc = json.loads(Path(argv[0]).read_text())
+    out = Path(argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    m = doc["machine"]
+    machine = f"{m['nproc']} cores, {m['cpu_model']}; server on core 0, client on core 1"
+    for key, sc in doc["scenarios"].items():
+        path = plot_scenario(key, sc, machine, out)
+        if path is not None:
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,165 @@
+"""The Markdown report: absolute numbers, ratios to cdaphne, and what went wrong where."""
+
+import json
+from typing import Any
+
+from .results import OK
+
+REFERENCE = "cdaphne"
+SECOND_REFERENCE = "uvicorn"
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit.endswith("/s"):
+        return f"{value:,.0f}"
+    return f"{value:,.1f}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or a <= 0 or b <= 0:
+        return None
+    return a / b
+
+
+def _cell(ratio: float | None) -> str:
+    return "—" if ratio is None else f"{ratio:.2f}×"
+
+
+def _notes(res: dict[str, Any]) -> str:
+    parts = []
+    if res["status"] != OK:
+        parts.append(f"**{res['status']}**: {res['reason']}")
+        if res.get("median") is not None:
+            parts.append(f"(unverified median {res['median']:,.0f})")
+    if res.get("summary"):
+        parts.append(str(res["summary"]))
+    if res["status"] == OK and res.get("first_error"):
+        parts.append(str(res["first_error"]))
+    text = " ".join(parts).replace("|", "\\|").replace("\n", " ")
+    return text[:300] + ("…" if len(text) > 300 else "")
+
+
+def _ok_median(servers: dict[str, Any], name: str) -> float | None:
+    res = servers.get(name)
+    if res is None or res["status"] != OK:
+        return None
+    median: float | None = res["median"]
+    return median
+
+
+def _ok_extra(servers: dict[str, Any], name: str, key: str) -> float | None:
+    res = servers.get(name)
+    if res is None or res["status"] != OK or key not in res:
+        return None
+    value: float = res[key]
+    return value
+
+
+def scenario_table(key: str, sc: dict[str, Any]) -> list[str]:
+    unit, higher = sc["unit"], sc["higher_is_better"]
+    servers: dict[str, Any] = sc["servers"]
+    lines = [f"### {sc['title']} (`{key}`)", ""]
+    params = ", ".join(f"{k} {v}" for k, v in sc.get("params", {}).items())
+    if params:
+        lines += [f"Parameters: {params}.", ""]
+    if sc["status"] != OK:
+        lines += [f"**{sc['status']}**: {sc['reason']}", ""]
+    if sc.get("raw") is not None:
+        raw = json.dumps(sc["raw"], indent=2)
+        raw_lines = raw.splitlines()
+        if len(raw_lines) > 80:
+            raw_lines = raw_lines[:80] + ["… (truncated; the full JSON is in the results file)"]
+        lines += ["```json", *raw_lines, "```", ""]
+    if not servers:
+        return lines
+    ref = _ok_median(servers, REFERENCE)
+    second = _ok_median(servers, SECOND_REFERENCE)
+    vs = "cdaphne ÷ this" if higher else "this ÷ cdaphne"
+    vs2 = "this ÷ uvicorn" if higher else "uvicorn ÷ this"
+    ref_cpu = _ok_extra(servers, REFERENCE, "per_server_cpu_s")
+    per_cpu = any("per_server_cpu_s" in r for r in servers.values())
+    lines += [
+        f"| server | median {unit} | runs (min–max) | {vs} | {vs2} | CPU % srv/cli"
+        + (" | per server CPU-s | cdaphne ÷ this per CPU-s" if per_cpu else "")
+        + " | notes |",
+        "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if per_cpu else "") + "---|",
+    ]
+    order = sorted(
+        servers.items(),
+        key=lambda kv: (kv[1]["status"] != OK, -(kv[1]["median"] or 0) if higher
+                        else (kv[1]["median"] or float("inf"))),
+    )  # fmt: skip
+    sentences = []
+    for name, res in order:
+        ok = res["status"] == OK
+        med = res["median"] if ok else None
+        r1 = _ratio(ref, med) if higher else _ratio(med, ref)
+        r2 = _ratio(med, second) if higher else _ratio(second, med)
+        runs = (
+            f"{len(res['values'])} ({_fmt(res['min'], unit)}–{_fmt(res['max'], unit)})"
+            if res["values"] else "0"
+        )  # fmt: skip
+        cores = "—"
+        if "server_cpu_pct" in res:
+            cores = f"{res['server_cpu_pct']:.0f}/{res.get('client_cpu_pct', 0):.0f}"
+        vs_ref = "1.00×" if name == REFERENCE and ok else _cell(r1)
+        cpu_cells = ""
+        r3 = None
+        if per_cpu:
+            mine = res.get("per_server_cpu_s") if ok else None
+            r3 = _ratio(ref_cpu, mine)
+            cpu_cells = f" | {_fmt(mine, unit)} | {_cell(r3)}"
+        lines.append(
+            f"| {name} | {_fmt(med, unit)} | {runs} | {vs_ref} | {_cell(r2)} | {cores}"
+            f"{cpu_cells} | {_notes(res)} |"
+        )
+        if name != REFERENCE and r1 is not None:
+            word = "" if higher else "less memory than "
+            if unit == "ms":
+                word = "lower p99 than "
+            extra = f" ({r3:.1f}× per server CPU-second)" if r3 is not None else ""
+            sentences.append(f"cdaphne is {r1:.1f}× {word}{name}{extra}")
+    lines.append("")
+    if ref is None and REFERENCE in servers:
+        lines += [f"No ratios to cdaphne: cdaphne is {servers[REFERENCE]['status']}.", ""]
+    elif sentences:
+        lines += ["; ".join(sentences) + ".", ""]
+    return lines
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    lines = [
+        f"# Benchmark results: `{doc['name']}`",
+        "",
+        f"Command: `{doc['command']}` — mode **{doc['mode']}**, started {doc['started_utc']},"
+        f" took {doc['elapsed_s']:.0f} s, git {doc['git']}.",
+        "",
+        f"Machine: {m['nproc']} cores, {m['cpu_model']}, {m['memory_gib']} GiB, kernel"
+        f" {m['kernel']}; load average at start {m['loadavg_at_start']}."
+        f" Servers pinned to core 0 (`taskset -c 0`), load generators to core 1.",
+        f" wrk: {m['wrk']}; libuv {m['libuv']}.",
+        "",
+        "Each number is the median of the runs; servers alternate round-robin within one run."
+        " A server with errors (non-2xx, socket errors, echo mismatches, broken pipelining)"
+        " gets its errors shown instead of a number. CPU % srv/cli: median CPU time of the"
+        " server's process tree and of the load generator, as % of one core, during the runs;"
+        " a client near 100% means the client, not the server, may have been the limit.",
+        "",
+        "## Servers and versions",
+        "",
+    ]
+    for name, desc in doc["servers"].items():
+        lines.append(f"- **{name}**: {desc}")
+    lines.append("")
+    for venv, versions in doc["versions"].items():
+        pretty = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+        lines.append(f"- {venv}: {pretty}")
+    lines += ["", "## Results", ""]
+    for key, sc in doc["scenarios"].items():
+        lines += scenario_table(key, sc)
+    if doc.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in doc["notes"]] + [""]
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""Orchestrates one benchmark run: set-up, scenarios in order, JSON, Markdown and plots."""
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import env, report, scenarios, wrk
+from .config import ALL_SERVERS, FULL, QUICK, SCENARIO_TITLES, SCENARIOS, with_overrides
+from .results import UNAVAILABLE, ScenarioResult
+from .servers import SPECS
+
+DEFAULT_SCENARIOS = ("hello", "pipeline", "django", "ws", "ws-idle", "layer")
+WRK_SCENARIOS = ("hello", "pipeline", "django")
+UNITS = {"hello": "req/s", "pipeline": "req/s", "django": "req/s", "ws": "msg/s",
+         "fanout": "deliveries/s",
+         "ws-idle": "KiB/connection", "latency": "ms", "layer": ""}  # fmt: skip
+
+
+def log(message: str) -> None:
+    stamp = dt.datetime.now(dt.UTC).strftime("%H:%M:%S")
+    print(f"[bench {stamp}] {message}", file=sys.stderr, flush=True)
+
+
+def _csv(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in items if v not in allowed]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (choose from {', '.join(allowed)})")
+    return items
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description="cdaphne vs its peers.")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="short runs, under 3 minutes (default)")
+    g.add_argument("--full", action="store_true", help="longer runs, under 15 minutes")
+    p.add_argument("--only", help=f"scenarios, comma-separated: {','.join(SCENARIOS)}")
+    p.add_argument("--servers", help=f"servers, comma-separated: {','.join(ALL_SERVERS)}")
+    p.add_argument("--reps", type=int, help="runs per server (override the mode)")
+    p.add_argument("--duration", type=int, help="seconds per run (override the mode)")
+    p.add_argument("--ws-procs", type=int, help="WebSocket client processes (default 1)")
+    p.add_argument("--name", help="results name (default: MODE-DATE-TIME)")
+    p.add_argument("--out", type=Path, default=env.RESULTS, help="results directory")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return p.parse_args(argv)
+
+
+def _needs_peers(chosen: list[str], selected: list[str]) -> bool:
+    if any(s in chosen for s in ("ws", "fanout", "ws-idle", "latency")):
+        return True  # the picows client lives in the peer venv
+    return any(
+        SPECS[name].venv == "peer"
+        for sc in chosen
+        for name in scenarios.DEFAULT_SERVERS.get(sc, [])
+        if name in selected
+    )
+
+
+def run(argv: list[str]) -> dict[str, Any]:
+    args = parse_args(argv)
+    mode = FULL if args.full else QUICK
+    mode = with_overrides(mode, args.reps, args.duration)
+    if args.ws_procs:
+        from dataclasses import replace
+
+        mode = replace(mode, ws_client_procs=args.ws_procs)
+    chosen = _csv(args.only, SCENARIOS, "scenario") if args.only else list(DEFAULT_SCENARIOS)
+    if args.full and not args.only:
+        chosen = list(SCENARIOS)
+    selected = _csv(args.servers, ALL_SERVERS, "server") if args.servers else list(ALL_SERVERS)
+    started = dt.datetime.now(dt.UTC)
+    name = args.name or f"{mode.name}-{started:%Y%m%d-%H%M%S}"
+    t0 = time.monotonic()
+    log_dir = env.WORK / "logs" / name
+    ctx = scenarios.Context(mode=mode, selected=selected, log=log, log_dir=log_dir)
+    log(f"{name}: scenarios {chosen}, servers {selected}, {mode}")
+
+    results = {
+        key: ScenarioResult(
+            key, SCENARIO_TITLES[key], UNITS[key], higher_is_better=UNITS[key].endswith("/s")
+        )
+        for key in chosen
+    }
+    notes: list[str] = []
+    if _needs_peers(chosen, selected):
+        try:
+            env.ensure_peer_venv(log)
+        except (env.SetupError, subprocess.SubprocessError, OSError) as exc:
+            ctx.peer_error = f"peer venv unavailable: {exc}"
+            notes.append(ctx.peer_error)
+    if "ceiling" in selected and ("hello" in chosen or "pipeline" in chosen):
+        try:
+            env.build_ceiling(log)
+        except env.SetupError as exc:
+            notes.append(str(exc))
+            for key in ("hello", "pipeline"):
+                if key in results:
+                    results[key].server("ceiling").fail(UNAVAILABLE, str(exc))
+            selected = [s for s in selected if s != "ceiling"]
+            ctx.selected = selected
+    if not wrk.available():
+        for key in WRK_SCENARIOS:
+            if key in results:
+                results[key].status, results[key].reason = UNAVAILABLE, "wrk is not installed"
+
+    http = [
+        results[k]
+        for k in ("hello", "latency", "pipeline")  # pipelining last: it may wedge a server
+        if k in results and results[k].status == "ok"
+    ]
+    for sc in http:
+        if sc.key == "latency":
+            sc.params = {"rate_req_per_s": mode.latency_rate,
+                         "connections": mode.latency_connections, "seconds": mode.duration,
+                         "runs": mode.reps, "value": "p99 latency (median of runs)"}
+        else:
+            sc.params = {"connections": mode.connections, "depth": 1 if sc.key == "hello" else
+                         mode.pipeline_depth, "seconds": mode.duration, "runs": mode.reps}
+    if http:
+        log("scenario: " + " + ".join(sc.key for sc in http))
+        names = sorted({n for sc in http for n in ctx.servers_for(sc.key)}, key=selected.index)
+        scenarios.http_group(ctx, http, "hello", names)
+    if "django" in results and results["django"].status == "ok":
+        sc = results["django"]
+        sc.params = {"connections": mode.connections, "seconds": mode.duration, "runs": mode.reps}
+        log("scenario: django")
+        scenarios.http_group(ctx, [sc], "django", ctx.servers_for("django"))
+    if "ws" in results:
+        sc = results["ws"]
+        sc.params = {"connections": mode.ws_connections, "message_bytes": mode.ws_message_size,
+                     "client_processes": mode.ws_client_procs, "seconds": mode.duration,
+                     "runs": mode.reps}  # fmt: skip
+        log("scenario: ws")
+        scenarios.ws_echo(ctx, sc, ctx.servers_for("ws"))
+    if "fanout" in results:
+        sc = results["fanout"]
+        sc.params = {"room_members": mode.fanout_connections, "message_bytes": mode.ws_message_size,
+                     "layer": "channels InMemoryChannelLayer", "seconds": mode.duration,
+                     "runs": mode.reps}  # fmt: skip
+        log("scenario: fanout")
+        scenarios.ws_echo(ctx, sc, ctx.servers_for("fanout"), kind="fanout")
+    if "ws-idle" in results:
+        sc = results["ws-idle"]
+        sc.params = {"idle_connections": mode.idle_connections}
+        log("scenario: ws-idle")
+        scenarios.ws_idle(ctx, sc, ctx.servers_for("ws-idle"))
+    if "layer" in results:
+        log("scenario: layer")
+        scenarios.layer(ctx, results["layer"])
+
+    doc: dict[str, Any] = {
+        "name": name,
+        "mode": mode.name,
+        "command": "python -m bench " + " ".join(argv),
+        "started_utc": started.isoformat(timespec="seconds"),
+        "elapsed_s": round(time.monotonic() - t0, 1),
+        "git": env.git_revision(),
+        "machine": env.machine_info(),
+        "versions": {
+            "project venv (.venv, runs cdaphne)": env.distribution_versions(
+                env.project_python(), ["cdaphne", "django", "channels", "asgiref"]
+            ),
+        },
+        "servers": {n: SPECS[n].description for n in selected},
+        "parameters": mode.__dict__,
+        "scenarios": {k: r.as_dict() for k, r in results.items()},
+        "notes": notes,
+    }
+    if env.peer_python().exists():
+        doc["versions"]["peer venv (bench/.work/venv)"] = env.distribution_versions(
+            env.peer_python(), env.PEER_DISTRIBUTIONS
+        )
+    write(doc, args.out, plots=not args.no_plots)
+    return doc
+
+
+def write(doc: dict[str, Any], out: Path, plots: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"{doc['name']}.json"
+    json_path.write_text(json.dumps(doc, indent=2) + "\n")
+    md = report.markdown(doc)
+    (out / "latest.md").write_text(md)
+    log(f"wrote {json_path} and {out / 'latest.md'}")
+    if plots and env.peer_python().exists():
+        proc = subprocess.run(
+            [str(env.peer_python()), "-m", "bench.plot", str(json_path), str(out)],
+            cwd=env.ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if proc.returncode == 0:
+            log("plots: " + " ".join(proc.stdout.split()))
+        else:
+            log(f"plotting failed: {proc.stderr[-600:]}")
+    print(md)

@@ -1,0 +1,128 @@
+"""Drive bench/ws_client.py (picows, in the peer venv) from the runner."""
+
+import json
+import select
+import subprocess
+from dataclasses import dataclass
+from typing import IO, Any
+
+from . import env
+from .servers import CLIENT_CORE, pin
+
+CLIENT = env.BENCH / "ws_client.py"
+
+
+class WsClientError(RuntimeError):
+    """A client process failed or printed no summary."""
+
+
+@dataclass
+class EchoResult:
+    """Messages per second over all client processes, with what was checked."""
+
+    rate: float
+    messages: int
+    connected: int
+    errors: dict[str, int]
+    first_error: str
+    client_cpu_pct: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "msgs_per_s": round(self.rate, 1),
+            "messages": self.messages,
+            "connected": self.connected,
+            "errors": self.errors,
+            "first_error": self.first_error,
+            "client_process_cpu_pct": self.client_cpu_pct,
+        }
+
+
+def _parse(stdout: str, stderr: str, code: int | None) -> dict[str, Any]:
+    line = next((x for x in stdout.splitlines() if x.startswith("WSJSON ")), None)
+    if line is None:
+        raise WsClientError(f"ws client exited {code}: {(stderr or stdout)[-600:]}")
+    data: dict[str, Any] = json.loads(line[len("WSJSON ") :])
+    return data
+
+
+def echo(
+    url: str, connections: int, duration: int, size: int, procs: int, kind: str = "echo"
+) -> EchoResult:
+    """`procs` client processes on the client core, `connections` echo loops in all.
+
+    kind "fanout": one process, `connections` members of one chat room.
+    """
+    if kind == "fanout":
+        procs = 1
+    procs = max(1, min(procs, connections))
+    share = [connections // procs + (1 if i < connections % procs else 0) for i in range(procs)]
+    children = []
+    first = 0
+    for n in share:
+        cmd = [
+            *pin(CLIENT_CORE), str(env.peer_python()), str(CLIENT), kind, "--url", url,
+            "--connections", str(n), "--duration", str(duration), "--size", str(size),
+            "--first-id", str(first),
+        ]  # fmt: skip
+        first += n
+        children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outputs = []
+    for child in children:
+        try:
+            out, err = child.communicate(timeout=duration + 40)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            out, err = child.communicate()
+        outputs.append(_parse(out.decode(), err.decode(), child.returncode))
+    messages = sum(int(o["messages"]) for o in outputs)
+    elapsed = max(float(o["elapsed_s"]) for o in outputs)
+    errors = {
+        "connect": sum(int(o["connect_failures"]) for o in outputs),
+        "mismatch": sum(int(o["mismatches"]) for o in outputs),
+        "closed_early": sum(int(o["closed_early"]) for o in outputs),
+    }
+    cpu = sum(float(o["client_cpu_s"]) for o in outputs)
+    return EchoResult(
+        rate=messages / elapsed if elapsed > 0 else 0.0,
+        messages=messages,
+        connected=sum(int(o["connected"]) for o in outputs),
+        errors=errors,
+        first_error=next((str(o["first_error"]) for o in outputs if o["first_error"]), ""),
+        client_cpu_pct=round(100.0 * cpu / elapsed, 1) if elapsed > 0 else 0.0,
+    )
+
+
+class IdleClients:
+    """N open, silent WebSockets, held until close()."""
+
+    def __init__(self, url: str, connections: int, hold: float) -> None:
+        cmd = [
+            *pin(CLIENT_CORE), str(env.peer_python()), str(CLIENT), "idle", "--url", url,
+            "--connections", str(connections), "--hold", str(hold),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def wait_ready(self, timeout: float) -> dict[str, Any]:
+        """Wait until the client reports how many connections it holds."""
+        stdout: IO[str] | None = self.proc.stdout
+        assert stdout is not None
+        ready, _, _ = select.select([stdout], [], [], timeout)
+        line = stdout.readline() if ready else f"no report within {timeout:.0f} s\n"
+        if not line.startswith("WSJSON "):
+            self.close()
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise WsClientError(f"idle client failed: {line}{err[-600:]}")
+        data: dict[str, Any] = json.loads(line[len("WSJSON ") :])
+        return data
+
+    def close(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -1,0 +1,64 @@
+"""Apps for the lifespan protocol."""
+
+from __future__ import annotations
+
+import os
+
+from .common import jsonable, send_json
+
+EVENTS: list[str] = []
+
+
+def _marker(text: str) -> None:
+    # Shutdown happens after the last request: tests read this file.
+    path = os.environ.get("CDAPHNE_TEST_MARKER")
+    if path:
+        with open(path, "a") as f:
+            f.write(text + "\n")
+
+
+async def with_state(scope, receive, send):
+    """Stores state at startup; requests report their scope's state."""
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                scope["state"]["db"] = "connected"
+                scope["state"]["counter"] = 0
+                EVENTS.append("startup")
+                _marker("startup")
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                EVENTS.append("shutdown")
+                _marker("shutdown")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    state = scope.get("state")
+    if state is not None:
+        # Each request gets a shallow copy: this must not leak to the next.
+        state["counter"] = state.get("counter", 0) + 1
+    await send_json(send, {"state": jsonable(state), "has_state": "state" in scope,
+                           "events": EVENTS})
+
+
+async def raises_on_lifespan(scope, receive, send):
+    """Channels' ProtocolTypeRouter shape: unknown scope types raise."""
+    if scope["type"] != "http":
+        raise ValueError(f"No application configured for scope type {scope['type']!r}")
+    await send_json(send, {"has_state": "state" in scope})
+
+
+async def startup_fails(scope, receive, send):
+    if scope["type"] == "lifespan":
+        msg = await receive()
+        assert msg["type"] == "lifespan.startup"
+        await send({"type": "lifespan.startup.failed", "message": "database is down"})
+        return
+    await send_json(send, {})
+
+
+async def startup_raises(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        raise RuntimeError("cannot connect to the database")
+    await send_json(send, {})

@@ -1,0 +1,30 @@
+"""An app whose requests take a while (graceful shutdown)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from .common import query, send_text
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                path = os.environ.get("CDAPHNE_TEST_MARKER")
+                if path:
+                    with open(path, "a") as f:
+                        f.write("shutdown\n")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    delay = float(query(scope).get("s", "0"))
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"started;", "more_body": True})
+    await asyncio.sleep(delay)
+    await send({"type": "http.response.body", "body": b"finished"})
+    # Keep the unused import honest for send_text users.
+    _ = send_text

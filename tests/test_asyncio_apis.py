@@ -1,0 +1,33 @@
+"""asyncio and asgiref APIs inside app code on cdaphne's libuv loop."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from .apps.aio import CHECKS
+
+
+@pytest.fixture(scope="module")
+def results(request):
+    # One server and one request for all checks; each check is its own test.
+    from .conftest import ServerProcess
+    proc = ServerProcess(["-p", "0", "--lifespan", "off", "tests.apps.aio:app"])
+    try:
+        proc.wait_listening()
+        r = httpx.get(proc.url("/"), timeout=30)
+        assert r.status_code == 200, r.text
+        data = r.json()
+        again = httpx.get(proc.url("/"), timeout=30).json()
+    finally:
+        rc = proc.stop()
+    assert rc == 0, proc.log_tail()
+    return data, again
+
+
+@pytest.mark.parametrize("name", list(CHECKS))
+def test_asyncio_api_inside_app(results, name):
+    first, second = results
+    assert first[name]["ok"], first[name].get("error")
+    # A second request on the same loop works the same (handlers cleaned up).
+    assert second[name]["ok"], second[name].get("error")

@@ -1,0 +1,50 @@
+"""Smoke test of the benchmark runner: one short hello-world run against the C ceiling server.
+
+No timing assertions: only that the runner produced a positive number with zero
+errors and a report. It needs wrk, cc and libuv (scripts/bootstrap.sh installs
+them) but not the peer venv, so it stays fast.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
+)
+
+
+def test_quick_hello_against_ceiling_reports_positive_rps_without_errors(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable, "-m", "bench", "--quick", "--only", "hello", "--servers", "ceiling",
+        "--reps", "1", "--duration", "1", "--out", str(tmp_path), "--name", "smoke", "--no-plots",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    doc = json.loads((tmp_path / "smoke.json").read_text())
+    result = doc["scenarios"]["hello"]["servers"]["ceiling"]
+    assert result["status"] == "ok", result["reason"]
+    assert result["median"] > 0
+    assert result["errors"] == {}
+    assert all(sum(run["errors"].values()) == 0 for run in result["runs"])
+    assert doc["machine"]["nproc"] >= 1
+    assert "ceiling" in (tmp_path / "latest.md").read_text()
+
+
+def test_unknown_scenario_is_refused() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "nope"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode != 0
+    assert "unknown scenario" in proc.stderr

@@ -1,0 +1,238 @@
+"""The command line, signals and the ways to listen (TCP, unix, fd, -e)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from .conftest import ROOT, Reader, connect
+
+APP = "tests.apps.http1:app"
+
+
+def run_cli(*argv: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cdaphne", *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def assert_one_clear_line(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode != 0
+    err = proc.stderr.strip()
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    for n in needles:
+        assert n in lines[0], err
+
+
+def test_bad_flag():
+    assert_one_clear_line(run_cli("--no-such-flag", APP), "--no-such-flag")
+
+
+def test_bad_flag_value():
+    assert_one_clear_line(run_cli("-p", "eighty", APP), "eighty")
+
+
+def test_missing_application():
+    assert_one_clear_line(run_cli("-p", "0"), "application")
+
+
+def test_bad_module():
+    assert_one_clear_line(run_cli("-p", "0", "tests.apps.no_such_module:app"),
+                          "tests.apps.no_such_module")
+
+
+def test_bad_attribute():
+    assert_one_clear_line(run_cli("-p", "0", "tests.apps.http1:no_such_app"), "no_such_app")
+
+
+def test_bad_import_string():
+    assert_one_clear_line(run_cli("-p", "0", "nocolon"), "nocolon")
+
+
+def test_module_raising_on_import():
+    assert_one_clear_line(run_cli("-p", "0", "tests.apps.broken_import:app"),
+                          "broken on purpose")
+
+
+def test_busy_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = run_cli("-p", str(port), "--lifespan", "off", APP)
+    assert_one_clear_line(proc, str(port))
+
+
+def test_version():
+    proc = run_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("cdaphne ")
+
+
+# ---- signals ---------------------------------------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_idle_server_promptly(serve, sig):
+    proc = serve(APP)
+    assert httpx.get(proc.url("/")).status_code == 200
+    t0 = time.monotonic()
+    rc = proc.stop(sig, timeout=5)
+    assert rc == 0
+    assert time.monotonic() - t0 < 1.0
+    assert "Traceback" not in proc.log
+
+
+def test_signal_stops_with_idle_keep_alive_connection_promptly(serve):
+    proc = serve(APP)
+    with connect(proc) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        Reader(sock).response()
+        t0 = time.monotonic()
+        assert proc.stop(signal.SIGTERM, timeout=5) == 0
+        assert time.monotonic() - t0 < 1.0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_in_flight_request_finishes_then_lifespan_shutdown(serve, tmp_path, sig):
+    marker = tmp_path / "marker"
+    proc = serve("tests.apps.slow:app", "--lifespan", "on",
+                 env={"CDAPHNE_TEST_MARKER": str(marker)})
+    with connect(proc) as sock:
+        sock.sendall(b"GET /?s=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        reader = Reader(sock)
+        reader.read_until(b"started;")
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        rest = reader.read_until(b"0\r\n\r\n")
+        assert b"finished" in rest
+        rc = proc.wait(10)
+    assert rc == 0
+    assert time.monotonic() - t0 < 3
+    assert marker.read_text() == "shutdown\n"
+    assert "Traceback" not in proc.log
+
+
+def test_new_connections_refused_while_draining(serve):
+    proc = serve("tests.apps.slow:app")
+    with connect(proc) as sock:
+        sock.sendall(b"GET /?s=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        Reader(sock).read_until(b"started;")
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(OSError):
+            with socket.create_connection((proc.host, proc.port), timeout=1) as s2:
+                s2.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                if not s2.recv(100):
+                    raise ConnectionResetError
+        assert proc.wait(10) == 0
+
+
+# ---- listening -------------------------------------------------------------
+
+def unix_get(path: str, target: str = "/scope") -> httpx.Response:
+    transport = httpx.HTTPTransport(uds=path)
+    with httpx.Client(transport=transport) as client:
+        return client.get(f"http://localhost{target}")
+
+
+def test_unix_socket(serve, tmp_path):
+    path = str(tmp_path / "s.sock")
+    proc = serve(APP, "-u", path, port=False)
+    assert "unix socket" in proc.listening[0]
+    scope = unix_get(path).json()
+    assert scope["server"] == [path, None]
+    assert scope["client"] is None
+    assert proc.stop() == 0
+
+
+def test_unix_socket_stale_file_is_replaced(serve, tmp_path):
+    path = str(tmp_path / "s.sock")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()
+    serve(APP, "-u", path, port=False)
+    assert unix_get(path, "/").status_code == 200
+
+
+def test_inherited_fd(serve):
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    port = lsock.getsockname()[1]
+    os.set_inheritable(lsock.fileno(), True)
+    proc = serve(APP, "--fd", str(lsock.fileno()), port=False, pass_fds=(lsock.fileno(),))
+    lsock.close()
+    assert proc.port == port
+    r = httpx.get(f"http://127.0.0.1:{port}/scope").json()
+    assert r["server"] == ["127.0.0.1", port]
+
+
+def test_endpoint_tcp_and_unix_together(serve, tmp_path):
+    path = str(tmp_path / "e.sock")
+    proc = serve(APP, "-e", "tcp:0:interface=127.0.0.1", "-e", f"unix:{path}",
+                 port=False, listen=2)
+    assert proc.port
+    assert httpx.get(proc.url("/")).content == b"Hello, world!"
+    assert unix_get(path, "/").content == b"Hello, world!"
+
+
+def test_endpoint_bad_string():
+    assert_one_clear_line(run_cli("-e", "tcp:notaport", APP), "tcp:notaport")
+
+
+def test_access_log_to_stdout(serve):
+    proc = serve(APP, "--access-log", "-")
+    httpx.get(proc.url("/hello?x=1"))
+    deadline = time.monotonic() + 3
+    while "GET /hello" not in proc.stdout and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.stop()
+    line = [ln for ln in proc.stdout.splitlines() if "GET /hello" in ln][0]
+    assert line.startswith("127.0.0.1:")
+    assert '"GET /hello" 200 13' in line
+
+
+def test_not_callable_application():
+    assert_one_clear_line(run_cli("-p", "0", "tests.apps.http1:REPORT"), "not callable")
+
+
+def test_bind_ipv6(serve):
+    proc = serve(APP, "-b", "::1")
+    assert proc.host == "::1"
+    scope = httpx.get(proc.url("/scope")).json()
+    assert scope["server"] == ["::1", proc.port]
+    assert scope["client"][0] == "::1"
+
+
+def test_endpoint_ipv6_with_twisted_escapes(serve):
+    proc = serve(APP, "-e", r"tcp:port=0:interface=\:\:1", port=False)
+    assert proc.host == "::1"
+    assert httpx.get(proc.url("/")).content == b"Hello, world!"
+
+
+def test_inherited_unix_socket_fd(serve, tmp_path):
+    path = str(tmp_path / "fd.sock")
+    lsock = socket.socket(socket.AF_UNIX)
+    lsock.bind(path)
+    lsock.listen(16)
+    os.set_inheritable(lsock.fileno(), True)
+    serve(APP, "--fd", str(lsock.fileno()), port=False, pass_fds=(lsock.fileno(),))
+    lsock.close()
+    scope = unix_get(path).json()
+    assert scope["server"] == [path, None]
+    assert scope["client"] is None
+
+
+def test_bind_hostname_localhost_resolves(serve):
+    proc = serve(APP, "-b", "localhost")
+    assert proc.host in ("127.0.0.1", "::1")
+    assert httpx.get(proc.url("/")).status_code == 200

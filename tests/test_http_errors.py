@@ -1,0 +1,321 @@
+"""App failures, timeouts and limits; the server keeps serving."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import pytest
+
+from .conftest import Reader, connect, is_closed, recv_all, request, wait_until
+
+APP = "tests.apps.errors:app"
+
+
+def report(proc, key, timeout=5.0):
+    def get():
+        data = httpx.get(proc.url(f"/_report?key={key}")).json()
+        return data if data["present"] else None
+    return wait_until(get, timeout)["value"]
+
+
+def still_serving(proc):
+    r = httpx.get(proc.url("/ok"))
+    assert r.status_code == 200 and r.content == b"ok"
+
+
+@pytest.fixture
+def errors_server(serve):
+    return serve(APP)
+
+
+def test_app_exception_gives_500_and_logs_traceback(errors_server):
+    with connect(errors_server) as sock:
+        sock.sendall(b"GET /raise HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = Reader(sock).response()
+    assert r.status == 500
+    assert r.header("connection") == "close"
+    log = errors_server.wait_log("boom before the response").pop().string
+    assert "boom before the response" in log
+    assert "Traceback" in errors_server.log
+    still_serving(errors_server)
+
+
+def test_exception_after_response_started_closes_connection(errors_server):
+    with connect(errors_server) as sock:
+        sock.sendall(b"GET /raise_after_start HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = recv_all(sock)
+    assert raw.startswith(b"HTTP/1.1 200")
+    assert b"partial" in raw
+    # The chunked body must not be terminated as if complete.
+    assert not raw.endswith(b"0\r\n\r\n")
+    errors_server.wait_log("boom after the response started")
+    still_serving(errors_server)
+
+
+def test_exception_after_start_with_content_length_closes(errors_server):
+    with connect(errors_server) as sock:
+        sock.sendall(b"GET /raise_after_start_cl HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = recv_all(sock)
+    assert raw.startswith(b"HTTP/1.1 200")
+    assert raw.endswith(b"partial")
+    still_serving(errors_server)
+
+
+def test_app_returning_without_response_gives_500(errors_server):
+    r = httpx.get(errors_server.url("/no_response"))
+    assert r.status_code == 500
+    errors_server.wait_log("without completing the response")
+    still_serving(errors_server)
+
+
+def test_app_returning_after_start_only_closes(errors_server):
+    with connect(errors_server) as sock:
+        sock.sendall(b"GET /start_only HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = recv_all(sock)
+    # Nothing was written yet (the head waits for the first body), so a 500 is
+    # possible; a 200 head with no complete body is also acceptable.
+    assert raw.startswith(b"HTTP/1.1 500") or (raw.startswith(b"HTTP/1.1 200")
+                                                and not raw.endswith(b"0\r\n\r\n"))
+    still_serving(errors_server)
+
+
+@pytest.mark.parametrize("kind,exc", [("no_status", "ValueError"),
+                                      ("str_headers", "TypeError"),
+                                      ("twice", "RuntimeError"),
+                                      ("bad_name", "ValueError"),
+                                      ("crlf_value", "ValueError"),
+                                      ("too_long", "RuntimeError")])
+def test_invalid_send_raises_inside_the_app(errors_server, kind, exc):
+    with connect(errors_server) as sock:
+        sock.sendall(f"GET /bad_send?kind={kind} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        raw = recv_all(sock)
+    assert report(errors_server, "bad_send_" + kind) == exc
+    assert raw.startswith(b"HTTP/1.1 500"), raw
+    still_serving(errors_server)
+
+
+def test_http_timeout_gives_503_for_unstarted_response(serve):
+    proc = serve(APP, "--http-timeout", "0.5", "--application-close-timeout", "1")
+    t0 = time.monotonic()
+    r = httpx.get(proc.url("/sleep?s=3&key=t"), timeout=5)
+    assert r.status_code == 503
+    assert 0.4 < time.monotonic() - t0 < 2.5
+    still_serving(proc)
+
+
+def test_application_close_timeout_cancels_app_outliving_its_connection(serve):
+    proc = serve(APP, "--application-close-timeout", "0.5")
+    sock = connect(proc)
+    sock.sendall(b"GET /hold?s=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.3)
+    sock.close()
+    assert report(proc, "hold_disconnect") == {"type": "http.disconnect"}
+    held = report(proc, "hold", timeout=5)
+    assert isinstance(held, dict), held
+    assert 0.3 < held["cancelled_after"] < 3
+
+
+def test_limit_concurrency_answers_503(serve):
+    proc = serve(APP, "--limit-concurrency", "2")
+    held = [connect(proc) for _ in range(2)]
+    try:
+        for s in held:
+            s.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+            Reader(s).response()
+        with connect(proc) as extra:
+            extra.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+            r = Reader(extra).response()
+            assert r.status == 503
+    finally:
+        for s in held:
+            s.close()
+    wait_until(lambda: httpx.get(proc.url("/ok")).status_code == 200, 3)
+
+
+# ---- limits ----------------------------------------------------------------
+
+def test_header_block_too_big_gives_431(server):
+    big = b"X-Big: " + b"a" * 70000 + b"\r\n"
+    with connect(server) as sock:
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        r = Reader(sock).response()
+    assert r.status == 431
+    assert httpx.get(server.url("/")).status_code == 200
+
+
+def test_many_headers_too_big_gives_431(server):
+    hs = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(1000))
+    with connect(server) as sock:
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + hs + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        r = Reader(sock).response()
+    assert r.status == 431
+
+
+@pytest.fixture
+def limited(serve):
+    return serve("tests.apps.http1:app", "--max-body-size", "1000")
+
+
+def test_body_within_max_body_size_is_accepted(limited):
+    r = httpx.post(limited.url("/echo"), content=b"x" * 1000)
+    assert r.json()["size"] == 1000
+
+
+def test_content_length_over_max_body_size_gives_413(limited):
+    with connect(limited) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n")
+        r = Reader(sock).response()
+        assert r.status == 413
+        assert is_closed(sock)
+    assert httpx.get(limited.url("/")).status_code == 200
+
+
+def test_chunked_body_over_max_body_size_gives_413(limited):
+    with connect(limited) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        try:
+            for _ in range(5):
+                sock.sendall(b"12c\r\n" + b"y" * 300 + b"\r\n")
+            sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        r = Reader(sock).response()
+        assert r.status == 413
+    assert httpx.get(limited.url("/")).status_code == 200
+
+
+def test_keep_alive_idle_timeout_closes(serve):
+    proc = serve("tests.apps.http1:app", "--timeout-keep-alive", "1")
+    with connect(proc) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        Reader(sock).response()
+        t0 = time.monotonic()
+        assert is_closed(sock, 4)
+        assert 0.7 < time.monotonic() - t0 < 3
+    with connect(proc) as sock:
+        # A connection that never sends anything is closed too.
+        t0 = time.monotonic()
+        assert is_closed(sock, 4)
+        assert time.monotonic() - t0 < 3
+
+
+def test_header_timeout_closes_a_slowloris_head(serve):
+    proc = serve("tests.apps.http1:app", "--header-timeout", "1",
+                 "--timeout-keep-alive", "30")
+    with connect(proc) as sock:
+        t0 = time.monotonic()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        closed = False
+        for i in range(40):
+            try:
+                sock.sendall(b"X-%d: y\r\n" % i)
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            if readable_eof(sock, 0.1):
+                closed = True
+                break
+        elapsed = time.monotonic() - t0
+    assert closed, "slowloris connection still open after 4 s"
+    assert 0.8 < elapsed < 3
+    assert httpx.get(proc.url("/")).status_code == 200
+
+
+def readable_eof(sock: socket.socket, timeout: float) -> bool:
+    sock.settimeout(timeout)
+    try:
+        data = sock.recv(4096)
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    return data == b"" or data.startswith(b"HTTP/1.1 408")
+
+
+MALFORMED = {
+    "bad_chunk_size": b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"zz\r\nabc\r\n0\r\n\r\n",
+    "cl_and_te": b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "obs_fold": b"GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n  b\r\n\r\n",
+    "nul_in_header": b"GET / HTTP/1.1\r\nHost: x\r\nX-Nul: a\x00b\r\n\r\n",
+    "nul_in_target": b"GET /a\x00b HTTP/1.1\r\nHost: x\r\n\r\n",
+    "bad_method": b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n",
+    "bad_version": b"GET / HTTP/9.7\r\nHost: x\r\n\r\n",
+    "garbage_version": b"GET / HTTX/1.1\r\nHost: x\r\n\r\n",
+    "two_content_lengths": b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                           b"Content-Length: 4\r\n\r\nabcd",
+    "bad_content_length": b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3x\r\n\r\nabc",
+    "space_in_header_name": b"GET / HTTP/1.1\r\nHost: x\r\nX Bad: 1\r\n\r\n",
+    "bare_lf_garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_request_gets_400_and_close(server, name):
+    with connect(server) as sock:
+        sock.sendall(MALFORMED[name])
+        r = Reader(sock).response()
+        assert r.status == 400, (name, r)
+        assert r.header("connection") == "close"
+        assert is_closed(sock)
+    # A fresh connection is still served.
+    assert request(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").body == b"Hello, world!"
+
+
+def test_malformed_request_after_a_good_one_on_same_connection(server):
+    with connect(server) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + MALFORMED["bad_method"])
+        reader = Reader(sock)
+        assert reader.response().status == 200
+        assert reader.response().status == 400
+
+
+def test_http_timeout_after_response_started_finishes_the_connection(serve):
+    proc = serve("tests.apps.http1:app", "-t", "0.5", "--application-close-timeout", "1")
+    with connect(proc) as sock:
+        sock.sendall(b"GET /started_then_sleep?s=3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        t0 = time.monotonic()
+        raw = recv_all(sock, timeout=5)
+        elapsed = time.monotonic() - t0
+    assert raw.startswith(b"HTTP/1.1 200")
+    assert b"started;" in raw and b"late" not in raw
+    assert elapsed < 2.5
+
+
+def test_very_long_request_target_is_refused(server):
+    with connect(server) as sock:
+        try:
+            sock.sendall(b"GET /" + b"a" * 100000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        r = Reader(sock).response()
+    assert r.status in (414, 431)
+
+
+MORE_MALFORMED = {
+    "te_not_chunked_last": b"POST /echo HTTP/1.1\r\nHost: x\r\n"
+                           b"Transfer-Encoding: chunked, gzip\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "http2_preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "negative_content_length": b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    "chunk_without_crlf": b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"3\r\nabcX0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MORE_MALFORMED))
+def test_more_malformed_requests_get_400(server, name):
+    with connect(server) as sock:
+        sock.sendall(MORE_MALFORMED[name])
+        r = Reader(sock).response()
+        assert r.status in (400, 505), (name, r)
+        assert is_closed(sock)
+    assert request(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").status == 200
