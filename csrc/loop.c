@@ -151,6 +151,10 @@ loop_run_once(cd_loop_t *loop, PyObject *timeout)
         }
         else {
             uint64_t ms = (uint64_t)ceil(t * 1000.0);
+            /* libuv's clock is cached from the last uv_run: without an
+             * update the timer would be due at once, fire before the
+             * poll, and leave epoll_wait with no timeout at all. */
+            uv_update_time(&loop->uv);
             uv_timer_start(&loop->select_timer, select_timer_on_fire, ms, 0);
         }
     }
