@@ -137,8 +137,12 @@ loop_run_once(cd_loop_t *loop, PyObject *timeout)
         PyErr_SetString(PyExc_RuntimeError, "loop core is closed");
         return NULL;
     }
+    /* Output queued during this turn goes out now, in one writev per
+     * conn.  Its completions may wake apps: then don't block. */
+    loop->st->scheduled = 0;
+    cd_loop_flush(loop);
     uv_run_mode mode = UV_RUN_ONCE;
-    if (PyList_GET_SIZE(loop->pending) > 0) {
+    if (PyList_GET_SIZE(loop->pending) > 0 || loop->st->scheduled) {
         mode = UV_RUN_NOWAIT;
     }
     else if (timeout != Py_None) {
@@ -179,6 +183,15 @@ loop_run_once(cd_loop_t *loop, PyObject *timeout)
     }
     loop->nready = 0;
     return out;
+}
+
+void
+cd_loop_flush(cd_loop_t *loop)
+{
+    while (loop->corked.next != &loop->corked) {
+        cd_link_t *l = loop->corked.next;
+        cd_conn_flush(cd_container_of(l, cd_conn_t, cork_link));
+    }
 }
 
 int
@@ -288,6 +301,7 @@ loop_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         return NULL;
     }
     loop->closed = 0;
+    loop->corked.next = loop->corked.prev = &loop->corked;
     uv_timer_init(&loop->uv, &loop->select_timer);
     uv_unref((uv_handle_t *)&loop->select_timer);
     loop->uv.data = loop;
