@@ -209,6 +209,7 @@ typedef struct {
     cd_receive *wfirst;   /* strong: one reference per queued waiter */
     cd_receive *wlast;    /* borrowed: tail of the same list */
     Py_ssize_t nwaiters;
+    Py_ssize_t handed;    /* messages handed to waiters not yet resumed */
     PyObject *groups;     /* strong: dict group -> float add time, or NULL */
     int attached;         /* 1 while core->channels maps name to us */
 } cd_channel;
@@ -538,7 +539,9 @@ done:
 static inline int
 cd_channel_idle(cd_channel *ch)
 {
-    return (ch->len == 0 && ch->wfirst == NULL &&
+    /* A waiter holding a handed-over message may still give it back (if
+     * its task is cancelled): keep the channel until it has resumed. */
+    return (ch->len == 0 && ch->wfirst == NULL && ch->handed == 0 &&
             (ch->groups == NULL || PyDict_GET_SIZE(ch->groups) == 0));
 }
 
@@ -661,6 +664,7 @@ cd_channel_put(cd_channel *ch, PyObject *msg, double deadline, int front,
         ch->nwaiters--;
         w->result = msg;
         w->result_deadline = deadline;
+        ch->handed++;
         cd_bag_put(wakes, (PyObject *)w);
         return 0;
     }
@@ -1828,6 +1832,7 @@ cd_receive_abandon(cd_receive *self)
     if (ch != NULL) {
         cd_channel_unlink(ch, self, &trash);
         if (msg != NULL) {
+            ch->handed--;
             int r = cd_channel_put(ch, msg, self->result_deadline, 1, 1,
                                    &wakes);
             if (r == 0) {
@@ -1939,6 +1944,9 @@ cd_receive_resume(cd_receive *self, PyObject **presult)
     PyObject *msg = self->result;
     self->result = NULL;
     if (msg != NULL) {
+        if (self->chan != NULL) {
+            self->chan->handed--;
+        }
         cd_receive_detach(self, &trash);
         cd_lock_release(&core->lock);
         cd_bag_clear(&trash);

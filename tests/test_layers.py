@@ -677,6 +677,21 @@ async def test_message_handed_to_a_cancelled_receive_is_not_lost(cls):
     assert first + rest == [1, 2]
 
 
+@pytest.mark.asyncio
+async def test_sweep_between_hand_over_and_cancel_keeps_the_message():
+    # The channel looks idle (no queue, no waiter) while a cancelled waiter
+    # still holds its message: a sweep in between must not forget it.
+    layer = CdaphneLayer()
+    task = asyncio.create_task(layer.receive("c"))
+    await asyncio.sleep(0.01)
+    await layer.send("c", {"type": "handed"})
+    layer.sweep()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await recv(layer, "c", 1))["type"] == "handed"
+
+
 @impls()
 @pytest.mark.asyncio
 async def test_receive_cancel_race_loses_no_message(cls):
