@@ -608,7 +608,7 @@ cd_channel_shift(cd_channel *ch, double *deadline)
  * ends only with group_discard(), group_expiry or flush() (as in
  * channels_redis).  Returns how many were dropped. */
 static Py_ssize_t
-cd_channel_expire(cd_core *self, cd_channel *ch, double now, cd_bag *trash)
+cd_channel_expire(cd_channel *ch, double now, cd_bag *trash)
 {
     Py_ssize_t n = 0;
     while (ch->len > 0 && ch->ring[ch->head].deadline <= now) {
@@ -931,7 +931,7 @@ cd_core_sweep(cd_core *self, int force_groups)
     pos = 0;
     while (PyDict_Next(self->channels, &pos, &name, &value)) {
         cd_channel *ch = (cd_channel *)value;
-        cd_channel_expire(self, ch, now, &trash);
+        cd_channel_expire(ch, now, &trash);
         if (cd_channel_idle(ch)) {
             (void)PyList_Append(dead, name);
         }
@@ -1096,7 +1096,7 @@ Core_send(cd_core *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(copy);
         return NULL;
     }
-    cd_channel_expire(self, ch, now, &trash);
+    cd_channel_expire(ch, now, &trash);
     r = cd_channel_put(ch, copy, now + self->expiry, 0, 0, &wakes);
     cd_lock_release(&self->lock);
     if (r == 0) {
@@ -1213,7 +1213,7 @@ Core_group_send(cd_core *self, PyObject *const *args, Py_ssize_t nargs)
         if (!ch->attached) {
             continue; /* Forgotten meanwhile: it left every group. */
         }
-        cd_channel_expire(self, ch, now, &trash);
+        cd_channel_expire(ch, now, &trash);
         int r = cd_channel_put(ch, copies[i], deadline, 0, 0, &wakes);
         if (r == 0) {
             copies[i] = NULL;
@@ -1608,7 +1608,8 @@ Core_init(cd_core *self, PyObject *args, PyObject *kwds)
 }
 
 static PyObject *
-Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+Core_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
+         PyObject *Py_UNUSED(kwds))
 {
     cd_core *self = (cd_core *)type->tp_alloc(type, 0);
     if (self == NULL) {
@@ -1867,7 +1868,7 @@ cd_receive_start(cd_receive *self, PyObject **presult)
         if (ch == NULL) {
             goto done;
         }
-        cd_channel_expire(core, ch, now, &trash);
+        cd_channel_expire(ch, now, &trash);
         if (ch->len > 0) {
             msg = cd_channel_shift(ch, NULL);
             cd_lock_release(&core->lock);
@@ -1980,7 +1981,8 @@ cd_receive_resume(cd_receive *self, PyObject **presult)
 }
 
 static PySendResult
-Receive_am_send(cd_receive *self, PyObject *arg, PyObject **presult)
+Receive_am_send(cd_receive *self, PyObject *Py_UNUSED(arg),
+                PyObject **presult)
 {
     switch (self->state) {
     case CD_RECEIVE_INIT:
@@ -2020,7 +2022,7 @@ Receive_iternext(cd_receive *self)
 }
 
 static PyObject *
-Receive_send(cd_receive *self, PyObject *arg)
+Receive_send(cd_receive *self, PyObject *Py_UNUSED(arg))
 {
     return Receive_iternext(self);
 }

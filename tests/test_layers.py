@@ -583,7 +583,7 @@ async def test_timer_reclaims_channels_memberships_and_stops():
 @impls("orphaned channels and their messages are never freed (channels #933)")
 @pytest.mark.asyncio
 async def test_abandoned_channels_give_memory_back(cls):
-    layer = cls(expiry=1, group_expiry=1)
+    layer = cls(expiry=2, group_expiry=1)
     payload = "p" * 100
     await layer.send("warm-up", {"type": "x"})
     gc.collect()
