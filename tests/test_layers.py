@@ -542,14 +542,14 @@ async def test_group_membership_expires(cls):
 
 @pytest.mark.asyncio
 async def test_group_add_renews_membership():
-    layer = CdaphneLayer(group_expiry=0.5)
+    layer = CdaphneLayer(group_expiry=1.0)
     await layer.group_add("g", "c1")
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.6)
     await layer.group_add("g", "c1")
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.6)  # 1.2 s after the first add, 0.6 s after the second
     await layer.group_send("g", {"type": "renewed"})
     assert (await recv(layer, "c1"))["type"] == "renewed"
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(1.0)
     await layer.group_send("g", {"type": "expired"})
     await assert_nothing(layer, "c1")
 
