@@ -652,6 +652,8 @@ async def test_cancelled_receive_leaves_nothing_behind(cls):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+    if cls is CdaphneLayer:
+        assert layer.stats()["waiters"] == 0
     await layer.send("c", {"type": "only"})
     assert (await recv(layer, "c"))["type"] == "only"
 
