@@ -126,7 +126,9 @@ loop_poll(cd_loop_t *loop, PyObject *const *args, Py_ssize_t nargs)
 static void
 select_timer_on_fire(uv_timer_t *t)
 {
-    (void)t; /* Only here to end uv_run(UV_RUN_ONCE). */
+    /* Ends uv_run(UV_RUN_ONCE).  It may fire in the timers phase before
+     * the poll; then the poll must not block on later timers. */
+    uv_stop(t->loop);
 }
 
 /* run_once(timeout) -> list of (fd, events); timeout None blocks. */
@@ -151,6 +153,9 @@ loop_run_once(cd_loop_t *loop, PyObject *timeout)
         }
         else {
             uint64_t ms = (uint64_t)ceil(t * 1000.0);
+            /* libuv's cached time is as old as the last uv_run: Python
+             * ran since, so a timer on it would come due too early. */
+            uv_update_time(&loop->uv);
             uv_timer_start(&loop->select_timer, select_timer_on_fire, ms, 0);
         }
     }
