@@ -243,6 +243,12 @@ async def cpu_then_sleep(scope, receive, send):
     await send_json(send, {"slept": time.monotonic() - t1})
 
 
+async def block(scope, receive, send):
+    """Blocks the loop for ?s= seconds (bad app code), then answers."""
+    time.sleep(float(query(scope).get("s", "1")))
+    await send_text(send, b"unblocked")
+
+
 async def report(scope, receive, send):
     key = query(scope).get("key")
     await send_json(send, {"present": key in REPORT, "value": jsonable(REPORT.get(key))})
@@ -277,6 +283,7 @@ ROUTES = {
     "/started_then_sleep": started_then_sleep,
     "/respond_then_receive": respond_then_receive,
     "/cpu_then_sleep": cpu_then_sleep,
+    "/block": block,
     "/_report": report,
     "/_clear": clear,
 }
