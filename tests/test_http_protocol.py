@@ -409,3 +409,9 @@ def test_hundred_pipelined_mixed_requests(server):
                 assert json.loads(body)["sha256"] == want
             else:
                 assert body == want
+
+
+def test_asterisk_form_options_reaches_the_app(server):
+    r = request(server, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert r.status == 404  # The app has no route for "*": it was asked.
+    assert request(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").status == 200
