@@ -415,3 +415,13 @@ def test_asterisk_form_options_reaches_the_app(server):
     r = request(server, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
     assert r.status == 404  # The app has no route for "*": it was asked.
     assert request(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").status == 200
+
+
+def test_chunked_request_with_trailers(server):
+    with connect(server) as sock:
+        reader = Reader(sock)
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"4\r\nwxyz\r\n0\r\nX-Checksum: 1\r\nX-Other: 2\r\n\r\n"
+                     b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert json.loads(reader.response().body)["body"] == "wxyz"
+        assert reader.response().body == b"Hello, world!"
