@@ -150,6 +150,8 @@ void
 cd_conn_timer_start(cd_conn_t *c, uint64_t ms)
 {
     if (c->state != CD_CONN_CLOSING) {
+        /* Called from Python too, after the cached loop time went stale. */
+        uv_update_time(c->timer.loop);
         uv_timer_start(&c->timer, conn_on_timer, ms, 0);
     }
 }

@@ -126,7 +126,9 @@ loop_poll(cd_loop_t *loop, PyObject *const *args, Py_ssize_t nargs)
 static void
 select_timer_on_fire(uv_timer_t *t)
 {
-    (void)t; /* Only here to end uv_run(UV_RUN_ONCE). */
+    /* Ends uv_run(UV_RUN_ONCE).  It may fire in the timers phase before
+     * the poll; then the poll must not block on later timers. */
+    uv_stop(t->loop);
 }
 
 /* run_once(timeout) -> list of (fd, events); timeout None blocks. */
