@@ -378,19 +378,7 @@ conn_peer_tuple(cd_conn_t *c)
     if (uv_tcp_getpeername(&c->io.tcp, (struct sockaddr *)&ss, &len) < 0) {
         Py_RETURN_NONE;
     }
-    char host[64];
-    int port;
-    if (ss.ss_family == AF_INET6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-        uv_ip6_name(a, host, sizeof(host));
-        port = ntohs(a->sin6_port);
-    }
-    else {
-        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-        uv_ip4_name(a, host, sizeof(host));
-        port = ntohs(a->sin_port);
-    }
-    return Py_BuildValue("(si)", host, port);
+    return cd_server_addr_tuple(&ss);
 }
 
 cd_conn_t *

@@ -89,13 +89,14 @@ take_message(cd_cycle_t *cy)
 }
 
 /* A receive() is waiting and something changed: give it its message. */
-static void
-wake_receiver(cd_cycle_t *cy)
+void
+cd_cycle_wake_receiver(cd_cycle_t *cy)
 {
     if (cy->recv_fut == NULL) {
         return;
     }
-    PyObject *msg = take_message(cy);
+    PyObject *msg = cy->kind == CD_CYCLE_WS ? cd_ws_next_message(cy)
+                                            : take_message(cy);
     if (msg == NULL) {
         if (PyErr_Occurred()) {
             cd_log_exception("Error in receive()");
@@ -111,8 +112,8 @@ wake_receiver(cd_cycle_t *cy)
     Py_DECREF(msg);
 }
 
-static void
-wake_sender(cd_cycle_t *cy)
+void
+cd_cycle_wake_sender(cd_cycle_t *cy)
 {
     if (cy->send_fut == NULL) {
         return;
@@ -128,13 +129,13 @@ wake_sender(cd_cycle_t *cy)
 void
 cd_cycle_on_body(cd_cycle_t *cy)
 {
-    wake_receiver(cy);
+    cd_cycle_wake_receiver(cy);
 }
 
 void
 cd_cycle_on_drain(cd_cycle_t *cy)
 {
-    wake_sender(cy);
+    cd_cycle_wake_sender(cy);
 }
 
 static PyObject *
@@ -187,8 +188,8 @@ cd_cycle_on_disconnect(cd_cycle_t *cy)
         cd_ws_on_close(cy);
         return;
     }
-    wake_receiver(cy);
-    wake_sender(cy);
+    cd_cycle_wake_receiver(cy);
+    cd_cycle_wake_sender(cy);
     if (cy->resp != CD_RESP_DONE) {
         cd_cycle_arm_close_timeout(cy);
     }
@@ -654,7 +655,7 @@ cd_cycle_response_body(cd_cycle_t *cy, PyObject *msg)
         /* Keep ourselves alive: the conn drops its reference. */
         Py_INCREF(cy);
         cd_http1_response_done(c, keep);
-        wake_receiver(cy);
+        cd_cycle_wake_receiver(cy);
         Py_DECREF(cy);
     }
     return 0;

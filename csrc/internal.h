@@ -205,6 +205,8 @@ struct cd_server_s {
 };
 
 int cd_server_type_init(PyObject *module, cd_state *st);
+/* New reference: (host, port) of an IPv4/IPv6 address. */
+PyObject *cd_server_addr_tuple(const struct sockaddr_storage *ss);
 void cd_server_log_action(cd_server_t *srv, const char *protocol,
                           const char *action, PyObject *details);
 
@@ -370,6 +372,10 @@ int cd_cycle_response_start(cd_cycle_t *cy, PyObject *msg);
 int cd_cycle_response_body(cd_cycle_t *cy, PyObject *msg);
 void cd_cycle_respond_error(cd_cycle_t *cy, int status, const char *body);
 void cd_cycle_arm_close_timeout(cd_cycle_t *cy);
+/* Hand a waiting receive() its next message, if there is one. */
+void cd_cycle_wake_receiver(cd_cycle_t *cy);
+/* Let a send() waiting for the socket to drain go on. */
+void cd_cycle_wake_sender(cd_cycle_t *cy);
 void cd_cycle_log_access(cd_cycle_t *cy, int status);
 
 /* ---- websocket.c: the handshake, wslay, ASGI websocket events ------ */
@@ -384,6 +390,9 @@ void cd_ws_on_close(cd_cycle_t *cy);
 /* Server shutdown: close with 1012. */
 void cd_ws_shutdown(cd_conn_t *c);
 PyObject *cd_ws_receive(cd_cycle_t *cy);
+/* New reference: the next message for receive(), or NULL (no error set)
+ * when there is none yet. */
+PyObject *cd_ws_next_message(cd_cycle_t *cy);
 PyObject *cd_ws_send(cd_cycle_t *cy, PyObject *msg);
 void cd_ws_on_task_done(cd_cycle_t *cy, PyObject *exc);
 void cd_ws_free(cd_ws_t *ws);

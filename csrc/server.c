@@ -99,6 +99,24 @@ server_add_listener(cd_server_t *srv, cd_listener_t *ls, int backlog)
     return 0;
 }
 
+PyObject *
+cd_server_addr_tuple(const struct sockaddr_storage *ss)
+{
+    char host[64];
+    int port;
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        uv_ip6_name(a, host, sizeof(host));
+        port = ntohs(a->sin6_port);
+    }
+    else {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        uv_ip4_name(a, host, sizeof(host));
+        port = ntohs(a->sin_port);
+    }
+    return Py_BuildValue("(si)", host, port);
+}
+
 static PyObject *
 tcp_sockname(uv_tcp_t *tcp)
 {
@@ -109,19 +127,7 @@ tcp_sockname(uv_tcp_t *tcp)
         PyErr_Format(PyExc_OSError, "getsockname: %s", uv_strerror(r));
         return NULL;
     }
-    char host[64];
-    int port;
-    if (ss.ss_family == AF_INET6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-        uv_ip6_name(a, host, sizeof(host));
-        port = ntohs(a->sin6_port);
-    }
-    else {
-        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-        uv_ip4_name(a, host, sizeof(host));
-        port = ntohs(a->sin_port);
-    }
-    return Py_BuildValue("(si)", host, port);
+    return cd_server_addr_tuple(&ss);
 }
 
 /* listen_tcp(host, port, backlog) -> (host, port) actually bound.

@@ -132,8 +132,8 @@ disconnect_msg(cd_cycle_t *cy)
 
 /* New reference: the next message for receive(), or NULL (no error) if
  * the app must wait. */
-static PyObject *
-next_message(cd_cycle_t *cy)
+PyObject *
+cd_ws_next_message(cd_cycle_t *cy)
 {
     cd_ws_t *ws = cy->ws;
     if (!ws->connect_delivered) {
@@ -157,27 +157,6 @@ next_message(cd_cycle_t *cy)
     return NULL;
 }
 
-static void
-wake_receiver(cd_cycle_t *cy)
-{
-    if (cy->recv_fut == NULL) {
-        return;
-    }
-    PyObject *msg = next_message(cy);
-    if (msg == NULL) {
-        if (PyErr_Occurred()) {
-            cd_log_exception("Error in websocket receive()");
-        }
-        return;
-    }
-    PyObject *fut = cy->recv_fut;
-    cy->recv_fut = NULL;
-    if (cd_future_resolve(cy->st, fut, msg) < 0) {
-        cd_log_exception("Error resolving websocket receive()");
-    }
-    Py_DECREF(fut);
-    Py_DECREF(msg);
-}
 
 /* ---- wslay glue --------------------------------------------------- */
 
@@ -265,7 +244,7 @@ wslay_on_msg(wslay_event_context_ptr ctx,
             cd_log_exception("Error queueing a WebSocket message");
             return;
         }
-        wake_receiver(cy);
+        cd_cycle_wake_receiver(cy);
         return;
     }
     if (arg->opcode == WSLAY_CONNECTION_CLOSE) {
@@ -838,7 +817,7 @@ cd_ws_send(cd_cycle_t *cy, PyObject *msg)
 PyObject *
 cd_ws_receive(cd_cycle_t *cy)
 {
-    PyObject *msg = next_message(cy);
+    PyObject *msg = cd_ws_next_message(cy);
     if (msg != NULL) {
         return cd_waiter_ready(cy->st, msg);
     }
@@ -861,20 +840,13 @@ cd_ws_on_close(cd_cycle_t *cy)
 {
     cd_ws_t *ws = cy->ws;
     if (ws->state == CD_WS_CLOSED) {
-        wake_receiver(cy);
+        cd_cycle_wake_receiver(cy);
         return;
     }
     int was_open = ws->state == CD_WS_OPEN || ws->state == CD_WS_CLOSING;
     ws->state = CD_WS_CLOSED;
-    wake_receiver(cy);
-    if (cy->send_fut != NULL) {
-        PyObject *fut = cy->send_fut;
-        cy->send_fut = NULL;
-        if (cd_future_resolve(cy->st, fut, Py_None) < 0) {
-            PyErr_Clear();
-        }
-        Py_DECREF(fut);
-    }
+    cd_cycle_wake_receiver(cy);
+    cd_cycle_wake_sender(cy);
     if (was_open) {
         ws_log(cy, "disconnected");
     }

@@ -1,4 +1,6 @@
-"""Start a real cdaphne process for a test and learn its port from its log."""
+"""A real cdaphne process for a test: `python -m cdaphne ...` from the
+repository root, its stderr collected by a thread, its port read from the
+`Listening on ...` line."""
 
 from __future__ import annotations
 
@@ -9,80 +11,136 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"Listening on TCP address (\S+):(\d+)")
+LISTEN_RE = re.compile(r"Listening on (?:TCP address (\S+):(\d+)|(.+))")
 
 
 class ServerProcess:
-    """A `python -m cdaphne ...` child; its stderr is kept in `self.log`."""
+    """A cdaphne subprocess; stderr is collected by a thread."""
 
-    def __init__(self, app: str, *args: str, env: dict[str, str] | None = None) -> None:
-        self.argv = [sys.executable, "-m", "cdaphne", "-p", "0", *args, app]
-        self.env = {**os.environ, **(env or {})}
-        self.lines: list[str] = []
+    def __init__(self, argv: list[str], *, pass_fds: tuple[int, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
+        self.argv = argv
+        full_env = dict(os.environ)
+        full_env.pop("PYTHONPATH", None)
+        full_env["PYTHONUNBUFFERED"] = "1"
+        if env:
+            full_env.update(env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cdaphne", *argv],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=pass_fds,
+            env=full_env,
+        )
+        self._lines: list[str] = []
+        self._cond = threading.Condition()
+        self._eof = False
+        self._out: list[bytes] = []
+        self._threads = [
+            threading.Thread(target=self._pump_err, daemon=True),
+            threading.Thread(target=self._pump_out, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        self.host = "127.0.0.1"
         self.port = 0
-        self.proc: subprocess.Popen[str] | None = None
-        self._ready = threading.Event()
+        self.listening: list[str] = []
+        self.expected_exit: int | None = 0
+        self.stopped = False
 
+    def _pump_err(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            with self._cond:
+                self._lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def _pump_out(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self._out.append(raw)
+
+    # ---- logs --------------------------------------------------------
     @property
     def log(self) -> str:
-        return "".join(self.lines)
+        with self._cond:
+            return "\n".join(self._lines)
 
-    def start(self, timeout: float = 15) -> ServerProcess:
-        self.proc = subprocess.Popen(
-            self.argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(timeout) or not self.port:
-            self.stop()
-            raise RuntimeError(f"cdaphne did not start:\n{self.log}")
-        return self
+    @property
+    def stdout(self) -> str:
+        return b"".join(self._out).decode("utf-8", "replace")
 
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            m = LISTENING.search(line)
-            if m and not self.port:
-                self.port = int(m.group(2))
-                self._ready.set()
-        self._ready.set()
-
-    def url(self, path: str = "/", scheme: str = "http") -> str:
-        return f"{scheme}://127.0.0.1:{self.port}{path}"
-
-    def wait_for_log(self, text: str, timeout: float = 5) -> bool:
+    def wait_log(self, pattern: str, timeout: float = 5.0, count: int = 1) -> list[re.Match]:
+        """Wait until `pattern` (a regex) matched `count` stderr lines."""
+        rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log:
-                return True
-            time.sleep(0.02)
-        return False
+        with self._cond:
+            while True:
+                found = [m for line in self._lines if (m := rx.search(line))]
+                if len(found) >= count:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0 or self._eof:
+                    raise AssertionError(
+                        f"no {count} log line(s) matching {pattern!r} within {timeout}s "
+                        f"(exit={self.proc.poll()}):\n{self.log_tail()}")
+                self._cond.wait(left)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+    def log_tail(self, n: int = 40) -> str:
+        with self._cond:
+            return "\n".join(self._lines[-n:])
+
+    def wait_listening(self, count: int = 1, timeout: float = 10.0) -> None:
+        matches = self.wait_log(r"Listening on ", timeout=timeout, count=count)
+        for line in self.log.splitlines():
+            m = LISTEN_RE.search(line)
+            if m:
+                self.listening.append(line)
+                if m.group(1) and not self.port:
+                    self.host, self.port = m.group(1), int(m.group(2))
+        assert matches
+
+    # ---- lifetime ----------------------------------------------------
+    def url(self, path: str = "/") -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{path}"
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        self.stopped = True
         try:
-            return self.proc.wait(timeout)
+            rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait()
-            raise
+            self.proc.wait(5)
+            raise AssertionError(f"server did not exit within {timeout}s:\n{self.log_tail()}") \
+                from None
+        for t in self._threads:
+            t.join(5)
+        return rc
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.stopped = True
+        return self.wait(timeout)
+
+    def ws_url(self, path: str = "/") -> str:
+        return "ws" + self.url(path)[4:]
 
 
-@contextmanager
-def serve(app: str, *args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    """Serve `app`; on exit, SIGTERM and check the server exited cleanly."""
-    server = ServerProcess(app, *args, env=env).start()
-    try:
-        yield server
-    finally:
-        code = server.stop()
-    assert code == 0, f"cdaphne exited with {code}:\n{server.log}"
-    assert "Segmentation fault" not in server.log
+def start_server(app: str, *flags: str) -> ServerProcess:
+    """Start `app` on a free port and wait until it listens."""
+    proc = ServerProcess(["-p", "0", *flags, app])
+    proc.wait_listening()
+    return proc

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .serverproc import serve
+from .serverproc import start_server
 
 PASSING = {"OK", "NON-STRICT", "INFORMATIONAL"}
 
@@ -20,12 +20,15 @@ PASSING = {"OK", "NON-STRICT", "INFORMATIONAL"}
 def test_autobahn_sections_1_to_10(tmp_path: Path) -> None:
     kosoku = shutil.which("kosoku") or str(Path(sys.executable).with_name("kosoku"))
     # Section 9 sends messages up to 16 MiB.
-    with serve("tests.apps.ws:echo", "--websocket-max-message-size", "20000000") as server:
+    server = start_server("tests.apps.ws:echo", "--websocket-max-message-size", "20000000")
+    try:
         result = subprocess.run(
             [kosoku, f"127.0.0.1:{server.port}", "-x", "12.*", "-x", "13.*",
              "-p", "2", "-o", str(tmp_path)],
             capture_output=True, text=True, timeout=600,
         )
+    finally:
+        assert server.stop() == 0, server.log_tail()
     index = json.loads((tmp_path / "index.json").read_text())
     cases = next(iter(index.values()))
     behaviours = Counter(case["behavior"] for case in cases.values())

@@ -10,15 +10,29 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
 import websocket
 import websockets
 
-from .serverproc import ServerProcess, serve
+from .serverproc import ServerProcess, start_server
 
 APP = "tests.apps.wsbehaviour:app"
+
+
+@contextmanager
+def running(app: str, *flags: str) -> Iterator[ServerProcess]:
+    """A server for a block of tests; it must stop cleanly afterwards."""
+    proc = start_server(app, *flags)
+    try:
+        yield proc
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.log_tail()
+    assert "Fatal Python error" not in proc.log
 
 
 def events(server: ServerProcess) -> list[dict]:
@@ -94,14 +108,14 @@ def close_code(payload: bytes) -> int:
 
 @pytest.fixture(scope="module")
 def server():
-    with serve(APP, "--ping-interval", "0", "--websocket-max-message-size", "65536") as s:
+    with running(APP, "--ping-interval", "0", "--websocket-max-message-size", "65536") as s:
         yield s
 
 
 # ---- messages ------------------------------------------------------------
 
 def test_text_and_binary_echo(server):
-    ws = websocket.create_connection(server.url("/echo", "ws"))
+    ws = websocket.create_connection(server.ws_url("/echo"))
     ws.send("héllo wörld")
     assert ws.recv() == "héllo wörld"
     ws.send_binary(b"\x00\xff" * 1000)
@@ -127,7 +141,7 @@ def test_client_ping_gets_pong(server):
 
 def test_websockets_library_round_trip(server):
     async def main() -> None:
-        async with websockets.connect(server.url("/echo", "ws")) as ws:
+        async with websockets.connect(server.ws_url("/echo")) as ws:
             for i in range(50):
                 await ws.send(f"msg {i}")
                 assert await ws.recv() == f"msg {i}"
@@ -141,7 +155,7 @@ def test_websockets_library_round_trip(server):
 
 def test_scope_subprotocol_and_accept_headers(server):
     ws = websocket.create_connection(
-        server.url("/scope?room=1", "ws"), subprotocols=["chat.v1", "chat.v2"]
+        server.ws_url("/scope?room=1"), subprotocols=["chat.v1", "chat.v2"]
     )
     assert ws.getsubprotocol() == "chat.v2"
     assert ws.getheaders()["x-extra"] == "yes"
@@ -162,7 +176,7 @@ def test_scope_subprotocol_and_accept_headers(server):
 
 def test_close_before_accept_is_403(server):
     with pytest.raises(websocket.WebSocketBadStatusException) as info:
-        websocket.create_connection(server.url("/reject", "ws"))
+        websocket.create_connection(server.ws_url("/reject"))
     assert info.value.status_code == 403
 
 
@@ -184,7 +198,7 @@ def test_http_response_extension_denies_with_custom_response(server):
 
 def test_send_before_accept_raises_in_app(server):
     with pytest.raises(websocket.WebSocketBadStatusException):
-        websocket.create_connection(server.url("/send-before-accept", "ws"))
+        websocket.create_connection(server.ws_url("/send-before-accept"))
     errors = wait_events(server, "send-error")
     assert errors and "before websocket.accept" in errors[0]["text"]
 
@@ -195,7 +209,7 @@ def test_bad_version_is_426_and_server_still_serves(server):
                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                      b"Sec-WebSocket-Version: 8\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 426")
-    ws = websocket.create_connection(server.url("/echo", "ws"))
+    ws = websocket.create_connection(server.ws_url("/echo"))
     ws.send("still here")
     assert ws.recv() == "still here"
     ws.close()
@@ -203,9 +217,9 @@ def test_bad_version_is_426_and_server_still_serves(server):
 
 def test_app_crash_before_accept_is_500(server):
     with pytest.raises(websocket.WebSocketBadStatusException) as info:
-        websocket.create_connection(server.url("/crash-before-accept", "ws"))
+        websocket.create_connection(server.ws_url("/crash-before-accept"))
     assert info.value.status_code == 500
-    assert server.wait_for_log("boom before accept")
+    assert server.wait_log("boom before accept")
 
 
 # ---- closing -------------------------------------------------------------
@@ -270,7 +284,7 @@ def test_app_exception_after_accept_closes_1011(server):
     opcode, payload = read_frame(sock)
     assert (opcode, close_code(payload)) == (0x8, 1011)
     sock.close()
-    assert server.wait_for_log("boom after accept")
+    assert server.wait_log("boom after accept")
 
 
 def test_app_returning_closes_1000(server):
@@ -336,7 +350,7 @@ def test_send_waits_for_a_slow_reader(server):
 # ---- timers (own servers: they need other flags) --------------------------
 
 def test_server_pings_and_drops_a_silent_peer():
-    with serve(APP, "--ping-interval", "0.2", "--ping-timeout", "0.3") as s:
+    with running(APP, "--ping-interval", "0.2", "--ping-timeout", "0.3") as s:
         sock = raw_handshake(s.port, "/record")
         opcode, _ = read_frame(sock)
         assert opcode == 0x9
@@ -352,7 +366,7 @@ def test_server_pings_and_drops_a_silent_peer():
 
 
 def test_pongs_keep_a_connection_open():
-    with serve(APP, "--ping-interval", "0.2", "--ping-timeout", "0.3") as s:
+    with running(APP, "--ping-interval", "0.2", "--ping-timeout", "0.3") as s:
         sock = raw_handshake(s.port, "/echo")
         deadline = time.monotonic() + 1.5
         pings = 0
@@ -372,14 +386,14 @@ def test_pongs_keep_a_connection_open():
 
 
 def test_websocket_connect_timeout_rejects_slow_apps():
-    with serve(APP, "--websocket_connect_timeout", "0.3") as s:
+    with running(APP, "--websocket_connect_timeout", "0.3") as s:
         with pytest.raises(websocket.WebSocketBadStatusException) as info:
-            websocket.create_connection(s.url("/never-accept", "ws"), timeout=5)
+            websocket.create_connection(s.ws_url("/never-accept"), timeout=5)
         assert info.value.status_code == 403
 
 
 def test_websocket_timeout_closes_old_connections():
-    with serve(APP, "--websocket_timeout", "0.5", "--ping-interval", "0.1") as s:
+    with running(APP, "--websocket_timeout", "0.5", "--ping-interval", "0.1") as s:
         sock = raw_handshake(s.port, "/echo")
         start = time.monotonic()
         while True:
@@ -394,21 +408,22 @@ def test_websocket_timeout_closes_old_connections():
 
 
 def test_shutdown_closes_open_sockets_with_1012():
-    server = ServerProcess(APP, "--timeout-graceful-shutdown", "0.5").start()
+    server = start_server(APP, "--timeout-graceful-shutdown", "0.5")
     try:
         sock = raw_handshake(server.port, "/record")
         server.proc.send_signal(signal.SIGTERM)
         opcode, payload = read_frame(sock)
         assert (opcode, close_code(payload)) == (0x8, 1012)
         sock.close()
-        assert server.proc.wait(10) == 0
+        assert server.wait(10) == 0
     finally:
-        server.stop()
+        if server.proc.poll() is None:
+            server.stop()
 
 
 def test_idle_connections_cost_no_cpu():
     psutil = pytest.importorskip("psutil")
-    with serve(APP) as s:
+    with running(APP) as s:
         socks = [raw_handshake(s.port, "/echo") for _ in range(1000)]
         proc = psutil.Process(s.proc.pid)
         before = sum(proc.cpu_times()[:2])

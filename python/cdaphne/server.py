@@ -144,8 +144,16 @@ class Server:
         # The lifespan task lives on until lifespan.shutdown: don't wait for it.
         tasks = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task()
                  and t is not keep]
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.config.application_close_timeout)
+        if not tasks:
+            return
+        # Apps just got their disconnect: a moment to finish on their own,
+        # then they are cancelled (their clients are gone).
+        close_timeout = self.config.application_close_timeout
+        _, pending = await asyncio.wait(tasks, timeout=min(1.0, close_timeout))
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=close_timeout)
 
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
         if threading.current_thread() is not threading.main_thread():
