@@ -330,3 +330,12 @@ def test_keep_alive_timer_counts_from_the_response_not_from_a_blocked_loop(serve
         time.sleep(0.5)
         sock.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
         assert reader.response().body == b"Hello, world!"
+
+
+def test_expect_continue_with_too_big_body_gets_413_without_100(limited):
+    with connect(limited) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        raw = recv_all(sock)
+    assert raw.startswith(b"HTTP/1.1 413")
+    assert b"100 Continue" not in raw
