@@ -13,7 +13,9 @@ SCENARIO_TITLES = {
     "latency": "HTTP latency at a fixed rate",
     "layer": "Channel layer (bench/layer_bench.py)",
 }
-ALL_SERVERS = ("cdaphne", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling")
+ALL_SERVERS = (
+    "cdaphne", "cdaphne-layer", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,22 @@ def _ok_extra(servers: dict[str, Any], name: str, key: str) -> float | None:
     return value
 
 
+def _layer_table(median: dict[str, Any]) -> list[str]:
+    """layer_bench.py's medians: metric -> {implementation: value, ..., "ratio": r}."""
+    impls = sorted({k for v in median.values() if isinstance(v, dict) for k in v} - {"ratio"})
+    lines = [
+        "| metric | " + " | ".join(impls) + " | ratio |",
+        "|---|" + "---:|" * (len(impls) + 1),
+    ]
+    for metric, values in median.items():
+        if not isinstance(values, dict):
+            continue
+        cells = [_fmt(values.get(i), "/s") for i in impls]
+        ratio = values.get("ratio")
+        lines.append(f"| {metric} | " + " | ".join(cells) + f" | {_cell(ratio)} |")
+    return lines + ["", "Median of the runs; every run and the parameters are in the JSON.", ""]
+
+
 def scenario_table(key: str, sc: dict[str, Any]) -> list[str]:
     unit, higher = sc["unit"], sc["higher_is_better"]
     servers: dict[str, Any] = sc["servers"]
@@ -66,7 +82,10 @@ def scenario_table(key: str, sc: dict[str, Any]) -> list[str]:
         lines += [f"Parameters: {params}.", ""]
     if sc["status"] != OK:
         lines += [f"**{sc['status']}**: {sc['reason']}", ""]
-    if sc.get("raw") is not None:
+    raw_median = sc["raw"].get("median") if isinstance(sc.get("raw"), dict) else None
+    if isinstance(raw_median, dict) and raw_median:
+        lines += _layer_table(raw_median)
+    elif sc.get("raw") is not None:
         raw = json.dumps(sc["raw"], indent=2)
         raw_lines = raw.splitlines()
         if len(raw_lines) > 80:

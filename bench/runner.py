@@ -140,7 +140,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     if "fanout" in results:
         sc = results["fanout"]
         sc.params = {"room_members": mode.fanout_connections, "message_bytes": mode.ws_message_size,
-                     "layer": "channels InMemoryChannelLayer", "seconds": mode.duration,
+                     "layer": "Channels' InMemoryChannelLayer (cdaphne-layer: cdaphne's C layer)",
+                     "seconds": mode.duration,
                      "runs": mode.reps}  # fmt: skip
         log("scenario: fanout")
         scenarios.ws_echo(ctx, sc, ctx.servers_for("fanout"), kind="fanout")
