@@ -135,11 +135,11 @@ def scenario_table(key: str, sc: dict[str, Any]) -> list[str]:
             f"{cpu_cells} | {_notes(res)} |"
         )
         if name != REFERENCE and r1 is not None:
-            word = "" if higher else "less memory than "
-            if unit == "ms":
-                word = "lower p99 than "
             extra = f" ({r3:.1f}× per server CPU-second)" if r3 is not None else ""
-            sentences.append(f"cdaphne is {r1:.1f}× {word}{name}{extra}")
+            if higher:
+                sentences.append(f"cdaphne is {r1:.1f}× {name}{extra}")
+            else:
+                sentences.append(f"{name}: {r1:.2f}× cdaphne's {unit}")
     lines.append("")
     if ref is None and REFERENCE in servers:
         lines += [f"No ratios to cdaphne: cdaphne is {servers[REFERENCE]['status']}.", ""]
