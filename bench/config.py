@@ -40,7 +40,7 @@ class Mode:
 
 # Budgets: quick under 3 minutes, full under 15 (with the channel-layer benchmark).
 QUICK = Mode(name="quick", reps=3, duration=1, warmup=1, idle_connections=500)
-FULL = Mode(name="full", reps=5, duration=3, warmup=2, idle_connections=5000)
+FULL = Mode(name="full", reps=5, duration=2, warmup=2, idle_connections=5000)
 
 
 def with_overrides(mode: Mode, reps: int | None, duration: int | None) -> Mode:
