@@ -27,6 +27,10 @@ def _cell(ratio: float | None) -> str:
     return "—" if ratio is None else f"{ratio:.2f}×"
 
 
+def _times(ratio: float) -> str:
+    return f"{ratio:.2f}×" if ratio < 1 else f"{ratio:.1f}×"
+
+
 def _notes(res: dict[str, Any]) -> str:
     parts = []
     if res["status"] != OK:
@@ -79,7 +83,9 @@ def scenario_table(key: str, sc: dict[str, Any]) -> list[str]:
     lines = [f"### {sc['title']} (`{key}`)", ""]
     params = ", ".join(f"{k} {v}" for k, v in sc.get("params", {}).items())
     if params:
-        lines += [f"Parameters: {params}.", ""]
+        load = sc.get("loadavg_before")
+        load_text = f" Load average before it: {load}." if load else ""
+        lines += [f"Parameters: {params}.{load_text}", ""]
     if sc["status"] != OK:
         lines += [f"**{sc['status']}**: {sc['reason']}", ""]
     raw_median = sc["raw"].get("median") if isinstance(sc.get("raw"), dict) else None
@@ -135,9 +141,9 @@ def scenario_table(key: str, sc: dict[str, Any]) -> list[str]:
             f"{cpu_cells} | {_notes(res)} |"
         )
         if name != REFERENCE and r1 is not None:
-            extra = f" ({r3:.1f}× per server CPU-second)" if r3 is not None else ""
+            extra = f" ({_times(r3)} per server CPU-second)" if r3 is not None else ""
             if higher:
-                sentences.append(f"cdaphne is {r1:.1f}× {name}{extra}")
+                sentences.append(f"cdaphne is {_times(r1)} {name}{extra}")
             else:
                 sentences.append(f"{name}: {r1:.2f}× cdaphne's {unit}")
     lines.append("")
