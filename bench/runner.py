@@ -180,7 +180,11 @@ def run(argv: list[str]) -> dict[str, Any]:
                 env.project_python(), ["cdaphne", "django", "channels", "asgiref"]
             ),
         },
-        "servers": {n: SPECS[n].description for n in selected},
+        "servers": {
+            n: SPECS[n].description
+            for n in selected
+            if any(n in r.servers for r in results.values())
+        },
         "parameters": mode.__dict__,
         "scenarios": {k: r.as_dict() for k, r in results.items()},
         "notes": notes,
