@@ -22,7 +22,11 @@ def plot_scenario(key: str, sc: dict[str, Any], machine: str, out: Path) -> Path
     higher = sc["higher_is_better"]
     items = sorted(
         servers.items(),
-        key=lambda kv: (kv[1]["median"] or 0) if higher else -(kv[1]["median"] or 0),
+        # Bottom to top: failed servers, then the worst to the best.
+        key=lambda kv: (
+            kv[1]["status"] == "ok",
+            (kv[1]["median"] or 0) if higher else -(kv[1]["median"] or 0),
+        ),
     )
     names, medians, lows, highs, colors, labels = [], [], [], [], [], []
     for name, res in items:
