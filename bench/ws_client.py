@@ -239,7 +239,7 @@ async def idle(args: argparse.Namespace) -> None:
     transports: list[WSTransport] = []
     failed = 0
     first_error = ""
-    sem = asyncio.Semaphore(200)  # do not flood the accept queue
+    sem = asyncio.Semaphore(50)  # below every server's listen backlog (hypercorn: 100)
 
     async def one() -> None:
         nonlocal failed, first_error
