@@ -16,7 +16,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 lint: install
-	$(VENV)/bin/ruff check python tests
+	$(VENV)/bin/ruff check python tests examples
 
 bench: install
 	$(PY) -m bench --full

@@ -9,17 +9,22 @@
 #include <string.h>
 
 #define CD_READ_SIZE 65536
-#define CD_MAX_WRITE_BUFS 4
 
+/* One uv_write of whatever a flush could not send at once.  The arrays
+ * follow the struct in the same allocation. */
 typedef struct {
     uv_write_t req;
     cd_conn_t *conn;   /* borrowed: a conn waits for its writes to close */
-    PyObject *keep;    /* strong: bytes the bufs point into, or NULL */
-    char *owned;       /* owned: memory the bufs point into, or NULL */
     size_t nbytes;
-    int nbufs;
-    uv_buf_t bufs[CD_MAX_WRITE_BUFS];
+    int n;
+    uv_buf_t *bufs;    /* into this allocation */
+    PyObject **keep;   /* strong refs the bufs point into (or NULL) */
+    char **owned;      /* owned blocks the bufs point into (or NULL) */
 } cd_write_req_t;
+
+static void outq_clear(cd_outq_t *q);
+static void outq_dispose(cd_outq_t *q);
+static void conn_uncork(cd_conn_t *c);
 
 static void
 conn_on_handle_close(uv_handle_t *h)
@@ -35,6 +40,7 @@ conn_on_handle_close(uv_handle_t *h)
     srv->nconns--;
     cd_http1_release_request(c);
     Py_CLEAR(c->client);
+    outq_dispose(&c->outq);
     cd_buf_dispose(&c->in);
     cd_buf_dispose(&c->url);
     cd_buf_dispose(&c->hname);
@@ -51,6 +57,8 @@ cd_conn_close(cd_conn_t *c)
         return;
     }
     c->state = CD_CONN_CLOSING;
+    conn_uncork(c);
+    outq_clear(&c->outq);
     if (c->cycle != NULL) {
         cd_cycle_on_disconnect(c->cycle);
     }
@@ -61,7 +69,7 @@ cd_conn_close(cd_conn_t *c)
 void
 cd_conn_close_after_writes(cd_conn_t *c)
 {
-    if (c->writes_in_flight == 0) {
+    if (c->writes_in_flight == 0 && c->outq.n == 0) {
         cd_conn_close(c);
         return;
     }
@@ -142,6 +150,8 @@ void
 cd_conn_timer_start(cd_conn_t *c, uint64_t ms)
 {
     if (c->state != CD_CONN_CLOSING) {
+        /* Called from Python too, after the cached loop time went stale. */
+        uv_update_time(c->timer.loop);
         uv_timer_start(&c->timer, conn_on_timer, ms, 0);
     }
 }
@@ -153,21 +163,30 @@ cd_conn_timer_stop(cd_conn_t *c)
 }
 
 static void
+write_req_free(cd_write_req_t *w)
+{
+    for (int i = 0; i < w->n; i++) {
+        Py_XDECREF(w->keep[i]);
+        free(w->owned[i]);
+    }
+    free(w);
+}
+
+static void
 conn_on_write(uv_write_t *req, int status)
 {
     cd_write_req_t *w = cd_container_of(req, cd_write_req_t, req);
     cd_conn_t *c = w->conn;
     cd_gil_ensure(c->server->loop);
-    Py_XDECREF(w->keep);
-    free(w->owned);
     c->writes_in_flight--;
     c->write_queued -= w->nbytes;
-    free(w);
+    write_req_free(w);
     if (status < 0) {
         cd_conn_close(c);
         return;
     }
-    if (c->writes_in_flight == 0 && (c->flags & CD_CONN_F_CLOSE_AFTER)) {
+    if (c->writes_in_flight == 0 && c->outq.n == 0 &&
+        (c->flags & CD_CONN_F_CLOSE_AFTER)) {
         cd_conn_close(c);
         return;
     }
@@ -184,67 +203,168 @@ cd_conn_on_drain(cd_conn_t *c)
     }
 }
 
+static void
+outq_clear(cd_outq_t *q)
+{
+    for (int i = 0; i < q->n; i++) {
+        Py_XDECREF(q->keep[i]);
+        free(q->owned[i]);
+    }
+    q->n = 0;
+}
+
+static void
+outq_dispose(cd_outq_t *q)
+{
+    outq_clear(q);
+    free(q->bufs);
+    free(q->keep);
+    free(q->owned);
+    memset(q, 0, sizeof(*q));
+}
+
+static int
+outq_reserve(cd_outq_t *q, int extra)
+{
+    if (q->n + extra <= q->cap) {
+        return 0;
+    }
+    int cap = q->cap ? q->cap : 8;
+    while (cap < q->n + extra) {
+        cap *= 2;
+    }
+    uv_buf_t *b = realloc(q->bufs, cap * sizeof(*b));
+    if (b == NULL) {
+        return UV_ENOMEM;
+    }
+    q->bufs = b;
+    PyObject **k = realloc(q->keep, cap * sizeof(*k));
+    if (k == NULL) {
+        return UV_ENOMEM;
+    }
+    q->keep = k;
+    char **o = realloc(q->owned, cap * sizeof(*o));
+    if (o == NULL) {
+        return UV_ENOMEM;
+    }
+    q->owned = o;
+    q->cap = cap;
+    return 0;
+}
+
+static void
+conn_uncork(cd_conn_t *c)
+{
+    if (c->flags & CD_CONN_F_CORKED) {
+        c->cork_link.prev->next = c->cork_link.next;
+        c->cork_link.next->prev = c->cork_link.prev;
+        c->flags &= ~CD_CONN_F_CORKED;
+    }
+}
+
 int
 cd_conn_write(cd_conn_t *c, uv_buf_t *bufs, int nbufs, PyObject *keep,
               char *owned)
 {
-    if (c->state == CD_CONN_CLOSING) {
+    if (c->state == CD_CONN_CLOSING || outq_reserve(&c->outq, nbufs) < 0) {
         free(owned);
-        return UV_ECANCELED;
+        return c->state == CD_CONN_CLOSING ? UV_ECANCELED : UV_ENOMEM;
     }
-    size_t total = 0;
+    cd_outq_t *q = &c->outq;
     for (int i = 0; i < nbufs; i++) {
-        total += bufs[i].len;
+        q->bufs[q->n] = bufs[i];
+        /* The first entry carries the references for all of them. */
+        q->keep[q->n] = i == 0 ? Py_XNewRef(keep) : NULL;
+        q->owned[q->n] = i == 0 ? owned : NULL;
+        c->write_queued += bufs[i].len;
+        q->n++;
+    }
+    if (!(c->flags & CD_CONN_F_CORKED)) {
+        cd_loop_t *loop = c->server->loop;
+        c->cork_link.next = &loop->corked;
+        c->cork_link.prev = loop->corked.prev;
+        loop->corked.prev->next = &c->cork_link;
+        loop->corked.prev = &c->cork_link;
+        c->flags |= CD_CONN_F_CORKED;
+    }
+    return 0;
+}
+
+void
+cd_conn_flush(cd_conn_t *c)
+{
+    conn_uncork(c);
+    cd_outq_t *q = &c->outq;
+    if (q->n == 0 || c->state == CD_CONN_CLOSING) {
+        return;
     }
     int first = 0;
+    size_t done = 0;
     if (c->writes_in_flight == 0) {
-        int r = uv_try_write(&c->io.stream, bufs, nbufs);
+        int r = uv_try_write(&c->io.stream, q->bufs, q->n);
         if (r < 0 && r != UV_EAGAIN) {
-            free(owned);
             cd_conn_close(c);
-            return r;
+            return;
         }
-        if (r > 0) {
-            size_t done = (size_t)r;
-            total -= done;
-            while (first < nbufs && done >= bufs[first].len) {
-                done -= bufs[first].len;
-                first++;
-            }
-            if (first < nbufs) {
-                bufs[first].base += done;
-                bufs[first].len -= done;
-            }
+        done = r > 0 ? (size_t)r : 0;
+        c->write_queued -= done;
+        /* Release what went out whole; trim the entry cut in two. */
+        while (first < q->n && done >= q->bufs[first].len) {
+            done -= q->bufs[first].len;
+            first++;
         }
-        if (total == 0) {
-            free(owned);
-            return 0;
+        if (first < q->n) {
+            q->bufs[first].base += done;
+            q->bufs[first].len -= done;
         }
     }
-    cd_write_req_t *w = calloc(1, sizeof(*w));
-    if (w == NULL) {
-        free(owned);
+    if (first == q->n) {
+        outq_clear(q);
+    }
+    else {
+        int n = q->n - first;
+        cd_write_req_t *w = malloc(sizeof(*w) + n * (sizeof(uv_buf_t) +
+                                                     sizeof(PyObject *) +
+                                                     sizeof(char *)));
+        if (w == NULL) {
+            cd_conn_close(c);
+            return;
+        }
+        w->conn = c;
+        w->n = n;
+        w->bufs = (uv_buf_t *)(w + 1);
+        w->keep = (PyObject **)(w->bufs + n);
+        w->owned = (char **)(w->keep + n);
+        w->nbytes = 0;
+        for (int i = 0; i < n; i++) {
+            w->bufs[i] = q->bufs[first + i];
+            w->keep[i] = q->keep[first + i];
+            w->owned[i] = q->owned[first + i];
+            w->nbytes += w->bufs[i].len;
+        }
+        /* The sent entries' references go; the rest moved to w. */
+        for (int i = 0; i < first; i++) {
+            Py_XDECREF(q->keep[i]);
+            free(q->owned[i]);
+        }
+        q->n = 0;
+        int r = uv_write(&w->req, &c->io.stream, w->bufs, w->n,
+                         conn_on_write);
+        if (r < 0) {
+            c->write_queued -= w->nbytes;
+            write_req_free(w);
+            cd_conn_close(c);
+            return;
+        }
+        c->writes_in_flight++;
+    }
+    if (c->writes_in_flight == 0 && (c->flags & CD_CONN_F_CLOSE_AFTER)) {
         cd_conn_close(c);
-        return UV_ENOMEM;
+        return;
     }
-    w->conn = c;
-    w->keep = Py_XNewRef(keep);
-    w->owned = owned;
-    w->nbytes = total;
-    w->nbufs = nbufs - first;
-    memcpy(w->bufs, bufs + first, w->nbufs * sizeof(uv_buf_t));
-    int r = uv_write(&w->req, &c->io.stream, w->bufs, w->nbufs,
-                     conn_on_write);
-    if (r < 0) {
-        Py_XDECREF(w->keep);
-        free(w->owned);
-        free(w);
-        cd_conn_close(c);
-        return r;
+    if (c->write_queued <= c->server->cfg.write_high_water / 2) {
+        cd_conn_on_drain(c);
     }
-    c->writes_in_flight++;
-    c->write_queued += total;
-    return 0;
 }
 
 static PyObject *

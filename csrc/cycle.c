@@ -40,6 +40,7 @@ cd_future_resolve(cd_state *st, PyObject *fut, PyObject *result)
     if (is_done) {
         return 0;
     }
+    st->scheduled = 1;
     PyObject *r = PyObject_CallMethodOneArg(fut, st->s_set_result, result);
     Py_XDECREF(r);
     return r ? 0 : -1;
@@ -166,6 +167,7 @@ cd_cycle_arm_close_timeout(cd_cycle_t *cy)
         return;
     }
     double secs = (double)cy->server->cfg.app_close_timeout / 1000.0;
+    cy->st->scheduled = 1;
     cy->close_handle = PyObject_CallMethod(cy->server->loop->aio_loop,
                                            "call_later", "dO", secs, cb);
     Py_DECREF(cb);
@@ -238,8 +240,10 @@ cd_cycle_respond_error(cd_cycle_t *cy, int status, const char *body)
         cd_http1_simple_response(c, status, body);
     }
     else if (cy->resp == CD_RESP_BODY) {
+        /* What was sent goes out; the unfinished body tells the client
+         * something went wrong. */
         cy->resp = CD_RESP_DONE;
-        cd_conn_close(c);
+        cd_conn_close_after_writes(c);
     }
     cd_cycle_on_disconnect(cy);
 }

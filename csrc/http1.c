@@ -89,6 +89,13 @@ flush_header(cd_conn_t *c)
     if (c->hname.len == 0) {
         return 0;
     }
+    if (c->headers == NULL) {
+        /* A trailer of a chunked body (the scope is gone): dropped. */
+        c->hname.len = 0;
+        c->hvalue.len = 0;
+        c->in_value = 0;
+        return 0;
+    }
     PyObject *name = PyBytes_FromStringAndSize(NULL, c->hname.len);
     if (name == NULL) {
         return -1;

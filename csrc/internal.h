@@ -88,6 +88,11 @@ int cd_buf_append(cd_buf_t *b, const char *data, size_t n);
 void cd_buf_consume(cd_buf_t *b, size_t n);
 void cd_buf_dispose(cd_buf_t *b);
 
+/* Doubly linked list node; server->conns, loop->corked. */
+typedef struct cd_link_s {
+    struct cd_link_s *prev, *next;
+} cd_link_t;
+
 /* ---- loop.c: the libuv loop under asyncio's selector -------------- */
 
 /* One uv_poll_t per file descriptor that asyncio registered. */
@@ -120,6 +125,7 @@ struct cd_loop_s {
     int ready_cap;
     PyObject *pending; /* strong: list of cycles waiting to start */
     PyObject *aio_loop; /* strong: the asyncio loop, once attached */
+    cd_link_t corked;  /* conns with output to flush before polling */
     int closed;
 };
 
@@ -136,6 +142,8 @@ cd_gil_ensure(cd_loop_t *loop)
 }
 
 int cd_loop_type_init(PyObject *module, cd_state *st);
+/* Write out what every corked conn has queued (before each poll). */
+void cd_loop_flush(cd_loop_t *loop);
 /* Queues a cycle whose application must start on the next dispatch.
  * Does not steal. */
 int cd_loop_defer_start(cd_loop_t *loop, PyObject *cycle);
@@ -175,10 +183,6 @@ struct cd_listener_s {
     int is_unix;
 };
 
-/* Doubly linked list node; conns of a server hang off server->conns. */
-typedef struct cd_link_s {
-    struct cd_link_s *prev, *next;
-} cd_link_t;
 
 /* The Python object Server: listeners, connections, the app. */
 struct cd_server_s {
@@ -219,7 +223,18 @@ enum {
     CD_CONN_F_EOF = 1 << 2,       /* peer closed its side */
     CD_CONN_F_CLOSE_AFTER = 1 << 3, /* close once writes drain */
     CD_CONN_F_GOT_BYTES = 1 << 4, /* first byte of a head arrived */
+    CD_CONN_F_CORKED = 1 << 5,    /* on loop->corked with output queued */
 };
+
+/* Output written during one loop turn, sent with one writev before the
+ * loop polls again (pipelined responses share a syscall). */
+typedef struct {
+    uv_buf_t *bufs;   /* owned array */
+    PyObject **keep;  /* owned array of strong refs (or NULL entries) */
+    char **owned;     /* owned array of owned blocks (or NULL entries) */
+    int n;
+    int cap;
+} cd_outq_t;
 
 /* A connection.  Owned by its server's list; freed in the last close
  * callback of its two handles. */
@@ -232,6 +247,8 @@ struct cd_conn_s {
     } io;
     uv_timer_t timer;       /* header, keep-alive or http timeout */
     cd_link_t link;         /* in server->conns */
+    cd_link_t cork_link;    /* in loop->corked while CD_CONN_F_CORKED */
+    cd_outq_t outq;         /* owned: output not yet handed to libuv */
     cd_server_t *server;    /* borrowed: closes every conn before dying */
     cd_listener_t *listener; /* borrowed: likewise */
     cd_conn_state_t state;
@@ -257,8 +274,9 @@ struct cd_conn_s {
 };
 
 cd_conn_t *cd_conn_new(cd_listener_t *ls);
-/* Writes bufs.  `keep` (borrowed, may be NULL) is INCREF'd while the data
- * is queued; `owned` (may be NULL) is freed once the data is sent. */
+/* Queues bufs for the flush before the next poll.  `keep` (borrowed,
+ * may be NULL) is INCREF'd while the data is queued; `owned` (may be
+ * NULL) is freed once the data is sent. */
 int cd_conn_write(cd_conn_t *c, uv_buf_t *bufs, int nbufs, PyObject *keep,
                   char *owned);
 void cd_conn_close(cd_conn_t *c);
@@ -270,6 +288,7 @@ void cd_conn_timer_start(cd_conn_t *c, uint64_t ms);
 void cd_conn_timer_stop(cd_conn_t *c);
 /* Writes that drained below the high-water mark. */
 void cd_conn_on_drain(cd_conn_t *c);
+void cd_conn_flush(cd_conn_t *c);
 
 /* ---- http1.c: llhttp glue ----------------------------------------- */
 void cd_http1_init(cd_conn_t *c);

@@ -209,6 +209,7 @@ typedef struct {
     cd_receive *wfirst;   /* strong: one reference per queued waiter */
     cd_receive *wlast;    /* borrowed: tail of the same list */
     Py_ssize_t nwaiters;
+    Py_ssize_t handed;    /* messages handed to waiters not yet resumed */
     PyObject *groups;     /* strong: dict group -> float add time, or NULL */
     int attached;         /* 1 while core->channels maps name to us */
 } cd_channel;
@@ -538,7 +539,9 @@ done:
 static inline int
 cd_channel_idle(cd_channel *ch)
 {
-    return (ch->len == 0 && ch->wfirst == NULL &&
+    /* A waiter holding a handed-over message may still give it back (if
+     * its task is cancelled): keep the channel until it has resumed. */
+    return (ch->len == 0 && ch->wfirst == NULL && ch->handed == 0 &&
             (ch->groups == NULL || PyDict_GET_SIZE(ch->groups) == 0));
 }
 
@@ -605,7 +608,7 @@ cd_channel_shift(cd_channel *ch, double *deadline)
  * ends only with group_discard(), group_expiry or flush() (as in
  * channels_redis).  Returns how many were dropped. */
 static Py_ssize_t
-cd_channel_expire(cd_core *self, cd_channel *ch, double now, cd_bag *trash)
+cd_channel_expire(cd_channel *ch, double now, cd_bag *trash)
 {
     Py_ssize_t n = 0;
     while (ch->len > 0 && ch->ring[ch->head].deadline <= now) {
@@ -661,6 +664,7 @@ cd_channel_put(cd_channel *ch, PyObject *msg, double deadline, int front,
         ch->nwaiters--;
         w->result = msg;
         w->result_deadline = deadline;
+        ch->handed++;
         cd_bag_put(wakes, (PyObject *)w);
         return 0;
     }
@@ -927,7 +931,7 @@ cd_core_sweep(cd_core *self, int force_groups)
     pos = 0;
     while (PyDict_Next(self->channels, &pos, &name, &value)) {
         cd_channel *ch = (cd_channel *)value;
-        cd_channel_expire(self, ch, now, &trash);
+        cd_channel_expire(ch, now, &trash);
         if (cd_channel_idle(ch)) {
             (void)PyList_Append(dead, name);
         }
@@ -1092,7 +1096,7 @@ Core_send(cd_core *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(copy);
         return NULL;
     }
-    cd_channel_expire(self, ch, now, &trash);
+    cd_channel_expire(ch, now, &trash);
     r = cd_channel_put(ch, copy, now + self->expiry, 0, 0, &wakes);
     cd_lock_release(&self->lock);
     if (r == 0) {
@@ -1209,7 +1213,7 @@ Core_group_send(cd_core *self, PyObject *const *args, Py_ssize_t nargs)
         if (!ch->attached) {
             continue; /* Forgotten meanwhile: it left every group. */
         }
-        cd_channel_expire(self, ch, now, &trash);
+        cd_channel_expire(ch, now, &trash);
         int r = cd_channel_put(ch, copies[i], deadline, 0, 0, &wakes);
         if (r == 0) {
             copies[i] = NULL;
@@ -1604,7 +1608,8 @@ Core_init(cd_core *self, PyObject *args, PyObject *kwds)
 }
 
 static PyObject *
-Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+Core_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
+         PyObject *Py_UNUSED(kwds))
 {
     cd_core *self = (cd_core *)type->tp_alloc(type, 0);
     if (self == NULL) {
@@ -1828,6 +1833,7 @@ cd_receive_abandon(cd_receive *self)
     if (ch != NULL) {
         cd_channel_unlink(ch, self, &trash);
         if (msg != NULL) {
+            ch->handed--;
             int r = cd_channel_put(ch, msg, self->result_deadline, 1, 1,
                                    &wakes);
             if (r == 0) {
@@ -1862,7 +1868,7 @@ cd_receive_start(cd_receive *self, PyObject **presult)
         if (ch == NULL) {
             goto done;
         }
-        cd_channel_expire(core, ch, now, &trash);
+        cd_channel_expire(ch, now, &trash);
         if (ch->len > 0) {
             msg = cd_channel_shift(ch, NULL);
             cd_lock_release(&core->lock);
@@ -1939,6 +1945,9 @@ cd_receive_resume(cd_receive *self, PyObject **presult)
     PyObject *msg = self->result;
     self->result = NULL;
     if (msg != NULL) {
+        if (self->chan != NULL) {
+            self->chan->handed--;
+        }
         cd_receive_detach(self, &trash);
         cd_lock_release(&core->lock);
         cd_bag_clear(&trash);
@@ -1972,7 +1981,8 @@ cd_receive_resume(cd_receive *self, PyObject **presult)
 }
 
 static PySendResult
-Receive_am_send(cd_receive *self, PyObject *arg, PyObject **presult)
+Receive_am_send(cd_receive *self, PyObject *Py_UNUSED(arg),
+                PyObject **presult)
 {
     switch (self->state) {
     case CD_RECEIVE_INIT:
@@ -2012,7 +2022,7 @@ Receive_iternext(cd_receive *self)
 }
 
 static PyObject *
-Receive_send(cd_receive *self, PyObject *arg)
+Receive_send(cd_receive *self, PyObject *Py_UNUSED(arg))
 {
     return Receive_iternext(self);
 }

@@ -126,7 +126,9 @@ loop_poll(cd_loop_t *loop, PyObject *const *args, Py_ssize_t nargs)
 static void
 select_timer_on_fire(uv_timer_t *t)
 {
-    (void)t; /* Only here to end uv_run(UV_RUN_ONCE). */
+    /* Ends uv_run(UV_RUN_ONCE).  It may fire in the timers phase before
+     * the poll; then the poll must not block on later timers. */
+    uv_stop(t->loop);
 }
 
 /* run_once(timeout) -> list of (fd, events); timeout None blocks. */
@@ -137,8 +139,12 @@ loop_run_once(cd_loop_t *loop, PyObject *timeout)
         PyErr_SetString(PyExc_RuntimeError, "loop core is closed");
         return NULL;
     }
+    /* Output queued during this turn goes out now, in one writev per
+     * conn.  Its completions may wake apps: then don't block. */
+    loop->st->scheduled = 0;
+    cd_loop_flush(loop);
     uv_run_mode mode = UV_RUN_ONCE;
-    if (PyList_GET_SIZE(loop->pending) > 0) {
+    if (PyList_GET_SIZE(loop->pending) > 0 || loop->st->scheduled) {
         mode = UV_RUN_NOWAIT;
     }
     else if (timeout != Py_None) {
@@ -151,6 +157,10 @@ loop_run_once(cd_loop_t *loop, PyObject *timeout)
         }
         else {
             uint64_t ms = (uint64_t)ceil(t * 1000.0);
+            /* libuv's clock is cached from the last uv_run: without an
+             * update the timer would be due at once, fire before the
+             * poll, and leave epoll_wait with no timeout at all. */
+            uv_update_time(&loop->uv);
             uv_timer_start(&loop->select_timer, select_timer_on_fire, ms, 0);
         }
     }
@@ -175,6 +185,15 @@ loop_run_once(cd_loop_t *loop, PyObject *timeout)
     }
     loop->nready = 0;
     return out;
+}
+
+void
+cd_loop_flush(cd_loop_t *loop)
+{
+    while (loop->corked.next != &loop->corked) {
+        cd_link_t *l = loop->corked.next;
+        cd_conn_flush(cd_container_of(l, cd_conn_t, cork_link));
+    }
 }
 
 int
@@ -284,6 +303,7 @@ loop_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         return NULL;
     }
     loop->closed = 0;
+    loop->corked.next = loop->corked.prev = &loop->corked;
     uv_timer_init(&loop->uv, &loop->select_timer);
     uv_unref((uv_handle_t *)&loop->select_timer);
     loop->uv.data = loop;

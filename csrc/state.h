@@ -96,6 +96,9 @@ typedef struct {
     PyObject *asgi_dict; /* {"version": "3.0", "spec_version": "2.3"} */
     PyObject *kwnames_eager; /* ("loop", "eager_start") */
     PyObject *kwnames_loop;  /* ("loop",) */
+    /* Set when C code scheduled asyncio callbacks (resolved a future,
+     * armed a timer): select() must not block before they run. */
+    int scheduled;
 
 #define CD_STATE_STR_FIELD(name, text) PyObject *name;
     CD_STRINGS(CD_STATE_STR_FIELD)

@@ -169,7 +169,8 @@ def serve() -> Iterator:
         if proc.expected_exit is not None and rc != proc.expected_exit:
             errors.append(f"server {proc.argv} exited {rc}:\n{proc.log_tail()}")
     for proc in procs:
-        if "Segmentation fault" in proc.log or "Fatal Python error" in proc.log:
+        if any(m in proc.log for m in ("Segmentation fault", "Fatal Python error",
+                                       "AddressSanitizer")):
             errors.append(f"server {proc.argv} crashed:\n{proc.log_tail()}")
     if errors:
         pytest.fail("\n".join(errors))

@@ -31,3 +31,12 @@ def test_asyncio_api_inside_app(results, name):
     assert first[name]["ok"], first[name].get("error")
     # A second request on the same loop works the same (handlers cleaned up).
     assert second[name]["ok"], second[name].get("error")
+
+
+def test_short_timer_after_cpu_work_fires_on_time(server):
+    # libuv's cached loop time went stale while Python ran: a select()
+    # timer computed from it fired before the poll, which then blocked on
+    # the next timer (the keep-alive timeout) instead of waking asyncio.
+    for _ in range(5):
+        r = httpx.get(server.url("/cpu_then_sleep"), timeout=5)
+        assert r.json()["slept"] < 0.5

@@ -172,6 +172,7 @@ def test_sync_and_async_pages_share_a_room(live_url: str, pages: list[Page]) -> 
     sync_page.wait_for_line("anonymous: from the async consumer")
 
 
+@pytest.mark.timeout(300)
 def test_example_projects_own_live_server_tests_pass(tmp_path: Path) -> None:
     """``manage.py test chat``: the tutorial's ChannelsLiveServerTestCase tests,
     with only the import switched to cdaphne.testing."""

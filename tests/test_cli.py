@@ -236,3 +236,17 @@ def test_bind_hostname_localhost_resolves(serve):
     proc = serve(APP, "-b", "localhost")
     assert proc.host in ("127.0.0.1", "::1")
     assert httpx.get(proc.url("/")).status_code == 200
+
+
+def test_unix_socket_path_too_long_is_refused(tmp_path):
+    path = "/tmp/" + "s" * 150 + ".sock"
+    proc = run_cli("-u", path, APP)
+    assert_one_clear_line(proc, "too long")
+    assert not os.path.exists(path[:107])
+    assert not [p for p in os.listdir("/tmp") if p.startswith("s" * 100)]
+
+
+def test_unix_socket_in_missing_directory(tmp_path):
+    path = str(tmp_path / "missing" / "x.sock")
+    proc = run_cli("-u", path, "--lifespan", "off", APP)
+    assert_one_clear_line(proc, path)

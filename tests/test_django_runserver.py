@@ -341,3 +341,32 @@ def test_runserver_noreload_stops_cleanly_on_a_signal(
     assert opcode == websocket.ABNF.OPCODE_CLOSE
     assert int.from_bytes(payload[:2], "big") == 1012
     assert "Traceback" not in server.output()
+
+
+@needs_server
+def test_runserver_reloader_watches_the_module_with_a_failing_import(
+    project: Path, runserver
+) -> None:
+    # A module that only the ASGI application imports (the URLconf does not,
+    # or the system checks would fail first, with Django's own traceback).
+    extra = project / "chat" / "extra.py"
+    extra.write_text("import no_such_package_here  # noqa\n")
+    asgi = project / "chat_project" / "asgi.py"
+    asgi.write_text(asgi.read_text() + "\nimport chat.extra  # noqa\n")
+    port = free_port()
+    server = runserver(project, f"127.0.0.1:{port}")
+    error = server.wait_for_output(
+        r"Error: Cannot import ASGI_APPLICATION module 'chat_project\.asgi': "
+        r"No module named 'no_such_package_here'"
+    )
+    assert "Traceback" not in server.output()
+    # chat.extra is not in sys.modules after the failed import: the reloader
+    # must still watch it.
+    time.sleep(2.5)
+    extra.write_text("")
+    server.wait_for_output(BANNER.format(addr=r"127\.0\.0\.1", port=port), start=error.end())
+    server.wait_listening(port)
+    client = WSClient(f"ws://127.0.0.1:{port}/ws/chat/lobby/")
+    client.say("fixed")
+    assert client.recv_json()["message"] == "fixed"
+    client.close()

@@ -319,3 +319,14 @@ def test_more_malformed_requests_get_400(server, name):
         assert r.status in (400, 505), (name, r)
         assert is_closed(sock)
     assert request(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").status == 200
+
+
+def test_keep_alive_timer_counts_from_the_response_not_from_a_blocked_loop(serve):
+    proc = serve("tests.apps.http1:app", "--timeout-keep-alive", "2")
+    with connect(proc) as sock:
+        reader = Reader(sock)
+        sock.sendall(b"GET /block?s=3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert reader.response().body == b"unblocked"
+        time.sleep(0.5)
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert reader.response().body == b"Hello, world!"

@@ -5,7 +5,9 @@ bodies both ways, Content-Length, HEAD, HTTP/1.0, Connection: close,
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json
+import os
 import time
 
 import httpx
@@ -331,9 +333,8 @@ def test_many_concurrent_connections_do_not_mix_up(server):
     import concurrent.futures
 
     def one(i):
-        with httpx.Client() as client:
-            r = client.get(server.url(f"/slow?n={i}&delay=0.2"), timeout=10)
-            return r.content
+        return request(server, b"GET /slow?n=%d&delay=0.2 HTTP/1.1\r\nHost: x\r\n\r\n" % i,
+                       timeout=10).body
     with concurrent.futures.ThreadPoolExecutor(50) as pool:
         got = list(pool.map(one, range(50)))
     assert got == [str(i).encode() for i in range(50)]
@@ -367,3 +368,60 @@ def test_no_100_continue_for_http10_clients(server):
     assert b"100 Continue" not in raw
     assert raw.startswith(b"HTTP/1.1 200")
     assert raw.endswith(b'"body": "hello"}')
+
+
+def test_pipelined_large_bodies_behind_a_slow_request(server):
+    bodies = [os.urandom(300_000) for _ in range(3)]
+    reqs = [b"GET /slow?n=first&delay=0.3 HTTP/1.1\r\nHost: x\r\n\r\n"]
+    reqs += [b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b)
+             for b in bodies]
+    with connect(server, timeout=10) as sock:
+        sock.sendall(b"".join(reqs))
+        reader = Reader(sock, timeout=10)
+        assert reader.response().body == b"first"
+        for b in bodies:
+            data = json.loads(reader.response().body)
+            assert data["size"] == len(b)
+            assert data["sha256"] == hashlib.sha256(b).hexdigest()
+
+
+def test_hundred_pipelined_mixed_requests(server):
+    reqs, expected = [], []
+    for i in range(100):
+        if i % 3 == 0:
+            body = os.urandom(i * 37)
+            reqs.append(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                        % (len(body), body))
+            expected.append(("echo", hashlib.sha256(body).hexdigest()))
+        elif i % 3 == 1:
+            reqs.append(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"3\r\n%03d\r\n0\r\n\r\n" % i)
+            expected.append(("echo", hashlib.sha256(b"%03d" % i).hexdigest()))
+        else:
+            reqs.append(b"GET /slow?n=%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+            expected.append(("slow", str(i).encode()))
+    with connect(server, timeout=10) as sock:
+        sock.sendall(b"".join(reqs))
+        reader = Reader(sock, timeout=10)
+        for kind, want in expected:
+            body = reader.response().body
+            if kind == "echo":
+                assert json.loads(body)["sha256"] == want
+            else:
+                assert body == want
+
+
+def test_asterisk_form_options_reaches_the_app(server):
+    r = request(server, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert r.status == 404  # The app has no route for "*": it was asked.
+    assert request(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").status == 200
+
+
+def test_chunked_request_with_trailers(server):
+    with connect(server) as sock:
+        reader = Reader(sock)
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"4\r\nwxyz\r\n0\r\nX-Checksum: 1\r\nX-Other: 2\r\n\r\n"
+                     b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert json.loads(reader.response().body)["body"] == "wxyz"
+        assert reader.response().body == b"Hello, world!"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 
 import httpx
@@ -203,7 +202,3 @@ def test_lifespan_startup_raises_with_lifespan_on_exits_non_zero(serve):
 def test_lifespan_startup_failed_in_auto_mode_also_fails(serve, mode):
     proc = serve("tests.apps.lifespan:startup_fails", "--lifespan", mode, listen=0)
     assert proc.wait(10) != 0
-
-
-def test_marker_env_not_leaking():
-    assert "CDAPHNE_TEST_MARKER" not in os.environ

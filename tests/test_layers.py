@@ -542,14 +542,14 @@ async def test_group_membership_expires(cls):
 
 @pytest.mark.asyncio
 async def test_group_add_renews_membership():
-    layer = CdaphneLayer(group_expiry=0.5)
+    layer = CdaphneLayer(group_expiry=1.0)
     await layer.group_add("g", "c1")
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.6)
     await layer.group_add("g", "c1")
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.6)  # 1.2 s after the first add, 0.6 s after the second
     await layer.group_send("g", {"type": "renewed"})
     assert (await recv(layer, "c1"))["type"] == "renewed"
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(1.0)
     await layer.group_send("g", {"type": "expired"})
     await assert_nothing(layer, "c1")
 
@@ -583,7 +583,7 @@ async def test_timer_reclaims_channels_memberships_and_stops():
 @impls("orphaned channels and their messages are never freed (channels #933)")
 @pytest.mark.asyncio
 async def test_abandoned_channels_give_memory_back(cls):
-    layer = cls(expiry=1, group_expiry=1)
+    layer = cls(expiry=2, group_expiry=1)
     payload = "p" * 100
     await layer.send("warm-up", {"type": "x"})
     gc.collect()
@@ -652,6 +652,8 @@ async def test_cancelled_receive_leaves_nothing_behind(cls):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+    if cls is CdaphneLayer:
+        assert layer.stats()["waiters"] == 0
     await layer.send("c", {"type": "only"})
     assert (await recv(layer, "c"))["type"] == "only"
 
@@ -675,6 +677,21 @@ async def test_message_handed_to_a_cancelled_receive_is_not_lost(cls):
     while len(first) + len(rest) < 2:
         rest.append((await recv(layer, "c", 1))["i"])
     assert first + rest == [1, 2]
+
+
+@pytest.mark.asyncio
+async def test_sweep_between_hand_over_and_cancel_keeps_the_message():
+    # The channel looks idle (no queue, no waiter) while a cancelled waiter
+    # still holds its message: a sweep in between must not forget it.
+    layer = CdaphneLayer()
+    task = asyncio.create_task(layer.receive("c"))
+    await asyncio.sleep(0.01)
+    await layer.send("c", {"type": "handed"})
+    layer.sweep()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await recv(layer, "c", 1))["type"] == "handed"
 
 
 @impls()

@@ -193,3 +193,13 @@ def test_lifespan_scope_passes_through():
 def test_parse_forwarded_quoting():
     assert parse_forwarded('for="a,b;c";proto=http, for=x') == [
         {"for": "a,b;c", "proto": "http"}, {"for": "x"}]
+
+
+def test_unix_socket_peer_is_trusted(serve, tmp_path):
+    path = str(tmp_path / "p.sock")
+    serve(APP, "--proxy-headers", "-u", path, port=False)
+    with httpx.Client(transport=httpx.HTTPTransport(uds=path)) as client:
+        scope = client.get("http://localhost/scope", headers=XFF).json()
+    assert scope["client"] == ["203.0.113.7", 8443]
+    assert scope["scheme"] == "https"
+    assert scope["server"] == [path, None]

@@ -96,3 +96,20 @@ def test_process_reports_a_failing_get_application(tmp_path: Path) -> None:
     assert "no application here" in text
     assert "Traceback" in text
     assert teardown_marker.exists()
+
+
+def test_process_reports_a_port_it_cannot_bind() -> None:
+    import socket
+
+    from cdaphne.testing import CdaphneProcess
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        process = CdaphneProcess("127.0.0.1", get_hello_app, port=busy.getsockname()[1])
+        process.start()
+        process.join(30)
+    assert not process.ready.is_set()
+    error, text = process.errors.get(timeout=5)
+    assert isinstance(error, RuntimeError)
+    assert "before listening" in str(error)

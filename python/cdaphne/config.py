@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -14,6 +15,9 @@ from ._types import ActionLogger, ASGIApp, Receive, Scope, Send
 from .importer import ImportFromStringError, import_from_string
 
 logger = logging.getLogger("cdaphne")
+
+# sizeof(sockaddr_un.sun_path) - 1 on Linux.
+_UNIX_PATH_MAX = 107
 
 
 class ConfigError(Exception):
@@ -141,6 +145,10 @@ class Config:
                 b.host = resolve_host(b.host)
                 if not 0 <= b.port <= 65535:
                     raise ConfigError(f"port {b.port} is out of range")
+            elif b.kind == "unix" and len(os.fsencode(b.path)) > _UNIX_PATH_MAX:
+                # libuv would bind a silently truncated path.
+                raise ConfigError(f"unix socket path {b.path!r} is too long "
+                                  f"({len(os.fsencode(b.path))} bytes, at most {_UNIX_PATH_MAX})")
         return binds
 
     def validate(self) -> None:

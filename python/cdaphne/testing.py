@@ -95,7 +95,11 @@ class CdaphneProcess(_context.Process):  # type: ignore[misc]
                     **self.kwargs,
                 )
                 self.server = Server(config)
-                self.server.run()
+                status = self.server.run()
+                if status and not self.ready.is_set():
+                    # The server printed why (e.g. the port is busy) and
+                    # returned instead of raising: still tell the parent.
+                    raise RuntimeError(f"cdaphne exited with status {status} before listening")
             finally:
                 if self.teardown is not None:
                     self.teardown()

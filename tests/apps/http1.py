@@ -233,6 +233,22 @@ async def respond_then_receive(scope, receive, send):
     REPORT["rtr_done"] = True
 
 
+async def cpu_then_sleep(scope, receive, send):
+    """Busy for 50 ms, then a short asyncio timer (must fire on time)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.05:
+        pass
+    t1 = time.monotonic()
+    await asyncio.sleep(0.01)
+    await send_json(send, {"slept": time.monotonic() - t1})
+
+
+async def block(scope, receive, send):
+    """Blocks the loop for ?s= seconds (bad app code), then answers."""
+    time.sleep(float(query(scope).get("s", "1")))
+    await send_text(send, b"unblocked")
+
+
 async def report(scope, receive, send):
     key = query(scope).get("key")
     await send_json(send, {"present": key in REPORT, "value": jsonable(REPORT.get(key))})
@@ -266,6 +282,8 @@ ROUTES = {
     "/slow_reader": slow_reader,
     "/started_then_sleep": started_then_sleep,
     "/respond_then_receive": respond_then_receive,
+    "/cpu_then_sleep": cpu_then_sleep,
+    "/block": block,
     "/_report": report,
     "/_clear": clear,
 }

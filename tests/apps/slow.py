@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from .common import query, send_text
+from .common import query
 
 
 async def app(scope, receive, send):
@@ -26,5 +26,3 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": b"started;", "more_body": True})
     await asyncio.sleep(delay)
     await send({"type": "http.response.body", "body": b"finished"})
-    # Keep the unused import honest for send_text users.
-    _ = send_text

@@ -94,12 +94,16 @@ def _describe(exc: BaseException) -> str:
 
 
 def _failing_file(exc: BaseException) -> str | None:
-    """The file to watch so that fixing it reloads (as autoreload.check_errors)."""
+    """The file to watch so that fixing it reloads, as autoreload.check_errors
+    does; but skip importlib's frozen frames, so that a failed ``import x``
+    points at the module that holds it (it is not in sys.modules)."""
     filename = getattr(exc, "filename", None)
-    if isinstance(filename, str):
+    if isinstance(filename, str) and os.path.isfile(filename):
         return filename
-    frames = traceback.extract_tb(exc.__traceback__)
-    return frames[-1].filename if frames else None
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if os.path.isfile(frame.filename):
+            return frame.filename
+    return None
 
 
 def resolve_host(addr: str, port: int, ipv6: bool) -> str:
