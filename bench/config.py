@@ -13,7 +13,9 @@ SCENARIO_TITLES = {
     "latency": "HTTP latency at a fixed rate",
     "layer": "Channel layer (bench/layer_bench.py)",
 }
-ALL_SERVERS = ("cdaphne", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling")
+ALL_SERVERS = (
+    "cdaphne", "cdaphne-layer", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Mode:
 
 # Budgets: quick under 3 minutes, full under 15 (with the channel-layer benchmark).
 QUICK = Mode(name="quick", reps=3, duration=1, warmup=1, idle_connections=500)
-FULL = Mode(name="full", reps=5, duration=3, warmup=2, idle_connections=5000)
+FULL = Mode(name="full", reps=5, duration=2, warmup=2, idle_connections=5000)
 
 
 def with_overrides(mode: Mode, reps: int | None, duration: int | None) -> Mode:

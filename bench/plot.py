@@ -22,7 +22,11 @@ def plot_scenario(key: str, sc: dict[str, Any], machine: str, out: Path) -> Path
     higher = sc["higher_is_better"]
     items = sorted(
         servers.items(),
-        key=lambda kv: (kv[1]["median"] or 0) if higher else -(kv[1]["median"] or 0),
+        # Bottom to top: failed servers, then the worst to the best.
+        key=lambda kv: (
+            kv[1]["status"] == "ok",
+            (kv[1]["median"] or 0) if higher else -(kv[1]["median"] or 0),
+        ),
     )
     names, medians, lows, highs, colors, labels = [], [], [], [], [], []
     for name, res in items:
@@ -45,12 +49,25 @@ def plot_scenario(key: str, sc: dict[str, Any], machine: str, out: Path) -> Path
     ax.set_yticks(list(y), names)
     ends = [m + h for m, h in zip(medians, highs, strict=True)]
     top = max(ends) if max(ends) > 0 else 1.0
+    positive = [m for m in medians if m > 0]
+    log = bool(positive) and top / min(positive) > 50  # one slow server would hide the rest
     for i, (end, label) in enumerate(zip(ends, labels, strict=True)):
-        ax.text(end + top * 0.015, i, label, va="center", fontsize=9)
-    ax.set_xlim(0, top * 1.2)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        x = end * 1.08 if log and end > 0 else end + top * 0.015
+        if log and end <= 0:
+            x = min(positive) / 2
+        ax.text(x, i, label, va="center", fontsize=9)
+    if log:
+        ax.set_xscale("log")
+        ax.set_xlim(min(positive) / 3, top * 4)
+    else:
+        ax.set_xlim(0, top * 1.2)
+    ax.xaxis.set_major_formatter(
+        matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:.1f}")
+    )
     better = "higher is better" if higher else "lower is better"
-    ax.set_xlabel(f"{sc['unit']} (median, bars: min–max; {better})")
+    what = sc.get("params", {}).get("value", "median")
+    scale = ", log scale" if log else ""
+    ax.set_xlabel(f"{what} ({sc['unit']}; bars: min–max; {better}{scale})")
     ax.set_title(f"{sc['title']}\n{machine}", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

@@ -27,6 +27,10 @@ def _cell(ratio: float | None) -> str:
     return "—" if ratio is None else f"{ratio:.2f}×"
 
 
+def _times(ratio: float) -> str:
+    return f"{ratio:.2f}×" if ratio < 1 else f"{ratio:.1f}×"
+
+
 def _notes(res: dict[str, Any]) -> str:
     parts = []
     if res["status"] != OK:
@@ -57,16 +61,37 @@ def _ok_extra(servers: dict[str, Any], name: str, key: str) -> float | None:
     return value
 
 
+def _layer_table(median: dict[str, Any]) -> list[str]:
+    """layer_bench.py's medians: metric -> {implementation: value, ..., "ratio": r}."""
+    impls = sorted({k for v in median.values() if isinstance(v, dict) for k in v} - {"ratio"})
+    lines = [
+        "| metric | " + " | ".join(impls) + " | ratio |",
+        "|---|" + "---:|" * (len(impls) + 1),
+    ]
+    for metric, values in median.items():
+        if not isinstance(values, dict):
+            continue
+        cells = [_fmt(values.get(i), "/s") for i in impls]
+        ratio = values.get("ratio")
+        lines.append(f"| {metric} | " + " | ".join(cells) + f" | {_cell(ratio)} |")
+    return lines + ["", "Median of the runs; every run and the parameters are in the JSON.", ""]
+
+
 def scenario_table(key: str, sc: dict[str, Any]) -> list[str]:
     unit, higher = sc["unit"], sc["higher_is_better"]
     servers: dict[str, Any] = sc["servers"]
     lines = [f"### {sc['title']} (`{key}`)", ""]
     params = ", ".join(f"{k} {v}" for k, v in sc.get("params", {}).items())
     if params:
-        lines += [f"Parameters: {params}.", ""]
+        load = sc.get("loadavg_before")
+        load_text = f" Load average before it: {load}." if load else ""
+        lines += [f"Parameters: {params}.{load_text}", ""]
     if sc["status"] != OK:
         lines += [f"**{sc['status']}**: {sc['reason']}", ""]
-    if sc.get("raw") is not None:
+    raw_median = sc["raw"].get("median") if isinstance(sc.get("raw"), dict) else None
+    if isinstance(raw_median, dict) and raw_median:
+        lines += _layer_table(raw_median)
+    elif sc.get("raw") is not None:
         raw = json.dumps(sc["raw"], indent=2)
         raw_lines = raw.splitlines()
         if len(raw_lines) > 80:
@@ -116,11 +141,11 @@ def scenario_table(key: str, sc: dict[str, Any]) -> list[str]:
             f"{cpu_cells} | {_notes(res)} |"
         )
         if name != REFERENCE and r1 is not None:
-            word = "" if higher else "less memory than "
-            if unit == "ms":
-                word = "lower p99 than "
-            extra = f" ({r3:.1f}× per server CPU-second)" if r3 is not None else ""
-            sentences.append(f"cdaphne is {r1:.1f}× {word}{name}{extra}")
+            extra = f" ({_times(r3)} per server CPU-second)" if r3 is not None else ""
+            if higher:
+                sentences.append(f"cdaphne is {_times(r1)} {name}{extra}")
+            else:
+                sentences.append(f"{name}: {r1:.2f}× cdaphne's {unit}")
     lines.append("")
     if ref is None and REFERENCE in servers:
         lines += [f"No ratios to cdaphne: cdaphne is {servers[REFERENCE]['status']}.", ""]

@@ -70,6 +70,7 @@ class ScenarioResult:
     status: str = OK
     reason: str = ""
     raw: Any = None  # a sub-benchmark's own JSON (the channel layer)
+    loadavg: list[float] = field(default_factory=list)  # before it started: how busy the box was
 
     def server(self, name: str) -> ServerResult:
         return self.servers.setdefault(name, ServerResult())
@@ -84,6 +85,7 @@ class ScenarioResult:
             "status": self.status,
             "reason": self.reason,
             "params": self.params,
+            "loadavg_before": self.loadavg,
             "servers": {name: r.as_dict() for name, r in self.servers.items()},
         }
         if self.raw is not None:

@@ -3,6 +3,7 @@
 import argparse
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 import time
@@ -48,6 +49,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=env.RESULTS, help="results directory")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return p.parse_args(argv)
+
+
+def _stamp_load(group: list[ScenarioResult]) -> None:
+    load = [round(x, 2) for x in os.getloadavg()]
+    for sc in group:
+        sc.loadavg = load
 
 
 def _needs_peers(chosen: list[str], selected: list[str]) -> bool:
@@ -122,12 +129,14 @@ def run(argv: list[str]) -> dict[str, Any]:
             sc.params = {"connections": mode.connections, "depth": 1 if sc.key == "hello" else
                          mode.pipeline_depth, "seconds": mode.duration, "runs": mode.reps}
     if http:
+        _stamp_load(http)
         log("scenario: " + " + ".join(sc.key for sc in http))
         names = sorted({n for sc in http for n in ctx.servers_for(sc.key)}, key=selected.index)
         scenarios.http_group(ctx, http, "hello", names)
     if "django" in results and results["django"].status == "ok":
         sc = results["django"]
         sc.params = {"connections": mode.connections, "seconds": mode.duration, "runs": mode.reps}
+        _stamp_load([sc])
         log("scenario: django")
         scenarios.http_group(ctx, [sc], "django", ctx.servers_for("django"))
     if "ws" in results:
@@ -135,21 +144,26 @@ def run(argv: list[str]) -> dict[str, Any]:
         sc.params = {"connections": mode.ws_connections, "message_bytes": mode.ws_message_size,
                      "client_processes": mode.ws_client_procs, "seconds": mode.duration,
                      "runs": mode.reps}  # fmt: skip
+        _stamp_load([sc])
         log("scenario: ws")
         scenarios.ws_echo(ctx, sc, ctx.servers_for("ws"))
     if "fanout" in results:
         sc = results["fanout"]
         sc.params = {"room_members": mode.fanout_connections, "message_bytes": mode.ws_message_size,
-                     "layer": "channels InMemoryChannelLayer", "seconds": mode.duration,
+                     "layer": "Channels' InMemoryChannelLayer (cdaphne-layer: cdaphne's C layer)",
+                     "seconds": mode.duration,
                      "runs": mode.reps}  # fmt: skip
+        _stamp_load([sc])
         log("scenario: fanout")
         scenarios.ws_echo(ctx, sc, ctx.servers_for("fanout"), kind="fanout")
     if "ws-idle" in results:
         sc = results["ws-idle"]
         sc.params = {"idle_connections": mode.idle_connections}
+        _stamp_load([sc])
         log("scenario: ws-idle")
         scenarios.ws_idle(ctx, sc, ctx.servers_for("ws-idle"))
     if "layer" in results:
+        _stamp_load([results["layer"]])
         log("scenario: layer")
         scenarios.layer(ctx, results["layer"])
 
@@ -166,7 +180,11 @@ def run(argv: list[str]) -> dict[str, Any]:
                 env.project_python(), ["cdaphne", "django", "channels", "asgiref"]
             ),
         },
-        "servers": {n: SPECS[n].description for n in selected},
+        "servers": {
+            n: SPECS[n].description
+            for n in selected
+            if any(n in r.servers for r in results.values())
+        },
         "parameters": mode.__dict__,
         "scenarios": {k: r.as_dict() for k, r in results.items()},
         "notes": notes,

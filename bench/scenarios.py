@@ -23,7 +23,7 @@ DEFAULT_SERVERS = {
     "django": ["cdaphne", "uvicorn", "daphne", "granian"],
     "ws": ["cdaphne", "uvicorn", "granian", "daphne", "hypercorn"],
     "ws-idle": ["cdaphne", "uvicorn", "granian", "daphne", "hypercorn"],
-    "fanout": ["cdaphne", "uvicorn", "granian", "daphne", "hypercorn"],
+    "fanout": ["cdaphne", "cdaphne-layer", "uvicorn", "granian", "daphne", "hypercorn"],
     "latency": ["cdaphne", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling"],
 }
 

@@ -40,6 +40,7 @@ class ServerSpec:
     apps: frozenset[str]
     argv: Argv
     description: str
+    env: tuple[tuple[str, str], ...] = ()  # extra environment variables
 
     def python(self) -> Path:
         return env.project_python() if self.venv == "project" else env.peer_python()
@@ -93,6 +94,11 @@ SPECS: dict[str, ServerSpec] = {
     for s in [
         ServerSpec("cdaphne", "project", ALL_APPS, _cdaphne, "cdaphne (this project), 1 process"),
         ServerSpec(
+            "cdaphne-layer", "project", frozenset({"chat"}), _cdaphne,
+            "cdaphne with its own C channel layer (cdaphne.layers.InMemoryChannelLayer)",
+            env=(("BENCH_CHANNEL_LAYER", "cdaphne.layers.InMemoryChannelLayer"),),
+        ),  # fmt: skip
+        ServerSpec(
             "uvicorn", "peer", ALL_APPS, _uvicorn,
             "uvicorn --http httptools --loop uvloop --ws websockets, 1 worker",
         ),  # fmt: skip
@@ -145,7 +151,7 @@ class RunningServer:
         pythonpath = [str(env.APPS)]
         if spec.venv == "project":
             pythonpath.append(str(env.ROOT / "python"))  # in case it is built but not installed
-        child_env = dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath))
+        child_env = dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath), **dict(spec.env))
         child_env.pop("DJANGO_SETTINGS_MODULE", None)
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:

@@ -149,15 +149,22 @@ async def fanout(args: argparse.Namespace) -> dict[str, object]:
     room = Room(args.size, deadline=0.0)
     failed = 0
     first_error = ""
-    for _ in range(args.connections):  # one by one: every member must be in before the first send
-        try:
-            transport, _ = await ws_connect(lambda: RoomMember(room), args.url)
-        except Exception as exc:  # noqa: BLE001 - report any connect failure as data
-            failed += 1
-            first_error = first_error or repr(exc)
-            continue
-        room.members.append(transport)
-    await asyncio.sleep(0.2)  # let the server finish the group_add of the last member
+    sem = asyncio.Semaphore(20)
+
+    async def join() -> None:
+        nonlocal failed, first_error
+        async with sem:
+            try:
+                transport, _ = await ws_connect(lambda: RoomMember(room), args.url)
+            except Exception as exc:  # noqa: BLE001 - report any connect failure as data
+                failed += 1
+                first_error = first_error or repr(exc)
+                return
+            room.members.append(transport)
+
+    # Every member is in before the first send: the consumer accepts after group_add.
+    await asyncio.gather(*(join() for _ in range(args.connections)))
+    await asyncio.sleep(0.2)
     start = time.monotonic()
     room.deadline = start + args.duration
     stalled = 0
@@ -232,7 +239,7 @@ async def idle(args: argparse.Namespace) -> None:
     transports: list[WSTransport] = []
     failed = 0
     first_error = ""
-    sem = asyncio.Semaphore(200)  # do not flood the accept queue
+    sem = asyncio.Semaphore(50)  # below every server's listen backlog (hypercorn: 100)
 
     async def one() -> None:
         nonlocal failed, first_error

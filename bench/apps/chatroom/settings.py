@@ -1,4 +1,10 @@
-"""Settings of the chat-room project: Channels with its in-memory layer, no database."""
+"""Settings of the chat-room project: an in-memory channel layer, no database.
+
+BENCH_CHANNEL_LAYER picks the layer class: Channels' InMemoryChannelLayer by
+default, cdaphne.layers.InMemoryChannelLayer for the "cdaphne-layer" entry.
+"""
+
+import os
 
 SECRET_KEY = "bench-only-not-secret"
 DEBUG = False
@@ -14,7 +20,7 @@ ASGI_APPLICATION = "chatroom.asgi.application"
 # that a broadcast never drops a message for a slow member.
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels.layers.InMemoryChannelLayer",
+        "BACKEND": os.environ.get("BENCH_CHANNEL_LAYER", "channels.layers.InMemoryChannelLayer"),
         "CONFIG": {"capacity": 1000, "expiry": 60},
     }
 }
