@@ -285,7 +285,9 @@ flush_wslay(cd_cycle_t *cy)
     if (ws->ctx == NULL || c == NULL || c->state == CD_CONN_CLOSING) {
         return;
     }
-    wslay_event_send(ws->ctx);
+    if (wslay_event_want_write(ws->ctx)) {
+        wslay_event_send(ws->ctx);
+    }
     if (ws->out.len > 0) {
         uv_buf_t b = uv_buf_init(ws->out.base, (unsigned)ws->out.len);
         char *owned = ws->out.base;
