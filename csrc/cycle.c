@@ -661,30 +661,57 @@ cd_cycle_response_body(cd_cycle_t *cy, PyObject *msg)
     return 0;
 }
 
-static PyObject *
-cycle_send(cd_cycle_t *cy, PyObject *msg)
+PyObject *
+cd_cycle_message_type(cd_state *st, PyObject *msg)
 {
-    cd_state *st = cy->st;
     if (!PyDict_Check(msg)) {
         PyErr_SetString(PyExc_TypeError, "send() takes a dict");
         return NULL;
     }
     PyObject *type = PyDict_GetItemWithError(msg, st->s_type);
-    if (type == NULL) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_ValueError, "message has no 'type'");
+    if (type == NULL && !PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "message has no 'type'");
+    }
+    return type;
+}
+
+int
+cd_cycle_type_is(PyObject *type, PyObject *name)
+{
+    return type == name ||
+           (PyUnicode_Check(type) && PyUnicode_Compare(type, name) == 0);
+}
+
+PyObject *
+cd_cycle_send_done(cd_cycle_t *cy, int open)
+{
+    cd_conn_t *c = cy->conn;
+    if (c != NULL && open &&
+        c->write_queued > cy->server->cfg.write_high_water) {
+        if (cy->send_fut == NULL) {
+            cy->send_fut = cd_future_new(cy->server);
+            if (cy->send_fut == NULL) {
+                return NULL;
+            }
         }
+        return cd_waiter_pending(cy->st, Py_NewRef(cy->send_fut));
+    }
+    return cd_waiter_ready(cy->st, Py_NewRef(Py_None));
+}
+
+static PyObject *
+cycle_send(cd_cycle_t *cy, PyObject *msg)
+{
+    cd_state *st = cy->st;
+    PyObject *type = cd_cycle_message_type(st, msg);
+    if (type == NULL) {
         return NULL;
     }
     int r;
-    if (type == st->s_http_response_body ||
-        (PyUnicode_Check(type) &&
-         PyUnicode_Compare(type, st->s_http_response_body) == 0)) {
+    if (cd_cycle_type_is(type, st->s_http_response_body)) {
         r = cd_cycle_response_body(cy, msg);
     }
-    else if (type == st->s_http_response_start ||
-             (PyUnicode_Check(type) &&
-              PyUnicode_Compare(type, st->s_http_response_start) == 0)) {
+    else if (cd_cycle_type_is(type, st->s_http_response_start)) {
         r = cd_cycle_response_start(cy, msg);
     }
     else {
@@ -697,18 +724,7 @@ cycle_send(cd_cycle_t *cy, PyObject *msg)
     if (r < 0) {
         return NULL;
     }
-    cd_conn_t *c = cy->conn;
-    if (c != NULL && !cy->disconnected &&
-        c->write_queued > cy->server->cfg.write_high_water) {
-        if (cy->send_fut == NULL) {
-            cy->send_fut = cd_future_new(cy->server);
-            if (cy->send_fut == NULL) {
-                return NULL;
-            }
-        }
-        return cd_waiter_pending(st, Py_NewRef(cy->send_fut));
-    }
-    return cd_waiter_ready(st, Py_NewRef(Py_None));
+    return cd_cycle_send_done(cy, !cy->disconnected);
 }
 
 /* ---- the app's task ----------------------------------------------- */

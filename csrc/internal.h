@@ -372,6 +372,13 @@ int cd_cycle_response_start(cd_cycle_t *cy, PyObject *msg);
 int cd_cycle_response_body(cd_cycle_t *cy, PyObject *msg);
 void cd_cycle_respond_error(cd_cycle_t *cy, int status, const char *body);
 void cd_cycle_arm_close_timeout(cd_cycle_t *cy);
+/* Borrowed: msg["type"] of a send(); NULL with an exception if msg is
+ * not a dict with a type. */
+PyObject *cd_cycle_message_type(cd_state *st, PyObject *msg);
+int cd_cycle_type_is(PyObject *type, PyObject *name);
+/* New reference: what send() returns, a waiter that waits for the
+ * socket to drain if `open` and too much output is queued. */
+PyObject *cd_cycle_send_done(cd_cycle_t *cy, int open);
 /* Hand a waiting receive() its next message, if there is one. */
 void cd_cycle_wake_receiver(cd_cycle_t *cy);
 /* Let a send() waiting for the socket to drain go on. */

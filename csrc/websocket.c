@@ -726,34 +726,20 @@ ws_send_data(cd_cycle_t *cy, PyObject *msg)
                           (size_t)PyBytes_GET_SIZE(b), b);
 }
 
-static int
-type_is(PyObject *type, PyObject *s)
-{
-    return type == s ||
-           (PyUnicode_Check(type) && PyUnicode_Compare(type, s) == 0);
-}
-
 PyObject *
 cd_ws_send(cd_cycle_t *cy, PyObject *msg)
 {
     cd_ws_t *ws = cy->ws;
     cd_state *st = cy->st;
-    if (!PyDict_Check(msg)) {
-        PyErr_SetString(PyExc_TypeError, "send() takes a dict");
-        return NULL;
-    }
-    PyObject *type = PyDict_GetItemWithError(msg, st->s_type);
+    PyObject *type = cd_cycle_message_type(st, msg);
     if (type == NULL) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_ValueError, "message has no 'type'");
-        }
         return NULL;
     }
     int r;
-    if (type_is(type, st->s_ws_send)) {
+    if (cd_cycle_type_is(type, st->s_ws_send)) {
         r = ws_send_data(cy, msg);
     }
-    else if (type_is(type, st->s_ws_accept)) {
+    else if (cd_cycle_type_is(type, st->s_ws_accept)) {
         if (ws->state == CD_WS_CLOSED) {
             r = 0;
         }
@@ -768,10 +754,10 @@ cd_ws_send(cd_cycle_t *cy, PyObject *msg)
             r = ws_accept(cy, msg);
         }
     }
-    else if (type_is(type, st->s_ws_close)) {
+    else if (cd_cycle_type_is(type, st->s_ws_close)) {
         r = ws_close(cy, msg);
     }
-    else if (type_is(type, st->s_ws_http_response_start)) {
+    else if (cd_cycle_type_is(type, st->s_ws_http_response_start)) {
         if (ws->state != CD_WS_CONNECTING && ws->state != CD_WS_HANDSHAKE) {
             PyErr_Format(PyExc_RuntimeError,
                          "websocket.http.response.start in state %s",
@@ -781,7 +767,7 @@ cd_ws_send(cd_cycle_t *cy, PyObject *msg)
         ws->state = CD_WS_DENYING;
         r = cd_cycle_response_start(cy, msg);
     }
-    else if (type_is(type, st->s_ws_http_response_body)) {
+    else if (cd_cycle_type_is(type, st->s_ws_http_response_body)) {
         if (ws->state != CD_WS_DENYING) {
             PyErr_SetString(PyExc_RuntimeError,
                             "websocket.http.response.body without start");
@@ -802,18 +788,7 @@ cd_ws_send(cd_cycle_t *cy, PyObject *msg)
     if (r < 0) {
         return NULL;
     }
-    cd_conn_t *c = cy->conn;
-    if (c != NULL && ws->state == CD_WS_OPEN &&
-        c->write_queued > cy->server->cfg.write_high_water) {
-        if (cy->send_fut == NULL) {
-            cy->send_fut = cd_future_new(cy->server);
-            if (cy->send_fut == NULL) {
-                return NULL;
-            }
-        }
-        return cd_waiter_pending(st, Py_NewRef(cy->send_fut));
-    }
-    return cd_waiter_ready(st, Py_NewRef(Py_None));
+    return cd_cycle_send_done(cy, ws->state == CD_WS_OPEN);
 }
 
 PyObject *
