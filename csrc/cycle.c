@@ -696,7 +696,7 @@ cd_cycle_send_done(cd_cycle_t *cy, int open)
         }
         return cd_waiter_pending(cy->st, Py_NewRef(cy->send_fut));
     }
-    return cd_waiter_ready(cy->st, Py_NewRef(Py_None));
+    return Py_NewRef(cy->st->done_waiter);
 }
 
 static PyObject *

@@ -93,6 +93,8 @@ typedef struct {
     PyObject *asyncio_CancelledError;
     PyObject *empty_bytes;
     PyObject *empty_tuple;
+    PyObject *done_waiter; /* a Waiter that returns None: stateless, shared
+                              by every send() that need not wait */
     PyObject *asgi_dict; /* {"version": "3.0", "spec_version": "2.3"} */
     PyObject *kwnames_eager; /* ("loop", "eager_start") */
     PyObject *kwnames_loop;  /* ("loop",) */

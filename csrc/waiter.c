@@ -163,5 +163,9 @@ cd_waiter_type_init(PyObject *module, cd_state *st)
 {
     st->Waiter_type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &waiter_spec, NULL);
-    return st->Waiter_type ? 0 : -1;
+    if (st->Waiter_type == NULL) {
+        return -1;
+    }
+    st->done_waiter = waiter_new(st, NULL, NULL);
+    return st->done_waiter ? 0 : -1;
 }
