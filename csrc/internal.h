@@ -307,6 +307,7 @@ const char *cd_http1_reason(int status);
 size_t cd_http1_date(char *out);
 
 /* ---- scope.c ------------------------------------------------------ */
+int cd_scope_init(cd_state *st);
 /* New reference: the scope dict of the request just parsed. */
 PyObject *cd_scope_http(cd_conn_t *c, const char *type);
 

@@ -8,6 +8,9 @@ cdaphne_exec(PyObject *module)
     if (cd_strings_init(st) < 0) {
         return -1;
     }
+    if (cd_scope_init(st) < 0) {
+        return -1;
+    }
     if (cd_types_init(module, st) < 0) {
         return -1;
     }

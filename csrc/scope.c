@@ -75,6 +75,37 @@ set_new(PyObject *d, PyObject *key, PyObject *value)
     return r;
 }
 
+/* New reference: a dict with the keys of every scope of this type, in
+ * the order cd_scope_http sets them, all None. */
+static PyObject *
+scope_template(cd_state *st, int is_ws)
+{
+    PyObject *keys[] = {st->s_type,       st->s_asgi,       st->s_http_version,
+                        st->s_scheme,     st->s_path,       st->s_raw_path,
+                        st->s_query_string, st->s_root_path, st->s_headers,
+                        st->s_client,     st->s_server,     st->s_extensions,
+                        is_ws ? st->s_subprotocols : st->s_method};
+    PyObject *d = PyDict_New();
+    if (d == NULL) {
+        return NULL;
+    }
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        if (PyDict_SetItem(d, keys[i], Py_None) < 0) {
+            Py_DECREF(d);
+            return NULL;
+        }
+    }
+    return d;
+}
+
+int
+cd_scope_init(cd_state *st)
+{
+    st->http_scope_template = scope_template(st, 0);
+    st->ws_scope_template = scope_template(st, 1);
+    return st->http_scope_template && st->ws_scope_template ? 0 : -1;
+}
+
 PyObject *
 cd_scope_http(cd_conn_t *c, const char *type)
 {
@@ -108,7 +139,11 @@ cd_scope_http(cd_conn_t *c, const char *type)
         plen = (size_t)(hash - url);
     }
 
-    PyObject *scope = PyDict_New();
+    /* A copy of a dict that already has every key: setting the values
+     * then never grows the table. */
+    PyObject *template = is_ws ? st->ws_scope_template
+                               : st->http_scope_template;
+    PyObject *scope = PyDict_Copy(template);
     if (scope == NULL) {
         return NULL;
     }

@@ -95,6 +95,8 @@ typedef struct {
     PyObject *empty_tuple;
     PyObject *done_waiter; /* a Waiter that returns None: stateless, shared
                               by every send() that need not wait */
+    PyObject *http_scope_template; /* every key of an HTTP scope, None */
+    PyObject *ws_scope_template;   /* likewise for WebSocket scopes */
     PyObject *asgi_dict; /* {"version": "3.0", "spec_version": "2.3"} */
     PyObject *kwnames_eager; /* ("loop", "eager_start") */
     PyObject *kwnames_loop;  /* ("loop",) */

@@ -47,6 +47,8 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->asyncio_Task);
     Py_VISIT(st->asyncio_CancelledError);
     Py_VISIT(st->asgi_dict);
+    Py_VISIT(st->http_scope_template);
+    Py_VISIT(st->ws_scope_template);
     Py_VISIT(st->done_waiter);
     return 0;
 }
@@ -63,6 +65,8 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->empty_bytes);
     Py_CLEAR(st->empty_tuple);
     Py_CLEAR(st->asgi_dict);
+    Py_CLEAR(st->http_scope_template);
+    Py_CLEAR(st->ws_scope_template);
     Py_CLEAR(st->done_waiter);
     Py_CLEAR(st->kwnames_eager);
     Py_CLEAR(st->kwnames_loop);
