@@ -825,10 +825,6 @@ cd_cycle_start(PyObject *obj)
     cd_cycle_t *cy = (cd_cycle_t *)obj;
     cd_state *st = cy->st;
     cd_server_t *srv = cy->server;
-    if (cy->disconnected && cy->resp == CD_RESP_START &&
-        cy->conn == NULL) {
-        /* Gone before its app started: nothing to serve. */
-    }
     int ws = cy->kind == CD_CYCLE_WS;
     PyObject *receive = PyCFunction_New(ws ? &ws_receive_def : &receive_def,
                                         obj);

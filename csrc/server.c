@@ -80,14 +80,10 @@ listener_close(cd_listener_t *ls)
     uv_close(&ls->io.handle, listener_on_close);
 }
 
+/* The server owns a listening listener from here on. */
 static int
-server_add_listener(cd_server_t *srv, cd_listener_t *ls, int backlog)
+listener_track(cd_server_t *srv, cd_listener_t *ls)
 {
-    int r = uv_listen(&ls->io.stream, backlog, listener_on_connection);
-    if (r < 0) {
-        PyErr_Format(PyExc_OSError, "listen: %s", uv_strerror(r));
-        return -1;
-    }
     cd_listener_t **arr = realloc(srv->listeners, (srv->nlisteners + 1) *
                                                        sizeof(*arr));
     if (arr == NULL) {
@@ -97,6 +93,17 @@ server_add_listener(cd_server_t *srv, cd_listener_t *ls, int backlog)
     srv->listeners = arr;
     arr[srv->nlisteners++] = ls;
     return 0;
+}
+
+static int
+server_add_listener(cd_server_t *srv, cd_listener_t *ls, int backlog)
+{
+    int r = uv_listen(&ls->io.stream, backlog, listener_on_connection);
+    if (r < 0) {
+        PyErr_Format(PyExc_OSError, "listen: %s", uv_strerror(r));
+        return -1;
+    }
+    return listener_track(srv, ls);
 }
 
 PyObject *
@@ -170,14 +177,10 @@ server_listen_tcp(cd_server_t *srv, PyObject *args)
         listener_close(ls);
         return NULL;
     }
-    cd_listener_t **arr = realloc(srv->listeners, (srv->nlisteners + 1) *
-                                                       sizeof(*arr));
-    if (arr == NULL) {
+    if (listener_track(srv, ls) < 0) {
         listener_close(ls);
-        return PyErr_NoMemory();
+        return NULL;
     }
-    srv->listeners = arr;
-    arr[srv->nlisteners++] = ls;
     return Py_NewRef(ls->sockname);
 }
 
