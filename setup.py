@@ -38,7 +38,22 @@ def extensions() -> list[Extension]:
     uv_inc, uv_dirs, uv_libs = pkg_config("libuv", "libuv1-dev")
     ssl_inc, ssl_dirs, ssl_libs = pkg_config("libcrypto", "libssl-dev")
     debug = os.environ.get("CDAPHNE_DEBUG") == "1"
-    cflags = ["-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"]
+    cflags = [
+        "-std=c11",
+        "-Wall",
+        "-Wextra",
+        "-Wshadow",
+        "-Wcast-qual",
+        "-Wswitch-enum",
+        "-Wmissing-prototypes",
+        "-Wstrict-prototypes",
+        "-Wno-unused-parameter",
+        "-fvisibility=hidden",
+    ]
+    # Development and CI builds (scripts/bootstrap.sh) turn warnings into
+    # errors; a user's pip install on another compiler must still build.
+    if os.environ.get("CDAPHNE_WERROR") == "1":
+        cflags.append("-Werror")
     if debug:
         cflags += ["-O0", "-g", "-UNDEBUG"]
     else:

@@ -14,12 +14,12 @@
  * follow the struct in the same allocation. */
 typedef struct {
     uv_write_t req;
-    cd_conn_t *conn;   /* borrowed: a conn waits for its writes to close */
+    cd_conn_t *conn; /* borrowed: a conn waits for its writes to close */
     size_t nbytes;
     int n;
-    uv_buf_t *bufs;    /* into this allocation */
-    PyObject **keep;   /* strong refs the bufs point into (or NULL) */
-    char **owned;      /* owned blocks the bufs point into (or NULL) */
+    uv_buf_t *bufs;  /* into this allocation */
+    PyObject **keep; /* strong refs the bufs point into (or NULL) */
+    char **owned;    /* owned blocks the bufs point into (or NULL) */
 } cd_write_req_t;
 
 static void outq_clear(cd_outq_t *q);
@@ -323,9 +323,9 @@ cd_conn_flush(cd_conn_t *c)
     }
     else {
         int n = q->n - first;
-        cd_write_req_t *w = malloc(sizeof(*w) + n * (sizeof(uv_buf_t) +
-                                                     sizeof(PyObject *) +
-                                                     sizeof(char *)));
+        cd_write_req_t *w =
+            malloc(sizeof(*w) + n * (sizeof(uv_buf_t) + sizeof(PyObject *) +
+                                     sizeof(char *)));
         if (w == NULL) {
             cd_conn_close(c);
             return;
@@ -348,8 +348,7 @@ cd_conn_flush(cd_conn_t *c)
             free(q->owned[i]);
         }
         q->n = 0;
-        int r = uv_write(&w->req, &c->io.stream, w->bufs, w->n,
-                         conn_on_write);
+        int r = uv_write(&w->req, &c->io.stream, w->bufs, w->n, conn_on_write);
         if (r < 0) {
             c->write_queued -= w->nbytes;
             write_req_free(w);

@@ -62,10 +62,10 @@ take_message(cd_cycle_t *cy)
         if (cy->body.len == 0 && !cy->body_complete) {
             return NULL;
         }
-        PyObject *body = cy->body.len
-                             ? PyBytes_FromStringAndSize(cy->body.base,
-                                                         cy->body.len)
-                             : Py_NewRef(st->empty_bytes);
+        PyObject *body =
+            cy->body.len
+                ? PyBytes_FromStringAndSize(cy->body.base, cy->body.len)
+                : Py_NewRef(st->empty_bytes);
         if (body == NULL) {
             return NULL;
         }
@@ -95,8 +95,8 @@ cd_cycle_wake_receiver(cd_cycle_t *cy)
     if (cy->recv_fut == NULL) {
         return;
     }
-    PyObject *msg = cy->kind == CD_CYCLE_WS ? cd_ws_next_message(cy)
-                                            : take_message(cy);
+    PyObject *msg =
+        cy->kind == CD_CYCLE_WS ? cd_ws_next_message(cy) : take_message(cy);
     if (msg == NULL) {
         if (PyErr_Occurred()) {
             cd_log_exception("Error in receive()");
@@ -151,9 +151,8 @@ cycle_cancel_task(cd_cycle_t *cy, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyMethodDef cancel_def = {"_cancel_task",
-                                 (PyCFunction)cycle_cancel_task, METH_NOARGS,
-                                 NULL};
+static PyMethodDef cancel_def = {
+    "_cancel_task", (PyCFunction)cycle_cancel_task, METH_NOARGS, NULL};
 
 /* The app may outlive its connection by application_close_timeout. */
 void
@@ -212,11 +211,11 @@ cd_cycle_log_access(cd_cycle_t *cy, int status)
     PyObject *path = PyDict_GetItemWithError(cy->scope, cy->st->s_path);
     PyObject *method = PyDict_GetItemWithError(cy->scope, cy->st->s_method);
     double taken = (double)(uv_hrtime() - cy->start_ns) / 1e9;
-    PyObject *details = Py_BuildValue(
-        "{sOsOsisOsdsK}", "path", path ? path : Py_None, "method",
-        method ? method : Py_None, "status", status, "client",
-        client ? client : Py_None, "time_taken", taken, "size",
-        (unsigned long long)cy->sent);
+    PyObject *details =
+        Py_BuildValue("{sOsOsisOsdsK}", "path", path ? path : Py_None,
+                      "method", method ? method : Py_None, "status", status,
+                      "client", client ? client : Py_None, "time_taken", taken,
+                      "size", (unsigned long long)cy->sent);
     Py_XDECREF(cl);
     if (details != NULL) {
         cd_server_log_action(srv, "http", "complete", details);
@@ -269,11 +268,9 @@ cycle_receive(cd_cycle_t *cy, PyObject *unused)
         return NULL;
     }
     if (cy->expect_continue && !cy->continue_sent &&
-        cy->resp == CD_RESP_START && cy->conn != NULL &&
-        !cy->body_complete) {
+        cy->resp == CD_RESP_START && cy->conn != NULL && !cy->body_complete) {
         cy->continue_sent = 1;
-        uv_buf_t b = uv_buf_init((char *)continue_line,
-                                 sizeof(continue_line) - 1);
+        uv_buf_t b = cd_uvbuf_const(continue_line, sizeof(continue_line) - 1);
         cd_conn_write(cy->conn, &b, 1, NULL, NULL);
     }
     if (cy->recv_fut == NULL) {
@@ -324,8 +321,7 @@ cd_cycle_response_start(cd_cycle_t *cy, PyObject *msg)
 {
     cd_state *st = cy->st;
     if (cy->resp != CD_RESP_START) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "http.response.start sent twice");
+        PyErr_SetString(PyExc_RuntimeError, "http.response.start sent twice");
         return -1;
     }
     PyObject *status = PyDict_GetItemWithError(msg, st->s_status);
@@ -631,7 +627,7 @@ cd_cycle_response_body(cd_cycle_t *cy, PyObject *msg)
             tl = sizeof(last_chunk) - 1;
         }
         if (tail) {
-            bufs[nb++] = uv_buf_init((char *)tail, (unsigned)tl);
+            bufs[nb++] = cd_uvbuf_const(tail, tl);
         }
     }
     int r = 0;
@@ -786,8 +782,8 @@ on_task_done(cd_cycle_t *cy, PyObject *task)
         cd_cycle_respond_error(cy, 500, "Internal Server Error");
     }
     if (cy->close_handle != NULL) {
-        PyObject *x = PyObject_CallMethodNoArgs(cy->close_handle,
-                                                st->s_cancel);
+        PyObject *x =
+            PyObject_CallMethodNoArgs(cy->close_handle, st->s_cancel);
         Py_XDECREF(x);
         PyErr_Clear();
         Py_CLEAR(cy->close_handle);
@@ -810,8 +806,7 @@ ws_receive(cd_cycle_t *cy, PyObject *unused)
 
 static PyMethodDef receive_def = {"receive", (PyCFunction)cycle_receive,
                                   METH_NOARGS, NULL};
-static PyMethodDef send_def = {"send", (PyCFunction)cycle_send, METH_O,
-                               NULL};
+static PyMethodDef send_def = {"send", (PyCFunction)cycle_send, METH_O, NULL};
 static PyMethodDef ws_receive_def = {"receive", (PyCFunction)ws_receive,
                                      METH_NOARGS, NULL};
 static PyMethodDef ws_send_def = {"send", (PyCFunction)cd_ws_send, METH_O,
@@ -826,8 +821,8 @@ cd_cycle_start(PyObject *obj)
     cd_state *st = cy->st;
     cd_server_t *srv = cy->server;
     int ws = cy->kind == CD_CYCLE_WS;
-    PyObject *receive = PyCFunction_New(ws ? &ws_receive_def : &receive_def,
-                                        obj);
+    PyObject *receive =
+        PyCFunction_New(ws ? &ws_receive_def : &receive_def, obj);
     PyObject *send = PyCFunction_New(ws ? &ws_send_def : &send_def, obj);
     PyObject *coro = NULL, *task = NULL;
     if (receive == NULL || send == NULL) {
@@ -840,13 +835,13 @@ cd_cycle_start(PyObject *obj)
     }
     if (srv->cfg.eager_tasks) {
         PyObject *targs[3] = {coro, srv->loop->aio_loop, Py_True};
-        task = PyObject_Vectorcall(st->asyncio_Task, targs, 1,
-                                   st->kwnames_eager);
+        task =
+            PyObject_Vectorcall(st->asyncio_Task, targs, 1, st->kwnames_eager);
     }
     else {
         PyObject *targs[2] = {coro, srv->loop->aio_loop};
-        task = PyObject_Vectorcall(st->asyncio_Task, targs, 1,
-                                   st->kwnames_loop);
+        task =
+            PyObject_Vectorcall(st->asyncio_Task, targs, 1, st->kwnames_loop);
     }
     if (task == NULL) {
         goto error;
@@ -869,8 +864,7 @@ cd_cycle_start(PyObject *obj)
     if (cb == NULL) {
         return -1;
     }
-    PyObject *r = PyObject_CallMethodOneArg(task, st->s_add_done_callback,
-                                            cb);
+    PyObject *r = PyObject_CallMethodOneArg(task, st->s_add_done_callback, cb);
     Py_DECREF(cb);
     Py_XDECREF(r);
     return r ? 0 : -1;
@@ -898,13 +892,11 @@ cd_cycle_t *
 cd_cycle_new(cd_conn_t *c, PyObject *scope)
 {
     cd_server_t *srv = c->server;
-    cd_cycle_t *cy =
-        PyObject_GC_New(cd_cycle_t, srv->st->Cycle_type);
+    cd_cycle_t *cy = PyObject_GC_New(cd_cycle_t, srv->st->Cycle_type);
     if (cy == NULL) {
         return NULL;
     }
-    memset((char *)cy + sizeof(PyObject), 0,
-           sizeof(*cy) - sizeof(PyObject));
+    memset((char *)cy + sizeof(PyObject), 0, sizeof(*cy) - sizeof(PyObject));
     cy->st = srv->st;
     cy->server = (cd_server_t *)Py_NewRef((PyObject *)srv);
     cy->conn = c;
@@ -980,7 +972,7 @@ static PyType_Spec cycle_spec = {
 int
 cd_cycle_type_init(PyObject *module, cd_state *st)
 {
-    st->Cycle_type = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &cycle_spec, NULL);
+    st->Cycle_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &cycle_spec, NULL);
     return st->Cycle_type ? 0 : -1;
 }

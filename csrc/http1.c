@@ -12,7 +12,6 @@
 #include <strings.h>
 #include <time.h>
 
-
 static int
 fail(llhttp_t *p, int status)
 {
@@ -110,9 +109,8 @@ flush_header(cd_conn_t *c)
                                  c->hvalue.base[c->hvalue.len - 1] == '\t')) {
         c->hvalue.len--;
     }
-    PyObject *value =
-        PyBytes_FromStringAndSize(c->hvalue.base ? c->hvalue.base : "",
-                                  c->hvalue.len);
+    PyObject *value = PyBytes_FromStringAndSize(
+        c->hvalue.base ? c->hvalue.base : "", c->hvalue.len);
     if (value == NULL) {
         Py_DECREF(name);
         return -1;
@@ -465,13 +463,13 @@ cd_http1_simple_response(cd_conn_t *c, int status, const char *body)
         return;
     }
     size_t blen = strlen(body);
-    int n = snprintf(buf, cap,
-                     "HTTP/1.1 %d %s\r\n"
-                     "content-type: text/plain; charset=utf-8\r\n"
-                     "content-length: %zu\r\n"
-                     "connection: close\r\n%s",
-                     status, cd_http1_reason(status), blen,
-                     server ? server : "");
+    int n =
+        snprintf(buf, cap,
+                 "HTTP/1.1 %d %s\r\n"
+                 "content-type: text/plain; charset=utf-8\r\n"
+                 "content-length: %zu\r\n"
+                 "connection: close\r\n%s",
+                 status, cd_http1_reason(status), blen, server ? server : "");
     n += (int)cd_http1_date(buf + n);
     n += snprintf(buf + n, cap - n, "\r\n%s", body);
     uv_buf_t b = uv_buf_init(buf, (unsigned)n);

@@ -110,8 +110,7 @@ cd_lock_acquire(cd_lock *lk)
     PyMutex_Lock(&lk->m);
 #else
     if (!PyThread_acquire_lock(lk->l, NOWAIT_LOCK)) {
-        Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock(lk->l, WAIT_LOCK);
+        Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(lk->l, WAIT_LOCK);
         Py_END_ALLOW_THREADS
     }
 #endif
@@ -199,19 +198,19 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     /* Read-only after creation. */
-    PyObject *name;       /* strong: exact str */
+    PyObject *name; /* strong: exact str */
     Py_ssize_t capacity;
     /* Private, guarded by the core's lock. */
-    cd_entry *ring;       /* owned: PyMem array of size entries */
+    cd_entry *ring; /* owned: PyMem array of size entries */
     Py_ssize_t head;
     Py_ssize_t len;
     Py_ssize_t size;
-    cd_receive *wfirst;   /* strong: one reference per queued waiter */
-    cd_receive *wlast;    /* borrowed: tail of the same list */
+    cd_receive *wfirst; /* strong: one reference per queued waiter */
+    cd_receive *wlast;  /* borrowed: tail of the same list */
     Py_ssize_t nwaiters;
-    Py_ssize_t handed;    /* messages handed to waiters not yet resumed */
-    PyObject *groups;     /* strong: dict group -> float add time, or NULL */
-    int attached;         /* 1 while core->channels maps name to us */
+    Py_ssize_t handed; /* messages handed to waiters not yet resumed */
+    PyObject *groups;  /* strong: dict group -> float add time, or NULL */
+    int attached;      /* 1 while core->channels maps name to us */
 } cd_channel;
 
 enum cd_receive_state {
@@ -222,24 +221,24 @@ enum cd_receive_state {
 
 struct cd_receive {
     PyObject_HEAD
-    PyObject *core;        /* strong: the cd_core */
-    PyObject *name;        /* strong: channel name as given */
+    PyObject *core; /* strong: the cd_core */
+    PyObject *name; /* strong: channel name as given */
     /* Set while WAITING; guarded by the core's lock. */
-    cd_channel *chan;      /* strong */
-    PyObject *loop;        /* strong: loop of the awaiting task */
-    PyObject *fut;         /* strong: future yielded to that task */
-    PyObject *result;      /* strong: message handed over by a sender */
+    cd_channel *chan; /* strong */
+    PyObject *loop;   /* strong: loop of the awaiting task */
+    PyObject *fut;    /* strong: future yielded to that task */
+    PyObject *result; /* strong: message handed over by a sender */
     double result_deadline;
-    cd_receive *prev;      /* borrowed: links in chan's waiter list */
-    cd_receive *next;      /* borrowed */
-    int queued;            /* 1 while in chan's waiter list */
+    cd_receive *prev; /* borrowed: links in chan's waiter list */
+    cd_receive *next; /* borrowed */
+    int queued;       /* 1 while in chan's waiter list */
     enum cd_receive_state state;
 };
 
 typedef struct {
     PyObject_HEAD
     /* Read-only after __init__. */
-    cd_layer_state *st;    /* borrowed: our type keeps the module alive */
+    cd_layer_state *st; /* borrowed: our type keeps the module alive */
     double expiry;
     double group_expiry;
     Py_ssize_t capacity;
@@ -250,16 +249,16 @@ typedef struct {
     /* Private, guarded by lock. */
     cd_lock lock;
     int lock_ready;
-    PyObject *channels;      /* strong: dict name -> cd_channel */
-    PyObject *groups;        /* strong: dict group -> dict name -> chan */
-    PyObject *cap_cache;     /* strong: dict prefix -> int */
+    PyObject *channels;  /* strong: dict name -> cd_channel */
+    PyObject *groups;    /* strong: dict group -> dict name -> chan */
+    PyObject *cap_cache; /* strong: dict prefix -> int */
     Py_ssize_t channels_peak;
     Py_ssize_t groups_peak;
     double next_sweep;
     double next_group_sweep;
     /* Timer state: touched only with the GIL, never inside the lock. */
-    PyObject *timer;         /* strong: TimerHandle or NULL */
-    PyObject *timer_loop;    /* strong: loop of timer, or NULL */
+    PyObject *timer;      /* strong: TimerHandle or NULL */
+    PyObject *timer_loop; /* strong: loop of timer, or NULL */
 } cd_core;
 
 static inline double
@@ -295,8 +294,8 @@ cd_is_atomic(PyObject *o)
 {
     PyTypeObject *tp = Py_TYPE(o);
     return (tp == &PyUnicode_Type || tp == &PyLong_Type ||
-            tp == &PyFloat_Type || tp == &PyBytes_Type ||
-            tp == &PyBool_Type || o == Py_None);
+            tp == &PyFloat_Type || tp == &PyBytes_Type || tp == &PyBool_Type ||
+            o == Py_None);
 }
 
 /* Returns a new reference to a copy of o that shares nothing mutable with
@@ -494,13 +493,13 @@ cd_capacity_for(cd_core *self, PyObject *name, Py_ssize_t *out)
         *out = self->capacity;
         return 0;
     }
-    Py_ssize_t bang = PyUnicode_FindChar(name, '!', 0,
-                                         PyUnicode_GET_LENGTH(name), 1);
+    Py_ssize_t bang =
+        PyUnicode_FindChar(name, '!', 0, PyUnicode_GET_LENGTH(name), 1);
     if (bang == -2) {
         goto done;
     }
-    prefix = bang < 0 ? Py_NewRef(name)
-                      : PyUnicode_Substring(name, 0, bang + 1);
+    prefix =
+        bang < 0 ? Py_NewRef(name) : PyUnicode_Substring(name, 0, bang + 1);
     if (prefix == NULL) {
         goto done;
     }
@@ -832,9 +831,9 @@ cd_wake_all(cd_layer_state *st, cd_bag *wakes)
         }
         else {
             PyObject *args[3] = {loop, st->wake, fut};
-            r = PyObject_VectorcallMethod(
-                st->s_call_soon_threadsafe, args,
-                3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            r = PyObject_VectorcallMethod(st->s_call_soon_threadsafe, args,
+                                          3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                          NULL);
             if (r == NULL) {
                 /* Loop closed: nobody will resume this waiter. */
                 PyErr_Clear();
@@ -998,8 +997,8 @@ cd_core_arm_timer(cd_core *self, PyObject *loop)
         }
         /* Armed on another loop: keep it unless that loop is closed, in
          * which case the timer will never fire. */
-        PyObject *closed = PyObject_CallMethodNoArgs(self->timer_loop,
-                                                     st->s_is_closed);
+        PyObject *closed =
+            PyObject_CallMethodNoArgs(self->timer_loop, st->s_is_closed);
         int is_closed = closed == NULL ? 1 : PyObject_IsTrue(closed);
         Py_XDECREF(closed);
         PyErr_Clear();
@@ -1165,9 +1164,8 @@ Core_group_send(cd_core *self, PyObject *const *args, Py_ssize_t nargs)
         Py_ssize_t pos = 0;
         while (PyDict_Next(members, &pos, &name, &value)) {
             cd_channel *ch = (cd_channel *)value;
-            PyObject *t = ch->groups
-                              ? PyDict_GetItemWithError(ch->groups, group)
-                              : NULL;
+            PyObject *t =
+                ch->groups ? PyDict_GetItemWithError(ch->groups, group) : NULL;
             if (t != NULL && PyFloat_AS_DOUBLE(t) < oldest) {
                 continue; /* Expired: the sweep removes it. */
             }
@@ -1435,8 +1433,8 @@ Core_close(cd_core *self, PyObject *Py_UNUSED(ignored))
     if (self->timer != NULL) {
         PyObject *cur = cd_running_loop(self->st);
         if (cur == self->timer_loop) {
-            PyObject *r = PyObject_CallMethodNoArgs(self->timer,
-                                                    self->st->s_cancel);
+            PyObject *r =
+                PyObject_CallMethodNoArgs(self->timer, self->st->s_cancel);
             Py_XDECREF(r);
             PyErr_Clear();
             Py_CLEAR(self->timer);
@@ -1566,9 +1564,9 @@ Core_stats(cd_core *self, PyObject *Py_UNUSED(ignored))
 static int
 Core_init(cd_core *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"expiry",       "group_expiry",  "capacity",
-                             "capacity_for", "channel_full",  "check_channel",
-                             "check_group",  NULL};
+    static char *kwlist[] = {
+        "expiry",       "group_expiry",  "capacity",    "capacity_for",
+        "channel_full", "check_channel", "check_group", NULL};
     double expiry, group_expiry;
     Py_ssize_t capacity;
     PyObject *capacity_for, *channel_full, *check_channel, *check_group;
@@ -1671,8 +1669,7 @@ Core_dealloc(cd_core *self)
 static PyMethodDef Core_methods[] = {
     {"send", (PyCFunction)(void (*)(void))Core_send, METH_FASTCALL,
      "send(channel, message): queue a copy or raise ChannelFull."},
-    {"group_send", (PyCFunction)(void (*)(void))Core_group_send,
-     METH_FASTCALL,
+    {"group_send", (PyCFunction)(void (*)(void))Core_group_send, METH_FASTCALL,
      "group_send(group, message) -> None or (dropped, members)."},
     {"group_add", (PyCFunction)(void (*)(void))Core_group_add, METH_FASTCALL,
      "group_add(group, channel)."},
@@ -1709,8 +1706,8 @@ static PyType_Slot Core_slots[] = {
 static PyType_Spec Core_spec = {
     .name = "cdaphne._layer.Core",
     .basicsize = sizeof(cd_core),
-    .flags = (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
-              Py_TPFLAGS_IMMUTABLETYPE),
+    .flags =
+        (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE),
     .slots = Core_slots,
 };
 
@@ -1834,8 +1831,8 @@ cd_receive_abandon(cd_receive *self)
         cd_channel_unlink(ch, self, &trash);
         if (msg != NULL) {
             ch->handed--;
-            int r = cd_channel_put(ch, msg, self->result_deadline, 1, 1,
-                                   &wakes);
+            int r =
+                cd_channel_put(ch, msg, self->result_deadline, 1, 1, &wakes);
             if (r == 0) {
                 msg = NULL;
             }
@@ -1981,20 +1978,17 @@ cd_receive_resume(cd_receive *self, PyObject **presult)
 }
 
 static PySendResult
-Receive_am_send(cd_receive *self, PyObject *Py_UNUSED(arg),
-                PyObject **presult)
+Receive_am_send(cd_receive *self, PyObject *Py_UNUSED(arg), PyObject **presult)
 {
     switch (self->state) {
-    case CD_RECEIVE_INIT:
-        return cd_receive_start(self, presult);
-    case CD_RECEIVE_WAITING:
-        return cd_receive_resume(self, presult);
-    default:
-        PyErr_SetString(PyExc_RuntimeError,
-                        "cannot reuse already awaited receive()");
-        *presult = NULL;
-        return PYGEN_ERROR;
+    case CD_RECEIVE_INIT: return cd_receive_start(self, presult);
+    case CD_RECEIVE_WAITING: return cd_receive_resume(self, presult);
+    case CD_RECEIVE_DONE: break;
     }
+    PyErr_SetString(PyExc_RuntimeError,
+                    "cannot reuse already awaited receive()");
+    *presult = NULL;
+    return PYGEN_ERROR;
 }
 
 /* Sets StopIteration(value); steals value. */
@@ -2102,8 +2096,7 @@ Receive_dealloc(cd_receive *self)
 
 static PyMethodDef Receive_methods[] = {
     {"send", (PyCFunction)Receive_send, METH_O, NULL},
-    {"throw", (PyCFunction)(void (*)(void))Receive_throw, METH_FASTCALL,
-     NULL},
+    {"throw", (PyCFunction)(void (*)(void))Receive_throw, METH_FASTCALL, NULL},
     {"close", (PyCFunction)Receive_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -2167,13 +2160,13 @@ layer_exec(PyObject *module)
 {
     cd_layer_state *st = cd_layer_get_state(module);
 
-#define CD_TYPE(field, spec)                                               \
-    do {                                                                   \
-        st->field = (PyTypeObject *)PyType_FromModuleAndSpec(module,       \
-                                                             &spec, NULL); \
-        if (st->field == NULL) {                                           \
-            return -1;                                                     \
-        }                                                                  \
+#define CD_TYPE(field, spec)                                                  \
+    do {                                                                      \
+        st->field =                                                           \
+            (PyTypeObject *)PyType_FromModuleAndSpec(module, &spec, NULL);    \
+        if (st->field == NULL) {                                              \
+            return -1;                                                        \
+        }                                                                     \
     } while (0)
     CD_TYPE(Core_type, Core_spec);
     CD_TYPE(Channel_type, Channel_spec);
@@ -2182,12 +2175,12 @@ layer_exec(PyObject *module)
     if (PyModule_AddType(module, st->Core_type) < 0) {
         return -1;
     }
-#define CD_STR(field, text)                                                \
-    do {                                                                   \
-        st->field = PyUnicode_InternFromString(text);                      \
-        if (st->field == NULL) {                                           \
-            return -1;                                                     \
-        }                                                                  \
+#define CD_STR(field, text)                                                   \
+    do {                                                                      \
+        st->field = PyUnicode_InternFromString(text);                         \
+        if (st->field == NULL) {                                              \
+            return -1;                                                        \
+        }                                                                     \
     } while (0)
     CD_STR(s_create_future, "create_future");
     CD_STR(s_set_result, "set_result");
@@ -2199,8 +2192,8 @@ layer_exec(PyObject *module)
     CD_STR(s_on_timer, "_on_timer");
     CD_STR(s_asgi_channel, "__asgi_channel__");
 #undef CD_STR
-    st->get_running_loop = cd_import_attr("asyncio.events",
-                                          "_get_running_loop");
+    st->get_running_loop =
+        cd_import_attr("asyncio.events", "_get_running_loop");
     st->deepcopy = cd_import_attr("copy", "deepcopy");
     st->wake = PyObject_GetAttrString(module, "_wake");
     if (st->get_running_loop == NULL || st->deepcopy == NULL ||
@@ -2271,6 +2264,8 @@ static struct PyModuleDef cd_layer_module_def = {
     .m_clear = layer_clear,
     .m_free = layer_free,
 };
+
+PyMODINIT_FUNC PyInit__layer(void);
 
 PyMODINIT_FUNC
 PyInit__layer(void)

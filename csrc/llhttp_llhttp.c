@@ -4,6 +4,9 @@
  * they do not build as a single translation unit. */
 #pragma GCC diagnostic ignored "-Wunused-parameter"
 #pragma GCC diagnostic ignored "-Wimplicit-fallthrough"
+#pragma GCC diagnostic ignored "-Wcast-qual"
+#pragma GCC diagnostic ignored "-Wswitch-enum"
+#pragma GCC diagnostic ignored "-Wmissing-prototypes"
 /* Strict mode rejects obs-fold and invalid characters in header names,
  * which the lenient build lets through (request smuggling vectors). */
 #define LLHTTP_STRICT_MODE 1

@@ -175,8 +175,8 @@ loop_run_once(cd_loop_t *loop, PyObject *timeout)
         return NULL;
     }
     for (int i = 0; i < loop->nready; i++) {
-        PyObject *t = Py_BuildValue("(ii)", loop->ready[i].fd,
-                                    loop->ready[i].events);
+        PyObject *t =
+            Py_BuildValue("(ii)", loop->ready[i].fd, loop->ready[i].events);
         if (t == NULL) {
             Py_DECREF(out);
             return NULL;
@@ -346,8 +346,7 @@ static PyMethodDef loop_methods[] = {
     {"dispatch", (PyCFunction)loop_dispatch, METH_NOARGS,
      "Start the apps of requests parsed so far."},
     {"has_pending", (PyCFunction)loop_has_pending, METH_NOARGS, NULL},
-    {"attach", (PyCFunction)loop_attach, METH_O,
-     "attach(asyncio_loop)"},
+    {"attach", (PyCFunction)loop_attach, METH_O, "attach(asyncio_loop)"},
     {"close", (PyCFunction)loop_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -365,16 +364,16 @@ static PyType_Slot loop_slots[] = {
 static PyType_Spec loop_spec = {
     .name = "cdaphne._cdaphne.LoopCore",
     .basicsize = sizeof(cd_loop_t),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
-             Py_TPFLAGS_IMMUTABLETYPE,
+    .flags =
+        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = loop_slots,
 };
 
 int
 cd_loop_type_init(PyObject *module, cd_state *st)
 {
-    st->LoopCore_type = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &loop_spec, NULL);
+    st->LoopCore_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &loop_spec, NULL);
     if (st->LoopCore_type == NULL) {
         return -1;
     }
@@ -391,8 +390,7 @@ cd_log_exception(const char *msg)
         logger = PyObject_CallMethod(logging, "getLogger", "s", "cdaphne");
     }
     if (logger != NULL) {
-        PyObject *kw = Py_BuildValue("{sO}", "exc_info",
-                                     exc ? exc : Py_True);
+        PyObject *kw = Py_BuildValue("{sO}", "exc_info", exc ? exc : Py_True);
         PyObject *meth = PyObject_GetAttrString(logger, "error");
         PyObject *a = Py_BuildValue("(s)", msg);
         if (kw && meth && a) {

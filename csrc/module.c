@@ -57,6 +57,8 @@ struct PyModuleDef cd_module_def = {
     .m_free = cdaphne_free,
 };
 
+PyMODINIT_FUNC PyInit__cdaphne(void);
+
 PyMODINIT_FUNC
 PyInit__cdaphne(void)
 {

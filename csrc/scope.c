@@ -80,10 +80,18 @@ set_new(PyObject *d, PyObject *key, PyObject *value)
 static PyObject *
 scope_template(cd_state *st, int is_ws)
 {
-    PyObject *keys[] = {st->s_type,       st->s_asgi,       st->s_http_version,
-                        st->s_scheme,     st->s_path,       st->s_raw_path,
-                        st->s_query_string, st->s_root_path, st->s_headers,
-                        st->s_client,     st->s_server,     st->s_extensions,
+    PyObject *keys[] = {st->s_type,
+                        st->s_asgi,
+                        st->s_http_version,
+                        st->s_scheme,
+                        st->s_path,
+                        st->s_raw_path,
+                        st->s_query_string,
+                        st->s_root_path,
+                        st->s_headers,
+                        st->s_client,
+                        st->s_server,
+                        st->s_extensions,
                         is_ws ? st->s_subprotocols : st->s_method};
     PyObject *d = PyDict_New();
     if (d == NULL) {
@@ -141,8 +149,8 @@ cd_scope_http(cd_conn_t *c, const char *type)
 
     /* A copy of a dict that already has every key: setting the values
      * then never grows the table. */
-    PyObject *template = is_ws ? st->ws_scope_template
-                               : st->http_scope_template;
+    PyObject *template =
+        is_ws ? st->ws_scope_template : st->http_scope_template;
     PyObject *scope = PyDict_Copy(template);
     if (scope == NULL) {
         return NULL;
@@ -154,9 +162,9 @@ cd_scope_http(cd_conn_t *c, const char *type)
         set_new(scope, st->s_http_version,
                 Py_NewRef(v10 ? st->s_v1_0 : st->s_v1_1)) < 0 ||
         set_new(scope, st->s_scheme,
-                Py_NewRef(is_ws ? (srv->scheme == st->s_https ? st->s_wss
-                                                              : st->s_ws)
-                                : srv->scheme)) < 0 ||
+                Py_NewRef(
+                    is_ws ? (srv->scheme == st->s_https ? st->s_wss : st->s_ws)
+                          : srv->scheme)) < 0 ||
         set_new(scope, st->s_path, decode_path(url, plen)) < 0 ||
         set_new(scope, st->s_raw_path,
                 PyBytes_FromStringAndSize(url, (Py_ssize_t)plen)) < 0 ||
@@ -175,8 +183,8 @@ cd_scope_http(cd_conn_t *c, const char *type)
         }
     }
     if (srv->lifespan_state != NULL) {
-        if (set_new(scope, st->s_state,
-                    PyDict_Copy(srv->lifespan_state)) < 0) {
+        if (set_new(scope, st->s_state, PyDict_Copy(srv->lifespan_state)) <
+            0) {
             goto error;
         }
     }

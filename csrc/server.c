@@ -84,8 +84,8 @@ listener_close(cd_listener_t *ls)
 static int
 listener_track(cd_server_t *srv, cd_listener_t *ls)
 {
-    cd_listener_t **arr = realloc(srv->listeners, (srv->nlisteners + 1) *
-                                                       sizeof(*arr));
+    cd_listener_t **arr =
+        realloc(srv->listeners, (srv->nlisteners + 1) * sizeof(*arr));
     if (arr == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -167,9 +167,10 @@ server_listen_tcp(cd_server_t *srv, PyObject *args)
     if (r < 0) {
         listener_close(ls);
         errno = -r;
-        PyErr_Format(PyExc_OSError, "[Errno %d] error while attempting to "
-                     "bind on address ('%s', %d): %s", -r, host, port,
-                     uv_strerror(r));
+        PyErr_Format(PyExc_OSError,
+                     "[Errno %d] error while attempting to "
+                     "bind on address ('%s', %d): %s",
+                     -r, host, port, uv_strerror(r));
         return NULL;
     }
     ls->sockname = tcp_sockname(&ls->io.tcp);
@@ -237,8 +238,7 @@ server_listen_fd(cd_server_t *srv, PyObject *args)
         if (uv_pipe_getsockname(&ls->io.pipe, path, &plen) < 0) {
             plen = 0;
         }
-        ls->sockname = Py_BuildValue("(s#O)", path, (Py_ssize_t)plen,
-                                     Py_None);
+        ls->sockname = Py_BuildValue("(s#O)", path, (Py_ssize_t)plen, Py_None);
     }
     else {
         ls->sockname = tcp_sockname(&ls->io.tcp);
@@ -414,10 +414,9 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     c->limit_concurrency = (int)v;
     if (cfg_number(config, "websocket_connect_timeout", 5, 1000,
                    &c->ws_connect_timeout) < 0 ||
-        cfg_number(config, "websocket_timeout", 86400, 1000,
-                   &c->ws_timeout) < 0 ||
-        cfg_number(config, "ping_interval", 20, 1000, &c->ping_interval) <
+        cfg_number(config, "websocket_timeout", 86400, 1000, &c->ws_timeout) <
             0 ||
+        cfg_number(config, "ping_interval", 20, 1000, &c->ping_interval) < 0 ||
         cfg_number(config, "ping_timeout", 30, 1000, &c->ping_timeout) < 0 ||
         cfg_number(config, "websocket_max_message_size", 1 << 20, 1,
                    &c->ws_max_message) < 0) {
@@ -550,16 +549,16 @@ static PyType_Slot server_slots[] = {
 static PyType_Spec server_spec = {
     .name = "cdaphne._cdaphne.Server",
     .basicsize = sizeof(cd_server_t),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
-             Py_TPFLAGS_IMMUTABLETYPE,
+    .flags =
+        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = server_slots,
 };
 
 int
 cd_server_type_init(PyObject *module, cd_state *st)
 {
-    st->Server_type = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &server_spec, NULL);
+    st->Server_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &server_spec, NULL);
     if (st->Server_type == NULL) {
         return -1;
     }

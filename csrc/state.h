@@ -7,78 +7,78 @@
 
 /* Interned str keys and constant values, built once at exec time.
  * X(field, "text") */
-#define CD_STRINGS(X)                                                      \
-    X(s_type, "type")                                                      \
-    X(s_asgi, "asgi")                                                      \
-    X(s_version, "version")                                                \
-    X(s_spec_version, "spec_version")                                      \
-    X(s_http_version, "http_version")                                      \
-    X(s_method, "method")                                                  \
-    X(s_scheme, "scheme")                                                  \
-    X(s_path, "path")                                                      \
-    X(s_raw_path, "raw_path")                                              \
-    X(s_query_string, "query_string")                                      \
-    X(s_root_path, "root_path")                                            \
-    X(s_headers, "headers")                                                \
-    X(s_client, "client")                                                  \
-    X(s_server, "server")                                                  \
-    X(s_state, "state")                                                    \
-    X(s_extensions, "extensions")                                          \
-    X(s_subprotocols, "subprotocols")                                      \
-    X(s_subprotocol, "subprotocol")                                        \
-    X(s_body, "body")                                                      \
-    X(s_more_body, "more_body")                                            \
-    X(s_status, "status")                                                  \
-    X(s_trailers, "trailers")                                              \
-    X(s_bytes, "bytes")                                                    \
-    X(s_text, "text")                                                      \
-    X(s_code, "code")                                                      \
-    X(s_reason, "reason")                                                  \
-    X(s_http, "http")                                                      \
-    X(s_https, "https")                                                    \
-    X(s_websocket, "websocket")                                            \
-    X(s_ws, "ws")                                                          \
-    X(s_wss, "wss")                                                        \
-    X(s_http_request, "http.request")                                      \
-    X(s_http_disconnect, "http.disconnect")                                \
-    X(s_http_response_start, "http.response.start")                        \
-    X(s_http_response_body, "http.response.body")                          \
-    X(s_ws_connect, "websocket.connect")                                   \
-    X(s_ws_accept, "websocket.accept")                                     \
-    X(s_ws_receive, "websocket.receive")                                   \
-    X(s_ws_send, "websocket.send")                                         \
-    X(s_ws_close, "websocket.close")                                       \
-    X(s_ws_disconnect, "websocket.disconnect")                             \
-    X(s_ws_http_response_start, "websocket.http.response.start")           \
-    X(s_ws_http_response_body, "websocket.http.response.body")             \
-    X(s_ws_http_response, "websocket.http.response")                       \
-    X(s_v1_0, "1.0")                                                       \
-    X(s_v1_1, "1.1")                                                       \
-    X(s_v2_3, "2.3")                                                       \
-    X(s_v3_0, "3.0")                                                       \
-    X(s_empty, "")                                                         \
-    X(s_GET, "GET")                                                        \
-    X(s_POST, "POST")                                                      \
-    X(s_HEAD, "HEAD")                                                      \
-    X(s_PUT, "PUT")                                                        \
-    X(s_DELETE, "DELETE")                                                  \
-    X(s_OPTIONS, "OPTIONS")                                                \
-    X(s_PATCH, "PATCH")                                                    \
-    X(s_create_future, "create_future")                                    \
-    X(s_set_result, "set_result")                                          \
-    X(s_set_exception, "set_exception")                                    \
-    X(s_done, "done")                                                      \
-    X(s_cancel, "cancel")                                                  \
-    X(s_cancelled, "cancelled")                                            \
-    X(s_result, "result")                                                  \
-    X(s_exception, "exception")                                            \
-    X(s_add_done_callback, "add_done_callback")                            \
-    X(s_asyncio_future_blocking, "_asyncio_future_blocking")               \
-    X(s_loop, "loop")                                                      \
-    X(s_eager_start, "eager_start")                                        \
-    X(s_receive, "receive")                                                \
-    X(s_send, "send")                                                      \
-    X(s_error, "error")                                                    \
+#define CD_STRINGS(X)                                                         \
+    X(s_type, "type")                                                         \
+    X(s_asgi, "asgi")                                                         \
+    X(s_version, "version")                                                   \
+    X(s_spec_version, "spec_version")                                         \
+    X(s_http_version, "http_version")                                         \
+    X(s_method, "method")                                                     \
+    X(s_scheme, "scheme")                                                     \
+    X(s_path, "path")                                                         \
+    X(s_raw_path, "raw_path")                                                 \
+    X(s_query_string, "query_string")                                         \
+    X(s_root_path, "root_path")                                               \
+    X(s_headers, "headers")                                                   \
+    X(s_client, "client")                                                     \
+    X(s_server, "server")                                                     \
+    X(s_state, "state")                                                       \
+    X(s_extensions, "extensions")                                             \
+    X(s_subprotocols, "subprotocols")                                         \
+    X(s_subprotocol, "subprotocol")                                           \
+    X(s_body, "body")                                                         \
+    X(s_more_body, "more_body")                                               \
+    X(s_status, "status")                                                     \
+    X(s_trailers, "trailers")                                                 \
+    X(s_bytes, "bytes")                                                       \
+    X(s_text, "text")                                                         \
+    X(s_code, "code")                                                         \
+    X(s_reason, "reason")                                                     \
+    X(s_http, "http")                                                         \
+    X(s_https, "https")                                                       \
+    X(s_websocket, "websocket")                                               \
+    X(s_ws, "ws")                                                             \
+    X(s_wss, "wss")                                                           \
+    X(s_http_request, "http.request")                                         \
+    X(s_http_disconnect, "http.disconnect")                                   \
+    X(s_http_response_start, "http.response.start")                           \
+    X(s_http_response_body, "http.response.body")                             \
+    X(s_ws_connect, "websocket.connect")                                      \
+    X(s_ws_accept, "websocket.accept")                                        \
+    X(s_ws_receive, "websocket.receive")                                      \
+    X(s_ws_send, "websocket.send")                                            \
+    X(s_ws_close, "websocket.close")                                          \
+    X(s_ws_disconnect, "websocket.disconnect")                                \
+    X(s_ws_http_response_start, "websocket.http.response.start")              \
+    X(s_ws_http_response_body, "websocket.http.response.body")                \
+    X(s_ws_http_response, "websocket.http.response")                          \
+    X(s_v1_0, "1.0")                                                          \
+    X(s_v1_1, "1.1")                                                          \
+    X(s_v2_3, "2.3")                                                          \
+    X(s_v3_0, "3.0")                                                          \
+    X(s_empty, "")                                                            \
+    X(s_GET, "GET")                                                           \
+    X(s_POST, "POST")                                                         \
+    X(s_HEAD, "HEAD")                                                         \
+    X(s_PUT, "PUT")                                                           \
+    X(s_DELETE, "DELETE")                                                     \
+    X(s_OPTIONS, "OPTIONS")                                                   \
+    X(s_PATCH, "PATCH")                                                       \
+    X(s_create_future, "create_future")                                       \
+    X(s_set_result, "set_result")                                             \
+    X(s_set_exception, "set_exception")                                       \
+    X(s_done, "done")                                                         \
+    X(s_cancel, "cancel")                                                     \
+    X(s_cancelled, "cancelled")                                               \
+    X(s_result, "result")                                                     \
+    X(s_exception, "exception")                                               \
+    X(s_add_done_callback, "add_done_callback")                               \
+    X(s_asyncio_future_blocking, "_asyncio_future_blocking")                  \
+    X(s_loop, "loop")                                                         \
+    X(s_eager_start, "eager_start")                                           \
+    X(s_receive, "receive")                                                   \
+    X(s_send, "send")                                                         \
+    X(s_error, "error")                                                       \
     X(s_exc_info, "exc_info")
 
 typedef struct {
@@ -97,7 +97,7 @@ typedef struct {
                               by every send() that need not wait */
     PyObject *http_scope_template; /* every key of an HTTP scope, None */
     PyObject *ws_scope_template;   /* likewise for WebSocket scopes */
-    PyObject *asgi_dict; /* {"version": "3.0", "spec_version": "2.3"} */
+    PyObject *asgi_dict;     /* {"version": "3.0", "spec_version": "2.3"} */
     PyObject *kwnames_eager; /* ("loop", "eager_start") */
     PyObject *kwnames_loop;  /* ("loop",) */
     /* Set when C code scheduled asyncio callbacks (resolved a future,

@@ -4,10 +4,10 @@
 int
 cd_strings_init(cd_state *st)
 {
-#define CD_INIT_STR(name, text)                                            \
-    st->name = PyUnicode_InternFromString(text);                           \
-    if (st->name == NULL) {                                                \
-        return -1;                                                         \
+#define CD_INIT_STR(name, text)                                               \
+    st->name = PyUnicode_InternFromString(text);                              \
+    if (st->name == NULL) {                                                   \
+        return -1;                                                            \
     }
     CD_STRINGS(CD_INIT_STR)
 #undef CD_INIT_STR

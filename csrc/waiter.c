@@ -161,8 +161,8 @@ static PyType_Spec waiter_spec = {
 int
 cd_waiter_type_init(PyObject *module, cd_state *st)
 {
-    st->Waiter_type = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &waiter_spec, NULL);
+    st->Waiter_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &waiter_spec, NULL);
     if (st->Waiter_type == NULL) {
         return -1;
     }

@@ -27,23 +27,23 @@ typedef enum {
     CD_WS_HANDSHAKE,  /* websocket.connect delivered, no answer yet */
     CD_WS_DENYING,    /* websocket.http.response started */
     CD_WS_OPEN,
-    CD_WS_CLOSING,    /* our close frame is out, waiting for the peer */
-    CD_WS_CLOSED,     /* the connection is gone */
+    CD_WS_CLOSING, /* our close frame is out, waiting for the peer */
+    CD_WS_CLOSED,  /* the connection is gone */
 } cd_ws_state_t;
 
 /* Owned by its cycle (cy->ws); freed with it. */
 struct cd_ws_s {
     cd_ws_state_t state;
     wslay_event_context_ptr ctx; /* owned: NULL until accepted */
-    cd_cycle_t *cy;             /* borrowed: the cycle owns us */
-    char key[64];               /* Sec-WebSocket-Key */
-    size_t in_pos;              /* bytes of conn->in wslay took */
-    cd_buf_t out;               /* owned: wslay's frames to write */
-    PyObject **queue;           /* owned ring of strong messages */
+    cd_cycle_t *cy;              /* borrowed: the cycle owns us */
+    char key[64];                /* Sec-WebSocket-Key */
+    size_t in_pos;               /* bytes of conn->in wslay took */
+    cd_buf_t out;                /* owned: wslay's frames to write */
+    PyObject **queue;            /* owned ring of strong messages */
     int qhead, qlen, qcap;
     int connect_delivered;
-    int close_code;             /* for websocket.disconnect */
-    PyObject *close_reason;     /* strong: str */
+    int close_code;         /* for websocket.disconnect */
+    PyObject *close_reason; /* strong: str */
     int pong_pending;
     uint64_t ping_sent_at;
     uint64_t opened_at;
@@ -71,9 +71,8 @@ ws_log(cd_cycle_t *cy, const char *action)
         client = PyUnicode_FromFormat("%S:%S", PyTuple_GET_ITEM(c, 0),
                                       PyTuple_GET_ITEM(c, 1));
     }
-    PyObject *details =
-        Py_BuildValue("{sOsO}", "path", path ? path : Py_None, "client",
-                      client ? client : Py_None);
+    PyObject *details = Py_BuildValue("{sOsO}", "path", path ? path : Py_None,
+                                      "client", client ? client : Py_None);
     Py_XDECREF(client);
     if (details == NULL) {
         PyErr_Clear();
@@ -157,12 +156,11 @@ cd_ws_next_message(cd_cycle_t *cy)
     return NULL;
 }
 
-
 /* ---- wslay glue --------------------------------------------------- */
 
 static ssize_t
-wslay_on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
-              int flags, void *user)
+wslay_on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
+              void *user)
 {
     cd_cycle_t *cy = user;
     cd_conn_t *c = cy->conn;
@@ -221,8 +219,7 @@ wslay_on_msg(wslay_event_context_ptr ctx,
         PyObject *payload, *key;
         if (arg->opcode == WSLAY_TEXT_FRAME) {
             payload = PyUnicode_DecodeUTF8((const char *)arg->msg,
-                                           (Py_ssize_t)arg->msg_length,
-                                           NULL);
+                                           (Py_ssize_t)arg->msg_length, NULL);
             if (payload == NULL) {
                 PyErr_Clear();
                 queue_close(ws, 1007, "invalid UTF-8", 13);
@@ -237,8 +234,7 @@ wslay_on_msg(wslay_event_context_ptr ctx,
             key = st->s_bytes;
         }
         PyObject *msg = payload ? Py_BuildValue("{OOON}", st->s_type,
-                                                st->s_ws_receive, key,
-                                                payload)
+                                                st->s_ws_receive, key, payload)
                                 : NULL;
         if (msg == NULL || queue_push(ws, msg) < 0) {
             cd_log_exception("Error queueing a WebSocket message");
@@ -251,9 +247,9 @@ wslay_on_msg(wslay_event_context_ptr ctx,
         int code = arg->status_code;
         ws->close_code = code ? code : 1005;
         if (arg->msg_length > 2) {
-            PyObject *reason = PyUnicode_DecodeUTF8(
-                (const char *)arg->msg + 2, (Py_ssize_t)arg->msg_length - 2,
-                NULL);
+            PyObject *reason =
+                PyUnicode_DecodeUTF8((const char *)arg->msg + 2,
+                                     (Py_ssize_t)arg->msg_length - 2, NULL);
             if (reason == NULL) {
                 PyErr_Clear();
                 queue_close(ws, 1007, "invalid UTF-8", 13);
@@ -452,8 +448,7 @@ build_accept(cd_cycle_t *cy, PyObject *msg, char **out, size_t *outlen)
     cd_state *st = cy->st;
     unsigned char digest[SHA_DIGEST_LENGTH];
     char joined[128];
-    int jl = snprintf(joined, sizeof(joined), "%s%s", cy->ws->key,
-                      CD_WS_GUID);
+    int jl = snprintf(joined, sizeof(joined), "%s%s", cy->ws->key, CD_WS_GUID);
     SHA1((const unsigned char *)joined, (size_t)jl, digest);
     char accept[64];
     EVP_EncodeBlock((unsigned char *)accept, digest, SHA_DIGEST_LENGTH);
@@ -473,8 +468,8 @@ build_accept(cd_cycle_t *cy, PyObject *msg, char **out, size_t *outlen)
     if (hs == NULL && PyErr_Occurred()) {
         return -1;
     }
-    PyObject *list = hs ? PySequence_Fast(hs, "headers must be a list")
-                        : PyList_New(0);
+    PyObject *list =
+        hs ? PySequence_Fast(hs, "headers must be a list") : PyList_New(0);
     if (list == NULL) {
         return -1;
     }
@@ -558,8 +553,7 @@ ws_accept(cd_cycle_t *cy, PyObject *msg)
     if (build_accept(cy, msg, &head, &hlen) < 0) {
         return -1;
     }
-    if (wslay_event_context_server_init(&ws->ctx, &wslay_callbacks, cy) !=
-        0) {
+    if (wslay_event_context_server_init(&ws->ctx, &wslay_callbacks, cy) != 0) {
         free(head);
         PyErr_NoMemory();
         return -1;
@@ -670,7 +664,7 @@ ws_write_frame(cd_cycle_t *cy, int opcode, const char *data, size_t n,
         hl = 10;
     }
     uv_buf_t bufs[2] = {uv_buf_init(head, (unsigned)hl),
-                        uv_buf_init((char *)data, (unsigned)n)};
+                        cd_uvbuf_const(data, n)};
     cd_conn_write(c, bufs, n ? 2 : 1, keep, head);
     return 0;
 }
@@ -745,8 +739,7 @@ cd_ws_send(cd_cycle_t *cy, PyObject *msg)
         }
         else if (ws->state != CD_WS_CONNECTING &&
                  ws->state != CD_WS_HANDSHAKE) {
-            PyErr_Format(PyExc_RuntimeError,
-                         "websocket.accept in state %s",
+            PyErr_Format(PyExc_RuntimeError, "websocket.accept in state %s",
                          ws_state_name(ws->state));
             r = -1;
         }
@@ -853,8 +846,7 @@ cd_ws_on_timeout(cd_conn_t *c)
             flush_wslay(cy);
             return;
         }
-        if (ws->pong_pending &&
-            now - ws->ping_sent_at >= cfg->ping_timeout) {
+        if (ws->pong_pending && now - ws->ping_sent_at >= cfg->ping_timeout) {
             cd_conn_close(c);
             return;
         }
@@ -867,8 +859,9 @@ cd_ws_on_timeout(cd_conn_t *c)
         }
         cd_conn_timer_start(c, cfg->ping_interval);
         return;
-    default:
-        cd_conn_close(c);
+    case CD_WS_DENYING:
+    case CD_WS_CLOSING:
+    case CD_WS_CLOSED: cd_conn_close(c);
     }
 }
 
@@ -910,8 +903,8 @@ cd_ws_on_task_done(cd_cycle_t *cy, PyObject *exc)
         queue_close(ws, exc != NULL ? 1011 : 1000, "", 0);
         flush_wslay(cy);
         break;
-    default:
-        break;
+    case CD_WS_CLOSING:
+    case CD_WS_CLOSED: break;
     }
 }
 

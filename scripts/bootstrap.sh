@@ -69,4 +69,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stam
     touch "$stamp"
 fi
 # The C sources change more often than the metadata: rebuild in place.
-quiet "$VENV/bin/python" setup.py build_ext --inplace
+CDAPHNE_WERROR=1 quiet "$VENV/bin/python" setup.py build_ext --inplace
