@@ -1,6 +1,7 @@
 /* A growable byte buffer: reserve, append, consume, dispose. */
 #include "internal.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,9 +11,13 @@ cd_buf_reserve(cd_buf_t *b, size_t extra)
     if (b->cap - b->len >= extra) {
         return 0;
     }
+    if (extra > SIZE_MAX - b->len) {
+        return UV_ENOMEM; /* len + extra would wrap. */
+    }
+    size_t need = b->len + extra;
     size_t cap = b->cap ? b->cap : 1024;
-    while (cap - b->len < extra) {
-        cap *= 2;
+    while (cap < need) {
+        cap = cap > SIZE_MAX / 2 ? need : cap * 2;
     }
     char *p = realloc(b->base, cap);
     if (p == NULL) {

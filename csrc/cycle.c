@@ -284,38 +284,6 @@ cycle_receive(cd_cycle_t *cy, PyObject *unused)
 
 /* ---- send --------------------------------------------------------- */
 
-static int
-header_name_is(PyObject *name, const char *lower)
-{
-    size_t n = strlen(lower);
-    return (size_t)PyBytes_GET_SIZE(name) == n &&
-           strncasecmp(PyBytes_AS_STRING(name), lower, n) == 0;
-}
-
-static int
-has_crlf(const char *p, Py_ssize_t n)
-{
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0') {
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* RFC 9110 token characters: what a header name may hold. */
-static int
-is_token(const char *p, Py_ssize_t n)
-{
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)p[i];
-        if (ch <= ' ' || ch >= 127 || strchr("\"(),/:;<=>?@[\\]{}", ch)) {
-            return 0;
-        }
-    }
-    return n > 0;
-}
-
 int
 cd_cycle_response_start(cd_cycle_t *cy, PyObject *msg)
 {
@@ -345,32 +313,9 @@ cd_cycle_response_start(cd_cycle_t *cy, PyObject *msg)
     if (headers == NULL && PyErr_Occurred()) {
         return -1;
     }
-    PyObject *list = headers ? PySequence_List(headers) : PyList_New(0);
+    PyObject *list = cd_http1_head_headers(headers);
     if (list == NULL) {
         return -1;
-    }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
-        PyObject *pair = PySequence_Tuple(PyList_GET_ITEM(list, i));
-        if (pair == NULL || PyTuple_GET_SIZE(pair) != 2 ||
-            !PyBytes_Check(PyTuple_GET_ITEM(pair, 0)) ||
-            !PyBytes_Check(PyTuple_GET_ITEM(pair, 1))) {
-            Py_XDECREF(pair);
-            Py_DECREF(list);
-            PyErr_SetString(PyExc_TypeError,
-                            "response headers must be [bytes, bytes] pairs");
-            return -1;
-        }
-        PyObject *n = PyTuple_GET_ITEM(pair, 0);
-        PyObject *v = PyTuple_GET_ITEM(pair, 1);
-        if (!is_token(PyBytes_AS_STRING(n), PyBytes_GET_SIZE(n)) ||
-            has_crlf(PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))) {
-            Py_DECREF(pair);
-            Py_DECREF(list);
-            PyErr_SetString(PyExc_ValueError,
-                            "invalid character in a response header");
-            return -1;
-        }
-        PyList_SET_ITEM(list, i, pair); /* Steals pair, drops the old. */
     }
     cy->status = code;
     Py_XSETREF(cy->resp_headers, list);
@@ -378,133 +323,30 @@ cd_cycle_response_start(cd_cycle_t *cy, PyObject *msg)
     return 0;
 }
 
-/* Build the response head; returns malloc'd bytes in *out.  `final` says
+/* Appends the response head to out (http1.c writes it).  `final` says
  * whether the first body message is also the last (then the length is
  * known). */
 static int
-build_head(cd_cycle_t *cy, Py_ssize_t first_len, int final, char **out,
-           size_t *outlen)
+build_head(cd_cycle_t *cy, size_t first_len, int final, cd_buf_t *out)
 {
     cd_server_t *srv = cy->server;
-    PyObject *hs = cy->resp_headers;
-    Py_ssize_t nh = PyList_GET_SIZE(hs);
-    size_t need = 128 + (srv->server_header ? strlen(srv->server_header) : 0);
-    int has_server = 0, has_date = 0, has_cl = 0, app_chunked = 0;
-    for (Py_ssize_t i = 0; i < nh; i++) {
-        PyObject *n = PyTuple_GET_ITEM(PyList_GET_ITEM(hs, i), 0);
-        PyObject *v = PyTuple_GET_ITEM(PyList_GET_ITEM(hs, i), 1);
-        need += PyBytes_GET_SIZE(n) + PyBytes_GET_SIZE(v) + 4;
-        if (header_name_is(n, "content-length")) {
-            char tmp[32];
-            Py_ssize_t vl = PyBytes_GET_SIZE(v);
-            char *end;
-            if (vl <= 0 || vl >= (Py_ssize_t)sizeof(tmp)) {
-                PyErr_SetString(PyExc_ValueError, "invalid content-length");
-                return -1;
-            }
-            memcpy(tmp, PyBytes_AS_STRING(v), vl);
-            tmp[vl] = 0;
-            long long cl = strtoll(tmp, &end, 10);
-            if (*end != 0 || cl < 0) {
-                PyErr_SetString(PyExc_ValueError, "invalid content-length");
-                return -1;
-            }
-            cy->content_length = cl;
-            has_cl = 1;
-        }
-        else if (header_name_is(n, "connection")) {
-            Py_ssize_t vl = PyBytes_GET_SIZE(v);
-            const char *vp = PyBytes_AS_STRING(v);
-            for (Py_ssize_t k = 0; k + 5 <= vl; k++) {
-                if (strncasecmp(vp + k, "close", 5) == 0) {
-                    cy->keep_alive = 0;
-                }
-            }
-        }
-        else if (header_name_is(n, "transfer-encoding")) {
-            app_chunked = 1;
-        }
-        else if (header_name_is(n, "server")) {
-            has_server = 1;
-        }
-        else if (header_name_is(n, "date")) {
-            has_date = 1;
-        }
-    }
-    int code = cy->status;
-    int bodyless = cy->is_head || code == 204 || code == 304 || code < 200;
-    if (!has_cl && !app_chunked) {
-        if (final && code != 204 && code != 304 && code >= 200) {
-            cy->content_length = first_len;
-            has_cl = 2; /* We add it. */
-        }
-        else if (!bodyless) {
-            if (cy->http10) {
-                cy->keep_alive = 0; /* The close delimits the body. */
-            }
-            else {
-                cy->chunked = 1;
-            }
-        }
-    }
-    else if (app_chunked && !has_cl && !bodyless) {
-        cy->chunked = 2; /* The app named it; we still frame it. */
-    }
-    char *buf = malloc(need);
-    if (buf == NULL) {
-        PyErr_NoMemory();
+    cd_http1_head_t h = {
+        .status = cy->status,
+        .http10 = cy->http10,
+        .is_head = cy->is_head,
+        .final = final,
+        .first_len = first_len,
+        .server_header = srv->server_header,
+        .keep_alive = cy->keep_alive && !srv->closing,
+    };
+    if (cd_http1_head_write(out, &h, cy->resp_headers) < 0) {
         return -1;
     }
-    size_t o = (size_t)snprintf(buf, need, "HTTP/1.1 %d %s\r\n", code,
-                                cd_http1_reason(code));
-    for (Py_ssize_t i = 0; i < nh; i++) {
-        PyObject *n = PyTuple_GET_ITEM(PyList_GET_ITEM(hs, i), 0);
-        PyObject *v = PyTuple_GET_ITEM(PyList_GET_ITEM(hs, i), 1);
-        memcpy(buf + o, PyBytes_AS_STRING(n), PyBytes_GET_SIZE(n));
-        o += PyBytes_GET_SIZE(n);
-        buf[o++] = ':';
-        buf[o++] = ' ';
-        memcpy(buf + o, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v));
-        o += PyBytes_GET_SIZE(v);
-        buf[o++] = '\r';
-        buf[o++] = '\n';
-    }
-    if (has_cl == 2) {
-        o += (size_t)snprintf(buf + o, need - o, "content-length: %lld\r\n",
-                              (long long)cy->content_length);
-    }
-    if (cy->chunked == 1) {
-        memcpy(buf + o, "transfer-encoding: chunked\r\n", 28);
-        o += 28;
-    }
-    if (!has_date) {
-        o += cd_http1_date(buf + o);
-    }
-    if (!has_server && srv->server_header != NULL) {
-        size_t sl = strlen(srv->server_header);
-        memcpy(buf + o, srv->server_header, sl);
-        o += sl;
-    }
-    if (srv->closing) {
-        cy->keep_alive = 0;
-    }
-    if (!cy->keep_alive) {
-        memcpy(buf + o, "connection: close\r\n", 19);
-        o += 19;
-    }
-    else if (cy->http10) {
-        memcpy(buf + o, "connection: keep-alive\r\n", 24);
-        o += 24;
-    }
-    buf[o++] = '\r';
-    buf[o++] = '\n';
-    *out = buf;
-    *outlen = o;
+    cy->keep_alive = h.keep_alive;
+    cy->chunked = h.chunked;
+    cy->content_length = h.content_length;
     return 0;
 }
-
-/* Room for a chunk-size line after the head: "%zx\r\n". */
-#define CD_CHUNK_PREFIX 20
 
 int
 cd_cycle_response_body(cd_cycle_t *cy, PyObject *msg)
@@ -555,11 +397,11 @@ cd_cycle_response_body(cd_cycle_t *cy, PyObject *msg)
     Py_ssize_t blen = PyBytes_GET_SIZE(body);
     cd_conn_t *c = cy->disconnected ? NULL : cy->conn;
 
-    char *head = NULL;
-    size_t hlen = 0;
+    cd_buf_t head = {0}; /* owned: the head and a chunk-size line */
     int first = cy->resp == CD_RESP_HEAD;
     if (first) {
-        if (build_head(cy, blen, !more_body, &head, &hlen) < 0) {
+        if (build_head(cy, (size_t)blen, !more_body, &head) < 0) {
+            cd_buf_dispose(&head);
             Py_DECREF(body);
             return -1;
         }
@@ -571,7 +413,7 @@ cd_cycle_response_body(cd_cycle_t *cy, PyObject *msg)
     }
     if (cy->content_length >= 0 &&
         cy->sent + (uint64_t)blen > (uint64_t)cy->content_length) {
-        free(head);
+        cd_buf_dispose(&head);
         Py_DECREF(body);
         if (first) {
             cy->resp = CD_RESP_HEAD; /* Nothing written: a 500 still fits. */
@@ -585,7 +427,7 @@ cd_cycle_response_body(cd_cycle_t *cy, PyObject *msg)
         cy->resp = CD_RESP_DONE;
     }
     if (c == NULL) {
-        free(head); /* Daphne ignores sends after a disconnect. */
+        cd_buf_dispose(&head); /* Daphne ignores sends after a disconnect. */
         Py_DECREF(body);
         return 0;
     }
@@ -594,22 +436,20 @@ cd_cycle_response_body(cd_cycle_t *cy, PyObject *msg)
     int nb = 0;
     if (cy->chunked && blen > 0) {
         /* The chunk-size line goes after the head, in the same block. */
-        char *h = realloc(head, hlen + CD_CHUNK_PREFIX);
-        if (h == NULL) {
-            free(head);
+        char line[24];
+        int ll = snprintf(line, sizeof(line), "%zx\r\n", (size_t)blen);
+        if (cd_buf_append(&head, line, (size_t)ll) < 0) {
+            cd_buf_dispose(&head);
             Py_DECREF(body);
             PyErr_NoMemory();
             return -1;
         }
-        head = h;
-        hlen += (size_t)snprintf(head + hlen, CD_CHUNK_PREFIX, "%zx\r\n",
-                                 (size_t)blen);
     }
-    if (hlen) {
-        bufs[nb++] = uv_buf_init(head, (unsigned)hlen);
+    if (head.len) {
+        bufs[nb++] = cd_uvbuf(head.base, head.len);
     }
     if (blen > 0) {
-        bufs[nb++] = uv_buf_init(PyBytes_AS_STRING(body), (unsigned)blen);
+        bufs[nb++] = cd_uvbuf(PyBytes_AS_STRING(body), (size_t)blen);
     }
     if (cy->chunked) {
         const char *tail = NULL;
@@ -632,10 +472,10 @@ cd_cycle_response_body(cd_cycle_t *cy, PyObject *msg)
     }
     int r = 0;
     if (nb > 0) {
-        r = cd_conn_write(c, bufs, nb, blen > 0 ? body : NULL, head);
+        r = cd_conn_write(c, bufs, nb, blen > 0 ? body : NULL, head.base);
     }
     else {
-        free(head);
+        cd_buf_dispose(&head);
     }
     Py_DECREF(body);
     if (r < 0) {

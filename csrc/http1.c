@@ -428,6 +428,7 @@ cd_http1_reason(int status)
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
     default: return "";
     }
 }
@@ -455,26 +456,303 @@ cd_http1_date(char *out)
 void
 cd_http1_simple_response(cd_conn_t *c, int status, const char *body)
 {
-    const char *server = c->server->server_header;
-    size_t cap = 512 + (server ? strlen(server) : 0);
-    char *buf = malloc(cap);
-    if (buf == NULL) {
+    static const char ctype[] = "content-type: text/plain; charset=utf-8\r\n";
+    size_t blen = strlen(body);
+    cd_http1_head_t h = {
+        .status = status,
+        .final = 1,
+        .first_len = blen,
+        .server_header = c->server->server_header,
+        .fixed = ctype,
+        .fixed_len = sizeof(ctype) - 1,
+        .keep_alive = 0,
+    };
+    cd_buf_t out = {0};
+    if (cd_http1_head_write(&out, &h, NULL) < 0 ||
+        cd_buf_append(&out, body, blen) < 0) {
+        PyErr_Clear();
+        cd_buf_dispose(&out);
         cd_conn_close(c);
         return;
     }
-    size_t blen = strlen(body);
-    int n =
-        snprintf(buf, cap,
-                 "HTTP/1.1 %d %s\r\n"
-                 "content-type: text/plain; charset=utf-8\r\n"
-                 "content-length: %zu\r\n"
-                 "connection: close\r\n%s",
-                 status, cd_http1_reason(status), blen, server ? server : "");
-    n += (int)cd_http1_date(buf + n);
-    n += snprintf(buf + n, cap - n, "\r\n%s", body);
-    uv_buf_t b = uv_buf_init(buf, (unsigned)n);
+    uv_buf_t b = cd_uvbuf(out.base, out.len);
     cd_conn_read_stop(c);
-    if (cd_conn_write(c, &b, 1, NULL, buf) == 0) {
+    if (cd_conn_write(c, &b, 1, NULL, out.base) == 0) {
         cd_conn_close_after_writes(c);
     }
+}
+
+/* ---- the response head writer ------------------------------------- */
+
+static int
+head_name_is(PyObject *name, const char *lower)
+{
+    size_t n = strlen(lower);
+    return (size_t)PyBytes_GET_SIZE(name) == n &&
+           strncasecmp(PyBytes_AS_STRING(name), lower, n) == 0;
+}
+
+/* RFC 9110 token characters: what a header name may hold. */
+static int
+is_token(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch <= ' ' || ch >= 127 || strchr("\"(),/:;<=>?@[\\]{}", ch)) {
+            return 0;
+        }
+    }
+    return n > 0;
+}
+
+int
+cd_http1_head_value_ok(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* New reference: `item` as a checked (bytes, bytes) tuple. */
+static PyObject *
+head_pair(PyObject *item)
+{
+    PyObject *pair = PySequence_Tuple(item); /* One read of the item. */
+    if (pair == NULL || PyTuple_GET_SIZE(pair) != 2) {
+        Py_XDECREF(pair);
+        PyErr_SetString(PyExc_TypeError,
+                        "headers must be [bytes, bytes] pairs");
+        return NULL;
+    }
+    PyObject *n = PyTuple_GET_ITEM(pair, 0);
+    PyObject *v = PyTuple_GET_ITEM(pair, 1);
+    if (!PyBytes_Check(n)) {
+        PyErr_Format(PyExc_TypeError,
+                     "Header name '%S' expected to be `bytes`, but got `%S`",
+                     n, (PyObject *)Py_TYPE(n));
+    }
+    else if (!PyBytes_Check(v)) {
+        PyErr_Format(PyExc_TypeError,
+                     "Header value '%S' expected to be `bytes`, but got `%S`",
+                     v, (PyObject *)Py_TYPE(v));
+    }
+    else if (!is_token(PyBytes_AS_STRING(n), (size_t)PyBytes_GET_SIZE(n))) {
+        PyErr_Format(PyExc_ValueError, "invalid header name %R", n);
+    }
+    else if (!cd_http1_head_value_ok(PyBytes_AS_STRING(v),
+                                     (size_t)PyBytes_GET_SIZE(v))) {
+        PyErr_Format(PyExc_ValueError,
+                     "invalid character in the value of header %R", n);
+    }
+    else {
+        return pair;
+    }
+    Py_DECREF(pair);
+    return NULL;
+}
+
+PyObject *
+cd_http1_head_headers(PyObject *headers)
+{
+    if (headers == NULL || headers == Py_None) {
+        return PyList_New(0);
+    }
+    PyObject *list = PySequence_List(headers); /* One read of the list. */
+    if (list == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
+        PyObject *pair = head_pair(PyList_GET_ITEM(list, i));
+        if (pair == NULL || PyList_SetItem(list, i, pair) < 0) {
+            Py_DECREF(list);
+            return NULL;
+        }
+    }
+    return list;
+}
+
+static int
+head_append(cd_buf_t *out, const char *p, size_t n)
+{
+    if (cd_buf_append(out, p, n) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static int
+head_append_str(cd_buf_t *out, const char *s)
+{
+    return head_append(out, s, strlen(s));
+}
+
+/* What the app's headers said, for head_scan's mask. */
+enum {
+    CD_HEAD_HAS_CL = 1,
+    CD_HEAD_HAS_TE = 2,
+    CD_HEAD_HAS_SERVER = 4,
+    CD_HEAD_HAS_DATE = 8,
+};
+
+/* Reads what the app's headers say about framing into h and adds
+ * CD_HEAD_HAS_* bits to *has. */
+static int
+head_scan(cd_http1_head_t *h, PyObject *headers, int *has)
+{
+    Py_ssize_t nh = headers ? PyList_GET_SIZE(headers) : 0;
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        PyObject *n = PyTuple_GET_ITEM(PyList_GET_ITEM(headers, i), 0);
+        PyObject *v = PyTuple_GET_ITEM(PyList_GET_ITEM(headers, i), 1);
+        const char *vp = PyBytes_AS_STRING(v);
+        Py_ssize_t vl = PyBytes_GET_SIZE(v);
+        if (head_name_is(n, "server")) {
+            *has |= CD_HEAD_HAS_SERVER;
+        }
+        else if (head_name_is(n, "date")) {
+            *has |= CD_HEAD_HAS_DATE;
+        }
+        else if (h->upgrade) {
+            continue; /* A 101 has no body to frame. */
+        }
+        else if (head_name_is(n, "content-length")) {
+            char tmp[32], *end;
+            if (vl <= 0 || vl >= (Py_ssize_t)sizeof(tmp)) {
+                goto bad_length;
+            }
+            memcpy(tmp, vp, (size_t)vl);
+            tmp[vl] = 0;
+            long long cl = strtoll(tmp, &end, 10);
+            if (*end != 0 || cl < 0) {
+                goto bad_length;
+            }
+            h->content_length = cl;
+            *has |= CD_HEAD_HAS_CL;
+        }
+        else if (head_name_is(n, "connection")) {
+            for (Py_ssize_t k = 0; k + 5 <= vl; k++) {
+                if (strncasecmp(vp + k, "close", 5) == 0) {
+                    h->keep_alive = 0;
+                }
+            }
+        }
+        else if (head_name_is(n, "transfer-encoding")) {
+            *has |= CD_HEAD_HAS_TE;
+        }
+    }
+    return 0;
+
+bad_length:
+    PyErr_SetString(PyExc_ValueError, "invalid content-length");
+    return -1;
+}
+
+/* Chooses the body framing: a length we add, chunked, or the close. */
+static void
+head_framing(cd_http1_head_t *h, int has)
+{
+    int code = h->status;
+    int bodyless = h->is_head || code == 204 || code == 304 || code < 200;
+    if (h->upgrade) {
+        return;
+    }
+    if (!(has & (CD_HEAD_HAS_CL | CD_HEAD_HAS_TE))) {
+        if (h->final && code != 204 && code != 304 && code >= 200) {
+            h->content_length = (int64_t)h->first_len;
+            h->add_length = 1;
+        }
+        else if (!bodyless) {
+            if (h->http10) {
+                h->keep_alive = 0; /* The close delimits the body. */
+            }
+            else {
+                h->chunked = 1;
+            }
+        }
+    }
+    else if ((has & CD_HEAD_HAS_TE) && !(has & CD_HEAD_HAS_CL) && !bodyless) {
+        h->chunked = 2; /* The app named it; we still frame it. */
+    }
+}
+
+static int
+head_write_headers(cd_buf_t *out, PyObject *headers)
+{
+    Py_ssize_t nh = headers ? PyList_GET_SIZE(headers) : 0;
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        PyObject *n = PyTuple_GET_ITEM(PyList_GET_ITEM(headers, i), 0);
+        PyObject *v = PyTuple_GET_ITEM(PyList_GET_ITEM(headers, i), 1);
+        if (head_append(out, PyBytes_AS_STRING(n),
+                        (size_t)PyBytes_GET_SIZE(n)) < 0 ||
+            head_append(out, ": ", 2) < 0 ||
+            head_append(out, PyBytes_AS_STRING(v),
+                        (size_t)PyBytes_GET_SIZE(v)) < 0 ||
+            head_append(out, "\r\n", 2) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int
+cd_http1_head_write(cd_buf_t *out, cd_http1_head_t *h, PyObject *headers)
+{
+    int has = 0;
+    char tmp[64];
+    h->chunked = 0;
+    h->add_length = 0;
+    h->content_length = -1;
+    if (h->status < 100 || h->status > 999) {
+        PyErr_Format(PyExc_ValueError, "invalid status %d", h->status);
+        return -1;
+    }
+    if (head_scan(h, headers, &has) < 0) {
+        return -1;
+    }
+    head_framing(h, has);
+    snprintf(tmp, sizeof(tmp), "HTTP/1.1 %d ", h->status);
+    if (head_append_str(out, tmp) < 0 ||
+        head_append_str(out, cd_http1_reason(h->status)) < 0 ||
+        head_append(out, "\r\n", 2) < 0 ||
+        (h->fixed && head_append(out, h->fixed, h->fixed_len) < 0) ||
+        head_write_headers(out, headers) < 0) {
+        return -1;
+    }
+    if (h->add_length) {
+        snprintf(tmp, sizeof(tmp), "content-length: %llu\r\n",
+                 (unsigned long long)h->first_len);
+        if (head_append_str(out, tmp) < 0) {
+            return -1;
+        }
+    }
+    if (h->chunked == 1 &&
+        head_append_str(out, "transfer-encoding: chunked\r\n") < 0) {
+        return -1;
+    }
+    if (!(has & CD_HEAD_HAS_DATE) &&
+        head_append(out, tmp, cd_http1_date(tmp)) < 0) {
+        return -1;
+    }
+    if (!(has & CD_HEAD_HAS_SERVER) && h->server_header != NULL &&
+        head_append_str(out, h->server_header) < 0) {
+        return -1;
+    }
+    const char *conn = NULL;
+    if (h->upgrade) {
+        conn = NULL; /* The fixed lines say "connection: Upgrade". */
+    }
+    else if (!h->keep_alive) {
+        conn = "connection: close\r\n";
+    }
+    else if (h->http10) {
+        conn = "connection: keep-alive\r\n";
+    }
+    if ((conn != NULL && head_append_str(out, conn) < 0) ||
+        head_append(out, "\r\n", 2) < 0) {
+        return -1;
+    }
+    return 0;
 }

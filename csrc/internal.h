@@ -69,6 +69,17 @@ cd_uvbuf_const(const char *p, size_t n)
     return b;
 }
 
+/* A uv_buf_t of any size: uv_buf_init() takes an unsigned int and would
+ * cut a buffer over 4 GiB; the field itself is a size_t on Unix. */
+static inline uv_buf_t
+cd_uvbuf(char *p, size_t n)
+{
+    uv_buf_t b;
+    b.base = p;
+    b.len = n;
+    return b;
+}
+
 /* asyncio's selector event masks; they equal UV_READABLE/UV_WRITABLE. */
 #define CD_EVENT_READ 1
 #define CD_EVENT_WRITE 2
@@ -316,6 +327,54 @@ void cd_http1_simple_response(cd_conn_t *c, int status, const char *body);
 void cd_http1_release_request(cd_conn_t *c);
 const char *cd_http1_reason(int status);
 size_t cd_http1_date(char *out);
+
+/* The response head writer: the one place that writes a head, for
+ * http.response.start (cycle.c), the 101 handshake (websocket.c) and the
+ * server's own responses (cd_http1_simple_response).  http1.c owns the
+ * wire format and every check on what the app gave; the caller owns the
+ * output buffer and the header list, and copies the decisions the writer
+ * makes (framing, keep-alive) into its own state.  A pure function of
+ * its arguments: no connection, no server, callable from a fuzz target.
+ * Needs the GIL (it reads Python bytes). */
+typedef struct {
+    /* In. */
+    int status;                /* 100..999, else ValueError */
+    int http10;                /* the request was HTTP/1.0 */
+    int is_head;               /* the request was HEAD: no body follows */
+    int upgrade;               /* a 101 handshake: no body framing and no
+                                  connection header of ours */
+    int final;                 /* the first body message is the last */
+    uint64_t first_len;        /* that message's length, when final */
+    const char *server_header; /* borrowed: "server: x\r\n", or NULL;
+                                  left out if the app sent a server */
+    const char *fixed;         /* borrowed: lines the server writes right
+                                  after the status line (each ending in
+                                  CRLF, already safe), or NULL */
+    size_t fixed_len;
+    /* In and out. */
+    int keep_alive; /* in: the request allows it and the server is not
+                       closing; out: the conn may stay open */
+    /* Out. */
+    int chunked;            /* 1: chunked, and we said so; 2: the app sent
+                               transfer-encoding, we frame in chunks */
+    int add_length;         /* we wrote content-length: first_len */
+    int64_t content_length; /* the body's length, -1 if unknown */
+} cd_http1_head_t;
+
+/* New reference: `headers` (an iterable of pairs; NULL or None for none)
+ * read exactly once into a new list of (bytes, bytes) tuples.  TypeError
+ * for an item that is not a pair of bytes, ValueError for a name that is
+ * not an RFC 9110 token or a value holding CR, LF or NUL; the messages
+ * name the header. */
+PyObject *cd_http1_head_headers(PyObject *headers);
+/* 1 if a value has no CR, LF or NUL (for values that are not in a list,
+ * such as the subprotocol). */
+int cd_http1_head_value_ok(const char *p, size_t n);
+/* Appends a whole head (status line to the empty line) to out through
+ * its checked growth.  `headers` (borrowed, may be NULL) must come from
+ * cd_http1_head_headers.  0, or -1 with ValueError (bad content-length
+ * or status) or MemoryError; out then holds a partial head to dispose. */
+int cd_http1_head_write(cd_buf_t *out, cd_http1_head_t *h, PyObject *headers);
 
 /* ---- scope.c ------------------------------------------------------ */
 int cd_scope_init(cd_state *st);

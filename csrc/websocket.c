@@ -285,7 +285,7 @@ flush_wslay(cd_cycle_t *cy)
         wslay_event_send(ws->ctx);
     }
     if (ws->out.len > 0) {
-        uv_buf_t b = uv_buf_init(ws->out.base, (unsigned)ws->out.len);
+        uv_buf_t b = cd_uvbuf(ws->out.base, ws->out.len);
         char *owned = ws->out.base;
         ws->out.base = NULL;
         ws->out.len = ws->out.cap = 0;
@@ -441,11 +441,40 @@ cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy)
     return 0;
 }
 
-/* "HTTP/1.1 101 ..." with Sec-WebSocket-Accept; malloc'd in *out. */
+/* The subprotocol the app chose, as "sec-websocket-protocol: x\r\n"
+ * appended to out; nothing if it chose none. */
 static int
-build_accept(cd_cycle_t *cy, PyObject *msg, char **out, size_t *outlen)
+accept_subprotocol(cd_cycle_t *cy, PyObject *msg, cd_buf_t *out)
 {
-    cd_state *st = cy->st;
+    PyObject *sub = PyDict_GetItemWithError(msg, cy->st->s_subprotocol);
+    if (sub == NULL || sub == Py_None) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    Py_ssize_t n;
+    const char *p = PyUnicode_AsUTF8AndSize(sub, &n);
+    if (p == NULL) {
+        return -1;
+    }
+    if (!cd_http1_head_value_ok(p, (size_t)n)) {
+        PyErr_Format(PyExc_ValueError, "invalid character in subprotocol %R",
+                     sub);
+        return -1;
+    }
+    static const char name[] = "sec-websocket-protocol: ";
+    if (cd_buf_append(out, name, sizeof(name) - 1) < 0 ||
+        cd_buf_append(out, p, (size_t)n) < 0 ||
+        cd_buf_append(out, "\r\n", 2) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* Appends "HTTP/1.1 101 ..." with Sec-WebSocket-Accept to out; the head
+ * writer in http1.c writes it and checks what the app gave. */
+static int
+build_accept(cd_cycle_t *cy, PyObject *msg, cd_buf_t *out)
+{
     unsigned char digest[SHA_DIGEST_LENGTH];
     char joined[128];
     int jl = snprintf(joined, sizeof(joined), "%s%s", cy->ws->key, CD_WS_GUID);
@@ -453,93 +482,43 @@ build_accept(cd_cycle_t *cy, PyObject *msg, char **out, size_t *outlen)
     char accept[64];
     EVP_EncodeBlock((unsigned char *)accept, digest, SHA_DIGEST_LENGTH);
 
-    PyObject *sub = PyDict_GetItemWithError(msg, st->s_subprotocol);
-    if (sub == NULL && PyErr_Occurred()) {
-        return -1;
-    }
-    const char *subp = NULL;
-    if (sub != NULL && sub != Py_None) {
-        subp = PyUnicode_AsUTF8(sub);
-        if (subp == NULL) {
-            return -1;
-        }
-    }
-    PyObject *hs = PyDict_GetItemWithError(msg, st->s_headers);
-    if (hs == NULL && PyErr_Occurred()) {
-        return -1;
-    }
-    PyObject *list =
-        hs ? PySequence_Fast(hs, "headers must be a list") : PyList_New(0);
-    if (list == NULL) {
-        return -1;
-    }
-    size_t need = 256 + (subp ? strlen(subp) : 0);
-    Py_ssize_t nh = PySequence_Fast_GET_SIZE(list);
-    for (Py_ssize_t i = 0; i < nh; i++) {
-        PyObject *pair = PySequence_Fast_GET_ITEM(list, i);
-        if (!PySequence_Check(pair) || PySequence_Size(pair) != 2) {
-            Py_DECREF(list);
-            PyErr_SetString(PyExc_TypeError,
-                            "accept headers must be [bytes, bytes] pairs");
-            return -1;
-        }
-        PyObject *n = PySequence_GetItem(pair, 0);
-        PyObject *v = PySequence_GetItem(pair, 1);
-        int ok = n && v && PyBytes_Check(n) && PyBytes_Check(v);
-        if (ok) {
-            need += PyBytes_GET_SIZE(n) + PyBytes_GET_SIZE(v) + 4;
-        }
-        Py_XDECREF(n);
-        Py_XDECREF(v);
-        if (!ok) {
-            Py_DECREF(list);
-            PyErr_SetString(PyExc_TypeError,
-                            "accept headers must be [bytes, bytes] pairs");
-            return -1;
-        }
-    }
-    char *buf = malloc(need);
-    if (buf == NULL) {
-        Py_DECREF(list);
-        PyErr_NoMemory();
-        return -1;
-    }
-    size_t o = (size_t)snprintf(buf, need,
-                                "HTTP/1.1 101 Switching Protocols\r\n"
-                                "upgrade: websocket\r\n"
+    cd_buf_t fixed = {0}; /* owned */
+    PyObject *list = NULL;
+    int r = -1;
+    static const char lines[] = "upgrade: websocket\r\n"
                                 "connection: Upgrade\r\n"
-                                "sec-websocket-accept: %s\r\n",
-                                accept);
-    if (subp) {
-        o += (size_t)snprintf(buf + o, need - o,
-                              "sec-websocket-protocol: %s\r\n", subp);
+                                "sec-websocket-accept: ";
+    if (cd_buf_append(&fixed, lines, sizeof(lines) - 1) < 0 ||
+        cd_buf_append(&fixed, accept, strlen(accept)) < 0 ||
+        cd_buf_append(&fixed, "\r\n", 2) < 0) {
+        PyErr_NoMemory();
+        goto done;
     }
-    if (cy->server->server_header) {
-        size_t sl = strlen(cy->server->server_header);
-        memcpy(buf + o, cy->server->server_header, sl);
-        o += sl;
+    if (accept_subprotocol(cy, msg, &fixed) < 0) {
+        goto done;
     }
-    for (Py_ssize_t i = 0; i < nh; i++) {
-        PyObject *pair = PySequence_Fast_GET_ITEM(list, i);
-        PyObject *n = PySequence_GetItem(pair, 0);
-        PyObject *v = PySequence_GetItem(pair, 1);
-        memcpy(buf + o, PyBytes_AS_STRING(n), PyBytes_GET_SIZE(n));
-        o += PyBytes_GET_SIZE(n);
-        buf[o++] = ':';
-        buf[o++] = ' ';
-        memcpy(buf + o, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v));
-        o += PyBytes_GET_SIZE(v);
-        buf[o++] = '\r';
-        buf[o++] = '\n';
-        Py_DECREF(n);
-        Py_DECREF(v);
+    PyObject *hs = PyDict_GetItemWithError(msg, cy->st->s_headers);
+    if (hs == NULL && PyErr_Occurred()) {
+        goto done;
     }
-    Py_DECREF(list);
-    buf[o++] = '\r';
-    buf[o++] = '\n';
-    *out = buf;
-    *outlen = o;
-    return 0;
+    list = cd_http1_head_headers(hs);
+    if (list == NULL) {
+        goto done;
+    }
+    cd_http1_head_t h = {
+        .status = 101,
+        .upgrade = 1,
+        .server_header = cy->server->server_header,
+        .fixed = fixed.base,
+        .fixed_len = fixed.len,
+        .keep_alive = 1,
+    };
+    r = cd_http1_head_write(out, &h, list);
+
+done:
+    Py_XDECREF(list);
+    cd_buf_dispose(&fixed);
+    return r;
 }
 
 static int
@@ -548,13 +527,13 @@ ws_accept(cd_cycle_t *cy, PyObject *msg)
     cd_ws_t *ws = cy->ws;
     cd_conn_t *c = cy->conn;
     cd_config_t *cfg = &cy->server->cfg;
-    char *head;
-    size_t hlen;
-    if (build_accept(cy, msg, &head, &hlen) < 0) {
+    cd_buf_t head = {0}; /* owned until handed to the conn */
+    if (build_accept(cy, msg, &head) < 0) {
+        cd_buf_dispose(&head);
         return -1;
     }
     if (wslay_event_context_server_init(&ws->ctx, &wslay_callbacks, cy) != 0) {
-        free(head);
+        cd_buf_dispose(&head);
         PyErr_NoMemory();
         return -1;
     }
@@ -564,8 +543,8 @@ ws_accept(cd_cycle_t *cy, PyObject *msg)
     }
     ws->state = CD_WS_OPEN;
     ws->opened_at = uv_now(&cy->server->loop->uv);
-    uv_buf_t b = uv_buf_init(head, (unsigned)hlen);
-    if (cd_conn_write(c, &b, 1, NULL, head) < 0) {
+    uv_buf_t b = cd_uvbuf(head.base, head.len);
+    if (cd_conn_write(c, &b, 1, NULL, head.base) < 0) {
         return 0; /* Closed: the app gets websocket.disconnect. */
     }
     cd_conn_timer_stop(c);
@@ -663,8 +642,7 @@ ws_write_frame(cd_cycle_t *cy, int opcode, const char *data, size_t n,
         }
         hl = 10;
     }
-    uv_buf_t bufs[2] = {uv_buf_init(head, (unsigned)hl),
-                        cd_uvbuf_const(data, n)};
+    uv_buf_t bufs[2] = {cd_uvbuf(head, hl), cd_uvbuf_const(data, n)};
     cd_conn_write(c, bufs, n ? 2 : 1, keep, head);
     return 0;
 }

@@ -1,0 +1,176 @@
+"""The one response-head writer (http.response.start, the 101 handshake,
+the server's own error responses): long server names, the longest fixed
+parts, hostile header sequences from the app, header injection.
+
+Servers run with glibc's malloc checks on, so that an overflow of the head
+buffer aborts the process instead of passing unnoticed."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import socket
+
+import pytest
+
+from .conftest import Reader, connect, is_closed, request
+
+APP = "tests.apps.wire:app"
+# Free chunks are not cached and are filled with a pattern: a write past
+# the end of a block corrupts the heap where glibc checks it.
+MALLOC_CHECKS = {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0:glibc.malloc.perturb=65"}
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+@pytest.fixture
+def wire(serve):
+    def start(*flags: str):
+        return serve(APP, *flags, env=MALLOC_CHECKS)
+    return start
+
+
+def alive(proc) -> None:
+    r = request(proc, b"GET /?len=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (r.status, r.body) == (200, b"bb")
+    assert proc.proc.poll() is None
+
+
+# ---- http.response.start ---------------------------------------------------
+
+@pytest.mark.parametrize("name_len", [14, 200])
+def test_431_streamed_with_connection_close_and_a_long_server_name(wire, name_len):
+    name = "s" * name_len
+    proc = wire("-s", name)
+    for _ in range(3):
+        with connect(proc) as sock:
+            sock.sendall(b"GET /?status=431&stream=1&close=1&len=7 HTTP/1.1\r\nHost: x\r\n\r\n")
+            reader = Reader(sock)
+            r = reader.response()
+            assert r.status == 431
+            assert r.reason == "Request Header Fields Too Large"
+            assert r.chunked and r.body == b"b" * 7
+            assert r.header("server") == name
+            assert r.header("connection") == "close"
+            assert r.header("transfer-encoding") == "chunked"
+            assert is_closed(sock)
+    alive(proc)
+
+
+@pytest.mark.parametrize("name_len", [14, 200])
+@pytest.mark.parametrize("body_len", [10, 99])
+def test_http10_keep_alive_with_a_short_body_and_a_long_server_name(wire, name_len,
+                                                                    body_len):
+    name = "n" * name_len
+    proc = wire("-s", name)
+    with connect(proc) as sock:
+        reader = Reader(sock)
+        for _ in range(3):
+            sock.sendall(b"GET /?status=431&len=%d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+                         % body_len)
+            r = reader.response()
+            assert (r.status, r.version) == (431, "HTTP/1.1")
+            assert r.body == b"b" * body_len
+            assert r.header("content-length") == str(body_len)
+            assert r.header("connection") == "keep-alive"
+            assert r.header("server") == name
+    alive(proc)
+
+
+def test_head_has_one_date_one_server_and_ends_once(wire):
+    proc = wire("-s", "x" * 300)
+    r = request(proc, b"GET /?len=3 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert r.raw_head.count(b"\r\n\r\n") == 1
+    assert len(r.header_all("date")) == 1
+    assert r.header_all("server") == ["x" * 300]
+    assert r.header("content-length") == "3"
+
+
+def test_server_error_response_carries_a_long_server_name(wire):
+    # A head the server writes by itself (400) with the 200-char name.
+    proc = wire("-s", "e" * 200)
+    with connect(proc) as sock:
+        sock.sendall(b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = Reader(sock).response()
+    assert (r.status, r.body) == (400, b"Bad Request")
+    assert r.header("server") == "e" * 200
+    assert r.header("connection") == "close"
+    alive(proc)
+
+
+# ---- the 101 handshake ------------------------------------------------------
+
+def handshake(proc, path: str, protocols: str | None = None) -> tuple[bytes, Reader,
+                                                                      socket.socket]:
+    """Send a WebSocket handshake; returns (key, a reader, the socket)."""
+    sock = connect(proc)
+    key = base64.b64encode(os.urandom(16))
+    extra = b"Sec-WebSocket-Protocol: %s\r\n" % protocols.encode() if protocols else b""
+    sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key +
+                 b"\r\nSec-WebSocket-Version: 13\r\n" + extra + b"\r\n")
+    return key, Reader(sock), sock
+
+
+def accept_value(key: bytes) -> bytes:
+    return base64.b64encode(hashlib.sha1(key + GUID).digest())
+
+
+def test_accept_with_a_200_char_server_name(wire):
+    proc = wire("-s", "w" * 200)
+    for _ in range(3):
+        key, reader, sock = handshake(proc, "/?mode=plain")
+        with sock:
+            head = reader.read_until(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+            assert b"\r\nsec-websocket-accept: " + accept_value(key) + b"\r\n" in head
+            assert b"\r\nserver: " + b"w" * 200 + b"\r\n" in head
+            assert b"\r\nx-plain: 1\r\n" in head
+            assert head.count(b"\r\n\r\n") == 1
+    alive(proc)
+
+
+def test_accept_headers_whose_items_change_between_reads(wire):
+    # The writer reads the app's sequence once: the 100 KB (or non-bytes)
+    # item a second read would return is never seen.
+    proc = wire()
+    for mode in ("shifty_long", "shifty_nonbytes"):
+        _, reader, sock = handshake(proc, f"/?mode={mode}")
+        with sock:
+            head = reader.read_until(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        assert b"\r\nx-shift: short\r\n" in head
+        assert len(head) < 1000
+    alive(proc)
+
+
+def test_app_server_header_replaces_the_default_in_the_handshake(wire):
+    proc = wire("-s", "default-name")
+    _, reader, sock = handshake(proc, "/?mode=app_server")
+    with sock:
+        head = reader.read_until(b"\r\n\r\n")
+    assert b"\r\nserver: app-server\r\n" in head
+    assert b"default-name" not in head
+
+
+@pytest.mark.parametrize("mode,exc", [
+    ("nonbytes", "TypeError: Header value 'not bytes' expected to be `bytes`"),
+    ("crlf_value", "ValueError: invalid character in the value of header b'x-a'"),
+    ("nul_value", "ValueError: invalid character in the value of header b'x-a'"),
+    ("bad_name", "ValueError: invalid header name"),
+    ("crlf_subprotocol", "ValueError: invalid character in subprotocol"),
+])
+def test_bad_accept_raises_in_send_and_refuses_the_handshake(wire, mode, exc):
+    # The exception leaves the app, so the handshake is refused with 500;
+    # nothing the app gave reaches the wire.
+    proc = wire()
+    _, reader, sock = handshake(proc, f"/?mode={mode}", protocols="chat")
+    with sock:
+        r = reader.response()
+        rest = reader.read_to_eof()
+    assert r.status == 500
+    assert b"injected" not in r.raw_head + r.body + rest
+    assert r.header("connection") == "close"
+    proc.wait_log(re.escape(exc))
+    alive(proc)
