@@ -20,11 +20,23 @@ fail(llhttp_t *p, int status)
     return -1;
 }
 
+/* Counts the head as it arrives on the wire against --max-header-size:
+ * every byte llhttp took since the message began (request line,
+ * separators, whitespace, CRLFs), not only the names and values, which
+ * 60,000 "a:" lines would hold to a few bytes each.  While the head is
+ * being read, c->head_bytes is what earlier reads brought and `at + n`
+ * is how far this one got; a trailer after a chunked body adds its bytes. */
 static int
-count_head(cd_conn_t *c, size_t n)
+count_head(cd_conn_t *c, const char *at, size_t n)
 {
-    c->head_bytes += n;
-    if (c->head_bytes > c->server->cfg.max_head) {
+    size_t seen;
+    if (c->in_head) {
+        seen = c->head_bytes + (size_t)(at + n - c->in.base);
+    }
+    else {
+        seen = c->head_bytes += n;
+    }
+    if (seen > c->server->cfg.max_head) {
         return fail(&c->parser, 431);
     }
     return 0;
@@ -39,6 +51,9 @@ on_message_begin(llhttp_t *p)
     c->hvalue.len = 0;
     c->in_value = 0;
     c->head_bytes = 0;
+    c->in_head = 1;
+    c->nheaders = 0;
+    c->nhost = 0;
     c->expect_continue = 0;
     c->ws_upgrade = 0;
     Py_XSETREF(c->headers, PyList_New(0));
@@ -56,7 +71,7 @@ static int
 on_url(llhttp_t *p, const char *at, size_t n)
 {
     cd_conn_t *c = cd_container_of(p, cd_conn_t, parser);
-    if (count_head(c, n) < 0) {
+    if (count_head(c, at, n) < 0) {
         return -1;
     }
     return cd_buf_append(&c->url, at, n) < 0 ? fail(p, 500) : 0;
@@ -115,8 +130,11 @@ flush_header(cd_conn_t *c)
         Py_DECREF(name);
         return -1;
     }
-    if (header_is(&c->hname, "expect") &&
-        value_has_token(&c->hvalue, "100-continue")) {
+    if (header_is(&c->hname, "host")) {
+        c->nhost++;
+    }
+    else if (header_is(&c->hname, "expect") &&
+             value_has_token(&c->hvalue, "100-continue")) {
         c->expect_continue = 1;
     }
     else if (header_is(&c->hname, "upgrade") &&
@@ -141,11 +159,16 @@ static int
 on_header_field(llhttp_t *p, const char *at, size_t n)
 {
     cd_conn_t *c = cd_container_of(p, cd_conn_t, parser);
-    if (count_head(c, n) < 0) {
+    if (count_head(c, at, n) < 0) {
         return -1;
     }
     if (c->in_value && flush_header(c) < 0) {
         return fail(p, 500);
+    }
+    /* A new field (not the next piece of a split name): count it. */
+    unsigned max = c->server->cfg.max_headers;
+    if (c->hname.len == 0 && ++c->nheaders > max && max != 0) {
+        return fail(p, 431);
     }
     return cd_buf_append(&c->hname, at, n) < 0 ? fail(p, 500) : 0;
 }
@@ -154,7 +177,7 @@ static int
 on_header_value(llhttp_t *p, const char *at, size_t n)
 {
     cd_conn_t *c = cd_container_of(p, cd_conn_t, parser);
-    if (count_head(c, n) < 0) {
+    if (count_head(c, at, n) < 0) {
         return -1;
     }
     /* llhttp splits a value only at the end of the buffer it parses and
@@ -167,6 +190,37 @@ on_header_value(llhttp_t *p, const char *at, size_t n)
     return cd_buf_append(&c->hvalue, at, n) < 0 ? fail(p, 500) : 0;
 }
 
+/* llhttp 8.1 takes ": x" as a header with an empty name. */
+static int
+on_header_value_complete(llhttp_t *p)
+{
+    cd_conn_t *c = cd_container_of(p, cd_conn_t, parser);
+    return c->hname.len == 0 ? fail(p, 400) : 0;
+}
+
+/* llhttp takes HTTP/2.0 (and 0.9) request lines; we speak 1.x only. */
+static int
+on_version_complete(llhttp_t *p)
+{
+    return p->http_major != 1 ? fail(p, 505) : 0;
+}
+
+/* RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one in 1.0;
+ * 6.1: Transfer-Encoding in HTTP/1.0 is a framing error. */
+static int
+check_head(cd_conn_t *c)
+{
+    llhttp_t *p = &c->parser;
+    int http10 = p->http_major == 1 && p->http_minor == 0;
+    if (c->nhost > 1 || (c->nhost == 0 && !http10)) {
+        return -1;
+    }
+    if (http10 && (p->flags & F_TRANSFER_ENCODING)) {
+        return -1;
+    }
+    return 0;
+}
+
 static int
 on_headers_complete(llhttp_t *p)
 {
@@ -174,6 +228,10 @@ on_headers_complete(llhttp_t *p)
     cd_server_t *srv = c->server;
     if (flush_header(c) < 0) {
         return fail(p, 500);
+    }
+    c->in_head = 0;
+    if (check_head(c) < 0) {
+        return fail(p, 400);
     }
     cd_conn_timer_stop(c);
     if (srv->cfg.max_body && (p->flags & F_CONTENT_LENGTH) &&
@@ -257,6 +315,8 @@ static const llhttp_settings_t settings = {
     .on_url = on_url,
     .on_header_field = on_header_field,
     .on_header_value = on_header_value,
+    .on_header_value_complete = on_header_value_complete,
+    .on_version_complete = on_version_complete,
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
@@ -299,6 +359,15 @@ cd_http1_parse(cd_conn_t *c)
     }
     c->fail_status = 0;
     llhttp_errno_t err = llhttp_execute(&c->parser, c->in.base, c->in.len);
+    if (err == HPE_OK && c->in_head) {
+        /* The head goes on in the next read: what this one brought
+         * counts, up to its last byte. */
+        c->head_bytes += c->in.len;
+        if (c->head_bytes > c->server->cfg.max_head) {
+            c->fail_status = 431;
+            err = HPE_USER;
+        }
+    }
     if (err == HPE_OK) {
         c->in.len = 0;
         return;
@@ -326,6 +395,9 @@ cd_http1_parse(cd_conn_t *c)
     }
     else if (status == 431) {
         body = "Request Header Fields Too Large";
+    }
+    else if (status == 505) {
+        body = "HTTP Version Not Supported";
     }
     else if (status == 413) {
         body = "Payload Too Large";

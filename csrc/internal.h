@@ -179,6 +179,7 @@ void cd_log_exception(const char *msg);
 typedef struct {
     uint64_t max_body;           /* 0 = unlimited (Daphne's default) */
     size_t max_head;             /* request head bytes before 431 */
+    unsigned max_headers;        /* header fields before 431, 0 = any */
     uint64_t header_timeout;     /* ms to read a request head */
     uint64_t keepalive_timeout;  /* ms idle between requests */
     uint64_t http_timeout;       /* ms before 503, 0 = none */
@@ -288,7 +289,10 @@ struct cd_conn_s {
     cd_buf_t hname;  /* owned: current header name */
     cd_buf_t hvalue; /* owned: current header value */
     int in_value;
-    size_t head_bytes;
+    int in_head;       /* between message begin and headers complete */
+    size_t head_bytes; /* head bytes on the wire (see count_head) */
+    unsigned nheaders; /* header fields so far, trailers included */
+    unsigned nhost;    /* Host fields */
     PyObject *headers; /* strong: list of (name, value) or NULL */
     int expect_continue;
     int ws_upgrade;      /* Upgrade: websocket was asked for */

@@ -401,6 +401,10 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         goto error;
     }
     c->max_head = (size_t)v;
+    if (cfg_number(config, "max_header_count", 0, 1, &v) < 0) {
+        goto error;
+    }
+    c->max_headers = v > UINT_MAX ? UINT_MAX : (unsigned)v;
     if (cfg_number(config, "header_timeout", 30, 1000, &c->header_timeout) <
             0 ||
         cfg_number(config, "timeout_keep_alive", 60, 1000,

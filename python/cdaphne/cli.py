@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--limit-concurrency", type=int, default=None,
       help="connections beyond this get a 503")
     a("--max-body-size", type=_size, default=None, help="largest request body, bytes (413 beyond)")
+    a("--max-header-size", type=_size, default=Config.max_header_size,
+      help="largest request head as sent, request line and CRLFs included, bytes (431 beyond)")
+    a("--max-header-count", type=_size, default=Config.max_header_count,
+      help="most header fields in a request (431 beyond; 0: no limit)")
     a("--timeout-graceful-shutdown", dest="graceful_timeout", type=float, default=10,
       help="seconds in-flight requests and WebSockets get on shutdown before being closed")
     a("--lifespan", choices=("auto", "on", "off"), default="auto", help="ASGI lifespan protocol")
@@ -107,6 +111,8 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         header_timeout=args.header_timeout,
         limit_concurrency=args.limit_concurrency,
         max_body_size=args.max_body_size,
+        max_header_size=args.max_header_size,
+        max_header_count=args.max_header_count,
         lifespan=args.lifespan,
         graceful_timeout=args.graceful_timeout,
         configure_logging=True,

@@ -120,7 +120,8 @@ class Config:
     header_timeout: float = 30
     limit_concurrency: int | None = None
     max_body_size: int | None = None
-    max_header_size: int = 65536
+    max_header_size: int = 65536  # request head bytes on the wire (431 beyond)
+    max_header_count: int = 100  # header fields in a request (431 beyond); 0: no limit
     lifespan: str = "auto"
     backlog: int = 2048
     graceful_timeout: float = 10
@@ -154,7 +155,8 @@ class Config:
     def validate(self) -> None:
         if self.lifespan not in ("auto", "on", "off"):
             raise ConfigError(f"lifespan must be auto, on or off, not {self.lifespan!r}")
-        for name in ("websocket_max_message_size", "websocket_max_frame_size", "max_header_size"):
+        for name in ("websocket_max_message_size", "websocket_max_frame_size", "max_header_size",
+                     "max_header_count"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
 
