@@ -31,6 +31,9 @@ cd_buf_reserve(cd_buf_t *b, size_t extra)
 int
 cd_buf_append(cd_buf_t *b, const char *data, size_t n)
 {
+    if (n == 0) {
+        return 0; /* base may be NULL: no memcpy to it, even of 0 bytes. */
+    }
     int r = cd_buf_reserve(b, n);
     if (r < 0) {
         return r;
