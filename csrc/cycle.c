@@ -29,7 +29,7 @@ cd_future_new(cd_server_t *srv)
 }
 
 int
-cd_future_resolve(cd_state *st, PyObject *fut, PyObject *result)
+cd_future_done(cd_state *st, PyObject *fut)
 {
     PyObject *done = PyObject_CallMethodNoArgs(fut, st->s_done);
     if (done == NULL) {
@@ -37,8 +37,15 @@ cd_future_resolve(cd_state *st, PyObject *fut, PyObject *result)
     }
     int is_done = PyObject_IsTrue(done);
     Py_DECREF(done);
-    if (is_done) {
-        return 0;
+    return is_done;
+}
+
+int
+cd_future_resolve(cd_state *st, PyObject *fut, PyObject *result)
+{
+    int is_done = cd_future_done(st, fut);
+    if (is_done != 0) {
+        return is_done < 0 ? -1 : 0;
     }
     st->scheduled = 1;
     PyObject *r = PyObject_CallMethodOneArg(fut, st->s_set_result, result);
@@ -88,28 +95,93 @@ take_message(cd_cycle_t *cy)
     return NULL;
 }
 
-/* A receive() is waiting and something changed: give it its message. */
+/* Whether take_message() would return a message. */
+static int
+has_message(cd_cycle_t *cy)
+{
+    if (!cy->body_delivered && !cy->disconnected) {
+        return cy->body.len > 0 || cy->body_complete;
+    }
+    return cy->disconnected || cy->resp == CD_RESP_DONE;
+}
+
+PyObject *
+cd_cycle_take_message(cd_cycle_t *cy)
+{
+    return cy->kind == CD_CYCLE_WS ? cd_ws_next_message(cy) : take_message(cy);
+}
+
+/* Drop *futp if it is done (a cancelled receive() or send() leaves its
+ * future behind); returns -1 with an exception if done() failed. */
+static int
+drop_done_future(cd_state *st, PyObject **futp)
+{
+    if (*futp == NULL) {
+        return 0;
+    }
+    int done = cd_future_done(st, *futp);
+    if (done > 0) {
+        Py_CLEAR(*futp);
+    }
+    return done < 0 ? -1 : 0;
+}
+
+PyObject *
+cd_cycle_recv_future(cd_cycle_t *cy)
+{
+    if (drop_done_future(cy->st, &cy->recv_fut) < 0) {
+        return NULL;
+    }
+    if (cy->recv_fut == NULL) {
+        cy->recv_fut = cd_future_new(cy->server);
+        if (cy->recv_fut == NULL) {
+            return NULL;
+        }
+    }
+    return Py_NewRef(cy->recv_fut);
+}
+
+PyObject *
+cd_cycle_receive_waiter(cd_cycle_t *cy)
+{
+    PyObject *msg = cd_cycle_take_message(cy);
+    if (msg != NULL) {
+        return cd_waiter_ready(cy->st, msg);
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *fut = cd_cycle_recv_future(cy);
+    if (fut == NULL) {
+        return NULL;
+    }
+    return cd_waiter_receive(cy->st, cy, fut);
+}
+
+/* A receive() may be waiting and something changed: wake it if there is
+ * a message.  The message stays queued until the waiter's task runs and
+ * takes it, so a receive() cancelled meanwhile loses nothing. */
 void
 cd_cycle_wake_receiver(cd_cycle_t *cy)
 {
+    if (drop_done_future(cy->st, &cy->recv_fut) < 0) {
+        cd_log_exception("Error in receive()");
+        return;
+    }
     if (cy->recv_fut == NULL) {
         return;
     }
-    PyObject *msg =
-        cy->kind == CD_CYCLE_WS ? cd_ws_next_message(cy) : take_message(cy);
-    if (msg == NULL) {
-        if (PyErr_Occurred()) {
-            cd_log_exception("Error in receive()");
-        }
+    int ready =
+        cy->kind == CD_CYCLE_WS ? cd_ws_has_message(cy) : has_message(cy);
+    if (!ready) {
         return;
     }
     PyObject *fut = cy->recv_fut;
     cy->recv_fut = NULL;
-    if (cd_future_resolve(cy->st, fut, msg) < 0) {
+    if (cd_future_resolve(cy->st, fut, Py_None) < 0) {
         cd_log_exception("Error resolving receive()");
     }
     Py_DECREF(fut);
-    Py_DECREF(msg);
 }
 
 void
@@ -260,26 +332,13 @@ cd_cycle_on_timeout(cd_cycle_t *cy)
 static PyObject *
 cycle_receive(cd_cycle_t *cy, PyObject *unused)
 {
-    PyObject *msg = take_message(cy);
-    if (msg != NULL) {
-        return cd_waiter_ready(cy->st, msg);
-    }
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    if (cy->expect_continue && !cy->continue_sent &&
+    if (cy->expect_continue && !cy->continue_sent && !has_message(cy) &&
         cy->resp == CD_RESP_START && cy->conn != NULL && !cy->body_complete) {
         cy->continue_sent = 1;
         uv_buf_t b = cd_uvbuf_const(continue_line, sizeof(continue_line) - 1);
         cd_conn_write(cy->conn, &b, 1, NULL, NULL);
     }
-    if (cy->recv_fut == NULL) {
-        cy->recv_fut = cd_future_new(cy->server);
-        if (cy->recv_fut == NULL) {
-            return NULL;
-        }
-    }
-    return cd_waiter_pending(cy->st, Py_NewRef(cy->recv_fut));
+    return cd_cycle_receive_waiter(cy);
 }
 
 /* ---- send --------------------------------------------------------- */
@@ -524,6 +583,10 @@ cd_cycle_send_done(cd_cycle_t *cy, int open)
     cd_conn_t *c = cy->conn;
     if (c != NULL && open &&
         c->write_queued > cy->server->cfg.write_high_water) {
+        /* A send() cancelled while it waited leaves its future done. */
+        if (drop_done_future(cy->st, &cy->send_fut) < 0) {
+            return NULL;
+        }
         if (cy->send_fut == NULL) {
             cy->send_fut = cd_future_new(cy->server);
             if (cy->send_fut == NULL) {

@@ -193,6 +193,7 @@ typedef struct {
     uint64_t ping_interval;      /* ms between server pings, 0 = none */
     uint64_t ping_timeout;       /* ms to wait for a pong */
     uint64_t ws_max_message;     /* bytes, 0 = unlimited (close 1009) */
+    uint64_t ws_max_frame;       /* bytes, 0 = unlimited (close 1009) */
 } cd_config_t;
 
 struct cd_listener_s {
@@ -439,6 +440,8 @@ void cd_cycle_on_drain(cd_cycle_t *cy);
 void cd_cycle_on_timeout(cd_cycle_t *cy);
 /* Resolve fut with result (both borrowed) unless fut is done. */
 int cd_future_resolve(cd_state *st, PyObject *fut, PyObject *result);
+/* 1 if fut is done (or cancelled), 0 if not, -1 with an exception. */
+int cd_future_done(cd_state *st, PyObject *fut);
 /* New reference: a loop future. */
 PyObject *cd_future_new(cd_server_t *srv);
 
@@ -454,8 +457,16 @@ int cd_cycle_type_is(PyObject *type, PyObject *name);
 /* New reference: what send() returns, a waiter that waits for the
  * socket to drain if `open` and too much output is queued. */
 PyObject *cd_cycle_send_done(cd_cycle_t *cy, int open);
-/* Hand a waiting receive() its next message, if there is one. */
+/* Wake a waiting receive() if there is a message for it. */
 void cd_cycle_wake_receiver(cd_cycle_t *cy);
+/* New reference: the next message for receive() (HTTP or WebSocket), or
+ * NULL without an exception when there is none yet. */
+PyObject *cd_cycle_take_message(cd_cycle_t *cy);
+/* New reference: the pending future a waiting receive() yields (a new
+ * one if the last was cancelled). */
+PyObject *cd_cycle_recv_future(cd_cycle_t *cy);
+/* New reference: what receive() returns, for HTTP and WebSocket. */
+PyObject *cd_cycle_receive_waiter(cd_cycle_t *cy);
 /* Let a send() waiting for the socket to drain go on. */
 void cd_cycle_wake_sender(cd_cycle_t *cy);
 void cd_cycle_log_access(cd_cycle_t *cy, int status);
@@ -475,6 +486,8 @@ PyObject *cd_ws_receive(cd_cycle_t *cy);
 /* New reference: the next message for receive(), or NULL (no error set)
  * when there is none yet. */
 PyObject *cd_ws_next_message(cd_cycle_t *cy);
+/* Whether cd_ws_next_message() would return a message. */
+int cd_ws_has_message(cd_cycle_t *cy);
 PyObject *cd_ws_send(cd_cycle_t *cy, PyObject *msg);
 void cd_ws_on_task_done(cd_cycle_t *cy, PyObject *exc);
 void cd_ws_free(cd_ws_t *ws);
@@ -484,5 +497,8 @@ int cd_waiter_type_init(PyObject *module, cd_state *st);
 /* New reference.  Steals value / fut (one of them NULL). */
 PyObject *cd_waiter_ready(cd_state *st, PyObject *value);
 PyObject *cd_waiter_pending(cd_state *st, PyObject *fut);
+/* New reference.  Steals fut: a receive() waiter that takes its message
+ * from cy when fut (which only signals) completes. */
+PyObject *cd_waiter_receive(cd_state *st, cd_cycle_t *cy, PyObject *fut);
 
 #endif

@@ -423,7 +423,9 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         cfg_number(config, "ping_interval", 20, 1000, &c->ping_interval) < 0 ||
         cfg_number(config, "ping_timeout", 30, 1000, &c->ping_timeout) < 0 ||
         cfg_number(config, "websocket_max_message_size", 1 << 20, 1,
-                   &c->ws_max_message) < 0) {
+                   &c->ws_max_message) < 0 ||
+        cfg_number(config, "websocket_max_frame_size", 1 << 20, 1,
+                   &c->ws_max_frame) < 0) {
         goto error;
     }
     if (c->header_timeout == 0) {

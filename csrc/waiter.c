@@ -2,13 +2,20 @@
  *
  * When the value is already there, awaiting it returns at once without a
  * loop round trip.  Otherwise it yields a loop future once (as
- * asyncio.Future.__await__ does) and returns that future's result. */
+ * asyncio.Future.__await__ does) and returns that future's result.
+ *
+ * A receive() waiter yields a future that only says "a message is
+ * there"; it takes the message from its cycle when its task runs again.
+ * So a task cancelled while waiting (even after the future completed)
+ * never takes a message it cannot deliver: the message stays queued for
+ * the next receive(). */
 #include "internal.h"
 
 typedef struct {
     PyObject_HEAD
     PyObject *value; /* strong: the result, when ready */
     PyObject *fut;   /* strong: the future to wait on, when not */
+    cd_cycle_t *cy;  /* strong: receive() waiters only, else NULL */
     int yielded;
 } cd_waiter_t;
 
@@ -23,8 +30,19 @@ waiter_new(cd_state *st, PyObject *value, PyObject *fut)
     }
     w->value = value;
     w->fut = fut;
+    w->cy = NULL;
     w->yielded = 0;
     PyObject_GC_Track(w);
+    return (PyObject *)w;
+}
+
+PyObject *
+cd_waiter_receive(cd_state *st, cd_cycle_t *cy, PyObject *fut)
+{
+    cd_waiter_t *w = (cd_waiter_t *)waiter_new(st, NULL, fut);
+    if (w != NULL) {
+        w->cy = (cd_cycle_t *)Py_NewRef((PyObject *)cy);
+    }
     return (PyObject *)w;
 }
 
@@ -41,6 +59,42 @@ cd_waiter_pending(cd_state *st, PyObject *fut)
 }
 
 static PySendResult
+waiter_yield(cd_waiter_t *w, PyObject **result)
+{
+    if (PyObject_SetAttrString(w->fut, "_asyncio_future_blocking", Py_True) <
+        0) {
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    w->yielded = 1;
+    *result = Py_NewRef(w->fut);
+    return PYGEN_NEXT;
+}
+
+/* The receive() future completed: take the message now, or wait again
+ * if another receive() took it first. */
+static PySendResult
+waiter_take(cd_waiter_t *w, PyObject **result)
+{
+    PyObject *msg = cd_cycle_take_message(w->cy);
+    if (msg != NULL) {
+        Py_CLEAR(w->cy);
+        *result = msg;
+        return PYGEN_RETURN;
+    }
+    if (PyErr_Occurred()) {
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    w->fut = cd_cycle_recv_future(w->cy);
+    if (w->fut == NULL) {
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    return waiter_yield(w, result);
+}
+
+static PySendResult
 waiter_am_send(cd_waiter_t *w, PyObject *arg, PyObject **result)
 {
     if (w->value != NULL) {
@@ -53,20 +107,21 @@ waiter_am_send(cd_waiter_t *w, PyObject *arg, PyObject **result)
         return PYGEN_RETURN;
     }
     if (!w->yielded) {
-        if (PyObject_SetAttrString(w->fut, "_asyncio_future_blocking",
-                                   Py_True) < 0) {
-            *result = NULL;
-            return PYGEN_ERROR;
-        }
-        w->yielded = 1;
-        *result = Py_NewRef(w->fut);
-        return PYGEN_NEXT;
+        return waiter_yield(w, result);
     }
     PyObject *fut = w->fut;
     w->fut = NULL;
+    /* Raises CancelledError if the future was cancelled. */
     *result = PyObject_CallMethod(fut, "result", NULL);
     Py_DECREF(fut);
-    return *result ? PYGEN_RETURN : PYGEN_ERROR;
+    if (*result == NULL) {
+        return PYGEN_ERROR;
+    }
+    if (w->cy != NULL) {
+        Py_DECREF(*result); /* None: the future only woke us. */
+        return waiter_take(w, result);
+    }
+    return PYGEN_RETURN;
 }
 
 static PyObject *
@@ -112,6 +167,7 @@ waiter_traverse(cd_waiter_t *w, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(w));
     Py_VISIT(w->value);
     Py_VISIT(w->fut);
+    Py_VISIT(w->cy);
     return 0;
 }
 
@@ -120,6 +176,7 @@ waiter_clear(cd_waiter_t *w)
 {
     Py_CLEAR(w->value);
     Py_CLEAR(w->fut);
+    Py_CLEAR(w->cy);
     return 0;
 }
 

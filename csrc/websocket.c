@@ -16,9 +16,16 @@
 #include <wslay/wslay.h>
 
 #define CD_WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-/* Stop reading a socket while this many messages wait for the app. */
+/* Stop reading a socket while this many messages wait for the app, or
+ * while their payloads reach the byte bound (ws_queue_bound()); read
+ * again below the low marks. */
 #define CD_WS_QUEUE_HIGH 64
 #define CD_WS_QUEUE_LOW 16
+/* The byte bound when messages are unlimited, and its floor otherwise. */
+#define CD_WS_QUEUE_BYTES_UNLIMITED (1 << 20)
+#define CD_WS_QUEUE_BYTES_MIN (64 << 10)
+/* wslay's own message limit when ours is 0 (unlimited). */
+#define CD_WS_WSLAY_MAX_MSG ((1u << 31) - 1)
 /* How long the peer has to answer our close frame. */
 #define CD_WS_CLOSE_WAIT_MS 5000
 
@@ -31,6 +38,12 @@ typedef enum {
     CD_WS_CLOSED,  /* the connection is gone */
 } cd_ws_state_t;
 
+/* A message waiting for receive(), with its payload size. */
+typedef struct {
+    PyObject *msg; /* strong */
+    size_t bytes;
+} cd_ws_item_t;
+
 /* Owned by its cycle (cy->ws); freed with it. */
 struct cd_ws_s {
     cd_ws_state_t state;
@@ -39,8 +52,11 @@ struct cd_ws_s {
     char key[64];                /* Sec-WebSocket-Key */
     size_t in_pos;               /* bytes of conn->in wslay took */
     cd_buf_t out;                /* owned: wslay's frames to write */
-    PyObject **queue;            /* owned ring of strong messages */
+    cd_ws_item_t *queue;         /* owned ring */
     int qhead, qlen, qcap;
+    size_t qbytes;       /* payload bytes in the queue */
+    int queue_full;      /* reading stopped until the app catches up */
+    uint64_t frag_bytes; /* data frames of the message being received */
     int connect_delivered;
     int close_code;         /* for websocket.disconnect */
     PyObject *close_reason; /* strong: str */
@@ -85,11 +101,11 @@ ws_log(cd_cycle_t *cy, const char *action)
 /* ---- the message queue -------------------------------------------- */
 
 static int
-queue_push(cd_ws_t *ws, PyObject *msg) /* steals msg */
+queue_push(cd_ws_t *ws, PyObject *msg, size_t bytes) /* steals msg */
 {
     if (ws->qlen == ws->qcap) {
         int cap = ws->qcap ? ws->qcap * 2 : 16;
-        PyObject **q = malloc(cap * sizeof(*q));
+        cd_ws_item_t *q = malloc(cap * sizeof(*q));
         if (q == NULL) {
             Py_DECREF(msg);
             return -1;
@@ -102,8 +118,11 @@ queue_push(cd_ws_t *ws, PyObject *msg) /* steals msg */
         ws->qcap = cap;
         ws->qhead = 0;
     }
-    ws->queue[(ws->qhead + ws->qlen) % ws->qcap] = msg;
+    cd_ws_item_t *it = &ws->queue[(ws->qhead + ws->qlen) % ws->qcap];
+    it->msg = msg;
+    it->bytes = bytes;
     ws->qlen++;
+    ws->qbytes += bytes;
     return 0;
 }
 
@@ -113,10 +132,52 @@ queue_pop(cd_ws_t *ws) /* new reference or NULL when empty */
     if (ws->qlen == 0) {
         return NULL;
     }
-    PyObject *msg = ws->queue[ws->qhead];
+    cd_ws_item_t *it = &ws->queue[ws->qhead];
     ws->qhead = (ws->qhead + 1) % ws->qcap;
     ws->qlen--;
-    return msg;
+    ws->qbytes -= it->bytes;
+    return it->msg;
+}
+
+/* Queued payload bytes at which reading stops: about one message of the
+ * largest size allowed. */
+static size_t
+ws_queue_bound(const cd_config_t *cfg)
+{
+    if (cfg->ws_max_message == 0) {
+        return CD_WS_QUEUE_BYTES_UNLIMITED;
+    }
+    if (cfg->ws_max_message < CD_WS_QUEUE_BYTES_MIN) {
+        return CD_WS_QUEUE_BYTES_MIN;
+    }
+    return (size_t)cfg->ws_max_message;
+}
+
+/* After a read: stop reading while the app is behind. */
+static void
+queue_check_high(cd_cycle_t *cy)
+{
+    cd_ws_t *ws = cy->ws;
+    if (ws->qlen >= CD_WS_QUEUE_HIGH ||
+        ws->qbytes >= ws_queue_bound(&cy->server->cfg)) {
+        ws->queue_full = 1;
+        cd_conn_read_stop(cy->conn);
+    }
+}
+
+/* After receive() took a message: read again once the app caught up. */
+static void
+queue_check_low(cd_cycle_t *cy)
+{
+    cd_ws_t *ws = cy->ws;
+    if (!ws->queue_full || ws->qlen > CD_WS_QUEUE_LOW ||
+        ws->qbytes >= ws_queue_bound(&cy->server->cfg) / 2) {
+        return;
+    }
+    ws->queue_full = 0;
+    if (cy->conn != NULL && ws->state == CD_WS_OPEN) {
+        cd_conn_read_start(cy->conn);
+    }
 }
 
 static PyObject *
@@ -144,16 +205,20 @@ cd_ws_next_message(cd_cycle_t *cy)
     }
     PyObject *msg = queue_pop(ws);
     if (msg != NULL) {
-        if (ws->qlen == CD_WS_QUEUE_LOW && cy->conn != NULL &&
-            ws->state == CD_WS_OPEN) {
-            cd_conn_read_start(cy->conn);
-        }
+        queue_check_low(cy);
         return msg;
     }
     if (ws->state == CD_WS_CLOSED) {
         return disconnect_msg(cy);
     }
     return NULL;
+}
+
+int
+cd_ws_has_message(cd_cycle_t *cy)
+{
+    cd_ws_t *ws = cy->ws;
+    return !ws->connect_delivered || ws->qlen > 0 || ws->state == CD_WS_CLOSED;
 }
 
 /* ---- wslay glue --------------------------------------------------- */
@@ -194,11 +259,24 @@ valid_close_code(int code)
            (code >= 3000 && code <= 4999);
 }
 
+/* RFC 6455 7.4: the codes an endpoint may send; 1012-1014 are IANA's. */
+static int
+app_close_code_ok(long code)
+{
+    return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
+           (code >= 3000 && code <= 4999);
+}
+
+/* The reason must be valid UTF-8 and fit a control frame: cut it at 123
+ * bytes, before any character that would not fit whole. */
 static void
 queue_close(cd_ws_t *ws, int code, const char *reason, size_t n)
 {
     if (n > 123) {
         n = 123;
+        while (n > 0 && ((unsigned char)reason[n] & 0xC0) == 0x80) {
+            n--;
+        }
     }
     wslay_event_queue_close(ws->ctx, (uint16_t)code, (const uint8_t *)reason,
                             n);
@@ -236,7 +314,7 @@ wslay_on_msg(wslay_event_context_ptr ctx,
         PyObject *msg = payload ? Py_BuildValue("{OOON}", st->s_type,
                                                 st->s_ws_receive, key, payload)
                                 : NULL;
-        if (msg == NULL || queue_push(ws, msg) < 0) {
+        if (msg == NULL || queue_push(ws, msg, arg->msg_length) < 0) {
             cd_log_exception("Error queueing a WebSocket message");
             return;
         }
@@ -266,9 +344,48 @@ wslay_on_msg(wslay_event_context_ptr ctx,
     }
 }
 
+/* wslay 1.1.1 has a message limit only, checked against each frame's
+ * header before it allocates the payload: "message so far + this frame >
+ * limit" closes with 1009.  Setting that limit before every frame to
+ * min(max message, message so far + max frame) makes the same check
+ * enforce --websocket-max-frame-size too. */
+static void
+set_recv_limit(cd_ws_t *ws, const cd_config_t *cfg)
+{
+    uint64_t limit =
+        cfg->ws_max_message ? cfg->ws_max_message : CD_WS_WSLAY_MAX_MSG;
+    if (cfg->ws_max_frame && ws->frag_bytes + cfg->ws_max_frame < limit) {
+        limit = ws->frag_bytes + cfg->ws_max_frame;
+    }
+    wslay_event_config_set_max_recv_msg_length(ws->ctx, limit);
+}
+
+static void
+wslay_on_frame_start(wslay_event_context_ptr ctx,
+                     const struct wslay_event_on_frame_recv_start_arg *arg,
+                     void *user)
+{
+    cd_cycle_t *cy = user;
+    cd_ws_t *ws = cy->ws;
+    if (arg->opcode & 0x8) {
+        return; /* A control frame: a message of its own. */
+    }
+    if (arg->fin) {
+        ws->frag_bytes = 0; /* The next frame starts a new message. */
+    }
+    else if (arg->opcode == WSLAY_CONTINUATION_FRAME) {
+        ws->frag_bytes += arg->payload_length;
+    }
+    else {
+        ws->frag_bytes = arg->payload_length;
+    }
+    set_recv_limit(ws, &cy->server->cfg);
+}
+
 static const struct wslay_event_callbacks wslay_callbacks = {
     .recv_callback = wslay_on_recv,
     .send_callback = wslay_on_send,
+    .on_frame_recv_start_callback = wslay_on_frame_start,
     .on_msg_recv_callback = wslay_on_msg,
 };
 
@@ -328,9 +445,7 @@ cd_ws_on_read(cd_conn_t *c)
         return;
     }
     flush_wslay(cy);
-    if (ws->qlen >= CD_WS_QUEUE_HIGH) {
-        cd_conn_read_stop(c);
-    }
+    queue_check_high(cy);
 }
 
 /* ---- handshake ---------------------------------------------------- */
@@ -537,10 +652,7 @@ ws_accept(cd_cycle_t *cy, PyObject *msg)
         PyErr_NoMemory();
         return -1;
     }
-    if (cfg->ws_max_message) {
-        wslay_event_config_set_max_recv_msg_length(ws->ctx,
-                                                   cfg->ws_max_message);
-    }
+    set_recv_limit(ws, cfg);
     ws->state = CD_WS_OPEN;
     ws->opened_at = uv_now(&cy->server->loop->uv);
     uv_buf_t b = cd_uvbuf(head.base, head.len);
@@ -576,23 +688,29 @@ ws_close(cd_cycle_t *cy, PyObject *msg)
 {
     cd_ws_t *ws = cy->ws;
     cd_state *st = cy->st;
+    long code = 1000;
+    PyObject *v = PyDict_GetItemWithError(msg, st->s_code);
+    if (v == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    if (v != NULL && v != Py_None) {
+        int overflow;
+        code = PyLong_AsLongAndOverflow(v, &overflow);
+        if (code == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (overflow || !app_close_code_ok(code)) {
+            PyErr_Format(PyExc_ValueError, "invalid WebSocket close code %R",
+                         v);
+            return -1;
+        }
+    }
     if (ws->state == CD_WS_CONNECTING || ws->state == CD_WS_HANDSHAKE) {
         ws_reject(cy, 403, "Forbidden");
         return 0;
     }
     if (ws->state != CD_WS_OPEN) {
         return 0; /* Already closing or closed: nothing to do. */
-    }
-    int code = 1000;
-    PyObject *v = PyDict_GetItemWithError(msg, st->s_code);
-    if (v == NULL && PyErr_Occurred()) {
-        return -1;
-    }
-    if (v != NULL && v != Py_None) {
-        code = PyLong_AsInt(v);
-        if (code == -1 && PyErr_Occurred()) {
-            return -1;
-        }
     }
     const char *reason = "";
     Py_ssize_t rlen = 0;
@@ -606,7 +724,7 @@ ws_close(cd_cycle_t *cy, PyObject *msg)
             return -1;
         }
     }
-    queue_close(ws, code, reason, (size_t)rlen);
+    queue_close(ws, (int)code, reason, (size_t)rlen);
     flush_wslay(cy);
     return 0;
 }
@@ -765,20 +883,7 @@ cd_ws_send(cd_cycle_t *cy, PyObject *msg)
 PyObject *
 cd_ws_receive(cd_cycle_t *cy)
 {
-    PyObject *msg = cd_ws_next_message(cy);
-    if (msg != NULL) {
-        return cd_waiter_ready(cy->st, msg);
-    }
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    if (cy->recv_fut == NULL) {
-        cy->recv_fut = cd_future_new(cy->server);
-        if (cy->recv_fut == NULL) {
-            return NULL;
-        }
-    }
-    return cd_waiter_pending(cy->st, Py_NewRef(cy->recv_fut));
+    return cd_cycle_receive_waiter(cy);
 }
 
 /* ---- lifecycle ---------------------------------------------------- */
