@@ -929,6 +929,13 @@ cd_ws_on_timeout(cd_conn_t *c)
             flush_wslay(cy);
             return;
         }
+        if (ws->queue_full) {
+            /* We stopped reading (the app is behind), so the peer's pong
+             * may be unread: it is not silent. */
+            ws->pong_pending = 0;
+            cd_conn_timer_start(c, cfg->ping_interval);
+            return;
+        }
         if (ws->pong_pending && now - ws->ping_sent_at >= cfg->ping_timeout) {
             cd_conn_close(c);
             return;

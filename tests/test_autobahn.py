@@ -19,8 +19,9 @@ PASSING = {"OK", "NON-STRICT", "INFORMATIONAL"}
 @pytest.mark.slow
 def test_autobahn_sections_1_to_10(tmp_path: Path) -> None:
     kosoku = shutil.which("kosoku") or str(Path(sys.executable).with_name("kosoku"))
-    # Section 9 sends messages up to 16 MiB.
-    server = start_server("tests.apps.ws:echo", "--websocket-max-message-size", "20000000")
+    # Section 9 sends messages (and single frames) up to 16 MiB.
+    server = start_server("tests.apps.ws:echo", "--websocket-max-message-size", "20000000",
+                          "--websocket-max-frame-size", "20000000")
     try:
         result = subprocess.run(
             [kosoku, f"127.0.0.1:{server.port}", "-x", "12.*", "-x", "13.*",

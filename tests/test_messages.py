@@ -133,6 +133,36 @@ def test_ws_unread_input_is_bounded_in_bytes_and_all_delivered(serve):
         assert text_frame(sock) == f"count=40 in_order=True sizes=[{1 << 20}]"
 
 
+def next_data_frame(sock: socket.socket) -> tuple[int, bytes]:
+    """The next frame that is not a ping (answered with a pong)."""
+    while True:
+        opcode, payload = read_frame(sock)
+        if opcode != 0x9:
+            return opcode, payload
+        sock.sendall(frame(0xA, payload))
+
+
+def test_ws_peer_is_not_dropped_for_pongs_the_server_did_not_read(serve):
+    proc = serve(APP, "--ping-interval", "0.2", "--ping-timeout", "0.3")
+    with raw_handshake(proc.port, "/hold") as sock:
+        data = memoryview(b"".join(binary_frame(bytes([i]) * (1 << 20)) for i in range(40)))
+        sock.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + 2.5  # Pings go unanswered meanwhile.
+        while sent < len(data) and time.monotonic() < deadline:
+            try:
+                sent += sock.send(data[sent:sent + 65536])
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert sent < len(data)
+        assert httpx.get(proc.url("/go")).status_code == 200
+        sock.setblocking(True)
+        sock.settimeout(20)
+        sock.sendall(data[sent:])
+        opcode, payload = next_data_frame(sock)
+        assert (opcode, payload) == (0x1, f"count=40 in_order=True sizes=[{1 << 20}]".encode())
+
+
 # ---- WebSocket close details ----------------------------------------------
 
 def test_ws_close_reason_is_cut_at_a_character_boundary(serve):
