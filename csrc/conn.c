@@ -273,9 +273,11 @@ cd_conn_write(cd_conn_t *c, uv_buf_t *bufs, int nbufs, PyObject *keep,
     cd_outq_t *q = &c->outq;
     for (int i = 0; i < nbufs; i++) {
         q->bufs[q->n] = bufs[i];
-        /* The first entry carries the references for all of them. */
-        q->keep[q->n] = i == 0 ? Py_XNewRef(keep) : NULL;
-        q->owned[q->n] = i == 0 ? owned : NULL;
+        /* The last entry carries the references for all of them: a flush
+         * releases an entry only once it and every entry before it went
+         * out whole, so no buffer of the group is released early. */
+        q->keep[q->n] = i == nbufs - 1 ? Py_XNewRef(keep) : NULL;
+        q->owned[q->n] = i == nbufs - 1 ? owned : NULL;
         c->write_queued += bufs[i].len;
         q->n++;
     }

@@ -128,12 +128,12 @@ async def websocket(scope, receive, send):
                     "text": f"woken={int(woken)} got={msg.get('text')}"})
         await ws_echo_each(receive, send)
     elif path == "/slow-send":
-        chunk = b"s" * (256 * 1024)
         timeouts = 0
         for i in range(40):
+            # A new bytes object each time, dropped once send() returns.
+            data = bytes([i]) * (256 * 1024 + 1)
             try:
-                await asyncio.wait_for(
-                    send({"type": "websocket.send", "bytes": bytes([i]) + chunk}), 0.2)
+                await asyncio.wait_for(send({"type": "websocket.send", "bytes": data}), 0.2)
             except TimeoutError:
                 timeouts += 1
         await send({"type": "websocket.send", "text": f"done timeouts={timeouts}"})
