@@ -40,6 +40,7 @@ conn_on_handle_close(uv_handle_t *h)
     srv->nconns--;
     cd_http1_release_request(c);
     Py_CLEAR(c->client);
+    Py_CLEAR(c->sockname);
     outq_dispose(&c->outq);
     cd_buf_dispose(&c->in);
     cd_buf_dispose(&c->url);
@@ -371,7 +372,7 @@ cd_conn_flush(cd_conn_t *c)
 static PyObject *
 conn_peer_tuple(cd_conn_t *c)
 {
-    if (c->listener->is_unix) {
+    if (c->flags & CD_CONN_F_UNIX) {
         Py_RETURN_NONE;
     }
     struct sockaddr_storage ss;
@@ -391,7 +392,10 @@ cd_conn_new(cd_listener_t *ls)
         return NULL;
     }
     c->server = srv;
-    c->listener = ls;
+    c->sockname = Py_NewRef(ls->sockname);
+    if (ls->is_unix) {
+        c->flags |= CD_CONN_F_UNIX;
+    }
     int r;
     if (ls->is_unix) {
         r = uv_pipe_init(&srv->loop->uv, &c->io.pipe, 0);
@@ -400,6 +404,7 @@ cd_conn_new(cd_listener_t *ls)
         r = uv_tcp_init(&srv->loop->uv, &c->io.tcp);
     }
     if (r < 0) {
+        Py_DECREF(c->sockname);
         free(c);
         return NULL;
     }

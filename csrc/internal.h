@@ -250,6 +250,7 @@ enum {
     CD_CONN_F_CLOSE_AFTER = 1 << 3, /* close once writes drain */
     CD_CONN_F_GOT_BYTES = 1 << 4,   /* first byte of a head arrived */
     CD_CONN_F_CORKED = 1 << 5,      /* on loop->corked with output queued */
+    CD_CONN_F_UNIX = 1 << 6,        /* a unix socket (io.pipe) */
 };
 
 /* Output written during one loop turn, sent with one writev before the
@@ -271,12 +272,13 @@ struct cd_conn_s {
         uv_tcp_t tcp;
         uv_pipe_t pipe;
     } io;
-    uv_timer_t timer;        /* header, keep-alive or http timeout */
-    cd_link_t link;          /* in server->conns */
-    cd_link_t cork_link;     /* in loop->corked while CD_CONN_F_CORKED */
-    cd_outq_t outq;          /* owned: output not yet handed to libuv */
-    cd_server_t *server;     /* borrowed: closes every conn before dying */
-    cd_listener_t *listener; /* borrowed: likewise */
+    uv_timer_t timer;    /* header, keep-alive or http timeout */
+    cd_link_t link;      /* in server->conns */
+    cd_link_t cork_link; /* in loop->corked while CD_CONN_F_CORKED */
+    cd_outq_t outq;      /* owned: output not yet handed to libuv */
+    cd_server_t *server; /* borrowed: closes every conn before dying */
+    PyObject *sockname;  /* strong: the scope's "server" (a listener
+                            can close and go first, at shutdown) */
     cd_conn_state_t state;
     unsigned flags;
     int open_handles; /* free the conn when this reaches 0 */

@@ -174,7 +174,7 @@ cd_scope_http(cd_conn_t *c, const char *type)
         set_new(scope, st->s_root_path, Py_NewRef(srv->root_path)) < 0 ||
         set_new(scope, st->s_headers, Py_NewRef(c->headers)) < 0 ||
         set_new(scope, st->s_client, Py_NewRef(c->client)) < 0 ||
-        set_new(scope, st->s_server, Py_NewRef(c->listener->sockname)) < 0) {
+        set_new(scope, st->s_server, Py_NewRef(c->sockname)) < 0) {
         goto error;
     }
     if (!is_ws) {
