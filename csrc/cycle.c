@@ -770,6 +770,12 @@ cd_cycle_start(PyObject *obj)
     PyObject *r = PyObject_CallMethodOneArg(task, st->s_add_done_callback, cb);
     Py_DECREF(cb);
     Py_XDECREF(r);
+    if (cy->disconnected &&
+        (cy->kind == CD_CYCLE_WS || cy->resp != CD_RESP_DONE)) {
+        /* The client left before the task existed: nothing armed the
+         * application_close_timeout then. */
+        cd_cycle_arm_close_timeout(cy);
+    }
     return r ? 0 : -1;
 
 error:

@@ -60,3 +60,27 @@ def test_unix_head_completed_during_grace_period(serve, tmp_path, env):
         assert json.loads(body)["server"] == [path, None]
     assert proc.wait(10) == 0, proc.log_tail()
     assert "Segmentation fault" not in proc.log
+
+
+# ---- application_close_timeout ---------------------------------------------
+
+def test_close_timeout_cancels_app_whose_client_left_before_it_started(serve, tmp_path):
+    proc = serve(APP, "--application-close-timeout", "1",
+                 env={"CDAPHNE_TEST_DIR": str(tmp_path)})
+    head = b"POST /forever HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+    # Exactly one full read buffer (64 KiB), then EOF: the server reads the
+    # request and the EOF in the same loop turn, so the connection is gone
+    # before the app's task is started.  SIGSTOP makes sure that both are
+    # queued before the server reads.
+    sock = connect(proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        sock.sendall(head + b"b" * (65536 - len(head)))
+        sock.close()
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    recorded(tmp_path, "forever_started")
+    ended = recorded(tmp_path, "forever", timeout=10)
+    assert ended["outcome"] == "cancelled"
+    assert ended["after"] < 5
