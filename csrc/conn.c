@@ -9,6 +9,11 @@
 #include <string.h>
 
 #define CD_READ_SIZE 65536
+/* Lingering close bounds (nginx: lingering_time 30 s, lingering_timeout
+ * 5 s; h2o: 3 s): how long and how much input we discard after an error
+ * response before closing anyway. */
+#define CD_LINGER_MS 2000
+#define CD_LINGER_MAX_BYTES (1 << 20)
 
 /* One uv_write of whatever a flush could not send at once.  The arrays
  * follow the struct in the same allocation. */
@@ -25,6 +30,8 @@ typedef struct {
 static void outq_clear(cd_outq_t *q);
 static void outq_dispose(cd_outq_t *q);
 static void conn_uncork(cd_conn_t *c);
+static void conn_writes_done(cd_conn_t *c);
+static void conn_on_timer(uv_timer_t *t);
 
 static void
 conn_on_handle_close(uv_handle_t *h)
@@ -78,6 +85,74 @@ cd_conn_close_after_writes(cd_conn_t *c)
     cd_conn_read_stop(c);
 }
 
+void
+cd_conn_linger_after_writes(cd_conn_t *c)
+{
+    if (c->state == CD_CONN_CLOSING) {
+        return;
+    }
+    if (c->flags & CD_CONN_F_EOF) {
+        cd_conn_close_after_writes(c); /* Nothing more comes. */
+        return;
+    }
+    c->flags |= CD_CONN_F_LINGER | CD_CONN_F_CLOSE_AFTER;
+    c->linger_bytes = 0;
+    c->in.len = 0;
+    cd_conn_read_start(c);
+    if (c->writes_in_flight == 0 && c->outq.n == 0) {
+        conn_writes_done(c);
+    }
+}
+
+static void
+conn_on_shutdown(uv_shutdown_t *req, int status)
+{
+    cd_conn_t *c = cd_container_of(req, cd_conn_t, shutdown_req);
+    if (status < 0 && c->state != CD_CONN_CLOSING) {
+        cd_gil_ensure(c->server->loop);
+        cd_conn_close(c);
+    }
+}
+
+/* Every write is done: close, or send our FIN and linger. */
+static void
+conn_writes_done(cd_conn_t *c)
+{
+    if (!(c->flags & CD_CONN_F_LINGER)) {
+        cd_conn_close(c);
+        return;
+    }
+    c->flags &= ~CD_CONN_F_CLOSE_AFTER;
+    c->flags |= CD_CONN_F_SHUT_WR;
+    if (uv_shutdown(&c->shutdown_req, &c->io.stream, conn_on_shutdown) < 0) {
+        cd_conn_close(c);
+        return;
+    }
+    uv_update_time(c->timer.loop);
+    uv_timer_start(&c->timer, conn_on_timer, CD_LINGER_MS, 0);
+}
+
+/* Lingering: input is read and dropped until EOF or the bounds. */
+static void
+conn_linger_on_read(cd_conn_t *c, ssize_t nread)
+{
+    if (nread > 0) {
+        c->linger_bytes += (size_t)nread;
+        if (c->linger_bytes <= CD_LINGER_MAX_BYTES) {
+            return;
+        }
+    }
+    else {
+        c->flags |= CD_CONN_F_EOF;
+    }
+    cd_conn_read_stop(c);
+    c->flags &= ~CD_CONN_F_LINGER;
+    if (c->flags & CD_CONN_F_SHUT_WR) {
+        cd_conn_close(c);
+    }
+    /* Else CD_CONN_F_CLOSE_AFTER closes once the response is out. */
+}
+
 static void
 conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
@@ -99,6 +174,10 @@ conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return; /* EAGAIN */
     }
     cd_gil_ensure(c->server->loop);
+    if (c->flags & CD_CONN_F_LINGER) {
+        conn_linger_on_read(c, nread);
+        return;
+    }
     if (nread < 0) {
         cd_conn_read_stop(c);
         c->flags |= CD_CONN_F_EOF;
@@ -125,6 +204,10 @@ cd_conn_read_start(cd_conn_t *c)
         c->state == CD_CONN_CLOSING) {
         return;
     }
+    if ((c->flags & (CD_CONN_F_CLOSE_AFTER | CD_CONN_F_SHUT_WR)) &&
+        !(c->flags & CD_CONN_F_LINGER)) {
+        return; /* Closing: nothing more is parsed. */
+    }
     if (uv_read_start(&c->io.stream, conn_on_alloc, conn_on_read) == 0) {
         c->flags |= CD_CONN_F_READING;
     }
@@ -144,13 +227,17 @@ conn_on_timer(uv_timer_t *t)
 {
     cd_conn_t *c = cd_container_of(t, cd_conn_t, timer);
     cd_gil_ensure(c->server->loop);
+    if (c->flags & (CD_CONN_F_LINGER | CD_CONN_F_SHUT_WR)) {
+        cd_conn_close(c); /* Lingered long enough. */
+        return;
+    }
     cd_http1_on_timeout(c);
 }
 
 void
 cd_conn_timer_start(cd_conn_t *c, uint64_t ms)
 {
-    if (c->state != CD_CONN_CLOSING) {
+    if (c->state != CD_CONN_CLOSING && !(c->flags & CD_CONN_F_SHUT_WR)) {
         /* Called from Python too, after the cached loop time went stale. */
         uv_update_time(c->timer.loop);
         uv_timer_start(&c->timer, conn_on_timer, ms, 0);
@@ -160,6 +247,9 @@ cd_conn_timer_start(cd_conn_t *c, uint64_t ms)
 void
 cd_conn_timer_stop(cd_conn_t *c)
 {
+    if (c->flags & CD_CONN_F_SHUT_WR) {
+        return; /* The lingering close's own timer. */
+    }
     uv_timer_stop(&c->timer);
 }
 
@@ -188,7 +278,7 @@ conn_on_write(uv_write_t *req, int status)
     }
     if (c->writes_in_flight == 0 && c->outq.n == 0 &&
         (c->flags & CD_CONN_F_CLOSE_AFTER)) {
-        cd_conn_close(c);
+        conn_writes_done(c);
         return;
     }
     if (c->write_queued <= c->server->cfg.write_high_water / 2) {
@@ -267,9 +357,12 @@ int
 cd_conn_write(cd_conn_t *c, uv_buf_t *bufs, int nbufs, PyObject *keep,
               char *owned)
 {
-    if (c->state == CD_CONN_CLOSING || outq_reserve(&c->outq, nbufs) < 0) {
+    if (c->state == CD_CONN_CLOSING || (c->flags & CD_CONN_F_SHUT_WR) ||
+        outq_reserve(&c->outq, nbufs) < 0) {
         free(owned);
-        return c->state == CD_CONN_CLOSING ? UV_ECANCELED : UV_ENOMEM;
+        return c->state == CD_CONN_CLOSING || (c->flags & CD_CONN_F_SHUT_WR)
+                   ? UV_ECANCELED
+                   : UV_ENOMEM;
     }
     cd_outq_t *q = &c->outq;
     for (int i = 0; i < nbufs; i++) {
@@ -361,7 +454,7 @@ cd_conn_flush(cd_conn_t *c)
         c->writes_in_flight++;
     }
     if (c->writes_in_flight == 0 && (c->flags & CD_CONN_F_CLOSE_AFTER)) {
-        cd_conn_close(c);
+        conn_writes_done(c);
         return;
     }
     if (c->write_queued <= c->server->cfg.write_high_water / 2) {

@@ -449,7 +449,13 @@ cd_http1_response_done(cd_conn_t *c, int keep_alive)
         return;
     }
     cd_conn_timer_stop(c);
-    if (!keep_alive || !body_read || c->server->closing) {
+    if (!body_read) {
+        /* The client may still be sending the body: let it read the
+         * response instead of an RST. */
+        cd_conn_linger_after_writes(c);
+        return;
+    }
+    if (!keep_alive || c->server->closing) {
         cd_conn_close_after_writes(c);
         return;
     }
@@ -550,7 +556,7 @@ cd_http1_simple_response(cd_conn_t *c, int status, const char *body)
     uv_buf_t b = cd_uvbuf(out.base, out.len);
     cd_conn_read_stop(c);
     if (cd_conn_write(c, &b, 1, NULL, out.base) == 0) {
-        cd_conn_close_after_writes(c);
+        cd_conn_linger_after_writes(c);
     }
 }
 

@@ -251,6 +251,8 @@ enum {
     CD_CONN_F_GOT_BYTES = 1 << 4,   /* first byte of a head arrived */
     CD_CONN_F_CORKED = 1 << 5,      /* on loop->corked with output queued */
     CD_CONN_F_UNIX = 1 << 6,        /* a unix socket (io.pipe) */
+    CD_CONN_F_LINGER = 1 << 7,      /* discarding input before the close */
+    CD_CONN_F_SHUT_WR = 1 << 8,     /* uv_shutdown issued: no more writes */
 };
 
 /* Output written during one loop turn, sent with one writev before the
@@ -283,8 +285,10 @@ struct cd_conn_s {
     unsigned flags;
     int open_handles; /* free the conn when this reaches 0 */
     int writes_in_flight;
-    size_t write_queued; /* bytes handed to uv_write, not yet done */
-    cd_buf_t in;         /* owned: bytes read, not yet parsed */
+    size_t write_queued;        /* bytes handed to uv_write, not yet done */
+    cd_buf_t in;                /* owned: bytes read, not yet parsed */
+    uv_shutdown_t shutdown_req; /* lingering close: our FIN */
+    size_t linger_bytes;        /* input discarded while lingering */
     llhttp_t parser;
     PyObject *client; /* strong: (host, port) or None */
     /* The request being parsed. */
@@ -313,6 +317,10 @@ int cd_conn_write(cd_conn_t *c, uv_buf_t *bufs, int nbufs, PyObject *keep,
 void cd_conn_close(cd_conn_t *c);
 /* Close once every queued write is done. */
 void cd_conn_close_after_writes(cd_conn_t *c);
+/* Lingering close: once every queued write is done, shut down the write
+ * side, discard input for a bounded time and size, then close (a client
+ * still sending reads the response instead of an RST). */
+void cd_conn_linger_after_writes(cd_conn_t *c);
 void cd_conn_read_start(cd_conn_t *c);
 void cd_conn_read_stop(cd_conn_t *c);
 void cd_conn_timer_start(cd_conn_t *c, uint64_t ms);

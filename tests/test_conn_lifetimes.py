@@ -84,3 +84,66 @@ def test_close_timeout_cancels_app_whose_client_left_before_it_started(serve, tm
     ended = recorded(tmp_path, "forever", timeout=10)
     assert ended["outcome"] == "cancelled"
     assert ended["after"] < 5
+
+
+# ---- lingering close -------------------------------------------------------
+
+def test_client_still_sending_a_huge_head_reads_the_431(serve):
+    proc = serve(APP)
+    big = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 190) for i in range(1000))  # ~200 KB
+    with connect(proc) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
+        reply = read_reply(sock)
+    assert reply.startswith(b"HTTP/1.1 431 "), reply[:100]
+    assert reply.endswith(b"Request Header Fields Too Large")
+
+
+def test_client_still_sending_a_big_body_reads_the_413(serve):
+    proc = serve(APP, "--max-body-size", "1000")
+    body = b"z" * 500_000
+    with connect(proc) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                     % len(body) + body)
+        reply = read_reply(sock)
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:100]
+
+
+def test_client_still_sending_a_chunked_body_reads_the_413(serve):
+    proc = serve(APP, "--max-body-size", "1000")
+    chunk = b"%x\r\n%s\r\n" % (10_000, b"y" * 10_000)
+    with connect(proc) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + chunk * 30 + b"0\r\n\r\n")
+        reply = read_reply(sock)
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:100]
+
+
+def test_lingering_close_is_bounded_for_a_client_that_never_stops(serve):
+    proc = serve(APP)
+    with connect(proc) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 70000)
+        sock.setblocking(False)
+        t0 = time.monotonic()
+        closed = False
+        # Keep sending; the server discards for a bounded time and size.
+        while time.monotonic() - t0 < 15:
+            try:
+                sock.send(b"a" * 65536)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+        assert closed
+        assert time.monotonic() - t0 < 10
+
+
+def test_client_still_sending_a_body_the_app_did_not_read_reads_the_response(serve):
+    proc = serve(APP)
+    body = b"z" * 500_000
+    with connect(proc) as sock:
+        sock.sendall(b"POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                     % len(body) + body)
+        reply = read_reply(sock)
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:100]
+    assert reply.endswith(b"\r\n\r\nok")
