@@ -149,6 +149,7 @@ struct cd_loop_s {
     PyObject *pending;  /* strong: list of cycles waiting to start */
     PyObject *aio_loop; /* strong: the asyncio loop, once attached */
     cd_link_t corked;   /* conns with output to flush before polling */
+    cd_link_t servers;  /* Servers on this loop (each unlinks itself) */
     int closed;
 };
 
@@ -222,7 +223,8 @@ struct cd_server_s {
     cd_config_t cfg;
     cd_listener_t **listeners; /* owned array of owned listeners */
     int nlisteners;
-    cd_link_t conns; /* every open connection */
+    cd_link_t conns;     /* every open connection */
+    cd_link_t loop_link; /* in loop->servers */
     int nconns;
     int closing;       /* stop accepting, close idle conns */
     uint64_t requests; /* served so far */
@@ -233,6 +235,8 @@ int cd_server_type_init(PyObject *module, cd_state *st);
 PyObject *cd_server_addr_tuple(const struct sockaddr_storage *ss);
 void cd_server_log_action(cd_server_t *srv, const char *protocol,
                           const char *action, PyObject *details);
+/* The loop is closing: close every listener and connection now. */
+void cd_server_abort(cd_server_t *srv);
 
 /* ---- conn.c: one accepted stream ---------------------------------- */
 

@@ -239,11 +239,20 @@ loop_attach(cd_loop_t *loop, PyObject *aio_loop)
     Py_RETURN_NONE;
 }
 
+/* The select timer is embedded in the loop: nothing to free. */
+static void
+timer_on_close(uv_handle_t *h)
+{
+    (void)h;
+}
+
+/* Servers closed theirs first: what is left is asyncio's polls and the
+ * select timer. */
 static void
 walk_close(uv_handle_t *h, void *arg)
 {
     if (!uv_is_closing(h)) {
-        uv_close(h, h->type == UV_POLL ? poll_on_close : NULL);
+        uv_close(h, h->type == UV_POLL ? poll_on_close : timer_on_close);
     }
 }
 
@@ -253,9 +262,13 @@ loop_close_uv(cd_loop_t *loop)
     if (loop->closed) {
         return;
     }
+    /* Servers still open close their listeners and connections with
+     * their own callbacks, which free them; then everything else, so
+     * that uv_loop_close succeeds. */
+    for (cd_link_t *l = loop->servers.next; l != &loop->servers; l = l->next) {
+        cd_server_abort(cd_container_of(l, cd_server_t, loop_link));
+    }
     loop->closed = 1;
-    /* Only polls and the select timer remain once servers are closed;
-     * close everything so uv_loop_close succeeds. */
     uv_walk(&loop->uv, walk_close, NULL);
     uv_run(&loop->uv, UV_RUN_DEFAULT);
     uv_loop_close(&loop->uv);
@@ -304,6 +317,7 @@ loop_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     }
     loop->closed = 0;
     loop->corked.next = loop->corked.prev = &loop->corked;
+    loop->servers.next = loop->servers.prev = &loop->servers;
     uv_timer_init(&loop->uv, &loop->select_timer);
     uv_unref((uv_handle_t *)&loop->select_timer);
     loop->uv.data = loop;

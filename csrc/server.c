@@ -261,8 +261,10 @@ server_close_listeners_c(cd_server_t *srv)
     srv->nlisteners = 0;
 }
 
-/* close_listeners(): stop accepting; idle keep-alive conns close and
- * busy ones close once their response is done. */
+/* close_listeners(): stop accepting; conns with no request for the app
+ * (idle keep-alive, or part of a head: uvicorn closes those too) close
+ * now, busy ones once their response is done.  A conn finishing an error
+ * response (lingering close) is left to finish; it is bounded. */
 static PyObject *
 server_close_listeners(cd_server_t *srv, PyObject *unused)
 {
@@ -272,11 +274,26 @@ server_close_listeners(cd_server_t *srv, PyObject *unused)
     while (l != &srv->conns) {
         cd_conn_t *c = cd_container_of(l, cd_conn_t, link);
         l = l->next;
-        if (c->state == CD_CONN_HEAD && !(c->flags & CD_CONN_F_GOT_BYTES)) {
+        if (c->state == CD_CONN_HEAD &&
+            !(c->flags & (CD_CONN_F_CLOSE_AFTER | CD_CONN_F_LINGER |
+                          CD_CONN_F_SHUT_WR))) {
             cd_conn_close(c);
         }
     }
     Py_RETURN_NONE;
+}
+
+void
+cd_server_abort(cd_server_t *srv)
+{
+    server_close_listeners_c(srv);
+    srv->closing = 1;
+    cd_link_t *l = srv->conns.next;
+    while (l != &srv->conns) {
+        cd_conn_t *c = cd_container_of(l, cd_conn_t, link);
+        l = l->next;
+        cd_conn_close(c);
+    }
 }
 
 /* close_all(): close every connection now (end of the grace period). */
@@ -390,6 +407,11 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     srv->st = st;
     srv->conns.next = srv->conns.prev = &srv->conns;
     srv->loop = (cd_loop_t *)Py_NewRef(loop);
+    cd_link_t *ll = &srv->loop->servers;
+    srv->loop_link.next = ll->next;
+    srv->loop_link.prev = ll;
+    ll->next->prev = &srv->loop_link;
+    ll->next = &srv->loop_link;
     srv->app = Py_NewRef(app);
     srv->scheme = Py_NewRef(st->s_http);
 
@@ -511,6 +533,10 @@ server_dealloc(cd_server_t *srv)
     /* Connections hold a reference, so none is left here. */
     if (srv->loop != NULL && !srv->loop->closed) {
         server_close_listeners_c(srv);
+    }
+    if (srv->loop_link.next != NULL) {
+        srv->loop_link.prev->next = srv->loop_link.next;
+        srv->loop_link.next->prev = srv->loop_link.prev;
     }
     server_clear(srv);
     Py_CLEAR(srv->loop);

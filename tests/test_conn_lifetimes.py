@@ -4,13 +4,20 @@ processes, raw sockets."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
+import sys
 import time
 
 import pytest
 
+from cdaphne._cdaphne import Server as CoreServer
+from cdaphne.config import Config
+from cdaphne.loop import new_event_loop
+
+from .apps.common import send_text
 from .conftest import Reader, connect, wait_until
 
 APP = "tests.apps.lifetimes:app"
@@ -60,6 +67,64 @@ def test_unix_head_completed_during_grace_period(serve, tmp_path, env):
         assert json.loads(body)["server"] == [path, None]
     assert proc.wait(10) == 0, proc.log_tail()
     assert "Segmentation fault" not in proc.log
+
+
+def test_sigterm_closes_idle_and_half_sent_connections_at_once(serve):
+    proc = serve(APP, "--timeout-graceful-shutdown", "30")
+    idle = connect(proc)
+    half = connect(proc)
+    try:
+        idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert Reader(idle).response().status == 200
+        half.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert time.monotonic() - t0 < 5
+        assert read_or_reset(idle) == b""
+        assert read_or_reset(half) == b""
+    finally:
+        idle.close()
+        half.close()
+
+
+def read_or_reset(sock: socket.socket) -> bytes:
+    try:
+        return read_reply(sock)
+    except ConnectionResetError:
+        return b""
+
+
+def test_closing_the_loop_frees_open_connections_and_listeners():
+    """In process: a loop closed under a server that still listens and has
+    a connection closes and frees both (no handle left without its close
+    callback)."""
+    async def app(scope, receive, send):
+        await send_text(send, b"ok")
+
+    loop = new_event_loop()
+    try:
+        core = CoreServer(loop.core, app, Config(app))
+        name = core.listen_tcp("127.0.0.1", 0, 16)
+        core_refs = sys.getrefcount(core)
+        name_refs = sys.getrefcount(name)  # Ours and the listener's.
+        with socket.create_connection(name, timeout=5) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+
+            async def accepted():
+                while core.connections == 0:
+                    await asyncio.sleep(0.01)
+            loop.run_until_complete(asyncio.wait_for(accepted(), 5))
+            assert sys.getrefcount(core) == core_refs + 1  # The conn's.
+            assert sys.getrefcount(name) == name_refs + 1
+        loop.close()
+    finally:
+        if not loop.is_closed():
+            loop.close()
+    assert core.connections == 0
+    assert sys.getrefcount(core) == core_refs
+    assert sys.getrefcount(name) == name_refs - 1
 
 
 # ---- application_close_timeout ---------------------------------------------
