@@ -1,6 +1,6 @@
 /* A connection: socket reads, queued writes, the timer, closing.
  *
- * Closing follows libuv's rule: mark CLOSING, uv_close both handles, free
+ * Closing follows libuv's rule: mark CLOSING, uv_close every handle, free
  * in the last close callback.  A write request keeps a strong reference
  * to the Python bytes it sends until its callback runs. */
 #include "internal.h"
@@ -72,6 +72,7 @@ cd_conn_close(cd_conn_t *c)
     }
     uv_close(&c->io.handle, conn_on_handle_close);
     uv_close((uv_handle_t *)&c->timer, conn_on_handle_close);
+    uv_close((uv_handle_t *)&c->rate_timer, conn_on_handle_close);
 }
 
 void
@@ -502,9 +503,11 @@ cd_conn_new(cd_listener_t *ls)
         return NULL;
     }
     uv_timer_init(&srv->loop->uv, &c->timer);
+    uv_timer_init(&srv->loop->uv, &c->rate_timer);
     c->io.handle.data = c;
     c->timer.data = c;
-    c->open_handles = 2;
+    c->rate_timer.data = c;
+    c->open_handles = 3;
     c->state = CD_CONN_HEAD;
     /* Linked before accept so that the close path always unlinks. */
     c->link.next = srv->conns.next;

@@ -67,7 +67,13 @@ take_message(cd_cycle_t *cy)
     cd_state *st = cy->st;
     if (!cy->body_delivered && !cy->disconnected) {
         if (cy->body.len == 0 && !cy->body_complete) {
+            if (cy->conn != NULL) {
+                cd_http1_body_wait(cy->conn, 1); /* The app waits. */
+            }
             return NULL;
+        }
+        if (cy->conn != NULL) {
+            cd_http1_body_wait(cy->conn, 0);
         }
         PyObject *body =
             cy->body.len

@@ -234,6 +234,8 @@ on_headers_complete(llhttp_t *p)
         return fail(p, 400);
     }
     cd_conn_timer_stop(c);
+    c->rate_waited = 0;
+    c->rate_bytes = 0;
     if (srv->cfg.max_body && (p->flags & F_CONTENT_LENGTH) &&
         p->content_length > srv->cfg.max_body) {
         return fail(p, 413);
@@ -285,6 +287,9 @@ on_body(llhttp_t *p, const char *at, size_t n)
         return 0; /* The response is done: drop the rest. */
     }
     c->body_bytes += n;
+    if (c->flags & CD_CONN_F_BODY_WAIT) {
+        c->rate_bytes += n;
+    }
     if (c->server->cfg.max_body && c->body_bytes > c->server->cfg.max_body) {
         return fail(p, 413);
     }
@@ -308,6 +313,91 @@ on_message_complete(llhttp_t *p)
     }
     c->flags |= CD_CONN_F_PAUSED;
     return HPE_PAUSED;
+}
+
+/* ---- minimum request body rate --------------------------------------
+ *
+ * Kestrel's MinRequestBodyDataRate, counted only while the app waits in
+ * receive() for body bytes (never while reading is paused for
+ * backpressure or the app is busy elsewhere): once it has waited
+ * body_rate_grace in all, the bytes that came while it waited must be at
+ * least min_body_rate per second of that waiting. */
+
+static uint64_t
+body_rate_waited(cd_conn_t *c, uint64_t now)
+{
+    uint64_t w = c->rate_waited;
+    if (c->flags & CD_CONN_F_BODY_WAIT) {
+        w += now - c->rate_since;
+    }
+    return w;
+}
+
+static void body_rate_on_timer(uv_timer_t *t);
+
+/* Wake up when the rate would fall below the minimum if nothing more
+ * came. */
+static void
+body_rate_arm(cd_conn_t *c, uint64_t now)
+{
+    const cd_config_t *cfg = &c->server->cfg;
+    uint64_t at = c->rate_bytes * 1000 / cfg->min_body_rate + 1;
+    if (at < cfg->body_rate_grace) {
+        at = cfg->body_rate_grace;
+    }
+    uint64_t waited = body_rate_waited(c, now);
+    uv_timer_start(&c->rate_timer, body_rate_on_timer,
+                   at > waited ? at - waited : 0, 0);
+}
+
+static void
+body_rate_on_timer(uv_timer_t *t)
+{
+    cd_conn_t *c = cd_container_of(t, cd_conn_t, rate_timer);
+    cd_gil_ensure(c->server->loop);
+    cd_cycle_t *cy = c->cycle;
+    if (!(c->flags & CD_CONN_F_BODY_WAIT) || c->state != CD_CONN_ACTIVE ||
+        cy == NULL) {
+        return;
+    }
+    if (cy->recv_fut == NULL) {
+        cd_http1_body_wait(c, 0); /* The receive() went away. */
+        return;
+    }
+    const cd_config_t *cfg = &c->server->cfg;
+    uint64_t now = uv_now(t->loop);
+    uint64_t waited = body_rate_waited(c, now);
+    if (waited < cfg->body_rate_grace ||
+        c->rate_bytes * 1000 >= cfg->min_body_rate * waited) {
+        body_rate_arm(c, now);
+        return;
+    }
+    cd_http1_body_wait(c, 0);
+    /* 408 if the response has not started, else a close; the app gets
+     * http.disconnect. */
+    cd_cycle_respond_error(cy, 408, "Request Timeout");
+}
+
+void
+cd_http1_body_wait(cd_conn_t *c, int waiting)
+{
+    if (c->server->cfg.min_body_rate == 0 || c->state == CD_CONN_CLOSING ||
+        waiting == !!(c->flags & CD_CONN_F_BODY_WAIT)) {
+        return;
+    }
+    /* Called from Python too, after the cached loop time went stale. */
+    uv_update_time(c->rate_timer.loop);
+    uint64_t now = uv_now(c->rate_timer.loop);
+    if (waiting) {
+        c->flags |= CD_CONN_F_BODY_WAIT;
+        c->rate_since = now;
+        body_rate_arm(c, now);
+    }
+    else {
+        c->rate_waited = body_rate_waited(c, now);
+        c->flags &= ~CD_CONN_F_BODY_WAIT;
+        uv_timer_stop(&c->rate_timer);
+    }
 }
 
 static const llhttp_settings_t settings = {
@@ -448,6 +538,7 @@ cd_http1_response_done(cd_conn_t *c, int keep_alive)
     if (c->state == CD_CONN_CLOSING) {
         return;
     }
+    cd_http1_body_wait(c, 0);
     cd_conn_timer_stop(c);
     if (!body_read) {
         /* The client may still be sending the body: let it read the

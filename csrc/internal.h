@@ -195,6 +195,8 @@ typedef struct {
     uint64_t ping_timeout;       /* ms to wait for a pong */
     uint64_t ws_max_message;     /* bytes, 0 = unlimited (close 1009) */
     uint64_t ws_max_frame;       /* bytes, 0 = unlimited (close 1009) */
+    uint64_t min_body_rate;   /* body bytes/s while the app waits, 0 = none */
+    uint64_t body_rate_grace; /* ms of waiting before the rate counts */
 } cd_config_t;
 
 struct cd_listener_s {
@@ -223,11 +225,12 @@ struct cd_server_s {
     cd_config_t cfg;
     cd_listener_t **listeners; /* owned array of owned listeners */
     int nlisteners;
-    cd_link_t conns;     /* every open connection */
-    cd_link_t loop_link; /* in loop->servers */
+    cd_link_t conns; /* every open connection */
     int nconns;
     int closing;       /* stop accepting, close idle conns */
     uint64_t requests; /* served so far */
+
+    cd_link_t loop_link; /* in loop->servers */
 };
 
 int cd_server_type_init(PyObject *module, cd_state *st);
@@ -257,6 +260,7 @@ enum {
     CD_CONN_F_UNIX = 1 << 6,        /* a unix socket (io.pipe) */
     CD_CONN_F_LINGER = 1 << 7,      /* discarding input before the close */
     CD_CONN_F_SHUT_WR = 1 << 8,     /* uv_shutdown issued: no more writes */
+    CD_CONN_F_BODY_WAIT = 1 << 9,   /* the app waits for request body */
 };
 
 /* Output written during one loop turn, sent with one writev before the
@@ -270,7 +274,7 @@ typedef struct {
 } cd_outq_t;
 
 /* A connection.  Owned by its server's list; freed in the last close
- * callback of its two handles. */
+ * callback of its three handles. */
 struct cd_conn_s {
     union {
         uv_handle_t handle;
@@ -289,10 +293,8 @@ struct cd_conn_s {
     unsigned flags;
     int open_handles; /* free the conn when this reaches 0 */
     int writes_in_flight;
-    size_t write_queued;        /* bytes handed to uv_write, not yet done */
-    cd_buf_t in;                /* owned: bytes read, not yet parsed */
-    uv_shutdown_t shutdown_req; /* lingering close: our FIN */
-    size_t linger_bytes;        /* input discarded while lingering */
+    size_t write_queued; /* bytes handed to uv_write, not yet done */
+    cd_buf_t in;         /* owned: bytes read, not yet parsed */
     llhttp_t parser;
     PyObject *client; /* strong: (host, port) or None */
     /* The request being parsed. */
@@ -310,6 +312,16 @@ struct cd_conn_s {
     int fail_status;     /* set by a parser callback that failed */
     uint64_t body_bytes; /* request body bytes seen */
     cd_cycle_t *cycle;   /* strong: the request or WebSocket with the app */
+
+    /* Lingering close (conn.c cd_conn_linger_after_writes). */
+    uv_shutdown_t shutdown_req; /* our FIN */
+    size_t linger_bytes;        /* input discarded while lingering */
+
+    /* The minimum request body rate (http1.c cd_http1_body_wait). */
+    uv_timer_t rate_timer;
+    uint64_t rate_waited; /* ms the app waited for body, before rate_since */
+    uint64_t rate_since;  /* loop ms the current wait began */
+    uint64_t rate_bytes;  /* body bytes that came while the app waited */
 };
 
 cd_conn_t *cd_conn_new(cd_listener_t *ls);
@@ -344,6 +356,9 @@ void cd_http1_response_done(cd_conn_t *c, int keep_alive);
 /* Writes a whole simple response (400, 431, 503...) and closes. */
 void cd_http1_simple_response(cd_conn_t *c, int status, const char *body);
 void cd_http1_release_request(cd_conn_t *c);
+/* The app starts (1) or stops (0) waiting in receive() for request body
+ * bytes: the minimum body rate is measured over that time only. */
+void cd_http1_body_wait(cd_conn_t *c, int waiting);
 const char *cd_http1_reason(int status);
 size_t cd_http1_date(char *out);
 

@@ -447,7 +447,10 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         cfg_number(config, "websocket_max_message_size", 1 << 20, 1,
                    &c->ws_max_message) < 0 ||
         cfg_number(config, "websocket_max_frame_size", 1 << 20, 1,
-                   &c->ws_max_frame) < 0) {
+                   &c->ws_max_frame) < 0 ||
+        cfg_number(config, "min_body_rate", 240, 1, &c->min_body_rate) < 0 ||
+        cfg_number(config, "body_rate_grace", 5, 1000, &c->body_rate_grace) <
+            0) {
         goto error;
     }
     if (c->header_timeout == 0) {

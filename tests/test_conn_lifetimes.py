@@ -212,3 +212,112 @@ def test_client_still_sending_a_body_the_app_did_not_read_reads_the_response(ser
         reply = read_reply(sock)
     assert reply.startswith(b"HTTP/1.1 200 "), reply[:100]
     assert reply.endswith(b"\r\n\r\nok")
+
+
+# ---- minimum request body rate -------------------------------------------
+
+RATE_FLAGS = ("--min-body-rate", "100", "--body-rate-grace", "1")
+
+
+def trickle(sock: socket.socket, data: bytes, piece: int, interval: float,
+            limit: float = 20.0) -> tuple[bytes, float]:
+    """Send `data` `piece` bytes every `interval` s while reading; returns
+    what the server sent until it closed, and when it closed."""
+    t0 = time.monotonic()
+    reply = b""
+    sock.settimeout(interval)
+    while time.monotonic() - t0 < limit:
+        if data:
+            try:
+                sock.sendall(data[:piece])
+            except (BrokenPipeError, ConnectionResetError):
+                data = b""
+            data = data[piece:]
+        try:
+            got = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            break
+        if not got:
+            break
+        reply += got
+    return reply, time.monotonic() - t0
+
+
+def test_body_trickling_below_the_minimum_rate_gets_408(serve, tmp_path):
+    proc = serve(APP, *RATE_FLAGS, env={"CDAPHNE_TEST_DIR": str(tmp_path)})
+    with connect(proc) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        reply, took = trickle(sock, b"x" * 1000, 1, 0.5)
+    assert reply.startswith(b"HTTP/1.1 408 "), reply[:100]
+    assert took < 10
+    seen = recorded(tmp_path, "upload")
+    assert seen["last"] == "http.disconnect"
+    assert seen["size"] < 100
+
+
+def test_body_trickling_after_the_response_started_closes(serve, tmp_path):
+    proc = serve(APP, *RATE_FLAGS, env={"CDAPHNE_TEST_DIR": str(tmp_path)})
+    with connect(proc) as sock:
+        sock.sendall(b"POST /upload_streaming HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 1000\r\n\r\n")
+        reply, took = trickle(sock, b"x" * 1000, 1, 0.5)
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:100]
+    assert b"started;" in reply
+    assert took < 10
+    assert recorded(tmp_path, "upload")["last"] == "http.disconnect"
+
+
+def test_slow_upload_above_the_minimum_rate_passes(serve, tmp_path):
+    proc = serve(APP, *RATE_FLAGS, env={"CDAPHNE_TEST_DIR": str(tmp_path)})
+    with connect(proc) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Content-Length: 3000\r\n\r\n")
+        reply, _ = trickle(sock, b"x" * 3000, 100, 0.1)  # 1000 B/s for 3 s
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:100]
+    assert reply.endswith(b"got 3000")
+
+
+def test_body_rate_counts_only_time_the_app_waits_for_the_body(serve, tmp_path):
+    # The app reads nothing for 2.5 s and the client sends nothing then:
+    # the client is not late, nobody asked it for bytes.
+    proc = serve(APP, *RATE_FLAGS, env={"CDAPHNE_TEST_DIR": str(tmp_path)})
+    with connect(proc, timeout=10) as sock:
+        sock.sendall(b"POST /upload?delay=2.5 HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n")
+        time.sleep(2.3)
+        sock.sendall(b"y" * 2000)
+        r = Reader(sock, timeout=10).response()
+    assert r.status == 200
+    assert r.body == b"got 2000"
+
+
+def test_body_rate_zero_disables_the_check(serve, tmp_path):
+    proc = serve(APP, "--min-body-rate", "0", "--body-rate-grace", "1",
+                 env={"CDAPHNE_TEST_DIR": str(tmp_path)})
+    with connect(proc) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Content-Length: 8\r\n\r\n")
+        reply, _ = trickle(sock, b"x" * 8, 1, 0.4)
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:100]
+    assert reply.endswith(b"got 8")
+
+
+def test_default_body_rate_closes_a_byte_every_two_seconds_client(serve, tmp_path):
+    proc = serve(APP, env={"CDAPHNE_TEST_DIR": str(tmp_path)})
+    with connect(proc) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        reply, took = trickle(sock, b"x" * 100, 1, 2.0, limit=60)
+    assert reply.startswith(b"HTTP/1.1 408 "), reply[:100]
+    assert took < 60
+    assert recorded(tmp_path, "upload")["last"] == "http.disconnect"
+
+
+def test_default_body_rate_lets_a_10_kb_per_second_upload_pass(serve, tmp_path):
+    proc = serve(APP, env={"CDAPHNE_TEST_DIR": str(tmp_path)})
+    with connect(proc) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Content-Length: 60000\r\n\r\n")
+        reply, _ = trickle(sock, b"x" * 60_000, 1000, 0.1)  # 10 KB/s for 6 s
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:100]
+    assert reply.endswith(b"got 60000")

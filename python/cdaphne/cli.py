@@ -25,6 +25,13 @@ def _size(text: str) -> int:
     return value
 
 
+def _rate(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cdaphne", description="ASGI server written in C, a drop-in for Daphne.")
     a = p.add_argument
@@ -71,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
       help="largest request head as sent, request line and CRLFs included, bytes (431 beyond)")
     a("--max-header-count", type=_size, default=Config.max_header_count,
       help="most header fields in a request (431 beyond; 0: no limit)")
+    a("--min-body-rate", type=_rate, default=Config.min_body_rate,
+      help="bytes/s a request body must arrive at while the app waits for it, "
+           "after --body-rate-grace (408 below it; 0: no minimum)")
+    a("--body-rate-grace", type=_rate, default=Config.body_rate_grace,
+      help="seconds the app may wait for body bytes before --min-body-rate applies")
     a("--timeout-graceful-shutdown", dest="graceful_timeout", type=float, default=10,
       help="seconds in-flight requests and WebSockets get on shutdown before being closed")
     a("--lifespan", choices=("auto", "on", "off"), default="auto", help="ASGI lifespan protocol")
@@ -113,6 +125,8 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         max_body_size=args.max_body_size,
         max_header_size=args.max_header_size,
         max_header_count=args.max_header_count,
+        min_body_rate=args.min_body_rate,
+        body_rate_grace=args.body_rate_grace,
         lifespan=args.lifespan,
         graceful_timeout=args.graceful_timeout,
         configure_logging=True,

@@ -122,6 +122,12 @@ class Config:
     max_body_size: int | None = None
     max_header_size: int = 65536  # request head bytes on the wire (431 beyond)
     max_header_count: int = 100  # header fields in a request (431 beyond); 0: no limit
+    # Minimum request body data rate (Kestrel's MinRequestBodyDataRate): while
+    # the app waits in receive() for body bytes, they must arrive at this
+    # many bytes/s on average once it has waited body_rate_grace seconds in
+    # all; otherwise 408 (or a close once the response started).  0: no check.
+    min_body_rate: float = 240
+    body_rate_grace: float = 5
     lifespan: str = "auto"
     backlog: int = 2048
     graceful_timeout: float = 10
@@ -156,7 +162,7 @@ class Config:
         if self.lifespan not in ("auto", "on", "off"):
             raise ConfigError(f"lifespan must be auto, on or off, not {self.lifespan!r}")
         for name in ("websocket_max_message_size", "websocket_max_frame_size", "max_header_size",
-                     "max_header_count"):
+                     "max_header_count", "min_body_rate", "body_rate_grace"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
 

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from .common import jsonable, send_json, send_text
+from .common import jsonable, query, send_json, send_text
 
 
 def _record(name: str, data: object) -> None:
@@ -55,7 +55,9 @@ async def forever(scope, receive, send):
 
 
 async def upload(scope, receive, send):
-    """Reads the body; records its size and the last message type."""
+    """Reads the body (after ?delay= seconds); records its size and the
+    last message type."""
+    await asyncio.sleep(float(query(scope).get("delay", "0")))
     t0 = time.monotonic()
     size = 0
     while True:
