@@ -113,14 +113,20 @@ def hidden_libraries() -> list[str]:
     return sorted(paths)
 
 
-def hidden(argv: list[str], empty: Path) -> list[str]:
-    """argv run in a private mount namespace where an empty file covers each
-    system copy (the loader then fails on it with "file too short")."""
-    libs = hidden_libraries()
-    script = 'e=$1; shift; n=$1; shift; ' \
-             'for i in $(seq "$n"); do mount --bind "$e" "$1"; shift; done; exec "$@"'
+def masked(argv: list[str], mounts: list[tuple[Path, str]]) -> list[str]:
+    """argv run in a private mount namespace where each (source, target) of
+    `mounts` is bind-mounted: an empty file over a library makes the loader
+    fail on it with "file too short"; an empty directory hides a directory."""
+    script = 'n=$1; shift; for i in $(seq "$n"); do mount --bind "$1" "$2"; shift 2; done; ' \
+             'exec "$@"'
     unshare = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-m", "-r"]
-    return [*unshare, "sh", "-c", script, "sh", str(empty), str(len(libs)), *libs, *argv]
+    flat = [str(x) for pair in mounts for x in pair]
+    return [*unshare, "sh", "-c", script, "sh", str(len(mounts)), *flat, *argv]
+
+
+def hidden(argv: list[str], empty: Path) -> list[str]:
+    """argv with the system copies of the bundled libraries hidden."""
+    return masked(argv, [(empty, lib) for lib in hidden_libraries()])
 
 
 def test_extension_resolves_bundled_libraries(venv):
@@ -184,3 +190,27 @@ def test_wheel_serves_with_system_libraries_hidden(venv, tmp_path):
     finally:
         rc = server.stop()
     assert rc == 0, server.log_tail()
+
+
+@pytest.mark.parametrize(("hide", "package"), [
+    ("/usr/share/llhttp", "node-llhttp"),
+    ("/usr/include/wslay", "libwslay-dev"),
+    ("libuv.pc", "libuv1-dev"),
+    ("libcrypto.pc", "libssl-dev"),
+])
+def test_sdist_build_names_the_missing_package(hide, package, tmp_path):
+    if not hide.startswith("/"):
+        pc = subprocess.run(["pkg-config", "--variable=pcfiledir", hide.removesuffix(".pc")],
+                            capture_output=True, text=True, check=True).stdout.strip()
+        hide = f"{pc}/{hide}"
+    empty = tmp_path / "empty"
+    if os.path.isdir(hide):
+        empty.mkdir()
+    else:
+        empty.write_bytes(b"")
+    # setup.py checks before building anything, whatever the command.
+    proc = subprocess.run(masked([sys.executable, "setup.py", "--version"], [(empty, hide)]),
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].endswith(f"apt-get install {package}"), \
+        proc.stderr
