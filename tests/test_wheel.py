@@ -25,6 +25,8 @@ from .serverproc import ROOT, ServerProcess
 BUNDLED = ("libuv", "libwslay", "libcrypto")
 SYSTEM_SONAMES = ("libuv.so.1", "libwslay.so.1", "libcrypto.so.3")
 TAG = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+# A cold wheel build on a loaded machine can outlast the default 120 s.
+pytestmark = pytest.mark.timeout(300)
 
 APP = '''
 import json
