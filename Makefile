@@ -24,5 +24,11 @@ bench: install
 bench-quick: install
 	$(PY) -m bench --quick
 
+# The sdist and one repaired wheel per CPython >= 3.11 found, into dist/
+# (log with `auditwheel show`: build/dist.log).
+.PHONY: dist
+dist: install
+	scripts/dist.sh
+
 clean:
 	rm -rf build python/cdaphne/*.so $(VENV)

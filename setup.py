@@ -30,6 +30,22 @@ def pkg_config(name: str, package: str) -> tuple[list[str], list[str], list[str]
     return incs, libdirs, names
 
 
+def wslay_version() -> list[tuple[str, str]]:
+    """wslay 1.1.1's wslayver.h says 1.0.1-DEV and it ships no .pc file: ask
+    dpkg for libwslay-dev's upstream version (module.c falls back to the
+    header's when this is not Debian)."""
+    try:
+        out = subprocess.run(
+            ["dpkg-query", "-W", "-f=${source:Upstream-Version}", "libwslay-dev"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    if not out or not all(c.isalnum() or c in ".~+-" for c in out):
+        return []
+    return [("CD_WSLAY_VERSION", f'"{out}"')]
+
+
 def extensions() -> list[Extension]:
     if not os.path.exists(os.path.join(LLHTTP_SRC, "llhttp.c")):
         fail("llhttp C sources", "node-llhttp")
@@ -72,6 +88,7 @@ def extensions() -> list[Extension]:
         include_dirs=["csrc", LLHTTP_INC, os.path.dirname(LLHTTP_SRC), *uv_inc, *ssl_inc],
         library_dirs=[*uv_dirs, *ssl_dirs],
         libraries=[*uv_libs, "wslay", *ssl_libs],
+        define_macros=wslay_version(),
         extra_compile_args=cflags,
         extra_link_args=["-fsanitize=address"] if os.environ.get("CDAPHNE_ASAN") == "1" else [],
     )

@@ -1,5 +1,38 @@
-/* The _cdaphne extension module: init, module state traverse/clear. */
+/* The _cdaphne extension module: init, module state traverse/clear, and the
+ * versions of the C libraries it runs with. */
 #include "internal.h"
+
+#include <openssl/crypto.h>
+#include <wslay/wslay.h>
+
+/* wslay 1.1.1's wslayver.h still says "1.0.1-DEV", so setup.py passes the
+ * version of the installed libwslay-dev package when it can find it. */
+#ifndef CD_WSLAY_VERSION
+#define CD_WSLAY_VERSION WSLAY_VERSION
+#endif
+
+#define CD_STR2(x) #x
+#define CD_STR(x) CD_STR2(x)
+
+/* libuv and OpenSSL: the shared libraries loaded at run time; llhttp (compiled
+ * in) and wslay (no run-time query): the versions built against. */
+static PyObject *
+cdaphne_versions(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    static const char llhttp[] = CD_STR(LLHTTP_VERSION_MAJOR) "." CD_STR(
+        LLHTTP_VERSION_MINOR) "." CD_STR(LLHTTP_VERSION_PATCH);
+
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s}", "libuv", uv_version_string(),
+                         "llhttp", llhttp, "wslay", CD_WSLAY_VERSION,
+                         "wslay_header", WSLAY_VERSION, "openssl",
+                         OpenSSL_version(OPENSSL_VERSION));
+}
+
+static PyMethodDef cdaphne_methods[] = {
+    {"_versions", cdaphne_versions, METH_NOARGS,
+     "The versions of libuv, llhttp, wslay and OpenSSL, as a dict."},
+    {NULL, NULL, 0, NULL},
+};
 
 static int
 cdaphne_exec(PyObject *module)
@@ -51,6 +84,7 @@ struct PyModuleDef cd_module_def = {
     .m_name = "cdaphne._cdaphne",
     .m_doc = "cdaphne's C core: libuv loop, HTTP/1.1, WebSocket, ASGI.",
     .m_size = sizeof(cd_state),
+    .m_methods = cdaphne_methods,
     .m_slots = cdaphne_slots,
     .m_traverse = cdaphne_traverse,
     .m_clear = cdaphne_clear,

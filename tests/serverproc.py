@@ -21,16 +21,18 @@ class ServerProcess:
     """A cdaphne subprocess; stderr is collected by a thread."""
 
     def __init__(self, argv: list[str], *, pass_fds: tuple[int, ...] = (),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, cmd: list[str] | None = None,
+                 cwd: Path = ROOT) -> None:
         self.argv = argv
         full_env = dict(os.environ)
         full_env.pop("PYTHONPATH", None)
         full_env["PYTHONUNBUFFERED"] = "1"
         if env:
             full_env.update(env)
+        # cmd: how to start cdaphne (tests/test_wheel.py: another venv's).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cdaphne", *argv],
-            cwd=ROOT,
+            [*(cmd or [sys.executable, "-m", "cdaphne"]), *argv],
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

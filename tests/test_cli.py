@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -73,9 +74,24 @@ def test_busy_port():
 
 
 def test_version():
+    import importlib.metadata
+    import platform
+
+    import cdaphne
+
     proc = run_cli("--version")
     assert proc.returncode == 0
-    assert proc.stdout.startswith("cdaphne ")
+    lines = proc.stdout.splitlines()
+    # One version, in cdaphne/__init__.py; the package metadata reads it.
+    assert lines[0] == f"cdaphne {cdaphne.__version__}"
+    assert importlib.metadata.version("cdaphne") == cdaphne.__version__
+    assert re.fullmatch(r"libuv 1\.\d+\.\d+", lines[1]), lines
+    assert re.fullmatch(r"llhttp \d+\.\d+\.\d+", lines[2]), lines
+    # The libwslay-dev package's version, not wslayver.h's stale "1.0.1-DEV".
+    assert re.fullmatch(r"wslay \d+\.\d+\.\d+", lines[3]), lines
+    assert re.match(r"OpenSSL \d+\.\d+\.\d+", lines[4]), lines
+    assert lines[5] == f"{platform.python_implementation()} {platform.python_version()}"
+    assert len(lines) == 6
 
 
 # ---- signals ---------------------------------------------------------------

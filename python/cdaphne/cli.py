@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 from typing import NoReturn
 
@@ -30,6 +31,33 @@ def _rate(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError("must not be negative")
     return value
+
+
+def version_text() -> str:
+    """`cdaphne --version`: cdaphne's version on the first line, then the C
+    libraries it runs with and the Python running it."""
+    from . import _cdaphne
+
+    v = _cdaphne._versions()
+    # wslay has no run-time version call: this is the version built against
+    # (the libwslay-dev package's; wslay 1.1.1's own header says 1.0.1-DEV).
+    return "\n".join([
+        f"cdaphne {__version__}",
+        f"libuv {v['libuv']}",
+        f"llhttp {v['llhttp']}",
+        f"wslay {v['wslay']}",
+        v["openssl"],
+        f"{platform.python_implementation()} {platform.python_version()}",
+    ])
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, **kw: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print versions and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> NoReturn:
+        print(version_text())
+        parser.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("-v", "--verbosity", type=int, default=1, help="0 = quiet, 1 = normal, 2/3 = debug")
     a("-s", "--server-name", default="cdaphne", help="the Server header's value")
     a("--no-server-name", action="store_true", help="send no Server header")
-    a("--version", action="version", version=f"cdaphne {__version__}")
+    a("--version", action=_VersionAction)
     return p
 
 
