@@ -54,6 +54,7 @@ conn_on_handle_close(uv_handle_t *h)
     cd_buf_dispose(&c->hname);
     cd_buf_dispose(&c->hvalue);
     free(c);
+    srv->st->live.conns--;
     /* The server may be waiting for its last conn to go. */
     Py_DECREF(srv);
 }
@@ -257,6 +258,7 @@ cd_conn_timer_stop(cd_conn_t *c)
 static void
 write_req_free(cd_write_req_t *w)
 {
+    w->conn->server->st->live.write_reqs--;
     for (int i = 0; i < w->n; i++) {
         Py_XDECREF(w->keep[i]);
         free(w->owned[i]);
@@ -427,6 +429,7 @@ cd_conn_flush(cd_conn_t *c)
             cd_conn_close(c);
             return;
         }
+        c->server->st->live.write_reqs++;
         w->conn = c;
         w->n = n;
         w->bufs = (uv_buf_t *)(w + 1);
@@ -485,6 +488,7 @@ cd_conn_new(cd_listener_t *ls)
     if (c == NULL) {
         return NULL;
     }
+    srv->st->live.conns++;
     c->server = srv;
     c->sockname = Py_NewRef(ls->sockname);
     if (ls->is_unix) {
@@ -500,6 +504,7 @@ cd_conn_new(cd_listener_t *ls)
     if (r < 0) {
         Py_DECREF(c->sockname);
         free(c);
+        srv->st->live.conns--;
         return NULL;
     }
     uv_timer_init(&srv->loop->uv, &c->timer);

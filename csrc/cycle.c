@@ -813,6 +813,7 @@ cd_cycle_new(cd_conn_t *c, PyObject *scope)
     }
     memset((char *)cy + sizeof(PyObject), 0, sizeof(*cy) - sizeof(PyObject));
     cy->st = srv->st;
+    cy->st->live.cycles++;
     cy->server = (cd_server_t *)Py_NewRef((PyObject *)srv);
     cy->conn = c;
     cy->scope = Py_NewRef(scope);
@@ -864,6 +865,7 @@ cycle_dealloc(cd_cycle_t *cy)
     if (cy->ws != NULL) {
         cd_ws_free(cy->ws);
     }
+    cy->st->live.cycles--;
     Py_CLEAR(cy->server);
     tp->tp_free(cy);
     Py_DECREF(tp);

@@ -28,9 +28,21 @@ cdaphne_versions(PyObject *module, PyObject *Py_UNUSED(ignored))
                          OpenSSL_version(OPENSSL_VERSION));
 }
 
+/* Live C objects by kind, so that tests can check nothing leaks. */
+static PyObject *
+cdaphne_debug_counters(PyObject *module, PyObject *unused)
+{
+    cd_state *st = cd_get_state(module);
+    return Py_BuildValue("{snsnsnsnsn}", "conns", st->live.conns, "cycles",
+                         st->live.cycles, "ws", st->live.ws, "waiters",
+                         st->live.waiters, "write_reqs", st->live.write_reqs);
+}
+
 static PyMethodDef cdaphne_methods[] = {
     {"_versions", cdaphne_versions, METH_NOARGS,
      "The versions of libuv, llhttp, wslay and OpenSSL, as a dict."},
+    {"_debug_counters", cdaphne_debug_counters, METH_NOARGS,
+     "Live connections, cycles, WebSockets, waiters and write requests."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -103,6 +103,10 @@ typedef struct {
     /* Set when C code scheduled asyncio callbacks (resolved a future,
      * armed a timer): select() must not block before they run. */
     int scheduled;
+    /* Live objects of each kind, for leak tests (_debug_counters()). */
+    struct {
+        Py_ssize_t conns, cycles, ws, waiters, write_reqs;
+    } live;
 
 #define CD_STATE_STR_FIELD(name, text) PyObject *name;
     CD_STRINGS(CD_STATE_STR_FIELD)

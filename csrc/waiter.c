@@ -16,6 +16,7 @@ typedef struct {
     PyObject *value; /* strong: the result, when ready */
     PyObject *fut;   /* strong: the future to wait on, when not */
     cd_cycle_t *cy;  /* strong: receive() waiters only, else NULL */
+    cd_state *st;    /* borrowed: the module outlives its types */
     int yielded;
 } cd_waiter_t;
 
@@ -28,6 +29,8 @@ waiter_new(cd_state *st, PyObject *value, PyObject *fut)
         Py_XDECREF(fut);
         return NULL;
     }
+    st->live.waiters++;
+    w->st = st;
     w->value = value;
     w->fut = fut;
     w->cy = NULL;
@@ -186,6 +189,7 @@ waiter_dealloc(cd_waiter_t *w)
     PyTypeObject *tp = Py_TYPE(w);
     PyObject_GC_UnTrack(w);
     waiter_clear(w);
+    w->st->live.waiters--;
     tp->tp_free(w);
     Py_DECREF(tp);
 }

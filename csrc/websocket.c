@@ -542,6 +542,7 @@ cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy)
         return 500;
     }
     memcpy(ws->key, key, keylen);
+    cy->st->live.ws++;
     ws->cy = cy;
     ws->state = CD_WS_CONNECTING;
     ws->close_code = 1006;
@@ -1010,5 +1011,6 @@ cd_ws_free(cd_ws_t *ws)
     free(ws->queue);
     cd_buf_dispose(&ws->out);
     Py_XDECREF(ws->close_reason);
+    ws->cy->st->live.ws--;
     free(ws);
 }

@@ -3,6 +3,8 @@
 from typing import Any
 
 def _versions() -> dict[str, str]: ...
+def _debug_counters() -> dict[str, int]:
+    """Live conns, cycles, ws, waiters and write_reqs (for leak tests)."""
 
 class LoopCore:
     def __init__(self) -> None: ...
