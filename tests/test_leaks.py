@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
+import time
+
+import psutil
 
 from .conftest import Reader, connect
+from .test_websocket import frame, raw_handshake, read_frame
 
 APP = "tests.apps.churn:app"
 
@@ -36,6 +41,84 @@ def test_response_headers_are_released(serve):
     http_close(proc, 20)
     before = server_report(proc)
     http_close(proc, 200)
-    after = server_report(proc)
+    after = settled(proc, balanced(before))
     assert after["shared_header_refs"] == before["shared_header_refs"]
     assert after["counters"] == before["counters"]
+
+
+# ---- churn: connections and sessions come and go, memory stays flat --------
+
+def ws_session(proc, path: str = "/echo") -> None:
+    """Connect, send a text message, read the answer, close."""
+    sock = raw_handshake(proc.port, path)
+    with sock:
+        sock.sendall(frame(0x1, b"hello"))
+        assert read_frame(sock) == (0x1, b"hello")
+        sock.sendall(frame(0x8, struct.pack("!H", 1000)))
+        while True:
+            try:
+                opcode, _ = read_frame(sock)
+            except ConnectionError:
+                break
+            if opcode == 0x8:
+                break
+
+
+def churn_round(proc, requests: int, sessions: int, path: str) -> None:
+    http_close(proc, requests)
+    for i in range(sessions):
+        ws_session(proc, path.format(i=i % 10))
+
+
+def balanced(report: dict) -> dict:
+    """What must return exactly to its baseline after churn."""
+    return {"counters": report["counters"], "tasks": report["tasks"],
+            "layer": report["layer"],
+            "shared_header_refs": report["shared_header_refs"]}
+
+
+def settled(proc, want: dict, timeout: float = 5.0) -> dict:
+    """The server's report once it matches `want`, or the last one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        report = server_report(proc)
+        if balanced(report) == want or time.monotonic() > deadline:
+            return report
+        time.sleep(0.05)
+
+
+def run_churn(proc, requests: int, sessions: int, path: str) -> None:
+    """Warm up, then three rounds: the C core's counters and every shared
+    count come back to their baseline after each round, and neither RSS
+    nor the number of live Python objects grows steadily."""
+    server = psutil.Process(proc.proc.pid)
+    churn_round(proc, 1000, 100, path)
+    base = server_report(proc)
+    rss, objects = [], []
+    for _ in range(3):
+        churn_round(proc, requests, sessions, path)
+        # The last sessions' apps may still be finishing.
+        report = settled(proc, balanced(base))
+        assert balanced(report) == balanced(base)
+        rss.append(server.memory_info().rss)
+        objects.append(report["objects"])
+    print(f"RSS after rounds (KiB): {[r // 1024 for r in rss]}; "
+          f"gc objects: {objects}")
+    # Noise measured over runs: 0-100 KiB between rounds 1 and 3 once
+    # warm; the header leak fixed above grew ~1.3 MiB per round.
+    assert rss[2] - rss[0] < 1024 * 1024, rss
+    # One leaked object per connection would be thousands.
+    assert objects[2] - objects[0] < 300, objects
+
+
+def test_http_and_websocket_churn_leaves_nothing_behind(serve):
+    proc = serve(APP)
+    run_churn(proc, requests=2000, sessions=300, path="/echo")
+
+
+def test_chat_churn_with_the_c_channel_layer_leaves_nothing_behind(serve):
+    """Sessions join a room's group in cdaphne's C layer, chat through
+    group_send, and leave (group_discard, pending layer receive()
+    cancelled), as Channels consumers do."""
+    proc = serve(APP)
+    run_churn(proc, requests=500, sessions=600, path="/chat/{i}")

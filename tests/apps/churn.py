@@ -17,6 +17,10 @@ from collections import Counter
 from urllib.parse import parse_qs
 
 from cdaphne import _cdaphne
+from cdaphne.layers import InMemoryChannelLayer
+
+# The chat sessions' channel layer (cdaphne's C layer).
+LAYER = InMemoryChannelLayer()
 
 # Sent in every response: its reference count must not grow with them.
 SHARED_HEADER = (b"x-churn", b"1")
@@ -34,6 +38,7 @@ gc.callbacks.append(_on_gc)
 
 
 def report(types: int = 0) -> dict:
+    LAYER.sweep()  # Idle channels are reclaimed within a second anyway.
     gc.collect()
     objs = gc.get_objects()
     out = {
@@ -42,6 +47,7 @@ def report(types: int = 0) -> dict:
         "collected": COLLECTED[0],
         "shared_header_refs": sys.getrefcount(SHARED_HEADER),
         "tasks": len(asyncio.all_tasks()),
+        "layer": LAYER.stats(),
     }
     if types:
         hist = Counter(type(o).__qualname__ for o in objs)
@@ -59,6 +65,11 @@ async def lifespan(receive, send) -> None:
             return
 
 
+def header(name: str, value: str) -> tuple[bytes, bytes]:
+    """A header pair made at run time, as Django makes them."""
+    return name.encode("ascii"), value.encode("latin-1")
+
+
 async def http(scope, receive, send) -> None:
     msg = await receive()
     if scope["path"] == "/raise":
@@ -68,14 +79,56 @@ async def http(scope, receive, send) -> None:
         body = json.dumps(report(int(q.get("types", ["0"])[0]))).encode()
     else:
         body = b"Hello, world!"
-    # Built per response, as real apps do.
-    headers = [(b"content-type", b"text/plain"),
-               (b"content-length", str(len(body)).encode()), SHARED_HEADER]
+    # Built per response, as real apps do (Django sends about as many).
+    headers = [header("content-type", "text/plain; charset=utf-8"),
+               header("content-length", str(len(body))),
+               header("x-frame-options", "DENY"),
+               header("x-content-type-options", "nosniff"),
+               header("referrer-policy", "same-origin"),
+               header("cross-origin-opener-policy", "same-origin"),
+               header("vary", "Cookie"),
+               SHARED_HEADER]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
+async def chat(scope, receive, send) -> None:
+    """A chat session as Channels runs one: join the room's group, relay
+    what the client says to the group and what the group says to the
+    client, one task per source (Channels' await_many_dispatch), leave."""
+    group = "room" + scope["path"].rsplit("/", 1)[-1]
+    channel = await LAYER.new_channel()
+    await receive()
+    await LAYER.group_add(group, channel)
+    await send({"type": "websocket.accept"})
+    from_client = asyncio.ensure_future(receive())
+    from_group = asyncio.ensure_future(LAYER.receive(channel))
+    try:
+        while True:
+            done, _ = await asyncio.wait({from_client, from_group},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if from_group in done:
+                msg = from_group.result()
+                await send({"type": "websocket.send", "text": msg["text"]})
+                from_group = asyncio.ensure_future(LAYER.receive(channel))
+            if from_client in done:
+                msg = from_client.result()
+                if msg["type"] == "websocket.disconnect":
+                    return
+                await LAYER.group_send(group, {"type": "chat.message",
+                                               "text": msg["text"]})
+                from_client = asyncio.ensure_future(receive())
+    finally:
+        await LAYER.group_discard(group, channel)
+        for task in (from_client, from_group):
+            task.cancel()
+        await asyncio.gather(from_client, from_group, return_exceptions=True)
+
+
 async def websocket(scope, receive, send) -> None:
+    if scope["path"].startswith("/chat/"):
+        await chat(scope, receive, send)
+        return
     await receive()
     await send({"type": "websocket.accept"})
     while True:
