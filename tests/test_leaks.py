@@ -39,7 +39,7 @@ def test_response_headers_are_released(serve):
     (the copy of the header list used to keep one reference per pair)."""
     proc = serve(APP)
     http_close(proc, 20)
-    before = server_report(proc)
+    before = idle_report(proc)
     http_close(proc, 200)
     after = settled(proc, balanced(before))
     assert after["shared_header_refs"] == before["shared_header_refs"]
@@ -73,18 +73,28 @@ def churn_round(proc, requests: int, sessions: int, path: str) -> None:
 def balanced(report: dict) -> dict:
     """What must return exactly to its baseline after churn."""
     return {"counters": report["counters"], "tasks": report["tasks"],
-            "layer": report["layer"],
+            # Not "timer": whether a sweep is armed right now.
+            "layer": {k: v for k, v in report["layer"].items() if k != "timer"},
             "shared_header_refs": report["shared_header_refs"]}
 
 
-def settled(proc, want: dict, timeout: float = 5.0) -> dict:
-    """The server's report once it matches `want`, or the last one."""
+def settled(proc, want: dict, view=None, timeout: float = 5.0) -> dict:
+    """The server's report once view(report) (default: balanced()) is
+    `want`, or the last one after timeout: the apps of the last sessions
+    may still be finishing when their clients are done."""
+    view = view or balanced
     deadline = time.monotonic() + timeout
     while True:
         report = server_report(proc)
-        if balanced(report) == want or time.monotonic() > deadline:
+        if view(report) == want or time.monotonic() > deadline:
             return report
         time.sleep(0.05)
+
+
+def idle_report(proc) -> dict:
+    """A report taken when only its own connection and cycle are alive."""
+    return settled(proc, {"conns": 1, "cycles": 1, "ws": 0},
+                   lambda r: {k: r["counters"][k] for k in ("conns", "cycles", "ws")})
 
 
 def run_churn(proc, requests: int, sessions: int, path: str) -> None:
@@ -93,11 +103,10 @@ def run_churn(proc, requests: int, sessions: int, path: str) -> None:
     nor the number of live Python objects grows steadily."""
     server = psutil.Process(proc.proc.pid)
     churn_round(proc, 1000, 100, path)
-    base = server_report(proc)
+    base = idle_report(proc)
     rss, objects = [], []
     for _ in range(3):
         churn_round(proc, requests, sessions, path)
-        # The last sessions' apps may still be finishing.
         report = settled(proc, balanced(base))
         assert balanced(report) == balanced(base)
         rss.append(server.memory_info().rss)
@@ -107,8 +116,10 @@ def run_churn(proc, requests: int, sessions: int, path: str) -> None:
     # Noise measured over runs: 0-100 KiB between rounds 1 and 3 once
     # warm; the header leak fixed above grew ~1.3 MiB per round.
     assert rss[2] - rss[0] < 1024 * 1024, rss
-    # One leaked object per connection would be thousands.
-    assert objects[2] - objects[0] < 300, objects
+    # Noise: asyncio keeps up to ~100 cancelled timer handles (and their
+    # contexts) before it purges them.  One leaked object per connection
+    # would be 2 * (requests + sessions).
+    assert objects[2] - objects[0] < (requests + sessions) // 2, objects
 
 
 def test_http_and_websocket_churn_leaves_nothing_behind(serve):
