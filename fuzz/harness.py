@@ -1,0 +1,1183 @@
+"""The Python half of cdaphne's libFuzzer targets (fuzz/driver.c calls in).
+
+One real cdaphne server per process (the C `Server` on cdaphne's libuv
+loop, as cdaphne.server does), listening on a unix socket or on
+127.0.0.1. Each input is a script: the bytes are read as a sequence of
+ops that write request bytes at fuzzer-chosen split points, step the loop,
+let timers fire, half-close or reset the client, and drive the ASGI app
+(receive, cancelled receive, send with fuzzer-chosen messages, raise,
+return, task cancel). After the script every client is closed and every
+app told to return; the server must then drop all its connections and
+every app must finish, and what the client read must be well-formed.
+
+Targets:
+- one_input_http: HTTP/1.x requests and app actions on up to 3 connections.
+- one_input_websocket: a handshake, then frames and app actions.
+- one_input_head: response heads and 101 handshakes through the real
+  server over status, headers, server name, version, keep-alive, HEAD,
+  streamed or one-shot body; the response is parsed and checked.
+
+A broken invariant raises FuzzFailure; the driver then aborts and libFuzzer
+keeps the input. Reproduce one with `build/fuzz/<target> <file>`; set
+CDAPHNE_FUZZ_DEBUG=1 to print the ops as they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import os
+import re
+import socket
+import struct
+import sys
+import tempfile
+import time
+from collections import deque
+from types import SimpleNamespace
+from typing import Any
+
+from cdaphne._cdaphne import Server as CoreServer
+from cdaphne.loop import new_event_loop
+
+# Apps raise on purpose and the server logs it: keep the output quiet.
+logging.disable(logging.CRITICAL)
+
+DEBUG = os.environ.get("CDAPHNE_FUZZ_DEBUG") == "1"
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# Seconds to wait for the server to drop every connection after a script.
+SETTLE_SECONDS = 3.0
+
+
+class FuzzFailure(AssertionError):
+    """An invariant of the server broke: the driver aborts on it."""
+
+
+def log(*args: Any) -> None:
+    if DEBUG:
+        print("fuzz:", *args, file=sys.stderr)
+
+
+class Data:
+    """Reads the fuzzer's bytes as numbers and strings (zeros once empty)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.b = data
+        self.i = 0
+
+    def more(self) -> bool:
+        return self.i < len(self.b)
+
+    def u8(self) -> int:
+        if self.i >= len(self.b):
+            return 0
+        v = self.b[self.i]
+        self.i += 1
+        return v
+
+    def u16(self) -> int:
+        return self.u8() | (self.u8() << 8)
+
+    def pick(self, seq: Any) -> Any:
+        return seq[self.u8() % len(seq)]
+
+    def take(self, n: int) -> bytes:
+        out = self.b[self.i:self.i + n]
+        self.i += len(out)
+        return out
+
+    def blob(self, limit: int = 255) -> bytes:
+        """A length byte then that many bytes (a few sizes scale up)."""
+        n = self.u8()
+        if n >= 250:
+            n = (n - 249) * 700
+        return self.take(min(n, limit))
+
+    def token(self, limit: int = 32) -> bytes:
+        """Usually a valid header name; sometimes any bytes."""
+        raw = self.blob(limit)
+        if self.u8() & 7:
+            return re.sub(rb"[^A-Za-z0-9!#$%&'*+.^_`|~-]", b"x", raw) or b"x-f"
+        return raw
+
+
+# ---- the loop, the servers, the app ----------------------------------------
+
+LOOP: Any = None
+TMPDIR = tempfile.mkdtemp(prefix="cdaphne-fuzz-")
+SERVERS: dict[Any, Server] = {}
+SESSION: Session | None = None
+_serial = 0
+
+
+def loop() -> Any:
+    global LOOP
+    if LOOP is None:
+        LOOP = new_event_loop()
+        asyncio.set_event_loop(LOOP)
+        LOOP.set_exception_handler(_on_loop_error)
+    return LOOP
+
+
+def _on_loop_error(lp: Any, context: dict[str, Any]) -> None:
+    exc = context.get("exception")
+    if isinstance(exc, AppRaised):
+        return
+    msg = f"loop error: {context.get('message')} {exc!r}"
+    log(msg)
+    if SESSION is not None:
+        SESSION.errors.append(msg)
+
+
+class AppRaised(Exception):
+    """What the app raises when the script says so."""
+
+
+class Server:
+    """One C server listening on a unix socket or 127.0.0.1:0."""
+
+    def __init__(self, tcp: bool = False, **cfg: Any) -> None:
+        global _serial
+        defaults = dict(
+            root_path="", server_name="cdaphne", header_timeout=0.03, timeout_keep_alive=0.03,
+            http_timeout=None, application_close_timeout=0.03, limit_concurrency=None,
+            websocket_connect_timeout=0.05, websocket_timeout=1.0, ping_interval=0.02,
+            ping_timeout=0.03, websocket_max_message_size=4096, websocket_max_frame_size=4096,
+            max_body_size=None, max_header_size=4096, action_logger=None,
+        )
+        defaults.update(cfg)
+        self.config = SimpleNamespace(**defaults)
+        self.core = CoreServer(loop().core, app, self.config)
+        self.tcp = tcp
+        if tcp:
+            self.addr = self.core.listen_tcp("127.0.0.1", 0, 128)
+        else:
+            _serial += 1
+            self.addr = os.path.join(TMPDIR, f"s{_serial}")
+            self.core.listen_unix(self.addr, 128)
+        self.open = True
+
+    def connect(self) -> socket.socket:
+        fam = socket.AF_INET if self.tcp else socket.AF_UNIX
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.connect(self.addr)
+        s.setblocking(False)
+        return s
+
+
+def get_server(key: Any, **cfg: Any) -> Server:
+    srv = SERVERS.get(key)
+    if srv is None or not srv.open:
+        srv = SERVERS[key] = Server(**cfg)
+    return srv
+
+
+class Inst:
+    """One running app call; the script posts actions to it."""
+
+    def __init__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.task = asyncio.current_task()
+        self.mail: deque[tuple[Any, ...]] = deque()
+        self.wake: asyncio.Future[None] | None = None
+        self.received: list[dict[str, Any]] = []
+        self.body = b""
+        self.body_done = False
+        self.ws_msgs: list[Any] = []
+        self.accepted = False
+        self.started = False
+        self.busy = False
+        self.send_errors = 0
+
+    def post(self, action: tuple[Any, ...]) -> None:
+        self.mail.append(action)
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
+
+    async def next(self) -> tuple[Any, ...]:
+        while not self.mail:
+            self.wake = loop().create_future()
+            await self.wake
+        self.busy = True
+        return self.mail.popleft()
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    sess = SESSION
+    if sess is None or scope["type"] not in ("http", "websocket"):
+        return
+    inst = Inst(scope, receive, send)
+    sess.insts.append(inst)
+    sess.live.append(inst)
+    try:
+        while True:
+            act = await inst.next()
+            if act[0] == "return":
+                return
+            if act[0] == "raise":
+                raise AppRaised("the script said raise")
+            try:
+                await perform(sess, inst, act)
+            except (ValueError, TypeError, RuntimeError, KeyError, OSError) as exc:
+                log("app action", act[0], "refused:", repr(exc))
+                inst.send_errors += 1
+            inst.busy = False
+    finally:
+        sess.live.remove(inst)
+
+
+async def guarded(sess: Session, inst: Inst, aw: Any, what: str) -> Any:
+    """Await receive()/send(); a CancelledError while the task was not
+    cancelled means the server reused a cancelled future."""
+    try:
+        return await aw
+    except asyncio.CancelledError:
+        assert inst.task is not None
+        if inst.task.cancelling() == 0:
+            sess.fail(f"{what} raised CancelledError though the task was not cancelled")
+        raise
+
+
+async def do_receive(sess: Session, inst: Inst, timeout: float | None) -> None:
+    if timeout is None:
+        msg = await guarded(sess, inst, inst.receive(), "receive()")
+    else:
+        try:
+            msg = await guarded(sess, inst, asyncio.wait_for(inst.receive(), timeout),
+                                "receive() under wait_for")
+        except TimeoutError:
+            return
+    if not isinstance(msg, dict) or "type" not in msg:
+        sess.fail(f"receive() returned {msg!r}")
+    inst.received.append(msg)
+    t = msg["type"]
+    if t == "http.request":
+        if inst.body_done:
+            sess.fail("http.request after the last body chunk")
+        inst.body += msg.get("body", b"")
+        if not msg.get("more_body", False):
+            inst.body_done = True
+    elif t == "websocket.receive":
+        inst.ws_msgs.append(msg.get("bytes") if msg.get("bytes") is not None else msg.get("text"))
+
+
+async def perform(sess: Session, inst: Inst, act: tuple[Any, ...]) -> None:
+    kind = act[0]
+    if kind == "receive":
+        await do_receive(sess, inst, None)
+    elif kind == "receive_cancel":
+        await do_receive(sess, inst, act[1])
+    elif kind == "send":
+        await guarded(sess, inst, inst.send(act[1]), "send()")
+        t = act[1].get("type") if isinstance(act[1], dict) else None
+        if t == "websocket.accept":
+            inst.accepted = True
+        elif t == "http.response.start":
+            inst.started = True
+    elif kind == "send_cancel":
+        try:
+            await guarded(sess, inst, asyncio.wait_for(inst.send(act[1]), act[2]),
+                          "send() under wait_for")
+        except TimeoutError:
+            pass
+
+
+class Conn:
+    """A client socket: bytes still to write, bytes read."""
+
+    def __init__(self, srv: Server) -> None:
+        self.sock: socket.socket | None = srv.connect()
+        self.tcp = srv.tcp
+        self.local = tuple(self.sock.getsockname()) if srv.tcp else None
+        self.pending = bytearray()
+        self.out = bytearray()
+        self.eof = False
+        self.wr_closed = False
+
+    def write(self, n: int) -> None:
+        if self.sock is None or self.wr_closed or not self.pending:
+            return
+        chunk = bytes(self.pending[:n] if n else self.pending)
+        try:
+            sent = self.sock.send(chunk)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.wr_closed = True
+            return
+        del self.pending[:sent]
+
+    def pump(self) -> None:
+        while self.sock is not None and not self.eof:
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.eof = True
+                return
+            if not data:
+                self.eof = True
+                return
+            self.out += data
+            if len(self.out) > 4 << 20:
+                del self.out[1 << 20:]  # Keep the head; drop bulk.
+
+    def half_close(self) -> None:
+        if self.sock is not None and not self.wr_closed:
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self.wr_closed = True
+
+    def reset(self) -> None:
+        if self.sock is None:
+            return
+        if self.tcp:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+        self.sock = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.pump()
+            self.sock.close()
+            self.sock = None
+
+
+class Session:
+    """The state of one input."""
+
+    def __init__(self, srv: Server) -> None:
+        self.srv = srv
+        self.insts: list[Inst] = []
+        self.live: list[Inst] = []
+        self.conns: list[Conn] = []
+        self.errors: list[str] = []
+        self.failures: list[str] = []
+
+    def fail(self, msg: str) -> None:
+        log("FAILURE", msg)
+        self.failures.append(msg)
+
+    def inst(self, d: Data) -> Inst | None:
+        if not self.live:
+            return None
+        return self.live[d.u8() % len(self.live)]
+
+    async def step(self, n: int = 1) -> None:
+        for _ in range(n):
+            await asyncio.sleep(0)
+        for c in self.conns:
+            c.pump()
+
+    async def sleep(self, ms: float) -> None:
+        await asyncio.sleep(ms / 1000)
+        for c in self.conns:
+            c.pump()
+
+    async def settle(self) -> None:
+        """Close clients, let apps return, wait for the server to drop all."""
+        for c in self.conns:
+            c.close()
+        deadline = time.monotonic() + SETTLE_SECONDS
+        spins = 0
+        while self.live or self.srv.core.connections:
+            for inst in list(self.live):
+                if not inst.mail:
+                    inst.post(("return",))
+            spins += 1
+            if spins < 20:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(0.002)
+            if time.monotonic() > deadline:
+                break
+        if self.srv.core.connections:
+            self.fail(f"{self.srv.core.connections} server connection(s) left "
+                      f"{SETTLE_SECONDS}s after every client closed "
+                      f"(apps still running: {len(self.live)})")
+        elif self.live:
+            self.fail(f"{len(self.live)} app(s) still running after their connections closed")
+        if not self.srv.open:
+            # The script closed the listeners: this server is done.
+            self.srv.core.close_all()
+            await asyncio.sleep(0)
+
+    def finish(self) -> None:
+        if self.failures:
+            raise FuzzFailure("; ".join(self.failures))
+
+
+def run_script(srv: Server, script: Any, d: Data) -> Session:
+    global SESSION
+    sess = SESSION = Session(srv)
+
+    async def main() -> None:
+        try:
+            await script(sess, d)
+        finally:
+            await sess.settle()
+
+    try:
+        loop().run_until_complete(main())
+    finally:
+        SESSION = None
+    return sess
+
+
+# ---- response sanity ---------------------------------------------------
+
+HEAD_RE = re.compile(rb"HTTP/1\.1 (\d{3}) [^\r\n\x00]*\r\n")
+FIELD_RE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n\x00]*)\r\n")
+
+
+def parse_head(buf: bytes) -> tuple[int, list[tuple[bytes, bytes]], int] | None:
+    """(status, headers, head length) of the head at the start of buf, None
+    if it is not complete yet; raises ValueError if it is malformed."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buf) > 1 << 20:
+            raise ValueError("no end of head in 1 MiB")
+        if buf and not b"HTTP/1.1 ".startswith(buf[:9]):
+            raise ValueError(f"not a status line: {bytes(buf[:40])!r}")
+        return None
+    m = HEAD_RE.match(buf)
+    if m is None:
+        raise ValueError(f"bad status line: {bytes(buf[:80])!r}")
+    pos = m.end()
+    headers = []
+    while pos < end + 2:
+        f = FIELD_RE.match(buf, pos)
+        if f is None or f.end() > end + 2:
+            raise ValueError(f"bad header line: {bytes(buf[pos:pos + 80])!r}")
+        headers.append((f.group(1).lower(), f.group(2).rstrip(b" \t")))
+        pos = f.end()
+    return int(m.group(1)), headers, end + 4
+
+
+def check_first_response(sess: Session, c: Conn) -> None:
+    if not c.out:
+        return
+    try:
+        parse_head(bytes(c.out))
+    except ValueError as exc:
+        sess.fail(f"malformed response: {exc}")
+
+
+# ---- HTTP requests -----------------------------------------------------------
+
+METHODS = [b"GET", b"POST", b"HEAD", b"PUT", b"OPTIONS", b"DELETE"]
+VERSIONS = [b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.2",
+            b"HTTP/0.9"]
+TOKEN_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def build_request(d: Data, ws: bool = False) -> tuple[bytes, bytes | None]:
+    """A request from the fuzzer's choices; returns (bytes, body) where body
+    is the exact body the app must receive, or None if the request is not
+    a plain valid one."""
+    clean = True
+    sel = d.u8()
+    if sel < 230:
+        method = METHODS[sel % len(METHODS)]
+    else:
+        method, clean = d.token(12), False
+    target = b"/" + re.sub(rb"[^!-~]", b"_", d.blob(40))
+    if d.u8() < 8:
+        target, clean = d.blob(60), False
+    v = d.u8()
+    version = VERSIONS[v % len(VERSIONS)] if v < 240 else d.blob(12)
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        clean = False
+    lines = [method + b" " + target + b" " + version]
+    host = 1 if version == b"HTTP/1.1" else 0
+    body = b""
+    framing = "none"
+    n = d.u8() % 8
+    for _ in range(n):
+        h = d.u8() % 16
+        if h == 0:
+            host += 1
+        elif h == 1:
+            framing = "cl"
+        elif h == 2:
+            framing = "chunked"
+        elif h == 3:
+            lines.append(b"Connection: " + d.pick([b"close", b"keep-alive", b"upgrade", b"x"]))
+        elif h == 4:
+            lines.append(b"Expect: 100-continue")
+        elif h == 5:
+            bad = d.pick([b"0", b"5", b"-1", b"1x", b"99999999999999999999"])
+            lines.append(b"Content-Length: " + bad)
+            clean = False
+        elif h == 6:
+            lines.append(b"Transfer-Encoding: " + d.pick([b"chunked", b"gzip", b"chunked, gzip"]))
+            clean = False
+        elif h == 7:
+            lines.append(b"X-Long: " + b"v" * (d.u8() * 40))
+        elif h == 8:
+            # Many small fields (count limits, header amplification).
+            lines += [b"a:"] * (d.u8() * 4)
+        elif h == 9:
+            name, value = d.token(), d.blob(60)
+            lines.append(name + b": " + value)
+            if not TOKEN_RE.fullmatch(name) or re.search(rb"[\r\n\x00]", value):
+                clean = False
+        elif h == 10:
+            lines.append(b"Cookie: a=b; c=" + d.blob(20).replace(b"\r", b"").replace(b"\n", b""))
+        elif h == 11:
+            lines.append(b"Upgrade: websocket")
+            clean = clean and ws
+        else:
+            lines.append(b"X-F" + str(h).encode() + b": " + re.sub(rb"[\r\n\x00]", b"", d.blob(20)))
+    if host > 0:
+        lines[1:1] = [b"Host: example.com"] * host
+    if host != (1 if version == b"HTTP/1.1" else host):
+        clean = False
+    if framing != "none":
+        body = d.blob(300)
+    if framing == "cl":
+        lines.append(b"Content-Length: %d" % len(body))
+        tail = body
+    elif framing == "chunked":
+        if version == b"HTTP/1.0":
+            clean = False
+        lines.append(b"Transfer-Encoding: chunked")
+        tail = b""
+        rest = body
+        while rest:
+            k = max(1, d.u8() % 64)
+            part, rest = rest[:k], rest[k:]
+            ext = b";x=y" if d.u8() == 7 else b""
+            tail += b"%x%s\r\n%s\r\n" % (len(part), ext, part)
+        tail += b"0\r\n" + (b"X-Trailer: 1\r\n" if d.u8() == 9 else b"") + b"\r\n"
+    else:
+        tail = b""
+    if ws:
+        clean = False
+    head = b"\r\n".join(lines) + b"\r\n\r\n"
+    return head + tail, body if clean else None
+
+
+def app_http_action(d: Data) -> tuple[Any, ...]:
+    a = d.u8() % 16
+    if a in (0, 1, 2):
+        return ("receive",)
+    if a == 3:
+        return ("receive_cancel", d.pick([0, 0, 0.001, 0.005]))
+    if a in (4, 5):
+        status = d.pick([200, 200, 204, 304, 101, 100, 404, 431, 500, 999, 1000, 99])
+        if d.u8() == 1:
+            status = d.u16()
+        return ("send", {"type": "http.response.start", "status": status,
+                         "headers": app_headers(d)})
+    if a in (6, 7, 8):
+        return ("send", {"type": "http.response.body", "body": d.blob(2000),
+                         "more_body": bool(d.u8() & 1)})
+    if a == 9:
+        return ("send_cancel", {"type": "http.response.body", "body": b"x" * (d.u8() << 12),
+                                "more_body": True}, d.pick([0, 0.001]))
+    if a == 10:
+        return ("send", bad_message(d))
+    if a == 11:
+        return ("raise",)
+    if a == 12:
+        return ("return",)
+    if a == 13:
+        return ("cancel",)
+    if a == 14:
+        return ("send", {"type": "http.response.trailers", "headers": [], "more_trailers": False})
+    return ("receive",)
+
+
+def app_headers(d: Data) -> list[Any]:
+    out: list[Any] = []
+    for _ in range(d.u8() % 6):
+        k = d.u8() % 12
+        if k == 0:
+            out.append((b"content-length", d.pick([b"0", b"3", b"100", b"x", b"", b"-1"])))
+        elif k == 1:
+            out.append((b"transfer-encoding", b"chunked"))
+        elif k == 2:
+            out.append((b"connection", d.pick([b"close", b"keep-alive", b"Close, x"])))
+        elif k == 3:
+            out.append((b"server", d.blob(40)))
+        elif k == 4:
+            out.append((b"date", b"Thu, 01 Jan 1970 00:00:00 GMT"))
+        elif k == 5:
+            out.append((d.blob(20), d.blob(40)))  # Anything, even CR/LF.
+        elif k == 6:
+            out.append([b"x-list", b"v"])
+        elif k == 7:
+            out.append((b"x-big", b"b" * (d.u8() * 64)))
+        elif k == 8:
+            out.append(("x-str", "v"))
+        else:
+            out.append((d.token(), re.sub(rb"[\r\n\x00]", b"", d.blob(40))))
+    return out
+
+
+def bad_message(d: Data) -> Any:
+    return d.pick([
+        {"type": "http.response.start"},
+        {"type": "http.response.start", "status": "200"},
+        {"type": "http.response.start", "status": 200, "headers": 5},
+        {"type": "http.response.start", "status": 200, "headers": [(b"a",)]},
+        {"type": "http.response.body", "body": "str"},
+        {"type": "http.response.body", "more_body": 2},
+        {"type": "unknown"},
+        {"no": "type"},
+        ["not", "a", "dict"],
+        {"type": "websocket.send", "text": "x"},
+        {"type": "websocket.accept"},
+        {"type": "websocket.close", "code": 1000},
+    ])
+
+
+async def client_op(sess: Session, d: Data, op: int) -> bool:
+    """The ops shared by the targets; False if op is not one of them."""
+    conns = sess.conns
+    c = conns[d.u8() % len(conns)] if conns else None
+    if op == 0:
+        if c is not None:
+            c.write(d.u8())
+    elif op == 1:
+        if c is not None:
+            c.write(0)
+    elif op == 2:
+        await sess.step(1 + d.u8() % 4)
+    elif op == 3:
+        await sess.sleep(1 + d.u8() % 25)
+    elif op == 4:
+        if c is not None:
+            c.half_close()
+    elif op == 5:
+        if c is not None:
+            c.reset()
+    elif op == 6:
+        inst = sess.inst(d)
+        if inst is not None and inst.task is not None and d.u8() & 1:
+            inst.task.cancel()
+    elif op == 7:
+        if d.u8() < 16:
+            log("close_listeners")
+            sess.srv.core.close_listeners()
+            sess.srv.open = False
+        elif d.u8() < 16:
+            log("close_all")
+            sess.srv.core.close_all()
+    else:
+        return False
+    return True
+
+
+async def http_script(sess: Session, d: Data) -> None:
+    srv = sess.srv
+    expected: dict[int, list[bytes | None]] = {}
+    sess.conns.append(Conn(srv))
+    expected[0] = []
+    while d.more():
+        op = d.u8() % 14
+        if await client_op(sess, d, op):
+            continue
+        ci = d.u8() % len(sess.conns)
+        c = sess.conns[ci]
+        if op in (8, 9):
+            data, body = build_request(d)
+            log("request", data[:60])
+            c.pending += data
+            expected[ci].append(body)
+        elif op == 10:
+            c.pending += d.blob(400)
+            expected[ci].append(None)
+            expected[ci].append(None)
+        elif op == 11:
+            inst = sess.inst(d)
+            if inst is not None:
+                act = app_http_action(d)
+                if act[0] == "cancel":
+                    if inst.task is not None:
+                        inst.task.cancel()
+                else:
+                    log("app", act)
+                    inst.post(act)
+                    await sess.step(1)
+        elif op == 12:
+            if len(sess.conns) < 3 and srv.open:
+                sess.conns.append(Conn(srv))
+                expected[len(sess.conns) - 1] = []
+        else:
+            inst = sess.inst(d)
+            if inst is not None:
+                inst.post(("receive",))
+                await sess.step(1)
+    await sess.step(2)
+    for c in sess.conns:
+        c.pump()
+        check_first_response(sess, c)
+    # Each app whose body came to an end must have got exactly what a
+    # well-formed request carried (no lost or duplicated chunk).
+    by_conn: dict[int, int] = {}
+    for inst in sess.insts:
+        ci = _conn_index(sess, inst)
+        if ci is None:
+            continue
+        k = by_conn.get(ci, 0)
+        by_conn[ci] = k + 1
+        exp = expected.get(ci, [])
+        if k < len(exp) and exp[k] is not None and all(e is not None for e in exp[:k]):
+            if inst.body_done and inst.body != exp[k]:
+                sess.fail(f"request body {inst.body[:60]!r} != sent {exp[k][:60]!r}")
+
+
+def _conn_index(sess: Session, inst: Inst) -> int | None:
+    client = inst.scope.get("client")
+    for i, c in enumerate(sess.conns):
+        if c.local is not None and client is not None and c.local == tuple(client):
+            return i
+    return 0 if len(sess.conns) == 1 else None
+
+
+def one_input_http(data: bytes) -> None:
+    d = Data(data)
+    variant = d.u8() % 4
+    if variant == 0:
+        srv = get_server("http-tcp", tcp=True, max_body_size=256, server_name="c" * 14)
+    elif variant == 1:
+        srv = get_server("http-tight", max_header_size=512, max_body_size=64,
+                         http_timeout=0.05, limit_concurrency=2, server_name="s" * 200)
+    else:
+        srv = get_server("http")
+    run_script(srv, http_script, d).finish()
+
+
+# ---- WebSocket -------------------------------------------------------------
+
+def ws_key(d: Data) -> bytes:
+    return base64.b64encode(d.take(16).ljust(16, b"k"))
+
+
+def handshake(d: Data) -> tuple[bytes, bytes]:
+    key = ws_key(d)
+    sel = d.u8()
+    lines = [b"GET /ws" + re.sub(rb"[^!-~]", b"_", d.blob(20)) + b" HTTP/1.1", b"Host: x",
+             b"Upgrade: websocket", b"Connection: Upgrade", b"Sec-WebSocket-Key: " + key,
+             b"Sec-WebSocket-Version: 13"]
+    if sel & 1:
+        lines.append(b"Sec-WebSocket-Protocol: " + re.sub(rb"[\r\n\x00]", b"", d.blob(40)))
+    if sel & 2:
+        lines.append(b"Origin: http://x")
+    if sel >= 230:
+        # A broken handshake now and then.
+        i = 2 + d.u8() % (len(lines) - 2)
+        lines[i] = d.pick([b"Sec-WebSocket-Version: 8", b"Upgrade: h2c", b"X: y",
+                           b"Sec-WebSocket-Key: short", b"Connection: keep-alive"])
+    if d.u8() == 3:
+        lines[0] = b"POST /ws HTTP/1.1"
+    return b"\r\n".join(lines) + b"\r\n\r\n", key
+
+
+def frame(fin: bool, rsv: int, opcode: int, payload: bytes, mask: bool = True,
+          mask_key: bytes = b"\x01\x02\x03\x04", long_form: int = 0) -> bytes:
+    b0 = (0x80 if fin else 0) | ((rsv & 7) << 4) | (opcode & 15)
+    n = len(payload)
+    mbit = 0x80 if mask else 0
+    if n < 126 and long_form == 0:
+        head = struct.pack("!BB", b0, mbit | n)
+    elif n < 65536 and long_form != 2:
+        head = struct.pack("!BBH", b0, mbit | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, mbit | 127, n)
+    if not mask:
+        return head + payload
+    masked = bytes(b ^ mask_key[i & 3] for i, b in enumerate(payload))
+    return head + mask_key + masked
+
+
+def ws_message(d: Data) -> tuple[bytes, Any]:
+    """A whole message, fragmented at fuzzer-chosen points, with control
+    frames between fragments; returns (bytes, what the app must get)."""
+    binary = bool(d.u8() & 1)
+    payload = d.blob(600)
+    if not binary:
+        payload = payload.decode("utf-8", "replace").encode()
+    nfrag = 1 + d.u8() % 4
+    out = b""
+    rest = payload
+    for i in range(nfrag):
+        last = i == nfrag - 1
+        part = rest if last else rest[:d.u8() % (len(rest) + 1)]
+        rest = rest[len(part):]
+        op = (2 if binary else 1) if i == 0 else 0
+        out += frame(last, 0, op, part, mask_key=d.take(4).ljust(4, b"\0"),
+                     long_form=d.u8() % 3 if d.u8() == 0 else 0)
+        if not last and d.u8() < 30:
+            out += frame(True, 0, 9, d.blob(20))
+    return out, payload if binary else payload.decode()
+
+
+def app_ws_action(d: Data) -> tuple[Any, ...]:
+    a = d.u8() % 16
+    if a in (0, 1, 2):
+        return ("receive",)
+    if a == 3:
+        return ("receive_cancel", d.pick([0, 0, 0.001, 0.005]))
+    if a in (4, 5):
+        msg: dict[str, Any] = {"type": "websocket.accept"}
+        if d.u8() & 1:
+            msg["headers"] = app_headers(d)
+        s = d.u8()
+        if s & 1:
+            msg["subprotocol"] = d.blob(40).decode("latin-1") if s & 2 else "chat"
+        return ("send", msg)
+    if a in (6, 7):
+        if d.u8() & 1:
+            return ("send", {"type": "websocket.send", "bytes": d.blob(3000)})
+        return ("send", {"type": "websocket.send", "text": d.blob(3000).decode("utf-8", "replace")})
+    if a == 8:
+        msg = {"type": "websocket.close"}
+        if d.u8() & 1:
+            msg["code"] = d.pick([1000, 1001, 1005, 1006, 1011, 3000, 4999, 5000, 70000, -1, 999])
+        if d.u8() & 1:
+            msg["reason"] = d.blob(200).decode("utf-8", "replace")
+        return ("send", msg)
+    if a == 9:
+        return ("send", {"type": "websocket.http.response.start",
+                         "status": d.pick([403, 200, 500, 99]), "headers": app_headers(d)})
+    if a == 10:
+        return ("send", {"type": "websocket.http.response.body", "body": d.blob(100),
+                         "more_body": bool(d.u8() & 1)})
+    if a == 11:
+        return ("raise",)
+    if a == 12:
+        return ("return",)
+    if a == 13:
+        return ("cancel",)
+    if a == 14:
+        return ("send", bad_message(d))
+    return ("send_cancel", {"type": "websocket.send", "bytes": b"y" * (d.u8() << 12)}, 0)
+
+
+def check_ws_output(sess: Session, c: Conn, key: bytes) -> None:
+    """The 101 head, then well-formed server frames."""
+    buf = bytes(c.out)
+    try:
+        got = parse_head(buf)
+    except ValueError as exc:
+        sess.fail(f"malformed handshake response: {exc}")
+        return
+    if got is None:
+        return
+    status, headers, n = got
+    if status != 101:
+        return
+    hmap = dict(headers)
+    want = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+    if hmap.get(b"sec-websocket-accept") != want:
+        sess.fail(f"bad sec-websocket-accept {hmap.get(b'sec-websocket-accept')!r}")
+    pos = n
+    while pos + 2 <= len(buf):
+        b0, b1 = buf[pos], buf[pos + 1]
+        if b1 & 0x80:
+            sess.fail("server frame is masked")
+            return
+        if b0 & 0x70:
+            sess.fail(f"server frame with RSV bits {b0:#x}")
+            return
+        op = b0 & 15
+        if op not in (0, 1, 2, 8, 9, 10):
+            sess.fail(f"server frame with opcode {op}")
+            return
+        ln = b1 & 0x7F
+        hl = 2
+        if ln == 126:
+            if pos + 4 > len(buf):
+                return
+            ln = struct.unpack_from("!H", buf, pos + 2)[0]
+            hl = 4
+        elif ln == 127:
+            if pos + 10 > len(buf):
+                return
+            ln = struct.unpack_from("!Q", buf, pos + 2)[0]
+            hl = 10
+        if pos + hl + ln > len(buf):
+            return
+        payload = buf[pos + hl:pos + hl + ln]
+        if op == 8:
+            check_close_payload(sess, payload)
+        pos += hl + ln
+
+
+def check_close_payload(sess: Session, payload: bytes) -> None:
+    if len(payload) == 1 or len(payload) > 125:
+        sess.fail(f"close frame payload of {len(payload)} bytes")
+        return
+    if not payload:
+        return
+    code = struct.unpack("!H", payload[:2])[0]
+    if code < 1000 or code in (1004, 1005, 1006, 1015) or 1016 <= code < 3000 or code >= 5000:
+        sess.fail(f"server sent close code {code}")
+    try:
+        payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        sess.fail(f"close reason is not UTF-8: {payload[2:]!r}")
+
+
+async def ws_script(sess: Session, d: Data) -> None:
+    c = Conn(sess.srv)
+    sess.conns.append(c)
+    req, key = handshake(d)
+    c.pending += req
+    sent: list[Any] = []
+    tracking = True
+    while d.more():
+        op = d.u8() % 16
+        if await client_op(sess, d, op):
+            continue
+        if op in (8, 9):
+            data, msg = ws_message(d)
+            c.pending += data
+            if tracking:
+                sent.append(msg)
+        elif op == 10:
+            # One fuzzed frame: any header bits, any opcode.
+            b = d.u8()
+            payload = d.blob(300)
+            c.pending += frame(bool(b & 0x80), (b >> 4) & 7, b & 15, payload,
+                               mask=d.u8() != 0, long_form=d.u8() % 3)
+            tracking = False
+        elif op == 11:
+            c.pending += d.blob(200)
+            tracking = False
+        elif op == 12:
+            code = d.pick([1000, 1001, 1002, 1005, 1006, 3000, 4999, 5000, 0, 2999])
+            payload = struct.pack("!H", code) + d.blob(130) if d.u8() & 1 else b""
+            c.pending += frame(True, 0, 8, payload)
+            tracking = False
+        elif op == 13:
+            c.pending += frame(True, 0, d.pick([9, 10]), d.blob(130))
+        else:
+            inst = sess.inst(d)
+            if inst is not None:
+                act = app_ws_action(d)
+                if act[0] == "cancel":
+                    if inst.task is not None:
+                        inst.task.cancel()
+                else:
+                    log("app", act)
+                    inst.post(act)
+                    await sess.step(1)
+    await sess.step(2)
+    c.pump()
+    check_ws_output(sess, c, key)
+    for inst in sess.insts:
+        if inst.ws_msgs != sent[:len(inst.ws_msgs)]:
+            sess.fail(f"app got messages {inst.ws_msgs!r:.200} but the client sent {sent!r:.200}")
+
+
+def one_input_websocket(data: bytes) -> None:
+    d = Data(data)
+    variant = d.u8() % 4
+    if variant == 0:
+        srv = get_server("ws-tcp", tcp=True, server_name="w" * 200)
+    elif variant == 1:
+        srv = get_server("ws-slow", ping_interval=0, websocket_connect_timeout=5,
+                         websocket_max_message_size=65536, server_name="")
+    else:
+        srv = get_server("ws")
+    run_script(srv, ws_script, d).finish()
+
+
+# ---- response heads and handshakes ---------------------------------------------
+
+SERVER_NAMES = [0, 1, 14, 100, 117, 118, 200, 1000]
+
+
+async def head_script(sess: Session, d: Data) -> None:
+    c = Conn(sess.srv)
+    sess.conns.append(c)
+    if d.u8() < 64:
+        await head_ws(sess, d, c)
+        return
+    method = d.pick([b"GET", b"GET", b"HEAD", b"POST"])
+    version = d.pick([b"HTTP/1.1", b"HTTP/1.0"])
+    conn_hdr = d.pick([b"", b"Connection: close\r\n", b"Connection: keep-alive\r\n"])
+    c.pending += b"%s / %s\r\nHost: x\r\n%s\r\n" % (method, version, conn_hdr)
+    c.write(0)
+    inst = await wait_inst(sess)
+    if inst is None:
+        sess.fail("the app was not called for a valid request")
+        return
+    status = d.pick([200, 200, 204, 304, 431, 101, 100, 103, 199, 404, 500, 599, 999, 600, 1000])
+    if d.u8() == 0:
+        status = d.u16()
+    headers = app_headers(d) if d.u8() & 3 else []
+    inst.post(("send", {"type": "http.response.start", "status": status, "headers": headers}))
+    parts = [d.blob(4000) for _ in range(1 + d.u8() % 4)] if d.u8() & 1 else [d.blob(200)]
+    for i, p in enumerate(parts):
+        inst.post(("send", {"type": "http.response.body", "body": p,
+                            "more_body": i < len(parts) - 1}))
+    inst.post(("return",))
+    await sess.step(3)
+    for _ in range(20):
+        if c.eof or inst not in sess.live:
+            break
+        await sess.sleep(1)
+    await sess.step(2)
+    check_response(sess, c, inst, method, status, headers, b"".join(parts))
+
+
+async def wait_inst(sess: Session) -> Inst | None:
+    for i in range(200):
+        if sess.insts:
+            return sess.insts[0]
+        if i < 20:
+            await sess.step(1)
+        else:
+            await sess.sleep(1)
+    return None
+
+
+def header_ok(h: Any) -> bool:
+    """An app header that is safe to write: [bytes, bytes], a token name,
+    no CR, LF or NUL in the value."""
+    return (isinstance(h, tuple | list) and len(h) == 2 and isinstance(h[0], bytes)
+            and isinstance(h[1], bytes)
+            and TOKEN_RE.fullmatch(h[0]) is not None
+            and re.search(rb"[\r\n\x00]", h[1]) is None)
+
+
+def check_response(sess: Session, c: Conn, inst: Inst, method: bytes, status: int,
+                   headers: list[Any], body: bytes) -> None:
+    buf = bytes(c.out)
+    try:
+        got = parse_head(buf)
+    except ValueError as exc:
+        sess.fail(f"malformed response: {exc}")
+        return
+    if got is None:
+        if buf:
+            sess.fail(f"incomplete head {buf[:80]!r}")
+        return
+    rstatus, rheaders, n = got
+    if not inst.started:
+        return  # The server refused the start: a 500 or a close is fine.
+    if not all(header_ok(h) for h in headers):
+        sess.fail(f"the server accepted invalid response headers {headers!r:.200}")
+        return
+    if inst.send_errors:
+        return  # A body the server refused: the response is cut.
+    if rstatus != status:
+        sess.fail(f"status {rstatus} for an app status {status}")
+        return
+    names = [k for k, _ in rheaders]
+    for k, v in headers:
+        if (k.lower(), v.strip(b" \t")) not in rheaders:
+            sess.fail(f"app header {k!r}: {v[:40]!r} missing from {rheaders!r:.300}")
+    if names.count(b"server") > 1 and not any(k.lower() == b"server" for k, _ in headers):
+        sess.fail("two server headers")
+    srv_name = sess.srv.config.server_name
+    if srv_name and not any(k.lower() == b"server" for k, _ in headers):
+        if dict(rheaders).get(b"server") != srv_name.encode():
+            sess.fail(f"server header {dict(rheaders).get(b'server')!r:.60} != {srv_name[:60]!r}")
+    framing = any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in headers)
+    if framing or method == b"HEAD" or status in (204, 304) or status < 200:
+        return
+    rest = buf[n:]
+    hmap = dict(rheaders)
+    if b"content-length" in hmap:
+        got_body = rest[:int(hmap[b"content-length"])]
+    elif hmap.get(b"transfer-encoding") == b"chunked":
+        got_body = dechunk(rest)
+        if got_body is None:
+            if c.eof:
+                sess.fail(f"bad chunked body {rest[:80]!r}")
+            return
+    elif c.eof:
+        got_body = rest
+    else:
+        return
+    if got_body != body and (c.eof or len(got_body) >= len(body)):
+        sess.fail(f"body {got_body[:40]!r}... ({len(got_body)}) != {body[:40]!r}... ({len(body)})")
+
+
+def dechunk(buf: bytes) -> bytes | None:
+    out = b""
+    pos = 0
+    while True:
+        end = buf.find(b"\r\n", pos)
+        if end < 0:
+            return None
+        size = int(buf[pos:end].split(b";")[0], 16)
+        pos = end + 2
+        if size == 0:
+            return out
+        if pos + size + 2 > len(buf):
+            return None
+        out += buf[pos:pos + size]
+        pos += size + 2
+
+
+async def head_ws(sess: Session, d: Data, c: Conn) -> None:
+    key = ws_key(d)
+    offer = d.u8() & 1
+    c.pending += (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s\r\n"
+                  % (key, b"Sec-WebSocket-Protocol: chat, x\r\n" if offer else b""))
+    c.write(0)
+    inst = await wait_inst(sess)
+    if inst is None:
+        sess.fail("the app was not called for a valid handshake")
+        return
+    inst.post(("receive",))
+    headers = app_headers(d)
+    msg: dict[str, Any] = {"type": "websocket.accept", "headers": headers}
+    sub = None
+    if d.u8() & 1:
+        sub = d.blob(300).decode("latin-1") if d.u8() & 1 else "chat"
+        msg["subprotocol"] = sub
+    inst.post(("send", msg))
+    inst.post(("send", {"type": "websocket.close", "code": 1000}))
+    inst.post(("return",))
+    for _ in range(20):
+        await sess.step(1)
+        if inst not in sess.live:
+            break
+    await sess.step(2)
+    buf = bytes(c.out)
+    try:
+        got = parse_head(buf)
+    except ValueError as exc:
+        sess.fail(f"malformed handshake response: {exc}")
+        return
+    if got is None or got[0] != 101:
+        return
+    _, rheaders, _ = got
+    if not all(header_ok(h) for h in headers):
+        sess.fail(f"101 sent with invalid accept headers {headers!r:.200}")
+        return
+    if sub is not None and re.search(r"[\r\n\x00]", sub):
+        sess.fail(f"101 sent with subprotocol {sub!r:.100}")
+    for k, v in headers:
+        if (k.lower(), v.strip(b" \t")) not in rheaders:
+            sess.fail(f"accept header {k!r}: {v[:40]!r} missing from {rheaders!r:.300}")
+    hmap = dict(rheaders)
+    want = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+    if hmap.get(b"sec-websocket-accept") != want:
+        sess.fail(f"bad sec-websocket-accept {hmap.get(b'sec-websocket-accept')!r}")
+    if sub is not None and hmap.get(b"sec-websocket-protocol") != sub.encode("latin-1"):
+        sess.fail(f"subprotocol {hmap.get(b'sec-websocket-protocol')!r} != {sub!r}")
+    check_ws_output(sess, c, key)
+
+
+def one_input_head(data: bytes) -> None:
+    d = Data(data)
+    n = d.pick(SERVER_NAMES)
+    srv = get_server(("head", n), server_name="n" * n)
+    run_script(srv, head_script, d).finish()
