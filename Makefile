@@ -1,9 +1,13 @@
 # The two commands of the quick start: `make run` and `make test`.
+# Developer targets: `make lint`, `make test-asan`, `make fuzz`,
+# `make fuzz-smoke` (these install their extra tools with scripts/devtools.sh).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export VENV PYTHON
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 20
+export VENV PYTHON FUZZ_SECONDS FUZZ_SMOKE_SECONDS
 
-.PHONY: install run test lint bench bench-quick clean
+.PHONY: install run test lint test-asan fuzz-build fuzz fuzz-smoke fuzz-seeds bench bench-quick clean
 
 install:
 	@scripts/bootstrap.sh
@@ -16,7 +20,29 @@ test: install
 	$(PY) -m pytest -q tests
 
 lint: install
-	$(VENV)/bin/ruff check python tests examples
+	@scripts/devtools.sh lint
+	$(VENV)/bin/ruff check python tests examples fuzz
+	clang-format-16 --dry-run -Werror csrc/*.c csrc/*.h fuzz/*.c
+
+# The whole suite on an ASan+UBSan build of the extension (server
+# subprocesses inherit it); the normal build is restored afterwards.
+test-asan: install
+	PY=$(PY) scripts/test-asan.sh
+
+fuzz-build: install
+	@scripts/devtools.sh fuzz
+	PY=$(PY) fuzz/build.sh
+
+# FUZZ_SECONDS per target, new coverage merged into fuzz/corpus/<target>.
+fuzz: fuzz-build
+	fuzz/run.sh fuzz
+
+# CI: each target over its corpus, then FUZZ_SMOKE_SECONDS of new inputs.
+fuzz-smoke: fuzz-build
+	fuzz/run.sh smoke
+
+fuzz-seeds: install
+	$(PY) fuzz/seeds.py
 
 bench: install
 	$(PY) -m bench --full

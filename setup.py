@@ -74,8 +74,16 @@ def extensions() -> list[Extension]:
         cflags += ["-O0", "-g", "-UNDEBUG"]
     else:
         cflags += ["-O2"]
-    if os.environ.get("CDAPHNE_ASAN") == "1":
-        cflags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+    # CDAPHNE_ASAN=1 (scripts/test-asan.sh): ASan+UBSan, UB aborts; run
+    # with libasan preloaded and PYTHONMALLOC=malloc.
+    sanitize = [
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=undefined",
+        "-fno-omit-frame-pointer",
+    ]
+    asan = os.environ.get("CDAPHNE_ASAN") == "1"
+    if asan:
+        cflags += [*sanitize, "-O1", "-g"]
     core_sources = sorted(
         os.path.join("csrc", f)
         for f in os.listdir("csrc")
@@ -90,7 +98,7 @@ def extensions() -> list[Extension]:
         libraries=[*uv_libs, "wslay", *ssl_libs],
         define_macros=wslay_version(),
         extra_compile_args=cflags,
-        extra_link_args=["-fsanitize=address"] if os.environ.get("CDAPHNE_ASAN") == "1" else [],
+        extra_link_args=sanitize if asan else [],
     )
     exts = [core]
     if os.path.exists("csrc/layer.c"):
@@ -100,6 +108,7 @@ def extensions() -> list[Extension]:
                 sources=["csrc/layer.c"],
                 include_dirs=["csrc"],
                 extra_compile_args=cflags,
+                extra_link_args=sanitize if asan else [],
             )
         )
     return exts

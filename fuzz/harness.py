@@ -365,10 +365,17 @@ class Session:
         log("FAILURE", msg)
         self.failures.append(msg)
 
-    def inst(self, d: Data) -> Inst | None:
+    async def inst(self, d: Data) -> Inst | None:
+        """The app an action goes to; gives a request a few loop turns to
+        reach its app first."""
+        k = d.u8()  # Read even when no app runs: inputs stay aligned.
+        for _ in range(6):
+            if self.live:
+                break
+            await self.step(1)
         if not self.live:
             return None
-        return self.live[d.u8() % len(self.live)]
+        return self.live[k % len(self.live)]
 
     async def step(self, n: int = 1) -> None:
         for _ in range(n):
@@ -661,15 +668,17 @@ async def client_op(sess: Session, d: Data, op: int) -> bool:
         if c is not None:
             c.reset()
     elif op == 6:
-        inst = sess.inst(d)
-        if inst is not None and inst.task is not None and d.u8() & 1:
+        inst = await sess.inst(d)
+        really = d.u8() & 1
+        if inst is not None and inst.task is not None and really:
             inst.task.cancel()
     elif op == 7:
-        if d.u8() < 16:
+        what = d.u8()
+        if what < 16:
             log("close_listeners")
             sess.srv.core.close_listeners()
             sess.srv.open = False
-        elif d.u8() < 16:
+        elif what < 48:
             log("close_all")
             sess.srv.core.close_all()
     else:
@@ -698,9 +707,9 @@ async def http_script(sess: Session, d: Data) -> None:
             expected[ci].append(None)
             expected[ci].append(None)
         elif op == 11:
-            inst = sess.inst(d)
+            inst = await sess.inst(d)
+            act = app_http_action(d)
             if inst is not None:
-                act = app_http_action(d)
                 if act[0] == "cancel":
                     if inst.task is not None:
                         inst.task.cancel()
@@ -713,13 +722,14 @@ async def http_script(sess: Session, d: Data) -> None:
                 sess.conns.append(Conn(srv))
                 expected[len(sess.conns) - 1] = []
         else:
-            inst = sess.inst(d)
+            inst = await sess.inst(d)
             if inst is not None:
                 inst.post(("receive",))
                 await sess.step(1)
     await sess.step(2)
     for c in sess.conns:
         c.pump()
+        log("client read", bytes(c.out[:300]))
         check_first_response(sess, c)
     # Each app whose body came to an end must have got exactly what a
     # well-formed request carried (no lost or duplicated chunk).
@@ -963,9 +973,9 @@ async def ws_script(sess: Session, d: Data) -> None:
         elif op == 13:
             c.pending += frame(True, 0, d.pick([9, 10]), d.blob(130))
         else:
-            inst = sess.inst(d)
+            inst = await sess.inst(d)
+            act = app_ws_action(d)
             if inst is not None:
-                act = app_ws_action(d)
                 if act[0] == "cancel":
                     if inst.task is not None:
                         inst.task.cancel()
@@ -975,6 +985,7 @@ async def ws_script(sess: Session, d: Data) -> None:
                     await sess.step(1)
     await sess.step(2)
     c.pump()
+    log("client read", bytes(c.out[:300]))
     check_ws_output(sess, c, key)
     for inst in sess.insts:
         if inst.ws_msgs != sent[:len(inst.ws_msgs)]:
@@ -1030,6 +1041,7 @@ async def head_script(sess: Session, d: Data) -> None:
             break
         await sess.sleep(1)
     await sess.step(2)
+    log("client read", bytes(c.out[:300]))
     check_response(sess, c, inst, method, status, headers, b"".join(parts))
 
 

@@ -16,9 +16,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from .serverproc import ROOT, ServerProcess
+from .serverproc import ROOT, ServerProcess, strip_asan_preload_for_native_programs
 
 __all__ = ["ROOT", "ServerProcess"]
+
+# `make test-asan` preloads libasan into this process; Python children
+# (servers, CLIs) inherit it, native ones (chromedriver, redis-server, wrk)
+# must not: chromedriver aborts under it.
+strip_asan_preload_for_native_programs()
 
 
 @pytest.fixture

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTEN_RE = re.compile(r"Listening on (?:TCP address (\S+):(\d+)|(.+))")
@@ -146,3 +150,63 @@ def start_server(app: str, *flags: str) -> ServerProcess:
     proc = ServerProcess(["-p", "0", *flags, app])
     proc.wait_listening()
     return proc
+
+
+# ---- the sanitized run (`make test-asan`) ----------------------------------
+
+def _is_python(program: str) -> bool:
+    """True if `program` runs CPython: the interpreter, or a script whose
+    shebang names one (console scripts such as .venv/bin/cdaphne)."""
+    path = program if os.sep in program else shutil.which(program)
+    if not path:
+        return False
+    real = os.path.realpath(path)
+    if os.path.basename(real).startswith("python"):
+        return True
+    try:
+        with open(real, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return False
+    return first.startswith(b"#!") and b"python" in first
+
+
+def strip_asan_preload_for_native_programs() -> None:
+    """Under `make test-asan` (libasan in LD_PRELOAD), start every program
+    that is not Python without the preload: the sanitizer runtime is for
+    cdaphne's extension, and native programs such as chromedriver abort
+    under it. Python children keep it, and with it the sanitized build."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    if "libasan" not in preload or getattr(subprocess.Popen, "_cdaphne_asan", False):
+        return
+    kept = " ".join(p for p in preload.split() if "libasan" not in p)
+    orig_init = subprocess.Popen.__init__
+
+    def __init__(self: subprocess.Popen, args: Any, *a: Any, **kw: Any) -> None:
+        program = kw.get("executable")
+        if program is None:
+            if isinstance(args, (str, bytes)):
+                words = shlex.split(os.fsdecode(args))
+                program = words[0] if words else ""
+            elif isinstance(args, os.PathLike):
+                program = os.fspath(args)
+            else:
+                program = os.fsdecode(list(args)[0])
+        if not kw.get("shell") and not _is_python(os.fsdecode(program)):
+            env = dict(os.environ if kw.get("env") is None else kw["env"])
+            if kept:
+                env["LD_PRELOAD"] = kept
+            else:
+                env.pop("LD_PRELOAD", None)
+            kw["env"] = env
+        orig_init(self, args, *a, **kw)
+
+    subprocess.Popen.__init__ = __init__  # type: ignore[method-assign]
+    subprocess.Popen._cdaphne_asan = True  # type: ignore[attr-defined]
+    # Python grandchildren (the example's `manage.py test`) start
+    # chromedriver themselves: the example takes its path from $CHROMEDRIVER.
+    if "CHROMEDRIVER" not in os.environ and os.path.exists("/usr/bin/chromedriver"):
+        wrapper = Path(tempfile.mkdtemp(prefix="cdaphne-asan-")) / "chromedriver"
+        wrapper.write_text("#!/bin/sh\nunset LD_PRELOAD\nexec /usr/bin/chromedriver \"$@\"\n")
+        wrapper.chmod(0o755)
+        os.environ["CHROMEDRIVER"] = str(wrapper)

@@ -1,0 +1,384 @@
+"""Writes the seed corpora fuzz/corpus/<target>/ for fuzz/harness.py.
+
+Each seed is a script in the harness's op language (see harness.py): the
+encoders below emit, byte for byte, what the harness reads for an op.
+Run `python fuzz/seeds.py` after changing the op language; libFuzzer's
+own finds are merged into the same directories by `make fuzz`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class Enc:
+    """Builds one input."""
+
+    def __init__(self, *first: int) -> None:
+        self.b = bytearray(first)
+
+    def u8(self, *vals: int) -> Enc:
+        self.b += bytes(vals)
+        return self
+
+    def blob(self, data: bytes) -> Enc:
+        assert len(data) < 250, "the harness scales lengths >= 250"
+        self.b.append(len(data))
+        self.b += data
+        return self
+
+    def token(self, data: bytes) -> Enc:
+        return self.blob(data).u8(1)
+
+    # ---- ops shared by the targets (harness.client_op) ----
+    def write(self, n: int = 0) -> Enc:
+        return self.u8(0 if n else 1, 0, *([n] if n else []))
+
+    def step(self, n: int = 1) -> Enc:
+        return self.u8(2, 0, n - 1)
+
+    def sleep(self, ms: int) -> Enc:
+        return self.u8(3, 0, ms - 1)
+
+    def eof(self) -> Enc:
+        return self.u8(4, 0)
+
+    def rst(self) -> Enc:
+        return self.u8(5, 0)
+
+    def cancel_task(self) -> Enc:
+        return self.u8(6, 0, 0, 1)
+
+    def close_listeners(self) -> Enc:
+        return self.u8(7, 0, 0)
+
+    def close_all(self) -> Enc:
+        return self.u8(7, 0, 20)
+
+    def bytes(self) -> bytes:
+        return bytes(self.b)
+
+
+# ---- HTTP ---------------------------------------------------------------------
+# build_request: method index, target, version index, header ops, body.
+GET, POST, HEAD = 0, 1, 2
+V11, V10, V20 = 0, 3, 4
+
+
+def request(e: Enc, method: int = GET, path: bytes = b"", version: int = V11,
+            headers: list[list[int]] | None = None, body: bytes | None = None,
+            chunks: list[int] | None = None) -> Enc:
+    e.u8(8, 0, 0)  # op, client_op's conn byte, the conn
+    e.u8(method).blob(path).u8(255).u8(version)
+    hs = list(headers or [])
+    if body is not None:
+        hs.append([2] if chunks is not None else [1])
+    e.u8(len(hs))
+    for h in hs:
+        e.u8(*h)
+    if body is not None:
+        e.blob(body)
+        if chunks is not None:
+            rest = len(body)
+            for k in chunks:
+                if rest <= 0:
+                    break
+                e.u8(k, 0)
+                rest -= k
+            e.u8(0)
+    return e
+
+
+def app(e: Enc, *action: int, blob: bytes | None = None, tail: tuple[int, ...] = ()) -> Enc:
+    e.u8(11, 0, 0, 0, *action)
+    if blob is not None:
+        e.blob(blob)
+    return e.u8(*tail)
+
+
+def receive(e: Enc) -> Enc:
+    return app(e, 0)
+
+
+def receive_cancel(e: Enc, t: int = 0) -> Enc:
+    return app(e, 3, t)
+
+
+def start(e: Enc, status_idx: int = 0, headers: list[bytes] | None = None) -> Enc:
+    """status index into the harness's list (0: 200, 7: 431, 2: 204)."""
+    e.u8(11, 0, 0, 0, 4, status_idx, 2, len(headers or []))
+    for h in headers or []:
+        e.u8(*h)
+    return e
+
+
+def body(e: Enc, data: bytes, more: bool = False) -> Enc:
+    return app(e, 6, blob=data, tail=(1 if more else 0,))
+
+
+def http_seeds() -> dict[str, bytes]:
+    seeds = {}
+
+    def simple(variant: int, *reqargs, resp=True, **reqkw) -> Enc:
+        e = Enc(variant)
+        request(e, *reqargs, **reqkw).write().step(2)
+        if resp:
+            receive(e)
+            start(e)
+            body(e, b"hello")
+            e.step(2)
+        return e
+
+    for v in range(3):
+        seeds[f"get-v{v}"] = simple(v).bytes()
+        seeds[f"head-v{v}"] = simple(v, HEAD).bytes()
+        seeds[f"http10-v{v}"] = simple(v, version=V10).bytes()
+    seeds["post-cl"] = simple(2, POST, body=b"a=1&b=2").bytes()
+    seeds["post-chunked"] = simple(2, POST, body=b"0123456789abcdef", chunks=[3, 5, 8]).bytes()
+    e = Enc(2)
+    request(e, POST, body=b"x" * 40).write(10).step().write(7).step().write()
+    receive(e)
+    start(e)
+    body(e, b"one", more=True)
+    body(e, b"two")
+    seeds["post-split-streamed"] = e.step(2).bytes()
+    e = Enc(2)
+    request(e, POST, body=b"body!", headers=[[4]]).write().step()
+    receive(e)
+    start(e)
+    body(e, b"")
+    seeds["expect-continue"] = e.step(2).bytes()
+    e = Enc(2)
+    request(e)
+    request(e, path=b"second")
+    e.write().step(2)
+    for _ in range(2):
+        receive(e)
+        start(e)
+        body(e, b"k")
+        app(e, 12)
+        e.step(2)
+    seeds["pipelined"] = e.bytes()
+    e = Enc(2)
+    request(e, POST, body=b"abcdef" * 5).write(70).step(4)
+    receive(e)  # the first part of the body
+    receive_cancel(e, 2)  # nothing to read: times out after 1 ms
+    e.sleep(5).write().step(4)
+    receive(e)  # must be the rest of the body
+    start(e)
+    body(e, b"ok")
+    seeds["receive-cancelled"] = e.step(2).bytes()
+    e = Enc(2).u8(8, 0, 0, GET).blob(b"").u8(255, V11, 1, 3, 0)  # Connection: close
+    e.write().step()
+    start(e, 7)
+    body(e, b"x" * 20, more=True)
+    body(e, b"")
+    seeds["status-431-close-streamed"] = e.step(2).bytes()
+    e = Enc(1)  # server name of 200 characters
+    e.u8(8, 0, 0, GET).blob(b"").u8(255, V10, 1, 3, 1)  # HTTP/1.0 keep-alive
+    e.write().step()
+    start(e, 7)
+    body(e, b"y" * 50)
+    seeds["http10-keepalive-431"] = e.step(2).bytes()
+    seeds["partial-head-timeout"] = Enc(2).u8(10, 0, 0).blob(b"GET / HTTP/1.1\r\nHo").write() \
+        .sleep(25).sleep(25).bytes()
+    seeds["rst-mid-body"] = Enc(0).u8(8, 0, 0, POST).blob(b"").u8(255, V11, 1, 1).blob(b"z" * 60) \
+        .write(30).step().rst().step(2).bytes()
+    seeds["eof-after-request"] = simple(2, resp=False).eof().step(2).bytes()
+    e = simple(2, resp=False)
+    app(e, 11)
+    seeds["app-raises"] = e.step(3).bytes()
+    e = simple(2, resp=False)
+    e.cancel_task()
+    seeds["task-cancelled"] = e.step(3).bytes()
+    seeds["bad-version"] = simple(2, version=V20, resp=False).bytes()
+    seeds["many-headers"] = Enc(1).u8(8, 0, 0, GET).blob(b"").u8(255, V11, 1, 8, 200).write() \
+        .step(2).bytes()
+    seeds["long-header"] = Enc(1).u8(8, 0, 0, GET).blob(b"").u8(255, V11, 1, 7, 40).write() \
+        .step(2).bytes()
+    seeds["raw-garbage"] = Enc(2).u8(10, 0, 0).blob(b"\x00\xffGARBAGE\r\n\r\n").write().step(2) \
+        .bytes()
+    e = simple(2)
+    e.close_listeners().step(2)
+    seeds["close-listeners"] = e.bytes()
+    e = simple(2, resp=False)
+    e.close_all().step(2)
+    seeds["close-all"] = e.bytes()
+    e = Enc(1)
+    for _ in range(3):
+        e.u8(12, 0, 0)  # new connection
+    request(e)
+    e.write().step(2)
+    seeds["three-conns"] = e.bytes()
+    return seeds
+
+
+# ---- WebSocket -------------------------------------------------------------------
+
+def ws_handshake(e: Enc, protocol: bytes | None = None) -> Enc:
+    e.b += b"k" * 16
+    sel = 1 if protocol is not None else 0
+    e.u8(sel).blob(b"")
+    if protocol is not None:
+        e.blob(protocol)
+    return e.u8(0)
+
+
+def ws_app(e: Enc, *action: int) -> Enc:
+    return e.u8(14, 0, 0, *action)
+
+
+def ws_accept(e: Enc, subprotocol: bool = False) -> Enc:
+    return ws_app(e, 4, 0, 1 if subprotocol else 0)
+
+
+def ws_msg(e: Enc, payload: bytes, binary: bool = False, frags: int = 1) -> Enc:
+    e.u8(8, 0, 1 if binary else 0).blob(payload).u8(frags - 1)
+    for i in range(frags):
+        last = i == frags - 1
+        if not last:
+            e.u8(len(payload) // frags)
+        e.b += b"\x11\x22\x33\x44"
+        e.u8(1)  # no forced long form
+        if not last:
+            e.u8(200)  # no ping between fragments
+    return e
+
+
+def ws_seeds() -> dict[str, bytes]:
+    seeds = {}
+    for v in (0, 2):
+        e = ws_handshake(Enc(v)).write().step(2)
+        ws_app(e, 0)  # receive websocket.connect
+        ws_accept(e).step()
+        ws_msg(e, b"hello").write().step()
+        ws_app(e, 0)
+        ws_app(e, 6, 0).blob(b"echo")
+        ws_app(e, 8, 1, 0, 1).blob(b"bye")  # close 1000 "bye"
+        seeds[f"echo-v{v}"] = e.step(2).bytes()
+    e = ws_handshake(Enc(2), b"chat, superchat").write().step(2)
+    ws_app(e, 0)
+    ws_accept(e, True).step()
+    seeds["subprotocol"] = e.bytes()
+    e = ws_handshake(Enc(2)).write().step(2)
+    ws_app(e, 0)
+    ws_accept(e).step()
+    ws_msg(e, b"fragmented message!", frags=3).write().step()
+    ws_msg(e, bytes(range(40)), binary=True).write().step()
+    ws_app(e, 0)
+    ws_app(e, 0)
+    seeds["fragments"] = e.step(2).bytes()
+    e = ws_handshake(Enc(2)).write().step(2)
+    ws_app(e, 0)
+    ws_accept(e).step()
+    ws_app(e, 3, 0)  # receive cancelled
+    ws_msg(e, b"first").write().step()
+    ws_msg(e, b"second").write().step()
+    ws_app(e, 0)
+    ws_app(e, 0)
+    seeds["receive-cancelled"] = e.step(2).bytes()
+    e = ws_handshake(Enc(2)).write().step(2)
+    ws_app(e, 0)
+    ws_app(e, 9, 0, 0)  # denial 403
+    ws_app(e, 10).blob(b"no").u8(0)
+    seeds["denial"] = e.step(2).bytes()
+    e = ws_handshake(Enc(2)).write().step(2)
+    ws_app(e, 0)
+    ws_accept(e).step()
+    e.u8(12, 0, 1, 3).blob(b"gone")  # client close 1001 "gone"
+    e.write().step(2)
+    ws_app(e, 0)
+    seeds["client-close"] = e.bytes()
+    e = ws_handshake(Enc(2)).write().step(2)
+    ws_app(e, 0)
+    ws_accept(e).step()
+    e.u8(13, 0, 0).blob(b"ping!").write().step(2)
+    e.sleep(25).sleep(25)
+    seeds["ping-timers"] = e.bytes()
+    e = ws_handshake(Enc(2)).write().step(2)
+    ws_app(e, 0)
+    ws_accept(e).step()
+    e.u8(10, 0, 0x81).blob(b"unmasked").u8(0, 0).write().step(2)
+    seeds["unmasked-frame"] = e.bytes()
+    e = ws_handshake(Enc(0)).write().step(2)
+    ws_app(e, 0)
+    ws_accept(e).step().rst().step(2)
+    seeds["rst"] = e.bytes()
+    e = ws_handshake(Enc(2)).write().step(2)
+    ws_app(e, 0)
+    ws_accept(e).step()
+    ws_app(e, 11)  # raise
+    seeds["app-raises"] = e.step(2).bytes()
+    e = ws_handshake(Enc(2)).write().step(2)
+    ws_app(e, 0)
+    ws_accept(e).step().close_all().step(2)
+    seeds["shutdown"] = e.bytes()
+    seeds["connect-timeout"] = ws_handshake(Enc(2)).write().sleep(25).sleep(25).sleep(25).bytes()
+    return seeds
+
+
+# ---- heads ------------------------------------------------------------------------
+NAME_IDX = {0: 0, 1: 1, 14: 2, 100: 3, 117: 4, 118: 5, 200: 6, 1000: 7}
+
+
+def head_seeds() -> dict[str, bytes]:
+    seeds = {}
+    # (method, version, connection header, streamed) index tuples.
+    shapes = [(0, 0, 0, 0), (0, 0, 1, 1), (0, 1, 2, 1), (2, 0, 0, 0), (3, 1, 0, 1)]
+    for name, ni in NAME_IDX.items():
+        for method, version, conn, streamed in shapes:
+            # status index 4 (431) streamed; 0 (200) one-shot
+            status = 4 if streamed else 0
+            e = Enc(ni).u8(64, method, version, conn, status, 1, 1)
+            e.u8(1).u8(9).token(b"x-app").blob(b"value")  # one header
+            if streamed:
+                e.u8(1, 1).blob(b"a" * 30).blob(b"b" * 80)
+            else:
+                e.u8(0).blob(b"hello")
+            seeds[f"http-n{name}-m{method}-v{version}-c{conn}-s{streamed}"] = e.bytes()
+        e = Enc(ni).u8(0)
+        e.b += b"k" * 16
+        e.u8(1)  # offer chat
+        e.u8(1, 9).token(b"x-ws").blob(b"1")  # one accept header
+        e.u8(1, 0)  # subprotocol "chat"
+        seeds[f"ws-n{name}"] = e.bytes()
+    return seeds
+
+
+# Seeds that crash on today's main (issue 9, defects 1, 3 and 4). They go to
+# fuzz/crashes/<target>/ (untracked) instead of the corpus until the fixes
+# land; then drop them from this table and rerun this script.
+KNOWN_DEFECTS = {
+    "http": ["http10-keepalive-431", "receive-cancelled", "status-431-close-streamed"],
+    "websocket": ["echo-v0", "receive-cancelled", "rst"],
+    "head": ["http-n0-m0-v0-c1-s1", "http-n1-m0-v0-c1-s1", "http-n14-m0-v0-c1-s1",
+             "http-n100-m0-v0-c1-s1", "http-n117-m0-v0-c1-s1", "http-n118-m0-v0-c1-s1",
+             "http-n200-m0-v0-c1-s1", "http-n1000-m0-v0-c1-s1", "ws-n100", "ws-n117",
+             "ws-n118", "ws-n200", "ws-n1000"],
+}
+
+
+def main() -> None:
+    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "corpus")
+    held = os.path.join(HERE, "crashes")
+    for target, seeds in (("http", http_seeds()), ("websocket", ws_seeds()),
+                          ("head", head_seeds())):
+        n = 0
+        for name, data in seeds.items():
+            sha = hashlib.sha1(data).hexdigest()[:12]
+            known = name in KNOWN_DEFECTS[target]
+            d = os.path.join(held if known else out, target)
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, f"seed-{name}-{sha}"), "wb") as f:
+                f.write(data)
+            n += not known
+        print(f"{os.path.join(out, target)}: {n} seeds "
+              f"(+{len(seeds) - n} known-defect seeds in {os.path.join(held, target)})")
+
+
+if __name__ == "__main__":
+    main()
