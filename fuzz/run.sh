@@ -21,7 +21,7 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:allocator_may_return_null=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 mkdir -p fuzz/crashes build/fuzz/work
 # -timeout: an input that hangs 30 s is a finding (a script takes < 1 s).
-common=(-timeout=30 -rss_limit_mb=3072 -print_final_stats=1)
+common=(-timeout=30 -rss_limit_mb=3072 -detect_leaks=0 -print_final_stats=1)
 
 for t in $TARGETS; do
     bin=build/fuzz/$t
