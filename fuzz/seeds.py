@@ -349,17 +349,10 @@ def head_seeds() -> dict[str, bytes]:
     return seeds
 
 
-# Seeds that crash on today's main (issue 9, defects 1, 3 and 4). They go to
-# fuzz/crashes/<target>/ (untracked) instead of the corpus until the fixes
-# land; then drop them from this table and rerun this script.
-KNOWN_DEFECTS = {
-    "http": ["http10-keepalive-431", "receive-cancelled", "status-431-close-streamed"],
-    "websocket": ["echo-v0", "receive-cancelled", "rst"],
-    "head": ["http-n0-m0-v0-c1-s1", "http-n1-m0-v0-c1-s1", "http-n14-m0-v0-c1-s1",
-             "http-n100-m0-v0-c1-s1", "http-n117-m0-v0-c1-s1", "http-n118-m0-v0-c1-s1",
-             "http-n200-m0-v0-c1-s1", "http-n1000-m0-v0-c1-s1", "ws-n100", "ws-n117",
-             "ws-n118", "ws-n200", "ws-n1000"],
-}
+# Seeds that crash on main go to fuzz/crashes/<target>/ (untracked) instead
+# of the corpus until their fix lands; list them here by name. (Issue 9's
+# defects 1, 3 and 4 were listed until their fixes were merged.)
+KNOWN_DEFECTS: dict[str, list[str]] = {"http": [], "websocket": [], "head": []}
 
 
 def main() -> None:
