@@ -693,13 +693,14 @@ async def http_script(sess: Session, d: Data) -> None:
     expected[0] = []
     while d.more():
         op = d.u8() % 14
+        log("op", op, "at", d.i)
         if await client_op(sess, d, op):
             continue
         ci = d.u8() % len(sess.conns)
         c = sess.conns[ci]
         if op in (8, 9):
             data, body = build_request(d)
-            log("request", data[:60])
+            log("request", data[:400])
             c.pending += data
             expected[ci].append(body)
         elif op == 10:
