@@ -564,9 +564,17 @@ static PyMethodDef server_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *
+server_get_requests(cd_server_t *srv, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(srv->requests);
+}
+
 static PyGetSetDef server_getset[] = {
     {"connections", (getter)server_get_connections, NULL, NULL, NULL},
     {"busy_connections", (getter)server_get_busy, NULL, NULL, NULL},
+    {"requests", (getter)server_get_requests, NULL,
+     "HTTP requests and WebSocket sessions started so far.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
