@@ -98,9 +98,7 @@ class Server:
             raise StartupError(str(exc)) from exc
 
         self._install_signal_handlers(loop)
-        logger.info("cdaphne %s serving (Python %s)", __version__, sys.version.split()[0])
-        for bind, name in zip(binds, self.sockets, strict=True):
-            logger.info("Listening on %s", _describe(bind, name))
+        self._announce(binds)
         self.started.set()
         if config.on_ready is not None:
             config.on_ready(self)
@@ -112,6 +110,12 @@ class Server:
         return 0
 
     # ---- internals ----------------------------------------------------
+    def _announce(self, binds: list[Bind]) -> None:
+        """The startup lines (a worker's supervisor logs its own)."""
+        logger.info("cdaphne %s serving (Python %s)", __version__, sys.version.split()[0])
+        for bind, name in zip(binds, self.sockets, strict=True):
+            logger.info("Listening on %s", _describe(bind, name))
+
     def _listen(self, core: CoreServer, bind: Bind) -> None:
         backlog = self.config.backlog
         if bind.kind == "tcp":
@@ -196,4 +200,8 @@ def _remove_stale_socket(path: str) -> None:
 def run(app: Any, **kwargs: Any) -> int:
     """Serve `app` (an ASGI app or "module:attr") with `Config(**kwargs)`."""
     config = Config(app, **kwargs)
+    if config.workers is not None:
+        from .supervisors import Supervisor
+
+        return Supervisor(config).run()
     return Server(config).run()
