@@ -22,6 +22,9 @@ from .loop import LibuvEventLoop, new_event_loop
 logger = logging.getLogger("cdaphne")
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Seconds a connection accepted just before a graceful stop has to send
+# its first request (it is served, then closed).
+FRESH_GRACE = 1.0
 
 
 class StartupError(Exception):
@@ -138,8 +141,13 @@ class Server:
         logger.info("Shutting down")
         core.close_listeners()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.graceful_timeout
-        while core.busy_connections and loop.time() < deadline:
+        now = loop.time()
+        deadline = now + self.config.graceful_timeout
+        # Connections accepted but not read yet stay open a moment: their
+        # request may be in flight (a rolling restart must refuse none).
+        fresh_deadline = min(now + FRESH_GRACE, deadline)
+        while loop.time() < deadline and (
+                core.busy_connections or (core.connections and loop.time() < fresh_deadline)):
             await asyncio.sleep(0.02)
         core.close_all()
         # Give apps their disconnect and the close callbacks one turn.
