@@ -4,6 +4,8 @@
 /slow?s=N    the pid after N seconds (asyncio.sleep)
 /block?s=N   blocks the event loop for N seconds (time.sleep), then the pid
 Lifespan startup and shutdown are logged with the pid (one per worker).
+The x-app-version header is the content of $WORKERS_APP_VERSION_FILE when
+the module was imported (a rolling restart picks up a new one).
 """
 
 from __future__ import annotations
@@ -15,6 +17,17 @@ import time
 from urllib.parse import parse_qs
 
 logger = logging.getLogger("cdaphne")
+
+
+def _version() -> bytes:
+    path = os.environ.get("WORKERS_APP_VERSION_FILE")
+    if not path:
+        return b"-"
+    with open(path, "rb") as f:
+        return f.read().strip()
+
+
+VERSION = _version()
 
 
 async def app(scope, receive, send):
@@ -37,6 +50,6 @@ async def app(scope, receive, send):
         time.sleep(seconds)
     body = str(os.getpid()).encode()
     await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"),
+                "headers": [(b"content-type", b"text/plain"), (b"x-app-version", VERSION),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
