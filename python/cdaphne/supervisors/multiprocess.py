@@ -114,6 +114,7 @@ class Supervisor:
                 config.log_fmt = "%(asctime)-15s %(levelname)-8s [%(process)d] %(message)s"
             configure_logging(config)
         try:
+            config.validate()
             self._bind()
             self.payload = self._payload()
         except ConfigError as exc:
