@@ -287,3 +287,42 @@ def test_a_worker_that_cannot_boot_stops_the_supervisor():
     assert 'Could not import module "tests.apps.no_such_module"' in result.stderr
     assert "failed to boot" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---- the channel layer across workers ----------------------------------------
+
+def chat_members(proc: ServerProcess, per_worker: int = 2, tries: int = 60):
+    """WebSockets to the chat room until each worker has `per_worker` of them."""
+    import websocket
+
+    members: dict[int, list] = {}
+    for _ in range(tries):
+        ws = websocket.create_connection(proc.ws_url("/"), timeout=5)
+        _, pid, channel = ws.recv().split()
+        members.setdefault(int(pid), []).append((ws, channel))
+        if len(members) == 2 and all(len(m) >= per_worker for m in members.values()):
+            break
+    return members
+
+
+def test_chat_room_members_on_different_workers_get_every_message(serve):
+    proc = serve("tests.apps.workers_chat:app", "--workers", "2")
+    members = chat_members(proc)
+    try:
+        assert set(members) == startup_pids(proc)
+        everyone = [m for ms in members.values() for m in ms]
+        for i, (ws, _) in enumerate(everyone):
+            ws.send(f"say from-{i}")
+        expected = {f"from-{i}" for i in range(len(everyone))}
+        for ws, _ in everyone:
+            assert {ws.recv() for _ in expected} == expected
+        # A send() to a channel of the other worker.
+        (a, b) = members.values()
+        a[0][0].send(f"dm {b[0][1]} psst")
+        assert b[0][0].recv() == "psst"
+        b[1][0].send(f"dm {a[1][1]} back")
+        assert a[1][0].recv() == "back"
+    finally:
+        for ms in members.values():
+            for ws, _ in ms:
+                ws.close()

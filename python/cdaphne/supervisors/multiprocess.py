@@ -35,6 +35,7 @@ from .. import __version__
 from ..config import Bind, Config, ConfigError, configure_logging
 from ..server import _describe, _remove_stale_socket
 from . import worker as worker_mod
+from .bus import Endpoint, Hub
 
 logger = logging.getLogger("cdaphne")
 
@@ -66,6 +67,7 @@ class Worker:
     stopping: float | None = None  # when it got SIGTERM
     killed: str = ""  # why the supervisor sent SIGKILL
     retiring: bool = False  # asked to be replaced (max-requests)
+    bus: Endpoint | None = None  # owned by the hub: the channel layer's link
 
     @property
     def pid(self) -> int:
@@ -93,6 +95,7 @@ class Supervisor:
         self.listen_specs: list[tuple[Any, ...]] = []
         self.names: list[str] = []
         self.sel = selectors.DefaultSelector()
+        self.hub = Hub(self._bus_want_write)
         self.signals: collections.deque[int] = collections.deque()
         self.spawn_at: list[float] = []  # scheduled starts (backoff)
         self.failures = 0
@@ -205,17 +208,21 @@ class Supervisor:
     # ---- workers ------------------------------------------------------
     def _start(self, replaces: Worker | None = None) -> Worker | None:
         parent, child = socket.socketpair()
-        fds = [child.fileno()] + [s[1] for s in self.listen_specs if s[0] == "fd"]
+        bus_parent, bus_child = socket.socketpair()
+        fds = [child.fileno(), bus_child.fileno()]
+        fds += [s[1] for s in self.listen_specs if s[0] == "fd"]
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-c", WORKER_CMD, str(child.fileno())],
+                [sys.executable, "-c", WORKER_CMD, str(child.fileno()), str(bus_child.fileno())],
                 stdin=subprocess.DEVNULL, pass_fds=fds, process_group=0)
         except OSError as exc:
             logger.error("Cannot start a worker: %s", exc)
             parent.close()
+            bus_parent.close()
             return None
         finally:
             child.close()
+            bus_child.close()
         try:
             parent.sendall(self.payload)
         except OSError:
@@ -223,8 +230,10 @@ class Supervisor:
         parent.setblocking(False)
         now = time.monotonic()
         w = Worker(proc, parent, started=now, last_beat=now, replaces=replaces)
+        w.bus = self.hub.add(w.pid, bus_parent)
         self.workers.append(w)
         self.sel.register(parent, selectors.EVENT_READ, w)
+        self.sel.register(bus_parent, selectors.EVENT_READ, w.bus)
         logger.debug("Started worker %d", w.pid)
         return w
 
@@ -273,9 +282,11 @@ class Supervisor:
     def _main_loop(self) -> int:
         while True:
             timeout = TICK
-            for key, _ in self.sel.select(timeout):
+            for key, events in self.sel.select(timeout):
                 if key.data is None:
                     self._drain_wakeup()
+                elif isinstance(key.data, Endpoint):
+                    self._on_bus(key.data, events)
                 else:
                     self._on_ctl(key.data)
             while self.signals:
@@ -307,6 +318,19 @@ class Supervisor:
             self._on_ready(w)
         if worker_mod.RETIRE in data and not w.retiring and w.stopping is None:
             self._on_retire(w)
+
+    def _on_bus(self, end: Endpoint, events: int) -> None:
+        if events & selectors.EVENT_WRITE:
+            self.hub.on_writable(end)
+        if events & selectors.EVENT_READ and not self.hub.on_readable(end):
+            self.sel.unregister(end.sock)  # The worker is exiting.
+
+    def _bus_want_write(self, end: Endpoint, want: bool) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+        try:
+            self.sel.modify(end.sock, events, end)
+        except KeyError:
+            pass  # Unregistered at EOF: nothing more goes to it.
 
     def _on_ready(self, w: Worker) -> None:
         logger.debug("Worker %d serving", w.pid)
@@ -358,11 +382,13 @@ class Supervisor:
             if code is None:
                 continue
             self.workers.remove(w)
-            try:
-                self.sel.unregister(w.ctl)
-            except (KeyError, ValueError):
-                pass
+            for sock in (w.ctl, w.bus.sock if w.bus else None):
+                try:
+                    self.sel.unregister(sock)
+                except (KeyError, ValueError):
+                    pass
             w.ctl.close()
+            self.hub.remove(w.pid)
             self._on_exit(w, code)
 
     def _on_exit(self, w: Worker, code: int) -> None:

@@ -1,4 +1,4 @@
-"""A worker process: `python -m cdaphne.supervisors.worker CTL_FD`.
+"""A worker process: `python -c "...worker import main; main()" CTL_FD BUS_FD`.
 
 The supervisor sends the settings (a pickle, length-prefixed) on the
 control socket CTL_FD, then reads one byte per event from it:
@@ -9,7 +9,7 @@ control socket CTL_FD, then reads one byte per event from it:
     M   the worker has started --max-requests requests: replace me
 
 EOF on the control socket means the supervisor is gone: the worker drains
-and exits as on SIGTERM.
+and exits as on SIGTERM.  BUS_FD is the channel layer's link (bus.py).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 from ..config import Bind, Config
 from ..server import Server
+from . import bus
 
 logger = logging.getLogger("cdaphne")
 
@@ -52,9 +53,13 @@ class WorkerServer(Server):
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_reader(self.ctl.fileno(), self._on_ctl)
+        if bus.current is not None:
+            bus.current.attach(loop)
         try:
             return await super().serve()
         finally:
+            if bus.current is not None:
+                bus.current.detach()
             loop.remove_reader(self.ctl.fileno())
             if self._beat is not None:
                 self._beat.cancel()
@@ -123,6 +128,8 @@ def _listen_endpoints(listen: list[tuple[Any, ...]], backlog: int) -> list[str]:
 
 def main() -> None:
     ctl = socket.socket(fileno=int(sys.argv[1]))
+    # Before the app (and its channel layer) loads.
+    bus.current = bus.WorkerBus(int(sys.argv[2]))
     (size,) = struct.unpack("!I", _recv_exact(ctl, 4))
     payload = pickle.loads(_recv_exact(ctl, size))
     ctl.setblocking(False)
