@@ -23,6 +23,15 @@ Differences from ``channels.layers.InMemoryChannelLayer`` (all bug fixes):
 - ``channel_capacity`` patterns work (they match the part of a name up to and
   including ``!``, so one pattern covers every ``new_channel()`` name);
 - ``flush()`` keeps pending ``receive()`` calls working.
+
+Under ``cdaphne --workers N`` the layer spans the workers, with no Redis: the
+supervisor relays ``group_send`` to the other workers that have members in
+the group, and ``send`` to a ``new_channel()`` name of another worker (the
+name carries its worker's pid); local members are served in-process as
+above. Limits: a send to another worker's full channel drops the message
+(logged) instead of raising ``ChannelFull``; plain channel names (no ``!``)
+and ``flush()`` stay per worker; messages must pickle. Across hosts, use
+``channels_redis``.
 """
 
 from __future__ import annotations

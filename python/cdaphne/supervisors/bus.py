@@ -214,6 +214,11 @@ class WorkerBus:
     def attach(self, loop: Any) -> None:
         self.loop = loop
         loop.add_reader(self.end.sock.fileno(), self._on_readable)
+        with self.lock:
+            if self.end.outbuf and not self._writing:
+                # Published before the loop ran (at import time).
+                self._writing = True
+                loop.call_soon(self._want_write)
 
     def detach(self) -> None:
         if self.loop is not None:
