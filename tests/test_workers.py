@@ -326,3 +326,50 @@ def test_chat_room_members_on_different_workers_get_every_message(serve):
         for ms in members.values():
             for ws, _ in ms:
                 ws.close()
+
+
+def test_hub_routes_group_sends_to_subscribed_workers_and_sends_by_pid():
+    """The supervisor's routing on real socketpairs: subscriptions, lazy
+    unsubscription, sends by the pid in a new_channel() name, a dead
+    worker's subscriptions dropped."""
+    from cdaphne.supervisors import bus
+
+    hub = bus.Hub(lambda end, want: None)
+    pairs = {pid: socket.socketpair() for pid in (101, 102, 103)}
+    ends = {pid: hub.add(pid, p[0]) for pid, p in pairs.items()}
+
+    def post(pid: int, data: bytes) -> None:
+        pairs[pid][1].sendall(data)
+        assert hub.on_readable(ends[pid])
+
+    def got(pid: int) -> list:
+        sock = pairs[pid][1]
+        sock.setblocking(False)
+        buf = bytearray()
+        try:
+            while chunk := sock.recv(65536):
+                buf += chunk
+        except BlockingIOError:
+            pass
+        return [(op, key, payload) for op, _, key, payload, _ in bus.split_frames(buf)]
+
+    post(101, bus.frame(bus.SUB, b"default", b"room"))
+    post(102, bus.frame(bus.SUB, b"default", b"room"))
+    post(103, bus.frame(bus.SUB, b"other", b"room"))  # Another layer alias.
+    post(101, bus.frame(bus.GSEND, b"default", b"room", b"m1"))
+    assert got(101) == [] and got(103) == []
+    assert got(102) == [(bus.GSEND, b"room", b"m1")]
+    post(102, bus.frame(bus.UNSUB, b"default", b"room"))
+    post(101, bus.frame(bus.GSEND, b"default", b"room", b"m2"))
+    assert got(102) == []
+    post(101, bus.frame(bus.SEND, b"default", b"specific.inmemory!w103.ab12", b"m3"))
+    assert got(103) == [(bus.SEND, b"specific.inmemory!w103.ab12", b"m3")]
+    post(102, bus.frame(bus.SUB, b"default", b"room"))
+    hub.remove(101)
+    assert all(ends[101] not in e for e in hub.groups.values())
+    post(102, bus.frame(bus.SEND, b"default", b"specific.inmemory!w101.cd34", b"lost"))
+    assert hub.groups == {(b"default", b"room"): {ends[102]}, (b"other", b"room"): {ends[103]}}
+    for pid in (102, 103):
+        hub.remove(pid)
+    for _, b in pairs.values():
+        b.close()

@@ -190,7 +190,9 @@ class WorkerBus:
     """A worker's side; cdaphne.layers calls it, the worker's loop reads it."""
 
     def __init__(self, fd: int) -> None:
-        self.end = Endpoint(socket.socket(fileno=fd))
+        sock = socket.socket(fileno=fd)
+        sock.set_inheritable(False)
+        self.end = Endpoint(sock)
         self.pid = os.getpid()
         self.layers: dict[bytes, Any] = {}  # tag -> InMemoryChannelLayer
         self.lock = threading.Lock()

@@ -128,6 +128,7 @@ def _listen_endpoints(listen: list[tuple[Any, ...]], backlog: int) -> list[str]:
 
 def main() -> None:
     ctl = socket.socket(fileno=int(sys.argv[1]))
+    ctl.set_inheritable(False)  # Not for the app's own subprocesses.
     # Before the app (and its channel layer) loads.
     bus.current = bus.WorkerBus(int(sys.argv[2]))
     (size,) = struct.unpack("!I", _recv_exact(ctl, 4))
