@@ -222,7 +222,7 @@ def test_every_endpoint_kind_is_bound_once_and_shared(serve, tmp_path):
     with inherited:
         fd = inherited.fileno()
         proc = serve(APP, "--workers", "2", "--fd", str(fd), "-e", f"unix:{path}",
-                     "-e", "tcp:0:interface=127.0.0.1", pass_fds=(fd,), listen=3)
+                     "-e", "tcp:0:interface=127.0.0.1", pass_fds=(fd,), listen=4)
         pids = startup_pids(proc)
         ports = [int(p) for p in re.findall(r"Listening on TCP address [\d.]+:(\d+)", proc.log)]
         assert inherited.getsockname()[1] in ports and len(ports) == 3
