@@ -814,6 +814,7 @@ cd_cycle_new(cd_conn_t *c, PyObject *scope)
     memset((char *)cy + sizeof(PyObject), 0, sizeof(*cy) - sizeof(PyObject));
     cy->st = srv->st;
     cy->st->live.cycles++;
+    srv->requests++;
     cy->server = (cd_server_t *)Py_NewRef((PyObject *)srv);
     cy->conn = c;
     cy->scope = Py_NewRef(scope);

@@ -552,6 +552,7 @@ cd_http1_response_done(cd_conn_t *c, int keep_alive)
     }
     c->state = CD_CONN_HEAD;
     c->flags &= ~(CD_CONN_F_GOT_BYTES | CD_CONN_F_PAUSED);
+    c->flags |= CD_CONN_F_SERVED;
     c->body_bytes = 0;
     llhttp_resume(&c->parser);
     cd_conn_timer_start(c, c->server->cfg.keepalive_timeout);

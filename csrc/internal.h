@@ -261,6 +261,7 @@ enum {
     CD_CONN_F_LINGER = 1 << 7,      /* discarding input before the close */
     CD_CONN_F_SHUT_WR = 1 << 8,     /* uv_shutdown issued: no more writes */
     CD_CONN_F_BODY_WAIT = 1 << 9,   /* the app waits for request body */
+    CD_CONN_F_SERVED = 1 << 10,     /* a response completed (keep-alive) */
 };
 
 /* Output written during one loop turn, sent with one writev before the

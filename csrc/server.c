@@ -264,7 +264,10 @@ server_close_listeners_c(cd_server_t *srv)
 /* close_listeners(): stop accepting; conns with no request for the app
  * (idle keep-alive, or part of a head: uvicorn closes those too) close
  * now, busy ones once their response is done.  A conn finishing an error
- * response (lingering close) is left to finish; it is bounded. */
+ * response (lingering close) is left to finish; it is bounded.  So is a
+ * fresh conn (accepted, no byte read yet): its request may be in the
+ * socket already, so it is served (then closed) if it comes soon; the
+ * caller closes it with close_all() otherwise. */
 static PyObject *
 server_close_listeners(cd_server_t *srv, PyObject *unused)
 {
@@ -275,6 +278,7 @@ server_close_listeners(cd_server_t *srv, PyObject *unused)
         cd_conn_t *c = cd_container_of(l, cd_conn_t, link);
         l = l->next;
         if (c->state == CD_CONN_HEAD &&
+            (c->flags & (CD_CONN_F_GOT_BYTES | CD_CONN_F_SERVED)) &&
             !(c->flags & (CD_CONN_F_CLOSE_AFTER | CD_CONN_F_LINGER |
                           CD_CONN_F_SHUT_WR))) {
             cd_conn_close(c);
@@ -564,9 +568,17 @@ static PyMethodDef server_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *
+server_get_requests(cd_server_t *srv, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(srv->requests);
+}
+
 static PyGetSetDef server_getset[] = {
     {"connections", (getter)server_get_connections, NULL, NULL, NULL},
     {"busy_connections", (getter)server_get_busy, NULL, NULL, NULL},
+    {"requests", (getter)server_get_requests, NULL,
+     "HTTP requests and WebSocket sessions started so far.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

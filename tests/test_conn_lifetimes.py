@@ -89,6 +89,41 @@ def test_sigterm_closes_idle_and_half_sent_connections_at_once(serve):
         half.close()
 
 
+def test_sigterm_serves_the_first_request_of_a_fresh_connection(serve):
+    """A connection accepted just before the stop, whose request bytes have
+    not been read yet, is not idle: it gets its response (with
+    Connection: close), so a rolling restart refuses no request."""
+    proc = serve(APP, "--timeout-graceful-shutdown", "30")
+    fresh = connect(proc)
+    try:
+        time.sleep(0.3)  # Accepted; nothing sent yet.
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait_log(r"Shutting down")
+        fresh.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = read_reply(fresh)
+        assert reply.startswith(b"HTTP/1.1 200 "), reply
+        assert b"\r\nconnection: close\r\n" in reply.lower()
+        assert proc.wait(20) == 0
+        assert time.monotonic() - t0 < 5
+    finally:
+        fresh.close()
+
+
+def test_sigterm_closes_a_fresh_connection_that_sends_nothing_soon(serve):
+    proc = serve(APP, "--timeout-graceful-shutdown", "30")
+    fresh = connect(proc)
+    try:
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert time.monotonic() - t0 < 5
+        assert read_or_reset(fresh) == b""
+    finally:
+        fresh.close()
+
+
 def read_or_reset(sock: socket.socket) -> bytes:
     try:
         return read_reply(sock)

@@ -9,7 +9,7 @@ import sys
 from typing import NoReturn
 
 from . import __version__
-from .config import Config, ConfigError
+from .config import Config, ConfigError, workers_from_env
 from .server import Server
 
 
@@ -113,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
       help="seconds the app may wait for body bytes before --min-body-rate applies")
     a("--timeout-graceful-shutdown", dest="graceful_timeout", type=float, default=10,
       help="seconds in-flight requests and WebSockets get on shutdown before being closed")
+    a("--workers", type=int, default=None,
+      help="run a supervisor and this many worker processes (default: $WEB_CONCURRENCY, "
+           "else one process and no supervisor)")
+    a("--worker-healthcheck-timeout", type=float, default=Config.worker_healthcheck_timeout,
+      help="seconds a worker may miss heartbeats before it is killed and replaced")
+    a("--max-requests", type=int, default=None,
+      help="replace a worker after this many requests (needs --workers)")
+    a("--max-requests-jitter", type=_size, default=0,
+      help="add a random 0..N to --max-requests per worker")
+    a("--reuse-port", action="store_true",
+      help="with --workers: each worker binds its own SO_REUSEPORT TCP socket")
     a("--lifespan", choices=("auto", "on", "off"), default="auto", help="ASGI lifespan protocol")
     a("-v", "--verbosity", type=int, default=1, help="0 = quiet, 1 = normal, 2/3 = debug")
     a("-s", "--server-name", default="cdaphne", help="the Server header's value")
@@ -157,16 +168,29 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         body_rate_grace=args.body_rate_grace,
         lifespan=args.lifespan,
         graceful_timeout=args.graceful_timeout,
+        workers=args.workers if args.workers is not None else workers_from_env(),
+        worker_healthcheck_timeout=args.worker_healthcheck_timeout,
+        max_requests=args.max_requests,
+        max_requests_jitter=args.max_requests_jitter,
+        reuse_port=args.reuse_port,
         configure_logging=True,
     )
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    config = config_from_args(argv)
     try:
+        config = config_from_args(argv)
         config.binds()
-        config.load()
+        if config.workers is not None:
+            # The supervisor never imports the app: each worker does.
+            config.validate()
+        else:
+            config.load()
     except ConfigError as exc:
         print(f"cdaphne: error: {exc}", file=sys.stderr)
         sys.exit(1)
+    if config.workers is not None:
+        from .supervisors import Supervisor
+
+        sys.exit(Supervisor(config).run())
     sys.exit(Server(config).run())

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,6 +135,20 @@ class Config:
     action_logger: ActionLogger | None = None
     on_ready: Any = None
     configure_logging: bool = False
+    # --workers: None serves in this process; N >= 1 runs a supervisor and N
+    # worker processes (cdaphne.supervisors), each a full server.
+    workers: int | None = None
+    # Seconds a worker's event loop may go without a heartbeat before the
+    # supervisor kills it (SIGKILL) and starts another.
+    worker_healthcheck_timeout: float = 10
+    # A worker that has started this many requests (plus a random 0..jitter)
+    # is replaced, the new one accepting before the old one drains.
+    max_requests: int | None = None
+    max_requests_jitter: int = 0
+    # With --workers: each worker binds its own TCP socket with SO_REUSEPORT
+    # (the kernel spreads connections) instead of accepting on the one socket
+    # the supervisor bound.
+    reuse_port: bool = False
     loaded_app: ASGIApp | None = field(default=None, init=False, repr=False)
 
     def binds(self) -> list[Bind]:
@@ -165,6 +180,20 @@ class Config:
                      "max_header_count", "min_body_rate", "body_rate_grace"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, not {self.workers}")
+        if not self.worker_healthcheck_timeout > 0:
+            raise ConfigError("worker_healthcheck_timeout must be positive")
+        if self.max_requests is not None and self.max_requests < 1:
+            raise ConfigError(f"max_requests must be at least 1, not {self.max_requests}")
+        if self.max_requests_jitter < 0:
+            raise ConfigError("max_requests_jitter must not be negative")
+        if self.workers is None and (self.max_requests is not None or self.reuse_port):
+            flag = "max_requests" if self.max_requests is not None else "reuse_port"
+            raise ConfigError(f"{flag} needs workers (--workers N)")
+        if self.workers is not None and not isinstance(self.app, str):
+            raise ConfigError("workers need the application as an import string "
+                              "(module:attr), which each worker imports")
 
     def load(self) -> ASGIApp:
         """Import the app (if given as a string) and adapt ASGI 2 apps to ASGI 3."""
@@ -188,6 +217,16 @@ class Config:
                 raise ConfigError(f"forwarded_allow_ips: {exc}") from exc
         self.loaded_app = app
         return app
+
+
+def workers_from_env(environ: Mapping[str, str] = os.environ) -> int | None:
+    """The default of --workers: WEB_CONCURRENCY if set, else None (one process)."""
+    text = environ.get("WEB_CONCURRENCY", "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"WEB_CONCURRENCY must be a positive integer, not {text!r}")
+    return int(text)
 
 
 def is_asgi3(app: Any) -> bool:

@@ -23,16 +23,28 @@ Differences from ``channels.layers.InMemoryChannelLayer`` (all bug fixes):
 - ``channel_capacity`` patterns work (they match the part of a name up to and
   including ``!``, so one pattern covers every ``new_channel()`` name);
 - ``flush()`` keeps pending ``receive()`` calls working.
+
+Under ``cdaphne --workers N`` the layer spans the workers, with no Redis: the
+supervisor relays ``group_send`` to the other workers that have members in
+the group, and ``send`` to a ``new_channel()`` name of another worker (the
+name carries its worker's pid); local members are served in-process as
+above. Limits: a send to another worker's full channel drops the message
+(logged) instead of raising ``ChannelFull``; plain channel names (no ``!``)
+and ``flush()`` stay per worker; messages must pickle. Across hosts, use
+``channels_redis``.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import secrets
+import time
 from typing import Any
 
 from . import _layer
+from .supervisors import bus as _bus
 
 try:
     from channels.exceptions import ChannelFull
@@ -106,6 +118,10 @@ except ImportError:  # Python 3.11
 __all__ = ["ChannelFull", "InMemoryChannelLayer"]
 
 logger = logging.getLogger(__name__)
+_instances = itertools.count()
+# Seconds between checks that this worker still has members in the groups
+# it told the supervisor about (under `cdaphne --workers`).
+_RESYNC = 10.0
 
 
 class InMemoryChannelLayer(BaseChannelLayer):
@@ -139,11 +155,32 @@ class InMemoryChannelLayer(BaseChannelLayer):
         )
         self._core_send = self._core.send
         self._core_receive = self._core.receive
+        # Under `cdaphne --workers`: the supervisor's bus (see
+        # cdaphne.supervisors.bus) carries group_send and sends to other
+        # workers' channels; everything local stays in the core.
+        self._index = next(_instances)
+        self._tag: bytes | None = None
+        self._subs: set[str] = set()
+        self._resync_at = 0.0
 
     # Channel layer API
 
     async def send(self, channel: str, message: dict) -> None:
-        """Send a copy of message to channel; raise ChannelFull if it is full."""
+        """Send a copy of message to channel; raise ChannelFull if it is full.
+
+        Under ``cdaphne --workers``, a channel of another worker gets the
+        message through the supervisor; its capacity is applied there (a
+        full channel drops it, with a log line, as group_send does).
+        """
+        bus = _bus.current
+        if bus is not None:
+            pid = _bus.owner_pid(channel) if "!" in channel else None
+            if pid is not None and pid != bus.pid:
+                self.require_valid_channel_name(channel)
+                if not isinstance(message, dict):
+                    raise AssertionError("message is not a dict")
+                bus.publish(_bus.SEND, self._bus_tag(bus), channel, message)
+                return
         self._core_send(channel, message)
 
     @_mark
@@ -156,13 +193,24 @@ class InMemoryChannelLayer(BaseChannelLayer):
         return self._core_receive(channel)
 
     async def new_channel(self, prefix: str = "specific.") -> str:
-        """A new unique, process-local channel name (random from ``secrets``)."""
+        """A new unique, process-local channel name (random from ``secrets``).
+
+        Under ``cdaphne --workers`` the name also says which worker owns it.
+        """
+        bus = _bus.current
+        if bus is not None:
+            self._bus_tag(bus)
+            return f"{prefix}.inmemory!w{bus.pid}.{secrets.token_hex(12)}"
         return f"{prefix}.inmemory!{secrets.token_hex(12)}"
 
     # Groups extension
 
     async def group_add(self, group: str, channel: str) -> None:
         self._core.group_add(group, channel)
+        bus = _bus.current
+        if bus is not None and group not in self._subs:
+            self._subs.add(group)
+            bus.publish(_bus.SUB, self._bus_tag(bus), group)
 
     async def group_discard(self, group: str, channel: str) -> None:
         self._core.group_discard(group, channel)
@@ -174,11 +222,64 @@ class InMemoryChannelLayer(BaseChannelLayer):
             logger.info(
                 "%s of %s channels over capacity in group %s", dropped[0], dropped[1], group
             )
+        bus = _bus.current
+        if bus is not None:
+            bus.publish(_bus.GSEND, self._bus_tag(bus), group, message)
 
     # Flush extension
 
     async def flush(self) -> None:
+        """Empty this process's channels and groups (other workers keep theirs)."""
         self._core.flush()
+        bus = _bus.current
+        if bus is not None:
+            for group in self._subs:
+                bus.publish(_bus.UNSUB, self._bus_tag(bus), group)
+            self._subs.clear()
+
+    # Under `cdaphne --workers` (called by cdaphne.supervisors.bus)
+
+    def _bus_tag(self, bus: _bus.WorkerBus) -> bytes:
+        """The name every worker knows this layer by: its Channels alias."""
+        if self._tag is None:
+            tag = f"#{self._index}"
+            try:
+                from channels.layers import channel_layers
+            except ImportError:
+                pass
+            else:
+                for alias, backend in list(channel_layers.backends.items()):
+                    if backend is self:
+                        tag = alias
+                        break
+            self._tag = tag.encode()
+            bus.register(self._tag, self)
+        return self._tag
+
+    def _bus_deliver(self, channel: str, message: dict) -> None:
+        try:
+            self._core_send(channel, message)
+        except ChannelFull:
+            logger.info("channel %s over capacity: a message from another worker dropped",
+                        channel)
+
+    def _bus_deliver_group(self, group: str, message: dict) -> None:
+        dropped = self._core.group_send(group, message)
+        if dropped is not None:
+            logger.info(
+                "%s of %s channels over capacity in group %s", dropped[0], dropped[1], group
+            )
+        now = time.monotonic()
+        if now >= self._resync_at:
+            # Memberships expire and are discarded without a word to the
+            # supervisor: drop the subscriptions with no member left.
+            self._resync_at = now + _RESYNC
+            bus = _bus.current
+            live = self._core.debug_groups()
+            for gone in [g for g in self._subs if g not in live]:
+                self._subs.discard(gone)
+                if bus is not None:
+                    bus.publish(_bus.UNSUB, self._bus_tag(bus), gone)
 
     async def close(self) -> None:
         self._core.close()

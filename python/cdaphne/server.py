@@ -22,6 +22,9 @@ from .loop import LibuvEventLoop, new_event_loop
 logger = logging.getLogger("cdaphne")
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Seconds a connection accepted just before a graceful stop has to send
+# its first request (it is served, then closed).
+FRESH_GRACE = 1.0
 
 
 class StartupError(Exception):
@@ -98,9 +101,7 @@ class Server:
             raise StartupError(str(exc)) from exc
 
         self._install_signal_handlers(loop)
-        logger.info("cdaphne %s serving (Python %s)", __version__, sys.version.split()[0])
-        for bind, name in zip(binds, self.sockets, strict=True):
-            logger.info("Listening on %s", _describe(bind, name))
+        self._announce(binds)
         self.started.set()
         if config.on_ready is not None:
             config.on_ready(self)
@@ -112,6 +113,12 @@ class Server:
         return 0
 
     # ---- internals ----------------------------------------------------
+    def _announce(self, binds: list[Bind]) -> None:
+        """The startup lines (a worker's supervisor logs its own)."""
+        logger.info("cdaphne %s serving (Python %s)", __version__, sys.version.split()[0])
+        for bind, name in zip(binds, self.sockets, strict=True):
+            logger.info("Listening on %s", _describe(bind, name))
+
     def _listen(self, core: CoreServer, bind: Bind) -> None:
         backlog = self.config.backlog
         if bind.kind == "tcp":
@@ -134,8 +141,13 @@ class Server:
         logger.info("Shutting down")
         core.close_listeners()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.graceful_timeout
-        while core.busy_connections and loop.time() < deadline:
+        now = loop.time()
+        deadline = now + self.config.graceful_timeout
+        # Connections accepted but not read yet stay open a moment: their
+        # request may be in flight (a rolling restart must refuse none).
+        fresh_deadline = min(now + FRESH_GRACE, deadline)
+        while loop.time() < deadline and (
+                core.busy_connections or (core.connections and loop.time() < fresh_deadline)):
             await asyncio.sleep(0.02)
         core.close_all()
         # Give apps their disconnect and the close callbacks one turn.
@@ -196,4 +208,8 @@ def _remove_stale_socket(path: str) -> None:
 def run(app: Any, **kwargs: Any) -> int:
     """Serve `app` (an ASGI app or "module:attr") with `Config(**kwargs)`."""
     config = Config(app, **kwargs)
+    if config.workers is not None:
+        from .supervisors import Supervisor
+
+        return Supervisor(config).run()
     return Server(config).run()

@@ -1,0 +1,148 @@
+"""A worker process: `python -c "...worker import main; main()" CTL_FD BUS_FD`.
+
+The supervisor sends the settings (a pickle, length-prefixed) on the
+control socket CTL_FD, then reads one byte per event from it:
+
+    R   the worker listens and serves (sent once)
+    .   heartbeat, from a timer on the worker's event loop: a loop that is
+        blocked stops sending them
+    M   the worker has started --max-requests requests: replace me
+
+EOF on the control socket means the supervisor is gone: the worker drains
+and exits as on SIGTERM.  BUS_FD is the channel layer's link (bus.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import random
+import socket
+import struct
+import sys
+from typing import Any
+
+from ..config import Bind, Config
+from ..server import Server
+from . import bus
+
+logger = logging.getLogger("cdaphne")
+
+READY = b"R"
+BEAT = b"."
+RETIRE = b"M"
+
+
+def heartbeat_interval(timeout: float) -> float:
+    """Seconds between heartbeats: several per healthcheck timeout."""
+    return min(1.0, timeout / 4)
+
+
+class WorkerServer(Server):
+    """A Server that reports to its supervisor over the control socket."""
+
+    def __init__(self, config: Config, ctl: socket.socket, *, max_requests: int | None,
+                 healthcheck_timeout: float) -> None:
+        super().__init__(config)
+        self.ctl = ctl
+        self.max_requests = max_requests
+        self.interval = heartbeat_interval(healthcheck_timeout)
+        self._beat: asyncio.TimerHandle | None = None
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.ctl.fileno(), self._on_ctl)
+        if bus.current is not None:
+            bus.current.attach(loop)
+        try:
+            return await super().serve()
+        finally:
+            if bus.current is not None:
+                bus.current.detach()
+            loop.remove_reader(self.ctl.fileno())
+            if self._beat is not None:
+                self._beat.cancel()
+
+    def _announce(self, binds: list[Bind]) -> None:
+        logger.debug("Worker serving (Python %s)", sys.version.split()[0])
+        self._send(READY)
+        self._tick()
+
+    def _tick(self) -> None:
+        self._send(BEAT)
+        core = self.core
+        if (self.max_requests is not None and core is not None
+                and core.requests >= self.max_requests):
+            # Repeated on every tick until the supervisor stops this worker.
+            self._send(RETIRE)
+        assert self.loop is not None
+        self._beat = self.loop.call_later(self.interval, self._tick)
+
+    def _send(self, msg: bytes) -> None:
+        try:
+            self.ctl.send(msg)
+        except (BlockingIOError, OSError):
+            pass  # The supervisor is busy or gone; EOF will tell.
+
+    def _on_ctl(self) -> None:
+        try:
+            data = self.ctl.recv(64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            logger.warning("Supervisor gone: shutting down")
+            assert self.loop is not None
+            self.loop.remove_reader(self.ctl.fileno())
+            self.request_stop()
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("control socket closed")
+        buf += chunk
+    return buf
+
+
+def _listen_endpoints(listen: list[tuple[Any, ...]], backlog: int) -> list[str]:
+    """Endpoints for this worker: inherited fds, or its own SO_REUSEPORT sockets."""
+    endpoints = []
+    for spec in listen:
+        if spec[0] == "fd":
+            endpoints.append(f"fd:fileno={spec[1]}")
+            continue
+        _, family, host, port = spec
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        endpoints.append(f"fd:fileno={sock.detach()}")
+    return endpoints
+
+
+def main() -> None:
+    ctl = socket.socket(fileno=int(sys.argv[1]))
+    ctl.set_inheritable(False)  # Not for the app's own subprocesses.
+    # Before the app (and its channel layer) loads.
+    bus.current = bus.WorkerBus(int(sys.argv[2]))
+    (size,) = struct.unpack("!I", _recv_exact(ctl, 4))
+    payload = pickle.loads(_recv_exact(ctl, size))
+    ctl.setblocking(False)
+    config: Config = payload["config"]
+    config.endpoints = _listen_endpoints(payload["listen"], config.backlog)
+    limit = payload["max_requests"]
+    if limit is not None:
+        limit += random.randint(0, payload["max_requests_jitter"])
+    server = WorkerServer(config, ctl, max_requests=limit,
+                          healthcheck_timeout=payload["healthcheck_timeout"])
+    sys.exit(server.run())
+
+
+if __name__ == "__main__":
+    main()

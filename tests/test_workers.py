@@ -1,0 +1,375 @@
+"""--workers N: the supervisor, its workers and its signals, with real
+processes and real clients.  The app (tests/apps/workers.py) answers with
+the worker's pid."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from .conftest import ROOT, Reader, ServerProcess, wait_until
+
+APP = "tests.apps.workers:app"
+WORKERS_RE = re.compile(r"serving with \d+ workers \[([\d, ]+)\]")
+
+
+def startup_pids(proc: ServerProcess) -> set[int]:
+    m = WORKERS_RE.search(proc.log)
+    assert m, proc.log_tail()
+    return {int(p) for p in m.group(1).split(", ")}
+
+
+def children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(p) for p in f.read().split()}
+
+
+def gone(pid: int) -> bool:
+    """The process exited (a zombie has closed its sockets already)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def get(proc: ServerProcess, path: str = "/", unix: str | None = None,
+        sock: socket.socket | None = None, timeout: float = 5.0):
+    """One request; on a fresh connection unless `sock` (keep-alive) is given."""
+    own = sock is None
+    if sock is None:
+        if unix:
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(timeout)
+            sock.connect(unix)
+        else:
+            sock = socket.create_connection((proc.host, proc.port), timeout=timeout)
+    try:
+        close = b"Connection: close\r\n" if own else b""
+        sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: t\r\n" + close + b"\r\n")
+        resp = Reader(sock, timeout).response()
+    finally:
+        if own:
+            sock.close()
+    assert resp.status == 200, resp
+    return resp
+
+
+def pid_of(resp) -> int:
+    return int(resp.body)
+
+
+class ClientLoop(threading.Thread):
+    """Sequential requests on fresh connections until stopped (bounded)."""
+
+    def __init__(self, proc: ServerProcess, limit: float = 15.0) -> None:
+        super().__init__(daemon=True)
+        self.proc = proc
+        self.limit = limit
+        self.halt = threading.Event()
+        self.pids: list[int] = []
+        self.versions: list[str] = []
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.limit
+        while not self.halt.is_set() and time.monotonic() < deadline:
+            try:
+                resp = get(self.proc)
+                self.pids.append(pid_of(resp))
+                self.versions.append(resp.header("x-app-version") or "")
+            except Exception as exc:  # noqa: BLE001 - every failure counts
+                self.failures.append(repr(exc))
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(10)
+
+
+def test_requests_spread_across_two_workers(serve):
+    proc = serve(APP, "--workers", "2")
+    pids = startup_pids(proc)
+    assert len(pids) == 2
+    assert children(proc.proc.pid) == pids
+    seen = {pid_of(get(proc)) for _ in range(200)}
+    assert seen == pids
+    # Lifespan runs in each worker.
+    for pid in pids:
+        assert f"app startup in {pid}" in proc.log
+    rc = proc.stop()
+    assert rc == 0
+    for pid in pids:
+        assert f"app shutdown in {pid}" in proc.log
+
+
+def test_kill9_worker_is_replaced_while_the_other_keeps_serving(serve):
+    proc = serve(APP, "--workers", "2")
+    pids = startup_pids(proc)
+    with socket.create_connection((proc.host, proc.port), timeout=5) as keep:
+        survivor = pid_of(get(proc, sock=keep))
+        (victim,) = pids - {survivor}
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: gone(victim))
+        # Keep-alive requests on the survivor and new connections, while the
+        # victim is replaced.
+        for _ in range(30):
+            assert pid_of(get(proc, sock=keep)) == survivor
+            assert pid_of(get(proc)) in pids | children(proc.proc.pid)
+    proc.wait_log(rf"Worker {victim} died: killed by signal 9 \(SIGKILL\)")
+    m = proc.wait_log(r"Worker (\d+) serving", timeout=10)[0]
+    new = int(m.group(1))
+    assert new not in pids
+    wait_until(lambda: children(proc.proc.pid) == {survivor, new})
+    seen = {pid_of(get(proc)) for _ in range(200)}
+    assert seen == {survivor, new}
+
+
+def test_sighup_rolling_restart_under_load_fails_no_request(serve, tmp_path):
+    version = tmp_path / "version"
+    version.write_text("v1")
+    proc = serve(APP, "--workers", "2", env={"WORKERS_APP_VERSION_FILE": str(version)})
+    old = startup_pids(proc)
+    loop = ClientLoop(proc)
+    t0 = time.monotonic()
+    loop.start()
+    try:
+        time.sleep(0.3)
+        version.write_text("v2")
+        proc.send_signal(signal.SIGHUP)
+        proc.wait_log(r"Rolling restart done", timeout=15)
+        wait_until(lambda: children(proc.proc.pid).isdisjoint(old), timeout=10)
+        n = len(loop.pids)
+        wait_until(lambda: len(loop.pids) > n + 20)
+        time.sleep(max(0.0, 2.0 - (time.monotonic() - t0)))  # 2 s of load at least
+    finally:
+        loop.stop()
+    assert loop.failures == []
+    new = children(proc.proc.pid)
+    assert len(new) == 2 and new.isdisjoint(old)
+    assert set(loop.pids[-10:]) <= new
+    # The new workers imported the app anew: the code change is picked up.
+    assert loop.versions[0] == "v1" and set(loop.versions[-10:]) == {"v2"}
+
+
+def test_sigterm_completes_the_request_in_flight_and_exits_0(serve):
+    proc = serve(APP, "--workers", "2")
+    pids = startup_pids(proc)
+    result: list = []
+    client = threading.Thread(target=lambda: result.append(get(proc, "/slow?s=1")))
+    client.start()
+    proc.wait_log(r"app startup")  # (already there) the request is on its way:
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    client.join(10)
+    assert result and pid_of(result[0]) in pids
+    assert proc.wait(15) == 0
+    assert "All workers stopped" in proc.log
+
+
+def test_ttin_and_ttou_add_and_remove_a_worker(serve):
+    proc = serve(APP, "--workers", "1")
+    (first,) = startup_pids(proc)
+    proc.send_signal(signal.SIGTTIN)
+    m = proc.wait_log(r"Worker (\d+) serving", timeout=10)[0]
+    added = int(m.group(1))
+    assert children(proc.proc.pid) == {first, added}
+    proc.send_signal(signal.SIGTTOU)
+    proc.wait_log(r"Worker \d+ stopped \(exit status 0\)", timeout=10)
+    wait_until(lambda: len(children(proc.proc.pid)) == 1)
+    (left,) = children(proc.proc.pid)
+    assert {pid_of(get(proc)) for _ in range(5)} == {left}
+    # The last worker stays.
+    proc.send_signal(signal.SIGTTOU)
+    proc.wait_log(r"keeping the last worker")
+    assert children(proc.proc.pid) == {left}
+
+
+def test_max_requests_replaces_the_worker_without_failures(serve):
+    proc = serve(APP, "--workers", "1", "--max-requests", "5", "--max-requests-jitter", "3")
+    (first,) = startup_pids(proc)
+    loop = ClientLoop(proc)
+    loop.start()
+    try:
+        proc.wait_log(rf"Worker {first} reached --max-requests", timeout=10)
+        proc.wait_log(rf"Worker {first} stopped \(exit status 0\)", timeout=10)
+    finally:
+        loop.stop()
+    assert loop.failures == []
+    assert loop.pids[0] == first and loop.pids[-1] != first
+    assert loop.pids.count(first) >= 5
+
+
+def test_unix_socket_with_two_workers(serve, tmp_path):
+    path = str(tmp_path / "w.sock")
+    proc = serve(APP, "--workers", "2", "-u", path, port=False)
+    pids = startup_pids(proc)
+    assert f"Listening on unix socket {path}" in proc.log
+    seen = {pid_of(get(proc, unix=path)) for _ in range(200)}
+    assert seen == pids
+
+
+def test_every_endpoint_kind_is_bound_once_and_shared(serve, tmp_path):
+    path = str(tmp_path / "e.sock")
+    inherited = socket.socket()
+    inherited.bind(("127.0.0.1", 0))
+    inherited.listen()
+    with inherited:
+        fd = inherited.fileno()
+        proc = serve(APP, "--workers", "2", "--fd", str(fd), "-e", f"unix:{path}",
+                     "-e", "tcp:0:interface=127.0.0.1", pass_fds=(fd,), listen=4)
+        pids = startup_pids(proc)
+        ports = [int(p) for p in re.findall(r"Listening on TCP address [\d.]+:(\d+)", proc.log)]
+        assert inherited.getsockname()[1] in ports and len(ports) == 3
+        for port in ports:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                assert pid_of(get(proc, sock=s)) in pids
+        assert pid_of(get(proc, unix=path)) in pids
+
+
+def test_blocked_worker_misses_heartbeats_and_is_replaced(serve):
+    proc = serve(APP, "--workers", "1", "--worker-healthcheck-timeout", "0.5")
+    (first,) = startup_pids(proc)
+    with socket.create_connection((proc.host, proc.port), timeout=10) as s:
+        s.sendall(b"GET /block?s=30 HTTP/1.1\r\nHost: t\r\n\r\n")
+        proc.wait_log(rf"Worker {first} sent no heartbeat for [\d.]+ s: killing it \(SIGKILL\)",
+                      timeout=10)
+    proc.wait_log(rf"Worker {first} died: killed by signal 9 \(SIGKILL\)")
+    proc.wait_log(r"Worker \d+ serving", timeout=10)
+    assert pid_of(get(proc)) != first
+
+
+def test_workers_exit_when_the_supervisor_is_killed(serve):
+    proc = serve(APP, "--workers", "2")
+    pids = startup_pids(proc)
+    proc.expected_exit = None
+    proc.proc.kill()
+    proc.wait()
+    # Orphans notice the closed control socket and drain.
+    wait_until(lambda: all(gone(p) for p in pids), timeout=10)
+    assert "Supervisor gone: shutting down" in proc.log
+
+
+def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "cdaphne", *argv], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=20,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_bad_worker_values_are_one_clear_line():
+    for argv, env, needle in [
+        (["--workers", "0"], {}, "workers must be at least 1"),
+        (["--max-requests", "5"], {}, "needs workers"),
+        (["--workers", "2", "--worker-healthcheck-timeout", "0"], {},
+         "worker_healthcheck_timeout"),
+        ([], {"WEB_CONCURRENCY": "many"}, "WEB_CONCURRENCY"),
+    ]:
+        result = run_cli("-p", "0", *argv, APP, env=env)
+        assert result.returncode != 0
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], result.stderr
+
+
+def test_web_concurrency_sets_the_default_worker_count(serve):
+    proc = serve(APP, env={"WEB_CONCURRENCY": "2"})
+    assert len(startup_pids(proc)) == 2
+
+
+def test_a_worker_that_cannot_boot_stops_the_supervisor():
+    result = run_cli("-p", "0", "--workers", "2", "tests.apps.no_such_module:app")
+    assert result.returncode == 1
+    assert 'Could not import module "tests.apps.no_such_module"' in result.stderr
+    assert "failed to boot" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ---- the channel layer across workers ----------------------------------------
+
+def chat_members(proc: ServerProcess, per_worker: int = 2, tries: int = 60):
+    """WebSockets to the chat room until each worker has `per_worker` of them."""
+    import websocket
+
+    members: dict[int, list] = {}
+    for _ in range(tries):
+        ws = websocket.create_connection(proc.ws_url("/"), timeout=5)
+        _, pid, channel = ws.recv().split()
+        members.setdefault(int(pid), []).append((ws, channel))
+        if len(members) == 2 and all(len(m) >= per_worker for m in members.values()):
+            break
+    return members
+
+
+def test_chat_room_members_on_different_workers_get_every_message(serve):
+    proc = serve("tests.apps.workers_chat:app", "--workers", "2")
+    members = chat_members(proc)
+    try:
+        assert set(members) == startup_pids(proc)
+        everyone = [m for ms in members.values() for m in ms]
+        for i, (ws, _) in enumerate(everyone):
+            ws.send(f"say from-{i}")
+        expected = {f"from-{i}" for i in range(len(everyone))}
+        for ws, _ in everyone:
+            assert {ws.recv() for _ in expected} == expected
+        # A send() to a channel of the other worker.
+        (a, b) = members.values()
+        a[0][0].send(f"dm {b[0][1]} psst")
+        assert b[0][0].recv() == "psst"
+        b[1][0].send(f"dm {a[1][1]} back")
+        assert a[1][0].recv() == "back"
+    finally:
+        for ms in members.values():
+            for ws, _ in ms:
+                ws.close()
+
+
+def test_hub_routes_group_sends_to_subscribed_workers_and_sends_by_pid():
+    """The supervisor's routing on real socketpairs: subscriptions, lazy
+    unsubscription, sends by the pid in a new_channel() name, a dead
+    worker's subscriptions dropped."""
+    from cdaphne.supervisors import bus
+
+    hub = bus.Hub(lambda end, want: None)
+    pairs = {pid: socket.socketpair() for pid in (101, 102, 103)}
+    ends = {pid: hub.add(pid, p[0]) for pid, p in pairs.items()}
+
+    def post(pid: int, data: bytes) -> None:
+        pairs[pid][1].sendall(data)
+        assert hub.on_readable(ends[pid])
+
+    def got(pid: int) -> list:
+        sock = pairs[pid][1]
+        sock.setblocking(False)
+        buf = bytearray()
+        try:
+            while chunk := sock.recv(65536):
+                buf += chunk
+        except BlockingIOError:
+            pass
+        return [(op, key, payload) for op, _, key, payload, _ in bus.split_frames(buf)]
+
+    post(101, bus.frame(bus.SUB, b"default", b"room"))
+    post(102, bus.frame(bus.SUB, b"default", b"room"))
+    post(103, bus.frame(bus.SUB, b"other", b"room"))  # Another layer alias.
+    post(101, bus.frame(bus.GSEND, b"default", b"room", b"m1"))
+    assert got(101) == [] and got(103) == []
+    assert got(102) == [(bus.GSEND, b"room", b"m1")]
+    post(102, bus.frame(bus.UNSUB, b"default", b"room"))
+    post(101, bus.frame(bus.GSEND, b"default", b"room", b"m2"))
+    assert got(102) == []
+    post(101, bus.frame(bus.SEND, b"default", b"specific.inmemory!w103.ab12", b"m3"))
+    assert got(103) == [(bus.SEND, b"specific.inmemory!w103.ab12", b"m3")]
+    post(102, bus.frame(bus.SUB, b"default", b"room"))
+    hub.remove(101)
+    assert all(ends[101] not in e for e in hub.groups.values())
+    post(102, bus.frame(bus.SEND, b"default", b"specific.inmemory!w101.cd34", b"lost"))
+    assert hub.groups == {(b"default", b"room"): {ends[102]}, (b"other", b"room"): {ends[103]}}
+    for pid in (102, 103):
+        hub.remove(pid)
+    for _, b in pairs.values():
+        b.close()
