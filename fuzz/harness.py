@@ -289,7 +289,7 @@ async def perform(sess: Session, inst: Inst, act: tuple[Any, ...]) -> None:
 class Conn:
     """A client socket: bytes still to write, bytes read."""
 
-    def __init__(self, srv: Server) -> None:
+    def __init__(self, srv: Server, ws: bool = False) -> None:
         self.sock: socket.socket | None = srv.connect()
         self.tcp = srv.tcp
         self.local = tuple(self.sock.getsockname()) if srv.tcp else None
@@ -297,6 +297,10 @@ class Conn:
         self.out = bytearray()
         self.eof = False
         self.wr_closed = False
+        # A WebSocket client checks the frames after a 101 as they arrive,
+        # so that out keeps only the head (megabytes of frames would
+        # otherwise have to be kept whole to be parsed at the end).
+        self.frames: FrameScanner | None = FrameScanner() if ws else None
 
     def write(self, n: int) -> None:
         if self.sock is None or self.wr_closed or not self.pending:
@@ -323,9 +327,31 @@ class Conn:
             if not data:
                 self.eof = True
                 return
+            if self.frames is not None and self.frames.active:
+                self.frames.feed(data)
+                continue
             self.out += data
+            if self.frames is not None:
+                self._start_frames()
+            elif len(self.out) > 4 << 20:
+                # An HTTP client checks the head and small bodies only:
+                # keep the start, drop the bulk.
+                del self.out[1 << 20:]
+
+    def _start_frames(self) -> None:
+        """Once the 101 head is in, the bytes after it go to the scanner."""
+        assert self.frames is not None
+        end = self.out.find(b"\r\n\r\n")
+        if end >= 0 and not self.out.startswith(b"HTTP/1.1 101 "):
+            self.frames = None  # Refused: an HTTP response, no frames.
+        if end < 0 or self.frames is None:
             if len(self.out) > 4 << 20:
-                del self.out[1 << 20:]  # Keep the head; drop bulk.
+                del self.out[1 << 20:]
+            return
+        rest = bytes(self.out[end + 4:])
+        del self.out[end + 4:]
+        self.frames.active = True
+        self.frames.feed(rest)
 
     def half_close(self) -> None:
         if self.sock is not None and not self.wr_closed:
@@ -875,8 +901,72 @@ def app_ws_action(d: Data) -> tuple[Any, ...]:
     return ("send_cancel", {"type": "websocket.send", "bytes": b"y" * (d.u8() << 12)}, 0)
 
 
+class FrameScanner:
+    """Checks server frames as they arrive: header bits, opcode, control
+    frame sizes and close payloads; data payloads are skipped, not kept."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.buf = bytearray()  # An incomplete header or control frame.
+        self.skip = 0  # Data payload bytes still to pass over.
+        self.failure: str | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self.failure is not None:
+            return
+        if self.skip:
+            k = min(self.skip, len(data))
+            self.skip -= k
+            data = data[k:]
+        self.buf += data
+        while self.failure is None and self._one():
+            pass
+
+    def _one(self) -> bool:
+        """Takes one frame (or the start of a data frame) from buf; False
+        if more bytes are needed."""
+        buf = self.buf
+        if len(buf) < 2:
+            return False
+        b0, b1 = buf[0], buf[1]
+        if b1 & 0x80:
+            self.failure = "server frame is masked"
+            return False
+        if b0 & 0x70:
+            self.failure = f"server frame with RSV bits {b0:#x}"
+            return False
+        op = b0 & 15
+        if op not in (0, 1, 2, 8, 9, 10):
+            self.failure = f"server frame with opcode {op}"
+            return False
+        ln, hl = b1 & 0x7F, 2
+        if ln == 126:
+            if len(buf) < 4:
+                return False
+            ln, hl = struct.unpack_from("!H", buf, 2)[0], 4
+        elif ln == 127:
+            if len(buf) < 10:
+                return False
+            ln, hl = struct.unpack_from("!Q", buf, 2)[0], 10
+        if op >= 8:
+            if ln > 125 or not b0 & 0x80:
+                self.failure = f"control frame {op} of {ln} bytes, fin {b0 >> 7}"
+                return False
+            if len(buf) < hl + ln:
+                return False
+            if op == 8:
+                self.failure = close_payload_problem(bytes(buf[hl:hl + ln]))
+            del buf[:hl + ln]
+            return True
+        take = min(ln, len(buf) - hl)
+        del buf[:hl + take]
+        self.skip = ln - take
+        return not self.skip
+
+
 def check_ws_output(sess: Session, c: Conn, key: bytes) -> None:
-    """The 101 head, then well-formed server frames."""
+    """The 101 head, then well-formed server frames (c.frames checked them
+    as they arrived)."""
     buf = bytes(c.out)
     try:
         got = parse_head(buf)
@@ -892,56 +982,27 @@ def check_ws_output(sess: Session, c: Conn, key: bytes) -> None:
     want = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
     if hmap.get(b"sec-websocket-accept") != want:
         sess.fail(f"bad sec-websocket-accept {hmap.get(b'sec-websocket-accept')!r}")
-    pos = n
-    while pos + 2 <= len(buf):
-        b0, b1 = buf[pos], buf[pos + 1]
-        if b1 & 0x80:
-            sess.fail("server frame is masked")
-            return
-        if b0 & 0x70:
-            sess.fail(f"server frame with RSV bits {b0:#x}")
-            return
-        op = b0 & 15
-        if op not in (0, 1, 2, 8, 9, 10):
-            sess.fail(f"server frame with opcode {op}")
-            return
-        ln = b1 & 0x7F
-        hl = 2
-        if ln == 126:
-            if pos + 4 > len(buf):
-                return
-            ln = struct.unpack_from("!H", buf, pos + 2)[0]
-            hl = 4
-        elif ln == 127:
-            if pos + 10 > len(buf):
-                return
-            ln = struct.unpack_from("!Q", buf, pos + 2)[0]
-            hl = 10
-        if pos + hl + ln > len(buf):
-            return
-        payload = buf[pos + hl:pos + hl + ln]
-        if op == 8:
-            check_close_payload(sess, payload)
-        pos += hl + ln
+    if c.frames is not None and c.frames.failure is not None:
+        sess.fail(c.frames.failure)
 
 
-def check_close_payload(sess: Session, payload: bytes) -> None:
-    if len(payload) == 1 or len(payload) > 125:
-        sess.fail(f"close frame payload of {len(payload)} bytes")
-        return
+def close_payload_problem(payload: bytes) -> str | None:
+    if len(payload) == 1:
+        return f"close frame payload of {len(payload)} bytes"
     if not payload:
-        return
+        return None
     code = struct.unpack("!H", payload[:2])[0]
     if code < 1000 or code in (1004, 1005, 1006, 1015) or 1016 <= code < 3000 or code >= 5000:
-        sess.fail(f"server sent close code {code}")
+        return f"server sent close code {code}"
     try:
         payload[2:].decode("utf-8")
     except UnicodeDecodeError:
-        sess.fail(f"close reason is not UTF-8: {payload[2:]!r}")
+        return f"close reason is not UTF-8: {payload[2:]!r}"
+    return None
 
 
 async def ws_script(sess: Session, d: Data) -> None:
-    c = Conn(sess.srv)
+    c = Conn(sess.srv, ws=True)
     sess.conns.append(c)
     req, key = handshake(d)
     c.pending += req
@@ -1018,6 +1079,7 @@ async def head_script(sess: Session, d: Data) -> None:
     c = Conn(sess.srv)
     sess.conns.append(c)
     if d.u8() < 64:
+        c.frames = FrameScanner()
         await head_ws(sess, d, c)
         return
     method = d.pick([b"GET", b"GET", b"HEAD", b"POST"])

@@ -1,0 +1,123 @@
+"""The fuzz harness (fuzz/harness.py) must not report findings the server
+did not cause. It runs in a subprocess, as in the fuzz driver: one real
+cdaphne server per process on cdaphne's loop, raw-socket clients."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+from .apps.cancelled_sends import SIZE
+from .serverproc import ROOT, start_server
+
+CORPUS = ROOT / "fuzz" / "corpus"
+
+
+def run_harness(code: str) -> subprocess.CompletedProcess[str]:
+    prog = "import sys\nsys.path.insert(0, 'fuzz')\nimport harness\n" + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", prog], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_websocket_output_over_4mib_is_checked_whole() -> None:
+    # Six cancelled 1 MiB sends: about 6.3 MB of well-formed frames reach
+    # the client. The harness used to keep only the first MiB of what it
+    # read once it passed 4 MiB, then parsed payload bytes as headers
+    # ("server frame with RSV bits 0x79").
+    for name in ("regress-ws-frames-over-4mib", "regress-ws-cancelled-big-sends"):
+        data = (CORPUS / "websocket" / name).read_bytes()
+        r = run_harness(f"harness.one_input_websocket({data!r})\n")
+        assert r.returncode == 0, f"{name}: {r.stderr[-2000:]}"
+
+
+def test_cancelled_big_sends_reach_the_client_intact() -> None:
+    # The server side of the finding, read raw: sends cancelled while the
+    # output is above the high-water mark still go out whole and in order.
+    proc = start_server("tests.apps.cancelled_sends:app")
+    try:
+        sock = socket.create_connection(("127.0.0.1", proc.port), timeout=10)
+        key = base64.b64encode(os.urandom(16))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key +
+                     b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        time.sleep(0.3)  # Let the output pass the high-water mark.
+        buf = bytearray()
+
+        def exact(n: int) -> bytes:
+            while len(buf) < n:
+                chunk = sock.recv(1 << 20)
+                assert chunk, "closed early"
+                buf.extend(chunk)
+            out = bytes(buf[:n])
+            del buf[:n]
+            return out
+
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(4096)
+            assert chunk, "closed during handshake"
+            buf.extend(chunk)
+        head_end = buf.index(b"\r\n\r\n") + 4
+        assert buf.startswith(b"HTTP/1.1 101 "), bytes(buf[:80])
+        del buf[:head_end]
+        frames = []
+        while not frames or frames[-1][0] != 0x88:
+            b0, b1 = exact(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack("!H", exact(2))[0]
+            elif n == 127:
+                n = struct.unpack("!Q", exact(8))[0]
+            assert not b1 & 0x80, "masked server frame"
+            frames.append((b0, exact(n)))
+        want = []
+        for i in range(6):
+            want += [(0x82, SIZE), (0x81, f"t{i}".encode())]
+        got = [(b0, len(p) if b0 == 0x82 else p) for b0, p in frames[:-1]]
+        assert got == want
+        assert all(p == b"y" * SIZE for b0, p in frames if b0 == 0x82)
+        assert frames[-1] == (0x88, struct.pack("!H", 1000))
+        sock.sendall(b"\x88\x82\x00\x00\x00\x00\x03\xe8")  # Close 1000, zero mask.
+        sock.close()
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.log_tail()
+
+
+def test_frame_scanner_still_finds_bad_frames() -> None:
+    # The streaming check must catch what the whole-buffer parse caught,
+    # however the bytes are split between reads.
+    r = run_harness("""
+        import struct
+
+        def scan(stream, step):
+            s = harness.FrameScanner()
+            s.active = True
+            for i in range(0, len(stream), step):
+                s.feed(stream[i:i + step])
+            return s.failure
+
+        good = (b"\\x82\\x7f" + struct.pack("!Q", 70000) + b"y" * 70000
+                + b"\\x81\\x05hello" + b"\\x89\\x00" + b"\\x88\\x02\\x03\\xe8")
+        bad = {
+            b"\\xf2\\x00": "RSV bits",
+            b"\\x82\\x81abcdx": "masked",
+            b"\\x83\\x00": "opcode 3",
+            b"\\x88\\x02\\x03\\xed": "close code 1005",
+            b"\\x88\\x01\\x03": "close frame payload of 1 bytes",
+            b"\\x89\\x7e\\x00\\x80" + b"p" * 128: "control frame 9 of 128",
+            b"\\x88\\x04\\x03\\xe8\\xff\\xfe": "not UTF-8",
+        }
+        for step in (1, 3, 4096, 1 << 20):
+            assert scan(good, step) is None, step
+            for tail, want in bad.items():
+                got = scan(good + tail + good, step)
+                assert got is not None and want in got, (step, tail, got)
+        print("ok")
+    """)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
