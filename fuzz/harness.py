@@ -1255,8 +1255,17 @@ async def head_ws(sess: Session, d: Data, c: Conn) -> None:
     check_ws_output(sess, c, key)
 
 
+# The head target checks what the writers produce, not the timers (the
+# http and websocket targets fuzz those): its header and keep-alive
+# timeouts are generous. With the 30 ms ones, a process that is off the
+# CPU for 30 ms between accepting a connection and reading it (a loaded
+# machine) has its head timer close the connection with the request unread,
+# and the script reports that the app was not called.
+HEAD_TIMEOUTS = dict(header_timeout=30.0, timeout_keep_alive=30.0)
+
+
 def one_input_head(data: bytes) -> None:
     d = Data(data)
     n = d.pick(SERVER_NAMES)
-    srv = get_server(("head", n), server_name="n" * n)
+    srv = get_server(("head", n), server_name="n" * n, **HEAD_TIMEOUTS)
     run_script(srv, head_script, d).finish()

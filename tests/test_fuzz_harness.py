@@ -121,3 +121,27 @@ def test_frame_scanner_still_finds_bad_frames() -> None:
         print("ok")
     """)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_head_target_calls_the_app_on_a_loaded_machine() -> None:
+    # Each loop turn is followed by a 50 ms stall, as when the process is
+    # off the CPU. The head target's servers had 30 ms header timeouts, so
+    # the head timer closed the connection before its (buffered) request was
+    # read: "the app was not called for a valid request" (or handshake).
+    for name in ("regress-head-app-called-under-load", "regress-head-ws-app-called-under-load"):
+        data = (CORPUS / "head" / name).read_bytes()
+        r = run_harness(f"""
+            import time
+            from cdaphne.loop import LibuvSelector
+
+            select = LibuvSelector.select
+
+            def stalled(self, timeout=None):
+                out = select(self, timeout)
+                time.sleep(0.05)
+                return out
+
+            LibuvSelector.select = stalled
+            harness.one_input_head({data!r})
+        """)
+        assert r.returncode == 0, f"{name}: {r.stderr[-2000:]}"
