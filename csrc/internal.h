@@ -445,6 +445,8 @@ struct cd_cycle_s {
     int body_complete;   /* llhttp finished the request */
     int body_delivered;  /* the last http.request went out */
     int disconnected;
+    int disconnect_delivered; /* receive() returned the disconnect: later
+                                 ones wait (Daphne delivers it once) */
     int continue_sent;
     int expect_continue;
     int http10;
