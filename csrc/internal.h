@@ -308,6 +308,7 @@ struct cd_conn_s {
     unsigned nheaders; /* header fields so far, trailers included */
     unsigned nhost;    /* Host fields */
     PyObject *headers; /* strong: list of (name, value) or NULL */
+    PyObject *root_path_header; /* strong: Daphne-Root-Path (bytes) or NULL */
     int expect_continue;
     int ws_upgrade;      /* Upgrade: websocket was asked for */
     int fail_status;     /* set by a parser callback that failed */

@@ -11,9 +11,12 @@ side, each for a difference the specs allow:
   not). A request of the test client that has no ``Host`` gets
   ``Host: daphne-suite.invalid``, and that one header is taken out of the
   scope the tests see, so they check everything else as written.
-- Daphne's scope tests fail on any key they do not know; cdaphne adds
-  ``extensions`` (optional in the ASGI spec; ``websocket.http.response`` on
-  WebSocket scopes), so the scope the tests see goes without it.
+- Daphne's scope tests fail on any key they do not know, and compare
+  ``client`` with a list. The ASGI spec allows what cdaphne does: it adds
+  ``extensions`` (``websocket.http.response`` on WebSocket scopes) and a
+  WebSocket scope's ``http_version``, and gives ``client``/``server`` as
+  tuples ("Iterable[str, int]"). The scope the tests see goes without those
+  two keys, with lists.
 - Daphne's response tests compare the header list with Daphne's default
   ``Server: daphne``; the name is a setting (``-s``), so the server is given
   Daphne's name.
@@ -67,6 +70,11 @@ def endheaders(self, message_body=None, *, encode_chunked=False):
 def get_received(self):
     scope, messages = _get_received(self)
     scope.pop("extensions", None)
+    if scope.get("type") == "websocket":
+        scope.pop("http_version", None)
+    for key in ("client", "server"):
+        if isinstance(scope.get(key), tuple):
+            scope[key] = list(scope[key])
     if "headers" in scope:
         scope["headers"] = [h for h in scope["headers"] if tuple(h) != (b"host", HOST)]
     return scope, messages

@@ -119,8 +119,9 @@ def _outcomes(junit: str) -> dict[str, str]:
         return {}
     outcomes = {}
     for case in ET.parse(junit).iter("testcase"):
-        module = case.get("classname", "").rsplit(".", 1)
-        name = f"{module[0]}.py::{module[-1]}::{case.get('name')}"
+        # classname is "tests.test_http_request.TestHTTPRequest".
+        parts = case.get("classname", "").split(".")
+        name = f"{parts[-2]}.py::{parts[-1]}::{case.get('name')}"
         outcome = "passed"
         for child in case:
             if child.tag in ("failure", "error"):
@@ -132,15 +133,16 @@ def _outcomes(junit: str) -> dict[str, str]:
     return outcomes
 
 
-def expected_failures() -> dict[str, str]:
-    """expected_failures.txt: {test id: reason}."""
+def expected_failures() -> dict[str, tuple[str, str]]:
+    """expected_failures.txt: {test id: (strict|race, reason)}."""
     result = {}
     for line in (HERE / "expected_failures.txt").read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        test, _, reason = line.partition(" ")
-        result[test] = reason.strip()
+        test, kind, reason = line.split(" ", 2)
+        assert kind in ("strict", "race"), line
+        result[test] = (kind, reason)
     return result
 
 
