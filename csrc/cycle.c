@@ -95,7 +95,12 @@ take_message(cd_cycle_t *cy)
             st->s_more_body, cy->body_complete ? Py_False : Py_True);
         return msg;
     }
+    if (cy->disconnect_delivered) {
+        return NULL; /* Delivered once; the close timeout bounds the app. */
+    }
     if (cy->disconnected || cy->resp == CD_RESP_DONE) {
+        cy->disconnect_delivered = 1;
+        cd_cycle_arm_close_timeout(cy);
         return msg_disconnect(st);
     }
     return NULL;
@@ -108,7 +113,8 @@ has_message(cd_cycle_t *cy)
     if (!cy->body_delivered && !cy->disconnected) {
         return cy->body.len > 0 || cy->body_complete;
     }
-    return cy->disconnected || cy->resp == CD_RESP_DONE;
+    return !cy->disconnect_delivered &&
+           (cy->disconnected || cy->resp == CD_RESP_DONE);
 }
 
 PyObject *
@@ -556,6 +562,14 @@ cd_cycle_response_body(cd_cycle_t *cy, PyObject *msg)
         /* Keep ourselves alive: the conn drops its reference. */
         Py_INCREF(cy);
         cd_http1_response_done(c, keep);
+        if (c->cycle == NULL) {
+            /* The response goes out now, not when the app next yields: an
+             * app that computes after its last send() must not hold it.
+             * A pipelined request already started stays in the batch
+             * written when the loop polls: its response usually follows
+             * in this turn. */
+            cd_conn_flush(c);
+        }
         cd_cycle_wake_receiver(cy);
         Py_DECREF(cy);
     }

@@ -56,6 +56,7 @@ on_message_begin(llhttp_t *p)
     c->nhost = 0;
     c->expect_continue = 0;
     c->ws_upgrade = 0;
+    Py_CLEAR(c->root_path_header);
     Py_XSETREF(c->headers, PyList_New(0));
     if (c->headers == NULL) {
         return fail(p, 500);
@@ -96,12 +97,31 @@ value_has_token(const cd_buf_t *v, const char *token)
     return 0;
 }
 
-/* Append the header gathered in hname/hvalue to c->headers. */
+/* RFC 9110 5.5: a field value is HTAB, SP, VCHAR and obs-text.  Also
+ * reject NEL (0x85), which Python's str.splitlines() and others take for a
+ * line break, as Daphne 4.2.3 does (its header-injection fix). */
+static int
+request_value_ok(const cd_buf_t *v)
+{
+    for (size_t i = 0; i < v->len; i++) {
+        unsigned char ch = (unsigned char)v->base[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f || ch == 0x85) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Append the header gathered in hname/hvalue to c->headers; -1 on a
+ * memory error, -2 on a value to answer with 400. */
 static int
 flush_header(cd_conn_t *c)
 {
     if (c->hname.len == 0) {
         return 0;
+    }
+    if (!request_value_ok(&c->hvalue)) {
+        return -2;
     }
     if (c->headers == NULL) {
         /* A trailer of a chunked body (the scope is gone): dropped. */
@@ -129,6 +149,16 @@ flush_header(cd_conn_t *c)
     if (value == NULL) {
         Py_DECREF(name);
         return -1;
+    }
+    if (header_is(&c->hname, "daphne-root-path")) {
+        /* A proxy's root_path for this request (Daphne's header): it sets
+         * the scope's root_path and is not passed on in headers. */
+        Py_XSETREF(c->root_path_header, value);
+        Py_DECREF(name);
+        c->hname.len = 0;
+        c->hvalue.len = 0;
+        c->in_value = 0;
+        return 0;
     }
     if (header_is(&c->hname, "host")) {
         c->nhost++;
@@ -162,8 +192,9 @@ on_header_field(llhttp_t *p, const char *at, size_t n)
     if (count_head(c, at, n) < 0) {
         return -1;
     }
-    if (c->in_value && flush_header(c) < 0) {
-        return fail(p, 500);
+    int r = c->in_value ? flush_header(c) : 0;
+    if (r < 0) {
+        return fail(p, r == -2 ? 400 : 500);
     }
     /* A new field (not the next piece of a split name): count it. */
     unsigned max = c->server->cfg.max_headers;
@@ -226,8 +257,9 @@ on_headers_complete(llhttp_t *p)
 {
     cd_conn_t *c = cd_container_of(p, cd_conn_t, parser);
     cd_server_t *srv = c->server;
-    if (flush_header(c) < 0) {
-        return fail(p, 500);
+    int r = flush_header(c);
+    if (r < 0) {
+        return fail(p, r == -2 ? 400 : 500);
     }
     c->in_head = 0;
     if (check_head(c) < 0) {
@@ -423,6 +455,7 @@ void
 cd_http1_release_request(cd_conn_t *c)
 {
     Py_CLEAR(c->headers);
+    Py_CLEAR(c->root_path_header);
     if (c->cycle != NULL) {
         cd_cycle_t *cy = c->cycle;
         c->cycle = NULL;
@@ -692,20 +725,26 @@ head_pair(PyObject *item)
 {
     PyObject *pair = PySequence_Tuple(item); /* One read of the item. */
     if (pair == NULL || PyTuple_GET_SIZE(pair) != 2) {
+        if (pair == NULL && !PyErr_ExceptionMatches(PyExc_TypeError)) {
+            return NULL; /* MemoryError, or the item's own error. */
+        }
         Py_XDECREF(pair);
-        PyErr_SetString(PyExc_TypeError,
-                        "headers must be [bytes, bytes] pairs");
+        PyErr_Clear();
+        PyErr_Format(
+            PyExc_ValueError,
+            "Header %R expected to be a [name, value] pair of `bytes`", item);
         return NULL;
     }
     PyObject *n = PyTuple_GET_ITEM(pair, 0);
     PyObject *v = PyTuple_GET_ITEM(pair, 1);
+    /* ValueError with Daphne's message (its server.check_headers_type). */
     if (!PyBytes_Check(n)) {
-        PyErr_Format(PyExc_TypeError,
+        PyErr_Format(PyExc_ValueError,
                      "Header name '%S' expected to be `bytes`, but got `%S`",
                      n, (PyObject *)Py_TYPE(n));
     }
     else if (!PyBytes_Check(v)) {
-        PyErr_Format(PyExc_TypeError,
+        PyErr_Format(PyExc_ValueError,
                      "Header value '%S' expected to be `bytes`, but got `%S`",
                      v, (PyObject *)Py_TYPE(v));
     }

@@ -308,6 +308,7 @@ struct cd_conn_s {
     unsigned nheaders; /* header fields so far, trailers included */
     unsigned nhost;    /* Host fields */
     PyObject *headers; /* strong: list of (name, value) or NULL */
+    PyObject *root_path_header; /* strong: Daphne-Root-Path (bytes) or NULL */
     int expect_continue;
     int ws_upgrade;      /* Upgrade: websocket was asked for */
     int fail_status;     /* set by a parser callback that failed */
@@ -445,6 +446,8 @@ struct cd_cycle_s {
     int body_complete;   /* llhttp finished the request */
     int body_delivered;  /* the last http.request went out */
     int disconnected;
+    int disconnect_delivered; /* receive() returned the disconnect: later
+                                 ones wait (Daphne delivers it once) */
     int continue_sent;
     int expect_continue;
     int http10;

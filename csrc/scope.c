@@ -114,6 +114,18 @@ cd_scope_init(cd_state *st)
     return st->http_scope_template && st->ws_scope_template ? 0 : -1;
 }
 
+/* New reference: the server's root_path, or the request's
+ * Daphne-Root-Path header URL-unquoted (as Daphne does). */
+static PyObject *
+root_path(cd_conn_t *c)
+{
+    PyObject *h = c->root_path_header;
+    if (h == NULL) {
+        return Py_NewRef(c->server->root_path);
+    }
+    return decode_path(PyBytes_AS_STRING(h), (size_t)PyBytes_GET_SIZE(h));
+}
+
 PyObject *
 cd_scope_http(cd_conn_t *c, const char *type)
 {
@@ -171,7 +183,7 @@ cd_scope_http(cd_conn_t *c, const char *type)
         set_new(scope, st->s_query_string,
                 qlen ? PyBytes_FromStringAndSize(q + 1, (Py_ssize_t)qlen)
                      : Py_NewRef(st->empty_bytes)) < 0 ||
-        set_new(scope, st->s_root_path, Py_NewRef(srv->root_path)) < 0 ||
+        set_new(scope, st->s_root_path, root_path(c)) < 0 ||
         set_new(scope, st->s_headers, Py_NewRef(c->headers)) < 0 ||
         set_new(scope, st->s_client, Py_NewRef(c->client)) < 0 ||
         set_new(scope, st->s_server, Py_NewRef(c->sockname)) < 0) {

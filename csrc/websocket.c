@@ -58,8 +58,9 @@ struct cd_ws_s {
     int queue_full;      /* reading stopped until the app catches up */
     uint64_t frag_bytes; /* data frames of the message being received */
     int connect_delivered;
-    int close_code;         /* for websocket.disconnect */
-    PyObject *close_reason; /* strong: str */
+    int disconnect_delivered; /* later receive()s wait (Daphne: once) */
+    int close_code;           /* for websocket.disconnect */
+    PyObject *close_reason;   /* strong: str */
     int pong_pending;
     uint64_t ping_sent_at;
     uint64_t opened_at;
@@ -208,7 +209,8 @@ cd_ws_next_message(cd_cycle_t *cy)
         queue_check_low(cy);
         return msg;
     }
-    if (ws->state == CD_WS_CLOSED) {
+    if (ws->state == CD_WS_CLOSED && !ws->disconnect_delivered) {
+        ws->disconnect_delivered = 1;
         return disconnect_msg(cy);
     }
     return NULL;
@@ -218,7 +220,8 @@ int
 cd_ws_has_message(cd_cycle_t *cy)
 {
     cd_ws_t *ws = cy->ws;
-    return !ws->connect_delivered || ws->qlen > 0 || ws->state == CD_WS_CLOSED;
+    return !ws->connect_delivered || ws->qlen > 0 ||
+           (ws->state == CD_WS_CLOSED && !ws->disconnect_delivered);
 }
 
 /* ---- wslay glue --------------------------------------------------- */

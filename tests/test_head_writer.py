@@ -155,7 +155,7 @@ def test_app_server_header_replaces_the_default_in_the_handshake(wire):
 
 
 @pytest.mark.parametrize("mode,exc", [
-    ("nonbytes", "TypeError: Header value 'not bytes' expected to be `bytes`"),
+    ("nonbytes", "ValueError: Header value 'not bytes' expected to be `bytes`"),
     ("crlf_value", "ValueError: invalid character in the value of header b'x-a'"),
     ("nul_value", "ValueError: invalid character in the value of header b'x-a'"),
     ("bad_name", "ValueError: invalid header name"),

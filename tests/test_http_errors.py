@@ -82,7 +82,7 @@ def test_app_returning_after_start_only_closes(errors_server):
 
 
 @pytest.mark.parametrize("kind,exc", [("no_status", "ValueError"),
-                                      ("str_headers", "TypeError"),
+                                      ("str_headers", "ValueError"),
                                       ("twice", "RuntimeError"),
                                       ("bad_name", "ValueError"),
                                       ("crlf_value", "ValueError"),

@@ -46,6 +46,74 @@ def _numeric_host(host: str) -> str:
     return str(infos[0][4][0])
 
 
+#: Config defaults that differ from the command line's, to behave like
+#: Daphne's test process: Daphne has no lifespan (with "auto", an app that
+#: answers every scope by awaiting receive() would hold startup forever), and
+#: Daphne's process dies at once on terminate() (no grace period).
+TESTING_DEFAULTS: dict[str, Any] = {"lifespan": "off", "graceful_timeout": 0.0}
+
+# daphne.server.Server's keyword arguments that Config spells differently.
+_DAPHNE_PROXY_KWARGS = (
+    "proxy_forwarded_address_header",
+    "proxy_forwarded_port_header",
+    "proxy_forwarded_proto_header",
+)
+
+
+def config_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """Config keyword arguments for ``kwargs``, which may also use the names
+    daphne.server.Server takes (as ``daphne.testing.DaphneTestingInstance``
+    passes them); returns them with Daphne's ``request_buffer_size``."""
+    out = dict(TESTING_DEFAULTS)
+    out.update((k, v) for k, v in kwargs.items()
+               if k not in _DAPHNE_PROXY_KWARGS and k != "request_buffer_size")
+    address = kwargs.get("proxy_forwarded_address_header")
+    if address:
+        proto = kwargs.get("proxy_forwarded_proto_header")
+        if proto and proto.lower() != "x-forwarded-proto":
+            raise ValueError(f"proxy_forwarded_proto_header={proto!r}: cdaphne reads the "
+                             "scheme from X-Forwarded-Proto (or Forwarded) only")
+        out.update(proxy_headers=True, proxy_headers_host=address,
+                   proxy_headers_port=kwargs.get("proxy_forwarded_port_header"))
+        # Daphne believes these headers from any peer.
+        out.setdefault("forwarded_allow_ips", "*")
+    size = kwargs.get("request_buffer_size")
+    if size is not None and size < 1:
+        raise ValueError("request_buffer_size must be at least 1")
+    return out, size
+
+
+class _BodyChunks:
+    """Hands the request body out in ``http.request`` messages of at most
+    ``size`` bytes, as Daphne's ``request_buffer_size`` does."""
+
+    def __init__(self, app: Any, size: int) -> None:
+        self.app = app
+        self.size = size
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        size = self.size
+        pending: list[dict[str, Any]] = []
+
+        async def chunked_receive() -> dict[str, Any]:
+            if pending:
+                return pending.pop(0)
+            message = await receive()
+            body = message.get("body", b"")
+            if message["type"] != "http.request" or len(body) <= size:
+                return message
+            more = message.get("more_body", False)
+            for i in range(size, len(body), size):
+                pending.append({"type": "http.request", "body": body[i:i + size],
+                                "more_body": more or i + size < len(body)})
+            return {"type": "http.request", "body": body[:size], "more_body": True}
+
+        await self.app(scope, chunked_receive, send)
+
+
 class CdaphneProcess(_context.Process):  # type: ignore[misc]
     """A cdaphne server for ``get_application()`` in a child process.
 
@@ -55,7 +123,13 @@ class CdaphneProcess(_context.Process):  # type: ignore[misc]
     then it calls ``teardown()``. An exception in the child is put on
     ``self.errors`` as ``(exception, formatted traceback)``.
 
-    ``kwargs`` are passed on to ``cdaphne.config.Config``.
+    ``kwargs`` are passed on to ``cdaphne.config.Config``, over
+    ``TESTING_DEFAULTS`` (lifespan off, no shutdown grace period). The
+    keyword arguments of ``daphne.server.Server`` that
+    ``daphne.testing.DaphneTestingInstance`` passes are accepted too:
+    ``request_buffer_size`` (the largest ``http.request`` body handed to the
+    app) and ``proxy_forwarded_address_header``/``_port_header``/
+    ``_proto_header`` (proxy headers, believed from any peer as in Daphne).
     """
 
     def __init__(
@@ -87,12 +161,15 @@ class CdaphneProcess(_context.Process):  # type: ignore[misc]
                 self.setup()
             try:
                 application = self.get_application()
+                kwargs, chunk_size = config_kwargs(self.kwargs)
+                if chunk_size is not None:
+                    application = _BodyChunks(application, chunk_size)
                 config = Config(
                     application,
                     host=_numeric_host(self.host),
                     port=self.port.value,
                     on_ready=self._on_ready,
-                    **self.kwargs,
+                    **kwargs,
                 )
                 self.server = Server(config)
                 status = self.server.run()
