@@ -5,8 +5,10 @@
  * to the Python bytes it sends until its callback runs. */
 #include "internal.h"
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CD_READ_SIZE 65536
 /* Lingering close bounds (nginx: lingering_time 30 s, lingering_timeout
@@ -53,6 +55,9 @@ conn_on_handle_close(uv_handle_t *h)
     cd_buf_dispose(&c->url);
     cd_buf_dispose(&c->hname);
     cd_buf_dispose(&c->hvalue);
+    if (c->flags & CD_CONN_F_HUP_INIT) {
+        close(c->hup_fd);
+    }
     free(c);
     srv->st->live.conns--;
     /* The server may be waiting for its last conn to go. */
@@ -74,6 +79,9 @@ cd_conn_close(cd_conn_t *c)
     uv_close(&c->io.handle, conn_on_handle_close);
     uv_close((uv_handle_t *)&c->timer, conn_on_handle_close);
     uv_close((uv_handle_t *)&c->rate_timer, conn_on_handle_close);
+    if (c->flags & CD_CONN_F_HUP_INIT) {
+        uv_close((uv_handle_t *)&c->hup, conn_on_handle_close);
+    }
 }
 
 void
@@ -168,6 +176,20 @@ conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = c->in.cap - c->in.len;
 }
 
+/* The peer closed its side or reset the connection. */
+static void
+conn_on_eof(cd_conn_t *c)
+{
+    cd_conn_read_stop(c);
+    c->flags |= CD_CONN_F_EOF;
+    if (c->state == CD_CONN_UPGRADED) {
+        cd_conn_close(c);
+    }
+    else {
+        cd_http1_on_eof(c);
+    }
+}
+
 static void
 conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
@@ -181,14 +203,7 @@ conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread < 0) {
-        cd_conn_read_stop(c);
-        c->flags |= CD_CONN_F_EOF;
-        if (c->state == CD_CONN_UPGRADED) {
-            cd_conn_close(c);
-        }
-        else {
-            cd_http1_on_eof(c);
-        }
+        conn_on_eof(c);
         return;
     }
     c->in.len += (size_t)nread;
@@ -202,6 +217,9 @@ conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 void
 cd_conn_read_start(cd_conn_t *c)
 {
+    if (c->flags & CD_CONN_F_HUP_INIT) {
+        uv_poll_stop(&c->hup);
+    }
     if ((c->flags & (CD_CONN_F_READING | CD_CONN_F_EOF)) ||
         c->state == CD_CONN_CLOSING) {
         return;
@@ -218,10 +236,65 @@ cd_conn_read_start(cd_conn_t *c)
 void
 cd_conn_read_stop(cd_conn_t *c)
 {
+    if (c->flags & CD_CONN_F_HUP_INIT) {
+        uv_poll_stop(&c->hup);
+    }
     if (c->flags & CD_CONN_F_READING) {
         uv_read_stop(&c->io.stream);
         c->flags &= ~CD_CONN_F_READING;
     }
+}
+
+/* Only UV_DISCONNECT is asked for: the peer's FIN (even behind unread
+ * data: EPOLLRDHUP), or a hang-up or error, which end the conn too. */
+static void
+conn_on_hup(uv_poll_t *h, int status, int events)
+{
+    cd_conn_t *c = (cd_conn_t *)h->data;
+    (void)status;
+    (void)events;
+    cd_gil_ensure(c->server->loop);
+    uv_poll_stop(h);
+    if (c->state != CD_CONN_CLOSING) {
+        conn_on_eof(c);
+    }
+}
+
+static int
+conn_hup_init(cd_conn_t *c)
+{
+    uv_os_fd_t fd;
+    int r = uv_fileno(&c->io.handle, &fd);
+    if (r < 0) {
+        return r;
+    }
+    int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dup_fd < 0) {
+        return UV_EMFILE;
+    }
+    r = uv_poll_init_socket(c->timer.loop, &c->hup, dup_fd);
+    if (r < 0) {
+        close(dup_fd);
+        return r;
+    }
+    c->hup.data = c;
+    c->hup_fd = dup_fd;
+    c->open_handles++;
+    c->flags |= CD_CONN_F_HUP_INIT;
+    return 0;
+}
+
+void
+cd_conn_read_pause(cd_conn_t *c)
+{
+    cd_conn_read_stop(c);
+    if (c->state == CD_CONN_CLOSING || (c->flags & CD_CONN_F_EOF)) {
+        return;
+    }
+    if (!(c->flags & CD_CONN_F_HUP_INIT) && conn_hup_init(c) < 0) {
+        return; /* Paused without the watch: the app's end closes it. */
+    }
+    uv_poll_start(&c->hup, UV_DISCONNECT, conn_on_hup);
 }
 
 static void

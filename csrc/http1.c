@@ -471,9 +471,10 @@ cd_http1_parse(cd_conn_t *c)
         return;
     }
     if (c->flags & CD_CONN_F_PAUSED) {
-        /* A pipelined request waits; don't buffer without bound. */
+        /* A pipelined request waits; don't buffer without bound, but
+         * still see the client leave: the app may wait for that. */
         if (c->in.len > c->server->cfg.max_head) {
-            cd_conn_read_stop(c);
+            cd_conn_read_pause(c);
         }
         return;
     }
@@ -502,7 +503,7 @@ cd_http1_parse(cd_conn_t *c)
             return; /* The rest is WebSocket frames. */
         }
         if (c->in.len > c->server->cfg.max_head) {
-            cd_conn_read_stop(c);
+            cd_conn_read_pause(c);
         }
         return;
     }

@@ -262,6 +262,7 @@ enum {
     CD_CONN_F_SHUT_WR = 1 << 8,     /* uv_shutdown issued: no more writes */
     CD_CONN_F_BODY_WAIT = 1 << 9,   /* the app waits for request body */
     CD_CONN_F_SERVED = 1 << 10,     /* a response completed (keep-alive) */
+    CD_CONN_F_HUP_INIT = 1 << 11,   /* hup and hup_fd exist */
 };
 
 /* Output written during one loop turn, sent with one writev before the
@@ -324,6 +325,12 @@ struct cd_conn_s {
     uint64_t rate_waited; /* ms the app waited for body, before rate_since */
     uint64_t rate_since;  /* loop ms the current wait began */
     uint64_t rate_bytes;  /* body bytes that came while the app waited */
+
+    /* The peer's FIN or RST while reading is paused (cd_conn_read_pause):
+     * a poll of a dup of the socket, since libuv takes one watcher per
+     * fd.  Made on the first pause; closed with the conn. */
+    uv_poll_t hup;
+    int hup_fd; /* owned: the dup, while CD_CONN_F_HUP_INIT */
 };
 
 cd_conn_t *cd_conn_new(cd_listener_t *ls);
@@ -341,6 +348,10 @@ void cd_conn_close_after_writes(cd_conn_t *c);
 void cd_conn_linger_after_writes(cd_conn_t *c);
 void cd_conn_read_start(cd_conn_t *c);
 void cd_conn_read_stop(cd_conn_t *c);
+/* Stops reading for backpressure, yet still notices the peer leaving (its
+ * FIN behind unread data, or an RST), which ends the conn as an EOF does
+ * while reading.  cd_conn_read_start or _stop ends the pause. */
+void cd_conn_read_pause(cd_conn_t *c);
 void cd_conn_timer_start(cd_conn_t *c, uint64_t ms);
 void cd_conn_timer_stop(cd_conn_t *c);
 /* Writes that drained below the high-water mark. */

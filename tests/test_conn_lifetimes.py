@@ -8,6 +8,7 @@ import asyncio
 import json
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -184,6 +185,50 @@ def test_close_timeout_cancels_app_whose_client_left_before_it_started(serve, tm
     ended = recorded(tmp_path, "forever", timeout=10)
     assert ended["outcome"] == "cancelled"
     assert ended["after"] < 5
+
+
+# ---- a client leaving while a pipelined request waits ----------------------
+
+# What the client pipelines behind a request still with the app: more than
+# the server buffers (--max-header-size), so it stops reading.
+BACKLOGS = {
+    "oversized_head": b"HEAD / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"v" * 6000 + b"\r\n\r\n",
+    "post_with_body": (b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+                       + b"x" * 100_000),
+}
+
+
+@pytest.mark.parametrize("backlog", sorted(BACKLOGS))
+@pytest.mark.parametrize("transport,leave", [("tcp", "close"), ("tcp", "reset"),
+                                             ("unix", "close")])
+def test_client_leaving_behind_a_pipelined_backlog_disconnects_the_app(
+        serve, tmp_path, backlog, transport, leave):
+    # The server stops reading while the backlog waits for the app's
+    # response; the app waits in receive() for http.disconnect, so the
+    # client's FIN (behind unread bytes) or RST must still reach it.
+    flags = ["--max-header-size", "4096", "--timeout-graceful-shutdown", "2"]
+    env = {"CDAPHNE_TEST_DIR": str(tmp_path)}
+    if transport == "unix":
+        path = str(tmp_path / "s.sock")
+        proc = serve(APP, "-u", path, *flags, port=False, env=env)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(5)
+        sock.connect(path)
+    else:
+        proc = serve(APP, *flags, env=env)
+        sock = connect(proc)
+    sock.sendall(b"GET /wait_disconnect HTTP/1.1\r\nHost: x\r\n\r\n")
+    recorded(tmp_path, "waiting")
+    sock.sendall(BACKLOGS[backlog])
+    time.sleep(0.2)
+    if leave == "reset":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    assert recorded(tmp_path, "wait_disconnect", timeout=10)["msg"] == {"type": "http.disconnect"}
+    if transport == "tcp":
+        with connect(proc) as again:
+            again.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert Reader(again).response().status == 200
 
 
 # ---- lingering close -------------------------------------------------------

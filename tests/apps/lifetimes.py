@@ -93,8 +93,19 @@ async def upload_streaming(scope, receive, send):
         await send({"type": "http.response.body", "body": f"got {size}".encode()})
 
 
+async def wait_disconnect(scope, receive, send):
+    """Reads the body, then waits in receive() for the client to leave."""
+    while (await receive()).get("more_body", False):
+        pass
+    _record("waiting", {"t": time.monotonic()})
+    msg = await receive()
+    _record("wait_disconnect", {"msg": msg})
+    await send_text(send, b"late")
+
+
 ROUTES = {
     "/server": server_view,
+    "/wait_disconnect": wait_disconnect,
     "/forever": forever,
     "/upload": upload,
     "/upload_streaming": upload_streaming,
