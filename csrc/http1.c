@@ -509,7 +509,8 @@ cd_http1_parse(cd_conn_t *c)
     }
     int status = c->fail_status ? c->fail_status : 400;
     c->in.len = 0;
-    if (c->cycle != NULL && c->cycle->resp != CD_RESP_START) {
+    cd_cycle_t *cy = c->cycle;
+    if (cy != NULL && (cy->resp != CD_RESP_START || cy->disconnected)) {
         cd_conn_close(c); /* Too late for an error response. */
         return;
     }
@@ -529,6 +530,12 @@ cd_http1_parse(cd_conn_t *c)
     else if (status == 500) {
         cd_log_exception("Error while parsing a request");
         body = "Internal Server Error";
+    }
+    if (cy != NULL && cy->kind == CD_CYCLE_HTTP) {
+        /* A body the app is reading broke: we answer for the app, which
+         * gets http.disconnect now, not when the lingering close ends. */
+        cd_cycle_respond_error(cy, status, body);
+        return;
     }
     cd_http1_simple_response(c, status, body);
 }

@@ -263,6 +263,32 @@ def test_client_still_sending_a_chunked_body_reads_the_413(serve):
     assert reply.startswith(b"HTTP/1.1 413 "), reply[:100]
 
 
+@pytest.mark.parametrize("tail", [b"zz\r\n", b"%x\r\n%s\r\n" % (2000, b"y" * 2000)],
+                         ids=["bad_chunk", "over_max_body"])
+def test_app_reading_a_body_the_server_rejects_gets_disconnect_at_once(serve, tmp_path, tail):
+    # The server answers 400 or 413 for the app and lingers; the app in
+    # receive() must hear of it then, not when the lingering close ends.
+    proc = serve(APP, "--max-body-size", "1000", env={"CDAPHNE_TEST_DIR": str(tmp_path)})
+    with connect(proc) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                     b"\r\n3\r\nabc\r\n")
+        time.sleep(0.3)  # The app waits in receive() for more.
+        sock.sendall(tail)
+        r = Reader(sock).response()
+        assert r.status in (400, 413)
+        seen = recorded(tmp_path, "upload")
+        # The server shut down its side and lingers, discarding input, for
+        # seconds: a byte sent now is dropped, not answered with an RST as
+        # it would be once the server closed.
+        try:
+            sock.sendall(b"x")
+            time.sleep(0.2)
+            sock.sendall(b"x")
+        except (BrokenPipeError, ConnectionResetError):
+            pytest.fail("the app heard of the error only when the conn closed")
+    assert seen == {"size": 3, "last": "http.disconnect", "after": seen["after"]}
+
+
 def test_lingering_close_is_bounded_for_a_client_that_never_stops(serve):
     proc = serve(APP)
     with connect(proc) as sock:
