@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PY:-.venv/bin/python}
 CC=${FUZZ_CC:-clang-14}
-OUT=build/fuzz
+OUT=${FUZZ_OUT:-build/fuzz}
 TARGETS=${*:-http websocket head}
 
 pyvar() { "$PY" -c "import sysconfig; print(sysconfig.get_config_var('$1') or '')"; }
