@@ -673,6 +673,22 @@ def bad_message(d: Data) -> Any:
     ])
 
 
+async def app_op(sess: Session, d: Data, choose: Any) -> None:
+    """One app action drawn by `choose` for one of the running apps:
+    cancel its task, or post the action for the app to perform."""
+    inst = await sess.inst(d)
+    act = choose(d)
+    if inst is None:
+        return
+    if act[0] == "cancel":
+        if inst.task is not None:
+            inst.task.cancel()
+        return
+    log("app", act)
+    inst.post(act)
+    await sess.step(1)
+
+
 async def client_op(sess: Session, d: Data, op: int) -> bool:
     """The ops shared by the targets; False if op is not one of them."""
     conns = sess.conns
@@ -734,16 +750,7 @@ async def http_script(sess: Session, d: Data) -> None:
             expected[ci].append(None)
             expected[ci].append(None)
         elif op == 11:
-            inst = await sess.inst(d)
-            act = app_http_action(d)
-            if inst is not None:
-                if act[0] == "cancel":
-                    if inst.task is not None:
-                        inst.task.cancel()
-                else:
-                    log("app", act)
-                    inst.post(act)
-                    await sess.step(1)
+            await app_op(sess, d, app_http_action)
         elif op == 12:
             if len(sess.conns) < 3 and srv.open:
                 sess.conns.append(Conn(srv))
@@ -1035,16 +1042,7 @@ async def ws_script(sess: Session, d: Data) -> None:
         elif op == 13:
             c.pending += frame(True, 0, d.pick([9, 10]), d.blob(130))
         else:
-            inst = await sess.inst(d)
-            act = app_ws_action(d)
-            if inst is not None:
-                if act[0] == "cancel":
-                    if inst.task is not None:
-                        inst.task.cancel()
-                else:
-                    log("app", act)
-                    inst.post(act)
-                    await sess.step(1)
+            await app_op(sess, d, app_ws_action)
     await sess.step(2)
     c.pump()
     log("client read", bytes(c.out[:300]))
