@@ -242,7 +242,13 @@ static PyMethodDef cancel_def = {
 void
 cd_cycle_arm_close_timeout(cd_cycle_t *cy)
 {
-    if (cy->task == NULL || cy->close_handle != NULL) {
+    if (cy->task == NULL) {
+        /* The app's first step runs eagerly inside Task(): it can see its
+         * disconnect before the task exists.  cd_cycle_start arms it. */
+        cy->close_timeout_due = 1;
+        return;
+    }
+    if (cy->close_handle != NULL) {
         return;
     }
     PyObject *cb = PyCFunction_New(&cancel_def, (PyObject *)cy);
@@ -790,10 +796,9 @@ cd_cycle_start(PyObject *obj)
     PyObject *r = PyObject_CallMethodOneArg(task, st->s_add_done_callback, cb);
     Py_DECREF(cb);
     Py_XDECREF(r);
-    if (cy->disconnected &&
-        (cy->kind == CD_CYCLE_WS || cy->resp != CD_RESP_DONE)) {
-        /* The client left before the task existed: nothing armed the
-         * application_close_timeout then. */
+    if (cy->close_timeout_due) {
+        /* The client left, or the app saw its disconnect, before the task
+         * existed: arm application_close_timeout now. */
         cd_cycle_arm_close_timeout(cy);
     }
     return r ? 0 : -1;

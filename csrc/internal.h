@@ -466,6 +466,7 @@ struct cd_cycle_s {
     int keep_alive;
     cd_resp_state_t resp;
     PyObject *close_handle; /* strong: call_later handle, or NULL */
+    int close_timeout_due;  /* asked for before the task existed */
     int status;
     int chunked;
     int64_t content_length; /* -1 unknown */

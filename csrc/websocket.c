@@ -211,6 +211,8 @@ cd_ws_next_message(cd_cycle_t *cy)
     }
     if (ws->state == CD_WS_CLOSED && !ws->disconnect_delivered) {
         ws->disconnect_delivered = 1;
+        /* Later receive()s wait: the close timeout bounds the app. */
+        cd_cycle_arm_close_timeout(cy);
         return disconnect_msg(cy);
     }
     return NULL;

@@ -60,6 +60,19 @@ def test_websocket_disconnect_is_delivered_once_then_receive_waits(parity):
     assert seen["second"] == "waited"
 
 
+def test_refused_websocket_app_waiting_after_its_disconnect_is_cancelled(serve):
+    # Found by the websocket fuzz target: a handshake refused by
+    # websocket.close delivered its disconnect without arming the close
+    # timeout, so an app that kept calling receive() ran forever.
+    proc = serve(APP, "--application-close-timeout", "0.5")
+    with pytest.raises(websocket.WebSocketBadStatusException) as err:
+        websocket.create_connection(f"ws://127.0.0.1:{proc.port}/ws_refused?key=r", timeout=5)
+    assert err.value.status_code == 403
+    seen = report(proc, "r")
+    assert seen == {"first": {"type": "websocket.disconnect", "code": 1006, "reason": ""},
+                    "second": "cancelled"}
+
+
 def test_daphne_root_path_header_sets_root_path_and_is_not_passed_on(parity):
     r = httpx.get(parity.url("/echo"), headers={"Daphne-Root-Path": "/sub%20app"}, timeout=5)
     body = r.json()

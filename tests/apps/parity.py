@@ -51,10 +51,27 @@ async def app(scope, receive, send):
                                            for n, v in scope["headers"]]})
 
 
+async def ws_refused(q, receive, send):
+    # Refuses the handshake, then keeps calling receive(): after the one
+    # websocket.disconnect, --application-close-timeout must end the app.
+    await send({"type": "websocket.close"})
+    first = await receive()
+    try:
+        await receive()
+        second = "returned"
+    except asyncio.CancelledError:
+        second = "cancelled"
+        raise
+    finally:
+        REPORT[q["key"]] = {"first": first, "second": second}
+
+
 async def ws(scope, receive, send):
     q = query(scope)
     msg = await receive()
     assert msg["type"] == "websocket.connect"
+    if scope["path"] == "/ws_refused":
+        return await ws_refused(q, receive, send)
     await send({"type": "websocket.accept"})
     if "key" not in q:
         await send({"type": "websocket.send", "text": json.dumps(
