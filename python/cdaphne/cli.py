@@ -75,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--fd", type=int, default=None, help="serve on an inherited socket file descriptor")
     a("-e", "--endpoint", dest="endpoints", action="append", default=[],
       help="endpoint string: tcp:PORT:interface=HOST, unix:/path, fd:fileno=N (repeatable)")
-    a("--access-log", default=None, help="where to write the access log ('-' for stdout)")
+    log = p.add_mutually_exclusive_group()
+    log.add_argument("--access-log", default=None,
+                     help="where to write the access log ('-' for stdout, the default "
+                          "at verbosity 1 and above)")
+    log.add_argument("--no-access-log", action="store_true",
+                     help="write no access log (uvicorn's flag)")
     a("--log-fmt", default="%(asctime)-15s %(levelname)-8s %(message)s", help="log format")
     a("--ping-interval", type=float, default=20, help="seconds between WebSocket keepalive pings")
     a("--ping-timeout", type=float, default=30, help="seconds to wait for a pong before closing")
@@ -132,8 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _access_log(args: argparse.Namespace) -> str | None:
+    """Daphne's rule: stdout at verbosity 1 and above unless told otherwise."""
+    if args.no_access_log:
+        return None
+    if args.access_log is not None:
+        return args.access_log
+    return "-" if args.verbosity >= 1 else None
+
+
 def config_from_args(argv: list[str] | None = None) -> Config:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag in ("proxy_headers_host", "proxy_headers_port"):
+        if getattr(args, flag) and not args.proxy_headers:
+            # Daphne refuses these without --proxy-headers too.
+            parser.error(f"--{flag.replace('_', '-')} needs --proxy-headers")
     return Config(
         app=args.application,
         host=args.host,
@@ -146,7 +165,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         proxy_headers_host=args.proxy_headers_host,
         proxy_headers_port=args.proxy_headers_port,
         forwarded_allow_ips=args.forwarded_allow_ips,
-        access_log=args.access_log,
+        access_log=_access_log(args),
         log_fmt=args.log_fmt,
         verbosity=args.verbosity,
         server_name=None if args.no_server_name else args.server_name,

@@ -37,7 +37,9 @@ class Bind:
 
     def describe(self) -> str:
         if self.kind == "tcp":
-            return f"tcp:port={self.port}:interface={self.host}"
+            # Daphne's endpoint string: a ':' in an IPv6 address is escaped.
+            host = self.host.replace(":", "\\:")
+            return f"tcp:port={self.port}:interface={host}"
         if self.kind == "unix":
             return f"unix:{self.path}"
         return f"fd:fileno={self.fd}"
