@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import time
 import httpx
 import websocket
 
-from .conftest import ROOT, request
+from .conftest import ROOT, ServerProcess, request
 from .test_cli import assert_one_clear_line, run_cli, unix_get
 
 APP = "tests.apps.http1:app"
@@ -167,3 +168,37 @@ def test_websocket_header_with_underscore_is_dropped(serve):
     names = [n for n, _ in seen["headers"]]
     assert "x-auth-user" in names
     assert "x-auth_user" not in names
+
+
+# ---- endpoints -----------------------------------------------------------------
+
+UMASK_077 = ["sh", "-c", 'umask 077 && exec "$0" -m cdaphne "$@"', sys.executable]
+
+
+def test_unix_socket_is_0666_whatever_the_umask(tmp_path):
+    # Twisted chmods Daphne's socket to 0666: nginx running as another user
+    # can connect.  A umask-made 0700 socket would give it EACCES (a 502).
+    path = tmp_path / "s.sock"
+    proc = ServerProcess(["-u", str(path), APP], cmd=UMASK_077)
+    try:
+        proc.wait_listening()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666
+    finally:
+        assert proc.stop() == 0
+
+
+def test_unix_endpoint_mode(tmp_path):
+    path = tmp_path / "m.sock"
+    proc = ServerProcess(["-e", f"unix:{path}:mode=640", APP], cmd=UMASK_077)
+    try:
+        proc.wait_listening()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        assert unix_get(str(path), "/hello").status_code == 200
+    finally:
+        assert proc.stop() == 0
+
+
+def test_tcp6_endpoint(serve):
+    proc = serve(APP, "-e", r"tcp6:port=0:interface=\:\:1", port=False)
+    assert proc.host == "::1"
+    assert httpx.get(proc.url("/")).content == b"Hello, world!"

@@ -136,6 +136,9 @@ class Server:
         elif bind.kind == "unix":
             _remove_stale_socket(bind.path)
             core.listen_unix(bind.path, backlog)
+            # Daphne's (Twisted's) socket is 0666 whatever the umask: a proxy
+            # running as another user can connect.
+            os.chmod(bind.path, bind.mode)
             name = (bind.path, None)
         else:
             sock = socket.socket(fileno=bind.fd)
