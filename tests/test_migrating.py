@@ -187,6 +187,17 @@ def test_unix_socket_is_0666_whatever_the_umask(tmp_path):
         assert proc.stop() == 0
 
 
+def test_unix_socket_is_0666_with_workers(tmp_path):
+    path = tmp_path / "w.sock"
+    proc = ServerProcess(["--workers", "1", "-u", str(path), APP], cmd=UMASK_077)
+    try:
+        proc.wait_listening()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666
+        assert unix_get(str(path), "/hello").status_code == 200
+    finally:
+        assert proc.stop() == 0
+
+
 def test_unix_endpoint_mode(tmp_path):
     path = tmp_path / "m.sock"
     proc = ServerProcess(["-e", f"unix:{path}:mode=640", APP], cmd=UMASK_077)
