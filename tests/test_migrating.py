@@ -213,3 +213,35 @@ def test_tcp6_endpoint(serve):
     proc = serve(APP, "-e", r"tcp6:port=0:interface=\:\:1", port=False)
     assert proc.host == "::1"
     assert httpx.get(proc.url("/")).content == b"Hello, world!"
+
+
+# ---- uvicorn's spellings ---------------------------------------------------------
+
+def test_uvicorn_spellings_map_onto_daphne_flags():
+    from cdaphne.cli import config_from_args
+
+    c = config_from_args(["--ws-ping-interval", "7", "--ws-ping-timeout", "8",
+                          "--no-server-header", "--backlog", "64", "--log-level", "debug", APP])
+    assert (c.ping_interval, c.ping_timeout, c.server_name, c.backlog, c.verbosity) == \
+        (7, 8, None, 64, 2)
+
+
+def test_log_level_warning_is_quiet_like_uvicorn(serve, tmp_path):
+    path = tmp_path / "q.sock"
+    proc = serve(APP, "--log-level", "warning", "-u", str(path), port=False, listen=0)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert unix_get(str(path), "/hello").status_code == 200
+            break
+        except (httpx.ConnectError, FileNotFoundError):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert proc.stop() == 0
+    assert proc.stdout == ""
+    assert "Listening on" not in proc.log
+
+
+def test_no_server_header(serve):
+    proc = serve(APP, "--no-server-header")
+    assert "server" not in httpx.get(proc.url("/hello")).headers
