@@ -50,8 +50,14 @@ def _peer_bin(name: str) -> str:
     return str(env.PEER_VENV / "bin" / name)
 
 
+# Access logs are off for every server, as uvicorn's own benchmarks run it
+# (--no-access-log): cdaphne and uvicorn log by default, Daphne at -v 1, and
+# Granian, Hypercorn and FastPySGI only when asked.
 def _cdaphne(target: str, port: int) -> list[str]:
-    return [str(env.project_python()), "-m", "cdaphne", "-b", HOST, "-p", str(port), target]
+    return [
+        str(env.project_python()), "-m", "cdaphne", "-b", HOST, "-p", str(port),
+        "--no-access-log", target,
+    ]  # fmt: skip
 
 
 def _uvicorn(target: str, port: int) -> list[str]:

@@ -284,6 +284,43 @@ cd_cycle_on_disconnect(cd_cycle_t *cy)
     }
 }
 
+/* New reference: the request target as Daphne logs it, the raw path and
+ * query string ("/a%20b?q=1"), other than ASCII bytes escaped; the
+ * scope's path if the app replaced raw_path.  NULL with an exception. */
+static PyObject *
+log_target(cd_cycle_t *cy)
+{
+    PyObject *raw = PyDict_GetItemWithError(cy->scope, cy->st->s_raw_path);
+    PyObject *qs = PyDict_GetItemWithError(cy->scope, cy->st->s_query_string);
+    if (raw == NULL || qs == NULL || !PyBytes_Check(raw) ||
+        !PyBytes_Check(qs)) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        PyObject *path = PyDict_GetItemWithError(cy->scope, cy->st->s_path);
+        if (path == NULL) {
+            return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+        }
+        return Py_NewRef(path);
+    }
+    Py_ssize_t rn = PyBytes_GET_SIZE(raw), qn = PyBytes_GET_SIZE(qs);
+    if (qn == 0) {
+        return PyUnicode_DecodeASCII(PyBytes_AS_STRING(raw), rn,
+                                     "backslashreplace");
+    }
+    PyObject *t = PyBytes_FromStringAndSize(NULL, rn + 1 + qn);
+    if (t == NULL) {
+        return NULL;
+    }
+    char *d = PyBytes_AS_STRING(t);
+    memcpy(d, PyBytes_AS_STRING(raw), (size_t)rn);
+    d[rn] = '?';
+    memcpy(d + rn + 1, PyBytes_AS_STRING(qs), (size_t)qn);
+    PyObject *r = PyUnicode_DecodeASCII(d, rn + 1 + qn, "backslashreplace");
+    Py_DECREF(t);
+    return r;
+}
+
 void
 cd_cycle_log_access(cd_cycle_t *cy, int status)
 {
@@ -298,14 +335,18 @@ cd_cycle_log_access(cd_cycle_t *cy, int status)
                                   PyTuple_GET_ITEM(c, 1));
         client = cl;
     }
-    PyObject *path = PyDict_GetItemWithError(cy->scope, cy->st->s_path);
+    PyObject *path = log_target(cy);
     PyObject *method = PyDict_GetItemWithError(cy->scope, cy->st->s_method);
     double taken = (double)(uv_hrtime() - cy->start_ns) / 1e9;
-    PyObject *details =
-        Py_BuildValue("{sOsOsisOsdsK}", "path", path ? path : Py_None,
-                      "method", method ? method : Py_None, "status", status,
-                      "client", client ? client : Py_None, "time_taken", taken,
-                      "size", (unsigned long long)cy->sent);
+    PyObject *details = NULL;
+    if (path != NULL && !PyErr_Occurred()) {
+        details =
+            Py_BuildValue("{sOsOsisOsdsK}", "path", path, "method",
+                          method ? method : Py_None, "status", status,
+                          "client", client ? client : Py_None, "time_taken",
+                          taken, "size", (unsigned long long)cy->sent);
+    }
+    Py_XDECREF(path);
     Py_XDECREF(cl);
     if (details != NULL) {
         cd_server_log_action(srv, "http", "complete", details);

@@ -130,6 +130,15 @@ flush_header(cd_conn_t *c)
         c->in_value = 0;
         return 0;
     }
+    if (memchr(c->hname.base, '_', c->hname.len) != NULL) {
+        /* Dropped, as Daphne does (CVE-2015-0219): Django maps both
+         * X-Auth_User and X-Auth-User to META's HTTP_X_AUTH_USER, so a
+         * client could pass one off as the header a proxy sets. */
+        c->hname.len = 0;
+        c->hvalue.len = 0;
+        c->in_value = 0;
+        return 0;
+    }
     PyObject *name = PyBytes_FromStringAndSize(NULL, c->hname.len);
     if (name == NULL) {
         return -1;

@@ -214,7 +214,7 @@ def test_access_log_to_stdout(serve):
     proc.stop()
     line = [ln for ln in proc.stdout.splitlines() if "GET /hello" in ln][0]
     assert line.startswith("127.0.0.1:")
-    assert '"GET /hello" 200 13' in line
+    assert '"GET /hello?x=1" 200 13' in line
 
 
 def test_not_callable_application():

@@ -60,6 +60,11 @@ class _VersionAction(argparse.Action):
         parser.exit(0)
 
 
+# uvicorn's --log-level as Daphne's verbosity (uvicorn's access log is at
+# INFO, so warning and above silence it too).
+_LOG_LEVELS = {"critical": 0, "error": 0, "warning": 0, "info": 1, "debug": 2, "trace": 2}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cdaphne", description="ASGI server written in C, a drop-in for Daphne.")
     a = p.add_argument
@@ -75,10 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     a("--fd", type=int, default=None, help="serve on an inherited socket file descriptor")
     a("-e", "--endpoint", dest="endpoints", action="append", default=[],
       help="endpoint string: tcp:PORT:interface=HOST, unix:/path, fd:fileno=N (repeatable)")
-    a("--access-log", default=None, help="where to write the access log ('-' for stdout)")
+    log = p.add_mutually_exclusive_group()
+    log.add_argument("--access-log", default=None,
+                     help="where to write the access log ('-' for stdout, the default "
+                          "at verbosity 1 and above)")
+    log.add_argument("--no-access-log", action="store_true",
+                     help="write no access log (uvicorn's flag)")
     a("--log-fmt", default="%(asctime)-15s %(levelname)-8s %(message)s", help="log format")
-    a("--ping-interval", type=float, default=20, help="seconds between WebSocket keepalive pings")
-    a("--ping-timeout", type=float, default=30, help="seconds to wait for a pong before closing")
+    a("--ping-interval", "--ws-ping-interval", type=float, default=20, help="seconds between WebSocket keepalive pings")
+    a("--ping-timeout", "--ws-ping-timeout", type=float, default=30, help="seconds to wait for a pong before closing")
     a("--application-close-timeout", type=float, default=10,
       help="seconds an application may run after its client is gone")
     a("--root-path", default="", help="the setting for the ASGI root_path variable")
@@ -125,15 +135,35 @@ def build_parser() -> argparse.ArgumentParser:
     a("--reuse-port", action="store_true",
       help="with --workers: each worker binds its own SO_REUSEPORT TCP socket")
     a("--lifespan", choices=("auto", "on", "off"), default="auto", help="ASGI lifespan protocol")
-    a("-v", "--verbosity", type=int, default=1, help="0 = quiet, 1 = normal, 2/3 = debug")
+    a("-v", "--verbosity", type=int, default=1,
+      help="0 = quiet, 1 = normal (with the access log), 2 = debug, 3 = debug and asyncio's debug mode")
+    a("--log-level", choices=tuple(_LOG_LEVELS), default=None,
+      help="uvicorn's spelling of -v: warning and above = -v 0 (no access log), info = 1, debug = 2")
+    a("--backlog", type=_size, default=Config.backlog, help="listen backlog (2048)")
     a("-s", "--server-name", default="cdaphne", help="the Server header's value")
-    a("--no-server-name", action="store_true", help="send no Server header")
+    a("--no-server-name", "--no-server-header", action="store_true", help="send no Server header")
     a("--version", action=_VersionAction)
     return p
 
 
+def _access_log(args: argparse.Namespace) -> str | None:
+    """Daphne's rule: stdout at verbosity 1 and above unless told otherwise."""
+    if args.no_access_log:
+        return None
+    if args.access_log is not None:
+        return args.access_log
+    return "-" if args.verbosity >= 1 else None
+
+
 def config_from_args(argv: list[str] | None = None) -> Config:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log_level is not None:
+        args.verbosity = _LOG_LEVELS[args.log_level]
+    for flag in ("proxy_headers_host", "proxy_headers_port"):
+        if getattr(args, flag) and not args.proxy_headers:
+            # Daphne refuses these without --proxy-headers too.
+            parser.error(f"--{flag.replace('_', '-')} needs --proxy-headers")
     return Config(
         app=args.application,
         host=args.host,
@@ -146,9 +176,10 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         proxy_headers_host=args.proxy_headers_host,
         proxy_headers_port=args.proxy_headers_port,
         forwarded_allow_ips=args.forwarded_allow_ips,
-        access_log=args.access_log,
+        access_log=_access_log(args),
         log_fmt=args.log_fmt,
         verbosity=args.verbosity,
+        backlog=args.backlog,
         server_name=None if args.no_server_name else args.server_name,
         http_timeout=args.http_timeout,
         websocket_timeout=args.websocket_timeout,

@@ -34,10 +34,13 @@ class Bind:
     port: int = 0
     path: str = ""
     fd: int = -1
+    mode: int = 0o666  # a unix socket's permissions (Twisted's default)
 
     def describe(self) -> str:
         if self.kind == "tcp":
-            return f"tcp:port={self.port}:interface={self.host}"
+            # Daphne's endpoint string: a ':' in an IPv6 address is escaped.
+            host = self.host.replace(":", "\\:")
+            return f"tcp:port={self.port}:interface={host}"
         if self.kind == "unix":
             return f"unix:{self.path}"
         return f"fd:fileno={self.fd}"
@@ -69,17 +72,21 @@ def parse_endpoint(text: str) -> Bind:
     parts = _split_endpoint(rest) if rest else []
     opts = dict(p.split("=", 1) for p in parts if "=" in p)
     positional = [p for p in parts if "=" not in p]
-    if kind == "tcp":
+    if kind in ("tcp", "tcp6"):
         port = opts.get("port") or (positional[0] if positional else "")
         if not port.isdigit():
             raise ConfigError(f"endpoint {text!r}: needs a port, e.g. tcp:8000:interface=0.0.0.0")
-        host = opts.get("interface", "0.0.0.0").strip("[]")
+        host = opts.get("interface", "0.0.0.0" if kind == "tcp" else "::").strip("[]")
         return Bind("tcp", host=host, port=int(port))
     if kind == "unix":
         path = opts.get("address") or (positional[0] if positional else "")
         if not path:
             raise ConfigError(f"endpoint {text!r}: needs a path, e.g. unix:/tmp/app.sock")
-        return Bind("unix", path=path)
+        try:
+            mode = int(opts.get("mode", "666"), 8)
+        except ValueError:
+            raise ConfigError(f"endpoint {text!r}: mode must be octal, e.g. mode=660") from None
+        return Bind("unix", path=path, mode=mode)
     if kind == "fd":
         fileno = opts.get("fileno") or (positional[0] if positional else "")
         if not fileno.isdigit():
@@ -87,7 +94,7 @@ def parse_endpoint(text: str) -> Bind:
         return Bind("fd", fd=int(fileno))
     if kind == "ssl":
         raise ConfigError(f"endpoint {text!r}: TLS is not supported yet; terminate TLS in a proxy")
-    raise ConfigError(f"endpoint {text!r}: unknown endpoint type {kind!r} (tcp, unix, fd)")
+    raise ConfigError(f"endpoint {text!r}: unknown endpoint type {kind!r} (tcp, tcp6, unix, fd)")
 
 
 @dataclass

@@ -10,6 +10,7 @@ import socket
 import stat
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import __version__
@@ -78,6 +79,7 @@ class Server:
         if not isinstance(loop, LibuvEventLoop):
             raise StartupError("cdaphne.Server must run on cdaphne.loop.LibuvEventLoop")
         self.loop = loop
+        _configure_loop(loop, config)
         self._stop = asyncio.Event()
         if self._stop_requested:
             self._stop.set()
@@ -87,8 +89,10 @@ class Server:
         if not await lifespan.startup():
             return 3
 
+        access_log = None
         if config.access_log and config.action_logger is None:
-            config.action_logger = AccessLogGenerator.open(config.access_log)
+            access_log = AccessLogGenerator.open(config.access_log, loop)
+            config.action_logger = access_log
         core = CoreServer(loop.core, app, config)
         self.core = core
         core.set_state(lifespan.state if lifespan.enabled else None)
@@ -110,13 +114,18 @@ class Server:
         await self._shutdown(core, lifespan.task)
         await lifespan.shutdown()
         self._remove_signal_handlers(loop)
+        if access_log is not None:
+            access_log.flush()
         return 0
 
     # ---- internals ----------------------------------------------------
     def _announce(self, binds: list[Bind]) -> None:
-        """The startup lines (a worker's supervisor logs its own)."""
-        logger.info("cdaphne %s serving (Python %s)", __version__, sys.version.split()[0])
+        """The startup lines, Daphne's (a worker's supervisor logs its own)."""
+        logger.info("Starting server at %s", ", ".join(sorted(b.describe() for b in binds)))
+        logger.info("cdaphne %s (Python %s)", __version__, sys.version.split()[0])
+        logger.info("HTTP/2 support not enabled (cdaphne serves HTTP/1.1 and WebSocket)")
         for bind, name in zip(binds, self.sockets, strict=True):
+            logger.info("Configuring endpoint %s", bind.describe())
             logger.info("Listening on %s", _describe(bind, name))
 
     def _listen(self, core: CoreServer, bind: Bind) -> None:
@@ -127,6 +136,9 @@ class Server:
         elif bind.kind == "unix":
             _remove_stale_socket(bind.path)
             core.listen_unix(bind.path, backlog)
+            # Daphne's (Twisted's) socket is 0666 whatever the umask: a proxy
+            # running as another user can connect.
+            os.chmod(bind.path, bind.mode)
             name = (bind.path, None)
         else:
             sock = socket.socket(fileno=bind.fd)
@@ -186,6 +198,19 @@ class Server:
                 self.core.close_all()
             return
         self.request_stop()
+
+
+def _configure_loop(loop: asyncio.AbstractEventLoop, config: Config) -> None:
+    """Daphne's loop settings: `ASGI_THREADS` sizes the default executor
+    (run_in_executor(None, ...), asgiref's sync_to_async(thread_sensitive=False)),
+    and verbosity 3 turns on asyncio's debug mode."""
+    threads = os.environ.get("ASGI_THREADS", "").strip()
+    if threads:
+        if not threads.isdigit() or int(threads) < 1:
+            raise ConfigError(f"ASGI_THREADS must be a positive integer, not {threads!r}")
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=int(threads)))
+    if config.verbosity >= 3:
+        loop.set_debug(True)
 
 
 def _describe(bind: Bind, name: Any) -> str:

@@ -163,6 +163,7 @@ class Supervisor:
             _remove_stale_socket(bind.path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(bind.path)
+            os.chmod(bind.path, bind.mode)  # As Daphne: 0666 unless -e unix:...:mode=
         else:
             family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)

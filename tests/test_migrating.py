@@ -1,0 +1,247 @@
+"""What a user switching from Daphne notices first (docs/migrating.md): the
+access log on stdout by default, Daphne's startup lines, its flags and
+environment, and headers with '_' dropped as Daphne drops them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+
+import httpx
+import websocket
+
+from .conftest import ROOT, ServerProcess, request
+from .test_cli import assert_one_clear_line, run_cli, unix_get
+
+APP = "tests.apps.http1:app"
+LINE = re.compile(r'^(\S+) - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d\] "([^"]*)" (\S+) (\S+)$')
+
+
+def access_lines(proc, count: int, timeout: float = 5.0) -> list[re.Match]:
+    """The first `count` access-log lines on the server's stdout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [m for ln in proc.stdout.splitlines() if (m := LINE.match(ln))]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
+
+
+# ---- the access log ----------------------------------------------------------
+
+def test_access_log_on_stdout_by_default_in_daphne_format(serve):
+    proc = serve(APP)
+    assert httpx.get(proc.url("/hello?x=1&y=%20")).status_code == 200
+    assert httpx.get(proc.url("/missing")).status_code == 404
+    first, second = access_lines(proc, 2)
+    # Daphne's line: client, the request target as sent (query included),
+    # status and body size.
+    assert first.group(1).startswith("127.0.0.1:")
+    assert first.group(2, 3, 4) == ("GET /hello?x=1&y=%20", "200", "13")
+    assert second.group(2, 3, 4) == ("GET /missing", "404", "9")
+
+
+def test_access_log_websocket_events(serve):
+    proc = serve("tests.apps.ws:echo")
+    ws = websocket.create_connection(proc.ws_url("/chat/"), timeout=5)
+    ws.send("hi")
+    assert ws.recv() == "hi"
+    ws.close()
+    lines = access_lines(proc, 3)
+    assert [m.group(2) for m in lines] == ["WSCONNECTING /chat/", "WSCONNECT /chat/",
+                                           "WSDISCONNECT /chat/"]
+    assert all(m.group(3, 4) == ("-", "-") for m in lines)
+
+
+def test_no_access_log_turns_it_off(serve):
+    proc = serve(APP, "--no-access-log")
+    assert httpx.get(proc.url("/hello")).status_code == 200
+    assert proc.stop() == 0
+    assert proc.stdout == ""
+
+
+def test_verbosity_0_writes_no_access_log(serve, tmp_path):
+    # -v 0 logs no "Listening on" line either: wait for the socket file.
+    path = tmp_path / "s.sock"
+    proc = serve(APP, "-v", "0", "-u", str(path), port=False, listen=0)
+    deadline = time.monotonic() + 10
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    while True:
+        try:
+            assert unix_get(str(path), "/hello").status_code == 200
+            break
+        except httpx.ConnectError:  # Bound, not listening yet.
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert proc.stop() == 0
+    assert proc.stdout == ""
+
+
+def test_access_log_to_a_file_and_not_stdout(serve, tmp_path):
+    path = tmp_path / "access.log"
+    proc = serve(APP, "--access-log", str(path))
+    assert httpx.get(proc.url("/hello")).status_code == 200
+    assert proc.stop() == 0
+    assert proc.stdout == ""
+    (line,) = path.read_text().splitlines()
+    assert LINE.match(line).group(2, 3, 4) == ("GET /hello", "200", "13")
+
+
+def test_access_log_and_no_access_log_conflict():
+    assert_one_clear_line(run_cli("--access-log", "-", "--no-access-log", APP),
+                          "--no-access-log")
+
+
+# ---- startup lines -------------------------------------------------------------
+
+def test_daphne_startup_lines(serve):
+    proc = serve(APP)
+    log = proc.log
+    assert "Starting server at tcp:port=0:interface=127.0.0.1" in log
+    assert "HTTP/2 support not enabled" in log
+    assert "Configuring endpoint tcp:port=0:interface=127.0.0.1" in log
+    assert f"Listening on TCP address 127.0.0.1:{proc.port}" in log
+
+
+def test_startup_lines_escape_ipv6_as_daphne_does(serve, tmp_path):
+    sock = str(tmp_path / "s.sock")
+    proc = serve(APP, "-b", "::1", "-u", sock, listen=2)
+    # Daphne sorts its endpoint strings and escapes ':' in an interface.
+    assert rf"Starting server at tcp:port=0:interface=\:\:1, unix:{sock}" in proc.log
+    assert f"Configuring endpoint unix:{sock}" in proc.log
+
+
+# ---- flags and environment ----------------------------------------------------
+
+def test_asgi_threads_sizes_the_default_executor(serve):
+    proc = serve("tests.apps.loopinfo:app", env={"ASGI_THREADS": "3"})
+    assert httpx.get(proc.url("/")).json() == {"debug": False, "max_workers": 3}
+
+
+def test_bad_asgi_threads_is_one_clear_line():
+    proc = subprocess.run([sys.executable, "-m", "cdaphne", "-p", "0", "--lifespan", "off", APP],
+                          cwd=ROOT, env=dict(os.environ, ASGI_THREADS="many"),
+                          capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    assert_one_clear_line(proc, "ASGI_THREADS", "many")
+
+
+def test_verbosity_3_turns_on_asyncio_debug(serve):
+    proc = serve("tests.apps.loopinfo:app", "-v", "3")
+    assert httpx.get(proc.url("/")).json()["debug"] is True
+
+
+def test_proxy_headers_host_needs_proxy_headers():
+    assert_one_clear_line(run_cli("--proxy-headers-host", "X-Real-IP", APP),
+                          "--proxy-headers-host", "--proxy-headers")
+
+
+def test_proxy_headers_port_needs_proxy_headers():
+    assert_one_clear_line(run_cli("--proxy-headers-port", "X-Port", APP),
+                          "--proxy-headers-port", "--proxy-headers")
+
+
+# ---- headers with '_' ---------------------------------------------------------
+
+def test_http_header_with_underscore_is_dropped(serve):
+    proc = serve("tests.apps.parity:app")
+    r = request(proc, b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Auth_User: evil\r\n"
+                      b"X-Auth-User: proxy\r\nX_Other: y\r\n\r\n")
+    assert r.status == 200
+    names = [n for n, _ in json.loads(r.body)["headers"]]
+    assert names == ["host", "x-auth-user"]
+
+
+def test_websocket_header_with_underscore_is_dropped(serve):
+    proc = serve("tests.apps.parity:app")
+    ws = websocket.create_connection(proc.ws_url("/ws"), timeout=5,
+                                     header=["X-Auth_User: evil", "X-Auth-User: proxy"])
+    try:
+        seen = json.loads(ws.recv())
+    finally:
+        ws.close()
+    names = [n for n, _ in seen["headers"]]
+    assert "x-auth-user" in names
+    assert "x-auth_user" not in names
+
+
+# ---- endpoints -----------------------------------------------------------------
+
+UMASK_077 = ["sh", "-c", 'umask 077 && exec "$0" -m cdaphne "$@"', sys.executable]
+
+
+def test_unix_socket_is_0666_whatever_the_umask(tmp_path):
+    # Twisted chmods Daphne's socket to 0666: nginx running as another user
+    # can connect.  A umask-made 0700 socket would give it EACCES (a 502).
+    path = tmp_path / "s.sock"
+    proc = ServerProcess(["-u", str(path), APP], cmd=UMASK_077)
+    try:
+        proc.wait_listening()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666
+    finally:
+        assert proc.stop() == 0
+
+
+def test_unix_socket_is_0666_with_workers(tmp_path):
+    path = tmp_path / "w.sock"
+    proc = ServerProcess(["--workers", "1", "-u", str(path), APP], cmd=UMASK_077)
+    try:
+        proc.wait_listening()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666
+        assert unix_get(str(path), "/hello").status_code == 200
+    finally:
+        assert proc.stop() == 0
+
+
+def test_unix_endpoint_mode(tmp_path):
+    path = tmp_path / "m.sock"
+    proc = ServerProcess(["-e", f"unix:{path}:mode=640", APP], cmd=UMASK_077)
+    try:
+        proc.wait_listening()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        assert unix_get(str(path), "/hello").status_code == 200
+    finally:
+        assert proc.stop() == 0
+
+
+def test_tcp6_endpoint(serve):
+    proc = serve(APP, "-e", r"tcp6:port=0:interface=\:\:1", port=False)
+    assert proc.host == "::1"
+    assert httpx.get(proc.url("/")).content == b"Hello, world!"
+
+
+# ---- uvicorn's spellings ---------------------------------------------------------
+
+def test_uvicorn_spellings_map_onto_daphne_flags():
+    from cdaphne.cli import config_from_args
+
+    c = config_from_args(["--ws-ping-interval", "7", "--ws-ping-timeout", "8",
+                          "--no-server-header", "--backlog", "64", "--log-level", "debug", APP])
+    assert (c.ping_interval, c.ping_timeout, c.server_name, c.backlog, c.verbosity) == \
+        (7, 8, None, 64, 2)
+
+
+def test_log_level_warning_is_quiet_like_uvicorn(serve, tmp_path):
+    path = tmp_path / "q.sock"
+    proc = serve(APP, "--log-level", "warning", "-u", str(path), port=False, listen=0)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert unix_get(str(path), "/hello").status_code == 200
+            break
+        except (httpx.ConnectError, FileNotFoundError):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert proc.stop() == 0
+    assert proc.stdout == ""
+    assert "Listening on" not in proc.log
+
+
+def test_no_server_header(serve):
+    proc = serve(APP, "--no-server-header")
+    assert "server" not in httpx.get(proc.url("/hello")).headers
