@@ -10,17 +10,9 @@ APT_PACKAGES="build-essential pkg-config libuv1-dev libwslay-dev node-llhttp lib
 redis-server wrk chromium chromium-driver"
 VENV=${VENV:-.venv}
 
-missing=()
-for p in $APT_PACKAGES; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "bootstrap: installing Debian packages: ${missing[*]}"
-    SUDO=""
-    [ "$(id -u)" -ne 0 ] && SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+. scripts/apt-missing.sh
+# shellcheck disable=SC2086 # the list is split on purpose
+apt_install_missing bootstrap $APT_PACKAGES
 
 pick_python() {
     local best="" v

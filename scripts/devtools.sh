@@ -15,14 +15,6 @@ case "${1:-all}" in
     *) echo "usage: $0 [lint|fuzz|all]" >&2; exit 2 ;;
 esac
 
-missing=()
-for p in $APT_PACKAGES; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "devtools: installing Debian packages: ${missing[*]}"
-    SUDO=""
-    [ "$(id -u)" -ne 0 ] && SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+. scripts/apt-missing.sh
+# shellcheck disable=SC2086 # the list is split on purpose
+apt_install_missing devtools $APT_PACKAGES
