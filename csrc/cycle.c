@@ -153,21 +153,13 @@ cd_cycle_recv_future(cd_cycle_t *cy)
     return Py_NewRef(cy->recv_fut);
 }
 
+/* The waiter takes its message when it is first awaited, not here: a
+ * receive() that is never awaited (asyncio.wait_for(receive(), 0) wraps
+ * it in a task cancelled before its first step) takes nothing. */
 PyObject *
 cd_cycle_receive_waiter(cd_cycle_t *cy)
 {
-    PyObject *msg = cd_cycle_take_message(cy);
-    if (msg != NULL) {
-        return cd_waiter_ready(cy->st, msg);
-    }
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    PyObject *fut = cd_cycle_recv_future(cy);
-    if (fut == NULL) {
-        return NULL;
-    }
-    return cd_waiter_receive(cy->st, cy, fut);
+    return cd_waiter_receive(cy->st, cy);
 }
 
 /* A receive() may be waiting and something changed: wake it if there is

@@ -542,8 +542,9 @@ int cd_waiter_type_init(PyObject *module, cd_state *st);
 /* New reference.  Steals value / fut (one of them NULL). */
 PyObject *cd_waiter_ready(cd_state *st, PyObject *value);
 PyObject *cd_waiter_pending(cd_state *st, PyObject *fut);
-/* New reference.  Steals fut: a receive() waiter that takes its message
- * from cy when fut (which only signals) completes. */
-PyObject *cd_waiter_receive(cd_state *st, cd_cycle_t *cy, PyObject *fut);
+/* New reference: a receive() waiter that takes its message from cy
+ * when first awaited, or when the cycle's receive future (which only
+ * signals) completes. */
+PyObject *cd_waiter_receive(cd_state *st, cd_cycle_t *cy);
 
 #endif

@@ -4,8 +4,10 @@
  * loop round trip.  Otherwise it yields a loop future once (as
  * asyncio.Future.__await__ does) and returns that future's result.
  *
- * A receive() waiter yields a future that only says "a message is
- * there"; it takes the message from its cycle when its task runs again.
+ * A receive() waiter takes its message when first awaited (a receive()
+ * never awaited takes nothing).  If none is there it yields a future
+ * that only says "a message is there", and takes the message from its
+ * cycle when its task runs again.
  * So a task cancelled while waiting (even after the future completed)
  * never takes a message it cannot deliver: the message stays queued for
  * the next receive(). */
@@ -40,9 +42,9 @@ waiter_new(cd_state *st, PyObject *value, PyObject *fut)
 }
 
 PyObject *
-cd_waiter_receive(cd_state *st, cd_cycle_t *cy, PyObject *fut)
+cd_waiter_receive(cd_state *st, cd_cycle_t *cy)
 {
-    cd_waiter_t *w = (cd_waiter_t *)waiter_new(st, NULL, fut);
+    cd_waiter_t *w = (cd_waiter_t *)waiter_new(st, NULL, NULL);
     if (w != NULL) {
         w->cy = (cd_cycle_t *)Py_NewRef((PyObject *)cy);
     }
@@ -104,6 +106,9 @@ waiter_am_send(cd_waiter_t *w, PyObject *arg, PyObject **result)
         *result = w->value;
         w->value = NULL;
         return PYGEN_RETURN;
+    }
+    if (w->cy != NULL && !w->yielded) {
+        return waiter_take(w, result);
     }
     if (w->fut == NULL) {
         *result = Py_NewRef(Py_None);

@@ -60,6 +60,16 @@ def test_body_chunk_stays_when_the_woken_receive_is_cancelled(serve):
     assert resp.body == b"helloworld"
 
 
+def test_body_stays_when_receive_is_never_awaited(serve):
+    proc = serve(APP)
+    with connect(proc) as sock:
+        sock.sendall(b"POST /body-zero-timeout HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 5\r\n\r\nhello")
+        resp = Reader(sock).response()
+    assert resp.status == 200, (resp, proc.log_tail())
+    assert resp.body == b"hello"
+
+
 # ---- WebSocket: cancelled receive() and send() -----------------------------
 
 def test_ws_messages_survive_receive_timeouts(serve):
@@ -84,6 +94,19 @@ def test_ws_message_stays_when_the_woken_receive_is_cancelled(serve):
         assert text_frame(sock) == "woken=1 got=first"
         sock.sendall(frame(0x1, b"second"))
         assert text_frame(sock) == "second"
+
+
+def test_ws_message_stays_when_receive_is_never_awaited(serve):
+    # wait_for(receive(), 0) cancels its task before receive() runs: the
+    # message queued then is the next receive()'s (the fuzzer's finding).
+    proc = serve(APP)
+    with raw_handshake(proc.port, "/zero-timeout") as sock:
+        assert text_frame(sock) == "ready"
+        sock.sendall(frame(0x1, b"one") + frame(0x1, b"two") + frame(0x1, b"three"))
+        assert text_frame(sock) == "one two"
+        assert text_frame(sock) == "three"
+        sock.sendall(frame(0x8, struct.pack("!H", 1000)))
+        assert read_frame(sock)[0] == 0x8
 
 
 def test_ws_sends_go_on_after_a_cancelled_drain_wait(serve):

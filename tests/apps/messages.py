@@ -1,7 +1,7 @@
 """Apps that cancel receive() and send() and then go on: nothing may be lost.
 
-HTTP paths: /body-timeouts, /body-race.  WebSocket paths: /slow-receive,
-/race, /slow-send, /hold (with HTTP GET /go), /close-long, /close-code
+HTTP paths: /body-timeouts, /body-race, /body-zero-timeout.  WebSocket
+paths: /slow-receive, /race, /zero-timeout, /slow-send, /hold (with HTTP GET /go), /close-long, /close-code
 (?code=N), /echo.
 """
 
@@ -84,6 +84,19 @@ async def http(scope, receive, send):
                 break
         return await respond(send, 200, body,
                              [(b"x-woken", str(int(woken)).encode())])
+    if path == "/body-zero-timeout":
+        # The body is queued; wait_for(receive(), 0) wraps receive() in a
+        # task cancelled before it runs: it must take nothing.
+        await asyncio.sleep(0.2)
+        try:
+            await asyncio.wait_for(receive(), 0)
+        except TimeoutError:
+            pass
+        try:
+            msg = await asyncio.wait_for(receive(), 2)
+        except TimeoutError:
+            return await respond(send, 200, b"lost")
+        return await respond(send, 200, msg.get("body", b""))
     return await respond(send, 404, b"not found")
 
 
@@ -126,6 +139,18 @@ async def websocket(scope, receive, send):
         msg = await receive()
         await send({"type": "websocket.send",
                     "text": f"woken={int(woken)} got={msg.get('text')}"})
+        await ws_echo_each(receive, send)
+    elif path == "/zero-timeout":
+        await send({"type": "websocket.send", "text": "ready"})
+        first = await receive()
+        await asyncio.sleep(0.1)  # The client's later messages are queued.
+        try:
+            await asyncio.wait_for(receive(), 0)
+        except TimeoutError:
+            pass
+        msg = await receive()
+        await send({"type": "websocket.send",
+                    "text": f"{first.get('text')} {msg.get('text')}"})
         await ws_echo_each(receive, send)
     elif path == "/slow-send":
         timeouts = 0
