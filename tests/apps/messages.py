@@ -1,8 +1,8 @@
 """Apps that cancel receive() and send() and then go on: nothing may be lost.
 
 HTTP paths: /body-timeouts, /body-race, /body-zero-timeout.  WebSocket
-paths: /slow-receive, /race, /zero-timeout, /slow-send, /hold (with HTTP GET /go), /close-long, /close-code
-(?code=N), /echo.
+paths: /slow-receive, /race, /zero-timeout, /slow-send, /hold (with HTTP
+GET /go), /close-long, /close-code (?code=N), /echo.
 """
 
 from __future__ import annotations
