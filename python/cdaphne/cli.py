@@ -87,8 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument("--no-access-log", action="store_true",
                      help="write no access log (uvicorn's flag)")
     a("--log-fmt", default="%(asctime)-15s %(levelname)-8s %(message)s", help="log format")
-    a("--ping-interval", "--ws-ping-interval", type=float, default=20, help="seconds between WebSocket keepalive pings")
-    a("--ping-timeout", "--ws-ping-timeout", type=float, default=30, help="seconds to wait for a pong before closing")
+    a("--ping-interval", "--ws-ping-interval", type=float, default=20,
+      help="seconds between WebSocket keepalive pings")
+    a("--ping-timeout", "--ws-ping-timeout", type=float, default=30,
+      help="seconds to wait for a pong before closing")
     a("--application-close-timeout", type=float, default=10,
       help="seconds an application may run after its client is gone")
     a("--root-path", default="", help="the setting for the ASGI root_path variable")
@@ -136,9 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
       help="with --workers: each worker binds its own SO_REUSEPORT TCP socket")
     a("--lifespan", choices=("auto", "on", "off"), default="auto", help="ASGI lifespan protocol")
     a("-v", "--verbosity", type=int, default=1,
-      help="0 = quiet, 1 = normal (with the access log), 2 = debug, 3 = debug and asyncio's debug mode")
+      help="0 = quiet, 1 = normal (with the access log), 2 = debug, "
+           "3 = debug and asyncio's debug mode")
     a("--log-level", choices=tuple(_LOG_LEVELS), default=None,
-      help="uvicorn's spelling of -v: warning and above = -v 0 (no access log), info = 1, debug = 2")
+      help="uvicorn's spelling of -v: warning and above = -v 0 (no access log), "
+           "info = 1, debug = 2")
     a("--backlog", type=_size, default=Config.backlog, help="listen backlog (2048)")
     a("-s", "--server-name", default="cdaphne", help="the Server header's value")
     a("--no-server-name", "--no-server-header", action="store_true", help="send no Server header")
