@@ -172,7 +172,11 @@ def test_websocket_header_with_underscore_is_dropped(serve):
 
 # ---- endpoints -----------------------------------------------------------------
 
-UMASK_077 = ["sh", "-c", 'umask 077 && exec "$0" -m cdaphne "$@"', sys.executable]
+# `python -m cdaphne` under umask 077, started as Python (not through sh) so
+# that the sanitized run's LD_PRELOAD reaches it.
+UMASK_077 = [sys.executable, "-c",
+             "import os, runpy; os.umask(0o077); "
+             "runpy.run_module('cdaphne', run_name='__main__', alter_sys=True)"]
 
 
 def test_unix_socket_is_0666_whatever_the_umask(tmp_path):
