@@ -114,8 +114,16 @@ pythons() {
 }
 
 if [ "${1:-}" = "--wheel" ]; then
-    wheel "$2" "$ROOT" "$3" --no-isolation
-    exit
+    # From a copy of the sources: the tree's build/ may hold objects of
+    # another build (make test-asan's sanitized ones), which setuptools
+    # would link into the wheel.
+    src=$(mktemp -d)
+    tar -C "$ROOT" -cf - --exclude=./build --exclude=./dist --exclude='./.venv*' \
+        --exclude=./.git --exclude='*.so' . | tar -C "$src" -xf -
+    rc=0
+    wheel "$2" "$src" "$3" --no-isolation || rc=$?
+    rm -rf "$src"
+    exit $rc
 fi
 
 mkdir -p dist build
