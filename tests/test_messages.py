@@ -167,12 +167,15 @@ def next_data_frame(sock: socket.socket) -> tuple[int, bytes]:
 
 
 def test_ws_peer_is_not_dropped_for_pongs_the_server_did_not_read(serve):
-    proc = serve(APP, "--ping-interval", "0.2", "--ping-timeout", "0.3")
+    # Reading stays paused for 3.5 s, well past interval + timeout (1.7 s);
+    # once it resumes, this pong-less client has 1.5 s before it may be
+    # dropped, time enough for a slow (sanitized, loaded) server to answer.
+    proc = serve(APP, "--ping-interval", "0.2", "--ping-timeout", "1.5")
     with raw_handshake(proc.port, "/hold") as sock:
         data = memoryview(b"".join(binary_frame(bytes([i]) * (1 << 20)) for i in range(40)))
         sock.setblocking(False)
         sent = 0
-        deadline = time.monotonic() + 2.5  # Pings go unanswered meanwhile.
+        deadline = time.monotonic() + 3.5  # Pings go unanswered meanwhile.
         while sent < len(data) and time.monotonic() < deadline:
             try:
                 sent += sock.send(data[sent:sent + 65536])
