@@ -17,6 +17,7 @@ from .servers import SPECS
 
 DEFAULT_SCENARIOS = ("hello", "pipeline", "django", "ws", "ws-idle", "layer")
 WRK_SCENARIOS = ("hello", "pipeline", "django", "hello-w2")
+WORKER_SCENARIOS = ("hello-w2", "chat-w2")  # only with --only: unpinned, several minutes
 UNITS = {"hello": "req/s", "pipeline": "req/s", "django": "req/s", "ws": "msg/s",
          "fanout": "deliveries/s", "hello-w2": "req/s", "chat-w2": "deliveries/s",
          "ws-idle": "KiB/connection", "latency": "ms", "layer": ""}  # fmt: skip
@@ -78,7 +79,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         mode = replace(mode, ws_client_procs=args.ws_procs)
     chosen = _csv(args.only, SCENARIOS, "scenario") if args.only else list(DEFAULT_SCENARIOS)
     if args.full and not args.only:
-        chosen = list(SCENARIOS)
+        chosen = [s for s in SCENARIOS if s not in WORKER_SCENARIOS]
     selected = _csv(args.servers, ALL_SERVERS, "server") if args.servers else list(ALL_SERVERS)
     started = dt.datetime.now(dt.UTC)
     name = args.name or f"{mode.name}-{started:%Y%m%d-%H%M%S}"
