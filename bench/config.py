@@ -2,7 +2,10 @@
 
 from dataclasses import dataclass, replace
 
-SCENARIOS = ("hello", "pipeline", "django", "ws", "fanout", "ws-idle", "latency", "layer")
+SCENARIOS = (
+    "hello", "pipeline", "django", "ws", "fanout", "ws-idle", "latency", "layer",
+    "hello-w2", "chat-w2",
+)  # fmt: skip
 SCENARIO_TITLES = {
     "hello": "HTTP hello world, keep-alive",
     "pipeline": "HTTP hello world, pipelined 16 deep",
@@ -12,9 +15,12 @@ SCENARIO_TITLES = {
     "ws-idle": "Idle WebSocket memory",
     "latency": "HTTP latency at a fixed rate",
     "layer": "Channel layer (bench/layer_bench.py)",
+    "hello-w2": "HTTP hello world, --workers 2 (unpinned, shares the cores with wrk)",
+    "chat-w2": "Channels chat room, --workers 2, members on both workers (unpinned)",
 }
 ALL_SERVERS = (
     "cdaphne", "cdaphne-layer", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling",
+    "cdaphne-w2", "cdaphne-w2-redis", "uvicorn-w2", "granian-w2",
 )  # fmt: skip
 
 

@@ -29,6 +29,7 @@ PEER_PACKAGES = [
     "picows",
     "django",
     "channels",
+    "channels-redis",
     "psutil",
     "matplotlib",
 ]
@@ -45,6 +46,8 @@ PEER_DISTRIBUTIONS = [
     "picows",
     "django",
     "channels",
+    "channels-redis",
+    "redis",
     "matplotlib",
 ]
 

@@ -82,9 +82,11 @@ def main(argv: list[str]) -> int:
     out = Path(argv[1])
     out.mkdir(parents=True, exist_ok=True)
     m = doc["machine"]
-    machine = f"{m['nproc']} cores, {m['cpu_model']}; server on core 0, client on core 1"
+    cores = f"{m['nproc']} cores, {m['cpu_model']}"
     for key, sc in doc["scenarios"].items():
-        path = plot_scenario(key, sc, machine, out)
+        pinned = "pinning" not in sc.get("params", {})  # the --workers scenarios: unpinned
+        where = "server on core 0, client on core 1" if pinned else "nothing pinned"
+        path = plot_scenario(key, sc, f"{cores}; {where}", out)
         if path is not None:
             print(path)
     return 0

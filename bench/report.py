@@ -99,15 +99,17 @@ def scenario_table(key: str, sc: dict[str, Any]) -> list[str]:
         lines += ["```json", *raw_lines, "```", ""]
     if not servers:
         return lines
-    ref = _ok_median(servers, REFERENCE)
-    second = _ok_median(servers, SECOND_REFERENCE)
-    vs = "cdaphne ÷ this" if higher else "this ÷ cdaphne"
-    vs2 = "this ÷ uvicorn" if higher else "uvicorn ÷ this"
-    ref_cpu = _ok_extra(servers, REFERENCE, "per_server_cpu_s")
+    refname = sc.get("reference", REFERENCE)
+    second_name = sc.get("second_reference", SECOND_REFERENCE)
+    ref = _ok_median(servers, refname)
+    second = _ok_median(servers, second_name)
+    vs = f"{refname} ÷ this" if higher else f"this ÷ {refname}"
+    vs2 = f"this ÷ {second_name}" if higher else f"{second_name} ÷ this"
+    ref_cpu = _ok_extra(servers, refname, "per_server_cpu_s")
     per_cpu = any("per_server_cpu_s" in r for r in servers.values())
     lines += [
         f"| server | median {unit} | runs (min–max) | {vs} | {vs2} | CPU % srv/cli"
-        + (" | per server CPU-s | cdaphne ÷ this per CPU-s" if per_cpu else "")
+        + (f" | per server CPU-s | {refname} ÷ this per CPU-s" if per_cpu else "")
         + " | notes |",
         "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if per_cpu else "") + "---|",
     ]
@@ -129,7 +131,7 @@ def scenario_table(key: str, sc: dict[str, Any]) -> list[str]:
         cores = "—"
         if "server_cpu_pct" in res:
             cores = f"{res['server_cpu_pct']:.0f}/{res.get('client_cpu_pct', 0):.0f}"
-        vs_ref = "1.00×" if name == REFERENCE and ok else _cell(r1)
+        vs_ref = "1.00×" if name == refname and ok else _cell(r1)
         cpu_cells = ""
         r3 = None
         if per_cpu:
@@ -140,15 +142,15 @@ def scenario_table(key: str, sc: dict[str, Any]) -> list[str]:
             f"| {name} | {_fmt(med, unit)} | {runs} | {vs_ref} | {_cell(r2)} | {cores}"
             f"{cpu_cells} | {_notes(res)} |"
         )
-        if name != REFERENCE and r1 is not None:
+        if name != refname and r1 is not None:
             extra = f" ({_times(r3)} per server CPU-second)" if r3 is not None else ""
             if higher:
-                sentences.append(f"cdaphne is {_times(r1)} {name}{extra}")
+                sentences.append(f"{refname} is {_times(r1)} {name}{extra}")
             else:
-                sentences.append(f"{name}: {r1:.2f}× cdaphne's {unit}")
+                sentences.append(f"{name}: {r1:.2f}× {refname}'s {unit}")
     lines.append("")
-    if ref is None and REFERENCE in servers:
-        lines += [f"No ratios to cdaphne: cdaphne is {servers[REFERENCE]['status']}.", ""]
+    if ref is None and refname in servers:
+        lines += [f"No ratios to {refname}: it is {servers[refname]['status']}.", ""]
     elif sentences:
         lines += ["; ".join(sentences) + ".", ""]
     return lines

@@ -71,6 +71,8 @@ class ScenarioResult:
     reason: str = ""
     raw: Any = None  # a sub-benchmark's own JSON (the channel layer)
     loadavg: list[float] = field(default_factory=list)  # before it started: how busy the box was
+    reference: str = "cdaphne"  # the ratios' reference server
+    second_reference: str = "uvicorn"
 
     def server(self, name: str) -> ServerResult:
         return self.servers.setdefault(name, ServerResult())
@@ -86,6 +88,8 @@ class ScenarioResult:
             "reason": self.reason,
             "params": self.params,
             "loadavg_before": self.loadavg,
+            "reference": self.reference,
+            "second_reference": self.second_reference,
             "servers": {name: r.as_dict() for name, r in self.servers.items()},
         }
         if self.raw is not None:

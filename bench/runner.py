@@ -10,15 +10,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import env, report, scenarios, wrk
+from . import env, report, scenarios, workers, wrk
 from .config import ALL_SERVERS, FULL, QUICK, SCENARIO_TITLES, SCENARIOS, with_overrides
 from .results import UNAVAILABLE, ScenarioResult
 from .servers import SPECS
 
 DEFAULT_SCENARIOS = ("hello", "pipeline", "django", "ws", "ws-idle", "layer")
-WRK_SCENARIOS = ("hello", "pipeline", "django")
+WRK_SCENARIOS = ("hello", "pipeline", "django", "hello-w2")
+WORKER_SCENARIOS = ("hello-w2", "chat-w2")  # only with --only: unpinned, several minutes
 UNITS = {"hello": "req/s", "pipeline": "req/s", "django": "req/s", "ws": "msg/s",
-         "fanout": "deliveries/s",
+         "fanout": "deliveries/s", "hello-w2": "req/s", "chat-w2": "deliveries/s",
          "ws-idle": "KiB/connection", "latency": "ms", "layer": ""}  # fmt: skip
 
 
@@ -58,7 +59,7 @@ def _stamp_load(group: list[ScenarioResult]) -> None:
 
 
 def _needs_peers(chosen: list[str], selected: list[str]) -> bool:
-    if any(s in chosen for s in ("ws", "fanout", "ws-idle", "latency")):
+    if any(s in chosen for s in ("ws", "fanout", "ws-idle", "latency", "chat-w2")):
         return True  # the picows client lives in the peer venv
     return any(
         SPECS[name].venv == "peer"
@@ -78,7 +79,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         mode = replace(mode, ws_client_procs=args.ws_procs)
     chosen = _csv(args.only, SCENARIOS, "scenario") if args.only else list(DEFAULT_SCENARIOS)
     if args.full and not args.only:
-        chosen = list(SCENARIOS)
+        chosen = [s for s in SCENARIOS if s not in WORKER_SCENARIOS]
     selected = _csv(args.servers, ALL_SERVERS, "server") if args.servers else list(ALL_SERVERS)
     started = dt.datetime.now(dt.UTC)
     name = args.name or f"{mode.name}-{started:%Y%m%d-%H%M%S}"
@@ -162,6 +163,26 @@ def run(argv: list[str]) -> dict[str, Any]:
         _stamp_load([sc])
         log("scenario: ws-idle")
         scenarios.ws_idle(ctx, sc, ctx.servers_for("ws-idle"))
+    w2_params = {"workers": 2, "pinning": "none: servers and load generator share both cores",
+                 "seconds": mode.duration, "runs": mode.reps}  # fmt: skip
+    if "hello-w2" in results and results["hello-w2"].status == "ok":
+        sc = results["hello-w2"]
+        sc.params = {"connections": mode.connections, **w2_params}
+        sc.reference, sc.second_reference = "cdaphne-w2", "uvicorn-w2"
+        _stamp_load([sc])
+        log("scenario: hello-w2")
+        workers.hello_w2(ctx, sc, ctx.servers_for("hello-w2"))
+    if "chat-w2" in results:
+        sc = results["chat-w2"]
+        sc.params = {"room_members": mode.fanout_connections,
+                     "message_bytes": mode.ws_message_size,
+                     "layer": "cdaphne-w2 and cdaphne-layer: cdaphne's C layer; the others:"
+                     " channels_redis RedisChannelLayer on one local redis-server (its CPU"
+                     " counted as theirs)", **w2_params}  # fmt: skip
+        sc.reference, sc.second_reference = "cdaphne-w2", "uvicorn-w2"
+        _stamp_load([sc])
+        log("scenario: chat-w2")
+        workers.chat_w2(ctx, sc, ctx.servers_for("chat-w2"))
     if "layer" in results:
         _stamp_load([results["layer"]])
         log("scenario: layer")

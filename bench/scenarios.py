@@ -25,6 +25,9 @@ DEFAULT_SERVERS = {
     "ws-idle": ["cdaphne", "uvicorn", "granian", "daphne", "hypercorn"],
     "fanout": ["cdaphne", "cdaphne-layer", "uvicorn", "granian", "daphne", "hypercorn"],
     "latency": ["cdaphne", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling"],
+    # --workers 2 (bench/workers.py), with cdaphne in one process as the reference.
+    "hello-w2": ["cdaphne-w2", "uvicorn-w2", "granian-w2", "cdaphne"],
+    "chat-w2": ["cdaphne-w2", "cdaphne-w2-redis", "uvicorn-w2", "granian-w2", "cdaphne-layer"],
 }
 
 
@@ -57,9 +60,18 @@ def _mark_all(scenarios: list[ScenarioResult], name: str, status: str, reason: s
 
 @contextmanager
 def _started(
-    ctx: Context, names: list[str], app: str, probe: Probe, scenarios: list[ScenarioResult]
+    ctx: Context,
+    names: list[str],
+    app: str,
+    probe: Probe,
+    scenarios: list[ScenarioResult],
+    pinned: bool = True,
+    extra_env: Callable[[str], dict[str, str]] | None = None,
 ) -> Iterator[dict[str, RunningServer]]:
-    """Start each server, check one real response, and stop them all afterwards."""
+    """Start each server, check one real response, and stop them all afterwards.
+
+    pinned=False: no taskset (the --workers scenarios); extra_env(name): more
+    environment for that server."""
     running: dict[str, RunningServer] = {}
     try:
         for name in names:
@@ -69,7 +81,10 @@ def _started(
                 continue
             ctx.log(f"  starting {name} ({app} app)")
             try:
-                srv = servers.start(spec, app, ctx.log_dir, ctx.mode.startup_timeout)
+                srv = servers.start(
+                    spec, app, ctx.log_dir, ctx.mode.startup_timeout, pinned,
+                    extra_env(name) if extra_env else None,
+                )  # fmt: skip
             except Unavailable as exc:
                 ctx.log(f"  {name} unavailable: {str(exc)[:300]}")
                 _mark_all(scenarios, name, UNAVAILABLE, str(exc))

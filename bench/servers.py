@@ -22,6 +22,7 @@ TARGETS = {
 HOST = "127.0.0.1"
 SERVER_CORE = "0"
 CLIENT_CORE = "1"
+WORKERS = 2  # the *-w2 servers
 
 
 class Unavailable(RuntimeError):
@@ -60,6 +61,10 @@ def _cdaphne(target: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
+def _cdaphne_w2(target: str, port: int) -> list[str]:
+    return [*_cdaphne(target, port)[:-1], "--workers", str(WORKERS), target]
+
+
 def _uvicorn(target: str, port: int) -> list[str]:
     return [
         _peer_bin("uvicorn"), target, "--host", HOST, "--port", str(port),
@@ -68,11 +73,19 @@ def _uvicorn(target: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _granian(target: str, port: int) -> list[str]:
+def _uvicorn_w2(target: str, port: int) -> list[str]:
+    return [*_uvicorn(target, port), "--workers", str(WORKERS)]
+
+
+def _granian(target: str, port: int, workers: int = 1) -> list[str]:
     return [
         _peer_bin("granian"), "--interface", "asgi", "--host", HOST, "--port", str(port),
-        "--workers", "1", "--log-level", "warning", target,
+        "--workers", str(workers), "--log-level", "warning", target,
     ]  # fmt: skip
+
+
+def _granian_w2(target: str, port: int) -> list[str]:
+    return _granian(target, port, WORKERS)
 
 
 def _hypercorn(target: str, port: int) -> list[str]:
@@ -95,6 +108,9 @@ def _ceiling(target: str, port: int) -> list[str]:
 
 
 ALL_APPS = frozenset(TARGETS)
+W2_APPS = frozenset({"hello", "chat"})
+C_LAYER = ("BENCH_CHANNEL_LAYER", "cdaphne.layers.InMemoryChannelLayer")
+REDIS_LAYER = ("BENCH_CHANNEL_LAYER", "channels_redis.core.RedisChannelLayer")
 SPECS: dict[str, ServerSpec] = {
     s.name: s
     for s in [
@@ -118,6 +134,31 @@ SPECS: dict[str, ServerSpec] = {
         ServerSpec(
             "ceiling", "none", frozenset({"hello"}), _ceiling,
             "bench/ceiling.c: bare libuv, constant response, no Python",
+        ),  # fmt: skip
+        # --workers 2 (the hello-w2 and chat-w2 scenarios). For the chat room each one
+        # needs a layer that spans the workers: cdaphne's C layer (relayed by the
+        # supervisor) or channels_redis on the scenario's redis-server.
+        ServerSpec(
+            "cdaphne-w2", "project", W2_APPS, _cdaphne_w2,
+            f"cdaphne --workers {WORKERS} (shared listening socket); chat: its C layer"
+            " (cdaphne.layers.InMemoryChannelLayer, relayed by the supervisor)",
+            env=(C_LAYER,),
+        ),  # fmt: skip
+        ServerSpec(
+            "cdaphne-w2-redis", "project", frozenset({"chat"}), _cdaphne_w2,
+            f"cdaphne --workers {WORKERS}; chat: channels_redis RedisChannelLayer",
+            env=(REDIS_LAYER,),
+        ),  # fmt: skip
+        ServerSpec(
+            "uvicorn-w2", "peer", W2_APPS, _uvicorn_w2,
+            f"uvicorn --http httptools --loop uvloop --ws websockets --workers {WORKERS};"
+            " chat: channels_redis RedisChannelLayer",
+            env=(REDIS_LAYER,),
+        ),  # fmt: skip
+        ServerSpec(
+            "granian-w2", "peer", W2_APPS, _granian_w2,
+            f"granian --interface asgi --workers {WORKERS}; chat: channels_redis RedisChannelLayer",
+            env=(REDIS_LAYER,),
         ),  # fmt: skip
     ]
 }
@@ -148,16 +189,25 @@ def _tail(path: Path, limit: int = 1500) -> str:
 class RunningServer:
     """A server process group started by the runner; stop() ends exactly that group."""
 
-    def __init__(self, spec: ServerSpec, app: str, log_dir: Path) -> None:
+    def __init__(
+        self,
+        spec: ServerSpec,
+        app: str,
+        log_dir: Path,
+        pinned: bool = True,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.spec = spec
         self.app = app
         self.port = free_port()
         self.log_path = log_dir / f"{spec.name}-{app}.log"
-        self.argv = [*pin(SERVER_CORE), *spec.argv(TARGETS[app], self.port)]
+        cores = pin(SERVER_CORE) if pinned else []
+        self.argv = [*cores, *spec.argv(TARGETS[app], self.port)]
         pythonpath = [str(env.APPS)]
         if spec.venv == "project":
             pythonpath.append(str(env.ROOT / "python"))  # in case it is built but not installed
         child_env = dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath), **dict(spec.env))
+        child_env.update(extra_env or {})
         child_env.pop("DJANGO_SETTINGS_MODULE", None)
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
@@ -232,13 +282,20 @@ def stop_all(running: list[RunningServer], grace: float = 3.0) -> None:
         srv._signal(signal.SIGKILL)
 
 
-def start(spec: ServerSpec, app: str, log_dir: Path, timeout: float) -> RunningServer:
+def start(
+    spec: ServerSpec,
+    app: str,
+    log_dir: Path,
+    timeout: float,
+    pinned: bool = True,
+    extra_env: dict[str, str] | None = None,
+) -> RunningServer:
     """Start a server and wait for its port; the caller probes the response."""
     if app not in spec.apps:
         raise Unavailable(f"{spec.name} cannot serve the {app} app")
     if spec.venv != "none" and not spec.python().exists():
         raise Unavailable(f"{spec.python()} does not exist")
-    server = RunningServer(spec, app, log_dir)
+    server = RunningServer(spec, app, log_dir, pinned, extra_env)
     try:
         server.wait_listening(timeout)
     except Unavailable:

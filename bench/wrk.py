@@ -47,10 +47,14 @@ def run(
     connections: int,
     depth: int = 1,
     timeout_s: int = 2,
+    pinned: bool = True,
 ) -> WrkResult:
-    """One bounded wrk run: -t 1, `connections` connections, `duration` seconds."""
+    """One bounded wrk run: -t 1, `connections` connections, `duration` seconds.
+
+    pinned=False lets wrk run on any core (the --workers scenarios share both)."""
     cmd = [
-        *pin(CLIENT_CORE), "wrk", "-t", "1", "-c", str(connections), "-d", f"{duration}s",
+        *(pin(CLIENT_CORE) if pinned else []), "wrk", "-t", "1", "-c", str(connections),
+        "-d", f"{duration}s",
         "--timeout", f"{timeout_s}s", "-s", str(SCRIPT), url, "--", str(depth),
     ]  # fmt: skip
     try:

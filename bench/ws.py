@@ -47,11 +47,18 @@ def _parse(stdout: str, stderr: str, code: int | None) -> dict[str, Any]:
 
 
 def echo(
-    url: str, connections: int, duration: int, size: int, procs: int, kind: str = "echo"
+    url: str,
+    connections: int,
+    duration: int,
+    size: int,
+    procs: int,
+    kind: str = "echo",
+    pinned: bool = True,
 ) -> EchoResult:
     """`procs` client processes on the client core, `connections` echo loops in all.
 
     kind "fanout": one process, `connections` members of one chat room.
+    pinned=False: the clients run on any core (the --workers scenarios).
     """
     if kind == "fanout":
         procs = 1
@@ -61,7 +68,8 @@ def echo(
     first = 0
     for n in share:
         cmd = [
-            *pin(CLIENT_CORE), str(env.peer_python()), str(CLIENT), kind, "--url", url,
+            *(pin(CLIENT_CORE) if pinned else []), str(env.peer_python()), str(CLIENT), kind,
+            "--url", url,
             "--connections", str(n), "--duration", str(duration), "--size", str(size),
             "--first-id", str(first),
         ]  # fmt: skip

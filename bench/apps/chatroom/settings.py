@@ -1,7 +1,10 @@
 """Settings of the chat-room project: an in-memory channel layer, no database.
 
 BENCH_CHANNEL_LAYER picks the layer class: Channels' InMemoryChannelLayer by
-default, cdaphne.layers.InMemoryChannelLayer for the "cdaphne-layer" entry.
+default, cdaphne.layers.InMemoryChannelLayer for the "cdaphne-layer" entry, and
+channels_redis.core.RedisChannelLayer (on BENCH_REDIS_URL, with the key prefix
+BENCH_REDIS_PREFIX so servers sharing one redis-server never share a room) for the
+--workers entries of the peers.
 """
 
 import os
@@ -18,9 +21,9 @@ LOGGING_CONFIG = None
 ASGI_APPLICATION = "chatroom.asgi.application"
 # One process: the in-memory layer is the right one. Capacity above the room size so
 # that a broadcast never drops a message for a slow member.
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": os.environ.get("BENCH_CHANNEL_LAYER", "channels.layers.InMemoryChannelLayer"),
-        "CONFIG": {"capacity": 1000, "expiry": 60},
-    }
-}
+_BACKEND = os.environ.get("BENCH_CHANNEL_LAYER", "channels.layers.InMemoryChannelLayer")
+_CONFIG: dict[str, object] = {"capacity": 1000, "expiry": 60}
+if _BACKEND.startswith("channels_redis."):
+    _CONFIG["hosts"] = [os.environ["BENCH_REDIS_URL"]]
+    _CONFIG["prefix"] = os.environ.get("BENCH_REDIS_PREFIX", "asgi")
+CHANNEL_LAYERS = {"default": {"BACKEND": _BACKEND, "CONFIG": _CONFIG}}
