@@ -539,8 +539,7 @@ void cd_ws_free(cd_ws_t *ws);
 
 /* ---- waiter.c: the awaitable returned by receive()/send() --------- */
 int cd_waiter_type_init(PyObject *module, cd_state *st);
-/* New reference.  Steals value / fut (one of them NULL). */
-PyObject *cd_waiter_ready(cd_state *st, PyObject *value);
+/* New reference: a waiter that waits on fut (stolen). */
 PyObject *cd_waiter_pending(cd_state *st, PyObject *fut);
 /* New reference: a receive() waiter that takes its message from cy
  * when first awaited, or when the cycle's receive future (which only

@@ -15,25 +15,22 @@
 
 typedef struct {
     PyObject_HEAD
-    PyObject *value; /* strong: the result, when ready */
-    PyObject *fut;   /* strong: the future to wait on, when not */
-    cd_cycle_t *cy;  /* strong: receive() waiters only, else NULL */
-    cd_state *st;    /* borrowed: the module outlives its types */
+    PyObject *fut;  /* strong: the future to wait on, or NULL */
+    cd_cycle_t *cy; /* strong: receive() waiters only, else NULL */
+    cd_state *st;   /* borrowed: the module outlives its types */
     int yielded;
 } cd_waiter_t;
 
 static PyObject *
-waiter_new(cd_state *st, PyObject *value, PyObject *fut)
+waiter_new(cd_state *st, PyObject *fut)
 {
     cd_waiter_t *w = PyObject_GC_New(cd_waiter_t, st->Waiter_type);
     if (w == NULL) {
-        Py_XDECREF(value);
         Py_XDECREF(fut);
         return NULL;
     }
     st->live.waiters++;
     w->st = st;
-    w->value = value;
     w->fut = fut;
     w->cy = NULL;
     w->yielded = 0;
@@ -44,7 +41,7 @@ waiter_new(cd_state *st, PyObject *value, PyObject *fut)
 PyObject *
 cd_waiter_receive(cd_state *st, cd_cycle_t *cy)
 {
-    cd_waiter_t *w = (cd_waiter_t *)waiter_new(st, NULL, NULL);
+    cd_waiter_t *w = (cd_waiter_t *)waiter_new(st, NULL);
     if (w != NULL) {
         w->cy = (cd_cycle_t *)Py_NewRef((PyObject *)cy);
     }
@@ -52,15 +49,9 @@ cd_waiter_receive(cd_state *st, cd_cycle_t *cy)
 }
 
 PyObject *
-cd_waiter_ready(cd_state *st, PyObject *value)
-{
-    return waiter_new(st, value, NULL);
-}
-
-PyObject *
 cd_waiter_pending(cd_state *st, PyObject *fut)
 {
-    return waiter_new(st, NULL, fut);
+    return waiter_new(st, fut);
 }
 
 static PySendResult
@@ -102,11 +93,6 @@ waiter_take(cd_waiter_t *w, PyObject **result)
 static PySendResult
 waiter_am_send(cd_waiter_t *w, PyObject *arg, PyObject **result)
 {
-    if (w->value != NULL) {
-        *result = w->value;
-        w->value = NULL;
-        return PYGEN_RETURN;
-    }
     if (w->cy != NULL && !w->yielded) {
         return waiter_take(w, result);
     }
@@ -173,7 +159,6 @@ static int
 waiter_traverse(cd_waiter_t *w, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(w));
-    Py_VISIT(w->value);
     Py_VISIT(w->fut);
     Py_VISIT(w->cy);
     return 0;
@@ -182,7 +167,6 @@ waiter_traverse(cd_waiter_t *w, visitproc visit, void *arg)
 static int
 waiter_clear(cd_waiter_t *w)
 {
-    Py_CLEAR(w->value);
     Py_CLEAR(w->fut);
     Py_CLEAR(w->cy);
     return 0;
@@ -232,6 +216,6 @@ cd_waiter_type_init(PyObject *module, cd_state *st)
     if (st->Waiter_type == NULL) {
         return -1;
     }
-    st->done_waiter = waiter_new(st, NULL, NULL);
+    st->done_waiter = waiter_new(st, NULL);
     return st->done_waiter ? 0 : -1;
 }
