@@ -2,7 +2,12 @@
  *
  * Closing follows libuv's rule: mark CLOSING, uv_close every handle, free
  * in the last close callback.  A write request keeps a strong reference
- * to the Python bytes it sends until its callback runs. */
+ * to the Python bytes it sends until its callback runs.
+ *
+ * The byte transport (c->transport, internal.h) sits between the socket
+ * and the protocol: on a plain conn it is NULL and reads land in c->in,
+ * a flush writes c->outq; a TLS transport decrypts what is read into
+ * c->in and turns c->outq into records in its wire queue at flush. */
 #include "internal.h"
 
 #include <fcntl.h>
@@ -32,8 +37,18 @@ typedef struct {
 static void outq_clear(cd_outq_t *q);
 static void outq_dispose(cd_outq_t *q);
 static void conn_uncork(cd_conn_t *c);
+
 static void conn_writes_done(cd_conn_t *c);
 static void conn_on_timer(uv_timer_t *t);
+
+/* Nothing left to write: no write in flight, nothing queued, no flush
+ * asked for (a transport's own bytes wait for one). */
+static inline int
+conn_all_out(const cd_conn_t *c)
+{
+    return c->writes_in_flight == 0 && c->outq.n == 0 &&
+           !(c->flags & CD_CONN_F_CORKED);
+}
 
 static void
 conn_on_handle_close(uv_handle_t *h)
@@ -48,6 +63,9 @@ conn_on_handle_close(uv_handle_t *h)
     c->link.next->prev = c->link.prev;
     srv->nconns--;
     cd_http1_release_request(c);
+    if (c->transport != NULL && c->transport->free != NULL) {
+        c->transport->free(c);
+    }
     Py_CLEAR(c->client);
     Py_CLEAR(c->sockname);
     outq_dispose(&c->outq);
@@ -84,10 +102,33 @@ cd_conn_close(cd_conn_t *c)
     }
 }
 
+/* Every queued byte is out, before our close or FIN: the transport
+ * says goodbye (TLS close_notify).  1 if it queued bytes: the caller
+ * waits, and comes back once they are out. */
+static int
+conn_transport_shutdown(cd_conn_t *c)
+{
+    if (c->transport == NULL || c->transport->shutdown == NULL ||
+        (c->flags & CD_CONN_F_TP_SHUT)) {
+        return 0;
+    }
+    c->flags |= CD_CONN_F_TP_SHUT;
+    if (c->transport->shutdown(c) <= 0) {
+        return 0;
+    }
+    c->flags |= CD_CONN_F_CLOSE_AFTER;
+    cd_conn_want_flush(c);
+    return 1;
+}
+
 void
 cd_conn_close_after_writes(cd_conn_t *c)
 {
-    if (c->writes_in_flight == 0 && c->outq.n == 0) {
+    if (conn_all_out(c)) {
+        if (conn_transport_shutdown(c)) {
+            cd_conn_read_stop(c);
+            return;
+        }
         cd_conn_close(c);
         return;
     }
@@ -109,7 +150,7 @@ cd_conn_linger_after_writes(cd_conn_t *c)
     c->linger_bytes = 0;
     c->in.len = 0;
     cd_conn_read_start(c);
-    if (c->writes_in_flight == 0 && c->outq.n == 0) {
+    if (conn_all_out(c)) {
         conn_writes_done(c);
     }
 }
@@ -128,6 +169,9 @@ conn_on_shutdown(uv_shutdown_t *req, int status)
 static void
 conn_writes_done(cd_conn_t *c)
 {
+    if (conn_transport_shutdown(c)) {
+        return;
+    }
     if (!(c->flags & CD_CONN_F_LINGER)) {
         cd_conn_close(c);
         return;
@@ -167,6 +211,10 @@ static void
 conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     cd_conn_t *c = (cd_conn_t *)h->data;
+    if (c->transport != NULL && !(c->flags & CD_CONN_F_LINGER)) {
+        c->transport->alloc(c, buf);
+        return;
+    }
     if (cd_buf_reserve(&c->in, CD_READ_SIZE) < 0) {
         buf->base = NULL;
         buf->len = 0;
@@ -190,6 +238,27 @@ conn_on_eof(cd_conn_t *c)
     }
 }
 
+/* Raw bytes through the transport: 1 if c->in grew (parse it), else 0
+ * (more bytes needed, or the conn closed or ended). */
+static int
+conn_transport_read(cd_conn_t *c, const uv_buf_t *buf, size_t nread)
+{
+    int r = c->transport->read(c, buf, nread);
+    if (r > 0 && c->state != CD_CONN_CLOSING) {
+        return 1;
+    }
+    if (c->state == CD_CONN_CLOSING) {
+        return 0;
+    }
+    if (r == UV_EOF) {
+        conn_on_eof(c);
+    }
+    else if (r < 0) {
+        cd_conn_close(c);
+    }
+    return 0;
+}
+
 static void
 conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
@@ -206,7 +275,12 @@ conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_on_eof(c);
         return;
     }
-    c->in.len += (size_t)nread;
+    if (c->transport == NULL) {
+        c->in.len += (size_t)nread;
+    }
+    else if (conn_transport_read(c, buf, (size_t)nread) <= 0) {
+        return;
+    }
     if (c->state == CD_CONN_UPGRADED) {
         cd_ws_on_read(c);
         return;
@@ -352,8 +426,7 @@ conn_on_write(uv_write_t *req, int status)
         cd_conn_close(c);
         return;
     }
-    if (c->writes_in_flight == 0 && c->outq.n == 0 &&
-        (c->flags & CD_CONN_F_CLOSE_AFTER)) {
+    if (conn_all_out(c) && (c->flags & CD_CONN_F_CLOSE_AFTER)) {
         conn_writes_done(c);
         return;
     }
@@ -429,28 +502,30 @@ conn_uncork(cd_conn_t *c)
     }
 }
 
-int
-cd_conn_write(cd_conn_t *c, uv_buf_t *bufs, int nbufs, PyObject *keep,
-              char *owned)
+/* Appends bufs to q; the last entry carries the references for all of
+ * them: a flush releases an entry only once it and every entry before it
+ * went out whole, so no buffer of the group is released early. */
+static int
+outq_push(cd_outq_t *q, uv_buf_t *bufs, int nbufs, PyObject *keep, char *owned,
+          size_t *queued)
 {
-    if (c->state == CD_CONN_CLOSING || (c->flags & CD_CONN_F_SHUT_WR) ||
-        outq_reserve(&c->outq, nbufs) < 0) {
+    if (outq_reserve(q, nbufs) < 0) {
         free(owned);
-        return c->state == CD_CONN_CLOSING || (c->flags & CD_CONN_F_SHUT_WR)
-                   ? UV_ECANCELED
-                   : UV_ENOMEM;
+        return UV_ENOMEM;
     }
-    cd_outq_t *q = &c->outq;
     for (int i = 0; i < nbufs; i++) {
         q->bufs[q->n] = bufs[i];
-        /* The last entry carries the references for all of them: a flush
-         * releases an entry only once it and every entry before it went
-         * out whole, so no buffer of the group is released early. */
         q->keep[q->n] = i == nbufs - 1 ? Py_XNewRef(keep) : NULL;
         q->owned[q->n] = i == nbufs - 1 ? owned : NULL;
-        c->write_queued += bufs[i].len;
+        *queued += bufs[i].len;
         q->n++;
     }
+    return 0;
+}
+
+void
+cd_conn_want_flush(cd_conn_t *c)
+{
     if (!(c->flags & CD_CONN_F_CORKED)) {
         cd_loop_t *loop = c->server->loop;
         c->cork_link.next = &loop->corked;
@@ -459,24 +534,58 @@ cd_conn_write(cd_conn_t *c, uv_buf_t *bufs, int nbufs, PyObject *keep,
         loop->corked.prev = &c->cork_link;
         c->flags |= CD_CONN_F_CORKED;
     }
-    return 0;
+}
+
+int
+cd_conn_write(cd_conn_t *c, uv_buf_t *bufs, int nbufs, PyObject *keep,
+              char *owned)
+{
+    if (c->state == CD_CONN_CLOSING ||
+        (c->flags & (CD_CONN_F_SHUT_WR | CD_CONN_F_TP_SHUT))) {
+        free(owned);
+        return UV_ECANCELED;
+    }
+    int r = outq_push(&c->outq, bufs, nbufs, keep, owned, &c->write_queued);
+    if (r == 0) {
+        cd_conn_want_flush(c);
+    }
+    return r;
 }
 
 void
-cd_conn_flush(cd_conn_t *c)
+cd_conn_outq_clear(cd_conn_t *c)
 {
-    conn_uncork(c);
-    cd_outq_t *q = &c->outq;
-    if (q->n == 0 || c->state == CD_CONN_CLOSING) {
-        return;
+    for (int i = 0; i < c->outq.n; i++) {
+        c->write_queued -= c->outq.bufs[i].len;
     }
+    outq_clear(&c->outq);
+}
+
+int
+cd_conn_wire_push(cd_conn_t *c, cd_outq_t *wire, uv_buf_t *bufs, int nbufs,
+                  PyObject *keep, char *owned)
+{
+    return outq_push(wire, bufs, nbufs, keep, owned, &c->write_queued);
+}
+
+void
+cd_conn_wire_dispose(cd_outq_t *wire)
+{
+    outq_dispose(wire);
+}
+
+/* Writes q out: what the socket takes now, the rest in one uv_write.
+ * 0, or -1 if the conn closed. */
+static int
+conn_write_queue(cd_conn_t *c, cd_outq_t *q)
+{
     int first = 0;
     size_t done = 0;
     if (c->writes_in_flight == 0) {
         int r = uv_try_write(&c->io.stream, q->bufs, q->n);
         if (r < 0 && r != UV_EAGAIN) {
             cd_conn_close(c);
-            return;
+            return -1;
         }
         done = r > 0 ? (size_t)r : 0;
         c->write_queued -= done;
@@ -492,45 +601,73 @@ cd_conn_flush(cd_conn_t *c)
     }
     if (first == q->n) {
         outq_clear(q);
+        return 0;
     }
-    else {
-        int n = q->n - first;
-        cd_write_req_t *w =
-            malloc(sizeof(*w) + n * (sizeof(uv_buf_t) + sizeof(PyObject *) +
-                                     sizeof(char *)));
-        if (w == NULL) {
+    int n = q->n - first;
+    cd_write_req_t *w =
+        malloc(sizeof(*w) +
+               n * (sizeof(uv_buf_t) + sizeof(PyObject *) + sizeof(char *)));
+    if (w == NULL) {
+        cd_conn_close(c);
+        return -1;
+    }
+    c->server->st->live.write_reqs++;
+    w->conn = c;
+    w->n = n;
+    w->bufs = (uv_buf_t *)(w + 1);
+    w->keep = (PyObject **)(w->bufs + n);
+    w->owned = (char **)(w->keep + n);
+    w->nbytes = 0;
+    for (int i = 0; i < n; i++) {
+        w->bufs[i] = q->bufs[first + i];
+        w->keep[i] = q->keep[first + i];
+        w->owned[i] = q->owned[first + i];
+        w->nbytes += w->bufs[i].len;
+    }
+    /* The sent entries' references go; the rest moved to w. */
+    for (int i = 0; i < first; i++) {
+        Py_XDECREF(q->keep[i]);
+        free(q->owned[i]);
+    }
+    q->n = 0;
+    int r = uv_write(&w->req, &c->io.stream, w->bufs, w->n, conn_on_write);
+    if (r < 0) {
+        c->write_queued -= w->nbytes;
+        write_req_free(w);
+        cd_conn_close(c);
+        return -1;
+    }
+    c->writes_in_flight++;
+    return 0;
+}
+
+void
+cd_conn_flush(cd_conn_t *c)
+{
+    conn_uncork(c);
+    if (c->state == CD_CONN_CLOSING) {
+        return;
+    }
+    cd_outq_t *q = &c->outq;
+    if (c->transport != NULL) {
+        q = c->transport->encode(c);
+        if (q == NULL) {
             cd_conn_close(c);
             return;
         }
-        c->server->st->live.write_reqs++;
-        w->conn = c;
-        w->n = n;
-        w->bufs = (uv_buf_t *)(w + 1);
-        w->keep = (PyObject **)(w->bufs + n);
-        w->owned = (char **)(w->keep + n);
-        w->nbytes = 0;
-        for (int i = 0; i < n; i++) {
-            w->bufs[i] = q->bufs[first + i];
-            w->keep[i] = q->keep[first + i];
-            w->owned[i] = q->owned[first + i];
-            w->nbytes += w->bufs[i].len;
-        }
-        /* The sent entries' references go; the rest moved to w. */
-        for (int i = 0; i < first; i++) {
-            Py_XDECREF(q->keep[i]);
-            free(q->owned[i]);
-        }
-        q->n = 0;
-        int r = uv_write(&w->req, &c->io.stream, w->bufs, w->n, conn_on_write);
-        if (r < 0) {
-            c->write_queued -= w->nbytes;
-            write_req_free(w);
-            cd_conn_close(c);
-            return;
-        }
-        c->writes_in_flight++;
     }
-    if (c->writes_in_flight == 0 && (c->flags & CD_CONN_F_CLOSE_AFTER)) {
+    if (q->n == 0) {
+        /* Plain: nothing happened.  A transport may have nothing left
+         * to send (its shutdown hook queued nothing). */
+        if (conn_all_out(c) && (c->flags & CD_CONN_F_CLOSE_AFTER)) {
+            conn_writes_done(c);
+        }
+        return;
+    }
+    if (conn_write_queue(c, q) < 0) {
+        return;
+    }
+    if (conn_all_out(c) && (c->flags & CD_CONN_F_CLOSE_AFTER)) {
         conn_writes_done(c);
         return;
     }
@@ -602,13 +739,28 @@ cd_conn_new(cd_listener_t *ls)
     if (!ls->is_unix) {
         uv_tcp_nodelay(&c->io.tcp, 1);
     }
+    if (ls->transport != NULL) {
+        c->transport = ls->transport;
+        if (c->transport->open(c) < 0) {
+            cd_conn_close(c);
+            return NULL;
+        }
+    }
     c->client = conn_peer_tuple(c);
     if (c->client == NULL) {
         PyErr_Clear();
         c->client = Py_NewRef(Py_None);
     }
-    cd_http1_init(c);
     cd_conn_read_start(c);
     cd_conn_timer_start(c, srv->cfg.keepalive_timeout);
+    if (c->transport == NULL) {
+        cd_conn_ready(c); /* A plain conn is ready at accept. */
+    }
     return c;
+}
+
+void
+cd_conn_ready(cd_conn_t *c)
+{
+    cd_http1_init(c);
 }

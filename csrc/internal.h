@@ -90,6 +90,7 @@ typedef struct cd_listener_s cd_listener_t;
 typedef struct cd_conn_s cd_conn_t;
 typedef struct cd_cycle_s cd_cycle_t;
 typedef struct cd_ws_s cd_ws_t;
+typedef struct cd_transport_s cd_transport_t;
 
 /* ---- strings.c ---------------------------------------------------- */
 int cd_strings_init(cd_state *st);
@@ -208,6 +209,8 @@ struct cd_listener_s {
     } io;
     cd_server_t *server; /* borrowed: the server closes its listeners */
     PyObject *sockname;  /* strong: the scope's "server" value */
+    const cd_transport_t *transport; /* borrowed: a static table for the
+                                        conns it accepts, NULL: plain */
     int is_unix;
 };
 
@@ -263,6 +266,7 @@ enum {
     CD_CONN_F_BODY_WAIT = 1 << 9,   /* the app waits for request body */
     CD_CONN_F_SERVED = 1 << 10,     /* a response completed (keep-alive) */
     CD_CONN_F_HUP_INIT = 1 << 11,   /* hup and hup_fd exist */
+    CD_CONN_F_TP_SHUT = 1 << 12,    /* the transport's shutdown ran */
 };
 
 /* Output written during one loop turn, sent with one writev before the
@@ -274,6 +278,45 @@ typedef struct {
     int n;
     int cap;
 } cd_outq_t;
+
+/* The byte transport: what sits between the socket and the protocol
+ * (TLS).  NULL on a plain conn, which costs nothing: reads land in c->in
+ * and a flush writes c->outq as it is.  A transport keeps its state in
+ * c->transport_data and owns a wire queue of the bytes it made (records,
+ * handshake, alerts), which the flush writes instead of c->outq.  Its
+ * hooks run with the GIL held, never after cd_conn_close. */
+struct cd_transport_s {
+    const char *name;
+    /* At accept, before the first read: set c->transport_data (the
+     * server's config is c->server).  0, or a negative UV_E* to refuse
+     * the conn (closed at once; free still runs). */
+    int (*open)(cd_conn_t *c);
+    /* Where libuv reads the socket: a buffer of the transport's (libuv
+     * calls read right after alloc, so one per loop will do). */
+    void (*alloc)(cd_conn_t *c, uv_buf_t *buf);
+    /* nread > 0 raw bytes arrived in buf->base.  Appends to c->in all the
+     * plaintext they complete (never more than nread, so c->in grows as
+     * a plain read would), calls cd_conn_ready() once the handshake is
+     * done and cd_conn_want_flush() when it queued bytes of its own.
+     * Returns 1 if c->in grew, 0 if it needs more bytes, UV_EOF when the
+     * peer said goodbye (close_notify: handled as the peer's FIN), or
+     * another negative UV_E* to close the connection now. */
+    int (*read)(cd_conn_t *c, const uv_buf_t *buf, size_t nread);
+    /* At each flush: encode what it can of c->outq (the protocol's
+     * plaintext, with its keep/owned references) into the wire queue and
+     * release those entries (cd_conn_outq_clear); what stays in c->outq
+     * waits (before the handshake, say).  Returns the wire queue, or NULL
+     * to close the connection. */
+    cd_outq_t *(*encode)(cd_conn_t *c);
+    /* Every queued byte is out and the conn is about to close or send
+     * its FIN (lingering close): queue a last record (close_notify) into
+     * the wire queue; returns 1 if it queued bytes (they are flushed
+     * first), 0 if not.  Runs once; writes are refused afterwards. */
+    int (*shutdown)(cd_conn_t *c);
+    /* The conn is freed (its last close callback): free transport_data
+     * (NULL if open failed). */
+    void (*free)(cd_conn_t *c);
+};
 
 /* A connection.  Owned by its server's list; freed in the last close
  * callback of its three handles. */
@@ -289,8 +332,11 @@ struct cd_conn_s {
     cd_link_t cork_link; /* in loop->corked while CD_CONN_F_CORKED */
     cd_outq_t outq;      /* owned: output not yet handed to libuv */
     cd_server_t *server; /* borrowed: closes every conn before dying */
-    PyObject *sockname;  /* strong: the scope's "server" (a listener
-                            can close and go first, at shutdown) */
+    const cd_transport_t *transport; /* borrowed: a static table, or NULL
+                                        on a plain conn */
+    void *transport_data;            /* owned: the transport's free hook */
+    PyObject *sockname; /* strong: the scope's "server" (a listener
+                           can close and go first, at shutdown) */
     cd_conn_state_t state;
     unsigned flags;
     int open_handles; /* free the conn when this reaches 0 */
@@ -357,6 +403,24 @@ void cd_conn_timer_stop(cd_conn_t *c);
 /* Writes that drained below the high-water mark. */
 void cd_conn_on_drain(cd_conn_t *c);
 void cd_conn_flush(cd_conn_t *c);
+/* The transport is ready for the protocol (plain: at accept; TLS: once
+ * its handshake is done): the protocol starts. */
+void cd_conn_ready(cd_conn_t *c);
+/* For transports: have the conn flushed before the loop polls again,
+ * even if the protocol queued nothing (handshake records, alerts). */
+void cd_conn_want_flush(cd_conn_t *c);
+/* For transports: release every entry of c->outq (its references go)
+ * once encode copied them; keeps c->write_queued right. */
+void cd_conn_outq_clear(cd_conn_t *c);
+/* For transports: append bytes to a wire queue; `owned` (may be NULL)
+ * is freed once they are sent, `keep` (borrowed, may be NULL) INCREF'd
+ * meanwhile.  Counts them in c->write_queued.  0 or UV_ENOMEM (then
+ * `owned` is freed). */
+int cd_conn_wire_push(cd_conn_t *c, cd_outq_t *wire, uv_buf_t *bufs, int nbufs,
+                      PyObject *keep, char *owned);
+/* For transports: release every entry of a wire queue and its arrays
+ * (in the free hook). */
+void cd_conn_wire_dispose(cd_outq_t *wire);
 
 /* ---- http1.c: llhttp glue ----------------------------------------- */
 void cd_http1_init(cd_conn_t *c);
