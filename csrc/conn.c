@@ -103,8 +103,10 @@ cd_conn_close(cd_conn_t *c)
 }
 
 /* Every queued byte is out, before our close or FIN: the transport
- * says goodbye (TLS close_notify).  1 if it queued bytes: the caller
- * waits, and comes back once they are out. */
+ * says goodbye (TLS close_notify).  1 if it queued bytes: they are
+ * flushed now (this may run in a timer callback, before the loop polls)
+ * and conn_writes_done runs again once they are out; the conn may be
+ * closed on return. */
 static int
 conn_transport_shutdown(cd_conn_t *c)
 {
@@ -117,23 +119,20 @@ conn_transport_shutdown(cd_conn_t *c)
         return 0;
     }
     c->flags |= CD_CONN_F_CLOSE_AFTER;
-    cd_conn_want_flush(c);
+    cd_conn_flush(c);
     return 1;
 }
 
 void
 cd_conn_close_after_writes(cd_conn_t *c)
 {
-    if (conn_all_out(c)) {
-        if (conn_transport_shutdown(c)) {
-            cd_conn_read_stop(c);
-            return;
-        }
-        cd_conn_close(c);
-        return;
+    if (!conn_all_out(c) || c->transport != NULL) {
+        c->flags |= CD_CONN_F_CLOSE_AFTER;
+        cd_conn_read_stop(c);
     }
-    c->flags |= CD_CONN_F_CLOSE_AFTER;
-    cd_conn_read_stop(c);
+    if (conn_all_out(c) && !conn_transport_shutdown(c)) {
+        cd_conn_close(c);
+    }
 }
 
 void

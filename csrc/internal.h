@@ -422,6 +422,10 @@ int cd_conn_wire_push(cd_conn_t *c, cd_outq_t *wire, uv_buf_t *bufs, int nbufs,
  * (in the free hook). */
 void cd_conn_wire_dispose(cd_outq_t *wire);
 
+/* ---- transport.c: the "copy" test transport ----------------------- */
+/* The transport CDAPHNE_TEST_TRANSPORT=copy asks for, else NULL. */
+const cd_transport_t *cd_transport_test(void);
+
 /* ---- http1.c: llhttp glue ----------------------------------------- */
 void cd_http1_init(cd_conn_t *c);
 /* Parses what c->in holds; called after reads and after a response. */

@@ -70,6 +70,7 @@ listener_new(cd_server_t *srv, int is_unix)
     }
     ls->server = srv;
     ls->is_unix = is_unix;
+    ls->transport = cd_transport_test();
     ls->io.handle.data = ls;
     return ls;
 }
