@@ -1,4 +1,7 @@
-/* A connection: socket reads, queued writes, the timer, closing.
+/* A connection: socket reads, queued writes, the timers, closing.  It
+ * names no protocol: the one it speaks (c->proto, internal.h cd_proto_t:
+ * HTTP/1 from cd_conn_ready, WebSocket after the upgrade) gets the bytes
+ * read, the EOF, the timer, the drain and the close through its table.
  *
  * Closing follows libuv's rule: mark CLOSING, uv_close every handle, free
  * in the last close callback.  A write request keeps a strong reference
@@ -62,7 +65,9 @@ conn_on_handle_close(uv_handle_t *h)
     c->link.prev->next = c->link.next;
     c->link.next->prev = c->link.prev;
     srv->nconns--;
-    cd_http1_release_request(c);
+    if (c->proto != NULL) {
+        c->proto->free(c);
+    }
     if (c->transport != NULL && c->transport->free != NULL) {
         c->transport->free(c);
     }
@@ -70,9 +75,6 @@ conn_on_handle_close(uv_handle_t *h)
     Py_CLEAR(c->sockname);
     outq_dispose(&c->outq);
     cd_buf_dispose(&c->in);
-    cd_buf_dispose(&c->url);
-    cd_buf_dispose(&c->hname);
-    cd_buf_dispose(&c->hvalue);
     if (c->flags & CD_CONN_F_HUP_INIT) {
         close(c->hup_fd);
     }
@@ -91,12 +93,12 @@ cd_conn_close(cd_conn_t *c)
     c->state = CD_CONN_CLOSING;
     conn_uncork(c);
     outq_clear(&c->outq);
-    if (c->cycle != NULL) {
-        cd_cycle_on_disconnect(c->cycle);
+    if (c->proto != NULL) {
+        c->proto->on_close(c);
     }
     uv_close(&c->io.handle, conn_on_handle_close);
     uv_close((uv_handle_t *)&c->timer, conn_on_handle_close);
-    uv_close((uv_handle_t *)&c->rate_timer, conn_on_handle_close);
+    uv_close((uv_handle_t *)&c->proto_timer, conn_on_handle_close);
     if (c->flags & CD_CONN_F_HUP_INIT) {
         uv_close((uv_handle_t *)&c->hup, conn_on_handle_close);
     }
@@ -157,7 +159,8 @@ cd_conn_linger_after_writes(cd_conn_t *c)
 static void
 conn_on_shutdown(uv_shutdown_t *req, int status)
 {
-    cd_conn_t *c = cd_container_of(req, cd_conn_t, shutdown_req);
+    cd_conn_t *c = (cd_conn_t *)req->handle->data;
+    free(req);
     if (status < 0 && c->state != CD_CONN_CLOSING) {
         cd_gil_ensure(c->server->loop);
         cd_conn_close(c);
@@ -177,7 +180,10 @@ conn_writes_done(cd_conn_t *c)
     }
     c->flags &= ~CD_CONN_F_CLOSE_AFTER;
     c->flags |= CD_CONN_F_SHUT_WR;
-    if (uv_shutdown(&c->shutdown_req, &c->io.stream, conn_on_shutdown) < 0) {
+    /* Allocated only here: few conns ever linger. */
+    uv_shutdown_t *req = malloc(sizeof(*req));
+    if (req == NULL || uv_shutdown(req, &c->io.stream, conn_on_shutdown) < 0) {
+        free(req);
         cd_conn_close(c);
         return;
     }
@@ -229,11 +235,11 @@ conn_on_eof(cd_conn_t *c)
 {
     cd_conn_read_stop(c);
     c->flags |= CD_CONN_F_EOF;
-    if (c->state == CD_CONN_UPGRADED) {
-        cd_conn_close(c);
+    if (c->proto != NULL) {
+        c->proto->on_eof(c);
     }
     else {
-        cd_http1_on_eof(c);
+        cd_conn_close(c);
     }
 }
 
@@ -280,11 +286,9 @@ conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     else if (conn_transport_read(c, buf, (size_t)nread) <= 0) {
         return;
     }
-    if (c->state == CD_CONN_UPGRADED) {
-        cd_ws_on_read(c);
-        return;
+    if (c->proto != NULL) {
+        c->proto->on_read(c);
     }
-    cd_http1_parse(c);
 }
 
 void
@@ -379,7 +383,12 @@ conn_on_timer(uv_timer_t *t)
         cd_conn_close(c); /* Lingered long enough. */
         return;
     }
-    cd_http1_on_timeout(c);
+    if (c->proto != NULL) {
+        c->proto->on_timeout(c);
+    }
+    else {
+        cd_conn_close(c); /* The transport never got ready. */
+    }
 }
 
 void
@@ -437,8 +446,8 @@ conn_on_write(uv_write_t *req, int status)
 void
 cd_conn_on_drain(cd_conn_t *c)
 {
-    if (c->cycle != NULL) {
-        cd_cycle_on_drain(c->cycle);
+    if (c->proto != NULL) {
+        c->proto->on_drain(c);
     }
 }
 
@@ -717,10 +726,10 @@ cd_conn_new(cd_listener_t *ls)
         return NULL;
     }
     uv_timer_init(&srv->loop->uv, &c->timer);
-    uv_timer_init(&srv->loop->uv, &c->rate_timer);
+    uv_timer_init(&srv->loop->uv, &c->proto_timer);
     c->io.handle.data = c;
     c->timer.data = c;
-    c->rate_timer.data = c;
+    c->proto_timer.data = c;
     c->open_handles = 3;
     c->state = CD_CONN_HEAD;
     /* Linked before accept so that the close path always unlinks. */
@@ -761,5 +770,31 @@ cd_conn_new(cd_listener_t *ls)
 void
 cd_conn_ready(cd_conn_t *c)
 {
-    cd_http1_init(c);
+    const cd_proto_t *proto = c->server->first_proto;
+    if (c->proto != NULL || c->state == CD_CONN_CLOSING) {
+        return;
+    }
+    if (proto->open(c) < 0) {
+        cd_conn_close(c);
+        return;
+    }
+    c->proto = proto;
+}
+
+void
+cd_conn_set_proto(cd_conn_t *c, const cd_proto_t *proto, void *data)
+{
+    c->proto = proto;
+    c->proto_data = data;
+}
+
+void
+cd_conn_shutdown(cd_conn_t *c)
+{
+    if (c->proto != NULL && c->state != CD_CONN_CLOSING) {
+        c->proto->shutdown(c);
+    }
+    else {
+        cd_conn_close(c);
+    }
 }

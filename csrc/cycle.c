@@ -209,9 +209,30 @@ cd_cycle_on_body(cd_cycle_t *cy)
 }
 
 void
-cd_cycle_on_drain(cd_cycle_t *cy)
+cd_cycle_conn_on_drain(cd_conn_t *c)
 {
-    cd_cycle_wake_sender(cy);
+    if (c->cycle != NULL) {
+        cd_cycle_wake_sender(c->cycle);
+    }
+}
+
+void
+cd_cycle_conn_on_close(cd_conn_t *c)
+{
+    if (c->cycle != NULL) {
+        cd_cycle_on_disconnect(c->cycle);
+    }
+}
+
+void
+cd_cycle_conn_release(cd_conn_t *c)
+{
+    cd_cycle_t *cy = c->cycle;
+    if (cy != NULL) {
+        c->cycle = NULL;
+        cy->conn = NULL;
+        Py_DECREF(cy);
+    }
 }
 
 static PyObject *
@@ -870,11 +891,6 @@ cd_cycle_new(cd_conn_t *c, PyObject *scope)
     cy->server = (cd_server_t *)Py_NewRef((PyObject *)srv);
     cy->conn = c;
     cy->scope = Py_NewRef(scope);
-    cy->http10 = c->parser.http_major == 1 && c->parser.http_minor == 0;
-    /* RFC 9110 10.1.1: ignore 100-continue from HTTP/1.0 clients. */
-    cy->expect_continue = c->expect_continue && !cy->http10;
-    cy->is_head = c->parser.method == HTTP_HEAD;
-    cy->keep_alive = llhttp_should_keep_alive(&c->parser);
     cy->resp = CD_RESP_START;
     cy->content_length = -1;
     cy->start_ns = uv_hrtime();

@@ -1,5 +1,9 @@
-/* HTTP/1.1 on llhttp: request heads into scopes, keep-alive, pipelining,
- * limits and the simple error responses.
+/* HTTP/1.1 on llhttp: the protocol a connection speaks first
+ * (cd_http1_proto, installed when the conn is ready).  Request heads into
+ * scopes, keep-alive, pipelining, limits, the minimum body rate and the
+ * simple error responses; the WebSocket upgrade hands the conn over to
+ * cd_ws_proto.  Its parser state is private (cd_http1_t, the conn's
+ * proto_data), freed with the conn or at the upgrade.
  *
  * The parser pauses (HPE_PAUSED) at the end of every request so that a
  * pipelined request waits in c->in until the current response is done;
@@ -12,11 +16,48 @@
 #include <strings.h>
 #include <time.h>
 
+/* HTTP/1's state on a connection: c->proto_data while c->proto is
+ * cd_http1_proto. */
+typedef struct {
+    llhttp_t parser;
+    cd_conn_t *conn; /* borrowed: the conn frees us (http1_free) */
+    /* The request being parsed. */
+    cd_buf_t url;               /* owned */
+    cd_buf_t hname;             /* owned: current header name */
+    cd_buf_t hvalue;            /* owned: current header value */
+    PyObject *headers;          /* strong: list of (name, value) or NULL */
+    PyObject *root_path_header; /* strong: Daphne-Root-Path (bytes) or NULL */
+    size_t head_bytes;          /* head bytes on the wire (see count_head) */
+    uint64_t body_bytes;        /* request body bytes seen */
+    unsigned nheaders;          /* header fields so far, trailers included */
+    unsigned nhost;             /* Host fields */
+    int fail_status;            /* set by a parser callback that failed */
+    unsigned in_value : 2;      /* in a value; 2: it ended with the buffer */
+    unsigned in_head : 1;       /* between message begin and headers done */
+    unsigned expect_continue : 1;
+    unsigned ws_upgrade : 1; /* Upgrade: websocket was asked for */
+    /* The minimum request body rate (cd_http1_body_wait), on
+     * c->proto_timer. */
+    uint64_t rate_waited; /* ms the app waited for body, before rate_since */
+    uint64_t rate_since;  /* loop ms the current wait began */
+    uint64_t rate_bytes;  /* body bytes that came while the app waited */
+} cd_http1_t;
+
+static void http1_parse(cd_http1_t *h);
+
+/* The conn's HTTP/1 state, or NULL once the conn is no longer HTTP/1
+ * (a WebSocket, closing before it was ready). */
+static cd_http1_t *
+http1_of(cd_conn_t *c)
+{
+    return c->proto == &cd_http1_proto ? c->proto_data : NULL;
+}
+
 static int
 fail(llhttp_t *p, int status)
 {
-    cd_conn_t *c = cd_container_of(p, cd_conn_t, parser);
-    c->fail_status = status;
+    cd_http1_t *h = cd_container_of(p, cd_http1_t, parser);
+    h->fail_status = status;
     return -1;
 }
 
@@ -24,20 +65,21 @@ fail(llhttp_t *p, int status)
  * every byte llhttp took since the message began (request line,
  * separators, whitespace, CRLFs), not only the names and values, which
  * 60,000 "a:" lines would hold to a few bytes each.  While the head is
- * being read, c->head_bytes is what earlier reads brought and `at + n`
+ * being read, h->head_bytes is what earlier reads brought and `at + n`
  * is how far this one got; a trailer after a chunked body adds its bytes. */
 static int
-count_head(cd_conn_t *c, const char *at, size_t n)
+count_head(cd_http1_t *h, const char *at, size_t n)
 {
+    cd_conn_t *c = h->conn;
     size_t seen;
-    if (c->in_head) {
-        seen = c->head_bytes + (size_t)(at + n - c->in.base);
+    if (h->in_head) {
+        seen = h->head_bytes + (size_t)(at + n - c->in.base);
     }
     else {
-        seen = c->head_bytes += n;
+        seen = h->head_bytes += n;
     }
     if (seen > c->server->cfg.max_head) {
-        return fail(&c->parser, 431);
+        return fail(&h->parser, 431);
     }
     return 0;
 }
@@ -45,20 +87,21 @@ count_head(cd_conn_t *c, const char *at, size_t n)
 static int
 on_message_begin(llhttp_t *p)
 {
-    cd_conn_t *c = cd_container_of(p, cd_conn_t, parser);
-    c->url.len = 0;
-    c->hname.len = 0;
-    c->hvalue.len = 0;
-    c->in_value = 0;
-    c->head_bytes = 0;
-    c->in_head = 1;
-    c->nheaders = 0;
-    c->nhost = 0;
-    c->expect_continue = 0;
-    c->ws_upgrade = 0;
-    Py_CLEAR(c->root_path_header);
-    Py_XSETREF(c->headers, PyList_New(0));
-    if (c->headers == NULL) {
+    cd_http1_t *h = cd_container_of(p, cd_http1_t, parser);
+    cd_conn_t *c = h->conn;
+    h->url.len = 0;
+    h->hname.len = 0;
+    h->hvalue.len = 0;
+    h->in_value = 0;
+    h->head_bytes = 0;
+    h->in_head = 1;
+    h->nheaders = 0;
+    h->nhost = 0;
+    h->expect_continue = 0;
+    h->ws_upgrade = 0;
+    Py_CLEAR(h->root_path_header);
+    Py_XSETREF(h->headers, PyList_New(0));
+    if (h->headers == NULL) {
         return fail(p, 500);
     }
     if (!(c->flags & CD_CONN_F_GOT_BYTES)) {
@@ -71,11 +114,11 @@ on_message_begin(llhttp_t *p)
 static int
 on_url(llhttp_t *p, const char *at, size_t n)
 {
-    cd_conn_t *c = cd_container_of(p, cd_conn_t, parser);
-    if (count_head(c, at, n) < 0) {
+    cd_http1_t *h = cd_container_of(p, cd_http1_t, parser);
+    if (count_head(h, at, n) < 0) {
         return -1;
     }
-    return cd_buf_append(&c->url, at, n) < 0 ? fail(p, 500) : 0;
+    return cd_buf_append(&h->url, at, n) < 0 ? fail(p, 500) : 0;
 }
 
 static int
@@ -112,73 +155,29 @@ request_value_ok(const cd_buf_t *v)
     return 1;
 }
 
-/* Append the header gathered in hname/hvalue to c->headers; -1 on a
- * memory error, -2 on a value to answer with 400. */
-static int
-flush_header(cd_conn_t *c)
+static void
+header_reset(cd_http1_t *h)
 {
-    if (c->hname.len == 0) {
-        return 0;
+    h->hname.len = 0;
+    h->hvalue.len = 0;
+    h->in_value = 0;
+}
+
+/* A header the request keeps: counted, noted, appended to h->headers.
+ * Steals name and value. */
+static int
+header_keep(cd_http1_t *h, PyObject *name, PyObject *value)
+{
+    if (header_is(&h->hname, "host")) {
+        h->nhost++;
     }
-    if (!request_value_ok(&c->hvalue)) {
-        return -2;
+    else if (header_is(&h->hname, "expect") &&
+             value_has_token(&h->hvalue, "100-continue")) {
+        h->expect_continue = 1;
     }
-    if (c->headers == NULL) {
-        /* A trailer of a chunked body (the scope is gone): dropped. */
-        c->hname.len = 0;
-        c->hvalue.len = 0;
-        c->in_value = 0;
-        return 0;
-    }
-    if (memchr(c->hname.base, '_', c->hname.len) != NULL) {
-        /* Dropped, as Daphne does (CVE-2015-0219): Django maps both
-         * X-Auth_User and X-Auth-User to META's HTTP_X_AUTH_USER, so a
-         * client could pass one off as the header a proxy sets. */
-        c->hname.len = 0;
-        c->hvalue.len = 0;
-        c->in_value = 0;
-        return 0;
-    }
-    PyObject *name = PyBytes_FromStringAndSize(NULL, c->hname.len);
-    if (name == NULL) {
-        return -1;
-    }
-    char *dst = PyBytes_AS_STRING(name);
-    for (size_t i = 0; i < c->hname.len; i++) {
-        char ch = c->hname.base[i];
-        dst[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
-    }
-    /* llhttp leaves optional whitespace at the end of a value. */
-    while (c->hvalue.len > 0 && (c->hvalue.base[c->hvalue.len - 1] == ' ' ||
-                                 c->hvalue.base[c->hvalue.len - 1] == '\t')) {
-        c->hvalue.len--;
-    }
-    PyObject *value = PyBytes_FromStringAndSize(
-        c->hvalue.base ? c->hvalue.base : "", c->hvalue.len);
-    if (value == NULL) {
-        Py_DECREF(name);
-        return -1;
-    }
-    if (header_is(&c->hname, "daphne-root-path")) {
-        /* A proxy's root_path for this request (Daphne's header): it sets
-         * the scope's root_path and is not passed on in headers. */
-        Py_XSETREF(c->root_path_header, value);
-        Py_DECREF(name);
-        c->hname.len = 0;
-        c->hvalue.len = 0;
-        c->in_value = 0;
-        return 0;
-    }
-    if (header_is(&c->hname, "host")) {
-        c->nhost++;
-    }
-    else if (header_is(&c->hname, "expect") &&
-             value_has_token(&c->hvalue, "100-continue")) {
-        c->expect_continue = 1;
-    }
-    else if (header_is(&c->hname, "upgrade") &&
-             value_has_token(&c->hvalue, "websocket")) {
-        c->ws_upgrade = 1;
+    else if (header_is(&h->hname, "upgrade") &&
+             value_has_token(&h->hvalue, "websocket")) {
+        h->ws_upgrade = 1;
     }
     PyObject *pair = PyTuple_Pack(2, name, value);
     Py_DECREF(name);
@@ -186,56 +185,107 @@ flush_header(cd_conn_t *c)
     if (pair == NULL) {
         return -1;
     }
-    int r = PyList_Append(c->headers, pair);
+    int r = PyList_Append(h->headers, pair);
     Py_DECREF(pair);
-    c->hname.len = 0;
-    c->hvalue.len = 0;
-    c->in_value = 0;
+    header_reset(h);
     return r;
+}
+
+/* Append the header gathered in hname/hvalue to h->headers; -1 on a
+ * memory error, -2 on a value to answer with 400. */
+static int
+flush_header(cd_http1_t *h)
+{
+    if (h->hname.len == 0) {
+        return 0;
+    }
+    if (!request_value_ok(&h->hvalue)) {
+        return -2;
+    }
+    if (h->headers == NULL ||
+        memchr(h->hname.base, '_', h->hname.len) != NULL) {
+        /* A trailer of a chunked body (the scope is gone): dropped.  A
+         * name with "_" is dropped too, as Daphne does (CVE-2015-0219):
+         * Django maps both X-Auth_User and X-Auth-User to META's
+         * HTTP_X_AUTH_USER, so a client could pass one off as the header
+         * a proxy sets. */
+        header_reset(h);
+        return 0;
+    }
+    PyObject *name = PyBytes_FromStringAndSize(NULL, h->hname.len);
+    if (name == NULL) {
+        return -1;
+    }
+    char *dst = PyBytes_AS_STRING(name);
+    for (size_t i = 0; i < h->hname.len; i++) {
+        char ch = h->hname.base[i];
+        dst[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    }
+    /* llhttp leaves optional whitespace at the end of a value. */
+    while (h->hvalue.len > 0 && (h->hvalue.base[h->hvalue.len - 1] == ' ' ||
+                                 h->hvalue.base[h->hvalue.len - 1] == '\t')) {
+        h->hvalue.len--;
+    }
+    PyObject *value = PyBytes_FromStringAndSize(
+        h->hvalue.base ? h->hvalue.base : "", h->hvalue.len);
+    if (value == NULL) {
+        Py_DECREF(name);
+        return -1;
+    }
+    if (header_is(&h->hname, "daphne-root-path")) {
+        /* A proxy's root_path for this request (Daphne's header): it sets
+         * the scope's root_path and is not passed on in headers. */
+        Py_XSETREF(h->root_path_header, value);
+        Py_DECREF(name);
+        header_reset(h);
+        return 0;
+    }
+    return header_keep(h, name, value);
 }
 
 static int
 on_header_field(llhttp_t *p, const char *at, size_t n)
 {
-    cd_conn_t *c = cd_container_of(p, cd_conn_t, parser);
-    if (count_head(c, at, n) < 0) {
+    cd_http1_t *h = cd_container_of(p, cd_http1_t, parser);
+    if (count_head(h, at, n) < 0) {
         return -1;
     }
-    int r = c->in_value ? flush_header(c) : 0;
+    int r = h->in_value ? flush_header(h) : 0;
     if (r < 0) {
         return fail(p, r == -2 ? 400 : 500);
     }
     /* A new field (not the next piece of a split name): count it. */
-    unsigned max = c->server->cfg.max_headers;
-    if (c->hname.len == 0 && ++c->nheaders > max && max != 0) {
+    unsigned max = h->conn->server->cfg.max_headers;
+    if (h->hname.len == 0 && ++h->nheaders > max && max != 0) {
         return fail(p, 431);
     }
-    return cd_buf_append(&c->hname, at, n) < 0 ? fail(p, 500) : 0;
+    return cd_buf_append(&h->hname, at, n) < 0 ? fail(p, 500) : 0;
 }
 
 static int
 on_header_value(llhttp_t *p, const char *at, size_t n)
 {
-    cd_conn_t *c = cd_container_of(p, cd_conn_t, parser);
-    if (count_head(c, at, n) < 0) {
+    cd_http1_t *h = cd_container_of(p, cd_http1_t, parser);
+    cd_conn_t *c = h->conn;
+    if (count_head(h, at, n) < 0) {
         return -1;
     }
     /* llhttp splits a value only at the end of the buffer it parses and
      * at an obs-fold, which RFC 9112 lets a server reject: do that.
      * in_value 2: the last piece ended where the buffer did. */
-    if (c->in_value && !(c->in_value == 2 && at == c->in.base)) {
+    if (h->in_value && !(h->in_value == 2 && at == c->in.base)) {
         return fail(p, 400);
     }
-    c->in_value = at + n == c->in.base + c->in.len ? 2 : 1;
-    return cd_buf_append(&c->hvalue, at, n) < 0 ? fail(p, 500) : 0;
+    h->in_value = at + n == c->in.base + c->in.len ? 2 : 1;
+    return cd_buf_append(&h->hvalue, at, n) < 0 ? fail(p, 500) : 0;
 }
 
 /* llhttp 8.1 takes ": x" as a header with an empty name. */
 static int
 on_header_value_complete(llhttp_t *p)
 {
-    cd_conn_t *c = cd_container_of(p, cd_conn_t, parser);
-    return c->hname.len == 0 ? fail(p, 400) : 0;
+    cd_http1_t *h = cd_container_of(p, cd_http1_t, parser);
+    return h->hname.len == 0 ? fail(p, 400) : 0;
 }
 
 /* llhttp takes HTTP/2.0 (and 0.9) request lines; we speak 1.x only. */
@@ -248,11 +298,11 @@ on_version_complete(llhttp_t *p)
 /* RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one in 1.0;
  * 6.1: Transfer-Encoding in HTTP/1.0 is a framing error. */
 static int
-check_head(cd_conn_t *c)
+check_head(cd_http1_t *h)
 {
-    llhttp_t *p = &c->parser;
+    llhttp_t *p = &h->parser;
     int http10 = p->http_major == 1 && p->http_minor == 0;
-    if (c->nhost > 1 || (c->nhost == 0 && !http10)) {
+    if (h->nhost > 1 || (h->nhost == 0 && !http10)) {
         return -1;
     }
     if (http10 && (p->flags & F_TRANSFER_ENCODING)) {
@@ -261,43 +311,71 @@ check_head(cd_conn_t *c)
     return 0;
 }
 
+/* New reference: the cycle of the request whose head was just parsed;
+ * NULL with an exception. */
+static cd_cycle_t *
+request_cycle(cd_http1_t *h, int websocket)
+{
+    llhttp_t *p = &h->parser;
+    cd_scope_req_t req = {
+        .url = h->url.base,
+        .url_len = h->url.len,
+        .http10 = p->http_major == 1 && p->http_minor == 0,
+        .method = p->method,
+        .websocket = websocket,
+        .headers = h->headers,
+        .root_path_header = h->root_path_header,
+    };
+    PyObject *scope = cd_scope_http(h->conn, &req);
+    Py_CLEAR(h->headers); /* The scope has them now. */
+    if (scope == NULL) {
+        return NULL;
+    }
+    cd_cycle_t *cy = cd_cycle_new(h->conn, scope);
+    Py_DECREF(scope);
+    if (cy == NULL) {
+        return NULL;
+    }
+    cy->http10 = req.http10;
+    /* RFC 9110 10.1.1: ignore 100-continue from HTTP/1.0 clients. */
+    cy->expect_continue = h->expect_continue && !cy->http10;
+    cy->is_head = p->method == HTTP_HEAD;
+    cy->keep_alive = llhttp_should_keep_alive(p);
+    return cy;
+}
+
 static int
 on_headers_complete(llhttp_t *p)
 {
-    cd_conn_t *c = cd_container_of(p, cd_conn_t, parser);
+    cd_http1_t *h = cd_container_of(p, cd_http1_t, parser);
+    cd_conn_t *c = h->conn;
     cd_server_t *srv = c->server;
-    int r = flush_header(c);
+    int r = flush_header(h);
     if (r < 0) {
         return fail(p, r == -2 ? 400 : 500);
     }
-    c->in_head = 0;
-    if (check_head(c) < 0) {
+    h->in_head = 0;
+    if (check_head(h) < 0) {
         return fail(p, 400);
     }
     cd_conn_timer_stop(c);
-    c->rate_waited = 0;
-    c->rate_bytes = 0;
+    h->rate_waited = 0;
+    h->rate_bytes = 0;
     if (srv->cfg.max_body && (p->flags & F_CONTENT_LENGTH) &&
         p->content_length > srv->cfg.max_body) {
         return fail(p, 413);
     }
-    int websocket = c->ws_upgrade && p->upgrade;
+    int websocket = h->ws_upgrade && p->upgrade;
     if (!websocket) {
         /* Upgrades other than WebSocket (h2c...) are plain requests. */
         p->upgrade = 0;
     }
-    PyObject *scope = cd_scope_http(c, websocket ? "websocket" : "http");
-    Py_CLEAR(c->headers); /* The scope has them now. */
-    if (scope == NULL) {
-        return fail(p, 500);
-    }
-    cd_cycle_t *cy = cd_cycle_new(c, scope);
-    Py_DECREF(scope);
+    cd_cycle_t *cy = request_cycle(h, websocket);
     if (cy == NULL) {
         return fail(p, 500);
     }
     if (websocket) {
-        int status = cd_ws_begin(c, cy);
+        int status = p->method != HTTP_GET ? 400 : cd_ws_begin(c, cy);
         if (status) {
             Py_DECREF(cy);
             return fail(p, status);
@@ -322,16 +400,17 @@ on_headers_complete(llhttp_t *p)
 static int
 on_body(llhttp_t *p, const char *at, size_t n)
 {
-    cd_conn_t *c = cd_container_of(p, cd_conn_t, parser);
+    cd_http1_t *h = cd_container_of(p, cd_http1_t, parser);
+    cd_conn_t *c = h->conn;
     cd_cycle_t *cy = c->cycle;
     if (cy == NULL || cy->disconnected) {
         return 0; /* The response is done: drop the rest. */
     }
-    c->body_bytes += n;
+    h->body_bytes += n;
     if (c->flags & CD_CONN_F_BODY_WAIT) {
-        c->rate_bytes += n;
+        h->rate_bytes += n;
     }
-    if (c->server->cfg.max_body && c->body_bytes > c->server->cfg.max_body) {
+    if (c->server->cfg.max_body && h->body_bytes > c->server->cfg.max_body) {
         return fail(p, 413);
     }
     if (cd_buf_append(&cy->body, at, n) < 0) {
@@ -347,7 +426,8 @@ on_body(llhttp_t *p, const char *at, size_t n)
 static int
 on_message_complete(llhttp_t *p)
 {
-    cd_conn_t *c = cd_container_of(p, cd_conn_t, parser);
+    cd_http1_t *h = cd_container_of(p, cd_http1_t, parser);
+    cd_conn_t *c = h->conn;
     if (c->cycle != NULL) {
         c->cycle->body_complete = 1;
         cd_cycle_on_body(c->cycle);
@@ -365,11 +445,11 @@ on_message_complete(llhttp_t *p)
  * least min_body_rate per second of that waiting. */
 
 static uint64_t
-body_rate_waited(cd_conn_t *c, uint64_t now)
+body_rate_waited(cd_http1_t *h, uint64_t now)
 {
-    uint64_t w = c->rate_waited;
-    if (c->flags & CD_CONN_F_BODY_WAIT) {
-        w += now - c->rate_since;
+    uint64_t w = h->rate_waited;
+    if (h->conn->flags & CD_CONN_F_BODY_WAIT) {
+        w += now - h->rate_since;
     }
     return w;
 }
@@ -379,26 +459,28 @@ static void body_rate_on_timer(uv_timer_t *t);
 /* Wake up when the rate would fall below the minimum if nothing more
  * came. */
 static void
-body_rate_arm(cd_conn_t *c, uint64_t now)
+body_rate_arm(cd_http1_t *h, uint64_t now)
 {
+    cd_conn_t *c = h->conn;
     const cd_config_t *cfg = &c->server->cfg;
-    uint64_t at = c->rate_bytes * 1000 / cfg->min_body_rate + 1;
+    uint64_t at = h->rate_bytes * 1000 / cfg->min_body_rate + 1;
     if (at < cfg->body_rate_grace) {
         at = cfg->body_rate_grace;
     }
-    uint64_t waited = body_rate_waited(c, now);
-    uv_timer_start(&c->rate_timer, body_rate_on_timer,
+    uint64_t waited = body_rate_waited(h, now);
+    uv_timer_start(&c->proto_timer, body_rate_on_timer,
                    at > waited ? at - waited : 0, 0);
 }
 
 static void
 body_rate_on_timer(uv_timer_t *t)
 {
-    cd_conn_t *c = cd_container_of(t, cd_conn_t, rate_timer);
+    cd_conn_t *c = cd_container_of(t, cd_conn_t, proto_timer);
     cd_gil_ensure(c->server->loop);
+    cd_http1_t *h = http1_of(c);
     cd_cycle_t *cy = c->cycle;
-    if (!(c->flags & CD_CONN_F_BODY_WAIT) || c->state != CD_CONN_ACTIVE ||
-        cy == NULL) {
+    if (h == NULL || !(c->flags & CD_CONN_F_BODY_WAIT) ||
+        c->state != CD_CONN_ACTIVE || cy == NULL) {
         return;
     }
     if (cy->recv_fut == NULL) {
@@ -407,10 +489,10 @@ body_rate_on_timer(uv_timer_t *t)
     }
     const cd_config_t *cfg = &c->server->cfg;
     uint64_t now = uv_now(t->loop);
-    uint64_t waited = body_rate_waited(c, now);
+    uint64_t waited = body_rate_waited(h, now);
     if (waited < cfg->body_rate_grace ||
-        c->rate_bytes * 1000 >= cfg->min_body_rate * waited) {
-        body_rate_arm(c, now);
+        h->rate_bytes * 1000 >= cfg->min_body_rate * waited) {
+        body_rate_arm(h, now);
         return;
     }
     cd_http1_body_wait(c, 0);
@@ -422,24 +504,28 @@ body_rate_on_timer(uv_timer_t *t)
 void
 cd_http1_body_wait(cd_conn_t *c, int waiting)
 {
-    if (c->server->cfg.min_body_rate == 0 || c->state == CD_CONN_CLOSING ||
+    cd_http1_t *h = http1_of(c);
+    if (h == NULL || c->server->cfg.min_body_rate == 0 ||
+        c->state == CD_CONN_CLOSING ||
         waiting == !!(c->flags & CD_CONN_F_BODY_WAIT)) {
         return;
     }
     /* Called from Python too, after the cached loop time went stale. */
-    uv_update_time(c->rate_timer.loop);
-    uint64_t now = uv_now(c->rate_timer.loop);
+    uv_update_time(c->proto_timer.loop);
+    uint64_t now = uv_now(c->proto_timer.loop);
     if (waiting) {
         c->flags |= CD_CONN_F_BODY_WAIT;
-        c->rate_since = now;
-        body_rate_arm(c, now);
+        h->rate_since = now;
+        body_rate_arm(h, now);
     }
     else {
-        c->rate_waited = body_rate_waited(c, now);
+        h->rate_waited = body_rate_waited(h, now);
         c->flags &= ~CD_CONN_F_BODY_WAIT;
-        uv_timer_stop(&c->rate_timer);
+        uv_timer_stop(&c->proto_timer);
     }
 }
+
+/* ---- the protocol table ------------------------------------------- */
 
 static const llhttp_settings_t settings = {
     .on_message_begin = on_message_begin,
@@ -453,29 +539,122 @@ static const llhttp_settings_t settings = {
     .on_message_complete = on_message_complete,
 };
 
-void
-cd_http1_init(cd_conn_t *c)
+static int
+http1_open(cd_conn_t *c)
 {
-    llhttp_init(&c->parser, HTTP_REQUEST, &settings);
+    cd_http1_t *h = calloc(1, sizeof(*h));
+    if (h == NULL) {
+        return UV_ENOMEM;
+    }
+    llhttp_init(&h->parser, HTTP_REQUEST, &settings);
+    h->conn = c;
+    c->proto_data = h;
+    return 0;
 }
 
-/* Drop what the current request had gathered (conn closing). */
-void
-cd_http1_release_request(cd_conn_t *c)
+/* Frees the parser state (the conn is freed, or it is upgraded). */
+static void
+http1_free(cd_http1_t *h)
 {
-    Py_CLEAR(c->headers);
-    Py_CLEAR(c->root_path_header);
-    if (c->cycle != NULL) {
-        cd_cycle_t *cy = c->cycle;
-        c->cycle = NULL;
-        cy->conn = NULL;
-        Py_DECREF(cy);
+    Py_CLEAR(h->headers);
+    Py_CLEAR(h->root_path_header);
+    cd_buf_dispose(&h->url);
+    cd_buf_dispose(&h->hname);
+    cd_buf_dispose(&h->hvalue);
+    free(h);
+}
+
+static void
+http1_on_free(cd_conn_t *c)
+{
+    cd_cycle_conn_release(c);
+    if (c->proto_data != NULL) {
+        http1_free(c->proto_data);
+        c->proto_data = NULL;
     }
 }
 
-void
-cd_http1_parse(cd_conn_t *c)
+static void
+http1_on_read(cd_conn_t *c)
 {
+    http1_parse(c->proto_data);
+}
+
+static void
+http1_on_timeout(cd_conn_t *c)
+{
+    if (c->state == CD_CONN_ACTIVE && c->cycle != NULL) {
+        cd_cycle_on_timeout(c->cycle);
+        return;
+    }
+    /* Idle keep-alive, or a head that took too long: just close. */
+    cd_conn_close(c);
+}
+
+const cd_proto_t cd_http1_proto = {
+    .name = "http/1.1",
+    .open = http1_open,
+    .on_read = http1_on_read,
+    .on_eof = cd_conn_close,
+    .on_timeout = http1_on_timeout,
+    .on_drain = cd_cycle_conn_on_drain,
+    .on_close = cd_cycle_conn_on_close,
+    .shutdown = cd_conn_close,
+    .free = http1_on_free,
+};
+
+/* The upgrade went through (cd_ws_begin): the rest of the stream is
+ * WebSocket's. */
+static void
+http1_upgrade(cd_http1_t *h)
+{
+    cd_conn_t *c = h->conn;
+    http1_free(h);
+    cd_conn_set_proto(c, &cd_ws_proto, NULL);
+}
+
+/* The answer to a request that broke the parser: status and body. */
+static const char *
+parse_error_body(int status)
+{
+    switch (status) {
+    case 426: return "WebSocket version 13 required";
+    case 431: return "Request Header Fields Too Large";
+    case 505: return "HTTP Version Not Supported";
+    case 413: return "Payload Too Large";
+    case 500:
+        cd_log_exception("Error while parsing a request");
+        return "Internal Server Error";
+    default: return "Bad Request";
+    }
+}
+
+static void
+parse_failed(cd_http1_t *h)
+{
+    cd_conn_t *c = h->conn;
+    int status = h->fail_status ? h->fail_status : 400;
+    c->in.len = 0;
+    cd_cycle_t *cy = c->cycle;
+    if (cy != NULL && (cy->resp != CD_RESP_START || cy->disconnected)) {
+        cd_conn_close(c); /* Too late for an error response. */
+        return;
+    }
+    const char *body = parse_error_body(status);
+    if (cy != NULL && cy->kind == CD_CYCLE_HTTP) {
+        /* A body the app is reading broke: we answer for the app, which
+         * gets http.disconnect now, not when the lingering close ends. */
+        cd_cycle_respond_error(cy, status, body);
+        return;
+    }
+    cd_http1_simple_response(c, status, body);
+}
+
+/* Parses what c->in holds; called after reads and after a response. */
+static void
+http1_parse(cd_http1_t *h)
+{
+    cd_conn_t *c = h->conn;
     if (c->state == CD_CONN_CLOSING) {
         return;
     }
@@ -490,14 +669,14 @@ cd_http1_parse(cd_conn_t *c)
     if (c->in.len == 0) {
         return;
     }
-    c->fail_status = 0;
-    llhttp_errno_t err = llhttp_execute(&c->parser, c->in.base, c->in.len);
-    if (err == HPE_OK && c->in_head) {
+    h->fail_status = 0;
+    llhttp_errno_t err = llhttp_execute(&h->parser, c->in.base, c->in.len);
+    if (err == HPE_OK && h->in_head) {
         /* The head goes on in the next read: what this one brought
          * counts, up to its last byte. */
-        c->head_bytes += c->in.len;
-        if (c->head_bytes > c->server->cfg.max_head) {
-            c->fail_status = 431;
+        h->head_bytes += c->in.len;
+        if (h->head_bytes > c->server->cfg.max_head) {
+            h->fail_status = 431;
             err = HPE_USER;
         }
     }
@@ -506,73 +685,24 @@ cd_http1_parse(cd_conn_t *c)
         return;
     }
     if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
-        const char *pos = llhttp_get_error_pos(&c->parser);
+        const char *pos = llhttp_get_error_pos(&h->parser);
         cd_buf_consume(&c->in, (size_t)(pos - c->in.base));
         if (c->state == CD_CONN_UPGRADED) {
-            return; /* The rest is WebSocket frames. */
+            http1_upgrade(h); /* The rest is WebSocket frames. */
+            return;
         }
         if (c->in.len > c->server->cfg.max_head) {
             cd_conn_read_pause(c);
         }
         return;
     }
-    int status = c->fail_status ? c->fail_status : 400;
-    c->in.len = 0;
-    cd_cycle_t *cy = c->cycle;
-    if (cy != NULL && (cy->resp != CD_RESP_START || cy->disconnected)) {
-        cd_conn_close(c); /* Too late for an error response. */
-        return;
-    }
-    const char *body = "Bad Request";
-    if (status == 426) {
-        body = "WebSocket version 13 required";
-    }
-    else if (status == 431) {
-        body = "Request Header Fields Too Large";
-    }
-    else if (status == 505) {
-        body = "HTTP Version Not Supported";
-    }
-    else if (status == 413) {
-        body = "Payload Too Large";
-    }
-    else if (status == 500) {
-        cd_log_exception("Error while parsing a request");
-        body = "Internal Server Error";
-    }
-    if (cy != NULL && cy->kind == CD_CYCLE_HTTP) {
-        /* A body the app is reading broke: we answer for the app, which
-         * gets http.disconnect now, not when the lingering close ends. */
-        cd_cycle_respond_error(cy, status, body);
-        return;
-    }
-    cd_http1_simple_response(c, status, body);
-}
-
-void
-cd_http1_on_eof(cd_conn_t *c)
-{
-    cd_conn_close(c);
-}
-
-void
-cd_http1_on_timeout(cd_conn_t *c)
-{
-    if (c->state == CD_CONN_UPGRADED) {
-        cd_ws_on_timeout(c);
-        return;
-    }
-    if (c->state == CD_CONN_ACTIVE && c->cycle != NULL) {
-        cd_cycle_on_timeout(c->cycle);
-        return;
-    }
-    /* Idle keep-alive, or a head that took too long: just close. */
-    cd_conn_close(c);
+    parse_failed(h);
 }
 
 void
 cd_http1_response_done(cd_conn_t *c, int keep_alive)
 {
+    cd_http1_t *h = http1_of(c);
     cd_cycle_t *cy = c->cycle;
     c->cycle = NULL;
     if (cy != NULL) {
@@ -596,18 +726,19 @@ cd_http1_response_done(cd_conn_t *c, int keep_alive)
         cd_conn_linger_after_writes(c);
         return;
     }
-    if (!keep_alive || c->server->closing) {
+    if (!keep_alive || c->server->closing || h == NULL) {
+        /* h NULL: a WebSocket handshake answered with a response. */
         cd_conn_close_after_writes(c);
         return;
     }
     c->state = CD_CONN_HEAD;
     c->flags &= ~(CD_CONN_F_GOT_BYTES | CD_CONN_F_PAUSED);
     c->flags |= CD_CONN_F_SERVED;
-    c->body_bytes = 0;
-    llhttp_resume(&c->parser);
+    h->body_bytes = 0;
+    llhttp_resume(&h->parser);
     cd_conn_timer_start(c, c->server->cfg.keepalive_timeout);
     cd_conn_read_start(c);
-    cd_http1_parse(c);
+    http1_parse(h);
 }
 
 const char *

@@ -91,6 +91,7 @@ typedef struct cd_conn_s cd_conn_t;
 typedef struct cd_cycle_s cd_cycle_t;
 typedef struct cd_ws_s cd_ws_t;
 typedef struct cd_transport_s cd_transport_t;
+typedef struct cd_proto_s cd_proto_t;
 
 /* ---- strings.c ---------------------------------------------------- */
 int cd_strings_init(cd_state *st);
@@ -226,7 +227,9 @@ struct cd_server_s {
     PyObject *scheme;         /* strong: "http" or "https" */
     char *server_header;      /* owned: "server: x\r\n" or NULL */
     cd_config_t cfg;
-    cd_listener_t **listeners; /* owned array of owned listeners */
+    const cd_proto_t *first_proto; /* borrowed: a static table, what a
+                                      conn speaks once ready (HTTP/1) */
+    cd_listener_t **listeners;     /* owned array of owned listeners */
     int nlisteners;
     cd_link_t conns; /* every open connection */
     int nconns;
@@ -255,16 +258,16 @@ typedef enum {
 
 enum {
     CD_CONN_F_READING = 1 << 0,     /* uv_read_start is active */
-    CD_CONN_F_PAUSED = 1 << 1,      /* llhttp paused at message end */
+    CD_CONN_F_PAUSED = 1 << 1,      /* HTTP/1: llhttp paused at message end */
     CD_CONN_F_EOF = 1 << 2,         /* peer closed its side */
     CD_CONN_F_CLOSE_AFTER = 1 << 3, /* close once writes drain */
-    CD_CONN_F_GOT_BYTES = 1 << 4,   /* first byte of a head arrived */
+    CD_CONN_F_GOT_BYTES = 1 << 4,   /* HTTP/1: first byte of a head came */
     CD_CONN_F_CORKED = 1 << 5,      /* on loop->corked with output queued */
     CD_CONN_F_UNIX = 1 << 6,        /* a unix socket (io.pipe) */
     CD_CONN_F_LINGER = 1 << 7,      /* discarding input before the close */
     CD_CONN_F_SHUT_WR = 1 << 8,     /* uv_shutdown issued: no more writes */
-    CD_CONN_F_BODY_WAIT = 1 << 9,   /* the app waits for request body */
-    CD_CONN_F_SERVED = 1 << 10,     /* a response completed (keep-alive) */
+    CD_CONN_F_BODY_WAIT = 1 << 9,   /* HTTP/1: the app waits for body */
+    CD_CONN_F_SERVED = 1 << 10,     /* HTTP/1: a response completed */
     CD_CONN_F_HUP_INIT = 1 << 11,   /* hup and hup_fd exist */
     CD_CONN_F_TP_SHUT = 1 << 12,    /* the transport's shutdown ran */
 };
@@ -318,6 +321,34 @@ struct cd_transport_s {
     void (*free)(cd_conn_t *c);
 };
 
+/* The protocol a connection speaks, above the transport: conn.c calls
+ * only these hooks and names no protocol.  HTTP/1 (cd_http1_proto) is
+ * installed when the conn is ready (cd_conn_ready: at accept, or once
+ * TLS shook hands); the WebSocket upgrade swaps in cd_ws_proto
+ * (cd_conn_set_proto).  libuv's read_cb, h2o's h2o_conn_callbacks_t.
+ * Hooks run with the GIL held; all but free never after cd_conn_close. */
+struct cd_proto_s {
+    const char *name;
+    /* The conn is ready: set c->proto_data.  0, or a negative UV_E*
+     * (the conn closes). */
+    int (*open)(cd_conn_t *c);
+    /* c->in holds bytes that came (plaintext): parse them. */
+    void (*on_read)(cd_conn_t *c);
+    /* The peer closed its side or reset the conn while we read. */
+    void (*on_eof)(cd_conn_t *c);
+    /* c->timer fired (the lingering close keeps it otherwise). */
+    void (*on_timeout)(cd_conn_t *c);
+    /* Queued output drained below half the write high-water mark. */
+    void (*on_drain)(cd_conn_t *c);
+    /* cd_conn_close ran: tell the app its peer is gone. */
+    void (*on_close)(cd_conn_t *c);
+    /* The end of a graceful shutdown: close now, politely. */
+    void (*shutdown)(cd_conn_t *c);
+    /* The conn is freed (its last close callback): free proto_data and
+     * drop c->cycle. */
+    void (*free)(cd_conn_t *c);
+};
+
 /* A connection.  Owned by its server's list; freed in the last close
  * callback of its three handles. */
 struct cd_conn_s {
@@ -335,42 +366,25 @@ struct cd_conn_s {
     const cd_transport_t *transport; /* borrowed: a static table, or NULL
                                         on a plain conn */
     void *transport_data;            /* owned: the transport's free hook */
-    PyObject *sockname; /* strong: the scope's "server" (a listener
-                           can close and go first, at shutdown) */
+    const cd_proto_t *proto; /* borrowed: a static table, NULL until the
+                                conn is ready */
+    void *proto_data;        /* owned: the protocol's free hook */
+    PyObject *sockname;      /* strong: the scope's "server" (a listener
+                                can close and go first, at shutdown) */
     cd_conn_state_t state;
     unsigned flags;
     int open_handles; /* free the conn when this reaches 0 */
     int writes_in_flight;
     size_t write_queued; /* bytes handed to uv_write, not yet done */
     cd_buf_t in;         /* owned: bytes read, not yet parsed */
-    llhttp_t parser;
-    PyObject *client; /* strong: (host, port) or None */
-    /* The request being parsed. */
-    cd_buf_t url;    /* owned */
-    cd_buf_t hname;  /* owned: current header name */
-    cd_buf_t hvalue; /* owned: current header value */
-    int in_value;
-    int in_head;       /* between message begin and headers complete */
-    size_t head_bytes; /* head bytes on the wire (see count_head) */
-    unsigned nheaders; /* header fields so far, trailers included */
-    unsigned nhost;    /* Host fields */
-    PyObject *headers; /* strong: list of (name, value) or NULL */
-    PyObject *root_path_header; /* strong: Daphne-Root-Path (bytes) or NULL */
-    int expect_continue;
-    int ws_upgrade;      /* Upgrade: websocket was asked for */
-    int fail_status;     /* set by a parser callback that failed */
-    uint64_t body_bytes; /* request body bytes seen */
+    PyObject *client;    /* strong: (host, port) or None */
     cd_cycle_t *cycle;   /* strong: the request or WebSocket with the app */
 
     /* Lingering close (conn.c cd_conn_linger_after_writes). */
-    uv_shutdown_t shutdown_req; /* our FIN */
-    size_t linger_bytes;        /* input discarded while lingering */
+    size_t linger_bytes; /* input discarded while lingering */
 
-    /* The minimum request body rate (http1.c cd_http1_body_wait). */
-    uv_timer_t rate_timer;
-    uint64_t rate_waited; /* ms the app waited for body, before rate_since */
-    uint64_t rate_since;  /* loop ms the current wait began */
-    uint64_t rate_bytes;  /* body bytes that came while the app waited */
+    /* A second timer for the protocol (HTTP/1: the minimum body rate). */
+    uv_timer_t proto_timer;
 
     /* The peer's FIN or RST while reading is paused (cd_conn_read_pause):
      * a poll of a dup of the socket, since libuv takes one watcher per
@@ -404,8 +418,13 @@ void cd_conn_timer_stop(cd_conn_t *c);
 void cd_conn_on_drain(cd_conn_t *c);
 void cd_conn_flush(cd_conn_t *c);
 /* The transport is ready for the protocol (plain: at accept; TLS: once
- * its handshake is done): the protocol starts. */
+ * its handshake is done): the server's first protocol starts. */
 void cd_conn_ready(cd_conn_t *c);
+/* Hands the conn over to another protocol (the WebSocket upgrade); the
+ * old one freed its own proto_data.  c->in and c->cycle stay. */
+void cd_conn_set_proto(cd_conn_t *c, const cd_proto_t *proto, void *data);
+/* The end of a graceful shutdown: the protocol closes (WebSocket 1012). */
+void cd_conn_shutdown(cd_conn_t *c);
 /* For transports: have the conn flushed before the loop polls again,
  * even if the protocol queued nothing (handshake records, alerts). */
 void cd_conn_want_flush(cd_conn_t *c);
@@ -427,16 +446,12 @@ void cd_conn_wire_dispose(cd_outq_t *wire);
 const cd_transport_t *cd_transport_test(void);
 
 /* ---- http1.c: llhttp glue ----------------------------------------- */
-void cd_http1_init(cd_conn_t *c);
-/* Parses what c->in holds; called after reads and after a response. */
-void cd_http1_parse(cd_conn_t *c);
-void cd_http1_on_timeout(cd_conn_t *c);
-void cd_http1_on_eof(cd_conn_t *c);
+/* The protocol a conn speaks first (server->first_proto). */
+extern const cd_proto_t cd_http1_proto;
 /* A response finished: next request, or close. */
 void cd_http1_response_done(cd_conn_t *c, int keep_alive);
 /* Writes a whole simple response (400, 431, 503...) and closes. */
 void cd_http1_simple_response(cd_conn_t *c, int status, const char *body);
-void cd_http1_release_request(cd_conn_t *c);
 /* The app starts (1) or stops (0) waiting in receive() for request body
  * bytes: the minimum body rate is measured over that time only. */
 void cd_http1_body_wait(cd_conn_t *c, int waiting);
@@ -492,9 +507,20 @@ int cd_http1_head_value_ok(const char *p, size_t n);
 int cd_http1_head_write(cd_buf_t *out, cd_http1_head_t *h, PyObject *headers);
 
 /* ---- scope.c ------------------------------------------------------ */
+/* What the protocol parsed of a request, for its scope. */
+typedef struct {
+    const char *url; /* borrowed: the request target (NULL: "/") */
+    size_t url_len;
+    int http10;
+    int method;                 /* llhttp_method_t */
+    int websocket;              /* a WebSocket handshake */
+    PyObject *headers;          /* borrowed: list of (name, value) */
+    PyObject *root_path_header; /* borrowed: Daphne-Root-Path or NULL */
+} cd_scope_req_t;
+
 int cd_scope_init(cd_state *st);
-/* New reference: the scope dict of the request just parsed. */
-PyObject *cd_scope_http(cd_conn_t *c, const char *type);
+/* New reference: the scope dict of a request on c. */
+PyObject *cd_scope_http(cd_conn_t *c, const cd_scope_req_t *req);
 
 /* ---- cycle.c: one HTTP request/response or WebSocket with the app -- */
 
@@ -549,7 +575,11 @@ cd_cycle_t *cd_cycle_new(cd_conn_t *c, PyObject *scope);
 int cd_cycle_start(PyObject *cycle);
 void cd_cycle_on_body(cd_cycle_t *cy);
 void cd_cycle_on_disconnect(cd_cycle_t *cy);
-void cd_cycle_on_drain(cd_cycle_t *cy);
+/* Protocol hooks shared by HTTP/1 and WebSocket, for c->cycle: the conn
+ * drained (wake a send()), closed (tell the app), is freed (drop it). */
+void cd_cycle_conn_on_drain(cd_conn_t *c);
+void cd_cycle_conn_on_close(cd_conn_t *c);
+void cd_cycle_conn_release(cd_conn_t *c);
 void cd_cycle_on_timeout(cd_cycle_t *cy);
 /* Resolve fut with result (both borrowed) unless fut is done. */
 int cd_future_resolve(cd_state *st, PyObject *fut, PyObject *result);
@@ -585,16 +615,14 @@ void cd_cycle_wake_sender(cd_cycle_t *cy);
 void cd_cycle_log_access(cd_cycle_t *cy, int status);
 
 /* ---- websocket.c: the handshake, wslay, ASGI websocket events ------ */
-/* At headers complete: checks the handshake request and turns the
- * conn's cycle into a WebSocket one; returns an HTTP status to refuse
- * it with, or 0. */
+/* The protocol of an upgraded conn (HTTP/1 hands over to it). */
+extern const cd_proto_t cd_ws_proto;
+/* At headers complete of a GET: checks the handshake request and turns
+ * the conn's cycle into a WebSocket one; returns an HTTP status to
+ * refuse it with, or 0. */
 int cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy);
-void cd_ws_on_read(cd_conn_t *c);
-void cd_ws_on_timeout(cd_conn_t *c);
 /* The conn is closing: tell the app (websocket.disconnect). */
 void cd_ws_on_close(cd_cycle_t *cy);
-/* Server shutdown: close with 1012. */
-void cd_ws_shutdown(cd_conn_t *c);
 PyObject *cd_ws_receive(cd_cycle_t *cy);
 /* New reference: the next message for receive(), or NULL (no error set)
  * when there is none yet. */

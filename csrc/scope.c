@@ -48,9 +48,9 @@ decode_path(const char *p, size_t n)
 }
 
 static PyObject *
-method_str(cd_state *st, llhttp_t *p)
+method_str(cd_state *st, int method)
 {
-    switch (p->method) {
+    switch (method) {
     case HTTP_GET: return Py_NewRef(st->s_GET);
     case HTTP_POST: return Py_NewRef(st->s_POST);
     case HTTP_HEAD: return Py_NewRef(st->s_HEAD);
@@ -60,7 +60,7 @@ method_str(cd_state *st, llhttp_t *p)
     case HTTP_PATCH: return Py_NewRef(st->s_PATCH);
     default:
         return PyUnicode_FromString(
-            llhttp_method_name((llhttp_method_t)p->method));
+            llhttp_method_name((llhttp_method_t)method));
     }
 }
 
@@ -117,9 +117,8 @@ cd_scope_init(cd_state *st)
 /* New reference: the server's root_path, or the request's
  * Daphne-Root-Path header URL-unquoted (as Daphne does). */
 static PyObject *
-root_path(cd_conn_t *c)
+root_path(cd_conn_t *c, PyObject *h)
 {
-    PyObject *h = c->root_path_header;
     if (h == NULL) {
         return Py_NewRef(c->server->root_path);
     }
@@ -127,13 +126,13 @@ root_path(cd_conn_t *c)
 }
 
 PyObject *
-cd_scope_http(cd_conn_t *c, const char *type)
+cd_scope_http(cd_conn_t *c, const cd_scope_req_t *req)
 {
     cd_server_t *srv = c->server;
     cd_state *st = srv->st;
-    int is_ws = type[0] == 'w';
-    const char *url = c->url.base ? c->url.base : "/";
-    size_t ulen = c->url.base ? c->url.len : 1;
+    int is_ws = req->websocket;
+    const char *url = req->url ? req->url : "/";
+    size_t ulen = req->url ? req->url_len : 1;
 
     /* absolute-form (GET http://host/path): keep from the path on. */
     if (ulen > 7 && (strncmp(url, "http://", 7) == 0 ||
@@ -167,7 +166,7 @@ cd_scope_http(cd_conn_t *c, const char *type)
     if (scope == NULL) {
         return NULL;
     }
-    int v10 = c->parser.http_major == 1 && c->parser.http_minor == 0;
+    int v10 = req->http10;
     if (set_new(scope, st->s_type,
                 Py_NewRef(is_ws ? st->s_websocket : st->s_http)) < 0 ||
         set_new(scope, st->s_asgi, PyDict_Copy(st->asgi_dict)) < 0 ||
@@ -183,14 +182,15 @@ cd_scope_http(cd_conn_t *c, const char *type)
         set_new(scope, st->s_query_string,
                 qlen ? PyBytes_FromStringAndSize(q + 1, (Py_ssize_t)qlen)
                      : Py_NewRef(st->empty_bytes)) < 0 ||
-        set_new(scope, st->s_root_path, root_path(c)) < 0 ||
-        set_new(scope, st->s_headers, Py_NewRef(c->headers)) < 0 ||
+        set_new(scope, st->s_root_path, root_path(c, req->root_path_header)) <
+            0 ||
+        set_new(scope, st->s_headers, Py_NewRef(req->headers)) < 0 ||
         set_new(scope, st->s_client, Py_NewRef(c->client)) < 0 ||
         set_new(scope, st->s_server, Py_NewRef(c->sockname)) < 0) {
         goto error;
     }
     if (!is_ws) {
-        if (set_new(scope, st->s_method, method_str(st, &c->parser)) < 0) {
+        if (set_new(scope, st->s_method, method_str(st, req->method)) < 0) {
             goto error;
         }
     }

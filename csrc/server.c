@@ -309,12 +309,7 @@ server_close_all(cd_server_t *srv, PyObject *unused)
     while (l != &srv->conns) {
         cd_conn_t *c = cd_container_of(l, cd_conn_t, link);
         l = l->next;
-        if (c->state == CD_CONN_UPGRADED) {
-            cd_ws_shutdown(c); /* 1012: service restart */
-        }
-        else {
-            cd_conn_close(c);
-        }
+        cd_conn_shutdown(c); /* WebSocket: 1012, service restart */
     }
     Py_RETURN_NONE;
 }
@@ -410,6 +405,7 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         return NULL;
     }
     srv->st = st;
+    srv->first_proto = &cd_http1_proto;
     srv->conns.next = srv->conns.prev = &srv->conns;
     srv->loop = (cd_loop_t *)Py_NewRef(loop);
     cd_link_t *ll = &srv->loop->servers;

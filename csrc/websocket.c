@@ -425,8 +425,8 @@ flush_wslay(cd_cycle_t *cy)
     }
 }
 
-void
-cd_ws_on_read(cd_conn_t *c)
+static void
+ws_on_read(cd_conn_t *c)
 {
     cd_cycle_t *cy = c->cycle;
     if (cy == NULL || cy->ws == NULL) {
@@ -508,7 +508,7 @@ int
 cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy)
 {
     PyObject *headers = PyDict_GetItemWithError(cy->scope, cy->st->s_headers);
-    if (headers == NULL || c->parser.method != HTTP_GET) {
+    if (headers == NULL) {
         return 400;
     }
     const char *key = NULL;
@@ -671,7 +671,7 @@ ws_accept(cd_cycle_t *cy, PyObject *msg)
     }
     ws_log(cy, "connected");
     if (c->in.len > 0) {
-        cd_ws_on_read(c);
+        ws_on_read(c);
     }
     cd_conn_read_start(c);
     return 0;
@@ -912,8 +912,8 @@ cd_ws_on_close(cd_cycle_t *cy)
     cd_cycle_arm_close_timeout(cy);
 }
 
-void
-cd_ws_on_timeout(cd_conn_t *c)
+static void
+ws_on_timeout(cd_conn_t *c)
 {
     cd_cycle_t *cy = c->cycle;
     if (cy == NULL || cy->ws == NULL) {
@@ -961,8 +961,9 @@ cd_ws_on_timeout(cd_conn_t *c)
     }
 }
 
-void
-cd_ws_shutdown(cd_conn_t *c)
+/* Server shutdown: close with 1012. */
+static void
+ws_shutdown(cd_conn_t *c)
 {
     cd_cycle_t *cy = c->cycle;
     if (cy != NULL && cy->ws != NULL && cy->ws->state == CD_WS_OPEN) {
@@ -973,6 +974,17 @@ cd_ws_shutdown(cd_conn_t *c)
     }
     cd_conn_close(c);
 }
+
+const cd_proto_t cd_ws_proto = {
+    .name = "websocket",
+    .on_read = ws_on_read,
+    .on_eof = cd_conn_close,
+    .on_timeout = ws_on_timeout,
+    .on_drain = cd_cycle_conn_on_drain,
+    .on_close = cd_cycle_conn_on_close,
+    .shutdown = ws_shutdown,
+    .free = cd_cycle_conn_release,
+};
 
 void
 cd_ws_on_task_done(cd_cycle_t *cy, PyObject *exc)
