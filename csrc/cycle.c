@@ -1,6 +1,7 @@
 /* HttpCycle: one HTTP request/response between a connection and the
  * app.  receive() hands out the request body and then http.disconnect;
- * send() validates the response messages and writes them.
+ * send() validates the response messages, and http1.c writes them (head,
+ * framing, 100-continue).
  *
  * The conn holds the cycle (strong) while the request is on it; the
  * cycle points back (borrowed) until the response is done or the conn
@@ -11,11 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-
-static const char continue_line[] = "HTTP/1.1 100 Continue\r\n\r\n";
-static const char crlf[] = "\r\n";
-static const char last_chunk[] = "0\r\n\r\n";
-static const char crlf_last_chunk[] = "\r\n0\r\n\r\n";
 
 PyObject *
 cd_future_new(cd_server_t *srv)
@@ -404,11 +400,8 @@ cd_cycle_on_timeout(cd_cycle_t *cy)
 static PyObject *
 cycle_receive(cd_cycle_t *cy, PyObject *unused)
 {
-    if (cy->expect_continue && !cy->continue_sent && !has_message(cy) &&
-        cy->resp == CD_RESP_START && cy->conn != NULL && !cy->body_complete) {
-        cy->continue_sent = 1;
-        uv_buf_t b = cd_uvbuf_const(continue_line, sizeof(continue_line) - 1);
-        cd_conn_write(cy->conn, &b, 1, NULL, NULL);
+    if (!has_message(cy)) {
+        cd_http1_continue(cy); /* The app waits for the body. */
     }
     return cd_cycle_receive_waiter(cy);
 }
@@ -451,31 +444,6 @@ cd_cycle_response_start(cd_cycle_t *cy, PyObject *msg)
     cy->status = code;
     Py_XSETREF(cy->resp_headers, list);
     cy->resp = CD_RESP_HEAD;
-    return 0;
-}
-
-/* Appends the response head to out (http1.c writes it).  `final` says
- * whether the first body message is also the last (then the length is
- * known). */
-static int
-build_head(cd_cycle_t *cy, size_t first_len, int final, cd_buf_t *out)
-{
-    cd_server_t *srv = cy->server;
-    cd_http1_head_t h = {
-        .status = cy->status,
-        .http10 = cy->http10,
-        .is_head = cy->is_head,
-        .final = final,
-        .first_len = first_len,
-        .server_header = srv->server_header,
-        .keep_alive = cy->keep_alive && !srv->closing,
-    };
-    if (cd_http1_head_write(out, &h, cy->resp_headers) < 0) {
-        return -1;
-    }
-    cy->keep_alive = h.keep_alive;
-    cy->chunked = h.chunked;
-    cy->content_length = h.content_length;
     return 0;
 }
 
@@ -525,99 +493,14 @@ cd_cycle_response_body(cd_cycle_t *cy, PyObject *msg)
         Py_DECREF(body);
         return -1;
     }
-    Py_ssize_t blen = PyBytes_GET_SIZE(body);
-    cd_conn_t *c = cy->disconnected ? NULL : cy->conn;
-
-    cd_buf_t head = {0}; /* owned: the head and a chunk-size line */
-    int first = cy->resp == CD_RESP_HEAD;
-    if (first) {
-        if (build_head(cy, (size_t)blen, !more_body, &head) < 0) {
-            cd_buf_dispose(&head);
-            Py_DECREF(body);
-            return -1;
-        }
-        cy->resp = CD_RESP_BODY;
-    }
-    int bodyless = cy->is_head || cy->status == 204 || cy->status == 304;
-    if (bodyless) {
-        blen = 0;
-    }
-    if (cy->content_length >= 0 &&
-        cy->sent + (uint64_t)blen > (uint64_t)cy->content_length) {
-        cd_buf_dispose(&head);
-        Py_DECREF(body);
-        if (first) {
-            cy->resp = CD_RESP_HEAD; /* Nothing written: a 500 still fits. */
-        }
-        PyErr_SetString(PyExc_RuntimeError,
-                        "response body longer than its Content-Length");
-        return -1;
-    }
-    cy->sent += (uint64_t)blen;
-    if (!more_body) {
-        cy->resp = CD_RESP_DONE;
-    }
-    if (c == NULL) {
-        cd_buf_dispose(&head); /* Daphne ignores sends after a disconnect. */
-        Py_DECREF(body);
-        return 0;
-    }
-
-    uv_buf_t bufs[3];
-    int nb = 0;
-    if (cy->chunked && blen > 0) {
-        /* The chunk-size line goes after the head, in the same block. */
-        char line[24];
-        int ll = snprintf(line, sizeof(line), "%zx\r\n", (size_t)blen);
-        if (cd_buf_append(&head, line, (size_t)ll) < 0) {
-            cd_buf_dispose(&head);
-            Py_DECREF(body);
-            PyErr_NoMemory();
-            return -1;
-        }
-    }
-    if (head.len) {
-        bufs[nb++] = cd_uvbuf(head.base, head.len);
-    }
-    if (blen > 0) {
-        bufs[nb++] = cd_uvbuf(PyBytes_AS_STRING(body), (size_t)blen);
-    }
-    if (cy->chunked) {
-        const char *tail = NULL;
-        size_t tl = 0;
-        if (blen > 0 && !more_body) {
-            tail = crlf_last_chunk;
-            tl = sizeof(crlf_last_chunk) - 1;
-        }
-        else if (blen > 0) {
-            tail = crlf;
-            tl = 2;
-        }
-        else if (!more_body) {
-            tail = last_chunk;
-            tl = sizeof(last_chunk) - 1;
-        }
-        if (tail) {
-            bufs[nb++] = cd_uvbuf_const(tail, tl);
-        }
-    }
-    int r = 0;
-    if (nb > 0) {
-        r = cd_conn_write(c, bufs, nb, blen > 0 ? body : NULL, head.base);
-    }
-    else {
-        cd_buf_dispose(&head);
-    }
+    cd_conn_t *c = cy->conn;
+    int r = cd_http1_write_body(cy, body, more_body);
     Py_DECREF(body);
-    if (r < 0) {
-        return 0; /* The conn closed; the app sees http.disconnect. */
+    if (r != 0) {
+        return r < 0 ? -1 : 0; /* 1: no conn; the app sees a disconnect. */
     }
     if (!more_body) {
-        int keep = cy->keep_alive;
-        if (cy->content_length >= 0 &&
-            cy->sent < (uint64_t)cy->content_length && !bodyless) {
-            keep = 0; /* Short body: the client can't find the end. */
-        }
+        int keep = cd_http1_keep_alive(cy);
         cd_cycle_log_access(cy, cy->status);
         /* Keep ourselves alive: the conn drops its reference. */
         Py_INCREF(cy);

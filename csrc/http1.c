@@ -833,6 +833,151 @@ cd_http1_simple_response(cd_conn_t *c, int status, const char *body)
     }
 }
 
+/* ---- the response: 100-continue, head, body framing ----------------
+ *
+ * cycle.c takes the app's http.response.* messages apart; the bytes they
+ * become on an HTTP/1 connection are written here. */
+
+static const char continue_line[] = "HTTP/1.1 100 Continue\r\n\r\n";
+static const char crlf[] = "\r\n";
+static const char last_chunk[] = "0\r\n\r\n";
+static const char crlf_last_chunk[] = "\r\n0\r\n\r\n";
+
+void
+cd_http1_continue(cd_cycle_t *cy)
+{
+    if (cy->expect_continue && !cy->continue_sent &&
+        cy->resp == CD_RESP_START && cy->conn != NULL && !cy->body_complete) {
+        cy->continue_sent = 1;
+        uv_buf_t b = cd_uvbuf_const(continue_line, sizeof(continue_line) - 1);
+        cd_conn_write(cy->conn, &b, 1, NULL, NULL);
+    }
+}
+
+/* Appends the response head to out (the head writer below).  `final`
+ * says whether the first body message is also the last (then the length
+ * is known). */
+static int
+build_head(cd_cycle_t *cy, size_t first_len, int final, cd_buf_t *out)
+{
+    cd_server_t *srv = cy->server;
+    cd_http1_head_t h = {
+        .status = cy->status,
+        .http10 = cy->http10,
+        .is_head = cy->is_head,
+        .final = final,
+        .first_len = first_len,
+        .server_header = srv->server_header,
+        .keep_alive = cy->keep_alive && !srv->closing,
+    };
+    if (cd_http1_head_write(out, &h, cy->resp_headers) < 0) {
+        return -1;
+    }
+    cy->keep_alive = h.keep_alive;
+    cy->chunked = h.chunked;
+    cy->content_length = h.content_length;
+    return 0;
+}
+
+static int
+bodyless(const cd_cycle_t *cy)
+{
+    return cy->is_head || cy->status == 204 || cy->status == 304;
+}
+
+/* The head (if any, in `head`, owned), the body and the chunk framing
+ * around it, in one cd_conn_write.  1 if the conn is closed. */
+static int
+write_framed(cd_cycle_t *cy, cd_buf_t *head, PyObject *body, size_t blen,
+             int more_body)
+{
+    uv_buf_t bufs[3];
+    int nb = 0;
+    if (cy->chunked && blen > 0) {
+        /* The chunk-size line goes after the head, in the same block. */
+        char line[24];
+        int ll = snprintf(line, sizeof(line), "%zx\r\n", blen);
+        if (cd_buf_append(head, line, (size_t)ll) < 0) {
+            cd_buf_dispose(head);
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    if (head->len) {
+        bufs[nb++] = cd_uvbuf(head->base, head->len);
+    }
+    if (blen > 0) {
+        bufs[nb++] = cd_uvbuf(PyBytes_AS_STRING(body), blen);
+    }
+    if (cy->chunked && (blen > 0 || !more_body)) {
+        if (blen > 0 && !more_body) {
+            bufs[nb++] =
+                cd_uvbuf_const(crlf_last_chunk, sizeof(crlf_last_chunk) - 1);
+        }
+        else if (blen > 0) {
+            bufs[nb++] = cd_uvbuf_const(crlf, sizeof(crlf) - 1);
+        }
+        else {
+            bufs[nb++] = cd_uvbuf_const(last_chunk, sizeof(last_chunk) - 1);
+        }
+    }
+    if (nb == 0) {
+        cd_buf_dispose(head);
+        return 0;
+    }
+    return cd_conn_write(cy->conn, bufs, nb, blen > 0 ? body : NULL,
+                         head->base) < 0
+               ? 1
+               : 0;
+}
+
+int
+cd_http1_write_body(cd_cycle_t *cy, PyObject *body, int more_body)
+{
+    size_t blen = (size_t)PyBytes_GET_SIZE(body);
+    cd_buf_t head = {0}; /* owned: the head and a chunk-size line */
+    int first = cy->resp == CD_RESP_HEAD;
+    if (first) {
+        if (build_head(cy, blen, !more_body, &head) < 0) {
+            cd_buf_dispose(&head);
+            return -1;
+        }
+        cy->resp = CD_RESP_BODY;
+    }
+    if (bodyless(cy)) {
+        blen = 0;
+    }
+    if (cy->content_length >= 0 &&
+        cy->sent + blen > (uint64_t)cy->content_length) {
+        cd_buf_dispose(&head);
+        if (first) {
+            cy->resp = CD_RESP_HEAD; /* Nothing written: a 500 still fits. */
+        }
+        PyErr_SetString(PyExc_RuntimeError,
+                        "response body longer than its Content-Length");
+        return -1;
+    }
+    cy->sent += blen;
+    if (!more_body) {
+        cy->resp = CD_RESP_DONE;
+    }
+    if (cy->disconnected || cy->conn == NULL) {
+        cd_buf_dispose(&head); /* Daphne ignores sends after a disconnect. */
+        return 1;
+    }
+    return write_framed(cy, &head, body, blen, more_body);
+}
+
+int
+cd_http1_keep_alive(const cd_cycle_t *cy)
+{
+    if (cy->content_length >= 0 && cy->sent < (uint64_t)cy->content_length &&
+        !bodyless(cy)) {
+        return 0; /* Short body: the client can't find the end. */
+    }
+    return cy->keep_alive;
+}
+
 /* ---- the response head writer ------------------------------------- */
 
 static int

@@ -450,6 +450,18 @@ const cd_transport_t *cd_transport_test(void);
 extern const cd_proto_t cd_http1_proto;
 /* A response finished: next request, or close. */
 void cd_http1_response_done(cd_conn_t *c, int keep_alive);
+/* The app waits in receive() for a body that has not come: send
+ * "100 Continue" if the client asked for it and nothing was sent. */
+void cd_http1_continue(cd_cycle_t *cy);
+/* Writes a body message of the cycle's response (the head first, from
+ * cy->status and cy->resp_headers), framed as the head says (length,
+ * chunks, or the close); moves cy->resp on.  body: bytes, borrowed and
+ * kept alive until written.  0 written, 1 nothing to write to (the conn
+ * is gone), -1 with an exception (ValueError, RuntimeError for a body
+ * longer than its content-length: then nothing was written). */
+int cd_http1_write_body(cd_cycle_t *cy, PyObject *body, int more_body);
+/* Whether the conn may serve another request after this response. */
+int cd_http1_keep_alive(const cd_cycle_t *cy);
 /* Writes a whole simple response (400, 431, 503...) and closes. */
 void cd_http1_simple_response(cd_conn_t *c, int status, const char *body);
 /* The app starts (1) or stops (0) waiting in receive() for request body
