@@ -1,5 +1,9 @@
-/* HttpCycle: one HTTP request/response between a connection and the
- * app.  receive() hands out the request body and then http.disconnect;
+/* Cycle: one HTTP request/response or WebSocket between a connection
+ * and the app, as ASGI sees it: receive() and send() go through the
+ * cycle's operations (cd_cycle_ops_t), HTTP's here and WebSocket's in
+ * websocket.c, and both receive()s return the same awaitable (waiter.c).
+ *
+ * HTTP: receive() hands out the request body and then http.disconnect;
  * send() validates the response messages, and http1.c writes them (head,
  * framing, 100-continue).
  *
@@ -116,7 +120,7 @@ has_message(cd_cycle_t *cy)
 PyObject *
 cd_cycle_take_message(cd_cycle_t *cy)
 {
-    return cy->kind == CD_CYCLE_WS ? cd_ws_next_message(cy) : take_message(cy);
+    return cy->ops->next_message(cy);
 }
 
 /* Drop *futp if it is done (a cancelled receive() or send() leaves its
@@ -171,9 +175,7 @@ cd_cycle_wake_receiver(cd_cycle_t *cy)
     if (cy->recv_fut == NULL) {
         return;
     }
-    int ready =
-        cy->kind == CD_CYCLE_WS ? cd_ws_has_message(cy) : has_message(cy);
-    if (!ready) {
+    if (!cy->ops->has_message(cy)) {
         return;
     }
     PyObject *fut = cy->recv_fut;
@@ -282,10 +284,12 @@ cd_cycle_on_disconnect(cd_cycle_t *cy)
         return;
     }
     cy->disconnected = 1;
-    if (cy->kind == CD_CYCLE_WS) {
-        cd_ws_on_close(cy);
-        return;
-    }
+    cy->ops->on_disconnect(cy);
+}
+
+static void
+http_on_disconnect(cd_cycle_t *cy)
+{
     cd_cycle_wake_receiver(cy);
     cd_cycle_wake_sender(cy);
     if (cy->resp != CD_RESP_DONE) {
@@ -397,11 +401,19 @@ cd_cycle_on_timeout(cd_cycle_t *cy)
 
 /* ---- receive ------------------------------------------------------ */
 
-static PyObject *
-cycle_receive(cd_cycle_t *cy, PyObject *unused)
+static void
+http_receive(cd_cycle_t *cy)
 {
     if (!has_message(cy)) {
         cd_http1_continue(cy); /* The app waits for the body. */
+    }
+}
+
+static PyObject *
+cycle_receive(cd_cycle_t *cy, PyObject *unused)
+{
+    if (cy->ops->receive != NULL) {
+        cy->ops->receive(cy);
     }
     return cd_cycle_receive_waiter(cy);
 }
@@ -562,7 +574,7 @@ cd_cycle_send_done(cd_cycle_t *cy, int open)
 }
 
 static PyObject *
-cycle_send(cd_cycle_t *cy, PyObject *msg)
+http_send(cd_cycle_t *cy, PyObject *msg)
 {
     cd_state *st = cy->st;
     PyObject *type = cd_cycle_message_type(st, msg);
@@ -591,65 +603,60 @@ cycle_send(cd_cycle_t *cy, PyObject *msg)
 
 /* ---- the app's task ----------------------------------------------- */
 
-/* A WebSocket app finished: log its exception, close as it deserves. */
-static void
-on_ws_task_done(cd_cycle_t *cy, PyObject *task, int cancelled)
-{
-    PyObject *exc = NULL;
-    if (!cancelled) {
-        exc = PyObject_CallMethodNoArgs(task, cy->st->s_exception);
-        if (exc == NULL) {
-            cd_log_exception("Exception inside application");
-        }
-        else if (exc == Py_None) {
-            Py_CLEAR(exc);
-        }
-        else {
-            PyErr_SetRaisedException(Py_NewRef(exc));
-            cd_log_exception("Exception inside application");
-        }
-    }
-    cd_ws_on_task_done(cy, exc);
-    Py_XDECREF(exc);
-}
-
-static void
-on_task_done(cd_cycle_t *cy, PyObject *task)
+/* How the app's task ended; the exception it raised is logged. */
+static cd_task_end_t
+task_end(cd_cycle_t *cy, PyObject *task)
 {
     cd_state *st = cy->st;
     PyObject *r = PyObject_CallMethodNoArgs(task, st->s_cancelled);
     int cancelled = r ? PyObject_IsTrue(r) : 0;
     Py_XDECREF(r);
-    if (cy->kind == CD_CYCLE_WS) {
-        on_ws_task_done(cy, task, cancelled);
+    if (cancelled) {
+        return CD_TASK_CANCELLED;
     }
-    else if (!cancelled) {
-        PyObject *exc = PyObject_CallMethodNoArgs(task, st->s_exception);
-        if (exc == NULL) {
-            cd_log_exception("Exception inside application");
-        }
-        else if (exc != Py_None) {
-            PyErr_SetRaisedException(exc);
-            cd_log_exception("Exception inside application");
+    PyObject *exc = PyObject_CallMethodNoArgs(task, st->s_exception);
+    if (exc == NULL) {
+        cd_log_exception("Exception inside application");
+        return CD_TASK_UNKNOWN;
+    }
+    if (exc == Py_None) {
+        Py_DECREF(exc);
+        return CD_TASK_RETURNED;
+    }
+    PyErr_SetRaisedException(exc);
+    cd_log_exception("Exception inside application");
+    return CD_TASK_RAISED;
+}
+
+/* An HTTP app finished: answer 500 for it unless it completed. */
+static void
+http_on_task_done(cd_cycle_t *cy, cd_task_end_t end)
+{
+    switch (end) {
+    case CD_TASK_RETURNED:
+        if (cy->resp != CD_RESP_DONE && !cy->disconnected) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "ASGI application returned without "
+                            "completing the response");
+            cd_log_exception("Application error");
             cd_cycle_respond_error(cy, 500, "Internal Server Error");
         }
-        else {
-            Py_DECREF(exc);
-            if (cy->resp != CD_RESP_DONE && !cy->disconnected) {
-                PyErr_SetString(PyExc_RuntimeError,
-                                "ASGI application returned without "
-                                "completing the response");
-                cd_log_exception("Application error");
-                cd_cycle_respond_error(cy, 500, "Internal Server Error");
-            }
-        }
-    }
-    else {
+        break;
+    case CD_TASK_RAISED:
+    case CD_TASK_CANCELLED:
         cd_cycle_respond_error(cy, 500, "Internal Server Error");
+        break;
+    case CD_TASK_UNKNOWN: break;
     }
+}
+
+static void
+on_task_done(cd_cycle_t *cy, PyObject *task)
+{
+    cy->ops->on_task_done(cy, task_end(cy, task));
     if (cy->close_handle != NULL) {
         PyObject *x =
-            PyObject_CallMethodNoArgs(cy->close_handle, st->s_cancel);
+            PyObject_CallMethodNoArgs(cy->close_handle, cy->st->s_cancel);
         Py_XDECREF(x);
         PyErr_Clear();
         Py_CLEAR(cy->close_handle);
@@ -665,18 +672,14 @@ cycle_task_done(cd_cycle_t *cy, PyObject *task)
 }
 
 static PyObject *
-ws_receive(cd_cycle_t *cy, PyObject *unused)
+cycle_send(cd_cycle_t *cy, PyObject *msg)
 {
-    return cd_ws_receive(cy);
+    return cy->ops->send(cy, msg);
 }
 
 static PyMethodDef receive_def = {"receive", (PyCFunction)cycle_receive,
                                   METH_NOARGS, NULL};
 static PyMethodDef send_def = {"send", (PyCFunction)cycle_send, METH_O, NULL};
-static PyMethodDef ws_receive_def = {"receive", (PyCFunction)ws_receive,
-                                     METH_NOARGS, NULL};
-static PyMethodDef ws_send_def = {"send", (PyCFunction)cd_ws_send, METH_O,
-                                  NULL};
 static PyMethodDef done_def = {"_task_done", (PyCFunction)cycle_task_done,
                                METH_O, NULL};
 
@@ -686,10 +689,8 @@ cd_cycle_start(PyObject *obj)
     cd_cycle_t *cy = (cd_cycle_t *)obj;
     cd_state *st = cy->st;
     cd_server_t *srv = cy->server;
-    int ws = cy->kind == CD_CYCLE_WS;
-    PyObject *receive =
-        PyCFunction_New(ws ? &ws_receive_def : &receive_def, obj);
-    PyObject *send = PyCFunction_New(ws ? &ws_send_def : &send_def, obj);
+    PyObject *receive = PyCFunction_New(&receive_def, obj);
+    PyObject *send = PyCFunction_New(&send_def, obj);
     PyObject *coro = NULL, *task = NULL;
     if (receive == NULL || send == NULL) {
         goto error;
@@ -750,13 +751,24 @@ error:
         Py_DECREF(coro);
     }
     cd_log_exception("Exception inside application");
-    if (cy->kind == CD_CYCLE_WS) {
-        cd_ws_on_task_done(cy, Py_None);
-    }
-    else {
-        cd_cycle_respond_error(cy, 500, "Internal Server Error");
-    }
+    cy->ops->on_task_done(cy, CD_TASK_RAISED);
     return 0;
+}
+
+static const cd_cycle_ops_t http_ops = {
+    .name = "http",
+    .receive = http_receive,
+    .send = http_send,
+    .next_message = take_message,
+    .has_message = has_message,
+    .on_disconnect = http_on_disconnect,
+    .on_task_done = http_on_task_done,
+};
+
+int
+cd_cycle_is_http(const cd_cycle_t *cy)
+{
+    return cy->ops == &http_ops;
 }
 
 cd_cycle_t *
@@ -774,6 +786,7 @@ cd_cycle_new(cd_conn_t *c, PyObject *scope)
     cy->server = (cd_server_t *)Py_NewRef((PyObject *)srv);
     cy->conn = c;
     cy->scope = Py_NewRef(scope);
+    cy->ops = &http_ops;
     cy->resp = CD_RESP_START;
     cy->content_length = -1;
     cy->start_ns = uv_hrtime();
@@ -814,8 +827,8 @@ cycle_dealloc(cd_cycle_t *cy)
     PyObject_GC_UnTrack(cy);
     cycle_clear(cy);
     cd_buf_dispose(&cy->body);
-    if (cy->ws != NULL) {
-        cd_ws_free(cy->ws);
+    if (cy->ops->free != NULL) {
+        cy->ops->free(cy);
     }
     cy->st->live.cycles--;
     Py_CLEAR(cy->server);

@@ -641,7 +641,7 @@ parse_failed(cd_http1_t *h)
         return;
     }
     const char *body = parse_error_body(status);
-    if (cy != NULL && cy->kind == CD_CYCLE_HTTP) {
+    if (cy != NULL && cd_cycle_is_http(cy)) {
         /* A body the app is reading broke: we answer for the app, which
          * gets http.disconnect now, not when the lingering close ends. */
         cd_cycle_respond_error(cy, status, body);

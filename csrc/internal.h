@@ -536,10 +536,38 @@ PyObject *cd_scope_http(cd_conn_t *c, const cd_scope_req_t *req);
 
 /* ---- cycle.c: one HTTP request/response or WebSocket with the app -- */
 
+/* How the app's task ended (its exception, if any, is logged). */
 typedef enum {
-    CD_CYCLE_HTTP,
-    CD_CYCLE_WS,
-} cd_cycle_kind_t;
+    CD_TASK_RETURNED,
+    CD_TASK_RAISED, /* or the app could not be started */
+    CD_TASK_CANCELLED,
+    CD_TASK_UNKNOWN, /* task.exception() itself failed */
+} cd_task_end_t;
+
+/* What a cycle does that depends on its protocol: HTTP's table is in
+ * cycle.c (set by cd_cycle_new), the WebSocket handshake swaps in
+ * websocket.c's.  cycle.c talks ASGI through it and never asks which
+ * one it has. */
+typedef struct {
+    const char *name;
+    /* receive() was called, before its awaitable is made (HTTP: 100
+     * Continue); NULL for nothing. */
+    void (*receive)(cd_cycle_t *cy);
+    /* send(msg): new reference to what send() returns (an awaitable),
+     * or NULL with an exception. */
+    PyObject *(*send)(cd_cycle_t *cy, PyObject *msg);
+    /* New reference: the next message for receive(), or NULL without an
+     * exception when there is none yet. */
+    PyObject *(*next_message)(cd_cycle_t *cy);
+    /* Whether next_message would return a message. */
+    int (*has_message)(cd_cycle_t *cy);
+    /* The peer is gone (once; cy->disconnected is set): wake the app. */
+    void (*on_disconnect)(cd_cycle_t *cy);
+    /* The app's task ended, or it could not start (CD_TASK_RAISED). */
+    void (*on_task_done)(cd_cycle_t *cy, cd_task_end_t end);
+    /* The cycle is freed: free the protocol's state; NULL for none. */
+    void (*free)(cd_cycle_t *cy);
+} cd_cycle_ops_t;
 
 typedef enum {
     CD_RESP_START, /* nothing sent */
@@ -550,8 +578,8 @@ typedef enum {
 
 struct cd_cycle_s {
     PyObject_HEAD
-    cd_cycle_kind_t kind;
-    cd_ws_t *ws;         /* owned: WebSocket state, CD_CYCLE_WS only */
+    const cd_cycle_ops_t *ops; /* borrowed: a static table */
+    cd_ws_t *ws;         /* owned: WebSocket state, WebSocket cycles only */
     cd_state *st;        /* borrowed */
     cd_server_t *server; /* strong */
     cd_conn_t *conn;     /* borrowed: NULL once detached */
@@ -582,7 +610,11 @@ struct cd_cycle_s {
 };
 
 int cd_cycle_type_init(PyObject *module, cd_state *st);
+/* New reference: an HTTP cycle for a request on c (the WebSocket
+ * handshake turns it into a WebSocket one). */
 cd_cycle_t *cd_cycle_new(cd_conn_t *c, PyObject *scope);
+/* 1 if cy has HTTP's operations (not a WebSocket). */
+int cd_cycle_is_http(const cd_cycle_t *cy);
 /* Start the app for a cycle (called from the loop's dispatch). */
 int cd_cycle_start(PyObject *cycle);
 void cd_cycle_on_body(cd_cycle_t *cy);
@@ -633,17 +665,6 @@ extern const cd_proto_t cd_ws_proto;
  * the conn's cycle into a WebSocket one; returns an HTTP status to
  * refuse it with, or 0. */
 int cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy);
-/* The conn is closing: tell the app (websocket.disconnect). */
-void cd_ws_on_close(cd_cycle_t *cy);
-PyObject *cd_ws_receive(cd_cycle_t *cy);
-/* New reference: the next message for receive(), or NULL (no error set)
- * when there is none yet. */
-PyObject *cd_ws_next_message(cd_cycle_t *cy);
-/* Whether cd_ws_next_message() would return a message. */
-int cd_ws_has_message(cd_cycle_t *cy);
-PyObject *cd_ws_send(cd_cycle_t *cy, PyObject *msg);
-void cd_ws_on_task_done(cd_cycle_t *cy, PyObject *exc);
-void cd_ws_free(cd_ws_t *ws);
 
 /* ---- waiter.c: the awaitable returned by receive()/send() --------- */
 int cd_waiter_type_init(PyObject *module, cd_state *st);

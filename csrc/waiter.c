@@ -149,6 +149,65 @@ waiter_send(cd_waiter_t *w, PyObject *arg)
     return waiter_iternext(w);
 }
 
+/* throw(exc) or throw(type[, value[, tb]]): what a cancelled task does
+ * to the awaitable it waits on (asyncio's FutureIter_throw): let go of
+ * the future and the cycle, raise the exception at the await. */
+static PyObject *
+waiter_throw(cd_waiter_t *w, PyObject *args)
+{
+    PyObject *type, *val = NULL, *tb = NULL;
+    if (!PyArg_UnpackTuple(args, "throw", 1, 3, &type, &val, &tb)) {
+        return NULL;
+    }
+    if (val == Py_None) {
+        val = NULL;
+    }
+    if (tb == Py_None) {
+        tb = NULL;
+    }
+    else if (tb != NULL && !PyTraceBack_Check(tb)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "throw() third argument must be a traceback");
+        return NULL;
+    }
+    if (PyExceptionInstance_Check(type)) {
+        if (val != NULL) {
+            PyErr_SetString(PyExc_TypeError,
+                            "instance exception may not have a separate "
+                            "value");
+            return NULL;
+        }
+        val = type;
+        type = (PyObject *)Py_TYPE(val);
+    }
+    else if (!PyExceptionClass_Check(type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "exceptions must be classes deriving BaseException "
+                        "or instances of such a class");
+        return NULL;
+    }
+    Py_INCREF(type);
+    Py_XINCREF(val);
+    Py_XINCREF(tb);
+    PyErr_NormalizeException(&type, &val, &tb);
+    if (tb != NULL) {
+        PyException_SetTraceback(val, tb);
+    }
+    Py_CLEAR(w->fut);
+    Py_CLEAR(w->cy);
+    PyErr_Restore(type, val, tb); /* Steals all three. */
+    return NULL;
+}
+
+/* close(): the awaiting coroutine is closed; let go of what we hold. */
+static PyObject *
+waiter_close(cd_waiter_t *w, PyObject *unused)
+{
+    Py_CLEAR(w->fut);
+    Py_CLEAR(w->cy);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 waiter_await(PyObject *self)
 {
@@ -185,6 +244,8 @@ waiter_dealloc(cd_waiter_t *w)
 
 static PyMethodDef waiter_methods[] = {
     {"send", (PyCFunction)waiter_send, METH_O, NULL},
+    {"throw", (PyCFunction)waiter_throw, METH_VARARGS, NULL},
+    {"close", (PyCFunction)waiter_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

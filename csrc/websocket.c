@@ -1,5 +1,8 @@
 /* WebSocket: the opening handshake, wslay for incoming frames, and the
- * ASGI websocket.* events.
+ * ASGI websocket.* events.  Two tables: cd_ws_proto, the protocol HTTP/1
+ * hands an upgraded conn over to (bytes, timer, EOF, shutdown), and
+ * ws_cycle_ops, which cd_ws_begin puts on the handshake's cycle
+ * (receive, send, disconnect, the app's end).
  *
  * Incoming bytes go through wslay (unmasking, fragments, control frames,
  * limits).  Outgoing data frames are written directly, header plus the
@@ -28,6 +31,9 @@
 #define CD_WS_WSLAY_MAX_MSG ((1u << 31) - 1)
 /* How long the peer has to answer our close frame. */
 #define CD_WS_CLOSE_WAIT_MS 5000
+
+/* A WebSocket cycle's operations (defined at the end). */
+static const cd_cycle_ops_t ws_cycle_ops;
 
 typedef enum {
     CD_WS_CONNECTING, /* handshake request in, connect not yet received */
@@ -193,8 +199,8 @@ disconnect_msg(cd_cycle_t *cy)
 
 /* New reference: the next message for receive(), or NULL (no error) if
  * the app must wait. */
-PyObject *
-cd_ws_next_message(cd_cycle_t *cy)
+static PyObject *
+ws_next_message(cd_cycle_t *cy)
 {
     cd_ws_t *ws = cy->ws;
     if (!ws->connect_delivered) {
@@ -218,8 +224,9 @@ cd_ws_next_message(cd_cycle_t *cy)
     return NULL;
 }
 
-int
-cd_ws_has_message(cd_cycle_t *cy)
+/* Whether ws_next_message() would return a message. */
+static int
+ws_has_message(cd_cycle_t *cy)
 {
     cd_ws_t *ws = cy->ws;
     return !ws->connect_delivered || ws->qlen > 0 ||
@@ -551,7 +558,7 @@ cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy)
     ws->cy = cy;
     ws->state = CD_WS_CONNECTING;
     ws->close_code = 1006;
-    cy->kind = CD_CYCLE_WS;
+    cy->ops = &ws_cycle_ops;
     cy->ws = ws;
     c->state = CD_CONN_UPGRADED;
     uint64_t t = c->server->cfg.ws_connect_timeout;
@@ -822,8 +829,8 @@ ws_send_data(cd_cycle_t *cy, PyObject *msg)
                           (size_t)PyBytes_GET_SIZE(b), b);
 }
 
-PyObject *
-cd_ws_send(cd_cycle_t *cy, PyObject *msg)
+static PyObject *
+ws_send(cd_cycle_t *cy, PyObject *msg)
 {
     cd_ws_t *ws = cy->ws;
     cd_state *st = cy->st;
@@ -886,16 +893,11 @@ cd_ws_send(cd_cycle_t *cy, PyObject *msg)
     return cd_cycle_send_done(cy, ws->state == CD_WS_OPEN);
 }
 
-PyObject *
-cd_ws_receive(cd_cycle_t *cy)
-{
-    return cd_cycle_receive_waiter(cy);
-}
-
 /* ---- lifecycle ---------------------------------------------------- */
 
-void
-cd_ws_on_close(cd_cycle_t *cy)
+/* The conn is gone: tell the app (websocket.disconnect). */
+static void
+ws_on_disconnect(cd_cycle_t *cy)
 {
     cd_ws_t *ws = cy->ws;
     if (ws->state == CD_WS_CLOSED) {
@@ -986,14 +988,16 @@ const cd_proto_t cd_ws_proto = {
     .free = cd_cycle_conn_release,
 };
 
-void
-cd_ws_on_task_done(cd_cycle_t *cy, PyObject *exc)
+/* The app finished: close as it deserves (1011 or 500 if it raised). */
+static void
+ws_on_task_done(cd_cycle_t *cy, cd_task_end_t end)
 {
+    int raised = end == CD_TASK_RAISED;
     cd_ws_t *ws = cy->ws;
     switch (ws->state) {
     case CD_WS_CONNECTING:
     case CD_WS_HANDSHAKE:
-        if (exc != NULL) {
+        if (raised) {
             ws_reject(cy, 500, "Internal Server Error");
         }
         else {
@@ -1008,7 +1012,7 @@ cd_ws_on_task_done(cd_cycle_t *cy, PyObject *exc)
         }
         break;
     case CD_WS_OPEN:
-        queue_close(ws, exc != NULL ? 1011 : 1000, "", 0);
+        queue_close(ws, raised ? 1011 : 1000, "", 0);
         flush_wslay(cy);
         break;
     case CD_WS_CLOSING:
@@ -1016,9 +1020,13 @@ cd_ws_on_task_done(cd_cycle_t *cy, PyObject *exc)
     }
 }
 
-void
-cd_ws_free(cd_ws_t *ws)
+static void
+ws_free(cd_cycle_t *cy)
 {
+    cd_ws_t *ws = cy->ws;
+    if (ws == NULL) {
+        return;
+    }
     if (ws->ctx != NULL) {
         wslay_event_context_free(ws->ctx);
     }
@@ -1028,6 +1036,17 @@ cd_ws_free(cd_ws_t *ws)
     free(ws->queue);
     cd_buf_dispose(&ws->out);
     Py_XDECREF(ws->close_reason);
-    ws->cy->st->live.ws--;
+    cy->st->live.ws--;
     free(ws);
+    cy->ws = NULL;
 }
+
+static const cd_cycle_ops_t ws_cycle_ops = {
+    .name = "websocket",
+    .send = ws_send,
+    .next_message = ws_next_message,
+    .has_message = ws_has_message,
+    .on_disconnect = ws_on_disconnect,
+    .on_task_done = ws_on_task_done,
+    .free = ws_free,
+};

@@ -70,6 +70,18 @@ def test_body_stays_when_receive_is_never_awaited(serve):
     assert resp.body == b"hello"
 
 
+def test_receive_awaitable_takes_throw_and_close_and_keeps_the_body(serve):
+    proc = serve(APP)
+    with connect(proc) as sock:
+        sock.sendall(b"POST /awaitable-throw-close HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 5\r\n\r\nhello")
+        resp = Reader(sock).response()
+    assert resp.status == 200, (resp, proc.log_tail())
+    assert resp.header("x-thrown") == "thrown"
+    assert resp.header("x-closed") == "None"
+    assert resp.body == b"hello"
+
+
 # ---- WebSocket: cancelled receive() and send() -----------------------------
 
 def test_ws_messages_survive_receive_timeouts(serve):

@@ -97,6 +97,20 @@ async def http(scope, receive, send):
         except TimeoutError:
             return await respond(send, 200, b"lost")
         return await respond(send, 200, msg.get("body", b""))
+    if path == "/awaitable-throw-close":
+        # receive()'s awaitable takes throw() and close() as asyncio's
+        # future iterator does; neither takes the queued body.
+        await asyncio.sleep(0.2)
+        try:
+            receive().throw(ValueError("thrown"))
+            thrown = "nothing"
+        except ValueError as e:
+            thrown = str(e)
+        closed = receive().close()
+        msg = await receive()
+        return await respond(send, 200, msg.get("body", b""),
+                             [(b"x-thrown", thrown.encode()),
+                              (b"x-closed", repr(closed).encode())])
     return await respond(send, 404, b"not found")
 
 
