@@ -7,10 +7,17 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+/* Workers sharing a listening socket (server_share_busier). */
+#define CD_SHARE_SLACK 2
+#define CD_SHARE_WAIT_MS 1
+
 static void
 listener_on_close(uv_handle_t *h)
 {
     cd_listener_t *ls = (cd_listener_t *)h->data;
+    if (--ls->open_handles > 0) {
+        return;
+    }
     /* Runs inside uv_run with the GIL released; ls->server may be gone. */
     cd_gil_ensure(cd_container_of(h->loop, cd_loop_t, uv));
     Py_XDECREF(ls->sockname);
@@ -18,14 +25,9 @@ listener_on_close(uv_handle_t *h)
 }
 
 static void
-listener_on_connection(uv_stream_t *s, int status)
+listener_accept(cd_listener_t *ls)
 {
-    cd_listener_t *ls = (cd_listener_t *)s->data;
     cd_server_t *srv = ls->server;
-    cd_gil_ensure(srv->loop);
-    if (status < 0) {
-        return;
-    }
     cd_conn_t *c = cd_conn_new(ls);
     if (c == NULL) {
         PyErr_Clear();
@@ -36,6 +38,61 @@ listener_on_connection(uv_stream_t *s, int status)
         cd_conn_read_stop(c);
         cd_http1_simple_response(c, 503, "Service Unavailable");
     }
+}
+
+static void
+listener_on_resume(uv_timer_t *h)
+{
+    cd_listener_t *ls = cd_container_of(h, cd_listener_t, resume);
+    cd_gil_ensure(ls->server->loop);
+    ls->held = 0;
+    /* The others had their chance (they may be busy or blocked): take
+     * whatever is still queued for as long again. */
+    ls->greedy_until = uv_now(h->loop) + CD_SHARE_WAIT_MS;
+    listener_accept(ls); /* uv_accept() watches the socket again. */
+}
+
+/* Publishes this worker's connection count; 1 if a worker sharing the
+ * listening socket holds CD_SHARE_SLACK fewer connections than this one. */
+static int
+server_share_busier(cd_server_t *srv)
+{
+    if (srv->share_index < 0) {
+        return 0;
+    }
+    uint32_t *slots = srv->share.buf;
+    Py_ssize_t n = srv->share.len / (Py_ssize_t)sizeof(uint32_t);
+    uint32_t mine = (uint32_t)srv->nconns + 1;
+    __atomic_store_n(&slots[srv->share_index], mine, __ATOMIC_RELAXED);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t v = __atomic_load_n(&slots[i], __ATOMIC_RELAXED);
+        if (i != srv->share_index && v != 0 && v + CD_SHARE_SLACK <= mine) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* libuv accepts until EAGAIN and calls this for each connection.  Workers
+ * sharing one listening socket are all woken; the first awake would take
+ * the whole queue.  So a worker busier than another one leaves the
+ * connection with libuv (which stops watching the socket) for
+ * CD_SHARE_WAIT_MS: the other workers take the rest of the queue meanwhile. */
+static void
+listener_on_connection(uv_stream_t *s, int status)
+{
+    cd_listener_t *ls = (cd_listener_t *)s->data;
+    cd_server_t *srv = ls->server;
+    cd_gil_ensure(srv->loop);
+    if (status < 0) {
+        return;
+    }
+    if (uv_now(s->loop) > ls->greedy_until && server_share_busier(srv)) {
+        ls->held = 1;
+        uv_timer_start(&ls->resume, listener_on_resume, CD_SHARE_WAIT_MS, 0);
+        return;
+    }
+    listener_accept(ls);
 }
 
 void
@@ -68,17 +125,27 @@ listener_new(cd_server_t *srv, int is_unix)
         PyErr_Format(PyExc_OSError, "%s", uv_strerror(r));
         return NULL;
     }
+    uv_timer_init(&srv->loop->uv, &ls->resume);
     ls->server = srv;
     ls->is_unix = is_unix;
     ls->transport = cd_transport_test();
     ls->io.handle.data = ls;
+    ls->resume.data = ls;
+    ls->open_handles = 2;
     return ls;
 }
 
 static void
 listener_close(cd_listener_t *ls)
 {
+    if (ls->held) {
+        /* Closing would reset the connection libuv holds: serve it. */
+        uv_timer_stop(&ls->resume);
+        ls->held = 0;
+        listener_accept(ls);
+    }
     uv_close(&ls->io.handle, listener_on_close);
+    uv_close((uv_handle_t *)&ls->resume, listener_on_close);
 }
 
 /* The server owns a listening listener from here on. */
@@ -254,6 +321,12 @@ server_listen_fd(cd_server_t *srv, PyObject *args)
 static void
 server_close_listeners_c(cd_server_t *srv)
 {
+    if (srv->share_index >= 0) {
+        /* Not accepting: the other workers stop comparing with us. */
+        uint32_t *slots = srv->share.buf;
+        __atomic_store_n(&slots[srv->share_index], 0, __ATOMIC_RELAXED);
+        srv->share_index = -1;
+    }
     for (int i = 0; i < srv->nlisteners; i++) {
         listener_close(srv->listeners[i]);
     }
@@ -407,6 +480,7 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     srv->st = st;
     srv->first_proto = &cd_http1_proto;
     srv->conns.next = srv->conns.prev = &srv->conns;
+    srv->share_index = -1;
     srv->loop = (cd_loop_t *)Py_NewRef(loop);
     cd_link_t *ll = &srv->loop->servers;
     srv->loop_link.next = ll->next;
@@ -515,6 +589,7 @@ server_traverse(cd_server_t *srv, visitproc visit, void *arg)
     Py_VISIT(srv->root_path);
     Py_VISIT(srv->lifespan_state);
     Py_VISIT(srv->action_logger);
+    Py_VISIT(srv->share.obj);
     return 0;
 }
 
@@ -526,6 +601,10 @@ server_clear(cd_server_t *srv)
     Py_CLEAR(srv->lifespan_state);
     Py_CLEAR(srv->action_logger);
     Py_CLEAR(srv->scheme);
+    if (srv->share.obj != NULL) {
+        srv->share_index = -1;
+        PyBuffer_Release(&srv->share);
+    }
     return 0;
 }
 
@@ -534,8 +613,12 @@ server_dealloc(cd_server_t *srv)
 {
     PyTypeObject *tp = Py_TYPE(srv);
     PyObject_GC_UnTrack(srv);
-    /* Connections hold a reference, so none is left here. */
+    /* Connections hold a reference, so none is left here, and none may be
+     * made: a connection libuv holds for us is closed with its listener. */
     if (srv->loop != NULL && !srv->loop->closed) {
+        for (int i = 0; i < srv->nlisteners; i++) {
+            srv->listeners[i]->held = 0;
+        }
         server_close_listeners_c(srv);
     }
     if (srv->loop_link.next != NULL) {
@@ -547,6 +630,37 @@ server_dealloc(cd_server_t *srv)
     free(srv->server_header);
     tp->tp_free(srv);
     Py_DECREF(tp);
+}
+
+/* share_accept(buffer, index): the memory the workers sharing this
+ * server's listening sockets map (writable, one uint32 per worker) and
+ * this worker's slot in it.  Call it once listening. */
+static PyObject *
+server_share_accept(cd_server_t *srv, PyObject *args)
+{
+    PyObject *obj;
+    int index;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "Oi", &obj, &index)) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(obj, &view, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if (index < 0 ||
+        (Py_ssize_t)(index + 1) * (Py_ssize_t)sizeof(uint32_t) > view.len ||
+        ((uintptr_t)view.buf & (sizeof(uint32_t) - 1)) != 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "share_accept: index out of range");
+        return NULL;
+    }
+    if (srv->share.obj != NULL) {
+        PyBuffer_Release(&srv->share);
+    }
+    srv->share = view;
+    srv->share_index = srv->closing ? -1 : index;
+    server_share_busier(srv);
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef server_methods[] = {
@@ -562,6 +676,8 @@ static PyMethodDef server_methods[] = {
      "Close every connection."},
     {"set_state", (PyCFunction)server_set_state, METH_O,
      "set_state(dict): the lifespan state copied into each scope."},
+    {"share_accept", (PyCFunction)server_share_accept, METH_VARARGS,
+     "share_accept(buffer, index): balance accepts with other workers."},
     {NULL, NULL, 0, NULL},
 };
 

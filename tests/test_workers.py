@@ -520,3 +520,66 @@ def test_flush_empties_the_channels_and_groups_of_every_worker(serve):
         for ms in members.values():
             for ws, _ in ms:
                 ws.close()
+
+
+# ---- accepting on the shared socket --------------------------------------------
+
+def pids_of_simultaneous_connections(proc: ServerProcess, n: int) -> list[int]:
+    """Open n keep-alive connections at once, then ask each for its pid."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.setblocking(False)
+            s.connect_ex((proc.host, proc.port))
+        for s in socks:
+            s.setblocking(True)
+            s.settimeout(10)
+        return [pid_of(get(proc, sock=s, timeout=10)) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_burst_of_connections_is_spread_over_the_workers(serve):
+    """wrk's way: 40 connections at once on the shared socket.  Without the
+    balance the first worker awake accepted nearly all of them."""
+    proc = serve(APP, "--workers", "2")
+    pids = startup_pids(proc)
+    got = pids_of_simultaneous_connections(proc, 40)
+    counts = {pid: got.count(pid) for pid in pids}
+    assert min(counts.values()) >= 5, counts
+
+
+def test_a_blocked_worker_does_not_hold_up_accepting(serve):
+    """A worker whose loop is blocked keeps a low count; the other still
+    accepts every new connection (after letting it try)."""
+    proc = serve(APP, "--workers", "2")
+    pids = startup_pids(proc)
+    with socket.create_connection((proc.host, proc.port), timeout=10) as keep:
+        # Three keep-alive connections on one worker make it the busier one.
+        busy = pid_of(get(proc, sock=keep))
+        extra: list[socket.socket] = []
+        blocker = None
+        for _ in range(100):
+            s = socket.create_connection((proc.host, proc.port), timeout=10)
+            pid = pid_of(get(proc, sock=s))
+            if pid == busy and len(extra) < 3:
+                extra.append(s)
+            elif pid != busy and blocker is None:
+                blocker = s
+            else:
+                s.close()
+            if len(extra) == 3 and blocker is not None:
+                break
+        assert blocker is not None and len(extra) == 3
+        (other,) = pids - {busy}
+        blocker.sendall(b"GET /block?s=3 HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.2)
+        try:
+            served = {pid_of(get(proc, timeout=10)) for _ in range(30)}
+        finally:
+            for s in extra:
+                s.close()
+        assert served == {busy}
+        assert pid_of(Reader(blocker, 10).response()) == other
+        blocker.close()
