@@ -215,8 +215,11 @@ struct cd_listener_s {
     int is_unix;
     /** Accepts the connection held back for a less busy worker. */
     uv_timer_t resume;
-    int held; /* libuv holds an accepted fd for us (resume runs) */
-    uint64_t greedy_until; /* loop time: accept all until then (no sharing) */
+    int held;             /* libuv holds an accepted fd for us (resume runs) */
+    uint64_t others_seen; /* the others' connections when last looked */
+    uint64_t stall_since; /* loop time: since then they took nothing */
+    uint64_t last_wait;   /* loop time of the last wait */
+    uint64_t greedy_until; /* loop time: accept all until then */
     int open_handles;      /* io and resume: freed when both have closed */
 };
 

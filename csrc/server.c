@@ -7,9 +7,15 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-/* Workers sharing a listening socket (server_share_busier). */
+/* Workers sharing a listening socket (listener_on_connection): a worker
+ * with CD_SHARE_SLACK more connections than another holds a new one back
+ * CD_SHARE_WAIT_MS.  When it has been holding back for CD_SHARE_PATIENCE_MS
+ * and the others took nothing meanwhile (blocked, or starved of CPU), it
+ * takes all that comes for CD_SHARE_GREEDY_MS. */
 #define CD_SHARE_SLACK 2
 #define CD_SHARE_WAIT_MS 1
+#define CD_SHARE_PATIENCE_MS 50
+#define CD_SHARE_GREEDY_MS 5
 
 static void
 listener_on_close(uv_handle_t *h)
@@ -40,44 +46,69 @@ listener_accept(cd_listener_t *ls)
     }
 }
 
+/* Publishes this worker's connection count; 1 if a worker sharing the
+ * listening socket holds CD_SHARE_SLACK fewer connections than this one.
+ * *others: the other workers' counts added up. */
+static int
+server_share_busier(cd_server_t *srv, uint64_t *others)
+{
+    uint32_t *slots = srv->share.buf;
+    Py_ssize_t n = srv->share.len / (Py_ssize_t)sizeof(uint32_t);
+    uint32_t mine = (uint32_t)srv->nconns + 1;
+    int busier = 0;
+    *others = 0;
+    __atomic_store_n(&slots[srv->share_index], mine, __ATOMIC_RELAXED);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t v = __atomic_load_n(&slots[i], __ATOMIC_RELAXED);
+        if (i != srv->share_index && v != 0) {
+            *others += v;
+            busier |= v + CD_SHARE_SLACK <= mine;
+        }
+    }
+    return busier;
+}
+
+/* 1 if the connection libuv holds for us should wait for the others. */
+static int
+listener_should_wait(cd_listener_t *ls)
+{
+    cd_server_t *srv = ls->server;
+    uint64_t others;
+    if (srv->share_index < 0 || uv_now(&srv->loop->uv) < ls->greedy_until ||
+        !server_share_busier(srv, &others)) {
+        return 0;
+    }
+    /* The others' patience clock: from the first wait of a series, or
+     * from the last connection they took. */
+    uint64_t now = uv_now(&srv->loop->uv);
+    if (others != ls->others_seen ||
+        now - ls->last_wait > CD_SHARE_PATIENCE_MS) {
+        ls->others_seen = others;
+        ls->stall_since = now;
+    }
+    ls->last_wait = now;
+    if (now - ls->stall_since >= CD_SHARE_PATIENCE_MS) {
+        /* They are blocked or starved: take all that comes, for a while. */
+        ls->greedy_until = now + CD_SHARE_GREEDY_MS;
+        return 0;
+    }
+    return 1;
+}
+
 static void
 listener_on_resume(uv_timer_t *h)
 {
     cd_listener_t *ls = cd_container_of(h, cd_listener_t, resume);
     cd_gil_ensure(ls->server->loop);
     ls->held = 0;
-    /* The others had their chance (they may be busy or blocked): take
-     * whatever is still queued for as long again. */
-    ls->greedy_until = uv_now(h->loop) + CD_SHARE_WAIT_MS;
     listener_accept(ls); /* uv_accept() watches the socket again. */
-}
-
-/* Publishes this worker's connection count; 1 if a worker sharing the
- * listening socket holds CD_SHARE_SLACK fewer connections than this one. */
-static int
-server_share_busier(cd_server_t *srv)
-{
-    if (srv->share_index < 0) {
-        return 0;
-    }
-    uint32_t *slots = srv->share.buf;
-    Py_ssize_t n = srv->share.len / (Py_ssize_t)sizeof(uint32_t);
-    uint32_t mine = (uint32_t)srv->nconns + 1;
-    __atomic_store_n(&slots[srv->share_index], mine, __ATOMIC_RELAXED);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        uint32_t v = __atomic_load_n(&slots[i], __ATOMIC_RELAXED);
-        if (i != srv->share_index && v != 0 && v + CD_SHARE_SLACK <= mine) {
-            return 1;
-        }
-    }
-    return 0;
 }
 
 /* libuv accepts until EAGAIN and calls this for each connection.  Workers
  * sharing one listening socket are all woken; the first awake would take
  * the whole queue.  So a worker busier than another one leaves the
  * connection with libuv (which stops watching the socket) for
- * CD_SHARE_WAIT_MS: the other workers take the rest of the queue meanwhile. */
+ * CD_SHARE_WAIT_MS: the others take what comes meanwhile. */
 static void
 listener_on_connection(uv_stream_t *s, int status)
 {
@@ -87,7 +118,7 @@ listener_on_connection(uv_stream_t *s, int status)
     if (status < 0) {
         return;
     }
-    if (uv_now(s->loop) > ls->greedy_until && server_share_busier(srv)) {
+    if (listener_should_wait(ls)) {
         ls->held = 1;
         uv_timer_start(&ls->resume, listener_on_resume, CD_SHARE_WAIT_MS, 0);
         return;
@@ -659,7 +690,10 @@ server_share_accept(cd_server_t *srv, PyObject *args)
     }
     srv->share = view;
     srv->share_index = srv->closing ? -1 : index;
-    server_share_busier(srv);
+    if (srv->share_index >= 0) {
+        uint64_t others;
+        server_share_busier(srv, &others);
+    }
     Py_RETURN_NONE;
 }
 

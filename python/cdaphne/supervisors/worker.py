@@ -75,15 +75,19 @@ class WorkerServer(Server):
 
     def _announce(self, binds: list[Bind]) -> None:
         logger.debug("Worker serving (Python %s)", sys.version.split()[0])
+        self._share()  # Before READY: the others balance with us from then.
         self._send(READY)
         self._tick()
 
+    def _share(self) -> None:
+        """Publish our connection count (Config.accept_balance)."""
+        if self.share is not None and self.core is not None:
+            self.core.share_accept(self.share, self.slot)
+
     def _tick(self) -> None:
         self._send(BEAT)
+        self._share()  # The count, refreshed after connections closed.
         core = self.core
-        if self.share is not None and core is not None:
-            # Listening; also refreshes the count after connections closed.
-            core.share_accept(self.share, self.slot)
         if (self.max_requests is not None and core is not None
                 and core.requests >= self.max_requests):
             # Repeated on every tick until the supervisor stops this worker.
