@@ -213,6 +213,14 @@ struct cd_listener_s {
     const cd_transport_t *transport; /* borrowed: a static table for the
                                         conns it accepts, NULL: plain */
     int is_unix;
+    /** Accepts the connection held back for a less busy worker. */
+    uv_timer_t resume;
+    int held;             /* libuv holds an accepted fd for us (resume runs) */
+    uint64_t others_seen; /* the others' connections when last looked */
+    uint64_t stall_since; /* loop time: since then they took nothing */
+    uint64_t last_wait;   /* loop time of the last wait */
+    uint64_t greedy_until; /* loop time: accept all until then */
+    int open_handles;      /* io and resume: freed when both have closed */
 };
 
 /* The Python object Server: listeners, connections, the app. */
@@ -235,6 +243,10 @@ struct cd_server_s {
     int nconns;
     int closing;       /* stop accepting, close idle conns */
     uint64_t requests; /* served so far */
+    /** Workers sharing a listening socket: one uint32 per worker, its
+     * connections + 1 (0: not accepting), in memory they all map. */
+    Py_buffer share; /* owned view (strong share.obj) when share_index >= 0 */
+    int share_index; /* this worker's slot, -1: not sharing */
 
     cd_link_t loop_link; /* in loop->servers */
 };

@@ -7,10 +7,23 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+/* Workers sharing a listening socket (listener_on_connection): a worker
+ * with CD_SHARE_SLACK more connections than another holds a new one back
+ * CD_SHARE_WAIT_MS.  When it has been holding back for CD_SHARE_PATIENCE_MS
+ * and the others took nothing meanwhile (blocked, or starved of CPU), it
+ * takes all that comes for CD_SHARE_GREEDY_MS. */
+#define CD_SHARE_SLACK 2
+#define CD_SHARE_WAIT_MS 1
+#define CD_SHARE_PATIENCE_MS 50
+#define CD_SHARE_GREEDY_MS 5
+
 static void
 listener_on_close(uv_handle_t *h)
 {
     cd_listener_t *ls = (cd_listener_t *)h->data;
+    if (--ls->open_handles > 0) {
+        return;
+    }
     /* Runs inside uv_run with the GIL released; ls->server may be gone. */
     cd_gil_ensure(cd_container_of(h->loop, cd_loop_t, uv));
     Py_XDECREF(ls->sockname);
@@ -18,14 +31,9 @@ listener_on_close(uv_handle_t *h)
 }
 
 static void
-listener_on_connection(uv_stream_t *s, int status)
+listener_accept(cd_listener_t *ls)
 {
-    cd_listener_t *ls = (cd_listener_t *)s->data;
     cd_server_t *srv = ls->server;
-    cd_gil_ensure(srv->loop);
-    if (status < 0) {
-        return;
-    }
     cd_conn_t *c = cd_conn_new(ls);
     if (c == NULL) {
         PyErr_Clear();
@@ -36,6 +44,86 @@ listener_on_connection(uv_stream_t *s, int status)
         cd_conn_read_stop(c);
         cd_http1_simple_response(c, 503, "Service Unavailable");
     }
+}
+
+/* Publishes this worker's connection count; 1 if a worker sharing the
+ * listening socket holds CD_SHARE_SLACK fewer connections than this one.
+ * *others: the other workers' counts added up. */
+static int
+server_share_busier(cd_server_t *srv, uint64_t *others)
+{
+    uint32_t *slots = srv->share.buf;
+    Py_ssize_t n = srv->share.len / (Py_ssize_t)sizeof(uint32_t);
+    uint32_t mine = (uint32_t)srv->nconns + 1;
+    int busier = 0;
+    *others = 0;
+    __atomic_store_n(&slots[srv->share_index], mine, __ATOMIC_RELAXED);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t v = __atomic_load_n(&slots[i], __ATOMIC_RELAXED);
+        if (i != srv->share_index && v != 0) {
+            *others += v;
+            busier |= v + CD_SHARE_SLACK <= mine;
+        }
+    }
+    return busier;
+}
+
+/* 1 if the connection libuv holds for us should wait for the others. */
+static int
+listener_should_wait(cd_listener_t *ls)
+{
+    cd_server_t *srv = ls->server;
+    uint64_t others;
+    if (srv->share_index < 0 || uv_now(&srv->loop->uv) < ls->greedy_until ||
+        !server_share_busier(srv, &others)) {
+        return 0;
+    }
+    /* The others' patience clock: from the first wait of a series, or
+     * from the last connection they took. */
+    uint64_t now = uv_now(&srv->loop->uv);
+    if (others != ls->others_seen ||
+        now - ls->last_wait > CD_SHARE_PATIENCE_MS) {
+        ls->others_seen = others;
+        ls->stall_since = now;
+    }
+    ls->last_wait = now;
+    if (now - ls->stall_since >= CD_SHARE_PATIENCE_MS) {
+        /* They are blocked or starved: take all that comes, for a while. */
+        ls->greedy_until = now + CD_SHARE_GREEDY_MS;
+        return 0;
+    }
+    return 1;
+}
+
+static void
+listener_on_resume(uv_timer_t *h)
+{
+    cd_listener_t *ls = cd_container_of(h, cd_listener_t, resume);
+    cd_gil_ensure(ls->server->loop);
+    ls->held = 0;
+    listener_accept(ls); /* uv_accept() watches the socket again. */
+}
+
+/* libuv accepts until EAGAIN and calls this for each connection.  Workers
+ * sharing one listening socket are all woken; the first awake would take
+ * the whole queue.  So a worker busier than another one leaves the
+ * connection with libuv (which stops watching the socket) for
+ * CD_SHARE_WAIT_MS: the others take what comes meanwhile. */
+static void
+listener_on_connection(uv_stream_t *s, int status)
+{
+    cd_listener_t *ls = (cd_listener_t *)s->data;
+    cd_server_t *srv = ls->server;
+    cd_gil_ensure(srv->loop);
+    if (status < 0) {
+        return;
+    }
+    if (listener_should_wait(ls)) {
+        ls->held = 1;
+        uv_timer_start(&ls->resume, listener_on_resume, CD_SHARE_WAIT_MS, 0);
+        return;
+    }
+    listener_accept(ls);
 }
 
 void
@@ -68,17 +156,27 @@ listener_new(cd_server_t *srv, int is_unix)
         PyErr_Format(PyExc_OSError, "%s", uv_strerror(r));
         return NULL;
     }
+    uv_timer_init(&srv->loop->uv, &ls->resume);
     ls->server = srv;
     ls->is_unix = is_unix;
     ls->transport = cd_transport_test();
     ls->io.handle.data = ls;
+    ls->resume.data = ls;
+    ls->open_handles = 2;
     return ls;
 }
 
 static void
 listener_close(cd_listener_t *ls)
 {
+    if (ls->held) {
+        /* Closing would reset the connection libuv holds: serve it. */
+        uv_timer_stop(&ls->resume);
+        ls->held = 0;
+        listener_accept(ls);
+    }
     uv_close(&ls->io.handle, listener_on_close);
+    uv_close((uv_handle_t *)&ls->resume, listener_on_close);
 }
 
 /* The server owns a listening listener from here on. */
@@ -254,6 +352,12 @@ server_listen_fd(cd_server_t *srv, PyObject *args)
 static void
 server_close_listeners_c(cd_server_t *srv)
 {
+    if (srv->share_index >= 0) {
+        /* Not accepting: the other workers stop comparing with us. */
+        uint32_t *slots = srv->share.buf;
+        __atomic_store_n(&slots[srv->share_index], 0, __ATOMIC_RELAXED);
+        srv->share_index = -1;
+    }
     for (int i = 0; i < srv->nlisteners; i++) {
         listener_close(srv->listeners[i]);
     }
@@ -407,6 +511,7 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     srv->st = st;
     srv->first_proto = &cd_http1_proto;
     srv->conns.next = srv->conns.prev = &srv->conns;
+    srv->share_index = -1;
     srv->loop = (cd_loop_t *)Py_NewRef(loop);
     cd_link_t *ll = &srv->loop->servers;
     srv->loop_link.next = ll->next;
@@ -515,6 +620,7 @@ server_traverse(cd_server_t *srv, visitproc visit, void *arg)
     Py_VISIT(srv->root_path);
     Py_VISIT(srv->lifespan_state);
     Py_VISIT(srv->action_logger);
+    Py_VISIT(srv->share.obj);
     return 0;
 }
 
@@ -526,6 +632,10 @@ server_clear(cd_server_t *srv)
     Py_CLEAR(srv->lifespan_state);
     Py_CLEAR(srv->action_logger);
     Py_CLEAR(srv->scheme);
+    if (srv->share.obj != NULL) {
+        srv->share_index = -1;
+        PyBuffer_Release(&srv->share);
+    }
     return 0;
 }
 
@@ -534,8 +644,12 @@ server_dealloc(cd_server_t *srv)
 {
     PyTypeObject *tp = Py_TYPE(srv);
     PyObject_GC_UnTrack(srv);
-    /* Connections hold a reference, so none is left here. */
+    /* Connections hold a reference, so none is left here, and none may be
+     * made: a connection libuv holds for us is closed with its listener. */
     if (srv->loop != NULL && !srv->loop->closed) {
+        for (int i = 0; i < srv->nlisteners; i++) {
+            srv->listeners[i]->held = 0;
+        }
         server_close_listeners_c(srv);
     }
     if (srv->loop_link.next != NULL) {
@@ -547,6 +661,40 @@ server_dealloc(cd_server_t *srv)
     free(srv->server_header);
     tp->tp_free(srv);
     Py_DECREF(tp);
+}
+
+/* share_accept(buffer, index): the memory the workers sharing this
+ * server's listening sockets map (writable, one uint32 per worker) and
+ * this worker's slot in it.  Call it once listening. */
+static PyObject *
+server_share_accept(cd_server_t *srv, PyObject *args)
+{
+    PyObject *obj;
+    int index;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "Oi", &obj, &index)) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(obj, &view, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if (index < 0 ||
+        (Py_ssize_t)(index + 1) * (Py_ssize_t)sizeof(uint32_t) > view.len ||
+        ((uintptr_t)view.buf & (sizeof(uint32_t) - 1)) != 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "share_accept: index out of range");
+        return NULL;
+    }
+    if (srv->share.obj != NULL) {
+        PyBuffer_Release(&srv->share);
+    }
+    srv->share = view;
+    srv->share_index = srv->closing ? -1 : index;
+    if (srv->share_index >= 0) {
+        uint64_t others;
+        server_share_busier(srv, &others);
+    }
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef server_methods[] = {
@@ -562,6 +710,8 @@ static PyMethodDef server_methods[] = {
      "Close every connection."},
     {"set_state", (PyCFunction)server_set_state, METH_O,
      "set_state(dict): the lifespan state copied into each scope."},
+    {"share_accept", (PyCFunction)server_share_accept, METH_VARARGS,
+     "share_accept(buffer, index): balance accepts with other workers."},
     {NULL, NULL, 0, NULL},
 };
 

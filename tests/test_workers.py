@@ -330,8 +330,9 @@ def test_chat_room_members_on_different_workers_get_every_message(serve):
 
 def test_hub_routes_group_sends_to_subscribed_workers_and_sends_by_pid():
     """The supervisor's routing on real socketpairs: subscriptions, lazy
-    unsubscription, sends by the pid in a new_channel() name, a dead
-    worker's subscriptions dropped."""
+    unsubscription, sends by the pid in a new_channel() name and their
+    answers, flush, a dead worker's subscriptions dropped and the requests
+    waiting for it answered."""
     from cdaphne.supervisors import bus
 
     hub = bus.Hub(lambda end, want: None)
@@ -362,14 +363,223 @@ def test_hub_routes_group_sends_to_subscribed_workers_and_sends_by_pid():
     post(102, bus.frame(bus.UNSUB, b"default", b"room"))
     post(101, bus.frame(bus.GSEND, b"default", b"room", b"m2"))
     assert got(102) == []
-    post(101, bus.frame(bus.SEND, b"default", b"specific.inmemory!w103.ab12", b"m3"))
-    assert got(103) == [(bus.SEND, b"specific.inmemory!w103.ab12", b"m3")]
+    # send(): to the worker in the name; its answer goes back to the sender.
+    dm = b"specific.inmemory!w103.ab12"
+    post(101, bus.frame(bus.SEND, b"default", dm, bus.REQ.pack(101, 7) + b"m3"))
+    assert got(103) == [(bus.SEND, dm, bus.REQ.pack(101, 7) + b"m3")]
+    assert got(101) == []
+    post(103, bus.frame(bus.REPLY, b"default", b"", bus.STATUS.pack(101, 7, bus.FULL)))
+    assert got(101) == [(bus.REPLY, b"", bus.STATUS.pack(101, 7, bus.FULL))]
     post(102, bus.frame(bus.SUB, b"default", b"room"))
     hub.remove(101)
     assert all(ends[101] not in e for e in hub.groups.values())
-    post(102, bus.frame(bus.SEND, b"default", b"specific.inmemory!w101.cd34", b"lost"))
+    # The hub answers for a worker that is gone...
+    lost = b"specific.inmemory!w101.cd34"
+    post(102, bus.frame(bus.SEND, b"default", lost, bus.REQ.pack(102, 8) + b"lost"))
+    assert got(102) == [(bus.REPLY, b"", bus.STATUS.pack(102, 8, bus.OK))]
     assert hub.groups == {(b"default", b"room"): {ends[102]}, (b"other", b"room"): {ends[103]}}
-    for pid in (102, 103):
-        hub.remove(pid)
+    # ... and for one that goes while the request waits for it.
+    post(102, bus.frame(bus.FLUSH, b"default", b"", bus.REQ.pack(102, 9)))
+    assert got(103) == [(bus.FLUSH, b"", bus.REQ.pack(102, 9))]
+    assert got(102) == []
+    hub.remove(103)
+    assert got(102) == [(bus.REPLY, b"", bus.STATUS.pack(102, 9, bus.OK))]
+    assert hub.pending == {}
+    hub.remove(102)
     for _, b in pairs.values():
         b.close()
+
+
+def connect_on_other_worker(proc: ServerProcess, path: str, pid: int, tries: int = 60):
+    """A WebSocket on `path` served by a worker other than `pid`."""
+    import websocket
+
+    for _ in range(tries):
+        ws = websocket.create_connection(proc.ws_url(path), timeout=5)
+        _, owner, channel = ws.recv().split()
+        if int(owner) != pid:
+            return ws, channel
+        ws.close()
+    raise AssertionError(f"no connection to {path} landed off worker {pid}")
+
+
+def test_send_to_a_full_channel_of_another_worker_raises_channel_full(serve):
+    """Capacity (a channel_capacity pattern here) is applied by the worker
+    that owns the channel, and the sender on the other worker gets
+    ChannelFull, as with one process."""
+    import websocket
+
+    layer = '{"capacity": 100, "channel_capacity": {"mute.*": 3}}'
+    proc = serve("tests.apps.workers_chat:app", "--workers", "2",
+                 env={"WORKERS_CHAT_LAYER": layer})
+    sender = websocket.create_connection(proc.ws_url("/"), timeout=5)
+    _, pid, _ = sender.recv().split()
+    mute, channel = connect_on_other_worker(proc, "/mute", int(pid))
+    try:
+        answers = []
+        for i in range(5):
+            sender.send(f"try {channel} m{i}")
+            answers.append(sender.recv())
+        assert answers == ["sent"] * 3 + ["full"] * 2
+        # The consumer starts reading: the first three arrived, in order.
+        mute.send("read")
+        assert [mute.recv() for _ in range(3)] == ["m0", "m1", "m2"]
+        sender.send(f"try {channel} m5")
+        assert sender.recv() == "sent"
+        assert mute.recv() == "m5"
+    finally:
+        sender.close()
+        mute.close()
+
+
+def test_expiry_frees_a_full_channel_of_another_worker(serve):
+    import websocket
+
+    layer = '{"expiry": 1, "channel_capacity": {"mute.*": 2}}'
+    proc = serve("tests.apps.workers_chat:app", "--workers", "2",
+                 env={"WORKERS_CHAT_LAYER": layer})
+    sender = websocket.create_connection(proc.ws_url("/"), timeout=5)
+    _, pid, _ = sender.recv().split()
+    mute, channel = connect_on_other_worker(proc, "/mute", int(pid))
+    try:
+        for text, answer in [("old0", "sent"), ("old1", "sent"), ("old2", "full")]:
+            sender.send(f"try {channel} {text}")
+            assert sender.recv() == answer
+        time.sleep(1.5)  # The queued messages expire on the owner.
+        sender.send(f"try {channel} new")
+        assert sender.recv() == "sent"
+        mute.send("read")
+        assert mute.recv() == "new"
+        mute.settimeout(0.5)
+        try:
+            extra = mute.recv()
+        except websocket.WebSocketTimeoutException:
+            extra = None
+        assert extra is None
+    finally:
+        sender.close()
+        mute.close()
+
+
+def test_group_send_skips_a_full_member_on_another_worker_silently(serve):
+    """group_send stays fire-and-forget: a full member misses messages, the
+    sender never sees ChannelFull and the other members get everything."""
+
+    layer = '{"channel_capacity": {"mute.*": 2}}'
+    proc = serve("tests.apps.workers_chat:app", "--workers", "2",
+                 env={"WORKERS_CHAT_LAYER": layer})
+    members = chat_members(proc)
+    (a, b) = members.values()
+    sender_pid = next(pid for pid, ms in members.items() if ms is a)
+    mute, _ = connect_on_other_worker(proc, "/mute", sender_pid)
+    try:
+        for i in range(6):
+            a[0][0].send(f"say g{i}")
+        expected = [f"g{i}" for i in range(6)]
+        for ws, _ in a + b:
+            assert [ws.recv() for _ in expected] == expected
+        # The sender's connection is still open: no ChannelFull killed it.
+        a[0][0].send("say after")
+        assert a[0][0].recv() == "after"
+        mute.send("read")
+        assert [mute.recv() for _ in range(2)] == ["g0", "g1"]
+    finally:
+        mute.close()
+        for ms in members.values():
+            for ws, _ in ms:
+                ws.close()
+
+
+def test_flush_empties_the_channels_and_groups_of_every_worker(serve):
+    import websocket
+
+    proc = serve("tests.apps.workers_chat:app", "--workers", "2")
+    members = chat_members(proc, per_worker=1)
+    (a, b) = members.values()
+    a_pid = next(pid for pid, ms in members.items() if ms is a)
+    mute, channel = connect_on_other_worker(proc, "/mute", a_pid)
+    try:
+        a[0][0].send(f"try {channel} before")
+        assert a[0][0].recv() == "sent"
+        a[0][0].send("flush")
+        assert a[0][0].recv() == "flushed"
+        # The other worker's queue is empty and its members left the room.
+        a[0][0].send(f"try {channel} after")
+        assert a[0][0].recv() == "sent"
+        mute.send("read")
+        assert mute.recv() == "after"
+        a[0][0].send("say nobody")
+        b[0][0].settimeout(0.5)
+        try:
+            got = b[0][0].recv()
+        except websocket.WebSocketTimeoutException:
+            got = None
+        assert got is None
+    finally:
+        mute.close()
+        for ms in members.values():
+            for ws, _ in ms:
+                ws.close()
+
+
+# ---- accepting on the shared socket --------------------------------------------
+
+def pids_of_simultaneous_connections(proc: ServerProcess, n: int) -> list[int]:
+    """Open n keep-alive connections at once, then ask each for its pid."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.setblocking(False)
+            s.connect_ex((proc.host, proc.port))
+        for s in socks:
+            s.setblocking(True)
+            s.settimeout(10)
+        return [pid_of(get(proc, sock=s, timeout=10)) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_burst_of_connections_is_spread_over_the_workers(serve):
+    """wrk's way: 40 connections at once on the shared socket.  Without the
+    balance the first worker awake accepted nearly all of them."""
+    proc = serve(APP, "--workers", "2")
+    pids = startup_pids(proc)
+    got = pids_of_simultaneous_connections(proc, 40)
+    counts = {pid: got.count(pid) for pid in pids}
+    assert min(counts.values()) >= 5, counts
+
+
+def test_a_blocked_worker_does_not_hold_up_accepting(serve):
+    """A worker whose loop is blocked keeps a low count; the other still
+    accepts every new connection (after letting it try)."""
+    proc = serve(APP, "--workers", "2")
+    pids = startup_pids(proc)
+    with socket.create_connection((proc.host, proc.port), timeout=10) as keep:
+        # Three keep-alive connections on one worker make it the busier one.
+        busy = pid_of(get(proc, sock=keep))
+        extra: list[socket.socket] = []
+        blocker = None
+        for _ in range(100):
+            s = socket.create_connection((proc.host, proc.port), timeout=10)
+            pid = pid_of(get(proc, sock=s))
+            if pid == busy and len(extra) < 3:
+                extra.append(s)
+            elif pid != busy and blocker is None:
+                blocker = s
+            else:
+                s.close()
+            if len(extra) == 3 and blocker is not None:
+                break
+        assert blocker is not None and len(extra) == 3
+        (other,) = pids - {busy}
+        blocker.sendall(b"GET /block?s=3 HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.2)
+        try:
+            served = {pid_of(get(proc, timeout=10)) for _ in range(30)}
+        finally:
+            for s in extra:
+                s.close()
+        assert served == {busy}
+        assert pid_of(Reader(blocker, 10).response()) == other
+        blocker.close()

@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="add a random 0..N to --max-requests per worker")
     a("--reuse-port", action="store_true",
       help="with --workers: each worker binds its own SO_REUSEPORT TCP socket")
+    a("--no-accept-balance", dest="accept_balance", action="store_false",
+      help="with --workers on a shared socket: the first worker awake accepts all queued "
+           "connections (by default a busier worker leaves them to the others for 1 ms)")
     a("--lifespan", choices=("auto", "on", "off"), default="auto", help="ASGI lifespan protocol")
     a("-v", "--verbosity", type=int, default=1,
       help="0 = quiet, 1 = normal (with the access log), 2 = debug, "
@@ -208,6 +211,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         max_requests=args.max_requests,
         max_requests_jitter=args.max_requests_jitter,
         reuse_port=args.reuse_port,
+        accept_balance=args.accept_balance,
         configure_logging=True,
     )
 

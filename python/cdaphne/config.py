@@ -156,6 +156,10 @@ class Config:
     # (the kernel spreads connections) instead of accepting on the one socket
     # the supervisor bound.
     reuse_port: bool = False
+    # With --workers on a shared socket: a worker holding more connections
+    # than another leaves the next one queued for 1 ms, for the others to
+    # take (the first worker awake would otherwise accept a whole burst).
+    accept_balance: bool = True
     loaded_app: ASGIApp | None = field(default=None, init=False, repr=False)
 
     def binds(self) -> list[Bind]:

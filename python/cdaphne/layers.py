@@ -28,10 +28,11 @@ Under ``cdaphne --workers N`` the layer spans the workers, with no Redis: the
 supervisor relays ``group_send`` to the other workers that have members in
 the group, and ``send`` to a ``new_channel()`` name of another worker (the
 name carries its worker's pid); local members are served in-process as
-above. Limits: a send to another worker's full channel drops the message
-(logged) instead of raising ``ChannelFull``; plain channel names (no ``!``)
-and ``flush()`` stay per worker; messages must pickle. Across hosts, use
-``channels_redis``.
+above. A ``send`` to another worker's channel waits for that worker's
+answer, so a full channel raises ``ChannelFull`` in the sender as with one
+process; ``flush()`` empties every worker. Limits: plain channel names (no
+``!``) and ``!`` names not made by ``new_channel()`` stay per worker;
+messages must pickle. Across hosts, use ``channels_redis``.
 """
 
 from __future__ import annotations
@@ -169,8 +170,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """Send a copy of message to channel; raise ChannelFull if it is full.
 
         Under ``cdaphne --workers``, a channel of another worker gets the
-        message through the supervisor; its capacity is applied there (a
-        full channel drops it, with a log line, as group_send does).
+        message through the supervisor and that worker answers: the same
+        capacity and expiry apply there, and a full channel raises
+        ChannelFull here.
         """
         bus = _bus.current
         if bus is not None:
@@ -179,7 +181,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 self.require_valid_channel_name(channel)
                 if not isinstance(message, dict):
                     raise AssertionError("message is not a dict")
-                bus.publish(_bus.SEND, self._bus_tag(bus), channel, message)
+                answer = bus.request(_bus.SEND, self._bus_tag(bus), channel, message)
+                if await answer == _bus.FULL:
+                    raise ChannelFull(channel)
                 return
         self._core_send(channel, message)
 
@@ -229,13 +233,12 @@ class InMemoryChannelLayer(BaseChannelLayer):
     # Flush extension
 
     async def flush(self) -> None:
-        """Empty this process's channels and groups (other workers keep theirs)."""
+        """Empty every channel and group (of every worker under ``--workers``)."""
         self._core.flush()
         bus = _bus.current
         if bus is not None:
-            for group in self._subs:
-                bus.publish(_bus.UNSUB, self._bus_tag(bus), group)
-            self._subs.clear()
+            self._bus_unsubscribe_all(bus)
+            await bus.request(_bus.FLUSH, self._bus_tag(bus), "")
 
     # Under `cdaphne --workers` (called by cdaphne.supervisors.bus)
 
@@ -256,12 +259,25 @@ class InMemoryChannelLayer(BaseChannelLayer):
             bus.register(self._tag, self)
         return self._tag
 
-    def _bus_deliver(self, channel: str, message: dict) -> None:
+    def _bus_deliver(self, channel: str, message: dict) -> int:
+        """A send() from another worker: OK, or FULL for it to raise."""
         try:
             self._core_send(channel, message)
         except ChannelFull:
-            logger.info("channel %s over capacity: a message from another worker dropped",
-                        channel)
+            return _bus.FULL
+        return _bus.OK
+
+    def _bus_flush(self) -> None:
+        """A flush() from another worker."""
+        self._core.flush()
+        bus = _bus.current
+        if bus is not None:
+            self._bus_unsubscribe_all(bus)
+
+    def _bus_unsubscribe_all(self, bus: _bus.WorkerBus) -> None:
+        for group in self._subs:
+            bus.publish(_bus.UNSUB, self._bus_tag(bus), group)
+        self._subs.clear()
 
     def _bus_deliver_group(self, group: str, message: dict) -> None:
         dropped = self._core.group_send(group, message)

@@ -4,17 +4,23 @@ each WebSocket joins the group "room" on its own new_channel().
 On connect the server says "hello <pid> <channel name>".  The client says
 "say <text>" (group_send to the room) or "dm <channel> <text>" (send to one
 channel, maybe another worker's); whatever the layer delivers is sent on
-as "<text>".
+as "<text>".  "try <channel> <text>" sends too and answers "sent" or
+"full" (ChannelFull); "flush" calls flush() and answers "flushed".
+
+A WebSocket on /mute makes its channel with new_channel("mute") and does not
+read the layer until the client says "read": a consumer that never reads.
+$WORKERS_CHAT_LAYER (JSON) holds the layer's settings (capacity, expiry...).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
-from cdaphne.layers import InMemoryChannelLayer
+from cdaphne.layers import ChannelFull, InMemoryChannelLayer
 
-LAYER = InMemoryChannelLayer()
+LAYER = InMemoryChannelLayer(**json.loads(os.environ.get("WORKERS_CHAT_LAYER", "{}")))
 
 
 async def app(scope, receive, send):
@@ -28,11 +34,12 @@ async def app(scope, receive, send):
         return
     await receive()  # websocket.connect
     await send({"type": "websocket.accept"})
-    channel = await LAYER.new_channel()
+    mute = scope["path"] == "/mute"
+    channel = await LAYER.new_channel("mute" if mute else "specific.")
     await LAYER.group_add("room", channel)
     await send({"type": "websocket.send", "text": f"hello {os.getpid()} {channel}"})
     from_client = asyncio.ensure_future(receive())
-    from_layer = asyncio.ensure_future(LAYER.receive(channel))
+    from_layer = asyncio.ensure_future(asyncio.Event().wait() if mute else LAYER.receive(channel))
     try:
         while True:
             done, _ = await asyncio.wait({from_client, from_layer},
@@ -50,6 +57,22 @@ async def app(scope, receive, send):
                 elif verb == "dm":
                     target, _, text = rest.partition(" ")
                     await LAYER.send(target, {"type": "chat", "text": text})
+                elif verb == "try":
+                    target, _, text = rest.partition(" ")
+                    try:
+                        await LAYER.send(target, {"type": "chat", "text": text})
+                    except ChannelFull:
+                        answer = "full"
+                    else:
+                        answer = "sent"
+                    await send({"type": "websocket.send", "text": answer})
+                elif verb == "flush":
+                    await LAYER.flush()
+                    await send({"type": "websocket.send", "text": "flushed"})
+                elif verb == "read" and mute:
+                    mute = False
+                    from_layer.cancel()
+                    from_layer = asyncio.ensure_future(LAYER.receive(channel))
                 from_client = asyncio.ensure_future(receive())
     finally:
         await LAYER.group_discard("room", channel)

@@ -8,16 +8,26 @@ workers:
     UNSUB  tag, group      it has none any more (sent lazily)
     GSEND  tag, group, m   group_send: the hub copies the frame to every
                            other worker subscribed to (tag, group)
-    SEND   tag, channel, m send to a new_channel() name of another worker:
-                           the name carries its worker's pid
+    SEND   tag, channel, r+m
+                           send to a new_channel() name of another worker
+                           (the name carries its worker's pid); the owner
+                           answers REPLY with OK or FULL
+    FLUSH  tag, "", r      flush(): the hub copies it to every other worker
+                           and answers once all of them have flushed
+    REPLY  tag, "", r+s    the answer to request r: status s (OK, FULL)
 
-`tag` names the layer (its Channels alias), `m` is the pickled message.
-The hub routes frames without unpickling them.  A frame is a header
-(op, tag length, key length, payload length) then the three byte strings.
+`tag` names the layer (its Channels alias), `m` is the pickled message, `r`
+is a request (the requesting worker's pid, a number it chose).  The hub
+routes frames without unpickling them, and answers a request itself (OK)
+when the worker it waits for is gone or unknown: the message is lost with
+that worker's channels, as if sent to a channel nobody reads.  A frame is a
+header (op, tag length, key length, payload length) then the three byte
+strings.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pickle
@@ -29,8 +39,11 @@ from typing import Any
 
 logger = logging.getLogger("cdaphne")
 
-SUB, UNSUB, GSEND, SEND = 1, 2, 3, 4
+SUB, UNSUB, GSEND, SEND, FLUSH, REPLY = 1, 2, 3, 4, 5, 6
+OK, FULL = 0, 1
 HEADER = struct.Struct("!BBHI")
+REQ = struct.Struct("!II")  # requester pid, request number
+STATUS = struct.Struct("!IIB")  # the same, then OK or FULL
 # Frames queued for one reader beyond this are dropped (it is stuck; the
 # heartbeat check kills it soon).
 MAX_QUEUED = 64 << 20
@@ -130,12 +143,14 @@ class Endpoint:
 
 
 class Hub:
-    """The supervisor's side: subscriptions and routing."""
+    """The supervisor's side: subscriptions, routing, and open requests."""
 
     def __init__(self, on_want_write: Callable[[Any, bool], None]) -> None:
         # (tag, group) -> ends of the workers with members in it.
         self.groups: dict[tuple[bytes, bytes], set[Endpoint]] = {}
         self.by_pid: dict[int, Endpoint] = {}
+        # (tag, requester pid, request number) -> [ends yet to answer, status]
+        self.pending: dict[tuple[bytes, int, int], list[Any]] = {}
         self.on_want_write = on_want_write
 
     def add(self, pid: int, sock: socket.socket) -> Endpoint:
@@ -152,12 +167,18 @@ class Hub:
             ends.discard(end)
             if not ends:
                 del self.groups[key]
+        # Requests waiting for it are answered without it; its own are void.
+        for req, entry in list(self.pending.items()):
+            if req[1] == pid:
+                del self.pending[req]
+            elif end in entry[0]:
+                self._answered(req, end, OK)
         end.sock.close()
 
     def on_readable(self, end: Endpoint) -> bool:
         """Route what end sent; False at EOF."""
         alive = end.read()
-        for op, tag, key, _, raw in split_frames(end.inbuf):
+        for op, tag, key, payload, raw in split_frames(end.inbuf):
             if op == SUB:
                 self.groups.setdefault((tag, key), set()).add(end)
             elif op == UNSUB:
@@ -173,9 +194,45 @@ class Hub:
             elif op == SEND:
                 pid = owner_pid(key)
                 other = self.by_pid.get(pid) if pid is not None else None
-                if other is not None and other is not end:
-                    self._send(other, raw)
+                self._request(end, tag, payload, raw, [other] if other is not end else [])
+            elif op == FLUSH:
+                others = [e for e in self.by_pid.values() if e is not end]
+                self._request(end, tag, payload, raw, others)
+            elif op == REPLY and len(payload) >= STATUS.size:
+                requester, number, status = STATUS.unpack_from(payload)
+                self._answered((tag, requester, number), end, status)
         return alive
+
+    def _request(self, end: Endpoint, tag: bytes, payload: bytes, raw: bytes,
+                 targets: list[Endpoint | None]) -> None:
+        """Forward request raw to targets; answer end once all have."""
+        if len(payload) < REQ.size:
+            return
+        requester, number = REQ.unpack_from(payload)
+        ends = {t for t in targets if t is not None}
+        req = (tag, requester, number)
+        if not ends:
+            self._reply(req, OK)
+            return
+        self.pending[req] = [ends, OK]
+        for other in ends:
+            self._send(other, raw)
+
+    def _answered(self, req: tuple[bytes, int, int], end: Endpoint, status: int) -> None:
+        entry = self.pending.get(req)
+        if entry is None or end not in entry[0]:
+            return
+        entry[0].discard(end)
+        entry[1] = max(entry[1], status)
+        if not entry[0]:
+            del self.pending[req]
+            self._reply(req, entry[1])
+
+    def _reply(self, req: tuple[bytes, int, int], status: int) -> None:
+        tag, requester, number = req
+        end = self.by_pid.get(requester)
+        if end is not None:
+            self._send(end, frame(REPLY, tag, b"", STATUS.pack(requester, number, status)))
 
     def _send(self, end: Endpoint, raw: bytes) -> None:
         if end.write(raw):
@@ -198,6 +255,9 @@ class WorkerBus:
         self.lock = threading.Lock()
         self.loop: Any = None
         self._writing = False
+        # Request number -> the future its sender awaits (on any loop).
+        self._pending: dict[int, asyncio.Future[int]] = {}
+        self._number = 0
 
     # ---- used by cdaphne.layers --------------------------------------
     def register(self, tag: bytes, layer: Any) -> None:
@@ -205,7 +265,28 @@ class WorkerBus:
 
     def publish(self, op: int, tag: bytes, key: str, message: Any = None) -> None:
         payload = b"" if message is None else pickle.dumps(message, protocol=5)
-        data = frame(op, tag, key.encode(), payload)
+        self._write(frame(op, tag, key.encode(), payload))
+
+    def request(self, op: int, tag: bytes, key: str, message: Any = None) -> asyncio.Future[int]:
+        """Publish a request; the future gets the answer (OK or FULL).
+
+        Call it on a running event loop (any thread).  Before the worker
+        serves and once it stops, nobody reads the answers: OK at once.
+        """
+        fut = asyncio.get_running_loop().create_future()
+        payload = b"" if message is None else pickle.dumps(message, protocol=5)
+        with self.lock:
+            if self.loop is None:
+                fut.set_result(OK)
+                number = -1
+            else:
+                self._number = number = (self._number + 1) & 0xFFFFFFFF
+                self._pending[number] = fut
+        if number >= 0:
+            self._write(frame(op, tag, key.encode(), REQ.pack(self.pid, number) + payload))
+        return fut
+
+    def _write(self, data: bytes) -> None:
         with self.lock:
             queued = self.end.write(data)
             if queued and not self._writing and self.loop is not None:
@@ -227,7 +308,16 @@ class WorkerBus:
             self.loop.remove_reader(self.end.sock.fileno())
             if self._writing:
                 self.loop.remove_writer(self.end.sock.fileno())
-            self.loop = None
+            with self.lock:
+                self.loop = None
+        self._answer_all()
+
+    def _answer_all(self) -> None:
+        """No answer can come any more: every open request gets OK."""
+        with self.lock:
+            pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            _resolve(fut, OK)
 
     def _want_write(self) -> None:
         if self.loop is not None:
@@ -246,15 +336,58 @@ class WorkerBus:
             # The supervisor is gone; the control socket says so too.
             assert self.loop is not None
             self.loop.remove_reader(self.end.sock.fileno())
+            self._answer_all()
         for op, tag, key, payload, _ in split_frames(self.end.inbuf):
-            layer = self.layers.get(tag)
-            if layer is None:
-                continue
             try:
-                message = pickle.loads(payload)
-                if op == GSEND:
-                    layer._bus_deliver_group(key.decode(), message)
-                elif op == SEND:
-                    layer._bus_deliver(key.decode(), message)
+                self._on_frame(op, tag, key, payload)
             except Exception:
                 logger.exception("channel layer: cannot deliver a message from another worker")
+
+    def _on_frame(self, op: int, tag: bytes, key: bytes, payload: bytes) -> None:
+        if op == REPLY:
+            _, number, status = STATUS.unpack_from(payload)
+            with self.lock:
+                fut = self._pending.pop(number, None)
+            if fut is not None:
+                _resolve(fut, status)
+            return
+        layer = self.layers.get(tag)
+        if op == GSEND:
+            if layer is not None:
+                layer._bus_deliver_group(key.decode(), pickle.loads(payload))
+            return
+        if op not in (SEND, FLUSH):
+            return
+        status = OK
+        try:
+            if layer is None:
+                pass
+            elif op == SEND:
+                status = layer._bus_deliver(key.decode(), pickle.loads(payload[REQ.size:]))
+            else:
+                layer._bus_flush()
+        finally:
+            requester, number = REQ.unpack_from(payload)
+            self._write(frame(REPLY, tag, b"", STATUS.pack(requester, number, status)))
+
+
+def _resolve(fut: asyncio.Future[int], status: int) -> None:
+    """Give fut its answer, on its own loop."""
+    loop = fut.get_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is running:
+        if not fut.done():
+            fut.set_result(status)
+        return
+    try:
+        loop.call_soon_threadsafe(_set_result, fut, status)
+    except RuntimeError:
+        pass  # Its loop is closed: nobody awaits it.
+
+
+def _set_result(fut: asyncio.Future[int], status: int) -> None:
+    if not fut.done():
+        fut.set_result(status)

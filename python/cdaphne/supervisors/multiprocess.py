@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import mmap
 import os
 import pickle
 import selectors
@@ -50,6 +51,9 @@ YOUNG = 10.0
 MAX_BACKOFF = 30.0
 TICK = 0.1
 WORKER_CMD = "from cdaphne.supervisors.worker import main; main()"
+# Workers on a shared socket publish their connection counts in a shared
+# memory page, one uint32 slot each (see Config.accept_balance).
+SHARE_SLOTS = 1024
 
 
 @dataclasses.dataclass(eq=False)
@@ -68,6 +72,7 @@ class Worker:
     killed: str = ""  # why the supervisor sent SIGKILL
     retiring: bool = False  # asked to be replaced (max-requests)
     bus: Endpoint | None = None  # owned by the hub: the channel layer's link
+    slot: int = -1  # its slot in the supervisor's share page, -1: none
 
     @property
     def pid(self) -> int:
@@ -108,6 +113,8 @@ class Supervisor:
         self.payload = b""
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
+        self.share_fd = -1  # owned: memfd of the share page
+        self.share: mmap.mmap | None = None
 
     # ---- public API ---------------------------------------------------
     def run(self) -> int:
@@ -120,6 +127,7 @@ class Supervisor:
             config.validate()
             self._bind()
             self.payload = self._payload()
+            self._open_share()
         except ConfigError as exc:
             print(f"cdaphne: error: {exc}", file=sys.stderr)
             self._close_listeners()
@@ -136,6 +144,7 @@ class Supervisor:
                     w.proc.wait()
             self._restore_signals()
             self._close_listeners()
+            self._close_share()
 
     # ---- sockets ------------------------------------------------------
     def _bind(self) -> None:
@@ -188,6 +197,38 @@ class Supervisor:
             sock.close()
         self.listeners = []
 
+    def _open_share(self) -> None:
+        """The page where workers sharing a socket publish their load."""
+        config = self.config
+        if (not config.accept_balance or config.reuse_port
+                or not any(s[0] == "fd" for s in self.listen_specs)):
+            return
+        try:
+            fd = os.memfd_create("cdaphne-accept", 0)
+        except (AttributeError, OSError):
+            return  # Not on this platform: the first worker awake accepts.
+        try:
+            os.ftruncate(fd, 4 * SHARE_SLOTS)
+            self.share = mmap.mmap(fd, 4 * SHARE_SLOTS)
+        except OSError:
+            os.close(fd)
+            return
+        self.share_fd = fd
+
+    def _close_share(self) -> None:
+        if self.share is not None:
+            self.share.close()
+            self.share = None
+        if self.share_fd >= 0:
+            os.close(self.share_fd)
+            self.share_fd = -1
+
+    def _share_slot(self) -> int:
+        if self.share is None:
+            return -1
+        used = {w.slot for w in self.workers}
+        return next((i for i in range(SHARE_SLOTS) if i not in used), -1)
+
     def _payload(self) -> bytes:
         config = self.config
         worker_config = dataclasses.replace(
@@ -212,9 +253,13 @@ class Supervisor:
         bus_parent, bus_child = socket.socketpair()
         fds = [child.fileno(), bus_child.fileno()]
         fds += [s[1] for s in self.listen_specs if s[0] == "fd"]
+        slot = self._share_slot()
+        if slot >= 0:
+            fds.append(self.share_fd)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-c", WORKER_CMD, str(child.fileno()), str(bus_child.fileno())],
+                [sys.executable, "-c", WORKER_CMD, str(child.fileno()), str(bus_child.fileno()),
+                 str(self.share_fd if slot >= 0 else -1), str(slot)],
                 stdin=subprocess.DEVNULL, pass_fds=fds, process_group=0)
         except OSError as exc:
             logger.error("Cannot start a worker: %s", exc)
@@ -230,7 +275,7 @@ class Supervisor:
             pass  # It died already: reaped below.
         parent.setblocking(False)
         now = time.monotonic()
-        w = Worker(proc, parent, started=now, last_beat=now, replaces=replaces)
+        w = Worker(proc, parent, started=now, last_beat=now, replaces=replaces, slot=slot)
         w.bus = self.hub.add(w.pid, bus_parent)
         self.workers.append(w)
         self.sel.register(parent, selectors.EVENT_READ, w)
@@ -390,6 +435,8 @@ class Supervisor:
                     pass
             w.ctl.close()
             self.hub.remove(w.pid)
+            if self.share is not None and w.slot >= 0:
+                struct.pack_into("=I", self.share, 4 * w.slot, 0)  # It accepts no more.
             self._on_exit(w, code)
 
     def _on_exit(self, w: Worker, code: int) -> None:

@@ -1,4 +1,5 @@
-"""A worker process: `python -c "...worker import main; main()" CTL_FD BUS_FD`.
+"""A worker process: `python -c "...worker import main; main()" CTL_FD BUS_FD
+SHARE_FD SLOT`.
 
 The supervisor sends the settings (a pickle, length-prefixed) on the
 control socket CTL_FD, then reads one byte per event from it:
@@ -10,12 +11,17 @@ control socket CTL_FD, then reads one byte per event from it:
 
 EOF on the control socket means the supervisor is gone: the worker drains
 and exits as on SIGTERM.  BUS_FD is the channel layer's link (bus.py).
+SHARE_FD (or -1) is the page where workers sharing a listening socket
+publish their connection counts, SLOT this worker's place in it
+(Config.accept_balance).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
+import os
 import pickle
 import random
 import socket
@@ -43,9 +49,12 @@ class WorkerServer(Server):
     """A Server that reports to its supervisor over the control socket."""
 
     def __init__(self, config: Config, ctl: socket.socket, *, max_requests: int | None,
-                 healthcheck_timeout: float) -> None:
+                 healthcheck_timeout: float, share: mmap.mmap | None = None,
+                 slot: int = -1) -> None:
         super().__init__(config)
         self.ctl = ctl
+        self.share = share
+        self.slot = slot
         self.max_requests = max_requests
         self.interval = heartbeat_interval(healthcheck_timeout)
         self._beat: asyncio.TimerHandle | None = None
@@ -66,11 +75,18 @@ class WorkerServer(Server):
 
     def _announce(self, binds: list[Bind]) -> None:
         logger.debug("Worker serving (Python %s)", sys.version.split()[0])
+        self._share()  # Before READY: the others balance with us from then.
         self._send(READY)
         self._tick()
 
+    def _share(self) -> None:
+        """Publish our connection count (Config.accept_balance)."""
+        if self.share is not None and self.core is not None:
+            self.core.share_accept(self.share, self.slot)
+
     def _tick(self) -> None:
         self._send(BEAT)
+        self._share()  # The count, refreshed after connections closed.
         core = self.core
         if (self.max_requests is not None and core is not None
                 and core.requests >= self.max_requests):
@@ -139,8 +155,14 @@ def main() -> None:
     limit = payload["max_requests"]
     if limit is not None:
         limit += random.randint(0, payload["max_requests_jitter"])
+    share = None
+    share_fd, slot = int(sys.argv[3]), int(sys.argv[4])
+    if share_fd >= 0:
+        share = mmap.mmap(share_fd, 0)
+        os.close(share_fd)
     server = WorkerServer(config, ctl, max_requests=limit,
-                          healthcheck_timeout=payload["healthcheck_timeout"])
+                          healthcheck_timeout=payload["healthcheck_timeout"],
+                          share=share, slot=slot)
     sys.exit(server.run())
 
 
