@@ -142,6 +142,7 @@ struct cd_loop_s {
     cd_state *st; /* borrowed: the module outlives its types */
     /* private */
     uv_timer_t select_timer; /* wakes uv_run at select()'s timeout */
+    uv_prepare_t prepare;    /* flushes what callbacks queued before a poll */
     PyThreadState *released; /* non-NULL while the GIL is released */
     cd_poll_t **polls;       /* owned: indexed by fd, NULL when unused */
     int npolls;

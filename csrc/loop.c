@@ -123,6 +123,31 @@ loop_poll(cd_loop_t *loop, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* Runs just before libuv polls.  A timer that was already due when
+ * run_once entered uv_run fires before the poll: output it queued must go
+ * out and asyncio callbacks it scheduled must run now, not when the poll
+ * next returns (a 503 for --http-timeout, a ping, a close would wait for
+ * the next event). */
+static void
+loop_on_prepare(uv_prepare_t *h)
+{
+    cd_loop_t *loop = cd_container_of(h, cd_loop_t, prepare);
+    int wake = loop->st->scheduled;
+    if (loop->corked.next == &loop->corked && !wake) {
+        return;
+    }
+    int had_gil = loop->released == NULL;
+    cd_gil_ensure(loop);
+    cd_loop_flush(loop);
+    wake = wake || loop->st->scheduled || PyList_GET_SIZE(loop->pending) > 0;
+    if (!had_gil) {
+        loop->released = PyEval_SaveThread();
+    }
+    if (wake) {
+        uv_stop(&loop->uv); /* The poll then does not block. */
+    }
+}
+
 static void
 select_timer_on_fire(uv_timer_t *t)
 {
@@ -239,15 +264,16 @@ loop_attach(cd_loop_t *loop, PyObject *aio_loop)
     Py_RETURN_NONE;
 }
 
-/* The select timer is embedded in the loop: nothing to free. */
+/* The select timer and the prepare handle are embedded in the loop:
+ * nothing to free. */
 static void
 timer_on_close(uv_handle_t *h)
 {
     (void)h;
 }
 
-/* Servers closed theirs first: what is left is asyncio's polls and the
- * select timer. */
+/* Servers closed theirs first: what is left is asyncio's polls, the
+ * select timer and the prepare handle. */
 static void
 walk_close(uv_handle_t *h, void *arg)
 {
@@ -320,6 +346,9 @@ loop_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     loop->servers.next = loop->servers.prev = &loop->servers;
     uv_timer_init(&loop->uv, &loop->select_timer);
     uv_unref((uv_handle_t *)&loop->select_timer);
+    uv_prepare_init(&loop->uv, &loop->prepare);
+    uv_prepare_start(&loop->prepare, loop_on_prepare);
+    uv_unref((uv_handle_t *)&loop->prepare);
     loop->uv.data = loop;
     return (PyObject *)loop;
 }

@@ -105,6 +105,18 @@ def test_http_timeout_gives_503_for_unstarted_response(serve):
     still_serving(proc)
 
 
+def test_http_timeout_that_fell_due_while_the_app_blocked_answers_at_once(serve):
+    # The app blocks the loop past --http-timeout, then awaits: the timer is
+    # already due when the loop next polls, and its 503 must not wait for
+    # the poll's next event (the app's own 8 s sleep).
+    proc = serve(APP, "--http-timeout", "1", "--application-close-timeout", "1")
+    t0 = time.monotonic()
+    r = httpx.get(proc.url("/block_then_sleep?block=1.5&s=8"), timeout=15)
+    assert r.status_code == 503
+    assert time.monotonic() - t0 < 6
+    still_serving(proc)
+
+
 def test_application_close_timeout_cancels_app_outliving_its_connection(serve):
     proc = serve(APP, "--application-close-timeout", "0.5")
     sock = connect(proc)

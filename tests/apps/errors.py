@@ -32,6 +32,10 @@ async def app(scope, receive, send):
     elif path == "/start_only":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         return
+    elif path == "/block_then_sleep":
+        # Blocks the loop past the server's own timer, then waits.
+        time.sleep(float(query(scope).get("block", "1.5")))
+        await asyncio.sleep(float(query(scope).get("s", "8")))
     elif path == "/sleep":
         # Never responds before ?s= seconds (http-timeout, close timeout).
         delay = float(query(scope).get("s", "5"))
