@@ -52,7 +52,7 @@ def extensions() -> list[Extension]:
     if not os.path.exists(os.path.join(WSLAY_INC, "wslay.h")):
         fail("wslay", "libwslay-dev")
     uv_inc, uv_dirs, uv_libs = pkg_config("libuv", "libuv1-dev")
-    ssl_inc, ssl_dirs, ssl_libs = pkg_config("libcrypto", "libssl-dev")
+    ssl_inc, ssl_dirs, ssl_libs = pkg_config("openssl", "libssl-dev")  # libssl + libcrypto
     debug = os.environ.get("CDAPHNE_DEBUG") == "1"
     cflags = [
         "-std=c11",

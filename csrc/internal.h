@@ -92,6 +92,7 @@ typedef struct cd_cycle_s cd_cycle_t;
 typedef struct cd_ws_s cd_ws_t;
 typedef struct cd_transport_s cd_transport_t;
 typedef struct cd_proto_s cd_proto_t;
+typedef struct cd_tls_s cd_tls_t;
 
 /* ---- strings.c ---------------------------------------------------- */
 int cd_strings_init(cd_state *st);
@@ -687,5 +688,41 @@ PyObject *cd_waiter_pending(cd_state *st, PyObject *fut);
  * when first awaited, or when the cycle's receive future (which only
  * signals) completes. */
 PyObject *cd_waiter_receive(cd_state *st, cd_cycle_t *cy);
+
+/* ---- tls.c: OpenSSL over memory BIOs ------------------------------ */
+/* The Python type TLSContext (a server SSL_CTX from the config). */
+int cd_tls_type_init(PyObject *module, cd_state *st);
+/* cd_tls_read: the peer's close_notify arrived. */
+#define CD_TLS_EOF 1
+/* A new engine for one connection; keeps `context` (a TLSContext)
+ * alive.  NULL when out of memory. */
+cd_tls_t *cd_tls_new(PyObject *context);
+void cd_tls_free(cd_tls_t *t);
+/* Ciphertext from the socket (copied).  0 or UV_ENOMEM. */
+int cd_tls_feed(cd_tls_t *t, const char *data, size_t n);
+/* Ciphertext fed but not yet decrypted. */
+size_t cd_tls_in_pending(const cd_tls_t *t);
+/* Runs the handshake, then decrypts into out at most `room` bytes.  0
+ * (wants more ciphertext, or room ran out), CD_TLS_EOF, or a negative
+ * UV_E* error: fatal, close (after sending cd_tls_take_out's alert). */
+int cd_tls_read(cd_tls_t *t, cd_buf_t *out, size_t room);
+/* Plaintext or ciphertext is left for another cd_tls_read. */
+int cd_tls_has_plaintext(const cd_tls_t *t);
+/* The handshake completed and no close or error happened since. */
+int cd_tls_is_open(const cd_tls_t *t);
+/* Encrypts n plaintext bytes (copied) into the output.  0, UV_EAGAIN
+ * during the handshake, or a fatal error. */
+int cd_tls_write(cd_tls_t *t, const char *data, size_t n);
+/* Ciphertext waiting to go to the socket (records, alerts, tickets). */
+size_t cd_tls_out_pending(const cd_tls_t *t);
+/* Owned (free()): all pending ciphertext, its length in *n; NULL when
+ * there is none or memory ran out (*n == 0). */
+char *cd_tls_take_out(cd_tls_t *t, size_t *n);
+/* Queues our close_notify (once the handshake is done). */
+void cd_tls_shutdown(cd_tls_t *t);
+/* New reference: the ASGI "tls" scope extension (server_cert,
+ * client_cert_chain, client_cert_name, client_cert_error, tls_version,
+ * cipher_suite, and server_name: the SNI the client sent, or None). */
+PyObject *cd_tls_info(cd_tls_t *t);
 
 #endif

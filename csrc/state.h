@@ -87,6 +87,7 @@ typedef struct {
     PyTypeObject *Server_type;
     PyTypeObject *Cycle_type;
     PyTypeObject *Waiter_type;
+    PyTypeObject *TLSContext_type;
 
     /* Imported at exec time: asyncio.Task, logging callables. */
     PyObject *asyncio_Task;

@@ -1,0 +1,631 @@
+/* TLS: an OpenSSL engine over memory BIOs.  No socket and no blocking
+ * call: ciphertext read from the socket goes in (cd_tls_feed), plaintext
+ * comes out into a cd_buf_t (cd_tls_read, bounded per call), plaintext
+ * goes in (cd_tls_write) and ciphertext comes out (cd_tls_take_out), the
+ * handshake, alerts, session tickets and close_notify included.  Every
+ * OpenSSL failure maps to one answer: fatal, close (after sending what
+ * OpenSSL queued, such as an alert).
+ *
+ * The Python type TLSContext wraps the server's SSL_CTX, built once per
+ * endpoint from the config: certificate chain, key (and its password), CA
+ * certificates, client verification mode, ciphers, TLS 1.2 at least, ALPN
+ * (http/1.1), no renegotiation.  A bad file or key raises ValueError with
+ * one line naming the file and OpenSSL's reason. */
+#include "internal.h"
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Plaintext bytes asked of SSL_read_ex at a time (one TLS record). */
+#define CD_TLS_CHUNK 16384
+
+/* ALPN protocols we serve, in preference order, in the wire format
+ * (length-prefixed).  "\x02h2" goes first once HTTP/2 exists. */
+static const unsigned char cd_tls_alpn[] = "\x08http/1.1";
+
+typedef enum {
+    CD_TLS_HANDSHAKE, /* before the handshake completed */
+    CD_TLS_OPEN,      /* application data flows */
+    CD_TLS_SHUTDOWN,  /* our close_notify is queued */
+    CD_TLS_DEAD,      /* a fatal error or the peer's close_notify */
+} cd_tls_state_t;
+
+struct cd_tls_s {
+    SSL *ssl;          /* owned */
+    BIO *rbio;         /* borrowed: ssl owns it (ciphertext in) */
+    BIO *wbio;         /* borrowed: ssl owns it (ciphertext out) */
+    PyObject *context; /* strong: the TLSContext (server_cert) */
+    PyObject *info;    /* strong: the ASGI "tls" extension, or NULL */
+    cd_tls_state_t state;
+};
+
+/* ---- TLSContext ------------------------------------------------- */
+
+/* The OpenSSL error queue's last reason, as a ValueError naming what
+ * failed; clears the queue. */
+static void
+tls_set_error(const char *what, const char *path)
+{
+    unsigned long e = ERR_peek_last_error();
+    char reason[256];
+    if (e != 0) {
+        ERR_error_string_n(e, reason, sizeof(reason));
+    }
+    else {
+        strcpy(reason, "unknown error");
+    }
+    ERR_clear_error();
+    if (path != NULL) {
+        PyErr_Format(PyExc_ValueError, "%s %s: %s", what, path, reason);
+    }
+    else {
+        PyErr_Format(PyExc_ValueError, "%s: %s", what, reason);
+    }
+}
+
+/* The key password from the config, never a prompt on the terminal: an
+ * encrypted key without a password fails to load. */
+static int
+tls_on_password(char *buf, int size, int rwflag, void *userdata)
+{
+    const char *pw = userdata;
+    if (pw == NULL) {
+        return 0;
+    }
+    size_t n = strlen(pw);
+    if (n > (size_t)size) {
+        return 0;
+    }
+    memcpy(buf, pw, n);
+    return (int)n;
+}
+
+/* Picks http/1.1 when the client offers it; a client that offers only
+ * other protocols (or none) goes on without ALPN, as nginx does. */
+static int
+tls_on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+            const unsigned char *in, unsigned inlen, void *arg)
+{
+    unsigned char *sel;
+    if (SSL_select_next_proto(&sel, outlen, cd_tls_alpn,
+                              sizeof(cd_tls_alpn) - 1, in,
+                              inlen) != OPENSSL_NPN_NEGOTIATED) {
+        return SSL_TLSEXT_ERR_NOACK;
+    }
+    *out = sel;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static int
+tls_load_extra_chain(SSL_CTX *ctx, const char *path)
+{
+    BIO *b = BIO_new_file(path, "r");
+    if (b == NULL) {
+        return -1;
+    }
+    int n = 0;
+    X509 *x;
+    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        if (!SSL_CTX_add_extra_chain_cert(ctx, x)) {
+            X509_free(x);
+            BIO_free(b);
+            return -1;
+        }
+        n++;
+    }
+    BIO_free(b);
+    if (n == 0) {
+        return -1;
+    }
+    ERR_clear_error(); /* The PEM reader's end-of-file "error". */
+    return 0;
+}
+
+static int
+tls_load_dh(SSL_CTX *ctx, const char *path)
+{
+    BIO *b = BIO_new_file(path, "r");
+    if (b == NULL) {
+        return -1;
+    }
+    EVP_PKEY *dh = PEM_read_bio_Parameters(b, NULL);
+    BIO_free(b);
+    if (dh == NULL) {
+        return -1;
+    }
+    if (!SSL_CTX_set0_tmp_dh_pkey(ctx, dh)) {
+        EVP_PKEY_free(dh);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct {
+    const char *certfile;
+    const char *keyfile;
+    const char *password;
+    const char *ca_certs;
+    int cert_reqs;
+    const char *ciphers;
+    const char *extra_chain;
+    const char *dh_params;
+} cd_tls_options_t;
+
+static int
+tls_ctx_load_files(SSL_CTX *ctx, const cd_tls_options_t *o)
+{
+    SSL_CTX_set_default_passwd_cb(ctx, tls_on_password);
+    SSL_CTX_set_default_passwd_cb_userdata(ctx,
+                                           (void *)(uintptr_t)o->password);
+    if (!SSL_CTX_use_certificate_chain_file(ctx, o->certfile)) {
+        tls_set_error("cannot load the certificate chain", o->certfile);
+        return -1;
+    }
+    if (!SSL_CTX_use_PrivateKey_file(ctx, o->keyfile, SSL_FILETYPE_PEM)) {
+        tls_set_error("cannot load the private key", o->keyfile);
+        return -1;
+    }
+    SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL);
+    if (!SSL_CTX_check_private_key(ctx)) {
+        tls_set_error("the private key does not match the certificate",
+                      o->keyfile);
+        return -1;
+    }
+    if (o->extra_chain && tls_load_extra_chain(ctx, o->extra_chain) < 0) {
+        tls_set_error("cannot load the extra certificate chain",
+                      o->extra_chain);
+        return -1;
+    }
+    if (o->dh_params && tls_load_dh(ctx, o->dh_params) < 0) {
+        tls_set_error("cannot load the DH parameters", o->dh_params);
+        return -1;
+    }
+    if (o->ca_certs) {
+        STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(o->ca_certs);
+        if (names == NULL ||
+            !SSL_CTX_load_verify_locations(ctx, o->ca_certs, NULL)) {
+            sk_X509_NAME_pop_free(names, X509_NAME_free);
+            tls_set_error("cannot load the CA certificates", o->ca_certs);
+            return -1;
+        }
+        SSL_CTX_set_client_CA_list(ctx, names);
+    }
+    return 0;
+}
+
+/* A server SSL_CTX from the options, or NULL with ValueError. */
+static SSL_CTX *
+tls_ctx_build(const cd_tls_options_t *o)
+{
+    static const unsigned char sid_ctx[] = "cdaphne";
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == NULL) {
+        tls_set_error("cannot create a TLS context", NULL);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION |
+                                 SSL_OP_CIPHER_SERVER_PREFERENCE |
+                                 SSL_OP_NO_COMPRESSION);
+    /* Idle connections give back their 34 KiB of record buffers. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_dh_auto(ctx, 1);
+    SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
+    SSL_CTX_set_alpn_select_cb(ctx, tls_on_alpn, NULL);
+    if (o->ciphers && !SSL_CTX_set_cipher_list(ctx, o->ciphers)) {
+        tls_set_error("no usable cipher in", o->ciphers);
+        goto error;
+    }
+    if (tls_ctx_load_files(ctx, o) < 0) {
+        goto error;
+    }
+    int mode = SSL_VERIFY_NONE;
+    if (o->cert_reqs == 1) {
+        mode = SSL_VERIFY_PEER;
+    }
+    else if (o->cert_reqs == 2) {
+        mode = SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+    }
+    SSL_CTX_set_verify(ctx, mode, NULL);
+    return ctx;
+
+error:
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+typedef struct {
+    PyObject_HEAD
+    SSL_CTX *ctx;          /* owned */
+    PyObject *server_cert; /* strong: the leaf certificate, PEM str */
+} cd_tls_context_t;
+
+/* New reference: the certificate as a PEM str. */
+static PyObject *
+tls_cert_pem(X509 *x)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    if (b == NULL || !PEM_write_bio_X509(b, x)) {
+        BIO_free(b);
+        ERR_clear_error();
+        return PyErr_NoMemory();
+    }
+    char *p;
+    long n = BIO_get_mem_data(b, &p);
+    PyObject *s = PyUnicode_DecodeASCII(p, n, "strict");
+    BIO_free(b);
+    return s;
+}
+
+/* TLSContext(certfile, keyfile=None, password=None, ca_certs=None,
+ *            cert_reqs=0, ciphers=None, extra_chain=None, dh_params=None) */
+static PyObject *
+tls_context_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"certfile",    "keyfile",   "password",
+                             "ca_certs",    "cert_reqs", "ciphers",
+                             "extra_chain", "dh_params", NULL};
+    cd_tls_options_t o = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|zzzizzz", kwlist,
+                                     &o.certfile, &o.keyfile, &o.password,
+                                     &o.ca_certs, &o.cert_reqs, &o.ciphers,
+                                     &o.extra_chain, &o.dh_params)) {
+        return NULL;
+    }
+    if (o.cert_reqs < 0 || o.cert_reqs > 2) {
+        PyErr_SetString(PyExc_ValueError,
+                        "cert_reqs must be 0 (none), 1 (optional) or 2 "
+                        "(required)");
+        return NULL;
+    }
+    if (o.keyfile == NULL) {
+        o.keyfile = o.certfile; /* One PEM with both, as Twisted allows. */
+    }
+    SSL_CTX *ctx = tls_ctx_build(&o);
+    if (ctx == NULL) {
+        return NULL;
+    }
+    cd_tls_context_t *self = (cd_tls_context_t *)tp->tp_alloc(tp, 0);
+    if (self == NULL) {
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    self->ctx = ctx;
+    self->server_cert = tls_cert_pem(SSL_CTX_get0_certificate(ctx));
+    if (self->server_cert == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void
+tls_context_dealloc(cd_tls_context_t *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    SSL_CTX_free(self->ctx);
+    Py_CLEAR(self->server_cert);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot tls_context_slots[] = {
+    {Py_tp_new, tls_context_new},
+    {Py_tp_dealloc, tls_context_dealloc},
+    {Py_tp_doc, "A server TLS context: certificate, key, verification."},
+    {0, NULL},
+};
+
+static PyType_Spec tls_context_spec = {
+    .name = "cdaphne._cdaphne.TLSContext",
+    .basicsize = sizeof(cd_tls_context_t),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = tls_context_slots,
+};
+
+int
+cd_tls_type_init(PyObject *module, cd_state *st)
+{
+    st->TLSContext_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &tls_context_spec, NULL);
+    if (st->TLSContext_type == NULL ||
+        PyModule_AddType(module, st->TLSContext_type) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- the per-connection engine ----------------------------------- */
+
+cd_tls_t *
+cd_tls_new(PyObject *context)
+{
+    cd_tls_context_t *tc = (cd_tls_context_t *)context;
+    cd_tls_t *t = calloc(1, sizeof(*t));
+    if (t == NULL) {
+        return NULL;
+    }
+    t->ssl = SSL_new(tc->ctx);
+    t->rbio = BIO_new(BIO_s_mem());
+    t->wbio = BIO_new(BIO_s_mem());
+    if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
+        BIO_free(t->rbio);
+        BIO_free(t->wbio);
+        SSL_free(t->ssl);
+        free(t);
+        ERR_clear_error();
+        return NULL;
+    }
+    /* An empty read BIO says "retry", not "EOF". */
+    BIO_set_mem_eof_return(t->rbio, -1);
+    BIO_set_mem_eof_return(t->wbio, -1);
+    SSL_set_bio(t->ssl, t->rbio, t->wbio);
+    SSL_set_accept_state(t->ssl);
+    t->context = Py_NewRef(context);
+    t->state = CD_TLS_HANDSHAKE;
+    return t;
+}
+
+void
+cd_tls_free(cd_tls_t *t)
+{
+    if (t == NULL) {
+        return;
+    }
+    SSL_free(t->ssl); /* Frees both BIOs. */
+    Py_XDECREF(t->info);
+    Py_DECREF(t->context);
+    free(t);
+}
+
+int
+cd_tls_feed(cd_tls_t *t, const char *data, size_t n)
+{
+    if (n == 0 || t->state == CD_TLS_DEAD) {
+        return 0;
+    }
+    size_t written;
+    if (!BIO_write_ex(t->rbio, data, n, &written) || written != n) {
+        ERR_clear_error();
+        return UV_ENOMEM;
+    }
+    return 0;
+}
+
+size_t
+cd_tls_in_pending(const cd_tls_t *t)
+{
+    return BIO_ctrl_pending(t->rbio);
+}
+
+/* An SSL_* call returned r <= 0: 0 when it waits for more input, else a
+ * fatal error (the alert, if any, stays queued in the write BIO). */
+static int
+tls_check(cd_tls_t *t, int r)
+{
+    int e = SSL_get_error(t->ssl, r);
+    ERR_clear_error();
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE: /* A memory BIO never pushes back. */ return 0;
+    case SSL_ERROR_ZERO_RETURN: t->state = CD_TLS_DEAD; return CD_TLS_EOF;
+    default: t->state = CD_TLS_DEAD; return UV_EPROTO;
+    }
+}
+
+int
+cd_tls_read(cd_tls_t *t, cd_buf_t *out, size_t room)
+{
+    if (t->state == CD_TLS_DEAD) {
+        return UV_EPROTO;
+    }
+    if (t->state == CD_TLS_HANDSHAKE) {
+        ERR_clear_error();
+        int r = SSL_do_handshake(t->ssl);
+        if (r != 1) {
+            return tls_check(t, r);
+        }
+        t->state = CD_TLS_OPEN;
+    }
+    while (room > 0) {
+        size_t want = room < CD_TLS_CHUNK ? room : CD_TLS_CHUNK;
+        if (cd_buf_reserve(out, want) < 0) {
+            return UV_ENOMEM;
+        }
+        size_t got = 0;
+        ERR_clear_error();
+        int r = SSL_read_ex(t->ssl, out->base + out->len, want, &got);
+        if (r != 1) {
+            return tls_check(t, r);
+        }
+        out->len += got;
+        room -= got;
+    }
+    return 0;
+}
+
+int
+cd_tls_has_plaintext(const cd_tls_t *t)
+{
+    return SSL_pending(t->ssl) > 0 || BIO_ctrl_pending(t->rbio) > 0;
+}
+
+int
+cd_tls_is_open(const cd_tls_t *t)
+{
+    return t->state == CD_TLS_OPEN;
+}
+
+int
+cd_tls_write(cd_tls_t *t, const char *data, size_t n)
+{
+    if (t->state != CD_TLS_OPEN) {
+        return t->state == CD_TLS_HANDSHAKE ? UV_EAGAIN : UV_EPIPE;
+    }
+    while (n > 0) {
+        size_t done = 0;
+        ERR_clear_error();
+        int r = SSL_write_ex(t->ssl, data, n, &done);
+        if (r != 1) {
+            int e = tls_check(t, r);
+            return e < 0 ? e : UV_EPROTO;
+        }
+        data += done;
+        n -= done;
+    }
+    return 0;
+}
+
+size_t
+cd_tls_out_pending(const cd_tls_t *t)
+{
+    return BIO_ctrl_pending(t->wbio);
+}
+
+char *
+cd_tls_take_out(cd_tls_t *t, size_t *n)
+{
+    size_t len = BIO_ctrl_pending(t->wbio);
+    *n = 0;
+    if (len == 0) {
+        return NULL;
+    }
+    char *p = malloc(len);
+    if (p == NULL) {
+        return NULL;
+    }
+    size_t got = 0;
+    if (!BIO_read_ex(t->wbio, p, len, &got) || got != len) {
+        ERR_clear_error();
+        free(p);
+        return NULL;
+    }
+    *n = len;
+    return p;
+}
+
+void
+cd_tls_shutdown(cd_tls_t *t)
+{
+    if (t->state != CD_TLS_OPEN) {
+        return;
+    }
+    t->state = CD_TLS_SHUTDOWN;
+    ERR_clear_error();
+    /* Queues our close_notify; we do not wait for the peer's. */
+    SSL_shutdown(t->ssl);
+    ERR_clear_error();
+}
+
+/* ---- the ASGI "tls" extension ------------------------------------ */
+
+static int
+tls_dict_set(PyObject *d, const char *key, PyObject *v)
+{
+    if (v == NULL) {
+        return -1;
+    }
+    int r = PyDict_SetItemString(d, key, v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* New reference: the client's chain (leaf first), PEM strs. */
+static PyObject *
+tls_client_chain(SSL *ssl, X509 *leaf)
+{
+    STACK_OF(X509) *chain = SSL_get_peer_cert_chain(ssl);
+    int n = chain ? sk_X509_num(chain) : 0;
+    PyObject *list = PyList_New(0);
+    if (list == NULL) {
+        return NULL;
+    }
+    if (leaf != NULL && (n == 0 || X509_cmp(sk_X509_value(chain, 0), leaf))) {
+        PyObject *pem = tls_cert_pem(leaf);
+        if (pem == NULL || PyList_Append(list, pem) < 0) {
+            Py_XDECREF(pem);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(pem);
+    }
+    for (int i = 0; i < n; i++) {
+        PyObject *pem = tls_cert_pem(sk_X509_value(chain, i));
+        if (pem == NULL || PyList_Append(list, pem) < 0) {
+            Py_XDECREF(pem);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(pem);
+    }
+    return list;
+}
+
+/* New reference: the subject as an RFC 4514 string. */
+static PyObject *
+tls_name_str(X509 *x)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    if (b == NULL || X509_NAME_print_ex(b, X509_get_subject_name(x), 0,
+                                        XN_FLAG_RFC2253) < 0) {
+        BIO_free(b);
+        ERR_clear_error();
+        return PyErr_NoMemory();
+    }
+    char *p;
+    long n = BIO_get_mem_data(b, &p);
+    PyObject *s = PyUnicode_DecodeUTF8(p, n, "replace");
+    BIO_free(b);
+    return s;
+}
+
+static PyObject *
+tls_info_build(cd_tls_t *t)
+{
+    cd_tls_context_t *tc = (cd_tls_context_t *)t->context;
+    X509 *leaf = SSL_get0_peer_certificate(t->ssl);
+    const SSL_CIPHER *c = SSL_get_current_cipher(t->ssl);
+    const char *sni = SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
+    long verify = SSL_get_verify_result(t->ssl);
+    PyObject *d = PyDict_New();
+    if (d == NULL ||
+        tls_dict_set(d, "server_cert", Py_NewRef(tc->server_cert)) < 0 ||
+        tls_dict_set(d, "client_cert_chain", tls_client_chain(t->ssl, leaf)) <
+            0 ||
+        tls_dict_set(d, "client_cert_name",
+                     leaf ? tls_name_str(leaf) : Py_NewRef(Py_None)) < 0 ||
+        tls_dict_set(
+            d, "client_cert_error",
+            leaf && verify != X509_V_OK
+                ? PyUnicode_FromString(X509_verify_cert_error_string(verify))
+                : Py_NewRef(Py_None)) < 0 ||
+        tls_dict_set(d, "tls_version", PyLong_FromLong(SSL_version(t->ssl))) <
+            0 ||
+        tls_dict_set(d, "cipher_suite",
+                     c ? PyLong_FromLong(SSL_CIPHER_get_protocol_id(c))
+                       : Py_NewRef(Py_None)) < 0 ||
+        tls_dict_set(d, "server_name",
+                     sni ? PyUnicode_DecodeASCII(sni, strlen(sni), "replace")
+                         : Py_NewRef(Py_None)) < 0) {
+        Py_XDECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
+PyObject *
+cd_tls_info(cd_tls_t *t)
+{
+    if (t->info == NULL) {
+        t->info = tls_info_build(t);
+        if (t->info == NULL) {
+            return NULL;
+        }
+    }
+    return PyDict_Copy(t->info);
+}
