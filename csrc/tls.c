@@ -50,21 +50,27 @@ struct cd_tls_s {
 static void
 tls_set_error(const char *what, const char *path)
 {
-    unsigned long e = ERR_peek_last_error();
-    char reason[256];
-    if (e != 0) {
-        ERR_error_string_n(e, reason, sizeof(reason));
+    /* The first error is the cause ("No such file or directory", "no
+     * start line"); the later ones say which SSL call gave up. */
+    unsigned long e = ERR_peek_error();
+    const char *reason = e ? ERR_reason_error_string(e) : NULL;
+    char buf[256];
+    if (reason == NULL) {
+        if (e != 0) {
+            ERR_error_string_n(e, buf, sizeof(buf));
+            reason = buf;
+        }
+        else {
+            reason = "unknown error";
+        }
     }
-    else {
-        strcpy(reason, "unknown error");
-    }
-    ERR_clear_error();
     if (path != NULL) {
         PyErr_Format(PyExc_ValueError, "%s %s: %s", what, path, reason);
     }
     else {
         PyErr_Format(PyExc_ValueError, "%s: %s", what, reason);
     }
+    ERR_clear_error();
 }
 
 /* The key password from the config, never a prompt on the terminal: an
