@@ -214,6 +214,7 @@ struct cd_listener_s {
     PyObject *sockname;  /* strong: the scope's "server" value */
     const cd_transport_t *transport; /* borrowed: a static table for the
                                         conns it accepts, NULL: plain */
+    PyObject *tls; /* strong: TLSContext its conns speak, or NULL */
     int is_unix;
     /** Accepts the connection held back for a less busy worker. */
     uv_timer_t resume;

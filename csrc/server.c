@@ -27,6 +27,7 @@ listener_on_close(uv_handle_t *h)
     /* Runs inside uv_run with the GIL released; ls->server may be gone. */
     cd_gil_ensure(cd_container_of(h->loop, cd_loop_t, uv));
     Py_XDECREF(ls->sockname);
+    Py_XDECREF(ls->tls);
     free(ls);
 }
 
@@ -141,9 +142,14 @@ cd_server_log_action(cd_server_t *srv, const char *protocol,
     Py_XDECREF(r);
 }
 
+/* A listener; `tls` (borrowed) is None or a TLSContext its conns speak. */
 static cd_listener_t *
-listener_new(cd_server_t *srv, int is_unix)
+listener_new(cd_server_t *srv, int is_unix, PyObject *tls)
 {
+    if (tls != Py_None && !PyObject_TypeCheck(tls, srv->st->TLSContext_type)) {
+        PyErr_SetString(PyExc_TypeError, "tls must be a TLSContext or None");
+        return NULL;
+    }
     cd_listener_t *ls = calloc(1, sizeof(*ls));
     if (ls == NULL) {
         PyErr_NoMemory();
@@ -160,6 +166,7 @@ listener_new(cd_server_t *srv, int is_unix)
     ls->server = srv;
     ls->is_unix = is_unix;
     ls->transport = cd_transport_test();
+    ls->tls = tls == Py_None ? NULL : Py_NewRef(tls);
     ls->io.handle.data = ls;
     ls->resume.data = ls;
     ls->open_handles = 2;
@@ -236,14 +243,15 @@ tcp_sockname(uv_tcp_t *tcp)
     return cd_server_addr_tuple(&ss);
 }
 
-/* listen_tcp(host, port, backlog) -> (host, port) actually bound.
+/* listen_tcp(host, port, backlog, tls=None) -> (host, port) bound.
  * host is a numeric IPv4/IPv6 address (cdaphne.config resolves names). */
 static PyObject *
 server_listen_tcp(cd_server_t *srv, PyObject *args)
 {
     const char *host;
     int port, backlog;
-    if (!PyArg_ParseTuple(args, "sii", &host, &port, &backlog)) {
+    PyObject *tls = Py_None;
+    if (!PyArg_ParseTuple(args, "sii|O", &host, &port, &backlog, &tls)) {
         return NULL;
     }
     struct sockaddr_storage ss;
@@ -254,7 +262,7 @@ server_listen_tcp(cd_server_t *srv, PyObject *args)
         PyErr_Format(PyExc_ValueError, "invalid address %s", host);
         return NULL;
     }
-    cd_listener_t *ls = listener_new(srv, 0);
+    cd_listener_t *ls = listener_new(srv, 0, tls);
     if (ls == NULL) {
         return NULL;
     }
@@ -284,16 +292,17 @@ server_listen_tcp(cd_server_t *srv, PyObject *args)
     return Py_NewRef(ls->sockname);
 }
 
-/* listen_unix(path, backlog) */
+/* listen_unix(path, backlog, tls=None) */
 static PyObject *
 server_listen_unix(cd_server_t *srv, PyObject *args)
 {
     const char *path;
     int backlog;
-    if (!PyArg_ParseTuple(args, "si", &path, &backlog)) {
+    PyObject *tls = Py_None;
+    if (!PyArg_ParseTuple(args, "si|O", &path, &backlog, &tls)) {
         return NULL;
     }
-    cd_listener_t *ls = listener_new(srv, 1);
+    cd_listener_t *ls = listener_new(srv, 1, tls);
     if (ls == NULL) {
         return NULL;
     }
@@ -311,15 +320,17 @@ server_listen_unix(cd_server_t *srv, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* listen_fd(fd, is_unix, backlog) -> sockname: an inherited socket. */
+/* listen_fd(fd, is_unix, backlog, tls=None) -> sockname: an inherited
+ * socket. */
 static PyObject *
 server_listen_fd(cd_server_t *srv, PyObject *args)
 {
     int fd, is_unix, backlog;
-    if (!PyArg_ParseTuple(args, "ipi", &fd, &is_unix, &backlog)) {
+    PyObject *tls = Py_None;
+    if (!PyArg_ParseTuple(args, "ipi|O", &fd, &is_unix, &backlog, &tls)) {
         return NULL;
     }
-    cd_listener_t *ls = listener_new(srv, is_unix);
+    cd_listener_t *ls = listener_new(srv, is_unix, tls);
     if (ls == NULL) {
         return NULL;
     }
@@ -699,11 +710,11 @@ server_share_accept(cd_server_t *srv, PyObject *args)
 
 static PyMethodDef server_methods[] = {
     {"listen_tcp", (PyCFunction)server_listen_tcp, METH_VARARGS,
-     "listen_tcp(host, port, backlog) -> (host, port)"},
+     "listen_tcp(host, port, backlog, tls=None) -> (host, port)"},
     {"listen_unix", (PyCFunction)server_listen_unix, METH_VARARGS,
-     "listen_unix(path, backlog)"},
+     "listen_unix(path, backlog, tls=None)"},
     {"listen_fd", (PyCFunction)server_listen_fd, METH_VARARGS,
-     "listen_fd(fd, is_unix, backlog) -> sockname"},
+     "listen_fd(fd, is_unix, backlog, tls=None) -> sockname"},
     {"close_listeners", (PyCFunction)server_close_listeners, METH_NOARGS,
      "Stop accepting and close idle connections."},
     {"close_all", (PyCFunction)server_close_all, METH_NOARGS,

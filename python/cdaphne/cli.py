@@ -79,7 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
       help="bind to a unix socket path")
     a("--fd", type=int, default=None, help="serve on an inherited socket file descriptor")
     a("-e", "--endpoint", dest="endpoints", action="append", default=[],
-      help="endpoint string: tcp:PORT:interface=HOST, unix:/path, fd:fileno=N (repeatable)")
+      help="endpoint string: tcp:PORT:interface=HOST, "
+           "ssl:PORT:privateKey=KEY:certKey=CERT:interface=HOST, unix:/path, fd:fileno=N "
+           "(repeatable)")
+    a("--ssl-certfile", default=None,
+      help="serve TLS on --bind/--port, --uds and --fd with this PEM certificate (chain)")
+    a("--ssl-keyfile", default=None, help="PEM private key (default: in --ssl-certfile)")
+    a("--ssl-keyfile-password", default=None, help="password of an encrypted --ssl-keyfile")
+    a("--ssl-ca-certs", default=None, help="PEM CA certificates client certificates must chain to")
+    a("--ssl-cert-reqs", type=int, choices=(0, 1, 2), default=Config.ssl_cert_reqs,
+      help="client certificate: 0 not asked for, 1 optional, 2 required (needs --ssl-ca-certs)")
+    a("--ssl-ciphers", default=Config.ssl_ciphers,
+      help="OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's)")
     log = p.add_mutually_exclusive_group()
     log.add_argument("--access-log", default=None,
                      help="where to write the access log ('-' for stdout, the default "
@@ -212,6 +223,12 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         max_requests_jitter=args.max_requests_jitter,
         reuse_port=args.reuse_port,
         accept_balance=args.accept_balance,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        ssl_keyfile_password=args.ssl_keyfile_password,
+        ssl_ca_certs=args.ssl_ca_certs,
+        ssl_cert_reqs=args.ssl_cert_reqs,
+        ssl_ciphers=args.ssl_ciphers,
         configure_logging=True,
     )
 
@@ -219,7 +236,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
 def main(argv: list[str] | None = None) -> NoReturn:
     try:
         config = config_from_args(argv)
-        config.binds()
+        config.check_tls(config.binds())
         if config.workers is not None:
             # The supervisor never imports the app: each worker does.
             config.validate()

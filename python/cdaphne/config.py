@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import os
@@ -25,6 +26,54 @@ class ConfigError(Exception):
     """A bad option: the message is one line for the user."""
 
 
+@dataclass(frozen=True)
+class TLSOptions:
+    """How one listener speaks TLS (OpenSSL, TLS 1.2 and 1.3, ALPN http/1.1).
+
+    uvicorn's --ssl-* flags and Daphne's `ssl:` endpoint keys map onto these.
+    """
+
+    certfile: str  # PEM: the certificate, then its chain (may hold the key)
+    keyfile: str | None = None  # PEM private key; None: in certfile
+    password: str | None = field(default=None, repr=False)  # the key's
+    ca_certs: str | None = None  # PEM CAs that client certificates must chain to
+    cert_reqs: int = 0  # client certificate: 0 none, 1 optional, 2 required (ssl.CERT_*)
+    ciphers: str | None = "TLSv1"  # OpenSSL cipher list for TLS 1.2 (uvicorn's default)
+    extra_chain: str | None = None  # PEM intermediates sent after the certificate
+    dh_params: str | None = None  # PEM DH parameters for DHE suites (else built in)
+
+    def check_files(self) -> None:
+        """A missing or unreadable file: one line naming it."""
+        for what, path in (("certificate", self.certfile), ("private key", self.keyfile),
+                           ("CA certificates", self.ca_certs),
+                           ("extra certificate chain", self.extra_chain),
+                           ("DH parameters", self.dh_params)):
+            if path is None:
+                continue
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"TLS {what} {path}: {exc.strerror}") from None
+
+    def context(self) -> Any:
+        """A new _cdaphne.TLSContext: the files are read and checked now."""
+        from ._cdaphne import TLSContext
+
+        self.check_files()
+        if self.cert_reqs not in (0, 1, 2):
+            raise ConfigError(f"ssl_cert_reqs must be 0 (none), 1 (optional) or 2 (required), "
+                              f"not {self.cert_reqs}")
+        if self.cert_reqs and self.ca_certs is None:
+            raise ConfigError("ssl_cert_reqs needs ssl_ca_certs (the CAs client "
+                              "certificates must chain to)")
+        try:
+            return TLSContext(self.certfile, self.keyfile, self.password, self.ca_certs,
+                              self.cert_reqs, self.ciphers, self.extra_chain, self.dh_params)
+        except ValueError as exc:
+            raise ConfigError(f"TLS: {exc}") from None
+
+
 @dataclass
 class Bind:
     """One place to listen: TCP host/port, a unix socket path, or an inherited fd."""
@@ -35,15 +84,18 @@ class Bind:
     path: str = ""
     fd: int = -1
     mode: int = 0o666  # a unix socket's permissions (Twisted's default)
+    tls: TLSOptions | None = None  # speak TLS on it
 
     def describe(self) -> str:
         if self.kind == "tcp":
             # Daphne's endpoint string: a ':' in an IPv6 address is escaped.
             host = self.host.replace(":", "\\:")
-            return f"tcp:port={self.port}:interface={host}"
+            kind = "ssl" if self.tls else "tcp"
+            return f"{kind}:port={self.port}:interface={host}"
+        tls = " (TLS)" if self.tls else ""
         if self.kind == "unix":
-            return f"unix:{self.path}"
-        return f"fd:fileno={self.fd}"
+            return f"unix:{self.path}{tls}"
+        return f"fd:fileno={self.fd}{tls}"
 
 
 def _split_endpoint(text: str) -> list[str]:
@@ -93,8 +145,36 @@ def parse_endpoint(text: str) -> Bind:
             raise ConfigError(f"endpoint {text!r}: needs fileno=N")
         return Bind("fd", fd=int(fileno))
     if kind == "ssl":
-        raise ConfigError(f"endpoint {text!r}: TLS is not supported yet; terminate TLS in a proxy")
-    raise ConfigError(f"endpoint {text!r}: unknown endpoint type {kind!r} (tcp, tcp6, unix, fd)")
+        return _parse_ssl_endpoint(text, opts, positional)
+    raise ConfigError(f"endpoint {text!r}: unknown endpoint type {kind!r} "
+                      "(tcp, tcp6, ssl, unix, fd)")
+
+
+# Twisted's ssl: endpoint keys (twisted.internet.endpoints._parseSSL) and
+# what becomes of them here.
+_SSL_KEYS = {"port", "interface", "privateKey", "certKey", "extraCertChain", "dhParameters",
+             "backlog"}
+
+
+def _parse_ssl_endpoint(text: str, opts: dict[str, str], positional: list[str]) -> Bind:
+    """`ssl:PORT:privateKey=key.pem:certKey=cert.pem`, as Daphne takes it (Twisted's
+    defaults: privateKey=server.pem, certKey=privateKey; backlog is --backlog's)."""
+    unknown = sorted(set(opts) - _SSL_KEYS)
+    if "sslmethod" in unknown:
+        raise ConfigError(f"endpoint {text!r}: sslmethod is not supported "
+                          "(cdaphne speaks TLS 1.2 and 1.3)")
+    if unknown:
+        raise ConfigError(f"endpoint {text!r}: unknown key {unknown[0]!r} "
+                          f"(ssl: takes {', '.join(sorted(_SSL_KEYS))})")
+    port = opts.get("port") or (positional[0] if positional else "")
+    if not port.isdigit():
+        raise ConfigError(f"endpoint {text!r}: needs a port, e.g. "
+                          "ssl:8443:privateKey=key.pem:certKey=cert.pem")
+    key = opts.get("privateKey", "server.pem")
+    tls = TLSOptions(certfile=opts.get("certKey", key), keyfile=key,
+                     extra_chain=opts.get("extraCertChain"), dh_params=opts.get("dhParameters"))
+    host = opts.get("interface", "0.0.0.0").strip("[]")
+    return Bind("tcp", host=host, port=int(port), tls=tls)
 
 
 @dataclass
@@ -160,19 +240,33 @@ class Config:
     # than another leaves the next one queued for 1 ms, for the others to
     # take (the first worker awake would otherwise accept a whole burst).
     accept_balance: bool = True
+    # TLS on the host/port, unix_socket and fd binds (uvicorn's --ssl-*
+    # flags; -e ssl:... endpoints carry their own).  On when ssl_certfile
+    # is set; defaults as uvicorn's.
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_keyfile_password: str | None = field(default=None, repr=False)
+    ssl_ca_certs: str | None = None
+    ssl_cert_reqs: int = 0  # ssl.CERT_NONE
+    ssl_ciphers: str = "TLSv1"
+    # Binds given as objects, listened to as they are (a supervisor's
+    # workers get their inherited sockets this way).
+    listen: list[Bind] = field(default_factory=list)
     loaded_app: ASGIApp | None = field(default=None, init=False, repr=False)
 
     def binds(self) -> list[Bind]:
         """Where to listen, Daphne's way: endpoints, plus host/port/socket/fd if given."""
         binds = [parse_endpoint(e) for e in self.endpoints]
+        binds += [dataclasses.replace(b) for b in self.listen]
+        tls = self.tls_options()
         if self.unix_socket:
-            binds.append(Bind("unix", path=self.unix_socket))
+            binds.append(Bind("unix", path=self.unix_socket, tls=tls))
         if self.fd is not None:
-            binds.append(Bind("fd", fd=self.fd))
+            binds.append(Bind("fd", fd=self.fd, tls=tls))
         if self.host is not None or self.port is not None or not binds:
             host = self.host if self.host is not None else "127.0.0.1"
             port = self.port if self.port is not None else 8000
-            binds.append(Bind("tcp", host=host, port=port))
+            binds.append(Bind("tcp", host=host, port=port, tls=tls))
         for b in binds:
             if b.kind == "tcp":
                 b.host = resolve_host(b.host)
@@ -183,6 +277,24 @@ class Config:
                 raise ConfigError(f"unix socket path {b.path!r} is too long "
                                   f"({len(os.fsencode(b.path))} bytes, at most {_UNIX_PATH_MAX})")
         return binds
+
+    def tls_options(self) -> TLSOptions | None:
+        """The --ssl-* flags as TLSOptions, or None when TLS is off."""
+        flags = (self.ssl_keyfile, self.ssl_keyfile_password, self.ssl_ca_certs)
+        if self.ssl_certfile is None:
+            if any(f is not None for f in flags) or self.ssl_cert_reqs:
+                raise ConfigError("TLS needs ssl_certfile (--ssl-certfile)")
+            return None
+        return TLSOptions(certfile=self.ssl_certfile, keyfile=self.ssl_keyfile,
+                          password=self.ssl_keyfile_password, ca_certs=self.ssl_ca_certs,
+                          cert_reqs=self.ssl_cert_reqs, ciphers=self.ssl_ciphers)
+
+    def check_tls(self, binds: list[Bind] | None = None) -> None:
+        """Loads every TLS context once: a bad or missing key or certificate
+        fails here, at startup, with one line."""
+        for b in self.binds() if binds is None else binds:
+            if b.tls is not None:
+                b.tls.context()
 
     def validate(self) -> None:
         if self.lifespan not in ("auto", "on", "off"):

@@ -84,6 +84,9 @@ class Server:
         if self._stop_requested:
             self._stop.set()
         binds = config.binds()
+        # Every TLS context is loaded before the app starts: a bad key or
+        # certificate stops the server here (ConfigError, one line).
+        tls = [b.tls.context() if b.tls is not None else None for b in binds]
 
         lifespan = Lifespan(app, config.lifespan)
         if not await lifespan.startup():
@@ -97,8 +100,8 @@ class Server:
         self.core = core
         core.set_state(lifespan.state if lifespan.enabled else None)
         try:
-            for bind in binds:
-                self._listen(core, bind)
+            for bind, ctx in zip(binds, tls, strict=True):
+                self._listen(core, bind, ctx)
         except OSError as exc:
             core.close_listeners()
             await lifespan.shutdown()
@@ -128,14 +131,14 @@ class Server:
             logger.info("Configuring endpoint %s", bind.describe())
             logger.info("Listening on %s", _describe(bind, name))
 
-    def _listen(self, core: CoreServer, bind: Bind) -> None:
+    def _listen(self, core: CoreServer, bind: Bind, tls: Any = None) -> None:
         backlog = self.config.backlog
         if bind.kind == "tcp":
-            name = core.listen_tcp(bind.host, bind.port, backlog)
+            name = core.listen_tcp(bind.host, bind.port, backlog, tls)
             self.ports.append(name[1])
         elif bind.kind == "unix":
             _remove_stale_socket(bind.path)
-            core.listen_unix(bind.path, backlog)
+            core.listen_unix(bind.path, backlog, tls)
             # Daphne's (Twisted's) socket is 0666 whatever the umask: a proxy
             # running as another user can connect.
             os.chmod(bind.path, bind.mode)
@@ -144,7 +147,7 @@ class Server:
             sock = socket.socket(fileno=bind.fd)
             is_unix = sock.family == socket.AF_UNIX
             sock.detach()
-            name = core.listen_fd(bind.fd, is_unix, backlog)
+            name = core.listen_fd(bind.fd, is_unix, backlog, tls)
             if not is_unix:
                 self.ports.append(name[1])
         self.sockets.append(name)
@@ -214,11 +217,12 @@ def _configure_loop(loop: asyncio.AbstractEventLoop, config: Config) -> None:
 
 
 def _describe(bind: Bind, name: Any) -> str:
+    tls = " (TLS)" if bind.tls is not None else ""
     if bind.kind == "unix":
-        return f"unix socket {bind.path}"
+        return f"unix socket {bind.path}{tls}"
     if bind.kind == "fd" and name[1] is None:
-        return f"inherited unix socket fd {bind.fd}"
-    return f"TCP address {name[0]}:{name[1]}"
+        return f"inherited unix socket fd {bind.fd}{tls}"
+    return f"TCP address {name[0]}:{name[1]}{tls}"
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -125,6 +125,7 @@ class Supervisor:
             configure_logging(config)
         try:
             config.validate()
+            config.check_tls()  # Each worker loads its own; fail once, here.
             self._bind()
             self.payload = self._payload()
             self._open_share()
@@ -163,7 +164,7 @@ class Supervisor:
             sock = socket.socket(fileno=bind.fd)
             sock.listen(backlog)
             os.set_inheritable(bind.fd, True)
-            self.listen_specs.append(("fd", bind.fd))
+            self.listen_specs.append(("fd", bind.fd, bind.tls))
             self.names.append(_describe(bind, sock.getsockname() if sock.family != socket.AF_UNIX
                                         else (None, None)))
             sock.detach()  # Not ours to close.
@@ -184,11 +185,11 @@ class Supervisor:
             sock.bind((bind.host, bind.port))
         name = sock.getsockname()
         if bind.kind == "tcp" and self.config.reuse_port:
-            self.listen_specs.append(("reuseport", sock.family, name[0], name[1]))
+            self.listen_specs.append(("reuseport", sock.family, name[0], name[1], bind.tls))
         else:
             sock.listen(backlog)
             sock.set_inheritable(True)
-            self.listen_specs.append(("fd", sock.fileno()))
+            self.listen_specs.append(("fd", sock.fileno(), bind.tls))
         self.names.append(_describe(bind, name if bind.kind == "tcp" else None))
         return sock
 
@@ -232,7 +233,9 @@ class Supervisor:
     def _payload(self) -> bytes:
         config = self.config
         worker_config = dataclasses.replace(
-            config, host=None, port=None, unix_socket=None, fd=None, endpoints=[],
+            config, host=None, port=None, unix_socket=None, fd=None, endpoints=[], listen=[],
+            ssl_certfile=None, ssl_keyfile=None, ssl_keyfile_password=None, ssl_ca_certs=None,
+            ssl_cert_reqs=0,
             workers=None, max_requests=None, max_requests_jitter=0, reuse_port=False,
             on_ready=None)
         try:

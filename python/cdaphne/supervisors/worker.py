@@ -125,21 +125,22 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
-def _listen_endpoints(listen: list[tuple[Any, ...]], backlog: int) -> list[str]:
-    """Endpoints for this worker: inherited fds, or its own SO_REUSEPORT sockets."""
-    endpoints = []
+def _listen_binds(listen: list[tuple[Any, ...]], backlog: int) -> list[Bind]:
+    """Binds for this worker: inherited fds, or its own SO_REUSEPORT sockets
+    (each with the TLS options of the endpoint it came from)."""
+    binds = []
     for spec in listen:
         if spec[0] == "fd":
-            endpoints.append(f"fd:fileno={spec[1]}")
+            binds.append(Bind("fd", fd=spec[1], tls=spec[2]))
             continue
-        _, family, host, port = spec
+        _, family, host, port, tls = spec
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(backlog)
-        endpoints.append(f"fd:fileno={sock.detach()}")
-    return endpoints
+        binds.append(Bind("fd", fd=sock.detach(), tls=tls))
+    return binds
 
 
 def main() -> None:
@@ -151,7 +152,7 @@ def main() -> None:
     payload = pickle.loads(_recv_exact(ctl, size))
     ctl.setblocking(False)
     config: Config = payload["config"]
-    config.endpoints = _listen_endpoints(payload["listen"], config.backlog)
+    config.listen = _listen_binds(payload["listen"], config.backlog)
     limit = payload["max_requests"]
     if limit is not None:
         limit += random.randint(0, payload["max_requests_jitter"])
