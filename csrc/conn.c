@@ -749,7 +749,7 @@ cd_conn_new(cd_listener_t *ls)
     }
     if (ls->transport != NULL) {
         c->transport = ls->transport;
-        if (c->transport->open(c) < 0) {
+        if (c->transport->open(c, ls) < 0) {
             cd_conn_close(c);
             return NULL;
         }

@@ -306,9 +306,10 @@ typedef struct {
 struct cd_transport_s {
     const char *name;
     /* At accept, before the first read: set c->transport_data (the
-     * server's config is c->server).  0, or a negative UV_E* to refuse
-     * the conn (closed at once; free still runs). */
-    int (*open)(cd_conn_t *c);
+     * server's config is c->server, the listener's settings ls; ls may
+     * close before the conn).  0, or a negative UV_E* to refuse the conn
+     * (closed at once; free still runs). */
+    int (*open)(cd_conn_t *c, cd_listener_t *ls);
     /* Where libuv reads the socket: a buffer of the transport's (libuv
      * calls read right after alloc, so one per loop will do). */
     void (*alloc)(cd_conn_t *c, uv_buf_t *buf);
@@ -725,5 +726,16 @@ void cd_tls_shutdown(cd_tls_t *t);
  * client_cert_chain, client_cert_name, client_cert_error, tls_version,
  * cipher_suite, and server_name: the SNI the client sent, or None). */
 PyObject *cd_tls_info(cd_tls_t *t);
+/* The transport of a TLS listener's conns (ls->tls is the context). */
+extern const cd_transport_t cd_tls_transport;
+/* 1 if c speaks TLS (scheme https/wss). */
+static inline int
+cd_tls_conn_is_tls(const cd_conn_t *c)
+{
+    return c->transport == &cd_tls_transport;
+}
+/* New reference: the ASGI "tls" extension of a TLS conn; NULL with an
+ * exception on error, NULL without one for a plain conn. */
+PyObject *cd_tls_conn_info(cd_conn_t *c);
 
 #endif

@@ -125,6 +125,19 @@ root_path(cd_conn_t *c, PyObject *h)
     return decode_path(PyBytes_AS_STRING(h), (size_t)PyBytes_GET_SIZE(h));
 }
 
+/* Borrowed: http or https (ws or wss), from the server's scheme or the
+ * conn's TLS. */
+static PyObject *
+scope_scheme(cd_conn_t *c, int is_ws)
+{
+    cd_state *st = c->server->st;
+    int secure = cd_tls_conn_is_tls(c) || c->server->scheme == st->s_https;
+    if (is_ws) {
+        return secure ? st->s_wss : st->s_ws;
+    }
+    return secure ? st->s_https : st->s_http;
+}
+
 PyObject *
 cd_scope_http(cd_conn_t *c, const cd_scope_req_t *req)
 {
@@ -172,10 +185,7 @@ cd_scope_http(cd_conn_t *c, const cd_scope_req_t *req)
         set_new(scope, st->s_asgi, PyDict_Copy(st->asgi_dict)) < 0 ||
         set_new(scope, st->s_http_version,
                 Py_NewRef(v10 ? st->s_v1_0 : st->s_v1_1)) < 0 ||
-        set_new(scope, st->s_scheme,
-                Py_NewRef(
-                    is_ws ? (srv->scheme == st->s_https ? st->s_wss : st->s_ws)
-                          : srv->scheme)) < 0 ||
+        set_new(scope, st->s_scheme, Py_NewRef(scope_scheme(c, is_ws))) < 0 ||
         set_new(scope, st->s_path, decode_path(url, plen)) < 0 ||
         set_new(scope, st->s_raw_path,
                 PyBytes_FromStringAndSize(url, (Py_ssize_t)plen)) < 0 ||
@@ -212,6 +222,15 @@ cd_scope_http(cd_conn_t *c, const cd_scope_req_t *req)
             goto error;
         }
         Py_DECREF(e);
+    }
+    if (cd_tls_conn_is_tls(c)) {
+        PyObject *tls = cd_tls_conn_info(c);
+        if (tls == NULL || PyDict_SetItemString(ext, "tls", tls) < 0) {
+            Py_XDECREF(tls);
+            Py_DECREF(ext);
+            goto error;
+        }
+        Py_DECREF(tls);
     }
     if (set_new(scope, st->s_extensions, ext) < 0) {
         goto error;

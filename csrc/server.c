@@ -166,7 +166,10 @@ listener_new(cd_server_t *srv, int is_unix, PyObject *tls)
     ls->server = srv;
     ls->is_unix = is_unix;
     ls->transport = cd_transport_test();
-    ls->tls = tls == Py_None ? NULL : Py_NewRef(tls);
+    if (tls != Py_None) {
+        ls->tls = Py_NewRef(tls);
+        ls->transport = &cd_tls_transport;
+    }
     ls->io.handle.data = ls;
     ls->resume.data = ls;
     ls->open_handles = 2;

@@ -635,3 +635,198 @@ cd_tls_info(cd_tls_t *t)
     }
     return PyDict_Copy(t->info);
 }
+
+/* ---- the byte transport (conn.c's cd_transport_t) ---------------- */
+
+/* Plaintext entries of c->outq up to this size are gathered into one
+ * TLS record (a response head and a small body: one record, one AEAD). */
+#define CD_TLS_GATHER 16384
+
+typedef struct {
+    cd_tls_t *tls;  /* owned */
+    cd_outq_t wire; /* owned: ciphertext for the socket */
+    int got_bytes;  /* the first ciphertext arrived */
+} cd_tls_conn_t;
+
+/* Socket reads land here; libuv calls read right after alloc, and each
+ * loop runs on one thread. */
+static _Thread_local char tls_rbuf[65536];
+
+static int
+tls_tp_open(cd_conn_t *c, cd_listener_t *ls)
+{
+    cd_tls_conn_t *tc = calloc(1, sizeof(*tc));
+    if (tc == NULL) {
+        return UV_ENOMEM;
+    }
+    tc->tls = cd_tls_new(ls->tls);
+    if (tc->tls == NULL) {
+        free(tc);
+        return UV_ENOMEM;
+    }
+    c->transport_data = tc;
+    return 0;
+}
+
+static void
+tls_tp_alloc(cd_conn_t *c, uv_buf_t *buf)
+{
+    *buf = cd_uvbuf(tls_rbuf, sizeof(tls_rbuf));
+}
+
+/* A fatal error: try to send the alert OpenSSL queued, right now (the
+ * conn closes without flushing). */
+static void
+tls_send_alert(cd_conn_t *c, cd_tls_conn_t *tc)
+{
+    size_t n;
+    char *p = cd_tls_take_out(tc->tls, &n);
+    if (p != NULL) {
+        uv_buf_t b = cd_uvbuf(p, n);
+        (void)uv_try_write(&c->io.stream, &b, 1);
+        free(p);
+    }
+}
+
+static int
+tls_tp_read(cd_conn_t *c, const uv_buf_t *buf, size_t nread)
+{
+    cd_tls_conn_t *tc = c->transport_data;
+    int was_open = cd_tls_is_open(tc->tls);
+    if (!tc->got_bytes) {
+        /* The handshake must finish within the header timeout. */
+        tc->got_bytes = 1;
+        cd_conn_timer_start(c, c->server->cfg.header_timeout);
+    }
+    if (cd_tls_feed(tc->tls, buf->base, nread) < 0) {
+        return UV_ENOMEM;
+    }
+    /* All of it is decrypted now: nothing waits in OpenSSL while the
+     * protocol has reading paused, and c->in grows by at most nread plus
+     * the rest of a record begun earlier. */
+    size_t before = c->in.len;
+    int r = cd_tls_read(tc->tls, &c->in, SIZE_MAX);
+    if (r < 0) {
+        tls_send_alert(c, tc);
+        return r;
+    }
+    if (cd_tls_out_pending(tc->tls) > 0) {
+        cd_conn_want_flush(c); /* Handshake records, tickets, KeyUpdate. */
+    }
+    if (!was_open && cd_tls_is_open(tc->tls)) {
+        /* Idle until the first request, as a plain conn at accept. */
+        cd_conn_timer_start(c, c->server->cfg.keepalive_timeout);
+        cd_conn_ready(c);
+    }
+    if (c->in.len > before) {
+        return 1;
+    }
+    return r == CD_TLS_EOF ? UV_EOF : 0;
+}
+
+/* Encrypts c->outq: small entries gathered into one record. */
+static int
+tls_encrypt_outq(cd_conn_t *c, cd_tls_t *tls)
+{
+    char gather[CD_TLS_GATHER];
+    size_t g = 0;
+    cd_outq_t *q = &c->outq;
+    for (int i = 0; i < q->n; i++) {
+        const char *p = q->bufs[i].base;
+        size_t n = q->bufs[i].len;
+        if (g + n <= sizeof(gather)) {
+            memcpy(gather + g, p, n);
+            g += n;
+            continue;
+        }
+        if (g > 0 && cd_tls_write(tls, gather, g) < 0) {
+            return -1;
+        }
+        g = 0;
+        if (n <= sizeof(gather)) {
+            memcpy(gather, p, n);
+            g = n;
+        }
+        else if (cd_tls_write(tls, p, n) < 0) {
+            return -1;
+        }
+    }
+    if (g > 0 && cd_tls_write(tls, gather, g) < 0) {
+        return -1;
+    }
+    cd_conn_outq_clear(c);
+    return 0;
+}
+
+static cd_outq_t *
+tls_tp_encode(cd_conn_t *c)
+{
+    cd_tls_conn_t *tc = c->transport_data;
+    if (c->outq.n > 0) {
+        if (cd_tls_is_open(tc->tls)) {
+            if (tls_encrypt_outq(c, tc->tls) < 0) {
+                return NULL;
+            }
+        }
+        else if (c->flags & CD_CONN_F_CLOSE_AFTER) {
+            /* A response before the handshake (the 503 of
+             * --limit-concurrency) cannot be sent: drop it and close. */
+            cd_conn_outq_clear(c);
+        }
+        /* Else it waits for the handshake. */
+    }
+    size_t n;
+    char *p = cd_tls_take_out(tc->tls, &n);
+    if (p == NULL) {
+        return cd_tls_out_pending(tc->tls) > 0 ? NULL : &tc->wire;
+    }
+    uv_buf_t b = cd_uvbuf(p, n);
+    if (cd_conn_wire_push(c, &tc->wire, &b, 1, NULL, p) < 0) {
+        return NULL;
+    }
+    return &tc->wire;
+}
+
+static int
+tls_tp_shutdown(cd_conn_t *c)
+{
+    cd_tls_conn_t *tc = c->transport_data;
+    if (!cd_tls_is_open(tc->tls)) {
+        return 0;
+    }
+    cd_tls_shutdown(tc->tls);
+    return cd_tls_out_pending(tc->tls) > 0;
+}
+
+static void
+tls_tp_free(cd_conn_t *c)
+{
+    cd_tls_conn_t *tc = c->transport_data;
+    if (tc == NULL) {
+        return;
+    }
+    cd_tls_free(tc->tls);
+    cd_conn_wire_dispose(&tc->wire);
+    free(tc);
+    c->transport_data = NULL;
+}
+
+const cd_transport_t cd_tls_transport = {
+    .name = "tls",
+    .open = tls_tp_open,
+    .alloc = tls_tp_alloc,
+    .read = tls_tp_read,
+    .encode = tls_tp_encode,
+    .shutdown = tls_tp_shutdown,
+    .free = tls_tp_free,
+};
+
+PyObject *
+cd_tls_conn_info(cd_conn_t *c)
+{
+    if (c->transport != &cd_tls_transport || c->transport_data == NULL) {
+        return NULL;
+    }
+    cd_tls_conn_t *tc = c->transport_data;
+    return cd_tls_info(tc->tls);
+}

@@ -23,7 +23,7 @@ typedef struct {
 static _Thread_local char copy_rbuf[CD_COPY_READ_SIZE];
 
 static int
-copy_open(cd_conn_t *c)
+copy_open(cd_conn_t *c, cd_listener_t *ls)
 {
     cd_copy_t *t = calloc(1, sizeof(*t));
     if (t == NULL) {
