@@ -4,7 +4,7 @@ from dataclasses import dataclass, replace
 
 SCENARIOS = (
     "hello", "pipeline", "django", "ws", "fanout", "ws-idle", "latency", "layer",
-    "hello-w2", "chat-w2",
+    "hello-w2", "chat-w2", "hello-tls",
 )  # fmt: skip
 SCENARIO_TITLES = {
     "hello": "HTTP hello world, keep-alive",
@@ -17,10 +17,12 @@ SCENARIO_TITLES = {
     "layer": "Channel layer (bench/layer_bench.py)",
     "hello-w2": "HTTP hello world, --workers 2 (unpinned, shares the cores with wrk)",
     "chat-w2": "Channels chat room, --workers 2, members on both workers (unpinned)",
+    "hello-tls": "HTTPS hello world (TLS 1.3), keep-alive",
 }
 ALL_SERVERS = (
     "cdaphne", "cdaphne-layer", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling",
     "cdaphne-w2", "cdaphne-w2-redis", "uvicorn-w2", "granian-w2",
+    "cdaphne-tls", "uvicorn-tls", "granian-tls",
 )  # fmt: skip
 
 

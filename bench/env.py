@@ -18,6 +18,7 @@ RESULTS = BENCH / "results"
 PEER_VENV = WORK / "venv"
 CEILING_SRC = BENCH / "ceiling.c"
 CEILING_BIN = WORK / "ceiling"
+TLS_DIR = WORK / "tls"  # the hello-tls scenario's self-signed certificate
 
 # Installed into bench/.work/venv, never into the project's .venv.
 PEER_PACKAGES = [
@@ -125,6 +126,26 @@ def build_ceiling(log: Log) -> Path:
     if proc.returncode != 0:
         raise SetupError(f"compiling the ceiling failed:\n{proc.stderr}")
     return CEILING_BIN
+
+
+def tls_cert() -> tuple[Path, Path]:
+    """(certificate, key) for the hello-tls servers: a self-signed P-256
+    certificate for 127.0.0.1, made once with the openssl command (its key in
+    PKCS#8, which Granian requires)."""
+    cert, key = TLS_DIR / "cert.pem", TLS_DIR / "key.pem"
+    if cert.exists() and key.exists():
+        return cert, key
+    TLS_DIR.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+        "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "30", "-subj", "/CN=127.0.0.1",
+        "-addext", "subjectAltName=IP:127.0.0.1",
+    ]  # fmt: skip
+    try:
+        subprocess.run(cmd, capture_output=True, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SetupError(f"openssl could not make the TLS certificate: {exc}") from exc
+    return cert, key
 
 
 def _first_line(cmd: list[str]) -> str:

@@ -8,15 +8,28 @@ import base64
 import http.client
 import os
 import socket
+import ssl
 import struct
 import time
 
 HELLO_BODY = b"Hello, world!"
 
 
-def http_probe(host: str, port: int, content_type: str | None, timeout: float = 10.0) -> str | None:
-    """GET / must return 200 with the hello-world body (and this content-type, if given)."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+def http_probe(
+    host: str, port: int, content_type: str | None, timeout: float = 10.0, tls: bool = False
+) -> str | None:
+    """GET / must return 200 with the hello-world body (and this content-type, if given).
+
+    tls: over https, the certificate not checked (the bench's self-signed one)."""
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, port, timeout=timeout, context=ctx
+        )
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("GET", "/")
         resp = conn.getresponse()

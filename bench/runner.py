@@ -16,10 +16,11 @@ from .results import UNAVAILABLE, ScenarioResult
 from .servers import SPECS
 
 DEFAULT_SCENARIOS = ("hello", "pipeline", "django", "ws", "ws-idle", "layer")
-WRK_SCENARIOS = ("hello", "pipeline", "django", "hello-w2")
+WRK_SCENARIOS = ("hello", "pipeline", "django", "hello-w2", "hello-tls")
 WORKER_SCENARIOS = ("hello-w2", "chat-w2")  # only with --only: unpinned, several minutes
 UNITS = {"hello": "req/s", "pipeline": "req/s", "django": "req/s", "ws": "msg/s",
          "fanout": "deliveries/s", "hello-w2": "req/s", "chat-w2": "deliveries/s",
+         "hello-tls": "req/s",
          "ws-idle": "KiB/connection", "latency": "ms", "layer": ""}  # fmt: skip
 
 
@@ -134,6 +135,19 @@ def run(argv: list[str]) -> dict[str, Any]:
         log("scenario: " + " + ".join(sc.key for sc in http))
         names = sorted({n for sc in http for n in ctx.servers_for(sc.key)}, key=selected.index)
         scenarios.http_group(ctx, http, "hello", names)
+    if "hello-tls" in results and results["hello-tls"].status == "ok":
+        sc = results["hello-tls"]
+        sc.params = {"connections": mode.connections, "tls": "TLS 1.3, self-signed P-256",
+                     "seconds": mode.duration, "runs": mode.reps}  # fmt: skip
+        sc.reference, sc.second_reference = "cdaphne-tls", "uvicorn-tls"
+        _stamp_load([sc])
+        log("scenario: hello-tls")
+        try:
+            env.tls_cert()
+        except env.SetupError as exc:
+            sc.status, sc.reason = UNAVAILABLE, str(exc)
+        else:
+            scenarios.http_group(ctx, [sc], "hello", ctx.servers_for("hello-tls"))
     if "django" in results and results["django"].status == "ok":
         sc = results["django"]
         sc.params = {"connections": mode.connections, "seconds": mode.duration, "runs": mode.reps}

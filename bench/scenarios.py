@@ -27,6 +27,7 @@ DEFAULT_SERVERS = {
     "latency": ["cdaphne", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling"],
     # --workers 2 (bench/workers.py), with cdaphne in one process as the reference.
     "hello-w2": ["cdaphne-w2", "uvicorn-w2", "granian-w2", "cdaphne"],
+    "hello-tls": ["cdaphne-tls", "uvicorn-tls", "granian-tls"],
     "chat-w2": ["cdaphne-w2", "cdaphne-w2-redis", "uvicorn-w2", "granian-w2", "cdaphne-layer"],
 }
 
@@ -135,7 +136,7 @@ def http_group(ctx: Context, scenarios: list[ScenarioResult], app: str, names: l
     content_type = "text/plain" if app == "hello" else None
 
     def probe(srv: RunningServer) -> str | None:
-        return probes.http_probe(HOST, srv.port, content_type)
+        return probes.http_probe(HOST, srv.port, content_type, tls=srv.spec.tls)
 
     with _started(ctx, names, app, probe, scenarios) as running:
         for name, srv in running.items():

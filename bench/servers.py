@@ -42,6 +42,7 @@ class ServerSpec:
     argv: Argv
     description: str
     env: tuple[tuple[str, str], ...] = ()  # extra environment variables
+    tls: bool = False  # serves https (bench/.work/tls's self-signed certificate)
 
     def python(self) -> Path:
         return env.project_python() if self.venv == "project" else env.peer_python()
@@ -103,6 +104,25 @@ def _fastpysgi(target: str, port: int) -> list[str]:
     return [_peer_bin("fastpysgi"), "--host", HOST, "-p", str(port), target]
 
 
+# hello-tls: the same servers with TLS on (TLS 1.3 is what each negotiates
+# with wrk; the certificate is env.tls_cert()'s P-256 one).
+def _cdaphne_tls(target: str, port: int) -> list[str]:
+    cert, key = env.tls_cert()
+    return [*_cdaphne(target, port)[:-1], "--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+            target]  # fmt: skip
+
+
+def _uvicorn_tls(target: str, port: int) -> list[str]:
+    cert, key = env.tls_cert()
+    return [*_uvicorn(target, port), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+
+
+def _granian_tls(target: str, port: int) -> list[str]:
+    cert, key = env.tls_cert()
+    return [*_granian(target, port)[:-1], "--ssl-certificate", str(cert), "--ssl-keyfile",
+            str(key), target]  # fmt: skip
+
+
 def _ceiling(target: str, port: int) -> list[str]:
     return [str(env.CEILING_BIN), str(port)]
 
@@ -135,6 +155,13 @@ SPECS: dict[str, ServerSpec] = {
             "ceiling", "none", frozenset({"hello"}), _ceiling,
             "bench/ceiling.c: bare libuv, constant response, no Python",
         ),  # fmt: skip
+        ServerSpec("cdaphne-tls", "project", frozenset({"hello"}), _cdaphne_tls,
+                   "cdaphne --ssl-certfile/--ssl-keyfile (OpenSSL)", tls=True),
+        ServerSpec("uvicorn-tls", "peer", frozenset({"hello"}), _uvicorn_tls,
+                   "uvicorn (httptools, uvloop) --ssl-certfile/--ssl-keyfile (Python's ssl)",
+                   tls=True),
+        ServerSpec("granian-tls", "peer", frozenset({"hello"}), _granian_tls,
+                   "granian --interface asgi --ssl-certificate/--ssl-keyfile", tls=True),
         # --workers 2 (the hello-w2 and chat-w2 scenarios). For the chat room each one
         # needs a layer that spans the workers: cdaphne's C layer (relayed by the
         # supervisor) or channels_redis on the scenario's redis-server.
@@ -223,7 +250,7 @@ class RunningServer:
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}/"
+        return f"{'https' if self.spec.tls else 'http'}://{HOST}:{self.port}/"
 
     @property
     def ws_url(self) -> str:
