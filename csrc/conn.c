@@ -243,14 +243,15 @@ conn_on_eof(cd_conn_t *c)
     }
 }
 
-/* Raw bytes through the transport: 1 if c->in grew (parse it), else 0
- * (more bytes needed, or the conn closed or ended). */
+/* Raw bytes through the transport: 1 if c->in grew (parse it), 2 if it
+ * grew and the peer then ended (parse it, then EOF), else 0 (more bytes
+ * needed, or the conn closed or ended). */
 static int
 conn_transport_read(cd_conn_t *c, const uv_buf_t *buf, size_t nread)
 {
     int r = c->transport->read(c, buf, nread);
     if (r > 0 && c->state != CD_CONN_CLOSING) {
-        return 1;
+        return r;
     }
     if (c->state == CD_CONN_CLOSING) {
         return 0;
@@ -280,14 +281,22 @@ conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_on_eof(c);
         return;
     }
+    int then_eof = 0;
     if (c->transport == NULL) {
         c->in.len += (size_t)nread;
     }
-    else if (conn_transport_read(c, buf, (size_t)nread) <= 0) {
-        return;
+    else {
+        int r = conn_transport_read(c, buf, (size_t)nread);
+        if (r <= 0) {
+            return;
+        }
+        then_eof = r == 2;
     }
     if (c->proto != NULL) {
         c->proto->on_read(c);
+    }
+    if (then_eof && c->state != CD_CONN_CLOSING) {
+        conn_on_eof(c);
     }
 }
 

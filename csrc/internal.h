@@ -317,9 +317,11 @@ struct cd_transport_s {
      * plaintext they complete (never more than nread, so c->in grows as
      * a plain read would), calls cd_conn_ready() once the handshake is
      * done and cd_conn_want_flush() when it queued bytes of its own.
-     * Returns 1 if c->in grew, 0 if it needs more bytes, UV_EOF when the
-     * peer said goodbye (close_notify: handled as the peer's FIN), or
-     * another negative UV_E* to close the connection now. */
+     * Returns 1 if c->in grew, 2 if it grew and then the peer said
+     * goodbye (the bytes are parsed first), 0 if it needs more bytes,
+     * UV_EOF when the peer said goodbye (close_notify: handled as the
+     * peer's FIN), or another negative UV_E* to close the connection
+     * now. */
     int (*read)(cd_conn_t *c, const uv_buf_t *buf, size_t nread);
     /* At each flush: encode what it can of c->outq (the protocol's
      * plaintext, with its keep/owned references) into the wire queue and
@@ -712,6 +714,8 @@ int cd_tls_read(cd_tls_t *t, cd_buf_t *out, size_t room);
 int cd_tls_has_plaintext(const cd_tls_t *t);
 /* The handshake completed and no close or error happened since. */
 int cd_tls_is_open(const cd_tls_t *t);
+/* The handshake completed (whatever happened since). */
+int cd_tls_handshake_done(const cd_tls_t *t);
 /* Encrypts n plaintext bytes (copied) into the output.  0, UV_EAGAIN
  * during the handshake, or a fatal error. */
 int cd_tls_write(cd_tls_t *t, const char *data, size_t n);

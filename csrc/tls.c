@@ -468,6 +468,12 @@ cd_tls_is_open(const cd_tls_t *t)
 }
 
 int
+cd_tls_handshake_done(const cd_tls_t *t)
+{
+    return SSL_is_init_finished(t->ssl);
+}
+
+int
 cd_tls_write(cd_tls_t *t, const char *data, size_t n)
 {
     if (t->state != CD_TLS_OPEN) {
@@ -646,6 +652,7 @@ typedef struct {
     cd_tls_t *tls;  /* owned */
     cd_outq_t wire; /* owned: ciphertext for the socket */
     int got_bytes;  /* the first ciphertext arrived */
+    int ready;      /* cd_conn_ready ran: the protocol is set up */
 } cd_tls_conn_t;
 
 /* Socket reads land here; libuv calls read right after alloc, and each
@@ -692,7 +699,6 @@ static int
 tls_tp_read(cd_conn_t *c, const uv_buf_t *buf, size_t nread)
 {
     cd_tls_conn_t *tc = c->transport_data;
-    int was_open = cd_tls_is_open(tc->tls);
     if (!tc->got_bytes) {
         /* The handshake must finish within the header timeout. */
         tc->got_bytes = 1;
@@ -713,13 +719,16 @@ tls_tp_read(cd_conn_t *c, const uv_buf_t *buf, size_t nread)
     if (cd_tls_out_pending(tc->tls) > 0) {
         cd_conn_want_flush(c); /* Handshake records, tickets, KeyUpdate. */
     }
-    if (!was_open && cd_tls_is_open(tc->tls)) {
+    /* Ready once the handshake is done, even if the peer's close_notify
+     * came in the same read: its requests are parsed, then it ends. */
+    if (!tc->ready && cd_tls_handshake_done(tc->tls)) {
+        tc->ready = 1;
         /* Idle until the first request, as a plain conn at accept. */
         cd_conn_timer_start(c, c->server->cfg.keepalive_timeout);
         cd_conn_ready(c);
     }
-    if (c->in.len > before) {
-        return 1;
+    if (c->in.len > before && tc->ready) {
+        return r == CD_TLS_EOF ? 2 : 1;
     }
     return r == CD_TLS_EOF ? UV_EOF : 0;
 }
@@ -768,9 +777,11 @@ tls_tp_encode(cd_conn_t *c)
                 return NULL;
             }
         }
-        else if (c->flags & CD_CONN_F_CLOSE_AFTER) {
-            /* A response before the handshake (the 503 of
-             * --limit-concurrency) cannot be sent: drop it and close. */
+        else if (cd_tls_handshake_done(tc->tls) ||
+                 (c->flags & CD_CONN_F_CLOSE_AFTER)) {
+            /* After the peer's close_notify or an error nothing more can
+             * be sent; nor can a response before the handshake (the 503
+             * of --limit-concurrency): drop it. */
             cd_conn_outq_clear(c);
         }
         /* Else it waits for the handshake. */

@@ -389,3 +389,33 @@ def test_ssl_endpoint_rejects_sslmethod_and_unknown_keys(pki):
         rc = proc.wait(20)
         assert rc == 1
         assert word in proc.log
+
+
+def test_finished_request_and_close_notify_in_one_write(tls_server, pki):
+    # Regression (found by the tls fuzz target): the client's Finished, a
+    # request and its close_notify in one segment. The handshake completes
+    # and the peer closes in the same read; the request's bytes used to be
+    # parsed by an HTTP/1 parser that was never set up (llhttp abort()).
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = client_ctx(pki).wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", tls_server.port), timeout=10) as sock:
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                data = sock.recv(65536)
+                assert data, "closed during the handshake"
+                incoming.write(data)
+        obj.write(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        with pytest.raises(ssl.SSLWantReadError):
+            obj.unwrap()
+        sock.sendall(outgoing.read())
+        sock.settimeout(10)
+        try:
+            while sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+    assert get(tls_server, pki, "/hello").status_code == 200
