@@ -3,14 +3,14 @@
 # cdaphne's C sources (and llhttp's) instrumented with
 # -fsanitize=fuzzer-no-link,address,undefined, linked with fuzz/driver.c
 # against the libpython of $PY (the venv's interpreter by default).
-#   fuzz/build.sh [target...]   (default: http websocket head)
+#   fuzz/build.sh [target...]   (default: http websocket head tls)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PY:-.venv/bin/python}
 CC=${FUZZ_CC:-clang-14}
 OUT=${FUZZ_OUT:-build/fuzz}
-TARGETS=${*:-http websocket head}
+TARGETS=${*:-http websocket head tls}
 
 pyvar() { "$PY" -c "import sysconfig; print(sysconfig.get_config_var('$1') or '')"; }
 PY_INC=$(pyvar INCLUDEPY)
@@ -24,9 +24,9 @@ fi
 
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 CFLAGS="-std=c11 -g -O1 $SAN -Icsrc -I/usr/share/include/llhttp -I/usr/share \
--I$PY_INC $(pkg-config --cflags libuv libcrypto) -Wall -Wno-unused-parameter"
+-I$PY_INC $(pkg-config --cflags libuv openssl) -Wall -Wno-unused-parameter"
 LIBS="-L$PY_LIBDIR -Wl,-rpath,$PY_LIBDIR -lpython$PY_LDVERSION \
-$(pkg-config --libs libuv libcrypto) -lwslay -lm -ldl -lpthread"
+$(pkg-config --libs libuv openssl) -lwslay -lm -ldl -lpthread"
 
 # The extension's objects, once for every target (rebuilt when a source or
 # header is newer).

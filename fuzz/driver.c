@@ -3,7 +3,7 @@
  * to fuzz/harness.py, which drives a real cdaphne server with it.
  *
  * Build: `make fuzz-build` (see the Makefile); one binary per target,
- * chosen at compile time with -DCD_FUZZ_TARGET="http" (or "websocket",
+ * chosen at compile time with -DCD_FUZZ_TARGET="http" (or "websocket", "tls",
  * "head").  An exception escaping the harness is a finding: it is printed
  * and the process aborts, so libFuzzer saves the input. */
 #define PY_SSIZE_T_CLEAN

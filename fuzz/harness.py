@@ -16,6 +16,10 @@ Targets:
 - one_input_head: response heads and 101 handshakes through the real
   server over status, headers, server name, version, keep-alive, HEAD,
   streamed or one-shot body; the response is parsed and checked.
+- one_input_tls: a TLS listener fed garbage, cut and forged records, real
+  ClientHellos (whole or in part) and a real TLS client (Python's ssl over
+  memory BIOs) that completes handshakes, sends requests, close_notify and
+  garbage after the handshake; every connection must still end.
 
 A broken invariant raises FuzzFailure; the driver then aborts and libFuzzer
 keeps the input. Reproduce one with `build/fuzz/<target> <file>`; set
@@ -138,7 +142,7 @@ class AppRaised(Exception):
 class Server:
     """One C server listening on a unix socket or 127.0.0.1:0."""
 
-    def __init__(self, tcp: bool = False, **cfg: Any) -> None:
+    def __init__(self, tcp: bool = False, tls: Any = None, **cfg: Any) -> None:
         global _serial
         defaults = dict(
             root_path="", server_name="cdaphne", header_timeout=0.03, timeout_keep_alive=0.03,
@@ -156,7 +160,7 @@ class Server:
         else:
             _serial += 1
             self.addr = os.path.join(TMPDIR, f"s{_serial}")
-            self.core.listen_unix(self.addr, 128)
+            self.core.listen_unix(self.addr, 128, tls)
         self.open = True
 
     def connect(self) -> socket.socket:
@@ -1267,3 +1271,116 @@ def one_input_head(data: bytes) -> None:
     n = d.pick(SERVER_NAMES)
     srv = get_server(("head", n), server_name="n" * n, **HEAD_TIMEOUTS)
     run_script(srv, head_script, d).finish()
+
+
+# ---- TLS -------------------------------------------------------------------
+
+_TLS: dict[str, Any] = {}
+
+
+def tls_material() -> dict[str, Any]:
+    """A self-signed P-256 certificate (made once per process with the openssl
+    command), the server's TLSContext and a client context that trusts it."""
+    if not _TLS:
+        import ssl
+        import subprocess
+
+        from cdaphne._cdaphne import TLSContext
+
+        cert, key = os.path.join(TMPDIR, "cert.pem"), os.path.join(TMPDIR, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", "2", "-subj", "/CN=localhost"],
+                       check=True, capture_output=True, timeout=60)
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.check_hostname = False
+        client.verify_mode = ssl.CERT_NONE
+        hello_in, hello_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = client.wrap_bio(hello_in, hello_out, server_hostname="localhost")
+        try:
+            obj.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        _TLS.update(server=TLSContext(cert, key), client=client, hello=hello_out.read())
+    return _TLS
+
+
+class TLSClient:
+    """A real TLS client over memory BIOs on one Conn."""
+
+    def __init__(self, c: Conn) -> None:
+        import ssl
+
+        self.ssl = ssl
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = tls_material()["client"].wrap_bio(self.incoming, self.outgoing,
+                                                      server_hostname="localhost")
+        self.conn = c
+        self.dead = False
+        self.open = False
+
+    def step(self, d: Data) -> None:
+        c = self.conn
+        c.pump()
+        self.incoming.write(bytes(c.out))
+        c.out.clear()
+        if self.dead:
+            return
+        try:
+            if not self.open:
+                self.obj.do_handshake()
+                self.open = True
+            what = d.u8() % 4
+            if what == 0:
+                self.obj.write(b"GET /t HTTP/1.1\r\nHost: x\r\n\r\n")
+            elif what == 1:
+                self.obj.write(d.blob(300) or b"x")
+            elif what == 2:
+                self.obj.read(65536)
+            else:
+                self.obj.unwrap()  # close_notify
+                self.dead = True
+        except (self.ssl.SSLWantReadError, self.ssl.SSLWantWriteError):
+            pass
+        except (self.ssl.SSLError, OSError, ValueError):
+            self.dead = True
+        c.pending += self.outgoing.read()
+
+
+async def tls_script(sess: Session, d: Data) -> None:
+    srv = sess.srv
+    hello = tls_material()["hello"]
+    sess.conns.append(Conn(srv))
+    clients: dict[int, TLSClient] = {}
+    while d.more():
+        op = d.u8() % 14
+        log("tls op", op, "at", d.i)
+        if await client_op(sess, d, op):
+            continue
+        ci = d.u8() % len(sess.conns)
+        c = sess.conns[ci]
+        if op == 8:
+            c.pending += hello
+        elif op == 9:
+            c.pending += hello[: d.u16() % len(hello)]
+        elif op == 10:
+            c.pending += d.blob(400)
+        elif op == 11:
+            # One record of a fuzzer-chosen type, version and body.
+            body = d.blob(300)
+            rtype = d.pick((20, 21, 22, 23, 24, d.u8()))
+            c.pending += bytes([rtype, 3, d.u8() % 5]) + struct.pack("!H", len(body)) + body
+        elif op == 12:
+            if c.sock is not None and (ci not in clients or not clients[ci].dead):
+                clients.setdefault(ci, TLSClient(c)).step(d)
+                c.write(0)
+        else:
+            if len(sess.conns) < 3 and srv.open:
+                sess.conns.append(Conn(srv))
+
+
+def one_input_tls(data: bytes) -> None:
+    d = Data(data)
+    srv = get_server("tls", tls=tls_material()["server"], header_timeout=0.5,
+                     timeout_keep_alive=0.5)
+    run_script(srv, tls_script, d).finish()

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:?usage: fuzz/run.sh fuzz|smoke [target...]}
 shift
-TARGETS=${*:-http websocket head}
+TARGETS=${*:-http websocket head tls}
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 FUZZ_SMOKE_SECONDS=${FUZZ_SMOKE_SECONDS:-20}
 # CPython keeps memory until exit: leak checks only report noise here.
