@@ -9,6 +9,7 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import httpx
 import pytest
 import websocket
 
-from .conftest import Reader, ServerProcess, wait_until
+from .conftest import ROOT, Reader, ServerProcess, wait_until
 
 APP = "tests.apps.tls:app"
 
@@ -419,3 +420,15 @@ def test_finished_request_and_close_notify_in_one_write(tls_server, pki):
         except ConnectionResetError:
             pass
     assert get(tls_server, pki, "/hello").status_code == 200
+
+
+def test_fuzz_tls_corpus_runs_clean():
+    # The tls fuzz target's seeds and regressions through the harness on
+    # the normal build (fuzz/harness.py one_input_tls: every connection
+    # must end once the clients close).
+    prog = ("import glob, sys\nsys.path.insert(0, 'fuzz')\nimport harness\n"
+            "for f in sorted(glob.glob('fuzz/corpus/tls/*')):\n"
+            "    harness.one_input_tls(open(f, 'rb').read())\n")
+    r = subprocess.run([sys.executable, "-c", prog], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
