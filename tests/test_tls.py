@@ -432,3 +432,47 @@ def test_fuzz_tls_corpus_runs_clean():
     r = subprocess.run([sys.executable, "-c", prog], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _s_client_session(proc: ServerProcess, pki: Path, *args: str,
+                      steps: list[bytes]) -> str:
+    """s_client with each step written on its own (its R and K commands
+    must arrive as a line of their own), a moment apart."""
+    p = subprocess.Popen(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{proc.port}", "-servername", "localhost",
+         "-CAfile", str(pki / "ca.pem"), *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert p.stdin is not None
+    for step in steps:
+        time.sleep(0.5)
+        if p.poll() is not None:
+            break
+        p.stdin.write(step)
+        p.stdin.flush()
+    # The last step asks the server to close; stdin stays open till then
+    # (s_client quits at its end of input).
+    try:
+        p.wait(timeout=20)
+    finally:
+        p.kill()
+        p.stdin.close()
+    assert p.stdout is not None
+    return p.stdout.read().decode("latin-1")
+
+
+GET = b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n"
+GET_CLOSE = b"GET /hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+
+
+def test_tls13_key_update_keeps_the_connection(tls_server, pki):
+    out = _s_client_session(tls_server, pki, steps=[GET, b"K\n", GET_CLOSE])
+    assert "KEYUPDATE" in out, out
+    assert out.count("HTTP/1.1 200 OK") == 2, out
+
+
+def test_tls12_renegotiation_is_refused(tls_server, pki):
+    out = _s_client_session(tls_server, pki, "-tls1_2", steps=[GET, b"R\n", GET_CLOSE])
+    assert "RENEGOTIATING" in out, out
+    assert "no renegotiation" in out, out
+    assert out.count("HTTP/1.1 200 OK") == 1, out
+    assert get(tls_server, pki, "/hello").status_code == 200
