@@ -476,3 +476,29 @@ def test_tls12_renegotiation_is_refused(tls_server, pki):
     assert "no renegotiation" in out, out
     assert out.count("HTTP/1.1 200 OK") == 1, out
     assert get(tls_server, pki, "/hello").status_code == 200
+
+
+def test_ssl_endpoint_extra_cert_chain_and_dh_parameters(serve, pki, tmp_path):
+    dh = tmp_path / "dh.pem"
+    subprocess.run(["openssl", "genpkey", "-genparam", "-algorithm", "DH", "-pkeyopt",
+                    "group:ffdhe2048", "-out", str(dh)], check=True, capture_output=True,
+                   timeout=60)
+    ep = (f"ssl:0:privateKey={pki / 'server.key'}:certKey={pki / 'server.pem'}"
+          f":extraCertChain={pki / 'ca.pem'}:dhParameters={dh}:interface=127.0.0.1")
+    proc = serve(APP, "-e", ep, port=False)
+    out = s_client(proc, pki, "-showcerts", data=GET_CLOSE)
+    # The chain the server sends: its certificate, then the extra one.
+    assert " 0 s:CN = localhost" in out, out
+    assert " 1 s:CN = cdaphne test CA" in out, out
+    assert "HTTP/1.1 200 OK" in out, out
+
+
+def test_client_cert_optional_serves_clients_with_and_without_one(serve, pki):
+    proc = serve(APP, *tls_flags(pki, "--ssl-ca-certs", str(pki / "ca.pem"),
+                                 "--ssl-cert-reqs", "1"))
+    for cert, name in ((False, None), (True, "CN=test-client")):
+        with tls_connect(proc, pki, cert=cert) as sock:
+            sock.sendall(b"GET /scope/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            r = Reader(sock).response()
+        assert r.status == 200
+        assert json.loads(r.body)["extensions"]["tls"]["client_cert_name"] == name
