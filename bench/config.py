@@ -4,7 +4,7 @@ from dataclasses import dataclass, replace
 
 SCENARIOS = (
     "hello", "pipeline", "django", "ws", "fanout", "ws-idle", "latency", "layer",
-    "hello-w2", "chat-w2", "hello-tls",
+    "hello-w2", "chat-w2", "hello-tls", "aio-micro",
 )  # fmt: skip
 SCENARIO_TITLES = {
     "hello": "HTTP hello world, keep-alive",
@@ -18,6 +18,7 @@ SCENARIO_TITLES = {
     "hello-w2": "HTTP hello world, --workers 2 (unpinned, shares the cores with wrk)",
     "chat-w2": "Channels chat room, --workers 2, members on both workers (unpinned)",
     "hello-tls": "HTTPS hello world (TLS 1.3), keep-alive",
+    "aio-micro": "asyncio micro-benchmark: the event loop's own costs",
 }
 ALL_SERVERS = (
     "cdaphne", "cdaphne-layer", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling",

@@ -77,6 +77,38 @@ def _layer_table(median: dict[str, Any]) -> list[str]:
     return lines + ["", "Median of the runs; every run and the parameters are in the JSON.", ""]
 
 
+def _aio_micro_table(raw: dict[str, Any]) -> list[str]:
+    """aio-micro: ops/s per benchmark and loop, with ratios to uvloop and asyncio."""
+    loops = ["asyncio", "uvloop", "cdaphne"]
+    lines = [
+        "| benchmark | " + " | ".join(f"{n} ops/s" for n in loops)
+        + " | cdaphne ÷ uvloop | cdaphne ÷ asyncio | asyncio ÷ uvloop |",
+        "|---|" + "---:|" * (len(loops) + 3),
+    ]  # fmt: skip
+    for bench in raw["benches"].values():
+        rows = bench["loops"]
+
+        def med(name: str, rows: dict[str, Any] = rows) -> float | None:
+            row = rows.get(name)
+            return row.get("median") if row and row["status"] == OK else None
+
+        cells = []
+        for n in loops:
+            row = rows.get(n)
+            cells.append(_fmt(med(n), "/s") if row is None or row["status"] == OK
+                         else f"**{row['status']}**")  # fmt: skip
+        ratios = [_ratio(med("cdaphne"), med("uvloop")), _ratio(med("cdaphne"), med("asyncio")),
+                  _ratio(med("asyncio"), med("uvloop"))]  # fmt: skip
+        lines.append(f"| {bench['title']} | " + " | ".join(cells) + " | "
+                     + " | ".join(_cell(r) for r in ratios) + " |")  # fmt: skip
+    problems = [f"{b}/{n}: {row['reason'][:200]}" for b, bench in raw["benches"].items()
+                for n, row in bench["loops"].items() if row["status"] != OK]  # fmt: skip
+    lines.append("")
+    if problems:
+        lines += ["Failed: " + "; ".join(problems).replace("|", "\\|").replace("\n", " "), ""]
+    return lines + ["Median of the runs; every run and its CPU seconds are in the JSON.", ""]
+
+
 def scenario_table(key: str, sc: dict[str, Any]) -> list[str]:
     unit, higher = sc["unit"], sc["higher_is_better"]
     servers: dict[str, Any] = sc["servers"]
@@ -89,7 +121,9 @@ def scenario_table(key: str, sc: dict[str, Any]) -> list[str]:
     if sc["status"] != OK:
         lines += [f"**{sc['status']}**: {sc['reason']}", ""]
     raw_median = sc["raw"].get("median") if isinstance(sc.get("raw"), dict) else None
-    if isinstance(raw_median, dict) and raw_median:
+    if key == "aio-micro" and isinstance(sc.get("raw"), dict):
+        lines += _aio_micro_table(sc["raw"])
+    elif isinstance(raw_median, dict) and raw_median:
         lines += _layer_table(raw_median)
     elif sc.get("raw") is not None:
         raw = json.dumps(sc["raw"], indent=2)

@@ -18,10 +18,12 @@ from .servers import SPECS
 DEFAULT_SCENARIOS = ("hello", "pipeline", "django", "ws", "ws-idle", "layer")
 WRK_SCENARIOS = ("hello", "pipeline", "django", "hello-w2", "hello-tls")
 WORKER_SCENARIOS = ("hello-w2", "chat-w2")  # only with --only: unpinned, several minutes
+ONLY_SCENARIOS = (*WORKER_SCENARIOS, "aio-micro")  # not in --full: run them with --only
 UNITS = {"hello": "req/s", "pipeline": "req/s", "django": "req/s", "ws": "msg/s",
          "fanout": "deliveries/s", "hello-w2": "req/s", "chat-w2": "deliveries/s",
          "hello-tls": "req/s",
-         "ws-idle": "KiB/connection", "latency": "ms", "layer": ""}  # fmt: skip
+         "ws-idle": "KiB/connection", "latency": "ms", "layer": "",
+         "aio-micro": "ops/s"}  # fmt: skip
 
 
 def log(message: str) -> None:
@@ -60,8 +62,8 @@ def _stamp_load(group: list[ScenarioResult]) -> None:
 
 
 def _needs_peers(chosen: list[str], selected: list[str]) -> bool:
-    if any(s in chosen for s in ("ws", "fanout", "ws-idle", "latency", "chat-w2")):
-        return True  # the picows client lives in the peer venv
+    if any(s in chosen for s in ("ws", "fanout", "ws-idle", "latency", "chat-w2", "aio-micro")):
+        return True  # the picows client and uvloop live in the peer venv
     return any(
         SPECS[name].venv == "peer"
         for sc in chosen
@@ -80,7 +82,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         mode = replace(mode, ws_client_procs=args.ws_procs)
     chosen = _csv(args.only, SCENARIOS, "scenario") if args.only else list(DEFAULT_SCENARIOS)
     if args.full and not args.only:
-        chosen = [s for s in SCENARIOS if s not in WORKER_SCENARIOS]
+        chosen = [s for s in SCENARIOS if s not in ONLY_SCENARIOS]
     selected = _csv(args.servers, ALL_SERVERS, "server") if args.servers else list(ALL_SERVERS)
     started = dt.datetime.now(dt.UTC)
     name = args.name or f"{mode.name}-{started:%Y%m%d-%H%M%S}"
@@ -197,6 +199,15 @@ def run(argv: list[str]) -> dict[str, Any]:
         _stamp_load([sc])
         log("scenario: chat-w2")
         workers.chat_w2(ctx, sc, ctx.servers_for("chat-w2"))
+    if "aio-micro" in results:
+        sc = results["aio-micro"]
+        sc.params = {"loops": "stock asyncio (SelectorEventLoop), uvloop, cdaphne.loop",
+                     "seconds": mode.duration, "runs": mode.reps,
+                     "pinning": "one process per measurement on core 0",
+                     "value": "ops/s (median of runs)"}  # fmt: skip
+        _stamp_load([sc])
+        log("scenario: aio-micro")
+        scenarios.aio_micro(ctx, sc)
     if "layer" in results:
         _stamp_load([results["layer"]])
         log("scenario: layer")

@@ -1,12 +1,14 @@
 """The scenarios: start the servers, check a real response, then measure, round-robin."""
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import env, latency, probes, servers, wrk, ws
 from .config import Mode
@@ -354,3 +356,51 @@ def layer(ctx: Context, sc: ScenarioResult) -> None:
         sc.raw = json.loads(out.read_text())
     except json.JSONDecodeError as exc:
         sc.status, sc.reason = ERROR, f"layer_bench.py wrote invalid JSON: {exc}"
+
+
+def aio_micro(ctx: Context, sc: ScenarioResult) -> None:
+    """bench/aio_micro.py: each benchmark on each loop, one process per measurement,
+    the loops alternating (the first one rotates every repetition), pinned to the
+    server core. The table lives in sc.raw; ratios are to uvloop."""
+    from . import aio_micro as micro
+
+    pythons = {"asyncio": env.project_python(), "cdaphne": env.project_python(),
+               "uvloop": env.peer_python()}  # fmt: skip
+    loops = [n for n in micro.LOOPS if not (n == "uvloop" and ctx.peer_error)]
+    script = env.BENCH / "aio_micro.py"
+    child_env = dict(os.environ, PYTHONPATH=str(env.ROOT / "python"))
+    child_env.pop("PYTHONASYNCIODEBUG", None)
+    benches: dict[str, Any] = {}
+    for bench, (title, op) in micro.BENCHES.items():
+        rows = {n: {"values": [], "cpu_s": [], "status": "ok", "reason": ""} for n in loops}
+        if ctx.peer_error:
+            rows["uvloop"] = {"values": [], "status": UNAVAILABLE, "reason": ctx.peer_error}
+        for rep in range(ctx.mode.reps):
+            for name in _rotated(loops, rep):
+                row = rows[name]
+                if row["status"] != "ok":
+                    continue
+                cmd = [*servers.pin(servers.SERVER_CORE), str(pythons[name]), str(script),
+                       "--loop", name, "--bench", bench,
+                       "--duration", str(ctx.mode.duration)]  # fmt: skip
+                timeout = 60 + 5 * ctx.mode.duration
+                try:
+                    proc = subprocess.run(cmd, cwd=env.ROOT, env=child_env, capture_output=True,
+                                          text=True, timeout=timeout)  # fmt: skip
+                except subprocess.TimeoutExpired:
+                    row["status"], row["reason"] = ERROR, "timed out"
+                    continue
+                if proc.returncode != 0 or not proc.stdout.strip():
+                    row["status"] = ERROR
+                    row["reason"] = f"exit {proc.returncode}: {proc.stderr[-400:]}"
+                    continue
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                row["values"].append(round(r["ops_per_s"], 1))
+                row["cpu_s"].append(r["cpu_s"])
+        for name, row in rows.items():
+            vals = sorted(row["values"])
+            row["median"] = vals[len(vals) // 2] if vals and row["status"] == "ok" else None
+            if row["median"] is not None:
+                ctx.log(f"    {bench:18s} {name:8s} {row['median']:12,.0f} ops/s")
+        benches[bench] = {"title": title, "op": op, "loops": rows}
+    sc.raw = {"reference": "uvloop", "benches": benches}

@@ -48,3 +48,17 @@ def test_unknown_scenario_is_refused() -> None:
     )
     assert proc.returncode != 0
     assert "unknown scenario" in proc.stderr
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "cdaphne"])
+def test_aio_micro_benchmarks_run_and_check_themselves_on_each_loop(loop: str) -> None:
+    from bench.aio_micro import BENCHES
+
+    for bench in BENCHES:
+        cmd = [sys.executable, "bench/aio_micro.py", "--loop", loop, "--bench", bench,
+               "--duration", "0.1"]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, (bench, proc.stderr[-2000:])
+        r = json.loads(proc.stdout)
+        assert r["bench"] == bench and r["loop"] == loop
+        assert r["ops"] > 0 and r["ops_per_s"] > 0, r
