@@ -78,35 +78,48 @@ def _layer_table(median: dict[str, Any]) -> list[str]:
 
 
 def _aio_micro_table(raw: dict[str, Any]) -> list[str]:
-    """aio-micro: ops/s per benchmark and loop, with ratios to uvloop and asyncio."""
+    """aio-micro: ops/s and ops per CPU-second per benchmark and loop, ratios to uvloop."""
     loops = ["asyncio", "uvloop", "cdaphne"]
     lines = [
-        "| benchmark | " + " | ".join(f"{n} ops/s" for n in loops)
-        + " | cdaphne ÷ uvloop | cdaphne ÷ asyncio | asyncio ÷ uvloop |",
-        "|---|" + "---:|" * (len(loops) + 3),
+        "| benchmark | " + " | ".join(f"{n} ops/s" for n in loops) + " | cdaphne ÷ uvloop | "
+        + " | ".join(f"{n} ops/CPU-s" for n in loops)
+        + " | cdaphne ÷ uvloop per CPU-s | cdaphne ÷ asyncio per CPU-s |",
+        "|---|" + "---:|" * (2 * len(loops) + 3),
     ]  # fmt: skip
     for bench in raw["benches"].values():
         rows = bench["loops"]
 
-        def med(name: str, rows: dict[str, Any] = rows) -> float | None:
+        def med(name: str, key: str = "median", rows: dict[str, Any] = rows) -> float | None:
             row = rows.get(name)
-            return row.get("median") if row and row["status"] == OK else None
+            return row.get(key) if row and row["status"] == OK else None
 
-        cells = []
-        for n in loops:
-            row = rows.get(n)
-            cells.append(_fmt(med(n), "/s") if row is None or row["status"] == OK
-                         else f"**{row['status']}**")  # fmt: skip
-        ratios = [_ratio(med("cdaphne"), med("uvloop")), _ratio(med("cdaphne"), med("asyncio")),
-                  _ratio(med("asyncio"), med("uvloop"))]  # fmt: skip
-        lines.append(f"| {bench['title']} | " + " | ".join(cells) + " | "
-                     + " | ".join(_cell(r) for r in ratios) + " |")  # fmt: skip
+        def cells(key: str, rows: dict[str, Any] = rows) -> list[str]:
+            out = []
+            for n in loops:
+                row = rows.get(n)
+                out.append(_fmt(med(n, key), "/s") if row is None or row["status"] == OK
+                           else f"**{row['status']}**")  # fmt: skip
+            return out
+
+        c = "per_cpu_s_median"
+        lines.append(
+            f"| {bench['title']} | " + " | ".join(cells("median"))
+            + f" | {_cell(_ratio(med('cdaphne'), med('uvloop')))} | "
+            + " | ".join(cells(c))
+            + f" | {_cell(_ratio(med('cdaphne', c), med('uvloop', c)))}"
+            + f" | {_cell(_ratio(med('cdaphne', c), med('asyncio', c)))} |"
+        )  # fmt: skip
     problems = [f"{b}/{n}: {row['reason'][:200]}" for b, bench in raw["benches"].items()
                 for n, row in bench["loops"].items() if row["status"] != OK]  # fmt: skip
     lines.append("")
     if problems:
         lines += ["Failed: " + "; ".join(problems).replace("|", "\\|").replace("\n", " "), ""]
-    return lines + ["Median of the runs; every run and its CPU seconds are in the JSON.", ""]
+    return lines + [
+        "Median of the runs. ops/CPU-s: ops per CPU-second of the benchmark's process (all its"
+        " threads), the steadier number when the shared machine gives the process only part"
+        " of its core. Every run is in the JSON.",
+        "",
+    ]
 
 
 def scenario_table(key: str, sc: dict[str, Any]) -> list[str]:
