@@ -1,0 +1,169 @@
+"""Profile one server under one bench scenario with py-spy; write a text summary.
+
+    .venv/bin/python -m bench.profile --scenario fanout --out bench/results/profile-x.txt
+
+Runs `python -m bench --only SCENARIO --servers SERVER --reps 1` with a long
+run, attaches `py-spy record` (all threads, Python frames, --nonblocking) to
+the server process once it is serving, and writes: where the samples fell by
+thread, a few named buckets (inclusive %), and the top functions by self and
+by inclusive samples.  The raw collapsed stacks are kept next to it
+(`.collapsed`, the input of any flamegraph tool).  py-spy must be installed
+(`.venv/bin/pip install py-spy`; it is not a test dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import env
+from .servers import TARGETS
+
+APP_OF = {"fanout": "chat", "django": "django", "ws": "echo", "hello": "hello"}
+# name -> regex on a frame "function (file)": inclusive share of samples.
+BUCKETS = {
+    "asyncio BaseEventLoop._run_once (all callbacks run under it)": r"^_run_once \(.*base_events",
+    "  LibuvSelector.select (the libuv poll, C run_once)": r"^select \(.*cdaphne/loop",
+    "  asyncio Handle._run": r"^_run \(.*asyncio/events",
+    "  _read_from_self (self-pipe, loop side)": r"^_read_from_self ",
+    "call_soon_threadsafe (any thread)": r"^call_soon_threadsafe ",
+    "concurrent.futures (submit, Future, Condition, worker)": r"concurrent/futures/",
+    "asyncio futures _chain_future / wrap_future": r"^(_chain_future|wrap_future|_copy_future_state"
+    r"|_call_set_state|_set_state) ",
+    "asgiref sync_to_async (SyncToAsync.__call__, thread side)": r"^(__call__|thread_handler"
+    r"|main_wrap|run) \(.*asgiref/sync",
+    "asgiref async_to_sync / ThreadSensitiveContext": r"asgiref/(sync|current_thread_executor)",
+    "channels aclose_old_connections": r"^aclose_old_connections ",
+    "channels consumer dispatch": r"^dispatch \(.*channels/",
+    "channels layer (group_send / receive)": r"channels/layers",
+    "django (all)": r"/django/",
+    "cdaphne Python (python/cdaphne)": r"cdaphne/",
+}
+
+
+def find_server(runner_pid: int, target: str, timeout: float) -> int:
+    """The pid of the runner's child serving `target`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == runner_pid and target.encode() in cmd and b"cdaphne" in b" ".join(cmd):
+                return int(entry.name)
+        time.sleep(0.2)
+    raise SystemExit(f"no server for {target} appeared within {timeout}s")
+
+
+def frame_key(frame: str) -> str:
+    """'func (path/to/file.py:123)' -> 'func (to/file.py)'."""
+    m = re.match(r"^(.*) \((.*?)(?::\d+)?\)$", frame)
+    if not m:
+        return frame
+    func, path = m.groups()
+    return f"{func} ({'/'.join(path.split('/')[-2:])})"
+
+
+def summarise(collapsed: str, title: str) -> str:
+    samples: list[tuple[list[str], int]] = []
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples.append((stack.split(";"), int(count)))
+    total = sum(n for _, n in samples) or 1
+    by_thread: collections.Counter[str] = collections.Counter()
+    self_t: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    buckets: collections.Counter[str] = collections.Counter()
+    for frames, n in samples:
+        thread = frames[0] if frames and frames[0].startswith("thread") else "?"
+        py = [f for f in frames if not f.startswith(("thread", "process"))]
+        by_thread[re.sub(r"\(0x[0-9a-f]+\)", "", thread).strip()] += n
+        if py:
+            self_t[frame_key(py[-1])] += n
+        keys = {frame_key(f) for f in py}
+        for k in keys:
+            incl[k] += n
+        full = [frame_key(f) for f in py]
+        for name, rx in BUCKETS.items():
+            if any(re.search(rx, f) for f in full):
+                buckets[name] += n
+
+    def pct(n: int) -> str:
+        return f"{100.0 * n / total:5.1f}%"
+
+    out = [title, f"samples: {total} (py-spy, non-idle threads, Python frames)", ""]
+    out += ["## By thread (py-spy thread names)"]
+    out += [f"{pct(n)}  {t}" for t, n in by_thread.most_common(8)]
+    out += ["", "## Buckets (inclusive: samples with such a frame anywhere on the stack)"]
+    out += [f"{pct(buckets[name])}  {name}" for name in BUCKETS]
+    out += ["", "## Top 40 by self samples"]
+    out += [f"{pct(n)}  {k}" for k, n in self_t.most_common(40)]
+    out += ["", "## Top 50 by inclusive samples"]
+    out += [f"{pct(n)}  {k}" for k, n in incl.most_common(50)]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scenario", choices=sorted(APP_OF), required=True)
+    ap.add_argument("--server", default="cdaphne")
+    ap.add_argument("--seconds", type=int, default=12, help="py-spy recording time")
+    ap.add_argument("--rate", type=int, default=250, help="samples per second")
+    ap.add_argument("--out", type=Path, required=True, help="the text summary")
+    args = ap.parse_args(argv)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.path.exists(spy):
+        raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy")
+    target = TARGETS[APP_OF[args.scenario]]
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [str(env.project_python()), "-m", "bench", "--only", args.scenario,
+               "--servers", args.server, "--reps", "1", "--duration", str(args.seconds + 8),
+               "--out", tmp, "--name", "profile", "--no-plots"]  # fmt: skip
+        runner = subprocess.Popen(cmd, cwd=env.ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            pid = find_server(runner.pid, target, 120)
+            time.sleep(6)  # start-up, probe and warm-up
+            raw = Path(tmp) / "stacks.txt"
+            subprocess.run([spy, "record", "--pid", str(pid), "--duration", str(args.seconds),
+                            "--rate", str(args.rate), "--threads", "--nonblocking",
+                            "--format", "raw", "--output", str(raw)],
+                           check=True, capture_output=True, timeout=args.seconds + 60)  # fmt: skip
+            _, err = runner.communicate(timeout=600)
+        finally:
+            if runner.poll() is None:
+                runner.terminate()
+                runner.wait(30)
+        if runner.returncode != 0:
+            raise SystemExit(f"bench run failed: {err[-1500:]}")
+        collapsed = raw.read_text()
+        rate = [ln for ln in err.splitlines() if args.server in ln and "/s" in ln]
+        command = " ".join(argv or sys.argv[1:])
+        measured = " | ".join(r.split("] ")[-1].strip() for r in rate)
+        title = (f"# py-spy profile: {args.server}, scenario {args.scenario}, {args.seconds} s at"
+                 f" {args.rate} Hz\n# command: python -m bench.profile {command}"
+                 f"\n# the bench run's own lines: {measured}")  # fmt: skip
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(summarise(collapsed, title))
+        args.out.with_suffix(".collapsed").write_text(collapsed)
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
