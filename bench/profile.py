@@ -3,11 +3,12 @@
     .venv/bin/python -m bench.profile --scenario fanout --out bench/results/profile-x.txt
 
 Runs `python -m bench --only SCENARIO --servers SERVER --reps 1` with a long
-run, attaches `py-spy record` (all threads, Python frames, --nonblocking) to
+run, attaches `py-spy record` (non-idle threads or, with --gil, the thread
+holding the GIL; Python frames; --nonblocking) to
 the server process once it is serving, and writes: where the samples fell by
 thread, a few named buckets (inclusive %), and the top functions by self and
 by inclusive samples.  The raw collapsed stacks are kept next to it
-(`.collapsed`, the input of any flamegraph tool).  py-spy must be installed
+(`.collapsed.gz`, the input of any flamegraph tool).  py-spy must be installed
 (`.venv/bin/pip install py-spy`; it is not a test dependency).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gzip
 import os
 import re
 import shutil
@@ -28,25 +30,35 @@ from . import env
 from .servers import TARGETS
 
 APP_OF = {"fanout": "chat", "django": "django", "ws": "echo", "hello": "hello"}
-# name -> regex on a frame "function (file)": inclusive share of samples.
+# name -> regex on a frame "function (package/file.py)" (py-spy names files from
+# their sys.path entry): inclusive share of samples.
 BUCKETS = {
-    "asyncio BaseEventLoop._run_once (all callbacks run under it)": r"^_run_once \(.*base_events",
-    "  LibuvSelector.select (the libuv poll, C run_once)": r"^select \(.*cdaphne/loop",
-    "  asyncio Handle._run": r"^_run \(.*asyncio/events",
-    "  _read_from_self (self-pipe, loop side)": r"^_read_from_self ",
-    "call_soon_threadsafe (any thread)": r"^call_soon_threadsafe ",
-    "concurrent.futures (submit, Future, Condition, worker)": r"concurrent/futures/",
-    "asyncio futures _chain_future / wrap_future": r"^(_chain_future|wrap_future|_copy_future_state"
-    r"|_call_set_state|_set_state) ",
-    "asgiref sync_to_async (SyncToAsync.__call__, thread side)": r"^(__call__|thread_handler"
-    r"|main_wrap|run) \(.*asgiref/sync",
-    "asgiref async_to_sync / ThreadSensitiveContext": r"asgiref/(sync|current_thread_executor)",
-    "channels aclose_old_connections": r"^aclose_old_connections ",
-    "channels consumer dispatch": r"^dispatch \(.*channels/",
-    "channels layer (group_send / receive)": r"channels/layers",
-    "django (all)": r"/django/",
-    "cdaphne Python (python/cdaphne)": r"cdaphne/",
+    "asyncio BaseEventLoop._run_once (every callback runs under it)": r"\._run_once \(asyncio/",
+    "  LibuvSelector.select (the libuv poll: C run_once, GIL released while waiting)": (
+        r"LibuvSelector\.select "
+    ),
+    "  asyncio Handle._run (a callback)": r"^Handle\._run \(asyncio/",
+    "  _read_from_self (self-pipe, loop side)": r"\._read_from_self ",
+    "_write_to_self (self-pipe, thread side)": r"\._write_to_self ",
+    "call_soon_threadsafe (any thread)": r"\.call_soon_threadsafe ",
+    "concurrent.futures (submit, Future, Condition, the worker thread)": r"\(concurrent/futures/",
+    "asyncio _chain_future / wrap_future / _copy_future_state": (
+        r"(_chain_future|wrap_future|_copy_future_state|_call_set_state|_set_state) \(asyncio/"
+    ),
+    "asgiref SyncToAsync (sync_to_async)": r"SyncToAsync\.",
+    "asgiref AsyncToSync / ThreadSensitiveContext / CurrentThreadExecutor": (
+        r"AsyncToSync\.|ThreadSensitiveContext|CurrentThreadExecutor"
+    ),
+    "channels aclose_old_connections (a sync_to_async per message)": r"aclose_old_connections ",
+    "channels consumer dispatch": r"\.dispatch \(channels/",
+    "channels layer (group_send / receive)": r"\(channels/layers\.py",
+    "Django ASGIHandler (the request, in and out of its threads)": r"ASGIHandler\.",
+    "threads started/joined (Thread.start / join, executor shutdown)": (
+        r"^Thread\.(start|join) |ThreadPoolExecutor\.shutdown "
+    ),
+    "cdaphne's Python code (self samples only)": None,
 }
+SELF_BUCKETS = {"cdaphne's Python code (self samples only)": r"\(cdaphne/"}
 
 
 def find_server(runner_pid: int, target: str, timeout: float) -> int:
@@ -85,6 +97,8 @@ def summarise(collapsed: str, title: str) -> str:
             continue
         samples.append((stack.split(";"), int(count)))
     total = sum(n for _, n in samples) or 1
+    empty = sum(n for frames, n in samples
+                if not [f for f in frames if not f.startswith(("thread", "process"))])  # fmt: skip
     by_thread: collections.Counter[str] = collections.Counter()
     self_t: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
@@ -92,22 +106,29 @@ def summarise(collapsed: str, title: str) -> str:
     for frames, n in samples:
         thread = frames[0] if frames and frames[0].startswith("thread") else "?"
         py = [f for f in frames if not f.startswith(("thread", "process"))]
-        by_thread[re.sub(r"\(0x[0-9a-f]+\)", "", thread).strip()] += n
+        name = thread.split(": ", 1)[1] if ": " in thread else "(no name: short-lived threads)"
+        by_thread[re.sub(r"-\d+_\d+$", "-*", name)] += n
         if py:
             self_t[frame_key(py[-1])] += n
         keys = {frame_key(f) for f in py}
         for k in keys:
             incl[k] += n
-        full = [frame_key(f) for f in py]
+        full = [re.sub(r":\d+\)$", ")", f) for f in py]
         for name, rx in BUCKETS.items():
-            if any(re.search(rx, f) for f in full):
+            if rx is not None and any(re.search(rx, f) for f in full):
+                buckets[name] += n
+        for name, rx in SELF_BUCKETS.items():
+            if full and re.search(rx, full[-1]):
                 buckets[name] += n
 
     def pct(n: int) -> str:
         return f"{100.0 * n / total:5.1f}%"
 
-    out = [title, f"samples: {total} (py-spy, non-idle threads, Python frames)", ""]
-    out += ["## By thread (py-spy thread names)"]
+    out = [title, f"samples: {total} (py-spy, Python frames)"]
+    out.append(f"samples with no Python frame at all: {pct(empty)} (py-spy could not see the"
+               " thread's frames: C code outside any Python call, or a racy read)")  # fmt: skip
+    out.append("")
+    out += ["## By thread"]
     out += [f"{pct(n)}  {t}" for t, n in by_thread.most_common(8)]
     out += ["", "## Buckets (inclusive: samples with such a frame anywhere on the stack)"]
     out += [f"{pct(buckets[name])}  {name}" for name in BUCKETS]
@@ -125,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=int, default=12, help="py-spy recording time")
     ap.add_argument("--rate", type=int, default=250, help="samples per second")
     ap.add_argument("--out", type=Path, required=True, help="the text summary")
+    ap.add_argument("--gil", action="store_true", help="only the thread holding the GIL")
+    ap.add_argument("--native", action="store_true",
+                    help="C frames too (py-spy then pauses the process per sample)")  # fmt: skip
     args = ap.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not os.path.exists(spy):
@@ -140,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
             pid = find_server(runner.pid, target, 120)
             time.sleep(6)  # start-up, probe and warm-up
             raw = Path(tmp) / "stacks.txt"
+            mode = ["--native"] if args.native else ["--nonblocking"]
             subprocess.run([spy, "record", "--pid", str(pid), "--duration", str(args.seconds),
-                            "--rate", str(args.rate), "--threads", "--nonblocking",
-                            "--format", "raw", "--output", str(raw)],
+                            "--rate", str(args.rate), "--threads", *mode,
+                            "--format", "raw", "--output", str(raw),
+                            *(["--gil"] if args.gil else [])],
                            check=True, capture_output=True, timeout=args.seconds + 60)  # fmt: skip
             _, err = runner.communicate(timeout=600)
         finally:
@@ -160,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"\n# the bench run's own lines: {measured}")  # fmt: skip
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(summarise(collapsed, title))
-        args.out.with_suffix(".collapsed").write_text(collapsed)
+        with gzip.open(args.out.with_suffix(".collapsed.gz"), "wt") as f:
+            f.write(collapsed)
     print(args.out)
     return 0
 
