@@ -7,7 +7,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 20
 export VENV PYTHON FUZZ_SECONDS FUZZ_SMOKE_SECONDS
 
-.PHONY: install run test lint test-asan fuzz-build fuzz fuzz-smoke fuzz-seeds bench bench-quick clean
+.PHONY: install run test test-asyncio lint test-asan fuzz-build fuzz fuzz-smoke fuzz-seeds bench bench-quick clean
 
 install:
 	@scripts/bootstrap.sh
@@ -18,6 +18,11 @@ run: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# CPython's test.test_asyncio on cdaphne's loop, one summary (make test runs
+# it too, one pytest test per module): tests/asyncio_suite/run.py --help.
+test-asyncio: install
+	$(PY) tests/asyncio_suite/run.py
 
 lint: install
 	@scripts/devtools.sh lint
