@@ -3,6 +3,7 @@
     python tests/asyncio_suite/run.py                 # the default modules
     python tests/asyncio_suite/run.py -m test_tasks   # one module
     python tests/asyncio_suite/run.py --json out.json # results per test id
+    python tests/asyncio_suite/run.py --track-private  # tests poking loop._x
 
 Runs modules of the `test.test_asyncio` package of the running Python
 (it ships with pyenv's and python.org's builds; Debian splits it into
@@ -32,11 +33,16 @@ itself.  Each result records whether the test created a LibuvEventLoop
 or `skip` (not run: hangs, crashes or tests a stdlib selector).
 `@3.11` or `@3.12+` limits a line to those Python versions.  The run
 fails on any unexpected failure, unexpected pass or crashed module.
+
+--track-private records, per test, the private loop attributes (`_x`) the
+test's own code reads or sets (through mock.patch.object is not seen): the
+tests that may need an exclusion when a loop internal moves into C.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import fnmatch
 import importlib.util
 import json
@@ -90,13 +96,17 @@ PER_SELECTOR = (
 )
 PER_TEST_TIMEOUT = 120.0
 MAX_CRASHES_PER_MODULE = 10
+PRIVATE_ENV = "CDAPHNE_SUITE_TRACK_PRIVATE"
 
 
 # ---------------------------------------------------------------- child
 
 
-def install_libuv_loop():
-    """Make every loop asyncio creates a LibuvEventLoop; return a counter."""
+def install_libuv_loop(track_private=False):
+    """Make every loop asyncio creates a LibuvEventLoop.
+
+    Returns (a one-item list counting the loops made, the set of private
+    loop attributes test code touched since it was last cleared)."""
     import asyncio
     import asyncio.events
     import asyncio.unix_events
@@ -104,25 +114,52 @@ def install_libuv_loop():
     from cdaphne.loop import LibuvEventLoop
 
     created = [0]
+    touched: set[str] = set()
 
-    class SuiteLibuvEventLoop(LibuvEventLoop):
-        def __init__(self, selector=None):
+    def _note(name):
+        if name[:1] == "_" and name[:2] != "__":
+            if "test_asyncio/test_" in sys._getframe(2).f_code.co_filename:
+                touched.add(name)
+
+    try:
+
+        class SuiteLibuvEventLoop(LibuvEventLoop):
+            def __init__(self, selector=None):
+                if selector is not None:
+                    selector.close()
+                super().__init__()
+                created[0] += 1
+
+            if track_private:
+
+                def __getattribute__(self, name):
+                    _note(name)
+                    return super().__getattribute__(name)
+
+                def __setattr__(self, name, value):
+                    _note(name)
+                    super().__setattr__(name, value)
+
+        SuiteLibuvEventLoop.__name__ = "LibuvEventLoop"
+        factory = SuiteLibuvEventLoop
+    except TypeError:  # a loop type that cannot be subclassed
+
+        def factory(selector=None):
             if selector is not None:
                 selector.close()
-            super().__init__()
             created[0] += 1
+            return LibuvEventLoop()
 
     class LibuvEventLoopPolicy(asyncio.unix_events.DefaultEventLoopPolicy):
-        _loop_factory = SuiteLibuvEventLoop
+        _loop_factory = factory
 
-    SuiteLibuvEventLoop.__name__ = "LibuvEventLoop"
     for mod in (asyncio, asyncio.unix_events):
-        mod.SelectorEventLoop = SuiteLibuvEventLoop
+        mod.SelectorEventLoop = factory
         mod.DefaultEventLoopPolicy = LibuvEventLoopPolicy
         if hasattr(mod, "EventLoop"):
-            mod.EventLoop = SuiteLibuvEventLoop
+            mod.EventLoop = factory
     asyncio.set_event_loop_policy(LibuvEventLoopPolicy())
-    return created
+    return created, touched
 
 
 def retarget_per_selector(module):
@@ -159,7 +196,7 @@ def run_child(module_name, skip_patterns, done_path, out_path, per_test_timeout)
     import faulthandler
     import unittest
 
-    created = install_libuv_loop()
+    created, touched = install_libuv_loop(os.environ.get(PRIVATE_ENV) == "1")
     module = importlib.import_module("test.test_asyncio." + module_name)
     retarget_per_selector(module)
     done = set()
@@ -186,6 +223,7 @@ def run_child(module_name, skip_patterns, done_path, out_path, per_test_timeout)
         def startTest(self, test):
             self._created = created[0]
             self._t0 = time.monotonic()
+            touched.clear()
             print("START", short_id(test.id()), flush=True)
             faulthandler.dump_traceback_later(per_test_timeout, exit=True)
             super().startTest(test)
@@ -197,6 +235,8 @@ def run_child(module_name, skip_patterns, done_path, out_path, per_test_timeout)
             entry = results.pop(tid, {"outcome": "pass"})
             entry["on_libuv"] = created[0] > self._created
             entry["seconds"] = round(time.monotonic() - self._t0, 3)
+            if touched:
+                entry["private"] = sorted(touched)
             record(tid, entry)
 
         def _set(self, test, outcome, detail=None):
@@ -281,7 +321,9 @@ def load_exclusions(path):
     return out
 
 
-def run_module(module, exclusions, timeout, per_test_timeout, verbose, debug=False):
+def run_module(
+    module, exclusions, timeout, per_test_timeout, verbose, debug=False, track_private=False
+):
     """Run one module in child processes; a test that crashes or hangs its
     child is recorded as "crash" and the module resumes after it.
 
@@ -289,6 +331,7 @@ def run_module(module, exclusions, timeout, per_test_timeout, verbose, debug=Fal
     module could not run at all."""
     skips = [e.pattern for e in exclusions if e.kind == "skip"]
     env = dict(os.environ, PYTHONASYNCIODEBUG="1" if debug else "", PYTHONWARNINGS="")
+    env[PRIVATE_ENV] = "1" if track_private else ""
     results = {}
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
@@ -371,6 +414,11 @@ def main(argv=None):
     ap.add_argument("--per-test-timeout", type=float, default=PER_TEST_TIMEOUT)
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("--debug", action="store_true", help="with PYTHONASYNCIODEBUG=1")
+    ap.add_argument(
+        "--track-private",
+        action="store_true",
+        help="list the tests whose own code touches the loop's private attributes",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--skip", action="append", default=[], help=argparse.SUPPRESS)
     ap.add_argument("--done", help=argparse.SUPPRESS)
@@ -397,7 +445,13 @@ def main(argv=None):
             print(f"  {module:26} not in this Python")
             continue
         results, elapsed, crash = run_module(
-            module, exclusions, args.timeout, args.per_test_timeout, args.verbose, args.debug
+            module,
+            exclusions,
+            args.timeout,
+            args.per_test_timeout,
+            args.verbose,
+            args.debug,
+            args.track_private,
         )
         if results is None:
             problems.append(f"{module}: CRASHED before its first test: {crash}")
@@ -425,6 +479,10 @@ def main(argv=None):
     for e in exclusions:
         if not e.used and any(e.pattern.startswith(m + ".") for m in modules):
             print(f"  note: exclusion matched no test: {e.pattern}")
+    if args.track_private:
+        names = collections.Counter(n for r in everything.values() for n in r.get("private", ()))
+        tests = [t for t, r in everything.items() if r.get("private")]
+        print(f"  {len(tests)} tests touch private loop attributes: {names.most_common(25)}")
     total = sum(1 for r in everything.values() if r["outcome"] == "pass")
     on_libuv = sum(1 for r in everything.values() if r.get("on_libuv"))
     print(
