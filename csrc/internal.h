@@ -725,8 +725,8 @@ void cd_deflate_free(cd_deflate_t *d);
 /* Appends the inflated message (data without its 00 00 ff ff tail) to
  * out, an empty buffer.  UV_EMSGSIZE as soon as it passes max bytes (out
  * never holds more than max + 1), UV_EINVAL for bad data, UV_ENOMEM. */
-int cd_deflate_inflate(cd_deflate_t *d, const char *data, size_t n,
-                       size_t max, cd_buf_t *out);
+int cd_deflate_inflate(cd_deflate_t *d, const char *data, size_t n, size_t max,
+                       cd_buf_t *out);
 /* Fills out, an empty buffer, with `headroom` bytes left for the frame
  * header and then the compressed message, its tail stripped. */
 int cd_deflate_compress(cd_deflate_t *d, const char *data, size_t n,

@@ -32,8 +32,10 @@
 /* How long the peer has to answer our close frame. */
 #define CD_WS_CLOSE_WAIT_MS 5000
 /* permessage-deflate: messages shorter than this go out uncompressed
- * (RFC 7692 lets each message choose). */
-#define CD_WS_DEFLATE_MIN 64
+ * (RFC 7692 lets each message choose).  1: all but empty ones, as
+ * websockets (uvicorn) does; kosoku's 12.x/13.x cases fail on a text
+ * message that comes back uncompressed. */
+#define CD_WS_DEFLATE_MIN 1
 
 /* A WebSocket cycle's operations (defined at the end). */
 static const cd_cycle_ops_t ws_cycle_ops;
@@ -418,10 +420,11 @@ set_recv_limit(cd_ws_t *ws, const cd_config_t *cfg)
         limit = ws->frag_bytes + cfg->ws_max_frame;
     }
     if (ws->pmd != NULL && limit < CD_WS_WSLAY_MAX_MSG) {
-        /* A message at the limit may grow a little when compressed
-         * (stored blocks); its inflated size is checked exactly, and so
-         * is an uncompressed message's size (ws_message_plain). */
-        limit += (limit >> 10) + 64;
+        /* A message at the limit grows when compressed if it does not
+         * compress: zlib's stored blocks add 5 bytes per 128 to 16K (by
+         * memLevel).  The inflated size is checked exactly, and so is an
+         * uncompressed message's size (ws_message_plain). */
+        limit += (limit >> 4) + 64;
     }
     wslay_event_config_set_max_recv_msg_length(ws->ctx, limit);
 }
