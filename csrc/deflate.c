@@ -460,6 +460,16 @@ cd_deflate_compress(cd_deflate_t *d, const char *data, size_t n,
         return r;
     }
     z_stream *z = &d->out;
+    if (n == 0) {
+        /* 7.2.3.6: an empty message is one 0x00 byte; zlib would answer a
+         * second flush in a row with Z_BUF_ERROR and no output. */
+        if ((r = cd_buf_reserve(out, headroom + 1)) < 0) {
+            return r;
+        }
+        memset(out->base, 0, headroom + 1);
+        out->len = headroom + 1;
+        return 0;
+    }
     /* The bound of one Z_FINISH call, plus the sync flush's empty block:
      * one allocation for nearly every message. */
     uLong bound = deflateBound(z, n < ULONG_MAX ? (uLong)n : ULONG_MAX);
