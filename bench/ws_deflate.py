@@ -1,6 +1,6 @@
 """Echo rate of cdaphne's WebSocket with permessage-deflate on and off.
 
-    .venv/bin/python -m bench.ws_deflate --sizes 64,16384 --reps 3 --duration 3
+    .venv/bin/python -m bench.ws_deflate --sizes 64,16384 --reps 3 --duration 3 --connections 100
 
 The picows client of the `ws` scenario negotiates no compression, so this
 uses the `websockets` client (asyncio, its C zlib): one process pinned to
@@ -36,10 +36,10 @@ def free_port() -> int:
 
 
 def start_server(deflate: bool, port: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'python'}:{ROOT}")
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'python'}:{ROOT / 'bench' / 'apps'}")
     cmd = ["taskset", "-c", "0", sys.executable, "-m", "cdaphne", "-b", "127.0.0.1",
            "-p", str(port), "--no-access-log", "--ping-interval", "0",
-           "--ws-per-message-deflate", "true" if deflate else "false", "bench.apps.echo:app"]
+           "--ws-per-message-deflate", "true" if deflate else "false", "echo:app"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
