@@ -18,6 +18,7 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 from websockets.sync.client import connect
 
 from .serverproc import ServerProcess, start_server
+from .test_tls import client_ctx, pki, tls_flags  # noqa: F401 - pki is a fixture
 
 ECHO = "tests.apps.ws:echo"
 TAIL = b"\x00\x00\xff\xff"
@@ -136,6 +137,15 @@ def test_websockets_client_negotiates_and_echoes_text_and_binary(server):
         for message in ["hi", "héllo wörld " * 50, b"\x00\xff" * 3000, b"", ""]:
             ws.send(message)
             assert ws.recv() == message
+
+
+def test_compressed_messages_over_tls(pki):  # noqa: F811 - the fixture
+    with running(*tls_flags(pki)) as proc:
+        with connect(f"wss://localhost:{proc.port}/", ssl=client_ctx(pki), max_size=None) as ws:
+            assert ws.response.headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate")
+            for message in ["over tls " * 1000, os.urandom(300_000), "x"]:
+                ws.send(message)
+                assert ws.recv() == message
 
 
 def test_big_messages_near_the_limit_round_trip():
