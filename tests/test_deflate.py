@@ -201,7 +201,7 @@ def test_deflate_off_by_flag_sends_no_extension():
         sock.close()
 
 
-def test_flag_spellings(tmp_path):
+def test_flag_spellings():
     from cdaphne.cli import config_from_args
 
     assert config_from_args([ECHO]).ws_per_message_deflate is True
@@ -210,6 +210,20 @@ def test_flag_spellings(tmp_path):
         assert cfg.ws_per_message_deflate is value
     with pytest.raises(SystemExit):
         config_from_args([ECHO, "--ws-per-message-deflate", "maybe"])
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--ws-deflate-window-bits", "8"),
+    ("--ws-deflate-window-bits", "16"),
+    ("--ws-deflate-mem-level", "0"),
+    ("--ws-deflate-mem-level", "10"),
+])
+def test_deflate_bounds_out_of_zlib_range_are_refused(flag, value):
+    from cdaphne.cli import config_from_args
+    from cdaphne.config import ConfigError
+
+    with pytest.raises(ConfigError, match=flag[2:].replace("-", "_")):
+        config_from_args([ECHO, flag, value]).validate()
 
 
 # ---- negotiation ----------------------------------------------------------
