@@ -471,9 +471,17 @@ cd_deflate_compress(cd_deflate_t *d, const char *data, size_t n,
         return 0;
     }
     /* The bound of one Z_FINISH call, plus the sync flush's empty block:
-     * one allocation for nearly every message. */
+     * one allocation of that size (not cd_buf's doubling, which could
+     * hold twice a large message) for nearly every message. */
     uLong bound = deflateBound(z, n < ULONG_MAX ? (uLong)n : ULONG_MAX);
-    if ((r = cd_buf_reserve(out, headroom + bound + 16)) < 0) {
+    if (out->cap == 0) {
+        out->base = malloc(headroom + bound + 16);
+        if (out->base == NULL) {
+            return UV_ENOMEM;
+        }
+        out->cap = headroom + bound + 16;
+    }
+    else if ((r = cd_buf_reserve(out, headroom + bound + 16)) < 0) {
         return r;
     }
     out->len = headroom;
