@@ -53,6 +53,7 @@ def extensions() -> list[Extension]:
         fail("wslay", "libwslay-dev")
     uv_inc, uv_dirs, uv_libs = pkg_config("libuv", "libuv1-dev")
     ssl_inc, ssl_dirs, ssl_libs = pkg_config("openssl", "libssl-dev")  # libssl + libcrypto
+    z_inc, z_dirs, z_libs = pkg_config("zlib", "zlib1g-dev")
     debug = os.environ.get("CDAPHNE_DEBUG") == "1"
     cflags = [
         "-std=c11",
@@ -93,9 +94,10 @@ def extensions() -> list[Extension]:
         "cdaphne._cdaphne",
         sources=core_sources,
         # csrc/llhttp_*.c include <llhttp/*.c> from /usr/share.
-        include_dirs=["csrc", LLHTTP_INC, os.path.dirname(LLHTTP_SRC), *uv_inc, *ssl_inc],
-        library_dirs=[*uv_dirs, *ssl_dirs],
-        libraries=[*uv_libs, "wslay", *ssl_libs],
+        include_dirs=["csrc", LLHTTP_INC, os.path.dirname(LLHTTP_SRC), *uv_inc, *ssl_inc,
+                      *z_inc],
+        library_dirs=[*uv_dirs, *ssl_dirs, *z_dirs],
+        libraries=[*uv_libs, "wslay", *ssl_libs, *z_libs],
         define_macros=wslay_version(),
         extra_compile_args=cflags,
         extra_link_args=sanitize if asan else [],

@@ -1,6 +1,7 @@
 """Drive bench/ws_client.py (picows, in the peer venv) from the runner."""
 
 import json
+import os
 import select
 import subprocess
 from dataclasses import dataclass
@@ -108,6 +109,9 @@ class IdleClients:
         cmd = [
             *pin(CLIENT_CORE), str(env.peer_python()), str(CLIENT), "idle", "--url", url,
             "--connections", str(connections), "--hold", str(hold),
+            # BENCH_WS_EXTENSIONS: e.g. "permessage-deflate; client_max_window_bits"
+            # (what browsers offer) for the idle memory with deflate agreed.
+            "--extensions", os.environ.get("BENCH_WS_EXTENSIONS", ""),
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -9,7 +9,9 @@ waits until all N members (itself included) received exactly that message, and
 sends the next. Prints deliveries (messages x members) and mismatches.
 
 idle mode: opens N connections, prints "WSJSON {...}" with the count, then holds
-them until stdin closes or --hold seconds pass, and closes them.
+them until stdin closes or --hold seconds pass, and closes them. --extensions
+offers a Sec-WebSocket-Extensions value (picows itself negotiates none; an idle
+connection never sees a compressed frame).
 
 Standalone on purpose: the peer venv does not have the bench package.
 """
@@ -245,7 +247,8 @@ async def idle(args: argparse.Namespace) -> None:
         nonlocal failed, first_error
         async with sem:
             try:
-                transport, _ = await ws_connect(IdleClient, args.url)
+                extra = {"Sec-WebSocket-Extensions": args.extensions} if args.extensions else None
+                transport, _ = await ws_connect(IdleClient, args.url, extra_headers=extra)
             except Exception as exc:  # noqa: BLE001 - report any connect failure as data
                 failed += 1
                 first_error = first_error or repr(exc)
@@ -275,6 +278,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--first-id", type=int, default=0)
     parser.add_argument("--hold", type=float, default=120.0)
+    parser.add_argument("--extensions", default="")
     args = parser.parse_args()
     try:
         import uvloop

@@ -199,6 +199,9 @@ typedef struct {
     uint64_t ping_timeout;       /* ms to wait for a pong */
     uint64_t ws_max_message;     /* bytes, 0 = unlimited (close 1009) */
     uint64_t ws_max_frame;       /* bytes, 0 = unlimited (close 1009) */
+    int ws_deflate;              /* offer permessage-deflate answers */
+    int ws_deflate_window_bits;  /* 9..15 (cd_deflate_limits_t) */
+    int ws_deflate_mem_level;    /* 1..9 */
     uint64_t min_body_rate;   /* body bytes/s while the app waits, 0 = none */
     uint64_t body_rate_grace; /* ms of waiting before the rate counts */
 } cd_config_t;
@@ -683,6 +686,51 @@ extern const cd_proto_t cd_ws_proto;
  * the conn's cycle into a WebSocket one; returns an HTTP status to
  * refuse it with, or 0. */
 int cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy);
+
+/* ---- deflate.c: permessage-deflate (RFC 7692) --------------------- */
+
+/* The server's bounds on one WebSocket's zlib state (config.py). */
+typedef struct {
+    int window_bits; /* 9..15: the largest LZ77 window, ours and the
+                        peer's when it lets us choose */
+    int mem_level;   /* 1..9: zlib's memLevel for our compressor */
+} cd_deflate_limits_t;
+
+/* What an accepted offer settled. */
+typedef struct {
+    int server_bits;        /* our compressor's window, 9..15 */
+    int client_bits;        /* the peer's window, 8..15 */
+    int server_no_takeover; /* we reset our compressor per message */
+    int client_no_takeover; /* the peer resets; so do we, to inflate */
+    int say_server_bits;    /* put server_max_window_bits in the reply */
+    int say_client_bits;    /* put client_max_window_bits in the reply */
+} cd_deflate_params_t;
+
+typedef struct cd_deflate_s cd_deflate_t;
+
+/* Reads one Sec-WebSocket-Extensions value: 1 and *p filled for the
+ * first permessage-deflate offer we can accept, 0 if none (an unknown,
+ * repeated or bad parameter declines its offer; a broken list declines
+ * the rest of it). */
+int cd_deflate_negotiate(const char *value, size_t n,
+                         const cd_deflate_limits_t *lim,
+                         cd_deflate_params_t *p);
+/* Appends "sec-websocket-extensions: permessage-deflate...\r\n" for
+ * what d was made with. */
+int cd_deflate_response(const cd_deflate_t *d, cd_buf_t *out);
+/* The streams are made on first use: an idle connection holds only this
+ * struct.  NULL when out of memory. */
+cd_deflate_t *cd_deflate_new(const cd_deflate_params_t *p, int mem_level);
+void cd_deflate_free(cd_deflate_t *d);
+/* Appends the inflated message (data without its 00 00 ff ff tail) to
+ * out, an empty buffer.  UV_EMSGSIZE as soon as it passes max bytes (out
+ * never holds more than max + 1), UV_EINVAL for bad data, UV_ENOMEM. */
+int cd_deflate_inflate(cd_deflate_t *d, const char *data, size_t n, size_t max,
+                       cd_buf_t *out);
+/* Fills out, an empty buffer, with `headroom` bytes left for the frame
+ * header and then the compressed message, its tail stripped. */
+int cd_deflate_compress(cd_deflate_t *d, const char *data, size_t n,
+                        size_t headroom, cd_buf_t *out);
 
 /* ---- waiter.c: the awaitable returned by receive()/send() --------- */
 int cd_waiter_type_init(PyObject *module, cd_state *st);

@@ -502,6 +502,34 @@ cfg_object(PyObject *config, const char *name)
     return v;
 }
 
+/* permessage-deflate: on unless the config says false; window bits and
+ * memLevel within zlib's ranges (config.py validates them first). */
+static int
+cfg_deflate(PyObject *config, cd_config_t *c)
+{
+    uint64_t bits, level;
+    PyObject *o = cfg_object(config, "ws_per_message_deflate");
+    if (o == NULL) {
+        return -1;
+    }
+    c->ws_deflate = o == Py_None ? 1 : PyObject_IsTrue(o);
+    Py_DECREF(o);
+    if (c->ws_deflate < 0 ||
+        cfg_number(config, "ws_deflate_window_bits", 12, 1, &bits) < 0 ||
+        cfg_number(config, "ws_deflate_mem_level", 5, 1, &level) < 0) {
+        return -1;
+    }
+    if (bits < 9 || bits > 15 || level < 1 || level > 9) {
+        PyErr_SetString(PyExc_ValueError,
+                        "ws_deflate_window_bits must be 9..15 and "
+                        "ws_deflate_mem_level 1..9");
+        return -1;
+    }
+    c->ws_deflate_window_bits = (int)bits;
+    c->ws_deflate_mem_level = (int)level;
+    return 0;
+}
+
 /* Server(loop_core, app, config) */
 static PyObject *
 server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
@@ -568,6 +596,7 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
                    &c->ws_max_message) < 0 ||
         cfg_number(config, "websocket_max_frame_size", 1 << 20, 1,
                    &c->ws_max_frame) < 0 ||
+        cfg_deflate(config, c) < 0 ||
         cfg_number(config, "min_body_rate", 240, 1, &c->min_body_rate) < 0 ||
         cfg_number(config, "body_rate_grace", 5, 1000, &c->body_rate_grace) <
             0) {

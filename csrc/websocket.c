@@ -31,6 +31,11 @@
 #define CD_WS_WSLAY_MAX_MSG ((1u << 31) - 1)
 /* How long the peer has to answer our close frame. */
 #define CD_WS_CLOSE_WAIT_MS 5000
+/* permessage-deflate: messages shorter than this go out uncompressed
+ * (RFC 7692 lets each message choose).  1: all but empty ones, as
+ * websockets (uvicorn) does; kosoku's 12.x/13.x cases fail on a text
+ * message that comes back uncompressed. */
+#define CD_WS_DEFLATE_MIN 1
 
 /* A WebSocket cycle's operations (defined at the end). */
 static const cd_cycle_ops_t ws_cycle_ops;
@@ -58,7 +63,8 @@ struct cd_ws_s {
     char key[64];                /* Sec-WebSocket-Key */
     size_t in_pos;               /* bytes of conn->in wslay took */
     cd_buf_t out;                /* owned: wslay's frames to write */
-    cd_ws_item_t *queue;         /* owned ring */
+    cd_deflate_t *pmd;   /* owned: permessage-deflate, NULL unless agreed */
+    cd_ws_item_t *queue; /* owned ring */
     int qhead, qlen, qcap;
     size_t qbytes;       /* payload bytes in the queue */
     int queue_full;      /* reading stopped until the app catches up */
@@ -294,6 +300,42 @@ queue_close(cd_ws_t *ws, int code, const char *reason, size_t n)
                             n);
 }
 
+/* The bytes of a data message: inflated if it has RSV1 (wslay lets RSV1
+ * through only when permessage-deflate was agreed, and only on a first
+ * frame).  The message size limit applies to the inflated size; a
+ * message over it closes 1009 before more than one byte past the limit
+ * is inflated.  -1 after queueing the close. */
+static int
+ws_message_plain(cd_cycle_t *cy, const struct wslay_event_on_msg_recv_arg *arg,
+                 cd_buf_t *plain, const char **data, size_t *len)
+{
+    cd_ws_t *ws = cy->ws;
+    uint64_t max = cy->server->cfg.ws_max_message;
+    if (max == 0 || max > CD_WS_WSLAY_MAX_MSG) {
+        max = CD_WS_WSLAY_MAX_MSG;
+    }
+    if (!(arg->rsv & WSLAY_RSV1_BIT) || ws->pmd == NULL) {
+        if (arg->msg_length > max) {
+            /* wslay's limit has slack for compressed messages. */
+            queue_close(ws, 1009, "", 0);
+            return -1;
+        }
+        return 0;
+    }
+    int r = cd_deflate_inflate(ws->pmd, *data, *len, (size_t)max, plain);
+    if (r == UV_EMSGSIZE) {
+        queue_close(ws, 1009, "", 0);
+        return -1;
+    }
+    if (r < 0) {
+        queue_close(ws, r == UV_ENOMEM ? 1011 : 1002, "", 0);
+        return -1;
+    }
+    *data = plain->base;
+    *len = plain->len;
+    return 0;
+}
+
 static void
 wslay_on_msg(wslay_event_context_ptr ctx,
              const struct wslay_event_on_msg_recv_arg *arg, void *user)
@@ -306,12 +348,20 @@ wslay_on_msg(wslay_event_context_ptr ctx,
         if (ws->state != CD_WS_OPEN) {
             return;
         }
+        const char *data = (const char *)arg->msg;
+        size_t len = arg->msg_length;
+        cd_buf_t plain = {0}; /* owned: the inflated message */
+        if (ws_message_plain(cy, arg, &plain, &data, &len) < 0) {
+            cd_buf_dispose(&plain);
+            wslay_event_shutdown_read(ctx);
+            return;
+        }
         PyObject *payload, *key;
         if (arg->opcode == WSLAY_TEXT_FRAME) {
-            payload = PyUnicode_DecodeUTF8((const char *)arg->msg,
-                                           (Py_ssize_t)arg->msg_length, NULL);
+            payload = PyUnicode_DecodeUTF8(data, (Py_ssize_t)len, NULL);
             if (payload == NULL) {
                 PyErr_Clear();
+                cd_buf_dispose(&plain);
                 queue_close(ws, 1007, "invalid UTF-8", 13);
                 wslay_event_shutdown_read(ctx);
                 return;
@@ -319,14 +369,14 @@ wslay_on_msg(wslay_event_context_ptr ctx,
             key = st->s_text;
         }
         else {
-            payload = PyBytes_FromStringAndSize((const char *)arg->msg,
-                                                (Py_ssize_t)arg->msg_length);
+            payload = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
             key = st->s_bytes;
         }
+        cd_buf_dispose(&plain);
         PyObject *msg = payload ? Py_BuildValue("{OOON}", st->s_type,
                                                 st->s_ws_receive, key, payload)
                                 : NULL;
-        if (msg == NULL || queue_push(ws, msg, arg->msg_length) < 0) {
+        if (msg == NULL || queue_push(ws, msg, len) < 0) {
             cd_log_exception("Error queueing a WebSocket message");
             return;
         }
@@ -368,6 +418,13 @@ set_recv_limit(cd_ws_t *ws, const cd_config_t *cfg)
         cfg->ws_max_message ? cfg->ws_max_message : CD_WS_WSLAY_MAX_MSG;
     if (cfg->ws_max_frame && ws->frag_bytes + cfg->ws_max_frame < limit) {
         limit = ws->frag_bytes + cfg->ws_max_frame;
+    }
+    if (ws->pmd != NULL && limit < CD_WS_WSLAY_MAX_MSG) {
+        /* A message at the limit grows when compressed if it does not
+         * compress: zlib's stored blocks add 5 bytes per 128 to 16K (by
+         * memLevel).  The inflated size is checked exactly, and so is an
+         * uncompressed message's size (ws_message_plain). */
+        limit += (limit >> 4) + 64;
     }
     wslay_event_config_set_max_recv_msg_length(ws->ctx, limit);
 }
@@ -511,6 +568,28 @@ subprotocols(PyObject *headers)
     return out;
 }
 
+/* permessage-deflate for the first acceptable offer in the request's
+ * Sec-WebSocket-Extensions fields, or NULL (off, no offer we can take,
+ * or out of memory: the handshake goes on without it). */
+static cd_deflate_t *
+ws_deflate_offer(const cd_config_t *cfg, PyObject *headers)
+{
+    cd_deflate_limits_t lim = {cfg->ws_deflate_window_bits,
+                               cfg->ws_deflate_mem_level};
+    cd_deflate_params_t p;
+    for (Py_ssize_t i = 0; cfg->ws_deflate && i < PyList_GET_SIZE(headers);
+         i++) {
+        PyObject *pair = PyList_GET_ITEM(headers, i);
+        PyObject *v = PyTuple_GET_ITEM(pair, 1);
+        if (header_eq(PyTuple_GET_ITEM(pair, 0), "sec-websocket-extensions") &&
+            cd_deflate_negotiate(PyBytes_AS_STRING(v),
+                                 (size_t)PyBytes_GET_SIZE(v), &lim, &p)) {
+            return cd_deflate_new(&p, lim.mem_level);
+        }
+    }
+    return NULL;
+}
+
 int
 cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy)
 {
@@ -556,6 +635,7 @@ cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy)
     memcpy(ws->key, key, keylen);
     cy->st->live.ws++;
     ws->cy = cy;
+    ws->pmd = ws_deflate_offer(&c->server->cfg, headers);
     ws->state = CD_WS_CONNECTING;
     ws->close_code = 1006;
     cy->ops = &ws_cycle_ops;
@@ -625,6 +705,10 @@ build_accept(cd_cycle_t *cy, PyObject *msg, cd_buf_t *out)
     if (accept_subprotocol(cy, msg, &fixed) < 0) {
         goto done;
     }
+    if (cy->ws->pmd != NULL && cd_deflate_response(cy->ws->pmd, &fixed) < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
     PyObject *hs = PyDict_GetItemWithError(msg, cy->st->s_headers);
     if (hs == NULL && PyErr_Occurred()) {
         goto done;
@@ -664,6 +748,9 @@ ws_accept(cd_cycle_t *cy, PyObject *msg)
         cd_buf_dispose(&head);
         PyErr_NoMemory();
         return -1;
+    }
+    if (ws->pmd != NULL) {
+        wslay_event_config_set_allowed_rsv_bits(ws->ctx, WSLAY_RSV1_BIT);
     }
     set_recv_limit(ws, cfg);
     ws->state = CD_WS_OPEN;
@@ -742,6 +829,29 @@ ws_close(cd_cycle_t *cy, PyObject *msg)
     return 0;
 }
 
+/* Writes an unmasked frame header for a final frame of n bytes into
+ * head (10 bytes); returns its length.  b0: FIN, RSV and opcode bits. */
+static size_t
+frame_head(char *head, int b0, size_t n)
+{
+    head[0] = (char)b0;
+    if (n < 126) {
+        head[1] = (char)n;
+        return 2;
+    }
+    if (n < 65536) {
+        head[1] = 126;
+        head[2] = (char)(n >> 8);
+        head[3] = (char)n;
+        return 4;
+    }
+    head[1] = 127;
+    for (int i = 0; i < 8; i++) {
+        head[2 + i] = (char)((uint64_t)n >> (56 - 8 * i));
+    }
+    return 10;
+}
+
 /* Frame and write one data message, keeping a reference to its bytes. */
 static int
 ws_write_frame(cd_cycle_t *cy, int opcode, const char *data, size_t n,
@@ -754,28 +864,46 @@ ws_write_frame(cd_cycle_t *cy, int opcode, const char *data, size_t n,
         PyErr_NoMemory();
         return -1;
     }
-    size_t hl;
-    head[0] = (char)(0x80 | opcode);
-    if (n < 126) {
-        head[1] = (char)n;
-        hl = 2;
-    }
-    else if (n < 65536) {
-        head[1] = 126;
-        head[2] = (char)(n >> 8);
-        head[3] = (char)n;
-        hl = 4;
-    }
-    else {
-        head[1] = 127;
-        for (int i = 0; i < 8; i++) {
-            head[2 + i] = (char)((uint64_t)n >> (56 - 8 * i));
-        }
-        hl = 10;
-    }
+    size_t hl = frame_head(head, 0x80 | opcode, n);
     uv_buf_t bufs[2] = {cd_uvbuf(head, hl), cd_uvbuf_const(data, n)};
     cd_conn_write(c, bufs, n ? 2 : 1, keep, head);
     return 0;
+}
+
+/* Compress one data message into a block that has room for its frame
+ * header in front, and write that block (RSV1 set): one buffer, no copy
+ * of the compressed bytes. */
+static int
+ws_write_deflated(cd_cycle_t *cy, int opcode, const char *data, size_t n)
+{
+    cd_buf_t out = {0}; /* owned until handed to the conn */
+    int r = cd_deflate_compress(cy->ws->pmd, data, n, 10, &out);
+    if (r < 0) {
+        cd_buf_dispose(&out);
+        PyErr_SetString(r == UV_ENOMEM ? PyExc_MemoryError
+                                       : PyExc_RuntimeError,
+                        "permessage-deflate failed");
+        return -1;
+    }
+    flush_wslay(cy);
+    char head[10];
+    size_t hl = frame_head(head, 0x80 | 0x40 | opcode, out.len - 10);
+    memcpy(out.base + 10 - hl, head, hl);
+    uv_buf_t b = cd_uvbuf(out.base + 10 - hl, out.len - 10 + hl);
+    cd_conn_write(cy->conn, &b, 1, NULL, out.base);
+    return 0;
+}
+
+/* A data message: compressed when permessage-deflate is on and it is
+ * worth it, else written as it is. */
+static int
+ws_write_message(cd_cycle_t *cy, int opcode, const char *data, size_t n,
+                 PyObject *keep)
+{
+    if (cy->ws->pmd != NULL && n >= CD_WS_DEFLATE_MIN) {
+        return ws_write_deflated(cy, opcode, data, n);
+    }
+    return ws_write_frame(cy, opcode, data, n, keep);
 }
 
 static int
@@ -823,10 +951,10 @@ ws_send_data(cd_cycle_t *cy, PyObject *msg)
         if (p == NULL) {
             return -1;
         }
-        return ws_write_frame(cy, WSLAY_TEXT_FRAME, p, (size_t)n, t);
+        return ws_write_message(cy, WSLAY_TEXT_FRAME, p, (size_t)n, t);
     }
-    return ws_write_frame(cy, WSLAY_BINARY_FRAME, PyBytes_AS_STRING(b),
-                          (size_t)PyBytes_GET_SIZE(b), b);
+    return ws_write_message(cy, WSLAY_BINARY_FRAME, PyBytes_AS_STRING(b),
+                            (size_t)PyBytes_GET_SIZE(b), b);
 }
 
 static PyObject *
@@ -1035,6 +1163,7 @@ ws_free(cd_cycle_t *cy)
     }
     free(ws->queue);
     cd_buf_dispose(&ws->out);
+    cd_deflate_free(ws->pmd);
     Py_XDECREF(ws->close_reason);
     cy->st->live.ws--;
     free(ws);

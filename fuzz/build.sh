@@ -24,9 +24,9 @@ fi
 
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 CFLAGS="-std=c11 -g -O1 $SAN -Icsrc -I/usr/share/include/llhttp -I/usr/share \
--I$PY_INC $(pkg-config --cflags libuv openssl) -Wall -Wno-unused-parameter"
+-I$PY_INC $(pkg-config --cflags libuv openssl zlib) -Wall -Wno-unused-parameter"
 LIBS="-L$PY_LIBDIR -Wl,-rpath,$PY_LIBDIR -lpython$PY_LDVERSION \
-$(pkg-config --libs libuv openssl) -lwslay -lm -ldl -lpthread"
+$(pkg-config --libs libuv openssl zlib) -lwslay -lm -ldl -lpthread"
 
 # The extension's objects, once for every target (rebuilt when a source or
 # header is newer).

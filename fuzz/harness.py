@@ -39,6 +39,7 @@ import struct
 import sys
 import tempfile
 import time
+import zlib
 from collections import deque
 from types import SimpleNamespace
 from typing import Any
@@ -305,6 +306,10 @@ class Conn:
         # so that out keeps only the head (megabytes of frames would
         # otherwise have to be kept whole to be parsed at the end).
         self.frames: FrameScanner | None = FrameScanner() if ws else None
+        # permessage-deflate: what the handshake offered (None: nothing),
+        # and the client's compressor while it keeps its context.
+        self.offer: bytes | None = None
+        self.deflater: Any = None
 
     def write(self, n: int) -> None:
         if self.sock is None or self.wr_closed or not self.pending:
@@ -354,6 +359,7 @@ class Conn:
             return
         rest = bytes(self.out[end + 4:])
         del self.out[end + 4:]
+        self.frames.deflate = b"\r\nsec-websocket-extensions: permessage-deflate" in self.out
         self.frames.active = True
         self.frames.feed(rest)
 
@@ -811,7 +817,28 @@ def ws_key(d: Data) -> bytes:
     return base64.b64encode(d.take(16).ljust(16, b"k"))
 
 
-def handshake(d: Data) -> tuple[bytes, bytes]:
+# permessage-deflate offers: good ones, ones to decline, several at once.
+EXT_OFFERS = [
+    b"permessage-deflate",
+    b"permessage-deflate; client_max_window_bits",
+    b"permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+    b"permessage-deflate; server_max_window_bits=9; client_max_window_bits=9",
+    b"permessage-deflate; server_max_window_bits=8, permessage-deflate",
+    b"x-webkit-deflate-frame, permessage-deflate; client_max_window_bits=15",
+    b'permessage-deflate; client_max_window_bits="10"',
+    b"permessage-deflate; foo=1",
+    b"permessage-deflate; client_max_window_bits=8; client_no_context_takeover",
+]
+
+
+def ext_offer(d: Data) -> bytes:
+    k = d.u8()
+    if k < 200:
+        return EXT_OFFERS[k % len(EXT_OFFERS)]
+    return re.sub(rb"[\r\n\x00]", b"", d.blob(80))
+
+
+def handshake(d: Data) -> tuple[bytes, bytes, bytes | None]:
     key = ws_key(d)
     sel = d.u8()
     lines = [b"GET /ws" + re.sub(rb"[^!-~]", b"_", d.blob(20)) + b" HTTP/1.1", b"Host: x",
@@ -821,6 +848,10 @@ def handshake(d: Data) -> tuple[bytes, bytes]:
         lines.append(b"Sec-WebSocket-Protocol: " + re.sub(rb"[\r\n\x00]", b"", d.blob(40)))
     if sel & 2:
         lines.append(b"Origin: http://x")
+    offer = None
+    if sel & 4:
+        offer = ext_offer(d)
+        lines.append(b"Sec-WebSocket-Extensions: " + offer)
     if sel >= 230:
         # A broken handshake now and then.
         i = 2 + d.u8() % (len(lines) - 2)
@@ -828,7 +859,16 @@ def handshake(d: Data) -> tuple[bytes, bytes]:
                            b"Sec-WebSocket-Key: short", b"Connection: keep-alive"])
     if d.u8() == 3:
         lines[0] = b"POST /ws HTTP/1.1"
-    return b"\r\n".join(lines) + b"\r\n\r\n", key
+    return b"\r\n".join(lines) + b"\r\n\r\n", key, offer
+
+
+def client_compress(c: Conn, payload: bytes) -> bytes:
+    """payload as a permessage-deflate message (tail stripped), with a
+    9-bit window (within any window the server can ask for), keeping the
+    context unless the offer asked the server to reset its own."""
+    if c.deflater is None or (c.offer and b"client_no_context_takeover" in c.offer):
+        c.deflater = zlib.compressobj(6, zlib.DEFLATED, -9)
+    return (c.deflater.compress(payload) + c.deflater.flush(zlib.Z_SYNC_FLUSH))[:-4]
 
 
 def frame(fin: bool, rsv: int, opcode: int, payload: bytes, mask: bool = True,
@@ -848,22 +888,28 @@ def frame(fin: bool, rsv: int, opcode: int, payload: bytes, mask: bool = True,
     return head + mask_key + masked
 
 
-def ws_message(d: Data) -> tuple[bytes, Any]:
+def ws_message(d: Data, c: Conn) -> tuple[bytes, Any]:
     """A whole message, fragmented at fuzzer-chosen points, with control
-    frames between fragments; returns (bytes, what the app must get)."""
-    binary = bool(d.u8() & 1)
+    frames between fragments, compressed (RSV1) now and then if the
+    handshake offered permessage-deflate; returns (bytes, what the app
+    must get)."""
+    kind = d.u8()
+    binary = bool(kind & 1)
     payload = d.blob(600)
     if not binary:
         payload = payload.decode("utf-8", "replace").encode()
+    compressed = bool(kind & 2) and c.offer is not None
+    wire = client_compress(c, payload) if compressed else payload
     nfrag = 1 + d.u8() % 4
     out = b""
-    rest = payload
+    rest = wire
     for i in range(nfrag):
         last = i == nfrag - 1
         part = rest if last else rest[:d.u8() % (len(rest) + 1)]
         rest = rest[len(part):]
         op = (2 if binary else 1) if i == 0 else 0
-        out += frame(last, 0, op, part, mask_key=d.take(4).ljust(4, b"\0"),
+        rsv = 4 if compressed and i == 0 else 0
+        out += frame(last, rsv, op, part, mask_key=d.take(4).ljust(4, b"\0"),
                      long_form=d.u8() % 3 if d.u8() == 0 else 0)
         if not last and d.u8() < 30:
             out += frame(True, 0, 9, d.blob(20))
@@ -921,6 +967,7 @@ class FrameScanner:
         self.buf = bytearray()  # An incomplete header or control frame.
         self.skip = 0  # Data payload bytes still to pass over.
         self.failure: str | None = None
+        self.deflate = False  # The 101 agreed on permessage-deflate.
 
     def feed(self, data: bytes) -> None:
         if self.failure is not None:
@@ -943,10 +990,13 @@ class FrameScanner:
         if b1 & 0x80:
             self.failure = "server frame is masked"
             return False
-        if b0 & 0x70:
+        op = b0 & 15
+        # RSV1 marks a compressed message: on its first frame only (the
+        # server never fragments), never on a control frame.
+        rsv1_ok = self.deflate and op in (1, 2)
+        if b0 & (0x30 if rsv1_ok else 0x70):
             self.failure = f"server frame with RSV bits {b0:#x}"
             return False
-        op = b0 & 15
         if op not in (0, 1, 2, 8, 9, 10):
             self.failure = f"server frame with opcode {op}"
             return False
@@ -993,8 +1043,39 @@ def check_ws_output(sess: Session, c: Conn, key: bytes) -> None:
     want = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
     if hmap.get(b"sec-websocket-accept") != want:
         sess.fail(f"bad sec-websocket-accept {hmap.get(b'sec-websocket-accept')!r}")
+    ext = hmap.get(b"sec-websocket-extensions")
+    if ext is not None:
+        problem = extension_problem(c.offer, ext)
+        if problem:
+            sess.fail(problem)
     if c.frames is not None and c.frames.failure is not None:
         sess.fail(c.frames.failure)
+
+
+def extension_problem(offer: bytes | None, ext: bytes) -> str | None:
+    """What is wrong with the server's Sec-WebSocket-Extensions answer to
+    `offer` (RFC 7692 7.1), or None."""
+    if offer is None or b"permessage-deflate" not in offer:
+        return f"extension {ext!r} that was not offered"
+    parts = [p.strip() for p in ext.split(b";")]
+    if parts[0] != b"permessage-deflate" or b"," in ext:
+        return f"extension answer {ext!r}"
+    names = [p.split(b"=")[0] for p in parts[1:]]
+    if len(set(names)) != len(names):
+        return f"repeated parameter in {ext!r}"
+    for p in parts[1:]:
+        name, _, value = p.partition(b"=")
+        if name in (b"server_no_context_takeover", b"client_no_context_takeover"):
+            ok = not value and name in offer
+        elif name == b"server_max_window_bits":
+            ok = value.isdigit() and 9 <= int(value) <= 15
+        elif name == b"client_max_window_bits":
+            ok = value.isdigit() and 8 <= int(value) <= 15 and name in offer
+        else:
+            ok = False
+        if not ok:
+            return f"extension parameter {p!r} in {ext!r} for offer {offer!r}"
+    return None
 
 
 def close_payload_problem(payload: bytes) -> str | None:
@@ -1015,7 +1096,7 @@ def close_payload_problem(payload: bytes) -> str | None:
 async def ws_script(sess: Session, d: Data) -> None:
     c = Conn(sess.srv, ws=True)
     sess.conns.append(c)
-    req, key = handshake(d)
+    req, key, c.offer = handshake(d)
     c.pending += req
     sent: list[Any] = []
     tracking = True
@@ -1024,7 +1105,7 @@ async def ws_script(sess: Session, d: Data) -> None:
         if await client_op(sess, d, op):
             continue
         if op in (8, 9):
-            data, msg = ws_message(d)
+            data, msg = ws_message(d, c)
             c.pending += data
             if tracking:
                 sent.append(msg)
@@ -1045,6 +1126,13 @@ async def ws_script(sess: Session, d: Data) -> None:
             tracking = False
         elif op == 13:
             c.pending += frame(True, 0, d.pick([9, 10]), d.blob(130))
+        elif op == 15 and d.u8() & 1:
+            # RSV1 with garbage, or with a small bomb (zeros past the
+            # message limit), on any opcode.
+            kind = d.u8()
+            payload = d.blob(300) if kind & 1 else client_compress(c, bytes(kind << 7))
+            c.pending += frame(True, 4, d.pick([1, 2, 0, 9, 8]), payload)
+            tracking = False
         else:
             await app_op(sess, d, app_ws_action)
     await sess.step(2)
@@ -1063,10 +1151,12 @@ def one_input_websocket(data: bytes) -> None:
     d = Data(data)
     variant = d.u8() % 4
     if variant == 0:
-        srv = get_server("ws-tcp", tcp=True, server_name="w" * 200)
+        srv = get_server("ws-tcp", tcp=True, server_name="w" * 200,
+                         ws_deflate_window_bits=9, ws_deflate_mem_level=1)
     elif variant == 1:
         srv = get_server("ws-slow", ping_interval=0, websocket_connect_timeout=5,
-                         websocket_max_message_size=65536, server_name="")
+                         websocket_max_message_size=65536, server_name="",
+                         ws_per_message_deflate=False)
     else:
         srv = get_server("ws")
     run_script(srv, ws_script, d).finish()

@@ -219,12 +219,15 @@ def http_seeds() -> dict[str, bytes]:
 
 # ---- WebSocket -------------------------------------------------------------------
 
-def ws_handshake(e: Enc, protocol: bytes | None = None) -> Enc:
+def ws_handshake(e: Enc, protocol: bytes | None = None, offer: int | None = None) -> Enc:
+    """offer: an index into harness.EXT_OFFERS (permessage-deflate)."""
     e.b += b"k" * 16
-    sel = 1 if protocol is not None else 0
+    sel = (1 if protocol is not None else 0) | (4 if offer is not None else 0)
     e.u8(sel).blob(b"")
     if protocol is not None:
         e.blob(protocol)
+    if offer is not None:
+        e.u8(offer)
     return e.u8(0)
 
 
@@ -236,8 +239,9 @@ def ws_accept(e: Enc, subprotocol: bool = False) -> Enc:
     return ws_app(e, 4, 0, 1 if subprotocol else 0)
 
 
-def ws_msg(e: Enc, payload: bytes, binary: bool = False, frags: int = 1) -> Enc:
-    e.u8(8, 0, 1 if binary else 0).blob(payload).u8(frags - 1)
+def ws_msg(e: Enc, payload: bytes, binary: bool = False, frags: int = 1,
+           compressed: bool = False) -> Enc:
+    e.u8(8, 0, (1 if binary else 0) | (2 if compressed else 0)).blob(payload).u8(frags - 1)
     for i in range(frags):
         last = i == frags - 1
         if not last:
@@ -318,6 +322,41 @@ def ws_seeds() -> dict[str, bytes]:
     ws_accept(e).step().close_all().step(2)
     seeds["shutdown"] = e.bytes()
     seeds["connect-timeout"] = ws_handshake(Enc(2)).write().sleep(25).sleep(25).sleep(25).bytes()
+    seeds.update(ws_deflate_seeds())
+    return seeds
+
+
+def ws_deflate_seeds() -> dict[str, bytes]:
+    """permessage-deflate: offers (harness.EXT_OFFERS), compressed
+    messages, garbage and a bomb under RSV1."""
+    seeds = {}
+    for v, offer in ((0, 0), (2, 1), (2, 2), (2, 3), (2, 8)):
+        e = ws_handshake(Enc(v), offer=offer).write().step(2)
+        ws_app(e, 0)
+        ws_accept(e).step()
+        ws_msg(e, b"hello hello hello hello", compressed=True).write().step()
+        ws_msg(e, b"hello again, hello hello!" * 3, frags=3, compressed=True).write().step()
+        ws_msg(e, b"plain", binary=True).write().step()
+        ws_app(e, 0)
+        ws_app(e, 0)
+        ws_app(e, 0)
+        ws_app(e, 6, 0).blob(b"echo echo echo echo echo echo")
+        seeds[f"deflate-v{v}-o{offer}"] = e.step(2).bytes()
+    e = ws_handshake(Enc(2), offer=7).write().step(2)  # declined: foo=1
+    ws_app(e, 0)
+    ws_accept(e).step()
+    ws_msg(e, b"compressed anyway", compressed=True).write().step(2)
+    seeds["deflate-declined"] = e.bytes()
+    for name, op in (("garbage", [1, 1]), ("bomb", [1, 0x40])):
+        e = ws_handshake(Enc(2), offer=0).write().step(2)
+        ws_app(e, 0)
+        ws_accept(e).step()
+        e.u8(15, 0, *op)
+        if name == "garbage":
+            e.blob(b"\xff\xfe not deflate at all")
+        e.u8(1).write().step(2)
+        ws_app(e, 0)
+        seeds[f"deflate-{name}"] = e.bytes()
     return seeds
 
 

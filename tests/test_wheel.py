@@ -199,6 +199,7 @@ def test_wheel_serves_with_system_libraries_hidden(venv, tmp_path):
     ("/usr/include/wslay", "libwslay-dev"),
     ("libuv.pc", "libuv1-dev"),
     ("libcrypto.pc", "libssl-dev"),
+    ("zlib.pc", "zlib1g-dev"),
 ])
 def test_sdist_build_names_the_missing_package(hide, package, tmp_path):
     if not hide.startswith("/"):

@@ -33,6 +33,18 @@ def _rate(text: str) -> float:
     return value
 
 
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True,
+          "false": False, "0": False, "no": False, "off": False}
+
+
+def _bool(text: str) -> bool:
+    """uvicorn's BOOL: true/false (also 1/0, yes/no, on/off)."""
+    try:
+        return _BOOLS[text.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false") from None
+
+
 def version_text() -> str:
     """`cdaphne --version`: cdaphne's version on the first line, then the C
     libraries it runs with and the Python running it."""
@@ -119,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
       help="largest WebSocket message, bytes (0: unlimited)")
     a("--websocket-max-frame-size", type=_size, default=1 << 20,
       help="largest WebSocket frame, bytes (0: unlimited)")
+    a("--ws-per-message-deflate", "--websocket-per-message-deflate", type=_bool,
+      default=Config.ws_per_message_deflate, metavar="BOOL",
+      help="answer permessage-deflate offers (true)")
+    a("--ws-deflate-window-bits", type=int, default=Config.ws_deflate_window_bits,
+      help="permessage-deflate LZ77 window, 2**N bytes, 9..15 (12)")
+    a("--ws-deflate-mem-level", type=int, default=Config.ws_deflate_mem_level,
+      help="permessage-deflate zlib memLevel of the server's compressor, 1..9 (5)")
     a("--timeout-keep-alive", type=float, default=60, help="seconds an idle connection stays open")
     a("--header-timeout", type=float, default=30,
       help="seconds a client has to send a whole request head")
@@ -206,6 +225,9 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         ping_timeout=args.ping_timeout,
         websocket_max_message_size=args.websocket_max_message_size,
         websocket_max_frame_size=args.websocket_max_frame_size,
+        ws_per_message_deflate=args.ws_per_message_deflate,
+        ws_deflate_window_bits=args.ws_deflate_window_bits,
+        ws_deflate_mem_level=args.ws_deflate_mem_level,
         application_close_timeout=args.application_close_timeout,
         timeout_keep_alive=args.timeout_keep_alive,
         header_timeout=args.header_timeout,

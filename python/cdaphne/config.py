@@ -203,6 +203,14 @@ class Config:
     ping_timeout: float = 30
     websocket_max_message_size: int = 1 << 20
     websocket_max_frame_size: int = 1 << 20
+    # permessage-deflate (RFC 7692), on by default as in uvicorn.  The LZ77
+    # window (2**bits bytes) of our compressor, and of the client's when its
+    # offer lets us choose (browsers' does); zlib's memLevel for ours.  Per
+    # connection, made on first use: deflate 2**(bits+2) + 2**(level+9)
+    # bytes, inflate 2**bits (2**15 if the client chose) + ~7 KiB.
+    ws_per_message_deflate: bool = True
+    ws_deflate_window_bits: int = 12
+    ws_deflate_mem_level: int = 5
     application_close_timeout: float = 10
     timeout_keep_alive: float = 60
     header_timeout: float = 30
@@ -303,6 +311,11 @@ class Config:
                      "max_header_count", "min_body_rate", "body_rate_grace"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
+        if not 9 <= self.ws_deflate_window_bits <= 15:
+            raise ConfigError("ws_deflate_window_bits must be 9..15, "
+                              f"not {self.ws_deflate_window_bits}")
+        if not 1 <= self.ws_deflate_mem_level <= 9:
+            raise ConfigError(f"ws_deflate_mem_level must be 1..9, not {self.ws_deflate_mem_level}")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be at least 1, not {self.workers}")
         if not self.worker_healthcheck_timeout > 0:
