@@ -7,7 +7,9 @@ work afterwards."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import struct
 import time
 
 import pytest
@@ -70,3 +72,64 @@ def test_idle_room_members_cost_bounded_rss(serve):
         for sock in everyone:
             sock.close()
     assert per_member < BOUND_KIB, f"{per_member:.1f} KiB per idle member"
+
+
+# ---- a parked wslay context (websocket.c ws_park) loses nothing -------------
+# An open WebSocket drops its wslay context when nothing is in flight in it:
+# from accept until its first read, after a read that follows a quiet second
+# (QUIET), and after each ping.  Each case below leaves something in flight
+# across a quiet second, or needs the context back.
+
+QUIET = 1.2
+
+
+def text_frame_parts(payload: bytes) -> tuple[bytes, bytes]:
+    """A masked text frame cut inside its payload."""
+    whole = frame(0x1, payload)
+    return whole[:4], whole[4:]
+
+
+def test_parked_websockets_keep_their_state(serve):
+    proc = serve(APP, "--timeout-graceful-shutdown", "0.5")
+    talker = raw_handshake(proc.port, "/")
+    quiet_one = raw_handshake(proc.port, "/")  # never speaks: parked since accept
+    room = [talker, quiet_one]
+    try:
+        time.sleep(QUIET)
+        # A fragmented message with a quiet second between its frames.
+        talker.sendall(frame(0x1, b"hel", fin=False))
+        time.sleep(QUIET)
+        talker.sendall(frame(0x0, b"lo"))
+        for sock in room:
+            assert read_frame(sock) == (0x1, b"hello")
+        # A frame cut in two by a quiet second.
+        head, rest = text_frame_parts(b"abcdef")
+        time.sleep(QUIET)
+        talker.sendall(head)
+        time.sleep(QUIET)
+        talker.sendall(rest)
+        for sock in room:
+            assert read_frame(sock) == (0x1, b"abcdef")
+        # A ping answered, then a message after a quiet second.
+        talker.sendall(frame(0x9, b"x"))
+        assert read_frame(talker) == (0xA, b"x")
+        time.sleep(QUIET)
+        talker.sendall(frame(0x1, b"after ping"))
+        for sock in room:
+            assert read_frame(sock) == (0x1, b"after ping")
+        # A frame the limits refuse still closes with 1002 when parked:
+        # an unmasked client frame.
+        time.sleep(QUIET)
+        talker.sendall(frame(0x1, b"bare", masked=False))
+        opcode, payload = read_frame(talker)
+        assert (opcode, payload[:2]) == (0x8, struct.pack("!H", 1002))
+        talker.sendall(frame(0x8, struct.pack("!H", 1002)))
+        # The server's own close (shutdown: 1012) reaches a parked member.
+        proc.proc.send_signal(signal.SIGTERM)
+        opcode, payload = read_frame(quiet_one)
+        assert (opcode, payload[:2]) == (0x8, struct.pack("!H", 1012))
+        quiet_one.sendall(frame(0x8, struct.pack("!H", 1012)))
+        assert proc.stop() == 0
+    finally:
+        for sock in room:
+            sock.close()
