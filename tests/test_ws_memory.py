@@ -20,9 +20,9 @@ APP = "tests.apps.wsroom:app"
 WARM = 50
 MEMBERS = 500
 # KiB of server RSS per idle member (500 members here; 5,000 in the bench
-# scenario ws-idle-channels give the same): 31.4 on main before this
-# bound existed (a 64 KiB read buffer, a 9.4 KiB wslay context and 3 KiB
-# of request-head buffers per idle conn), 15.7 after.  Daphne: ~29.
+# scenario ws-idle-channels give about the same): 27.7 on main at d7c4ecf
+# (a 64 KiB read buffer and a 9.4 KiB wslay context per idle conn), 15.5
+# with both gone.  Daphne: ~29.
 BOUND_KIB = 22
 
 
