@@ -4,7 +4,7 @@ from dataclasses import dataclass, replace
 
 SCENARIOS = (
     "hello", "pipeline", "django", "ws", "fanout", "ws-idle", "latency", "layer",
-    "hello-w2", "chat-w2", "hello-tls", "aio-micro",
+    "hello-w2", "chat-w2", "hello-tls", "aio-micro", "ws-idle-channels",
 )  # fmt: skip
 SCENARIO_TITLES = {
     "hello": "HTTP hello world, keep-alive",
@@ -13,6 +13,7 @@ SCENARIO_TITLES = {
     "ws": "WebSocket echo",
     "fanout": "Channels chat room fan-out (InMemoryChannelLayer)",
     "ws-idle": "Idle WebSocket memory",
+    "ws-idle-channels": "Idle Channels room member memory (AsyncWebsocketConsumer, group_add)",
     "latency": "HTTP latency at a fixed rate",
     "layer": "Channel layer (bench/layer_bench.py)",
     "hello-w2": "HTTP hello world, --workers 2 (unpinned, shares the cores with wrk)",

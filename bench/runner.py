@@ -22,8 +22,8 @@ ONLY_SCENARIOS = (*WORKER_SCENARIOS, "aio-micro")  # not in --full: run them wit
 UNITS = {"hello": "req/s", "pipeline": "req/s", "django": "req/s", "ws": "msg/s",
          "fanout": "deliveries/s", "hello-w2": "req/s", "chat-w2": "deliveries/s",
          "hello-tls": "req/s",
-         "ws-idle": "KiB/connection", "latency": "ms", "layer": "",
-         "aio-micro": "ops/s"}  # fmt: skip
+         "ws-idle": "KiB/connection", "ws-idle-channels": "KiB/connection",
+         "latency": "ms", "layer": "", "aio-micro": "ops/s"}  # fmt: skip
 
 
 def log(message: str) -> None:
@@ -48,6 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--servers", help=f"servers, comma-separated: {','.join(ALL_SERVERS)}")
     p.add_argument("--reps", type=int, help="runs per server (override the mode)")
     p.add_argument("--duration", type=int, help="seconds per run (override the mode)")
+    p.add_argument("--idle", type=int, help="idle WebSockets in ws-idle* (override the mode)")
     p.add_argument("--ws-procs", type=int, help="WebSocket client processes (default 1)")
     p.add_argument("--name", help="results name (default: MODE-DATE-TIME)")
     p.add_argument("--out", type=Path, default=env.RESULTS, help="results directory")
@@ -62,7 +63,10 @@ def _stamp_load(group: list[ScenarioResult]) -> None:
 
 
 def _needs_peers(chosen: list[str], selected: list[str]) -> bool:
-    if any(s in chosen for s in ("ws", "fanout", "ws-idle", "latency", "chat-w2", "aio-micro")):
+    if any(
+        s in chosen
+        for s in ("ws", "fanout", "ws-idle", "ws-idle-channels", "latency", "chat-w2", "aio-micro")
+    ):
         return True  # the picows client and uvloop live in the peer venv
     return any(
         SPECS[name].venv == "peer"
@@ -80,6 +84,10 @@ def run(argv: list[str]) -> dict[str, Any]:
         from dataclasses import replace
 
         mode = replace(mode, ws_client_procs=args.ws_procs)
+    if args.idle:
+        from dataclasses import replace
+
+        mode = replace(mode, idle_connections=args.idle)
     chosen = _csv(args.only, SCENARIOS, "scenario") if args.only else list(DEFAULT_SCENARIOS)
     if args.full and not args.only:
         chosen = [s for s in SCENARIOS if s not in ONLY_SCENARIOS]
@@ -126,12 +134,20 @@ def run(argv: list[str]) -> dict[str, Any]:
     ]
     for sc in http:
         if sc.key == "latency":
-            sc.params = {"rate_req_per_s": mode.latency_rate,
-                         "connections": mode.latency_connections, "seconds": mode.duration,
-                         "runs": mode.reps, "value": "p99 latency (median of runs)"}
+            sc.params = {
+                "rate_req_per_s": mode.latency_rate,
+                "connections": mode.latency_connections,
+                "seconds": mode.duration,
+                "runs": mode.reps,
+                "value": "p99 latency (median of runs)",
+            }
         else:
-            sc.params = {"connections": mode.connections, "depth": 1 if sc.key == "hello" else
-                         mode.pipeline_depth, "seconds": mode.duration, "runs": mode.reps}
+            sc.params = {
+                "connections": mode.connections,
+                "depth": 1 if sc.key == "hello" else mode.pipeline_depth,
+                "seconds": mode.duration,
+                "runs": mode.reps,
+            }
     if http:
         _stamp_load(http)
         log("scenario: " + " + ".join(sc.key for sc in http))
@@ -179,6 +195,16 @@ def run(argv: list[str]) -> dict[str, Any]:
         _stamp_load([sc])
         log("scenario: ws-idle")
         scenarios.ws_idle(ctx, sc, ctx.servers_for("ws-idle"))
+    if "ws-idle-channels" in results:
+        sc = results["ws-idle-channels"]
+        sc.params = {
+            "idle_connections": mode.idle_connections,
+            "app": "Channels room consumer (bench/apps/chatroom), every client in the room",
+            "layer": "Channels' InMemoryChannelLayer (cdaphne-layer: cdaphne's C layer)",
+        }
+        _stamp_load([sc])
+        log("scenario: ws-idle-channels")
+        scenarios.ws_idle(ctx, sc, ctx.servers_for("ws-idle-channels"), app="chat")
     w2_params = {"workers": 2, "pinning": "none: servers and load generator share both cores",
                  "seconds": mode.duration, "runs": mode.reps}  # fmt: skip
     if "hello-w2" in results and results["hello-w2"].status == "ok":

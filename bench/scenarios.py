@@ -25,6 +25,7 @@ DEFAULT_SERVERS = {
     "django": ["cdaphne", "uvicorn", "daphne", "granian"],
     "ws": ["cdaphne", "uvicorn", "granian", "daphne", "hypercorn"],
     "ws-idle": ["cdaphne", "uvicorn", "granian", "daphne", "hypercorn"],
+    "ws-idle-channels": ["cdaphne", "cdaphne-layer", "daphne", "uvicorn"],
     "fanout": ["cdaphne", "cdaphne-layer", "uvicorn", "granian", "daphne", "hypercorn"],
     "latency": ["cdaphne", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling"],
     # --workers 2 (bench/workers.py), with cdaphne in one process as the reference.
@@ -281,8 +282,13 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def ws_idle(ctx: Context, sc: ScenarioResult, names: list[str]) -> None:
-    """RSS of the server's process tree per idle WebSocket, each server started fresh."""
+def ws_idle(ctx: Context, sc: ScenarioResult, names: list[str], app: str = "echo") -> None:
+    """RSS of the server's process tree per idle WebSocket, each server started fresh.
+
+    app "echo": the raw echo app. app "chat": the Channels room consumer
+    (AsyncWebsocketConsumer, group_add on connect, an in-memory layer), every
+    client a member of one room; the check that the server still answers while
+    holding them is then a GET (a message would go to every member)."""
     try:
         import psutil  # noqa: F401
     except ImportError:
@@ -294,7 +300,7 @@ def ws_idle(ctx: Context, sc: ScenarioResult, names: list[str]) -> None:
         def probe(srv: RunningServer) -> str | None:
             return probes.ws_probe(HOST, srv.port)
 
-        with _started(ctx, [name], "echo", probe, [sc]) as running:
+        with _started(ctx, [name], app, probe, [sc]) as running:
             if name not in running:
                 continue
             srv, res = running[name], sc.server(name)
@@ -305,7 +311,10 @@ def ws_idle(ctx: Context, sc: ScenarioResult, names: list[str]) -> None:
                 report = clients.wait_ready(timeout=120)
                 time.sleep(1.0)
                 after = _tree_rss(srv.proc.pid)
-                alive_ok = probes.ws_probe(HOST, srv.port)
+                if app == "chat":
+                    alive_ok = probes.http_probe(HOST, srv.port, None)
+                else:
+                    alive_ok = probes.ws_probe(HOST, srv.port)
             except ws.WsClientError as exc:
                 res.fail(ERROR, str(exc))
                 continue
@@ -316,11 +325,16 @@ def ws_idle(ctx: Context, sc: ScenarioResult, names: list[str]) -> None:
                 res.add_errors({"connect": n - connected})
                 res.extra["first_error"] = report.get("first_error", "")
             if alive_ok is not None:
-                res.fail(ERROR, f"no echo while holding {connected} connections: {alive_ok}")
+                res.fail(ERROR, f"no answer while holding {connected} connections: {alive_ok}")
             per_conn = (after - before) / max(1, connected) / 1024
             res.values.append(per_conn)
-            res.runs.append({"rss_before_mib": round(before / 2**20, 1),
-                             "rss_after_mib": round(after / 2**20, 1), "connected": connected})
+            res.runs.append(
+                {
+                    "rss_before_mib": round(before / 2**20, 1),
+                    "rss_after_mib": round(after / 2**20, 1),
+                    "connected": connected,
+                }
+            )
             res.extra["rss_baseline_mib"] = round(before / 2**20, 1)
             ctx.log(f"    {name:10s} {per_conn:8.1f} KiB/connection  ({connected} connected,"
                     f" baseline {before / 2**20:.1f} MiB)")  # fmt: skip
@@ -341,9 +355,7 @@ def layer(ctx: Context, sc: ScenarioResult) -> None:
     timeout = 150 if ctx.mode.name == "quick" else 420
     ctx.log("  " + " ".join(cmd))
     try:
-        proc = subprocess.run(
-            cmd, cwd=env.ROOT, capture_output=True, text=True, timeout=timeout
-        )
+        proc = subprocess.run(cmd, cwd=env.ROOT, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         sc.status, sc.reason = ERROR, f"layer_bench.py did not finish within {timeout} s"
         return

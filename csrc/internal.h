@@ -153,6 +153,8 @@ struct cd_loop_s {
     PyObject *pending;  /* strong: list of cycles waiting to start */
     PyObject *aio_loop; /* strong: the asyncio loop, once attached */
     cd_link_t corked;   /* conns with output to flush before polling */
+    char *read_buf;     /* owned: conn.c reads into it for any conn that holds
+                           no unparsed input (cd_conn_t in), or NULL */
     cd_link_t servers;  /* Servers on this loop (each unlinks itself) */
     int closed;
 };

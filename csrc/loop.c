@@ -303,6 +303,8 @@ loop_close_uv(cd_loop_t *loop)
     loop->npolls = 0;
     free(loop->ready);
     loop->ready = NULL;
+    free(loop->read_buf);
+    loop->read_buf = NULL;
 }
 
 static PyObject *

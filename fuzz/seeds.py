@@ -322,6 +322,20 @@ def ws_seeds() -> dict[str, bytes]:
     ws_accept(e).step().close_all().step(2)
     seeds["shutdown"] = e.bytes()
     seeds["connect-timeout"] = ws_handshake(Enc(2)).write().sleep(25).sleep(25).sleep(25).bytes()
+    # The wslay context parks (websocket.c ws_park) from accept and after
+    # each server ping: a frame cut across a ping, a fragmented message,
+    # then the app's close on a parked context.
+    e = ws_handshake(Enc(2)).write().step(2)
+    ws_app(e, 0)
+    ws_accept(e).step().sleep(25)
+    ws_msg(e, b"cut across a ping").write(3).step().sleep(25).write().step()
+    e.sleep(25)
+    ws_msg(e, b"in three fragments", frags=3).write().step()
+    ws_app(e, 0)
+    ws_app(e, 0)
+    e.sleep(25)
+    ws_app(e, 8, 1, 0, 1).blob(b"bye")
+    seeds["parked"] = e.step(2).bytes()
     seeds.update(ws_deflate_seeds())
     return seeds
 

@@ -8,6 +8,7 @@ import base64
 import os
 import socket
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -137,6 +138,18 @@ def test_websockets_client_negotiates_and_echoes_text_and_binary(server):
         for message in ["hi", "héllo wörld " * 50, b"\x00\xff" * 3000, b"", ""]:
             ws.send(message)
             assert ws.recv() == message
+
+
+def test_compressed_messages_after_a_quiet_spell(server):
+    # A quiet second parks the wslay context (websocket.c ws_park); the
+    # context made for the next read must accept RSV1 again.
+    with connect(server.ws_url("/")) as ws:
+        for _ in range(2):
+            ws.send("before the pause " * 20)
+            assert ws.recv() == "before the pause " * 20
+            time.sleep(1.3)
+            ws.send("after the pause " * 20)
+            assert ws.recv() == "after the pause " * 20
 
 
 def test_compressed_messages_over_tls(pki):  # noqa: F811 - the fixture
