@@ -485,6 +485,7 @@ conn_on_write(uv_write_t *req, int status)
     cd_gil_ensure(c->server->loop);
     c->writes_in_flight--;
     c->write_queued -= w->nbytes;
+    c->inflight_bufs -= (size_t)w->n;
     write_req_free(w);
     if (status < 0) {
         cd_conn_close(c);
@@ -702,6 +703,7 @@ conn_write_queue(cd_conn_t *c, cd_outq_t *q)
         return -1;
     }
     c->writes_in_flight++;
+    c->inflight_bufs += (size_t)n;
     return 0;
 }
 

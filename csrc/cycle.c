@@ -588,7 +588,7 @@ http_send(cd_cycle_t *cy, PyObject *msg)
     else if (cd_cycle_type_is(type, st->s_http_response_start)) {
         r = cd_cycle_response_start(cy, msg);
     }
-    else {
+    else if ((r = cd_pubsub_on_send(cy, type, msg)) == 0) {
         PyErr_Format(PyExc_ValueError,
                      "unexpected ASGI message type %R for an HTTP "
                      "response",

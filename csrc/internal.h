@@ -156,6 +156,7 @@ struct cd_loop_s {
     char *read_buf;     /* owned: conn.c reads into it for any conn that holds
                            no unparsed input (cd_conn_t in), or NULL */
     cd_link_t servers;  /* Servers on this loop (each unlinks itself) */
+    struct cd_pubsub_s *pubsub; /* owned: topics (pubsub.c), once attached */
     int closed;
 };
 
@@ -204,8 +205,10 @@ typedef struct {
     int ws_deflate;              /* offer permessage-deflate answers */
     int ws_deflate_window_bits;  /* 9..15 (cd_deflate_limits_t) */
     int ws_deflate_mem_level;    /* 1..9 */
-    uint64_t min_body_rate;   /* body bytes/s while the app waits, 0 = none */
-    uint64_t body_rate_grace; /* ms of waiting before the rate counts */
+    uint64_t min_body_rate;    /* body bytes/s while the app waits, 0 = none */
+    uint64_t body_rate_grace;  /* ms of waiting before the rate counts */
+    uint64_t pubsub_max_queue; /* bytes queued for a subscriber, 0 = any */
+    uint64_t pubsub_max_topics; /* topics one WebSocket may subscribe to */
 } cd_config_t;
 
 struct cd_listener_s {
@@ -398,10 +401,12 @@ struct cd_conn_s {
     unsigned flags;
     int open_handles; /* free the conn when this reaches 0 */
     int writes_in_flight;
-    size_t write_queued; /* bytes handed to uv_write, not yet done */
-    cd_buf_t in;         /* owned: bytes read, not yet parsed */
-    PyObject *client;    /* strong: (host, port) or None */
-    cd_cycle_t *cycle;   /* strong: the request or WebSocket with the app */
+    size_t write_queued;  /* bytes handed to uv_write, not yet done */
+    size_t inflight_bufs; /* buffers handed to uv_write, not yet done
+                             (pubsub.c counts them against its bound) */
+    cd_buf_t in;          /* owned: bytes read, not yet parsed */
+    PyObject *client;     /* strong: (host, port) or None */
+    cd_cycle_t *cycle;    /* strong: the request or WebSocket with the app */
 
     /* Lingering close (conn.c cd_conn_linger_after_writes). */
     size_t linger_bytes; /* input discarded while lingering */
@@ -630,6 +635,7 @@ struct cd_cycle_s {
     uint64_t sent;          /* body bytes sent */
     PyObject *resp_headers; /* strong: from http.response.start */
     uint64_t start_ns;
+    struct cd_pubsub_sub_s *pubsub; /* owned: topics subscribed (pubsub.c) */
 };
 
 int cd_cycle_type_init(PyObject *module, cd_state *st);
@@ -688,6 +694,31 @@ extern const cd_proto_t cd_ws_proto;
  * the conn's cycle into a WebSocket one; returns an HTTP status to
  * refuse it with, or 0. */
 int cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy);
+/* For pubsub.c: -1 before the accept, 0 while open, 1 once closing. */
+int cd_ws_phase(cd_cycle_t *cy);
+const char *cd_ws_state_of(cd_cycle_t *cy);
+/* Writes a whole prepared frame (borrowed bytes, kept while queued)
+ * after wslay's pending output; nothing unless open. */
+void cd_ws_write_prepared(cd_cycle_t *cy, PyObject *frame);
+/* Closes an open WebSocket with code and reason. */
+void cd_ws_close_with(cd_cycle_t *cy, int code, const char *reason);
+
+/* ---- pubsub.c: cdaphne.pubsub topics and the fan-out --------------- */
+/* The loop's registry, made when asyncio attaches (on the loop thread);
+ * detach drops every subscription and closes it with the loop. */
+int cd_pubsub_attach(cd_loop_t *loop);
+void cd_pubsub_detach(cd_loop_t *loop);
+/* A send() of type `type`: 1 if it was a cdaphne.pubsub.* message and
+ * went well, 0 if it is not one, -1 with an exception. */
+int cd_pubsub_on_send(cd_cycle_t *cy, PyObject *type, PyObject *msg);
+/* The WebSocket is gone: unsubscribe it from everything. */
+void cd_pubsub_drop(cd_cycle_t *cy);
+/* The module functions pubsub_publish, pubsub_stats, pubsub_set_hooks. */
+PyObject *cd_pubsub_publish_fn(PyObject *module, PyObject *const *args,
+                               Py_ssize_t nargs);
+PyObject *cd_pubsub_stats_fn(PyObject *module, PyObject *unused);
+PyObject *cd_pubsub_set_hooks_fn(PyObject *module, PyObject *const *args,
+                                 Py_ssize_t nargs);
 
 /* ---- deflate.c: permessage-deflate (RFC 7692) --------------------- */
 

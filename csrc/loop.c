@@ -261,6 +261,9 @@ static PyObject *
 loop_attach(cd_loop_t *loop, PyObject *aio_loop)
 {
     Py_XSETREF(loop->aio_loop, Py_NewRef(aio_loop));
+    if (!loop->closed && cd_pubsub_attach(loop) < 0) {
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -294,6 +297,7 @@ loop_close_uv(cd_loop_t *loop)
     for (cd_link_t *l = loop->servers.next; l != &loop->servers; l = l->next) {
         cd_server_abort(cd_container_of(l, cd_server_t, loop_link));
     }
+    cd_pubsub_detach(loop);
     loop->closed = 1;
     uv_walk(&loop->uv, walk_close, NULL);
     uv_run(&loop->uv, UV_RUN_DEFAULT);

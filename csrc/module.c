@@ -43,6 +43,15 @@ static PyMethodDef cdaphne_methods[] = {
      "The versions of libuv, llhttp, wslay and OpenSSL, as a dict."},
     {"_debug_counters", cdaphne_debug_counters, METH_NOARGS,
      "Live connections, cycles, WebSockets, waiters and write requests."},
+    {"pubsub_publish", (PyCFunction)(void (*)(void))cd_pubsub_publish_fn,
+     METH_FASTCALL,
+     "pubsub_publish(topic, data, is_text, forward=True) -> bool: fan out "
+     "to this process's subscribers (False: the queue from other threads "
+     "is full, try again)."},
+    {"pubsub_stats", cd_pubsub_stats_fn, METH_NOARGS,
+     "Counters of cdaphne.pubsub in this process."},
+    {"pubsub_set_hooks", (PyCFunction)(void (*)(void))cd_pubsub_set_hooks_fn,
+     METH_FASTCALL, "pubsub_set_hooks(forward, on_topic): callables or None."},
     {NULL, NULL, 0, NULL},
 };
 

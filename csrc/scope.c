@@ -232,6 +232,10 @@ cd_scope_http(cd_conn_t *c, const cd_scope_req_t *req)
         }
         Py_DECREF(tls);
     }
+    if (set_new(ext, st->s_pubsub, PyDict_New()) < 0) {
+        Py_DECREF(ext);
+        goto error;
+    }
     if (set_new(scope, st->s_extensions, ext) < 0) {
         goto error;
     }

@@ -599,7 +599,11 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         cfg_deflate(config, c) < 0 ||
         cfg_number(config, "min_body_rate", 240, 1, &c->min_body_rate) < 0 ||
         cfg_number(config, "body_rate_grace", 5, 1000, &c->body_rate_grace) <
-            0) {
+            0 ||
+        cfg_number(config, "pubsub_max_queue", 256 << 10, 1,
+                   &c->pubsub_max_queue) < 0 ||
+        cfg_number(config, "pubsub_max_topics", 100, 1,
+                   &c->pubsub_max_topics) < 0) {
         goto error;
     }
     if (c->header_timeout == 0) {

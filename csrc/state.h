@@ -79,7 +79,15 @@
     X(s_receive, "receive")                                                   \
     X(s_send, "send")                                                         \
     X(s_error, "error")                                                       \
-    X(s_exc_info, "exc_info")
+    X(s_exc_info, "exc_info")                                                 \
+    X(s_pubsub, "cdaphne.pubsub")                                             \
+    X(s_pubsub_subscribe, "cdaphne.pubsub.subscribe")                         \
+    X(s_pubsub_unsubscribe, "cdaphne.pubsub.unsubscribe")                     \
+    X(s_pubsub_publish, "cdaphne.pubsub.publish")                             \
+    X(s_topic, "topic")                                                       \
+    X(s_exclude_self, "exclude_self")
+
+struct cd_pubsub_s;
 
 typedef struct {
     /* Heap types. */
@@ -104,6 +112,12 @@ typedef struct {
     /* Set when C code scheduled asyncio callbacks (resolved a future,
      * armed a timer): select() must not block before they run. */
     int scheduled;
+    /* cdaphne.pubsub (pubsub.c): the registry of the loop that attached
+     * last, for publish() from any thread; hooks set by Python (other
+     * workers, Redis), or NULL. */
+    struct cd_pubsub_s *pubsub; /* borrowed: its loop clears it */
+    PyObject *pubsub_forward;   /* strong: callable(topic, data, is_text) */
+    PyObject *pubsub_on_topic;  /* strong: callable(topic, subscribed) */
     /* Live objects of each kind, for leak tests (_debug_counters()). */
     struct {
         Py_ssize_t conns, cycles, ws, waiters, write_reqs;

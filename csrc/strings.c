@@ -51,6 +51,8 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->http_scope_template);
     Py_VISIT(st->ws_scope_template);
     Py_VISIT(st->done_waiter);
+    Py_VISIT(st->pubsub_forward);
+    Py_VISIT(st->pubsub_on_topic);
     return 0;
 }
 
@@ -70,6 +72,8 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->http_scope_template);
     Py_CLEAR(st->ws_scope_template);
     Py_CLEAR(st->done_waiter);
+    Py_CLEAR(st->pubsub_forward);
+    Py_CLEAR(st->pubsub_on_topic);
     Py_CLEAR(st->kwnames_eager);
     Py_CLEAR(st->kwnames_loop);
 #define CD_CLEAR_STR(name, text) Py_CLEAR(st->name);

@@ -1093,7 +1093,7 @@ ws_send(cd_cycle_t *cy, PyObject *msg)
             ws_log(cy, "rejected");
         }
     }
-    else {
+    else if ((r = cd_pubsub_on_send(cy, type, msg)) == 0) {
         PyErr_Format(PyExc_ValueError,
                      "unexpected ASGI message type %R for a WebSocket", type);
         return NULL;
@@ -1117,6 +1117,7 @@ ws_on_disconnect(cd_cycle_t *cy)
     }
     int was_open = ws->state == CD_WS_OPEN || ws->state == CD_WS_CLOSING;
     ws->state = CD_WS_CLOSED;
+    cd_pubsub_drop(cy);
     cd_cycle_wake_receiver(cy);
     cd_cycle_wake_sender(cy);
     if (was_open) {
@@ -1236,6 +1237,49 @@ ws_on_task_done(cd_cycle_t *cy, cd_task_end_t end)
     }
 }
 
+/* ---- for pubsub.c ------------------------------------------------- */
+
+int
+cd_ws_phase(cd_cycle_t *cy)
+{
+    switch (cy->ws->state) {
+    case CD_WS_CONNECTING:
+    case CD_WS_HANDSHAKE:
+    case CD_WS_DENYING: return -1;
+    case CD_WS_OPEN: return 0;
+    case CD_WS_CLOSING:
+    case CD_WS_CLOSED: return 1;
+    }
+    return 1;
+}
+
+const char *
+cd_ws_state_of(cd_cycle_t *cy)
+{
+    return ws_state_name(cy->ws->state);
+}
+
+void
+cd_ws_write_prepared(cd_cycle_t *cy, PyObject *frame)
+{
+    if (cy->ws->state != CD_WS_OPEN || cy->conn == NULL) {
+        return;
+    }
+    flush_wslay(cy);
+    uv_buf_t b =
+        cd_uvbuf(PyBytes_AS_STRING(frame), (size_t)PyBytes_GET_SIZE(frame));
+    cd_conn_write(cy->conn, &b, 1, frame, NULL);
+}
+
+void
+cd_ws_close_with(cd_cycle_t *cy, int code, const char *reason)
+{
+    if (cy->ws->state == CD_WS_OPEN && cy->conn != NULL) {
+        queue_close(cy->ws, code, reason, strlen(reason));
+        flush_wslay(cy);
+    }
+}
+
 static void
 ws_free(cd_cycle_t *cy)
 {
@@ -1243,6 +1287,7 @@ ws_free(cd_cycle_t *cy)
     if (ws == NULL) {
         return;
     }
+    cd_pubsub_drop(cy);
     if (ws->ctx != NULL) {
         wslay_event_context_free(ws->ctx);
     }

@@ -169,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no-accept-balance", dest="accept_balance", action="store_false",
       help="with --workers on a shared socket: the first worker awake accepts all queued "
            "connections (by default a busier worker leaves them to the others for 1 ms)")
+    a("--pubsub-max-queue", type=_size, default=Config.pubsub_max_queue,
+      help="bytes queued for a cdaphne.pubsub subscriber before it is closed with 1013 "
+           "(0: no bound)")
+    a("--pubsub-max-topics", type=_size, default=Config.pubsub_max_topics,
+      help="cdaphne.pubsub topics one WebSocket may subscribe to")
+    a("--pubsub-redis", default=None, metavar="URL",
+      help="carry cdaphne.pubsub messages to other servers through Redis pub/sub "
+           "(redis://host:port/db)")
     a("--lifespan", choices=("auto", "on", "off"), default="auto", help="ASGI lifespan protocol")
     a("-v", "--verbosity", type=int, default=1,
       help="0 = quiet, 1 = normal (with the access log), 2 = debug, "
@@ -251,6 +259,9 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         ssl_ca_certs=args.ssl_ca_certs,
         ssl_cert_reqs=args.ssl_cert_reqs,
         ssl_ciphers=args.ssl_ciphers,
+        pubsub_max_queue=args.pubsub_max_queue,
+        pubsub_max_topics=args.pubsub_max_topics,
+        pubsub_redis=args.pubsub_redis,
         configure_logging=True,
     )
 

@@ -260,6 +260,13 @@ class Config:
     # Binds given as objects, listened to as they are (a supervisor's
     # workers get their inherited sockets this way).
     listen: list[Bind] = field(default_factory=list)
+    # cdaphne.pubsub: bytes queued for one subscriber (plus 64 per queued
+    # frame) before it is closed with 1013; 0: no bound.  Topics one
+    # WebSocket may subscribe to.  A Redis URL carries published messages
+    # to other servers (None: this server's workers only).
+    pubsub_max_queue: int = 256 << 10
+    pubsub_max_topics: int = 100
+    pubsub_redis: str | None = None
     loaded_app: ASGIApp | None = field(default=None, init=False, repr=False)
 
     def binds(self) -> list[Bind]:
@@ -308,7 +315,8 @@ class Config:
         if self.lifespan not in ("auto", "on", "off"):
             raise ConfigError(f"lifespan must be auto, on or off, not {self.lifespan!r}")
         for name in ("websocket_max_message_size", "websocket_max_frame_size", "max_header_size",
-                     "max_header_count", "min_body_rate", "body_rate_grace"):
+                     "max_header_count", "min_body_rate", "body_rate_grace",
+                     "pubsub_max_queue", "pubsub_max_topics"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         if not 9 <= self.ws_deflate_window_bits <= 15:

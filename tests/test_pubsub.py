@@ -1,0 +1,339 @@
+"""cdaphne.pubsub with a real server and real WebSocket clients: delivery,
+unsubscribe, disconnect cleanup, exclude_self, limits, slow subscribers,
+publish from a thread and from an HTTP view (tests/apps/pubsub.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import selectors
+import socket
+import struct
+import threading
+import time
+
+import httpx
+import psutil
+import websocket
+
+from .conftest import wait_until
+
+APP = "tests.apps.pubsub:app"
+
+
+class Member:
+    """A WebSocket client of tests/apps/pubsub.py."""
+
+    def __init__(self, proc, path: str = "/ws") -> None:
+        self.ws = websocket.create_connection(proc.ws_url(path), timeout=10)
+        self.hello = self.ws.recv()
+        self.got: list[str | bytes] = []  # published frames seen so far
+        self.n = 0
+
+    def cmd(self, **cmd) -> str:
+        """Run a command; frames that arrive before its answer go to .got."""
+        self.ws.send(json.dumps(cmd))
+        self.n += 1
+        while True:
+            msg = self.ws.recv()
+            if msg == f"ack {self.n}" or (isinstance(msg, str) and msg.startswith("err ")):
+                return msg
+            self.got.append(msg)
+
+    def sub(self, topic: str) -> None:
+        assert self.cmd(op="sub", topic=topic) == f"ack {self.n}"
+
+    def take(self, count: int) -> list[str | bytes]:
+        """The next `count` published frames."""
+        while len(self.got) < count:
+            self.got.append(self.ws.recv())
+        out, self.got = self.got[:count], self.got[count:]
+        return out
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def stats(proc) -> dict:
+    return httpx.get(proc.url("/stats"), timeout=10).json()
+
+
+def test_scopes_offer_the_extension(serve):
+    proc = serve(APP)
+    assert httpx.get(proc.url("/scope")).json()["cdaphne.pubsub"] == {}
+    m = Member(proc)
+    assert m.hello.startswith("hello ")
+    m.close()
+
+
+def test_publish_reaches_every_subscriber_and_no_one_else(serve):
+    proc = serve(APP)
+    room = [Member(proc) for _ in range(5)]
+    other = [Member(proc) for _ in range(3)]
+    for m in room:
+        m.sub("room.a")
+    for m in other:
+        m.sub("room-b_2")
+    assert room[0].cmd(op="pub", topic="room.a", text="hello room") == f"ack {room[0].n}"
+    for m in room:  # the publisher too: exclude_self is off
+        assert m.take(1) == ["hello room"]
+    other[0].cmd(op="pub", topic="room-b_2", bytes=b"\x00\xffmark".hex())
+    for m in other:
+        assert m.take(1) == [b"\x00\xffmark"]  # a binary frame, and nothing before it
+    for m in room:
+        m.cmd(op="send", text="x")
+        assert m.got == ["x"]  # the echo, and nothing published before it
+    for m in room + other:
+        m.close()
+
+
+def test_unsubscribe_and_exclude_self(serve):
+    proc = serve(APP)
+    a, b, c = Member(proc), Member(proc), Member(proc)
+    for m in (a, b, c):
+        m.sub("t")
+    b.sub("t")  # twice: still one delivery
+    c.cmd(op="unsub", topic="t")
+    c.cmd(op="unsub", topic="never-joined")
+    a.cmd(op="pub", topic="t", text="1", exclude_self=True)
+    a.cmd(op="pub", topic="t", text="2")
+    assert b.take(2) == ["1", "2"]
+    assert a.take(1) == ["2"]
+    c.cmd(op="send", text="x")
+    assert c.got == ["x"]
+    assert stats(proc)["subscriptions"] == 2
+    for m in (a, b, c):
+        m.close()
+
+
+def test_subscribe_before_accept_raises(serve):
+    proc = serve(APP)
+    m = Member(proc, "/early")
+    assert m.hello == (
+        "RuntimeError: cdaphne.pubsub.subscribe before websocket.accept (state HANDSHAKE)"
+    )
+    m.close()
+
+
+def test_topic_names_are_checked_like_group_names(serve):
+    proc = serve(APP)
+    m = Member(proc)
+    for bad in ("", "x" * 100, "a b", "é", "a!b"):
+        assert m.cmd(op="sub", topic=bad).startswith("err TypeError: Topic name must be"), bad
+        assert m.cmd(op="pub", topic=bad, text="x").startswith("err TypeError"), bad
+    m.sub("x" * 99)
+    m.close()
+
+
+def test_topics_per_connection_are_limited(serve):
+    proc = serve(APP, "--pubsub-max-topics", "3")
+    m = Member(proc)
+    for t in ("a", "b", "c"):
+        m.sub(t)
+    m.sub("a")  # already in: not a new topic
+    assert m.cmd(op="sub", topic="d") == (
+        "err RuntimeError: cdaphne.pubsub.subscribe: a connection may subscribe to at "
+        "most 3 topics (--pubsub-max-topics)"
+    )
+    m.close()
+
+
+def test_disconnect_unsubscribes_everything(serve):
+    proc = serve(APP)
+    members = [Member(proc) for _ in range(4)]
+    for i, m in enumerate(members):
+        m.sub("all")
+        m.sub(f"own.{i}")
+    assert stats(proc)["topics"] == 5
+    for m in members[:3]:
+        m.close()
+    wait_until(lambda: stats(proc)["subscriptions"] == 2)
+    assert stats(proc)["topics"] == 2
+    members[3].cmd(op="pub", topic="all", text="still here")
+    assert members[3].take(1) == ["still here"]
+    members[3].close()
+    wait_until(lambda: stats(proc)["topics"] == 0)
+    wait_until(lambda: stats(proc)["ws"] == 0)
+
+
+def test_publish_from_an_http_view(serve):
+    proc = serve(APP)
+    members = [Member(proc) for _ in range(3)]
+    for m in members:
+        m.sub("news")
+    r = httpx.get(proc.url("/publish"), params={"topic": "news", "text": "extra"})
+    assert r.status_code == 200
+    for m in members:
+        assert m.take(1) == ["extra"]
+        m.close()
+
+
+def test_publish_from_a_thread_keeps_order(serve):
+    proc = serve(APP)
+    members = [Member(proc) for _ in range(3)]
+    for m in members:
+        m.sub("ticks")
+    r = httpx.get(proc.url("/thread"), params={"topic": "ticks", "n": "2000"}, timeout=30)
+    assert r.status_code == 200
+    for m in members:
+        assert m.take(2000) == [str(i) for i in range(2000)]
+        m.close()
+
+
+# ---- many subscribers, some never reading ---------------------------------
+
+
+def raw_member(port: int, topic: str, rcvbuf: int | None = None) -> socket.socket:
+    """A subscriber on a raw socket (cheap enough for hundreds)."""
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    payload = json.dumps({"op": "sub", "topic": topic}).encode()
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + body)
+    buf = b""
+    while b"ack 1" not in buf:
+        chunk = sock.recv(4096)
+        assert chunk, buf
+        buf += chunk
+    return sock
+
+
+def frames(data: bytes):
+    """(opcode, payload) of each whole server frame in data."""
+    pos = 0
+    while pos + 2 <= len(data):
+        op, n = data[pos] & 0x0F, data[pos + 1] & 0x7F
+        pos += 2
+        if n == 126:
+            (n,) = struct.unpack_from("!H", data, pos)
+            pos += 2
+        elif n == 127:
+            (n,) = struct.unpack_from("!Q", data, pos)
+            pos += 8
+        if pos + n > len(data):
+            return
+        yield op, data[pos : pos + n]
+        pos += n
+
+
+def drain(socks: list[socket.socket], counts: dict, stop: threading.Event) -> None:
+    sel = selectors.DefaultSelector()
+    for s in socks:
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+    while not stop.is_set():
+        for key, _ in sel.select(0.1):
+            try:
+                data = key.fileobj.recv(1 << 20)
+            except BlockingIOError:
+                continue
+            counts[key.fileobj] = counts.get(key.fileobj, 0) + len(data)
+            if not data:
+                sel.unregister(key.fileobj)
+    sel.close()
+
+
+def test_memory_stays_bounded_with_500_subscribers_some_never_reading(serve):
+    proc = serve(APP, "--pubsub-max-queue", "262144")
+    server = psutil.Process(proc.proc.pid)
+    readers = [raw_member(proc.port, "flood") for _ in range(100)]
+    stuck = [raw_member(proc.port, "flood", rcvbuf=4096) for _ in range(400)]
+    assert stats(proc)["subscriptions"] == 500
+    counts: dict = {}
+    stop = threading.Event()
+    t = threading.Thread(target=drain, args=(readers, counts, stop), daemon=True)
+    t.start()
+    rss0 = server.memory_info().rss
+    # Rounds of 500 messages of 1 KiB until every stuck client is closed
+    # (the kernel holds a few MiB for each before the server queues any).
+    size, want, rounds = 1024, 0, 0
+    try:
+        while stats(proc)["slow_closed"] < 400 and rounds < 20:
+            r = httpx.get(
+                proc.url("/thread"), params={"topic": "flood", "n": 500, "size": size}, timeout=120
+            )
+            assert r.status_code == 200
+            # Message i is "<i> " plus `size` bytes, in a 4-byte-header frame.
+            want += sum(4 + len(str(i)) + 1 + size for i in range(500))
+            rounds += 1
+            peak = server.memory_info().rss
+            assert peak - rss0 < 64 << 20, (rounds, peak - rss0)
+        assert stats(proc)["slow_closed"] == 400
+        wait_until(lambda: all(counts.get(s, 0) >= want for s in readers), timeout=120)
+    finally:
+        stop.set()
+        t.join()
+    assert all(counts[s] == want for s in readers)  # every reader got everything
+    for sock in readers + stuck:
+        sock.close()
+    wait_until(lambda: stats(proc)["subscriptions"] == 0)
+
+
+def test_a_subscriber_that_never_reads_is_closed_1013_while_others_keep_up(serve):
+    proc = serve(APP, "--pubsub-max-queue", "262144")
+    fast = [Member(proc) for _ in range(3)]
+    for m in fast:
+        m.sub("big")
+    publisher = Member(proc)
+    # Default buffers: the kernel holds a few MiB for each before the
+    # server queues anything; then they read fast enough to see the close.
+    slow = [raw_member(proc.port, "big") for _ in range(3)]
+    n = 600
+    got: list[list] = [[] for _ in fast]
+
+    def read(i: int) -> None:
+        while len(got[i]) < n:
+            got[i].append(fast[i].ws.recv())
+
+    threads = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(3)]
+    for t in threads:
+        t.start()
+    payload = "y" * 16384
+    pub = threading.Thread(
+        target=lambda: [
+            publisher.cmd(op="pub", topic="big", text=f"{i} {payload}") for i in range(n)
+        ],
+        daemon=True,
+    )
+    pub.start()
+    # The stuck clients reach the bound together; read them at once, before
+    # the server gives up waiting for their close (5 s).
+    wait_until(lambda: stats(proc)["slow_closed"] == 3, timeout=60)
+    data = {s: b"" for s in slow}
+    sel = selectors.DefaultSelector()
+    for sock in slow:
+        sock.setblocking(False)
+        sel.register(sock, selectors.EVENT_READ)
+    deadline = time.monotonic() + 30
+    while sel.get_map() and time.monotonic() < deadline:
+        for key, _ in sel.select(0.5):
+            try:
+                chunk = key.fileobj.recv(1 << 20)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                sel.unregister(key.fileobj)
+            else:
+                data[key.fileobj] += chunk
+    for sock in slow:
+        closes = [p for op, p in frames(data[sock]) if op == 8]
+        assert closes and struct.unpack("!H", closes[0][:2])[0] == 1013, len(data[sock])
+        sock.close()
+    pub.join(60)
+    for t in threads:
+        t.join(60)
+    for i in range(3):
+        assert [g.split(" ", 1)[0] for g in got[i]] == [str(k) for k in range(n)]
+    wait_until(lambda: stats(proc)["subscriptions"] == 3)
+    for m in fast + [publisher]:
+        m.close()
