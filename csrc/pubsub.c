@@ -698,11 +698,12 @@ cd_pubsub_stats_fn(PyObject *module, PyObject *unused)
 {
     cd_pubsub_t *ps = cd_get_state(module)->pubsub;
     if (ps == NULL) {
-        return Py_BuildValue("{sisisisisi}", "topics", 0, "subscriptions", 0,
-                             "published", 0, "delivered", 0, "slow_closed", 0);
+        return Py_BuildValue("{sOsisisisisi}", "running", Py_False, "topics",
+                             0, "subscriptions", 0, "published", 0,
+                             "delivered", 0, "slow_closed", 0);
     }
-    return Py_BuildValue("{snsKsKsKsK}", "topics", PyDict_GET_SIZE(ps->topics),
-                         "subscriptions",
+    return Py_BuildValue("{sOsnsKsKsKsK}", "running", Py_True, "topics",
+                         PyDict_GET_SIZE(ps->topics), "subscriptions",
                          (unsigned long long)ps->subscriptions, "published",
                          (unsigned long long)ps->published, "delivered",
                          (unsigned long long)ps->delivered, "slow_closed",

@@ -160,6 +160,29 @@ def test_sync_consumer_variant_shares_the_room_with_the_async_one(server: ChatSe
             client.close()
 
 
+def test_pubsub_room_variant_delivers_to_its_room_only(server: ChatServer) -> None:
+    """PubSubMixin: C fan-out under cdaphne, groups under Daphne."""
+    a = server.client("/ws/pubsub-chat/room-p/")
+    b = server.client("/ws/pubsub-chat-sync/room-p/")
+    eve = server.client("/ws/pubsub-chat/elsewhere/")
+    grouped = server.client("/ws/chat/room-p/")  # the group room of that name
+    try:
+        a.say("from the async one")
+        for client in (a, b):
+            assert client.recv_json() == {"message": "from the async one", "user": "anonymous"}
+        b.say("from the sync one")
+        for client in (a, b):
+            assert client.recv_json()["message"] == "from the sync one"
+        for i in range(30):
+            a.say(f"m{i}")
+        assert [b.recv_json()["message"] for _ in range(30)] == [f"m{i}" for i in range(30)]
+        eve.expect_nothing(within=0.5)
+        grouped.expect_nothing(within=0.1)
+    finally:
+        for client in (a, b, eve, grouped):
+            client.close()
+
+
 def test_malformed_frame_gets_an_error_and_the_socket_stays_open(server: ChatServer) -> None:
     client = server.client("/ws/chat/room-d/")
     try:

@@ -10,14 +10,18 @@ import os
 import selectors
 import socket
 import struct
+import sys
 import threading
 import time
 
 import httpx
 import psutil
+import pytest
 import websocket
 
 from .conftest import wait_until
+from .django_helpers import free_port
+from .serverproc import ServerProcess
 
 APP = "tests.apps.pubsub:app"
 
@@ -53,6 +57,14 @@ class Member:
 
     def close(self) -> None:
         self.ws.close()
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
 
 
 def stats(proc) -> dict:
@@ -337,3 +349,68 @@ def test_a_subscriber_that_never_reads_is_closed_1013_while_others_keep_up(serve
     wait_until(lambda: stats(proc)["subscriptions"] == 3)
     for m in fast + [publisher]:
         m.close()
+
+
+# ---- cdaphne.channels.PubSubMixin: native under cdaphne, groups under Daphne
+
+
+class Consumer:
+    """A client of tests/apps/pubsub_channels.py."""
+
+    def __init__(self, url: str) -> None:
+        self.ws = websocket.create_connection(url, timeout=10)
+        self.native = json.loads(self.ws.recv())["native"]
+        self.got: list = []
+
+    def cmd(self, **cmd) -> None:
+        self.ws.send(json.dumps(cmd))
+        while True:
+            msg = self.ws.recv()
+            if isinstance(msg, str) and msg.startswith('{"ack"'):
+                return
+            self.got.append(msg)
+
+    def take(self, count: int) -> list:
+        while len(self.got) < count:
+            self.got.append(self.ws.recv())
+        out, self.got = self.got[:count], self.got[count:]
+        return out
+
+
+@pytest.mark.parametrize("kind", ["cdaphne", "daphne"])
+def test_mixin_works_natively_under_cdaphne_and_through_groups_under_daphne(serve, kind):
+    app = "tests.apps.pubsub_channels:application"
+    if kind == "cdaphne":
+        base = serve(app).ws_url("/")
+        check_mixin(base, native=True)
+        return
+    port = free_port()
+    daphne = ServerProcess(
+        ["-b", "127.0.0.1", "-p", str(port), app], cmd=[sys.executable, "-m", "daphne"]
+    )
+    try:
+        wait_until(lambda: port_open(port), timeout=20)
+        check_mixin(f"ws://127.0.0.1:{port}/", native=False)
+    finally:
+        daphne.stop()
+
+
+def check_mixin(base: str, native: bool) -> None:
+    members = [Consumer(base + p) for p in ("async/", "sync/", "async/", "sync/")]
+    assert [m.native for m in members] == [native] * 4
+    for m in members[:3]:
+        m.cmd(op="sub", topic="room.1")
+    members[3].cmd(op="pub", topic="room.1", text="from sync")
+    for m in members[:3]:
+        assert m.take(1) == ["from sync"]
+    members[1].cmd(op="pub", topic="room.1", bytes=b"\x01\x02".hex(), exclude_self=True)
+    assert members[0].take(1) == [b"\x01\x02"]
+    assert members[2].take(1) == [b"\x01\x02"]
+    members[0].cmd(op="unsub", topic="room.1")
+    members[2].cmd(op="pub", topic="room.1", text="after unsub")
+    assert members[1].take(1) == ["after unsub"]
+    assert members[2].take(1) == ["after unsub"]
+    members[0].cmd(op="sub", topic="other")  # nothing arrived before this ack
+    assert members[0].got == [] and members[3].got == []
+    for m in members:
+        m.ws.close()

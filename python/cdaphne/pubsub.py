@@ -23,7 +23,7 @@ from . import _cdaphne
 
 EXTENSION = "cdaphne.pubsub"
 
-__all__ = ["EXTENSION", "available", "publish", "stats"]
+__all__ = ["EXTENSION", "available", "publish", "running", "stats"]
 
 
 def available(scope: dict) -> bool:
@@ -48,5 +48,11 @@ def publish(topic: str, text: str | None = None, bytes: bytes | None = None) -> 
 
 
 def stats() -> dict[str, int]:
-    """Counters of this process: topics, subscriptions, published, delivered, slow_closed."""
+    """Counters of this process: running, topics, subscriptions, published,
+    delivered, slow_closed."""
     return _cdaphne.pubsub_stats()
+
+
+def running() -> bool:
+    """Whether a cdaphne server runs in this process (publish() works)."""
+    return bool(_cdaphne.pubsub_stats()["running"])

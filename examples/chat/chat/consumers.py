@@ -5,6 +5,12 @@
   ``chat_<room>``: clients of both variants in one room see each other.
   A client sends ``{"message": "..."}``; everyone in the room receives
   ``{"message": "...", "user": "<username or anonymous>"}``.
+- ``PubSubChatConsumer`` (async) at ``ws/pubsub-chat/<room>/`` and
+  ``SyncPubSubChatConsumer`` at ``ws/pubsub-chat-sync/<room>/``: the same room
+  on ``cdaphne.channels.PubSubMixin``.  Under cdaphne a message is written to
+  every member's socket in C, without waking their consumers; under Daphne or
+  uvicorn the mixin falls back to the channel layer's groups.  These rooms are
+  the topics ``pubsub_<room>``, apart from the group rooms above.
 - ``WhoAmIConsumer`` (``JsonWebsocketConsumer``) at ``ws/whoami/`` tells what the
   session and auth middleware put in the scope.
 - ``EventsConsumer`` (``AsyncHttpConsumer``) at ``/events/`` streams server-sent
@@ -26,6 +32,8 @@ from channels.generic.websocket import (
     JsonWebsocketConsumer,
     WebsocketConsumer,
 )
+
+from cdaphne.channels import PubSubMixin
 
 
 def room_group(room_name: str) -> str:
@@ -94,6 +102,43 @@ class SyncChatConsumer(WebsocketConsumer):
 
     def chat_message(self, event: dict[str, Any]) -> None:
         self.send(text_data=json.dumps({"message": event["message"], "user": event["user"]}))
+
+
+def room_topic(room_name: str) -> str:
+    return f"pubsub_{room_name}"
+
+
+class PubSubChatConsumer(PubSubMixin, AsyncWebsocketConsumer):
+    """ChatConsumer on topics: subscribe() after accept(), publish() the
+    finished frame; no disconnect() and no chat_message() needed."""
+
+    async def connect(self) -> None:
+        self.room_topic = room_topic(self.scope["url_route"]["kwargs"]["room_name"])
+        await self.accept()
+        await self.subscribe(self.room_topic)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        message = parse_message(text_data)
+        if message is None:
+            await self.send(text_data=json.dumps({"error": 'expected {"message": "..."}'}))
+            return
+        data = {"message": message, "user": display_name(self.scope)}
+        await self.publish(self.room_topic, text=json.dumps(data))
+
+
+class SyncPubSubChatConsumer(PubSubMixin, WebsocketConsumer):
+    def connect(self) -> None:
+        self.room_topic = room_topic(self.scope["url_route"]["kwargs"]["room_name"])
+        self.accept()
+        self.subscribe(self.room_topic)
+
+    def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        message = parse_message(text_data)
+        if message is None:
+            self.send(text_data=json.dumps({"error": 'expected {"message": "..."}'}))
+            return
+        data = {"message": message, "user": display_name(self.scope)}
+        self.publish(self.room_topic, text=json.dumps(data))
 
 
 class WhoAmIConsumer(JsonWebsocketConsumer):
