@@ -44,6 +44,7 @@ from collections import deque
 from types import SimpleNamespace
 from typing import Any
 
+from cdaphne import pubsub
 from cdaphne._cdaphne import Server as CoreServer
 from cdaphne.loop import new_event_loop
 
@@ -151,6 +152,7 @@ class Server:
             websocket_connect_timeout=0.05, websocket_timeout=1.0, ping_interval=0.02,
             ping_timeout=0.03, websocket_max_message_size=4096, websocket_max_frame_size=4096,
             max_body_size=None, max_header_size=4096, action_logger=None,
+            pubsub_max_queue=8192, pubsub_max_topics=3,
         )
         defaults.update(cfg)
         self.config = SimpleNamespace(**defaults)
@@ -283,6 +285,14 @@ async def perform(sess: Session, inst: Inst, act: tuple[Any, ...]) -> None:
             inst.accepted = True
         elif t == "http.response.start":
             inst.started = True
+    elif kind == "publish":
+        try:
+            if isinstance(act[2], str):
+                pubsub.publish(act[1], text=act[2])
+            else:
+                pubsub.publish(act[1], bytes=act[2])
+        except TypeError:
+            pass  # A bad topic name.
     elif kind == "send_cancel":
         try:
             await guarded(sess, inst, asyncio.wait_for(inst.send(act[1]), act[2]),
@@ -916,8 +926,34 @@ def ws_message(d: Data, c: Conn) -> tuple[bytes, Any]:
     return out, payload if binary else payload.decode()
 
 
+TOPICS = ["t", "u", "v", "w", "", "x" * 100, "é", 7]
+
+
+def app_pubsub_action(d: Data) -> tuple[Any, ...]:
+    """cdaphne.pubsub: subscribe, unsubscribe, publish (to this very
+    connection when subscribed: a frame written between wslay's), or a
+    publish() call; a small queue bound makes big publishes close 1013."""
+    a = d.u8() % 4
+    topic = d.pick(TOPICS)
+    if a == 0:
+        return ("send", {"type": "cdaphne.pubsub.subscribe", "topic": topic})
+    if a == 1:
+        return ("send", {"type": "cdaphne.pubsub.unsubscribe", "topic": topic})
+    size = d.pick([0, 10, 125, 126, 65535, 65536, 3000])
+    data: Any = bytes(size) if d.u8() & 1 else "é" * (size // 2)
+    if a == 2:
+        msg = {"type": "cdaphne.pubsub.publish", "topic": topic,
+               "bytes" if isinstance(data, bytes) else "text": data}
+        if d.u8() & 1:
+            msg["exclude_self"] = bool(d.u8() & 1)
+        return ("send", msg)
+    return ("publish", topic, data)
+
+
 def app_ws_action(d: Data) -> tuple[Any, ...]:
-    a = d.u8() % 16
+    a = d.u8() % 20
+    if a >= 16:
+        return app_pubsub_action(d)
     if a in (0, 1, 2):
         return ("receive",)
     if a == 3:

@@ -321,6 +321,27 @@ def ws_seeds() -> dict[str, bytes]:
     ws_app(e, 0)
     ws_accept(e).step().close_all().step(2)
     seeds["shutdown"] = e.bytes()
+    e = ws_handshake(Enc(2)).write().step(2)
+    ws_app(e, 0)
+    ws_app(e, 16, 0, 0)  # subscribe before the accept: refused
+    ws_accept(e).step()
+    ws_app(e, 16, 0, 0)  # subscribe "t"
+    ws_app(e, 16, 0, 1)  # and "u"
+    ws_app(e, 16, 2, 0, 1, 0, 0)  # publish text to "t": comes back to us
+    ws_app(e, 16, 3, 1, 2, 1)  # publish() 125 bytes to "u"
+    ws_app(e, 16, 2, 0, 1, 1, 1, 1)  # publish bytes, exclude_self
+    for _ in range(6):
+        ws_app(e, 16, 2, 0, 5, 1, 0)  # 64 KiB each: past the queue bound
+    ws_app(e, 16, 1, 0)  # unsubscribe "t"
+    ws_app(e, 6, 0).blob(b"after")
+    seeds["pubsub"] = e.step(2).bytes()
+    e = ws_handshake(Enc(2)).write().step(2)
+    ws_app(e, 0)
+    ws_accept(e).step()
+    ws_app(e, 16, 0, 0)
+    ws_app(e, 16, 2, 0, 3, 0, 0)  # 126 bytes
+    e.rst().step(2)  # gone while subscribed
+    seeds["pubsub-rst"] = e.bytes()
     seeds["connect-timeout"] = ws_handshake(Enc(2)).write().sleep(25).sleep(25).sleep(25).bytes()
     # The wslay context parks (websocket.c ws_park) from accept and after
     # each server ping: a frame cut across a ping, a fragmented message,

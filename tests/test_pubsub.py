@@ -20,7 +20,7 @@ import pytest
 import websocket
 
 from .conftest import wait_until
-from .django_helpers import free_port
+from .django_helpers import free_port, redis_server
 from .serverproc import ServerProcess
 
 APP = "tests.apps.pubsub:app"
@@ -414,3 +414,106 @@ def check_mixin(base: str, native: bool) -> None:
     assert members[0].got == [] and members[3].got == []
     for m in members:
         m.ws.close()
+
+
+# ---- across workers (the supervisor's hub) and hosts (Redis) ---------------
+
+
+def members_on_workers(proc, per_worker: int = 2, tries: int = 80) -> dict[int, list[Member]]:
+    """Members until each of the two workers has `per_worker` of them."""
+    by_pid: dict[int, list[Member]] = {}
+    extra = []
+    for _ in range(tries):
+        m = Member(proc)
+        pid = int(m.hello.split()[1])
+        if len(by_pid.setdefault(pid, [])) < per_worker:
+            by_pid[pid].append(m)
+        else:
+            extra.append(m)
+        if len(by_pid) == 2 and all(len(v) == per_worker for v in by_pid.values()):
+            break
+    for m in extra:
+        m.close()
+    assert len(by_pid) == 2 and all(len(v) == per_worker for v in by_pid.values()), by_pid
+    return by_pid
+
+
+def collect(m: Member, count: int) -> list:
+    """The next `count` frames that are not probes (see wait_reaches)."""
+    seen = [g for g in m.got if not (isinstance(g, str) and g.startswith("probe"))]
+    m.got = []
+    while len(seen) < count:
+        g = m.ws.recv()
+        if not (isinstance(g, str) and g.startswith("probe")):
+            seen.append(g)
+    assert len(seen) == count, seen[count:]
+    return seen
+
+
+def wait_reaches(sender: Member, receivers: list[Member], topic: str) -> None:
+    """Probe until a publish from sender reaches every receiver (the other
+    worker's subscription travels to the hub on its own)."""
+    deadline = time.monotonic() + 20
+    k = 0
+    while not all(
+        any(isinstance(g, str) and g.startswith("probe") for g in r.got) for r in receivers
+    ):
+        assert time.monotonic() < deadline, "the other worker never got a publish"
+        sender.cmd(op="pub", topic=topic, text=f"probe {k}")
+        k += 1
+        for r in receivers:
+            r.ws.settimeout(0.1)
+            try:
+                r.got.append(r.ws.recv())
+            except websocket.WebSocketTimeoutException:
+                pass
+            finally:
+                r.ws.settimeout(10)
+
+
+def test_publish_reaches_subscribers_in_other_workers_in_order(serve):
+    proc = serve(APP, "--workers", "2")
+    by_pid = members_on_workers(proc)
+    (a1, a2), (b1, b2) = by_pid.values()
+    everyone = [a1, a2, b1, b2]
+    for m in everyone:
+        m.sub("x")
+    loner = Member(proc)  # on some worker, in no topic
+    wait_reaches(a1, [b1, b2], "x")
+    wait_reaches(b1, [a1, a2], "x")
+    for i in range(100):
+        a1.cmd(op="pub", topic="x", text=f"a {i}")
+        b1.cmd(op="pub", topic="x", text=f"b {i}")
+    for m in everyone:
+        seen = collect(m, 200)
+        assert [s for s in seen if s.startswith("a ")] == [f"a {i}" for i in range(100)]
+        assert [s for s in seen if s.startswith("b ")] == [f"b {i}" for i in range(100)]
+    loner.cmd(op="send", text="x")
+    assert loner.got == ["x"]
+    for m in everyone + [loner]:
+        m.close()
+
+
+@pytest.mark.redis
+def test_publish_reaches_another_server_through_redis(serve, tmp_path):
+    with redis_server(tmp_path) as url:
+        one = serve(APP, "--pubsub-redis", url)
+        two = serve(APP, "--pubsub-redis", url, "--workers", "2")
+        here = [Member(one), Member(one)]
+        there = [Member(two) for _ in range(4)]  # likely on both workers
+        for m in here + there:
+            m.sub("news")
+        here[0].cmd(op="pub", topic="news", text="from one")
+        for m in here + there:
+            assert m.take(1) == ["from one"]  # once each: not echoed back by Redis
+        r = httpx.get(two.url("/thread"), params={"topic": "news", "n": "300"}, timeout=30)
+        assert r.status_code == 200
+        for m in here + there:
+            assert m.take(300) == [str(i) for i in range(300)]
+        there[0].cmd(op="pub", topic="news", bytes=b"\x00b".hex(), exclude_self=True)
+        for m in here + there[1:]:
+            assert m.take(1) == [b"\x00b"]
+        for m in here + there:
+            m.cmd(op="send", text="end")
+            assert m.got == ["end"]
+            m.close()

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import __version__
+from . import pubsub as _pubsub
 from ._cdaphne import Server as CoreServer
 from .accesslog import AccessLogGenerator
 from .config import Bind, Config, ConfigError, configure_logging
@@ -96,6 +97,11 @@ class Server:
         if config.access_log and config.action_logger is None:
             access_log = AccessLogGenerator.open(config.access_log, loop)
             config.action_logger = access_log
+        try:
+            links = await _pubsub.start_links(config)
+        except Exception as exc:
+            await lifespan.shutdown()
+            raise StartupError(f"cdaphne.pubsub: {exc}") from exc
         core = CoreServer(loop.core, app, config)
         self.core = core
         core.set_state(lifespan.state if lifespan.enabled else None)
@@ -104,6 +110,7 @@ class Server:
                 self._listen(core, bind, ctx)
         except OSError as exc:
             core.close_listeners()
+            await _pubsub.stop_links(links)
             await lifespan.shutdown()
             raise StartupError(str(exc)) from exc
 
@@ -115,6 +122,7 @@ class Server:
 
         await self._stop.wait()
         await self._shutdown(core, lifespan.task)
+        await _pubsub.stop_links(links)
         await lifespan.shutdown()
         self._remove_signal_handlers(loop)
         if access_log is not None:
