@@ -4,7 +4,7 @@ from dataclasses import dataclass, replace
 
 SCENARIOS = (
     "hello", "pipeline", "django", "ws", "fanout", "ws-idle", "latency", "layer",
-    "hello-w2", "chat-w2", "hello-tls", "aio-micro", "ws-idle-channels",
+    "hello-w2", "chat-w2", "hello-tls", "aio-micro", "ws-idle-channels", "room-100", "room-1000",
 )  # fmt: skip
 SCENARIO_TITLES = {
     "hello": "HTTP hello world, keep-alive",
@@ -20,11 +20,13 @@ SCENARIO_TITLES = {
     "chat-w2": "Channels chat room, --workers 2, members on both workers (unpinned)",
     "hello-tls": "HTTPS hello world (TLS 1.3), keep-alive",
     "aio-micro": "asyncio micro-benchmark: the event loop's own costs",
+    "room-100": "Chat room of 100 members: cdaphne.pubsub vs the tutorial consumer + group_send",
+    "room-1000": "Chat room of 1,000 members: cdaphne.pubsub vs the tutorial consumer + group_send",
 }
 ALL_SERVERS = (
     "cdaphne", "cdaphne-layer", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling",
     "cdaphne-w2", "cdaphne-w2-redis", "uvicorn-w2", "granian-w2",
-    "cdaphne-tls", "uvicorn-tls", "granian-tls",
+    "cdaphne-tls", "uvicorn-tls", "granian-tls", "cdaphne-pubsub",
 )  # fmt: skip
 
 
@@ -42,6 +44,7 @@ class Mode:
     ws_message_size: int = 64
     ws_client_procs: int = 1
     fanout_connections: int = 100
+    room_client_procs: int = 4  # the room-* scenarios: client processes, one sender each
     idle_connections: int = 1000
     latency_rate: int = 1000  # requests per second, all connections together
     latency_connections: int = 10

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import env, report, scenarios, workers, wrk
+from . import env, report, room, scenarios, workers, wrk
 from .config import ALL_SERVERS, FULL, QUICK, SCENARIO_TITLES, SCENARIOS, with_overrides
 from .results import UNAVAILABLE, ScenarioResult
 from .servers import SPECS
@@ -18,12 +18,14 @@ from .servers import SPECS
 DEFAULT_SCENARIOS = ("hello", "pipeline", "django", "ws", "ws-idle", "layer")
 WRK_SCENARIOS = ("hello", "pipeline", "django", "hello-w2", "hello-tls")
 WORKER_SCENARIOS = ("hello-w2", "chat-w2")  # only with --only: unpinned, several minutes
-ONLY_SCENARIOS = (*WORKER_SCENARIOS, "aio-micro")  # not in --full: run them with --only
+# Not in --full: run them with --only (the rooms take several minutes each).
+ONLY_SCENARIOS = (*WORKER_SCENARIOS, "aio-micro", "room-100", "room-1000")
 UNITS = {"hello": "req/s", "pipeline": "req/s", "django": "req/s", "ws": "msg/s",
          "fanout": "deliveries/s", "hello-w2": "req/s", "chat-w2": "deliveries/s",
          "hello-tls": "req/s",
          "ws-idle": "KiB/connection", "ws-idle-channels": "KiB/connection",
-         "latency": "ms", "layer": "", "aio-micro": "ops/s"}  # fmt: skip
+         "latency": "ms", "layer": "", "aio-micro": "ops/s", "room-100": "deliveries/s",
+         "room-1000": "deliveries/s"}  # fmt: skip
 
 
 def log(message: str) -> None:
@@ -65,7 +67,8 @@ def _stamp_load(group: list[ScenarioResult]) -> None:
 def _needs_peers(chosen: list[str], selected: list[str]) -> bool:
     if any(
         s in chosen
-        for s in ("ws", "fanout", "ws-idle", "ws-idle-channels", "latency", "chat-w2", "aio-micro")
+        for s in ("ws", "fanout", "ws-idle", "ws-idle-channels", "latency", "chat-w2", "aio-micro",
+                  "room-100", "room-1000")
     ):
         return True  # the picows client and uvloop live in the peer venv
     return any(
@@ -234,6 +237,21 @@ def run(argv: list[str]) -> dict[str, Any]:
         _stamp_load([sc])
         log("scenario: aio-micro")
         scenarios.aio_micro(ctx, sc)
+    for key, members in (("room-100", 100), ("room-1000", 1000)):
+        if key in results:
+            sc = results[key]
+            sc.params = {"room_members": members, "message_bytes": mode.ws_message_size,
+                         "client_processes": mode.room_client_procs,
+                         "senders": f"{mode.room_client_procs} (one per client process, each"
+                         f" with {room.WINDOW} messages in flight: the next once all of its own"
+                         " members got one)",
+                         "layer": "Channels' InMemoryChannelLayer (cdaphne-pubsub: none,"
+                         " C fan-out)",
+                         "seconds": mode.duration, "runs": mode.reps}  # fmt: skip
+            sc.reference, sc.second_reference = "cdaphne-pubsub", "daphne"
+            _stamp_load([sc])
+            log(f"scenario: {key}")
+            room.room(ctx, sc, ctx.servers_for(key), members)
     if "layer" in results:
         _stamp_load([results["layer"]])
         log("scenario: layer")

@@ -32,6 +32,9 @@ DEFAULT_SERVERS = {
     "hello-w2": ["cdaphne-w2", "uvicorn-w2", "granian-w2", "cdaphne"],
     "hello-tls": ["cdaphne-tls", "uvicorn-tls", "granian-tls"],
     "chat-w2": ["cdaphne-w2", "cdaphne-w2-redis", "uvicorn-w2", "granian-w2", "cdaphne-layer"],
+    # The chat room on cdaphne.pubsub against the tutorial consumer (bench/room.py).
+    "room-100": ["cdaphne-pubsub", "cdaphne", "uvicorn", "granian", "daphne"],
+    "room-1000": ["cdaphne-pubsub", "cdaphne", "uvicorn", "granian", "daphne"],
 }
 
 

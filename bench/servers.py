@@ -141,6 +141,11 @@ SPECS: dict[str, ServerSpec] = {
             env=(("BENCH_CHANNEL_LAYER", "cdaphne.layers.InMemoryChannelLayer"),),
         ),  # fmt: skip
         ServerSpec(
+            "cdaphne-pubsub", "project", frozenset({"chat"}), _cdaphne,
+            "cdaphne, the chat room on cdaphne.pubsub (cdaphne.channels.PubSubMixin)",
+            env=(("BENCH_CHAT_PUBSUB", "1"),),
+        ),  # fmt: skip
+        ServerSpec(
             "uvicorn", "peer", ALL_APPS, _uvicorn,
             "uvicorn --http httptools --loop uvloop --ws websockets, 1 worker",
         ),  # fmt: skip

@@ -8,6 +8,13 @@ fanout mode: N connections join one chat room; one of them sends a text message,
 waits until all N members (itself included) received exactly that message, and
 sends the next. Prints deliveries (messages x members) and mismatches.
 
+room mode (several processes, one room): N members per process; member 0 of each
+process sends "r<proc> <seq> <send time> xxx", keeping --window of its messages in
+flight: each one that every member of its own process got lets it send the next
+(a closed loop per process). Every member counts every
+delivery that arrives in the window [--start-at, --start-at + --duration] and keeps
+the latency (now - send time) of a sample of them. Prints deliveries and latencies.
+
 idle mode: opens N connections, prints "WSJSON {...}" with the count, then holds
 them until stdin closes or --hold seconds pass, and closes them. --extensions
 offers a Sec-WebSocket-Extensions value (picows itself negotiates none; an idle
@@ -194,6 +201,114 @@ async def fanout(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+class RoomLoop:
+    """One process's share of the room for the room mode."""
+
+    def __init__(self, proc: int, size: int, start: float, end: float) -> None:
+        self.proc = proc
+        self.tag = f"r{proc} ".encode()
+        self.size = size
+        self.start, self.end = start, end
+        self.members: list[WSTransport] = []
+        self.seq = 0
+        self.got: dict[int, int] = {}  # our seq in flight -> members that got it
+        self.deliveries = 0
+        self.broadcasts = 0
+        self.mismatches = 0
+        self.first_error = ""
+        self.latencies: list[float] = []
+        self.sample_every = 1
+        self.n = 0
+
+    def send_next(self) -> None:
+        self.seq += 1
+        self.got[self.seq] = 0
+        head = b"r%d %d %.6f " % (self.proc, self.seq, time.time())
+        self.members[0].send(WSMsgType.TEXT, head + b"x" * max(0, self.size - len(head)))
+
+    def delivered(self, payload: bytes) -> None:
+        now = time.time()
+        try:
+            tag, seq, sent, _ = payload.split(b" ", 3)
+            sent_at = float(sent)
+        except ValueError:
+            self.mismatches += 1
+            self.first_error = self.first_error or f"unexpected message {payload[:40]!r}"
+            return
+        if self.start <= now < self.end:
+            self.deliveries += 1
+            self.n += 1
+            if self.n % self.sample_every == 0 and len(self.latencies) < 200_000:
+                self.latencies.append((now - sent_at) * 1000.0)
+        if tag == self.tag[:-1]:
+            k = int(seq)
+            count = self.got.get(k)
+            if count is None:
+                return
+            if count + 1 < len(self.members):
+                self.got[k] = count + 1
+                return
+            del self.got[k]
+            self.broadcasts += 1
+            if now < self.end:
+                self.send_next()
+
+
+class RoomLoopMember(WSListener):
+    def __init__(self, room: RoomLoop) -> None:
+        self.room = room
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type == WSMsgType.TEXT and frame.fin:
+            self.room.delivered(frame.get_payload_as_bytes())
+
+
+async def room_mode(args: argparse.Namespace) -> dict[str, object]:
+    start = args.start_at
+    room = RoomLoop(args.first_id, args.size, start, start + args.duration)
+    room.sample_every = max(1, args.connections // 50)
+    failed = 0
+    first_error = ""
+    sem = asyncio.Semaphore(20)
+
+    async def join() -> None:
+        nonlocal failed, first_error
+        async with sem:
+            try:
+                transport, _ = await ws_connect(lambda: RoomLoopMember(room), args.url)
+            except Exception as exc:  # noqa: BLE001 - report any connect failure as data
+                failed += 1
+                first_error = first_error or repr(exc)
+                return
+            room.members.append(transport)
+
+    await asyncio.gather(*(join() for _ in range(args.connections)))
+    late = time.time() > start
+    await asyncio.sleep(max(0.0, start - time.time()))
+    cpu0 = time.process_time()
+    if room.members:
+        for _ in range(args.window):
+            room.send_next()
+    await asyncio.sleep(max(0.0, room.end - time.time()) + 0.3)
+    cpu = time.process_time() - cpu0
+    for t in room.members:
+        t.send_close()
+        t.disconnect()
+    return {
+        "messages": room.deliveries,
+        "broadcasts": room.broadcasts,
+        "elapsed_s": args.duration,
+        "connected": len(room.members),
+        "connect_failures": failed,
+        "mismatches": room.mismatches,
+        "closed_early": 0,
+        "joined_late": int(late),
+        "first_error": room.first_error or first_error,
+        "client_cpu_s": round(cpu, 3),
+        "latencies_ms": [round(x, 3) for x in room.latencies],
+    }
+
+
 class IdleClient(WSListener):
     """Connects and stays silent (picows answers pings by itself)."""
 
@@ -271,7 +386,9 @@ async def idle(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["echo", "fanout", "idle"])
+    parser.add_argument("mode", choices=["echo", "fanout", "idle", "room"])
+    parser.add_argument("--start-at", type=float, default=0.0)
+    parser.add_argument("--window", type=int, default=1)
     parser.add_argument("--url", required=True)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--duration", type=float, default=5.0)
@@ -290,6 +407,8 @@ def main() -> None:
         print("WSJSON " + json.dumps(asyncio.run(echo(args))), flush=True)
     elif args.mode == "fanout":
         print("WSJSON " + json.dumps(asyncio.run(fanout(args))), flush=True)
+    elif args.mode == "room":
+        print("WSJSON " + json.dumps(asyncio.run(room_mode(args))), flush=True)
     else:
         asyncio.run(idle(args))
 
