@@ -13,6 +13,7 @@ Whether the client was the limit shows in `CPU % srv/cli` (the client processes
 share one core: near 100% there means the client, not the server, was the limit).
 """
 
+import select
 import subprocess
 import time
 
@@ -27,8 +28,7 @@ WINDOW = 4  # broadcasts each client process keeps in flight
 
 def _run_clients(url: str, members: int, procs: int, duration: int, size: int) -> dict:
     share = [members // procs + (1 if i < members % procs else 0) for i in range(procs)]
-    # Joining 1,000 members takes a few seconds on the slow servers.
-    start_at = time.time() + 2.0 + members / 150.0
+    start_at = time.time() + 600.0  # replaced once every process has joined
     children = []
     for i, n in enumerate(share):
         cmd = [
@@ -37,11 +37,27 @@ def _run_clients(url: str, members: int, procs: int, duration: int, size: int) -
             "--size", str(size), "--first-id", str(i), "--start-at", f"{start_at:.3f}",
             "--window", str(WINDOW),
         ]  # fmt: skip
-        children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        children.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE))
+    # Each process prints WSREADY once its members joined; then all start together.
+    for child in children:
+        assert child.stdout is not None
+        ready, _, _ = select.select([child.stdout], [], [], 120)
+        line = child.stdout.readline() if ready else b"(no answer in 120 s)"
+        if line.strip() != b"WSREADY":
+            for c in children:
+                c.kill()
+            err = child.stderr.read().decode() if child.stderr else ""
+            raise ws.WsClientError(f"room client did not join: {line!r} {err[-600:]}")
+    go = f"{time.time() + 0.3:.6f}\n".encode()
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write(go)
+        child.stdin.flush()
     outs = []
     for child in children:
         try:
-            out, err = child.communicate(timeout=duration + 60 + members / 50)
+            out, err = child.communicate(timeout=duration + 30)
         except subprocess.TimeoutExpired:
             child.kill()
             out, err = child.communicate()

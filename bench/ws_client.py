@@ -283,6 +283,12 @@ async def room_mode(args: argparse.Namespace) -> dict[str, object]:
             room.members.append(transport)
 
     await asyncio.gather(*(join() for _ in range(args.connections)))
+    # Every process joined: the runner answers with the start time.
+    print("WSREADY", flush=True)
+    loop = asyncio.get_running_loop()
+    line = await loop.run_in_executor(None, sys.stdin.readline)
+    start = float(line or start)
+    room.start, room.end = start, start + args.duration
     late = time.time() > start
     await asyncio.sleep(max(0.0, start - time.time()))
     cpu0 = time.process_time()
