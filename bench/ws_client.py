@@ -26,6 +26,7 @@ Standalone on purpose: the peer venv does not have the bench package.
 import argparse
 import asyncio
 import json
+import random
 import struct
 import sys
 import time
@@ -201,6 +202,9 @@ async def fanout(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+SAMPLE = 5000  # latencies kept per process
+
+
 class RoomLoop:
     """One process's share of the room for the room mode."""
 
@@ -217,8 +221,6 @@ class RoomLoop:
         self.mismatches = 0
         self.first_error = ""
         self.latencies: list[float] = []
-        self.sample_every = 1
-        self.n = 0
 
     def send_next(self) -> None:
         self.seq += 1
@@ -237,9 +239,14 @@ class RoomLoop:
             return
         if self.start <= now < self.end:
             self.deliveries += 1
-            self.n += 1
-            if self.n % self.sample_every == 0 and len(self.latencies) < 200_000:
-                self.latencies.append((now - sent_at) * 1000.0)
+            # A uniform sample of at most SAMPLE latencies (reservoir).
+            ms = (now - sent_at) * 1000.0
+            if len(self.latencies) < SAMPLE:
+                self.latencies.append(ms)
+            else:
+                k = random.randrange(self.deliveries)
+                if k < SAMPLE:
+                    self.latencies[k] = ms
         if tag == self.tag[:-1]:
             k = int(seq)
             count = self.got.get(k)
@@ -266,7 +273,6 @@ class RoomLoopMember(WSListener):
 async def room_mode(args: argparse.Namespace) -> dict[str, object]:
     start = args.start_at
     room = RoomLoop(args.first_id, args.size, start, start + args.duration)
-    room.sample_every = max(1, args.connections // 50)
     failed = 0
     first_error = ""
     sem = asyncio.Semaphore(20)
