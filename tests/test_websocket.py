@@ -171,7 +171,7 @@ def test_scope_subprotocol_and_accept_headers(server):
     assert scope["http_version"] == "1.1"
     assert scope["client"][0] == "127.0.0.1"
     assert scope["server"] == ["127.0.0.1", server.port]
-    assert scope["extensions"] == {"websocket.http.response": {}}
+    assert scope["extensions"] == {"websocket.http.response": {}, "cdaphne.pubsub": {}}
 
 
 def test_close_before_accept_is_403(server):
