@@ -415,6 +415,12 @@ def check_mixin(base: str, native: bool) -> None:
     members[2].cmd(op="pub", topic="room.1", text="after unsub")
     assert members[1].take(1) == ["after unsub"]
     assert members[2].take(1) == ["after unsub"]
+    # cdaphne.channels.publish() from sync code (a view): pub/sub or group_send.
+    http = base.replace("ws://", "http://")
+    r = httpx.get(http + "publish", params={"topic": "room.1", "text": "from a view"})
+    assert r.status_code == 200
+    for m in members[1:3]:
+        assert m.take(1) == ["from a view"]
     members[0].cmd(op="sub", topic="other")  # nothing arrived before this ack
     assert members[0].got == [] and members[3].got == []
     for m in members:

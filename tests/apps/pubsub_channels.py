@@ -5,11 +5,13 @@ in-memory layer).
 On connect a consumer says ``{"native": bool}``.  Client text is JSON:
 ``{"op": "sub"|"unsub", "topic": t}``, ``{"op": "pub", "topic": t, "text": s}``
 (or ``"bytes": hex``; ``"exclude_self": bool``), each answered ``{"ack": op}``.
+HTTP ``/publish?topic=t&text=s`` calls ``cdaphne.channels.publish()`` from sync code.
 """
 
 from __future__ import annotations
 
 import json
+from urllib.parse import parse_qs
 
 import django
 from django.conf import settings
@@ -21,11 +23,12 @@ if not settings.configured:
     )
     django.setup()
 
+from asgiref.sync import sync_to_async  # noqa: E402
 from channels.generic.websocket import AsyncWebsocketConsumer, WebsocketConsumer  # noqa: E402
 from channels.routing import URLRouter  # noqa: E402
 from django.urls import path  # noqa: E402
 
-from cdaphne.channels import PubSubMixin  # noqa: E402
+from cdaphne.channels import PubSubMixin, publish  # noqa: E402
 
 
 def _pub_args(cmd: dict) -> dict:
@@ -81,3 +84,10 @@ async def application(scope, receive, send):
                 return
     if scope["type"] == "websocket":
         await _ws(scope, receive, send)
+    elif scope["type"] == "http":
+        # /publish?topic=t&text=s: cdaphne.channels.publish() from sync code,
+        # as a view would call it.
+        q = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
+        await sync_to_async(publish)(q["topic"], text=q["text"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
