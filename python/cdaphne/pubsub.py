@@ -73,6 +73,7 @@ def running() -> bool:
 
 BUS_TAG = b"\x00cdaphne.pubsub"  # Not a valid layer alias: no clash.
 REDIS_PREFIX = "cdaphne.pubsub:"
+REDIS_MAX_QUEUED = 65536  # messages waiting for the Redis connection
 
 
 class _BusLink:
@@ -111,7 +112,10 @@ class _RedisLink:
     def __init__(self, url: str) -> None:
         self.url = url
         self.origin = os.urandom(8)
-        self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        # Bounded: while Redis is unreachable, newer messages are dropped
+        # (and counted) rather than piling up.
+        self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(REDIS_MAX_QUEUED)
+        self.dropped = 0
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -128,7 +132,12 @@ class _RedisLink:
     def forward(self, topic: str, data: str | bytes, is_text: bool) -> None:
         raw = data.encode() if isinstance(data, str) else bytes(data)
         kind = b"t" if is_text else b"b"
-        self.queue.put_nowait((REDIS_PREFIX + topic, self.origin + kind + raw))
+        try:
+            self.queue.put_nowait((REDIS_PREFIX + topic, self.origin + kind + raw))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 10000 == 0:
+                logger.warning("cdaphne.pubsub: Redis is behind; %d messages dropped", self.dropped)
 
     async def _writer(self) -> None:
         while True:
@@ -165,8 +174,9 @@ class _RedisLink:
                 logger.exception("cdaphne.pubsub: bad message from Redis on %r", channel)
 
     async def close(self) -> None:
-        while not self.queue.empty():  # What was published before the stop.
-            await asyncio.sleep(0.01)
+        deadline = asyncio.get_running_loop().time() + 2.0
+        while not self.queue.empty() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # What was published before the stop.
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
