@@ -22,6 +22,7 @@ import websocket
 from .conftest import wait_until
 from .django_helpers import free_port, redis_server
 from .serverproc import ServerProcess
+from .test_tls import pki, tls_flags  # noqa: F401 - pki is a fixture
 
 APP = "tests.apps.pubsub:app"
 
@@ -528,3 +529,23 @@ def test_publish_reaches_another_server_through_redis(serve, tmp_path):
             m.cmd(op="send", text="end")
             assert m.got == ["end"]
             m.close()
+
+
+def test_pubsub_over_tls(serve, pki):  # noqa: F811 - the fixture
+    """Frames fanned out in C go through the TLS transport like any write."""
+    proc = serve(APP, *tls_flags(pki))
+    opts = {"ca_certs": str(pki / "ca.pem")}
+    members = []
+    for _ in range(3):
+        ws = websocket.create_connection(f"wss://localhost:{proc.port}/ws", sslopt=opts, timeout=10)
+        m = Member.__new__(Member)
+        m.ws, m.hello, m.got, m.n = ws, ws.recv(), [], 0
+        members.append(m)
+    for m in members:
+        m.sub("secure")
+    big = "z" * 100_000
+    members[0].cmd(op="pub", topic="secure", text="small")
+    members[1].cmd(op="pub", topic="secure", text=big)
+    for m in members:
+        assert m.take(2) == ["small", big]
+        m.close()
