@@ -549,3 +549,35 @@ def test_pubsub_over_tls(serve, pki):  # noqa: F811 - the fixture
     for m in members:
         assert m.take(2) == ["small", big]
         m.close()
+
+
+def test_pubsub_to_members_with_permessage_deflate(serve):
+    """With permessage-deflate negotiated (on by default), the shared frame
+    goes out uncompressed (RSV1 clear), which RFC 7692 allows, between the
+    member's compressed frames."""
+    import asyncio
+
+    import websockets
+
+    proc = serve(APP)
+
+    async def main() -> None:
+        url = proc.ws_url("/ws")
+        async with (
+            websockets.connect(url, compression="deflate") as a,
+            websockets.connect(url) as b,
+        ):
+            assert "permessage-deflate" in (
+                a.response.headers.get("sec-websocket-extensions") or ""
+            )
+            for ws in (a, b):
+                assert (await ws.recv()).startswith("hello")
+                await ws.send(json.dumps({"op": "sub", "topic": "z"}))
+                assert await ws.recv() == "ack 1"
+            await a.send(json.dumps({"op": "send", "text": "y" * 1000}))  # compressed
+            await b.send(json.dumps({"op": "pub", "topic": "z", "text": "x" * 1000}))
+            got = [await a.recv() for _ in range(3)]
+            assert sorted(got) == sorted(["y" * 1000, "ack 2", "x" * 1000])
+            assert [await b.recv() for _ in range(2)] == ["x" * 1000, "ack 2"]
+
+    asyncio.run(main())
