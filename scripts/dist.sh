@@ -35,7 +35,7 @@ notice_package() {
     case "$1" in
         libuv-*) echo libuv1 ;;
         libwslay-*) echo libwslay1 ;;
-        libcrypto-*) echo libssl3 ;;
+        libcrypto-* | libssl-*) echo libssl3 ;;
         *) return 1 ;;
     esac
 }
@@ -57,7 +57,7 @@ add_notices() {
             rm -rf "$tmp"
             exit 1
         }
-        pkgs+=("$pkg")
+        [[ " ${pkgs[*]} " == *" $pkg "* ]] || pkgs+=("$pkg")
     done
     for pkg in "${pkgs[@]}"; do
         cp "/usr/share/doc/$pkg/copyright" "$dist_info/licenses/bundled/$pkg.copyright"
