@@ -180,7 +180,8 @@ ws_queue_bound(const cd_config_t *cfg)
     return (size_t)cfg->ws_max_message;
 }
 
-/* After a read: stop reading while the app is behind. */
+/* After a read: stop reading while the app is behind, still watching
+ * for the peer's FIN or RST (the app gets websocket.disconnect). */
 static void
 queue_check_high(cd_cycle_t *cy)
 {
@@ -188,7 +189,7 @@ queue_check_high(cd_cycle_t *cy)
     if (ws->qlen >= CD_WS_QUEUE_HIGH ||
         ws->qbytes >= ws_queue_bound(&cy->server->cfg)) {
         ws->queue_full = 1;
-        cd_conn_read_stop(cy->conn);
+        cd_conn_read_pause(cy->conn);
     }
 }
 
