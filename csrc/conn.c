@@ -760,6 +760,10 @@ cd_conn_t *
 cd_conn_new(cd_listener_t *ls)
 {
     cd_server_t *srv = ls->server;
+    if (srv->test_fail_conn_new > 0) {
+        srv->test_fail_conn_new--;
+        return NULL;
+    }
     cd_conn_t *c = calloc(1, sizeof(*c));
     if (c == NULL) {
         return NULL;

@@ -231,7 +231,17 @@ struct cd_listener_s {
     uint64_t stall_since; /* loop time: since then they took nothing */
     uint64_t last_wait;   /* loop time of the last wait */
     uint64_t greedy_until; /* loop time: accept all until then */
-    int open_handles;      /* io and resume: freed when both have closed */
+    int open_handles;      /* io, resume (and drop): freed when all closed */
+    /** A connection we could not take (cd_conn_new failed before
+     * uv_accept) is accepted into this handle and closed: libuv watches
+     * the listening socket again only after a uv_accept. */
+    union {
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } drop;
+    int dropping; /* drop is open or closing: reused after its close */
 };
 
 /* The Python object Server: listeners, connections, the app. */
@@ -252,8 +262,12 @@ struct cd_server_s {
     int nlisteners;
     cd_link_t conns; /* every open connection */
     int nconns;
-    int closing;       /* stop accepting, close idle conns */
-    uint64_t requests; /* served so far */
+    int closing;           /* stop accepting, close idle conns */
+    uint64_t requests;     /* served so far */
+    uint64_t accept_drops; /* connections closed at accept (no memory) */
+    /* Test only (CDAPHNE_TEST_FAIL_CONN_NEW, off by default): the next N
+     * cd_conn_new calls fail as if out of memory. */
+    int test_fail_conn_new;
     /** Workers sharing a listening socket: one uint32 per worker, its
      * connections + 1 (0: not accepting), in memory they all map. */
     Py_buffer share; /* owned view (strong share.obj) when share_index >= 0 */

@@ -31,6 +31,39 @@ listener_on_close(uv_handle_t *h)
     free(ls);
 }
 
+static void listener_on_resume(uv_timer_t *h);
+
+static void
+listener_on_drop_close(uv_handle_t *h)
+{
+    cd_listener_t *ls = (cd_listener_t *)h->data;
+    ls->dropping = 0;
+    listener_on_close(h);
+}
+
+/* cd_conn_new failed.  If it did before uv_accept, libuv still holds the
+ * accepted fd and no longer watches the socket: accept it into the drop
+ * handle and close it (the client sees a reset).  While that handle is
+ * still closing, try again in a moment. */
+static void
+listener_drop(cd_listener_t *ls)
+{
+    uv_loop_t *uv = ls->io.handle.loop;
+    if (ls->dropping || (ls->is_unix ? uv_pipe_init(uv, &ls->drop.pipe, 0)
+                                     : uv_tcp_init(uv, &ls->drop.tcp)) < 0) {
+        ls->held = 1;
+        uv_timer_start(&ls->resume, listener_on_resume, CD_SHARE_WAIT_MS, 0);
+        return;
+    }
+    ls->dropping = 1;
+    ls->open_handles++;
+    ls->drop.handle.data = ls;
+    if (uv_accept(&ls->io.stream, &ls->drop.stream) == 0) {
+        ls->server->accept_drops++;
+    }
+    uv_close(&ls->drop.handle, listener_on_drop_close);
+}
+
 static void
 listener_accept(cd_listener_t *ls)
 {
@@ -38,6 +71,7 @@ listener_accept(cd_listener_t *ls)
     cd_conn_t *c = cd_conn_new(ls);
     if (c == NULL) {
         PyErr_Clear();
+        listener_drop(ls);
         return;
     }
     if (srv->cfg.limit_concurrency &&
@@ -554,6 +588,8 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     srv->first_proto = &cd_http1_proto;
     srv->conns.next = srv->conns.prev = &srv->conns;
     srv->share_index = -1;
+    const char *fail = getenv("CDAPHNE_TEST_FAIL_CONN_NEW"); /* tests only */
+    srv->test_fail_conn_new = fail != NULL ? atoi(fail) : 0;
     srv->loop = (cd_loop_t *)Py_NewRef(loop);
     cd_link_t *ll = &srv->loop->servers;
     srv->loop_link.next = ll->next;
@@ -768,11 +804,19 @@ server_get_requests(cd_server_t *srv, void *closure)
     return PyLong_FromUnsignedLongLong(srv->requests);
 }
 
+static PyObject *
+server_get_accept_drops(cd_server_t *srv, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(srv->accept_drops);
+}
+
 static PyGetSetDef server_getset[] = {
     {"connections", (getter)server_get_connections, NULL, NULL, NULL},
     {"busy_connections", (getter)server_get_busy, NULL, NULL, NULL},
     {"requests", (getter)server_get_requests, NULL,
      "HTTP requests and WebSocket sessions started so far.", NULL},
+    {"accept_drops", (getter)server_get_accept_drops, NULL,
+     "Connections closed at accept: no memory to serve them.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
