@@ -367,6 +367,12 @@ struct cd_transport_s {
  * TLS shook hands); the WebSocket upgrade swaps in cd_ws_proto
  * (cd_conn_set_proto).  libuv's read_cb, h2o's h2o_conn_callbacks_t.
  * Hooks run with the GIL held; all but free never after cd_conn_close. */
+/* Where a conn stands, for graceful shutdown (cd_proto_t.activity). */
+enum {
+    CD_ACT_BUSY = 1 << 0,      /* counts in busy_connections: wait for it */
+    CD_ACT_CLOSE_NOW = 1 << 1, /* no request with the app: close it first */
+};
+
 struct cd_proto_s {
     const char *name;
     /* The conn is ready: set c->proto_data.  0, or a negative UV_E*
@@ -384,6 +390,8 @@ struct cd_proto_s {
     void (*on_close)(cd_conn_t *c);
     /* The end of a graceful shutdown: close now, politely. */
     void (*shutdown)(cd_conn_t *c);
+    /* CD_ACT_* bits; none: fresh (nothing read yet), left a moment. */
+    int (*activity)(const cd_conn_t *c);
     /* The conn is freed (its last close callback): free proto_data and
      * drop c->cycle. */
     void (*free)(cd_conn_t *c);
@@ -465,6 +473,9 @@ void cd_conn_ready(cd_conn_t *c);
 /* Hands the conn over to another protocol (the WebSocket upgrade); the
  * old one freed its own proto_data.  c->in and c->cycle stay. */
 void cd_conn_set_proto(cd_conn_t *c, const cd_proto_t *proto, void *data);
+/* CD_ACT_* bits for graceful shutdown: the protocol's, without
+ * CD_ACT_CLOSE_NOW while the conn finishes a close of its own. */
+int cd_conn_activity(const cd_conn_t *c);
 /* The end of a graceful shutdown: the protocol closes (WebSocket 1012). */
 void cd_conn_shutdown(cd_conn_t *c);
 /* For transports: have the conn flushed before the loop polls again,

@@ -430,10 +430,7 @@ server_close_listeners(cd_server_t *srv, PyObject *unused)
     while (l != &srv->conns) {
         cd_conn_t *c = cd_container_of(l, cd_conn_t, link);
         l = l->next;
-        if (c->state == CD_CONN_HEAD &&
-            (c->flags & (CD_CONN_F_GOT_BYTES | CD_CONN_F_SERVED)) &&
-            !(c->flags & (CD_CONN_F_CLOSE_AFTER | CD_CONN_F_LINGER |
-                          CD_CONN_F_SHUT_WR))) {
+        if (cd_conn_activity(c) & CD_ACT_CLOSE_NOW) {
             cd_conn_close(c);
         }
     }
@@ -490,8 +487,7 @@ server_get_busy(cd_server_t *srv, void *closure)
     long busy = 0;
     for (cd_link_t *l = srv->conns.next; l != &srv->conns; l = l->next) {
         cd_conn_t *c = cd_container_of(l, cd_conn_t, link);
-        if (c->state == CD_CONN_ACTIVE || c->state == CD_CONN_UPGRADED ||
-            (c->flags & CD_CONN_F_GOT_BYTES)) {
+        if (cd_conn_activity(c) & CD_ACT_BUSY) {
             busy++;
         }
     }

@@ -1195,6 +1195,13 @@ ws_shutdown(cd_conn_t *c)
     cd_conn_close(c);
 }
 
+/* Open until the close handshake: shutdown waits, then sends 1012. */
+static int
+ws_activity(const cd_conn_t *c)
+{
+    return CD_ACT_BUSY;
+}
+
 const cd_proto_t cd_ws_proto = {
     .name = "websocket",
     .on_read = ws_on_read,
@@ -1203,6 +1210,7 @@ const cd_proto_t cd_ws_proto = {
     .on_drain = cd_cycle_conn_on_drain,
     .on_close = cd_cycle_conn_on_close,
     .shutdown = ws_shutdown,
+    .activity = ws_activity,
     .free = cd_cycle_conn_release,
 };
 
