@@ -760,6 +760,10 @@ cd_conn_t *
 cd_conn_new(cd_listener_t *ls)
 {
     cd_server_t *srv = ls->server;
+    if (srv->test_fail_conn_new > 0) {
+        srv->test_fail_conn_new--;
+        return NULL;
+    }
     cd_conn_t *c = calloc(1, sizeof(*c));
     if (c == NULL) {
         return NULL;
@@ -844,6 +848,21 @@ cd_conn_set_proto(cd_conn_t *c, const cd_proto_t *proto, void *data)
 {
     c->proto = proto;
     c->proto_data = data;
+}
+
+int
+cd_conn_activity(const cd_conn_t *c)
+{
+    if (c->proto == NULL) {
+        return 0; /* The transport is not ready: nothing read yet. */
+    }
+    /* A protocol without the hook is waited for (busy, never cut). */
+    int act = c->proto->activity != NULL ? c->proto->activity(c) : CD_ACT_BUSY;
+    if (c->flags &
+        (CD_CONN_F_CLOSE_AFTER | CD_CONN_F_LINGER | CD_CONN_F_SHUT_WR)) {
+        act &= ~CD_ACT_CLOSE_NOW; /* Bounded: left to finish. */
+    }
+    return act;
 }
 
 void

@@ -591,6 +591,22 @@ http1_on_timeout(cd_conn_t *c)
     cd_conn_close(c);
 }
 
+/* Busy once a head started; closed at once unless the app has it. */
+static int
+http1_activity(const cd_conn_t *c)
+{
+    int act = 0;
+    if (c->state == CD_CONN_ACTIVE || c->state == CD_CONN_UPGRADED ||
+        (c->flags & CD_CONN_F_GOT_BYTES)) {
+        act |= CD_ACT_BUSY;
+    }
+    if (c->state == CD_CONN_HEAD &&
+        (c->flags & (CD_CONN_F_GOT_BYTES | CD_CONN_F_SERVED))) {
+        act |= CD_ACT_CLOSE_NOW;
+    }
+    return act;
+}
+
 const cd_proto_t cd_http1_proto = {
     .name = "http/1.1",
     .open = http1_open,
@@ -600,6 +616,7 @@ const cd_proto_t cd_http1_proto = {
     .on_drain = cd_cycle_conn_on_drain,
     .on_close = cd_cycle_conn_on_close,
     .shutdown = cd_conn_close,
+    .activity = http1_activity,
     .free = http1_on_free,
 };
 

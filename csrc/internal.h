@@ -231,7 +231,17 @@ struct cd_listener_s {
     uint64_t stall_since; /* loop time: since then they took nothing */
     uint64_t last_wait;   /* loop time of the last wait */
     uint64_t greedy_until; /* loop time: accept all until then */
-    int open_handles;      /* io and resume: freed when both have closed */
+    int open_handles;      /* io, resume (and drop): freed when all closed */
+    /** A connection we could not take (cd_conn_new failed before
+     * uv_accept) is accepted into this handle and closed: libuv watches
+     * the listening socket again only after a uv_accept. */
+    union {
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } drop;
+    int dropping; /* drop is open or closing: reused after its close */
 };
 
 /* The Python object Server: listeners, connections, the app. */
@@ -252,8 +262,12 @@ struct cd_server_s {
     int nlisteners;
     cd_link_t conns; /* every open connection */
     int nconns;
-    int closing;       /* stop accepting, close idle conns */
-    uint64_t requests; /* served so far */
+    int closing;           /* stop accepting, close idle conns */
+    uint64_t requests;     /* served so far */
+    uint64_t accept_drops; /* connections closed at accept (no memory) */
+    /* Test only (CDAPHNE_TEST_FAIL_CONN_NEW, off by default): the next N
+     * cd_conn_new calls fail as if out of memory. */
+    int test_fail_conn_new;
     /** Workers sharing a listening socket: one uint32 per worker, its
      * connections + 1 (0: not accepting), in memory they all map. */
     Py_buffer share; /* owned view (strong share.obj) when share_index >= 0 */
@@ -353,6 +367,12 @@ struct cd_transport_s {
  * TLS shook hands); the WebSocket upgrade swaps in cd_ws_proto
  * (cd_conn_set_proto).  libuv's read_cb, h2o's h2o_conn_callbacks_t.
  * Hooks run with the GIL held; all but free never after cd_conn_close. */
+/* Where a conn stands, for graceful shutdown (cd_proto_t.activity). */
+enum {
+    CD_ACT_BUSY = 1 << 0,      /* counts in busy_connections: wait for it */
+    CD_ACT_CLOSE_NOW = 1 << 1, /* no request with the app: close it first */
+};
+
 struct cd_proto_s {
     const char *name;
     /* The conn is ready: set c->proto_data.  0, or a negative UV_E*
@@ -370,6 +390,8 @@ struct cd_proto_s {
     void (*on_close)(cd_conn_t *c);
     /* The end of a graceful shutdown: close now, politely. */
     void (*shutdown)(cd_conn_t *c);
+    /* CD_ACT_* bits; none: fresh (nothing read yet), left a moment. */
+    int (*activity)(const cd_conn_t *c);
     /* The conn is freed (its last close callback): free proto_data and
      * drop c->cycle. */
     void (*free)(cd_conn_t *c);
@@ -451,6 +473,9 @@ void cd_conn_ready(cd_conn_t *c);
 /* Hands the conn over to another protocol (the WebSocket upgrade); the
  * old one freed its own proto_data.  c->in and c->cycle stay. */
 void cd_conn_set_proto(cd_conn_t *c, const cd_proto_t *proto, void *data);
+/* CD_ACT_* bits for graceful shutdown: the protocol's, without
+ * CD_ACT_CLOSE_NOW while the conn finishes a close of its own. */
+int cd_conn_activity(const cd_conn_t *c);
 /* The end of a graceful shutdown: the protocol closes (WebSocket 1012). */
 void cd_conn_shutdown(cd_conn_t *c);
 /* For transports: have the conn flushed before the loop polls again,

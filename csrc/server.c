@@ -31,6 +31,39 @@ listener_on_close(uv_handle_t *h)
     free(ls);
 }
 
+static void listener_on_resume(uv_timer_t *h);
+
+static void
+listener_on_drop_close(uv_handle_t *h)
+{
+    cd_listener_t *ls = (cd_listener_t *)h->data;
+    ls->dropping = 0;
+    listener_on_close(h);
+}
+
+/* cd_conn_new failed.  If it did before uv_accept, libuv still holds the
+ * accepted fd and no longer watches the socket: accept it into the drop
+ * handle and close it (the client sees a reset).  While that handle is
+ * still closing, try again in a moment. */
+static void
+listener_drop(cd_listener_t *ls)
+{
+    uv_loop_t *uv = ls->io.handle.loop;
+    if (ls->dropping || (ls->is_unix ? uv_pipe_init(uv, &ls->drop.pipe, 0)
+                                     : uv_tcp_init(uv, &ls->drop.tcp)) < 0) {
+        ls->held = 1;
+        uv_timer_start(&ls->resume, listener_on_resume, CD_SHARE_WAIT_MS, 0);
+        return;
+    }
+    ls->dropping = 1;
+    ls->open_handles++;
+    ls->drop.handle.data = ls;
+    if (uv_accept(&ls->io.stream, &ls->drop.stream) == 0) {
+        ls->server->accept_drops++;
+    }
+    uv_close(&ls->drop.handle, listener_on_drop_close);
+}
+
 static void
 listener_accept(cd_listener_t *ls)
 {
@@ -38,6 +71,7 @@ listener_accept(cd_listener_t *ls)
     cd_conn_t *c = cd_conn_new(ls);
     if (c == NULL) {
         PyErr_Clear();
+        listener_drop(ls);
         return;
     }
     if (srv->cfg.limit_concurrency &&
@@ -396,10 +430,7 @@ server_close_listeners(cd_server_t *srv, PyObject *unused)
     while (l != &srv->conns) {
         cd_conn_t *c = cd_container_of(l, cd_conn_t, link);
         l = l->next;
-        if (c->state == CD_CONN_HEAD &&
-            (c->flags & (CD_CONN_F_GOT_BYTES | CD_CONN_F_SERVED)) &&
-            !(c->flags & (CD_CONN_F_CLOSE_AFTER | CD_CONN_F_LINGER |
-                          CD_CONN_F_SHUT_WR))) {
+        if (cd_conn_activity(c) & CD_ACT_CLOSE_NOW) {
             cd_conn_close(c);
         }
     }
@@ -456,32 +487,48 @@ server_get_busy(cd_server_t *srv, void *closure)
     long busy = 0;
     for (cd_link_t *l = srv->conns.next; l != &srv->conns; l = l->next) {
         cd_conn_t *c = cd_container_of(l, cd_conn_t, link);
-        if (c->state == CD_CONN_ACTIVE || c->state == CD_CONN_UPGRADED ||
-            (c->flags & CD_CONN_F_GOT_BYTES)) {
+        if (cd_conn_activity(c) & CD_ACT_BUSY) {
             busy++;
         }
     }
     return PyLong_FromLong(busy);
 }
 
-/* Read a number attribute of the config, in milliseconds if `ms`. */
-static int
-cfg_number(PyObject *config, const char *name, double dflt, double scale,
-           uint64_t *out)
+/* New reference: config.<name>.  Defaults live in config.py only: a
+ * config without the attribute is an AttributeError naming it. */
+static PyObject *
+cfg_object(PyObject *config, const char *name)
 {
     PyObject *v = PyObject_GetAttrString(config, name);
+    if (v == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Format(PyExc_AttributeError,
+                     "server config has no attribute '%s' (build it with "
+                     "cdaphne.config.Config)",
+                     name);
+    }
+    return v;
+}
+
+/* config.<name>: a number (times `scale`, 1000 for seconds to ms) or None
+ * (0); 0 for anything not above zero. */
+static int
+cfg_number_required(PyObject *config, const char *name, double scale,
+                    uint64_t *out)
+{
+    PyObject *v = cfg_object(config, name);
     if (v == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
-            return -1;
-        }
-        PyErr_Clear();
-        *out = (uint64_t)(dflt * scale);
-        return 0;
+        return -1;
     }
     double d = 0;
     if (v != Py_None) {
         d = PyFloat_AsDouble(v);
         if (d == -1.0 && PyErr_Occurred()) {
+            if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+                PyErr_Format(PyExc_TypeError,
+                             "server config '%s' must be a number or None, "
+                             "not %.100s",
+                             name, Py_TYPE(v)->tp_name);
+            }
             Py_DECREF(v);
             return -1;
         }
@@ -491,15 +538,18 @@ cfg_number(PyObject *config, const char *name, double dflt, double scale,
     return 0;
 }
 
-static PyObject *
-cfg_object(PyObject *config, const char *name)
+/* To be removed: the old reader, with a C default for a missing
+ * attribute, kept while branches that add options with it are merged.
+ * New options: a field in config.py and cfg_number_required. */
+__attribute__((unused)) static int
+cfg_number(PyObject *config, const char *name, double dflt, double scale,
+           uint64_t *out)
 {
-    PyObject *v = PyObject_GetAttrString(config, name);
-    if (v == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
-        PyErr_Clear();
-        return Py_NewRef(Py_None);
+    if (!PyObject_HasAttrString(config, name)) {
+        *out = (uint64_t)(dflt * scale);
+        return 0;
     }
-    return v;
+    return cfg_number_required(config, name, scale, out);
 }
 
 /* permessage-deflate: on unless the config says false; window bits and
@@ -515,8 +565,8 @@ cfg_deflate(PyObject *config, cd_config_t *c)
     c->ws_deflate = o == Py_None ? 1 : PyObject_IsTrue(o);
     Py_DECREF(o);
     if (c->ws_deflate < 0 ||
-        cfg_number(config, "ws_deflate_window_bits", 12, 1, &bits) < 0 ||
-        cfg_number(config, "ws_deflate_mem_level", 5, 1, &level) < 0) {
+        cfg_number_required(config, "ws_deflate_window_bits", 1, &bits) < 0 ||
+        cfg_number_required(config, "ws_deflate_mem_level", 1, &level) < 0) {
         return -1;
     }
     if (bits < 9 || bits > 15 || level < 1 || level > 9) {
@@ -554,6 +604,8 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     srv->first_proto = &cd_http1_proto;
     srv->conns.next = srv->conns.prev = &srv->conns;
     srv->share_index = -1;
+    const char *fail = getenv("CDAPHNE_TEST_FAIL_CONN_NEW"); /* tests only */
+    srv->test_fail_conn_new = fail != NULL ? atoi(fail) : 0;
     srv->loop = (cd_loop_t *)Py_NewRef(loop);
     cd_link_t *ll = &srv->loop->servers;
     srv->loop_link.next = ll->next;
@@ -566,51 +618,56 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     cd_config_t *c = &srv->cfg;
     uint64_t v;
     PyObject *o;
-    if (cfg_number(config, "max_body_size", 0, 1, &c->max_body) < 0 ||
-        cfg_number(config, "max_header_size", 65536, 1, &v) < 0) {
+    if (cfg_number_required(config, "max_body_size", 1, &c->max_body) < 0 ||
+        cfg_number_required(config, "max_header_size", 1, &v) < 0) {
         goto error;
     }
     c->max_head = (size_t)v;
-    if (cfg_number(config, "max_header_count", 0, 1, &v) < 0) {
+    if (cfg_number_required(config, "max_header_count", 1, &v) < 0) {
         goto error;
     }
     c->max_headers = v > UINT_MAX ? UINT_MAX : (unsigned)v;
-    if (cfg_number(config, "header_timeout", 30, 1000, &c->header_timeout) <
+    if (cfg_number_required(config, "header_timeout", 1000,
+                            &c->header_timeout) < 0 ||
+        cfg_number_required(config, "timeout_keep_alive", 1000,
+                            &c->keepalive_timeout) < 0 ||
+        cfg_number_required(config, "http_timeout", 1000, &c->http_timeout) <
             0 ||
-        cfg_number(config, "timeout_keep_alive", 60, 1000,
-                   &c->keepalive_timeout) < 0 ||
-        cfg_number(config, "http_timeout", 0, 1000, &c->http_timeout) < 0 ||
-        cfg_number(config, "application_close_timeout", 10, 1000,
-                   &c->app_close_timeout) < 0 ||
-        cfg_number(config, "limit_concurrency", 0, 1, &v) < 0) {
+        cfg_number_required(config, "application_close_timeout", 1000,
+                            &c->app_close_timeout) < 0 ||
+        cfg_number_required(config, "limit_concurrency", 1, &v) < 0) {
         goto error;
     }
     c->limit_concurrency = (int)v;
-    if (cfg_number(config, "websocket_connect_timeout", 5, 1000,
-                   &c->ws_connect_timeout) < 0 ||
-        cfg_number(config, "websocket_timeout", 86400, 1000, &c->ws_timeout) <
+    if (cfg_number_required(config, "websocket_connect_timeout", 1000,
+                            &c->ws_connect_timeout) < 0 ||
+        cfg_number_required(config, "websocket_timeout", 1000,
+                            &c->ws_timeout) < 0 ||
+        cfg_number_required(config, "ping_interval", 1000, &c->ping_interval) <
             0 ||
-        cfg_number(config, "ping_interval", 20, 1000, &c->ping_interval) < 0 ||
-        cfg_number(config, "ping_timeout", 30, 1000, &c->ping_timeout) < 0 ||
-        cfg_number(config, "websocket_max_message_size", 1 << 20, 1,
-                   &c->ws_max_message) < 0 ||
-        cfg_number(config, "websocket_max_frame_size", 1 << 20, 1,
-                   &c->ws_max_frame) < 0 ||
+        cfg_number_required(config, "ping_timeout", 1000, &c->ping_timeout) <
+            0 ||
+        cfg_number_required(config, "websocket_max_message_size", 1,
+                            &c->ws_max_message) < 0 ||
+        cfg_number_required(config, "websocket_max_frame_size", 1,
+                            &c->ws_max_frame) < 0 ||
         cfg_deflate(config, c) < 0 ||
-        cfg_number(config, "min_body_rate", 240, 1, &c->min_body_rate) < 0 ||
-        cfg_number(config, "body_rate_grace", 5, 1000, &c->body_rate_grace) <
+        cfg_number_required(config, "min_body_rate", 1, &c->min_body_rate) <
             0 ||
-        cfg_number(config, "pubsub_max_queue", 256 << 10, 1,
-                   &c->pubsub_max_queue) < 0 ||
-        cfg_number(config, "pubsub_max_topics", 100, 1,
-                   &c->pubsub_max_topics) < 0) {
+        cfg_number_required(config, "body_rate_grace", 1000,
+                            &c->body_rate_grace) < 0 ||
+        cfg_number_required(config, "pubsub_max_queue", 1,
+                            &c->pubsub_max_queue) < 0 ||
+        cfg_number_required(config, "pubsub_max_topics", 1,
+                            &c->pubsub_max_topics) < 0) {
         goto error;
     }
-    if (c->header_timeout == 0) {
-        c->header_timeout = 30000;
-    }
-    if (c->keepalive_timeout == 0) {
-        c->keepalive_timeout = 60000;
+    if (c->header_timeout == 0 || c->keepalive_timeout == 0) {
+        /* Both arm a conn's timer unconditionally: 0 would close it. */
+        PyErr_SetString(PyExc_ValueError, "server config 'header_timeout' and "
+                                          "'timeout_keep_alive' must be "
+                                          "positive");
+        goto error;
     }
     c->body_high_water = 1 << 20;
     c->write_high_water = 1 << 20;
@@ -768,11 +825,19 @@ server_get_requests(cd_server_t *srv, void *closure)
     return PyLong_FromUnsignedLongLong(srv->requests);
 }
 
+static PyObject *
+server_get_accept_drops(cd_server_t *srv, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(srv->accept_drops);
+}
+
 static PyGetSetDef server_getset[] = {
     {"connections", (getter)server_get_connections, NULL, NULL, NULL},
     {"busy_connections", (getter)server_get_busy, NULL, NULL, NULL},
     {"requests", (getter)server_get_requests, NULL,
      "HTTP requests and WebSocket sessions started so far.", NULL},
+    {"accept_drops", (getter)server_get_accept_drops, NULL,
+     "Connections closed at accept: no memory to serve them.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

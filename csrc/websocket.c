@@ -180,7 +180,8 @@ ws_queue_bound(const cd_config_t *cfg)
     return (size_t)cfg->ws_max_message;
 }
 
-/* After a read: stop reading while the app is behind. */
+/* After a read: stop reading while the app is behind, still watching
+ * for the peer's FIN or RST (the app gets websocket.disconnect). */
 static void
 queue_check_high(cd_cycle_t *cy)
 {
@@ -188,7 +189,7 @@ queue_check_high(cd_cycle_t *cy)
     if (ws->qlen >= CD_WS_QUEUE_HIGH ||
         ws->qbytes >= ws_queue_bound(&cy->server->cfg)) {
         ws->queue_full = 1;
-        cd_conn_read_stop(cy->conn);
+        cd_conn_read_pause(cy->conn);
     }
 }
 
@@ -1194,6 +1195,13 @@ ws_shutdown(cd_conn_t *c)
     cd_conn_close(c);
 }
 
+/* Open until the close handshake: shutdown waits, then sends 1012. */
+static int
+ws_activity(const cd_conn_t *c)
+{
+    return CD_ACT_BUSY;
+}
+
 const cd_proto_t cd_ws_proto = {
     .name = "websocket",
     .on_read = ws_on_read,
@@ -1202,6 +1210,7 @@ const cd_proto_t cd_ws_proto = {
     .on_drain = cd_cycle_conn_on_drain,
     .on_close = cd_cycle_conn_on_close,
     .shutdown = ws_shutdown,
+    .activity = ws_activity,
     .free = cd_cycle_conn_release,
 };
 

@@ -41,11 +41,11 @@ import tempfile
 import time
 import zlib
 from collections import deque
-from types import SimpleNamespace
 from typing import Any
 
 from cdaphne import pubsub
 from cdaphne._cdaphne import Server as CoreServer
+from cdaphne.config import Config
 from cdaphne.loop import new_event_loop
 
 # Apps raise on purpose and the server logs it: keep the output quiet.
@@ -146,16 +146,15 @@ class Server:
 
     def __init__(self, tcp: bool = False, tls: Any = None, **cfg: Any) -> None:
         global _serial
+        # Short timers and small limits; every other option is Config's.
         defaults = dict(
-            root_path="", server_name="cdaphne", header_timeout=0.03, timeout_keep_alive=0.03,
-            http_timeout=None, application_close_timeout=0.03, limit_concurrency=None,
+            header_timeout=0.03, timeout_keep_alive=0.03, application_close_timeout=0.03,
             websocket_connect_timeout=0.05, websocket_timeout=1.0, ping_interval=0.02,
             ping_timeout=0.03, websocket_max_message_size=4096, websocket_max_frame_size=4096,
-            max_body_size=None, max_header_size=4096, action_logger=None,
-            pubsub_max_queue=8192, pubsub_max_topics=3,
+            max_header_size=4096, pubsub_max_queue=8192, pubsub_max_topics=3,
         )
         defaults.update(cfg)
-        self.config = SimpleNamespace(**defaults)
+        self.config = Config(app, **defaults)
         self.core = CoreServer(loop().core, app, self.config)
         self.tcp = tcp
         if tcp:

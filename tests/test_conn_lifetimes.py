@@ -11,11 +11,12 @@ import socket
 import struct
 import sys
 import time
+import types
 
 import pytest
 
 from cdaphne._cdaphne import Server as CoreServer
-from cdaphne.config import Config
+from cdaphne.config import Config, ConfigError
 from cdaphne.loop import new_event_loop
 
 from .apps.common import send_text
@@ -161,6 +162,33 @@ def test_closing_the_loop_frees_open_connections_and_listeners():
     assert core.connections == 0
     assert sys.getrefcount(core) == core_refs
     assert sys.getrefcount(name) == name_refs - 1
+
+
+def test_core_server_takes_every_option_from_its_config():
+    """Defaults live in config.py only: the C server reads every attribute
+    and names the one missing or of the wrong type."""
+    import dataclasses
+
+    async def app(scope, receive, send):
+        pass
+
+    loop = new_event_loop()
+    try:
+        full = dataclasses.asdict(Config(app))
+        for name in ("max_header_count", "min_body_rate", "header_timeout", "root_path"):
+            partial = types.SimpleNamespace(**{k: v for k, v in full.items() if k != name})
+            with pytest.raises(AttributeError, match=f"'{name}'"):
+                CoreServer(loop.core, app, partial)
+        with pytest.raises(TypeError, match="'ping_interval' must be a number"):
+            CoreServer(loop.core, app, Config(app, ping_interval="20"))
+        with pytest.raises(ValueError, match="timeout_keep_alive"):
+            CoreServer(loop.core, app, Config(app, timeout_keep_alive=0))
+        with pytest.raises(ConfigError, match="timeout_keep_alive must be positive"):
+            Config(app, timeout_keep_alive=0).validate()
+        core = CoreServer(loop.core, app, types.SimpleNamespace(**full))
+        assert core.connections == 0
+    finally:
+        loop.close()
 
 
 # ---- application_close_timeout ---------------------------------------------

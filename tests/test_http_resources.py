@@ -10,6 +10,7 @@ import time
 import httpx
 
 from .conftest import Reader, connect, wait_until
+from .serverproc import ServerProcess
 
 
 def fd_count(pid: int) -> int:
@@ -68,3 +69,30 @@ def test_connections_do_not_leak_memory(server):
     # 1500 connections with request scopes and tasks: a leak of a few KiB each
     # would show as several MiB.
     assert after - before < 3000, (before, after)
+
+
+def test_listener_keeps_accepting_after_failed_connection_setups():
+    # CDAPHNE_TEST_FAIL_CONN_NEW (test only): the next 3 connection setups
+    # find no memory.  Each such connection is dropped (a retry of one that
+    # came while the last drop was closing counts too); the listener must
+    # go on accepting.
+    env = {"CDAPHNE_TEST_FAIL_CONN_NEW": "3"}
+    proc = ServerProcess(["-p", "0", "tests.apps.http1:app"], env=env)
+    replies = []
+    try:
+        proc.wait_listening()
+        while len(replies) < 4 and not replies[-1:] == [200]:
+            with connect(proc) as sock:
+                sock.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+                try:
+                    head = sock.recv(12)
+                except ConnectionResetError:
+                    head = b""
+            replies.append(int(head[9:12]) if head else None)
+        assert replies[0] is None and replies[-1] == 200, replies
+        assert httpx.get(proc.url("/hello"), timeout=5).status_code == 200
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.log_tail()
+    dropped = replies.count(None)
+    assert f"{dropped} connections closed at accept" in proc.log, proc.log_tail()

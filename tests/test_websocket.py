@@ -347,6 +347,25 @@ def test_send_waits_for_a_slow_reader(server):
     sock.close()
 
 
+def test_client_leaving_while_reading_is_paused_reaches_the_app():
+    # The app stops receiving, so the server stops reading (queued bytes
+    # reach the bound); the client's FIN waits behind unread data.  The
+    # server must still see it: the disconnect arms the close timeout,
+    # and the app's next receive() calls end in websocket.disconnect.
+    flags = ("--ping-interval", "0", "--websocket-max-message-size", "65536",
+             "--application-close-timeout", "0.5")
+    with running(APP, *flags) as s:
+        sock = raw_handshake(s.port, "/stall")
+        sock.settimeout(10)
+        # Twice the bound: the rest and the FIN fit the kernel's buffer.
+        for _ in range(8):
+            sock.sendall(frame(0x2, b"z" * 16384))
+        sock.close()
+        found = wait_events(s, "websocket.disconnect", timeout=10)
+        assert found == [{"event": "websocket.disconnect", "code": 1006}]
+        assert [e["event"] for e in events(s)].count("stall-cancelled") == 1
+
+
 # ---- timers (own servers: they need other flags) --------------------------
 
 def test_server_pings_and_drops_a_silent_peer():

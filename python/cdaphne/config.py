@@ -324,6 +324,9 @@ class Config:
                               f"not {self.ws_deflate_window_bits}")
         if not 1 <= self.ws_deflate_mem_level <= 9:
             raise ConfigError(f"ws_deflate_mem_level must be 1..9, not {self.ws_deflate_mem_level}")
+        for name in ("header_timeout", "timeout_keep_alive"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be at least 1, not {self.workers}")
         if not self.worker_healthcheck_timeout > 0:

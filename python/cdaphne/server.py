@@ -173,6 +173,8 @@ class Server:
                 core.busy_connections or (core.connections and loop.time() < fresh_deadline)):
             await asyncio.sleep(0.02)
         core.close_all()
+        if core.accept_drops:
+            logger.warning("%d connections closed at accept (out of memory)", core.accept_drops)
         # Give apps their disconnect and the close callbacks one turn.
         for _ in range(3):
             await asyncio.sleep(0)

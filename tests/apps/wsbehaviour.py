@@ -85,6 +85,19 @@ async def app(scope, receive, send):
         except RuntimeError as exc:
             record("send-error", text=str(exc))
         await send({"type": "websocket.close"})
+    elif path == "/stall":
+        # Stops receiving: only the application close timeout, armed once
+        # the server saw the client leave, ends the wait.
+        await send({"type": "websocket.accept"})
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            record("stall-cancelled")
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                record("websocket.disconnect", code=message["code"])
+                return
     elif path == "/flood":
         await send({"type": "websocket.accept"})
         chunk = b"x" * 65536
