@@ -57,7 +57,7 @@ cd_waiter_pending(cd_state *st, PyObject *fut)
 static PySendResult
 waiter_yield(cd_waiter_t *w, PyObject **result)
 {
-    if (PyObject_SetAttrString(w->fut, "_asyncio_future_blocking", Py_True) <
+    if (PyObject_SetAttr(w->fut, w->st->s_asyncio_future_blocking, Py_True) <
         0) {
         *result = NULL;
         return PYGEN_ERROR;
@@ -106,7 +106,7 @@ waiter_am_send(cd_waiter_t *w, PyObject *arg, PyObject **result)
     PyObject *fut = w->fut;
     w->fut = NULL;
     /* Raises CancelledError if the future was cancelled. */
-    *result = PyObject_CallMethod(fut, "result", NULL);
+    *result = PyObject_CallMethodNoArgs(fut, w->st->s_result);
     Py_DECREF(fut);
     if (*result == NULL) {
         return PYGEN_ERROR;
