@@ -17,15 +17,33 @@
 #include <string.h>
 #include <strings.h>
 
+/* New reference: a future of the server's loop.  BaseEventLoop's
+ * create_future() is asyncio.Future(loop=self): made here directly, it
+ * costs no Python frame; a loop class with its own create_future() is
+ * asked for one. */
 PyObject *
 cd_future_new(cd_server_t *srv)
 {
+    cd_state *st = srv->st;
     PyObject *loop = srv->loop->aio_loop;
     if (loop == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "no asyncio loop attached");
         return NULL;
     }
-    return PyObject_CallMethodNoArgs(loop, srv->st->s_create_future);
+    PyObject *m =
+        PyObject_GetAttr((PyObject *)Py_TYPE(loop), st->s_create_future);
+    if (m == NULL) {
+        return NULL;
+    }
+    int base = m == st->base_create_future;
+    Py_DECREF(m);
+    if (!base) {
+        return PyObject_CallMethodNoArgs(loop, st->s_create_future);
+    }
+    PyObject *args[2] = {NULL, loop};
+    return PyObject_Vectorcall(st->asyncio_Future, args + 1,
+                               PY_VECTORCALL_ARGUMENTS_OFFSET,
+                               st->kwnames_loop);
 }
 
 int

@@ -99,6 +99,10 @@ typedef struct {
 
     /* Imported at exec time: asyncio.Task, logging callables. */
     PyObject *asyncio_Task;
+    PyObject *asyncio_Future;
+    /* asyncio.BaseEventLoop.create_future: a loop whose class keeps it
+     * gets asyncio.Future(loop=loop) made directly (cd_future_new). */
+    PyObject *base_create_future;
     PyObject *asyncio_CancelledError;
     PyObject *empty_bytes;
     PyObject *empty_tuple;

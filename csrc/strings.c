@@ -30,8 +30,15 @@ cd_strings_init(cd_state *st)
     st->asyncio_Task = PyObject_GetAttrString(asyncio, "Task");
     st->asyncio_CancelledError =
         PyObject_GetAttrString(asyncio, "CancelledError");
+    st->asyncio_Future = PyObject_GetAttrString(asyncio, "Future");
+    PyObject *base = PyObject_GetAttrString(asyncio, "BaseEventLoop");
     Py_DECREF(asyncio);
-    if (!st->asyncio_Task || !st->asyncio_CancelledError) {
+    if (base != NULL) {
+        st->base_create_future = PyObject_GetAttr(base, st->s_create_future);
+        Py_DECREF(base);
+    }
+    if (!st->asyncio_Task || !st->asyncio_CancelledError ||
+        !st->asyncio_Future || !st->base_create_future) {
         return -1;
     }
     return 0;
@@ -47,6 +54,8 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->TLSContext_type);
     Py_VISIT(st->asyncio_Task);
     Py_VISIT(st->asyncio_CancelledError);
+    Py_VISIT(st->asyncio_Future);
+    Py_VISIT(st->base_create_future);
     Py_VISIT(st->asgi_dict);
     Py_VISIT(st->http_scope_template);
     Py_VISIT(st->ws_scope_template);
@@ -66,6 +75,8 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->TLSContext_type);
     Py_CLEAR(st->asyncio_Task);
     Py_CLEAR(st->asyncio_CancelledError);
+    Py_CLEAR(st->asyncio_Future);
+    Py_CLEAR(st->base_create_future);
     Py_CLEAR(st->empty_bytes);
     Py_CLEAR(st->empty_tuple);
     Py_CLEAR(st->asgi_dict);
