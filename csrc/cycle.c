@@ -58,6 +58,16 @@ cd_future_done(cd_state *st, PyObject *fut)
     return is_done;
 }
 
+/* fut.set_result(result) on a future known not to be done. */
+static int
+future_set_result(cd_state *st, PyObject *fut, PyObject *result)
+{
+    st->scheduled = 1;
+    PyObject *r = PyObject_CallMethodOneArg(fut, st->s_set_result, result);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
 int
 cd_future_resolve(cd_state *st, PyObject *fut, PyObject *result)
 {
@@ -65,10 +75,7 @@ cd_future_resolve(cd_state *st, PyObject *fut, PyObject *result)
     if (is_done != 0) {
         return is_done < 0 ? -1 : 0;
     }
-    st->scheduled = 1;
-    PyObject *r = PyObject_CallMethodOneArg(fut, st->s_set_result, result);
-    Py_XDECREF(r);
-    return r ? 0 : -1;
+    return future_set_result(st, fut, result);
 }
 
 static PyObject *
@@ -186,19 +193,20 @@ cd_cycle_receive_waiter(cd_cycle_t *cy)
 void
 cd_cycle_wake_receiver(cd_cycle_t *cy)
 {
+    if (cy->recv_fut == NULL || !cy->ops->has_message(cy)) {
+        return;
+    }
     if (drop_done_future(cy->st, &cy->recv_fut) < 0) {
         cd_log_exception("Error in receive()");
         return;
     }
     if (cy->recv_fut == NULL) {
-        return;
-    }
-    if (!cy->ops->has_message(cy)) {
-        return;
+        return; /* Its receive() was cancelled. */
     }
     PyObject *fut = cy->recv_fut;
     cy->recv_fut = NULL;
-    if (cd_future_resolve(cy->st, fut, Py_None) < 0) {
+    /* Not done: drop_done_future() just asked. */
+    if (future_set_result(cy->st, fut, Py_None) < 0) {
         cd_log_exception("Error resolving receive()");
     }
     Py_DECREF(fut);
