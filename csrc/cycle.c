@@ -115,9 +115,13 @@ take_message(cd_cycle_t *cy)
         else if (cy->conn != NULL) {
             cd_conn_read_start(cy->conn);
         }
-        PyObject *msg = Py_BuildValue(
-            "{OOONOO}", st->s_type, st->s_http_request, st->s_body, body,
-            st->s_more_body, cy->body_complete ? Py_False : Py_True);
+        PyObject *msg =
+            cd_message_new(st->http_request_template, st->s_body, body);
+        if (msg != NULL &&
+            PyDict_SetItem(msg, st->s_more_body,
+                           cy->body_complete ? Py_False : Py_True) < 0) {
+            Py_CLEAR(msg);
+        }
         return msg;
     }
     if (cy->disconnect_delivered) {

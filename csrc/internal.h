@@ -96,6 +96,8 @@ typedef struct cd_tls_s cd_tls_t;
 
 /* ---- strings.c ---------------------------------------------------- */
 int cd_strings_init(cd_state *st);
+PyObject *cd_message_new(PyObject *template, PyObject *key,
+                         PyObject *value); /* steals value */
 int cd_state_traverse(cd_state *st, visitproc visit, void *arg);
 void cd_state_clear(cd_state *st);
 
