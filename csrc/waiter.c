@@ -128,8 +128,10 @@ waiter_iternext(cd_waiter_t *w)
     }
     if (r == PYGEN_RETURN) {
         if (res == Py_None) {
+            /* Exhausted without an exception: an iterator's end, which
+             * await and yield from (SEND) take as the value None, with
+             * no StopIteration made and dropped on every send(). */
             Py_DECREF(res);
-            PyErr_SetNone(PyExc_StopIteration);
             return NULL;
         }
         PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, res);
@@ -146,7 +148,11 @@ waiter_iternext(cd_waiter_t *w)
 static PyObject *
 waiter_send(cd_waiter_t *w, PyObject *arg)
 {
-    return waiter_iternext(w);
+    PyObject *res = waiter_iternext(w);
+    if (res == NULL && !PyErr_Occurred()) {
+        PyErr_SetNone(PyExc_StopIteration); /* A method must raise it. */
+    }
+    return res;
 }
 
 /* throw(exc) or throw(type[, value[, tb]]): what a cancelled task does
