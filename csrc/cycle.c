@@ -40,10 +40,19 @@ cd_future_new(cd_server_t *srv)
     if (!base) {
         return PyObject_CallMethodNoArgs(loop, st->s_create_future);
     }
-    PyObject *args[2] = {NULL, loop};
-    return PyObject_Vectorcall(st->asyncio_Future, args + 1,
-                               PY_VECTORCALL_ARGUMENTS_OFFSET,
-                               st->kwnames_loop);
+    /* Future's __init__ takes a dict of keywords: keep one. */
+    PyObject *kw = srv->future_kwargs;
+    if (kw == NULL || PyDict_GetItemWithError(kw, st->s_loop) != loop) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        kw = Py_BuildValue("{OO}", st->s_loop, loop);
+        if (kw == NULL) {
+            return NULL;
+        }
+        Py_XSETREF(srv->future_kwargs, kw);
+    }
+    return PyObject_Call(st->asyncio_Future, st->empty_tuple, kw);
 }
 
 int

@@ -246,6 +246,7 @@ struct cd_server_s {
     PyObject *lifespan_state; /* strong: dict or NULL */
     PyObject *action_logger;  /* strong: callable or NULL */
     PyObject *scheme;         /* strong: "http" or "https" */
+    PyObject *future_kwargs;  /* strong: {"loop": loop}, cd_future_new */
     char *server_header;      /* owned: "server: x\r\n" or NULL */
     cd_config_t cfg;
     const cd_proto_t *first_proto; /* borrowed: a static table, what a
