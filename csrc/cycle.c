@@ -17,15 +17,42 @@
 #include <string.h>
 #include <strings.h>
 
+/* New reference: a future of the server's loop.  BaseEventLoop's
+ * create_future() is asyncio.Future(loop=self): made here directly, it
+ * costs no Python frame; a loop class with its own create_future() is
+ * asked for one. */
 PyObject *
 cd_future_new(cd_server_t *srv)
 {
+    cd_state *st = srv->st;
     PyObject *loop = srv->loop->aio_loop;
     if (loop == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "no asyncio loop attached");
         return NULL;
     }
-    return PyObject_CallMethodNoArgs(loop, srv->st->s_create_future);
+    PyObject *m =
+        PyObject_GetAttr((PyObject *)Py_TYPE(loop), st->s_create_future);
+    if (m == NULL) {
+        return NULL;
+    }
+    int base = m == st->base_create_future;
+    Py_DECREF(m);
+    if (!base) {
+        return PyObject_CallMethodNoArgs(loop, st->s_create_future);
+    }
+    /* Future's __init__ takes a dict of keywords: keep one. */
+    PyObject *kw = srv->future_kwargs;
+    if (kw == NULL || PyDict_GetItemWithError(kw, st->s_loop) != loop) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        kw = Py_BuildValue("{OO}", st->s_loop, loop);
+        if (kw == NULL) {
+            return NULL;
+        }
+        Py_XSETREF(srv->future_kwargs, kw);
+    }
+    return PyObject_Call(st->asyncio_Future, st->empty_tuple, kw);
 }
 
 int
@@ -40,6 +67,16 @@ cd_future_done(cd_state *st, PyObject *fut)
     return is_done;
 }
 
+/* fut.set_result(result) on a future known not to be done. */
+static int
+future_set_result(cd_state *st, PyObject *fut, PyObject *result)
+{
+    st->scheduled = 1;
+    PyObject *r = PyObject_CallMethodOneArg(fut, st->s_set_result, result);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
 int
 cd_future_resolve(cd_state *st, PyObject *fut, PyObject *result)
 {
@@ -47,10 +84,7 @@ cd_future_resolve(cd_state *st, PyObject *fut, PyObject *result)
     if (is_done != 0) {
         return is_done < 0 ? -1 : 0;
     }
-    st->scheduled = 1;
-    PyObject *r = PyObject_CallMethodOneArg(fut, st->s_set_result, result);
-    Py_XDECREF(r);
-    return r ? 0 : -1;
+    return future_set_result(st, fut, result);
 }
 
 static PyObject *
@@ -90,9 +124,13 @@ take_message(cd_cycle_t *cy)
         else if (cy->conn != NULL) {
             cd_conn_read_start(cy->conn);
         }
-        PyObject *msg = Py_BuildValue(
-            "{OOONOO}", st->s_type, st->s_http_request, st->s_body, body,
-            st->s_more_body, cy->body_complete ? Py_False : Py_True);
+        PyObject *msg =
+            cd_message_new(st->http_request_template, st->s_body, body);
+        if (msg != NULL &&
+            PyDict_SetItem(msg, st->s_more_body,
+                           cy->body_complete ? Py_False : Py_True) < 0) {
+            Py_CLEAR(msg);
+        }
         return msg;
     }
     if (cy->disconnect_delivered) {
@@ -168,19 +206,20 @@ cd_cycle_receive_waiter(cd_cycle_t *cy)
 void
 cd_cycle_wake_receiver(cd_cycle_t *cy)
 {
+    if (cy->recv_fut == NULL || !cy->ops->has_message(cy)) {
+        return;
+    }
     if (drop_done_future(cy->st, &cy->recv_fut) < 0) {
         cd_log_exception("Error in receive()");
         return;
     }
     if (cy->recv_fut == NULL) {
-        return;
-    }
-    if (!cy->ops->has_message(cy)) {
-        return;
+        return; /* Its receive() was cancelled. */
     }
     PyObject *fut = cy->recv_fut;
     cy->recv_fut = NULL;
-    if (cd_future_resolve(cy->st, fut, Py_None) < 0) {
+    /* Not done: drop_done_future() just asked. */
+    if (future_set_result(cy->st, fut, Py_None) < 0) {
         cd_log_exception("Error resolving receive()");
     }
     Py_DECREF(fut);

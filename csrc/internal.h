@@ -96,6 +96,8 @@ typedef struct cd_tls_s cd_tls_t;
 
 /* ---- strings.c ---------------------------------------------------- */
 int cd_strings_init(cd_state *st);
+PyObject *cd_message_new(PyObject *template, PyObject *key,
+                         PyObject *value); /* steals value */
 int cd_state_traverse(cd_state *st, visitproc visit, void *arg);
 void cd_state_clear(cd_state *st);
 
@@ -254,6 +256,7 @@ struct cd_server_s {
     PyObject *lifespan_state; /* strong: dict or NULL */
     PyObject *action_logger;  /* strong: callable or NULL */
     PyObject *scheme;         /* strong: "http" or "https" */
+    PyObject *future_kwargs;  /* strong: {"loop": loop}, cd_future_new */
     char *server_header;      /* owned: "server: x\r\n" or NULL */
     cd_config_t cfg;
     const cd_proto_t *first_proto; /* borrowed: a static table, what a

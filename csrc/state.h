@@ -99,6 +99,10 @@ typedef struct {
 
     /* Imported at exec time: asyncio.Task, logging callables. */
     PyObject *asyncio_Task;
+    PyObject *asyncio_Future;
+    /* asyncio.BaseEventLoop.create_future: a loop whose class keeps it
+     * gets asyncio.Future(loop=loop) made directly (cd_future_new). */
+    PyObject *base_create_future;
     PyObject *asyncio_CancelledError;
     PyObject *empty_bytes;
     PyObject *empty_tuple;
@@ -109,6 +113,12 @@ typedef struct {
     PyObject *asgi_dict;     /* {"version": "3.0", "spec_version": "2.3"} */
     PyObject *kwnames_eager; /* ("loop", "eager_start") */
     PyObject *kwnames_loop;  /* ("loop",) */
+    /* Received messages with their keys in place (cd_message_new):
+     * {"type": "websocket.receive", "text": None}, likewise "bytes", and
+     * {"type": "http.request", "body": None, "more_body": None}. */
+    PyObject *ws_text_template;
+    PyObject *ws_bytes_template;
+    PyObject *http_request_template;
     /* Set when C code scheduled asyncio callbacks (resolved a future,
      * armed a timer): select() must not block before they run. */
     int scheduled;

@@ -18,8 +18,16 @@ cd_strings_init(cd_state *st)
     st->kwnames_loop = Py_BuildValue("(O)", st->s_loop);
     st->asgi_dict = Py_BuildValue("{OOOO}", st->s_version, st->s_v3_0,
                                   st->s_spec_version, st->s_v2_3);
+    st->ws_text_template = Py_BuildValue(
+        "{OOOO}", st->s_type, st->s_ws_receive, st->s_text, Py_None);
+    st->ws_bytes_template = Py_BuildValue(
+        "{OOOO}", st->s_type, st->s_ws_receive, st->s_bytes, Py_None);
+    st->http_request_template =
+        Py_BuildValue("{OOOOOO}", st->s_type, st->s_http_request, st->s_body,
+                      Py_None, st->s_more_body, Py_None);
     if (!st->empty_bytes || !st->empty_tuple || !st->kwnames_eager ||
-        !st->kwnames_loop || !st->asgi_dict) {
+        !st->kwnames_loop || !st->asgi_dict || !st->ws_text_template ||
+        !st->ws_bytes_template || !st->http_request_template) {
         return -1;
     }
 
@@ -30,8 +38,15 @@ cd_strings_init(cd_state *st)
     st->asyncio_Task = PyObject_GetAttrString(asyncio, "Task");
     st->asyncio_CancelledError =
         PyObject_GetAttrString(asyncio, "CancelledError");
+    st->asyncio_Future = PyObject_GetAttrString(asyncio, "Future");
+    PyObject *base = PyObject_GetAttrString(asyncio, "BaseEventLoop");
     Py_DECREF(asyncio);
-    if (!st->asyncio_Task || !st->asyncio_CancelledError) {
+    if (base != NULL) {
+        st->base_create_future = PyObject_GetAttr(base, st->s_create_future);
+        Py_DECREF(base);
+    }
+    if (!st->asyncio_Task || !st->asyncio_CancelledError ||
+        !st->asyncio_Future || !st->base_create_future) {
         return -1;
     }
     return 0;
@@ -47,7 +62,12 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->TLSContext_type);
     Py_VISIT(st->asyncio_Task);
     Py_VISIT(st->asyncio_CancelledError);
+    Py_VISIT(st->asyncio_Future);
+    Py_VISIT(st->base_create_future);
     Py_VISIT(st->asgi_dict);
+    Py_VISIT(st->ws_text_template);
+    Py_VISIT(st->ws_bytes_template);
+    Py_VISIT(st->http_request_template);
     Py_VISIT(st->http_scope_template);
     Py_VISIT(st->ws_scope_template);
     Py_VISIT(st->done_waiter);
@@ -66,9 +86,14 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->TLSContext_type);
     Py_CLEAR(st->asyncio_Task);
     Py_CLEAR(st->asyncio_CancelledError);
+    Py_CLEAR(st->asyncio_Future);
+    Py_CLEAR(st->base_create_future);
     Py_CLEAR(st->empty_bytes);
     Py_CLEAR(st->empty_tuple);
     Py_CLEAR(st->asgi_dict);
+    Py_CLEAR(st->ws_text_template);
+    Py_CLEAR(st->ws_bytes_template);
+    Py_CLEAR(st->http_request_template);
     Py_CLEAR(st->http_scope_template);
     Py_CLEAR(st->ws_scope_template);
     Py_CLEAR(st->done_waiter);
@@ -79,4 +104,23 @@ cd_state_clear(cd_state *st)
 #define CD_CLEAR_STR(name, text) Py_CLEAR(st->name);
     CD_STRINGS(CD_CLEAR_STR)
 #undef CD_CLEAR_STR
+}
+
+/* New reference: a copy of template (a dict holding every key of the
+ * message) with key set to value; steals value.  Copying a small dict
+ * clones its table in one step and setting a key it has never grows it:
+ * cheaper than building the dict key by key. */
+PyObject *
+cd_message_new(PyObject *template, PyObject *key, PyObject *value)
+{
+    if (value == NULL) {
+        return NULL;
+    }
+    PyObject *msg = PyDict_Copy(template);
+    if (msg == NULL || PyDict_SetItem(msg, key, value) < 0) {
+        Py_XDECREF(msg);
+        msg = NULL;
+    }
+    Py_DECREF(value);
+    return msg;
 }

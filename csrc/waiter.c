@@ -57,7 +57,7 @@ cd_waiter_pending(cd_state *st, PyObject *fut)
 static PySendResult
 waiter_yield(cd_waiter_t *w, PyObject **result)
 {
-    if (PyObject_SetAttrString(w->fut, "_asyncio_future_blocking", Py_True) <
+    if (PyObject_SetAttr(w->fut, w->st->s_asyncio_future_blocking, Py_True) <
         0) {
         *result = NULL;
         return PYGEN_ERROR;
@@ -106,7 +106,7 @@ waiter_am_send(cd_waiter_t *w, PyObject *arg, PyObject **result)
     PyObject *fut = w->fut;
     w->fut = NULL;
     /* Raises CancelledError if the future was cancelled. */
-    *result = PyObject_CallMethod(fut, "result", NULL);
+    *result = PyObject_CallMethodNoArgs(fut, w->st->s_result);
     Py_DECREF(fut);
     if (*result == NULL) {
         return PYGEN_ERROR;
@@ -128,8 +128,10 @@ waiter_iternext(cd_waiter_t *w)
     }
     if (r == PYGEN_RETURN) {
         if (res == Py_None) {
+            /* Exhausted without an exception: an iterator's end, which
+             * await and yield from (SEND) take as the value None, with
+             * no StopIteration made and dropped on every send(). */
             Py_DECREF(res);
-            PyErr_SetNone(PyExc_StopIteration);
             return NULL;
         }
         PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, res);
@@ -146,7 +148,11 @@ waiter_iternext(cd_waiter_t *w)
 static PyObject *
 waiter_send(cd_waiter_t *w, PyObject *arg)
 {
-    return waiter_iternext(w);
+    PyObject *res = waiter_iternext(w);
+    if (res == NULL && !PyErr_Occurred()) {
+        PyErr_SetNone(PyExc_StopIteration); /* A method must raise it. */
+    }
+    return res;
 }
 
 /* throw(exc) or throw(type[, value[, tb]]): what a cancelled task does

@@ -378,7 +378,7 @@ wslay_on_msg(wslay_event_context_ptr ctx,
             wslay_event_shutdown_read(ctx);
             return;
         }
-        PyObject *payload, *key;
+        PyObject *payload, *key, *template;
         if (arg->opcode == WSLAY_TEXT_FRAME) {
             payload = PyUnicode_DecodeUTF8(data, (Py_ssize_t)len, NULL);
             if (payload == NULL) {
@@ -389,15 +389,15 @@ wslay_on_msg(wslay_event_context_ptr ctx,
                 return;
             }
             key = st->s_text;
+            template = st->ws_text_template;
         }
         else {
             payload = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
             key = st->s_bytes;
+            template = st->ws_bytes_template;
         }
         cd_buf_dispose(&plain);
-        PyObject *msg = payload ? Py_BuildValue("{OOON}", st->s_type,
-                                                st->s_ws_receive, key, payload)
-                                : NULL;
+        PyObject *msg = cd_message_new(template, key, payload);
         if (msg == NULL || queue_push(ws, msg, len) < 0) {
             cd_log_exception("Error queueing a WebSocket message");
             return;

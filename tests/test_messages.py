@@ -82,6 +82,17 @@ def test_receive_awaitable_takes_throw_and_close_and_keeps_the_body(serve):
     assert resp.body == b"hello"
 
 
+def test_awaitables_driven_by_hand_end_with_stop_iteration(serve):
+    proc = serve(APP)
+    with connect(proc) as sock:
+        sock.sendall(b"POST /awaitable-by-hand HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 5\r\n\r\nhello")
+        resp = Reader(sock).response()
+    assert resp.status == 200, (resp, proc.log_tail())
+    assert resp.header("x-got") == "hello"
+    assert resp.body == b"aNone None"
+
+
 # ---- WebSocket: cancelled receive() and send() -----------------------------
 
 def test_ws_messages_survive_receive_timeouts(serve):

@@ -111,6 +111,28 @@ async def http(scope, receive, send):
         return await respond(send, 200, msg.get("body", b""),
                              [(b"x-thrown", thrown.encode()),
                               (b"x-closed", repr(closed).encode())])
+    if path == "/awaitable-by-hand":
+        # Driven by hand, the awaitables end as iterators do: next() and
+        # send(None) raise StopIteration carrying the result.
+        it = receive().__await__()
+        try:
+            it.send(None)
+            got = "no StopIteration"
+        except StopIteration as e:
+            got = e.value["body"].decode()
+        ends = []
+        start = {"type": "http.response.start", "status": 200,
+                 "headers": [(b"x-got", got.encode())]}
+        for msg, drive in ((start, next),
+                           ({"type": "http.response.body", "body": b"a",
+                             "more_body": True}, lambda i: i.send(None))):
+            try:
+                drive(send(msg).__await__())
+                ends.append("no StopIteration")
+            except StopIteration as e:
+                ends.append(repr(e.value))
+        return await send({"type": "http.response.body",
+                           "body": (" ".join(ends)).encode()})
     return await respond(send, 404, b"not found")
 
 
