@@ -93,6 +93,7 @@ typedef struct cd_ws_s cd_ws_t;
 typedef struct cd_transport_s cd_transport_t;
 typedef struct cd_proto_s cd_proto_t;
 typedef struct cd_tls_s cd_tls_t;
+typedef struct cd_hop_s cd_hop_t;
 
 /* ---- strings.c ---------------------------------------------------- */
 int cd_strings_init(cd_state *st);
@@ -157,6 +158,11 @@ struct cd_loop_s {
                            no unparsed input (cd_conn_t in), or NULL */
     cd_link_t servers;  /* Servers on this loop (each unlinks itself) */
     struct cd_pubsub_s *pubsub; /* owned: topics (pubsub.c), once attached */
+    /* Thread hops (hop.c).  The GIL guards these fields: every thread
+     * that touches them runs Python code at that moment. */
+    uv_async_t wake;     /* embedded: wakes uv_run from any thread */
+    cd_hop_t *hops_head; /* strong: each queued hop, first to complete */
+    cd_hop_t *hops_tail; /* borrowed: the last of hops_head's chain */
     int closed;
 };
 
@@ -180,6 +186,23 @@ void cd_loop_flush(cd_loop_t *loop);
 int cd_loop_defer_start(cd_loop_t *loop, PyObject *cycle);
 /* Logs the current exception with the "cdaphne" logger and clears it. */
 void cd_log_exception(const char *msg);
+
+/* ---- hop.c: thread -> loop wake-ups, run_in_executor completions --- */
+int cd_hop_type_init(PyObject *module, cd_state *st);
+/* Sets up loop->wake (before any uv_run). */
+int cd_hop_loop_init(cd_loop_t *loop);
+/* Completes the asyncio futures whose executor work finished since the
+ * last call.  Runs on the loop's thread with the GIL, outside uv_run. */
+void cd_hop_drain(cd_loop_t *loop);
+/* Drops the hops still queued: their loop is closing (as asyncio drops a
+ * result whose loop is closed).  loop->wake is closed by the walk. */
+void cd_hop_loop_close(cd_loop_t *loop);
+int cd_hop_loop_traverse(cd_loop_t *loop, visitproc visit, void *arg);
+/* wakeup(): uv_async_send, from any thread (call_soon_threadsafe). */
+PyObject *cd_hop_wakeup(cd_loop_t *loop, PyObject *unused);
+/* hop(concurrent_future) -> asyncio future of the loop, completed on
+ * the loop's thread when the concurrent one is done (wrap_future). */
+PyObject *cd_hop_wrap(cd_loop_t *loop, PyObject *source);
 
 /* ---- server.c ----------------------------------------------------- */
 

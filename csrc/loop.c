@@ -194,6 +194,7 @@ loop_run_once(cd_loop_t *loop, PyObject *timeout)
     uv_run(&loop->uv, mode);
     cd_gil_ensure(loop);
     uv_timer_stop(&loop->select_timer);
+    cd_hop_drain(loop);
 
     PyObject *out = PyList_New(loop->nready);
     if (out == NULL) {
@@ -267,8 +268,8 @@ loop_attach(cd_loop_t *loop, PyObject *aio_loop)
     Py_RETURN_NONE;
 }
 
-/* The select timer and the prepare handle are embedded in the loop:
- * nothing to free. */
+/* The select timer, the prepare handle and the wake-up are embedded in
+ * the loop: nothing to free. */
 static void
 timer_on_close(uv_handle_t *h)
 {
@@ -276,7 +277,7 @@ timer_on_close(uv_handle_t *h)
 }
 
 /* Servers closed theirs first: what is left is asyncio's polls, the
- * select timer and the prepare handle. */
+ * select timer, the prepare handle and the wake-up. */
 static void
 walk_close(uv_handle_t *h, void *arg)
 {
@@ -299,6 +300,7 @@ loop_close_uv(cd_loop_t *loop)
     }
     cd_pubsub_detach(loop);
     loop->closed = 1;
+    cd_hop_loop_close(loop);
     uv_walk(&loop->uv, walk_close, NULL);
     uv_run(&loop->uv, UV_RUN_DEFAULT);
     uv_loop_close(&loop->uv);
@@ -355,6 +357,12 @@ loop_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     uv_prepare_init(&loop->uv, &loop->prepare);
     uv_prepare_start(&loop->prepare, loop_on_prepare);
     uv_unref((uv_handle_t *)&loop->prepare);
+    r = cd_hop_loop_init(loop);
+    if (r < 0) {
+        PyErr_Format(PyExc_OSError, "uv_async_init: %s", uv_strerror(r));
+        Py_DECREF(loop);
+        return NULL;
+    }
     loop->uv.data = loop;
     return (PyObject *)loop;
 }
@@ -365,12 +373,13 @@ loop_traverse(cd_loop_t *loop, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(loop));
     Py_VISIT(loop->pending);
     Py_VISIT(loop->aio_loop);
-    return 0;
+    return cd_hop_loop_traverse(loop, visit, arg);
 }
 
 static int
 loop_clear(cd_loop_t *loop)
 {
+    cd_hop_loop_close(loop);
     Py_CLEAR(loop->pending);
     Py_CLEAR(loop->aio_loop);
     return 0;
@@ -396,6 +405,10 @@ static PyMethodDef loop_methods[] = {
      "Start the apps of requests parsed so far."},
     {"has_pending", (PyCFunction)loop_has_pending, METH_NOARGS, NULL},
     {"attach", (PyCFunction)loop_attach, METH_O, "attach(asyncio_loop)"},
+    {"wakeup", (PyCFunction)cd_hop_wakeup, METH_NOARGS,
+     "Wake select() from any thread (call_soon_threadsafe)."},
+    {"hop", (PyCFunction)cd_hop_wrap, METH_O,
+     "hop(concurrent_future) -> asyncio future completed on this loop."},
     {"close", (PyCFunction)loop_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };

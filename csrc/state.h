@@ -85,7 +85,10 @@
     X(s_pubsub_unsubscribe, "cdaphne.pubsub.unsubscribe")                     \
     X(s_pubsub_publish, "cdaphne.pubsub.publish")                             \
     X(s_topic, "topic")                                                       \
-    X(s_exclude_self, "exclude_self")
+    X(s_exclude_self, "exclude_self")                                         \
+    X(s_call_exception_handler, "call_exception_handler")                     \
+    X(s_message, "message")                                                   \
+    X(s_future, "future")
 
 struct cd_pubsub_s;
 
@@ -96,10 +99,12 @@ typedef struct {
     PyTypeObject *Cycle_type;
     PyTypeObject *Waiter_type;
     PyTypeObject *TLSContext_type;
+    PyTypeObject *Hop_type;
 
     /* Imported at exec time: asyncio.Task, logging callables. */
     PyObject *asyncio_Task;
     PyObject *asyncio_CancelledError;
+    PyObject *convert_future_exc; /* asyncio.futures._convert_future_exc */
     PyObject *empty_bytes;
     PyObject *empty_tuple;
     PyObject *done_waiter; /* a Waiter that returns None: stateless, shared

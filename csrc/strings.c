@@ -45,6 +45,8 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->Cycle_type);
     Py_VISIT(st->Waiter_type);
     Py_VISIT(st->TLSContext_type);
+    Py_VISIT(st->Hop_type);
+    Py_VISIT(st->convert_future_exc);
     Py_VISIT(st->asyncio_Task);
     Py_VISIT(st->asyncio_CancelledError);
     Py_VISIT(st->asgi_dict);
@@ -64,6 +66,8 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->Cycle_type);
     Py_CLEAR(st->Waiter_type);
     Py_CLEAR(st->TLSContext_type);
+    Py_CLEAR(st->Hop_type);
+    Py_CLEAR(st->convert_future_exc);
     Py_CLEAR(st->asyncio_Task);
     Py_CLEAR(st->asyncio_CancelledError);
     Py_CLEAR(st->empty_bytes);

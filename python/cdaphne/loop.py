@@ -9,6 +9,7 @@ every asyncio API keeps working inside apps.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import selectors
 from typing import Any
 
@@ -80,13 +81,41 @@ class LibuvSelector(selectors._BaseSelectorImpl):  # type: ignore[misc]
 
 
 class LibuvEventLoop(asyncio.SelectorEventLoop):
-    """asyncio's selector event loop, on libuv."""
+    """asyncio's selector event loop, on libuv.
+
+    Thread hops take libuv's path: `call_soon_threadsafe` wakes the loop
+    through a `uv_async_t` (the self-pipe stays for signals only), and
+    `run_in_executor` completes its future from C on the loop's thread.
+    """
 
     def __init__(self) -> None:
         selector = LibuvSelector()
         super().__init__(selector)
         self.core = selector.core
         selector.bind(self)
+        # Replaces the self-pipe write of call_soon_threadsafe() and of
+        # signal handlers (thread-safe, silent once closed, as asyncio's).
+        self._write_to_self = self.core.wakeup
+
+    def run_in_executor(
+        self, executor: concurrent.futures.Executor | None, func: Any, *args: Any
+    ) -> asyncio.Future[Any]:
+        # BaseEventLoop.run_in_executor, except that the concurrent future
+        # is chained to the asyncio one in C (see csrc/hop.c).
+        self._check_closed()
+        if self._debug:
+            self._check_callback(func, "run_in_executor")  # type: ignore[attr-defined]
+        if executor is None:
+            executor = self._default_executor  # type: ignore[attr-defined]
+            # Only check when the default executor is being used.
+            self._check_default_executor()  # type: ignore[attr-defined]
+            if executor is None:
+                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+                self._default_executor = executor
+        future = executor.submit(func, *args)
+        if isinstance(future, concurrent.futures.Future):
+            return self.core.hop(future)  # type: ignore[no-any-return]
+        return asyncio.wrap_future(future, loop=self)
 
 
 def new_event_loop() -> LibuvEventLoop:
