@@ -163,6 +163,11 @@ struct cd_loop_s {
     uv_async_t wake;     /* embedded: wakes uv_run from any thread */
     cd_hop_t *hops_head; /* strong: each queued hop, first to complete */
     cd_hop_t *hops_tail; /* borrowed: the last of hops_head's chain */
+    /* Scheduling core (sched.c), set by sched_init(). */
+    PyObject *aio_ready;     /* strong: the asyncio loop's _ready deque */
+    PyObject *ready_append;  /* strong: ready.append */
+    PyObject *ready_popleft; /* strong: ready.popleft */
+    PyObject *report;        /* strong: reports a callback's exception */
     int closed;
 };
 
@@ -203,6 +208,17 @@ PyObject *cd_hop_wakeup(cd_loop_t *loop, PyObject *unused);
 /* hop(concurrent_future) -> asyncio future of the loop, completed on
  * the loop's thread when the concurrent one is done (wrap_future). */
 PyObject *cd_hop_wrap(cd_loop_t *loop, PyObject *source);
+
+/* ---- sched.c: call_soon and the run-once step -------------------- */
+/* Imports asyncio's Handle, heapq, and the slot offsets into st. */
+int cd_sched_init(cd_state *st);
+PyObject *cd_sched_call_soon(cd_loop_t *core, PyObject *const *args,
+                             size_t nargsf, PyObject *kwnames);
+PyObject *cd_sched_step(cd_loop_t *core, PyObject *unused);
+PyObject *cd_sched_attach(cd_loop_t *core, PyObject *const *args,
+                          Py_ssize_t nargs);
+int cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg);
+void cd_sched_loop_clear(cd_loop_t *core);
 
 /* ---- server.c ----------------------------------------------------- */
 

@@ -373,13 +373,15 @@ loop_traverse(cd_loop_t *loop, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(loop));
     Py_VISIT(loop->pending);
     Py_VISIT(loop->aio_loop);
-    return cd_hop_loop_traverse(loop, visit, arg);
+    int r = cd_sched_loop_traverse(loop, visit, arg);
+    return r ? r : cd_hop_loop_traverse(loop, visit, arg);
 }
 
 static int
 loop_clear(cd_loop_t *loop)
 {
     cd_hop_loop_close(loop);
+    cd_sched_loop_clear(loop);
     Py_CLEAR(loop->pending);
     Py_CLEAR(loop->aio_loop);
     return 0;
@@ -407,6 +409,13 @@ static PyMethodDef loop_methods[] = {
     {"attach", (PyCFunction)loop_attach, METH_O, "attach(asyncio_loop)"},
     {"wakeup", (PyCFunction)cd_hop_wakeup, METH_NOARGS,
      "Wake select() from any thread (call_soon_threadsafe)."},
+    {"call_soon", (PyCFunction)(void (*)(void))cd_sched_call_soon,
+     METH_FASTCALL | METH_KEYWORDS,
+     "call_soon(callback, *args, context=None): asyncio's, in C."},
+    {"step", (PyCFunction)cd_sched_step, METH_NOARGS,
+     "One run-once step of the asyncio loop (_run_once)."},
+    {"sched_init", (PyCFunction)(void (*)(void))cd_sched_attach, METH_FASTCALL,
+     "sched_init(ready, report)"},
     {"hop", (PyCFunction)cd_hop_wrap, METH_O,
      "hop(concurrent_future) -> asyncio future completed on this loop."},
     {"close", (PyCFunction)loop_close, METH_NOARGS, NULL},

@@ -47,6 +47,12 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->TLSContext_type);
     Py_VISIT(st->Hop_type);
     Py_VISIT(st->convert_future_exc);
+    Py_VISIT(st->asyncio_Handle);
+    Py_VISIT(st->asyncio_TimerHandle);
+    Py_VISIT(st->base_call_soon);
+    Py_VISIT(st->base_run_once);
+    Py_VISIT(st->heapq_heappop);
+    Py_VISIT(st->heapq_heapify);
     Py_VISIT(st->asyncio_Task);
     Py_VISIT(st->asyncio_CancelledError);
     Py_VISIT(st->asgi_dict);
@@ -68,6 +74,12 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->TLSContext_type);
     Py_CLEAR(st->Hop_type);
     Py_CLEAR(st->convert_future_exc);
+    Py_CLEAR(st->asyncio_Handle);
+    Py_CLEAR(st->asyncio_TimerHandle);
+    Py_CLEAR(st->base_call_soon);
+    Py_CLEAR(st->base_run_once);
+    Py_CLEAR(st->heapq_heappop);
+    Py_CLEAR(st->heapq_heapify);
     Py_CLEAR(st->asyncio_Task);
     Py_CLEAR(st->asyncio_CancelledError);
     Py_CLEAR(st->empty_bytes);

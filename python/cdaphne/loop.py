@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import selectors
+from asyncio import format_helpers
 from typing import Any
 
 from ._cdaphne import LoopCore
@@ -80,6 +81,19 @@ class LibuvSelector(selectors._BaseSelectorImpl):  # type: ignore[misc]
         self.core.close()
 
 
+def _report_callback_error(handle: asyncio.Handle, exc: BaseException) -> None:
+    """asyncio.Handle._run's except clause, for handles run from C."""
+    cb = format_helpers._format_callback_source(
+        handle._callback,  # type: ignore[attr-defined]
+        handle._args,  # type: ignore[attr-defined]
+        debug=handle._loop.get_debug(),  # type: ignore[attr-defined]
+    )
+    context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
+    if handle._source_traceback:  # type: ignore[attr-defined]
+        context["source_traceback"] = handle._source_traceback  # type: ignore[attr-defined]
+    handle._loop.call_exception_handler(context)  # type: ignore[attr-defined]
+
+
 class LibuvEventLoop(asyncio.SelectorEventLoop):
     """asyncio's selector event loop, on libuv.
 
@@ -96,6 +110,11 @@ class LibuvEventLoop(asyncio.SelectorEventLoop):
         # Replaces the self-pipe write of call_soon_threadsafe() and of
         # signal handlers (thread-safe, silent once closed, as asyncio's).
         self._write_to_self = self.core.wakeup
+        # The scheduling core in C (csrc/sched.c), on this loop's own
+        # _ready deque and _scheduled heap; debug mode takes asyncio's paths.
+        self.core.sched_init(self._ready, _report_callback_error)
+        self.call_soon = self.core.call_soon
+        self._run_once = self.core.step
 
     def run_in_executor(
         self, executor: concurrent.futures.Executor | None, func: Any, *args: Any
