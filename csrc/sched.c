@@ -59,7 +59,8 @@ cd_sched_init(cd_state *st)
     }
     st->heapq_heappop = PyObject_GetAttrString(heapq, "heappop");
     st->heapq_heapify = PyObject_GetAttrString(heapq, "heapify");
-    if (!st->heapq_heappop || !st->heapq_heapify) {
+    st->heapq_heappush = PyObject_GetAttrString(heapq, "heappush");
+    if (!st->heapq_heappop || !st->heapq_heapify || !st->heapq_heappush) {
         goto done;
     }
     st->asyncio_Handle = PyObject_GetAttrString(events, "Handle");
@@ -74,8 +75,11 @@ cd_sched_init(cd_state *st)
     }
     st->base_call_soon = PyObject_GetAttrString(cls, "call_soon");
     st->base_run_once = PyObject_GetAttrString(cls, "_run_once");
+    st->base_call_at = PyObject_GetAttrString(cls, "call_at");
+    st->base_call_later = PyObject_GetAttrString(cls, "call_later");
     Py_DECREF(cls);
-    if (!st->base_call_soon || !st->base_run_once) {
+    if (!st->base_call_soon || !st->base_run_once || !st->base_call_at ||
+        !st->base_call_later) {
         goto done;
     }
     cd_handle_slots_t *o = &st->handle_slots;
@@ -86,7 +90,10 @@ cd_sched_init(cd_state *st)
         slot_offset(h, "_loop", &o->loop) < 0 ||
         slot_offset(h, "_source_traceback", &o->source_traceback) < 0 ||
         slot_offset(h, "_repr", &o->repr) < 0 ||
-        slot_offset(h, "_context", &o->context) < 0) {
+        slot_offset(h, "_context", &o->context) < 0 ||
+        slot_offset(st->asyncio_TimerHandle, "_when", &o->when) < 0 ||
+        slot_offset(st->asyncio_TimerHandle, "_scheduled", &o->scheduled) <
+            0) {
         goto done;
     }
     rc = 0;
@@ -100,13 +107,14 @@ done:
 #define CD_SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 
 /* New reference: asyncio.Handle(callback, args, loop, context) as its
- * __init__ makes it when the loop is not in debug mode.  Steals args;
+ * __init__ makes it when the loop is not in debug mode (cls Handle or
+ * TimerHandle, whose own slots the caller fills).  Steals args;
  * context NULL or None means a copy of the current context. */
 static PyObject *
-handle_new(cd_state *st, PyObject *callback, PyObject *args, PyObject *loop,
-           PyObject *context)
+handle_new(cd_state *st, PyObject *cls, PyObject *callback, PyObject *args,
+           PyObject *loop, PyObject *context)
 {
-    PyTypeObject *tp = (PyTypeObject *)st->asyncio_Handle;
+    PyTypeObject *tp = (PyTypeObject *)cls;
     PyObject *ctx = NULL;
     if (context == NULL || context == Py_None) {
         ctx = PyContext_CopyCurrent();
@@ -144,6 +152,87 @@ loop_flag(PyObject *loop, PyObject *name)
     return r;
 }
 
+/* Calls asyncio's own method fn(loop, *args, **kw) with the arguments
+ * as received (vectorcall). */
+static PyObject *
+sched_fallback(PyObject *fn, PyObject *loop, PyObject *const *args,
+               Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *small[8], **full = small;
+    if (nargs + nkw + 1 > 8) {
+        full = PyMem_Malloc((nargs + nkw + 1) * sizeof(PyObject *));
+        if (full == NULL) {
+            return PyErr_NoMemory();
+        }
+    }
+    full[0] = loop;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
+        full[i + 1] = args[i];
+    }
+    PyObject *r = PyObject_Vectorcall(fn, full, nargs + 1, kwnames);
+    if (full != small) {
+        PyMem_Free(full);
+    }
+    return r;
+}
+
+/* The checks shared by call_soon/call_at/call_later: nfixed positional
+ * arguments before the callback's.  Returns 1 when the C path may go on
+ * (*context set, NULL if not given), 0 when asyncio's own method must
+ * handle the call (debug mode, unusual arguments), -1 on error. */
+static int
+sched_check(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs,
+            PyObject *kwnames, Py_ssize_t nfixed, PyObject **context)
+{
+    cd_state *st = core->st;
+    PyObject *loop = core->aio_loop;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    *context = NULL;
+    if (loop == NULL) {
+        /* The core drops its loop when the loop closes. */
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return -1;
+    }
+    if (nargs <= nfixed || nkw > 1 || args[0] == Py_None) {
+        /* Let asyncio raise its own TypeError. */
+        return 0;
+    }
+    if (nkw == 1) {
+        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0),
+                                             "context") != 0) {
+            return 0;
+        }
+        *context = args[nargs];
+    }
+    int debug = loop_flag(loop, st->s__debug);
+    if (debug != 0) {
+        /* Thread and callback checks, source tracebacks: asyncio's. */
+        return debug < 0 ? -1 : 0;
+    }
+    int closed = loop_flag(loop, st->s__closed);
+    if (closed != 0) {
+        if (closed > 0) {
+            PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        }
+        return -1;
+    }
+    return 1;
+}
+
+/* New reference: the tuple of the callback's arguments. */
+static PyObject *
+sched_cbargs(PyObject *const *args, Py_ssize_t from, Py_ssize_t nargs)
+{
+    PyObject *t = PyTuple_New(nargs - from);
+    if (t != NULL) {
+        for (Py_ssize_t i = from; i < nargs; i++) {
+            PyTuple_SET_ITEM(t, i - from, Py_NewRef(args[i]));
+        }
+    }
+    return t;
+}
+
 /* call_soon(callback, *args, context=None): BaseEventLoop.call_soon. */
 PyObject *
 cd_sched_call_soon(cd_loop_t *core, PyObject *const *args, size_t nargsf,
@@ -151,71 +240,17 @@ cd_sched_call_soon(cd_loop_t *core, PyObject *const *args, size_t nargsf,
 {
     cd_state *st = core->st;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *loop = core->aio_loop, *context = NULL;
-    if (loop == NULL) {
-        /* The core drops its loop when the loop closes. */
-        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
-        return NULL;
+    PyObject *context;
+    int ok = sched_check(core, args, nargs, kwnames, 0, &context);
+    if (ok <= 0) {
+        return ok < 0 ? NULL
+                      : sched_fallback(st->base_call_soon, core->aio_loop,
+                                       args, nargs, kwnames);
     }
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nkw > 1 ||
-        (nkw == 1 && PyUnicode_CompareWithASCIIString(
-                         PyTuple_GET_ITEM(kwnames, 0), "context") != 0)) {
-        /* Let asyncio's own signature raise its TypeError. */
-        nkw = -1;
-    }
-    else if (nkw == 1) {
-        context = args[nargs];
-    }
-    int debug = nkw < 0 || nargs < 1 ? 1 : loop_flag(loop, st->s__debug);
-    if (debug < 0) {
-        return NULL;
-    }
-    if (debug) {
-        /* Thread check, callback check, source traceback: asyncio's. */
-        PyObject *r = NULL;
-        PyObject *full = PyTuple_New(nargs + 1);
-        if (full == NULL) {
-            return NULL;
-        }
-        PyTuple_SET_ITEM(full, 0, Py_NewRef(loop));
-        for (Py_ssize_t i = 0; i < nargs; i++) {
-            PyTuple_SET_ITEM(full, i + 1, Py_NewRef(args[i]));
-        }
-        PyObject *kw = NULL;
-        if (nkw != 0 && kwnames != NULL) {
-            kw = PyDict_New();
-            for (Py_ssize_t i = 0; kw && i < PyTuple_GET_SIZE(kwnames); i++) {
-                if (PyDict_SetItem(kw, PyTuple_GET_ITEM(kwnames, i),
-                                   args[nargs + i]) < 0) {
-                    Py_CLEAR(kw);
-                }
-            }
-            if (kw == NULL) {
-                Py_DECREF(full);
-                return NULL;
-            }
-        }
-        r = PyObject_Call(st->base_call_soon, full, kw);
-        Py_DECREF(full);
-        Py_XDECREF(kw);
-        return r;
-    }
-    int closed = loop_flag(loop, st->s__closed);
-    if (closed != 0) {
-        if (closed > 0) {
-            PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
-        }
-        return NULL;
-    }
-    PyObject *cbargs = PyTuple_New(nargs - 1);
-    if (cbargs == NULL) {
-        return NULL;
-    }
-    for (Py_ssize_t i = 1; i < nargs; i++) {
-        PyTuple_SET_ITEM(cbargs, i - 1, Py_NewRef(args[i]));
-    }
-    PyObject *h = handle_new(st, args[0], cbargs, loop, context);
+    PyObject *cbargs = sched_cbargs(args, 1, nargs);
+    PyObject *h = cbargs ? handle_new(st, st->asyncio_Handle, args[0], cbargs,
+                                      core->aio_loop, context)
+                         : NULL;
     if (h == NULL) {
         return NULL;
     }
@@ -225,6 +260,79 @@ cd_sched_call_soon(cd_loop_t *core, PyObject *const *args, size_t nargsf,
         return NULL;
     }
     Py_DECREF(r);
+    return h;
+}
+
+/* Pushes a new TimerHandle(when, ...) on the loop's heap (call_at). */
+static PyObject *
+sched_timer(cd_loop_t *core, PyObject *when, PyObject *const *args,
+            Py_ssize_t nargs, PyObject *context)
+{
+    cd_state *st = core->st;
+    const cd_handle_slots_t *o = &st->handle_slots;
+    PyObject *cbargs = sched_cbargs(args, 1, nargs);
+    PyObject *h = cbargs ? handle_new(st, st->asyncio_TimerHandle, args[0],
+                                      cbargs, core->aio_loop, context)
+                         : NULL;
+    if (h == NULL) {
+        return NULL;
+    }
+    CD_SLOT(h, o->when) = Py_NewRef(when);
+    CD_SLOT(h, o->scheduled) = Py_NewRef(Py_False);
+    PyObject *sched = PyObject_GetAttr(core->aio_loop, st->s__scheduled);
+    PyObject *r = NULL;
+    if (sched != NULL) {
+        r = PyObject_CallFunctionObjArgs(st->heapq_heappush, sched, h, NULL);
+        Py_DECREF(sched);
+    }
+    if (r == NULL) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    Py_DECREF(r);
+    Py_SETREF(CD_SLOT(h, o->scheduled), Py_NewRef(Py_True));
+    return h;
+}
+
+/* call_at(when, callback, *args, context=None). */
+PyObject *
+cd_sched_call_at(cd_loop_t *core, PyObject *const *args, size_t nargsf,
+                 PyObject *kwnames)
+{
+    cd_state *st = core->st;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context;
+    int ok = sched_check(core, args, nargs, kwnames, 1, &context);
+    if (ok <= 0) {
+        return ok < 0 ? NULL
+                      : sched_fallback(st->base_call_at, core->aio_loop, args,
+                                       nargs, kwnames);
+    }
+    return sched_timer(core, args[0], args + 1, nargs - 1, context);
+}
+
+/* call_later(delay, callback, *args, context=None). */
+PyObject *
+cd_sched_call_later(cd_loop_t *core, PyObject *const *args, size_t nargsf,
+                    PyObject *kwnames)
+{
+    cd_state *st = core->st;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context;
+    int ok = sched_check(core, args, nargs, kwnames, 1, &context);
+    if (ok <= 0) {
+        return ok < 0 ? NULL
+                      : sched_fallback(st->base_call_later, core->aio_loop,
+                                       args, nargs, kwnames);
+    }
+    PyObject *now = PyObject_CallMethodNoArgs(core->aio_loop, st->s_time);
+    PyObject *when = now ? PyNumber_Add(now, args[0]) : NULL;
+    Py_XDECREF(now);
+    if (when == NULL) {
+        return NULL;
+    }
+    PyObject *h = sched_timer(core, when, args + 1, nargs - 1, context);
+    Py_DECREF(when);
     return h;
 }
 

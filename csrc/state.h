@@ -107,6 +107,7 @@
 typedef struct {
     Py_ssize_t callback, args, cancelled, loop, source_traceback, repr,
         context;
+    Py_ssize_t when, scheduled; /* TimerHandle's own */
 } cd_handle_slots_t;
 
 struct cd_pubsub_s;
@@ -129,6 +130,9 @@ typedef struct {
     PyObject *asyncio_TimerHandle;
     PyObject *base_call_soon; /* BaseEventLoop.call_soon */
     PyObject *base_run_once;  /* BaseEventLoop._run_once */
+    PyObject *base_call_at;   /* BaseEventLoop.call_at */
+    PyObject *base_call_later;
+    PyObject *heapq_heappush;
     PyObject *heapq_heappop;
     PyObject *heapq_heapify;
     cd_handle_slots_t handle_slots;

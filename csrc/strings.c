@@ -53,6 +53,9 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->base_run_once);
     Py_VISIT(st->heapq_heappop);
     Py_VISIT(st->heapq_heapify);
+    Py_VISIT(st->heapq_heappush);
+    Py_VISIT(st->base_call_later);
+    Py_VISIT(st->base_call_at);
     Py_VISIT(st->asyncio_Task);
     Py_VISIT(st->asyncio_CancelledError);
     Py_VISIT(st->asgi_dict);
@@ -80,6 +83,9 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->base_run_once);
     Py_CLEAR(st->heapq_heappop);
     Py_CLEAR(st->heapq_heapify);
+    Py_CLEAR(st->heapq_heappush);
+    Py_CLEAR(st->base_call_later);
+    Py_CLEAR(st->base_call_at);
     Py_CLEAR(st->asyncio_Task);
     Py_CLEAR(st->asyncio_CancelledError);
     Py_CLEAR(st->empty_bytes);

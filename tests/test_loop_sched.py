@@ -324,3 +324,70 @@ def test_task_switches_and_gather(loop):
         return [t.result() for t in tasks]
 
     assert loop.run_until_complete(main()) == list(range(20))
+
+
+def test_call_later_and_call_at_return_asyncio_timer_handles():
+    def scenario(loop):
+        loop.time = lambda: 100.0  # Overridable, as asyncio's tests do.
+        h = loop.call_later(5, print, "x")
+        a = loop.call_at(50, print)
+        assert type(h) is asyncio.TimerHandle and type(a) is asyncio.TimerHandle
+        out = [h.when(), a.when(), h._scheduled, repr(h), loop._scheduled[0] is a]
+        h.cancel()
+        out += [h._scheduled, h.cancelled(), loop._timer_cancelled_count, repr(h)]
+        a.cancel()
+        a.cancel()
+        out.append(loop._timer_cancelled_count)
+        return out
+
+    assert on_both(scenario) == [
+        *(105.0, 50, True, "<TimerHandle when=105.0 print()>", True),
+        *(True, True, 1, "<TimerHandle cancelled when=105.0>", 2),
+    ]
+
+
+def test_timer_argument_errors_match_asyncio():
+    def scenario(loop):
+        out = []
+        for fn, args, kw in [
+            (loop.call_later, (None, print), {}),
+            (loop.call_at, (None, print), {}),
+            (loop.call_later, (1,), {}),
+            (loop.call_at, (1, print), {"bogus": 1}),
+            (loop.call_later, ("1", print), {}),
+        ]:
+            try:
+                fn(*args, **kw).cancel()
+                out.append("ok")
+            except TypeError:
+                out.append("TypeError")
+        return out
+
+    assert on_both(scenario) == ["TypeError"] * 5
+
+
+def test_timers_in_debug_mode_take_asyncios_path(loop):
+    loop.set_debug(True)
+    h = loop.call_later(10, print)
+    assert h._source_traceback
+    with pytest.raises(TypeError):
+        loop.call_at(loop.time(), 42)
+    h.cancel()
+
+
+def test_timer_context_and_when_order_with_call_soon():
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    def scenario(loop):
+        out = []
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, "ctx")
+        base = loop.time()
+        loop.call_at(base + 0.02, lambda: out.append(("b", var.get())))
+        loop.call_at(base + 0.01, lambda: out.append(("a", var.get())), context=ctx)
+        loop.call_later(0.03, loop.stop)
+        loop.call_soon(lambda: out.append(("soon", var.get())))
+        loop.run_forever()
+        return out
+
+    assert on_both(scenario) == [("soon", "unset"), ("a", "ctx"), ("b", "unset")]

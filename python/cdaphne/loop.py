@@ -114,6 +114,8 @@ class LibuvEventLoop(asyncio.SelectorEventLoop):
         # _ready deque and _scheduled heap; debug mode takes asyncio's paths.
         self.core.sched_init(self._ready, _report_callback_error)
         self.call_soon = self.core.call_soon
+        self.call_at = self.core.call_at
+        self.call_later = self.core.call_later
         self._run_once = self.core.step
 
     def run_in_executor(
