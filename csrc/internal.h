@@ -168,6 +168,7 @@ struct cd_loop_s {
     PyObject *ready_append;  /* strong: ready.append */
     PyObject *ready_popleft; /* strong: ready.popleft */
     PyObject *report;        /* strong: reports a callback's exception */
+    PyObject *selector;      /* strong: the LibuvSelector over this core */
     int closed;
 };
 
@@ -184,6 +185,10 @@ cd_gil_ensure(cd_loop_t *loop)
 }
 
 int cd_loop_type_init(PyObject *module, cd_state *st);
+/* LibuvSelector.select(timeout) in C: new reference to the list of
+ * (key, events) that asyncio's _process_events takes. */
+PyObject *cd_loop_select(cd_loop_t *loop, PyObject *selector,
+                         PyObject *timeout);
 /* Write out what every corked conn has queued (before each poll). */
 void cd_loop_flush(cd_loop_t *loop);
 /* Queues a cycle whose application must start on the next dispatch.

@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 static void
 poll_on_close(uv_handle_t *h)
@@ -156,13 +157,14 @@ select_timer_on_fire(uv_timer_t *t)
     uv_stop(t->loop);
 }
 
-/* run_once(timeout) -> list of (fd, events); timeout None blocks. */
-static PyObject *
-loop_run_once(cd_loop_t *loop, PyObject *timeout)
+/* Runs libuv once (timeout None blocks); the events asyncio asked about
+ * are left in loop->ready[0..nready). */
+static int
+loop_poll_once(cd_loop_t *loop, PyObject *timeout)
 {
     if (loop->closed) {
         PyErr_SetString(PyExc_RuntimeError, "loop core is closed");
-        return NULL;
+        return -1;
     }
     /* Output queued during this turn goes out now, in one writev per
      * conn.  Its completions may wake apps: then don't block. */
@@ -175,7 +177,7 @@ loop_run_once(cd_loop_t *loop, PyObject *timeout)
     else if (timeout != Py_None) {
         double t = PyFloat_AsDouble(timeout);
         if (t == -1.0 && PyErr_Occurred()) {
-            return NULL;
+            return -1;
         }
         if (t <= 0) {
             mode = UV_RUN_NOWAIT;
@@ -195,7 +197,16 @@ loop_run_once(cd_loop_t *loop, PyObject *timeout)
     cd_gil_ensure(loop);
     uv_timer_stop(&loop->select_timer);
     cd_hop_drain(loop);
+    return 0;
+}
 
+/* run_once(timeout) -> list of (fd, events); timeout None blocks. */
+static PyObject *
+loop_run_once(cd_loop_t *loop, PyObject *timeout)
+{
+    if (loop_poll_once(loop, timeout) < 0) {
+        return NULL;
+    }
     PyObject *out = PyList_New(loop->nready);
     if (out == NULL) {
         return NULL;
@@ -210,6 +221,83 @@ loop_run_once(cd_loop_t *loop, PyObject *timeout)
         PyList_SET_ITEM(out, i, t);
     }
     loop->nready = 0;
+    return out;
+}
+
+/* Appends (key, events & key.events) for fd if the selector has a key. */
+static int
+select_add(PyObject *out, PyObject *fd_to_key, int fd, int events)
+{
+    PyObject *k = PyLong_FromLong(fd), *key = NULL, *kev = NULL, *t = NULL;
+    int rc = -1;
+    if (k == NULL || PyDict_GetItemRef(fd_to_key, k, &key) < 0) {
+        goto done;
+    }
+    if (key == NULL) {
+        rc = 0;
+        goto done;
+    }
+    kev = PyObject_GetAttrString(key, "events");
+    long mask = kev ? PyLong_AsLong(kev) : -1;
+    if (mask == -1 && PyErr_Occurred()) {
+        goto done;
+    }
+    t = Py_BuildValue("(Ol)", key, (long)events & mask);
+    rc = t ? PyList_Append(out, t) : -1;
+done:
+    Py_XDECREF(k);
+    Py_XDECREF(key);
+    Py_XDECREF(kev);
+    Py_XDECREF(t);
+    return rc;
+}
+
+PyObject *
+cd_loop_select(cd_loop_t *loop, PyObject *selector, PyObject *timeout)
+{
+    if (PyList_GET_SIZE(loop->pending) > 0) {
+        return PyObject_GetAttrString(selector, "_dispatch_ready");
+    }
+    if (loop_poll_once(loop, timeout) < 0) {
+        return NULL;
+    }
+    PyObject *out = PyList_New(0), *fd_to_key = NULL;
+    if (out != NULL && loop->nready > 0) {
+        /* Copied: the lookups below run no libuv callback, but keep the
+         * array free for the next poll whatever happens. */
+        int n = loop->nready;
+        cd_ready_t *ev = PyMem_Malloc(n * sizeof(*ev));
+        fd_to_key = PyObject_GetAttrString(selector, "_fd_to_key");
+        if (ev == NULL || fd_to_key == NULL || !PyDict_Check(fd_to_key)) {
+            if (ev == NULL) {
+                PyErr_NoMemory();
+            }
+            else if (fd_to_key != NULL) {
+                PyErr_SetString(PyExc_TypeError, "_fd_to_key is not a dict");
+            }
+            Py_CLEAR(out);
+        }
+        else {
+            memcpy(ev, loop->ready, n * sizeof(*ev));
+        }
+        loop->nready = 0;
+        for (int i = 0; out != NULL && i < n; i++) {
+            if (select_add(out, fd_to_key, ev[i].fd, ev[i].events) < 0) {
+                Py_CLEAR(out);
+            }
+        }
+        PyMem_Free(ev);
+    }
+    loop->nready = 0;
+    if (out != NULL && PyList_GET_SIZE(loop->pending) > 0) {
+        PyObject *d = PyObject_GetAttrString(selector, "_dispatch_ready");
+        if (d == NULL ||
+            PyList_SetSlice(out, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, d) < 0) {
+            Py_CLEAR(out);
+        }
+        Py_XDECREF(d);
+    }
+    Py_XDECREF(fd_to_key);
     return out;
 }
 

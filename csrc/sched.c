@@ -668,12 +668,22 @@ cd_sched_step(cd_loop_t *core, PyObject *unused)
     }
     timeout = sched_timeout(core, loop, sched);
     sel = timeout ? PyObject_GetAttr(loop, st->s__selector) : NULL;
-    events =
-        sel ? PyObject_CallMethodOneArg(sel, st->s_select, timeout) : NULL;
+    if (sel != NULL && sel == core->selector) {
+        events = cd_loop_select(core, sel, timeout);
+    }
+    else if (sel != NULL) {
+        events = PyObject_CallMethodOneArg(sel, st->s_select, timeout);
+    }
     if (events == NULL) {
         goto done;
     }
-    r = PyObject_CallMethodOneArg(loop, st->s__process_events, events);
+    if (PyList_CheckExact(events) && PyList_GET_SIZE(events) == 0) {
+        /* _process_events() of nothing does nothing. */
+        r = Py_NewRef(Py_None);
+    }
+    else {
+        r = PyObject_CallMethodOneArg(loop, st->s__process_events, events);
+    }
     Py_CLEAR(events);
     if (r == NULL || sched_move_due(core, loop) < 0 ||
         sched_run_ready(core) < 0) {
@@ -689,13 +699,15 @@ done:
     return r;
 }
 
-/* sched_init(ready, report): the loop's _ready deque, and the Python
- * function that reports an exception raised by a callback. */
+/* sched_init(ready, report, selector): the loop's _ready deque, the
+ * Python function that reports an exception raised by a callback, and the
+ * LibuvSelector whose select() the step runs in C. */
 PyObject *
 cd_sched_attach(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "sched_init(ready, report)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "sched_init(ready, report, selector)");
         return NULL;
     }
     PyObject *append = PyObject_GetAttrString(args[0], "append");
@@ -709,6 +721,7 @@ cd_sched_attach(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(core->ready_append, append);
     Py_XSETREF(core->ready_popleft, popleft);
     Py_XSETREF(core->report, Py_NewRef(args[1]));
+    Py_XSETREF(core->selector, Py_NewRef(args[2]));
     Py_RETURN_NONE;
 }
 
@@ -719,6 +732,7 @@ cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg)
     Py_VISIT(core->ready_append);
     Py_VISIT(core->ready_popleft);
     Py_VISIT(core->report);
+    Py_VISIT(core->selector);
     return 0;
 }
 
@@ -729,4 +743,5 @@ cd_sched_loop_clear(cd_loop_t *core)
     Py_CLEAR(core->ready_append);
     Py_CLEAR(core->ready_popleft);
     Py_CLEAR(core->report);
+    Py_CLEAR(core->selector);
 }

@@ -112,7 +112,7 @@ class LibuvEventLoop(asyncio.SelectorEventLoop):
         self._write_to_self = self.core.wakeup
         # The scheduling core in C (csrc/sched.c), on this loop's own
         # _ready deque and _scheduled heap; debug mode takes asyncio's paths.
-        self.core.sched_init(self._ready, _report_callback_error)
+        self.core.sched_init(self._ready, _report_callback_error, selector)
         self.call_soon = self.core.call_soon
         self.call_at = self.core.call_at
         self.call_later = self.core.call_later
