@@ -77,9 +77,11 @@ cd_sched_init(cd_state *st)
     st->base_run_once = PyObject_GetAttrString(cls, "_run_once");
     st->base_call_at = PyObject_GetAttrString(cls, "call_at");
     st->base_call_later = PyObject_GetAttrString(cls, "call_later");
+    st->base_call_soon_threadsafe =
+        PyObject_GetAttrString(cls, "call_soon_threadsafe");
     Py_DECREF(cls);
     if (!st->base_call_soon || !st->base_run_once || !st->base_call_at ||
-        !st->base_call_later) {
+        !st->base_call_later || !st->base_call_soon_threadsafe) {
         goto done;
     }
     cd_handle_slots_t *o = &st->handle_slots;
@@ -260,6 +262,36 @@ cd_sched_call_soon(cd_loop_t *core, PyObject *const *args, size_t nargsf,
         return NULL;
     }
     Py_DECREF(r);
+    return h;
+}
+
+/* call_soon_threadsafe(callback, *args, context=None), from any thread
+ * holding the GIL: call_soon, then the uv_async_t wake-up. */
+PyObject *
+cd_sched_call_soon_threadsafe(cd_loop_t *core, PyObject *const *args,
+                              size_t nargsf, PyObject *kwnames)
+{
+    cd_state *st = core->st;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context;
+    int ok = sched_check(core, args, nargs, kwnames, 0, &context);
+    if (ok <= 0) {
+        return ok < 0 ? NULL
+                      : sched_fallback(st->base_call_soon_threadsafe,
+                                       core->aio_loop, args, nargs, kwnames);
+    }
+    PyObject *cbargs = sched_cbargs(args, 1, nargs);
+    PyObject *h = cbargs ? handle_new(st, st->asyncio_Handle, args[0], cbargs,
+                                      core->aio_loop, context)
+                         : NULL;
+    PyObject *r = h ? PyObject_CallOneArg(core->ready_append, h) : NULL;
+    if (r == NULL) {
+        Py_XDECREF(h);
+        return NULL;
+    }
+    Py_DECREF(r);
+    r = cd_hop_wakeup(core, NULL);
+    Py_XDECREF(r);
     return h;
 }
 

@@ -132,6 +132,7 @@ typedef struct {
     PyObject *base_run_once;  /* BaseEventLoop._run_once */
     PyObject *base_call_at;   /* BaseEventLoop.call_at */
     PyObject *base_call_later;
+    PyObject *base_call_soon_threadsafe;
     PyObject *heapq_heappush;
     PyObject *heapq_heappop;
     PyObject *heapq_heapify;

@@ -55,6 +55,7 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->heapq_heapify);
     Py_VISIT(st->heapq_heappush);
     Py_VISIT(st->base_call_later);
+    Py_VISIT(st->base_call_soon_threadsafe);
     Py_VISIT(st->base_call_at);
     Py_VISIT(st->asyncio_Task);
     Py_VISIT(st->asyncio_CancelledError);
@@ -85,6 +86,7 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->heapq_heapify);
     Py_CLEAR(st->heapq_heappush);
     Py_CLEAR(st->base_call_later);
+    Py_CLEAR(st->base_call_soon_threadsafe);
     Py_CLEAR(st->base_call_at);
     Py_CLEAR(st->asyncio_Task);
     Py_CLEAR(st->asyncio_CancelledError);

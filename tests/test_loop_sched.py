@@ -391,3 +391,41 @@ def test_timer_context_and_when_order_with_call_soon():
         return out
 
     assert on_both(scenario) == [("soon", "unset"), ("a", "ctx"), ("b", "unset")]
+
+
+def test_call_soon_threadsafe_from_a_thread_matches_asyncio():
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    def scenario(loop):
+        out, kinds = [], []
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, "ctx")
+
+        def in_thread() -> None:
+            h = loop.call_soon_threadsafe(out.append, "plain")
+            kinds.append(type(h))
+            loop.call_soon_threadsafe(lambda: out.append(var.get()), context=ctx)
+            loop.call_soon_threadsafe(out.append, "cancelled").cancel()
+            loop.call_soon_threadsafe(loop.stop)
+
+        loop.call_soon(threading.Thread(target=in_thread).start)
+        loop.run_forever()
+        return kinds, out
+
+    assert on_both(scenario) == ([asyncio.Handle], ["plain", "ctx"])
+
+
+def test_call_soon_threadsafe_in_debug_mode_and_after_close(loop):
+    loop.set_debug(True)
+    got = []
+
+    def in_thread() -> None:
+        h = loop.call_soon_threadsafe(loop.stop)
+        got.append(h._source_traceback is not None)
+
+    loop.call_soon(threading.Thread(target=in_thread).start)
+    loop.run_forever()
+    assert got == [True]
+    loop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.call_soon_threadsafe(print)

@@ -116,6 +116,10 @@ class LibuvEventLoop(asyncio.SelectorEventLoop):
         self.call_soon = self.core.call_soon
         self.call_at = self.core.call_at
         self.call_later = self.core.call_later
+        if not hasattr(asyncio.events, "_ThreadSafeHandle"):
+            # Pythons whose call_soon_threadsafe makes a locked handle
+            # keep asyncio's own.
+            self.call_soon_threadsafe = self.core.call_soon_threadsafe
         self._run_once = self.core.step
 
     def run_in_executor(
