@@ -230,11 +230,12 @@ select_add(PyObject *out, PyObject *fd_to_key, int fd, int events)
 {
     PyObject *k = PyLong_FromLong(fd), *key = NULL, *kev = NULL, *t = NULL;
     int rc = -1;
-    if (k == NULL || PyDict_GetItemRef(fd_to_key, k, &key) < 0) {
+    if (k == NULL) {
         goto done;
     }
+    key = Py_XNewRef(PyDict_GetItemWithError(fd_to_key, k));
     if (key == NULL) {
-        rc = 0;
+        rc = PyErr_Occurred() ? -1 : 0;
         goto done;
     }
     kev = PyObject_GetAttrString(key, "events");
