@@ -429,3 +429,28 @@ def test_call_soon_threadsafe_in_debug_mode_and_after_close(loop):
     loop.close()
     with pytest.raises(RuntimeError, match="Event loop is closed"):
         loop.call_soon_threadsafe(print)
+
+
+def test_handles_made_in_c_are_freed_without_the_gc(loop):
+    import gc
+
+    def live() -> int:
+        return sum(isinstance(o, asyncio.Handle) for o in gc.get_objects())
+
+    async def main() -> None:
+        for _ in range(200):
+            loop.call_soon(len, "x")
+            loop.call_later(0, len, "y")
+            loop.call_later(10, len, "z").cancel()
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+
+    loop.run_until_complete(main())  # Warm-up: imports, caches.
+    gc.collect()
+    before = live()
+    gc.disable()
+    try:
+        loop.run_until_complete(main())
+        assert live() <= before
+    finally:
+        gc.enable()
