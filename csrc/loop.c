@@ -406,6 +406,8 @@ static PyObject *
 loop_close(cd_loop_t *loop, PyObject *unused)
 {
     loop_close_uv(loop);
+    /* Breaks the loop <-> core cycles without waiting for the GC. */
+    cd_sched_loop_clear(loop);
     Py_CLEAR(loop->aio_loop);
     Py_RETURN_NONE;
 }
