@@ -219,9 +219,8 @@ PyObject *cd_hop_wrap(cd_loop_t *loop, PyObject *source);
 int cd_sched_init(cd_state *st);
 PyObject *cd_sched_call_soon(cd_loop_t *core, PyObject *const *args,
                              size_t nargsf, PyObject *kwnames);
-PyObject *cd_sched_call_soon_threadsafe(cd_loop_t *core,
-                                        PyObject *const *args, size_t nargsf,
-                                        PyObject *kwnames);
+PyObject *cd_sched_call_soon_threadsafe(cd_loop_t *core, PyObject *const *args,
+                                        size_t nargsf, PyObject *kwnames);
 PyObject *cd_sched_call_at(cd_loop_t *core, PyObject *const *args,
                            size_t nargsf, PyObject *kwnames);
 PyObject *cd_sched_call_later(cd_loop_t *core, PyObject *const *args,
