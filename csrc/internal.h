@@ -93,6 +93,7 @@ typedef struct cd_ws_s cd_ws_t;
 typedef struct cd_transport_s cd_transport_t;
 typedef struct cd_proto_s cd_proto_t;
 typedef struct cd_tls_s cd_tls_t;
+typedef struct cd_hop_s cd_hop_t;
 
 /* ---- strings.c ---------------------------------------------------- */
 int cd_strings_init(cd_state *st);
@@ -159,6 +160,17 @@ struct cd_loop_s {
                            no unparsed input (cd_conn_t in), or NULL */
     cd_link_t servers;  /* Servers on this loop (each unlinks itself) */
     struct cd_pubsub_s *pubsub; /* owned: topics (pubsub.c), once attached */
+    /* Thread hops (hop.c).  The GIL guards these fields: every thread
+     * that touches them runs Python code at that moment. */
+    uv_async_t wake;     /* embedded: wakes uv_run from any thread */
+    cd_hop_t *hops_head; /* strong: each queued hop, first to complete */
+    cd_hop_t *hops_tail; /* borrowed: the last of hops_head's chain */
+    /* Scheduling core (sched.c), set by sched_init(). */
+    PyObject *aio_ready;     /* strong: the asyncio loop's _ready deque */
+    PyObject *ready_append;  /* strong: ready.append */
+    PyObject *ready_popleft; /* strong: ready.popleft */
+    PyObject *report;        /* strong: reports a callback's exception */
+    PyObject *selector;      /* strong: the LibuvSelector over this core */
     int closed;
 };
 
@@ -175,6 +187,10 @@ cd_gil_ensure(cd_loop_t *loop)
 }
 
 int cd_loop_type_init(PyObject *module, cd_state *st);
+/* LibuvSelector.select(timeout) in C: new reference to the list of
+ * (key, events) that asyncio's _process_events takes. */
+PyObject *cd_loop_select(cd_loop_t *loop, PyObject *selector,
+                         PyObject *timeout);
 /* Write out what every corked conn has queued (before each poll). */
 void cd_loop_flush(cd_loop_t *loop);
 /* Queues a cycle whose application must start on the next dispatch.
@@ -182,6 +198,40 @@ void cd_loop_flush(cd_loop_t *loop);
 int cd_loop_defer_start(cd_loop_t *loop, PyObject *cycle);
 /* Logs the current exception with the "cdaphne" logger and clears it. */
 void cd_log_exception(const char *msg);
+
+/* ---- hop.c: thread -> loop wake-ups, run_in_executor completions --- */
+int cd_hop_type_init(PyObject *module, cd_state *st);
+/* Sets up loop->wake (before any uv_run). */
+int cd_hop_loop_init(cd_loop_t *loop);
+/* Completes the asyncio futures whose executor work finished since the
+ * last call.  Runs on the loop's thread with the GIL, outside uv_run. */
+void cd_hop_drain(cd_loop_t *loop);
+/* Drops the hops still queued: their loop is closing (as asyncio drops a
+ * result whose loop is closed).  loop->wake is closed by the walk. */
+void cd_hop_loop_close(cd_loop_t *loop);
+int cd_hop_loop_traverse(cd_loop_t *loop, visitproc visit, void *arg);
+/* wakeup(): uv_async_send, from any thread (call_soon_threadsafe). */
+PyObject *cd_hop_wakeup(cd_loop_t *loop, PyObject *unused);
+/* hop(concurrent_future) -> asyncio future of the loop, completed on
+ * the loop's thread when the concurrent one is done (wrap_future). */
+PyObject *cd_hop_wrap(cd_loop_t *loop, PyObject *source);
+
+/* ---- sched.c: call_soon and the run-once step -------------------- */
+/* Imports asyncio's Handle, heapq, and the slot offsets into st. */
+int cd_sched_init(cd_state *st);
+PyObject *cd_sched_call_soon(cd_loop_t *core, PyObject *const *args,
+                             size_t nargsf, PyObject *kwnames);
+PyObject *cd_sched_call_soon_threadsafe(cd_loop_t *core, PyObject *const *args,
+                                        size_t nargsf, PyObject *kwnames);
+PyObject *cd_sched_call_at(cd_loop_t *core, PyObject *const *args,
+                           size_t nargsf, PyObject *kwnames);
+PyObject *cd_sched_call_later(cd_loop_t *core, PyObject *const *args,
+                              size_t nargsf, PyObject *kwnames);
+PyObject *cd_sched_step(cd_loop_t *core, PyObject *unused);
+PyObject *cd_sched_attach(cd_loop_t *core, PyObject *const *args,
+                          Py_ssize_t nargs);
+int cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg);
+void cd_sched_loop_clear(cd_loop_t *core);
 
 /* ---- server.c ----------------------------------------------------- */
 

@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 static void
 poll_on_close(uv_handle_t *h)
@@ -156,13 +157,14 @@ select_timer_on_fire(uv_timer_t *t)
     uv_stop(t->loop);
 }
 
-/* run_once(timeout) -> list of (fd, events); timeout None blocks. */
-static PyObject *
-loop_run_once(cd_loop_t *loop, PyObject *timeout)
+/* Runs libuv once (timeout None blocks); the events asyncio asked about
+ * are left in loop->ready[0..nready). */
+static int
+loop_poll_once(cd_loop_t *loop, PyObject *timeout)
 {
     if (loop->closed) {
         PyErr_SetString(PyExc_RuntimeError, "loop core is closed");
-        return NULL;
+        return -1;
     }
     /* Output queued during this turn goes out now, in one writev per
      * conn.  Its completions may wake apps: then don't block. */
@@ -175,7 +177,7 @@ loop_run_once(cd_loop_t *loop, PyObject *timeout)
     else if (timeout != Py_None) {
         double t = PyFloat_AsDouble(timeout);
         if (t == -1.0 && PyErr_Occurred()) {
-            return NULL;
+            return -1;
         }
         if (t <= 0) {
             mode = UV_RUN_NOWAIT;
@@ -194,7 +196,17 @@ loop_run_once(cd_loop_t *loop, PyObject *timeout)
     uv_run(&loop->uv, mode);
     cd_gil_ensure(loop);
     uv_timer_stop(&loop->select_timer);
+    cd_hop_drain(loop);
+    return 0;
+}
 
+/* run_once(timeout) -> list of (fd, events); timeout None blocks. */
+static PyObject *
+loop_run_once(cd_loop_t *loop, PyObject *timeout)
+{
+    if (loop_poll_once(loop, timeout) < 0) {
+        return NULL;
+    }
     PyObject *out = PyList_New(loop->nready);
     if (out == NULL) {
         return NULL;
@@ -209,6 +221,84 @@ loop_run_once(cd_loop_t *loop, PyObject *timeout)
         PyList_SET_ITEM(out, i, t);
     }
     loop->nready = 0;
+    return out;
+}
+
+/* Appends (key, events & key.events) for fd if the selector has a key. */
+static int
+select_add(PyObject *out, PyObject *fd_to_key, int fd, int events)
+{
+    PyObject *k = PyLong_FromLong(fd), *key = NULL, *kev = NULL, *t = NULL;
+    int rc = -1;
+    if (k == NULL) {
+        goto done;
+    }
+    key = Py_XNewRef(PyDict_GetItemWithError(fd_to_key, k));
+    if (key == NULL) {
+        rc = PyErr_Occurred() ? -1 : 0;
+        goto done;
+    }
+    kev = PyObject_GetAttrString(key, "events");
+    long mask = kev ? PyLong_AsLong(kev) : -1;
+    if (mask == -1 && PyErr_Occurred()) {
+        goto done;
+    }
+    t = Py_BuildValue("(Ol)", key, (long)events & mask);
+    rc = t ? PyList_Append(out, t) : -1;
+done:
+    Py_XDECREF(k);
+    Py_XDECREF(key);
+    Py_XDECREF(kev);
+    Py_XDECREF(t);
+    return rc;
+}
+
+PyObject *
+cd_loop_select(cd_loop_t *loop, PyObject *selector, PyObject *timeout)
+{
+    if (PyList_GET_SIZE(loop->pending) > 0) {
+        return PyObject_GetAttrString(selector, "_dispatch_ready");
+    }
+    if (loop_poll_once(loop, timeout) < 0) {
+        return NULL;
+    }
+    PyObject *out = PyList_New(0), *fd_to_key = NULL;
+    if (out != NULL && loop->nready > 0) {
+        /* Copied: the lookups below run no libuv callback, but keep the
+         * array free for the next poll whatever happens. */
+        int n = loop->nready;
+        cd_ready_t *ev = PyMem_Malloc(n * sizeof(*ev));
+        fd_to_key = PyObject_GetAttrString(selector, "_fd_to_key");
+        if (ev == NULL || fd_to_key == NULL || !PyDict_Check(fd_to_key)) {
+            if (ev == NULL) {
+                PyErr_NoMemory();
+            }
+            else if (fd_to_key != NULL) {
+                PyErr_SetString(PyExc_TypeError, "_fd_to_key is not a dict");
+            }
+            Py_CLEAR(out);
+        }
+        else {
+            memcpy(ev, loop->ready, n * sizeof(*ev));
+        }
+        loop->nready = 0;
+        for (int i = 0; out != NULL && i < n; i++) {
+            if (select_add(out, fd_to_key, ev[i].fd, ev[i].events) < 0) {
+                Py_CLEAR(out);
+            }
+        }
+        PyMem_Free(ev);
+    }
+    loop->nready = 0;
+    if (out != NULL && PyList_GET_SIZE(loop->pending) > 0) {
+        PyObject *d = PyObject_GetAttrString(selector, "_dispatch_ready");
+        if (d == NULL ||
+            PyList_SetSlice(out, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, d) < 0) {
+            Py_CLEAR(out);
+        }
+        Py_XDECREF(d);
+    }
+    Py_XDECREF(fd_to_key);
     return out;
 }
 
@@ -267,8 +357,8 @@ loop_attach(cd_loop_t *loop, PyObject *aio_loop)
     Py_RETURN_NONE;
 }
 
-/* The select timer and the prepare handle are embedded in the loop:
- * nothing to free. */
+/* The select timer, the prepare handle and the wake-up are embedded in
+ * the loop: nothing to free. */
 static void
 timer_on_close(uv_handle_t *h)
 {
@@ -276,7 +366,7 @@ timer_on_close(uv_handle_t *h)
 }
 
 /* Servers closed theirs first: what is left is asyncio's polls, the
- * select timer and the prepare handle. */
+ * select timer, the prepare handle and the wake-up. */
 static void
 walk_close(uv_handle_t *h, void *arg)
 {
@@ -299,6 +389,7 @@ loop_close_uv(cd_loop_t *loop)
     }
     cd_pubsub_detach(loop);
     loop->closed = 1;
+    cd_hop_loop_close(loop);
     uv_walk(&loop->uv, walk_close, NULL);
     uv_run(&loop->uv, UV_RUN_DEFAULT);
     uv_loop_close(&loop->uv);
@@ -315,6 +406,8 @@ static PyObject *
 loop_close(cd_loop_t *loop, PyObject *unused)
 {
     loop_close_uv(loop);
+    /* Breaks the loop <-> core cycles without waiting for the GC. */
+    cd_sched_loop_clear(loop);
     Py_CLEAR(loop->aio_loop);
     Py_RETURN_NONE;
 }
@@ -355,6 +448,12 @@ loop_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     uv_prepare_init(&loop->uv, &loop->prepare);
     uv_prepare_start(&loop->prepare, loop_on_prepare);
     uv_unref((uv_handle_t *)&loop->prepare);
+    r = cd_hop_loop_init(loop);
+    if (r < 0) {
+        PyErr_Format(PyExc_OSError, "uv_async_init: %s", uv_strerror(r));
+        Py_DECREF(loop);
+        return NULL;
+    }
     loop->uv.data = loop;
     return (PyObject *)loop;
 }
@@ -365,12 +464,15 @@ loop_traverse(cd_loop_t *loop, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(loop));
     Py_VISIT(loop->pending);
     Py_VISIT(loop->aio_loop);
-    return 0;
+    int r = cd_sched_loop_traverse(loop, visit, arg);
+    return r ? r : cd_hop_loop_traverse(loop, visit, arg);
 }
 
 static int
 loop_clear(cd_loop_t *loop)
 {
+    cd_hop_loop_close(loop);
+    cd_sched_loop_clear(loop);
     Py_CLEAR(loop->pending);
     Py_CLEAR(loop->aio_loop);
     return 0;
@@ -396,6 +498,27 @@ static PyMethodDef loop_methods[] = {
      "Start the apps of requests parsed so far."},
     {"has_pending", (PyCFunction)loop_has_pending, METH_NOARGS, NULL},
     {"attach", (PyCFunction)loop_attach, METH_O, "attach(asyncio_loop)"},
+    {"wakeup", (PyCFunction)cd_hop_wakeup, METH_NOARGS,
+     "Wake select() from any thread (call_soon_threadsafe)."},
+    {"call_soon", (PyCFunction)(void (*)(void))cd_sched_call_soon,
+     METH_FASTCALL | METH_KEYWORDS,
+     "call_soon(callback, *args, context=None): asyncio's, in C."},
+    {"call_soon_threadsafe",
+     (PyCFunction)(void (*)(void))cd_sched_call_soon_threadsafe,
+     METH_FASTCALL | METH_KEYWORDS,
+     "call_soon_threadsafe(callback, *args, context=None), in C."},
+    {"call_at", (PyCFunction)(void (*)(void))cd_sched_call_at,
+     METH_FASTCALL | METH_KEYWORDS,
+     "call_at(when, callback, *args, context=None): asyncio's, in C."},
+    {"call_later", (PyCFunction)(void (*)(void))cd_sched_call_later,
+     METH_FASTCALL | METH_KEYWORDS,
+     "call_later(delay, callback, *args, context=None): asyncio's, in C."},
+    {"step", (PyCFunction)cd_sched_step, METH_NOARGS,
+     "One run-once step of the asyncio loop (_run_once)."},
+    {"sched_init", (PyCFunction)(void (*)(void))cd_sched_attach, METH_FASTCALL,
+     "sched_init(ready, report)"},
+    {"hop", (PyCFunction)cd_hop_wrap, METH_O,
+     "hop(concurrent_future) -> asyncio future completed on this loop."},
     {"close", (PyCFunction)loop_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };

@@ -85,7 +85,30 @@
     X(s_pubsub_unsubscribe, "cdaphne.pubsub.unsubscribe")                     \
     X(s_pubsub_publish, "cdaphne.pubsub.publish")                             \
     X(s_topic, "topic")                                                       \
-    X(s_exclude_self, "exclude_self")
+    X(s_exclude_self, "exclude_self")                                         \
+    X(s_call_exception_handler, "call_exception_handler")                     \
+    X(s_message, "message")                                                   \
+    X(s_future, "future")                                                     \
+    X(s__debug, "_debug")                                                     \
+    X(s__closed, "_closed")                                                   \
+    X(s__scheduled, "_scheduled")                                             \
+    X(s__timer_cancelled_count, "_timer_cancelled_count")                     \
+    X(s__stopping, "_stopping")                                               \
+    X(s__selector, "_selector")                                               \
+    X(s_select, "select")                                                     \
+    X(s__process_events, "_process_events")                                   \
+    X(s_time, "time")                                                         \
+    X(s__clock_resolution, "_clock_resolution")                               \
+    X(s__when, "_when")                                                       \
+    X(s__cancelled, "_cancelled")                                             \
+    X(s__run, "_run")
+
+/* Offsets of asyncio.Handle's slots (sched.c). */
+typedef struct {
+    Py_ssize_t callback, args, cancelled, loop, source_traceback, repr,
+        context;
+    Py_ssize_t when, scheduled; /* TimerHandle's own */
+} cd_handle_slots_t;
 
 struct cd_pubsub_s;
 
@@ -96,6 +119,7 @@ typedef struct {
     PyTypeObject *Cycle_type;
     PyTypeObject *Waiter_type;
     PyTypeObject *TLSContext_type;
+    PyTypeObject *Hop_type;
 
     /* Imported at exec time: asyncio.Task, logging callables. */
     PyObject *asyncio_Task;
@@ -104,6 +128,19 @@ typedef struct {
      * gets asyncio.Future(loop=loop) made directly (cd_future_new). */
     PyObject *base_create_future;
     PyObject *asyncio_CancelledError;
+    PyObject *convert_future_exc; /* asyncio.futures._convert_future_exc */
+    /* The scheduling core's (sched.c). */
+    PyObject *asyncio_Handle;
+    PyObject *asyncio_TimerHandle;
+    PyObject *base_call_soon; /* BaseEventLoop.call_soon */
+    PyObject *base_run_once;  /* BaseEventLoop._run_once */
+    PyObject *base_call_at;   /* BaseEventLoop.call_at */
+    PyObject *base_call_later;
+    PyObject *base_call_soon_threadsafe;
+    PyObject *heapq_heappush;
+    PyObject *heapq_heappop;
+    PyObject *heapq_heapify;
+    cd_handle_slots_t handle_slots;
     PyObject *empty_bytes;
     PyObject *empty_tuple;
     PyObject *done_waiter; /* a Waiter that returns None: stateless, shared

@@ -9,7 +9,9 @@ every asyncio API keeps working inside apps.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import selectors
+from asyncio import format_helpers
 from typing import Any
 
 from ._cdaphne import LoopCore
@@ -79,14 +81,66 @@ class LibuvSelector(selectors._BaseSelectorImpl):  # type: ignore[misc]
         self.core.close()
 
 
+def _report_callback_error(handle: asyncio.Handle, exc: BaseException) -> None:
+    """asyncio.Handle._run's except clause, for handles run from C."""
+    cb = format_helpers._format_callback_source(
+        handle._callback,  # type: ignore[attr-defined]
+        handle._args,  # type: ignore[attr-defined]
+        debug=handle._loop.get_debug(),  # type: ignore[attr-defined]
+    )
+    context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
+    if handle._source_traceback:  # type: ignore[attr-defined]
+        context["source_traceback"] = handle._source_traceback  # type: ignore[attr-defined]
+    handle._loop.call_exception_handler(context)  # type: ignore[attr-defined]
+
+
 class LibuvEventLoop(asyncio.SelectorEventLoop):
-    """asyncio's selector event loop, on libuv."""
+    """asyncio's selector event loop, on libuv.
+
+    Thread hops take libuv's path: `call_soon_threadsafe` wakes the loop
+    through a `uv_async_t` (the self-pipe stays for signals only), and
+    `run_in_executor` completes its future from C on the loop's thread.
+    """
 
     def __init__(self) -> None:
         selector = LibuvSelector()
         super().__init__(selector)
         self.core = selector.core
         selector.bind(self)
+        # Replaces the self-pipe write of call_soon_threadsafe() and of
+        # signal handlers (thread-safe, silent once closed, as asyncio's).
+        self._write_to_self = self.core.wakeup
+        # The scheduling core in C (csrc/sched.c), on this loop's own
+        # _ready deque and _scheduled heap; debug mode takes asyncio's paths.
+        self.core.sched_init(self._ready, _report_callback_error, selector)
+        self.call_soon = self.core.call_soon
+        self.call_at = self.core.call_at
+        self.call_later = self.core.call_later
+        if not hasattr(asyncio.events, "_ThreadSafeHandle"):
+            # Pythons whose call_soon_threadsafe makes a locked handle
+            # keep asyncio's own.
+            self.call_soon_threadsafe = self.core.call_soon_threadsafe
+        self._run_once = self.core.step
+
+    def run_in_executor(
+        self, executor: concurrent.futures.Executor | None, func: Any, *args: Any
+    ) -> asyncio.Future[Any]:
+        # BaseEventLoop.run_in_executor, except that the concurrent future
+        # is chained to the asyncio one in C (see csrc/hop.c).
+        self._check_closed()
+        if self._debug:
+            self._check_callback(func, "run_in_executor")  # type: ignore[attr-defined]
+        if executor is None:
+            executor = self._default_executor  # type: ignore[attr-defined]
+            # Only check when the default executor is being used.
+            self._check_default_executor()  # type: ignore[attr-defined]
+            if executor is None:
+                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+                self._default_executor = executor
+        future = executor.submit(func, *args)
+        if isinstance(future, concurrent.futures.Future):
+            return self.core.hop(future)  # type: ignore[no-any-return]
+        return asyncio.wrap_future(future, loop=self)
 
 
 def new_event_loop() -> LibuvEventLoop:

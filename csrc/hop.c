@@ -1,0 +1,388 @@
+/* Thread hops: waking the loop from other threads, and completing the
+ * asyncio future of run_in_executor() from the executor's thread.
+ *
+ * asyncio wakes its loop with a byte on a self-pipe that the loop reads
+ * back in Python, and chains an executor's concurrent future to an
+ * asyncio future with wrap_future(): the worker thread runs
+ * call_soon_threadsafe(_set_state, ...), which writes that byte.  Here
+ * the wake-up is a uv_async_t on the loop's own uv_loop_t (an eventfd
+ * write, coalesced, read by libuv in C), and a finished concurrent
+ * future queues its hop in C: the loop's select() copies the state into
+ * the asyncio future right after uv_run returns, with the semantics of
+ * asyncio.futures._chain_future: cancelling the asyncio future cancels
+ * the concurrent one, a result for a closed loop is dropped, and
+ * concurrent.futures' CancelledError/InvalidStateError are converted.
+ *
+ * The GIL guards the queue and the closed flag: a concurrent future runs
+ * its done callbacks in Python, and close() holds the GIL too, so
+ * uv_async_send never races with uv_close. */
+#include "internal.h"
+
+typedef enum {
+    CD_HOP_WAITING, /* the executor has not finished the work */
+    CD_HOP_QUEUED,  /* finished: in loop->hops_head, not copied yet */
+    CD_HOP_DONE,    /* state copied into dest (or dropped) */
+} cd_hop_state_t;
+
+struct cd_hop_s {
+    PyObject_HEAD
+    cd_loop_t *loop;  /* strong: the loop that completes dest */
+    PyObject *dest;   /* strong: the asyncio future the caller awaits */
+    PyObject *source; /* strong: the concurrent future; NULL once done */
+    cd_hop_t *next;   /* borrowed: next in loop->hops_head's chain */
+    cd_hop_state_t state;
+};
+
+static void
+hop_set_state(cd_hop_t *hop, cd_hop_state_t to)
+{
+    assert((hop->state == CD_HOP_WAITING && to != CD_HOP_WAITING) ||
+           (hop->state == CD_HOP_QUEUED && to == CD_HOP_DONE));
+    hop->state = to;
+}
+
+static void
+wake_on_async(uv_async_t *h)
+{
+    /* Nothing to do inside uv_run (the GIL is released there): the
+     * wake-up only ends the poll, and select() drains the hops. */
+    (void)h;
+}
+
+int
+cd_hop_loop_init(cd_loop_t *loop)
+{
+    loop->hops_head = loop->hops_tail = NULL;
+    return uv_async_init(&loop->uv, &loop->wake, wake_on_async);
+}
+
+PyObject *
+cd_hop_wakeup(cd_loop_t *loop, PyObject *unused)
+{
+    /* asyncio's _write_to_self() is silent after close: so is this. */
+    if (!loop->closed) {
+        uv_async_send(&loop->wake);
+    }
+    Py_RETURN_NONE;
+}
+
+/* The concurrent future finished (any thread, GIL held): queue the hop
+ * for the loop's thread and wake it. */
+static int
+hop_on_source_done(cd_hop_t *hop)
+{
+    cd_loop_t *loop = hop->loop;
+    if (hop->state != CD_HOP_WAITING) {
+        return 0;
+    }
+    if (loop->closed) {
+        /* _chain_future: "if dest_loop.is_closed(): return". */
+        hop_set_state(hop, CD_HOP_DONE);
+        return 0;
+    }
+    hop_set_state(hop, CD_HOP_QUEUED);
+    Py_INCREF(hop);
+    hop->next = NULL;
+    if (loop->hops_tail != NULL) {
+        loop->hops_tail->next = hop;
+    }
+    else {
+        loop->hops_head = hop;
+    }
+    loop->hops_tail = hop;
+    uv_async_send(&loop->wake);
+    return 0;
+}
+
+/* The asyncio future is done (loop thread): if it was cancelled, cancel
+ * the executor's work too (it only stops work not yet started). */
+static int
+hop_on_dest_done(cd_hop_t *hop)
+{
+    cd_state *st = hop->loop->st;
+    if (hop->source == NULL) {
+        return 0;
+    }
+    PyObject *r = PyObject_CallMethodNoArgs(hop->dest, st->s_cancelled);
+    if (r == NULL) {
+        return -1;
+    }
+    int cancelled = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (cancelled <= 0) {
+        return cancelled;
+    }
+    r = PyObject_CallMethodNoArgs(hop->source, st->s_cancel);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+/* Called with one future: dest (asyncio) or source (concurrent). */
+static PyObject *
+hop_call(cd_hop_t *hop, PyObject *args, PyObject *kw)
+{
+    PyObject *fut;
+    if ((kw != NULL && PyDict_GET_SIZE(kw) != 0) ||
+        !PyArg_UnpackTuple(args, "hop", 1, 1, &fut)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "hop(future)");
+        }
+        return NULL;
+    }
+    int r;
+    if (fut == hop->dest) {
+        r = hop_on_dest_done(hop);
+    }
+    else if (hop->source != NULL && fut == hop->source) {
+        r = hop_on_source_done(hop);
+    }
+    else {
+        PyErr_SetString(PyExc_ValueError, "hop called with a foreign future");
+        return NULL;
+    }
+    if (r < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Returns 1 if fut.<name>() is true, 0 if false, -1 on error. */
+static int
+call_test(PyObject *fut, PyObject *name)
+{
+    PyObject *r = PyObject_CallMethodNoArgs(fut, name);
+    if (r == NULL) {
+        return -1;
+    }
+    int v = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return v;
+}
+
+/* asyncio.futures._copy_future_state(source, dest). */
+static int
+hop_copy_state(cd_hop_t *hop)
+{
+    cd_state *st = hop->loop->st;
+    PyObject *exc = NULL, *conv = NULL, *res = NULL, *r = NULL;
+    int rc = -1;
+    int v = call_test(hop->dest, st->s_cancelled);
+    if (v != 0) {
+        return v < 0 ? -1 : 0;
+    }
+    v = call_test(hop->source, st->s_cancelled);
+    if (v < 0) {
+        goto done;
+    }
+    if (v > 0) {
+        r = PyObject_CallMethodNoArgs(hop->dest, st->s_cancel);
+        rc = r == NULL ? -1 : 0;
+        goto done;
+    }
+    exc = PyObject_CallMethodNoArgs(hop->source, st->s_exception);
+    if (exc == NULL) {
+        goto done;
+    }
+    if (exc != Py_None) {
+        conv = PyObject_CallOneArg(st->convert_future_exc, exc);
+        if (conv != NULL) {
+            r = PyObject_CallMethodOneArg(hop->dest, st->s_set_exception,
+                                          conv);
+        }
+    }
+    else {
+        res = PyObject_CallMethodNoArgs(hop->source, st->s_result);
+        if (res != NULL) {
+            r = PyObject_CallMethodOneArg(hop->dest, st->s_set_result, res);
+        }
+    }
+    rc = r == NULL ? -1 : 0;
+done:
+    Py_XDECREF(exc);
+    Py_XDECREF(conv);
+    Py_XDECREF(res);
+    Py_XDECREF(r);
+    return rc;
+}
+
+/* As asyncio reports an exception raised by a callback. */
+static void
+hop_report(cd_hop_t *hop)
+{
+    cd_state *st = hop->loop->st;
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *ctx = NULL, *r = NULL;
+    if (hop->loop->aio_loop != NULL) {
+        ctx = Py_BuildValue(
+            "{OsOOOO}", st->s_message,
+            "Exception in callback completing a run_in_executor() future",
+            st->s_exception, exc, st->s_future, hop->dest);
+    }
+    if (ctx != NULL) {
+        r = PyObject_CallMethodOneArg(hop->loop->aio_loop,
+                                      st->s_call_exception_handler, ctx);
+    }
+    if (r == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetRaisedException(Py_NewRef(exc));
+        }
+        PyErr_WriteUnraisable(hop->dest);
+    }
+    Py_XDECREF(r);
+    Py_XDECREF(ctx);
+    Py_XDECREF(exc);
+}
+
+void
+cd_hop_drain(cd_loop_t *loop)
+{
+    while (loop->hops_head != NULL) {
+        cd_hop_t *hop = loop->hops_head;
+        loop->hops_head = hop->next;
+        if (loop->hops_head == NULL) {
+            loop->hops_tail = NULL;
+        }
+        hop->next = NULL;
+        hop_set_state(hop, CD_HOP_DONE);
+        if (hop_copy_state(hop) < 0) {
+            hop_report(hop);
+        }
+        /* The concurrent future keeps its callbacks (this hop) after it
+         * is done: drop the reference back to it, so no cycle is left. */
+        Py_CLEAR(hop->source);
+        Py_DECREF(hop);
+    }
+}
+
+void
+cd_hop_loop_close(cd_loop_t *loop)
+{
+    while (loop->hops_head != NULL) {
+        cd_hop_t *hop = loop->hops_head;
+        loop->hops_head = hop->next;
+        hop->next = NULL;
+        hop_set_state(hop, CD_HOP_DONE);
+        Py_DECREF(hop);
+    }
+    loop->hops_tail = NULL;
+}
+
+int
+cd_hop_loop_traverse(cd_loop_t *loop, visitproc visit, void *arg)
+{
+    for (cd_hop_t *hop = loop->hops_head; hop != NULL; hop = hop->next) {
+        Py_VISIT((PyObject *)hop);
+    }
+    return 0;
+}
+
+PyObject *
+cd_hop_wrap(cd_loop_t *loop, PyObject *source)
+{
+    cd_state *st = loop->st;
+    PyObject *dest = NULL, *r = NULL;
+    cd_hop_t *hop = NULL;
+    if (loop->closed || loop->aio_loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "loop core is closed");
+        return NULL;
+    }
+    dest = PyObject_CallMethodNoArgs(loop->aio_loop, st->s_create_future);
+    if (dest == NULL) {
+        goto fail;
+    }
+    hop = PyObject_GC_New(cd_hop_t, st->Hop_type);
+    if (hop == NULL) {
+        goto fail;
+    }
+    hop->loop = (cd_loop_t *)Py_NewRef((PyObject *)loop);
+    hop->dest = Py_NewRef(dest);
+    hop->source = Py_NewRef(source);
+    hop->next = NULL;
+    hop->state = CD_HOP_WAITING;
+    PyObject_GC_Track(hop);
+    /* Same order as _chain_future: destination first. */
+    r = PyObject_CallMethodOneArg(dest, st->s_add_done_callback,
+                                  (PyObject *)hop);
+    if (r == NULL) {
+        goto fail;
+    }
+    Py_DECREF(r);
+    r = PyObject_CallMethodOneArg(source, st->s_add_done_callback,
+                                  (PyObject *)hop);
+    if (r == NULL) {
+        goto fail;
+    }
+    Py_DECREF(r);
+    Py_DECREF(hop);
+    return dest;
+fail:
+    Py_XDECREF(hop);
+    Py_XDECREF(dest);
+    return NULL;
+}
+
+static int
+hop_traverse(cd_hop_t *hop, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(hop));
+    Py_VISIT((PyObject *)hop->loop);
+    Py_VISIT(hop->dest);
+    Py_VISIT(hop->source);
+    return 0;
+}
+
+static int
+hop_clear(cd_hop_t *hop)
+{
+    Py_CLEAR(hop->dest);
+    Py_CLEAR(hop->source);
+    /* hop->loop stays: a queued hop is reachable from it, and the loop
+     * is what a late source callback reads (its closed flag). */
+    return 0;
+}
+
+static void
+hop_dealloc(cd_hop_t *hop)
+{
+    PyTypeObject *tp = Py_TYPE(hop);
+    PyObject_GC_UnTrack(hop);
+    hop_clear(hop);
+    Py_CLEAR(hop->loop);
+    tp->tp_free(hop);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot hop_slots[] = {
+    {Py_tp_dealloc, hop_dealloc},
+    {Py_tp_traverse, hop_traverse},
+    {Py_tp_clear, hop_clear},
+    {Py_tp_call, hop_call},
+    {Py_tp_doc, "Completes a run_in_executor() future on its loop."},
+    {0, NULL},
+};
+
+static PyType_Spec hop_spec = {
+    .name = "cdaphne._cdaphne._Hop",
+    .basicsize = sizeof(cd_hop_t),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = hop_slots,
+};
+
+int
+cd_hop_type_init(PyObject *module, cd_state *st)
+{
+    PyObject *futures = PyImport_ImportModule("asyncio.futures");
+    if (futures == NULL) {
+        return -1;
+    }
+    st->convert_future_exc =
+        PyObject_GetAttrString(futures, "_convert_future_exc");
+    Py_DECREF(futures);
+    if (st->convert_future_exc == NULL) {
+        return -1;
+    }
+    st->Hop_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &hop_spec, NULL);
+    return st->Hop_type == NULL ? -1 : 0;
+}

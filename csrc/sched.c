@@ -1,0 +1,779 @@
+/* The scheduling core: asyncio's call_soon() and run-once step in C.
+ *
+ * It works on asyncio's own data, so that everything else in asyncio
+ * (close(), call_later(), the timer heap's bookkeeping, the tests that
+ * look at loop._ready) keeps working unchanged: the ready queue is the
+ * loop's `_ready` deque, the timers its `_scheduled` heap, and handles are
+ * real asyncio.Handle objects (isinstance checks, repr, cancel(),
+ * get_context() are asyncio's), created here without running their
+ * Python __init__: the slots are stored at the offsets their member
+ * descriptors give, exactly as __init__ fills them outside debug mode.
+ *
+ * Debug mode (thread checks, slow-callback warnings, source tracebacks)
+ * takes asyncio's own Python paths, call for call. */
+#include "internal.h"
+
+#include <structmember.h>
+
+#ifndef Py_T_OBJECT_EX
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#endif
+
+/* asyncio.base_events' constants. */
+#define CD_MIN_SCHEDULED_TIMER_HANDLES 100
+#define CD_MIN_CANCELLED_FRACTION 0.5
+#define CD_MAXIMUM_SELECT_TIMEOUT (24.0 * 3600.0)
+
+static int
+slot_offset(PyObject *cls, const char *name, Py_ssize_t *out)
+{
+    PyObject *d = PyObject_GetAttrString(cls, name);
+    if (d == NULL) {
+        return -1;
+    }
+    int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) &&
+             ((PyMemberDescrObject *)d)->d_member->type == Py_T_OBJECT_EX;
+    if (ok) {
+        *out = ((PyMemberDescrObject *)d)->d_member->offset;
+    }
+    Py_DECREF(d);
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "asyncio.Handle.%s is not a slot", name);
+        return -1;
+    }
+    return 0;
+}
+
+int
+cd_sched_init(cd_state *st)
+{
+    PyObject *events = PyImport_ImportModule("asyncio.events");
+    PyObject *base = NULL, *heapq = NULL;
+    int rc = -1;
+    if (events == NULL) {
+        return -1;
+    }
+    heapq = PyImport_ImportModule("heapq");
+    if (heapq == NULL) {
+        goto done;
+    }
+    st->heapq_heappop = PyObject_GetAttrString(heapq, "heappop");
+    st->heapq_heapify = PyObject_GetAttrString(heapq, "heapify");
+    st->heapq_heappush = PyObject_GetAttrString(heapq, "heappush");
+    if (!st->heapq_heappop || !st->heapq_heapify || !st->heapq_heappush) {
+        goto done;
+    }
+    st->asyncio_Handle = PyObject_GetAttrString(events, "Handle");
+    st->asyncio_TimerHandle = PyObject_GetAttrString(events, "TimerHandle");
+    base = PyImport_ImportModule("asyncio.base_events");
+    if (!st->asyncio_Handle || !st->asyncio_TimerHandle || !base) {
+        goto done;
+    }
+    PyObject *cls = PyObject_GetAttrString(base, "BaseEventLoop");
+    if (cls == NULL) {
+        goto done;
+    }
+    st->base_call_soon = PyObject_GetAttrString(cls, "call_soon");
+    st->base_run_once = PyObject_GetAttrString(cls, "_run_once");
+    st->base_call_at = PyObject_GetAttrString(cls, "call_at");
+    st->base_call_later = PyObject_GetAttrString(cls, "call_later");
+    st->base_call_soon_threadsafe =
+        PyObject_GetAttrString(cls, "call_soon_threadsafe");
+    Py_DECREF(cls);
+    if (!st->base_call_soon || !st->base_run_once || !st->base_call_at ||
+        !st->base_call_later || !st->base_call_soon_threadsafe) {
+        goto done;
+    }
+    cd_handle_slots_t *o = &st->handle_slots;
+    PyObject *h = st->asyncio_Handle;
+    if (slot_offset(h, "_callback", &o->callback) < 0 ||
+        slot_offset(h, "_args", &o->args) < 0 ||
+        slot_offset(h, "_cancelled", &o->cancelled) < 0 ||
+        slot_offset(h, "_loop", &o->loop) < 0 ||
+        slot_offset(h, "_source_traceback", &o->source_traceback) < 0 ||
+        slot_offset(h, "_repr", &o->repr) < 0 ||
+        slot_offset(h, "_context", &o->context) < 0 ||
+        slot_offset(st->asyncio_TimerHandle, "_when", &o->when) < 0 ||
+        slot_offset(st->asyncio_TimerHandle, "_scheduled", &o->scheduled) <
+            0) {
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(heapq);
+    Py_XDECREF(base);
+    Py_DECREF(events);
+    return rc;
+}
+
+#define CD_SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+/* New reference: asyncio.Handle(callback, args, loop, context) as its
+ * __init__ makes it when the loop is not in debug mode (cls Handle or
+ * TimerHandle, whose own slots the caller fills).  Steals args;
+ * context NULL or None means a copy of the current context. */
+static PyObject *
+handle_new(cd_state *st, PyObject *cls, PyObject *callback, PyObject *args,
+           PyObject *loop, PyObject *context)
+{
+    PyTypeObject *tp = (PyTypeObject *)cls;
+    PyObject *ctx = NULL;
+    if (context == NULL || context == Py_None) {
+        ctx = PyContext_CopyCurrent();
+    }
+    else {
+        ctx = Py_NewRef(context);
+    }
+    PyObject *h = ctx ? tp->tp_alloc(tp, 0) : NULL;
+    if (h == NULL) {
+        Py_XDECREF(ctx);
+        Py_DECREF(args);
+        return NULL;
+    }
+    const cd_handle_slots_t *o = &st->handle_slots;
+    CD_SLOT(h, o->context) = ctx;
+    CD_SLOT(h, o->loop) = Py_NewRef(loop);
+    CD_SLOT(h, o->callback) = Py_NewRef(callback);
+    CD_SLOT(h, o->args) = args;
+    CD_SLOT(h, o->cancelled) = Py_NewRef(Py_False);
+    CD_SLOT(h, o->repr) = Py_NewRef(Py_None);
+    CD_SLOT(h, o->source_traceback) = Py_NewRef(Py_None);
+    return h;
+}
+
+/* 1 if loop.<name> is true, 0 if false, -1 on error. */
+static int
+loop_flag(PyObject *loop, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(loop, name);
+    if (v == NULL) {
+        return -1;
+    }
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* Calls asyncio's own method fn(loop, *args, **kw) with the arguments
+ * as received (vectorcall). */
+static PyObject *
+sched_fallback(PyObject *fn, PyObject *loop, PyObject *const *args,
+               Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *small[8], **full = small;
+    if (nargs + nkw + 1 > 8) {
+        full = PyMem_Malloc((nargs + nkw + 1) * sizeof(PyObject *));
+        if (full == NULL) {
+            return PyErr_NoMemory();
+        }
+    }
+    full[0] = loop;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
+        full[i + 1] = args[i];
+    }
+    PyObject *r = PyObject_Vectorcall(fn, full, nargs + 1, kwnames);
+    if (full != small) {
+        PyMem_Free(full);
+    }
+    return r;
+}
+
+/* The checks shared by call_soon/call_at/call_later: nfixed positional
+ * arguments before the callback's.  Returns 1 when the C path may go on
+ * (*context set, NULL if not given), 0 when asyncio's own method must
+ * handle the call (debug mode, unusual arguments), -1 on error. */
+static int
+sched_check(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs,
+            PyObject *kwnames, Py_ssize_t nfixed, PyObject **context)
+{
+    cd_state *st = core->st;
+    PyObject *loop = core->aio_loop;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    *context = NULL;
+    if (loop == NULL) {
+        /* The core drops its loop when the loop closes. */
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return -1;
+    }
+    if (nargs <= nfixed || nkw > 1 || args[0] == Py_None) {
+        /* Let asyncio raise its own TypeError. */
+        return 0;
+    }
+    if (nkw == 1) {
+        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0),
+                                             "context") != 0) {
+            return 0;
+        }
+        *context = args[nargs];
+    }
+    int debug = loop_flag(loop, st->s__debug);
+    if (debug != 0) {
+        /* Thread and callback checks, source tracebacks: asyncio's. */
+        return debug < 0 ? -1 : 0;
+    }
+    int closed = loop_flag(loop, st->s__closed);
+    if (closed != 0) {
+        if (closed > 0) {
+            PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        }
+        return -1;
+    }
+    return 1;
+}
+
+/* New reference: the tuple of the callback's arguments. */
+static PyObject *
+sched_cbargs(PyObject *const *args, Py_ssize_t from, Py_ssize_t nargs)
+{
+    PyObject *t = PyTuple_New(nargs - from);
+    if (t != NULL) {
+        for (Py_ssize_t i = from; i < nargs; i++) {
+            PyTuple_SET_ITEM(t, i - from, Py_NewRef(args[i]));
+        }
+    }
+    return t;
+}
+
+/* call_soon(callback, *args, context=None): BaseEventLoop.call_soon. */
+PyObject *
+cd_sched_call_soon(cd_loop_t *core, PyObject *const *args, size_t nargsf,
+                   PyObject *kwnames)
+{
+    cd_state *st = core->st;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context;
+    int ok = sched_check(core, args, nargs, kwnames, 0, &context);
+    if (ok <= 0) {
+        return ok < 0 ? NULL
+                      : sched_fallback(st->base_call_soon, core->aio_loop,
+                                       args, nargs, kwnames);
+    }
+    PyObject *cbargs = sched_cbargs(args, 1, nargs);
+    PyObject *h = cbargs ? handle_new(st, st->asyncio_Handle, args[0], cbargs,
+                                      core->aio_loop, context)
+                         : NULL;
+    if (h == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyObject_CallOneArg(core->ready_append, h);
+    if (r == NULL) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    Py_DECREF(r);
+    return h;
+}
+
+/* call_soon_threadsafe(callback, *args, context=None), from any thread
+ * holding the GIL: call_soon, then the uv_async_t wake-up. */
+PyObject *
+cd_sched_call_soon_threadsafe(cd_loop_t *core, PyObject *const *args,
+                              size_t nargsf, PyObject *kwnames)
+{
+    cd_state *st = core->st;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context;
+    int ok = sched_check(core, args, nargs, kwnames, 0, &context);
+    if (ok <= 0) {
+        return ok < 0 ? NULL
+                      : sched_fallback(st->base_call_soon_threadsafe,
+                                       core->aio_loop, args, nargs, kwnames);
+    }
+    PyObject *cbargs = sched_cbargs(args, 1, nargs);
+    PyObject *h = cbargs ? handle_new(st, st->asyncio_Handle, args[0], cbargs,
+                                      core->aio_loop, context)
+                         : NULL;
+    PyObject *r = h ? PyObject_CallOneArg(core->ready_append, h) : NULL;
+    if (r == NULL) {
+        Py_XDECREF(h);
+        return NULL;
+    }
+    Py_DECREF(r);
+    r = cd_hop_wakeup(core, NULL);
+    Py_XDECREF(r);
+    return h;
+}
+
+/* Pushes a new TimerHandle(when, ...) on the loop's heap (call_at). */
+static PyObject *
+sched_timer(cd_loop_t *core, PyObject *when, PyObject *const *args,
+            Py_ssize_t nargs, PyObject *context)
+{
+    cd_state *st = core->st;
+    const cd_handle_slots_t *o = &st->handle_slots;
+    PyObject *cbargs = sched_cbargs(args, 1, nargs);
+    PyObject *h = cbargs ? handle_new(st, st->asyncio_TimerHandle, args[0],
+                                      cbargs, core->aio_loop, context)
+                         : NULL;
+    if (h == NULL) {
+        return NULL;
+    }
+    CD_SLOT(h, o->when) = Py_NewRef(when);
+    CD_SLOT(h, o->scheduled) = Py_NewRef(Py_False);
+    PyObject *sched = PyObject_GetAttr(core->aio_loop, st->s__scheduled);
+    PyObject *r = NULL;
+    if (sched != NULL) {
+        r = PyObject_CallFunctionObjArgs(st->heapq_heappush, sched, h, NULL);
+        Py_DECREF(sched);
+    }
+    if (r == NULL) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    Py_DECREF(r);
+    Py_SETREF(CD_SLOT(h, o->scheduled), Py_NewRef(Py_True));
+    return h;
+}
+
+/* call_at(when, callback, *args, context=None). */
+PyObject *
+cd_sched_call_at(cd_loop_t *core, PyObject *const *args, size_t nargsf,
+                 PyObject *kwnames)
+{
+    cd_state *st = core->st;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context;
+    int ok = sched_check(core, args, nargs, kwnames, 1, &context);
+    if (ok <= 0) {
+        return ok < 0 ? NULL
+                      : sched_fallback(st->base_call_at, core->aio_loop, args,
+                                       nargs, kwnames);
+    }
+    return sched_timer(core, args[0], args + 1, nargs - 1, context);
+}
+
+/* call_later(delay, callback, *args, context=None). */
+PyObject *
+cd_sched_call_later(cd_loop_t *core, PyObject *const *args, size_t nargsf,
+                    PyObject *kwnames)
+{
+    cd_state *st = core->st;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context;
+    int ok = sched_check(core, args, nargs, kwnames, 1, &context);
+    if (ok <= 0) {
+        return ok < 0 ? NULL
+                      : sched_fallback(st->base_call_later, core->aio_loop,
+                                       args, nargs, kwnames);
+    }
+    PyObject *now = PyObject_CallMethodNoArgs(core->aio_loop, st->s_time);
+    PyObject *when = now ? PyNumber_Add(now, args[0]) : NULL;
+    Py_XDECREF(now);
+    if (when == NULL) {
+        return NULL;
+    }
+    PyObject *h = sched_timer(core, when, args + 1, nargs - 1, context);
+    Py_DECREF(when);
+    return h;
+}
+
+/* Handle._run(), for a Handle or TimerHandle whose slots are known. */
+static int
+handle_run(cd_loop_t *core, PyObject *h)
+{
+    cd_state *st = core->st;
+    const cd_handle_slots_t *o = &st->handle_slots;
+    PyObject *tp = (PyObject *)Py_TYPE(h);
+    if (tp != st->asyncio_Handle && tp != st->asyncio_TimerHandle) {
+        PyObject *r = PyObject_CallMethodNoArgs(h, st->s__run);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    PyObject *ctx = CD_SLOT(h, o->context);
+    PyObject *cb = CD_SLOT(h, o->callback);
+    PyObject *args = CD_SLOT(h, o->args);
+    PyObject *r = NULL;
+    if (ctx == NULL || cb == NULL || args == NULL || !PyTuple_Check(args) ||
+        !PyContext_CheckExact(ctx)) {
+        /* Not what __init__ makes: asyncio's own _run decides. */
+        r = PyObject_CallMethodNoArgs(h, st->s__run);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    Py_INCREF(ctx);
+    Py_INCREF(cb);
+    Py_INCREF(args);
+    if (PyContext_Enter(ctx) == 0) {
+        r = PyObject_Call(cb, args, NULL);
+        PyObject *exc = r == NULL ? PyErr_GetRaisedException() : NULL;
+        if (PyContext_Exit(ctx) < 0) {
+            Py_XDECREF(exc);
+            Py_CLEAR(r);
+        }
+        else if (exc != NULL) {
+            PyErr_SetRaisedException(exc);
+        }
+    }
+    Py_DECREF(ctx);
+    Py_DECREF(cb);
+    Py_DECREF(args);
+    if (r != NULL) {
+        Py_DECREF(r);
+        return 0;
+    }
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
+        PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+        return -1;
+    }
+    /* Handle._run's except clause, in Python (cdaphne.loop). */
+    PyObject *exc = PyErr_GetRaisedException();
+    r = PyObject_CallFunctionObjArgs(core->report, h, exc, NULL);
+    Py_DECREF(exc);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+/* 1 if handle._cancelled, 0 if not, -1 on error. */
+static int
+handle_cancelled(cd_state *st, PyObject *h)
+{
+    if (PyObject_TypeCheck(h, (PyTypeObject *)st->asyncio_Handle)) {
+        PyObject *v = CD_SLOT(h, st->handle_slots.cancelled);
+        if (v == Py_False) {
+            return 0;
+        }
+        if (v == Py_True) {
+            return 1;
+        }
+    }
+    return loop_flag(h, st->s__cancelled);
+}
+
+/* asyncio's rebuild of a heap that is mostly cancelled timers. */
+static int
+sched_rebuild(cd_loop_t *core, PyObject *loop, PyObject *sched)
+{
+    cd_state *st = core->st;
+    PyObject *fresh = PyList_New(0), *r = NULL, *zero = NULL;
+    int rc = -1;
+    if (fresh == NULL) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(sched); i++) {
+        PyObject *h = PyList_GET_ITEM(sched, i);
+        int c = handle_cancelled(st, h);
+        if (c < 0 ||
+            (c > 0 && PyObject_SetAttr(h, st->s__scheduled, Py_False) < 0) ||
+            (c == 0 && PyList_Append(fresh, h) < 0)) {
+            goto done;
+        }
+    }
+    r = PyObject_CallOneArg(st->heapq_heapify, fresh);
+    zero = PyLong_FromLong(0);
+    if (r == NULL || zero == NULL ||
+        PyObject_SetAttr(loop, st->s__scheduled, fresh) < 0 ||
+        PyObject_SetAttr(loop, st->s__timer_cancelled_count, zero) < 0) {
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(r);
+    Py_XDECREF(zero);
+    Py_DECREF(fresh);
+    return rc;
+}
+
+/* Drops cancelled timers from the heap (the first part of _run_once). */
+static int
+sched_prune(cd_loop_t *core, PyObject *loop, PyObject *sched)
+{
+    cd_state *st = core->st;
+    Py_ssize_t n = PyList_GET_SIZE(sched);
+    if (n == 0) {
+        return 0;
+    }
+    PyObject *cnt = PyObject_GetAttr(loop, st->s__timer_cancelled_count);
+    if (cnt == NULL) {
+        return -1;
+    }
+    Py_ssize_t cancelled = PyLong_AsSsize_t(cnt);
+    Py_DECREF(cnt);
+    if (cancelled == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (n > CD_MIN_SCHEDULED_TIMER_HANDLES &&
+        (double)cancelled / (double)n > CD_MIN_CANCELLED_FRACTION) {
+        return sched_rebuild(core, loop, sched);
+    }
+    Py_ssize_t start = cancelled;
+    while (PyList_GET_SIZE(sched) > 0) {
+        int c = handle_cancelled(st, PyList_GET_ITEM(sched, 0));
+        if (c <= 0) {
+            if (c < 0) {
+                return -1;
+            }
+            break;
+        }
+        cancelled--;
+        PyObject *h = PyObject_CallOneArg(st->heapq_heappop, sched);
+        if (h == NULL || PyObject_SetAttr(h, st->s__scheduled, Py_False) < 0) {
+            Py_XDECREF(h);
+            return -1;
+        }
+        Py_DECREF(h);
+    }
+    if (cancelled != start) {
+        PyObject *v = PyLong_FromSsize_t(cancelled);
+        int r =
+            v ? PyObject_SetAttr(loop, st->s__timer_cancelled_count, v) : -1;
+        Py_XDECREF(v);
+        return r;
+    }
+    return 0;
+}
+
+/* Returns loop.time() (+ extra attribute of loop if given), -1 on error
+ * with an exception set. */
+static int
+loop_time(cd_loop_t *core, PyObject *loop, PyObject *plus, double *out)
+{
+    PyObject *t = PyObject_CallMethodNoArgs(loop, core->st->s_time);
+    if (t == NULL) {
+        return -1;
+    }
+    *out = PyFloat_AsDouble(t);
+    Py_DECREF(t);
+    if (*out == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (plus != NULL) {
+        PyObject *v = PyObject_GetAttr(loop, plus);
+        double d = v ? PyFloat_AsDouble(v) : -1.0;
+        Py_XDECREF(v);
+        if (d == -1.0 && PyErr_Occurred()) {
+            return -1;
+        }
+        *out += d;
+    }
+    return 0;
+}
+
+/* timer._when as a double; -1 with an exception on error. */
+static int
+timer_when(cd_state *st, PyObject *h, double *out)
+{
+    PyObject *w = PyObject_GetAttr(h, st->s__when);
+    if (w == NULL) {
+        return -1;
+    }
+    *out = PyFloat_AsDouble(w);
+    Py_DECREF(w);
+    return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* New reference: select()'s timeout, as _run_once computes it. */
+static PyObject *
+sched_timeout(cd_loop_t *core, PyObject *loop, PyObject *sched)
+{
+    cd_state *st = core->st;
+    Py_ssize_t nready = PyObject_Size(core->aio_ready);
+    if (nready < 0) {
+        return NULL;
+    }
+    int stopping = nready ? 1 : loop_flag(loop, st->s__stopping);
+    if (stopping != 0) {
+        return stopping < 0 ? NULL : PyLong_FromLong(0);
+    }
+    if (PyList_GET_SIZE(sched) == 0) {
+        Py_RETURN_NONE;
+    }
+    double when, now;
+    if (timer_when(st, PyList_GET_ITEM(sched, 0), &when) < 0 ||
+        loop_time(core, loop, NULL, &now) < 0) {
+        return NULL;
+    }
+    double t = when - now;
+    if (t > CD_MAXIMUM_SELECT_TIMEOUT) {
+        t = CD_MAXIMUM_SELECT_TIMEOUT;
+    }
+    else if (t < 0) {
+        return PyLong_FromLong(0);
+    }
+    return PyFloat_FromDouble(t);
+}
+
+/* Moves the timers due by now (+ the clock's resolution) to _ready. */
+static int
+sched_move_due(cd_loop_t *core, PyObject *loop)
+{
+    cd_state *st = core->st;
+    PyObject *sched = PyObject_GetAttr(loop, st->s__scheduled);
+    double end, when;
+    int rc = -1;
+    if (sched == NULL) {
+        return -1;
+    }
+    if (!PyList_Check(sched)) {
+        PyErr_SetString(PyExc_TypeError, "loop._scheduled is not a list");
+        goto done;
+    }
+    if (PyList_GET_SIZE(sched) == 0) {
+        rc = 0;
+        goto done;
+    }
+    if (loop_time(core, loop, st->s__clock_resolution, &end) < 0) {
+        goto done;
+    }
+    while (PyList_GET_SIZE(sched) > 0) {
+        if (timer_when(st, PyList_GET_ITEM(sched, 0), &when) < 0) {
+            goto done;
+        }
+        if (when >= end) {
+            break;
+        }
+        PyObject *h = PyObject_CallOneArg(st->heapq_heappop, sched);
+        PyObject *r = NULL;
+        if (h != NULL &&
+            PyObject_SetAttr(h, st->s__scheduled, Py_False) == 0) {
+            r = PyObject_CallOneArg(core->ready_append, h);
+        }
+        Py_XDECREF(h);
+        if (r == NULL) {
+            goto done;
+        }
+        Py_DECREF(r);
+    }
+    rc = 0;
+done:
+    Py_DECREF(sched);
+    return rc;
+}
+
+/* Runs the handles that were ready when the step started to run them. */
+static int
+sched_run_ready(cd_loop_t *core)
+{
+    Py_ssize_t ntodo = PyObject_Size(core->aio_ready);
+    if (ntodo < 0) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < ntodo; i++) {
+        PyObject *h = PyObject_CallNoArgs(core->ready_popleft);
+        if (h == NULL) {
+            return -1;
+        }
+        int c = handle_cancelled(core->st, h);
+        if (c == 0) {
+            c = handle_run(core, h);
+        }
+        Py_DECREF(h);
+        if (c < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* step(): BaseEventLoop._run_once. */
+PyObject *
+cd_sched_step(cd_loop_t *core, PyObject *unused)
+{
+    cd_state *st = core->st;
+    PyObject *loop = core->aio_loop;
+    PyObject *sched = NULL, *timeout = NULL, *sel = NULL, *events = NULL;
+    PyObject *r = NULL;
+    if (loop == NULL || core->aio_ready == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "loop core is not attached");
+        return NULL;
+    }
+    int debug = loop_flag(loop, st->s__debug);
+    if (debug != 0) {
+        /* Slow-callback warnings and _current_handle: asyncio's. */
+        return debug < 0 ? NULL : PyObject_CallOneArg(st->base_run_once, loop);
+    }
+    sched = PyObject_GetAttr(loop, st->s__scheduled);
+    if (sched == NULL) {
+        goto done;
+    }
+    if (!PyList_Check(sched)) {
+        PyErr_SetString(PyExc_TypeError, "loop._scheduled is not a list");
+        goto done;
+    }
+    if (sched_prune(core, loop, sched) < 0) {
+        goto done;
+    }
+    /* The rebuild may have replaced the list. */
+    Py_SETREF(sched, PyObject_GetAttr(loop, st->s__scheduled));
+    if (sched == NULL || !PyList_Check(sched)) {
+        goto done;
+    }
+    timeout = sched_timeout(core, loop, sched);
+    sel = timeout ? PyObject_GetAttr(loop, st->s__selector) : NULL;
+    if (sel != NULL && sel == core->selector) {
+        events = cd_loop_select(core, sel, timeout);
+    }
+    else if (sel != NULL) {
+        events = PyObject_CallMethodOneArg(sel, st->s_select, timeout);
+    }
+    if (events == NULL) {
+        goto done;
+    }
+    if (PyList_CheckExact(events) && PyList_GET_SIZE(events) == 0) {
+        /* _process_events() of nothing does nothing. */
+        r = Py_NewRef(Py_None);
+    }
+    else {
+        r = PyObject_CallMethodOneArg(loop, st->s__process_events, events);
+    }
+    Py_CLEAR(events);
+    if (r == NULL || sched_move_due(core, loop) < 0 ||
+        sched_run_ready(core) < 0) {
+        Py_CLEAR(r);
+        goto done;
+    }
+    Py_SETREF(r, Py_NewRef(Py_None));
+done:
+    Py_XDECREF(sched);
+    Py_XDECREF(timeout);
+    Py_XDECREF(sel);
+    Py_XDECREF(events);
+    return r;
+}
+
+/* sched_init(ready, report, selector): the loop's _ready deque, the
+ * Python function that reports an exception raised by a callback, and the
+ * LibuvSelector whose select() the step runs in C. */
+PyObject *
+cd_sched_attach(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "sched_init(ready, report, selector)");
+        return NULL;
+    }
+    PyObject *append = PyObject_GetAttrString(args[0], "append");
+    PyObject *popleft =
+        append ? PyObject_GetAttrString(args[0], "popleft") : NULL;
+    if (popleft == NULL) {
+        Py_XDECREF(append);
+        return NULL;
+    }
+    Py_XSETREF(core->aio_ready, Py_NewRef(args[0]));
+    Py_XSETREF(core->ready_append, append);
+    Py_XSETREF(core->ready_popleft, popleft);
+    Py_XSETREF(core->report, Py_NewRef(args[1]));
+    Py_XSETREF(core->selector, Py_NewRef(args[2]));
+    Py_RETURN_NONE;
+}
+
+int
+cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg)
+{
+    Py_VISIT(core->aio_ready);
+    Py_VISIT(core->ready_append);
+    Py_VISIT(core->ready_popleft);
+    Py_VISIT(core->report);
+    Py_VISIT(core->selector);
+    return 0;
+}
+
+void
+cd_sched_loop_clear(cd_loop_t *core)
+{
+    Py_CLEAR(core->aio_ready);
+    Py_CLEAR(core->ready_append);
+    Py_CLEAR(core->ready_popleft);
+    Py_CLEAR(core->report);
+    Py_CLEAR(core->selector);
+}

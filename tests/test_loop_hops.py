@@ -1,0 +1,314 @@
+"""Thread hops of cdaphne's loop: call_soon_threadsafe's uv_async_t wake-up
+and run_in_executor's C completion (csrc/hop.c), with asyncio's semantics."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import gc
+import logging
+import os
+import signal
+import threading
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+
+from cdaphne.loop import new_event_loop
+
+
+@pytest.fixture
+def loop():
+    loop = new_event_loop()
+    yield loop
+    loop.close()
+
+
+class RecordingExecutor(concurrent.futures.ThreadPoolExecutor):
+    """A thread pool that keeps the concurrent futures it hands out."""
+
+    def __init__(self, workers: int = 1) -> None:
+        super().__init__(max_workers=workers)
+        self.futures: list[concurrent.futures.Future] = []
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        fut = super().submit(fn, *args, **kwargs)
+        self.futures.append(fut)
+        return fut
+
+
+def _live_hops() -> int:
+    return sum(type(o).__name__ == "_Hop" for o in gc.get_objects())
+
+
+def test_call_soon_threadsafe_and_hops_do_not_use_the_self_pipe(loop):
+    sent = []
+
+    class CountingSock:
+        def __init__(self, sock) -> None:
+            self.sock = sock
+
+        def send(self, data: bytes) -> int:
+            sent.append(data)
+            return self.sock.send(data)
+
+        def __getattr__(self, name: str):
+            return getattr(self.sock, name)
+
+    loop._csock = CountingSock(loop._csock)  # The self-pipe stays for signals.
+    fut = loop.create_future()
+    threading.Timer(0.05, loop.call_soon_threadsafe, (fut.set_result, 1)).start()
+    assert loop.run_until_complete(fut) == 1
+    assert loop.run_until_complete(loop.run_in_executor(None, abs, -2)) == 2
+    assert sent == []
+
+
+def test_call_soon_threadsafe_from_many_threads_keeps_each_threads_order(loop):
+    n_threads, per_thread = 8, 300
+    got: dict[int, list[int]] = {t: [] for t in range(n_threads)}
+    done = loop.create_future()
+    remaining = [n_threads * per_thread]
+
+    def record(t: int, i: int) -> None:
+        got[t].append(i)
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            done.set_result(None)
+
+    def producer(t: int) -> None:
+        for i in range(per_thread):
+            loop.call_soon_threadsafe(record, t, i)
+
+    threads = [threading.Thread(target=producer, args=(t,)) for t in range(n_threads)]
+    loop.call_soon(lambda: [th.start() for th in threads])
+    loop.run_until_complete(asyncio.wait_for(done, 30))
+    for th in threads:
+        th.join()
+    assert got == {t: list(range(per_thread)) for t in range(n_threads)}
+
+
+def test_call_soon_threadsafe_after_close_raises_and_wakeup_is_silent(loop):
+    wake = loop._write_to_self
+    loop.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_soon_threadsafe(print)
+    wake()  # From a late thread: no error, no crash.
+
+
+def test_run_in_executor_wakes_a_loop_blocked_without_timeout(loop):
+    # No timer anywhere: only the hop's wake-up can end the poll.
+    release = threading.Event()
+    threading.Timer(0.1, release.set).start()
+    assert loop.run_until_complete(loop.run_in_executor(None, release.wait)) is True
+
+
+def test_run_in_executor_result_exception_and_converted_exceptions(loop):
+    def boom() -> None:
+        raise KeyError("k")
+
+    def invalid() -> None:
+        raise concurrent.futures.InvalidStateError("x")
+
+    async def main() -> None:
+        assert await loop.run_in_executor(None, divmod, 7, 2) == (3, 1)
+        with pytest.raises(KeyError):
+            await loop.run_in_executor(None, boom)
+        with pytest.raises(asyncio.InvalidStateError):
+            await loop.run_in_executor(None, invalid)
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+
+
+def test_run_in_executor_returns_an_asyncio_future_of_this_loop(loop):
+    async def main() -> None:
+        fut = loop.run_in_executor(None, int)
+        assert asyncio.isfuture(fut) and fut.get_loop() is loop
+        assert await fut == 0
+
+    loop.run_until_complete(main())
+
+
+def test_run_in_executor_keeps_the_executors_thread_and_thread_locals(loop):
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    local = threading.local()
+
+    def put() -> int:
+        local.value = "kept"
+        return threading.get_ident()
+
+    def get() -> tuple[int, str]:
+        return threading.get_ident(), local.value
+
+    async def main() -> None:
+        ident = await loop.run_in_executor(executor, put)
+        assert ident != threading.get_ident()
+        assert await loop.run_in_executor(executor, get) == (ident, "kept")
+
+    loop.run_until_complete(main())
+    executor.shutdown()
+
+
+def test_cancelling_the_asyncio_future_cancels_work_not_started(loop):
+    executor = RecordingExecutor(1)
+    gate = threading.Event()
+    ran = []
+
+    async def main() -> None:
+        busy = loop.run_in_executor(executor, gate.wait)
+        queued = loop.run_in_executor(executor, ran.append, 1)
+        queued.cancel()
+        await asyncio.sleep(0)  # The cancel check is a done callback.
+        assert executor.futures[1].cancelled()
+        gate.set()
+        assert await busy is True
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+    executor.shutdown()
+    assert ran == []
+
+
+def test_cancelled_while_running_drops_the_result_quietly(loop):
+    executor = RecordingExecutor(1)
+    gate = threading.Event()
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+
+    async def main() -> None:
+        running = loop.run_in_executor(executor, gate.wait)
+        while not executor.futures[0].running():
+            await asyncio.sleep(0.01)
+        running.cancel()
+        gate.set()
+        # The work finishes anyway; its result must not reach the future.
+        await asyncio.wrap_future(executor.futures[0])
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert running.cancelled()
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+    executor.shutdown()
+    assert errors == []
+
+
+def test_a_future_completed_by_hand_reports_through_the_exception_handler(loop):
+    gate = threading.Event()
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+
+    async def main() -> None:
+        fut = loop.run_in_executor(None, gate.wait)
+        fut.set_result("by hand")
+        gate.set()
+        while not errors:
+            await asyncio.sleep(0.01)
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+    # asyncio's own chain fails its "assert not dest.done()" here.
+    assert isinstance(errors[0]["exception"], (asyncio.InvalidStateError, AssertionError))
+
+
+def test_result_for_a_closed_loop_is_dropped(caplog):
+    loop = new_event_loop()
+    executor = RecordingExecutor(1)
+    gate = threading.Event()
+
+    async def main() -> asyncio.Future:
+        return loop.run_in_executor(executor, gate.wait)
+
+    fut = loop.run_until_complete(main())
+    loop.close()
+    with caplog.at_level(logging.ERROR):
+        gate.set()
+        executor.shutdown(wait=True)
+    assert executor.futures[0].result() is True
+    assert not fut.done()
+    assert [r for r in caplog.records if r.name == "concurrent.futures"] == []
+
+
+def test_executor_returning_an_asyncio_future_gets_it_back(loop):
+    class LoopExecutor(concurrent.futures.Executor):
+        def submit(self, fn, /, *args, **kwargs):
+            fut = loop.create_future()
+            fut.set_result(fn(*args, **kwargs))
+            return fut
+
+    async def main() -> None:
+        assert await loop.run_in_executor(LoopExecutor(), abs, -4) == 4
+
+    loop.run_until_complete(main())
+
+
+def test_debug_mode_rejects_a_coroutine_function(loop):
+    async def coro() -> None:
+        pass
+
+    loop.set_debug(True)
+    with pytest.raises(TypeError, match="coroutines cannot be used"):
+        loop.run_in_executor(None, coro)
+
+
+def test_hops_leave_no_cycle_behind(loop):
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+
+    async def main() -> None:
+        for i in range(50):
+            assert await loop.run_in_executor(executor, abs, -i) == i
+
+    gc.collect()
+    gc.disable()
+    try:
+        loop.run_until_complete(main())
+        executor.shutdown()
+        assert _live_hops() == 0
+    finally:
+        gc.enable()
+
+
+def test_sync_to_async_keeps_contextvars_thread_sensitivity_and_exceptions(loop):
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var")
+
+    def read_and_set() -> tuple[str, int]:
+        value = var.get()
+        var.set("from thread")
+        return value, threading.get_ident()
+
+    def fail() -> None:
+        raise ValueError("in thread")
+
+    async def main() -> None:
+        var.set("from loop")
+        value, t1 = await sync_to_async(read_and_set)()
+        assert value == "from loop"
+        assert var.get() == "from thread"  # asgiref copies it back.
+        _, t2 = await sync_to_async(read_and_set)()
+        assert t1 == t2  # thread_sensitive: one thread.
+        with pytest.raises(ValueError, match="in thread"):
+            await sync_to_async(fail)()
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+
+
+def test_async_to_sync_inside_sync_to_async_comes_back_to_the_loop(loop):
+    async def on_loop() -> int:
+        await asyncio.sleep(0)
+        return threading.get_ident()
+
+    def in_thread() -> tuple[int, int]:
+        return async_to_sync(on_loop)(), threading.get_ident()
+
+    async def main() -> None:
+        ran_on, thread = await sync_to_async(in_thread)()
+        assert ran_on == threading.get_ident() != thread
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+
+
+def test_signal_handlers_still_wake_the_loop(loop):
+    got = loop.create_future()
+    loop.add_signal_handler(signal.SIGUSR1, got.set_result, "signalled")
+    threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+    try:
+        assert loop.run_until_complete(asyncio.wait_for(got, 10)) == "signalled"
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)

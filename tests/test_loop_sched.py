@@ -1,0 +1,457 @@
+"""The scheduling core of cdaphne's loop (csrc/sched.c): call_soon and the
+run-once step in C, checked against asyncio's own SelectorEventLoop running
+the same scenario."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from cdaphne.loop import new_event_loop
+
+Scenario = Callable[[asyncio.AbstractEventLoop], Any]
+
+
+def on_both(scenario: Scenario) -> Any:
+    """Runs scenario on asyncio's loop and on cdaphne's; returns cdaphne's
+    result after checking that both are equal."""
+    results = []
+    for make in (asyncio.SelectorEventLoop, new_event_loop):
+        loop = make()
+        try:
+            results.append(scenario(loop))
+        finally:
+            loop.close()
+    assert results[1] == results[0]
+    return results[1]
+
+
+@pytest.fixture
+def loop():
+    loop = new_event_loop()
+    yield loop
+    loop.close()
+
+
+def test_call_soon_returns_an_asyncio_handle():
+    def scenario(loop):
+        h = loop.call_soon(print, "x")
+        assert type(h) is asyncio.Handle
+        assert h._loop is loop and h._args == ("x",) and h._callback is print
+        assert loop._ready[-1] is h
+        out = [repr(h), h.cancelled(), h._source_traceback, h._repr]
+        h.cancel()
+        return [*out, h.cancelled(), repr(h), h._callback, h._args]
+
+    assert on_both(scenario) == ["<Handle print()>", False, None, None, True,
+                                 "<Handle cancelled>", None, None]  # fmt: skip
+
+
+def test_callbacks_run_in_order_and_cancelled_ones_never():
+    def scenario(loop):
+        out = []
+        loop.call_soon(out.append, 1)
+        loop.call_soon(out.append, 2).cancel()
+        loop.call_soon(out.append, 3)
+        loop.call_soon(loop.stop)
+        loop.call_soon(out.append, 4)  # Runs: stop() ends the next step.
+        loop.run_forever()
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        return out
+
+    assert on_both(scenario) == [1, 3, 4]
+
+
+def test_callbacks_added_while_running_wait_for_the_next_step():
+    def scenario(loop):
+        out = []
+
+        def first() -> None:
+            out.append("first")
+            loop.call_soon(out.append, "nested")
+            loop.stop()
+
+        loop.call_soon(first)
+        loop.call_soon(out.append, "second")
+        loop.run_forever()
+        out.append(("left", len(loop._ready)))
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        return out
+
+    assert on_both(scenario) == ["first", "second", ("left", 1), "nested"]
+
+
+def test_due_timers_run_after_ready_callbacks_of_the_same_step():
+    def scenario(loop):
+        out = []
+
+        def start() -> None:
+            loop.call_at(loop.time() - 1, out.append, "timer due")
+            loop.call_later(0, out.append, "timer 0")
+            loop.call_soon(out.append, "soon")
+            loop.call_later(0.05, loop.stop)
+
+        loop.call_soon(start)
+        loop.run_forever()
+        return out
+
+    assert on_both(scenario) == ["soon", "timer due", "timer 0"]
+
+
+def test_timers_fire_in_when_order_and_cancelled_timers_are_pruned():
+    def scenario(loop):
+        out = []
+        base = loop.time()
+        handles = [loop.call_at(base + 0.001 * (i % 7), out.append, i) for i in range(240)]
+        for h in handles[::2] + handles[1::4]:
+            h.cancel()
+        counts = (len(loop._scheduled), loop._timer_cancelled_count)
+        loop.call_later(0.05, loop.stop)
+        loop.run_forever()
+        return counts, out, len(loop._scheduled), loop._timer_cancelled_count
+
+    counts, out, left, cancelled = on_both(scenario)
+    assert counts == (240, 180) and left == 0 and cancelled == 0
+    assert len(out) == 60
+
+
+def test_loop_time_and_sleep_timeout(loop):
+    async def main() -> float:
+        start = loop.time()
+        async with asyncio.timeout(0.05):
+            await asyncio.sleep(10)
+        return loop.time() - start
+
+    with pytest.raises(TimeoutError):
+        loop.run_until_complete(main())
+    assert abs(loop.time() - time.monotonic()) < 1
+
+
+def test_exception_in_callback_goes_to_the_exception_handler():
+    def scenario(loop):
+        seen = []
+
+        def handler(lp, ctx) -> None:
+            seen.append((sorted(ctx), ctx["message"], type(ctx["exception"]).__name__))
+            assert isinstance(ctx["handle"], asyncio.Handle)
+
+        def boom(x: int) -> None:
+            raise ValueError(x)
+
+        loop.set_exception_handler(handler)
+        loop.call_soon(boom, 1)
+        loop.call_soon(seen.append, "after")
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        return seen
+
+    seen = on_both(scenario)
+    assert seen[1] == "after"
+    assert seen[0][0] == ["exception", "handle", "message"]
+    assert seen[0][1].startswith("Exception in callback ") and "boom" in seen[0][1]
+
+
+def test_default_exception_handler_logs(loop, caplog):
+    loop.call_soon(lambda: 1 / 0)
+    loop.call_soon(loop.stop)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.run_forever()
+    assert any("Exception in callback" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+def test_keyboard_interrupt_and_system_exit_propagate(exc):
+    def scenario(loop):
+        out = []
+
+        def raise_it() -> None:
+            raise exc
+
+        loop.call_soon(out.append, 1)
+        loop.call_soon(raise_it)
+        loop.call_soon(out.append, 2)
+        try:
+            loop.run_forever()
+        except exc:
+            out.append("raised")
+        out.append(len(loop._ready))
+        return out
+
+    assert on_both(scenario) == [1, "raised", 1]
+
+
+def test_callbacks_run_in_their_context():
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    def scenario(loop):
+        out = []
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, "in ctx")
+        var.set("at call_soon")
+        loop.call_soon(lambda: out.append(var.get()))
+        loop.call_soon(lambda: out.append(var.get()), context=ctx)
+        h = loop.call_soon(lambda: var.set("changed"))
+        loop.call_soon(lambda: out.append(var.get()))
+        var.set("later")
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        out.append(h.get_context().get(var))
+        out.append(ctx.get(var))
+        var.set("unset")
+        return out
+
+    assert on_both(scenario) == ["at call_soon", "in ctx", "at call_soon", "changed", "in ctx"]
+
+
+def test_a_context_already_entered_is_reported_and_the_loop_goes_on(caplog):
+    def scenario(loop):
+        out = []
+        ctx = contextvars.copy_context()
+
+        def inner() -> None:
+            loop.call_soon(print, context=ctx)
+            loop.call_soon(out.append, "after")
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+
+        ctx.run(inner)
+        return out
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        assert on_both(scenario) == ["after"]
+    logged = [r for r in caplog.records if "already entered" in str(r.exc_info)]
+    assert len(logged) == 2  # One per loop.
+
+
+def test_call_soon_argument_errors_match_asyncio():
+    def scenario(loop):
+        out = []
+        for args, kw in [((), {}), ((print,), {"bogus": 1}), ((print,), {"context": 1})]:
+            try:
+                loop.call_soon(*args, **kw)
+                out.append("ok")
+            except TypeError:
+                out.append("TypeError")
+        loop._ready.clear()
+        return out
+
+    assert on_both(scenario) == ["TypeError", "TypeError", "ok"]
+
+
+def test_call_soon_on_a_closed_loop_raises():
+    def scenario(loop):
+        loop.close()
+        with pytest.raises(RuntimeError, match="Event loop is closed"):
+            loop.call_soon(print)
+        return True
+
+    assert on_both(scenario)
+
+
+def test_debug_mode_checks_thread_and_callback(loop):
+    loop.set_debug(True)
+    with pytest.raises(TypeError):
+        loop.call_soon(42)
+    errors = []
+
+    def other_thread() -> None:
+        try:
+            loop.call_soon(print)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    async def main() -> None:
+        th = threading.Thread(target=other_thread)
+        th.start()
+        th.join()
+
+    loop.run_until_complete(main())
+    assert errors and "thread" in errors[0]
+    h = loop.call_soon(print)
+    assert h._source_traceback  # asyncio's debug handle.
+    h.cancel()
+
+
+def test_debug_mode_warns_about_slow_callbacks(loop, caplog):
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.01
+    loop.call_soon(time.sleep, 0.05)
+    loop.call_soon(loop.stop)
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        loop.run_forever()
+    assert any("Executing <Handle" in r.getMessage() for r in caplog.records)
+
+
+def test_debug_mode_can_be_switched_on_while_running(loop):
+    seen = []
+
+    async def main() -> None:
+        await asyncio.sleep(0)
+        loop.set_debug(True)
+        seen.append(loop.call_soon(print)._source_traceback is not None)
+        loop.set_debug(False)
+        seen.append(loop.call_soon(print)._source_traceback is not None)
+
+    loop.run_until_complete(main())
+    assert seen == [True, False]
+
+
+def test_close_clears_ready_and_scheduled(loop):
+    loop.call_soon(print)
+    loop.call_later(10, print)
+    loop.close()
+    assert len(loop._ready) == 0 and loop._scheduled == []
+
+
+def test_task_switches_and_gather(loop):
+    async def worker(n: int) -> int:
+        for _ in range(n):
+            await asyncio.sleep(0)
+        return n
+
+    async def main() -> list[int]:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(worker(i)) for i in range(20)]
+        return [t.result() for t in tasks]
+
+    assert loop.run_until_complete(main()) == list(range(20))
+
+
+def test_call_later_and_call_at_return_asyncio_timer_handles():
+    def scenario(loop):
+        loop.time = lambda: 100.0  # Overridable, as asyncio's tests do.
+        h = loop.call_later(5, print, "x")
+        a = loop.call_at(50, print)
+        assert type(h) is asyncio.TimerHandle and type(a) is asyncio.TimerHandle
+        out = [h.when(), a.when(), h._scheduled, repr(h), loop._scheduled[0] is a]
+        h.cancel()
+        out += [h._scheduled, h.cancelled(), loop._timer_cancelled_count, repr(h)]
+        a.cancel()
+        a.cancel()
+        out.append(loop._timer_cancelled_count)
+        return out
+
+    assert on_both(scenario) == [
+        *(105.0, 50, True, "<TimerHandle when=105.0 print()>", True),
+        *(True, True, 1, "<TimerHandle cancelled when=105.0>", 2),
+    ]
+
+
+def test_timer_argument_errors_match_asyncio():
+    def scenario(loop):
+        out = []
+        for fn, args, kw in [
+            (loop.call_later, (None, print), {}),
+            (loop.call_at, (None, print), {}),
+            (loop.call_later, (1,), {}),
+            (loop.call_at, (1, print), {"bogus": 1}),
+            (loop.call_later, ("1", print), {}),
+        ]:
+            try:
+                fn(*args, **kw).cancel()
+                out.append("ok")
+            except TypeError:
+                out.append("TypeError")
+        return out
+
+    assert on_both(scenario) == ["TypeError"] * 5
+
+
+def test_timers_in_debug_mode_take_asyncios_path(loop):
+    loop.set_debug(True)
+    h = loop.call_later(10, print)
+    assert h._source_traceback
+    with pytest.raises(TypeError):
+        loop.call_at(loop.time(), 42)
+    h.cancel()
+
+
+def test_timer_context_and_when_order_with_call_soon():
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    def scenario(loop):
+        out = []
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, "ctx")
+        base = loop.time()
+        loop.call_at(base + 0.02, lambda: out.append(("b", var.get())))
+        loop.call_at(base + 0.01, lambda: out.append(("a", var.get())), context=ctx)
+        loop.call_later(0.03, loop.stop)
+        loop.call_soon(lambda: out.append(("soon", var.get())))
+        loop.run_forever()
+        return out
+
+    assert on_both(scenario) == [("soon", "unset"), ("a", "ctx"), ("b", "unset")]
+
+
+def test_call_soon_threadsafe_from_a_thread_matches_asyncio():
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    def scenario(loop):
+        out, kinds = [], []
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, "ctx")
+
+        def in_thread() -> None:
+            h = loop.call_soon_threadsafe(out.append, "plain")
+            kinds.append(type(h))
+            loop.call_soon_threadsafe(lambda: out.append(var.get()), context=ctx)
+            loop.call_soon_threadsafe(out.append, "cancelled").cancel()
+            loop.call_soon_threadsafe(loop.stop)
+
+        loop.call_soon(threading.Thread(target=in_thread).start)
+        loop.run_forever()
+        return kinds, out
+
+    assert on_both(scenario) == ([asyncio.Handle], ["plain", "ctx"])
+
+
+def test_call_soon_threadsafe_in_debug_mode_and_after_close(loop):
+    loop.set_debug(True)
+    got = []
+
+    def in_thread() -> None:
+        h = loop.call_soon_threadsafe(loop.stop)
+        got.append(h._source_traceback is not None)
+
+    loop.call_soon(threading.Thread(target=in_thread).start)
+    loop.run_forever()
+    assert got == [True]
+    loop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.call_soon_threadsafe(print)
+
+
+def test_handles_made_in_c_are_freed_without_the_gc(loop):
+    import gc
+
+    def live() -> int:
+        kinds = (asyncio.Handle, asyncio.TimerHandle)
+        return sum(type(o) in kinds for o in gc.get_objects())
+
+    async def main() -> None:
+        for _ in range(200):
+            loop.call_soon(len, "x")
+            loop.call_later(0, len, "y")
+            loop.call_later(10, len, "z").cancel()
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+
+    loop.run_until_complete(main())  # Warm-up: imports, caches.
+    gc.collect()
+    before = live()
+    gc.disable()
+    try:
+        loop.run_until_complete(main())
+        assert live() <= before
+    finally:
+        gc.enable()
