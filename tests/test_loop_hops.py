@@ -13,7 +13,7 @@ import signal
 import threading
 
 import pytest
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import ThreadSensitiveContext, async_to_sync, sync_to_async
 
 from cdaphne.loop import new_event_loop
 
@@ -277,14 +277,17 @@ def test_sync_to_async_keeps_contextvars_thread_sensitivity_and_exceptions(loop)
         raise ValueError("in thread")
 
     async def main() -> None:
-        var.set("from loop")
-        value, t1 = await sync_to_async(read_and_set)()
-        assert value == "from loop"
-        assert var.get() == "from thread"  # asgiref copies it back.
-        _, t2 = await sync_to_async(read_and_set)()
-        assert t1 == t2  # thread_sensitive: one thread.
-        with pytest.raises(ValueError, match="in thread"):
-            await sync_to_async(fail)()
+        # A context of its own: asgiref's process-wide thread-sensitive
+        # executor would outlive the test and make later fork()s unsafe.
+        async with ThreadSensitiveContext():
+            var.set("from loop")
+            value, t1 = await sync_to_async(read_and_set)()
+            assert value == "from loop"
+            assert var.get() == "from thread"  # asgiref copies it back.
+            _, t2 = await sync_to_async(read_and_set)()
+            assert t1 == t2  # thread_sensitive: one thread.
+            with pytest.raises(ValueError, match="in thread"):
+                await sync_to_async(fail)()
 
     loop.run_until_complete(asyncio.wait_for(main(), 10))
 
@@ -298,7 +301,8 @@ def test_async_to_sync_inside_sync_to_async_comes_back_to_the_loop(loop):
         return async_to_sync(on_loop)(), threading.get_ident()
 
     async def main() -> None:
-        ran_on, thread = await sync_to_async(in_thread)()
+        async with ThreadSensitiveContext():
+            ran_on, thread = await sync_to_async(in_thread)()
         assert ran_on == threading.get_ident() != thread
 
     loop.run_until_complete(asyncio.wait_for(main(), 10))
