@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import selectors
 from asyncio import format_helpers
 from typing import Any
@@ -81,12 +82,19 @@ class LibuvSelector(selectors._BaseSelectorImpl):  # type: ignore[misc]
         self.core.close()
 
 
+# Python 3.13 gave _format_callback_source a `debug` argument.
+_FORMAT_TAKES_DEBUG = (
+    "debug" in inspect.signature(format_helpers._format_callback_source).parameters
+)
+
+
 def _report_callback_error(handle: asyncio.Handle, exc: BaseException) -> None:
     """asyncio.Handle._run's except clause, for handles run from C."""
+    kwargs = {"debug": handle._loop.get_debug()} if _FORMAT_TAKES_DEBUG else {}  # type: ignore[attr-defined]
     cb = format_helpers._format_callback_source(
         handle._callback,  # type: ignore[attr-defined]
         handle._args,  # type: ignore[attr-defined]
-        debug=handle._loop.get_debug(),  # type: ignore[attr-defined]
+        **kwargs,
     )
     context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
     if handle._source_traceback:  # type: ignore[attr-defined]
