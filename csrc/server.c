@@ -538,20 +538,6 @@ cfg_number_required(PyObject *config, const char *name, double scale,
     return 0;
 }
 
-/* To be removed: the old reader, with a C default for a missing
- * attribute, kept while branches that add options with it are merged.
- * New options: a field in config.py and cfg_number_required. */
-__attribute__((unused)) static int
-cfg_number(PyObject *config, const char *name, double dflt, double scale,
-           uint64_t *out)
-{
-    if (!PyObject_HasAttrString(config, name)) {
-        *out = (uint64_t)(dflt * scale);
-        return 0;
-    }
-    return cfg_number_required(config, name, scale, out);
-}
-
 /* permessage-deflate: on unless the config says false; window bits and
  * memLevel within zlib's ranges (config.py validates them first). */
 static int
@@ -577,6 +563,114 @@ cfg_deflate(PyObject *config, cd_config_t *c)
     }
     c->ws_deflate_window_bits = (int)bits;
     c->ws_deflate_mem_level = (int)level;
+    return 0;
+}
+
+/* The numbers of the config (every one required: the defaults live in
+ * config.py).  0, or -1 with an exception set. */
+static int
+server_read_limits(cd_config_t *c, PyObject *config)
+{
+    uint64_t v;
+    if (cfg_number_required(config, "max_body_size", 1, &c->max_body) < 0 ||
+        cfg_number_required(config, "max_header_size", 1, &v) < 0) {
+        return -1;
+    }
+    c->max_head = (size_t)v;
+    if (cfg_number_required(config, "max_header_count", 1, &v) < 0) {
+        return -1;
+    }
+    c->max_headers = v > UINT_MAX ? UINT_MAX : (unsigned)v;
+    if (cfg_number_required(config, "header_timeout", 1000,
+                            &c->header_timeout) < 0 ||
+        cfg_number_required(config, "timeout_keep_alive", 1000,
+                            &c->keepalive_timeout) < 0 ||
+        cfg_number_required(config, "http_timeout", 1000, &c->http_timeout) <
+            0 ||
+        cfg_number_required(config, "application_close_timeout", 1000,
+                            &c->app_close_timeout) < 0 ||
+        cfg_number_required(config, "limit_concurrency", 1, &v) < 0) {
+        return -1;
+    }
+    c->limit_concurrency = (int)v;
+    if (cfg_number_required(config, "websocket_connect_timeout", 1000,
+                            &c->ws_connect_timeout) < 0 ||
+        cfg_number_required(config, "websocket_timeout", 1000,
+                            &c->ws_timeout) < 0 ||
+        cfg_number_required(config, "ping_interval", 1000, &c->ping_interval) <
+            0 ||
+        cfg_number_required(config, "ping_timeout", 1000, &c->ping_timeout) <
+            0 ||
+        cfg_number_required(config, "websocket_max_message_size", 1,
+                            &c->ws_max_message) < 0 ||
+        cfg_number_required(config, "websocket_max_frame_size", 1,
+                            &c->ws_max_frame) < 0 ||
+        cfg_deflate(config, c) < 0 ||
+        cfg_number_required(config, "min_body_rate", 1, &c->min_body_rate) <
+            0 ||
+        cfg_number_required(config, "body_rate_grace", 1000,
+                            &c->body_rate_grace) < 0 ||
+        cfg_number_required(config, "pubsub_max_queue", 1,
+                            &c->pubsub_max_queue) < 0 ||
+        cfg_number_required(config, "pubsub_max_topics", 1,
+                            &c->pubsub_max_topics) < 0) {
+        return -1;
+    }
+    if (c->header_timeout == 0 || c->keepalive_timeout == 0) {
+        /* Both arm a conn's timer unconditionally: 0 would close it. */
+        PyErr_SetString(PyExc_ValueError, "server config 'header_timeout' and "
+                                          "'timeout_keep_alive' must be "
+                                          "positive");
+        return -1;
+    }
+    c->body_high_water = 1 << 20;
+    c->write_high_water = 1 << 20;
+    c->eager_tasks = PY_VERSION_HEX >= 0x030C0000;
+    return 0;
+}
+
+/* root_path, action_logger and the server header.  0, or -1 with an
+ * exception set (what was read stays on srv: its dealloc frees it). */
+static int
+server_read_names(cd_server_t *srv, PyObject *config)
+{
+    cd_state *st = srv->st;
+    PyObject *o;
+    if ((o = cfg_object(config, "root_path")) == NULL) {
+        return -1;
+    }
+    if (o == Py_None) {
+        Py_SETREF(o, Py_NewRef(st->s_empty));
+    }
+    srv->root_path = o;
+    if ((o = cfg_object(config, "action_logger")) == NULL) {
+        return -1;
+    }
+    srv->action_logger = o == Py_None ? NULL : o;
+    if (o == Py_None) {
+        Py_DECREF(o);
+    }
+    if ((o = cfg_object(config, "server_name")) == NULL) {
+        return -1;
+    }
+    if (o != Py_None) {
+        const char *name = PyUnicode_AsUTF8(o);
+        if (name == NULL) {
+            Py_DECREF(o);
+            return -1;
+        }
+        if (*name) {
+            size_t n = strlen(name) + 16;
+            srv->server_header = malloc(n);
+            if (srv->server_header == NULL) {
+                Py_DECREF(o);
+                PyErr_NoMemory();
+                return -1;
+            }
+            snprintf(srv->server_header, n, "server: %s\r\n", name);
+        }
+    }
+    Py_DECREF(o);
     return 0;
 }
 
@@ -615,104 +709,12 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     srv->app = Py_NewRef(app);
     srv->scheme = Py_NewRef(st->s_http);
 
-    cd_config_t *c = &srv->cfg;
-    uint64_t v;
-    PyObject *o;
-    if (cfg_number_required(config, "max_body_size", 1, &c->max_body) < 0 ||
-        cfg_number_required(config, "max_header_size", 1, &v) < 0) {
-        goto error;
+    if (server_read_limits(&srv->cfg, config) < 0 ||
+        server_read_names(srv, config) < 0) {
+        Py_DECREF(srv);
+        return NULL;
     }
-    c->max_head = (size_t)v;
-    if (cfg_number_required(config, "max_header_count", 1, &v) < 0) {
-        goto error;
-    }
-    c->max_headers = v > UINT_MAX ? UINT_MAX : (unsigned)v;
-    if (cfg_number_required(config, "header_timeout", 1000,
-                            &c->header_timeout) < 0 ||
-        cfg_number_required(config, "timeout_keep_alive", 1000,
-                            &c->keepalive_timeout) < 0 ||
-        cfg_number_required(config, "http_timeout", 1000, &c->http_timeout) <
-            0 ||
-        cfg_number_required(config, "application_close_timeout", 1000,
-                            &c->app_close_timeout) < 0 ||
-        cfg_number_required(config, "limit_concurrency", 1, &v) < 0) {
-        goto error;
-    }
-    c->limit_concurrency = (int)v;
-    if (cfg_number_required(config, "websocket_connect_timeout", 1000,
-                            &c->ws_connect_timeout) < 0 ||
-        cfg_number_required(config, "websocket_timeout", 1000,
-                            &c->ws_timeout) < 0 ||
-        cfg_number_required(config, "ping_interval", 1000, &c->ping_interval) <
-            0 ||
-        cfg_number_required(config, "ping_timeout", 1000, &c->ping_timeout) <
-            0 ||
-        cfg_number_required(config, "websocket_max_message_size", 1,
-                            &c->ws_max_message) < 0 ||
-        cfg_number_required(config, "websocket_max_frame_size", 1,
-                            &c->ws_max_frame) < 0 ||
-        cfg_deflate(config, c) < 0 ||
-        cfg_number_required(config, "min_body_rate", 1, &c->min_body_rate) <
-            0 ||
-        cfg_number_required(config, "body_rate_grace", 1000,
-                            &c->body_rate_grace) < 0 ||
-        cfg_number_required(config, "pubsub_max_queue", 1,
-                            &c->pubsub_max_queue) < 0 ||
-        cfg_number_required(config, "pubsub_max_topics", 1,
-                            &c->pubsub_max_topics) < 0) {
-        goto error;
-    }
-    if (c->header_timeout == 0 || c->keepalive_timeout == 0) {
-        /* Both arm a conn's timer unconditionally: 0 would close it. */
-        PyErr_SetString(PyExc_ValueError, "server config 'header_timeout' and "
-                                          "'timeout_keep_alive' must be "
-                                          "positive");
-        goto error;
-    }
-    c->body_high_water = 1 << 20;
-    c->write_high_water = 1 << 20;
-    c->eager_tasks = PY_VERSION_HEX >= 0x030C0000;
-
-    if ((o = cfg_object(config, "root_path")) == NULL) {
-        goto error;
-    }
-    if (o == Py_None) {
-        Py_SETREF(o, Py_NewRef(st->s_empty));
-    }
-    srv->root_path = o;
-    if ((o = cfg_object(config, "action_logger")) == NULL) {
-        goto error;
-    }
-    srv->action_logger = o == Py_None ? NULL : o;
-    if (o == Py_None) {
-        Py_DECREF(o);
-    }
-    if ((o = cfg_object(config, "server_name")) == NULL) {
-        goto error;
-    }
-    if (o != Py_None) {
-        const char *name = PyUnicode_AsUTF8(o);
-        if (name == NULL) {
-            Py_DECREF(o);
-            goto error;
-        }
-        if (*name) {
-            size_t n = strlen(name) + 16;
-            srv->server_header = malloc(n);
-            if (srv->server_header == NULL) {
-                Py_DECREF(o);
-                PyErr_NoMemory();
-                goto error;
-            }
-            snprintf(srv->server_header, n, "server: %s\r\n", name);
-        }
-    }
-    Py_DECREF(o);
     return (PyObject *)srv;
-
-error:
-    Py_DECREF(srv);
-    return NULL;
 }
 
 static int

@@ -343,9 +343,14 @@ def test_client_still_sending_a_body_the_app_did_not_read_reads_the_response(ser
     with connect(proc) as sock:
         sock.sendall(b"POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
                      % len(body) + body)
-        reply = read_reply(sock)
-    assert reply.startswith(b"HTTP/1.1 200 "), reply[:100]
-    assert reply.endswith(b"\r\n\r\nok")
+        # The response by its framing: the server lingers (closing after)
+        # when the body is still coming, and keeps the connection alive
+        # when all of it arrived before the app answered (Python 3.11,
+        # where the app's task starts a loop turn later). Either way the
+        # client reads the response instead of an RST.
+        r = Reader(sock).response()
+    assert r.status == 200, r
+    assert r.body == b"ok"
 
 
 # ---- minimum request body rate -------------------------------------------
