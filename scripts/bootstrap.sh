@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES="build-essential pkg-config libuv1-dev libwslay-dev node-llhttp libssl-dev zlib1g-dev
-redis-server wrk chromium chromium-driver"
+openssl redis-server wrk chromium chromium-driver"
 VENV=${VENV:-.venv}
 
 . scripts/apt-missing.sh
