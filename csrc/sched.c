@@ -235,6 +235,26 @@ sched_cbargs(PyObject *const *args, Py_ssize_t from, Py_ssize_t nargs)
     return t;
 }
 
+/* New reference: a Handle for args[0](*args[1:]) appended to the loop's
+ * ready queue (what call_soon does once its arguments are checked). */
+static PyObject *
+sched_ready_push(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *context)
+{
+    cd_state *st = core->st;
+    PyObject *cbargs = sched_cbargs(args, 1, nargs);
+    PyObject *h = cbargs ? handle_new(st, st->asyncio_Handle, args[0], cbargs,
+                                      core->aio_loop, context)
+                         : NULL;
+    PyObject *r = h ? PyObject_CallOneArg(core->ready_append, h) : NULL;
+    if (r == NULL) {
+        Py_XDECREF(h);
+        return NULL;
+    }
+    Py_DECREF(r);
+    return h;
+}
+
 /* call_soon(callback, *args, context=None): BaseEventLoop.call_soon. */
 PyObject *
 cd_sched_call_soon(cd_loop_t *core, PyObject *const *args, size_t nargsf,
@@ -249,20 +269,7 @@ cd_sched_call_soon(cd_loop_t *core, PyObject *const *args, size_t nargsf,
                       : sched_fallback(st->base_call_soon, core->aio_loop,
                                        args, nargs, kwnames);
     }
-    PyObject *cbargs = sched_cbargs(args, 1, nargs);
-    PyObject *h = cbargs ? handle_new(st, st->asyncio_Handle, args[0], cbargs,
-                                      core->aio_loop, context)
-                         : NULL;
-    if (h == NULL) {
-        return NULL;
-    }
-    PyObject *r = PyObject_CallOneArg(core->ready_append, h);
-    if (r == NULL) {
-        Py_DECREF(h);
-        return NULL;
-    }
-    Py_DECREF(r);
-    return h;
+    return sched_ready_push(core, args, nargs, context);
 }
 
 /* call_soon_threadsafe(callback, *args, context=None), from any thread
@@ -280,18 +287,10 @@ cd_sched_call_soon_threadsafe(cd_loop_t *core, PyObject *const *args,
                       : sched_fallback(st->base_call_soon_threadsafe,
                                        core->aio_loop, args, nargs, kwnames);
     }
-    PyObject *cbargs = sched_cbargs(args, 1, nargs);
-    PyObject *h = cbargs ? handle_new(st, st->asyncio_Handle, args[0], cbargs,
-                                      core->aio_loop, context)
-                         : NULL;
-    PyObject *r = h ? PyObject_CallOneArg(core->ready_append, h) : NULL;
-    if (r == NULL) {
-        Py_XDECREF(h);
-        return NULL;
+    PyObject *h = sched_ready_push(core, args, nargs, context);
+    if (h != NULL) {
+        Py_XDECREF(cd_hop_wakeup(core, NULL));
     }
-    Py_DECREF(r);
-    r = cd_hop_wakeup(core, NULL);
-    Py_XDECREF(r);
     return h;
 }
 
