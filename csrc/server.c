@@ -623,8 +623,21 @@ server_read_limits(cd_config_t *c, PyObject *config)
                                           "positive");
         return -1;
     }
-    c->body_high_water = 1 << 20;
-    c->write_high_water = 1 << 20;
+    if (cfg_number_required(config, "body_buffer_size", 1, &v) < 0) {
+        return -1;
+    }
+    c->body_high_water = (size_t)v;
+    if (cfg_number_required(config, "write_buffer_size", 1, &v) < 0) {
+        return -1;
+    }
+    c->write_high_water = (size_t)v;
+    if (c->body_high_water == 0 || c->write_high_water == 0) {
+        /* 0 would pause every read and every send() for good. */
+        PyErr_SetString(PyExc_ValueError, "server config 'body_buffer_size' "
+                                          "and 'write_buffer_size' must be "
+                                          "positive");
+        return -1;
+    }
     c->eager_tasks = PY_VERSION_HEX >= 0x030C0000;
     return 0;
 }

@@ -42,6 +42,13 @@ def test_bad_flag_value():
     assert_one_clear_line(run_cli("-p", "eighty", APP), "eighty")
 
 
+def test_zero_buffer_size_is_refused():
+    assert_one_clear_line(run_cli("-p", "0", "--write-buffer-size", "0", APP),
+                          "write_buffer_size")
+    assert_one_clear_line(run_cli("-p", "0", "--body-buffer-size", "0", APP),
+                          "body_buffer_size")
+
+
 def test_missing_application():
     assert_one_clear_line(run_cli("-p", "0"), "application")
 

@@ -43,9 +43,8 @@ def test_chunked_20mb_upload_streams(server):
     assert data["messages"] > 2
 
 
-def test_request_backpressure_server_stops_reading(serve):
-    proc = serve("tests.apps.http1:app", "--application-close-timeout", "1")
-    total = 20 << 20
+def send_unread_body(proc, total: int) -> int:
+    """Bytes of a `total`-byte body the server takes while its app never reads."""
     sock = connect(proc)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
     sock.sendall(b"POST /noreceive?hold=5 HTTP/1.1\r\nHost: x\r\n"
@@ -56,12 +55,43 @@ def test_request_backpressure_server_stops_reading(serve):
     last_progress = time.monotonic()
     while accepted < total and time.monotonic() - last_progress < 1.0:
         try:
-            accepted += sock.send(chunk)
+            accepted += sock.send(chunk[: total - accepted])
             last_progress = time.monotonic()
         except BlockingIOError:
             time.sleep(0.01)
     sock.close()
+    return accepted
+
+
+def test_request_backpressure_server_stops_reading(serve):
+    proc = serve("tests.apps.http1:app", "--application-close-timeout", "1")
+    accepted = send_unread_body(proc, 20 << 20)
     assert accepted < 10 << 20, f"server accepted {accepted} bytes without the app reading"
+
+
+def test_body_buffer_size_flag_sets_the_request_bound(serve):
+    proc = serve("tests.apps.http1:app", "--application-close-timeout", "1",
+                 "--body-buffer-size", str(24 << 20))
+    total = 20 << 20
+    assert send_unread_body(proc, total) == total
+
+
+def app_bytes_sent_to_a_slow_client(proc) -> int:
+    sock = connect(proc, timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    sock.sendall(b"GET /big?mb=200 HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(1.0)
+    sent = httpx.get(proc.url("/progress")).json()["bytes"]
+    sock.close()
+    return sent
+
+
+def test_write_buffer_size_flag_sets_the_response_bound(serve):
+    small = serve("tests.apps.http1:app", "--write-buffer-size", str(256 << 10))
+    large = serve("tests.apps.http1:app", "--write-buffer-size", str(32 << 20))
+    # The kernel's socket buffers hold a few MiB more on either side.
+    assert app_bytes_sent_to_a_slow_client(small) < 8 << 20
+    assert 24 << 20 <= app_bytes_sent_to_a_slow_client(large) < 64 << 20
 
 
 def test_response_backpressure_send_waits_for_a_slow_client(server):

@@ -83,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("application", help="the application to serve, as module:attr (or module.attr)")
     a("-p", "--port", type=int, default=None, help="port number to listen on (8000)")
     a("-b", "--bind", "--host", dest="host", default=None, help="address to bind to (127.0.0.1)")
-    a("--websocket_timeout", "--websocket-timeout", type=float, default=86400,
+    a("--websocket_timeout", "--websocket-timeout", type=float, default=Config.websocket_timeout,
       help="seconds a WebSocket may stay open; -1 for no limit")
-    a("--websocket_connect_timeout", "--websocket-connect-timeout", type=float, default=5,
+    a("--websocket_connect_timeout", "--websocket-connect-timeout", type=float,
+      default=Config.websocket_connect_timeout,
       help="seconds an app has to accept or reject a WebSocket")
     a("-u", "--unix-socket", "--uds", dest="unix_socket", default=None,
       help="bind to a unix socket path")
@@ -109,14 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "at verbosity 1 and above)")
     log.add_argument("--no-access-log", action="store_true",
                      help="write no access log (uvicorn's flag)")
-    a("--log-fmt", default="%(asctime)-15s %(levelname)-8s %(message)s", help="log format")
-    a("--ping-interval", "--ws-ping-interval", type=float, default=20,
+    a("--log-fmt", default=Config.log_fmt, help="log format")
+    a("--ping-interval", "--ws-ping-interval", type=float, default=Config.ping_interval,
       help="seconds between WebSocket keepalive pings")
-    a("--ping-timeout", "--ws-ping-timeout", type=float, default=30,
+    a("--ping-timeout", "--ws-ping-timeout", type=float, default=Config.ping_timeout,
       help="seconds to wait for a pong before closing")
-    a("--application-close-timeout", type=float, default=10,
+    a("--application-close-timeout", type=float, default=Config.application_close_timeout,
       help="seconds an application may run after its client is gone")
-    a("--root-path", default="", help="the setting for the ASGI root_path variable")
+    a("--root-path", default=Config.root_path, help="the setting for the ASGI root_path variable")
     a("--proxy-headers", action="store_true",
       help="trust X-Forwarded-For/-Proto/-Port and Forwarded from --forwarded-allow-ips")
     a("--proxy-headers-host", default=None,
@@ -127,9 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="comma-separated addresses trusted for proxy headers ('*' for all)")
     a("-t", "--http-timeout", type=float, default=None,
       help="seconds before a response that has not started gets a 503")
-    a("--websocket-max-message-size", "--ws-max-size", type=_size, default=1 << 20,
+    a("--websocket-max-message-size", "--ws-max-size", type=_size,
+      default=Config.websocket_max_message_size,
       help="largest WebSocket message, bytes (0: unlimited)")
-    a("--websocket-max-frame-size", type=_size, default=1 << 20,
+    a("--websocket-max-frame-size", type=_size, default=Config.websocket_max_frame_size,
       help="largest WebSocket frame, bytes (0: unlimited)")
     a("--ws-per-message-deflate", "--websocket-per-message-deflate", type=_bool,
       default=Config.ws_per_message_deflate, metavar="BOOL",
@@ -138,12 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
       help="permessage-deflate LZ77 window, 2**N bytes, 9..15 (12)")
     a("--ws-deflate-mem-level", type=int, default=Config.ws_deflate_mem_level,
       help="permessage-deflate zlib memLevel of the server's compressor, 1..9 (5)")
-    a("--timeout-keep-alive", type=float, default=60, help="seconds an idle connection stays open")
-    a("--header-timeout", type=float, default=30,
+    a("--timeout-keep-alive", type=float, default=Config.timeout_keep_alive,
+      help="seconds an idle connection stays open")
+    a("--header-timeout", type=float, default=Config.header_timeout,
       help="seconds a client has to send a whole request head")
     a("--limit-concurrency", type=int, default=None,
       help="connections beyond this get a 503")
     a("--max-body-size", type=_size, default=None, help="largest request body, bytes (413 beyond)")
+    a("--body-buffer-size", type=_size, default=Config.body_buffer_size,
+      help="request body bytes held for an app that is not reading; reading pauses beyond")
+    a("--write-buffer-size", type=_size, default=Config.write_buffer_size,
+      help="response or WebSocket bytes queued for a slow client; the app's send() waits beyond")
     a("--max-header-size", type=_size, default=Config.max_header_size,
       help="largest request head as sent, request line and CRLFs included, bytes (431 beyond)")
     a("--max-header-count", type=_size, default=Config.max_header_count,
@@ -153,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
            "after --body-rate-grace (408 below it; 0: no minimum)")
     a("--body-rate-grace", type=_rate, default=Config.body_rate_grace,
       help="seconds the app may wait for body bytes before --min-body-rate applies")
-    a("--timeout-graceful-shutdown", dest="graceful_timeout", type=float, default=10,
+    a("--timeout-graceful-shutdown", dest="graceful_timeout", type=float,
+      default=Config.graceful_timeout,
       help="seconds in-flight requests and WebSockets get on shutdown before being closed")
     a("--workers", type=int, default=None,
       help="run a supervisor and this many worker processes (default: $WEB_CONCURRENCY, "
@@ -162,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="seconds a worker may miss heartbeats before it is killed and replaced")
     a("--max-requests", type=int, default=None,
       help="replace a worker after this many requests (needs --workers)")
-    a("--max-requests-jitter", type=_size, default=0,
+    a("--max-requests-jitter", type=_size, default=Config.max_requests_jitter,
       help="add a random 0..N to --max-requests per worker")
     a("--reuse-port", action="store_true",
       help="with --workers: each worker binds its own SO_REUSEPORT TCP socket")
@@ -177,15 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     a("--pubsub-redis", default=None, metavar="URL",
       help="carry cdaphne.pubsub messages to other servers through Redis pub/sub "
            "(redis://host:port/db)")
-    a("--lifespan", choices=("auto", "on", "off"), default="auto", help="ASGI lifespan protocol")
-    a("-v", "--verbosity", type=int, default=1,
+    a("--lifespan", choices=("auto", "on", "off"), default=Config.lifespan, help="ASGI lifespan protocol")
+    a("-v", "--verbosity", type=int, default=Config.verbosity,
       help="0 = quiet, 1 = normal (with the access log), 2 = debug, "
            "3 = debug and asyncio's debug mode")
     a("--log-level", choices=tuple(_LOG_LEVELS), default=None,
       help="uvicorn's spelling of -v: warning and above = -v 0 (no access log), "
            "info = 1, debug = 2")
     a("--backlog", type=_size, default=Config.backlog, help="listen backlog (2048)")
-    a("-s", "--server-name", default="cdaphne", help="the Server header's value")
+    a("-s", "--server-name", default=Config.server_name, help="the Server header's value")
     a("--no-server-name", "--no-server-header", action="store_true", help="send no Server header")
     a("--version", action=_VersionAction)
     return p
@@ -241,6 +249,8 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         header_timeout=args.header_timeout,
         limit_concurrency=args.limit_concurrency,
         max_body_size=args.max_body_size,
+        body_buffer_size=args.body_buffer_size,
+        write_buffer_size=args.write_buffer_size,
         max_header_size=args.max_header_size,
         max_header_count=args.max_header_count,
         min_body_rate=args.min_body_rate,

@@ -216,6 +216,12 @@ class Config:
     header_timeout: float = 30
     limit_concurrency: int | None = None
     max_body_size: int | None = None
+    # Request body bytes held for an app that has not called receive() yet
+    # (reading pauses beyond: TCP backpressure), and response or WebSocket
+    # bytes queued for a slow client (the app's send() waits beyond, until
+    # half of it has drained).
+    body_buffer_size: int = 1 << 20
+    write_buffer_size: int = 1 << 20
     max_header_size: int = 65536  # request head bytes on the wire (431 beyond)
     max_header_count: int = 100  # header fields in a request (431 beyond); 0: no limit
     # Minimum request body data rate (Kestrel's MinRequestBodyDataRate): while
@@ -324,7 +330,8 @@ class Config:
                               f"not {self.ws_deflate_window_bits}")
         if not 1 <= self.ws_deflate_mem_level <= 9:
             raise ConfigError(f"ws_deflate_mem_level must be 1..9, not {self.ws_deflate_mem_level}")
-        for name in ("header_timeout", "timeout_keep_alive"):
+        for name in ("header_timeout", "timeout_keep_alive", "body_buffer_size",
+                     "write_buffer_size"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
         if self.workers is not None and self.workers < 1:
