@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--pubsub-redis", default=None, metavar="URL",
       help="carry cdaphne.pubsub messages to other servers through Redis pub/sub "
            "(redis://host:port/db)")
-    a("--lifespan", choices=("auto", "on", "off"), default=Config.lifespan, help="ASGI lifespan protocol")
+    a("--lifespan", choices=("auto", "on", "off"), default=Config.lifespan,
+      help="ASGI lifespan protocol")
     a("-v", "--verbosity", type=int, default=Config.verbosity,
       help="0 = quiet, 1 = normal (with the access log), 2 = debug, "
            "3 = debug and asyncio's debug mode")
