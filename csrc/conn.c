@@ -800,6 +800,10 @@ cd_conn_new(cd_listener_t *ls)
     srv->conns.next->prev = &c->link;
     srv->conns.next = &c->link;
     srv->nconns++;
+    if (srv->cfg.limit_concurrency &&
+        srv->nconns > srv->cfg.limit_concurrency) {
+        c->flags |= CD_CONN_F_OVER_LIMIT; /* Refused once ready. */
+    }
     Py_INCREF(srv);
 
     if (uv_accept(&ls->io.stream, &c->io.stream) < 0) {
@@ -841,6 +845,12 @@ cd_conn_ready(cd_conn_t *c)
         return;
     }
     c->proto = proto;
+    if (c->flags & CD_CONN_F_OVER_LIMIT) {
+        /* Answered after the TLS handshake on a TLS conn, so the client
+         * reads why. */
+        cd_conn_read_stop(c);
+        proto->refuse(c);
+    }
 }
 
 void

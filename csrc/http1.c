@@ -575,6 +575,12 @@ http1_on_free(cd_conn_t *c)
 }
 
 static void
+http1_refuse(cd_conn_t *c)
+{
+    cd_http1_simple_response(c, 503, "Service Unavailable");
+}
+
+static void
 http1_on_read(cd_conn_t *c)
 {
     http1_parse(c->proto_data);
@@ -618,6 +624,7 @@ const cd_proto_t cd_http1_proto = {
     .shutdown = cd_conn_close,
     .activity = http1_activity,
     .free = http1_on_free,
+    .refuse = http1_refuse,
 };
 
 /* The upgrade went through (cd_ws_begin): the rest of the stream is

@@ -360,6 +360,7 @@ enum {
     CD_CONN_F_SERVED = 1 << 10,     /* HTTP/1: a response completed */
     CD_CONN_F_HUP_INIT = 1 << 11,   /* hup and hup_fd exist */
     CD_CONN_F_TP_SHUT = 1 << 12,    /* the transport's shutdown ran */
+    CD_CONN_F_OVER_LIMIT = 1 << 13, /* beyond --limit-concurrency */
 };
 
 /* Output written during one loop turn, sent with one writev before the
@@ -448,6 +449,10 @@ struct cd_proto_s {
     /* The conn is freed (its last close callback): free proto_data and
      * drop c->cycle. */
     void (*free)(cd_conn_t *c);
+    /* The conn came beyond --limit-concurrency: say the server is busy
+     * (HTTP/1: 503) and close once that is written.  A server's first
+     * protocol only (NULL in WebSocket's). */
+    void (*refuse)(cd_conn_t *c);
 };
 
 /* A connection.  Owned by its server's list; freed in the last close

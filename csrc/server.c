@@ -67,17 +67,9 @@ listener_drop(cd_listener_t *ls)
 static void
 listener_accept(cd_listener_t *ls)
 {
-    cd_server_t *srv = ls->server;
-    cd_conn_t *c = cd_conn_new(ls);
-    if (c == NULL) {
+    if (cd_conn_new(ls) == NULL) {
         PyErr_Clear();
         listener_drop(ls);
-        return;
-    }
-    if (srv->cfg.limit_concurrency &&
-        srv->nconns > srv->cfg.limit_concurrency) {
-        cd_conn_read_stop(c);
-        cd_http1_simple_response(c, 503, "Service Unavailable");
     }
 }
 

@@ -502,3 +502,14 @@ def test_client_cert_optional_serves_clients_with_and_without_one(serve, pki):
             r = Reader(sock).response()
         assert r.status == 200
         assert json.loads(r.body)["extensions"]["tls"]["client_cert_name"] == name
+
+
+def test_limit_concurrency_answers_503_over_tls(serve, pki):
+    proc = serve(APP, *tls_flags(pki, "--limit-concurrency", "1"))
+    with tls_connect(proc, pki) as held:
+        held.sendall(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert Reader(held).response().body == b"Hello, world!"
+        with tls_connect(proc, pki) as extra:
+            extra.sendall(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert Reader(extra).response().status == 503
+    wait_until(lambda: get(proc, pki, "/hello").status_code == 200, 3)
