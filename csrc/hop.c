@@ -15,7 +15,17 @@
  *
  * The GIL guards the queue and the closed flag: a concurrent future runs
  * its done callbacks in Python, and close() holds the GIL too, so
- * uv_async_send never races with uv_close. */
+ * uv_async_send never races with uv_close.
+ *
+ * A concurrent future of exactly concurrent.futures.Future (what every
+ * ThreadPoolExecutor returns) is read without its Condition: its public
+ * methods take the lock only to read _state, _result and _exception
+ * consistently, and C code holding the GIL runs between two bytecodes of
+ * any other thread, so the fields it reads are as consistent as under the
+ * lock (the worker sets them before it runs the done callbacks, which is
+ * when a hop is queued).  add_done_callback() is done the same way: the
+ * callback is appended while the future is not done, else run at once.
+ * Other classes (and free-threaded builds) go through their methods. */
 #include "internal.h"
 
 typedef enum {
@@ -39,6 +49,34 @@ hop_set_state(cd_hop_t *hop, cd_hop_state_t to)
     assert((hop->state == CD_HOP_WAITING && to != CD_HOP_WAITING) ||
            (hop->state == CD_HOP_QUEUED && to == CD_HOP_DONE));
     hop->state = to;
+}
+
+/* Whether fut is a concurrent.futures.Future whose fields hop.c may read
+ * (see the top of the file). */
+static int
+cf_plain(cd_state *st, PyObject *fut)
+{
+#ifdef Py_GIL_DISABLED
+    (void)st;
+    (void)fut;
+    return 0;
+#else
+    return (PyObject *)Py_TYPE(fut) == st->cf_Future;
+#endif
+}
+
+static int
+cf_state_is(PyObject *state, PyObject *name)
+{
+    return state == name ||
+           (PyUnicode_Check(state) && PyUnicode_Compare(state, name) == 0);
+}
+
+static int
+cf_state_cancelled(cd_state *st, PyObject *state)
+{
+    return cf_state_is(state, st->cf_CANCELLED) ||
+           cf_state_is(state, st->cf_CANCELLED_AND_NOTIFIED);
 }
 
 static void
@@ -159,16 +197,73 @@ call_test(PyObject *fut, PyObject *name)
     return v;
 }
 
+/* dest.set_exception(_convert_future_exc(exc)) or dest.set_result(res)
+ * (exc None); steals neither. */
+static int
+hop_set_outcome(cd_hop_t *hop, PyObject *exc, PyObject *res)
+{
+    cd_state *st = hop->loop->st;
+    PyObject *r;
+    if (exc != Py_None) {
+        PyObject *conv = PyObject_CallOneArg(st->convert_future_exc, exc);
+        if (conv == NULL) {
+            return -1;
+        }
+        r = PyObject_CallMethodOneArg(hop->dest, st->s_set_exception, conv);
+        Py_DECREF(conv);
+    }
+    else {
+        r = PyObject_CallMethodOneArg(hop->dest, st->s_set_result, res);
+    }
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+/* _copy_future_state from a done concurrent.futures.Future (cf_plain)
+ * through its fields; 1 if it was not done after all (then the methods
+ * decide). */
+static int
+hop_copy_plain(cd_hop_t *hop)
+{
+    cd_state *st = hop->loop->st;
+    PyObject *src = hop->source, *exc = NULL, *res = NULL;
+    int rc = -1;
+    PyObject *state = PyObject_GetAttr(src, st->s__state);
+    if (state == NULL) {
+        return -1;
+    }
+    if (cf_state_cancelled(st, state)) {
+        PyObject *r = PyObject_CallMethodNoArgs(hop->dest, st->s_cancel);
+        Py_XDECREF(r);
+        rc = r == NULL ? -1 : 0;
+    }
+    else if (!cf_state_is(state, st->cf_FINISHED)) {
+        rc = 1;
+    }
+    else if ((exc = PyObject_GetAttr(src, st->s__exception)) != NULL &&
+             (exc != Py_None ||
+              (res = PyObject_GetAttr(src, st->s__result)) != NULL)) {
+        rc = hop_set_outcome(hop, exc, res);
+    }
+    Py_DECREF(state);
+    Py_XDECREF(exc);
+    Py_XDECREF(res);
+    return rc;
+}
+
 /* asyncio.futures._copy_future_state(source, dest). */
 static int
 hop_copy_state(cd_hop_t *hop)
 {
     cd_state *st = hop->loop->st;
-    PyObject *exc = NULL, *conv = NULL, *res = NULL, *r = NULL;
+    PyObject *exc = NULL, *res = NULL, *r = NULL;
     int rc = -1;
     int v = call_test(hop->dest, st->s_cancelled);
     if (v != 0) {
         return v < 0 ? -1 : 0;
+    }
+    if (cf_plain(st, hop->source) && (v = hop_copy_plain(hop)) <= 0) {
+        return v;
     }
     v = call_test(hop->source, st->s_cancelled);
     if (v < 0) {
@@ -183,23 +278,15 @@ hop_copy_state(cd_hop_t *hop)
     if (exc == NULL) {
         goto done;
     }
-    if (exc != Py_None) {
-        conv = PyObject_CallOneArg(st->convert_future_exc, exc);
-        if (conv != NULL) {
-            r = PyObject_CallMethodOneArg(hop->dest, st->s_set_exception,
-                                          conv);
-        }
-    }
-    else {
+    if (exc == Py_None) {
         res = PyObject_CallMethodNoArgs(hop->source, st->s_result);
-        if (res != NULL) {
-            r = PyObject_CallMethodOneArg(hop->dest, st->s_set_result, res);
+        if (res == NULL) {
+            goto done;
         }
     }
-    rc = r == NULL ? -1 : 0;
+    rc = hop_set_outcome(hop, exc, res);
 done:
     Py_XDECREF(exc);
-    Py_XDECREF(conv);
     Py_XDECREF(res);
     Py_XDECREF(r);
     return rc;
@@ -276,6 +363,60 @@ cd_hop_loop_traverse(cd_loop_t *loop, visitproc visit, void *arg)
     return 0;
 }
 
+/* New reference: loop.create_future(), made as asyncio.Future(loop=loop)
+ * directly (no Python frame) when it is BaseEventLoop's. */
+static PyObject *
+hop_future_new(cd_state *st, PyObject *aio_loop)
+{
+    PyObject *m = PyObject_GetAttr(aio_loop, st->s_create_future);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (!PyMethod_Check(m) ||
+        PyMethod_GET_FUNCTION(m) != st->base_create_future ||
+        PyMethod_GET_SELF(m) != aio_loop) {
+        PyObject *fut = PyObject_CallNoArgs(m);
+        Py_DECREF(m);
+        return fut;
+    }
+    Py_DECREF(m);
+    PyObject *args[1] = {aio_loop};
+    return PyObject_Vectorcall(st->asyncio_Future, args, 0, st->kwnames_loop);
+}
+
+/* source.add_done_callback(hop). */
+static int
+hop_watch_source(cd_hop_t *hop, PyObject *source)
+{
+    cd_state *st = hop->loop->st;
+    if (!cf_plain(st, source)) {
+        PyObject *r = PyObject_CallMethodOneArg(
+            source, st->s_add_done_callback, (PyObject *)hop);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    PyObject *state = PyObject_GetAttr(source, st->s__state);
+    if (state == NULL) {
+        return -1;
+    }
+    int done =
+        cf_state_cancelled(st, state) || cf_state_is(state, st->cf_FINISHED);
+    Py_DECREF(state);
+    if (done) {
+        return hop_on_source_done(hop);
+    }
+    PyObject *cbs = PyObject_GetAttr(source, st->s__done_callbacks);
+    if (cbs == NULL) {
+        return -1;
+    }
+    int r = PyList_Check(cbs) ? PyList_Append(cbs, (PyObject *)hop) : -1;
+    if (r < 0 && !PyErr_Occurred()) {
+        PyErr_SetString(PyExc_TypeError, "_done_callbacks is not a list");
+    }
+    Py_DECREF(cbs);
+    return r;
+}
+
 PyObject *
 cd_hop_wrap(cd_loop_t *loop, PyObject *source)
 {
@@ -286,7 +427,7 @@ cd_hop_wrap(cd_loop_t *loop, PyObject *source)
         PyErr_SetString(PyExc_RuntimeError, "loop core is closed");
         return NULL;
     }
-    dest = PyObject_CallMethodNoArgs(loop->aio_loop, st->s_create_future);
+    dest = hop_future_new(st, loop->aio_loop);
     if (dest == NULL) {
         goto fail;
     }
@@ -307,12 +448,9 @@ cd_hop_wrap(cd_loop_t *loop, PyObject *source)
         goto fail;
     }
     Py_DECREF(r);
-    r = PyObject_CallMethodOneArg(source, st->s_add_done_callback,
-                                  (PyObject *)hop);
-    if (r == NULL) {
+    if (hop_watch_source(hop, source) < 0) {
         goto fail;
     }
-    Py_DECREF(r);
     Py_DECREF(hop);
     return dest;
 fail:
@@ -380,6 +518,20 @@ cd_hop_type_init(PyObject *module, cd_state *st)
         PyObject_GetAttrString(futures, "_convert_future_exc");
     Py_DECREF(futures);
     if (st->convert_future_exc == NULL) {
+        return -1;
+    }
+    PyObject *cf = PyImport_ImportModule("concurrent.futures._base");
+    if (cf == NULL) {
+        return -1;
+    }
+    st->cf_Future = PyObject_GetAttrString(cf, "Future");
+    st->cf_FINISHED = PyObject_GetAttrString(cf, "FINISHED");
+    st->cf_CANCELLED = PyObject_GetAttrString(cf, "CANCELLED");
+    st->cf_CANCELLED_AND_NOTIFIED =
+        PyObject_GetAttrString(cf, "CANCELLED_AND_NOTIFIED");
+    Py_DECREF(cf);
+    if (!st->cf_Future || !st->cf_FINISHED || !st->cf_CANCELLED ||
+        !st->cf_CANCELLED_AND_NOTIFIED) {
         return -1;
     }
     st->Hop_type =

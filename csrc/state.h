@@ -66,6 +66,10 @@
     X(s_PATCH, "PATCH")                                                       \
     X(s_create_future, "create_future")                                       \
     X(s_set_result, "set_result")                                             \
+    X(s__state, "_state")                                                     \
+    X(s__result, "_result")                                                   \
+    X(s__exception, "_exception")                                             \
+    X(s__done_callbacks, "_done_callbacks")                                   \
     X(s_set_exception, "set_exception")                                       \
     X(s_done, "done")                                                         \
     X(s_cancel, "cancel")                                                     \
@@ -129,6 +133,12 @@ typedef struct {
     PyObject *base_create_future;
     PyObject *asyncio_CancelledError;
     PyObject *convert_future_exc; /* asyncio.futures._convert_future_exc */
+    /* concurrent.futures.Future and its done states: hop.c reads a
+     * future of exactly that class without its lock (see there). */
+    PyObject *cf_Future;
+    PyObject *cf_FINISHED;
+    PyObject *cf_CANCELLED;
+    PyObject *cf_CANCELLED_AND_NOTIFIED;
     /* The scheduling core's (sched.c). */
     PyObject *asyncio_Handle;
     PyObject *asyncio_TimerHandle;

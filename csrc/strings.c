@@ -62,6 +62,10 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->TLSContext_type);
     Py_VISIT(st->Hop_type);
     Py_VISIT(st->convert_future_exc);
+    Py_VISIT(st->cf_Future);
+    Py_VISIT(st->cf_FINISHED);
+    Py_VISIT(st->cf_CANCELLED);
+    Py_VISIT(st->cf_CANCELLED_AND_NOTIFIED);
     Py_VISIT(st->asyncio_Handle);
     Py_VISIT(st->asyncio_TimerHandle);
     Py_VISIT(st->base_call_soon);
@@ -98,6 +102,10 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->TLSContext_type);
     Py_CLEAR(st->Hop_type);
     Py_CLEAR(st->convert_future_exc);
+    Py_CLEAR(st->cf_Future);
+    Py_CLEAR(st->cf_FINISHED);
+    Py_CLEAR(st->cf_CANCELLED);
+    Py_CLEAR(st->cf_CANCELLED_AND_NOTIFIED);
     Py_CLEAR(st->asyncio_Handle);
     Py_CLEAR(st->asyncio_TimerHandle);
     Py_CLEAR(st->base_call_soon);

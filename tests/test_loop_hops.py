@@ -316,3 +316,84 @@ def test_signal_handlers_still_wake_the_loop(loop):
         assert loop.run_until_complete(asyncio.wait_for(got, 10)) == "signalled"
     finally:
         loop.remove_signal_handler(signal.SIGUSR1)
+
+
+class InlineExecutor(concurrent.futures.Executor):
+    """Runs the work inside submit(): the future is done before the hop."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        if fn is None:
+            fut.cancel()
+            return fut
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            fut.set_exception(exc)
+        return fut
+
+
+def test_a_concurrent_future_done_before_the_hop_is_copied(loop):
+    # hop.c reads a plain concurrent future's fields; one that is already
+    # done when run_in_executor() chains it takes the "done at once" path.
+    def boom() -> None:
+        raise KeyError("k")
+
+    async def main() -> None:
+        executor = InlineExecutor()
+        assert await loop.run_in_executor(executor, divmod, 9, 4) == (2, 1)
+        assert await loop.run_in_executor(executor, type(None)) is None
+        with pytest.raises(KeyError):
+            await loop.run_in_executor(executor, boom)
+        with pytest.raises(asyncio.CancelledError):
+            await loop.run_in_executor(executor, None)
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+
+
+def test_a_concurrent_future_cancelled_by_its_executor_cancels_the_asyncio_one(loop):
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    gate = threading.Event()
+
+    async def main() -> None:
+        busy = loop.run_in_executor(executor, gate.wait)
+        queued = loop.run_in_executor(executor, abs, -1)
+        executor.shutdown(wait=False, cancel_futures=True)
+        gate.set()
+        assert await busy is True
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert queued.cancelled()
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+
+
+def test_a_concurrent_future_subclass_is_read_through_its_methods(loop):
+    # Only concurrent.futures.Future itself is read field by field: a
+    # subclass's own result()/add_done_callback() must still be used.
+    calls: list[str] = []
+
+    class Tagged(concurrent.futures.Future):
+        def add_done_callback(self, fn):  # type: ignore[no-untyped-def]
+            calls.append("add_done_callback")
+            super().add_done_callback(fn)
+
+        def result(self, timeout=None):  # type: ignore[no-untyped-def]
+            calls.append("result")
+            return ("tagged", super().result(timeout))
+
+    class TaggingExecutor(concurrent.futures.ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+            inner = super().submit(fn, *args, **kwargs)
+            outer = Tagged()
+            inner.add_done_callback(lambda f: outer.set_result(f.result()))
+            return outer
+
+    executor = TaggingExecutor(max_workers=1)
+
+    async def main() -> None:
+        assert await loop.run_in_executor(executor, abs, -3) == ("tagged", 3)
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+    executor.shutdown()
+    assert calls == ["add_done_callback", "result"]
