@@ -46,7 +46,12 @@ def server_argv(server: str, target: str, port: int) -> list[str]:
             "--port", str(port), "--http", "httptools", "--loop", "uvloop",
             "--no-access-log", "--log-level", "warning",
         ]  # fmt: skip
-    raise SystemExit(f"unknown server {server} (cdaphne or uvicorn)")
+    if server == "granian":
+        return [
+            str(env.peer_python()), "-m", "granian", "--interface", "asgi", "--host", HOST,
+            "--port", str(port), "--workers", "1", "--log-level", "warning", target,
+        ]  # fmt: skip
+    raise SystemExit(f"unknown server {server} (cdaphne, uvicorn or granian)")
 
 
 def free_port() -> int:
