@@ -18,6 +18,8 @@ RESULTS = BENCH / "results"
 PEER_VENV = WORK / "venv"
 CEILING_SRC = BENCH / "ceiling.c"
 CEILING_BIN = WORK / "ceiling"
+WS_CLIENT_SRC = BENCH / "ws_echo_client.c"
+WS_CLIENT_BIN = WORK / "ws_echo_client"
 TLS_DIR = WORK / "tls"  # the hello-tls scenario's self-signed certificate
 
 # Installed into bench/.work/venv, never into the project's .venv.
@@ -105,27 +107,44 @@ def ensure_peer_venv(log: Log) -> Path:
     return python
 
 
+def _compile(log: Log, src: Path, out: Path, what: str, libs: list[str]) -> Path:
+    """Compile one C file of the bench into bench/.work when the source is newer."""
+    if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+        return out
+    WORK.mkdir(parents=True, exist_ok=True)
+    flags: list[str] = []
+    for lib in libs:
+        try:
+            flags += subprocess.run(
+                ["pkg-config", "--cflags", "--libs", lib],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=30,
+            ).stdout.split()
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise SetupError(
+                f"pkg-config {lib} failed ({exc}): apt-get install {lib}1-dev"
+            ) from exc
+    cmd = ["cc", "-O2", "-Wall", "-o", str(out), str(src), *flags]
+    log("compiling " + " ".join(cmd))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except OSError as exc:
+        raise SetupError(f"compiling the {what} failed: {exc}") from exc
+    if proc.returncode != 0:
+        raise SetupError(f"compiling the {what} failed:\n{proc.stderr}")
+    return out
+
+
 def build_ceiling(log: Log) -> Path:
     """Compile bench/ceiling.c into bench/.work/ceiling when the source is newer."""
-    if CEILING_BIN.exists() and CEILING_BIN.stat().st_mtime >= CEILING_SRC.stat().st_mtime:
-        return CEILING_BIN
-    WORK.mkdir(parents=True, exist_ok=True)
-    try:
-        flags = subprocess.run(
-            ["pkg-config", "--cflags", "--libs", "libuv"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.split()
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise SetupError(f"pkg-config libuv failed ({exc}): apt-get install libuv1-dev") from exc
-    cmd = ["cc", "-O2", "-Wall", "-o", str(CEILING_BIN), str(CEILING_SRC), *flags]
-    log("compiling " + " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0:
-        raise SetupError(f"compiling the ceiling failed:\n{proc.stderr}")
-    return CEILING_BIN
+    return _compile(log, CEILING_SRC, CEILING_BIN, "ceiling", ["libuv"])
+
+
+def build_ws_client(log: Log) -> Path:
+    """Compile bench/ws_echo_client.c (epoll, no library) into bench/.work."""
+    return _compile(log, WS_CLIENT_SRC, WS_CLIENT_BIN, "C WebSocket echo client", [])
 
 
 def tls_cert() -> tuple[Path, Path]:

@@ -52,6 +52,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=int, help="seconds per run (override the mode)")
     p.add_argument("--idle", type=int, help="idle WebSockets in ws-idle* (override the mode)")
     p.add_argument("--ws-procs", type=int, help="WebSocket client processes (default 1)")
+    p.add_argument(
+        "--ws-client",
+        choices=["c", "picows"],
+        default="c",
+        help="ws echo load generator: bench/ws_echo_client.c (default; picows if it cannot"
+        " be built) or the picows client",
+    )
     p.add_argument("--name", help="results name (default: MODE-DATE-TIME)")
     p.add_argument("--out", type=Path, default=env.RESULTS, help="results directory")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -177,9 +184,16 @@ def run(argv: list[str]) -> dict[str, Any]:
         scenarios.http_group(ctx, [sc], "django", ctx.servers_for("django"))
     if "ws" in results:
         sc = results["ws"]
+        client = "picows (bench/ws_client.py)"
+        if args.ws_client == "c":
+            try:
+                ctx.ws_client = env.build_ws_client(log)
+                client = "C, epoll (bench/ws_echo_client.c)"
+            except env.SetupError as exc:
+                notes.append(f"{exc}; the ws scenario falls back to picows")
         sc.params = {"connections": mode.ws_connections, "message_bytes": mode.ws_message_size,
-                     "client_processes": mode.ws_client_procs, "seconds": mode.duration,
-                     "runs": mode.reps}  # fmt: skip
+                     "client": client, "client_processes": mode.ws_client_procs,
+                     "seconds": mode.duration, "runs": mode.reps}  # fmt: skip
         _stamp_load([sc])
         log("scenario: ws")
         scenarios.ws_echo(ctx, sc, ctx.servers_for("ws"))

@@ -47,6 +47,7 @@ class Context:
     log: Log
     log_dir: Path
     peer_error: str = ""  # why the peer venv is missing, if it is
+    ws_client: Path | None = None  # the compiled C echo client, if built
 
     def servers_for(self, scenario: str) -> list[str]:
         return [s for s in DEFAULT_SERVERS.get(scenario, []) if s in self.selected]
@@ -235,8 +236,9 @@ def ws_echo(ctx: Context, sc: ScenarioResult, names: list[str], kind: str = "ech
 
     def once(srv: RunningServer, duration: int) -> ws.EchoResult:
         return ws.echo(
-            srv.ws_url, connections, duration, mode.ws_message_size, mode.ws_client_procs, kind
-        )
+            srv.ws_url, connections, duration, mode.ws_message_size, mode.ws_client_procs, kind,
+            c_client=ctx.ws_client,
+        )  # fmt: skip
 
     with _started(ctx, names, app, probe, [sc]) as running:
         for name, srv in running.items():

@@ -5,6 +5,7 @@ import os
 import select
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 from . import env
@@ -27,6 +28,7 @@ class EchoResult:
     errors: dict[str, int]
     first_error: str
     client_cpu_pct: float
+    client: str  # "c" (bench/ws_echo_client.c) or "picows" (bench/ws_client.py)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -36,6 +38,7 @@ class EchoResult:
             "errors": self.errors,
             "first_error": self.first_error,
             "client_process_cpu_pct": self.client_cpu_pct,
+            "client": self.client,
         }
 
 
@@ -55,11 +58,14 @@ def echo(
     procs: int,
     kind: str = "echo",
     pinned: bool = True,
+    c_client: Path | None = None,
 ) -> EchoResult:
     """`procs` client processes on the client core, `connections` echo loops in all.
 
     kind "fanout": one process, `connections` members of one chat room.
     pinned=False: the clients run on any core (the --workers scenarios).
+    c_client: the compiled bench/ws_echo_client.c, used for kind "echo"
+    instead of the picows client (same protocol, checks and report line).
     """
     if kind == "fanout":
         procs = 1
@@ -68,8 +74,13 @@ def echo(
     children = []
     first = 0
     for n in share:
+        program = (
+            [str(c_client)]
+            if c_client is not None and kind == "echo"
+            else [str(env.peer_python()), str(CLIENT)]
+        )
         cmd = [
-            *(pin(CLIENT_CORE) if pinned else []), str(env.peer_python()), str(CLIENT), kind,
+            *(pin(CLIENT_CORE) if pinned else []), *program, kind,
             "--url", url,
             "--connections", str(n), "--duration", str(duration), "--size", str(size),
             "--first-id", str(first),
@@ -99,6 +110,7 @@ def echo(
         errors=errors,
         first_error=next((str(o["first_error"]) for o in outputs if o["first_error"]), ""),
         client_cpu_pct=round(100.0 * cpu / elapsed, 1) if elapsed > 0 else 0.0,
+        client=str(outputs[0].get("client", "picows")),
     )
 
 
