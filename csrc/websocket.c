@@ -358,13 +358,28 @@ ws_message_plain(cd_cycle_t *cy, const struct wslay_event_on_msg_recv_arg *arg,
     return 0;
 }
 
+/* Queues a websocket.receive for the app and wakes its receive().
+ * Steals payload (NULL: the exception is logged). */
+static void
+ws_deliver(cd_cycle_t *cy, int text, PyObject *payload, size_t len)
+{
+    cd_state *st = cy->st;
+    PyObject *msg =
+        text ? cd_message_new(st->ws_text_template, st->s_text, payload)
+             : cd_message_new(st->ws_bytes_template, st->s_bytes, payload);
+    if (msg == NULL || queue_push(cy->ws, msg, len) < 0) {
+        cd_log_exception("Error queueing a WebSocket message");
+        return;
+    }
+    cd_cycle_wake_receiver(cy);
+}
+
 static void
 wslay_on_msg(wslay_event_context_ptr ctx,
              const struct wslay_event_on_msg_recv_arg *arg, void *user)
 {
     cd_cycle_t *cy = user;
     cd_ws_t *ws = cy->ws;
-    cd_state *st = cy->st;
     ws->pong_pending = 0; /* Any frame shows the peer is alive. */
     if (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME) {
         if (ws->state != CD_WS_OPEN) {
@@ -378,7 +393,7 @@ wslay_on_msg(wslay_event_context_ptr ctx,
             wslay_event_shutdown_read(ctx);
             return;
         }
-        PyObject *payload, *key, *template;
+        PyObject *payload;
         if (arg->opcode == WSLAY_TEXT_FRAME) {
             payload = PyUnicode_DecodeUTF8(data, (Py_ssize_t)len, NULL);
             if (payload == NULL) {
@@ -388,21 +403,12 @@ wslay_on_msg(wslay_event_context_ptr ctx,
                 wslay_event_shutdown_read(ctx);
                 return;
             }
-            key = st->s_text;
-            template = st->ws_text_template;
         }
         else {
             payload = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
-            key = st->s_bytes;
-            template = st->ws_bytes_template;
         }
         cd_buf_dispose(&plain);
-        PyObject *msg = cd_message_new(template, key, payload);
-        if (msg == NULL || queue_push(ws, msg, len) < 0) {
-            cd_log_exception("Error queueing a WebSocket message");
-            return;
-        }
-        cd_cycle_wake_receiver(cy);
+        ws_deliver(cy, arg->opcode == WSLAY_TEXT_FRAME, payload, len);
         return;
     }
     if (arg->opcode == WSLAY_CONNECTION_CLOSE) {
@@ -572,6 +578,132 @@ flush_wslay(cd_cycle_t *cy)
     }
 }
 
+/* ---- the fast path: whole data frames without wslay -----------------
+ * An echo-style peer sends one small frame at a time.  While wslay holds
+ * nothing (parked, or every byte handed to it was a whole frame, no
+ * fragmented message, no close either way), a frame at the start of the
+ * input that is a whole unfragmented text or binary message, masked, with
+ * no reserved bit, a minimal 7- or 16-bit length and within both size
+ * limits, means exactly what wslay would make of it: it is unmasked
+ * straight into the message's bytes object here.  Anything else (control
+ * frames, fragments, compressed or oversized messages, invalid UTF-8, a
+ * partial frame) goes to wslay with every byte after it, as before. */
+
+static int
+ws_wslay_at_rest(cd_ws_t *ws)
+{
+    wslay_event_context_ptr ctx = ws->ctx;
+    if (ctx == NULL) {
+        return 1;
+    }
+    return !ws->in_fragments && ws->in_handed == ws->in_framed &&
+           wslay_event_get_read_enabled(ctx) &&
+           !wslay_event_get_close_sent(ctx) &&
+           !wslay_event_get_close_received(ctx);
+}
+
+static void
+ws_unmask(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t key[4])
+{
+    uint8_t key8[8];
+    uint64_t k, v;
+    memcpy(key8, key, 4);
+    memcpy(key8 + 4, key, 4);
+    memcpy(&k, key8, 8);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&v, src + i, 8);
+        v ^= k;
+        memcpy(dst + i, &v, 8);
+    }
+    for (; i < n; i++) {
+        dst[i] = src[i] ^ key[i & 3];
+    }
+}
+
+/* The payload length of a frame that qualifies, with its header size in
+ * *head; -1 if the frame must go to wslay or is not all in yet. */
+static int64_t
+ws_fast_frame(cd_cycle_t *cy, const uint8_t *p, size_t avail, size_t *head)
+{
+    const cd_config_t *cfg = &cy->server->cfg;
+    if (avail < 6 || (p[0] != 0x81 && p[0] != 0x82) || !(p[1] & 0x80)) {
+        return -1; /* Not FIN + text/binary without RSV, or not masked. */
+    }
+    size_t n = p[1] & 0x7F;
+    size_t h = 6;
+    if (n == 127) {
+        return -1;
+    }
+    if (n == 126) {
+        if (avail < 8) {
+            return -1;
+        }
+        n = (size_t)p[2] << 8 | p[3];
+        if (n < 126) {
+            return -1; /* Not minimal: wslay's protocol error. */
+        }
+        h = 8;
+    }
+    if ((cfg->ws_max_message && n > cfg->ws_max_message) ||
+        (cfg->ws_max_frame && n > cfg->ws_max_frame) || avail - h < n) {
+        return -1;
+    }
+    *head = h;
+    return (int64_t)n;
+}
+
+/* Text: decoded from the unmasked bytes (NULL if not UTF-8, nothing set).
+ * Binary: a bytes object the payload is unmasked into.  New reference. */
+static PyObject *
+ws_fast_payload(uint8_t *frame, size_t h, size_t n)
+{
+    uint8_t *data = frame + h;
+    const uint8_t *key = frame + h - 4;
+    if (frame[0] == 0x82) {
+        PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+        if (b != NULL) {
+            ws_unmask((uint8_t *)PyBytes_AS_STRING(b), data, n, key);
+        }
+        return b;
+    }
+    ws_unmask(data, data, n, key); /* In place: our input buffer. */
+    PyObject *text =
+        PyUnicode_DecodeUTF8((const char *)data, (Py_ssize_t)n, NULL);
+    if (text == NULL) {
+        PyErr_Clear();
+        ws_unmask(data, data, n, key); /* Back as it came, for wslay. */
+    }
+    return text;
+}
+
+/* Delivers the qualifying frames at the start of conn->in; returns the
+ * bytes they took. */
+static size_t
+ws_fast_read(cd_cycle_t *cy)
+{
+    cd_ws_t *ws = cy->ws;
+    cd_conn_t *c = cy->conn;
+    size_t off = 0;
+    while (ws->state == CD_WS_OPEN && c->state != CD_CONN_CLOSING &&
+           ws_wslay_at_rest(ws)) {
+        uint8_t *p = (uint8_t *)c->in.base + off;
+        size_t h = 0;
+        int64_t n = ws_fast_frame(cy, p, c->in.len - off, &h);
+        if (n < 0) {
+            break;
+        }
+        PyObject *payload = ws_fast_payload(p, h, (size_t)n);
+        if (payload == NULL && p[0] == 0x81) {
+            break;
+        }
+        off += h + (size_t)n;
+        ws->pong_pending = 0; /* Any frame shows the peer is alive. */
+        ws_deliver(cy, p[0] == 0x81, payload, (size_t)n);
+    }
+    return off;
+}
+
 static void
 ws_on_read(cd_conn_t *c)
 {
@@ -588,20 +720,23 @@ ws_on_read(cd_conn_t *c)
         }
         return;
     }
-    if (ws_unpark(cy) < 0) {
-        cd_conn_close(c);
-        return;
-    }
     uint64_t now = uv_now(&c->server->loop->uv);
     int quiet = now - ws->last_read_at >= CD_WS_PARK_AFTER_MS;
     ws->last_read_at = now;
-    ws->in_pos = 0;
-    int r = wslay_event_recv(ws->ctx);
-    cd_buf_consume(&c->in, ws->in_pos);
-    ws->in_pos = 0;
-    if (r != 0) {
-        cd_conn_close(c);
-        return;
+    cd_buf_consume(&c->in, ws_fast_read(cy));
+    if (c->in.len > 0 && c->state != CD_CONN_CLOSING) {
+        if (ws_unpark(cy) < 0) {
+            cd_conn_close(c);
+            return;
+        }
+        ws->in_pos = 0;
+        int r = wslay_event_recv(ws->ctx);
+        cd_buf_consume(&c->in, ws->in_pos);
+        ws->in_pos = 0;
+        if (r != 0) {
+            cd_conn_close(c);
+            return;
+        }
     }
     flush_wslay(cy);
     queue_check_high(cy);

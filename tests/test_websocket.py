@@ -132,6 +132,66 @@ def test_fragmented_message_is_reassembled(server):
     sock.close()
 
 
+def test_coalesced_and_split_frames_echo_in_order(server):
+    """Whole frames of every length encoding, a ping among them, first all in
+    one write and then one byte per write: each echoed, in order."""
+    messages = [(0x1, "é" * n) for n in (0, 1, 62, 63)] + [
+        (0x2, bytes([n % 256]) * n) for n in (0, 125, 126, 300, 65535)
+    ]
+    data = b"".join(frame(op, m.encode() if isinstance(m, str) else m) for op, m in messages[:4])
+    data += frame(0x9, b"between") + b"".join(frame(op, m) for op, m in messages[4:])
+    for chunks in ([data], [data[i : i + 1] for i in range(200)] + [data[200:]]):
+        sock = raw_handshake(server.port, "/echo")
+        for chunk in chunks:
+            sock.sendall(chunk)
+        got = [read_frame(sock) for _ in range(len(messages) + 1)]
+        want = [(op, m.encode() if isinstance(m, str) else m) for op, m in messages]
+        # The pong needs no app: it may overtake echoes, never come twice.
+        assert [f for f in got if f[0] != 0xA] == want
+        assert [f for f in got if f[0] == 0xA] == [(0xA, b"between")]
+        sock.close()
+
+
+def _non_minimal_length() -> bytes:
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(b"short"))
+    return bytes([0x82, 0x80 | 126]) + struct.pack("!H", 5) + mask + masked
+
+
+def _reserved_bit() -> bytes:
+    bad = bytearray(frame(0x2, b"short"))
+    bad[0] |= 0x40
+    return bytes(bad)
+
+
+@pytest.mark.parametrize("bad", [_non_minimal_length, _reserved_bit])
+def test_protocol_error_after_a_good_frame_ends_the_connection(server, bad):
+    """A 16-bit length under 126, or RSV1 without an extension, after a good
+    frame in the same write: a protocol error (wslay ends the connection),
+    the bad frame is never delivered."""
+    sock = raw_handshake(server.port, "/echo")
+    sock.sendall(frame(0x2, b"ok") + bad())
+    got = []
+    with pytest.raises(ConnectionError):
+        for _ in range(3):
+            got.append(read_frame(sock))
+    assert (0x2, b"short") not in got
+    assert all(close_code(p) == 1002 for op, p in got if op == 0x8)
+    sock.close()
+
+
+def test_invalid_utf8_after_valid_frames_in_one_write_closes_1007(server):
+    sock = raw_handshake(server.port, "/echo")
+    sock.sendall(frame(0x1, b"good") + frame(0x1, b"\xc3\x28 bad") + frame(0x1, b"never"))
+    got = [read_frame(sock)]
+    while got[-1][0] != 0x8:
+        got.append(read_frame(sock))
+    # The close goes out at once; the echo of "good" may or may not precede it.
+    assert got[:-1] in ([], [(0x1, b"good")])
+    assert close_code(got[-1][1]) == 1007
+    sock.close()
+
+
 def test_client_ping_gets_pong(server):
     sock = raw_handshake(server.port, "/echo")
     sock.sendall(frame(0x9, b"are you there"))
