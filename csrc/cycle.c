@@ -30,14 +30,22 @@ cd_future_new(cd_server_t *srv)
         PyErr_SetString(PyExc_RuntimeError, "no asyncio loop attached");
         return NULL;
     }
-    PyObject *m =
-        PyObject_GetAttr((PyObject *)Py_TYPE(loop), st->s_create_future);
+    PyTypeObject *type = Py_TYPE(loop);
+    if (srv->future_loop == loop && type->tp_version_tag != 0 &&
+        type->tp_version_tag == srv->future_loop_tag) {
+        /* Checked below for this loop, and its type has not changed since
+         * (a class attribute set anywhere in its MRO resets the tag). */
+        return PyObject_Call(st->asyncio_Future, st->empty_tuple,
+                             srv->future_kwargs);
+    }
+    PyObject *m = PyObject_GetAttr((PyObject *)type, st->s_create_future);
     if (m == NULL) {
         return NULL;
     }
     int base = m == st->base_create_future;
     Py_DECREF(m);
     if (!base) {
+        srv->future_loop = NULL;
         return PyObject_CallMethodNoArgs(loop, st->s_create_future);
     }
     /* Future's __init__ takes a dict of keywords: keep one. */
@@ -52,6 +60,9 @@ cd_future_new(cd_server_t *srv)
         }
         Py_XSETREF(srv->future_kwargs, kw);
     }
+    /* The lookup above gave the type a version tag (or none: 0). */
+    srv->future_loop = loop;
+    srv->future_loop_tag = type->tp_version_tag;
     return PyObject_Call(st->asyncio_Future, st->empty_tuple, kw);
 }
 

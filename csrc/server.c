@@ -745,6 +745,7 @@ server_clear(cd_server_t *srv)
     Py_CLEAR(srv->action_logger);
     Py_CLEAR(srv->scheme);
     Py_CLEAR(srv->future_kwargs);
+    srv->future_loop = NULL;
     if (srv->share.obj != NULL) {
         srv->share_index = -1;
         PyBuffer_Release(&srv->share);

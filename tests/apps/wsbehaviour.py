@@ -36,6 +36,33 @@ async def drain(receive) -> dict:
             return message
 
 
+async def patched_create_future(receive, send) -> None:
+    """After one message, the loop class's create_future is replaced: the
+    futures the server makes for receive() must come from it from then on."""
+    await send({"type": "websocket.accept"})
+    await receive()
+    cls = type(asyncio.get_running_loop())
+    had_own = "create_future" in cls.__dict__
+    original = cls.create_future
+    calls = []
+
+    def counting(self):
+        calls.append(1)
+        return original(self)
+
+    cls.create_future = counting
+    try:
+        await send({"type": "websocket.send", "text": "patched"})
+        await receive()
+    finally:
+        if had_own:
+            cls.create_future = original
+        else:
+            del cls.create_future
+    await send({"type": "websocket.send", "text": f"calls {len(calls)}"})
+    await drain(receive)
+
+
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         raise RuntimeError("no lifespan here")
@@ -77,6 +104,8 @@ async def app(scope, receive, send):
         raise ValueError("boom before accept")
     elif path == "/return":
         await send({"type": "websocket.accept"})
+    elif path == "/patch-create-future":
+        await patched_create_future(receive, send)
     elif path == "/never-accept":
         await asyncio.sleep(60)
     elif path == "/send-before-accept":
