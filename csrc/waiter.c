@@ -137,8 +137,15 @@ waiter_iternext(cd_waiter_t *w)
         PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, res);
         Py_DECREF(res);
         if (e != NULL) {
+#if PY_VERSION_HEX >= 0x030C0000
+            /* Raised as it is: SEND takes its value at once, so the
+             * exception being handled (if any) need not become its
+             * __context__ as PyErr_SetObject would make it. */
+            PyErr_SetRaisedException(e);
+#else
             PyErr_SetObject(PyExc_StopIteration, e);
             Py_DECREF(e);
+#endif
         }
     }
     return NULL;
