@@ -311,7 +311,7 @@ struct cd_server_s {
      * create_future, valid while its type keeps this version tag. */
     PyObject *future_loop; /* borrowed: future_kwargs holds it */
     unsigned int future_loop_tag;
-    char *server_header;      /* owned: "server: x\r\n" or NULL */
+    char *server_header; /* owned: "server: x\r\n" or NULL */
     cd_config_t cfg;
     const cd_proto_t *first_proto; /* borrowed: a static table, what a
                                       conn speaks once ready (HTTP/1) */
