@@ -262,6 +262,15 @@ hop_copy_state(cd_hop_t *hop)
     if (v != 0) {
         return v < 0 ? -1 : 0;
     }
+    /* Leave dest's callbacks first: we complete dest ourselves, and the
+     * hop's callback there only acts on a cancellation (hop_on_dest_done),
+     * so scheduling it would run a no-op per hop. */
+    r = PyObject_CallMethodOneArg(hop->dest, st->s_remove_done_callback,
+                                  (PyObject *)hop);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_CLEAR(r);
     if (cf_plain(st, hop->source) && (v = hop_copy_plain(hop)) <= 0) {
         return v;
     }

@@ -70,6 +70,7 @@
     X(s__result, "_result")                                                   \
     X(s__exception, "_exception")                                             \
     X(s__done_callbacks, "_done_callbacks")                                   \
+    X(s_remove_done_callback, "remove_done_callback")                         \
     X(s_set_exception, "set_exception")                                       \
     X(s_done, "done")                                                         \
     X(s_cancel, "cancel")                                                     \

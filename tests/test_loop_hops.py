@@ -397,3 +397,20 @@ def test_a_concurrent_future_subclass_is_read_through_its_methods(loop):
     loop.run_until_complete(asyncio.wait_for(main(), 10))
     executor.shutdown()
     assert calls == ["add_done_callback", "result"]
+
+
+def test_the_asyncio_future_keeps_its_callbacks_and_their_order(loop):
+    # The hop leaves the future's callbacks before completing it: the app's
+    # own callbacks still run, in the order they were added, and shield()
+    # (sync_to_async's way of awaiting it) still gets the result.
+    order: list[str] = []
+
+    async def main() -> None:
+        fut = loop.run_in_executor(None, int)
+        fut.add_done_callback(lambda f: order.append("first"))
+        fut.add_done_callback(lambda f: order.append("second"))
+        assert await asyncio.shield(fut) == 0
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+    assert order == ["first", "second"]
