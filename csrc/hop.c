@@ -468,6 +468,104 @@ fail:
     return NULL;
 }
 
+/* 1 if the asyncio loop is closed or in debug mode (read as
+ * BaseEventLoop does: _closed, _debug), 0 if not, -1 on error. */
+static int
+hop_loop_unusual(cd_state *st, PyObject *aio)
+{
+    PyObject *names[2] = {st->s__closed, st->s__debug};
+    for (int i = 0; i < 2; i++) {
+        PyObject *v = PyObject_GetAttr(aio, names[i]);
+        if (v == NULL) {
+            return -1;
+        }
+        int t = PyObject_IsTrue(v);
+        Py_DECREF(v);
+        if (t != 0) {
+            return t;
+        }
+    }
+    return 0;
+}
+
+/* The loop class's own run_in_executor(loop, *args): the Python method,
+ * which serves what the C path leaves (closed loop, debug mode, the
+ * default executor). */
+static PyObject *
+hop_run_in_executor_py(cd_state *st, PyObject *aio, PyObject *const *args,
+                       Py_ssize_t nargs)
+{
+    PyObject *small[8], **full = small, *res = NULL;
+    PyObject *m =
+        PyObject_GetAttr((PyObject *)Py_TYPE(aio), st->s_run_in_executor);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (nargs + 1 > (Py_ssize_t)(sizeof(small) / sizeof(small[0]))) {
+        full = PyMem_Malloc((size_t)(nargs + 1) * sizeof(PyObject *));
+        if (full == NULL) {
+            Py_DECREF(m);
+            return PyErr_NoMemory();
+        }
+    }
+    full[0] = aio;
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        full[i + 1] = args[i];
+    }
+    res = PyObject_Vectorcall(m, full, (size_t)nargs + 1, NULL);
+    if (full != small) {
+        PyMem_Free(full);
+    }
+    Py_DECREF(m);
+    return res;
+}
+
+PyObject *
+cd_hop_run_in_executor(cd_loop_t *loop, PyObject *const *args,
+                       Py_ssize_t nargs)
+{
+    cd_state *st = loop->st;
+    PyObject *aio = loop->aio_loop, *fut = NULL, *res = NULL;
+    if (aio == NULL) {
+        /* Detached by close(): what BaseEventLoop._check_closed says. */
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return NULL;
+    }
+    int unusual = nargs < 2 || args[0] == Py_None;
+    if (!unusual) {
+        unusual = hop_loop_unusual(st, aio);
+        if (unusual < 0) {
+            return NULL;
+        }
+    }
+    if (unusual) {
+        return hop_run_in_executor_py(st, aio, args, nargs);
+    }
+    /* executor.submit(func, *args): args[0] is the executor. */
+    fut = PyObject_VectorcallMethod(st->s_submit, args, (size_t)nargs, NULL);
+    if (fut == NULL) {
+        return NULL;
+    }
+    int plain = PyObject_IsInstance(fut, st->cf_Future);
+    if (plain > 0) {
+        res = cd_hop_wrap(loop, fut);
+    }
+    else if (plain == 0) {
+        /* asyncio.wrap_future(fut, loop=loop). */
+        PyObject *asyncio = PyImport_ImportModule("asyncio");
+        PyObject *wrap =
+            asyncio ? PyObject_GetAttr(asyncio, st->s_wrap_future) : NULL;
+        if (wrap != NULL) {
+            PyObject *wargs[2] = {fut, aio};
+            res = PyObject_Vectorcall(wrap, wargs, 1, st->kwnames_loop);
+        }
+        Py_XDECREF(wrap);
+        Py_XDECREF(asyncio);
+    }
+    Py_DECREF(fut);
+    return res;
+}
+
 static int
 hop_traverse(cd_hop_t *hop, visitproc visit, void *arg)
 {

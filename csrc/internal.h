@@ -215,6 +215,10 @@ PyObject *cd_hop_wakeup(cd_loop_t *loop, PyObject *unused);
 /* hop(concurrent_future) -> asyncio future of the loop, completed on
  * the loop's thread when the concurrent one is done (wrap_future). */
 PyObject *cd_hop_wrap(cd_loop_t *loop, PyObject *source);
+/* run_in_executor(executor, func, *args): LibuvEventLoop's method with
+ * no Python frame for a given executor outside debug mode. */
+PyObject *cd_hop_run_in_executor(cd_loop_t *loop, PyObject *const *args,
+                                 Py_ssize_t nargs);
 
 /* ---- sched.c: call_soon and the run-once step -------------------- */
 /* Imports asyncio's Handle, heapq, and the slot offsets into st. */

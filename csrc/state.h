@@ -78,6 +78,9 @@
     X(s_result, "result")                                                     \
     X(s_exception, "exception")                                               \
     X(s_add_done_callback, "add_done_callback")                               \
+    X(s_submit, "submit")                                                     \
+    X(s_run_in_executor, "run_in_executor")                                   \
+    X(s_wrap_future, "wrap_future")                                           \
     X(s_asyncio_future_blocking, "_asyncio_future_blocking")                  \
     X(s_loop, "loop")                                                         \
     X(s_eager_start, "eager_start")                                           \

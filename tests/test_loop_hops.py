@@ -239,6 +239,47 @@ def test_executor_returning_an_asyncio_future_gets_it_back(loop):
     loop.run_until_complete(main())
 
 
+def test_run_in_executor_on_a_closed_loop_raises_and_submits_nothing():
+    loop = new_event_loop()
+    executor = RecordingExecutor(1)
+    loop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.run_in_executor(executor, int)
+    executor.shutdown()
+    assert executor.futures == []
+
+
+def test_a_loop_subclass_keeps_its_own_run_in_executor():
+    from cdaphne.loop import LibuvEventLoop
+
+    calls = []
+
+    class Loop(LibuvEventLoop):
+        def run_in_executor(self, executor, func, *args):  # type: ignore[no-untyped-def]
+            calls.append(func)
+            return super().run_in_executor(executor, func, *args)
+
+    loop = Loop()
+    try:
+        assert loop.run_until_complete(loop.run_in_executor(None, abs, -2)) == 2
+    finally:
+        loop.close()
+    assert calls == [abs]
+
+
+def test_run_in_executor_passes_every_argument_to_submit(loop):
+    executor = RecordingExecutor(1)
+
+    async def main() -> None:
+        args = tuple(range(12))
+        assert await loop.run_in_executor(executor, lambda *a: a, *args) == args
+        with pytest.raises(TypeError):
+            await loop.run_in_executor(executor)  # type: ignore[call-arg]
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+    executor.shutdown()
+
+
 def test_debug_mode_rejects_a_coroutine_function(loop):
     async def coro() -> None:
         pass

@@ -129,6 +129,10 @@ class LibuvEventLoop(asyncio.SelectorEventLoop):
             # keep asyncio's own.
             self.call_soon_threadsafe = self.core.call_soon_threadsafe
         self._run_once = self.core.step
+        if type(self).run_in_executor is LibuvEventLoop.run_in_executor:
+            # A given executor outside debug mode takes the C path
+            # (csrc/hop.c), which hands everything else to the method below.
+            self.run_in_executor = self.core.run_in_executor  # type: ignore[method-assign]
 
     def run_in_executor(
         self, executor: concurrent.futures.Executor | None, func: Any, *args: Any
