@@ -468,26 +468,6 @@ fail:
     return NULL;
 }
 
-/* 1 if the asyncio loop is closed or in debug mode (read as
- * BaseEventLoop does: _closed, _debug), 0 if not, -1 on error. */
-static int
-hop_loop_unusual(cd_state *st, PyObject *aio)
-{
-    PyObject *names[2] = {st->s__closed, st->s__debug};
-    for (int i = 0; i < 2; i++) {
-        PyObject *v = PyObject_GetAttr(aio, names[i]);
-        if (v == NULL) {
-            return -1;
-        }
-        int t = PyObject_IsTrue(v);
-        Py_DECREF(v);
-        if (t != 0) {
-            return t;
-        }
-    }
-    return 0;
-}
-
 /* The loop class's own run_in_executor(loop, *args): the Python method,
  * which serves what the C path leaves (closed loop, debug mode, the
  * default executor). */
@@ -533,10 +513,11 @@ cd_hop_run_in_executor(cd_loop_t *loop, PyObject *const *args,
     }
     int unusual = nargs < 2 || args[0] == Py_None;
     if (!unusual) {
-        unusual = hop_loop_unusual(st, aio);
-        if (unusual < 0) {
+        int plain = cd_loopapi_plain(st, aio, 0);
+        if (plain < 0) {
             return NULL;
         }
+        unusual = !plain;
     }
     if (unusual) {
         return hop_run_in_executor_py(st, aio, args, nargs);

@@ -455,3 +455,94 @@ def test_the_asyncio_future_keeps_its_callbacks_and_their_order(loop):
 
     loop.run_until_complete(asyncio.wait_for(main(), 10))
     assert order == ["first", "second"]
+
+
+# ---- create_task / create_future without their Python frames (loopapi.c) ----
+
+
+def test_create_task_passes_name_and_context_and_checks_its_argument(loop):
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="outer")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "inner")
+
+    async def read() -> str:
+        return var.get()
+
+    async def main() -> None:
+        task = loop.create_task(read(), name="reader", context=ctx)
+        assert isinstance(task, asyncio.Task) and task.get_name() == "reader"
+        assert await task == "inner"
+        assert await loop.create_task(read()) == "outer"
+        with pytest.raises(TypeError):
+            loop.create_task(42)  # type: ignore[arg-type]
+        fut = loop.create_future()
+        assert type(fut) is asyncio.Future and fut.get_loop() is loop
+
+    loop.run_until_complete(main())
+
+
+def test_create_task_honours_a_task_factory_set_later_and_debug_mode(loop):
+    made = []
+
+    def factory(lp, coro, **kw):  # type: ignore[no-untyped-def]
+        task = asyncio.Task(coro, loop=lp, **kw)
+        made.append(task)
+        return task
+
+    async def nothing() -> None:
+        pass
+
+    async def main() -> None:
+        loop.set_task_factory(factory)
+        await loop.create_task(nothing(), name="x")
+        assert len(made) == 1 and made[0].get_name() == "x"
+        loop.set_task_factory(None)
+        loop.set_debug(True)
+        task = loop.create_task(nothing())
+        # BaseEventLoop drops its own frame from the traceback: the last
+        # entry is this function.
+        assert task._source_traceback[-1].name == "main"
+        await task
+
+    loop.run_until_complete(main())
+
+
+def test_create_task_on_a_closed_loop_raises_like_asyncio():
+    loop = new_event_loop()
+    loop.close()
+
+    async def nothing() -> None:
+        pass
+
+    coro = nothing()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.create_task(coro)
+    coro.close()
+    assert loop.create_future().get_loop() is loop
+
+
+def test_loop_subclasses_keep_their_create_task_and_create_future():
+    from cdaphne.loop import LibuvEventLoop
+
+    calls = []
+
+    class Loop(LibuvEventLoop):
+        def create_task(self, coro, **kw):  # type: ignore[no-untyped-def]
+            calls.append("task")
+            return super().create_task(coro, **kw)
+
+        def create_future(self):  # type: ignore[no-untyped-def]
+            calls.append("future")
+            return super().create_future()
+
+    async def main() -> None:
+        await asyncio.wait([asyncio.ensure_future(asyncio.sleep(0))])
+
+    loop = Loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert "task" in calls and "future" in calls
