@@ -262,6 +262,15 @@ hop_copy_state(cd_hop_t *hop)
     if (v != 0) {
         return v < 0 ? -1 : 0;
     }
+    /* Leave dest's callbacks first: we complete dest ourselves, and the
+     * hop's callback there only acts on a cancellation (hop_on_dest_done),
+     * so scheduling it would run a no-op per hop. */
+    r = PyObject_CallMethodOneArg(hop->dest, st->s_remove_done_callback,
+                                  (PyObject *)hop);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_CLEAR(r);
     if (cf_plain(st, hop->source) && (v = hop_copy_plain(hop)) <= 0) {
         return v;
     }
@@ -457,6 +466,85 @@ fail:
     Py_XDECREF(hop);
     Py_XDECREF(dest);
     return NULL;
+}
+
+/* The loop class's own run_in_executor(loop, *args): the Python method,
+ * which serves what the C path leaves (closed loop, debug mode, the
+ * default executor). */
+static PyObject *
+hop_run_in_executor_py(cd_state *st, PyObject *aio, PyObject *const *args,
+                       Py_ssize_t nargs)
+{
+    PyObject *small[8], **full = small, *res = NULL;
+    PyObject *m =
+        PyObject_GetAttr((PyObject *)Py_TYPE(aio), st->s_run_in_executor);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (nargs + 1 > (Py_ssize_t)(sizeof(small) / sizeof(small[0]))) {
+        full = PyMem_Malloc((size_t)(nargs + 1) * sizeof(PyObject *));
+        if (full == NULL) {
+            Py_DECREF(m);
+            return PyErr_NoMemory();
+        }
+    }
+    full[0] = aio;
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        full[i + 1] = args[i];
+    }
+    res = PyObject_Vectorcall(m, full, (size_t)nargs + 1, NULL);
+    if (full != small) {
+        PyMem_Free(full);
+    }
+    Py_DECREF(m);
+    return res;
+}
+
+PyObject *
+cd_hop_run_in_executor(cd_loop_t *loop, PyObject *const *args,
+                       Py_ssize_t nargs)
+{
+    cd_state *st = loop->st;
+    PyObject *aio = loop->aio_loop, *fut = NULL, *res = NULL;
+    if (aio == NULL) {
+        /* Detached by close(): what BaseEventLoop._check_closed says. */
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return NULL;
+    }
+    int unusual = nargs < 2 || args[0] == Py_None;
+    if (!unusual) {
+        int plain = cd_loopapi_plain(st, aio, 0);
+        if (plain < 0) {
+            return NULL;
+        }
+        unusual = !plain;
+    }
+    if (unusual) {
+        return hop_run_in_executor_py(st, aio, args, nargs);
+    }
+    /* executor.submit(func, *args): args[0] is the executor. */
+    fut = PyObject_VectorcallMethod(st->s_submit, args, (size_t)nargs, NULL);
+    if (fut == NULL) {
+        return NULL;
+    }
+    int plain = PyObject_IsInstance(fut, st->cf_Future);
+    if (plain > 0) {
+        res = cd_hop_wrap(loop, fut);
+    }
+    else if (plain == 0) {
+        /* asyncio.wrap_future(fut, loop=loop). */
+        PyObject *asyncio = PyImport_ImportModule("asyncio");
+        PyObject *wrap =
+            asyncio ? PyObject_GetAttr(asyncio, st->s_wrap_future) : NULL;
+        if (wrap != NULL) {
+            PyObject *wargs[2] = {fut, aio};
+            res = PyObject_Vectorcall(wrap, wargs, 1, st->kwnames_loop);
+        }
+        Py_XDECREF(wrap);
+        Py_XDECREF(asyncio);
+    }
+    Py_DECREF(fut);
+    return res;
 }
 
 static int

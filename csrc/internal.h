@@ -215,6 +215,19 @@ PyObject *cd_hop_wakeup(cd_loop_t *loop, PyObject *unused);
 /* hop(concurrent_future) -> asyncio future of the loop, completed on
  * the loop's thread when the concurrent one is done (wrap_future). */
 PyObject *cd_hop_wrap(cd_loop_t *loop, PyObject *source);
+/* run_in_executor(executor, func, *args): LibuvEventLoop's method with
+ * no Python frame for a given executor outside debug mode. */
+PyObject *cd_hop_run_in_executor(cd_loop_t *loop, PyObject *const *args,
+                                 Py_ssize_t nargs);
+
+/* ---- loopapi.c: BaseEventLoop methods without their Python frame ---- */
+/* 1 if the asyncio loop aio is open and not in debug mode (and, if task,
+ * has no task factory): BaseEventLoop's plain attributes read from its
+ * dict; 0 if not (or not readable so), -1 with an exception. */
+int cd_loopapi_plain(cd_state *st, PyObject *aio, int task);
+/* create_task(coro, *, name=None, context=None). */
+PyObject *cd_loopapi_create_task(cd_loop_t *loop, PyObject *const *args,
+                                 Py_ssize_t nargs, PyObject *kwnames);
 
 /* ---- sched.c: call_soon and the run-once step -------------------- */
 /* Imports asyncio's Handle, heapq, and the slot offsets into st. */

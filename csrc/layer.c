@@ -41,7 +41,10 @@ typedef struct {
     PyObject *get_running_loop; /* strong: asyncio.events._get_running_loop */
     PyObject *deepcopy;         /* strong: copy.deepcopy */
     PyObject *wake;             /* strong: this module's _wake() */
-    PyObject *s_create_future;  /* strong: interned method names */
+    PyObject *future_type;      /* strong: asyncio.Future */
+    PyObject *base_create_future; /* strong: BaseEventLoop.create_future */
+    PyObject *kwnames_loop;       /* strong: ("loop",) */
+    PyObject *s_create_future;    /* strong: interned method names */
     PyObject *s_set_result;
     PyObject *s_call_soon_threadsafe;
     PyObject *s_call_later;
@@ -797,6 +800,26 @@ cd_running_loop(cd_layer_state *st)
         loop = Py_NewRef(Py_None);
     }
     return loop;
+}
+
+/* New reference: loop.create_future().  A loop whose class keeps
+ * BaseEventLoop's method gets asyncio.Future(loop=loop) directly, which
+ * is what that method returns, without its Python frame. */
+static PyObject *
+cd_new_future(cd_layer_state *st, PyObject *loop)
+{
+    PyObject *m =
+        PyObject_GetAttr((PyObject *)Py_TYPE(loop), st->s_create_future);
+    if (m == NULL) {
+        return NULL;
+    }
+    int base = m == st->base_create_future;
+    Py_DECREF(m);
+    if (!base) {
+        return PyObject_CallMethodNoArgs(loop, st->s_create_future);
+    }
+    PyObject *args[1] = {loop};
+    return PyObject_Vectorcall(st->future_type, args, 0, st->kwnames_loop);
 }
 
 /* Wakes every waiter in wakes (each holding a handed-over message) and
@@ -1913,7 +1936,7 @@ cd_receive_start(cd_receive *self, PyObject **presult)
                             "receive() must be awaited in a running loop");
             goto done;
         }
-        fut = PyObject_CallMethodNoArgs(loop, st->s_create_future);
+        fut = cd_new_future(st, loop);
         if (fut == NULL) {
             goto done;
         }
@@ -2196,8 +2219,16 @@ layer_exec(PyObject *module)
         cd_import_attr("asyncio.events", "_get_running_loop");
     st->deepcopy = cd_import_attr("copy", "deepcopy");
     st->wake = PyObject_GetAttrString(module, "_wake");
+    st->future_type = cd_import_attr("asyncio", "Future");
+    PyObject *base = cd_import_attr("asyncio", "BaseEventLoop");
+    if (base != NULL) {
+        st->base_create_future = PyObject_GetAttr(base, st->s_create_future);
+        Py_DECREF(base);
+    }
+    st->kwnames_loop = Py_BuildValue("(s)", "loop");
     if (st->get_running_loop == NULL || st->deepcopy == NULL ||
-        st->wake == NULL) {
+        st->wake == NULL || st->future_type == NULL ||
+        st->base_create_future == NULL || st->kwnames_loop == NULL) {
         return -1;
     }
     return 0;
@@ -2213,6 +2244,9 @@ layer_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->deepcopy);
     Py_VISIT(st->wake);
+    Py_VISIT(st->future_type);
+    Py_VISIT(st->base_create_future);
+    Py_VISIT(st->kwnames_loop);
     return 0;
 }
 
@@ -2226,6 +2260,9 @@ layer_clear(PyObject *module)
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->deepcopy);
     Py_CLEAR(st->wake);
+    Py_CLEAR(st->future_type);
+    Py_CLEAR(st->base_create_future);
+    Py_CLEAR(st->kwnames_loop);
     Py_CLEAR(st->s_create_future);
     Py_CLEAR(st->s_set_result);
     Py_CLEAR(st->s_call_soon_threadsafe);

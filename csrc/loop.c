@@ -519,6 +519,11 @@ static PyMethodDef loop_methods[] = {
      "sched_init(ready, report)"},
     {"hop", (PyCFunction)cd_hop_wrap, METH_O,
      "hop(concurrent_future) -> asyncio future completed on this loop."},
+    {"run_in_executor", (PyCFunction)(void (*)(void))cd_hop_run_in_executor,
+     METH_FASTCALL, "run_in_executor(executor, func, *args), in C."},
+    {"create_task", (PyCFunction)(void (*)(void))cd_loopapi_create_task,
+     METH_FASTCALL | METH_KEYWORDS,
+     "create_task(coro, *, name=None, context=None), in C."},
     {"close", (PyCFunction)loop_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };

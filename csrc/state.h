@@ -70,6 +70,7 @@
     X(s__result, "_result")                                                   \
     X(s__exception, "_exception")                                             \
     X(s__done_callbacks, "_done_callbacks")                                   \
+    X(s_remove_done_callback, "remove_done_callback")                         \
     X(s_set_exception, "set_exception")                                       \
     X(s_done, "done")                                                         \
     X(s_cancel, "cancel")                                                     \
@@ -77,6 +78,13 @@
     X(s_result, "result")                                                     \
     X(s_exception, "exception")                                               \
     X(s_add_done_callback, "add_done_callback")                               \
+    X(s_submit, "submit")                                                     \
+    X(s_run_in_executor, "run_in_executor")                                   \
+    X(s_wrap_future, "wrap_future")                                           \
+    X(s_create_task, "create_task")                                           \
+    X(s__task_factory, "_task_factory")                                       \
+    X(s_name, "name")                                                         \
+    X(s_context, "context")                                                   \
     X(s_asyncio_future_blocking, "_asyncio_future_blocking")                  \
     X(s_loop, "loop")                                                         \
     X(s_eager_start, "eager_start")                                           \
@@ -160,6 +168,7 @@ typedef struct {
     PyObject *asgi_dict;     /* {"version": "3.0", "spec_version": "2.3"} */
     PyObject *kwnames_eager; /* ("loop", "eager_start") */
     PyObject *kwnames_loop;  /* ("loop",) */
+    PyObject *kwnames_task;  /* ("loop", "name", "context"): loopapi.c */
     /* Received messages with their keys in place (cd_message_new):
      * {"type": "websocket.receive", "text": None}, likewise "bytes", and
      * {"type": "http.request", "body": None, "more_body": None}. */

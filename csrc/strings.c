@@ -16,6 +16,8 @@ cd_strings_init(cd_state *st)
     st->empty_tuple = PyTuple_New(0);
     st->kwnames_eager = Py_BuildValue("(OO)", st->s_loop, st->s_eager_start);
     st->kwnames_loop = Py_BuildValue("(O)", st->s_loop);
+    st->kwnames_task =
+        Py_BuildValue("(OOO)", st->s_loop, st->s_name, st->s_context);
     st->asgi_dict = Py_BuildValue("{OOOO}", st->s_version, st->s_v3_0,
                                   st->s_spec_version, st->s_v2_3);
     st->ws_text_template = Py_BuildValue(
@@ -26,8 +28,9 @@ cd_strings_init(cd_state *st)
         Py_BuildValue("{OOOOOO}", st->s_type, st->s_http_request, st->s_body,
                       Py_None, st->s_more_body, Py_None);
     if (!st->empty_bytes || !st->empty_tuple || !st->kwnames_eager ||
-        !st->kwnames_loop || !st->asgi_dict || !st->ws_text_template ||
-        !st->ws_bytes_template || !st->http_request_template) {
+        !st->kwnames_loop || !st->kwnames_task || !st->asgi_dict ||
+        !st->ws_text_template || !st->ws_bytes_template ||
+        !st->http_request_template) {
         return -1;
     }
 
@@ -133,6 +136,7 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->pubsub_on_topic);
     Py_CLEAR(st->kwnames_eager);
     Py_CLEAR(st->kwnames_loop);
+    Py_CLEAR(st->kwnames_task);
 #define CD_CLEAR_STR(name, text) Py_CLEAR(st->name);
     CD_STRINGS(CD_CLEAR_STR)
 #undef CD_CLEAR_STR

@@ -62,3 +62,32 @@ def test_aio_micro_benchmarks_run_and_check_themselves_on_each_loop(loop: str) -
         r = json.loads(proc.stdout)
         assert r["bench"] == bench and r["loop"] == loop
         assert r["ops"] > 0 and r["ops_per_s"] > 0, r
+
+
+def test_callgrind_reader_splits_self_and_inclusive_costs(tmp_path: Path) -> None:
+    # The format callgrind writes: compressed names, a call's cost on the line
+    # after calls=, positions relative (+n) or repeated (*).
+    from bench.callgrind_fanout import _parse, _total
+
+    dump = tmp_path / "cg.out"
+    dump.write_text(
+        "version: 1\ncreator: callgrind-3.19.0\npart: 1\ndesc: Trigger: dump\n"
+        "positions: line\nevents: Ir\n\n"
+        "ob=(1) /lib/libpython3.so\nfl=(1) ceval.c\nfn=(1) eval\n10 100\n+1 50\n"
+        "cfn=(2) helper\ncalls=3 20\n* 400\n\n"
+        "fn=(2)\n20 380\n"
+        "ob=(2) /x/_cdaphne.so\nfl=(2) hop.c\nfn=(3) cd_hop_drain\n5 7\n"
+        "cob=(1)\ncfi=(1)\ncfn=(1)\ncalls=1 10\n+2 1000\n\ntotals: 1537\n"
+    )
+    edges: dict[str, dict[str, int]] = {}
+    self_ir, incl = _parse(dump, edges)
+    assert self_ir[("eval", "libpython3.so")] == 150
+    assert incl[("eval", "libpython3.so")] == 550
+    assert self_ir[("helper", "libpython3.so")] == 380
+    assert self_ir[("cd_hop_drain", "_cdaphne.so")] == 7
+    assert incl[("cd_hop_drain", "_cdaphne.so")] == 1007
+    assert edges == {"eval": {"helper": 400}, "cd_hop_drain": {"eval": 1000}}
+    assert _total(dump) == 1537
+    exit_dump = tmp_path / "cg.exit"
+    exit_dump.write_text("desc: Trigger: Program termination\ntotals: 99\n")
+    assert _total(exit_dump) == 0

@@ -796,6 +796,35 @@ async def test_receive_completes_without_a_loop_round_trip():
     assert layer.stats()["waiters"] == 0
 
 
+def test_receive_asks_a_loop_with_its_own_create_future():
+    # The waiting future is asyncio.Future(loop=loop) made directly only for
+    # loops that keep BaseEventLoop.create_future; others are asked.
+    made: list[asyncio.Future] = []
+
+    class MyFuture(asyncio.Future):
+        pass
+
+    class Loop(asyncio.SelectorEventLoop):
+        def create_future(self):  # type: ignore[no-untyped-def]
+            fut = MyFuture(loop=self)
+            made.append(fut)
+            return fut
+
+    async def main() -> dict:
+        layer = CdaphneLayer()
+        waiting = asyncio.ensure_future(layer.receive("c"))
+        await asyncio.sleep(0)
+        assert len(made) == 1 and isinstance(made[0], MyFuture)
+        await layer.send("c", {"type": "late"})
+        return await asyncio.wait_for(waiting, 5)
+
+    loop = Loop()
+    try:
+        assert loop.run_until_complete(main()) == {"type": "late"}
+    finally:
+        loop.close()
+
+
 @pytest.mark.asyncio
 async def test_receive_is_a_coroutine_function_for_async_to_sync():
     import inspect

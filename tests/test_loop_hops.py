@@ -239,6 +239,47 @@ def test_executor_returning_an_asyncio_future_gets_it_back(loop):
     loop.run_until_complete(main())
 
 
+def test_run_in_executor_on_a_closed_loop_raises_and_submits_nothing():
+    loop = new_event_loop()
+    executor = RecordingExecutor(1)
+    loop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.run_in_executor(executor, int)
+    executor.shutdown()
+    assert executor.futures == []
+
+
+def test_a_loop_subclass_keeps_its_own_run_in_executor():
+    from cdaphne.loop import LibuvEventLoop
+
+    calls = []
+
+    class Loop(LibuvEventLoop):
+        def run_in_executor(self, executor, func, *args):  # type: ignore[no-untyped-def]
+            calls.append(func)
+            return super().run_in_executor(executor, func, *args)
+
+    loop = Loop()
+    try:
+        assert loop.run_until_complete(loop.run_in_executor(None, abs, -2)) == 2
+    finally:
+        loop.close()
+    assert calls == [abs]
+
+
+def test_run_in_executor_passes_every_argument_to_submit(loop):
+    executor = RecordingExecutor(1)
+
+    async def main() -> None:
+        args = tuple(range(12))
+        assert await loop.run_in_executor(executor, lambda *a: a, *args) == args
+        with pytest.raises(TypeError):
+            await loop.run_in_executor(executor)  # type: ignore[call-arg]
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+    executor.shutdown()
+
+
 def test_debug_mode_rejects_a_coroutine_function(loop):
     async def coro() -> None:
         pass
@@ -397,3 +438,111 @@ def test_a_concurrent_future_subclass_is_read_through_its_methods(loop):
     loop.run_until_complete(asyncio.wait_for(main(), 10))
     executor.shutdown()
     assert calls == ["add_done_callback", "result"]
+
+
+def test_the_asyncio_future_keeps_its_callbacks_and_their_order(loop):
+    # The hop leaves the future's callbacks before completing it: the app's
+    # own callbacks still run, in the order they were added, and shield()
+    # (sync_to_async's way of awaiting it) still gets the result.
+    order: list[str] = []
+
+    async def main() -> None:
+        fut = loop.run_in_executor(None, int)
+        fut.add_done_callback(lambda f: order.append("first"))
+        fut.add_done_callback(lambda f: order.append("second"))
+        assert await asyncio.shield(fut) == 0
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+    assert order == ["first", "second"]
+
+
+# ---- create_task / create_future without their Python frames (loopapi.c) ----
+
+
+def test_create_task_passes_name_and_context_and_checks_its_argument(loop):
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="outer")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "inner")
+
+    async def read() -> str:
+        return var.get()
+
+    async def main() -> None:
+        task = loop.create_task(read(), name="reader", context=ctx)
+        assert isinstance(task, asyncio.Task) and task.get_name() == "reader"
+        assert await task == "inner"
+        assert await loop.create_task(read()) == "outer"
+        with pytest.raises(TypeError):
+            loop.create_task(42)  # type: ignore[arg-type]
+        fut = loop.create_future()
+        assert type(fut) is asyncio.Future and fut.get_loop() is loop
+
+    loop.run_until_complete(main())
+
+
+def test_create_task_honours_a_task_factory_set_later_and_debug_mode(loop):
+    made = []
+
+    def factory(lp, coro, **kw):  # type: ignore[no-untyped-def]
+        task = asyncio.Task(coro, loop=lp, **kw)
+        made.append(task)
+        return task
+
+    async def nothing() -> None:
+        pass
+
+    async def main() -> None:
+        loop.set_task_factory(factory)
+        await loop.create_task(nothing(), name="x")
+        assert len(made) == 1 and made[0].get_name() == "x"
+        loop.set_task_factory(None)
+        loop.set_debug(True)
+        task = loop.create_task(nothing())
+        # BaseEventLoop drops its own frame from the traceback: the last
+        # entry is this function.
+        assert task._source_traceback[-1].name == "main"
+        await task
+
+    loop.run_until_complete(main())
+
+
+def test_create_task_on_a_closed_loop_raises_like_asyncio():
+    loop = new_event_loop()
+    loop.close()
+
+    async def nothing() -> None:
+        pass
+
+    coro = nothing()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.create_task(coro)
+    coro.close()
+    assert loop.create_future().get_loop() is loop
+
+
+def test_loop_subclasses_keep_their_create_task_and_create_future():
+    from cdaphne.loop import LibuvEventLoop
+
+    calls = []
+
+    class Loop(LibuvEventLoop):
+        def create_task(self, coro, **kw):  # type: ignore[no-untyped-def]
+            calls.append("task")
+            return super().create_task(coro, **kw)
+
+        def create_future(self):  # type: ignore[no-untyped-def]
+            calls.append("future")
+            return super().create_future()
+
+    async def main() -> None:
+        await asyncio.wait([asyncio.ensure_future(asyncio.sleep(0))])
+
+    loop = Loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert "task" in calls and "future" in calls

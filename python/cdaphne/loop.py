@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import inspect
 import selectors
 from asyncio import format_helpers
@@ -129,6 +130,16 @@ class LibuvEventLoop(asyncio.SelectorEventLoop):
             # keep asyncio's own.
             self.call_soon_threadsafe = self.core.call_soon_threadsafe
         self._run_once = self.core.step
+        if type(self).run_in_executor is LibuvEventLoop.run_in_executor:
+            # A given executor outside debug mode takes the C path
+            # (csrc/hop.c), which hands everything else to the method below.
+            self.run_in_executor = self.core.run_in_executor  # type: ignore[method-assign]
+        if type(self).create_task is asyncio.BaseEventLoop.create_task:
+            # Without a task factory or debug mode, in C (csrc/loopapi.c).
+            self.create_task = self.core.create_task  # type: ignore[method-assign]
+        if type(self).create_future is asyncio.BaseEventLoop.create_future:
+            # What that method returns, without its Python frame.
+            self.create_future = functools.partial(asyncio.Future, loop=self)  # type: ignore[method-assign]
 
     def run_in_executor(
         self, executor: concurrent.futures.Executor | None, func: Any, *args: Any
