@@ -167,6 +167,9 @@ struct cd_loop_s {
     cd_hop_t *hops_tail; /* borrowed: the last of hops_head's chain */
     /* Scheduling core (sched.c), set by sched_init(). */
     PyObject *aio_ready;     /* strong: the asyncio loop's _ready deque */
+    PyObject *aio_dict;      /* strong: the asyncio loop's __dict__, where its
+                                attributes are read; NULL: read them with getattr */
+    int time_is_base;        /* the loop's class keeps BaseEventLoop.time */
     PyObject *ready_append;  /* strong: ready.append */
     PyObject *ready_popleft; /* strong: ready.popleft */
     PyObject *report;        /* strong: reports a callback's exception */
@@ -217,7 +220,8 @@ PyObject *cd_hop_wakeup(cd_loop_t *loop, PyObject *unused);
 PyObject *cd_hop_wrap(cd_loop_t *loop, PyObject *source);
 
 /* ---- sched.c: call_soon and the run-once step -------------------- */
-/* Imports asyncio's Handle, heapq, and the slot offsets into st. */
+/* Imports asyncio's Handle, BaseEventLoop's methods and the slot offsets
+ * into st. */
 int cd_sched_init(cd_state *st);
 PyObject *cd_sched_call_soon(cd_loop_t *core, PyObject *const *args,
                              size_t nargsf, PyObject *kwnames);
@@ -228,6 +232,8 @@ PyObject *cd_sched_call_at(cd_loop_t *core, PyObject *const *args,
 PyObject *cd_sched_call_later(cd_loop_t *core, PyObject *const *args,
                               size_t nargsf, PyObject *kwnames);
 PyObject *cd_sched_step(cd_loop_t *core, PyObject *unused);
+/* BaseEventLoop._timer_handle_cancelled(handle), which cancel() calls. */
+PyObject *cd_sched_timer_cancelled(cd_loop_t *core, PyObject *h);
 PyObject *cd_sched_attach(cd_loop_t *core, PyObject *const *args,
                           Py_ssize_t nargs);
 int cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg);

@@ -513,6 +513,8 @@ static PyMethodDef loop_methods[] = {
     {"call_later", (PyCFunction)(void (*)(void))cd_sched_call_later,
      METH_FASTCALL | METH_KEYWORDS,
      "call_later(delay, callback, *args, context=None): asyncio's, in C."},
+    {"timer_cancelled", (PyCFunction)cd_sched_timer_cancelled, METH_O,
+     "timer_cancelled(handle): asyncio's _timer_handle_cancelled, in C."},
     {"step", (PyCFunction)cd_sched_step, METH_NOARGS,
      "One run-once step of the asyncio loop (_run_once)."},
     {"sched_init", (PyCFunction)(void (*)(void))cd_sched_attach, METH_FASTCALL,

@@ -1,9 +1,11 @@
-/* The scheduling core: asyncio's call_soon() and run-once step in C.
+/* The scheduling core: asyncio's call_soon(), timers and run-once step in
+ * C.
  *
  * It works on asyncio's own data, so that everything else in asyncio
- * (close(), call_later(), the timer heap's bookkeeping, the tests that
- * look at loop._ready) keeps working unchanged: the ready queue is the
- * loop's `_ready` deque, the timers its `_scheduled` heap, and handles are
+ * (close(), the tests that look at loop._ready or loop._scheduled) keeps
+ * working unchanged: the ready queue is the loop's `_ready` deque, the
+ * timers its `_scheduled` list, kept in heapq's order by heapq's own
+ * algorithms with the comparison made in C, and handles are
  * real asyncio.Handle objects (isinstance checks, repr, cancel(),
  * get_context() are asyncio's), created here without running their
  * Python __init__: the slots are stored at the offsets their member
@@ -14,6 +16,7 @@
 #include "internal.h"
 
 #include <structmember.h>
+#include <time.h>
 
 #ifndef Py_T_OBJECT_EX
 #define Py_T_OBJECT_EX T_OBJECT_EX
@@ -48,20 +51,10 @@ int
 cd_sched_init(cd_state *st)
 {
     PyObject *events = PyImport_ImportModule("asyncio.events");
-    PyObject *base = NULL, *heapq = NULL;
+    PyObject *base = NULL;
     int rc = -1;
     if (events == NULL) {
         return -1;
-    }
-    heapq = PyImport_ImportModule("heapq");
-    if (heapq == NULL) {
-        goto done;
-    }
-    st->heapq_heappop = PyObject_GetAttrString(heapq, "heappop");
-    st->heapq_heapify = PyObject_GetAttrString(heapq, "heapify");
-    st->heapq_heappush = PyObject_GetAttrString(heapq, "heappush");
-    if (!st->heapq_heappop || !st->heapq_heapify || !st->heapq_heappush) {
-        goto done;
     }
     st->asyncio_Handle = PyObject_GetAttrString(events, "Handle");
     st->asyncio_TimerHandle = PyObject_GetAttrString(events, "TimerHandle");
@@ -79,9 +72,11 @@ cd_sched_init(cd_state *st)
     st->base_call_later = PyObject_GetAttrString(cls, "call_later");
     st->base_call_soon_threadsafe =
         PyObject_GetAttrString(cls, "call_soon_threadsafe");
+    st->base_time = PyObject_GetAttrString(cls, "time");
     Py_DECREF(cls);
     if (!st->base_call_soon || !st->base_run_once || !st->base_call_at ||
-        !st->base_call_later || !st->base_call_soon_threadsafe) {
+        !st->base_call_later || !st->base_call_soon_threadsafe ||
+        !st->base_time) {
         goto done;
     }
     cd_handle_slots_t *o = &st->handle_slots;
@@ -100,7 +95,6 @@ cd_sched_init(cd_state *st)
     }
     rc = 0;
 done:
-    Py_XDECREF(heapq);
     Py_XDECREF(base);
     Py_DECREF(events);
     return rc;
@@ -141,17 +135,134 @@ handle_new(cd_state *st, PyObject *cls, PyObject *callback, PyObject *args,
     return h;
 }
 
-/* 1 if loop.<name> is true, 0 if false, -1 on error. */
+/* 1 if obj.<name> is true, 0 if false, -1 on error. */
 static int
-loop_flag(PyObject *loop, PyObject *name)
+obj_flag(PyObject *obj, PyObject *name)
 {
-    PyObject *v = PyObject_GetAttr(loop, name);
+    PyObject *v = PyObject_GetAttr(obj, name);
     if (v == NULL) {
         return -1;
     }
     int r = PyObject_IsTrue(v);
     Py_DECREF(v);
     return r;
+}
+
+/* New reference: loop.<name>.  The loop's instance attributes (_debug,
+ * _closed, _scheduled...) are read from its __dict__ directly when its
+ * class defines no data descriptor for them (checked at sched_init): the
+ * same value getattr finds, without the walk of the class's MRO. */
+static PyObject *
+core_get(cd_loop_t *core, PyObject *name)
+{
+    if (core->aio_dict != NULL) {
+        PyObject *v = PyDict_GetItemWithError(core->aio_dict, name);
+        if (v != NULL) {
+            return Py_NewRef(v);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return PyObject_GetAttr(core->aio_loop, name);
+}
+
+/* loop.<name> = v (what `self.<name> = v` does, for the same names). */
+static int
+core_set(cd_loop_t *core, PyObject *name, PyObject *v)
+{
+    if (core->aio_dict != NULL) {
+        return PyDict_SetItem(core->aio_dict, name, v);
+    }
+    return PyObject_SetAttr(core->aio_loop, name, v);
+}
+
+/* 1 if loop.<name> is true, 0 if false, -1 on error. */
+static int
+core_flag(cd_loop_t *core, PyObject *name)
+{
+    PyObject *v = core_get(core, name);
+    if (v == NULL) {
+        return -1;
+    }
+    int r = v == Py_False ? 0 : v == Py_True ? 1 : PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* time.monotonic(), which BaseEventLoop.time() returns: the same clock
+ * and the same conversion to seconds. */
+static int
+monotonic(double *out)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    if (PyTime_Monotonic(&t) < 0) {
+        return -1;
+    }
+    *out = PyTime_AsSecondsDouble(t);
+#else
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    int64_t ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    /* _PyTime_AsSecondsDouble. */
+    if (ns % 1000000000 == 0) {
+        *out = (double)(ns / 1000000000);
+    }
+    else {
+        *out = (double)ns / 1e9;
+    }
+#endif
+    return 0;
+}
+
+/* 1 when loop.time() is BaseEventLoop.time's clock (the class keeps it
+ * and no instance attribute replaces it), 0 when it must be called, -1 on
+ * error. */
+static int
+core_time_is_clock(cd_loop_t *core)
+{
+    if (!core->time_is_base || core->aio_dict == NULL) {
+        return 0;
+    }
+    PyObject *v = PyDict_GetItemWithError(core->aio_dict, core->st->s_time);
+    if (v != NULL) {
+        return 0;
+    }
+    return PyErr_Occurred() ? -1 : 1;
+}
+
+/* loop.time() as a double. */
+static int
+core_time(cd_loop_t *core, double *out)
+{
+    int clock = core_time_is_clock(core);
+    if (clock != 0) {
+        return clock < 0 ? -1 : monotonic(out);
+    }
+    PyObject *t = PyObject_CallMethodNoArgs(core->aio_loop, core->st->s_time);
+    if (t == NULL) {
+        return -1;
+    }
+    *out = PyFloat_AsDouble(t);
+    Py_DECREF(t);
+    return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* New reference: loop.time(), the object asyncio's callers get. */
+static PyObject *
+core_time_obj(cd_loop_t *core)
+{
+    double now;
+    int clock = core_time_is_clock(core);
+    if (clock != 0) {
+        return clock < 0 || monotonic(&now) < 0 ? NULL
+                                                : PyFloat_FromDouble(now);
+    }
+    return PyObject_CallMethodNoArgs(core->aio_loop, core->st->s_time);
 }
 
 /* Calls asyncio's own method fn(loop, *args, **kw) with the arguments
@@ -207,12 +318,12 @@ sched_check(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs,
         }
         *context = args[nargs];
     }
-    int debug = loop_flag(loop, st->s__debug);
+    int debug = core_flag(core, st->s__debug);
     if (debug != 0) {
         /* Thread and callback checks, source tracebacks: asyncio's. */
         return debug < 0 ? -1 : 0;
     }
-    int closed = loop_flag(loop, st->s__closed);
+    int closed = core_flag(core, st->s__closed);
     if (closed != 0) {
         if (closed > 0) {
             PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
@@ -294,6 +405,182 @@ cd_sched_call_soon_threadsafe(cd_loop_t *core, PyObject *const *args,
     return h;
 }
 
+/* ---- The timer heap: loop._scheduled, a list kept in heapq's order.
+ *
+ * The same sift algorithms as CPython's _heapq module, with the same
+ * comparison (TimerHandle.__lt__ compares _when) made in C for two
+ * TimerHandles whose _when are floats: the list is the heap heapq would
+ * have built, so asyncio code and tests that use it still find a heap. */
+
+/* 1 if a < b, 0 if not, -1 on error. */
+static int
+timer_lt(cd_state *st, PyObject *a, PyObject *b)
+{
+    PyTypeObject *tp = (PyTypeObject *)st->asyncio_TimerHandle;
+    if (Py_IS_TYPE(a, tp) && Py_IS_TYPE(b, tp)) {
+        PyObject *wa = CD_SLOT(a, st->handle_slots.when);
+        PyObject *wb = CD_SLOT(b, st->handle_slots.when);
+        if (wa != NULL && wb != NULL && PyFloat_CheckExact(wa) &&
+            PyFloat_CheckExact(wb)) {
+            return PyFloat_AS_DOUBLE(wa) < PyFloat_AS_DOUBLE(wb);
+        }
+    }
+    Py_INCREF(a);
+    Py_INCREF(b);
+    int r = PyObject_RichCompareBool(a, b, Py_LT);
+    Py_DECREF(a);
+    Py_DECREF(b);
+    return r;
+}
+
+/* _heapq's siftdown: item pos moves up towards startpos. */
+static int
+heap_siftdown(cd_state *st, PyObject *heap, Py_ssize_t startpos,
+              Py_ssize_t pos)
+{
+    Py_ssize_t size = PyList_GET_SIZE(heap);
+    while (pos > startpos) {
+        Py_ssize_t parentpos = (pos - 1) >> 1;
+        PyObject *item = PyList_GET_ITEM(heap, pos);
+        PyObject *parent = PyList_GET_ITEM(heap, parentpos);
+        int lt = timer_lt(st, item, parent);
+        if (lt < 0) {
+            return -1;
+        }
+        if (size != PyList_GET_SIZE(heap)) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "list changed size during iteration");
+            return -1;
+        }
+        if (lt == 0) {
+            break;
+        }
+        item = PyList_GET_ITEM(heap, pos);
+        parent = PyList_GET_ITEM(heap, parentpos);
+        PyList_SET_ITEM(heap, parentpos, item);
+        PyList_SET_ITEM(heap, pos, parent);
+        pos = parentpos;
+    }
+    return 0;
+}
+
+/* _heapq's siftup: the smaller child rises until a leaf, then siftdown. */
+static int
+heap_siftup(cd_state *st, PyObject *heap, Py_ssize_t pos)
+{
+    Py_ssize_t endpos = PyList_GET_SIZE(heap), startpos = pos;
+    Py_ssize_t limit = endpos >> 1;
+    while (pos < limit) {
+        Py_ssize_t childpos = 2 * pos + 1;
+        if (childpos + 1 < endpos) {
+            int lt = timer_lt(st, PyList_GET_ITEM(heap, childpos),
+                              PyList_GET_ITEM(heap, childpos + 1));
+            if (lt < 0) {
+                return -1;
+            }
+            childpos += lt ^ 1;
+            if (endpos != PyList_GET_SIZE(heap)) {
+                PyErr_SetString(PyExc_RuntimeError,
+                                "list changed size during iteration");
+                return -1;
+            }
+        }
+        PyObject *child = PyList_GET_ITEM(heap, childpos);
+        PyList_SET_ITEM(heap, childpos, PyList_GET_ITEM(heap, pos));
+        PyList_SET_ITEM(heap, pos, child);
+        pos = childpos;
+    }
+    return heap_siftdown(st, heap, startpos, pos);
+}
+
+/* heapq.heappush(heap, item). */
+static int
+heap_push(cd_state *st, PyObject *heap, PyObject *item)
+{
+    if (PyList_Append(heap, item) < 0) {
+        return -1;
+    }
+    return heap_siftdown(st, heap, 0, PyList_GET_SIZE(heap) - 1);
+}
+
+/* New reference: heapq.heappop(heap) of a non-empty heap. */
+static PyObject *
+heap_pop(cd_state *st, PyObject *heap)
+{
+    Py_ssize_t n = PyList_GET_SIZE(heap);
+    PyObject *last = Py_NewRef(PyList_GET_ITEM(heap, n - 1));
+    if (PyList_SetSlice(heap, n - 1, n, NULL) < 0) {
+        Py_DECREF(last);
+        return NULL;
+    }
+    if (n == 1) {
+        return last;
+    }
+    /* The first item's reference moves to the caller; last's to heap[0]. */
+    PyObject *first = PyList_GET_ITEM(heap, 0);
+    PyList_SET_ITEM(heap, 0, last);
+    if (heap_siftup(st, heap, 0) < 0) {
+        Py_DECREF(first);
+        return NULL;
+    }
+    return first;
+}
+
+/* heapq.heapify(heap). */
+static int
+heap_heapify(cd_state *st, PyObject *heap)
+{
+    for (Py_ssize_t i = PyList_GET_SIZE(heap) / 2 - 1; i >= 0; i--) {
+        if (heap_siftup(st, heap, i) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* timer._scheduled = v. */
+static int
+timer_set_scheduled(cd_state *st, PyObject *h, PyObject *v)
+{
+    if (PyObject_TypeCheck(h, (PyTypeObject *)st->asyncio_TimerHandle)) {
+        Py_XSETREF(CD_SLOT(h, st->handle_slots.scheduled), Py_NewRef(v));
+        return 0;
+    }
+    return PyObject_SetAttr(h, st->s__scheduled, v);
+}
+
+/* timer._when as a double; -1 with an exception on error. */
+static int
+timer_when(cd_state *st, PyObject *h, double *out)
+{
+    if (PyObject_TypeCheck(h, (PyTypeObject *)st->asyncio_TimerHandle)) {
+        PyObject *w = CD_SLOT(h, st->handle_slots.when);
+        if (w != NULL && PyFloat_CheckExact(w)) {
+            *out = PyFloat_AS_DOUBLE(w);
+            return 0;
+        }
+    }
+    PyObject *w = PyObject_GetAttr(h, st->s__when);
+    if (w == NULL) {
+        return -1;
+    }
+    *out = PyFloat_AsDouble(w);
+    Py_DECREF(w);
+    return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* New reference: loop._scheduled, which must be a list. */
+static PyObject *
+core_scheduled(cd_loop_t *core)
+{
+    PyObject *sched = core_get(core, core->st->s__scheduled);
+    if (sched != NULL && !PyList_Check(sched)) {
+        PyErr_SetString(PyExc_TypeError, "loop._scheduled is not a list");
+        Py_CLEAR(sched);
+    }
+    return sched;
+}
+
 /* Pushes a new TimerHandle(when, ...) on the loop's heap (call_at). */
 static PyObject *
 sched_timer(cd_loop_t *core, PyObject *when, PyObject *const *args,
@@ -310,17 +597,13 @@ sched_timer(cd_loop_t *core, PyObject *when, PyObject *const *args,
     }
     CD_SLOT(h, o->when) = Py_NewRef(when);
     CD_SLOT(h, o->scheduled) = Py_NewRef(Py_False);
-    PyObject *sched = PyObject_GetAttr(core->aio_loop, st->s__scheduled);
-    PyObject *r = NULL;
-    if (sched != NULL) {
-        r = PyObject_CallFunctionObjArgs(st->heapq_heappush, sched, h, NULL);
-        Py_DECREF(sched);
-    }
-    if (r == NULL) {
+    PyObject *sched = core_scheduled(core);
+    int r = sched ? heap_push(st, sched, h) : -1;
+    Py_XDECREF(sched);
+    if (r < 0) {
         Py_DECREF(h);
         return NULL;
     }
-    Py_DECREF(r);
     Py_SETREF(CD_SLOT(h, o->scheduled), Py_NewRef(Py_True));
     return h;
 }
@@ -356,7 +639,7 @@ cd_sched_call_later(cd_loop_t *core, PyObject *const *args, size_t nargsf,
                       : sched_fallback(st->base_call_later, core->aio_loop,
                                        args, nargs, kwnames);
     }
-    PyObject *now = PyObject_CallMethodNoArgs(core->aio_loop, st->s_time);
+    PyObject *now = core_time_obj(core);
     PyObject *when = now ? PyNumber_Add(now, args[0]) : NULL;
     Py_XDECREF(now);
     if (when == NULL) {
@@ -365,6 +648,38 @@ cd_sched_call_later(cd_loop_t *core, PyObject *const *args, size_t nargsf,
     PyObject *h = sched_timer(core, when, args + 1, nargs - 1, context);
     Py_DECREF(when);
     return h;
+}
+
+/* timer_cancelled(handle): BaseEventLoop._timer_handle_cancelled, which
+ * TimerHandle.cancel() calls: counts the cancelled timers still in the
+ * heap. */
+PyObject *
+cd_sched_timer_cancelled(cd_loop_t *core, PyObject *h)
+{
+    cd_state *st = core->st;
+    if (core->aio_loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "loop core is not attached");
+        return NULL;
+    }
+    int scheduled;
+    if (PyObject_TypeCheck(h, (PyTypeObject *)st->asyncio_TimerHandle) &&
+        CD_SLOT(h, st->handle_slots.scheduled) != NULL) {
+        scheduled = PyObject_IsTrue(CD_SLOT(h, st->handle_slots.scheduled));
+    }
+    else {
+        scheduled = obj_flag(h, st->s__scheduled);
+    }
+    if (scheduled <= 0) {
+        return scheduled < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *n = core_get(core, st->s__timer_cancelled_count);
+    PyObject *one = n ? PyLong_FromLong(1) : NULL;
+    PyObject *sum = one ? PyNumber_InPlaceAdd(n, one) : NULL;
+    int r = sum ? core_set(core, st->s__timer_cancelled_count, sum) : -1;
+    Py_XDECREF(n);
+    Py_XDECREF(one);
+    Py_XDECREF(sum);
+    return r < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 /* Handle._run(), for a Handle or TimerHandle whose slots are known. */
@@ -436,15 +751,15 @@ handle_cancelled(cd_state *st, PyObject *h)
             return 1;
         }
     }
-    return loop_flag(h, st->s__cancelled);
+    return obj_flag(h, st->s__cancelled);
 }
 
 /* asyncio's rebuild of a heap that is mostly cancelled timers. */
 static int
-sched_rebuild(cd_loop_t *core, PyObject *loop, PyObject *sched)
+sched_rebuild(cd_loop_t *core, PyObject *sched)
 {
     cd_state *st = core->st;
-    PyObject *fresh = PyList_New(0), *r = NULL, *zero = NULL;
+    PyObject *fresh = PyList_New(0), *zero = NULL;
     int rc = -1;
     if (fresh == NULL) {
         return -1;
@@ -452,22 +767,19 @@ sched_rebuild(cd_loop_t *core, PyObject *loop, PyObject *sched)
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(sched); i++) {
         PyObject *h = PyList_GET_ITEM(sched, i);
         int c = handle_cancelled(st, h);
-        if (c < 0 ||
-            (c > 0 && PyObject_SetAttr(h, st->s__scheduled, Py_False) < 0) ||
+        if (c < 0 || (c > 0 && timer_set_scheduled(st, h, Py_False) < 0) ||
             (c == 0 && PyList_Append(fresh, h) < 0)) {
             goto done;
         }
     }
-    r = PyObject_CallOneArg(st->heapq_heapify, fresh);
     zero = PyLong_FromLong(0);
-    if (r == NULL || zero == NULL ||
-        PyObject_SetAttr(loop, st->s__scheduled, fresh) < 0 ||
-        PyObject_SetAttr(loop, st->s__timer_cancelled_count, zero) < 0) {
+    if (zero == NULL || heap_heapify(st, fresh) < 0 ||
+        core_set(core, st->s__scheduled, fresh) < 0 ||
+        core_set(core, st->s__timer_cancelled_count, zero) < 0) {
         goto done;
     }
     rc = 0;
 done:
-    Py_XDECREF(r);
     Py_XDECREF(zero);
     Py_DECREF(fresh);
     return rc;
@@ -475,14 +787,14 @@ done:
 
 /* Drops cancelled timers from the heap (the first part of _run_once). */
 static int
-sched_prune(cd_loop_t *core, PyObject *loop, PyObject *sched)
+sched_prune(cd_loop_t *core, PyObject *sched)
 {
     cd_state *st = core->st;
     Py_ssize_t n = PyList_GET_SIZE(sched);
     if (n == 0) {
         return 0;
     }
-    PyObject *cnt = PyObject_GetAttr(loop, st->s__timer_cancelled_count);
+    PyObject *cnt = core_get(core, st->s__timer_cancelled_count);
     if (cnt == NULL) {
         return -1;
     }
@@ -493,7 +805,7 @@ sched_prune(cd_loop_t *core, PyObject *loop, PyObject *sched)
     }
     if (n > CD_MIN_SCHEDULED_TIMER_HANDLES &&
         (double)cancelled / (double)n > CD_MIN_CANCELLED_FRACTION) {
-        return sched_rebuild(core, loop, sched);
+        return sched_rebuild(core, sched);
     }
     Py_ssize_t start = cancelled;
     while (PyList_GET_SIZE(sched) > 0) {
@@ -505,8 +817,8 @@ sched_prune(cd_loop_t *core, PyObject *loop, PyObject *sched)
             break;
         }
         cancelled--;
-        PyObject *h = PyObject_CallOneArg(st->heapq_heappop, sched);
-        if (h == NULL || PyObject_SetAttr(h, st->s__scheduled, Py_False) < 0) {
+        PyObject *h = heap_pop(st, sched);
+        if (h == NULL || timer_set_scheduled(st, h, Py_False) < 0) {
             Py_XDECREF(h);
             return -1;
         }
@@ -514,72 +826,38 @@ sched_prune(cd_loop_t *core, PyObject *loop, PyObject *sched)
     }
     if (cancelled != start) {
         PyObject *v = PyLong_FromSsize_t(cancelled);
-        int r =
-            v ? PyObject_SetAttr(loop, st->s__timer_cancelled_count, v) : -1;
+        int r = v ? core_set(core, st->s__timer_cancelled_count, v) : -1;
         Py_XDECREF(v);
         return r;
     }
     return 0;
 }
 
-/* Returns loop.time() (+ extra attribute of loop if given), -1 on error
- * with an exception set. */
-static int
-loop_time(cd_loop_t *core, PyObject *loop, PyObject *plus, double *out)
-{
-    PyObject *t = PyObject_CallMethodNoArgs(loop, core->st->s_time);
-    if (t == NULL) {
-        return -1;
-    }
-    *out = PyFloat_AsDouble(t);
-    Py_DECREF(t);
-    if (*out == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (plus != NULL) {
-        PyObject *v = PyObject_GetAttr(loop, plus);
-        double d = v ? PyFloat_AsDouble(v) : -1.0;
-        Py_XDECREF(v);
-        if (d == -1.0 && PyErr_Occurred()) {
-            return -1;
-        }
-        *out += d;
-    }
-    return 0;
-}
-
-/* timer._when as a double; -1 with an exception on error. */
-static int
-timer_when(cd_state *st, PyObject *h, double *out)
-{
-    PyObject *w = PyObject_GetAttr(h, st->s__when);
-    if (w == NULL) {
-        return -1;
-    }
-    *out = PyFloat_AsDouble(w);
-    Py_DECREF(w);
-    return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
-}
-
 /* New reference: select()'s timeout, as _run_once computes it. */
 static PyObject *
-sched_timeout(cd_loop_t *core, PyObject *loop, PyObject *sched)
+sched_timeout(cd_loop_t *core)
 {
     cd_state *st = core->st;
     Py_ssize_t nready = PyObject_Size(core->aio_ready);
     if (nready < 0) {
         return NULL;
     }
-    int stopping = nready ? 1 : loop_flag(loop, st->s__stopping);
+    int stopping = nready ? 1 : core_flag(core, st->s__stopping);
     if (stopping != 0) {
         return stopping < 0 ? NULL : PyLong_FromLong(0);
     }
+    PyObject *sched = core_scheduled(core);
+    if (sched == NULL) {
+        return NULL;
+    }
     if (PyList_GET_SIZE(sched) == 0) {
+        Py_DECREF(sched);
         Py_RETURN_NONE;
     }
     double when, now;
-    if (timer_when(st, PyList_GET_ITEM(sched, 0), &when) < 0 ||
-        loop_time(core, loop, NULL, &now) < 0) {
+    int r = timer_when(st, PyList_GET_ITEM(sched, 0), &when);
+    Py_DECREF(sched);
+    if (r < 0 || core_time(core, &now) < 0) {
         return NULL;
     }
     double t = when - now;
@@ -594,26 +872,26 @@ sched_timeout(cd_loop_t *core, PyObject *loop, PyObject *sched)
 
 /* Moves the timers due by now (+ the clock's resolution) to _ready. */
 static int
-sched_move_due(cd_loop_t *core, PyObject *loop)
+sched_move_due(cd_loop_t *core)
 {
     cd_state *st = core->st;
-    PyObject *sched = PyObject_GetAttr(loop, st->s__scheduled);
-    double end, when;
+    PyObject *sched = core_scheduled(core), *res = NULL;
+    double end, when, resolution;
     int rc = -1;
     if (sched == NULL) {
         return -1;
-    }
-    if (!PyList_Check(sched)) {
-        PyErr_SetString(PyExc_TypeError, "loop._scheduled is not a list");
-        goto done;
     }
     if (PyList_GET_SIZE(sched) == 0) {
         rc = 0;
         goto done;
     }
-    if (loop_time(core, loop, st->s__clock_resolution, &end) < 0) {
+    res = core_get(core, st->s__clock_resolution);
+    resolution = res ? PyFloat_AsDouble(res) : -1.0;
+    if ((resolution == -1.0 && PyErr_Occurred()) ||
+        core_time(core, &end) < 0) {
         goto done;
     }
+    end += resolution;
     while (PyList_GET_SIZE(sched) > 0) {
         if (timer_when(st, PyList_GET_ITEM(sched, 0), &when) < 0) {
             goto done;
@@ -621,10 +899,9 @@ sched_move_due(cd_loop_t *core, PyObject *loop)
         if (when >= end) {
             break;
         }
-        PyObject *h = PyObject_CallOneArg(st->heapq_heappop, sched);
+        PyObject *h = heap_pop(st, sched);
         PyObject *r = NULL;
-        if (h != NULL &&
-            PyObject_SetAttr(h, st->s__scheduled, Py_False) == 0) {
+        if (h != NULL && timer_set_scheduled(st, h, Py_False) == 0) {
             r = PyObject_CallOneArg(core->ready_append, h);
         }
         Py_XDECREF(h);
@@ -635,6 +912,7 @@ sched_move_due(cd_loop_t *core, PyObject *loop)
     }
     rc = 0;
 done:
+    Py_XDECREF(res);
     Py_DECREF(sched);
     return rc;
 }
@@ -664,70 +942,109 @@ sched_run_ready(cd_loop_t *core)
     return 0;
 }
 
-/* step(): BaseEventLoop._run_once. */
-PyObject *
-cd_sched_step(cd_loop_t *core, PyObject *unused)
+/* The poll of one step: the selector's select(timeout), in C for ours,
+ * then _process_events of what it returned. */
+static int
+sched_poll(cd_loop_t *core)
 {
     cd_state *st = core->st;
-    PyObject *loop = core->aio_loop;
-    PyObject *sched = NULL, *timeout = NULL, *sel = NULL, *events = NULL;
+    PyObject *timeout = sched_timeout(core), *sel = NULL, *events = NULL;
     PyObject *r = NULL;
-    if (loop == NULL || core->aio_ready == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "loop core is not attached");
-        return NULL;
-    }
-    int debug = loop_flag(loop, st->s__debug);
-    if (debug != 0) {
-        /* Slow-callback warnings and _current_handle: asyncio's. */
-        return debug < 0 ? NULL : PyObject_CallOneArg(st->base_run_once, loop);
-    }
-    sched = PyObject_GetAttr(loop, st->s__scheduled);
-    if (sched == NULL) {
-        goto done;
-    }
-    if (!PyList_Check(sched)) {
-        PyErr_SetString(PyExc_TypeError, "loop._scheduled is not a list");
-        goto done;
-    }
-    if (sched_prune(core, loop, sched) < 0) {
-        goto done;
-    }
-    /* The rebuild may have replaced the list. */
-    Py_SETREF(sched, PyObject_GetAttr(loop, st->s__scheduled));
-    if (sched == NULL || !PyList_Check(sched)) {
-        goto done;
-    }
-    timeout = sched_timeout(core, loop, sched);
-    sel = timeout ? PyObject_GetAttr(loop, st->s__selector) : NULL;
+    sel = timeout ? core_get(core, st->s__selector) : NULL;
     if (sel != NULL && sel == core->selector) {
         events = cd_loop_select(core, sel, timeout);
     }
     else if (sel != NULL) {
         events = PyObject_CallMethodOneArg(sel, st->s_select, timeout);
     }
-    if (events == NULL) {
-        goto done;
-    }
-    if (PyList_CheckExact(events) && PyList_GET_SIZE(events) == 0) {
+    if (events != NULL && PyList_CheckExact(events) &&
+        PyList_GET_SIZE(events) == 0) {
         /* _process_events() of nothing does nothing. */
         r = Py_NewRef(Py_None);
     }
-    else {
-        r = PyObject_CallMethodOneArg(loop, st->s__process_events, events);
+    else if (events != NULL) {
+        r = PyObject_CallMethodOneArg(core->aio_loop, st->s__process_events,
+                                      events);
     }
-    Py_CLEAR(events);
-    if (r == NULL || sched_move_due(core, loop) < 0 ||
-        sched_run_ready(core) < 0) {
-        Py_CLEAR(r);
-        goto done;
-    }
-    Py_SETREF(r, Py_NewRef(Py_None));
-done:
-    Py_XDECREF(sched);
     Py_XDECREF(timeout);
     Py_XDECREF(sel);
     Py_XDECREF(events);
-    return r;
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+/* step(): BaseEventLoop._run_once. */
+PyObject *
+cd_sched_step(cd_loop_t *core, PyObject *unused)
+{
+    cd_state *st = core->st;
+    if (core->aio_loop == NULL || core->aio_ready == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "loop core is not attached");
+        return NULL;
+    }
+    int debug = core_flag(core, st->s__debug);
+    if (debug != 0) {
+        /* Slow-callback warnings and _current_handle: asyncio's. */
+        return debug < 0
+                   ? NULL
+                   : PyObject_CallOneArg(st->base_run_once, core->aio_loop);
+    }
+    PyObject *sched = core_scheduled(core);
+    int r = sched ? sched_prune(core, sched) : -1;
+    Py_XDECREF(sched);
+    if (r < 0 || sched_poll(core) < 0 || sched_move_due(core) < 0 ||
+        sched_run_ready(core) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Reads the loop's attributes from its __dict__ if its class has no data
+ * descriptor for any name the core reads; notes whether it keeps
+ * BaseEventLoop.time. */
+static int
+sched_attach_dict(cd_loop_t *core)
+{
+    cd_state *st = core->st;
+    PyObject *tp = (PyObject *)Py_TYPE(core->aio_loop);
+    PyObject *names[] = {st->s__debug,           st->s__closed,
+                         st->s__scheduled,       st->s__timer_cancelled_count,
+                         st->s__stopping,        st->s__selector,
+                         st->s__clock_resolution};
+    Py_CLEAR(core->aio_dict);
+    core->time_is_base = 0;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        PyObject *d = PyObject_GetAttr(tp, names[i]);
+        if (d == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                return -1;
+            }
+            PyErr_Clear();
+            continue;
+        }
+        int data = Py_TYPE(d)->tp_descr_set != NULL;
+        Py_DECREF(d);
+        if (data) {
+            return 0;
+        }
+    }
+    PyObject *t = PyObject_GetAttr(tp, st->s_time);
+    if (t == NULL) {
+        return -1;
+    }
+    core->time_is_base = t == st->base_time;
+    Py_DECREF(t);
+    PyObject *d = PyObject_GenericGetDict(core->aio_loop, NULL);
+    if (d == NULL) {
+        return -1;
+    }
+    if (PyDict_CheckExact(d)) {
+        core->aio_dict = d;
+    }
+    else {
+        Py_DECREF(d);
+    }
+    return 0;
 }
 
 /* sched_init(ready, report, selector): the loop's _ready deque, the
@@ -741,11 +1058,16 @@ cd_sched_attach(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs)
                         "sched_init(ready, report, selector)");
         return NULL;
     }
+    if (core->aio_loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "loop core is not attached");
+        return NULL;
+    }
     PyObject *append = PyObject_GetAttrString(args[0], "append");
     PyObject *popleft =
         append ? PyObject_GetAttrString(args[0], "popleft") : NULL;
-    if (popleft == NULL) {
+    if (popleft == NULL || sched_attach_dict(core) < 0) {
         Py_XDECREF(append);
+        Py_XDECREF(popleft);
         return NULL;
     }
     Py_XSETREF(core->aio_ready, Py_NewRef(args[0]));
@@ -760,6 +1082,7 @@ int
 cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg)
 {
     Py_VISIT(core->aio_ready);
+    Py_VISIT(core->aio_dict);
     Py_VISIT(core->ready_append);
     Py_VISIT(core->ready_popleft);
     Py_VISIT(core->report);
@@ -771,6 +1094,7 @@ void
 cd_sched_loop_clear(cd_loop_t *core)
 {
     Py_CLEAR(core->aio_ready);
+    Py_CLEAR(core->aio_dict);
     Py_CLEAR(core->ready_append);
     Py_CLEAR(core->ready_popleft);
     Py_CLEAR(core->report);

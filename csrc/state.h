@@ -147,9 +147,7 @@ typedef struct {
     PyObject *base_call_at;   /* BaseEventLoop.call_at */
     PyObject *base_call_later;
     PyObject *base_call_soon_threadsafe;
-    PyObject *heapq_heappush;
-    PyObject *heapq_heappop;
-    PyObject *heapq_heapify;
+    PyObject *base_time; /* BaseEventLoop.time */
     cd_handle_slots_t handle_slots;
     PyObject *empty_bytes;
     PyObject *empty_tuple;

@@ -70,9 +70,7 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->asyncio_TimerHandle);
     Py_VISIT(st->base_call_soon);
     Py_VISIT(st->base_run_once);
-    Py_VISIT(st->heapq_heappop);
-    Py_VISIT(st->heapq_heapify);
-    Py_VISIT(st->heapq_heappush);
+    Py_VISIT(st->base_time);
     Py_VISIT(st->base_call_later);
     Py_VISIT(st->base_call_soon_threadsafe);
     Py_VISIT(st->base_call_at);
@@ -110,9 +108,7 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->asyncio_TimerHandle);
     Py_CLEAR(st->base_call_soon);
     Py_CLEAR(st->base_run_once);
-    Py_CLEAR(st->heapq_heappop);
-    Py_CLEAR(st->heapq_heapify);
-    Py_CLEAR(st->heapq_heappush);
+    Py_CLEAR(st->base_time);
     Py_CLEAR(st->base_call_later);
     Py_CLEAR(st->base_call_soon_threadsafe);
     Py_CLEAR(st->base_call_at);

@@ -465,3 +465,51 @@ def test_handles_made_in_c_are_freed_without_the_gc(loop):
         assert live() <= before
     finally:
         gc.enable()
+
+
+def test_the_timer_heap_is_the_list_heapq_would_build():
+    def scenario(loop):
+        out = []
+        base = 1000.0
+        # Ties, ints and floats, cancellations and pops: the list's layout
+        # must be heapq's, item for item.
+        whens = [base + (i * 37 % 11) * 0.5 for i in range(150)] + [900, 900.0, 1002]
+        handles = [loop.call_at(w, out.append, i) for i, w in enumerate(whens)]
+        index = {id(h): i for i, h in enumerate(handles)}
+        layouts = [[index[id(h)] for h in loop._scheduled]]
+        for h in handles[3:80:3]:
+            h.cancel()
+        loop.time = lambda: 1003.0
+        loop._run_once()  # prunes, runs what is due
+        layouts.append([index[id(h)] for h in loop._scheduled])
+        layouts.append(out)
+        layouts.append([h._scheduled for h in handles])
+        return layouts, loop._timer_cancelled_count
+
+    layouts, cancelled = on_both(scenario)
+    assert len(layouts[0]) == 153 and len(layouts[2]) > 10 and cancelled > 0
+
+
+def test_a_subclass_clock_and_instance_clock_are_used_for_timers():
+    from cdaphne.loop import LibuvEventLoop
+
+    class FakeClock(LibuvEventLoop):
+        def time(self) -> float:
+            return 5000.0
+
+    loop = FakeClock()
+    try:
+        assert loop.call_later(5, print).when() == 5005.0
+        loop.time = lambda: 7.0
+        assert loop.call_later(1, print).when() == 8.0
+        del loop.time
+        assert loop.call_later(2, print).when() == 5002.0
+    finally:
+        loop.close()
+    loop = new_event_loop()
+    try:
+        before = time.monotonic()
+        when = loop.call_later(0, print).when()
+        assert before <= when <= time.monotonic()
+    finally:
+        loop.close()

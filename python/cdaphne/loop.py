@@ -119,11 +119,13 @@ class LibuvEventLoop(asyncio.SelectorEventLoop):
         # signal handlers (thread-safe, silent once closed, as asyncio's).
         self._write_to_self = self.core.wakeup
         # The scheduling core in C (csrc/sched.c), on this loop's own
-        # _ready deque and _scheduled heap; debug mode takes asyncio's paths.
+        # _ready deque and _scheduled heap (kept in heapq's order from C); debug
+        # mode takes asyncio's paths.
         self.core.sched_init(self._ready, _report_callback_error, selector)
         self.call_soon = self.core.call_soon
         self.call_at = self.core.call_at
         self.call_later = self.core.call_later
+        self._timer_handle_cancelled = self.core.timer_cancelled
         if not hasattr(asyncio.events, "_ThreadSafeHandle"):
             # Pythons whose call_soon_threadsafe makes a locked handle
             # keep asyncio's own.
