@@ -192,9 +192,17 @@ loop_poll_once(cd_loop_t *loop, PyObject *timeout)
         }
     }
     loop->nready = 0;
-    loop->released = PyEval_SaveThread();
-    uv_run(&loop->uv, mode);
-    cd_gil_ensure(loop);
+    if (mode == UV_RUN_NOWAIT) {
+        /* A poll that cannot block keeps the GIL (its callbacks would take
+         * it back at once); other threads get it at the interpreter's
+         * switch interval, as they do while callbacks run. */
+        uv_run(&loop->uv, mode);
+    }
+    else {
+        loop->released = PyEval_SaveThread();
+        uv_run(&loop->uv, mode);
+        cd_gil_ensure(loop);
+    }
     uv_timer_stop(&loop->select_timer);
     cd_hop_drain(loop);
     return 0;

@@ -785,7 +785,9 @@ done:
     return rc;
 }
 
-/* Drops cancelled timers from the heap (the first part of _run_once). */
+/* Drops cancelled timers from the heap (the first part of _run_once).
+ * Returns 1 if it replaced loop._scheduled by a new list, 0 if not, -1 on
+ * error. */
 static int
 sched_prune(cd_loop_t *core, PyObject *sched)
 {
@@ -805,7 +807,7 @@ sched_prune(cd_loop_t *core, PyObject *sched)
     }
     if (n > CD_MIN_SCHEDULED_TIMER_HANDLES &&
         (double)cancelled / (double)n > CD_MIN_CANCELLED_FRACTION) {
-        return sched_rebuild(core, sched);
+        return sched_rebuild(core, sched) < 0 ? -1 : 1;
     }
     Py_ssize_t start = cancelled;
     while (PyList_GET_SIZE(sched) > 0) {
@@ -835,7 +837,7 @@ sched_prune(cd_loop_t *core, PyObject *sched)
 
 /* New reference: select()'s timeout, as _run_once computes it. */
 static PyObject *
-sched_timeout(cd_loop_t *core)
+sched_timeout(cd_loop_t *core, PyObject *sched)
 {
     cd_state *st = core->st;
     Py_ssize_t nready = PyObject_Size(core->aio_ready);
@@ -846,18 +848,12 @@ sched_timeout(cd_loop_t *core)
     if (stopping != 0) {
         return stopping < 0 ? NULL : PyLong_FromLong(0);
     }
-    PyObject *sched = core_scheduled(core);
-    if (sched == NULL) {
-        return NULL;
-    }
     if (PyList_GET_SIZE(sched) == 0) {
-        Py_DECREF(sched);
         Py_RETURN_NONE;
     }
     double when, now;
-    int r = timer_when(st, PyList_GET_ITEM(sched, 0), &when);
-    Py_DECREF(sched);
-    if (r < 0 || core_time(core, &now) < 0) {
+    if (timer_when(st, PyList_GET_ITEM(sched, 0), &when) < 0 ||
+        core_time(core, &now) < 0) {
         return NULL;
     }
     double t = when - now;
@@ -872,18 +868,14 @@ sched_timeout(cd_loop_t *core)
 
 /* Moves the timers due by now (+ the clock's resolution) to _ready. */
 static int
-sched_move_due(cd_loop_t *core)
+sched_move_due(cd_loop_t *core, PyObject *sched)
 {
     cd_state *st = core->st;
-    PyObject *sched = core_scheduled(core), *res = NULL;
+    PyObject *res = NULL;
     double end, when, resolution;
     int rc = -1;
-    if (sched == NULL) {
-        return -1;
-    }
     if (PyList_GET_SIZE(sched) == 0) {
-        rc = 0;
-        goto done;
+        return 0;
     }
     res = core_get(core, st->s__clock_resolution);
     resolution = res ? PyFloat_AsDouble(res) : -1.0;
@@ -913,7 +905,6 @@ sched_move_due(cd_loop_t *core)
     rc = 0;
 done:
     Py_XDECREF(res);
-    Py_DECREF(sched);
     return rc;
 }
 
@@ -945,10 +936,11 @@ sched_run_ready(cd_loop_t *core)
 /* The poll of one step: the selector's select(timeout), in C for ours,
  * then _process_events of what it returned. */
 static int
-sched_poll(cd_loop_t *core)
+sched_poll(cd_loop_t *core, PyObject *sched)
 {
     cd_state *st = core->st;
-    PyObject *timeout = sched_timeout(core), *sel = NULL, *events = NULL;
+    PyObject *timeout = sched_timeout(core, sched), *sel = NULL;
+    PyObject *events = NULL;
     PyObject *r = NULL;
     sel = timeout ? core_get(core, st->s__selector) : NULL;
     if (sel != NULL && sel == core->selector) {
@@ -991,11 +983,19 @@ cd_sched_step(cd_loop_t *core, PyObject *unused)
     }
     PyObject *sched = core_scheduled(core);
     int r = sched ? sched_prune(core, sched) : -1;
-    Py_XDECREF(sched);
-    if (r < 0 || sched_poll(core) < 0 || sched_move_due(core) < 0 ||
-        sched_run_ready(core) < 0) {
+    if (r > 0) {
+        /* The rebuild replaced the list. */
+        Py_SETREF(sched, core_scheduled(core));
+        r = sched ? 0 : -1;
+    }
+    /* The list stays loop._scheduled through the step: only a rebuild
+     * replaces it, and the poll runs no application code. */
+    if (r < 0 || sched_poll(core, sched) < 0 ||
+        sched_move_due(core, sched) < 0 || sched_run_ready(core) < 0) {
+        Py_XDECREF(sched);
         return NULL;
     }
+    Py_DECREF(sched);
     Py_RETURN_NONE;
 }
 
