@@ -94,6 +94,7 @@ typedef struct cd_transport_s cd_transport_t;
 typedef struct cd_proto_s cd_proto_t;
 typedef struct cd_tls_s cd_tls_t;
 typedef struct cd_hop_s cd_hop_t;
+typedef struct cd_readyq_s cd_readyq_t;
 
 /* ---- strings.c ---------------------------------------------------- */
 int cd_strings_init(cd_state *st);
@@ -166,14 +167,12 @@ struct cd_loop_s {
     cd_hop_t *hops_head; /* strong: each queued hop, first to complete */
     cd_hop_t *hops_tail; /* borrowed: the last of hops_head's chain */
     /* Scheduling core (sched.c), set by sched_init(). */
-    PyObject *aio_ready;     /* strong: the asyncio loop's _ready deque */
-    PyObject *aio_dict;      /* strong: the asyncio loop's __dict__, where its
-                                attributes are read; NULL: read them with getattr */
-    int time_is_base;        /* the loop's class keeps BaseEventLoop.time */
-    PyObject *ready_append;  /* strong: ready.append */
-    PyObject *ready_popleft; /* strong: ready.popleft */
-    PyObject *report;        /* strong: reports a callback's exception */
-    PyObject *selector;      /* strong: the LibuvSelector over this core */
+    cd_readyq_t *ready_q; /* strong: the ready queue, also loop._ready */
+    PyObject *aio_dict;   /* strong: the asyncio loop's __dict__, where its
+                             attributes are read; NULL: read them with getattr */
+    int time_is_base;     /* the loop's class keeps BaseEventLoop.time */
+    PyObject *report;     /* strong: reports a callback's exception */
+    PyObject *selector;   /* strong: the LibuvSelector over this core */
     int closed;
 };
 
@@ -218,6 +217,16 @@ PyObject *cd_hop_wakeup(cd_loop_t *loop, PyObject *unused);
 /* hop(concurrent_future) -> asyncio future of the loop, completed on
  * the loop's thread when the concurrent one is done (wrap_future). */
 PyObject *cd_hop_wrap(cd_loop_t *loop, PyObject *source);
+
+/* ---- readyq.c: the loop's ready queue (loop._ready) --------------- */
+int cd_readyq_type_init(PyObject *module, cd_state *st);
+/* New reference: an empty queue. */
+PyObject *cd_readyq_new(cd_state *st);
+/* Appends h (a new reference is taken); -1 with MemoryError. */
+int cd_readyq_push(cd_readyq_t *q, PyObject *h);
+/* New reference: the first handle, removed; NULL (no exception) if empty. */
+PyObject *cd_readyq_pop(cd_readyq_t *q);
+Py_ssize_t cd_readyq_len(cd_readyq_t *q);
 
 /* ---- sched.c: call_soon and the run-once step -------------------- */
 /* Imports asyncio's Handle, BaseEventLoop's methods and the slot offsets

@@ -526,7 +526,7 @@ static PyMethodDef loop_methods[] = {
     {"step", (PyCFunction)cd_sched_step, METH_NOARGS,
      "One run-once step of the asyncio loop (_run_once)."},
     {"sched_init", (PyCFunction)(void (*)(void))cd_sched_attach, METH_FASTCALL,
-     "sched_init(ready, report)"},
+     "sched_init(report, selector) -> the ready queue (loop._ready)"},
     {"hop", (PyCFunction)cd_hop_wrap, METH_O,
      "hop(concurrent_future) -> asyncio future completed on this loop."},
     {"close", (PyCFunction)loop_close, METH_NOARGS, NULL},

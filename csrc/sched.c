@@ -3,8 +3,9 @@
  *
  * It works on asyncio's own data, so that everything else in asyncio
  * (close(), the tests that look at loop._ready or loop._scheduled) keeps
- * working unchanged: the ready queue is the loop's `_ready` deque, the
- * timers its `_scheduled` list, kept in heapq's order by heapq's own
+ * working unchanged: the ready queue is a ring of handles in C
+ * (readyq.c) that is the loop's `_ready` with the deque methods asyncio
+ * uses, the timers its `_scheduled` list, kept in heapq's order by heapq's own
  * algorithms with the comparison made in C, and handles are
  * real asyncio.Handle objects (isinstance checks, repr, cancel(),
  * get_context() are asyncio's), created here without running their
@@ -357,12 +358,9 @@ sched_ready_push(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs,
     PyObject *h = cbargs ? handle_new(st, st->asyncio_Handle, args[0], cbargs,
                                       core->aio_loop, context)
                          : NULL;
-    PyObject *r = h ? PyObject_CallOneArg(core->ready_append, h) : NULL;
-    if (r == NULL) {
-        Py_XDECREF(h);
-        return NULL;
+    if (h != NULL && cd_readyq_push(core->ready_q, h) < 0) {
+        Py_CLEAR(h);
     }
-    Py_DECREF(r);
     return h;
 }
 
@@ -840,10 +838,7 @@ static PyObject *
 sched_timeout(cd_loop_t *core, PyObject *sched)
 {
     cd_state *st = core->st;
-    Py_ssize_t nready = PyObject_Size(core->aio_ready);
-    if (nready < 0) {
-        return NULL;
-    }
+    Py_ssize_t nready = cd_readyq_len(core->ready_q);
     int stopping = nready ? 1 : core_flag(core, st->s__stopping);
     if (stopping != 0) {
         return stopping < 0 ? NULL : PyLong_FromLong(0);
@@ -892,15 +887,14 @@ sched_move_due(cd_loop_t *core, PyObject *sched)
             break;
         }
         PyObject *h = heap_pop(st, sched);
-        PyObject *r = NULL;
-        if (h != NULL && timer_set_scheduled(st, h, Py_False) == 0) {
-            r = PyObject_CallOneArg(core->ready_append, h);
+        int r = h ? timer_set_scheduled(st, h, Py_False) : -1;
+        if (r == 0) {
+            r = cd_readyq_push(core->ready_q, h);
         }
         Py_XDECREF(h);
-        if (r == NULL) {
+        if (r < 0) {
             goto done;
         }
-        Py_DECREF(r);
     }
     rc = 0;
 done:
@@ -912,14 +906,12 @@ done:
 static int
 sched_run_ready(cd_loop_t *core)
 {
-    Py_ssize_t ntodo = PyObject_Size(core->aio_ready);
-    if (ntodo < 0) {
-        return -1;
-    }
+    Py_ssize_t ntodo = cd_readyq_len(core->ready_q);
     for (Py_ssize_t i = 0; i < ntodo; i++) {
-        PyObject *h = PyObject_CallNoArgs(core->ready_popleft);
+        PyObject *h = cd_readyq_pop(core->ready_q);
         if (h == NULL) {
-            return -1;
+            /* A callback cleared the queue (the loop closed). */
+            return 0;
         }
         int c = handle_cancelled(core->st, h);
         if (c == 0) {
@@ -970,7 +962,7 @@ PyObject *
 cd_sched_step(cd_loop_t *core, PyObject *unused)
 {
     cd_state *st = core->st;
-    if (core->aio_loop == NULL || core->aio_ready == NULL) {
+    if (core->aio_loop == NULL || core->ready_q == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "loop core is not attached");
         return NULL;
     }
@@ -1047,44 +1039,40 @@ sched_attach_dict(cd_loop_t *core)
     return 0;
 }
 
-/* sched_init(ready, report, selector): the loop's _ready deque, the
- * Python function that reports an exception raised by a callback, and the
- * LibuvSelector whose select() the step runs in C. */
+/* sched_init(report, selector) -> the ready queue: takes the Python
+ * function that reports an exception raised by a callback and the
+ * LibuvSelector whose select() the step runs in C; returns the queue that
+ * becomes loop._ready. */
 PyObject *
 cd_sched_attach(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError,
-                        "sched_init(ready, report, selector)");
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "sched_init(report, selector)");
         return NULL;
     }
     if (core->aio_loop == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "loop core is not attached");
         return NULL;
     }
-    PyObject *append = PyObject_GetAttrString(args[0], "append");
-    PyObject *popleft =
-        append ? PyObject_GetAttrString(args[0], "popleft") : NULL;
-    if (popleft == NULL || sched_attach_dict(core) < 0) {
-        Py_XDECREF(append);
-        Py_XDECREF(popleft);
+    if (core->ready_q == NULL) {
+        core->ready_q = (cd_readyq_t *)cd_readyq_new(core->st);
+        if (core->ready_q == NULL) {
+            return NULL;
+        }
+    }
+    if (sched_attach_dict(core) < 0) {
         return NULL;
     }
-    Py_XSETREF(core->aio_ready, Py_NewRef(args[0]));
-    Py_XSETREF(core->ready_append, append);
-    Py_XSETREF(core->ready_popleft, popleft);
-    Py_XSETREF(core->report, Py_NewRef(args[1]));
-    Py_XSETREF(core->selector, Py_NewRef(args[2]));
-    Py_RETURN_NONE;
+    Py_XSETREF(core->report, Py_NewRef(args[0]));
+    Py_XSETREF(core->selector, Py_NewRef(args[1]));
+    return Py_NewRef((PyObject *)core->ready_q);
 }
 
 int
 cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg)
 {
-    Py_VISIT(core->aio_ready);
+    Py_VISIT((PyObject *)core->ready_q);
     Py_VISIT(core->aio_dict);
-    Py_VISIT(core->ready_append);
-    Py_VISIT(core->ready_popleft);
     Py_VISIT(core->report);
     Py_VISIT(core->selector);
     return 0;
@@ -1093,10 +1081,8 @@ cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg)
 void
 cd_sched_loop_clear(cd_loop_t *core)
 {
-    Py_CLEAR(core->aio_ready);
+    Py_CLEAR(core->ready_q);
     Py_CLEAR(core->aio_dict);
-    Py_CLEAR(core->ready_append);
-    Py_CLEAR(core->ready_popleft);
     Py_CLEAR(core->report);
     Py_CLEAR(core->selector);
 }

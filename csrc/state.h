@@ -124,6 +124,7 @@ typedef struct {
     PyTypeObject *Waiter_type;
     PyTypeObject *TLSContext_type;
     PyTypeObject *Hop_type;
+    PyTypeObject *ReadyQueue_type;
 
     /* Imported at exec time: asyncio.Task, logging callables. */
     PyObject *asyncio_Task;

@@ -61,6 +61,7 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->Waiter_type);
     Py_VISIT(st->TLSContext_type);
     Py_VISIT(st->Hop_type);
+    Py_VISIT(st->ReadyQueue_type);
     Py_VISIT(st->convert_future_exc);
     Py_VISIT(st->cf_Future);
     Py_VISIT(st->cf_FINISHED);
@@ -99,6 +100,7 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->Waiter_type);
     Py_CLEAR(st->TLSContext_type);
     Py_CLEAR(st->Hop_type);
+    Py_CLEAR(st->ReadyQueue_type);
     Py_CLEAR(st->convert_future_exc);
     Py_CLEAR(st->cf_Future);
     Py_CLEAR(st->cf_FINISHED);

@@ -513,3 +513,46 @@ def test_a_subclass_clock_and_instance_clock_are_used_for_timers():
         assert before <= when <= time.monotonic()
     finally:
         loop.close()
+
+
+def test_the_ready_queue_behaves_like_asyncios_deque():
+    def scenario(loop):
+        out = []
+        ready = loop._ready
+        hs = [asyncio.Handle(out.append, (i,), loop) for i in range(200)]
+        for h in hs[:150]:
+            ready.append(h)
+        for h in hs[150:]:
+            ready.appendleft(h)
+        got = [len(ready), bool(ready), ready[0] is hs[-1], ready[-1] is hs[149]]
+        got += [hs[3] in ready, ready.popleft() is hs[-1], ready.pop() is hs[149]]
+        got.append(len(list(ready)))
+        loop._run_once()  # runs what was queued (no poll wait: ready is not empty)
+        got += [len(ready), bool(ready), out[:3], len(out)]
+        with pytest.raises(IndexError):
+            ready.popleft()
+        with pytest.raises(IndexError):
+            ready.pop()
+        with pytest.raises(IndexError):
+            ready[0]
+        ready.append(hs[0])
+        ready.clear()
+        got.append(len(ready))
+        return got
+
+    got = on_both(scenario)
+    assert got[:7] == [200, True, True, True, True, True, True]
+    assert got[-1] == 0 and got[-2] == 198
+
+
+def test_the_ready_queue_in_debug_mode_and_across_close(loop):
+    loop.set_debug(True)
+    out = []
+    loop.call_soon(out.append, 1)  # asyncio's call_soon: _ready.append
+    assert len(loop._ready) == 1 and "Handle" in repr(loop._ready)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == [1] and not loop._ready
+    loop.call_soon(out.append, 2)
+    loop.close()
+    assert len(loop._ready) == 0

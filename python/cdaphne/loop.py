@@ -118,10 +118,13 @@ class LibuvEventLoop(asyncio.SelectorEventLoop):
         # Replaces the self-pipe write of call_soon_threadsafe() and of
         # signal handlers (thread-safe, silent once closed, as asyncio's).
         self._write_to_self = self.core.wakeup
-        # The scheduling core in C (csrc/sched.c), on this loop's own
-        # _ready deque and _scheduled heap (kept in heapq's order from C); debug
-        # mode takes asyncio's paths.
-        self.core.sched_init(self._ready, _report_callback_error, selector)
+        # The scheduling core in C (csrc/sched.c): _ready becomes its ring
+        # of handles (csrc/readyq.c), _scheduled stays a list (kept in
+        # heapq's order from C); debug mode takes asyncio's paths.
+        ready = self.core.sched_init(_report_callback_error, selector)
+        for handle in self._ready:
+            ready.append(handle)
+        self._ready = ready
         self.call_soon = self.core.call_soon
         self.call_at = self.core.call_at
         self.call_later = self.core.call_later
