@@ -138,6 +138,24 @@ typedef struct {
     int events;
 } cd_ready_t;
 
+/* The asyncio loop's attributes that the scheduling core reads at every
+ * step, as last read from its __dict__; valid while no watched loop
+ * __dict__ changed since (sched.c, Python 3.12+: dict watchers). */
+typedef enum {
+    CD_ATTR_DEBUG,         /* loop._debug */
+    CD_ATTR_CLOSED,        /* loop._closed */
+    CD_ATTR_STOPPING,      /* loop._stopping */
+    CD_ATTR_TIME_IS_CLOCK, /* loop.time() is BaseEventLoop.time */
+    CD_ATTR_NFLAGS,
+} cd_attr_flag_t;
+
+typedef struct {
+    uint64_t gen;        /* the watcher generation read at; 0: nothing */
+    PyObject *scheduled; /* strong: loop._scheduled (a list), or NULL */
+    PyObject *selector;  /* strong: loop._selector, or NULL */
+    signed char flag[CD_ATTR_NFLAGS]; /* 0 or 1; -1: not a bool */
+} cd_loop_attrs_t;
+
 /* The Python object LoopCore.  It owns the uv_loop_t; asyncio's
  * SelectorEventLoop drives it through cdaphne.loop.LibuvSelector. */
 struct cd_loop_s {
@@ -167,12 +185,13 @@ struct cd_loop_s {
     cd_hop_t *hops_head; /* strong: each queued hop, first to complete */
     cd_hop_t *hops_tail; /* borrowed: the last of hops_head's chain */
     /* Scheduling core (sched.c), set by sched_init(). */
-    cd_readyq_t *ready_q; /* strong: the ready queue, also loop._ready */
-    PyObject *aio_dict;   /* strong: the asyncio loop's __dict__, where its
-                             attributes are read; NULL: read them with getattr */
-    int time_is_base;     /* the loop's class keeps BaseEventLoop.time */
-    PyObject *report;     /* strong: reports a callback's exception */
-    PyObject *selector;   /* strong: the LibuvSelector over this core */
+    cd_readyq_t *ready_q;  /* strong: the ready queue, also loop._ready */
+    PyObject *aio_dict;    /* strong: the asyncio loop's __dict__, where its
+                              attributes are read; NULL: read them with getattr */
+    int time_is_base;      /* the loop's class keeps BaseEventLoop.time */
+    cd_loop_attrs_t attrs; /* what was read from aio_dict (sched.c) */
+    PyObject *report;      /* strong: reports a callback's exception */
+    PyObject *selector;    /* strong: the LibuvSelector over this core */
     int closed;
 };
 
@@ -189,10 +208,9 @@ cd_gil_ensure(cd_loop_t *loop)
 }
 
 int cd_loop_type_init(PyObject *module, cd_state *st);
-/* LibuvSelector.select(timeout) in C: new reference to the list of
- * (key, events) that asyncio's _process_events takes. */
-PyObject *cd_loop_select(cd_loop_t *loop, PyObject *selector,
-                         PyObject *timeout);
+/* LibuvSelector.select(timeout) in C (a negative timeout blocks): new
+ * reference to the list of (key, events) that _process_events takes. */
+PyObject *cd_loop_select(cd_loop_t *loop, PyObject *selector, double timeout);
 /* Write out what every corked conn has queued (before each poll). */
 void cd_loop_flush(cd_loop_t *loop);
 /* Queues a cycle whose application must start on the next dispatch.
@@ -232,6 +250,8 @@ Py_ssize_t cd_readyq_len(cd_readyq_t *q);
 /* Imports asyncio's Handle, BaseEventLoop's methods and the slot offsets
  * into st. */
 int cd_sched_init(cd_state *st);
+/* Drops the dict watcher of cd_sched_init (module clear). */
+void cd_sched_state_clear(cd_state *st);
 PyObject *cd_sched_call_soon(cd_loop_t *core, PyObject *const *args,
                              size_t nargsf, PyObject *kwnames);
 PyObject *cd_sched_call_soon_threadsafe(cd_loop_t *core, PyObject *const *args,

@@ -157,10 +157,10 @@ select_timer_on_fire(uv_timer_t *t)
     uv_stop(t->loop);
 }
 
-/* Runs libuv once (timeout None blocks); the events asyncio asked about
- * are left in loop->ready[0..nready). */
+/* Runs libuv once (a negative timeout blocks); the events asyncio asked
+ * about are left in loop->ready[0..nready). */
 static int
-loop_poll_once(cd_loop_t *loop, PyObject *timeout)
+loop_poll_once(cd_loop_t *loop, double timeout)
 {
     if (loop->closed) {
         PyErr_SetString(PyExc_RuntimeError, "loop core is closed");
@@ -171,25 +171,17 @@ loop_poll_once(cd_loop_t *loop, PyObject *timeout)
     loop->st->scheduled = 0;
     cd_loop_flush(loop);
     uv_run_mode mode = UV_RUN_ONCE;
-    if (PyList_GET_SIZE(loop->pending) > 0 || loop->st->scheduled) {
+    if (PyList_GET_SIZE(loop->pending) > 0 || loop->st->scheduled ||
+        timeout == 0) {
         mode = UV_RUN_NOWAIT;
     }
-    else if (timeout != Py_None) {
-        double t = PyFloat_AsDouble(timeout);
-        if (t == -1.0 && PyErr_Occurred()) {
-            return -1;
-        }
-        if (t <= 0) {
-            mode = UV_RUN_NOWAIT;
-        }
-        else {
-            uint64_t ms = (uint64_t)ceil(t * 1000.0);
-            /* libuv's clock is cached from the last uv_run: without an
-             * update the timer would be due at once, fire before the
-             * poll, and leave epoll_wait with no timeout at all. */
-            uv_update_time(&loop->uv);
-            uv_timer_start(&loop->select_timer, select_timer_on_fire, ms, 0);
-        }
+    else if (timeout > 0) {
+        uint64_t ms = (uint64_t)ceil(timeout * 1000.0);
+        /* libuv's clock is cached from the last uv_run: without an
+         * update the timer would be due at once, fire before the
+         * poll, and leave epoll_wait with no timeout at all. */
+        uv_update_time(&loop->uv);
+        uv_timer_start(&loop->select_timer, select_timer_on_fire, ms, 0);
     }
     loop->nready = 0;
     if (mode == UV_RUN_NOWAIT) {
@@ -208,11 +200,27 @@ loop_poll_once(cd_loop_t *loop, PyObject *timeout)
     return 0;
 }
 
+/* A select() timeout as loop_poll_once takes it: None blocks (-1),
+ * anything not positive does not wait (0).  -2 with an exception set. */
+static double
+loop_timeout(PyObject *timeout)
+{
+    if (timeout == Py_None) {
+        return -1.0;
+    }
+    double t = PyFloat_AsDouble(timeout);
+    if (t == -1.0 && PyErr_Occurred()) {
+        return -2.0;
+    }
+    return t > 0 ? t : 0.0;
+}
+
 /* run_once(timeout) -> list of (fd, events); timeout None blocks. */
 static PyObject *
 loop_run_once(cd_loop_t *loop, PyObject *timeout)
 {
-    if (loop_poll_once(loop, timeout) < 0) {
+    double wait = loop_timeout(timeout);
+    if (wait == -2.0 || loop_poll_once(loop, wait) < 0) {
         return NULL;
     }
     PyObject *out = PyList_New(loop->nready);
@@ -262,7 +270,7 @@ done:
 }
 
 PyObject *
-cd_loop_select(cd_loop_t *loop, PyObject *selector, PyObject *timeout)
+cd_loop_select(cd_loop_t *loop, PyObject *selector, double timeout)
 {
     if (PyList_GET_SIZE(loop->pending) > 0) {
         return PyObject_GetAttrString(selector, "_dispatch_ready");

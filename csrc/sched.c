@@ -48,6 +48,19 @@ slot_offset(PyObject *cls, const char *name, Py_ssize_t *out)
     return 0;
 }
 
+#if PY_VERSION_HEX >= 0x030C0000
+/* The GIL guards it; the module lives in one interpreter only. */
+static uint64_t attrs_gen = 1;
+
+static int
+sched_on_dict_event(PyDict_WatchEvent event, PyObject *dict, PyObject *key,
+                    PyObject *new_value)
+{
+    attrs_gen++;
+    return 0;
+}
+#endif
+
 int
 cd_sched_init(cd_state *st)
 {
@@ -94,11 +107,31 @@ cd_sched_init(cd_state *st)
             0) {
         goto done;
     }
+#if PY_VERSION_HEX >= 0x030C0000
+    int id = PyDict_AddWatcher(sched_on_dict_event);
+    if (id < 0) {
+        goto done;
+    }
+    st->dict_watcher = id + 1;
+#endif
     rc = 0;
 done:
     Py_XDECREF(base);
     Py_DECREF(events);
     return rc;
+}
+
+void
+cd_sched_state_clear(cd_state *st)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    if (st->dict_watcher != 0) {
+        if (PyDict_ClearWatcher(st->dict_watcher - 1) < 0) {
+            PyErr_WriteUnraisable(NULL);
+        }
+        st->dict_watcher = 0;
+    }
+#endif
 }
 
 #define CD_SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
@@ -180,7 +213,7 @@ core_set(cd_loop_t *core, PyObject *name, PyObject *v)
 
 /* 1 if loop.<name> is true, 0 if false, -1 on error. */
 static int
-core_flag(cd_loop_t *core, PyObject *name)
+core_flag_read(cd_loop_t *core, PyObject *name)
 {
     PyObject *v = core_get(core, name);
     if (v == NULL) {
@@ -224,7 +257,7 @@ monotonic(double *out)
  * and no instance attribute replaces it), 0 when it must be called, -1 on
  * error. */
 static int
-core_time_is_clock(cd_loop_t *core)
+core_time_is_clock_read(cd_loop_t *core)
 {
     if (!core->time_is_base || core->aio_dict == NULL) {
         return 0;
@@ -234,6 +267,144 @@ core_time_is_clock(cd_loop_t *core)
         return 0;
     }
     return PyErr_Occurred() ? -1 : 1;
+}
+
+/* ---- What the step reads of the loop, cached.
+ *
+ * A dict watcher (Python 3.12+) on the loop's __dict__ bumps a generation
+ * number at every change of any watched __dict__ (rare: set_debug, stop,
+ * close, a cancelled timer's count); the values read at the current
+ * generation are the ones getattr would find.  Without watchers every
+ * read goes to the __dict__. */
+
+static void
+attrs_clear(cd_loop_t *core)
+{
+    core->attrs.gen = 0;
+    Py_CLEAR(core->attrs.scheduled);
+    Py_CLEAR(core->attrs.selector);
+}
+
+#if PY_VERSION_HEX >= 0x030C0000
+/* 0/1 for a bool, -1 for anything else; -2 on error. */
+static int
+attrs_read_flag(cd_loop_t *core, PyObject *name)
+{
+    PyObject *v = core_get(core, name);
+    if (v == NULL) {
+        return -2;
+    }
+    int r = v == Py_True ? 1 : v == Py_False ? 0 : -1;
+    Py_DECREF(v);
+    return r;
+}
+#endif
+
+/* 1 when core->attrs holds the current values, 0 when they must be read
+ * one by one, -1 on error. */
+static int
+core_attrs(cd_loop_t *core)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    cd_state *st = core->st;
+    if (core->aio_dict == NULL || st->dict_watcher == 0) {
+        return 0;
+    }
+    uint64_t gen = attrs_gen;
+    if (core->attrs.gen == gen) {
+        return 1;
+    }
+    attrs_clear(core);
+    PyObject *names[] = {st->s__debug, st->s__closed, st->s__stopping};
+    for (int i = 0; i < 3; i++) {
+        int f = attrs_read_flag(core, names[i]);
+        if (f == -2) {
+            return -1;
+        }
+        core->attrs.flag[i] = (signed char)f;
+    }
+    int clock = core_time_is_clock_read(core);
+    PyObject *sched = clock < 0 ? NULL : core_get(core, st->s__scheduled);
+    PyObject *sel = sched ? core_get(core, st->s__selector) : NULL;
+    if (sel == NULL) {
+        Py_XDECREF(sched);
+        return -1;
+    }
+    core->attrs.flag[CD_ATTR_TIME_IS_CLOCK] = (signed char)clock;
+    core->attrs.selector = sel;
+    if (PyList_Check(sched)) {
+        core->attrs.scheduled = sched;
+    }
+    else {
+        Py_DECREF(sched);
+    }
+    /* A read through getattr may have run code that changed them. */
+    core->attrs.gen = attrs_gen == gen ? gen : 0;
+    return core->attrs.gen != 0;
+#else
+    return 0;
+#endif
+}
+
+/* 1 if the flag is true, 0 if false, -1 on error. */
+static int
+core_flag(cd_loop_t *core, cd_attr_flag_t which, PyObject *name)
+{
+    int c = core_attrs(core);
+    if (c < 0) {
+        return -1;
+    }
+    if (c > 0 && core->attrs.flag[which] >= 0) {
+        return core->attrs.flag[which];
+    }
+    return core_flag_read(core, name);
+}
+
+/* New reference: loop._scheduled, which must be a list. */
+static PyObject *
+core_scheduled(cd_loop_t *core)
+{
+    int c = core_attrs(core);
+    if (c < 0) {
+        return NULL;
+    }
+    if (c > 0 && core->attrs.scheduled != NULL) {
+        return Py_NewRef(core->attrs.scheduled);
+    }
+    PyObject *sched = core_get(core, core->st->s__scheduled);
+    if (sched != NULL && !PyList_Check(sched)) {
+        PyErr_SetString(PyExc_TypeError, "loop._scheduled is not a list");
+        Py_CLEAR(sched);
+    }
+    return sched;
+}
+
+/* New reference: loop._selector. */
+static PyObject *
+core_selector(cd_loop_t *core)
+{
+    int c = core_attrs(core);
+    if (c < 0) {
+        return NULL;
+    }
+    if (c > 0) {
+        return Py_NewRef(core->attrs.selector);
+    }
+    return core_get(core, core->st->s__selector);
+}
+
+/* 1 when loop.time() is the monotonic clock, 0 if not, -1 on error. */
+static int
+core_time_is_clock(cd_loop_t *core)
+{
+    int c = core_attrs(core);
+    if (c < 0) {
+        return -1;
+    }
+    if (c > 0) {
+        return core->attrs.flag[CD_ATTR_TIME_IS_CLOCK];
+    }
+    return core_time_is_clock_read(core);
 }
 
 /* loop.time() as a double. */
@@ -313,18 +484,19 @@ sched_check(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs,
         return 0;
     }
     if (nkw == 1) {
-        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0),
-                                             "context") != 0) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, 0);
+        if (kw != st->s_context &&
+            PyUnicode_CompareWithASCIIString(kw, "context") != 0) {
             return 0;
         }
         *context = args[nargs];
     }
-    int debug = core_flag(core, st->s__debug);
+    int debug = core_flag(core, CD_ATTR_DEBUG, st->s__debug);
     if (debug != 0) {
         /* Thread and callback checks, source tracebacks: asyncio's. */
         return debug < 0 ? -1 : 0;
     }
-    int closed = core_flag(core, st->s__closed);
+    int closed = core_flag(core, CD_ATTR_CLOSED, st->s__closed);
     if (closed != 0) {
         if (closed > 0) {
             PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
@@ -565,18 +737,6 @@ timer_when(cd_state *st, PyObject *h, double *out)
     *out = PyFloat_AsDouble(w);
     Py_DECREF(w);
     return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
-}
-
-/* New reference: loop._scheduled, which must be a list. */
-static PyObject *
-core_scheduled(cd_loop_t *core)
-{
-    PyObject *sched = core_get(core, core->st->s__scheduled);
-    if (sched != NULL && !PyList_Check(sched)) {
-        PyErr_SetString(PyExc_TypeError, "loop._scheduled is not a list");
-        Py_CLEAR(sched);
-    }
-    return sched;
 }
 
 /* Pushes a new TimerHandle(when, ...) on the loop's heap (call_at). */
@@ -833,32 +993,34 @@ sched_prune(cd_loop_t *core, PyObject *sched)
     return 0;
 }
 
-/* New reference: select()'s timeout, as _run_once computes it. */
-static PyObject *
-sched_timeout(cd_loop_t *core, PyObject *sched)
+/* select()'s timeout, as _run_once computes it, in *out: negative for
+ * None (block), 0 for no wait. */
+static int
+sched_timeout(cd_loop_t *core, PyObject *sched, double *out)
 {
     cd_state *st = core->st;
     Py_ssize_t nready = cd_readyq_len(core->ready_q);
-    int stopping = nready ? 1 : core_flag(core, st->s__stopping);
+    int stopping =
+        nready ? 1 : core_flag(core, CD_ATTR_STOPPING, st->s__stopping);
+    *out = 0.0;
     if (stopping != 0) {
-        return stopping < 0 ? NULL : PyLong_FromLong(0);
+        return stopping < 0 ? -1 : 0;
     }
     if (PyList_GET_SIZE(sched) == 0) {
-        Py_RETURN_NONE;
+        *out = -1.0;
+        return 0;
     }
     double when, now;
     if (timer_when(st, PyList_GET_ITEM(sched, 0), &when) < 0 ||
         core_time(core, &now) < 0) {
-        return NULL;
+        return -1;
     }
     double t = when - now;
     if (t > CD_MAXIMUM_SELECT_TIMEOUT) {
         t = CD_MAXIMUM_SELECT_TIMEOUT;
     }
-    else if (t < 0) {
-        return PyLong_FromLong(0);
-    }
-    return PyFloat_FromDouble(t);
+    *out = t > 0 ? t : 0.0;
+    return 0;
 }
 
 /* Moves the timers due by now (+ the clock's resolution) to _ready. */
@@ -931,15 +1093,22 @@ static int
 sched_poll(cd_loop_t *core, PyObject *sched)
 {
     cd_state *st = core->st;
-    PyObject *timeout = sched_timeout(core, sched), *sel = NULL;
-    PyObject *events = NULL;
-    PyObject *r = NULL;
-    sel = timeout ? core_get(core, st->s__selector) : NULL;
+    PyObject *sel = NULL, *events = NULL, *r = NULL;
+    double timeout;
+    if (sched_timeout(core, sched, &timeout) < 0) {
+        return -1;
+    }
+    sel = core_selector(core);
     if (sel != NULL && sel == core->selector) {
         events = cd_loop_select(core, sel, timeout);
     }
     else if (sel != NULL) {
-        events = PyObject_CallMethodOneArg(sel, st->s_select, timeout);
+        /* Another selector gets the timeout asyncio would pass. */
+        PyObject *t = timeout < 0    ? Py_NewRef(Py_None)
+                      : timeout == 0 ? PyLong_FromLong(0)
+                                     : PyFloat_FromDouble(timeout);
+        events = t ? PyObject_CallMethodOneArg(sel, st->s_select, t) : NULL;
+        Py_XDECREF(t);
     }
     if (events != NULL && PyList_CheckExact(events) &&
         PyList_GET_SIZE(events) == 0) {
@@ -950,7 +1119,6 @@ sched_poll(cd_loop_t *core, PyObject *sched)
         r = PyObject_CallMethodOneArg(core->aio_loop, st->s__process_events,
                                       events);
     }
-    Py_XDECREF(timeout);
     Py_XDECREF(sel);
     Py_XDECREF(events);
     Py_XDECREF(r);
@@ -966,7 +1134,7 @@ cd_sched_step(cd_loop_t *core, PyObject *unused)
         PyErr_SetString(PyExc_RuntimeError, "loop core is not attached");
         return NULL;
     }
-    int debug = core_flag(core, st->s__debug);
+    int debug = core_flag(core, CD_ATTR_DEBUG, st->s__debug);
     if (debug != 0) {
         /* Slow-callback warnings and _current_handle: asyncio's. */
         return debug < 0
@@ -991,6 +1159,21 @@ cd_sched_step(cd_loop_t *core, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* Stops reading the loop's __dict__ (and watching it). */
+static void
+sched_unwatch(cd_loop_t *core)
+{
+    attrs_clear(core);
+#if PY_VERSION_HEX >= 0x030C0000
+    cd_state *st = core->st;
+    if (core->aio_dict != NULL && st->dict_watcher != 0 &&
+        PyDict_Unwatch(st->dict_watcher - 1, core->aio_dict) < 0) {
+        PyErr_WriteUnraisable(core->aio_dict);
+    }
+#endif
+    Py_CLEAR(core->aio_dict);
+}
+
 /* Reads the loop's attributes from its __dict__ if its class has no data
  * descriptor for any name the core reads; notes whether it keeps
  * BaseEventLoop.time. */
@@ -1003,7 +1186,7 @@ sched_attach_dict(cd_loop_t *core)
                          st->s__scheduled,       st->s__timer_cancelled_count,
                          st->s__stopping,        st->s__selector,
                          st->s__clock_resolution};
-    Py_CLEAR(core->aio_dict);
+    sched_unwatch(core);
     core->time_is_base = 0;
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         PyObject *d = PyObject_GetAttr(tp, names[i]);
@@ -1030,12 +1213,17 @@ sched_attach_dict(cd_loop_t *core)
     if (d == NULL) {
         return -1;
     }
-    if (PyDict_CheckExact(d)) {
-        core->aio_dict = d;
-    }
-    else {
+    if (!PyDict_CheckExact(d)) {
         Py_DECREF(d);
+        return 0;
     }
+#if PY_VERSION_HEX >= 0x030C0000
+    if (st->dict_watcher != 0 && PyDict_Watch(st->dict_watcher - 1, d) < 0) {
+        Py_DECREF(d);
+        return -1;
+    }
+#endif
+    core->aio_dict = d;
     return 0;
 }
 
@@ -1073,6 +1261,8 @@ cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg)
 {
     Py_VISIT((PyObject *)core->ready_q);
     Py_VISIT(core->aio_dict);
+    Py_VISIT(core->attrs.scheduled);
+    Py_VISIT(core->attrs.selector);
     Py_VISIT(core->report);
     Py_VISIT(core->selector);
     return 0;
@@ -1082,7 +1272,7 @@ void
 cd_sched_loop_clear(cd_loop_t *core)
 {
     Py_CLEAR(core->ready_q);
-    Py_CLEAR(core->aio_dict);
+    sched_unwatch(core);
     Py_CLEAR(core->report);
     Py_CLEAR(core->selector);
 }

@@ -105,7 +105,8 @@
     X(s__clock_resolution, "_clock_resolution")                               \
     X(s__when, "_when")                                                       \
     X(s__cancelled, "_cancelled")                                             \
-    X(s__run, "_run")
+    X(s__run, "_run")                                                         \
+    X(s_context, "context")
 
 /* Offsets of asyncio.Handle's slots (sched.c). */
 typedef struct {
@@ -150,6 +151,7 @@ typedef struct {
     PyObject *base_call_soon_threadsafe;
     PyObject *base_time; /* BaseEventLoop.time */
     cd_handle_slots_t handle_slots;
+    int dict_watcher; /* sched.c's PyDict watcher id + 1; 0: none */
     PyObject *empty_bytes;
     PyObject *empty_tuple;
     PyObject *done_waiter; /* a Waiter that returns None: stateless, shared

@@ -94,6 +94,7 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
 void
 cd_state_clear(cd_state *st)
 {
+    cd_sched_state_clear(st);
     Py_CLEAR(st->LoopCore_type);
     Py_CLEAR(st->Server_type);
     Py_CLEAR(st->Cycle_type);

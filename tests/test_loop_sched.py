@@ -556,3 +556,30 @@ def test_the_ready_queue_in_debug_mode_and_across_close(loop):
     loop.call_soon(out.append, 2)
     loop.close()
     assert len(loop._ready) == 0
+
+
+def test_direct_writes_to_the_loops_attributes_are_seen_at_once(loop):
+    # The core caches what it reads of the loop's __dict__ (dict watchers):
+    # any write, by set_debug() or straight to the attribute, is seen.
+    out = []
+    loop.call_soon(out.append, 1)
+    loop._run_once()
+    loop._debug = True
+    with pytest.raises(TypeError, match="callable"):
+        loop.call_soon(1)  # asyncio's debug-mode check
+    loop._debug = False
+    loop.call_soon(1)
+    loop._ready.clear()
+    loop._closed = True
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_soon(print)
+    loop._closed = False
+    loop.__dict__["_scheduled"] = fresh = []
+    loop.call_later(0, out.append, 2)
+    assert len(fresh) == 1
+    loop.time = lambda: 1e9
+    assert loop.call_later(1, print).when() == 1e9 + 1
+    del loop.time
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == [1, 2]
