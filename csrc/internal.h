@@ -156,6 +156,9 @@ typedef struct {
     signed char flag[CD_ATTR_NFLAGS]; /* 0 or 1; -1: not a bool */
 } cd_loop_attrs_t;
 
+/* How many run Handles a loop keeps for reuse. */
+#define CD_SPARE_HANDLES 16
+
 /* The Python object LoopCore.  It owns the uv_loop_t; asyncio's
  * SelectorEventLoop drives it through cdaphne.loop.LibuvSelector. */
 struct cd_loop_s {
@@ -190,8 +193,12 @@ struct cd_loop_s {
                               attributes are read; NULL: read them with getattr */
     int time_is_base;      /* the loop's class keeps BaseEventLoop.time */
     cd_loop_attrs_t attrs; /* what was read from aio_dict (sched.c) */
-    PyObject *report;      /* strong: reports a callback's exception */
-    PyObject *selector;    /* strong: the LibuvSelector over this core */
+    /* strong: Handles already run that nothing else held, cleared, for
+     * call_soon to fill again instead of allocating (sched.c). */
+    PyObject *spare_handles[CD_SPARE_HANDLES];
+    int nspare;
+    PyObject *report;   /* strong: reports a callback's exception */
+    PyObject *selector; /* strong: the LibuvSelector over this core */
     int closed;
 };
 
@@ -209,7 +216,8 @@ cd_gil_ensure(cd_loop_t *loop)
 
 int cd_loop_type_init(PyObject *module, cd_state *st);
 /* LibuvSelector.select(timeout) in C (a negative timeout blocks): new
- * reference to the list of (key, events) that _process_events takes. */
+ * reference to the list of (key, events) that _process_events takes, or
+ * to None when there is none. */
 PyObject *cd_loop_select(cd_loop_t *loop, PyObject *selector, double timeout);
 /* Write out what every corked conn has queued (before each poll). */
 void cd_loop_flush(cd_loop_t *loop);

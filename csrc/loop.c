@@ -278,6 +278,9 @@ cd_loop_select(cd_loop_t *loop, PyObject *selector, double timeout)
     if (loop_poll_once(loop, timeout) < 0) {
         return NULL;
     }
+    if (loop->nready == 0 && PyList_GET_SIZE(loop->pending) == 0) {
+        return Py_NewRef(Py_None); /* The usual case: no list made. */
+    }
     PyObject *out = PyList_New(0), *fd_to_key = NULL;
     if (out != NULL && loop->nready > 0) {
         /* Copied: the lookups below run no libuv callback, but keep the

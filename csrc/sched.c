@@ -107,6 +107,18 @@ cd_sched_init(cd_state *st)
             0) {
         goto done;
     }
+    /* A Handle may be reused once run if no weak reference can see it:
+     * the list is at tp_weaklistoffset from the object, also when the
+     * type manages it (a negative offset, as CPython 3.12 and 3.13 read
+     * it); later versions do not promise that. */
+    PyTypeObject *htp = (PyTypeObject *)st->asyncio_Handle;
+    st->handle_weaklist = htp->tp_weaklistoffset;
+    st->handle_reuse = 1;
+#if PY_VERSION_HEX >= 0x030E0000
+    if (st->handle_weaklist < 0) {
+        st->handle_reuse = 0;
+    }
+#endif
 #if PY_VERSION_HEX >= 0x030C0000
     int id = PyDict_AddWatcher(sched_on_dict_event);
     if (id < 0) {
@@ -139,20 +151,27 @@ cd_sched_state_clear(cd_state *st)
 /* New reference: asyncio.Handle(callback, args, loop, context) as its
  * __init__ makes it when the loop is not in debug mode (cls Handle or
  * TimerHandle, whose own slots the caller fills).  Steals args;
- * context NULL or None means a copy of the current context. */
+ * context NULL or None means a copy of the current context.  A Handle is
+ * a spare one when there is one (its slots are all NULL). */
 static PyObject *
-handle_new(cd_state *st, PyObject *cls, PyObject *callback, PyObject *args,
-           PyObject *loop, PyObject *context)
+handle_new(cd_loop_t *core, PyObject *cls, PyObject *callback, PyObject *args,
+           PyObject *context)
 {
+    cd_state *st = core->st;
     PyTypeObject *tp = (PyTypeObject *)cls;
-    PyObject *ctx = NULL;
+    PyObject *ctx = NULL, *h = NULL;
     if (context == NULL || context == Py_None) {
         ctx = PyContext_CopyCurrent();
     }
     else {
         ctx = Py_NewRef(context);
     }
-    PyObject *h = ctx ? tp->tp_alloc(tp, 0) : NULL;
+    if (ctx != NULL && cls == st->asyncio_Handle && core->nspare > 0) {
+        h = core->spare_handles[--core->nspare];
+    }
+    else if (ctx != NULL) {
+        h = tp->tp_alloc(tp, 0);
+    }
     if (h == NULL) {
         Py_XDECREF(ctx);
         Py_DECREF(args);
@@ -160,13 +179,44 @@ handle_new(cd_state *st, PyObject *cls, PyObject *callback, PyObject *args,
     }
     const cd_handle_slots_t *o = &st->handle_slots;
     CD_SLOT(h, o->context) = ctx;
-    CD_SLOT(h, o->loop) = Py_NewRef(loop);
+    CD_SLOT(h, o->loop) = Py_NewRef(core->aio_loop);
     CD_SLOT(h, o->callback) = Py_NewRef(callback);
     CD_SLOT(h, o->args) = args;
     CD_SLOT(h, o->cancelled) = Py_NewRef(Py_False);
     CD_SLOT(h, o->repr) = Py_NewRef(Py_None);
     CD_SLOT(h, o->source_traceback) = Py_NewRef(Py_None);
     return h;
+}
+
+/* Drops the core's reference to a Handle it ran or skipped.  An exact
+ * asyncio.Handle that nothing else holds, not even a weak reference, is
+ * as good as freed: its slots are cleared and it waits for handle_new.
+ * Steals h. */
+static void
+handle_release(cd_loop_t *core, PyObject *h)
+{
+    cd_state *st = core->st;
+    if (core->nspare == CD_SPARE_HANDLES || !st->handle_reuse ||
+        !Py_IS_TYPE(h, (PyTypeObject *)st->asyncio_Handle) ||
+        Py_REFCNT(h) != 1 ||
+        *(PyObject **)((char *)h + st->handle_weaklist) != NULL) {
+        Py_DECREF(h);
+        return;
+    }
+    const cd_handle_slots_t *o = &st->handle_slots;
+    Py_CLEAR(CD_SLOT(h, o->callback));
+    Py_CLEAR(CD_SLOT(h, o->args));
+    Py_CLEAR(CD_SLOT(h, o->context));
+    Py_CLEAR(CD_SLOT(h, o->loop));
+    Py_CLEAR(CD_SLOT(h, o->cancelled));
+    Py_CLEAR(CD_SLOT(h, o->repr));
+    Py_CLEAR(CD_SLOT(h, o->source_traceback));
+    /* What was cleared may have run code (a finalizer). */
+    if (Py_REFCNT(h) != 1 || core->nspare == CD_SPARE_HANDLES) {
+        Py_DECREF(h);
+        return;
+    }
+    core->spare_handles[core->nspare++] = h;
 }
 
 /* 1 if obj.<name> is true, 0 if false, -1 on error. */
@@ -527,9 +577,9 @@ sched_ready_push(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs,
 {
     cd_state *st = core->st;
     PyObject *cbargs = sched_cbargs(args, 1, nargs);
-    PyObject *h = cbargs ? handle_new(st, st->asyncio_Handle, args[0], cbargs,
-                                      core->aio_loop, context)
-                         : NULL;
+    PyObject *h =
+        cbargs ? handle_new(core, st->asyncio_Handle, args[0], cbargs, context)
+               : NULL;
     if (h != NULL && cd_readyq_push(core->ready_q, h) < 0) {
         Py_CLEAR(h);
     }
@@ -747,8 +797,8 @@ sched_timer(cd_loop_t *core, PyObject *when, PyObject *const *args,
     cd_state *st = core->st;
     const cd_handle_slots_t *o = &st->handle_slots;
     PyObject *cbargs = sched_cbargs(args, 1, nargs);
-    PyObject *h = cbargs ? handle_new(st, st->asyncio_TimerHandle, args[0],
-                                      cbargs, core->aio_loop, context)
+    PyObject *h = cbargs ? handle_new(core, st->asyncio_TimerHandle, args[0],
+                                      cbargs, context)
                          : NULL;
     if (h == NULL) {
         return NULL;
@@ -1079,7 +1129,7 @@ sched_run_ready(cd_loop_t *core)
         if (c == 0) {
             c = handle_run(core, h);
         }
-        Py_DECREF(h);
+        handle_release(core, h);
         if (c < 0) {
             return -1;
         }
@@ -1101,6 +1151,13 @@ sched_poll(cd_loop_t *core, PyObject *sched)
     sel = core_selector(core);
     if (sel != NULL && sel == core->selector) {
         events = cd_loop_select(core, sel, timeout);
+        if (events == Py_None) {
+            /* Nothing happened: _process_events() of nothing does
+             * nothing. */
+            Py_DECREF(sel);
+            Py_DECREF(events);
+            return 0;
+        }
     }
     else if (sel != NULL) {
         /* Another selector gets the timeout asyncio would pass. */
@@ -1112,7 +1169,6 @@ sched_poll(cd_loop_t *core, PyObject *sched)
     }
     if (events != NULL && PyList_CheckExact(events) &&
         PyList_GET_SIZE(events) == 0) {
-        /* _process_events() of nothing does nothing. */
         r = Py_NewRef(Py_None);
     }
     else if (events != NULL) {
@@ -1263,6 +1319,9 @@ cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg)
     Py_VISIT(core->aio_dict);
     Py_VISIT(core->attrs.scheduled);
     Py_VISIT(core->attrs.selector);
+    for (int i = 0; i < core->nspare; i++) {
+        Py_VISIT(core->spare_handles[i]);
+    }
     Py_VISIT(core->report);
     Py_VISIT(core->selector);
     return 0;
@@ -1273,6 +1332,9 @@ cd_sched_loop_clear(cd_loop_t *core)
 {
     Py_CLEAR(core->ready_q);
     sched_unwatch(core);
+    while (core->nspare > 0) {
+        Py_CLEAR(core->spare_handles[--core->nspare]);
+    }
     Py_CLEAR(core->report);
     Py_CLEAR(core->selector);
 }

@@ -152,6 +152,11 @@ typedef struct {
     PyObject *base_time; /* BaseEventLoop.time */
     cd_handle_slots_t handle_slots;
     int dict_watcher; /* sched.c's PyDict watcher id + 1; 0: none */
+    /* Where a Handle's weak reference list is (tp_weaklistoffset, which
+     * may be negative: before the object), and whether run Handles may be
+     * reused at all (sched.c). */
+    Py_ssize_t handle_weaklist;
+    int handle_reuse;
     PyObject *empty_bytes;
     PyObject *empty_tuple;
     PyObject *done_waiter; /* a Waiter that returns None: stateless, shared

@@ -583,3 +583,25 @@ def test_direct_writes_to_the_loops_attributes_are_seen_at_once(loop):
     loop.call_soon(loop.stop)
     loop.run_forever()
     assert out == [1, 2]
+
+
+def test_run_handles_are_reused_only_when_nothing_can_see_them(loop):
+    import weakref
+
+    out = []
+    held = loop.call_soon(out.append, "held")
+    loop.call_soon(out.append, "dropped")
+    watched = weakref.ref(loop.call_soon(out.append, "watched"))
+    loop._run_once()
+    assert out == ["held", "dropped", "watched"]
+    # A handle someone holds keeps its state; one only a weak reference
+    # sees dies as it would without reuse.
+    assert held._callback == out.append and held._args == ("held",)
+    assert watched() is None
+    fresh = [loop.call_soon(out.append, i) for i in range(40)]
+    assert held not in fresh and len({id(h) for h in fresh}) == 40
+    assert all(type(h) is asyncio.Handle and h._loop is loop for h in fresh)
+    assert [h._args for h in fresh] == [(i,) for i in range(40)]
+    assert all(not h.cancelled() and h._repr is None for h in fresh)
+    loop._run_once()
+    assert out[3:] == list(range(40))
