@@ -197,8 +197,11 @@ struct cd_loop_s {
      * call_soon to fill again instead of allocating (sched.c). */
     PyObject *spare_handles[CD_SPARE_HANDLES];
     int nspare;
-    PyObject *report;   /* strong: reports a callback's exception */
-    PyObject *selector; /* strong: the LibuvSelector over this core */
+    PyObject *spare_timers[CD_SPARE_HANDLES]; /* strong: TimerHandles, same */
+    int nspare_timers;
+    Py_ssize_t timer_cancelled; /* loop._timer_cancelled_count */
+    PyObject *report;           /* strong: reports a callback's exception */
+    PyObject *selector;         /* strong: the LibuvSelector over this core */
     int closed;
 };
 
@@ -269,12 +272,18 @@ PyObject *cd_sched_call_at(cd_loop_t *core, PyObject *const *args,
 PyObject *cd_sched_call_later(cd_loop_t *core, PyObject *const *args,
                               size_t nargsf, PyObject *kwnames);
 PyObject *cd_sched_step(cd_loop_t *core, PyObject *unused);
+/* BaseEventLoop.get_debug(). */
+PyObject *cd_sched_get_debug(cd_loop_t *core, PyObject *unused);
 /* BaseEventLoop._timer_handle_cancelled(handle), which cancel() calls. */
 PyObject *cd_sched_timer_cancelled(cd_loop_t *core, PyObject *h);
+/* LoopCore.timer_cancelled_count: get and set. */
+PyObject *cd_sched_get_cancelled(cd_loop_t *core, void *closure);
+int cd_sched_set_cancelled(cd_loop_t *core, PyObject *v, void *closure);
 PyObject *cd_sched_attach(cd_loop_t *core, PyObject *const *args,
                           Py_ssize_t nargs);
 int cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg);
-void cd_sched_loop_clear(cd_loop_t *core);
+/* closing: the loop closed (its __dict__ stays readable), else GC clear. */
+void cd_sched_loop_clear(cd_loop_t *core, int closing);
 
 /* ---- server.c ----------------------------------------------------- */
 

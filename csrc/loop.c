@@ -426,7 +426,7 @@ loop_close(cd_loop_t *loop, PyObject *unused)
 {
     loop_close_uv(loop);
     /* Breaks the loop <-> core cycles without waiting for the GC. */
-    cd_sched_loop_clear(loop);
+    cd_sched_loop_clear(loop, 1);
     Py_CLEAR(loop->aio_loop);
     Py_RETURN_NONE;
 }
@@ -491,7 +491,7 @@ static int
 loop_clear(cd_loop_t *loop)
 {
     cd_hop_loop_close(loop);
-    cd_sched_loop_clear(loop);
+    cd_sched_loop_clear(loop, 0);
     Py_CLEAR(loop->pending);
     Py_CLEAR(loop->aio_loop);
     return 0;
@@ -532,6 +532,8 @@ static PyMethodDef loop_methods[] = {
     {"call_later", (PyCFunction)(void (*)(void))cd_sched_call_later,
      METH_FASTCALL | METH_KEYWORDS,
      "call_later(delay, callback, *args, context=None): asyncio's, in C."},
+    {"get_debug", (PyCFunction)cd_sched_get_debug, METH_NOARGS,
+     "get_debug(): asyncio's, in C."},
     {"timer_cancelled", (PyCFunction)cd_sched_timer_cancelled, METH_O,
      "timer_cancelled(handle): asyncio's _timer_handle_cancelled, in C."},
     {"step", (PyCFunction)cd_sched_step, METH_NOARGS,
@@ -544,7 +546,16 @@ static PyMethodDef loop_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyGetSetDef loop_getset[] = {
+    {"timer_cancelled_count", (getter)cd_sched_get_cancelled,
+     (setter)cd_sched_set_cancelled,
+     "Cancelled timers still in the heap (loop._timer_cancelled_count).",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyType_Slot loop_slots[] = {
+    {Py_tp_getset, loop_getset},
     {Py_tp_new, loop_new},
     {Py_tp_dealloc, loop_dealloc},
     {Py_tp_traverse, loop_traverse},

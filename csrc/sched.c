@@ -112,8 +112,9 @@ cd_sched_init(cd_state *st)
      * type manages it (a negative offset, as CPython 3.12 and 3.13 read
      * it); later versions do not promise that. */
     PyTypeObject *htp = (PyTypeObject *)st->asyncio_Handle;
+    PyTypeObject *ttp = (PyTypeObject *)st->asyncio_TimerHandle;
     st->handle_weaklist = htp->tp_weaklistoffset;
-    st->handle_reuse = 1;
+    st->handle_reuse = ttp->tp_weaklistoffset == htp->tp_weaklistoffset;
 #if PY_VERSION_HEX >= 0x030E0000
     if (st->handle_weaklist < 0) {
         st->handle_reuse = 0;
@@ -169,6 +170,10 @@ handle_new(cd_loop_t *core, PyObject *cls, PyObject *callback, PyObject *args,
     if (ctx != NULL && cls == st->asyncio_Handle && core->nspare > 0) {
         h = core->spare_handles[--core->nspare];
     }
+    else if (ctx != NULL && cls == st->asyncio_TimerHandle &&
+             core->nspare_timers > 0) {
+        h = core->spare_timers[--core->nspare_timers];
+    }
     else if (ctx != NULL) {
         h = tp->tp_alloc(tp, 0);
     }
@@ -188,16 +193,18 @@ handle_new(cd_loop_t *core, PyObject *cls, PyObject *callback, PyObject *args,
     return h;
 }
 
-/* Drops the core's reference to a Handle it ran or skipped.  An exact
- * asyncio.Handle that nothing else holds, not even a weak reference, is
- * as good as freed: its slots are cleared and it waits for handle_new.
- * Steals h. */
+/* Drops the core's reference to a Handle or TimerHandle it ran or
+ * skipped.  One of exactly these types that nothing else holds, not even
+ * a weak reference, is as good as freed: its slots are cleared and it
+ * waits for handle_new.  Steals h. */
 static void
 handle_release(cd_loop_t *core, PyObject *h)
 {
     cd_state *st = core->st;
-    if (core->nspare == CD_SPARE_HANDLES || !st->handle_reuse ||
-        !Py_IS_TYPE(h, (PyTypeObject *)st->asyncio_Handle) ||
+    int timer = Py_IS_TYPE(h, (PyTypeObject *)st->asyncio_TimerHandle);
+    int *n = timer ? &core->nspare_timers : &core->nspare;
+    if (*n == CD_SPARE_HANDLES || !st->handle_reuse ||
+        !(timer || Py_IS_TYPE(h, (PyTypeObject *)st->asyncio_Handle)) ||
         Py_REFCNT(h) != 1 ||
         *(PyObject **)((char *)h + st->handle_weaklist) != NULL) {
         Py_DECREF(h);
@@ -211,12 +218,16 @@ handle_release(cd_loop_t *core, PyObject *h)
     Py_CLEAR(CD_SLOT(h, o->cancelled));
     Py_CLEAR(CD_SLOT(h, o->repr));
     Py_CLEAR(CD_SLOT(h, o->source_traceback));
+    if (timer) {
+        Py_CLEAR(CD_SLOT(h, o->when));
+        Py_CLEAR(CD_SLOT(h, o->scheduled));
+    }
     /* What was cleared may have run code (a finalizer). */
-    if (Py_REFCNT(h) != 1 || core->nspare == CD_SPARE_HANDLES) {
+    if (Py_REFCNT(h) != 1 || *n == CD_SPARE_HANDLES) {
         Py_DECREF(h);
         return;
     }
-    core->spare_handles[core->nspare++] = h;
+    (timer ? core->spare_timers : core->spare_handles)[(*n)++] = h;
 }
 
 /* 1 if obj.<name> is true, 0 if false, -1 on error. */
@@ -247,6 +258,10 @@ core_get(cd_loop_t *core, PyObject *name)
         if (PyErr_Occurred()) {
             return NULL;
         }
+    }
+    if (core->aio_loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "loop core is not attached");
+        return NULL;
     }
     return PyObject_GetAttr(core->aio_loop, name);
 }
@@ -357,7 +372,8 @@ core_attrs(cd_loop_t *core)
 {
 #if PY_VERSION_HEX >= 0x030C0000
     cd_state *st = core->st;
-    if (core->aio_dict == NULL || st->dict_watcher == 0) {
+    if (core->aio_loop == NULL || core->aio_dict == NULL ||
+        st->dict_watcher == 0) {
         return 0;
     }
     uint64_t gen = attrs_gen;
@@ -833,6 +849,29 @@ cd_sched_call_at(cd_loop_t *core, PyObject *const *args, size_t nargsf,
     return sched_timer(core, args[0], args + 1, nargs - 1, context);
 }
 
+/* New reference: loop.time() + delay.  With the clock and a float or int
+ * delay, in C: float + int converts the int as PyLong_AsDouble does. */
+static PyObject *
+sched_when(cd_loop_t *core, PyObject *delay)
+{
+    int clock = core_time_is_clock(core);
+    if (clock < 0) {
+        return NULL;
+    }
+    if (clock > 0 && (PyFloat_CheckExact(delay) || PyLong_CheckExact(delay))) {
+        double now, d = PyFloat_CheckExact(delay) ? PyFloat_AS_DOUBLE(delay)
+                                                  : PyLong_AsDouble(delay);
+        if ((d == -1.0 && PyErr_Occurred()) || monotonic(&now) < 0) {
+            return NULL;
+        }
+        return PyFloat_FromDouble(now + d);
+    }
+    PyObject *now = core_time_obj(core);
+    PyObject *when = now ? PyNumber_Add(now, delay) : NULL;
+    Py_XDECREF(now);
+    return when;
+}
+
 /* call_later(delay, callback, *args, context=None). */
 PyObject *
 cd_sched_call_later(cd_loop_t *core, PyObject *const *args, size_t nargsf,
@@ -847,9 +886,7 @@ cd_sched_call_later(cd_loop_t *core, PyObject *const *args, size_t nargsf,
                       : sched_fallback(st->base_call_later, core->aio_loop,
                                        args, nargs, kwnames);
     }
-    PyObject *now = core_time_obj(core);
-    PyObject *when = now ? PyNumber_Add(now, args[0]) : NULL;
-    Py_XDECREF(now);
+    PyObject *when = sched_when(core, args[0]);
     if (when == NULL) {
         return NULL;
     }
@@ -858,9 +895,24 @@ cd_sched_call_later(cd_loop_t *core, PyObject *const *args, size_t nargsf,
     return h;
 }
 
+/* get_debug(): BaseEventLoop.get_debug, which asyncio calls for every
+ * Future, Task and cancelled handle: loop._debug as stored. */
+PyObject *
+cd_sched_get_debug(cd_loop_t *core, PyObject *unused)
+{
+    int c = core_attrs(core);
+    if (c < 0) {
+        return NULL;
+    }
+    if (c > 0 && core->attrs.flag[CD_ATTR_DEBUG] >= 0) {
+        return PyBool_FromLong(core->attrs.flag[CD_ATTR_DEBUG]);
+    }
+    return core_get(core, core->st->s__debug);
+}
+
 /* timer_cancelled(handle): BaseEventLoop._timer_handle_cancelled, which
  * TimerHandle.cancel() calls: counts the cancelled timers still in the
- * heap. */
+ * heap (in C: loop._timer_cancelled_count reads it). */
 PyObject *
 cd_sched_timer_cancelled(cd_loop_t *core, PyObject *h)
 {
@@ -880,14 +932,30 @@ cd_sched_timer_cancelled(cd_loop_t *core, PyObject *h)
     if (scheduled <= 0) {
         return scheduled < 0 ? NULL : Py_NewRef(Py_None);
     }
-    PyObject *n = core_get(core, st->s__timer_cancelled_count);
-    PyObject *one = n ? PyLong_FromLong(1) : NULL;
-    PyObject *sum = one ? PyNumber_InPlaceAdd(n, one) : NULL;
-    int r = sum ? core_set(core, st->s__timer_cancelled_count, sum) : -1;
-    Py_XDECREF(n);
-    Py_XDECREF(one);
-    Py_XDECREF(sum);
-    return r < 0 ? NULL : Py_NewRef(Py_None);
+    core->timer_cancelled++;
+    Py_RETURN_NONE;
+}
+
+/* timer_cancelled_count: loop._timer_cancelled_count, which the core keeps
+ * (LibuvEventLoop makes the attribute a property over it). */
+PyObject *
+cd_sched_get_cancelled(cd_loop_t *core, void *closure)
+{
+    return PyLong_FromSsize_t(core->timer_cancelled);
+}
+
+int
+cd_sched_set_cancelled(cd_loop_t *core, PyObject *v, void *closure)
+{
+    Py_ssize_t n = v ? PyLong_AsSsize_t(v) : -1;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete the count");
+    }
+    if (n == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    core->timer_cancelled = n;
+    return 0;
 }
 
 /* Handle._run(), for a Handle or TimerHandle whose slots are known. */
@@ -967,7 +1035,7 @@ static int
 sched_rebuild(cd_loop_t *core, PyObject *sched)
 {
     cd_state *st = core->st;
-    PyObject *fresh = PyList_New(0), *zero = NULL;
+    PyObject *fresh = PyList_New(0);
     int rc = -1;
     if (fresh == NULL) {
         return -1;
@@ -980,15 +1048,13 @@ sched_rebuild(cd_loop_t *core, PyObject *sched)
             goto done;
         }
     }
-    zero = PyLong_FromLong(0);
-    if (zero == NULL || heap_heapify(st, fresh) < 0 ||
-        core_set(core, st->s__scheduled, fresh) < 0 ||
-        core_set(core, st->s__timer_cancelled_count, zero) < 0) {
+    if (heap_heapify(st, fresh) < 0 ||
+        core_set(core, st->s__scheduled, fresh) < 0) {
         goto done;
     }
+    core->timer_cancelled = 0;
     rc = 0;
 done:
-    Py_XDECREF(zero);
     Py_DECREF(fresh);
     return rc;
 }
@@ -1004,20 +1070,11 @@ sched_prune(cd_loop_t *core, PyObject *sched)
     if (n == 0) {
         return 0;
     }
-    PyObject *cnt = core_get(core, st->s__timer_cancelled_count);
-    if (cnt == NULL) {
-        return -1;
-    }
-    Py_ssize_t cancelled = PyLong_AsSsize_t(cnt);
-    Py_DECREF(cnt);
-    if (cancelled == -1 && PyErr_Occurred()) {
-        return -1;
-    }
     if (n > CD_MIN_SCHEDULED_TIMER_HANDLES &&
-        (double)cancelled / (double)n > CD_MIN_CANCELLED_FRACTION) {
+        (double)core->timer_cancelled / (double)n >
+            CD_MIN_CANCELLED_FRACTION) {
         return sched_rebuild(core, sched) < 0 ? -1 : 1;
     }
-    Py_ssize_t start = cancelled;
     while (PyList_GET_SIZE(sched) > 0) {
         int c = handle_cancelled(st, PyList_GET_ITEM(sched, 0));
         if (c <= 0) {
@@ -1026,19 +1083,13 @@ sched_prune(cd_loop_t *core, PyObject *sched)
             }
             break;
         }
-        cancelled--;
+        core->timer_cancelled--;
         PyObject *h = heap_pop(st, sched);
         if (h == NULL || timer_set_scheduled(st, h, Py_False) < 0) {
             Py_XDECREF(h);
             return -1;
         }
-        Py_DECREF(h);
-    }
-    if (cancelled != start) {
-        PyObject *v = PyLong_FromSsize_t(cancelled);
-        int r = v ? core_set(core, st->s__timer_cancelled_count, v) : -1;
-        Py_XDECREF(v);
-        return r;
+        handle_release(core, h);
     }
     return 0;
 }
@@ -1215,9 +1266,9 @@ cd_sched_step(cd_loop_t *core, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* Stops reading the loop's __dict__ (and watching it). */
+/* Stops watching the loop's __dict__; and reading it unless keep. */
 static void
-sched_unwatch(cd_loop_t *core)
+sched_unwatch(cd_loop_t *core, int keep)
 {
     attrs_clear(core);
 #if PY_VERSION_HEX >= 0x030C0000
@@ -1227,7 +1278,9 @@ sched_unwatch(cd_loop_t *core)
         PyErr_WriteUnraisable(core->aio_dict);
     }
 #endif
-    Py_CLEAR(core->aio_dict);
+    if (!keep) {
+        Py_CLEAR(core->aio_dict);
+    }
 }
 
 /* Reads the loop's attributes from its __dict__ if its class has no data
@@ -1238,11 +1291,10 @@ sched_attach_dict(cd_loop_t *core)
 {
     cd_state *st = core->st;
     PyObject *tp = (PyObject *)Py_TYPE(core->aio_loop);
-    PyObject *names[] = {st->s__debug,           st->s__closed,
-                         st->s__scheduled,       st->s__timer_cancelled_count,
-                         st->s__stopping,        st->s__selector,
-                         st->s__clock_resolution};
-    sched_unwatch(core);
+    PyObject *names[] = {st->s__debug,     st->s__closed,
+                         st->s__scheduled, st->s__stopping,
+                         st->s__selector,  st->s__clock_resolution};
+    sched_unwatch(core, 0);
     core->time_is_base = 0;
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         PyObject *d = PyObject_GetAttr(tp, names[i]);
@@ -1322,18 +1374,25 @@ cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg)
     for (int i = 0; i < core->nspare; i++) {
         Py_VISIT(core->spare_handles[i]);
     }
+    for (int i = 0; i < core->nspare_timers; i++) {
+        Py_VISIT(core->spare_timers[i]);
+    }
     Py_VISIT(core->report);
     Py_VISIT(core->selector);
     return 0;
 }
 
 void
-cd_sched_loop_clear(cd_loop_t *core)
+cd_sched_loop_clear(cd_loop_t *core, int closing)
 {
     Py_CLEAR(core->ready_q);
-    sched_unwatch(core);
+    /* A closed loop's get_debug() still reads its __dict__ (repr). */
+    sched_unwatch(core, closing);
     while (core->nspare > 0) {
         Py_CLEAR(core->spare_handles[--core->nspare]);
+    }
+    while (core->nspare_timers > 0) {
+        Py_CLEAR(core->spare_timers[--core->nspare_timers]);
     }
     Py_CLEAR(core->report);
     Py_CLEAR(core->selector);

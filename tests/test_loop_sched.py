@@ -605,3 +605,64 @@ def test_run_handles_are_reused_only_when_nothing_can_see_them(loop):
     assert all(not h.cancelled() and h._repr is None for h in fresh)
     loop._run_once()
     assert out[3:] == list(range(40))
+
+
+def test_the_cancelled_timer_count_is_kept_in_c_and_still_an_attribute(loop):
+    loop.time = lambda: 100.0
+    hs = [loop.call_at(200 + i, print) for i in range(4)]
+    hs[0].cancel()
+    hs[1].cancel()
+    hs[1].cancel()
+    assert loop._timer_cancelled_count == 2
+    assert "_timer_cancelled_count" not in loop.__dict__
+    loop._timer_cancelled_count = 7  # asyncio's own _run_once writes it
+    assert loop._timer_cancelled_count == 7
+    loop._timer_cancelled_count = 2
+    loop.set_debug(True)
+    loop.call_soon(hs[3].cancel)  # something ready: the poll does not wait
+    loop._run_once()  # asyncio's: pops hs[0] and hs[1]
+    assert loop._timer_cancelled_count == 1
+    loop.set_debug(False)
+    loop.call_soon(hs[2].cancel)
+    loop._run_once()
+    loop.call_soon(int)
+    loop._run_once()  # the C step pops hs[2] and hs[3]
+    assert loop._timer_cancelled_count == 0 and loop._scheduled == []
+    assert [h._scheduled for h in hs] == [False] * 4
+
+
+def test_call_later_delays_of_every_kind_match_asyncio():
+    def scenario(loop):
+        whens = []
+        for delay in (0, 5, 2.5, -1, True, 10**3):
+            before = loop.time()
+            when = loop.call_later(delay, print).when()
+            whens.append((type(when), before + delay <= when <= loop.time() + delay))
+        for bad in (10**400, "1", None):
+            with pytest.raises((OverflowError, TypeError)) as e:
+                loop.call_later(bad, print)
+            whens.append(e.type)
+        return whens
+
+    on_both(scenario)
+
+
+def test_get_debug_is_asyncios_also_after_close():
+    loop = new_event_loop()
+    assert loop.get_debug() is False
+    loop.set_debug(True)
+    assert loop.get_debug() is True
+    loop.close()
+    assert "closed=True debug=True" in repr(loop)  # asyncio's close() warnings use it
+    loop.set_debug(False)
+    assert loop.get_debug() is False
+
+    class OwnDebug(type(loop)):
+        def get_debug(self) -> bool:
+            return "own"  # type: ignore[return-value]
+
+    other = OwnDebug()
+    try:
+        assert other.get_debug() == "own"
+    finally:
+        other.close()

@@ -112,8 +112,8 @@ class LibuvEventLoop(asyncio.SelectorEventLoop):
 
     def __init__(self) -> None:
         selector = LibuvSelector()
+        self.core = selector.core  # before __init__ sets the count below
         super().__init__(selector)
-        self.core = selector.core
         selector.bind(self)
         # Replaces the self-pipe write of call_soon_threadsafe() and of
         # signal handlers (thread-safe, silent once closed, as asyncio's).
@@ -129,11 +129,24 @@ class LibuvEventLoop(asyncio.SelectorEventLoop):
         self.call_at = self.core.call_at
         self.call_later = self.core.call_later
         self._timer_handle_cancelled = self.core.timer_cancelled
+        if type(self).get_debug is asyncio.BaseEventLoop.get_debug:
+            # Every Future and Task asks it: read in C (a subclass's own
+            # get_debug stays).
+            self.get_debug = self.core.get_debug  # type: ignore[method-assign]
         if not hasattr(asyncio.events, "_ThreadSafeHandle"):
             # Pythons whose call_soon_threadsafe makes a locked handle
             # keep asyncio's own.
             self.call_soon_threadsafe = self.core.call_soon_threadsafe
         self._run_once = self.core.step
+
+    # BaseEventLoop's attribute, kept by the C core (csrc/sched.c).
+    @property
+    def _timer_cancelled_count(self) -> int:
+        return self.core.timer_cancelled_count  # type: ignore[no-any-return]
+
+    @_timer_cancelled_count.setter
+    def _timer_cancelled_count(self, n: int) -> None:
+        self.core.timer_cancelled_count = n
 
     def run_in_executor(
         self, executor: concurrent.futures.Executor | None, func: Any, *args: Any
