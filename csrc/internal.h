@@ -94,6 +94,7 @@ typedef struct cd_transport_s cd_transport_t;
 typedef struct cd_proto_s cd_proto_t;
 typedef struct cd_tls_s cd_tls_t;
 typedef struct cd_hop_s cd_hop_t;
+typedef struct cd_readyq_s cd_readyq_t;
 
 /* ---- strings.c ---------------------------------------------------- */
 int cd_strings_init(cd_state *st);
@@ -137,6 +138,27 @@ typedef struct {
     int events;
 } cd_ready_t;
 
+/* The asyncio loop's attributes that the scheduling core reads at every
+ * step, as last read from its __dict__; valid while no watched loop
+ * __dict__ changed since (sched.c, Python 3.12+: dict watchers). */
+typedef enum {
+    CD_ATTR_DEBUG,         /* loop._debug */
+    CD_ATTR_CLOSED,        /* loop._closed */
+    CD_ATTR_STOPPING,      /* loop._stopping */
+    CD_ATTR_TIME_IS_CLOCK, /* loop.time() is BaseEventLoop.time */
+    CD_ATTR_NFLAGS,
+} cd_attr_flag_t;
+
+typedef struct {
+    uint64_t gen;        /* the watcher generation read at; 0: nothing */
+    PyObject *scheduled; /* strong: loop._scheduled (a list), or NULL */
+    PyObject *selector;  /* strong: loop._selector, or NULL */
+    signed char flag[CD_ATTR_NFLAGS]; /* 0 or 1; -1: not a bool */
+} cd_loop_attrs_t;
+
+/* How many run Handles a loop keeps for reuse. */
+#define CD_SPARE_HANDLES 16
+
 /* The Python object LoopCore.  It owns the uv_loop_t; asyncio's
  * SelectorEventLoop drives it through cdaphne.loop.LibuvSelector. */
 struct cd_loop_s {
@@ -166,11 +188,20 @@ struct cd_loop_s {
     cd_hop_t *hops_head; /* strong: each queued hop, first to complete */
     cd_hop_t *hops_tail; /* borrowed: the last of hops_head's chain */
     /* Scheduling core (sched.c), set by sched_init(). */
-    PyObject *aio_ready;     /* strong: the asyncio loop's _ready deque */
-    PyObject *ready_append;  /* strong: ready.append */
-    PyObject *ready_popleft; /* strong: ready.popleft */
-    PyObject *report;        /* strong: reports a callback's exception */
-    PyObject *selector;      /* strong: the LibuvSelector over this core */
+    cd_readyq_t *ready_q;  /* strong: the ready queue, also loop._ready */
+    PyObject *aio_dict;    /* strong: the asyncio loop's __dict__, where its
+                              attributes are read; NULL: read them with getattr */
+    int time_is_base;      /* the loop's class keeps BaseEventLoop.time */
+    cd_loop_attrs_t attrs; /* what was read from aio_dict (sched.c) */
+    /* strong: Handles already run that nothing else held, cleared, for
+     * call_soon to fill again instead of allocating (sched.c). */
+    PyObject *spare_handles[CD_SPARE_HANDLES];
+    int nspare;
+    PyObject *spare_timers[CD_SPARE_HANDLES]; /* strong: TimerHandles, same */
+    int nspare_timers;
+    Py_ssize_t timer_cancelled; /* loop._timer_cancelled_count */
+    PyObject *report;           /* strong: reports a callback's exception */
+    PyObject *selector;         /* strong: the LibuvSelector over this core */
     int closed;
 };
 
@@ -187,10 +218,10 @@ cd_gil_ensure(cd_loop_t *loop)
 }
 
 int cd_loop_type_init(PyObject *module, cd_state *st);
-/* LibuvSelector.select(timeout) in C: new reference to the list of
- * (key, events) that asyncio's _process_events takes. */
-PyObject *cd_loop_select(cd_loop_t *loop, PyObject *selector,
-                         PyObject *timeout);
+/* LibuvSelector.select(timeout) in C (a negative timeout blocks): new
+ * reference to the list of (key, events) that _process_events takes, or
+ * to None when there is none. */
+PyObject *cd_loop_select(cd_loop_t *loop, PyObject *selector, double timeout);
 /* Write out what every corked conn has queued (before each poll). */
 void cd_loop_flush(cd_loop_t *loop);
 /* Queues a cycle whose application must start on the next dispatch.
@@ -229,9 +260,22 @@ int cd_loopapi_plain(cd_state *st, PyObject *aio, int task);
 PyObject *cd_loopapi_create_task(cd_loop_t *loop, PyObject *const *args,
                                  Py_ssize_t nargs, PyObject *kwnames);
 
+/* ---- readyq.c: the loop's ready queue (loop._ready) --------------- */
+int cd_readyq_type_init(PyObject *module, cd_state *st);
+/* New reference: an empty queue. */
+PyObject *cd_readyq_new(cd_state *st);
+/* Appends h (a new reference is taken); -1 with MemoryError. */
+int cd_readyq_push(cd_readyq_t *q, PyObject *h);
+/* New reference: the first handle, removed; NULL (no exception) if empty. */
+PyObject *cd_readyq_pop(cd_readyq_t *q);
+Py_ssize_t cd_readyq_len(cd_readyq_t *q);
+
 /* ---- sched.c: call_soon and the run-once step -------------------- */
-/* Imports asyncio's Handle, heapq, and the slot offsets into st. */
+/* Imports asyncio's Handle, BaseEventLoop's methods and the slot offsets
+ * into st. */
 int cd_sched_init(cd_state *st);
+/* Drops the dict watcher of cd_sched_init (module clear). */
+void cd_sched_state_clear(cd_state *st);
 PyObject *cd_sched_call_soon(cd_loop_t *core, PyObject *const *args,
                              size_t nargsf, PyObject *kwnames);
 PyObject *cd_sched_call_soon_threadsafe(cd_loop_t *core, PyObject *const *args,
@@ -241,10 +285,18 @@ PyObject *cd_sched_call_at(cd_loop_t *core, PyObject *const *args,
 PyObject *cd_sched_call_later(cd_loop_t *core, PyObject *const *args,
                               size_t nargsf, PyObject *kwnames);
 PyObject *cd_sched_step(cd_loop_t *core, PyObject *unused);
+/* BaseEventLoop.get_debug(). */
+PyObject *cd_sched_get_debug(cd_loop_t *core, PyObject *unused);
+/* BaseEventLoop._timer_handle_cancelled(handle), which cancel() calls. */
+PyObject *cd_sched_timer_cancelled(cd_loop_t *core, PyObject *h);
+/* LoopCore.timer_cancelled_count: get and set. */
+PyObject *cd_sched_get_cancelled(cd_loop_t *core, void *closure);
+int cd_sched_set_cancelled(cd_loop_t *core, PyObject *v, void *closure);
 PyObject *cd_sched_attach(cd_loop_t *core, PyObject *const *args,
                           Py_ssize_t nargs);
 int cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg);
-void cd_sched_loop_clear(cd_loop_t *core);
+/* closing: the loop closed (its __dict__ stays readable), else GC clear. */
+void cd_sched_loop_clear(cd_loop_t *core, int closing);
 
 /* ---- server.c ----------------------------------------------------- */
 

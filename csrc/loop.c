@@ -157,10 +157,10 @@ select_timer_on_fire(uv_timer_t *t)
     uv_stop(t->loop);
 }
 
-/* Runs libuv once (timeout None blocks); the events asyncio asked about
- * are left in loop->ready[0..nready). */
+/* Runs libuv once (a negative timeout blocks); the events asyncio asked
+ * about are left in loop->ready[0..nready). */
 static int
-loop_poll_once(cd_loop_t *loop, PyObject *timeout)
+loop_poll_once(cd_loop_t *loop, double timeout)
 {
     if (loop->closed) {
         PyErr_SetString(PyExc_RuntimeError, "loop core is closed");
@@ -171,40 +171,56 @@ loop_poll_once(cd_loop_t *loop, PyObject *timeout)
     loop->st->scheduled = 0;
     cd_loop_flush(loop);
     uv_run_mode mode = UV_RUN_ONCE;
-    if (PyList_GET_SIZE(loop->pending) > 0 || loop->st->scheduled) {
+    if (PyList_GET_SIZE(loop->pending) > 0 || loop->st->scheduled ||
+        timeout == 0) {
         mode = UV_RUN_NOWAIT;
     }
-    else if (timeout != Py_None) {
-        double t = PyFloat_AsDouble(timeout);
-        if (t == -1.0 && PyErr_Occurred()) {
-            return -1;
-        }
-        if (t <= 0) {
-            mode = UV_RUN_NOWAIT;
-        }
-        else {
-            uint64_t ms = (uint64_t)ceil(t * 1000.0);
-            /* libuv's clock is cached from the last uv_run: without an
-             * update the timer would be due at once, fire before the
-             * poll, and leave epoll_wait with no timeout at all. */
-            uv_update_time(&loop->uv);
-            uv_timer_start(&loop->select_timer, select_timer_on_fire, ms, 0);
-        }
+    else if (timeout > 0) {
+        uint64_t ms = (uint64_t)ceil(timeout * 1000.0);
+        /* libuv's clock is cached from the last uv_run: without an
+         * update the timer would be due at once, fire before the
+         * poll, and leave epoll_wait with no timeout at all. */
+        uv_update_time(&loop->uv);
+        uv_timer_start(&loop->select_timer, select_timer_on_fire, ms, 0);
     }
     loop->nready = 0;
-    loop->released = PyEval_SaveThread();
-    uv_run(&loop->uv, mode);
-    cd_gil_ensure(loop);
+    if (mode == UV_RUN_NOWAIT) {
+        /* A poll that cannot block keeps the GIL (its callbacks would take
+         * it back at once); other threads get it at the interpreter's
+         * switch interval, as they do while callbacks run. */
+        uv_run(&loop->uv, mode);
+    }
+    else {
+        loop->released = PyEval_SaveThread();
+        uv_run(&loop->uv, mode);
+        cd_gil_ensure(loop);
+    }
     uv_timer_stop(&loop->select_timer);
     cd_hop_drain(loop);
     return 0;
+}
+
+/* A select() timeout as loop_poll_once takes it: None blocks (-1),
+ * anything not positive does not wait (0).  -2 with an exception set. */
+static double
+loop_timeout(PyObject *timeout)
+{
+    if (timeout == Py_None) {
+        return -1.0;
+    }
+    double t = PyFloat_AsDouble(timeout);
+    if (t == -1.0 && PyErr_Occurred()) {
+        return -2.0;
+    }
+    return t > 0 ? t : 0.0;
 }
 
 /* run_once(timeout) -> list of (fd, events); timeout None blocks. */
 static PyObject *
 loop_run_once(cd_loop_t *loop, PyObject *timeout)
 {
-    if (loop_poll_once(loop, timeout) < 0) {
+    double wait = loop_timeout(timeout);
+    if (wait == -2.0 || loop_poll_once(loop, wait) < 0) {
         return NULL;
     }
     PyObject *out = PyList_New(loop->nready);
@@ -254,13 +270,16 @@ done:
 }
 
 PyObject *
-cd_loop_select(cd_loop_t *loop, PyObject *selector, PyObject *timeout)
+cd_loop_select(cd_loop_t *loop, PyObject *selector, double timeout)
 {
     if (PyList_GET_SIZE(loop->pending) > 0) {
         return PyObject_GetAttrString(selector, "_dispatch_ready");
     }
     if (loop_poll_once(loop, timeout) < 0) {
         return NULL;
+    }
+    if (loop->nready == 0 && PyList_GET_SIZE(loop->pending) == 0) {
+        return Py_NewRef(Py_None); /* The usual case: no list made. */
     }
     PyObject *out = PyList_New(0), *fd_to_key = NULL;
     if (out != NULL && loop->nready > 0) {
@@ -407,7 +426,7 @@ loop_close(cd_loop_t *loop, PyObject *unused)
 {
     loop_close_uv(loop);
     /* Breaks the loop <-> core cycles without waiting for the GC. */
-    cd_sched_loop_clear(loop);
+    cd_sched_loop_clear(loop, 1);
     Py_CLEAR(loop->aio_loop);
     Py_RETURN_NONE;
 }
@@ -472,7 +491,7 @@ static int
 loop_clear(cd_loop_t *loop)
 {
     cd_hop_loop_close(loop);
-    cd_sched_loop_clear(loop);
+    cd_sched_loop_clear(loop, 0);
     Py_CLEAR(loop->pending);
     Py_CLEAR(loop->aio_loop);
     return 0;
@@ -513,10 +532,14 @@ static PyMethodDef loop_methods[] = {
     {"call_later", (PyCFunction)(void (*)(void))cd_sched_call_later,
      METH_FASTCALL | METH_KEYWORDS,
      "call_later(delay, callback, *args, context=None): asyncio's, in C."},
+    {"get_debug", (PyCFunction)cd_sched_get_debug, METH_NOARGS,
+     "get_debug(): asyncio's, in C."},
+    {"timer_cancelled", (PyCFunction)cd_sched_timer_cancelled, METH_O,
+     "timer_cancelled(handle): asyncio's _timer_handle_cancelled, in C."},
     {"step", (PyCFunction)cd_sched_step, METH_NOARGS,
      "One run-once step of the asyncio loop (_run_once)."},
     {"sched_init", (PyCFunction)(void (*)(void))cd_sched_attach, METH_FASTCALL,
-     "sched_init(ready, report)"},
+     "sched_init(report, selector) -> the ready queue (loop._ready)"},
     {"hop", (PyCFunction)cd_hop_wrap, METH_O,
      "hop(concurrent_future) -> asyncio future completed on this loop."},
     {"run_in_executor", (PyCFunction)(void (*)(void))cd_hop_run_in_executor,
@@ -528,7 +551,16 @@ static PyMethodDef loop_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyGetSetDef loop_getset[] = {
+    {"timer_cancelled_count", (getter)cd_sched_get_cancelled,
+     (setter)cd_sched_set_cancelled,
+     "Cancelled timers still in the heap (loop._timer_cancelled_count).",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyType_Slot loop_slots[] = {
+    {Py_tp_getset, loop_getset},
     {Py_tp_new, loop_new},
     {Py_tp_dealloc, loop_dealloc},
     {Py_tp_traverse, loop_traverse},

@@ -1,9 +1,12 @@
-/* The scheduling core: asyncio's call_soon() and run-once step in C.
+/* The scheduling core: asyncio's call_soon(), timers and run-once step in
+ * C.
  *
  * It works on asyncio's own data, so that everything else in asyncio
- * (close(), call_later(), the timer heap's bookkeeping, the tests that
- * look at loop._ready) keeps working unchanged: the ready queue is the
- * loop's `_ready` deque, the timers its `_scheduled` heap, and handles are
+ * (close(), the tests that look at loop._ready or loop._scheduled) keeps
+ * working unchanged: the ready queue is a ring of handles in C
+ * (readyq.c) that is the loop's `_ready` with the deque methods asyncio
+ * uses, the timers its `_scheduled` list, kept in heapq's order by heapq's own
+ * algorithms with the comparison made in C, and handles are
  * real asyncio.Handle objects (isinstance checks, repr, cancel(),
  * get_context() are asyncio's), created here without running their
  * Python __init__: the slots are stored at the offsets their member
@@ -14,6 +17,7 @@
 #include "internal.h"
 
 #include <structmember.h>
+#include <time.h>
 
 #ifndef Py_T_OBJECT_EX
 #define Py_T_OBJECT_EX T_OBJECT_EX
@@ -44,24 +48,27 @@ slot_offset(PyObject *cls, const char *name, Py_ssize_t *out)
     return 0;
 }
 
+#if PY_VERSION_HEX >= 0x030C0000
+/* The GIL guards it; the module lives in one interpreter only. */
+static uint64_t attrs_gen = 1;
+
+static int
+sched_on_dict_event(PyDict_WatchEvent event, PyObject *dict, PyObject *key,
+                    PyObject *new_value)
+{
+    attrs_gen++;
+    return 0;
+}
+#endif
+
 int
 cd_sched_init(cd_state *st)
 {
     PyObject *events = PyImport_ImportModule("asyncio.events");
-    PyObject *base = NULL, *heapq = NULL;
+    PyObject *base = NULL;
     int rc = -1;
     if (events == NULL) {
         return -1;
-    }
-    heapq = PyImport_ImportModule("heapq");
-    if (heapq == NULL) {
-        goto done;
-    }
-    st->heapq_heappop = PyObject_GetAttrString(heapq, "heappop");
-    st->heapq_heapify = PyObject_GetAttrString(heapq, "heapify");
-    st->heapq_heappush = PyObject_GetAttrString(heapq, "heappush");
-    if (!st->heapq_heappop || !st->heapq_heapify || !st->heapq_heappush) {
-        goto done;
     }
     st->asyncio_Handle = PyObject_GetAttrString(events, "Handle");
     st->asyncio_TimerHandle = PyObject_GetAttrString(events, "TimerHandle");
@@ -79,9 +86,11 @@ cd_sched_init(cd_state *st)
     st->base_call_later = PyObject_GetAttrString(cls, "call_later");
     st->base_call_soon_threadsafe =
         PyObject_GetAttrString(cls, "call_soon_threadsafe");
+    st->base_time = PyObject_GetAttrString(cls, "time");
     Py_DECREF(cls);
     if (!st->base_call_soon || !st->base_run_once || !st->base_call_at ||
-        !st->base_call_later || !st->base_call_soon_threadsafe) {
+        !st->base_call_later || !st->base_call_soon_threadsafe ||
+        !st->base_time) {
         goto done;
     }
     cd_handle_slots_t *o = &st->handle_slots;
@@ -98,12 +107,44 @@ cd_sched_init(cd_state *st)
             0) {
         goto done;
     }
+    /* A Handle may be reused once run if no weak reference can see it:
+     * the list is at tp_weaklistoffset from the object, also when the
+     * type manages it (a negative offset, as CPython 3.12 and 3.13 read
+     * it); later versions do not promise that. */
+    PyTypeObject *htp = (PyTypeObject *)st->asyncio_Handle;
+    PyTypeObject *ttp = (PyTypeObject *)st->asyncio_TimerHandle;
+    st->handle_weaklist = htp->tp_weaklistoffset;
+    st->handle_reuse = ttp->tp_weaklistoffset == htp->tp_weaklistoffset;
+#if PY_VERSION_HEX >= 0x030E0000
+    if (st->handle_weaklist < 0) {
+        st->handle_reuse = 0;
+    }
+#endif
+#if PY_VERSION_HEX >= 0x030C0000
+    int id = PyDict_AddWatcher(sched_on_dict_event);
+    if (id < 0) {
+        goto done;
+    }
+    st->dict_watcher = id + 1;
+#endif
     rc = 0;
 done:
-    Py_XDECREF(heapq);
     Py_XDECREF(base);
     Py_DECREF(events);
     return rc;
+}
+
+void
+cd_sched_state_clear(cd_state *st)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    if (st->dict_watcher != 0) {
+        if (PyDict_ClearWatcher(st->dict_watcher - 1) < 0) {
+            PyErr_WriteUnraisable(NULL);
+        }
+        st->dict_watcher = 0;
+    }
+#endif
 }
 
 #define CD_SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
@@ -111,20 +152,31 @@ done:
 /* New reference: asyncio.Handle(callback, args, loop, context) as its
  * __init__ makes it when the loop is not in debug mode (cls Handle or
  * TimerHandle, whose own slots the caller fills).  Steals args;
- * context NULL or None means a copy of the current context. */
+ * context NULL or None means a copy of the current context.  A Handle is
+ * a spare one when there is one (its slots are all NULL). */
 static PyObject *
-handle_new(cd_state *st, PyObject *cls, PyObject *callback, PyObject *args,
-           PyObject *loop, PyObject *context)
+handle_new(cd_loop_t *core, PyObject *cls, PyObject *callback, PyObject *args,
+           PyObject *context)
 {
+    cd_state *st = core->st;
     PyTypeObject *tp = (PyTypeObject *)cls;
-    PyObject *ctx = NULL;
+    PyObject *ctx = NULL, *h = NULL;
     if (context == NULL || context == Py_None) {
         ctx = PyContext_CopyCurrent();
     }
     else {
         ctx = Py_NewRef(context);
     }
-    PyObject *h = ctx ? tp->tp_alloc(tp, 0) : NULL;
+    if (ctx != NULL && cls == st->asyncio_Handle && core->nspare > 0) {
+        h = core->spare_handles[--core->nspare];
+    }
+    else if (ctx != NULL && cls == st->asyncio_TimerHandle &&
+             core->nspare_timers > 0) {
+        h = core->spare_timers[--core->nspare_timers];
+    }
+    else if (ctx != NULL) {
+        h = tp->tp_alloc(tp, 0);
+    }
     if (h == NULL) {
         Py_XDECREF(ctx);
         Py_DECREF(args);
@@ -132,7 +184,7 @@ handle_new(cd_state *st, PyObject *cls, PyObject *callback, PyObject *args,
     }
     const cd_handle_slots_t *o = &st->handle_slots;
     CD_SLOT(h, o->context) = ctx;
-    CD_SLOT(h, o->loop) = Py_NewRef(loop);
+    CD_SLOT(h, o->loop) = Py_NewRef(core->aio_loop);
     CD_SLOT(h, o->callback) = Py_NewRef(callback);
     CD_SLOT(h, o->args) = args;
     CD_SLOT(h, o->cancelled) = Py_NewRef(Py_False);
@@ -141,17 +193,314 @@ handle_new(cd_state *st, PyObject *cls, PyObject *callback, PyObject *args,
     return h;
 }
 
-/* 1 if loop.<name> is true, 0 if false, -1 on error. */
-static int
-loop_flag(PyObject *loop, PyObject *name)
+/* Drops the core's reference to a Handle or TimerHandle it ran or
+ * skipped.  One of exactly these types that nothing else holds, not even
+ * a weak reference, is as good as freed: its slots are cleared and it
+ * waits for handle_new.  Steals h. */
+static void
+handle_release(cd_loop_t *core, PyObject *h)
 {
-    PyObject *v = PyObject_GetAttr(loop, name);
+    cd_state *st = core->st;
+    int timer = Py_IS_TYPE(h, (PyTypeObject *)st->asyncio_TimerHandle);
+    int *n = timer ? &core->nspare_timers : &core->nspare;
+    if (*n == CD_SPARE_HANDLES || !st->handle_reuse ||
+        !(timer || Py_IS_TYPE(h, (PyTypeObject *)st->asyncio_Handle)) ||
+        Py_REFCNT(h) != 1 ||
+        *(PyObject **)((char *)h + st->handle_weaklist) != NULL) {
+        Py_DECREF(h);
+        return;
+    }
+    const cd_handle_slots_t *o = &st->handle_slots;
+    Py_CLEAR(CD_SLOT(h, o->callback));
+    Py_CLEAR(CD_SLOT(h, o->args));
+    Py_CLEAR(CD_SLOT(h, o->context));
+    Py_CLEAR(CD_SLOT(h, o->loop));
+    Py_CLEAR(CD_SLOT(h, o->cancelled));
+    Py_CLEAR(CD_SLOT(h, o->repr));
+    Py_CLEAR(CD_SLOT(h, o->source_traceback));
+    if (timer) {
+        Py_CLEAR(CD_SLOT(h, o->when));
+        Py_CLEAR(CD_SLOT(h, o->scheduled));
+    }
+    /* What was cleared may have run code (a finalizer). */
+    if (Py_REFCNT(h) != 1 || *n == CD_SPARE_HANDLES) {
+        Py_DECREF(h);
+        return;
+    }
+    (timer ? core->spare_timers : core->spare_handles)[(*n)++] = h;
+}
+
+/* 1 if obj.<name> is true, 0 if false, -1 on error. */
+static int
+obj_flag(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
     if (v == NULL) {
         return -1;
     }
     int r = PyObject_IsTrue(v);
     Py_DECREF(v);
     return r;
+}
+
+/* New reference: loop.<name>.  The loop's instance attributes (_debug,
+ * _closed, _scheduled...) are read from its __dict__ directly when its
+ * class defines no data descriptor for them (checked at sched_init): the
+ * same value getattr finds, without the walk of the class's MRO. */
+static PyObject *
+core_get(cd_loop_t *core, PyObject *name)
+{
+    if (core->aio_dict != NULL) {
+        PyObject *v = PyDict_GetItemWithError(core->aio_dict, name);
+        if (v != NULL) {
+            return Py_NewRef(v);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    if (core->aio_loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "loop core is not attached");
+        return NULL;
+    }
+    return PyObject_GetAttr(core->aio_loop, name);
+}
+
+/* loop.<name> = v (what `self.<name> = v` does, for the same names). */
+static int
+core_set(cd_loop_t *core, PyObject *name, PyObject *v)
+{
+    if (core->aio_dict != NULL) {
+        return PyDict_SetItem(core->aio_dict, name, v);
+    }
+    return PyObject_SetAttr(core->aio_loop, name, v);
+}
+
+/* 1 if loop.<name> is true, 0 if false, -1 on error. */
+static int
+core_flag_read(cd_loop_t *core, PyObject *name)
+{
+    PyObject *v = core_get(core, name);
+    if (v == NULL) {
+        return -1;
+    }
+    int r = v == Py_False ? 0 : v == Py_True ? 1 : PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* time.monotonic(), which BaseEventLoop.time() returns: the same clock
+ * and the same conversion to seconds. */
+static int
+monotonic(double *out)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    if (PyTime_Monotonic(&t) < 0) {
+        return -1;
+    }
+    *out = PyTime_AsSecondsDouble(t);
+#else
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    int64_t ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    /* _PyTime_AsSecondsDouble. */
+    if (ns % 1000000000 == 0) {
+        *out = (double)(ns / 1000000000);
+    }
+    else {
+        *out = (double)ns / 1e9;
+    }
+#endif
+    return 0;
+}
+
+/* 1 when loop.time() is BaseEventLoop.time's clock (the class keeps it
+ * and no instance attribute replaces it), 0 when it must be called, -1 on
+ * error. */
+static int
+core_time_is_clock_read(cd_loop_t *core)
+{
+    if (!core->time_is_base || core->aio_dict == NULL) {
+        return 0;
+    }
+    PyObject *v = PyDict_GetItemWithError(core->aio_dict, core->st->s_time);
+    if (v != NULL) {
+        return 0;
+    }
+    return PyErr_Occurred() ? -1 : 1;
+}
+
+/* ---- What the step reads of the loop, cached.
+ *
+ * A dict watcher (Python 3.12+) on the loop's __dict__ bumps a generation
+ * number at every change of any watched __dict__ (rare: set_debug, stop,
+ * close, a cancelled timer's count); the values read at the current
+ * generation are the ones getattr would find.  Without watchers every
+ * read goes to the __dict__. */
+
+static void
+attrs_clear(cd_loop_t *core)
+{
+    core->attrs.gen = 0;
+    Py_CLEAR(core->attrs.scheduled);
+    Py_CLEAR(core->attrs.selector);
+}
+
+#if PY_VERSION_HEX >= 0x030C0000
+/* 0/1 for a bool, -1 for anything else; -2 on error. */
+static int
+attrs_read_flag(cd_loop_t *core, PyObject *name)
+{
+    PyObject *v = core_get(core, name);
+    if (v == NULL) {
+        return -2;
+    }
+    int r = v == Py_True ? 1 : v == Py_False ? 0 : -1;
+    Py_DECREF(v);
+    return r;
+}
+#endif
+
+/* 1 when core->attrs holds the current values, 0 when they must be read
+ * one by one, -1 on error. */
+static int
+core_attrs(cd_loop_t *core)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    cd_state *st = core->st;
+    if (core->aio_loop == NULL || core->aio_dict == NULL ||
+        st->dict_watcher == 0) {
+        return 0;
+    }
+    uint64_t gen = attrs_gen;
+    if (core->attrs.gen == gen) {
+        return 1;
+    }
+    attrs_clear(core);
+    PyObject *names[] = {st->s__debug, st->s__closed, st->s__stopping};
+    for (int i = 0; i < 3; i++) {
+        int f = attrs_read_flag(core, names[i]);
+        if (f == -2) {
+            return -1;
+        }
+        core->attrs.flag[i] = (signed char)f;
+    }
+    int clock = core_time_is_clock_read(core);
+    PyObject *sched = clock < 0 ? NULL : core_get(core, st->s__scheduled);
+    PyObject *sel = sched ? core_get(core, st->s__selector) : NULL;
+    if (sel == NULL) {
+        Py_XDECREF(sched);
+        return -1;
+    }
+    core->attrs.flag[CD_ATTR_TIME_IS_CLOCK] = (signed char)clock;
+    core->attrs.selector = sel;
+    if (PyList_Check(sched)) {
+        core->attrs.scheduled = sched;
+    }
+    else {
+        Py_DECREF(sched);
+    }
+    /* A read through getattr may have run code that changed them. */
+    core->attrs.gen = attrs_gen == gen ? gen : 0;
+    return core->attrs.gen != 0;
+#else
+    return 0;
+#endif
+}
+
+/* 1 if the flag is true, 0 if false, -1 on error. */
+static int
+core_flag(cd_loop_t *core, cd_attr_flag_t which, PyObject *name)
+{
+    int c = core_attrs(core);
+    if (c < 0) {
+        return -1;
+    }
+    if (c > 0 && core->attrs.flag[which] >= 0) {
+        return core->attrs.flag[which];
+    }
+    return core_flag_read(core, name);
+}
+
+/* New reference: loop._scheduled, which must be a list. */
+static PyObject *
+core_scheduled(cd_loop_t *core)
+{
+    int c = core_attrs(core);
+    if (c < 0) {
+        return NULL;
+    }
+    if (c > 0 && core->attrs.scheduled != NULL) {
+        return Py_NewRef(core->attrs.scheduled);
+    }
+    PyObject *sched = core_get(core, core->st->s__scheduled);
+    if (sched != NULL && !PyList_Check(sched)) {
+        PyErr_SetString(PyExc_TypeError, "loop._scheduled is not a list");
+        Py_CLEAR(sched);
+    }
+    return sched;
+}
+
+/* New reference: loop._selector. */
+static PyObject *
+core_selector(cd_loop_t *core)
+{
+    int c = core_attrs(core);
+    if (c < 0) {
+        return NULL;
+    }
+    if (c > 0) {
+        return Py_NewRef(core->attrs.selector);
+    }
+    return core_get(core, core->st->s__selector);
+}
+
+/* 1 when loop.time() is the monotonic clock, 0 if not, -1 on error. */
+static int
+core_time_is_clock(cd_loop_t *core)
+{
+    int c = core_attrs(core);
+    if (c < 0) {
+        return -1;
+    }
+    if (c > 0) {
+        return core->attrs.flag[CD_ATTR_TIME_IS_CLOCK];
+    }
+    return core_time_is_clock_read(core);
+}
+
+/* loop.time() as a double. */
+static int
+core_time(cd_loop_t *core, double *out)
+{
+    int clock = core_time_is_clock(core);
+    if (clock != 0) {
+        return clock < 0 ? -1 : monotonic(out);
+    }
+    PyObject *t = PyObject_CallMethodNoArgs(core->aio_loop, core->st->s_time);
+    if (t == NULL) {
+        return -1;
+    }
+    *out = PyFloat_AsDouble(t);
+    Py_DECREF(t);
+    return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* New reference: loop.time(), the object asyncio's callers get. */
+static PyObject *
+core_time_obj(cd_loop_t *core)
+{
+    double now;
+    int clock = core_time_is_clock(core);
+    if (clock != 0) {
+        return clock < 0 || monotonic(&now) < 0 ? NULL
+                                                : PyFloat_FromDouble(now);
+    }
+    return PyObject_CallMethodNoArgs(core->aio_loop, core->st->s_time);
 }
 
 /* Calls asyncio's own method fn(loop, *args, **kw) with the arguments
@@ -201,18 +550,19 @@ sched_check(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs,
         return 0;
     }
     if (nkw == 1) {
-        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0),
-                                             "context") != 0) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, 0);
+        if (kw != st->s_context &&
+            PyUnicode_CompareWithASCIIString(kw, "context") != 0) {
             return 0;
         }
         *context = args[nargs];
     }
-    int debug = loop_flag(loop, st->s__debug);
+    int debug = core_flag(core, CD_ATTR_DEBUG, st->s__debug);
     if (debug != 0) {
         /* Thread and callback checks, source tracebacks: asyncio's. */
         return debug < 0 ? -1 : 0;
     }
-    int closed = loop_flag(loop, st->s__closed);
+    int closed = core_flag(core, CD_ATTR_CLOSED, st->s__closed);
     if (closed != 0) {
         if (closed > 0) {
             PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
@@ -243,15 +593,12 @@ sched_ready_push(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs,
 {
     cd_state *st = core->st;
     PyObject *cbargs = sched_cbargs(args, 1, nargs);
-    PyObject *h = cbargs ? handle_new(st, st->asyncio_Handle, args[0], cbargs,
-                                      core->aio_loop, context)
-                         : NULL;
-    PyObject *r = h ? PyObject_CallOneArg(core->ready_append, h) : NULL;
-    if (r == NULL) {
-        Py_XDECREF(h);
-        return NULL;
+    PyObject *h =
+        cbargs ? handle_new(core, st->asyncio_Handle, args[0], cbargs, context)
+               : NULL;
+    if (h != NULL && cd_readyq_push(core->ready_q, h) < 0) {
+        Py_CLEAR(h);
     }
-    Py_DECREF(r);
     return h;
 }
 
@@ -294,6 +641,170 @@ cd_sched_call_soon_threadsafe(cd_loop_t *core, PyObject *const *args,
     return h;
 }
 
+/* ---- The timer heap: loop._scheduled, a list kept in heapq's order.
+ *
+ * The same sift algorithms as CPython's _heapq module, with the same
+ * comparison (TimerHandle.__lt__ compares _when) made in C for two
+ * TimerHandles whose _when are floats: the list is the heap heapq would
+ * have built, so asyncio code and tests that use it still find a heap. */
+
+/* 1 if a < b, 0 if not, -1 on error. */
+static int
+timer_lt(cd_state *st, PyObject *a, PyObject *b)
+{
+    PyTypeObject *tp = (PyTypeObject *)st->asyncio_TimerHandle;
+    if (Py_IS_TYPE(a, tp) && Py_IS_TYPE(b, tp)) {
+        PyObject *wa = CD_SLOT(a, st->handle_slots.when);
+        PyObject *wb = CD_SLOT(b, st->handle_slots.when);
+        if (wa != NULL && wb != NULL && PyFloat_CheckExact(wa) &&
+            PyFloat_CheckExact(wb)) {
+            return PyFloat_AS_DOUBLE(wa) < PyFloat_AS_DOUBLE(wb);
+        }
+    }
+    Py_INCREF(a);
+    Py_INCREF(b);
+    int r = PyObject_RichCompareBool(a, b, Py_LT);
+    Py_DECREF(a);
+    Py_DECREF(b);
+    return r;
+}
+
+/* _heapq's siftdown: item pos moves up towards startpos. */
+static int
+heap_siftdown(cd_state *st, PyObject *heap, Py_ssize_t startpos,
+              Py_ssize_t pos)
+{
+    Py_ssize_t size = PyList_GET_SIZE(heap);
+    while (pos > startpos) {
+        Py_ssize_t parentpos = (pos - 1) >> 1;
+        PyObject *item = PyList_GET_ITEM(heap, pos);
+        PyObject *parent = PyList_GET_ITEM(heap, parentpos);
+        int lt = timer_lt(st, item, parent);
+        if (lt < 0) {
+            return -1;
+        }
+        if (size != PyList_GET_SIZE(heap)) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "list changed size during iteration");
+            return -1;
+        }
+        if (lt == 0) {
+            break;
+        }
+        item = PyList_GET_ITEM(heap, pos);
+        parent = PyList_GET_ITEM(heap, parentpos);
+        PyList_SET_ITEM(heap, parentpos, item);
+        PyList_SET_ITEM(heap, pos, parent);
+        pos = parentpos;
+    }
+    return 0;
+}
+
+/* _heapq's siftup: the smaller child rises until a leaf, then siftdown. */
+static int
+heap_siftup(cd_state *st, PyObject *heap, Py_ssize_t pos)
+{
+    Py_ssize_t endpos = PyList_GET_SIZE(heap), startpos = pos;
+    Py_ssize_t limit = endpos >> 1;
+    while (pos < limit) {
+        Py_ssize_t childpos = 2 * pos + 1;
+        if (childpos + 1 < endpos) {
+            int lt = timer_lt(st, PyList_GET_ITEM(heap, childpos),
+                              PyList_GET_ITEM(heap, childpos + 1));
+            if (lt < 0) {
+                return -1;
+            }
+            childpos += lt ^ 1;
+            if (endpos != PyList_GET_SIZE(heap)) {
+                PyErr_SetString(PyExc_RuntimeError,
+                                "list changed size during iteration");
+                return -1;
+            }
+        }
+        PyObject *child = PyList_GET_ITEM(heap, childpos);
+        PyList_SET_ITEM(heap, childpos, PyList_GET_ITEM(heap, pos));
+        PyList_SET_ITEM(heap, pos, child);
+        pos = childpos;
+    }
+    return heap_siftdown(st, heap, startpos, pos);
+}
+
+/* heapq.heappush(heap, item). */
+static int
+heap_push(cd_state *st, PyObject *heap, PyObject *item)
+{
+    if (PyList_Append(heap, item) < 0) {
+        return -1;
+    }
+    return heap_siftdown(st, heap, 0, PyList_GET_SIZE(heap) - 1);
+}
+
+/* New reference: heapq.heappop(heap) of a non-empty heap. */
+static PyObject *
+heap_pop(cd_state *st, PyObject *heap)
+{
+    Py_ssize_t n = PyList_GET_SIZE(heap);
+    PyObject *last = Py_NewRef(PyList_GET_ITEM(heap, n - 1));
+    if (PyList_SetSlice(heap, n - 1, n, NULL) < 0) {
+        Py_DECREF(last);
+        return NULL;
+    }
+    if (n == 1) {
+        return last;
+    }
+    /* The first item's reference moves to the caller; last's to heap[0]. */
+    PyObject *first = PyList_GET_ITEM(heap, 0);
+    PyList_SET_ITEM(heap, 0, last);
+    if (heap_siftup(st, heap, 0) < 0) {
+        Py_DECREF(first);
+        return NULL;
+    }
+    return first;
+}
+
+/* heapq.heapify(heap). */
+static int
+heap_heapify(cd_state *st, PyObject *heap)
+{
+    for (Py_ssize_t i = PyList_GET_SIZE(heap) / 2 - 1; i >= 0; i--) {
+        if (heap_siftup(st, heap, i) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* timer._scheduled = v. */
+static int
+timer_set_scheduled(cd_state *st, PyObject *h, PyObject *v)
+{
+    if (PyObject_TypeCheck(h, (PyTypeObject *)st->asyncio_TimerHandle)) {
+        Py_XSETREF(CD_SLOT(h, st->handle_slots.scheduled), Py_NewRef(v));
+        return 0;
+    }
+    return PyObject_SetAttr(h, st->s__scheduled, v);
+}
+
+/* timer._when as a double; -1 with an exception on error. */
+static int
+timer_when(cd_state *st, PyObject *h, double *out)
+{
+    if (PyObject_TypeCheck(h, (PyTypeObject *)st->asyncio_TimerHandle)) {
+        PyObject *w = CD_SLOT(h, st->handle_slots.when);
+        if (w != NULL && PyFloat_CheckExact(w)) {
+            *out = PyFloat_AS_DOUBLE(w);
+            return 0;
+        }
+    }
+    PyObject *w = PyObject_GetAttr(h, st->s__when);
+    if (w == NULL) {
+        return -1;
+    }
+    *out = PyFloat_AsDouble(w);
+    Py_DECREF(w);
+    return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
 /* Pushes a new TimerHandle(when, ...) on the loop's heap (call_at). */
 static PyObject *
 sched_timer(cd_loop_t *core, PyObject *when, PyObject *const *args,
@@ -302,25 +813,21 @@ sched_timer(cd_loop_t *core, PyObject *when, PyObject *const *args,
     cd_state *st = core->st;
     const cd_handle_slots_t *o = &st->handle_slots;
     PyObject *cbargs = sched_cbargs(args, 1, nargs);
-    PyObject *h = cbargs ? handle_new(st, st->asyncio_TimerHandle, args[0],
-                                      cbargs, core->aio_loop, context)
+    PyObject *h = cbargs ? handle_new(core, st->asyncio_TimerHandle, args[0],
+                                      cbargs, context)
                          : NULL;
     if (h == NULL) {
         return NULL;
     }
     CD_SLOT(h, o->when) = Py_NewRef(when);
     CD_SLOT(h, o->scheduled) = Py_NewRef(Py_False);
-    PyObject *sched = PyObject_GetAttr(core->aio_loop, st->s__scheduled);
-    PyObject *r = NULL;
-    if (sched != NULL) {
-        r = PyObject_CallFunctionObjArgs(st->heapq_heappush, sched, h, NULL);
-        Py_DECREF(sched);
-    }
-    if (r == NULL) {
+    PyObject *sched = core_scheduled(core);
+    int r = sched ? heap_push(st, sched, h) : -1;
+    Py_XDECREF(sched);
+    if (r < 0) {
         Py_DECREF(h);
         return NULL;
     }
-    Py_DECREF(r);
     Py_SETREF(CD_SLOT(h, o->scheduled), Py_NewRef(Py_True));
     return h;
 }
@@ -342,6 +849,29 @@ cd_sched_call_at(cd_loop_t *core, PyObject *const *args, size_t nargsf,
     return sched_timer(core, args[0], args + 1, nargs - 1, context);
 }
 
+/* New reference: loop.time() + delay.  With the clock and a float or int
+ * delay, in C: float + int converts the int as PyLong_AsDouble does. */
+static PyObject *
+sched_when(cd_loop_t *core, PyObject *delay)
+{
+    int clock = core_time_is_clock(core);
+    if (clock < 0) {
+        return NULL;
+    }
+    if (clock > 0 && (PyFloat_CheckExact(delay) || PyLong_CheckExact(delay))) {
+        double now, d = PyFloat_CheckExact(delay) ? PyFloat_AS_DOUBLE(delay)
+                                                  : PyLong_AsDouble(delay);
+        if ((d == -1.0 && PyErr_Occurred()) || monotonic(&now) < 0) {
+            return NULL;
+        }
+        return PyFloat_FromDouble(now + d);
+    }
+    PyObject *now = core_time_obj(core);
+    PyObject *when = now ? PyNumber_Add(now, delay) : NULL;
+    Py_XDECREF(now);
+    return when;
+}
+
 /* call_later(delay, callback, *args, context=None). */
 PyObject *
 cd_sched_call_later(cd_loop_t *core, PyObject *const *args, size_t nargsf,
@@ -356,15 +886,76 @@ cd_sched_call_later(cd_loop_t *core, PyObject *const *args, size_t nargsf,
                       : sched_fallback(st->base_call_later, core->aio_loop,
                                        args, nargs, kwnames);
     }
-    PyObject *now = PyObject_CallMethodNoArgs(core->aio_loop, st->s_time);
-    PyObject *when = now ? PyNumber_Add(now, args[0]) : NULL;
-    Py_XDECREF(now);
+    PyObject *when = sched_when(core, args[0]);
     if (when == NULL) {
         return NULL;
     }
     PyObject *h = sched_timer(core, when, args + 1, nargs - 1, context);
     Py_DECREF(when);
     return h;
+}
+
+/* get_debug(): BaseEventLoop.get_debug, which asyncio calls for every
+ * Future, Task and cancelled handle: loop._debug as stored. */
+PyObject *
+cd_sched_get_debug(cd_loop_t *core, PyObject *unused)
+{
+    int c = core_attrs(core);
+    if (c < 0) {
+        return NULL;
+    }
+    if (c > 0 && core->attrs.flag[CD_ATTR_DEBUG] >= 0) {
+        return PyBool_FromLong(core->attrs.flag[CD_ATTR_DEBUG]);
+    }
+    return core_get(core, core->st->s__debug);
+}
+
+/* timer_cancelled(handle): BaseEventLoop._timer_handle_cancelled, which
+ * TimerHandle.cancel() calls: counts the cancelled timers still in the
+ * heap (in C: loop._timer_cancelled_count reads it). */
+PyObject *
+cd_sched_timer_cancelled(cd_loop_t *core, PyObject *h)
+{
+    cd_state *st = core->st;
+    if (core->aio_loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "loop core is not attached");
+        return NULL;
+    }
+    int scheduled;
+    if (PyObject_TypeCheck(h, (PyTypeObject *)st->asyncio_TimerHandle) &&
+        CD_SLOT(h, st->handle_slots.scheduled) != NULL) {
+        scheduled = PyObject_IsTrue(CD_SLOT(h, st->handle_slots.scheduled));
+    }
+    else {
+        scheduled = obj_flag(h, st->s__scheduled);
+    }
+    if (scheduled <= 0) {
+        return scheduled < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    core->timer_cancelled++;
+    Py_RETURN_NONE;
+}
+
+/* timer_cancelled_count: loop._timer_cancelled_count, which the core keeps
+ * (LibuvEventLoop makes the attribute a property over it). */
+PyObject *
+cd_sched_get_cancelled(cd_loop_t *core, void *closure)
+{
+    return PyLong_FromSsize_t(core->timer_cancelled);
+}
+
+int
+cd_sched_set_cancelled(cd_loop_t *core, PyObject *v, void *closure)
+{
+    Py_ssize_t n = v ? PyLong_AsSsize_t(v) : -1;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete the count");
+    }
+    if (n == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    core->timer_cancelled = n;
+    return 0;
 }
 
 /* Handle._run(), for a Handle or TimerHandle whose slots are known. */
@@ -436,15 +1027,15 @@ handle_cancelled(cd_state *st, PyObject *h)
             return 1;
         }
     }
-    return loop_flag(h, st->s__cancelled);
+    return obj_flag(h, st->s__cancelled);
 }
 
 /* asyncio's rebuild of a heap that is mostly cancelled timers. */
 static int
-sched_rebuild(cd_loop_t *core, PyObject *loop, PyObject *sched)
+sched_rebuild(cd_loop_t *core, PyObject *sched)
 {
     cd_state *st = core->st;
-    PyObject *fresh = PyList_New(0), *r = NULL, *zero = NULL;
+    PyObject *fresh = PyList_New(0);
     int rc = -1;
     if (fresh == NULL) {
         return -1;
@@ -452,50 +1043,38 @@ sched_rebuild(cd_loop_t *core, PyObject *loop, PyObject *sched)
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(sched); i++) {
         PyObject *h = PyList_GET_ITEM(sched, i);
         int c = handle_cancelled(st, h);
-        if (c < 0 ||
-            (c > 0 && PyObject_SetAttr(h, st->s__scheduled, Py_False) < 0) ||
+        if (c < 0 || (c > 0 && timer_set_scheduled(st, h, Py_False) < 0) ||
             (c == 0 && PyList_Append(fresh, h) < 0)) {
             goto done;
         }
     }
-    r = PyObject_CallOneArg(st->heapq_heapify, fresh);
-    zero = PyLong_FromLong(0);
-    if (r == NULL || zero == NULL ||
-        PyObject_SetAttr(loop, st->s__scheduled, fresh) < 0 ||
-        PyObject_SetAttr(loop, st->s__timer_cancelled_count, zero) < 0) {
+    if (heap_heapify(st, fresh) < 0 ||
+        core_set(core, st->s__scheduled, fresh) < 0) {
         goto done;
     }
+    core->timer_cancelled = 0;
     rc = 0;
 done:
-    Py_XDECREF(r);
-    Py_XDECREF(zero);
     Py_DECREF(fresh);
     return rc;
 }
 
-/* Drops cancelled timers from the heap (the first part of _run_once). */
+/* Drops cancelled timers from the heap (the first part of _run_once).
+ * Returns 1 if it replaced loop._scheduled by a new list, 0 if not, -1 on
+ * error. */
 static int
-sched_prune(cd_loop_t *core, PyObject *loop, PyObject *sched)
+sched_prune(cd_loop_t *core, PyObject *sched)
 {
     cd_state *st = core->st;
     Py_ssize_t n = PyList_GET_SIZE(sched);
     if (n == 0) {
         return 0;
     }
-    PyObject *cnt = PyObject_GetAttr(loop, st->s__timer_cancelled_count);
-    if (cnt == NULL) {
-        return -1;
-    }
-    Py_ssize_t cancelled = PyLong_AsSsize_t(cnt);
-    Py_DECREF(cnt);
-    if (cancelled == -1 && PyErr_Occurred()) {
-        return -1;
-    }
     if (n > CD_MIN_SCHEDULED_TIMER_HANDLES &&
-        (double)cancelled / (double)n > CD_MIN_CANCELLED_FRACTION) {
-        return sched_rebuild(core, loop, sched);
+        (double)core->timer_cancelled / (double)n >
+            CD_MIN_CANCELLED_FRACTION) {
+        return sched_rebuild(core, sched) < 0 ? -1 : 1;
     }
-    Py_ssize_t start = cancelled;
     while (PyList_GET_SIZE(sched) > 0) {
         int c = handle_cancelled(st, PyList_GET_ITEM(sched, 0));
         if (c <= 0) {
@@ -504,116 +1083,65 @@ sched_prune(cd_loop_t *core, PyObject *loop, PyObject *sched)
             }
             break;
         }
-        cancelled--;
-        PyObject *h = PyObject_CallOneArg(st->heapq_heappop, sched);
-        if (h == NULL || PyObject_SetAttr(h, st->s__scheduled, Py_False) < 0) {
+        core->timer_cancelled--;
+        PyObject *h = heap_pop(st, sched);
+        if (h == NULL || timer_set_scheduled(st, h, Py_False) < 0) {
             Py_XDECREF(h);
             return -1;
         }
-        Py_DECREF(h);
-    }
-    if (cancelled != start) {
-        PyObject *v = PyLong_FromSsize_t(cancelled);
-        int r =
-            v ? PyObject_SetAttr(loop, st->s__timer_cancelled_count, v) : -1;
-        Py_XDECREF(v);
-        return r;
+        handle_release(core, h);
     }
     return 0;
 }
 
-/* Returns loop.time() (+ extra attribute of loop if given), -1 on error
- * with an exception set. */
+/* select()'s timeout, as _run_once computes it, in *out: negative for
+ * None (block), 0 for no wait. */
 static int
-loop_time(cd_loop_t *core, PyObject *loop, PyObject *plus, double *out)
-{
-    PyObject *t = PyObject_CallMethodNoArgs(loop, core->st->s_time);
-    if (t == NULL) {
-        return -1;
-    }
-    *out = PyFloat_AsDouble(t);
-    Py_DECREF(t);
-    if (*out == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (plus != NULL) {
-        PyObject *v = PyObject_GetAttr(loop, plus);
-        double d = v ? PyFloat_AsDouble(v) : -1.0;
-        Py_XDECREF(v);
-        if (d == -1.0 && PyErr_Occurred()) {
-            return -1;
-        }
-        *out += d;
-    }
-    return 0;
-}
-
-/* timer._when as a double; -1 with an exception on error. */
-static int
-timer_when(cd_state *st, PyObject *h, double *out)
-{
-    PyObject *w = PyObject_GetAttr(h, st->s__when);
-    if (w == NULL) {
-        return -1;
-    }
-    *out = PyFloat_AsDouble(w);
-    Py_DECREF(w);
-    return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
-}
-
-/* New reference: select()'s timeout, as _run_once computes it. */
-static PyObject *
-sched_timeout(cd_loop_t *core, PyObject *loop, PyObject *sched)
+sched_timeout(cd_loop_t *core, PyObject *sched, double *out)
 {
     cd_state *st = core->st;
-    Py_ssize_t nready = PyObject_Size(core->aio_ready);
-    if (nready < 0) {
-        return NULL;
-    }
-    int stopping = nready ? 1 : loop_flag(loop, st->s__stopping);
+    Py_ssize_t nready = cd_readyq_len(core->ready_q);
+    int stopping =
+        nready ? 1 : core_flag(core, CD_ATTR_STOPPING, st->s__stopping);
+    *out = 0.0;
     if (stopping != 0) {
-        return stopping < 0 ? NULL : PyLong_FromLong(0);
+        return stopping < 0 ? -1 : 0;
     }
     if (PyList_GET_SIZE(sched) == 0) {
-        Py_RETURN_NONE;
+        *out = -1.0;
+        return 0;
     }
     double when, now;
     if (timer_when(st, PyList_GET_ITEM(sched, 0), &when) < 0 ||
-        loop_time(core, loop, NULL, &now) < 0) {
-        return NULL;
+        core_time(core, &now) < 0) {
+        return -1;
     }
     double t = when - now;
     if (t > CD_MAXIMUM_SELECT_TIMEOUT) {
         t = CD_MAXIMUM_SELECT_TIMEOUT;
     }
-    else if (t < 0) {
-        return PyLong_FromLong(0);
-    }
-    return PyFloat_FromDouble(t);
+    *out = t > 0 ? t : 0.0;
+    return 0;
 }
 
 /* Moves the timers due by now (+ the clock's resolution) to _ready. */
 static int
-sched_move_due(cd_loop_t *core, PyObject *loop)
+sched_move_due(cd_loop_t *core, PyObject *sched)
 {
     cd_state *st = core->st;
-    PyObject *sched = PyObject_GetAttr(loop, st->s__scheduled);
-    double end, when;
+    PyObject *res = NULL;
+    double end, when, resolution;
     int rc = -1;
-    if (sched == NULL) {
-        return -1;
-    }
-    if (!PyList_Check(sched)) {
-        PyErr_SetString(PyExc_TypeError, "loop._scheduled is not a list");
-        goto done;
-    }
     if (PyList_GET_SIZE(sched) == 0) {
-        rc = 0;
+        return 0;
+    }
+    res = core_get(core, st->s__clock_resolution);
+    resolution = res ? PyFloat_AsDouble(res) : -1.0;
+    if ((resolution == -1.0 && PyErr_Occurred()) ||
+        core_time(core, &end) < 0) {
         goto done;
     }
-    if (loop_time(core, loop, st->s__clock_resolution, &end) < 0) {
-        goto done;
-    }
+    end += resolution;
     while (PyList_GET_SIZE(sched) > 0) {
         if (timer_when(st, PyList_GET_ITEM(sched, 0), &when) < 0) {
             goto done;
@@ -621,21 +1149,19 @@ sched_move_due(cd_loop_t *core, PyObject *loop)
         if (when >= end) {
             break;
         }
-        PyObject *h = PyObject_CallOneArg(st->heapq_heappop, sched);
-        PyObject *r = NULL;
-        if (h != NULL &&
-            PyObject_SetAttr(h, st->s__scheduled, Py_False) == 0) {
-            r = PyObject_CallOneArg(core->ready_append, h);
+        PyObject *h = heap_pop(st, sched);
+        int r = h ? timer_set_scheduled(st, h, Py_False) : -1;
+        if (r == 0) {
+            r = cd_readyq_push(core->ready_q, h);
         }
         Py_XDECREF(h);
-        if (r == NULL) {
+        if (r < 0) {
             goto done;
         }
-        Py_DECREF(r);
     }
     rc = 0;
 done:
-    Py_DECREF(sched);
+    Py_XDECREF(res);
     return rc;
 }
 
@@ -643,20 +1169,18 @@ done:
 static int
 sched_run_ready(cd_loop_t *core)
 {
-    Py_ssize_t ntodo = PyObject_Size(core->aio_ready);
-    if (ntodo < 0) {
-        return -1;
-    }
+    Py_ssize_t ntodo = cd_readyq_len(core->ready_q);
     for (Py_ssize_t i = 0; i < ntodo; i++) {
-        PyObject *h = PyObject_CallNoArgs(core->ready_popleft);
+        PyObject *h = cd_readyq_pop(core->ready_q);
         if (h == NULL) {
-            return -1;
+            /* A callback cleared the queue (the loop closed). */
+            return 0;
         }
         int c = handle_cancelled(core->st, h);
         if (c == 0) {
             c = handle_run(core, h);
         }
-        Py_DECREF(h);
+        handle_release(core, h);
         if (c < 0) {
             return -1;
         }
@@ -664,115 +1188,212 @@ sched_run_ready(cd_loop_t *core)
     return 0;
 }
 
+/* The poll of one step: the selector's select(timeout), in C for ours,
+ * then _process_events of what it returned. */
+static int
+sched_poll(cd_loop_t *core, PyObject *sched)
+{
+    cd_state *st = core->st;
+    PyObject *sel = NULL, *events = NULL, *r = NULL;
+    double timeout;
+    if (sched_timeout(core, sched, &timeout) < 0) {
+        return -1;
+    }
+    sel = core_selector(core);
+    if (sel != NULL && sel == core->selector) {
+        events = cd_loop_select(core, sel, timeout);
+        if (events == Py_None) {
+            /* Nothing happened: _process_events() of nothing does
+             * nothing. */
+            Py_DECREF(sel);
+            Py_DECREF(events);
+            return 0;
+        }
+    }
+    else if (sel != NULL) {
+        /* Another selector gets the timeout asyncio would pass. */
+        PyObject *t = timeout < 0    ? Py_NewRef(Py_None)
+                      : timeout == 0 ? PyLong_FromLong(0)
+                                     : PyFloat_FromDouble(timeout);
+        events = t ? PyObject_CallMethodOneArg(sel, st->s_select, t) : NULL;
+        Py_XDECREF(t);
+    }
+    if (events != NULL && PyList_CheckExact(events) &&
+        PyList_GET_SIZE(events) == 0) {
+        r = Py_NewRef(Py_None);
+    }
+    else if (events != NULL) {
+        r = PyObject_CallMethodOneArg(core->aio_loop, st->s__process_events,
+                                      events);
+    }
+    Py_XDECREF(sel);
+    Py_XDECREF(events);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
 /* step(): BaseEventLoop._run_once. */
 PyObject *
 cd_sched_step(cd_loop_t *core, PyObject *unused)
 {
     cd_state *st = core->st;
-    PyObject *loop = core->aio_loop;
-    PyObject *sched = NULL, *timeout = NULL, *sel = NULL, *events = NULL;
-    PyObject *r = NULL;
-    if (loop == NULL || core->aio_ready == NULL) {
+    if (core->aio_loop == NULL || core->ready_q == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "loop core is not attached");
         return NULL;
     }
-    int debug = loop_flag(loop, st->s__debug);
+    int debug = core_flag(core, CD_ATTR_DEBUG, st->s__debug);
     if (debug != 0) {
         /* Slow-callback warnings and _current_handle: asyncio's. */
-        return debug < 0 ? NULL : PyObject_CallOneArg(st->base_run_once, loop);
+        return debug < 0
+                   ? NULL
+                   : PyObject_CallOneArg(st->base_run_once, core->aio_loop);
     }
-    sched = PyObject_GetAttr(loop, st->s__scheduled);
-    if (sched == NULL) {
-        goto done;
+    PyObject *sched = core_scheduled(core);
+    int r = sched ? sched_prune(core, sched) : -1;
+    if (r > 0) {
+        /* The rebuild replaced the list. */
+        Py_SETREF(sched, core_scheduled(core));
+        r = sched ? 0 : -1;
     }
-    if (!PyList_Check(sched)) {
-        PyErr_SetString(PyExc_TypeError, "loop._scheduled is not a list");
-        goto done;
+    /* The list stays loop._scheduled through the step: only a rebuild
+     * replaces it, and the poll runs no application code. */
+    if (r < 0 || sched_poll(core, sched) < 0 ||
+        sched_move_due(core, sched) < 0 || sched_run_ready(core) < 0) {
+        Py_XDECREF(sched);
+        return NULL;
     }
-    if (sched_prune(core, loop, sched) < 0) {
-        goto done;
-    }
-    /* The rebuild may have replaced the list. */
-    Py_SETREF(sched, PyObject_GetAttr(loop, st->s__scheduled));
-    if (sched == NULL || !PyList_Check(sched)) {
-        goto done;
-    }
-    timeout = sched_timeout(core, loop, sched);
-    sel = timeout ? PyObject_GetAttr(loop, st->s__selector) : NULL;
-    if (sel != NULL && sel == core->selector) {
-        events = cd_loop_select(core, sel, timeout);
-    }
-    else if (sel != NULL) {
-        events = PyObject_CallMethodOneArg(sel, st->s_select, timeout);
-    }
-    if (events == NULL) {
-        goto done;
-    }
-    if (PyList_CheckExact(events) && PyList_GET_SIZE(events) == 0) {
-        /* _process_events() of nothing does nothing. */
-        r = Py_NewRef(Py_None);
-    }
-    else {
-        r = PyObject_CallMethodOneArg(loop, st->s__process_events, events);
-    }
-    Py_CLEAR(events);
-    if (r == NULL || sched_move_due(core, loop) < 0 ||
-        sched_run_ready(core) < 0) {
-        Py_CLEAR(r);
-        goto done;
-    }
-    Py_SETREF(r, Py_NewRef(Py_None));
-done:
-    Py_XDECREF(sched);
-    Py_XDECREF(timeout);
-    Py_XDECREF(sel);
-    Py_XDECREF(events);
-    return r;
+    Py_DECREF(sched);
+    Py_RETURN_NONE;
 }
 
-/* sched_init(ready, report, selector): the loop's _ready deque, the
- * Python function that reports an exception raised by a callback, and the
- * LibuvSelector whose select() the step runs in C. */
+/* Stops watching the loop's __dict__; and reading it unless keep. */
+static void
+sched_unwatch(cd_loop_t *core, int keep)
+{
+    attrs_clear(core);
+#if PY_VERSION_HEX >= 0x030C0000
+    cd_state *st = core->st;
+    if (core->aio_dict != NULL && st->dict_watcher != 0 &&
+        PyDict_Unwatch(st->dict_watcher - 1, core->aio_dict) < 0) {
+        PyErr_WriteUnraisable(core->aio_dict);
+    }
+#endif
+    if (!keep) {
+        Py_CLEAR(core->aio_dict);
+    }
+}
+
+/* Reads the loop's attributes from its __dict__ if its class has no data
+ * descriptor for any name the core reads; notes whether it keeps
+ * BaseEventLoop.time. */
+static int
+sched_attach_dict(cd_loop_t *core)
+{
+    cd_state *st = core->st;
+    PyObject *tp = (PyObject *)Py_TYPE(core->aio_loop);
+    PyObject *names[] = {st->s__debug,     st->s__closed,
+                         st->s__scheduled, st->s__stopping,
+                         st->s__selector,  st->s__clock_resolution};
+    sched_unwatch(core, 0);
+    core->time_is_base = 0;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        PyObject *d = PyObject_GetAttr(tp, names[i]);
+        if (d == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                return -1;
+            }
+            PyErr_Clear();
+            continue;
+        }
+        int data = Py_TYPE(d)->tp_descr_set != NULL;
+        Py_DECREF(d);
+        if (data) {
+            return 0;
+        }
+    }
+    PyObject *t = PyObject_GetAttr(tp, st->s_time);
+    if (t == NULL) {
+        return -1;
+    }
+    core->time_is_base = t == st->base_time;
+    Py_DECREF(t);
+    PyObject *d = PyObject_GenericGetDict(core->aio_loop, NULL);
+    if (d == NULL) {
+        return -1;
+    }
+    if (!PyDict_CheckExact(d)) {
+        Py_DECREF(d);
+        return 0;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    if (st->dict_watcher != 0 && PyDict_Watch(st->dict_watcher - 1, d) < 0) {
+        Py_DECREF(d);
+        return -1;
+    }
+#endif
+    core->aio_dict = d;
+    return 0;
+}
+
+/* sched_init(report, selector) -> the ready queue: takes the Python
+ * function that reports an exception raised by a callback and the
+ * LibuvSelector whose select() the step runs in C; returns the queue that
+ * becomes loop._ready. */
 PyObject *
 cd_sched_attach(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError,
-                        "sched_init(ready, report, selector)");
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "sched_init(report, selector)");
         return NULL;
     }
-    PyObject *append = PyObject_GetAttrString(args[0], "append");
-    PyObject *popleft =
-        append ? PyObject_GetAttrString(args[0], "popleft") : NULL;
-    if (popleft == NULL) {
-        Py_XDECREF(append);
+    if (core->aio_loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "loop core is not attached");
         return NULL;
     }
-    Py_XSETREF(core->aio_ready, Py_NewRef(args[0]));
-    Py_XSETREF(core->ready_append, append);
-    Py_XSETREF(core->ready_popleft, popleft);
-    Py_XSETREF(core->report, Py_NewRef(args[1]));
-    Py_XSETREF(core->selector, Py_NewRef(args[2]));
-    Py_RETURN_NONE;
+    if (core->ready_q == NULL) {
+        core->ready_q = (cd_readyq_t *)cd_readyq_new(core->st);
+        if (core->ready_q == NULL) {
+            return NULL;
+        }
+    }
+    if (sched_attach_dict(core) < 0) {
+        return NULL;
+    }
+    Py_XSETREF(core->report, Py_NewRef(args[0]));
+    Py_XSETREF(core->selector, Py_NewRef(args[1]));
+    return Py_NewRef((PyObject *)core->ready_q);
 }
 
 int
 cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg)
 {
-    Py_VISIT(core->aio_ready);
-    Py_VISIT(core->ready_append);
-    Py_VISIT(core->ready_popleft);
+    Py_VISIT((PyObject *)core->ready_q);
+    Py_VISIT(core->aio_dict);
+    Py_VISIT(core->attrs.scheduled);
+    Py_VISIT(core->attrs.selector);
+    for (int i = 0; i < core->nspare; i++) {
+        Py_VISIT(core->spare_handles[i]);
+    }
+    for (int i = 0; i < core->nspare_timers; i++) {
+        Py_VISIT(core->spare_timers[i]);
+    }
     Py_VISIT(core->report);
     Py_VISIT(core->selector);
     return 0;
 }
 
 void
-cd_sched_loop_clear(cd_loop_t *core)
+cd_sched_loop_clear(cd_loop_t *core, int closing)
 {
-    Py_CLEAR(core->aio_ready);
-    Py_CLEAR(core->ready_append);
-    Py_CLEAR(core->ready_popleft);
+    Py_CLEAR(core->ready_q);
+    /* A closed loop's get_debug() still reads its __dict__ (repr). */
+    sched_unwatch(core, closing);
+    while (core->nspare > 0) {
+        Py_CLEAR(core->spare_handles[--core->nspare]);
+    }
+    while (core->nspare_timers > 0) {
+        Py_CLEAR(core->spare_timers[--core->nspare_timers]);
+    }
     Py_CLEAR(core->report);
     Py_CLEAR(core->selector);
 }

@@ -113,7 +113,8 @@
     X(s__clock_resolution, "_clock_resolution")                               \
     X(s__when, "_when")                                                       \
     X(s__cancelled, "_cancelled")                                             \
-    X(s__run, "_run")
+    X(s__run, "_run")                                                         \
+    X(s_context, "context")
 
 /* Offsets of asyncio.Handle's slots (sched.c). */
 typedef struct {
@@ -132,6 +133,7 @@ typedef struct {
     PyTypeObject *Waiter_type;
     PyTypeObject *TLSContext_type;
     PyTypeObject *Hop_type;
+    PyTypeObject *ReadyQueue_type;
 
     /* Imported at exec time: asyncio.Task, logging callables. */
     PyObject *asyncio_Task;
@@ -155,10 +157,14 @@ typedef struct {
     PyObject *base_call_at;   /* BaseEventLoop.call_at */
     PyObject *base_call_later;
     PyObject *base_call_soon_threadsafe;
-    PyObject *heapq_heappush;
-    PyObject *heapq_heappop;
-    PyObject *heapq_heapify;
+    PyObject *base_time; /* BaseEventLoop.time */
     cd_handle_slots_t handle_slots;
+    int dict_watcher; /* sched.c's PyDict watcher id + 1; 0: none */
+    /* Where a Handle's weak reference list is (tp_weaklistoffset, which
+     * may be negative: before the object), and whether run Handles may be
+     * reused at all (sched.c). */
+    Py_ssize_t handle_weaklist;
+    int handle_reuse;
     PyObject *empty_bytes;
     PyObject *empty_tuple;
     PyObject *done_waiter; /* a Waiter that returns None: stateless, shared

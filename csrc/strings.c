@@ -64,6 +64,7 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->Waiter_type);
     Py_VISIT(st->TLSContext_type);
     Py_VISIT(st->Hop_type);
+    Py_VISIT(st->ReadyQueue_type);
     Py_VISIT(st->convert_future_exc);
     Py_VISIT(st->cf_Future);
     Py_VISIT(st->cf_FINISHED);
@@ -73,9 +74,7 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->asyncio_TimerHandle);
     Py_VISIT(st->base_call_soon);
     Py_VISIT(st->base_run_once);
-    Py_VISIT(st->heapq_heappop);
-    Py_VISIT(st->heapq_heapify);
-    Py_VISIT(st->heapq_heappush);
+    Py_VISIT(st->base_time);
     Py_VISIT(st->base_call_later);
     Py_VISIT(st->base_call_soon_threadsafe);
     Py_VISIT(st->base_call_at);
@@ -98,12 +97,14 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
 void
 cd_state_clear(cd_state *st)
 {
+    cd_sched_state_clear(st);
     Py_CLEAR(st->LoopCore_type);
     Py_CLEAR(st->Server_type);
     Py_CLEAR(st->Cycle_type);
     Py_CLEAR(st->Waiter_type);
     Py_CLEAR(st->TLSContext_type);
     Py_CLEAR(st->Hop_type);
+    Py_CLEAR(st->ReadyQueue_type);
     Py_CLEAR(st->convert_future_exc);
     Py_CLEAR(st->cf_Future);
     Py_CLEAR(st->cf_FINISHED);
@@ -113,9 +114,7 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->asyncio_TimerHandle);
     Py_CLEAR(st->base_call_soon);
     Py_CLEAR(st->base_run_once);
-    Py_CLEAR(st->heapq_heappop);
-    Py_CLEAR(st->heapq_heapify);
-    Py_CLEAR(st->heapq_heappush);
+    Py_CLEAR(st->base_time);
     Py_CLEAR(st->base_call_later);
     Py_CLEAR(st->base_call_soon_threadsafe);
     Py_CLEAR(st->base_call_at);

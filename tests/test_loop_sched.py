@@ -465,3 +465,204 @@ def test_handles_made_in_c_are_freed_without_the_gc(loop):
         assert live() <= before
     finally:
         gc.enable()
+
+
+def test_the_timer_heap_is_the_list_heapq_would_build():
+    def scenario(loop):
+        out = []
+        base = 1000.0
+        # Ties, ints and floats, cancellations and pops: the list's layout
+        # must be heapq's, item for item.
+        whens = [base + (i * 37 % 11) * 0.5 for i in range(150)] + [900, 900.0, 1002]
+        handles = [loop.call_at(w, out.append, i) for i, w in enumerate(whens)]
+        index = {id(h): i for i, h in enumerate(handles)}
+        layouts = [[index[id(h)] for h in loop._scheduled]]
+        for h in handles[3:80:3]:
+            h.cancel()
+        loop.time = lambda: 1003.0
+        loop._run_once()  # prunes, runs what is due
+        layouts.append([index[id(h)] for h in loop._scheduled])
+        layouts.append(out)
+        layouts.append([h._scheduled for h in handles])
+        return layouts, loop._timer_cancelled_count
+
+    layouts, cancelled = on_both(scenario)
+    assert len(layouts[0]) == 153 and len(layouts[2]) > 10 and cancelled > 0
+
+
+def test_a_subclass_clock_and_instance_clock_are_used_for_timers():
+    from cdaphne.loop import LibuvEventLoop
+
+    class FakeClock(LibuvEventLoop):
+        def time(self) -> float:
+            return 5000.0
+
+    loop = FakeClock()
+    try:
+        assert loop.call_later(5, print).when() == 5005.0
+        loop.time = lambda: 7.0
+        assert loop.call_later(1, print).when() == 8.0
+        del loop.time
+        assert loop.call_later(2, print).when() == 5002.0
+    finally:
+        loop.close()
+    loop = new_event_loop()
+    try:
+        before = time.monotonic()
+        when = loop.call_later(0, print).when()
+        assert before <= when <= time.monotonic()
+    finally:
+        loop.close()
+
+
+def test_the_ready_queue_behaves_like_asyncios_deque():
+    def scenario(loop):
+        out = []
+        ready = loop._ready
+        hs = [asyncio.Handle(out.append, (i,), loop) for i in range(200)]
+        for h in hs[:150]:
+            ready.append(h)
+        for h in hs[150:]:
+            ready.appendleft(h)
+        got = [len(ready), bool(ready), ready[0] is hs[-1], ready[-1] is hs[149]]
+        got += [hs[3] in ready, ready.popleft() is hs[-1], ready.pop() is hs[149]]
+        got.append(len(list(ready)))
+        loop._run_once()  # runs what was queued (no poll wait: ready is not empty)
+        got += [len(ready), bool(ready), out[:3], len(out)]
+        with pytest.raises(IndexError):
+            ready.popleft()
+        with pytest.raises(IndexError):
+            ready.pop()
+        with pytest.raises(IndexError):
+            ready[0]
+        ready.append(hs[0])
+        ready.clear()
+        got.append(len(ready))
+        return got
+
+    got = on_both(scenario)
+    assert got[:7] == [200, True, True, True, True, True, True]
+    assert got[-1] == 0 and got[-2] == 198
+
+
+def test_the_ready_queue_in_debug_mode_and_across_close(loop):
+    loop.set_debug(True)
+    out = []
+    loop.call_soon(out.append, 1)  # asyncio's call_soon: _ready.append
+    assert len(loop._ready) == 1 and "Handle" in repr(loop._ready)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == [1] and not loop._ready
+    loop.call_soon(out.append, 2)
+    loop.close()
+    assert len(loop._ready) == 0
+
+
+def test_direct_writes_to_the_loops_attributes_are_seen_at_once(loop):
+    # The core caches what it reads of the loop's __dict__ (dict watchers):
+    # any write, by set_debug() or straight to the attribute, is seen.
+    out = []
+    loop.call_soon(out.append, 1)
+    loop._run_once()
+    loop._debug = True
+    with pytest.raises(TypeError, match="callable"):
+        loop.call_soon(1)  # asyncio's debug-mode check
+    loop._debug = False
+    loop.call_soon(1)
+    loop._ready.clear()
+    loop._closed = True
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_soon(print)
+    loop._closed = False
+    loop.__dict__["_scheduled"] = fresh = []
+    loop.call_later(0, out.append, 2)
+    assert len(fresh) == 1
+    loop.time = lambda: 1e9
+    assert loop.call_later(1, print).when() == 1e9 + 1
+    del loop.time
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == [1, 2]
+
+
+def test_run_handles_are_reused_only_when_nothing_can_see_them(loop):
+    import weakref
+
+    out = []
+    held = loop.call_soon(out.append, "held")
+    loop.call_soon(out.append, "dropped")
+    watched = weakref.ref(loop.call_soon(out.append, "watched"))
+    loop._run_once()
+    assert out == ["held", "dropped", "watched"]
+    # A handle someone holds keeps its state; one only a weak reference
+    # sees dies as it would without reuse.
+    assert held._callback == out.append and held._args == ("held",)
+    assert watched() is None
+    fresh = [loop.call_soon(out.append, i) for i in range(40)]
+    assert held not in fresh and len({id(h) for h in fresh}) == 40
+    assert all(type(h) is asyncio.Handle and h._loop is loop for h in fresh)
+    assert [h._args for h in fresh] == [(i,) for i in range(40)]
+    assert all(not h.cancelled() and h._repr is None for h in fresh)
+    loop._run_once()
+    assert out[3:] == list(range(40))
+
+
+def test_the_cancelled_timer_count_is_kept_in_c_and_still_an_attribute(loop):
+    loop.time = lambda: 100.0
+    hs = [loop.call_at(200 + i, print) for i in range(4)]
+    hs[0].cancel()
+    hs[1].cancel()
+    hs[1].cancel()
+    assert loop._timer_cancelled_count == 2
+    assert "_timer_cancelled_count" not in loop.__dict__
+    loop._timer_cancelled_count = 7  # asyncio's own _run_once writes it
+    assert loop._timer_cancelled_count == 7
+    loop._timer_cancelled_count = 2
+    loop.set_debug(True)
+    loop.call_soon(hs[3].cancel)  # something ready: the poll does not wait
+    loop._run_once()  # asyncio's: pops hs[0] and hs[1]
+    assert loop._timer_cancelled_count == 1
+    loop.set_debug(False)
+    loop.call_soon(hs[2].cancel)
+    loop._run_once()
+    loop.call_soon(int)
+    loop._run_once()  # the C step pops hs[2] and hs[3]
+    assert loop._timer_cancelled_count == 0 and loop._scheduled == []
+    assert [h._scheduled for h in hs] == [False] * 4
+
+
+def test_call_later_delays_of_every_kind_match_asyncio():
+    def scenario(loop):
+        whens = []
+        for delay in (0, 5, 2.5, -1, True, 10**3):
+            before = loop.time()
+            when = loop.call_later(delay, print).when()
+            whens.append((type(when), before + delay <= when <= loop.time() + delay))
+        for bad in (10**400, "1", None):
+            with pytest.raises((OverflowError, TypeError)) as e:
+                loop.call_later(bad, print)
+            whens.append(e.type)
+        return whens
+
+    on_both(scenario)
+
+
+def test_get_debug_is_asyncios_also_after_close():
+    loop = new_event_loop()
+    assert loop.get_debug() is False
+    loop.set_debug(True)
+    assert loop.get_debug() is True
+    loop.close()
+    assert "closed=True debug=True" in repr(loop)  # asyncio's close() warnings use it
+    loop.set_debug(False)
+    assert loop.get_debug() is False
+
+    class OwnDebug(type(loop)):
+        def get_debug(self) -> bool:
+            return "own"  # type: ignore[return-value]
+
+    other = OwnDebug()
+    try:
+        assert other.get_debug() == "own"
+    finally:
+        other.close()

@@ -113,18 +113,27 @@ class LibuvEventLoop(asyncio.SelectorEventLoop):
 
     def __init__(self) -> None:
         selector = LibuvSelector()
+        self.core = selector.core  # before __init__ sets the count below
         super().__init__(selector)
-        self.core = selector.core
         selector.bind(self)
         # Replaces the self-pipe write of call_soon_threadsafe() and of
         # signal handlers (thread-safe, silent once closed, as asyncio's).
         self._write_to_self = self.core.wakeup
-        # The scheduling core in C (csrc/sched.c), on this loop's own
-        # _ready deque and _scheduled heap; debug mode takes asyncio's paths.
-        self.core.sched_init(self._ready, _report_callback_error, selector)
+        # The scheduling core in C (csrc/sched.c): _ready becomes its ring
+        # of handles (csrc/readyq.c), _scheduled stays a list (kept in
+        # heapq's order from C); debug mode takes asyncio's paths.
+        ready = self.core.sched_init(_report_callback_error, selector)
+        for handle in self._ready:
+            ready.append(handle)
+        self._ready = ready
         self.call_soon = self.core.call_soon
         self.call_at = self.core.call_at
         self.call_later = self.core.call_later
+        self._timer_handle_cancelled = self.core.timer_cancelled
+        if type(self).get_debug is asyncio.BaseEventLoop.get_debug:
+            # Every Future and Task asks it: read in C (a subclass's own
+            # get_debug stays).
+            self.get_debug = self.core.get_debug  # type: ignore[method-assign]
         if not hasattr(asyncio.events, "_ThreadSafeHandle"):
             # Pythons whose call_soon_threadsafe makes a locked handle
             # keep asyncio's own.
@@ -140,6 +149,15 @@ class LibuvEventLoop(asyncio.SelectorEventLoop):
         if type(self).create_future is asyncio.BaseEventLoop.create_future:
             # What that method returns, without its Python frame.
             self.create_future = functools.partial(asyncio.Future, loop=self)  # type: ignore[method-assign]
+
+    # BaseEventLoop's attribute, kept by the C core (csrc/sched.c).
+    @property
+    def _timer_cancelled_count(self) -> int:
+        return self.core.timer_cancelled_count  # type: ignore[no-any-return]
+
+    @_timer_cancelled_count.setter
+    def _timer_cancelled_count(self, n: int) -> None:
+        self.core.timer_cancelled_count = n
 
     def run_in_executor(
         self, executor: concurrent.futures.Executor | None, func: Any, *args: Any
