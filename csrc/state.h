@@ -113,8 +113,7 @@
     X(s__clock_resolution, "_clock_resolution")                               \
     X(s__when, "_when")                                                       \
     X(s__cancelled, "_cancelled")                                             \
-    X(s__run, "_run")                                                         \
-    X(s_context, "context")
+    X(s__run, "_run")
 
 /* Offsets of asyncio.Handle's slots (sched.c). */
 typedef struct {
