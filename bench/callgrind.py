@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from . import env
-from .servers import HOST, TARGETS
+from .servers import HOST, TARGETS, free_port
 
 OUT_DIR = env.WORK / "callgrind"
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n\r\n"
@@ -52,12 +52,6 @@ def server_argv(server: str, target: str, port: int) -> list[str]:
             "--port", str(port), "--workers", "1", "--log-level", "warning", target,
         ]  # fmt: skip
     raise SystemExit(f"unknown server {server} (cdaphne, uvicorn or granian)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -91,8 +85,8 @@ async def load(port: int, total: int, conns: int) -> None:
     await asyncio.gather(*(one_conn(port, n) for n in per if n))
 
 
-def control(pid: int, flag: str) -> None:
-    subprocess.run(["callgrind_control", flag, str(pid)], check=True, capture_output=True,
+def control(pid: int, *args: str) -> None:
+    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True,
                    timeout=120)  # fmt: skip
 
 

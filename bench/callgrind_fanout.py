@@ -40,10 +40,10 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from . import env
+from .callgrind import control, wait_port
 from .servers import HOST, TARGETS, free_port
 
 LAYERS = {
@@ -72,32 +72,13 @@ async def _room(port: int, members: int, warmup: int, messages: int, pid: int) -
 
     for i in range(warmup):
         await broadcast(i)
-    _control(pid, "-i", "on")
+    control(pid, "-i", "on")
     for i in range(messages):
         await broadcast(warmup + i)
-    _control(pid, "-d")
-    _control(pid, "-i", "off")
+    control(pid, "-d")
+    control(pid, "-i", "off")
     for s in socks:
         await s.close()
-
-
-def _control(pid: int, *args: str) -> None:
-    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
-
-
-def _wait_listening(port: int, proc: subprocess.Popen, timeout: float) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            socket.create_connection((HOST, port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit("server did not listen in time")
 
 
 def _total(path: Path) -> int:
@@ -299,7 +280,7 @@ def main() -> None:
         stdin=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
-        _wait_listening(port, proc, 300)
+        wait_port(port, proc, 300)
         asyncio.run(_room(port, args.members, args.warmup, args.messages, proc.pid))
     finally:
         proc.terminate()

@@ -468,38 +468,6 @@ fail:
     return NULL;
 }
 
-/* The loop class's own run_in_executor(loop, *args): the Python method,
- * which serves what the C path leaves (closed loop, debug mode, the
- * default executor). */
-static PyObject *
-hop_run_in_executor_py(cd_state *st, PyObject *aio, PyObject *const *args,
-                       Py_ssize_t nargs)
-{
-    PyObject *small[8], **full = small, *res = NULL;
-    PyObject *m =
-        PyObject_GetAttr((PyObject *)Py_TYPE(aio), st->s_run_in_executor);
-    if (m == NULL) {
-        return NULL;
-    }
-    if (nargs + 1 > (Py_ssize_t)(sizeof(small) / sizeof(small[0]))) {
-        full = PyMem_Malloc((size_t)(nargs + 1) * sizeof(PyObject *));
-        if (full == NULL) {
-            Py_DECREF(m);
-            return PyErr_NoMemory();
-        }
-    }
-    full[0] = aio;
-    for (Py_ssize_t i = 0; i < nargs; i++) {
-        full[i + 1] = args[i];
-    }
-    res = PyObject_Vectorcall(m, full, (size_t)nargs + 1, NULL);
-    if (full != small) {
-        PyMem_Free(full);
-    }
-    Py_DECREF(m);
-    return res;
-}
-
 PyObject *
 cd_hop_run_in_executor(cd_loop_t *loop, PyObject *const *args,
                        Py_ssize_t nargs)
@@ -520,7 +488,10 @@ cd_hop_run_in_executor(cd_loop_t *loop, PyObject *const *args,
         unusual = !plain;
     }
     if (unusual) {
-        return hop_run_in_executor_py(st, aio, args, nargs);
+        /* The class's Python method serves what the C path leaves
+         * (closed loop, debug mode, the default executor). */
+        return cd_loopapi_call_class_method(aio, st->s_run_in_executor, args,
+                                            nargs, NULL);
     }
     /* executor.submit(func, *args): args[0] is the executor. */
     fut = PyObject_VectorcallMethod(st->s_submit, args, (size_t)nargs, NULL);

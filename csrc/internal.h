@@ -259,6 +259,10 @@ int cd_loopapi_plain(cd_state *st, PyObject *aio, int task);
 /* create_task(coro, *, name=None, context=None). */
 PyObject *cd_loopapi_create_task(cd_loop_t *loop, PyObject *const *args,
                                  Py_ssize_t nargs, PyObject *kwnames);
+/* type(aio).<name>(aio, *args, **kw): the class's own method. */
+PyObject *cd_loopapi_call_class_method(PyObject *aio, PyObject *name,
+                                       PyObject *const *args, Py_ssize_t nargs,
+                                       PyObject *kwnames);
 
 /* ---- readyq.c: the loop's ready queue (loop._ready) --------------- */
 int cd_readyq_type_init(PyObject *module, cd_state *st);

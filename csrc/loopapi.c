@@ -39,15 +39,16 @@ done:
     return PyErr_Occurred() ? -1 : plain;
 }
 
-/* type(aio).create_task(aio, *args, **kw): BaseEventLoop's method. */
-static PyObject *
-loopapi_create_task_py(cd_state *st, PyObject *aio, PyObject *const *args,
-                       Py_ssize_t nargs, PyObject *kwnames)
+/* type(aio).<name>(aio, *args, **kw): the class's own method, which the
+ * C entry points bound on the instance hand what they do not serve. */
+PyObject *
+cd_loopapi_call_class_method(PyObject *aio, PyObject *name,
+                             PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames)
 {
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     PyObject *small[8], **full = small, *res = NULL;
-    PyObject *m =
-        PyObject_GetAttr((PyObject *)Py_TYPE(aio), st->s_create_task);
+    PyObject *m = PyObject_GetAttr((PyObject *)Py_TYPE(aio), name);
     if (m == NULL) {
         return NULL;
     }
@@ -105,7 +106,8 @@ cd_loopapi_create_task(cd_loop_t *loop, PyObject *const *args,
         unusual = !plain;
     }
     if (unusual) {
-        return loopapi_create_task_py(st, aio, args, nargs, kwnames);
+        return cd_loopapi_call_class_method(aio, st->s_create_task, args,
+                                            nargs, kwnames);
     }
     PyObject *targs[4] = {args[0], aio, name, context};
     return PyObject_Vectorcall(st->asyncio_Task, targs, 1, st->kwnames_task);

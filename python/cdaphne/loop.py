@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import inspect
 import selectors
 from asyncio import format_helpers
@@ -146,9 +145,6 @@ class LibuvEventLoop(asyncio.SelectorEventLoop):
         if type(self).create_task is asyncio.BaseEventLoop.create_task:
             # Without a task factory or debug mode, in C (csrc/loopapi.c).
             self.create_task = self.core.create_task  # type: ignore[method-assign]
-        if type(self).create_future is asyncio.BaseEventLoop.create_future:
-            # What that method returns, without its Python frame.
-            self.create_future = functools.partial(asyncio.Future, loop=self)  # type: ignore[method-assign]
 
     # BaseEventLoop's attribute, kept by the C core (csrc/sched.c).
     @property
