@@ -177,9 +177,16 @@ class FakeServer:
                 self.errors.append(repr(exc))
 
     def close(self) -> None:
+        # A close alone leaves accept() blocked (Linux): the shutdown wakes
+        # it, so that no thread outlives the test (a later fork() warns).
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
-        for t in self.threads[1:]:
+        for t in self.threads:
             t.join(timeout=15)
+            assert not t.is_alive(), "a test server thread did not stop"
 
 
 def _good_accept(key: bytes) -> bytes:
