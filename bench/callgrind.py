@@ -85,6 +85,16 @@ async def load(port: int, total: int, conns: int) -> None:
     await asyncio.gather(*(one_conn(port, n) for n in per if n))
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminates a server under callgrind (which writes its last dump)."""
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True,
                    timeout=120)  # fmt: skip
@@ -136,12 +146,7 @@ def main() -> None:
         control(proc.pid, "-d")
         ir, path = total_ir(OUT_DIR, prefix)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
     print(f"{args.server} {args.app}: {ir / args.n:,.0f} instructions/request "
           f"({args.n} requests, {args.c} connections, {took:.1f} s under callgrind)")  # fmt: skip

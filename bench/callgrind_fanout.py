@@ -43,7 +43,7 @@ import sys
 from pathlib import Path
 
 from . import env
-from .callgrind import control, wait_port
+from .callgrind import control, stop, wait_port
 from .servers import HOST, TARGETS, free_port
 
 LAYERS = {
@@ -283,12 +283,7 @@ def main() -> None:
         wait_port(port, proc, 300)
         asyncio.run(_room(port, args.members, args.warmup, args.messages, proc.pid))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
     dumps = sorted(out.parent.glob(out.name + "*"), key=lambda q: q.stat().st_mtime)
     dumps = [d for d in dumps if not d.name.endswith(".log") and _total(d) > 0]
