@@ -188,10 +188,14 @@ struct cd_loop_s {
     cd_hop_t *hops_head; /* strong: each queued hop, first to complete */
     cd_hop_t *hops_tail; /* borrowed: the last of hops_head's chain */
     /* Scheduling core (sched.c), set by sched_init(). */
-    cd_readyq_t *ready_q;  /* strong: the ready queue, also loop._ready */
-    PyObject *aio_dict;    /* strong: the asyncio loop's __dict__, where its
-                              attributes are read; NULL: read them with getattr */
-    int time_is_base;      /* the loop's class keeps BaseEventLoop.time */
+    cd_readyq_t *ready_q; /* strong: the ready queue, also loop._ready */
+    PyObject *aio_dict;   /* strong: the asyncio loop's __dict__, where its
+                             attributes are read; NULL: read them with getattr */
+    int time_is_base;     /* the loop's class keeps BaseEventLoop.time */
+    /* The dict watcher id + 1 that watches aio_dict (0: none), kept here
+     * because the module state may be gone when a loop outlives its module
+     * at interpreter exit. */
+    int dict_watch;
     cd_loop_attrs_t attrs; /* what was read from aio_dict (sched.c) */
     /* strong: Handles already run that nothing else held, cleared, for
      * call_soon to fill again instead of allocating (sched.c). */

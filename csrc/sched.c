@@ -1272,11 +1272,13 @@ sched_unwatch(cd_loop_t *core, int keep)
 {
     attrs_clear(core);
 #if PY_VERSION_HEX >= 0x030C0000
-    cd_state *st = core->st;
-    if (core->aio_dict != NULL && st->dict_watcher != 0 &&
-        PyDict_Unwatch(st->dict_watcher - 1, core->aio_dict) < 0) {
-        PyErr_WriteUnraisable(core->aio_dict);
+    if (core->aio_dict != NULL && core->dict_watch != 0 &&
+        PyDict_Unwatch(core->dict_watch - 1, core->aio_dict) < 0) {
+        /* The module cleared its watcher first (interpreter exit): the
+         * dict is watched no more. */
+        PyErr_Clear();
     }
+    core->dict_watch = 0;
 #endif
     if (!keep) {
         Py_CLEAR(core->aio_dict);
@@ -1326,9 +1328,12 @@ sched_attach_dict(cd_loop_t *core)
         return 0;
     }
 #if PY_VERSION_HEX >= 0x030C0000
-    if (st->dict_watcher != 0 && PyDict_Watch(st->dict_watcher - 1, d) < 0) {
-        Py_DECREF(d);
-        return -1;
+    if (st->dict_watcher != 0) {
+        if (PyDict_Watch(st->dict_watcher - 1, d) < 0) {
+            Py_DECREF(d);
+            return -1;
+        }
+        core->dict_watch = st->dict_watcher;
     }
 #endif
     core->aio_dict = d;

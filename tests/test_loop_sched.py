@@ -418,7 +418,13 @@ def test_call_soon_threadsafe_from_a_thread_matches_asyncio():
             loop.call_soon_threadsafe(out.append, "cancelled").cancel()
             loop.call_soon_threadsafe(loop.stop)
 
-        loop.call_soon(threading.Thread(target=in_thread).start)
+        def run_thread() -> None:
+            # The loop waits here, so no handle runs before its cancel().
+            t = threading.Thread(target=in_thread)
+            t.start()
+            t.join()
+
+        loop.call_soon(run_thread)
         loop.run_forever()
         return kinds, out
 
