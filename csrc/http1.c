@@ -31,6 +31,8 @@ typedef struct {
     uint64_t body_bytes;        /* request body bytes seen */
     unsigned nheaders;          /* header fields so far, trailers included */
     unsigned nhost;             /* Host fields */
+    unsigned nte;               /* Transfer-Encoding fields */
+    unsigned te_other : 1;      /* one names a coding other than chunked */
     int fail_status;            /* set by a parser callback that failed */
     unsigned in_value : 2;      /* in a value; 2: it ended with the buffer */
     unsigned in_head : 1;       /* between message begin and headers done */
@@ -97,6 +99,8 @@ on_message_begin(llhttp_t *p)
     h->in_head = 1;
     h->nheaders = 0;
     h->nhost = 0;
+    h->nte = 0;
+    h->te_other = 0;
     h->expect_continue = 0;
     h->ws_upgrade = 0;
     Py_CLEAR(h->root_path_header);
@@ -170,6 +174,11 @@ header_keep(cd_http1_t *h, PyObject *name, PyObject *value)
 {
     if (header_is(&h->hname, "host")) {
         h->nhost++;
+    }
+    else if (header_is(&h->hname, "transfer-encoding")) {
+        h->nte++;
+        h->te_other |= !(h->hvalue.len == 7 &&
+                         strncasecmp(h->hvalue.base, "chunked", 7) == 0);
     }
     else if (header_is(&h->hname, "expect") &&
              value_has_token(&h->hvalue, "100-continue")) {
@@ -295,20 +304,27 @@ on_version_complete(llhttp_t *p)
     return p->http_major != 1 ? fail(p, 505) : 0;
 }
 
-/* RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one in 1.0;
- * 6.1: Transfer-Encoding in HTTP/1.0 is a framing error. */
+/* The status a head that llhttp took is refused with, or 0.
+ * RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one in 1.0;
+ * 6.1: Transfer-Encoding in HTTP/1.0 is a framing error, and chunked is
+ * applied once.  llhttp frames "gzip, chunked" as chunked, which would
+ * hand the app a body still gzip-coded: we decode no coding but chunked,
+ * and 6.1 says to answer 501 to one we do not understand. */
 static int
 check_head(cd_http1_t *h)
 {
     llhttp_t *p = &h->parser;
     int http10 = p->http_major == 1 && p->http_minor == 0;
     if (h->nhost > 1 || (h->nhost == 0 && !http10)) {
-        return -1;
+        return 400;
     }
     if (http10 && (p->flags & F_TRANSFER_ENCODING)) {
-        return -1;
+        return 400;
     }
-    return 0;
+    if (h->te_other) {
+        return 501;
+    }
+    return h->nte > 1 ? 400 : 0;
 }
 
 /* New reference: the cycle of the request whose head was just parsed;
@@ -355,8 +371,9 @@ on_headers_complete(llhttp_t *p)
         return fail(p, r == -2 ? 400 : 500);
     }
     h->in_head = 0;
-    if (check_head(h) < 0) {
-        return fail(p, 400);
+    int refuse = check_head(h);
+    if (refuse) {
+        return fail(p, refuse);
     }
     cd_conn_timer_stop(c);
     h->rate_waited = 0;
@@ -645,6 +662,7 @@ parse_error_body(int status)
     case 426: return "WebSocket version 13 required";
     case 431: return "Request Header Fields Too Large";
     case 505: return "HTTP Version Not Supported";
+    case 501: return "Not Implemented";
     case 413: return "Payload Too Large";
     case 500:
         cd_log_exception("Error while parsing a request");

@@ -569,7 +569,8 @@ def build_request(d: Data, ws: bool = False) -> tuple[bytes, bytes | None]:
             lines.append(b"Content-Length: " + bad)
             clean = False
         elif h == 6:
-            lines.append(b"Transfer-Encoding: " + d.pick([b"chunked", b"gzip", b"chunked, gzip"]))
+            te = [b"chunked", b"gzip", b"chunked, gzip", b"gzip, chunked", b"Chunked"]
+            lines.append(b"Transfer-Encoding: " + d.pick(te))
             clean = False
         elif h == 7:
             lines.append(b"X-Long: " + b"v" * (d.u8() * 40))

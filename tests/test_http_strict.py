@@ -70,6 +70,39 @@ def test_request_breaking_rfc9112_gets_400_and_close(server, name):
     still_serving(server)
 
 
+NOT_IMPLEMENTED = exact(501, "Not Implemented", "Not Implemented")
+
+# RFC 9112 6.1: a transfer coding the server does not understand gets 501.
+# llhttp frames "gzip, chunked" as chunked: the app would get the body still
+# gzip-coded, as if it were the content.
+POST = b"POST /echo HTTP/1.1\r\nHost: x\r\n"
+REFUSED_501 = {
+    "gzip_then_chunked": POST + b"Transfer-Encoding: gzip, chunked\r\n\r\n"
+                                b"3\r\nabc\r\n0\r\n\r\n",
+    "gzip_line_then_chunked_line": POST + b"Transfer-Encoding: gzip\r\n"
+                                          b"Transfer-Encoding: chunked\r\n\r\n"
+                                          b"3\r\nabc\r\n0\r\n\r\n",
+    "identity_then_chunked": POST + b"Transfer-Encoding: identity, chunked\r\n\r\n"
+                                    b"0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_501))
+def test_transfer_coding_other_than_chunked_gets_501_and_close(server, name):
+    assert refused(server, REFUSED_501[name]) == NOT_IMPLEMENTED
+    still_serving(server)
+
+
+def test_chunked_named_on_two_lines_gets_400(server):
+    data = POST + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    assert refused(server, data) == BAD_REQUEST
+
+
+def test_chunked_in_any_case_is_served(server):
+    r = request(server, POST + b"Transfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    assert r.status == 200 and b"abc" in r.body
+
+
 @pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/0.9"])
 def test_request_line_with_major_version_other_than_1_gets_505(server, version):
     reply = refused(server, b"GET / " + version + b"\r\nHost: x\r\n\r\n")
