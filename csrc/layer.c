@@ -301,6 +301,99 @@ cd_is_atomic(PyObject *o)
             o == Py_None);
 }
 
+static PyObject *cd_copy(cd_layer_state *st, PyObject *o, int depth,
+                         PyObject **memo, int *too_deep);
+
+/* cd_copy of an exact dict: the values that are not atomic are copied. */
+static PyObject *
+cd_copy_dict(cd_layer_state *st, PyObject *o, int depth, PyObject **memo,
+             int *too_deep)
+{
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    PyObject *res = PyDict_Copy(o);
+    if (res == NULL) {
+        return NULL;
+    }
+    while (PyDict_Next(o, &pos, &k, &v)) {
+        if (cd_is_atomic(v)) {
+            continue;
+        }
+        Py_INCREF(k);
+        Py_INCREF(v);
+        PyObject *vc = cd_copy(st, v, depth + 1, memo, too_deep);
+        int rc = vc == NULL ? -1 : PyDict_SetItem(res, k, vc);
+        Py_XDECREF(vc);
+        Py_DECREF(k);
+        Py_DECREF(v);
+        if (rc < 0) {
+            Py_DECREF(res);
+            return NULL;
+        }
+    }
+    return res;
+}
+
+/* cd_copy of an exact list. */
+static PyObject *
+cd_copy_list(cd_layer_state *st, PyObject *o, int depth, PyObject **memo,
+             int *too_deep)
+{
+    Py_ssize_t n = PyList_GET_SIZE(o);
+    PyObject *res = PyList_New(n);
+    if (res == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i >= PyList_GET_SIZE(o)) {
+            /* Shrunk by code run from deepcopy: keep what we have. */
+            if (PyList_SetSlice(res, i, n, NULL) < 0) {
+                goto error;
+            }
+            break;
+        }
+        PyObject *item = Py_NewRef(PyList_GET_ITEM(o, i));
+        PyObject *ic = cd_copy(st, item, depth + 1, memo, too_deep);
+        Py_DECREF(item);
+        if (ic == NULL) {
+            goto error;
+        }
+        PyList_SET_ITEM(res, i, ic);
+    }
+    return res;
+
+error:
+    Py_DECREF(res);
+    return NULL;
+}
+
+/* cd_copy of an exact tuple: o itself when no item needed a copy. */
+static PyObject *
+cd_copy_tuple(cd_layer_state *st, PyObject *o, int depth, PyObject **memo,
+              int *too_deep)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(o);
+    int same = 1;
+    PyObject *res = PyTuple_New(n);
+    if (res == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(o, i);
+        PyObject *ic = cd_copy(st, item, depth + 1, memo, too_deep);
+        if (ic == NULL) {
+            Py_DECREF(res);
+            return NULL;
+        }
+        same &= (ic == item);
+        PyTuple_SET_ITEM(res, i, ic);
+    }
+    if (same) {
+        Py_SETREF(res, Py_NewRef(o));
+    }
+    return res;
+}
+
 /* Returns a new reference to a copy of o that shares nothing mutable with
  * it.  dict, list and tuple are copied here; str, bytes, int, float, bool
  * and None are shared; anything else goes through copy.deepcopy with one
@@ -311,7 +404,6 @@ cd_copy(cd_layer_state *st, PyObject *o, int depth, PyObject **memo,
         int *too_deep)
 {
     PyTypeObject *tp = Py_TYPE(o);
-    PyObject *res = NULL;
 
     if (cd_is_atomic(o)) {
         return Py_NewRef(o);
@@ -321,85 +413,21 @@ cd_copy(cd_layer_state *st, PyObject *o, int depth, PyObject **memo,
         return NULL;
     }
     if (tp == &PyDict_Type) {
-        Py_ssize_t pos = 0;
-        PyObject *k, *v;
-        res = PyDict_Copy(o);
-        if (res == NULL) {
-            goto error;
-        }
-        while (PyDict_Next(o, &pos, &k, &v)) {
-            if (cd_is_atomic(v)) {
-                continue;
-            }
-            Py_INCREF(k);
-            Py_INCREF(v);
-            PyObject *vc = cd_copy(st, v, depth + 1, memo, too_deep);
-            int rc = vc == NULL ? -1 : PyDict_SetItem(res, k, vc);
-            Py_XDECREF(vc);
-            Py_DECREF(k);
-            Py_DECREF(v);
-            if (rc < 0) {
-                goto error;
-            }
-        }
-        return res;
+        return cd_copy_dict(st, o, depth, memo, too_deep);
     }
     if (tp == &PyList_Type) {
-        Py_ssize_t n = PyList_GET_SIZE(o);
-        res = PyList_New(n);
-        if (res == NULL) {
-            goto error;
-        }
-        for (Py_ssize_t i = 0; i < n; i++) {
-            if (i >= PyList_GET_SIZE(o)) {
-                /* Shrunk by code run from deepcopy: keep what we have. */
-                if (PyList_SetSlice(res, i, n, NULL) < 0) {
-                    goto error;
-                }
-                break;
-            }
-            PyObject *item = Py_NewRef(PyList_GET_ITEM(o, i));
-            PyObject *ic = cd_copy(st, item, depth + 1, memo, too_deep);
-            Py_DECREF(item);
-            if (ic == NULL) {
-                goto error;
-            }
-            PyList_SET_ITEM(res, i, ic);
-        }
-        return res;
+        return cd_copy_list(st, o, depth, memo, too_deep);
     }
     if (tp == &PyTuple_Type) {
-        Py_ssize_t n = PyTuple_GET_SIZE(o);
-        int same = 1;
-        res = PyTuple_New(n);
-        if (res == NULL) {
-            goto error;
-        }
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *item = PyTuple_GET_ITEM(o, i);
-            PyObject *ic = cd_copy(st, item, depth + 1, memo, too_deep);
-            if (ic == NULL) {
-                goto error;
-            }
-            same &= (ic == item);
-            PyTuple_SET_ITEM(res, i, ic);
-        }
-        if (same) {
-            Py_SETREF(res, Py_NewRef(o));
-        }
-        return res;
+        return cd_copy_tuple(st, o, depth, memo, too_deep);
     }
     if (*memo == NULL) {
         *memo = PyDict_New();
         if (*memo == NULL) {
-            goto error;
+            return NULL;
         }
     }
     return PyObject_CallFunctionObjArgs(st->deepcopy, o, *memo, NULL);
-
-error:
-    Py_XDECREF(res);
-    return NULL;
 }
 
 /* New reference: the copy stored for one receiver. */
@@ -895,6 +923,68 @@ cd_shrink(PyObject **dp, Py_ssize_t *peak, PyObject *fresh, cd_bag *trash)
     *peak = n;
 }
 
+/* Lock held.  Ends the memberships of ch older than oldest; dead is an
+ * empty scratch list, left empty. */
+static void
+cd_channel_expire_groups(cd_core *self, PyObject *name, cd_channel *ch,
+                         double oldest, PyObject *dead, cd_bag *trash)
+{
+    PyObject *g, *t;
+    Py_ssize_t gpos = 0;
+    if (ch->groups == NULL) {
+        return;
+    }
+    while (PyDict_Next(ch->groups, &gpos, &g, &t)) {
+        if (PyFloat_AS_DOUBLE(t) < oldest) {
+            (void)PyList_Append(dead, g);
+        }
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dead); i++) {
+        g = PyList_GET_ITEM(dead, i);
+        PyObject *members = PyDict_GetItemWithError(self->groups, g);
+        if (members != NULL &&
+            PyDict_GetItemWithError(members, name) != NULL) {
+            cd_bag_put(trash, Py_NewRef((PyObject *)ch));
+            (void)PyDict_DelItem(members, name);
+            if (PyDict_GET_SIZE(members) == 0) {
+                cd_bag_put(trash, Py_NewRef(members));
+                (void)PyDict_DelItem(self->groups, g);
+            }
+        }
+        cd_bag_put(trash, Py_NewRef(g));
+        (void)PyDict_DelItem(ch->groups, g);
+    }
+    PyErr_Clear();
+    (void)PyList_SetSlice(dead, 0, PyList_GET_SIZE(dead), NULL);
+}
+
+/* Lock held.  Drops expired messages and forgets idle channels; their
+ * names are left in dead (an empty list), which keeps them alive until
+ * after unlock. */
+static void
+cd_core_forget_idle(cd_core *self, double now, PyObject *dead, cd_bag *trash)
+{
+    PyObject *name, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(self->channels, &pos, &name, &value)) {
+        cd_channel *ch = (cd_channel *)value;
+        cd_channel_expire(ch, now, trash);
+        if (cd_channel_idle(ch)) {
+            (void)PyList_Append(dead, name);
+        }
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dead); i++) {
+        name = PyList_GET_ITEM(dead, i);
+        value = PyDict_GetItemWithError(self->channels, name);
+        if (value != NULL) {
+            ((cd_channel *)value)->attached = 0;
+            cd_bag_put(trash, Py_NewRef(value));
+            (void)PyDict_DelItem(self->channels, name);
+        }
+    }
+    PyErr_Clear();
+}
+
 /* Drops expired messages and memberships and forgets idle channels. */
 static int
 cd_core_sweep(cd_core *self, int force_groups)
@@ -920,55 +1010,11 @@ cd_core_sweep(cd_core *self, int force_groups)
         self->next_group_sweep = now + cd_group_sweep_interval(self);
         pos = 0;
         while (PyDict_Next(self->channels, &pos, &name, &value)) {
-            cd_channel *ch = (cd_channel *)value;
-            PyObject *g, *t;
-            Py_ssize_t gpos = 0;
-            if (ch->groups == NULL) {
-                continue;
-            }
-            while (PyDict_Next(ch->groups, &gpos, &g, &t)) {
-                if (PyFloat_AS_DOUBLE(t) < oldest) {
-                    (void)PyList_Append(dead, g);
-                }
-            }
-            for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dead); i++) {
-                g = PyList_GET_ITEM(dead, i);
-                PyObject *members = PyDict_GetItemWithError(self->groups, g);
-                if (members != NULL &&
-                    PyDict_GetItemWithError(members, name) != NULL) {
-                    cd_bag_put(&trash, Py_NewRef(value));
-                    (void)PyDict_DelItem(members, name);
-                    if (PyDict_GET_SIZE(members) == 0) {
-                        cd_bag_put(&trash, Py_NewRef(members));
-                        (void)PyDict_DelItem(self->groups, g);
-                    }
-                }
-                cd_bag_put(&trash, Py_NewRef(g));
-                (void)PyDict_DelItem(ch->groups, g);
-            }
-            PyErr_Clear();
-            (void)PyList_SetSlice(dead, 0, PyList_GET_SIZE(dead), NULL);
+            cd_channel_expire_groups(self, name, (cd_channel *)value, oldest,
+                                     dead, &trash);
         }
     }
-    pos = 0;
-    while (PyDict_Next(self->channels, &pos, &name, &value)) {
-        cd_channel *ch = (cd_channel *)value;
-        cd_channel_expire(ch, now, &trash);
-        if (cd_channel_idle(ch)) {
-            (void)PyList_Append(dead, name);
-        }
-    }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dead); i++) {
-        name = PyList_GET_ITEM(dead, i);
-        value = PyDict_GetItemWithError(self->channels, name);
-        if (value != NULL) {
-            ((cd_channel *)value)->attached = 0;
-            cd_bag_put(&trash, Py_NewRef(value));
-            (void)PyDict_DelItem(self->channels, name);
-        }
-    }
-    PyErr_Clear();
-    /* The names in dead are kept alive by the list until after unlock. */
+    cd_core_forget_idle(self, now, dead, &trash);
     cd_shrink(&self->channels, &self->channels_peak, fresh_c, &trash);
     fresh_c = NULL;
     cd_shrink(&self->groups, &self->groups_peak, fresh_g, &trash);
@@ -1143,45 +1189,23 @@ Core_send(cd_core *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-Core_group_send(cd_core *self, PyObject *const *args, Py_ssize_t nargs)
+/* Snapshot of the live members of group: *chans receives a PyMem array of
+ * *k strong references (NULL when the group is unknown).  Returns -1 with
+ * an exception set if out of memory. */
+static int
+cd_core_members(cd_core *self, PyObject *group, double now,
+                cd_channel ***chans, Py_ssize_t *k)
 {
-    PyObject *group = NULL, *res = NULL;
-    cd_channel **chans = NULL;
-    PyObject **copies = NULL;
-    Py_ssize_t n = 0, k = 0, dropped = 0, delivered = 0;
-    cd_bag trash, wakes;
-    int failed = 0;
+    cd_channel **arr = NULL;
+    Py_ssize_t n = 0;
 
-    if (!cd_core_ready(self)) {
-        return NULL;
-    }
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "group_send(group, message)");
-        return NULL;
-    }
-    cd_bag_init(&trash);
-    cd_bag_init(&wakes);
-    if (cd_check_message(args[1], self->st) < 0) {
-        return NULL;
-    }
-    group = cd_checked_name(self->check_group, args[0], 0);
-    if (group == NULL) {
-        return NULL;
-    }
-    double now = cd_now();
-    if (cd_core_maybe_sweep(self, now) < 0) {
-        goto done;
-    }
-
-    /* 1. Snapshot the live members. */
     cd_lock_acquire(&self->lock);
     PyObject *members = PyDict_GetItemWithError(self->groups, group);
     if (members != NULL) {
         n = PyDict_GET_SIZE(members);
-        chans = PyMem_RawMalloc((n ? n : 1) * sizeof(cd_channel *));
+        arr = PyMem_RawMalloc((n ? n : 1) * sizeof(cd_channel *));
     }
-    if (chans != NULL) {
+    if (arr != NULL) {
         double oldest = now - self->group_expiry;
         PyObject *name, *value;
         Py_ssize_t pos = 0;
@@ -1192,41 +1216,56 @@ Core_group_send(cd_core *self, PyObject *const *args, Py_ssize_t nargs)
             if (t != NULL && PyFloat_AS_DOUBLE(t) < oldest) {
                 continue; /* Expired: the sweep removes it. */
             }
-            chans[k++] = (cd_channel *)Py_NewRef(value);
+            arr[(*k)++] = (cd_channel *)Py_NewRef(value);
         }
         PyErr_Clear();
-        if (k < n) {
+        if (*k < n) {
             self->next_group_sweep = now;
         }
     }
     cd_lock_release(&self->lock);
-    if (members != NULL && chans == NULL) {
+    *chans = arr;
+    if (members != NULL && arr == NULL) {
         PyErr_NoMemory();
-        goto done;
+        return -1;
     }
-    if (k == 0) {
-        res = Py_NewRef(Py_None);
-        goto done;
-    }
+    return 0;
+}
 
-    /* 2. One copy per member, outside the lock. */
-    copies = PyMem_RawCalloc(k, sizeof(PyObject *));
+/* A PyMem array of k copies of msg (new references), made outside the
+ * lock, or NULL with an exception set. */
+static PyObject **
+cd_copy_each(cd_layer_state *st, PyObject *msg, Py_ssize_t k)
+{
+    PyObject **copies = PyMem_RawCalloc(k, sizeof(PyObject *));
     if (copies == NULL) {
         PyErr_NoMemory();
-        goto done;
+        return NULL;
     }
     for (Py_ssize_t i = 0; i < k; i++) {
-        copies[i] = cd_copy_message(self->st, args[1]);
+        copies[i] = cd_copy_message(st, msg);
         if (copies[i] == NULL) {
-            failed = 1;
-            break;
+            for (Py_ssize_t j = 0; j < i; j++) {
+                Py_DECREF(copies[j]);
+            }
+            PyMem_RawFree(copies);
+            return NULL;
         }
     }
-    if (failed) {
-        goto done;
-    }
+    return copies;
+}
 
-    /* 3. Deliver; full members drop the message silently. */
+/* Hands copies[i] to chans[i] (taken: set to NULL) and wakes the waiters;
+ * full members drop the message silently.  Returns how many dropped. */
+static Py_ssize_t
+cd_core_deliver(cd_core *self, cd_channel **chans, PyObject **copies,
+                Py_ssize_t k, double now)
+{
+    cd_bag trash, wakes;
+    Py_ssize_t dropped = 0;
+
+    cd_bag_init(&trash);
+    cd_bag_init(&wakes);
     cd_lock_acquire(&self->lock);
     double deadline = now + self->expiry;
     for (Py_ssize_t i = 0; i < k; i++) {
@@ -1238,7 +1277,6 @@ Core_group_send(cd_core *self, PyObject *const *args, Py_ssize_t nargs)
         int r = cd_channel_put(ch, copies[i], deadline, 0, 0, &wakes);
         if (r == 0) {
             copies[i] = NULL;
-            delivered++;
         }
         else {
             dropped++;
@@ -1246,6 +1284,59 @@ Core_group_send(cd_core *self, PyObject *const *args, Py_ssize_t nargs)
     }
     cd_lock_release(&self->lock);
     cd_wake_all(self->st, &wakes);
+    cd_bag_clear(&trash);
+    return dropped;
+}
+
+/* Drops the references of a PyMem array of n objects and frees it. */
+static void
+cd_free_refs(PyObject **items, Py_ssize_t n)
+{
+    if (items == NULL) {
+        return;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_XDECREF(items[i]);
+    }
+    PyMem_RawFree(items);
+}
+
+static PyObject *
+Core_group_send(cd_core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *group = NULL, *res = NULL;
+    cd_channel **chans = NULL;
+    PyObject **copies = NULL;
+    Py_ssize_t k = 0;
+
+    if (!cd_core_ready(self)) {
+        return NULL;
+    }
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "group_send(group, message)");
+        return NULL;
+    }
+    if (cd_check_message(args[1], self->st) < 0) {
+        return NULL;
+    }
+    group = cd_checked_name(self->check_group, args[0], 0);
+    if (group == NULL) {
+        return NULL;
+    }
+    double now = cd_now();
+    if (cd_core_maybe_sweep(self, now) < 0 ||
+        cd_core_members(self, group, now, &chans, &k) < 0) {
+        goto done;
+    }
+    if (k == 0) {
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    copies = cd_copy_each(self->st, args[1], k);
+    if (copies == NULL) {
+        goto done;
+    }
+    Py_ssize_t dropped = cd_core_deliver(self, chans, copies, k, now);
     if (dropped > 0) {
         res = Py_BuildValue("(nn)", dropped, k);
     }
@@ -1256,13 +1347,7 @@ Core_group_send(cd_core *self, PyObject *const *args, Py_ssize_t nargs)
         cd_core_arm_timer(self, NULL);
     }
 done:
-    cd_bag_clear(&trash);
-    if (copies != NULL) {
-        for (Py_ssize_t i = 0; i < k; i++) {
-            Py_XDECREF(copies[i]);
-        }
-        PyMem_RawFree(copies);
-    }
+    cd_free_refs(copies, copies != NULL ? k : 0);
     if (chans != NULL) {
         for (Py_ssize_t i = 0; i < k; i++) {
             Py_DECREF(chans[i]);
@@ -1868,6 +1953,30 @@ cd_receive_abandon(cd_receive *self)
     cd_bag_clear(&trash);
 }
 
+/* Lock held.  Queues self as ch's last waiter, on loop (stolen) with fut
+ * (not stolen); the list owns one reference to self. */
+static void
+cd_receive_enqueue(cd_receive *self, cd_channel *ch, PyObject *loop,
+                   PyObject *fut)
+{
+    self->prev = ch->wlast;
+    self->next = NULL;
+    if (ch->wlast) {
+        ch->wlast->next = self;
+    }
+    else {
+        ch->wfirst = self;
+    }
+    ch->wlast = self;
+    ch->nwaiters++;
+    self->queued = 1;
+    Py_INCREF(self);
+    self->chan = (cd_channel *)Py_NewRef((PyObject *)ch);
+    self->loop = loop;
+    self->fut = Py_NewRef(fut);
+    self->state = CD_RECEIVE_WAITING;
+}
+
 static PySendResult
 cd_receive_start(cd_receive *self, PyObject **presult)
 {
@@ -1898,24 +2007,8 @@ cd_receive_start(cd_receive *self, PyObject **presult)
             goto done;
         }
         if (fut != NULL) {
-            /* Queue ourselves; the list owns one reference. */
-            self->prev = ch->wlast;
-            self->next = NULL;
-            if (ch->wlast) {
-                ch->wlast->next = self;
-            }
-            else {
-                ch->wfirst = self;
-            }
-            ch->wlast = self;
-            ch->nwaiters++;
-            self->queued = 1;
-            Py_INCREF(self);
-            self->chan = (cd_channel *)Py_NewRef((PyObject *)ch);
-            self->loop = loop;
-            self->fut = Py_NewRef(fut);
+            cd_receive_enqueue(self, ch, loop, fut);
             loop = NULL;
-            self->state = CD_RECEIVE_WAITING;
             cd_lock_release(&core->lock);
             if (PyObject_SetAttr(fut, st->s_blocking, Py_True) < 0) {
                 cd_receive_abandon(self);
