@@ -546,3 +546,37 @@ def test_loop_subclasses_keep_their_create_task_and_create_future():
     finally:
         loop.close()
     assert "task" in calls and "future" in calls
+
+
+def test_run_in_executor_takes_its_future_from_an_overridden_create_future():
+    """The hop makes asyncio.Future(loop=...) itself only while create_future
+    is BaseEventLoop's: a subclass's method or one set on the instance is
+    called."""
+    from cdaphne.loop import LibuvEventLoop
+
+    class Marked(asyncio.Future):
+        pass
+
+    class Loop(LibuvEventLoop):
+        def create_future(self):  # type: ignore[no-untyped-def]
+            return Marked(loop=self)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sub = Loop()
+        try:
+            fut = sub.run_in_executor(pool, int, "7")
+            assert type(fut) is Marked
+            assert sub.run_until_complete(fut) == 7
+        finally:
+            sub.close()
+        plain = new_event_loop()
+        try:
+            fut = plain.run_in_executor(pool, int, "8")
+            assert type(fut) is asyncio.Future
+            assert plain.run_until_complete(fut) == 8
+            plain.create_future = lambda: Marked(loop=plain)  # type: ignore[method-assign]
+            fut = plain.run_in_executor(pool, int, "9")
+            assert type(fut) is Marked
+            assert plain.run_until_complete(fut) == 9
+        finally:
+            plain.close()
