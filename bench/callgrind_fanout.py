@@ -97,12 +97,13 @@ Edges = dict[str, dict[str, int]]
 
 
 def _parse(
-    path: Path, edges: Edges | None = None
+    path: Path, edges: Edges | None = None, calls: dict[str, int] | None = None
 ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
     """Self and inclusive Ir per (function, object) from a callgrind file
     (inclusive = self + the cost of every call it makes; a recursive
     function counts its inner calls twice).  edges, if given, receives
-    caller -> callee -> inclusive Ir of those calls."""
+    caller -> callee -> inclusive Ir of those calls; calls, if given,
+    callee -> how many times it was called."""
     names: dict[str, dict[str, str]] = {"ob": {}, "fn": {}}
     self_ir: dict[tuple[str, str], int] = {}
     incl: dict[tuple[str, str], int] = {}
@@ -146,6 +147,9 @@ def _parse(
             cfn = name("fn", value)
         elif tag == "calls":
             in_call = True
+            if calls is not None:
+                n = int(value.split()[0])
+                calls[cfn] = calls.get(cfn, 0) + n
     return self_ir, incl
 
 
@@ -174,14 +178,27 @@ WATCH = (
 )
 
 
-def _annotate(path: Path, deliveries: int, top: int) -> str:
+def _annotate(path: Path, deliveries: int, top: int, members: int = 0) -> str:
     """Self cost by shared object, the top functions, and the inclusive cost
-    of the server's entry points, per delivery."""
-    self_ir, incl = _parse(path)
+    of the server's entry points, per delivery; with members, the cyclic
+    GC's work: GC-tracked allocations per delivery (calls of
+    _PyObject_GC_Link) and collections per broadcast (gc_collect_main)."""
+    calls: dict[str, int] = {}
+    self_ir, incl = _parse(path, calls=calls)
     by_obj: dict[str, int] = {}
     for (_, obj), ir in self_ir.items():
         by_obj[obj] = by_obj.get(obj, 0) + ir
-    lines = ["## self instructions per delivery, by object"]
+    lines = []
+    if members:
+        broadcasts = max(1, deliveries // members)
+        lines += [
+            "## cyclic GC",
+            f"{calls.get('_PyObject_GC_Link', 0) / deliveries:10,.1f}  GC-tracked allocations"
+            " per delivery",
+            f"{calls.get('gc_collect_main', 0) / broadcasts:10,.2f}  collections per broadcast",
+            "",
+        ]
+    lines.append("## self instructions per delivery, by object")
     for obj, ir in sorted(by_obj.items(), key=lambda kv: -kv[1]):
         if ir >= deliveries:
             lines.append(f"{ir / deliveries:10,.0f}  {obj}")
@@ -259,7 +276,7 @@ def main() -> None:
                     if ir >= deliveries // 10:
                         print(f"{ir / deliveries:10,.0f}  {callee}")
             return
-        print(_annotate(Path(args.show), deliveries, args.top))
+        print(_annotate(Path(args.show), deliveries, args.top, args.members))
         return
     out = Path(args.out or f"/tmp/callgrind-fanout-{args.layer}-{os.getpid()}.out")
     port = free_port()
@@ -296,7 +313,7 @@ def main() -> None:
           f"{args.messages} broadcasts measured after {args.warmup}")  # fmt: skip
     print(f"# file: {dump}")
     print(f"instructions per delivery: {total / deliveries:,.0f}  (total {total:,})")
-    print(_annotate(dump, deliveries, args.top))
+    print(_annotate(dump, deliveries, args.top, args.members))
     if args.python:
         perf_map = Path(f"{out}.perfmap")
         perf_map.write_bytes(Path(f"/tmp/perf-{proc.pid}.map").read_bytes())
