@@ -605,7 +605,11 @@ server_read_limits(cd_config_t *c, PyObject *config)
         cfg_number_required(config, "pubsub_max_queue", 1,
                             &c->pubsub_max_queue) < 0 ||
         cfg_number_required(config, "pubsub_max_topics", 1,
-                            &c->pubsub_max_topics) < 0) {
+                            &c->pubsub_max_topics) < 0 ||
+        cfg_number_required(config, "pubsub_max_inbox", 1,
+                            &c->pubsub_max_inbox) < 0 ||
+        cfg_number_required(config, "pubsub_max_inbox_bytes", 1,
+                            &c->pubsub_max_inbox_bytes) < 0) {
         return -1;
     }
     if (c->header_timeout == 0 || c->keepalive_timeout == 0) {
@@ -623,11 +627,17 @@ server_read_limits(cd_config_t *c, PyObject *config)
         return -1;
     }
     c->write_high_water = (size_t)v;
-    if (c->body_high_water == 0 || c->write_high_water == 0) {
+    if (cfg_number_required(config, "tls_read_size", 1, &v) < 0) {
+        return -1;
+    }
+    c->tls_read_size = (size_t)v;
+    if (c->body_high_water == 0 || c->write_high_water == 0 ||
+        c->tls_read_size == 0) {
         /* 0 would pause every read and every send() for good. */
-        PyErr_SetString(PyExc_ValueError, "server config 'body_buffer_size' "
-                                          "and 'write_buffer_size' must be "
-                                          "positive");
+        PyErr_SetString(PyExc_ValueError,
+                        "server config 'body_buffer_size', "
+                        "'write_buffer_size' and 'tls_read_size' must be "
+                        "positive");
         return -1;
     }
     c->eager_tasks = PY_VERSION_HEX >= 0x030C0000;
@@ -719,6 +729,8 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         Py_DECREF(srv);
         return NULL;
     }
+    cd_pubsub_set_inbox_limits(srv->loop, srv->cfg.pubsub_max_inbox,
+                               srv->cfg.pubsub_max_inbox_bytes);
     return (PyObject *)srv;
 }
 
@@ -773,6 +785,7 @@ server_dealloc(cd_server_t *srv)
     server_clear(srv);
     Py_CLEAR(srv->loop);
     free(srv->server_header);
+    free(srv->tls_rbuf);
     tp->tp_free(srv);
     Py_DECREF(tp);
 }
