@@ -370,6 +370,16 @@ struct cd_listener_s {
         uv_pipe_t pipe;
     } drop;
     int dropping; /* drop is open or closing: reused after its close */
+    /** Out of file descriptors with libuv's spare one gone, libuv would
+     * retry accept() at once, forever (uv__server_io): io is closed
+     * instead, which ends that loop, and listens again on a copy of
+     * spare_fd after a pause (listener_pause). */
+    int spare_fd;           /* owned: a dup of the listening socket, or -1 */
+    int backlog;            /* for listening again */
+    int io_open;            /* io is open and not closing */
+    int out_of_fds;         /* paused since the last connection accepted */
+    const char *pipe_fname; /* owned while paused: the bound path, which
+                               libuv would unlink on closing io */
 };
 
 /* The Python object Server: listeners, connections, the app. */
@@ -397,9 +407,10 @@ struct cd_server_s {
     int nlisteners;
     cd_link_t conns; /* every open connection */
     int nconns;
-    int closing;           /* stop accepting, close idle conns */
-    uint64_t requests;     /* served so far */
-    uint64_t accept_drops; /* connections closed at accept (no memory) */
+    int closing;            /* stop accepting, close idle conns */
+    uint64_t requests;      /* served so far */
+    uint64_t accept_drops;  /* connections closed at accept (no memory) */
+    uint64_t accept_pauses; /* pauses for want of file descriptors */
     /* Test only (CDAPHNE_TEST_FAIL_CONN_NEW, off by default): the next N
      * cd_conn_new calls fail as if out of memory. */
     int test_fail_conn_new;

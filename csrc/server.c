@@ -1,6 +1,7 @@
 /* Server: listeners, accepting, the set of connections, shutdown. */
 #include "internal.h"
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -16,6 +17,10 @@
 #define CD_SHARE_WAIT_MS 1
 #define CD_SHARE_PATIENCE_MS 50
 #define CD_SHARE_GREEDY_MS 5
+/* Out of file descriptors (listener_pause): how long a listener does not
+ * accept before it listens again.  asyncio waits 1 s (ACCEPT_RETRY_DELAY),
+ * nginx 500 ms. */
+#define CD_ACCEPT_RETRY_MS 100
 
 static void
 listener_on_close(uv_handle_t *h)
@@ -122,6 +127,109 @@ listener_should_wait(cd_listener_t *ls)
     return 1;
 }
 
+/* One warning per shortage (out_of_fds is reset by the next accept). */
+static void
+listener_warn_paused(int status)
+{
+    PyObject *logging = PyImport_ImportModule("logging");
+    PyObject *logger = NULL, *r = NULL;
+    if (logging != NULL) {
+        logger = PyObject_CallMethod(logging, "getLogger", "s", "cdaphne");
+    }
+    if (logger != NULL) {
+        r = PyObject_CallMethod(logger, "warning", "ssi",
+                                "accept(): %s: not accepting connections "
+                                "for %d ms at a time until some close",
+                                uv_strerror(status), CD_ACCEPT_RETRY_MS);
+    }
+    if (r == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(r);
+    Py_XDECREF(logger);
+    Py_XDECREF(logging);
+}
+
+static void listener_on_retry(uv_timer_t *h);
+static void listener_on_connection(uv_stream_t *s, int status);
+
+/* libuv got EMFILE or ENFILE and could not free its own spare descriptor
+ * to shed the connection (uv__emfile_trick), or the kernel is out of
+ * memory: uv__server_io would call accept() again at once, for as long as
+ * the shortage lasts, and the loop would close nothing meanwhile.  Closing
+ * io ends that loop; spare_fd keeps the socket and its queue, and the
+ * listener listens again in CD_ACCEPT_RETRY_MS, as asyncio's does. */
+static void
+listener_pause(cd_listener_t *ls, int status)
+{
+    if (ls->spare_fd < 0 || !ls->io_open) {
+        return;
+    }
+    ls->server->accept_pauses++;
+    if (!ls->out_of_fds) {
+        ls->out_of_fds = 1;
+        listener_warn_paused(status);
+    }
+    if (ls->is_unix) {
+        /* Keep the bound path: libuv unlinks it when a pipe closes. */
+        ls->pipe_fname = ls->io.pipe.pipe_fname;
+        ls->io.pipe.pipe_fname = NULL;
+    }
+    ls->io_open = 0;
+    uv_close(&ls->io.handle, listener_on_close);
+    uv_timer_start(&ls->resume, listener_on_retry, CD_ACCEPT_RETRY_MS, 0);
+}
+
+/* Listens again on a new descriptor of the socket: 0, or a negative
+ * errno (io is closed again). */
+static int
+listener_reopen(cd_listener_t *ls)
+{
+    uv_loop_t *uv = &ls->server->loop->uv;
+    /* Init first: libuv takes back its own spare descriptor if it can. */
+    int r = ls->is_unix ? uv_pipe_init(uv, &ls->io.pipe, 0)
+                        : uv_tcp_init(uv, &ls->io.tcp);
+    if (r < 0) {
+        return r;
+    }
+    ls->io.handle.data = ls;
+    ls->open_handles++;
+    ls->io_open = 1;
+    int fd = fcntl(ls->spare_fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+        r = -errno;
+    }
+    else {
+        r = ls->is_unix ? uv_pipe_open(&ls->io.pipe, fd)
+                        : uv_tcp_open(&ls->io.tcp, fd);
+        if (r < 0) {
+            close(fd); /* Not the handle's. */
+        }
+    }
+    if (r == 0) {
+        r = uv_listen(&ls->io.stream, ls->backlog, listener_on_connection);
+    }
+    if (r < 0) {
+        ls->io_open = 0;
+        uv_close(&ls->io.handle, listener_on_close);
+        return r;
+    }
+    if (ls->is_unix) {
+        ls->io.pipe.pipe_fname = ls->pipe_fname;
+        ls->pipe_fname = NULL;
+    }
+    return 0;
+}
+
+static void
+listener_on_retry(uv_timer_t *h)
+{
+    cd_listener_t *ls = cd_container_of(h, cd_listener_t, resume);
+    if (listener_reopen(ls) < 0) {
+        uv_timer_start(&ls->resume, listener_on_retry, CD_ACCEPT_RETRY_MS, 0);
+    }
+}
+
 static void
 listener_on_resume(uv_timer_t *h)
 {
@@ -142,9 +250,15 @@ listener_on_connection(uv_stream_t *s, int status)
     cd_listener_t *ls = (cd_listener_t *)s->data;
     cd_server_t *srv = ls->server;
     cd_gil_ensure(srv->loop);
+    if (status == UV_EMFILE || status == UV_ENFILE || status == UV_ENOBUFS ||
+        status == UV_ENOMEM) {
+        listener_pause(ls, status);
+        return;
+    }
     if (status < 0) {
         return;
     }
+    ls->out_of_fds = 0;
     if (listener_should_wait(ls)) {
         ls->held = 1;
         uv_timer_start(&ls->resume, listener_on_resume, CD_SHARE_WAIT_MS, 0);
@@ -199,7 +313,21 @@ listener_new(cd_server_t *srv, int is_unix, PyObject *tls)
     ls->io.handle.data = ls;
     ls->resume.data = ls;
     ls->open_handles = 2;
+    ls->io_open = 1;
+    ls->spare_fd = -1;
     return ls;
+}
+
+/* Listening now: keep a second descriptor of the socket for
+ * listener_pause (none if the process has none to spare: no pause). */
+static void
+listener_keep_spare(cd_listener_t *ls, int backlog)
+{
+    uv_os_fd_t fd;
+    ls->backlog = backlog;
+    if (uv_fileno(&ls->io.handle, &fd) == 0) {
+        ls->spare_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    }
 }
 
 static void
@@ -211,8 +339,20 @@ listener_close(cd_listener_t *ls)
         ls->held = 0;
         listener_accept(ls);
     }
-    uv_close(&ls->io.handle, listener_on_close);
+    if (ls->io_open) {
+        uv_close(&ls->io.handle, listener_on_close);
+    }
+    else if (ls->pipe_fname != NULL) {
+        /* Paused: what libuv would do on closing a bound pipe. */
+        unlink(ls->pipe_fname);
+        free((void *)(uintptr_t)ls->pipe_fname);
+        ls->pipe_fname = NULL;
+    }
     uv_close((uv_handle_t *)&ls->resume, listener_on_close);
+    if (ls->spare_fd >= 0) {
+        close(ls->spare_fd);
+        ls->spare_fd = -1;
+    }
 }
 
 /* The server owns a listening listener from here on. */
@@ -238,6 +378,7 @@ server_add_listener(cd_server_t *srv, cd_listener_t *ls, int backlog)
         PyErr_Format(PyExc_OSError, "listen: %s", uv_strerror(r));
         return -1;
     }
+    listener_keep_spare(ls, backlog);
     return listener_track(srv, ls);
 }
 
@@ -314,6 +455,7 @@ server_listen_tcp(cd_server_t *srv, PyObject *args)
         listener_close(ls);
         return NULL;
     }
+    listener_keep_spare(ls, backlog);
     if (listener_track(srv, ls) < 0) {
         listener_close(ls);
         return NULL;
@@ -854,6 +996,12 @@ server_get_accept_drops(cd_server_t *srv, void *closure)
     return PyLong_FromUnsignedLongLong(srv->accept_drops);
 }
 
+static PyObject *
+server_get_accept_pauses(cd_server_t *srv, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(srv->accept_pauses);
+}
+
 static PyGetSetDef server_getset[] = {
     {"connections", (getter)server_get_connections, NULL, NULL, NULL},
     {"busy_connections", (getter)server_get_busy, NULL, NULL, NULL},
@@ -861,6 +1009,10 @@ static PyGetSetDef server_getset[] = {
      "HTTP requests and WebSocket sessions started so far.", NULL},
     {"accept_drops", (getter)server_get_accept_drops, NULL,
      "Connections closed at accept: no memory to serve them.", NULL},
+    {"accept_pauses", (getter)server_get_accept_pauses, NULL,
+     "Times a listener stopped accepting for a moment: out of file "
+     "descriptors.",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
