@@ -700,6 +700,47 @@ cfg_deflate(PyObject *config, cd_config_t *c)
     return 0;
 }
 
+/* cdaphne.pubsub's bounds. */
+static int
+cfg_pubsub(PyObject *config, cd_config_t *c)
+{
+    if (cfg_number_required(config, "pubsub_max_queue", 1,
+                            &c->pubsub_max_queue) < 0 ||
+        cfg_number_required(config, "pubsub_max_topics", 1,
+                            &c->pubsub_max_topics) < 0 ||
+        cfg_number_required(config, "pubsub_max_inbox", 1,
+                            &c->pubsub_max_inbox) < 0 ||
+        cfg_number_required(config, "pubsub_max_inbox_bytes", 1,
+                            &c->pubsub_max_inbox_bytes) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+/* The buffer sizes: every one positive. */
+static int
+cfg_buffers(PyObject *config, cd_config_t *c)
+{
+    uint64_t body, write, tls;
+    if (cfg_number_required(config, "body_buffer_size", 1, &body) < 0 ||
+        cfg_number_required(config, "write_buffer_size", 1, &write) < 0 ||
+        cfg_number_required(config, "tls_read_size", 1, &tls) < 0) {
+        return -1;
+    }
+    if (body == 0 || write == 0 || tls == 0) {
+        /* 0 would pause every read and every send() for good. */
+        PyErr_SetString(PyExc_ValueError,
+                        "server config 'body_buffer_size', "
+                        "'write_buffer_size' and 'tls_read_size' must be "
+                        "positive");
+        return -1;
+    }
+    c->body_high_water = (size_t)body;
+    c->write_high_water = (size_t)write;
+    c->tls_read_size = (size_t)tls;
+    return 0;
+}
+
 /* The numbers of the config (every one required: the defaults live in
  * config.py).  0, or -1 with an exception set. */
 static int
@@ -744,14 +785,7 @@ server_read_limits(cd_config_t *c, PyObject *config)
             0 ||
         cfg_number_required(config, "body_rate_grace", 1000,
                             &c->body_rate_grace) < 0 ||
-        cfg_number_required(config, "pubsub_max_queue", 1,
-                            &c->pubsub_max_queue) < 0 ||
-        cfg_number_required(config, "pubsub_max_topics", 1,
-                            &c->pubsub_max_topics) < 0 ||
-        cfg_number_required(config, "pubsub_max_inbox", 1,
-                            &c->pubsub_max_inbox) < 0 ||
-        cfg_number_required(config, "pubsub_max_inbox_bytes", 1,
-                            &c->pubsub_max_inbox_bytes) < 0) {
+        cfg_pubsub(config, c) < 0) {
         return -1;
     }
     if (c->header_timeout == 0 || c->keepalive_timeout == 0) {
@@ -761,25 +795,7 @@ server_read_limits(cd_config_t *c, PyObject *config)
                                           "positive");
         return -1;
     }
-    if (cfg_number_required(config, "body_buffer_size", 1, &v) < 0) {
-        return -1;
-    }
-    c->body_high_water = (size_t)v;
-    if (cfg_number_required(config, "write_buffer_size", 1, &v) < 0) {
-        return -1;
-    }
-    c->write_high_water = (size_t)v;
-    if (cfg_number_required(config, "tls_read_size", 1, &v) < 0) {
-        return -1;
-    }
-    c->tls_read_size = (size_t)v;
-    if (c->body_high_water == 0 || c->write_high_water == 0 ||
-        c->tls_read_size == 0) {
-        /* 0 would pause every read and every send() for good. */
-        PyErr_SetString(PyExc_ValueError,
-                        "server config 'body_buffer_size', "
-                        "'write_buffer_size' and 'tls_read_size' must be "
-                        "positive");
+    if (cfg_buffers(config, c) < 0) {
         return -1;
     }
     c->eager_tasks = PY_VERSION_HEX >= 0x030C0000;
