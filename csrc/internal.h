@@ -334,6 +334,9 @@ typedef struct {
     uint64_t body_rate_grace;  /* ms of waiting before the rate counts */
     uint64_t pubsub_max_queue; /* bytes queued for a subscriber, 0 = any */
     uint64_t pubsub_max_topics; /* topics one WebSocket may subscribe to */
+    uint64_t pubsub_max_inbox;  /* publishes from threads waiting, 0 = any */
+    uint64_t pubsub_max_inbox_bytes; /* their frames' bytes, 0 = any */
+    size_t tls_read_size;            /* TLS ciphertext bytes per socket read */
 } cd_config_t;
 
 struct cd_listener_s {
@@ -367,6 +370,16 @@ struct cd_listener_s {
         uv_pipe_t pipe;
     } drop;
     int dropping; /* drop is open or closing: reused after its close */
+    /** Out of file descriptors with libuv's spare one gone, libuv would
+     * retry accept() at once, forever (uv__server_io): io is closed
+     * instead, which ends that loop, and listens again on a copy of
+     * spare_fd after a pause (listener_pause). */
+    int spare_fd;           /* owned: a dup of the listening socket, or -1 */
+    int backlog;            /* for listening again */
+    int io_open;            /* io is open and not closing */
+    int out_of_fds;         /* paused since the last connection accepted */
+    const char *pipe_fname; /* owned while paused: the bound path, which
+                               libuv would unlink on closing io */
 };
 
 /* The Python object Server: listeners, connections, the app. */
@@ -385,6 +398,8 @@ struct cd_server_s {
     PyObject *future_loop; /* borrowed: future_kwargs holds it */
     unsigned int future_loop_tag;
     char *server_header; /* owned: "server: x\r\n" or NULL */
+    char *tls_rbuf;      /* owned: cfg.tls_read_size bytes, TLS socket
+                            reads land here (tls.c), or NULL until one */
     cd_config_t cfg;
     const cd_proto_t *first_proto; /* borrowed: a static table, what a
                                       conn speaks once ready (HTTP/1) */
@@ -392,9 +407,10 @@ struct cd_server_s {
     int nlisteners;
     cd_link_t conns; /* every open connection */
     int nconns;
-    int closing;           /* stop accepting, close idle conns */
-    uint64_t requests;     /* served so far */
-    uint64_t accept_drops; /* connections closed at accept (no memory) */
+    int closing;            /* stop accepting, close idle conns */
+    uint64_t requests;      /* served so far */
+    uint64_t accept_drops;  /* connections closed at accept (no memory) */
+    uint64_t accept_pauses; /* pauses for want of file descriptors */
     /* Test only (CDAPHNE_TEST_FAIL_CONN_NEW, off by default): the next N
      * cd_conn_new calls fail as if out of memory. */
     int test_fail_conn_new;
@@ -868,6 +884,10 @@ void cd_ws_close_with(cd_cycle_t *cy, int code, const char *reason);
  * detach drops every subscription and closes it with the loop. */
 int cd_pubsub_attach(cd_loop_t *loop);
 void cd_pubsub_detach(cd_loop_t *loop);
+/* The bounds of the loop's inbox of publishes from other threads, from a
+ * server's config (0: none; none until a server sets them). */
+void cd_pubsub_set_inbox_limits(cd_loop_t *loop, uint64_t max_items,
+                                uint64_t max_bytes);
 /* A send() of type `type`: 1 if it was a cdaphne.pubsub.* message and
  * went well, 0 if it is not one, -1 with an exception. */
 int cd_pubsub_on_send(cd_cycle_t *cy, PyObject *type, PyObject *msg);

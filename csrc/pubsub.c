@@ -29,10 +29,6 @@
 /* Bytes charged per queued buffer: the queue's own bookkeeping (outq
  * entry, write request slot) for a frame, however small. */
 #define CD_PUBSUB_BUF_COST 64
-/* Messages from other threads waiting for the loop: beyond either bound
- * publish() says "full" and the Python wrapper retries. */
-#define CD_PUBSUB_INBOX_MAX 65536
-#define CD_PUBSUB_INBOX_BYTES (64u << 20)
 
 typedef struct {
     cd_cycle_t *cy; /* borrowed: it leaves (cd_pubsub_drop) before dying */
@@ -74,6 +70,11 @@ struct cd_pubsub_s {
     uv_mutex_t lock;         /* guards the inbox */
     cd_pubsub_item_t *inbox; /* owned array */
     size_t inbox_n, inbox_cap, inbox_bytes;
+    /* Messages from other threads waiting for the loop: beyond either
+     * bound publish() says "full" and the Python wrapper retries.  From
+     * the server's config (--pubsub-max-inbox, --pubsub-max-inbox-bytes);
+     * 0: no bound.  Guarded by lock. */
+    uint64_t inbox_max, inbox_max_bytes;
     /* Counters for pubsub_stats(). */
     uint64_t published, delivered, slow_closed, subscriptions;
 };
@@ -617,8 +618,9 @@ inbox_push(cd_pubsub_t *ps, cd_pubsub_item_t *it)
     int r = 0;
     uv_mutex_lock(&ps->lock);
     size_t len = (size_t)PyBytes_GET_SIZE(it->frame);
-    if (ps->inbox_n >= CD_PUBSUB_INBOX_MAX ||
-        (ps->inbox_n > 0 && ps->inbox_bytes + len > CD_PUBSUB_INBOX_BYTES)) {
+    if ((ps->inbox_max > 0 && ps->inbox_n >= ps->inbox_max) ||
+        (ps->inbox_max_bytes > 0 && ps->inbox_n > 0 &&
+         ps->inbox_bytes + len > ps->inbox_max_bytes)) {
         r = 1;
     }
     else if (ps->inbox_n == ps->inbox_cap) {
@@ -770,6 +772,19 @@ cd_pubsub_attach(cd_loop_t *loop)
     loop->pubsub = ps;
     loop->st->pubsub = ps;
     return 0;
+}
+
+void
+cd_pubsub_set_inbox_limits(cd_loop_t *loop, uint64_t max_items,
+                           uint64_t max_bytes)
+{
+    cd_pubsub_t *ps = loop->pubsub;
+    if (ps != NULL) {
+        uv_mutex_lock(&ps->lock);
+        ps->inbox_max = max_items;
+        ps->inbox_max_bytes = max_bytes;
+        uv_mutex_unlock(&ps->lock);
+    }
 }
 
 static void

@@ -138,12 +138,18 @@ scope_scheme(cd_conn_t *c, int is_ws)
     return secure ? st->s_https : st->s_http;
 }
 
-PyObject *
-cd_scope_http(cd_conn_t *c, const cd_scope_req_t *req)
+/* The request target, split.  Borrowed pointers into the request's URL
+ * (or a literal "/"). */
+typedef struct {
+    const char *path; /* up to '?' or '#' */
+    size_t path_len;
+    const char *query; /* after '?', up to '#' (used if query_len > 0) */
+    size_t query_len;
+} scope_target_t;
+
+static void
+scope_split_target(const cd_scope_req_t *req, scope_target_t *t)
 {
-    cd_server_t *srv = c->server;
-    cd_state *st = srv->st;
-    int is_ws = req->websocket;
     const char *url = req->url ? req->url : "/";
     size_t ulen = req->url ? req->url_len : 1;
 
@@ -170,15 +176,20 @@ cd_scope_http(cd_conn_t *c, const cd_scope_req_t *req)
     else if (hash) {
         plen = (size_t)(hash - url);
     }
+    t->path = url;
+    t->path_len = plen;
+    t->query = q ? q + 1 : NULL;
+    t->query_len = qlen;
+}
 
-    /* A copy of a dict that already has every key: setting the values
-     * then never grows the table. */
-    PyObject *template =
-        is_ws ? st->ws_scope_template : st->http_scope_template;
-    PyObject *scope = PyDict_Copy(template);
-    if (scope == NULL) {
-        return NULL;
-    }
+/* The values of the keys every scope of this type has: 0, or -1 with an
+ * exception set. */
+static int
+scope_set_request(PyObject *scope, cd_conn_t *c, const cd_scope_req_t *req,
+                  const scope_target_t *t)
+{
+    cd_state *st = c->server->st;
+    int is_ws = req->websocket;
     int v10 = req->http10;
     if (set_new(scope, st->s_type,
                 Py_NewRef(is_ws ? st->s_websocket : st->s_http)) < 0 ||
@@ -186,62 +197,80 @@ cd_scope_http(cd_conn_t *c, const cd_scope_req_t *req)
         set_new(scope, st->s_http_version,
                 Py_NewRef(v10 ? st->s_v1_0 : st->s_v1_1)) < 0 ||
         set_new(scope, st->s_scheme, Py_NewRef(scope_scheme(c, is_ws))) < 0 ||
-        set_new(scope, st->s_path, decode_path(url, plen)) < 0 ||
+        set_new(scope, st->s_path, decode_path(t->path, t->path_len)) < 0 ||
         set_new(scope, st->s_raw_path,
-                PyBytes_FromStringAndSize(url, (Py_ssize_t)plen)) < 0 ||
+                PyBytes_FromStringAndSize(t->path, (Py_ssize_t)t->path_len)) <
+            0 ||
         set_new(scope, st->s_query_string,
-                qlen ? PyBytes_FromStringAndSize(q + 1, (Py_ssize_t)qlen)
-                     : Py_NewRef(st->empty_bytes)) < 0 ||
+                t->query_len ? PyBytes_FromStringAndSize(
+                                   t->query, (Py_ssize_t)t->query_len)
+                             : Py_NewRef(st->empty_bytes)) < 0 ||
         set_new(scope, st->s_root_path, root_path(c, req->root_path_header)) <
             0 ||
         set_new(scope, st->s_headers, Py_NewRef(req->headers)) < 0 ||
         set_new(scope, st->s_client, Py_NewRef(c->client)) < 0 ||
         set_new(scope, st->s_server, Py_NewRef(c->sockname)) < 0) {
-        goto error;
+        return -1;
     }
-    if (!is_ws) {
-        if (set_new(scope, st->s_method, method_str(st, req->method)) < 0) {
-            goto error;
-        }
+    if (!is_ws &&
+        set_new(scope, st->s_method, method_str(st, req->method)) < 0) {
+        return -1;
     }
-    if (srv->lifespan_state != NULL) {
-        if (set_new(scope, st->s_state, PyDict_Copy(srv->lifespan_state)) <
-            0) {
-            goto error;
-        }
-    }
+    return 0;
+}
+
+/* New reference: the scope's extensions (websocket.http.response on a
+ * WebSocket, tls on a TLS conn, cdaphne.pubsub always). */
+static PyObject *
+scope_extensions(cd_conn_t *c, int is_ws)
+{
+    cd_state *st = c->server->st;
     PyObject *ext = PyDict_New();
     if (ext == NULL) {
-        goto error;
+        return NULL;
     }
-    if (is_ws) {
-        PyObject *e = PyDict_New();
-        if (e == NULL || PyDict_SetItem(ext, st->s_ws_http_response, e) < 0) {
-            Py_XDECREF(e);
-            Py_DECREF(ext);
-            goto error;
-        }
-        Py_DECREF(e);
+    if (is_ws && set_new(ext, st->s_ws_http_response, PyDict_New()) < 0) {
+        goto error;
     }
     if (cd_tls_conn_is_tls(c)) {
         PyObject *tls = cd_tls_conn_info(c);
-        if (tls == NULL || PyDict_SetItemString(ext, "tls", tls) < 0) {
-            Py_XDECREF(tls);
-            Py_DECREF(ext);
+        int r = tls == NULL ? -1 : PyDict_SetItemString(ext, "tls", tls);
+        Py_XDECREF(tls);
+        if (r < 0) {
             goto error;
         }
-        Py_DECREF(tls);
     }
     if (set_new(ext, st->s_pubsub, PyDict_New()) < 0) {
-        Py_DECREF(ext);
         goto error;
     }
-    if (set_new(scope, st->s_extensions, ext) < 0) {
-        goto error;
-    }
-    return scope;
+    return ext;
 
 error:
-    Py_DECREF(scope);
+    Py_DECREF(ext);
     return NULL;
+}
+
+PyObject *
+cd_scope_http(cd_conn_t *c, const cd_scope_req_t *req)
+{
+    cd_server_t *srv = c->server;
+    cd_state *st = srv->st;
+    scope_target_t t;
+    scope_split_target(req, &t);
+    /* A copy of a dict that already has every key: setting the values
+     * then never grows the table. */
+    PyObject *scope = PyDict_Copy(req->websocket ? st->ws_scope_template
+                                                 : st->http_scope_template);
+    if (scope == NULL) {
+        return NULL;
+    }
+    if (scope_set_request(scope, c, req, &t) < 0 ||
+        (srv->lifespan_state != NULL &&
+         set_new(scope, st->s_state, PyDict_Copy(srv->lifespan_state)) < 0) ||
+        set_new(scope, st->s_extensions, scope_extensions(c, req->websocket)) <
+            0) {
+        Py_DECREF(scope);
+        return NULL;
+    }
+    return scope;
 }

@@ -1,6 +1,7 @@
 /* Server: listeners, accepting, the set of connections, shutdown. */
 #include "internal.h"
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -16,6 +17,10 @@
 #define CD_SHARE_WAIT_MS 1
 #define CD_SHARE_PATIENCE_MS 50
 #define CD_SHARE_GREEDY_MS 5
+/* Out of file descriptors (listener_pause): how long a listener does not
+ * accept before it listens again.  asyncio waits 1 s (ACCEPT_RETRY_DELAY),
+ * nginx 500 ms. */
+#define CD_ACCEPT_RETRY_MS 100
 
 static void
 listener_on_close(uv_handle_t *h)
@@ -122,6 +127,109 @@ listener_should_wait(cd_listener_t *ls)
     return 1;
 }
 
+/* One warning per shortage (out_of_fds is reset by the next accept). */
+static void
+listener_warn_paused(int status)
+{
+    PyObject *logging = PyImport_ImportModule("logging");
+    PyObject *logger = NULL, *r = NULL;
+    if (logging != NULL) {
+        logger = PyObject_CallMethod(logging, "getLogger", "s", "cdaphne");
+    }
+    if (logger != NULL) {
+        r = PyObject_CallMethod(logger, "warning", "ssi",
+                                "accept(): %s: not accepting connections "
+                                "for %d ms at a time until some close",
+                                uv_strerror(status), CD_ACCEPT_RETRY_MS);
+    }
+    if (r == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(r);
+    Py_XDECREF(logger);
+    Py_XDECREF(logging);
+}
+
+static void listener_on_retry(uv_timer_t *h);
+static void listener_on_connection(uv_stream_t *s, int status);
+
+/* libuv got EMFILE or ENFILE and could not free its own spare descriptor
+ * to shed the connection (uv__emfile_trick), or the kernel is out of
+ * memory: uv__server_io would call accept() again at once, for as long as
+ * the shortage lasts, and the loop would close nothing meanwhile.  Closing
+ * io ends that loop; spare_fd keeps the socket and its queue, and the
+ * listener listens again in CD_ACCEPT_RETRY_MS, as asyncio's does. */
+static void
+listener_pause(cd_listener_t *ls, int status)
+{
+    if (ls->spare_fd < 0 || !ls->io_open) {
+        return;
+    }
+    ls->server->accept_pauses++;
+    if (!ls->out_of_fds) {
+        ls->out_of_fds = 1;
+        listener_warn_paused(status);
+    }
+    if (ls->is_unix) {
+        /* Keep the bound path: libuv unlinks it when a pipe closes. */
+        ls->pipe_fname = ls->io.pipe.pipe_fname;
+        ls->io.pipe.pipe_fname = NULL;
+    }
+    ls->io_open = 0;
+    uv_close(&ls->io.handle, listener_on_close);
+    uv_timer_start(&ls->resume, listener_on_retry, CD_ACCEPT_RETRY_MS, 0);
+}
+
+/* Listens again on a new descriptor of the socket: 0, or a negative
+ * errno (io is closed again). */
+static int
+listener_reopen(cd_listener_t *ls)
+{
+    uv_loop_t *uv = &ls->server->loop->uv;
+    /* Init first: libuv takes back its own spare descriptor if it can. */
+    int r = ls->is_unix ? uv_pipe_init(uv, &ls->io.pipe, 0)
+                        : uv_tcp_init(uv, &ls->io.tcp);
+    if (r < 0) {
+        return r;
+    }
+    ls->io.handle.data = ls;
+    ls->open_handles++;
+    ls->io_open = 1;
+    int fd = fcntl(ls->spare_fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+        r = -errno;
+    }
+    else {
+        r = ls->is_unix ? uv_pipe_open(&ls->io.pipe, fd)
+                        : uv_tcp_open(&ls->io.tcp, fd);
+        if (r < 0) {
+            close(fd); /* Not the handle's. */
+        }
+    }
+    if (r == 0) {
+        r = uv_listen(&ls->io.stream, ls->backlog, listener_on_connection);
+    }
+    if (r < 0) {
+        ls->io_open = 0;
+        uv_close(&ls->io.handle, listener_on_close);
+        return r;
+    }
+    if (ls->is_unix) {
+        ls->io.pipe.pipe_fname = ls->pipe_fname;
+        ls->pipe_fname = NULL;
+    }
+    return 0;
+}
+
+static void
+listener_on_retry(uv_timer_t *h)
+{
+    cd_listener_t *ls = cd_container_of(h, cd_listener_t, resume);
+    if (listener_reopen(ls) < 0) {
+        uv_timer_start(&ls->resume, listener_on_retry, CD_ACCEPT_RETRY_MS, 0);
+    }
+}
+
 static void
 listener_on_resume(uv_timer_t *h)
 {
@@ -142,9 +250,15 @@ listener_on_connection(uv_stream_t *s, int status)
     cd_listener_t *ls = (cd_listener_t *)s->data;
     cd_server_t *srv = ls->server;
     cd_gil_ensure(srv->loop);
+    if (status == UV_EMFILE || status == UV_ENFILE || status == UV_ENOBUFS ||
+        status == UV_ENOMEM) {
+        listener_pause(ls, status);
+        return;
+    }
     if (status < 0) {
         return;
     }
+    ls->out_of_fds = 0;
     if (listener_should_wait(ls)) {
         ls->held = 1;
         uv_timer_start(&ls->resume, listener_on_resume, CD_SHARE_WAIT_MS, 0);
@@ -199,7 +313,21 @@ listener_new(cd_server_t *srv, int is_unix, PyObject *tls)
     ls->io.handle.data = ls;
     ls->resume.data = ls;
     ls->open_handles = 2;
+    ls->io_open = 1;
+    ls->spare_fd = -1;
     return ls;
+}
+
+/* Listening now: keep a second descriptor of the socket for
+ * listener_pause (none if the process has none to spare: no pause). */
+static void
+listener_keep_spare(cd_listener_t *ls, int backlog)
+{
+    uv_os_fd_t fd;
+    ls->backlog = backlog;
+    if (uv_fileno(&ls->io.handle, &fd) == 0) {
+        ls->spare_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    }
 }
 
 static void
@@ -211,8 +339,20 @@ listener_close(cd_listener_t *ls)
         ls->held = 0;
         listener_accept(ls);
     }
-    uv_close(&ls->io.handle, listener_on_close);
+    if (ls->io_open) {
+        uv_close(&ls->io.handle, listener_on_close);
+    }
+    else if (ls->pipe_fname != NULL) {
+        /* Paused: what libuv would do on closing a bound pipe. */
+        unlink(ls->pipe_fname);
+        free((void *)(uintptr_t)ls->pipe_fname);
+        ls->pipe_fname = NULL;
+    }
     uv_close((uv_handle_t *)&ls->resume, listener_on_close);
+    if (ls->spare_fd >= 0) {
+        close(ls->spare_fd);
+        ls->spare_fd = -1;
+    }
 }
 
 /* The server owns a listening listener from here on. */
@@ -238,6 +378,7 @@ server_add_listener(cd_server_t *srv, cd_listener_t *ls, int backlog)
         PyErr_Format(PyExc_OSError, "listen: %s", uv_strerror(r));
         return -1;
     }
+    listener_keep_spare(ls, backlog);
     return listener_track(srv, ls);
 }
 
@@ -314,6 +455,7 @@ server_listen_tcp(cd_server_t *srv, PyObject *args)
         listener_close(ls);
         return NULL;
     }
+    listener_keep_spare(ls, backlog);
     if (listener_track(srv, ls) < 0) {
         listener_close(ls);
         return NULL;
@@ -558,6 +700,47 @@ cfg_deflate(PyObject *config, cd_config_t *c)
     return 0;
 }
 
+/* cdaphne.pubsub's bounds. */
+static int
+cfg_pubsub(PyObject *config, cd_config_t *c)
+{
+    if (cfg_number_required(config, "pubsub_max_queue", 1,
+                            &c->pubsub_max_queue) < 0 ||
+        cfg_number_required(config, "pubsub_max_topics", 1,
+                            &c->pubsub_max_topics) < 0 ||
+        cfg_number_required(config, "pubsub_max_inbox", 1,
+                            &c->pubsub_max_inbox) < 0 ||
+        cfg_number_required(config, "pubsub_max_inbox_bytes", 1,
+                            &c->pubsub_max_inbox_bytes) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+/* The buffer sizes: every one positive. */
+static int
+cfg_buffers(PyObject *config, cd_config_t *c)
+{
+    uint64_t body, write, tls;
+    if (cfg_number_required(config, "body_buffer_size", 1, &body) < 0 ||
+        cfg_number_required(config, "write_buffer_size", 1, &write) < 0 ||
+        cfg_number_required(config, "tls_read_size", 1, &tls) < 0) {
+        return -1;
+    }
+    if (body == 0 || write == 0 || tls == 0) {
+        /* 0 would pause every read and every send() for good. */
+        PyErr_SetString(PyExc_ValueError,
+                        "server config 'body_buffer_size', "
+                        "'write_buffer_size' and 'tls_read_size' must be "
+                        "positive");
+        return -1;
+    }
+    c->body_high_water = (size_t)body;
+    c->write_high_water = (size_t)write;
+    c->tls_read_size = (size_t)tls;
+    return 0;
+}
+
 /* The numbers of the config (every one required: the defaults live in
  * config.py).  0, or -1 with an exception set. */
 static int
@@ -602,10 +785,7 @@ server_read_limits(cd_config_t *c, PyObject *config)
             0 ||
         cfg_number_required(config, "body_rate_grace", 1000,
                             &c->body_rate_grace) < 0 ||
-        cfg_number_required(config, "pubsub_max_queue", 1,
-                            &c->pubsub_max_queue) < 0 ||
-        cfg_number_required(config, "pubsub_max_topics", 1,
-                            &c->pubsub_max_topics) < 0) {
+        cfg_pubsub(config, c) < 0) {
         return -1;
     }
     if (c->header_timeout == 0 || c->keepalive_timeout == 0) {
@@ -615,19 +795,7 @@ server_read_limits(cd_config_t *c, PyObject *config)
                                           "positive");
         return -1;
     }
-    if (cfg_number_required(config, "body_buffer_size", 1, &v) < 0) {
-        return -1;
-    }
-    c->body_high_water = (size_t)v;
-    if (cfg_number_required(config, "write_buffer_size", 1, &v) < 0) {
-        return -1;
-    }
-    c->write_high_water = (size_t)v;
-    if (c->body_high_water == 0 || c->write_high_water == 0) {
-        /* 0 would pause every read and every send() for good. */
-        PyErr_SetString(PyExc_ValueError, "server config 'body_buffer_size' "
-                                          "and 'write_buffer_size' must be "
-                                          "positive");
+    if (cfg_buffers(config, c) < 0) {
         return -1;
     }
     c->eager_tasks = PY_VERSION_HEX >= 0x030C0000;
@@ -719,6 +887,8 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         Py_DECREF(srv);
         return NULL;
     }
+    cd_pubsub_set_inbox_limits(srv->loop, srv->cfg.pubsub_max_inbox,
+                               srv->cfg.pubsub_max_inbox_bytes);
     return (PyObject *)srv;
 }
 
@@ -773,6 +943,7 @@ server_dealloc(cd_server_t *srv)
     server_clear(srv);
     Py_CLEAR(srv->loop);
     free(srv->server_header);
+    free(srv->tls_rbuf);
     tp->tp_free(srv);
     Py_DECREF(tp);
 }
@@ -841,6 +1012,12 @@ server_get_accept_drops(cd_server_t *srv, void *closure)
     return PyLong_FromUnsignedLongLong(srv->accept_drops);
 }
 
+static PyObject *
+server_get_accept_pauses(cd_server_t *srv, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(srv->accept_pauses);
+}
+
 static PyGetSetDef server_getset[] = {
     {"connections", (getter)server_get_connections, NULL, NULL, NULL},
     {"busy_connections", (getter)server_get_busy, NULL, NULL, NULL},
@@ -848,6 +1025,10 @@ static PyGetSetDef server_getset[] = {
      "HTTP requests and WebSocket sessions started so far.", NULL},
     {"accept_drops", (getter)server_get_accept_drops, NULL,
      "Connections closed at accept: no memory to serve them.", NULL},
+    {"accept_pauses", (getter)server_get_accept_pauses, NULL,
+     "Times a listener stopped accepting for a moment: out of file "
+     "descriptors.",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

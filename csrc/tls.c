@@ -655,10 +655,6 @@ typedef struct {
     int ready;      /* cd_conn_ready ran: the protocol is set up */
 } cd_tls_conn_t;
 
-/* Socket reads land here; libuv calls read right after alloc, and each
- * loop runs on one thread. */
-static _Thread_local char tls_rbuf[65536];
-
 static int
 tls_tp_open(cd_conn_t *c, cd_listener_t *ls)
 {
@@ -675,10 +671,19 @@ tls_tp_open(cd_conn_t *c, cd_listener_t *ls)
     return 0;
 }
 
+/* Socket reads land in the server's one buffer (--tls-read-size): libuv
+ * calls read right after alloc, all of it is decrypted before the read
+ * callback returns, and a server's conns run on its loop's thread.  No
+ * memory: an empty buffer, and libuv reports UV_ENOBUFS (a close). */
 static void
 tls_tp_alloc(cd_conn_t *c, uv_buf_t *buf)
 {
-    *buf = cd_uvbuf(tls_rbuf, sizeof(tls_rbuf));
+    cd_server_t *srv = c->server;
+    if (srv->tls_rbuf == NULL) {
+        srv->tls_rbuf = malloc(srv->cfg.tls_read_size);
+    }
+    *buf = cd_uvbuf(srv->tls_rbuf,
+                    srv->tls_rbuf != NULL ? srv->cfg.tls_read_size : 0);
 }
 
 /* A fatal error: try to send the alert OpenSSL queued, right now (the

@@ -185,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--pubsub-redis", default=None, metavar="URL",
       help="carry cdaphne.pubsub messages to other servers through Redis pub/sub "
            "(redis://host:port/db)")
+    a("--pubsub-max-inbox", type=_size, default=Config.pubsub_max_inbox,
+      help="cdaphne.pubsub.publish() messages from other threads waiting for the loop; "
+           "publish() waits beyond (0: no bound)")
+    a("--pubsub-max-inbox-bytes", type=_size, default=Config.pubsub_max_inbox_bytes,
+      help="their frames' bytes; publish() waits beyond (0: no bound)")
+    a("--pubsub-redis-max-queue", type=_size, default=Config.pubsub_redis_max_queue,
+      help="cdaphne.pubsub messages waiting for Redis (--pubsub-redis); newer ones are "
+           "dropped beyond (0: no bound)")
+    a("--tls-read-size", type=_size, default=Config.tls_read_size,
+      help="TLS bytes read from a socket at once, all decrypted then")
     a("--lifespan", choices=("auto", "on", "off"), default=Config.lifespan,
       help="ASGI lifespan protocol")
     a("-v", "--verbosity", type=int, default=Config.verbosity,
@@ -273,6 +283,10 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         pubsub_max_queue=args.pubsub_max_queue,
         pubsub_max_topics=args.pubsub_max_topics,
         pubsub_redis=args.pubsub_redis,
+        pubsub_max_inbox=args.pubsub_max_inbox,
+        pubsub_max_inbox_bytes=args.pubsub_max_inbox_bytes,
+        pubsub_redis_max_queue=args.pubsub_redis_max_queue,
+        tls_read_size=args.tls_read_size,
         configure_logging=True,
     )
 

@@ -273,6 +273,16 @@ class Config:
     pubsub_max_queue: int = 256 << 10
     pubsub_max_topics: int = 100
     pubsub_redis: str | None = None
+    # cdaphne.pubsub.publish() from other threads: messages (and their
+    # frames' bytes) waiting for the loop; publish() waits beyond either.
+    # Messages waiting for the Redis connection; newer ones are dropped
+    # (and counted) beyond it.  0: no bound.
+    pubsub_max_inbox: int = 65536
+    pubsub_max_inbox_bytes: int = 64 << 20
+    pubsub_redis_max_queue: int = 65536
+    # TLS ciphertext bytes read from the socket at once, all decrypted in
+    # that read (plaintext: at most this plus one 16 KiB record).
+    tls_read_size: int = 65536
     loaded_app: ASGIApp | None = field(default=None, init=False, repr=False)
 
     def binds(self) -> list[Bind]:
@@ -322,7 +332,8 @@ class Config:
             raise ConfigError(f"lifespan must be auto, on or off, not {self.lifespan!r}")
         for name in ("websocket_max_message_size", "websocket_max_frame_size", "max_header_size",
                      "max_header_count", "min_body_rate", "body_rate_grace",
-                     "pubsub_max_queue", "pubsub_max_topics"):
+                     "pubsub_max_queue", "pubsub_max_topics", "pubsub_max_inbox",
+                     "pubsub_max_inbox_bytes", "pubsub_redis_max_queue"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         if not 9 <= self.ws_deflate_window_bits <= 15:
@@ -331,7 +342,7 @@ class Config:
         if not 1 <= self.ws_deflate_mem_level <= 9:
             raise ConfigError(f"ws_deflate_mem_level must be 1..9, not {self.ws_deflate_mem_level}")
         for name in ("header_timeout", "timeout_keep_alive", "body_buffer_size",
-                     "write_buffer_size"):
+                     "write_buffer_size", "tls_read_size"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
         if self.workers is not None and self.workers < 1:

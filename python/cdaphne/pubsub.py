@@ -73,7 +73,6 @@ def running() -> bool:
 
 BUS_TAG = b"\x00cdaphne.pubsub"  # Not a valid layer alias: no clash.
 REDIS_PREFIX = "cdaphne.pubsub:"
-REDIS_MAX_QUEUED = 65536  # messages waiting for the Redis connection
 
 
 class _BusLink:
@@ -109,12 +108,14 @@ class _RedisLink:
     A message carries its origin (this process), which skips its own; one
     writer task keeps each publisher's order."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_queue: int) -> None:
         self.url = url
         self.origin = os.urandom(8)
-        # Bounded: while Redis is unreachable, newer messages are dropped
-        # (and counted) rather than piling up.
-        self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(REDIS_MAX_QUEUED)
+        # Bounded (--pubsub-redis-max-queue, 0: not): while Redis is
+        # unreachable, newer messages are dropped (and counted) rather than
+        # piling up.
+        self.max_queue = max_queue
+        self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(max_queue)
         self.dropped = 0
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -137,7 +138,9 @@ class _RedisLink:
         except asyncio.QueueFull:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 10000 == 0:
-                logger.warning("cdaphne.pubsub: Redis is behind; %d messages dropped", self.dropped)
+                logger.warning("cdaphne.pubsub: Redis is behind (%d messages waiting, "
+                               "--pubsub-redis-max-queue); %d messages dropped",
+                               self.max_queue, self.dropped)
 
     async def _writer(self) -> None:
         while True:
@@ -188,7 +191,7 @@ async def start_links(config: Any) -> Any:
     """Install the hooks that carry messages beyond this process (server.py)."""
     link: Any = None
     if getattr(config, "pubsub_redis", None):
-        link = _RedisLink(config.pubsub_redis)
+        link = _RedisLink(config.pubsub_redis, config.pubsub_redis_max_queue)
         await link.start()
     else:
         from .supervisors import bus as _bus
