@@ -5,8 +5,8 @@
  * back in Python, and chains an executor's concurrent future to an
  * asyncio future with wrap_future(): the worker thread runs
  * call_soon_threadsafe(_set_state, ...), which writes that byte.  Here
- * the wake-up is a uv_async_t on the loop's own uv_loop_t (an eventfd
- * write, coalesced, read by libuv in C), and a finished concurrent
+ * the wake-up is an eventfd polled on the loop's own uv_loop_t (a write,
+ * coalesced, read in C: cd_loop_wake in loop.c), and a finished concurrent
  * future queues its hop in C: the loop's select() copies the state into
  * the asyncio future right after uv_run returns, with the semantics of
  * asyncio.futures._chain_future: cancelling the asyncio future cancels
@@ -15,7 +15,7 @@
  *
  * The GIL guards the queue and the closed flag: a concurrent future runs
  * its done callbacks in Python, and close() holds the GIL too, so
- * uv_async_send never races with uv_close.
+ * cd_loop_wake never races with the close of its descriptor.
  *
  * A concurrent future of exactly concurrent.futures.Future (what every
  * ThreadPoolExecutor returns) is read without its Condition: its public
@@ -89,28 +89,17 @@ cf_state_cancelled(cd_state *st, PyObject *state)
            cf_state_is(state, st->cf_CANCELLED_AND_NOTIFIED);
 }
 
-static void
-wake_on_async(uv_async_t *h)
-{
-    /* Nothing to do inside uv_run (the GIL is released there): the
-     * wake-up only ends the poll, and select() drains the hops. */
-    (void)h;
-}
-
-int
+void
 cd_hop_loop_init(cd_loop_t *loop)
 {
     loop->hops_head = loop->hops_tail = NULL;
-    return uv_async_init(&loop->uv, &loop->wake, wake_on_async);
 }
 
 PyObject *
 cd_hop_wakeup(cd_loop_t *loop, PyObject *unused)
 {
     /* asyncio's _write_to_self() is silent after close: so is this. */
-    if (!loop->closed) {
-        uv_async_send(&loop->wake);
-    }
+    cd_loop_wake(loop);
     Py_RETURN_NONE;
 }
 
@@ -138,7 +127,7 @@ hop_on_source_done(cd_hop_t *hop)
         loop->hops_head = hop;
     }
     loop->hops_tail = hop;
-    uv_async_send(&loop->wake);
+    cd_loop_wake(loop);
     return 0;
 }
 

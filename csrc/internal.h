@@ -8,6 +8,7 @@
 #include "state.h"
 
 #include <limits.h>
+#include <stdatomic.h>
 #include <llhttp.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -182,9 +183,14 @@ struct cd_loop_s {
                            no unparsed input (cd_conn_t in), or NULL */
     cd_link_t servers;  /* Servers on this loop (each unlinks itself) */
     struct cd_pubsub_s *pubsub; /* owned: topics (pubsub.c), once attached */
+    /* The wake-up (loop.c, cd_loop_wake): any thread ends uv_run. */
+    uv_poll_t wake;           /* embedded: polls wake_fd */
+    int wake_fd;              /* owned: an eventfd (a pipe's read end
+                                 elsewhere), or -1 */
+    int wake_wfd;             /* owned: the pipe's write end, or wake_fd */
+    atomic_int wake_pending;  /* 1 from a wake-up until the loop reads it */
     /* Thread hops (hop.c).  The GIL guards these fields: every thread
      * that touches them runs Python code at that moment. */
-    uv_async_t wake;     /* embedded: wakes uv_run from any thread */
     cd_hop_t *hops_head; /* strong: each queued hop, first to complete */
     cd_hop_t *hops_tail; /* borrowed: the last of hops_head's chain */
     /* Scheduling core (sched.c), set by sched_init(). */
@@ -231,13 +237,17 @@ void cd_loop_flush(cd_loop_t *loop);
 /* Queues a cycle whose application must start on the next dispatch.
  * Does not steal. */
 int cd_loop_defer_start(cd_loop_t *loop, PyObject *cycle);
+/* Ends the loop's current or next poll, from any thread that holds the
+ * GIL (close() holds it too: the fd outlives every call); silent once the
+ * loop is closed.  Coalesced: one write until the loop reads it. */
+void cd_loop_wake(cd_loop_t *loop);
 /* Logs the current exception with the "cdaphne" logger and clears it. */
 void cd_log_exception(const char *msg);
 
 /* ---- hop.c: thread -> loop wake-ups, run_in_executor completions --- */
 int cd_hop_type_init(PyObject *module, cd_state *st);
 /* Sets up loop->wake (before any uv_run). */
-int cd_hop_loop_init(cd_loop_t *loop);
+void cd_hop_loop_init(cd_loop_t *loop);
 /* Completes the asyncio futures whose executor work finished since the
  * last call.  Runs on the loop's thread with the GIL, outside uv_run. */
 void cd_hop_drain(cd_loop_t *loop);
@@ -245,7 +255,7 @@ void cd_hop_drain(cd_loop_t *loop);
  * result whose loop is closed).  loop->wake is closed by the walk. */
 void cd_hop_loop_close(cd_loop_t *loop);
 int cd_hop_loop_traverse(cd_loop_t *loop, visitproc visit, void *arg);
-/* wakeup(): uv_async_send, from any thread (call_soon_threadsafe). */
+/* wakeup(): cd_loop_wake, from any thread (call_soon_threadsafe). */
 PyObject *cd_hop_wakeup(cd_loop_t *loop, PyObject *unused);
 /* hop(concurrent_future) -> asyncio future of the loop, completed on
  * the loop's thread when the concurrent one is done (wrap_future). */

@@ -8,9 +8,15 @@
  * normal asyncio callback, so app code never runs inside uv_run. */
 #include "internal.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/eventfd.h>
+#endif
 
 static void
 poll_on_close(uv_handle_t *h)
@@ -200,6 +206,104 @@ loop_poll_once(cd_loop_t *loop, double timeout)
     return 0;
 }
 
+/* ---- The wake-up: other threads end the loop's poll.
+ *
+ * libuv 1.44's uv_async_send() marks its handle busy, writes the eventfd,
+ * then marks it done.  The write wakes the loop's thread, which on the
+ * same core preempts the sender inside that window and then spins (997
+ * pauses, then sched_yield) until the sender marks the handle done: a
+ * fifth of the CPU of a call_soon_threadsafe round trip (perf, both
+ * threads on one core; libuv 1.45 dropped that spin).  Here the sender
+ * sets the flag before it writes, and the loop clears it before it
+ * reads, so neither side ever waits for the other. */
+
+static void
+wake_on_poll(uv_poll_t *h, int status, int events)
+{
+    cd_loop_t *loop = cd_container_of(h, cd_loop_t, wake);
+    char buf[64];
+    (void)status;
+    (void)events;
+    /* Cleared first: a wake-up from now on writes again, and the work it
+     * announces was queued before its write, so select() sees it. */
+    atomic_store(&loop->wake_pending, 0);
+    for (;;) {
+        ssize_t n = read(loop->wake_fd, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < (ssize_t)sizeof(buf) || loop->wake_fd == loop->wake_wfd) {
+            break; /* An eventfd's counter is read whole. */
+        }
+    }
+}
+
+void
+cd_loop_wake(cd_loop_t *loop)
+{
+    if (loop->closed || atomic_exchange(&loop->wake_pending, 1) != 0) {
+        return;
+    }
+    uint64_t one = 1;
+    size_t len = loop->wake_fd == loop->wake_wfd ? sizeof(one) : 1;
+    while (write(loop->wake_wfd, &one, len) < 0 && errno == EINTR) {
+    }
+}
+
+/* Opens the wake-up's descriptors and starts polling them. */
+static int
+wake_init(cd_loop_t *loop)
+{
+    int fds[2] = {-1, -1};
+#ifdef __linux__
+    fds[0] = fds[1] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fds[0] < 0) {
+        return -errno;
+    }
+#else
+    if (pipe(fds) < 0) {
+        return -errno;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (fcntl(fds[i], F_SETFL, O_NONBLOCK) < 0 ||
+            fcntl(fds[i], F_SETFD, FD_CLOEXEC) < 0) {
+            int err = -errno;
+            close(fds[0]);
+            close(fds[1]);
+            return err;
+        }
+    }
+#endif
+    loop->wake_fd = fds[0];
+    loop->wake_wfd = fds[1];
+    atomic_init(&loop->wake_pending, 0);
+    int r = uv_poll_init(&loop->uv, &loop->wake, loop->wake_fd);
+    return r < 0 ? r : uv_poll_start(&loop->wake, UV_READABLE, wake_on_poll);
+}
+
+/* Closes the wake-up's poll (before the walk that closes the rest, whose
+ * poll callback frees a cd_poll_t) and, after it, its descriptors. */
+static void
+wake_close_poll(cd_loop_t *loop)
+{
+    uv_handle_t *h = (uv_handle_t *)&loop->wake;
+    if (h->type == UV_POLL && !uv_is_closing(h)) {
+        uv_close(h, NULL);
+    }
+}
+
+static void
+wake_close_fds(cd_loop_t *loop)
+{
+    if (loop->wake_wfd >= 0 && loop->wake_wfd != loop->wake_fd) {
+        close(loop->wake_wfd);
+    }
+    if (loop->wake_fd >= 0) {
+        close(loop->wake_fd);
+    }
+    loop->wake_fd = loop->wake_wfd = -1;
+}
+
 /* A select() timeout as loop_poll_once takes it: None blocks (-1),
  * anything not positive does not wait (0).  -2 with an exception set. */
 static double
@@ -376,16 +480,16 @@ loop_attach(cd_loop_t *loop, PyObject *aio_loop)
     Py_RETURN_NONE;
 }
 
-/* The select timer, the prepare handle and the wake-up are embedded in
- * the loop: nothing to free. */
+/* The select timer and the prepare handle are embedded in the loop:
+ * nothing to free. */
 static void
 timer_on_close(uv_handle_t *h)
 {
     (void)h;
 }
 
-/* Servers closed theirs first: what is left is asyncio's polls, the
- * select timer, the prepare handle and the wake-up. */
+/* Servers closed theirs first, and the wake-up is closing: what is left
+ * is asyncio's polls, the select timer and the prepare handle. */
 static void
 walk_close(uv_handle_t *h, void *arg)
 {
@@ -409,9 +513,11 @@ loop_close_uv(cd_loop_t *loop)
     cd_pubsub_detach(loop);
     loop->closed = 1;
     cd_hop_loop_close(loop);
+    wake_close_poll(loop);
     uv_walk(&loop->uv, walk_close, NULL);
     uv_run(&loop->uv, UV_RUN_DEFAULT);
     uv_loop_close(&loop->uv);
+    wake_close_fds(loop);
     free(loop->polls);
     loop->polls = NULL;
     loop->npolls = 0;
@@ -448,6 +554,7 @@ loop_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     }
     loop->st = st;
     loop->closed = 1; /* Until uv_loop_init succeeds. */
+    loop->wake_fd = loop->wake_wfd = -1;
     loop->pending = PyList_New(0);
     if (loop->pending == NULL) {
         Py_DECREF(loop);
@@ -467,9 +574,10 @@ loop_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     uv_prepare_init(&loop->uv, &loop->prepare);
     uv_prepare_start(&loop->prepare, loop_on_prepare);
     uv_unref((uv_handle_t *)&loop->prepare);
-    r = cd_hop_loop_init(loop);
+    cd_hop_loop_init(loop);
+    r = wake_init(loop);
     if (r < 0) {
-        PyErr_Format(PyExc_OSError, "uv_async_init: %s", uv_strerror(r));
+        PyErr_Format(PyExc_OSError, "the loop's wake-up: %s", uv_strerror(r));
         Py_DECREF(loop);
         return NULL;
     }

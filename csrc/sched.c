@@ -620,7 +620,7 @@ cd_sched_call_soon(cd_loop_t *core, PyObject *const *args, size_t nargsf,
 }
 
 /* call_soon_threadsafe(callback, *args, context=None), from any thread
- * holding the GIL: call_soon, then the uv_async_t wake-up. */
+ * holding the GIL: call_soon, then the loop's wake-up (cd_loop_wake). */
 PyObject *
 cd_sched_call_soon_threadsafe(cd_loop_t *core, PyObject *const *args,
                               size_t nargsf, PyObject *kwnames)
@@ -636,7 +636,7 @@ cd_sched_call_soon_threadsafe(cd_loop_t *core, PyObject *const *args,
     }
     PyObject *h = sched_ready_push(core, args, nargs, context);
     if (h != NULL) {
-        Py_XDECREF(cd_hop_wakeup(core, NULL));
+        cd_loop_wake(core);
     }
     return h;
 }
