@@ -503,7 +503,7 @@ cd_hop_run_in_executor(cd_loop_t *loop, PyObject *const *args,
     }
     int unusual = nargs < 2 || args[0] == Py_None;
     if (!unusual) {
-        int plain = cd_loopapi_plain(st, aio, 0);
+        int plain = cd_loopapi_plain(loop, 0);
         if (plain < 0) {
             return NULL;
         }

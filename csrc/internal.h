@@ -8,8 +8,8 @@
 #include "state.h"
 
 #include <limits.h>
-#include <stdatomic.h>
 #include <llhttp.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -147,6 +147,7 @@ typedef enum {
     CD_ATTR_CLOSED,        /* loop._closed */
     CD_ATTR_STOPPING,      /* loop._stopping */
     CD_ATTR_TIME_IS_CLOCK, /* loop.time() is BaseEventLoop.time */
+    CD_ATTR_NO_FACTORY,    /* loop._task_factory is None */
     CD_ATTR_NFLAGS,
 } cd_attr_flag_t;
 
@@ -157,8 +158,10 @@ typedef struct {
     signed char flag[CD_ATTR_NFLAGS]; /* 0 or 1; -1: not a bool */
 } cd_loop_attrs_t;
 
-/* How many run Handles a loop keeps for reuse. */
-#define CD_SPARE_HANDLES 16
+/* Handles kept for reuse (sched.c): as many as a stream of
+ * call_soon_threadsafe() callbacks keeps in flight; timers, fewer. */
+#define CD_SPARE_HANDLES 1024
+#define CD_SPARE_TIMERS 16
 
 /* The Python object LoopCore.  It owns the uv_loop_t; asyncio's
  * SelectorEventLoop drives it through cdaphne.loop.LibuvSelector. */
@@ -184,11 +187,11 @@ struct cd_loop_s {
     cd_link_t servers;  /* Servers on this loop (each unlinks itself) */
     struct cd_pubsub_s *pubsub; /* owned: topics (pubsub.c), once attached */
     /* The wake-up (loop.c, cd_loop_wake): any thread ends uv_run. */
-    uv_poll_t wake;           /* embedded: polls wake_fd */
-    int wake_fd;              /* owned: an eventfd (a pipe's read end
-                                 elsewhere), or -1 */
-    int wake_wfd;             /* owned: the pipe's write end, or wake_fd */
-    atomic_int wake_pending;  /* 1 from a wake-up until the loop reads it */
+    uv_poll_t wake;          /* embedded: polls wake_fd */
+    int wake_fd;             /* owned: an eventfd (elsewhere a pipe's read
+                                end), or -1 */
+    int wake_wfd;            /* owned: the pipe's write end, or wake_fd */
+    atomic_int wake_pending; /* 1 from a wake-up until the loop reads it */
     /* Thread hops (hop.c).  The GIL guards these fields: every thread
      * that touches them runs Python code at that moment. */
     cd_hop_t *hops_head; /* strong: each queued hop, first to complete */
@@ -207,7 +210,7 @@ struct cd_loop_s {
      * call_soon to fill again instead of allocating (sched.c). */
     PyObject *spare_handles[CD_SPARE_HANDLES];
     int nspare;
-    PyObject *spare_timers[CD_SPARE_HANDLES]; /* strong: TimerHandles, same */
+    PyObject *spare_timers[CD_SPARE_TIMERS]; /* strong: TimerHandles, same */
     int nspare_timers;
     Py_ssize_t timer_cancelled; /* loop._timer_cancelled_count */
     PyObject *report;           /* strong: reports a callback's exception */
@@ -269,7 +272,7 @@ PyObject *cd_hop_run_in_executor(cd_loop_t *loop, PyObject *const *args,
 /* 1 if the asyncio loop aio is open and not in debug mode (and, if task,
  * has no task factory): BaseEventLoop's plain attributes read from its
  * dict; 0 if not (or not readable so), -1 with an exception. */
-int cd_loopapi_plain(cd_state *st, PyObject *aio, int task);
+int cd_loopapi_plain(cd_loop_t *loop, int task);
 /* create_task(coro, *, name=None, context=None). */
 PyObject *cd_loopapi_create_task(cd_loop_t *loop, PyObject *const *args,
                                  Py_ssize_t nargs, PyObject *kwnames);
@@ -305,6 +308,11 @@ PyObject *cd_sched_call_later(cd_loop_t *core, PyObject *const *args,
 PyObject *cd_sched_step(cd_loop_t *core, PyObject *unused);
 /* BaseEventLoop.get_debug(). */
 PyObject *cd_sched_get_debug(cd_loop_t *core, PyObject *unused);
+/* 1 when the loop is open and not in debug mode (and, if task, has no
+ * task factory): what create_task and run_in_executor check before their
+ * C paths; 0 if not, -1 on error.  Read through the step's cache (3.12+),
+ * else from the loop's __dict__ or getattr. */
+int cd_sched_loop_plain(cd_loop_t *core, int task);
 /* BaseEventLoop._timer_handle_cancelled(handle), which cancel() calls. */
 PyObject *cd_sched_timer_cancelled(cd_loop_t *core, PyObject *h);
 /* LoopCore.timer_cancelled_count: get and set. */

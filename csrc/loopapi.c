@@ -10,33 +10,11 @@
 #include "internal.h"
 
 int
-cd_loopapi_plain(cd_state *st, PyObject *aio, int task)
+cd_loopapi_plain(cd_loop_t *loop, int task)
 {
-    /* The instance's own dict: BaseEventLoop keeps these as plain
-     * attributes; one lookup each instead of a full getattr. */
-    PyObject *d = PyObject_GenericGetDict(aio, NULL);
-    if (d == NULL) {
-        return -1;
-    }
-    int plain = 0;
-    PyObject *v = PyDict_GetItemWithError(d, st->s__closed);
-    if (v != Py_False) {
-        goto done;
-    }
-    v = PyDict_GetItemWithError(d, st->s__debug);
-    if (v != Py_False) {
-        goto done;
-    }
-    if (task) {
-        v = PyDict_GetItemWithError(d, st->s__task_factory);
-        if (v != Py_None) {
-            goto done;
-        }
-    }
-    plain = 1;
-done:
-    Py_DECREF(d);
-    return PyErr_Occurred() ? -1 : plain;
+    /* BaseEventLoop keeps these as plain attributes, which the step reads
+     * too: one accessor over its cache (csrc/sched.c). */
+    return cd_sched_loop_plain(loop, task);
 }
 
 /* type(aio).<name>(aio, *args, **kw): the class's own method, which the
@@ -99,7 +77,7 @@ cd_loopapi_create_task(cd_loop_t *loop, PyObject *const *args,
         }
     }
     if (!unusual) {
-        int plain = cd_loopapi_plain(st, aio, 1);
+        int plain = cd_loopapi_plain(loop, 1);
         if (plain < 0) {
             return NULL;
         }

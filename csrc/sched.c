@@ -203,7 +203,8 @@ handle_release(cd_loop_t *core, PyObject *h)
     cd_state *st = core->st;
     int timer = Py_IS_TYPE(h, (PyTypeObject *)st->asyncio_TimerHandle);
     int *n = timer ? &core->nspare_timers : &core->nspare;
-    if (*n == CD_SPARE_HANDLES || !st->handle_reuse ||
+    int cap = timer ? CD_SPARE_TIMERS : CD_SPARE_HANDLES;
+    if (*n == cap || !st->handle_reuse ||
         !(timer || Py_IS_TYPE(h, (PyTypeObject *)st->asyncio_Handle)) ||
         Py_REFCNT(h) != 1 ||
         *(PyObject **)((char *)h + st->handle_weaklist) != NULL) {
@@ -223,7 +224,7 @@ handle_release(cd_loop_t *core, PyObject *h)
         Py_CLEAR(CD_SLOT(h, o->scheduled));
     }
     /* What was cleared may have run code (a finalizer). */
-    if (Py_REFCNT(h) != 1 || *n == CD_SPARE_HANDLES) {
+    if (Py_REFCNT(h) != 1 || *n == cap) {
         Py_DECREF(h);
         return;
     }
@@ -334,6 +335,24 @@ core_time_is_clock_read(cd_loop_t *core)
     return PyErr_Occurred() ? -1 : 1;
 }
 
+/* 1 when loop._task_factory is None, 0 if not (or missing), -1 on
+ * error. */
+static int
+core_no_factory_read(cd_loop_t *core)
+{
+    PyObject *tf = core_get(core, core->st->s__task_factory);
+    if (tf == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return -1;
+        }
+        PyErr_Clear();
+        return 0;
+    }
+    int r = tf == Py_None;
+    Py_DECREF(tf);
+    return r;
+}
+
 /* ---- What the step reads of the loop, cached.
  *
  * A dict watcher (Python 3.12+) on the loop's __dict__ bumps a generation
@@ -389,6 +408,11 @@ core_attrs(cd_loop_t *core)
         }
         core->attrs.flag[i] = (signed char)f;
     }
+    int nofactory = core_no_factory_read(core);
+    if (nofactory < 0) {
+        return -1;
+    }
+    core->attrs.flag[CD_ATTR_NO_FACTORY] = (signed char)nofactory;
     int clock = core_time_is_clock_read(core);
     PyObject *sched = clock < 0 ? NULL : core_get(core, st->s__scheduled);
     PyObject *sel = sched ? core_get(core, st->s__selector) : NULL;
@@ -648,8 +672,21 @@ cd_sched_call_soon_threadsafe(cd_loop_t *core, PyObject *const *args,
  * TimerHandles whose _when are floats: the list is the heap heapq would
  * have built, so asyncio code and tests that use it still find a heap. */
 
-/* 1 if a < b, 0 if not, -1 on error. */
+/* timer_lt for what the fast path does not serve: TimerHandle.__lt__ or
+ * a subclass's own. */
 static int
+timer_lt_slow(PyObject *a, PyObject *b)
+{
+    Py_INCREF(a);
+    Py_INCREF(b);
+    int r = PyObject_RichCompareBool(a, b, Py_LT);
+    Py_DECREF(a);
+    Py_DECREF(b);
+    return r;
+}
+
+/* 1 if a < b, 0 if not, -1 on error. */
+static inline int
 timer_lt(cd_state *st, PyObject *a, PyObject *b)
 {
     PyTypeObject *tp = (PyTypeObject *)st->asyncio_TimerHandle;
@@ -661,12 +698,7 @@ timer_lt(cd_state *st, PyObject *a, PyObject *b)
             return PyFloat_AS_DOUBLE(wa) < PyFloat_AS_DOUBLE(wb);
         }
     }
-    Py_INCREF(a);
-    Py_INCREF(b);
-    int r = PyObject_RichCompareBool(a, b, Py_LT);
-    Py_DECREF(a);
-    Py_DECREF(b);
-    return r;
+    return timer_lt_slow(a, b);
 }
 
 /* _heapq's siftdown: item pos moves up towards startpos. */
@@ -744,10 +776,22 @@ static PyObject *
 heap_pop(cd_state *st, PyObject *heap)
 {
     Py_ssize_t n = PyList_GET_SIZE(heap);
-    PyObject *last = Py_NewRef(PyList_GET_ITEM(heap, n - 1));
-    if (PyList_SetSlice(heap, n - 1, n, NULL) < 0) {
-        Py_DECREF(last);
-        return NULL;
+    PyObject *last;
+#ifndef Py_GIL_DISABLED
+    if (n - 1 >= ((PyListObject *)heap)->allocated >> 1) {
+        /* What list_resize does when a list shrinks by one within its
+         * allocation: the list's reference moves to last. */
+        last = PyList_GET_ITEM(heap, n - 1);
+        Py_SET_SIZE(heap, n - 1);
+    }
+    else
+#endif
+    {
+        last = Py_NewRef(PyList_GET_ITEM(heap, n - 1));
+        if (PyList_SetSlice(heap, n - 1, n, NULL) < 0) {
+            Py_DECREF(last);
+            return NULL;
+        }
     }
     if (n == 1) {
         return last;
@@ -908,6 +952,25 @@ cd_sched_get_debug(cd_loop_t *core, PyObject *unused)
         return PyBool_FromLong(core->attrs.flag[CD_ATTR_DEBUG]);
     }
     return core_get(core, core->st->s__debug);
+}
+
+int
+cd_sched_loop_plain(cd_loop_t *core, int task)
+{
+    cd_state *st = core->st;
+    int debug = core_flag(core, CD_ATTR_DEBUG, st->s__debug);
+    if (debug != 0) {
+        return debug < 0 ? -1 : 0;
+    }
+    int closed = core_flag(core, CD_ATTR_CLOSED, st->s__closed);
+    if (closed != 0 || !task) {
+        return closed < 0 ? -1 : !closed;
+    }
+    int c = core_attrs(core);
+    if (c != 0) {
+        return c < 0 ? -1 : core->attrs.flag[CD_ATTR_NO_FACTORY];
+    }
+    return core_no_factory_read(core);
 }
 
 /* timer_cancelled(handle): BaseEventLoop._timer_handle_cancelled, which
@@ -1293,9 +1356,10 @@ sched_attach_dict(cd_loop_t *core)
 {
     cd_state *st = core->st;
     PyObject *tp = (PyObject *)Py_TYPE(core->aio_loop);
-    PyObject *names[] = {st->s__debug,     st->s__closed,
-                         st->s__scheduled, st->s__stopping,
-                         st->s__selector,  st->s__clock_resolution};
+    PyObject *names[] = {st->s__debug,       st->s__closed,
+                         st->s__scheduled,   st->s__stopping,
+                         st->s__selector,    st->s__clock_resolution,
+                         st->s__task_factory};
     sched_unwatch(core, 0);
     core->time_is_base = 0;
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {

@@ -672,3 +672,68 @@ def test_get_debug_is_asyncios_also_after_close():
         assert other.get_debug() == "own"
     finally:
         other.close()
+
+
+def test_create_task_and_run_in_executor_see_factory_debug_and_close_at_once(loop):
+    # create_task and run_in_executor read _closed, _debug and
+    # _task_factory through the step's cache: every change is seen at once.
+    made = []
+
+    def factory(lp, coro, **kw):
+        made.append(coro)
+        return asyncio.Task(coro, loop=lp, **kw)
+
+    async def leaf():
+        return 1
+
+    async def main():
+        assert await loop.create_task(leaf()) == 1
+        loop.set_task_factory(factory)
+        assert await loop.create_task(leaf()) == 1
+        assert len(made) == 1
+        loop._task_factory = None  # straight to the attribute
+        assert await loop.create_task(leaf()) == 1
+        assert len(made) == 1
+        assert await loop.run_in_executor(None, int, "7") == 7
+
+    loop.run_until_complete(main())
+    loop._debug = True
+    with pytest.raises(TypeError, match="coroutines cannot be used"):
+        loop.run_in_executor(None, leaf)  # asyncio's debug-mode check
+    loop._debug = False
+    loop._closed = True
+    coro = leaf()
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.create_task(coro)
+    coro.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.run_in_executor(None, int)
+    loop._closed = False
+
+
+def test_call_soon_threadsafe_from_many_threads_wakes_a_blocked_loop(loop):
+    # The wake-up is coalesced (one eventfd write until the loop reads it):
+    # no callback from any thread is lost, and a loop blocked in its poll
+    # wakes for each burst.
+    n_threads, per_thread = 8, 500
+    seen = []
+    done = loop.create_future()
+
+    def on_loop(i):
+        seen.append(i)
+        if len(seen) == n_threads * per_thread:
+            done.set_result(None)
+
+    def worker(t):
+        for i in range(per_thread):
+            loop.call_soon_threadsafe(on_loop, t * per_thread + i)
+            if i % 50 == 0:
+                time.sleep(0.001)  # let the loop block again
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    loop.run_until_complete(asyncio.wait_for(done, 60))
+    for th in threads:
+        th.join()
+    assert sorted(seen) == list(range(n_threads * per_thread))
