@@ -214,8 +214,8 @@ loop_poll_once(cd_loop_t *loop, double timeout)
  * pauses, then sched_yield) until the sender marks the handle done: a
  * fifth of the CPU of a call_soon_threadsafe round trip (perf, both
  * threads on one core; libuv 1.45 dropped that spin).  Here the sender
- * sets the flag before it writes, and the loop clears it before it
- * reads, so neither side ever waits for the other. */
+ * sets the flag before it writes, and the loop clears it after it reads,
+ * so neither side ever waits for the other. */
 
 static void
 wake_on_poll(uv_poll_t *h, int status, int events)
@@ -224,9 +224,6 @@ wake_on_poll(uv_poll_t *h, int status, int events)
     char buf[64];
     (void)status;
     (void)events;
-    /* Cleared first: a wake-up from now on writes again, and the work it
-     * announces was queued before its write, so select() sees it. */
-    atomic_store(&loop->wake_pending, 0);
     for (;;) {
         ssize_t n = read(loop->wake_fd, buf, sizeof(buf));
         if (n < 0 && errno == EINTR) {
@@ -236,6 +233,12 @@ wake_on_poll(uv_poll_t *h, int status, int events)
             break; /* An eventfd's counter is read whole. */
         }
     }
+    /* Cleared after the read: a wake-up that found the flag still set
+     * queued its work before, and select() runs it once uv_run returns;
+     * one from now on writes again.  (Cleared before the read, a write
+     * consumed by the read would leave the flag set with nothing to
+     * read: every later wake-up would be skipped.) */
+    atomic_store(&loop->wake_pending, 0);
 }
 
 void
