@@ -214,6 +214,11 @@ struct cd_loop_s {
     int nspare_timers;
     Py_ssize_t timer_cancelled; /* loop._timer_cancelled_count */
     PyObject *report;           /* strong: reports a callback's exception */
+    /* strong: asyncio.events._ThreadSafeHandle where the running Python
+     * has it (call_soon_threadsafe's handle, with a lock), or NULL */
+    PyObject *ts_handle;
+    PyObject *ts_rlock;     /* strong: what makes its _lock, or NULL */
+    Py_ssize_t ts_lock_off; /* the offset of its _lock slot */
     PyObject *selector;         /* strong: the LibuvSelector over this core */
     int closed;
 };

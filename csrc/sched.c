@@ -644,25 +644,108 @@ cd_sched_call_soon(cd_loop_t *core, PyObject *const *args, size_t nargsf,
 }
 
 /* call_soon_threadsafe(callback, *args, context=None), from any thread
- * holding the GIL: call_soon, then the loop's wake-up (cd_loop_wake). */
+ * holding the GIL: call_soon, then the loop's wake-up (cd_loop_wake).
+ * Where asyncio makes a _ThreadSafeHandle (a Handle whose cancel() and
+ * _run() take its own RLock), so does this: the same type, its _lock an
+ * RLock as threading.RLock() makes it. */
 PyObject *
 cd_sched_call_soon_threadsafe(cd_loop_t *core, PyObject *const *args,
                               size_t nargsf, PyObject *kwnames)
 {
     cd_state *st = core->st;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *context;
+    PyObject *context, *h = NULL;
     int ok = sched_check(core, args, nargs, kwnames, 0, &context);
     if (ok <= 0) {
         return ok < 0 ? NULL
                       : sched_fallback(st->base_call_soon_threadsafe,
                                        core->aio_loop, args, nargs, kwnames);
     }
-    PyObject *h = sched_ready_push(core, args, nargs, context);
+    if (core->ts_handle == NULL) {
+        h = sched_ready_push(core, args, nargs, context);
+    }
+    else {
+        PyObject *lock = PyObject_CallNoArgs(core->ts_rlock);
+        PyObject *cbargs = lock ? sched_cbargs(args, 1, nargs) : NULL;
+        h = cbargs
+                ? handle_new(core, core->ts_handle, args[0], cbargs, context)
+                : NULL;
+        if (h != NULL) {
+            CD_SLOT(h, core->ts_lock_off) = Py_NewRef(lock);
+            if (cd_readyq_push(core->ready_q, h) < 0) {
+                Py_CLEAR(h);
+            }
+        }
+        Py_XDECREF(lock);
+    }
     if (h != NULL) {
         cd_loop_wake(core);
     }
     return h;
+}
+
+/* PyObject_GetOptionalAttrString (3.13): *out NULL, 0 if obj has no such
+ * attribute; -1 on error. */
+static int
+get_optional(PyObject *obj, const char *name, PyObject **out)
+{
+    *out = PyObject_GetAttrString(obj, name);
+    if (*out != NULL) {
+        return 1;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        return -1;
+    }
+    PyErr_Clear();
+    return 0;
+}
+
+/* Notes asyncio.events._ThreadSafeHandle, its _lock slot and the RLock
+ * factory, where the running Python has that class (looked up as the
+ * loop attaches). */
+static int
+sched_attach_threadsafe(cd_loop_t *core)
+{
+    PyObject *events = PyImport_ImportModule("asyncio.events");
+    PyObject *cls = NULL, *threading = NULL, *rlock = NULL;
+    int rc = -1;
+    if (events == NULL ||
+        get_optional(events, "_ThreadSafeHandle", &cls) < 0) {
+        goto done;
+    }
+    if (cls == NULL) {
+        Py_CLEAR(core->ts_handle);
+        Py_CLEAR(core->ts_rlock);
+        rc = 0;
+        goto done;
+    }
+    if (!PyType_Check(cls) ||
+        !PyType_IsSubtype((PyTypeObject *)cls,
+                          (PyTypeObject *)core->st->asyncio_Handle)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "asyncio.events._ThreadSafeHandle is not a Handle");
+        goto done;
+    }
+    /* threading.RLock() returns _thread.RLock() when threading has it. */
+    threading = PyImport_ImportModule("threading");
+    if (threading == NULL || get_optional(threading, "_CRLock", &rlock) < 0) {
+        goto done;
+    }
+    if (rlock == NULL || rlock == Py_None) {
+        Py_XSETREF(rlock, PyObject_GetAttrString(threading, "RLock"));
+    }
+    if (rlock == NULL || slot_offset(cls, "_lock", &core->ts_lock_off) < 0) {
+        goto done;
+    }
+    Py_XSETREF(core->ts_handle, Py_NewRef(cls));
+    Py_XSETREF(core->ts_rlock, Py_NewRef(rlock));
+    rc = 0;
+done:
+    Py_XDECREF(events);
+    Py_XDECREF(cls);
+    Py_XDECREF(threading);
+    Py_XDECREF(rlock);
+    return rc;
 }
 
 /* ---- The timer heap: loop._scheduled, a list kept in heapq's order.
@@ -1425,7 +1508,7 @@ cd_sched_attach(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
     }
-    if (sched_attach_dict(core) < 0) {
+    if (sched_attach_dict(core) < 0 || sched_attach_threadsafe(core) < 0) {
         return NULL;
     }
     Py_XSETREF(core->report, Py_NewRef(args[0]));
@@ -1447,6 +1530,8 @@ cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg)
         Py_VISIT(core->spare_timers[i]);
     }
     Py_VISIT(core->report);
+    Py_VISIT(core->ts_handle);
+    Py_VISIT(core->ts_rlock);
     Py_VISIT(core->selector);
     return 0;
 }
@@ -1464,5 +1549,7 @@ cd_sched_loop_clear(cd_loop_t *core, int closing)
         Py_CLEAR(core->spare_timers[--core->nspare_timers]);
     }
     Py_CLEAR(core->report);
+    Py_CLEAR(core->ts_handle);
+    Py_CLEAR(core->ts_rlock);
     Py_CLEAR(core->selector);
 }

@@ -737,3 +737,87 @@ def test_call_soon_threadsafe_from_many_threads_wakes_a_blocked_loop(loop):
     for th in threads:
         th.join()
     assert sorted(seen) == list(range(n_threads * per_thread))
+
+
+class _ThreadSafeHandle(asyncio.Handle):
+    # What CPython's newer asyncio (asyncio.events._ThreadSafeHandle) makes
+    # for call_soon_threadsafe: a Handle whose cancel(), cancelled() and
+    # _run() take its own RLock.  Stands in for it on Pythons without it.
+    __slots__ = ("_lock",)
+
+    def __init__(self, callback, args, loop, context=None):
+        super().__init__(callback, args, loop, context)
+        self._lock = threading.RLock()
+
+    def cancel(self):
+        with self._lock:
+            return super().cancel()
+
+    def cancelled(self):
+        with self._lock:
+            return super().cancelled()
+
+    def _run(self):
+        with self._lock:
+            if self._cancelled:
+                return
+            return super()._run()
+
+
+def _threadsafe_with_locked_handle(self, callback, *args, context=None):
+    # BaseEventLoop.call_soon_threadsafe of those Pythons.
+    from asyncio import events
+
+    self._check_closed()
+    if self._debug:
+        self._check_callback(callback, "call_soon_threadsafe")
+    handle = events._ThreadSafeHandle(callback, args, self, context)
+    self._ready.append(handle)
+    if handle._source_traceback:
+        del handle._source_traceback[-1]
+    self._write_to_self()
+    return handle
+
+
+@pytest.fixture
+def locked_threadsafe(monkeypatch):
+    """asyncio with _ThreadSafeHandle: the running Python's, else the
+    stand-in above with the method that makes it."""
+    from asyncio import events
+
+    if not hasattr(events, "_ThreadSafeHandle"):
+        monkeypatch.setattr(events, "_ThreadSafeHandle", _ThreadSafeHandle, raising=False)
+        monkeypatch.setattr(
+            asyncio.BaseEventLoop, "call_soon_threadsafe", _threadsafe_with_locked_handle
+        )
+    return events._ThreadSafeHandle
+
+
+def test_call_soon_threadsafe_makes_asyncios_locked_handle(locked_threadsafe):
+    rlock_type = type(threading.RLock())
+
+    def scenario(loop):
+        if hasattr(loop, "core"):  # cdaphne's: made in C, not by asyncio
+            assert loop.call_soon_threadsafe == loop.core.call_soon_threadsafe
+        out = []
+        h = loop.call_soon_threadsafe(out.append, "x")
+        assert type(h) is locked_threadsafe
+        assert type(h._lock) is rlock_type
+        kept = loop.call_soon_threadsafe(out.append, "kept")
+        gone = loop.call_soon_threadsafe(out.append, "gone")
+        th = threading.Thread(target=gone.cancel)
+        th.start()
+        th.join()
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        ctx = contextvars.copy_context()
+        with_ctx = loop.call_soon_threadsafe(print, "y", context=ctx)
+        assert with_ctx.get_context() is ctx
+        with_ctx.cancel()
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        return (out, repr(h), repr(gone), h.cancelled(), gone.cancelled(), kept._lock is h._lock)
+
+    out, _, _, h_cancelled, gone_cancelled, shared = on_both(scenario)
+    assert out == ["x", "kept"]
+    assert not h_cancelled and gone_cancelled and not shared

@@ -133,10 +133,9 @@ class LibuvEventLoop(asyncio.SelectorEventLoop):
             # Every Future and Task asks it: read in C (a subclass's own
             # get_debug stays).
             self.get_debug = self.core.get_debug  # type: ignore[method-assign]
-        if not hasattr(asyncio.events, "_ThreadSafeHandle"):
-            # Pythons whose call_soon_threadsafe makes a locked handle
-            # keep asyncio's own.
-            self.call_soon_threadsafe = self.core.call_soon_threadsafe
+        # In C, also where asyncio makes a locked _ThreadSafeHandle (the
+        # core makes the same one).
+        self.call_soon_threadsafe = self.core.call_soon_threadsafe
         self._run_once = self.core.step
         if type(self).run_in_executor is LibuvEventLoop.run_in_executor:
             # A given executor outside debug mode takes the C path
