@@ -812,7 +812,7 @@ def test_call_soon_threadsafe_makes_asyncios_locked_handle(locked_threadsafe):
         loop.run_forever()
         ctx = contextvars.copy_context()
         with_ctx = loop.call_soon_threadsafe(print, "y", context=ctx)
-        assert with_ctx.get_context() is ctx
+        assert with_ctx._context is ctx
         with_ctx.cancel()
         loop.call_soon(loop.stop)
         loop.run_forever()
