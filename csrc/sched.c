@@ -143,6 +143,7 @@ cd_sched_state_clear(cd_state *st)
             PyErr_WriteUnraisable(NULL);
         }
         st->dict_watcher = 0;
+        attrs_gen++; /* Nothing watches the loops' dicts any more. */
     }
 #endif
 }
@@ -384,10 +385,9 @@ attrs_read_flag(cd_loop_t *core, PyObject *name)
 }
 #endif
 
-/* 1 when core->attrs holds the current values, 0 when they must be read
- * one by one, -1 on error. */
+/* core_attrs when the values must be read again. */
 static int
-core_attrs(cd_loop_t *core)
+core_attrs_load(cd_loop_t *core)
 {
 #if PY_VERSION_HEX >= 0x030C0000
     cd_state *st = core->st;
@@ -396,9 +396,6 @@ core_attrs(cd_loop_t *core)
         return 0;
     }
     uint64_t gen = attrs_gen;
-    if (core->attrs.gen == gen) {
-        return 1;
-    }
     attrs_clear(core);
     PyObject *names[] = {st->s__debug, st->s__closed, st->s__stopping};
     for (int i = 0; i < 3; i++) {
@@ -436,8 +433,23 @@ core_attrs(cd_loop_t *core)
 #endif
 }
 
+/* 1 when core->attrs holds the current values, 0 when they must be read
+ * one by one, -1 on error.  The values stay current while the generation
+ * they were read at is the watchers' (0 is never current: attrs_clear
+ * sets it when the loop stops being watched). */
+static inline int
+core_attrs(cd_loop_t *core)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    if (core->attrs.gen == attrs_gen) {
+        return 1;
+    }
+#endif
+    return core_attrs_load(core);
+}
+
 /* 1 if the flag is true, 0 if false, -1 on error. */
-static int
+static inline int
 core_flag(cd_loop_t *core, cd_attr_flag_t which, PyObject *name)
 {
     int c = core_attrs(core);
@@ -768,20 +780,49 @@ timer_lt_slow(PyObject *a, PyObject *b)
     return r;
 }
 
-/* 1 if a < b, 0 if not, -1 on error. */
-static inline int
-timer_lt(cd_state *st, PyObject *a, PyObject *b)
+/* What timer_lt reads of the module, once per sift. */
+typedef struct {
+    PyTypeObject *tp; /* borrowed: asyncio.TimerHandle */
+    Py_ssize_t when;  /* the offset of its _when slot */
+    PyObject *h;      /* borrowed: the heap (a list) */
+} cd_sift_t;
+
+static void
+sift_init(cd_sift_t *s, cd_state *st, PyObject *heap)
 {
-    PyTypeObject *tp = (PyTypeObject *)st->asyncio_TimerHandle;
-    if (Py_IS_TYPE(a, tp) && Py_IS_TYPE(b, tp)) {
-        PyObject *wa = CD_SLOT(a, st->handle_slots.when);
-        PyObject *wb = CD_SLOT(b, st->handle_slots.when);
+    s->tp = (PyTypeObject *)st->asyncio_TimerHandle;
+    s->when = st->handle_slots.when;
+    s->h = heap;
+}
+
+/* 1 if a < b, 0 if not, for two TimerHandles whose _when are floats
+ * (as TimerHandle.__lt__ compares them); -2 when Python must compare. */
+static inline int
+timer_lt_fast(const cd_sift_t *s, PyObject *a, PyObject *b)
+{
+    if (Py_IS_TYPE(a, s->tp) && Py_IS_TYPE(b, s->tp)) {
+        PyObject *wa = CD_SLOT(a, s->when);
+        PyObject *wb = CD_SLOT(b, s->when);
         if (wa != NULL && wb != NULL && PyFloat_CheckExact(wa) &&
             PyFloat_CheckExact(wb)) {
             return PyFloat_AS_DOUBLE(wa) < PyFloat_AS_DOUBLE(wb);
         }
     }
-    return timer_lt_slow(a, b);
+    return -2;
+}
+
+/* The list's items, read again after a comparison in Python (which may
+ * have changed the list: then the size differs, as _heapq checks). */
+static inline PyObject **
+sift_items(const cd_sift_t *s, Py_ssize_t size)
+{
+    PyObject *h = s->h;
+    if (PyList_GET_SIZE(h) != size) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "list changed size during iteration");
+        return NULL;
+    }
+    return ((PyListObject *)h)->ob_item;
 }
 
 /* _heapq's siftdown: item pos moves up towards startpos. */
@@ -789,27 +830,25 @@ static int
 heap_siftdown(cd_state *st, PyObject *heap, Py_ssize_t startpos,
               Py_ssize_t pos)
 {
+    cd_sift_t s;
     Py_ssize_t size = PyList_GET_SIZE(heap);
+    PyObject **items = ((PyListObject *)heap)->ob_item;
+    sift_init(&s, st, heap);
     while (pos > startpos) {
         Py_ssize_t parentpos = (pos - 1) >> 1;
-        PyObject *item = PyList_GET_ITEM(heap, pos);
-        PyObject *parent = PyList_GET_ITEM(heap, parentpos);
-        int lt = timer_lt(st, item, parent);
-        if (lt < 0) {
-            return -1;
-        }
-        if (size != PyList_GET_SIZE(heap)) {
-            PyErr_SetString(PyExc_RuntimeError,
-                            "list changed size during iteration");
-            return -1;
+        int lt = timer_lt_fast(&s, items[pos], items[parentpos]);
+        if (lt == -2) {
+            lt = timer_lt_slow(items[pos], items[parentpos]);
+            if (lt < 0 || (items = sift_items(&s, size)) == NULL) {
+                return -1;
+            }
         }
         if (lt == 0) {
             break;
         }
-        item = PyList_GET_ITEM(heap, pos);
-        parent = PyList_GET_ITEM(heap, parentpos);
-        PyList_SET_ITEM(heap, parentpos, item);
-        PyList_SET_ITEM(heap, pos, parent);
+        PyObject *item = items[pos];
+        items[pos] = items[parentpos];
+        items[parentpos] = item;
         pos = parentpos;
     }
     return 0;
@@ -819,26 +858,26 @@ heap_siftdown(cd_state *st, PyObject *heap, Py_ssize_t startpos,
 static int
 heap_siftup(cd_state *st, PyObject *heap, Py_ssize_t pos)
 {
+    cd_sift_t s;
     Py_ssize_t endpos = PyList_GET_SIZE(heap), startpos = pos;
     Py_ssize_t limit = endpos >> 1;
+    PyObject **items = ((PyListObject *)heap)->ob_item;
+    sift_init(&s, st, heap);
     while (pos < limit) {
         Py_ssize_t childpos = 2 * pos + 1;
         if (childpos + 1 < endpos) {
-            int lt = timer_lt(st, PyList_GET_ITEM(heap, childpos),
-                              PyList_GET_ITEM(heap, childpos + 1));
-            if (lt < 0) {
-                return -1;
+            int lt = timer_lt_fast(&s, items[childpos], items[childpos + 1]);
+            if (lt == -2) {
+                lt = timer_lt_slow(items[childpos], items[childpos + 1]);
+                if (lt < 0 || (items = sift_items(&s, endpos)) == NULL) {
+                    return -1;
+                }
             }
             childpos += lt ^ 1;
-            if (endpos != PyList_GET_SIZE(heap)) {
-                PyErr_SetString(PyExc_RuntimeError,
-                                "list changed size during iteration");
-                return -1;
-            }
         }
-        PyObject *child = PyList_GET_ITEM(heap, childpos);
-        PyList_SET_ITEM(heap, childpos, PyList_GET_ITEM(heap, pos));
-        PyList_SET_ITEM(heap, pos, child);
+        PyObject *child = items[childpos];
+        items[childpos] = items[pos];
+        items[pos] = child;
         pos = childpos;
     }
     return heap_siftdown(st, heap, startpos, pos);
@@ -1131,7 +1170,9 @@ handle_run(cd_loop_t *core, PyObject *h)
     Py_INCREF(cb);
     Py_INCREF(args);
     if (PyContext_Enter(ctx) == 0) {
-        r = PyObject_Call(cb, args, NULL);
+        /* PyObject_Call's unpacking of the tuple, without its checks. */
+        r = PyObject_Vectorcall(cb, ((PyTupleObject *)args)->ob_item,
+                                (size_t)PyTuple_GET_SIZE(args), NULL);
         PyObject *exc = r == NULL ? PyErr_GetRaisedException() : NULL;
         if (PyContext_Exit(ctx) < 0) {
             Py_XDECREF(exc);
