@@ -219,7 +219,7 @@ struct cd_loop_s {
     PyObject *ts_handle;
     PyObject *ts_rlock;     /* strong: what makes its _lock, or NULL */
     Py_ssize_t ts_lock_off; /* the offset of its _lock slot */
-    PyObject *selector;         /* strong: the LibuvSelector over this core */
+    PyObject *selector;     /* strong: the LibuvSelector over this core */
     int closed;
 };
 
