@@ -547,6 +547,34 @@ ws_park(cd_ws_t *ws)
     ws->ctx = NULL;
 }
 
+/* Our close frame is out (or on its way): no data frame may follow it
+ * (RFC 6455 5.5.1).  code: what the app's websocket.disconnect says
+ * unless the peer's close frame comes (0: keep it as it is). */
+static void
+ws_set_closing(cd_ws_t *ws, int code)
+{
+    if (ws->state != CD_WS_OPEN) {
+        return;
+    }
+    ws->state = CD_WS_CLOSING;
+    if (code != 0) {
+        ws->close_code = code;
+    }
+}
+
+/* We failed the connection (RFC 6455 7.1.7) on the peer's protocol error:
+ * our close frame with the code is queued.  Nothing more is read; the
+ * TCP connection closes once it is out, after a lingering close (so the
+ * peer's unread bytes cannot turn our close into a reset that loses
+ * it).  The app gets the messages before the bad frame, then
+ * websocket.disconnect with that code. */
+static void
+ws_failed(cd_cycle_t *cy, int code)
+{
+    ws_set_closing(cy->ws, code);
+    cd_conn_linger_after_writes(cy->conn);
+}
+
 /* Write whatever wslay has queued (pongs, close frames). */
 static void
 flush_wslay(cd_cycle_t *cy)
@@ -567,15 +595,40 @@ flush_wslay(cd_cycle_t *cy)
         cd_conn_write(c, &b, 1, NULL, owned);
     }
     if (c->state != CD_CONN_CLOSING && wslay_event_get_close_sent(ws->ctx)) {
-        if (wslay_event_get_close_received(ws->ctx) ||
-            !wslay_event_get_read_enabled(ws->ctx)) {
+        if (wslay_event_get_close_received(ws->ctx)) {
+            ws_set_closing(ws, 0);
             cd_conn_close_after_writes(c);
         }
+        else if (!wslay_event_get_read_enabled(ws->ctx)) {
+            ws_failed(cy, wslay_event_get_status_code_sent(ws->ctx));
+        }
         else if (ws->state == CD_WS_OPEN) {
-            ws->state = CD_WS_CLOSING;
+            ws_set_closing(ws, 0);
             cd_conn_timer_start(c, CD_WS_CLOSE_WAIT_MS);
         }
     }
+}
+
+/* wslay met a frame it cannot parse (a control frame over 125 bytes or
+ * fragmented, a length not in its shortest form) or ran out of memory:
+ * it stopped reading and queued a close frame without a code.  That
+ * frame goes with the context; ours carries the code. */
+static void
+ws_fail(cd_cycle_t *cy, int code)
+{
+    cd_ws_t *ws = cy->ws;
+    wslay_event_context_free(ws->ctx);
+    ws->ctx = NULL;
+    char *f = malloc(4); /* owned until handed to the conn */
+    if (f != NULL) {
+        f[0] = (char)0x88;
+        f[1] = 2;
+        f[2] = (char)(code >> 8);
+        f[3] = (char)code;
+        uv_buf_t b = cd_uvbuf(f, 4);
+        cd_conn_write(cy->conn, &b, 1, NULL, f);
+    }
+    ws_failed(cy, code);
 }
 
 /* ---- the fast path: whole data frames without wslay -----------------
@@ -734,7 +787,7 @@ ws_on_read(cd_conn_t *c)
         cd_buf_consume(&c->in, ws->in_pos);
         ws->in_pos = 0;
         if (r != 0) {
-            cd_conn_close(c);
+            ws_fail(cy, r == WSLAY_ERR_NOMEM ? 1011 : 1002);
             return;
         }
     }
@@ -1325,6 +1378,10 @@ ws_shutdown(cd_conn_t *c)
         queue_close(cy->ws, 1012, "", 0);
         flush_wslay(cy);
         cd_conn_close_after_writes(c);
+        return;
+    }
+    if (cy != NULL && cy->ws != NULL && cy->ws->state == CD_WS_CLOSING) {
+        cd_conn_close_after_writes(c); /* Our close frame goes out. */
         return;
     }
     cd_conn_close(c);

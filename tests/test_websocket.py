@@ -164,20 +164,66 @@ def _reserved_bit() -> bytes:
     return bytes(bad)
 
 
-@pytest.mark.parametrize("bad", [_non_minimal_length, _reserved_bit])
-def test_protocol_error_after_a_good_frame_ends_the_connection(server, bad):
-    """A 16-bit length under 126, or RSV1 without an extension, after a good
-    frame in the same write: a protocol error (wslay ends the connection),
-    the bad frame is never delivered."""
-    sock = raw_handshake(server.port, "/echo")
-    sock.sendall(frame(0x2, b"ok") + bad())
+# RFC 6455 7.1.7: each one fails the connection with a close frame.
+BAD_FRAMES = {
+    "non-minimal-length": (_non_minimal_length, 1002),
+    "rsv1-without-extension": (_reserved_bit, 1002),
+    "ping-over-125-bytes": (lambda: frame(0x9, b"p" * 126), 1002),
+    "fragmented-ping": (lambda: frame(0x9, b"p", fin=False), 1002),
+    "reserved-opcode": (lambda: frame(0x3, b"short"), 1002),
+    "continuation-first": (lambda: frame(0x0, b"short"), 1002),
+    "unmasked": (lambda: frame(0x2, b"short", masked=False), 1002),
+    "invalid-utf8": (lambda: frame(0x1, b"\xc3\x28 bad"), 1007),
+}
+
+
+def frames_until_eof(sock: socket.socket) -> list[tuple[int, bytes]]:
     got = []
-    with pytest.raises(ConnectionError):
-        for _ in range(3):
+    while True:
+        try:
             got.append(read_frame(sock))
-    assert (0x2, b"short") not in got
-    assert all(close_code(p) == 1002 for op, p in got if op == 0x8)
+        except ConnectionError:
+            return got
+
+
+@pytest.mark.parametrize("bad", BAD_FRAMES)
+def test_protocol_error_after_a_good_frame_fails_with_a_close_frame(server, bad):
+    """A good frame and a bad one in one write: the server sends a close frame
+    with the code (no data frame after it: the echo of the good frame comes
+    too late), then ends TCP; the app gets the good message, then
+    websocket.disconnect with that code."""
+    make, code = BAD_FRAMES[bad]
+
+    def new_events_after_disconnect(before: int) -> list[dict]:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            new = events(server)[before:]
+            if any(e["event"] == "websocket.disconnect" for e in new):
+                break
+            time.sleep(0.05)
+        return new
+
+    before = len(events(server))
+    sock = raw_handshake(server.port, "/echo")
+    sock.sendall(frame(0x1, b"ok") + make() + frame(0x1, b"never"))
+    got = frames_until_eof(sock)
     sock.close()
+    assert [(op, close_code(p)) for op, p in got] == [(0x8, code)]
+    assert new_events_after_disconnect(before)[-1] == {
+        "event": "websocket.disconnect",
+        "code": code,
+    }
+
+    before = len(events(server))
+    sock = raw_handshake(server.port, "/record")
+    sock.sendall(frame(0x1, b"ok") + make() + frame(0x1, b"never"))
+    assert [(op, close_code(p)) for op, p in frames_until_eof(sock)] == [(0x8, code)]
+    sock.close()
+    assert new_events_after_disconnect(before) == [
+        {"event": "connect", "type": "websocket.connect"},
+        {"event": "websocket.receive", "text": "ok"},
+        {"event": "websocket.disconnect", "code": code, "reason": ""},
+    ]
 
 
 def test_invalid_utf8_after_valid_frames_in_one_write_closes_1007(server):
