@@ -959,6 +959,27 @@ accept_subprotocol(cd_cycle_t *cy, PyObject *msg, cd_buf_t *out)
     return 0;
 }
 
+/* The server frames the messages, so it alone answers the client's
+ * extension offer (above, from cd_deflate_response): an app's own
+ * Sec-WebSocket-Extensions field in websocket.accept would claim an
+ * extension we do not run, or name ours twice (clients then fail the
+ * handshake), so it is dropped.  Daphne sends none of the app's accept
+ * headers; uvicorn sends both fields.  list: ours to edit. */
+static int
+drop_app_extensions(PyObject *list)
+{
+    static const char name[] = "sec-websocket-extensions";
+    for (Py_ssize_t i = PyList_GET_SIZE(list) - 1; i >= 0; i--) {
+        PyObject *n = PyTuple_GET_ITEM(PyList_GET_ITEM(list, i), 0);
+        if (PyBytes_GET_SIZE(n) == sizeof(name) - 1 &&
+            strncasecmp(PyBytes_AS_STRING(n), name, sizeof(name) - 1) == 0 &&
+            PyList_SetSlice(list, i, i + 1, NULL) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Appends "HTTP/1.1 101 ..." with Sec-WebSocket-Accept to out; the head
  * writer in http1.c writes it and checks what the app gave. */
 static int
@@ -995,7 +1016,7 @@ build_accept(cd_cycle_t *cy, PyObject *msg, cd_buf_t *out)
         goto done;
     }
     list = cd_http1_head_headers(hs);
-    if (list == NULL) {
+    if (list == NULL || drop_app_extensions(list) < 0) {
         goto done;
     }
     cd_http1_head_t h = {

@@ -333,6 +333,38 @@ def test_offer_in_a_second_header_field(server):
     sock.close()
 
 
+def test_app_extensions_header_gives_way_to_the_negotiated_one():
+    """The server does the framing, so it alone answers the extension offer:
+    an app's own Sec-WebSocket-Extensions field in websocket.accept is
+    dropped (two fields made clients fail the handshake), other headers
+    stay, and compression works as negotiated (or stays off)."""
+    proc = start_server("tests.apps.ws:echo_app_extensions", "--ping-interval", "0")
+    try:
+        with connect(proc.ws_url("/")) as ws:
+            assert ws.response.headers.get_all("Sec-WebSocket-Extensions") == [
+                "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"
+            ]
+            assert ws.response.headers["x-app"] == "kept"
+            ws.send("compressed " * 50)
+            assert ws.recv() == "compressed " * 50
+        sock, headers = handshake(proc.port, "permessage-deflate")
+        ext = headers["sec-websocket-extensions"]
+        assert ext == "permessage-deflate; server_max_window_bits=12"
+        sock.sendall(frame(0x2, compress(b"z" * 300), rsv1=True))
+        opcode, rsv1, payload = read_frame(sock)
+        assert (opcode, rsv1) == (0x2, True)
+        assert zlib.decompressobj(-15).decompress(payload + TAIL) == b"z" * 300
+        sock.close()
+        sock, headers = handshake(proc.port, None)
+        assert "sec-websocket-extensions" not in headers
+        assert headers["x-app"] == "kept"
+        sock.sendall(frame(0x2, b"plain"))
+        assert read_frame(sock) == (0x2, False, b"plain")
+        sock.close()
+    finally:
+        assert proc.stop() == 0, proc.log_tail()
+
+
 # ---- the wire, by hand -------------------------------------------------------
 
 

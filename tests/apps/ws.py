@@ -20,3 +20,25 @@ async def echo(scope, receive, send):
             await send({"type": "websocket.send", "text": message["text"]})
         else:
             await send({"type": "websocket.send", "bytes": message["bytes"]})
+
+
+async def echo_app_extensions(scope, receive, send):
+    """Echo, accepting with its own Sec-WebSocket-Extensions field (the
+    server negotiates extensions: it must not go out) and another header."""
+    if scope["type"] != "websocket":
+        return
+    await receive()
+    headers = [(b"Sec-WebSocket-Extensions", b"permessage-deflate"), (b"x-app", b"kept")]
+    await send({"type": "websocket.accept", "headers": headers})
+    await echo_loop(receive, send)
+
+
+async def echo_loop(receive, send):
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") is not None:
+            await send({"type": "websocket.send", "text": message["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": message["bytes"]})
