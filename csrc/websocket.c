@@ -85,9 +85,10 @@ struct cd_ws_s {
      * bytes of the frames it finished, since ctx was made. */
     uint64_t in_handed;
     uint64_t in_framed;
-    uint64_t frame_bytes;  /* header and payload of the frame being read */
-    int in_fragments;      /* a fragmented message is being received */
-    uint64_t last_read_at; /* loop ms of the last read */
+    uint64_t frame_bytes;   /* header and payload of the frame being read */
+    uint64_t in_frame_left; /* of the frame being handed to wslay */
+    int in_fragments;       /* a fragmented message is being received */
+    uint64_t last_read_at;  /* loop ms of the last read */
 };
 
 static int ws_unpark(cd_cycle_t *cy);
@@ -180,20 +181,35 @@ ws_queue_bound(const cd_config_t *cfg)
     return (size_t)cfg->ws_max_message;
 }
 
+/* Whether the queue is at its bound.  Checked before each frame is
+ * parsed (ws_fast_read, wslay_on_recv): at the bound the frames wait
+ * unparsed in conn->in, so the queue never holds more than
+ * CD_WS_QUEUE_HIGH messages, and its payload bytes pass ws_queue_bound()
+ * by less than the one message that crossed it. */
+static int
+queue_at_bound(cd_cycle_t *cy)
+{
+    cd_ws_t *ws = cy->ws;
+    return ws->state == CD_WS_OPEN &&
+           (ws->qlen >= CD_WS_QUEUE_HIGH ||
+            ws->qbytes >= ws_queue_bound(&cy->server->cfg));
+}
+
 /* After a read: stop reading while the app is behind, still watching
  * for the peer's FIN or RST (the app gets websocket.disconnect). */
 static void
 queue_check_high(cd_cycle_t *cy)
 {
-    cd_ws_t *ws = cy->ws;
-    if (ws->qlen >= CD_WS_QUEUE_HIGH ||
-        ws->qbytes >= ws_queue_bound(&cy->server->cfg)) {
-        ws->queue_full = 1;
+    if (queue_at_bound(cy)) {
+        cy->ws->queue_full = 1;
         cd_conn_read_pause(cy->conn);
     }
 }
 
-/* After receive() took a message: read again once the app caught up. */
+static void ws_on_read(cd_conn_t *c);
+
+/* After receive() took a message: once the app caught up, parse the
+ * frames left at the bound, then read again. */
 static void
 queue_check_low(cd_cycle_t *cy)
 {
@@ -203,8 +219,15 @@ queue_check_low(cd_cycle_t *cy)
         return;
     }
     ws->queue_full = 0;
-    if (cy->conn != NULL && ws->state == CD_WS_OPEN) {
-        cd_conn_read_start(cy->conn);
+    cd_conn_t *c = cy->conn;
+    if (c == NULL || ws->state != CD_WS_OPEN) {
+        return;
+    }
+    if (c->in.len > 0) {
+        ws_on_read(c);
+    }
+    if (!ws->queue_full && ws->state == CD_WS_OPEN) {
+        cd_conn_read_start(c);
     }
 }
 
@@ -256,21 +279,61 @@ ws_has_message(cd_cycle_t *cy)
 
 /* ---- wslay glue --------------------------------------------------- */
 
+/* Header and payload bytes of the frame that starts at p, or 0 if its
+ * length is not all in the avail bytes. */
+static uint64_t
+ws_frame_size(const uint8_t *p, size_t avail)
+{
+    if (avail < 2) {
+        return 0;
+    }
+    uint64_t n = p[1] & 0x7F;
+    size_t h = 2 + (n == 126 ? 2 : n == 127 ? 8 : 0);
+    if (avail < h) {
+        return 0;
+    }
+    if (n >= 126) {
+        n = 0;
+        for (size_t i = 2; i < h; i++) {
+            n = n << 8 | p[i];
+        }
+    }
+    h += (p[1] & 0x80) ? 4 : 0;
+    return n > UINT64_MAX - h ? UINT64_MAX : h + n;
+}
+
+/* wslay reads conn->in through here, one frame at a time (it buffers
+ * what it is given): none while the queue is at its bound, and none of
+ * a frame whose length is not all in yet. */
 static ssize_t
 wslay_on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
               void *user)
 {
     cd_cycle_t *cy = user;
+    cd_ws_t *ws = cy->ws;
     cd_conn_t *c = cy->conn;
-    size_t avail = c ? c->in.len - cy->ws->in_pos : 0;
+    size_t avail = c ? c->in.len - ws->in_pos : 0;
+    if (avail > 0 && ws->in_frame_left == 0) {
+        if (!queue_at_bound(cy)) {
+            ws->in_frame_left =
+                ws_frame_size((const uint8_t *)c->in.base + ws->in_pos, avail);
+        }
+        if (ws->in_frame_left == 0) {
+            avail = 0;
+        }
+    }
     if (avail == 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
     size_t n = len < avail ? len : avail;
-    memcpy(buf, c->in.base + cy->ws->in_pos, n);
-    cy->ws->in_pos += n;
-    cy->ws->in_handed += n;
+    if (n > ws->in_frame_left) {
+        n = (size_t)ws->in_frame_left;
+    }
+    memcpy(buf, c->in.base + ws->in_pos, n);
+    ws->in_pos += n;
+    ws->in_handed += n;
+    ws->in_frame_left -= n;
     return (ssize_t)n;
 }
 
@@ -523,7 +586,7 @@ ws_unpark(cd_cycle_t *cy)
         ws->ctx = NULL;
         return -1;
     }
-    ws->in_handed = ws->in_framed = ws->frame_bytes = 0;
+    ws->in_handed = ws->in_framed = ws->frame_bytes = ws->in_frame_left = 0;
     if (ws->pmd != NULL) {
         wslay_event_config_set_allowed_rsv_bits(ws->ctx, WSLAY_RSV1_BIT);
     }
@@ -739,7 +802,7 @@ ws_fast_read(cd_cycle_t *cy)
     cd_conn_t *c = cy->conn;
     size_t off = 0;
     while (ws->state == CD_WS_OPEN && c->state != CD_CONN_CLOSING &&
-           ws_wslay_at_rest(ws)) {
+           ws_wslay_at_rest(ws) && !queue_at_bound(cy)) {
         uint8_t *p = (uint8_t *)c->in.base + off;
         size_t h = 0;
         int64_t n = ws_fast_frame(cy, p, c->in.len - off, &h);
@@ -767,10 +830,10 @@ ws_on_read(cd_conn_t *c)
     }
     cd_ws_t *ws = cy->ws;
     if (ws->ctx == NULL && ws->state != CD_WS_OPEN) {
-        /* Not accepted yet: hold the bytes, within reason. */
-        if (c->in.len > (1 << 20)) {
-            cd_conn_read_stop(c);
-        }
+        /* Not accepted yet (a client should wait for the 101: RFC 6455
+         * 4.1): hold this read's bytes for ws_accept, and read no more
+         * until then, still watching for the peer leaving. */
+        cd_conn_read_pause(c);
         return;
     }
     uint64_t now = uv_now(&c->server->loop->uv);
@@ -1060,7 +1123,9 @@ ws_accept(cd_cycle_t *cy, PyObject *msg)
     if (c->in.len > 0) {
         ws_on_read(c);
     }
-    cd_conn_read_start(c);
+    if (!ws->queue_full && ws->state == CD_WS_OPEN) {
+        cd_conn_read_start(c);
+    }
     return 0;
 }
 

@@ -18,6 +18,7 @@ import pytest
 import websocket
 import websockets
 
+from .conftest import readable
 from .serverproc import ServerProcess, start_server
 
 APP = "tests.apps.wsbehaviour:app"
@@ -445,6 +446,66 @@ def test_fragments_over_limit_close_1009(server):
 
 
 # ---- backpressure ----------------------------------------------------------
+
+
+def release(server: ServerProcess) -> None:
+    """Lets the /hold app go on (it registers itself once connected)."""
+    deadline = time.monotonic() + 5
+    while not httpx.get(server.url("/release")).json()["released"]:
+        assert time.monotonic() < deadline, "the /hold app never started"
+        time.sleep(0.02)
+
+
+def hold_handshake(port: int, path: str, early: bytes) -> socket.socket:
+    """A handshake with `early` bytes sent right behind it (before the 101)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode() + early
+    )
+    return sock
+
+
+@pytest.mark.parametrize("path", ["/hold", "/hold-accept"])
+@pytest.mark.parametrize(
+    ("count", "size", "parsed"),
+    # 64 messages, or 64 KiB of payload (the bound at this server's 64 KiB
+    # message limit), stop the parsing: a ping behind them waits.
+    [(63, 0, True), (64, 0, False), (3, 16384, True), (4, 16384, False)],
+)
+def test_queue_bound_stops_parsing_at_the_exact_frame(server, path, count, size, parsed):
+    """An app that does not receive: frames are parsed up to the bound and
+    no further (a ping behind them is answered only if it is within it),
+    even when they all came in one read, or before the 101; once the app
+    receives, everything is delivered in order."""
+    messages = [bytes([i]) * size for i in range(count)]
+    data = b"".join(frame(0x2, m) for m in messages) + frame(0x9, b"behind")
+    if path == "/hold":
+        sock = raw_handshake(server.port, path)
+        sock.sendall(data)
+    else:
+        sock = hold_handshake(server.port, path, data)
+    got = []
+    if path == "/hold" and parsed:
+        got.append(read_frame(sock))
+        assert got == [(0xA, b"behind")]
+    else:
+        assert not readable(sock, 1.0)
+    release(server)
+    if path == "/hold-accept":
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+    got += [read_frame(sock) for _ in range(count + 1 - len(got))]
+    assert [f for f in got if f[0] == 0x2] == [(0x2, m) for m in messages]
+    assert [f for f in got if f[0] == 0xA] == [(0xA, b"behind")]
+    if not parsed:
+        assert got.index((0xA, b"behind")) > 0  # Only once the app received.
+    sock.close()
+
+
 
 def test_send_waits_for_a_slow_reader(server):
     sock = raw_handshake(server.port, "/flood")

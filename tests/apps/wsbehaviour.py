@@ -8,6 +8,8 @@ import json
 
 EVENTS: list[dict] = []
 SENT = {"bytes": 0}
+# /hold and /hold-accept wait for GET /release before they go on.
+HOLD: dict[str, asyncio.Event] = {}
 
 
 async def http(scope, receive, send):
@@ -15,6 +17,10 @@ async def http(scope, receive, send):
         body = json.dumps(EVENTS).encode()
     elif scope["path"] == "/sent":
         body = json.dumps(SENT).encode()
+    elif scope["path"] == "/release":
+        body = json.dumps({"released": "hold" in HOLD}).encode()
+        if "hold" in HOLD:
+            HOLD.pop("hold").set()
     else:
         body = b"not found"
     await send({"type": "http.response.start", "status": 200,
@@ -127,6 +133,20 @@ async def app(scope, receive, send):
             if message["type"] == "websocket.disconnect":
                 record("websocket.disconnect", code=message["code"])
                 return
+    elif path in ("/hold", "/hold-accept"):
+        # Receives nothing until GET /release (before accepting, for
+        # /hold-accept), then echoes.
+        HOLD["hold"] = release = asyncio.Event()
+        if path == "/hold":
+            await send({"type": "websocket.accept"})
+        await release.wait()
+        if path == "/hold-accept":
+            await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            await send({"type": "websocket.send", "bytes": message["bytes"]})
     elif path == "/flood":
         await send({"type": "websocket.accept"})
         chunk = b"x" * 65536
