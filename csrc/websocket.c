@@ -675,14 +675,16 @@ flush_wslay(cd_cycle_t *cy)
 /* wslay met a frame it cannot parse (a control frame over 125 bytes or
  * fragmented, a length not in its shortest form) or ran out of memory:
  * it stopped reading and queued a close frame without a code.  That
- * frame goes with the context; ours carries the code. */
+ * frame goes with the context; ours carries the code, unless our close
+ * frame is out already (the app closed first). */
 static void
 ws_fail(cd_cycle_t *cy, int code)
 {
     cd_ws_t *ws = cy->ws;
+    int close_sent = wslay_event_get_close_sent(ws->ctx);
     wslay_event_context_free(ws->ctx);
     ws->ctx = NULL;
-    char *f = malloc(4); /* owned until handed to the conn */
+    char *f = close_sent ? NULL : malloc(4); /* owned until written */
     if (f != NULL) {
         f[0] = (char)0x88;
         f[1] = 2;

@@ -277,6 +277,14 @@ async def perform(sess: Session, inst: Inst, act: tuple[Any, ...]) -> None:
         await do_receive(sess, inst, None)
     elif kind == "receive_cancel":
         await do_receive(sess, inst, act[1])
+    elif kind == "receive_many":
+        # Drains a queue that reached its bound (websocket.c
+        # queue_check_low parses the frames left behind).
+        for _ in range(act[1]):
+            n = len(inst.received)
+            await do_receive(sess, inst, 0.005)
+            if len(inst.received) == n or inst.received[-1]["type"].endswith("disconnect"):
+                break
     elif kind == "send":
         await guarded(sess, inst, inst.send(act[1]), "send()")
         t = act[1].get("type") if isinstance(act[1], dict) else None
@@ -620,8 +628,10 @@ def build_request(d: Data, ws: bool = False) -> tuple[bytes, bytes | None]:
 
 def app_http_action(d: Data) -> tuple[Any, ...]:
     a = d.u8() % 16
-    if a in (0, 1, 2):
+    if a in (0, 1):
         return ("receive",)
+    if a == 2:
+        return ("receive_many", 1 + d.u8())
     if a == 3:
         return ("receive_cancel", d.pick([0, 0, 0.001, 0.005]))
     if a in (4, 5):
@@ -671,6 +681,10 @@ def app_headers(d: Data) -> list[Any]:
             out.append((b"x-big", b"b" * (d.u8() * 64)))
         elif k == 8:
             out.append(("x-str", "v"))
+        elif k == 9:
+            # The server answers the extension offer: it drops this one.
+            out.append((b"Sec-WebSocket-Extensions",
+                        d.pick([b"permessage-deflate", b"x-custom", b""])))
         else:
             out.append((d.token(), re.sub(rb"[\r\n\x00]", b"", d.blob(40))))
     return out
@@ -954,8 +968,10 @@ def app_ws_action(d: Data) -> tuple[Any, ...]:
     a = d.u8() % 20
     if a >= 16:
         return app_pubsub_action(d)
-    if a in (0, 1, 2):
+    if a in (0, 1):
         return ("receive",)
+    if a == 2:
+        return ("receive_many", 1 + d.u8())
     if a == 3:
         return ("receive_cancel", d.pick([0, 0, 0.001, 0.005]))
     if a in (4, 5):
@@ -1004,6 +1020,7 @@ class FrameScanner:
         self.skip = 0  # Data payload bytes still to pass over.
         self.failure: str | None = None
         self.deflate = False  # The 101 agreed on permessage-deflate.
+        self.closed = False  # A close frame came: nothing may follow it.
 
     def feed(self, data: bytes) -> None:
         if self.failure is not None:
@@ -1021,6 +1038,9 @@ class FrameScanner:
         if more bytes are needed."""
         buf = self.buf
         if len(buf) < 2:
+            return False
+        if self.closed:
+            self.failure = f"server frame after its close frame: {bytes(buf[:20])!r}"
             return False
         b0, b1 = buf[0], buf[1]
         if b1 & 0x80:
@@ -1053,6 +1073,7 @@ class FrameScanner:
                 return False
             if op == 8:
                 self.failure = close_payload_problem(bytes(buf[hl:hl + ln]))
+                self.closed = True
             del buf[:hl + ln]
             return True
         take = min(ln, len(buf) - hl)
@@ -1076,6 +1097,8 @@ def check_ws_output(sess: Session, c: Conn, key: bytes) -> None:
     if status != 101:
         return
     hmap = dict(headers)
+    if [n for n, _ in headers].count(b"sec-websocket-extensions") > 1:
+        sess.fail("two sec-websocket-extensions fields")
     want = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
     if hmap.get(b"sec-websocket-accept") != want:
         sess.fail(f"bad sec-websocket-accept {hmap.get(b'sec-websocket-accept')!r}")
@@ -1162,13 +1185,27 @@ async def ws_script(sess: Session, d: Data) -> None:
             tracking = False
         elif op == 13:
             c.pending += frame(True, 0, d.pick([9, 10]), d.blob(130))
-        elif op == 15 and d.u8() & 1:
+        elif op == 15 and (sel := d.u8()) & 1:
             # RSV1 with garbage, or with a small bomb (zeros past the
             # message limit), on any opcode.
             kind = d.u8()
             payload = d.blob(300) if kind & 1 else client_compress(c, bytes(kind << 7))
             c.pending += frame(True, 4, d.pick([1, 2, 0, 9, 8]), payload)
             tracking = False
+        elif op == 15 and sel & 2:
+            # A burst of whole messages, past the read queue's bounds (64
+            # messages, 64 KiB here), maybe a ping behind them.  At most
+            # 100 KB: the socket buffers must hold what the server does
+            # not read, or the client's FIN could not reach a server that
+            # waits for it (an HTTP app waiting for http.disconnect).
+            n, size = 1 + d.u8() % 100, d.pick([0, 3, 200, 1000])
+            for i in range(n):
+                payload = bytes([i & 255]) * size
+                c.pending += frame(True, 0, 2, payload, mask_key=bytes([i & 255, 1, 2, 3]))
+                if tracking:
+                    sent.append(payload)
+            if d.u8() & 1:
+                c.pending += frame(True, 0, 9, b"behind")
         else:
             await app_op(sess, d, app_ws_action)
     await sess.step(2)

@@ -357,7 +357,58 @@ def ws_seeds() -> dict[str, bytes]:
     e.sleep(25)
     ws_app(e, 8, 1, 0, 1).blob(b"bye")
     seeds["parked"] = e.step(2).bytes()
+    seeds.update(ws_failure_seeds())
     seeds.update(ws_deflate_seeds())
+    return seeds
+
+
+def ws_burst(e: Enc, n: int, size_idx: int, ping: bool) -> Enc:
+    """n (up to 100) whole binary messages in one go (sizes: 0, 3, 200,
+    1000 bytes)."""
+    return e.u8(15, 0, 2, n - 1, size_idx, 1 if ping else 0)
+
+
+def ws_failure_seeds() -> dict[str, bytes]:
+    """Frames that fail the connection after a good message (close 1002,
+    nothing after it), bursts past the read queue's bounds, an app's own
+    Sec-WebSocket-Extensions header."""
+    seeds = {}
+    bad = {
+        "ping-126": (0x89, b"p" * 126, 0),
+        "fragmented-ping": (0x09, b"p", 0),
+        "non-minimal-length": (0x82, b"short", 1),
+    }
+    for name, (b0, payload, long_form) in bad.items():
+        e = ws_handshake(Enc(2)).write().step(2)
+        ws_app(e, 0)
+        ws_accept(e).step()
+        ws_msg(e, b"good")
+        e.u8(10, 0, b0).blob(payload).u8(1, long_form).write().step(2)
+        ws_app(e, 0)
+        ws_app(e, 6, 0).blob(b"too late")
+        ws_app(e, 0)
+        seeds[f"fail-{name}"] = e.step(2).bytes()
+    for name, v, n, size_idx in (("count", 2, 100, 0), ("bytes", 2, 80, 3),
+                                 ("slow-bytes", 1, 90, 3)):
+        e = ws_handshake(Enc(v)).write().step(2)
+        ws_app(e, 0)
+        ws_accept(e).step()
+        ws_burst(e, n, size_idx, True).write().step(2)
+        ws_app(e, 2, 254)  # receive up to 255 messages
+        seeds[f"burst-{name}"] = e.step(2).bytes()
+    e = ws_handshake(Enc(2)).write().step(2)
+    ws_burst(e, 80, 1, True).write().step(2)  # before the accept
+    ws_app(e, 0)
+    ws_accept(e).step()
+    ws_app(e, 2, 254)
+    seeds["burst-before-accept"] = e.step(2).bytes()
+    for v, offer in ((2, None), (2, 0), (1, 0)):
+        e = ws_handshake(Enc(v), offer=offer).write().step(2)
+        ws_app(e, 0)
+        ws_app(e, 4, 1, 2, 9, 0, 9, 1, 0)  # accept with two extension fields
+        ws_msg(e, b"hello").write().step()
+        ws_app(e, 0)
+        seeds[f"app-extensions-v{v}-o{offer}"] = e.step(2).bytes()
     return seeds
 
 

@@ -227,6 +227,17 @@ def test_protocol_error_after_a_good_frame_fails_with_a_close_frame(server, bad)
     ]
 
 
+def test_protocol_error_after_the_apps_close_sends_no_second_close(server):
+    """The app closed first; the peer's answer is a frame wslay cannot
+    parse: our close frame is out already, so none follows it."""
+    sock = raw_handshake(server.port, "/close")
+    opcode, payload = read_frame(sock)
+    assert (opcode, close_code(payload)) == (0x8, 4001)
+    sock.sendall(frame(0x9, b"p" * 126))
+    assert frames_until_eof(sock) == []
+    sock.close()
+
+
 def test_invalid_utf8_after_valid_frames_in_one_write_closes_1007(server):
     sock = raw_handshake(server.port, "/echo")
     sock.sendall(frame(0x1, b"good") + frame(0x1, b"\xc3\x28 bad") + frame(0x1, b"never"))
