@@ -220,18 +220,24 @@ cd_cycle_wake_receiver(cd_cycle_t *cy)
     if (cy->recv_fut == NULL || !cy->ops->has_message(cy)) {
         return;
     }
-    if (drop_done_future(cy->st, &cy->recv_fut) < 0) {
-        cd_log_exception("Error in receive()");
-        return;
-    }
-    if (cy->recv_fut == NULL) {
-        return; /* Its receive() was cancelled. */
-    }
     PyObject *fut = cy->recv_fut;
     cy->recv_fut = NULL;
-    /* Not done: drop_done_future() just asked. */
+    /* Done already only if its receive() was cancelled: set_result then
+     * raises (InvalidStateError) and there is nothing to wake.  Asked
+     * after the fact, not with done() before every message. */
     if (future_set_result(cy->st, fut, Py_None) < 0) {
-        cd_log_exception("Error resolving receive()");
+        PyObject *exc = PyErr_GetRaisedException();
+        int done = cd_future_done(cy->st, fut);
+        if (done > 0) {
+            Py_DECREF(exc);
+        }
+        else {
+            if (done < 0) {
+                PyErr_Clear();
+            }
+            PyErr_SetRaisedException(exc);
+            cd_log_exception("Error resolving receive()");
+        }
     }
     Py_DECREF(fut);
 }
@@ -595,11 +601,22 @@ cd_cycle_message_type(cd_state *st, PyObject *msg)
     return type;
 }
 
+/* name: one of ours (an exact str).  An app's literal is rarely the
+ * same object, so the characters are compared without a call. */
 int
 cd_cycle_type_is(PyObject *type, PyObject *name)
 {
-    return type == name ||
-           (PyUnicode_Check(type) && PyUnicode_Compare(type, name) == 0);
+    if (type == name) {
+        return 1;
+    }
+    if (!PyUnicode_Check(type)) {
+        return 0;
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(name);
+    int kind = PyUnicode_KIND(name);
+    return PyUnicode_GET_LENGTH(type) == n && PyUnicode_KIND(type) == kind &&
+           memcmp(PyUnicode_DATA(type), PyUnicode_DATA(name),
+                  (size_t)n * (size_t)kind) == 0;
 }
 
 PyObject *
