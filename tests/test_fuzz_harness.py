@@ -103,7 +103,8 @@ def test_frame_scanner_still_finds_bad_frames() -> None:
             return s.failure
 
         good = (b"\\x82\\x7f" + struct.pack("!Q", 70000) + b"y" * 70000
-                + b"\\x81\\x05hello" + b"\\x89\\x00" + b"\\x88\\x02\\x03\\xe8")
+                + b"\\x81\\x05hello" + b"\\x89\\x00")
+        close = b"\\x88\\x02\\x03\\xe8"
         bad = {
             b"\\xf2\\x00": "RSV bits",
             b"\\x82\\x81abcdx": "masked",
@@ -113,10 +114,12 @@ def test_frame_scanner_still_finds_bad_frames() -> None:
             b"\\x89\\x7e\\x00\\x80" + b"p" * 128: "control frame 9 of 128",
             b"\\x88\\x04\\x03\\xe8\\xff\\xfe": "not UTF-8",
         }
+        # Nothing may follow the server's close frame.
+        bad[close + b"\\x81\\x00"] = "after its close frame"
         for step in (1, 3, 4096, 1 << 20):
-            assert scan(good, step) is None, step
+            assert scan(good + close, step) is None, step
             for tail, want in bad.items():
-                got = scan(good + tail + good, step)
+                got = scan(good + tail + good + close, step)
                 assert got is not None and want in got, (step, tail, got)
         print("ok")
     """)
