@@ -629,13 +629,15 @@ ws_set_closing(cd_ws_t *ws, int code)
  * our close frame with the code is queued.  Nothing more is read; the
  * TCP connection closes once it is out, after a lingering close (so the
  * peer's unread bytes cannot turn our close into a reset that loses
- * it).  The app gets the messages before the bad frame, then
- * websocket.disconnect with that code. */
+ * it).  The WebSocket is over for the app now, not when the linger ends:
+ * it gets the messages before the bad frame, then websocket.disconnect
+ * with that code. */
 static void
 ws_failed(cd_cycle_t *cy, int code)
 {
     ws_set_closing(cy->ws, code);
     cd_conn_linger_after_writes(cy->conn);
+    cd_cycle_on_disconnect(cy);
 }
 
 /* Write whatever wslay has queued (pongs, close frames). */
