@@ -286,6 +286,13 @@ PyObject *cd_loopapi_call_class_method(PyObject *aio, PyObject *name,
                                        PyObject *const *args, Py_ssize_t nargs,
                                        PyObject *kwnames);
 
+/* ---- loopmeth.c: LoopMethods, BaseEventLoop methods on the class -- */
+int cd_loopmeth_type_init(PyObject *module, cd_state *st);
+/* New reference: loop.create_future(), made as asyncio.Future(loop=loop)
+ * directly when that is what the call would make (debug mode aside);
+ * else the method is called. */
+PyObject *cd_loopmeth_future_new(cd_state *st, PyObject *loop);
+
 /* ---- readyq.c: the loop's ready queue (loop._ready) --------------- */
 int cd_readyq_type_init(PyObject *module, cd_state *st);
 /* New reference: an empty queue. */
