@@ -422,14 +422,9 @@ struct cd_server_s {
     PyObject *lifespan_state; /* strong: dict or NULL */
     PyObject *action_logger;  /* strong: callable or NULL */
     PyObject *scheme;         /* strong: "http" or "https" */
-    PyObject *future_kwargs;  /* strong: {"loop": loop}, cd_future_new */
-    /* cd_future_new's check that future_kwargs' loop has asyncio's own
-     * create_future, valid while its type keeps this version tag. */
-    PyObject *future_loop; /* borrowed: future_kwargs holds it */
-    unsigned int future_loop_tag;
-    char *server_header; /* owned: "server: x\r\n" or NULL */
-    char *tls_rbuf;      /* owned: cfg.tls_read_size bytes, TLS socket
-                            reads land here (tls.c), or NULL until one */
+    char *server_header;      /* owned: "server: x\r\n" or NULL */
+    char *tls_rbuf;           /* owned: cfg.tls_read_size bytes, TLS socket
+                                 reads land here (tls.c), or NULL until one */
     cd_config_t cfg;
     const cd_proto_t *first_proto; /* borrowed: a static table, what a
                                       conn speaks once ready (HTTP/1) */
