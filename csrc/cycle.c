@@ -17,53 +17,18 @@
 #include <string.h>
 #include <strings.h>
 
-/* New reference: a future of the server's loop.  BaseEventLoop's
- * create_future() is asyncio.Future(loop=self): made here directly, it
- * costs no Python frame; a loop class with its own create_future() is
- * asked for one. */
+/* New reference: a future of the server's loop, as its create_future()
+ * makes it (asyncio.Future(loop=loop) made directly while the loop's
+ * class keeps asyncio's method: loopmeth.c). */
 PyObject *
 cd_future_new(cd_server_t *srv)
 {
-    cd_state *st = srv->st;
     PyObject *loop = srv->loop->aio_loop;
     if (loop == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "no asyncio loop attached");
         return NULL;
     }
-    PyTypeObject *type = Py_TYPE(loop);
-    if (srv->future_loop == loop && type->tp_version_tag != 0 &&
-        type->tp_version_tag == srv->future_loop_tag) {
-        /* Checked below for this loop, and its type has not changed since
-         * (a class attribute set anywhere in its MRO resets the tag). */
-        return PyObject_Call(st->asyncio_Future, st->empty_tuple,
-                             srv->future_kwargs);
-    }
-    PyObject *m = PyObject_GetAttr((PyObject *)type, st->s_create_future);
-    if (m == NULL) {
-        return NULL;
-    }
-    int base = m == st->base_create_future;
-    Py_DECREF(m);
-    if (!base) {
-        srv->future_loop = NULL;
-        return PyObject_CallMethodNoArgs(loop, st->s_create_future);
-    }
-    /* Future's __init__ takes a dict of keywords: keep one. */
-    PyObject *kw = srv->future_kwargs;
-    if (kw == NULL || PyDict_GetItemWithError(kw, st->s_loop) != loop) {
-        if (PyErr_Occurred()) {
-            return NULL;
-        }
-        kw = Py_BuildValue("{OO}", st->s_loop, loop);
-        if (kw == NULL) {
-            return NULL;
-        }
-        Py_XSETREF(srv->future_kwargs, kw);
-    }
-    /* The lookup above gave the type a version tag (or none: 0). */
-    srv->future_loop = loop;
-    srv->future_loop_tag = type->tp_version_tag;
-    return PyObject_Call(st->asyncio_Future, st->empty_tuple, kw);
+    return cd_loopmeth_future_new(srv->st, loop);
 }
 
 int

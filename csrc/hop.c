@@ -371,50 +371,6 @@ cd_hop_loop_traverse(cd_loop_t *loop, visitproc visit, void *arg)
     return 0;
 }
 
-/* 1 if aio_loop.create_future is BaseEventLoop's method: its class keeps
- * it and the instance does not shadow it; 0 if not, -1 on error.  Reads
- * the class attribute (a plain function), so no bound method is made. */
-static int
-hop_plain_create_future(cd_state *st, PyObject *aio_loop)
-{
-    PyTypeObject *tp = Py_TYPE(aio_loop);
-    if (tp->tp_getattro != PyObject_GenericGetAttr) {
-        return 0; /* __getattr__ or __getattribute__ decides. */
-    }
-    PyObject *m = PyObject_GetAttr((PyObject *)tp, st->s_create_future);
-    if (m == NULL) {
-        return -1;
-    }
-    int plain = m == st->base_create_future;
-    Py_DECREF(m);
-    if (!plain || tp->tp_dictoffset == 0) {
-        return plain;
-    }
-    PyObject *d = PyObject_GenericGetDict(aio_loop, NULL);
-    if (d == NULL) {
-        return -1;
-    }
-    int shadowed = PyDict_Contains(d, st->s_create_future);
-    Py_DECREF(d);
-    return shadowed < 0 ? -1 : !shadowed;
-}
-
-/* New reference: loop.create_future(), made as asyncio.Future(loop=loop)
- * directly (no Python frame) when it is BaseEventLoop's. */
-static PyObject *
-hop_future_new(cd_state *st, PyObject *aio_loop)
-{
-    int plain = hop_plain_create_future(st, aio_loop);
-    if (plain < 0) {
-        return NULL;
-    }
-    if (!plain) {
-        return PyObject_CallMethodNoArgs(aio_loop, st->s_create_future);
-    }
-    PyObject *args[1] = {aio_loop};
-    return PyObject_Vectorcall(st->asyncio_Future, args, 0, st->kwnames_loop);
-}
-
 /* source.add_done_callback(hop). */
 static int
 hop_watch_source(cd_hop_t *hop, PyObject *source)
@@ -458,7 +414,7 @@ cd_hop_wrap(cd_loop_t *loop, PyObject *source)
         PyErr_SetString(PyExc_RuntimeError, "loop core is closed");
         return NULL;
     }
-    dest = hop_future_new(st, loop->aio_loop);
+    dest = cd_loopmeth_future_new(st, loop->aio_loop);
     if (dest == NULL) {
         goto fail;
     }

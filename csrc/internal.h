@@ -286,6 +286,13 @@ PyObject *cd_loopapi_call_class_method(PyObject *aio, PyObject *name,
                                        PyObject *const *args, Py_ssize_t nargs,
                                        PyObject *kwnames);
 
+/* ---- loopmeth.c: LoopMethods, BaseEventLoop methods on the class -- */
+int cd_loopmeth_type_init(PyObject *module, cd_state *st);
+/* New reference: loop.create_future(), made as asyncio.Future(loop=loop)
+ * directly when that is what the call would make (debug mode aside);
+ * else the method is called. */
+PyObject *cd_loopmeth_future_new(cd_state *st, PyObject *loop);
+
 /* ---- readyq.c: the loop's ready queue (loop._ready) --------------- */
 int cd_readyq_type_init(PyObject *module, cd_state *st);
 /* New reference: an empty queue. */
@@ -415,14 +422,9 @@ struct cd_server_s {
     PyObject *lifespan_state; /* strong: dict or NULL */
     PyObject *action_logger;  /* strong: callable or NULL */
     PyObject *scheme;         /* strong: "http" or "https" */
-    PyObject *future_kwargs;  /* strong: {"loop": loop}, cd_future_new */
-    /* cd_future_new's check that future_kwargs' loop has asyncio's own
-     * create_future, valid while its type keeps this version tag. */
-    PyObject *future_loop; /* borrowed: future_kwargs holds it */
-    unsigned int future_loop_tag;
-    char *server_header; /* owned: "server: x\r\n" or NULL */
-    char *tls_rbuf;      /* owned: cfg.tls_read_size bytes, TLS socket
-                            reads land here (tls.c), or NULL until one */
+    char *server_header;      /* owned: "server: x\r\n" or NULL */
+    char *tls_rbuf;           /* owned: cfg.tls_read_size bytes, TLS socket
+                                 reads land here (tls.c), or NULL until one */
     cd_config_t cfg;
     const cd_proto_t *first_proto; /* borrowed: a static table, what a
                                       conn speaks once ready (HTTP/1) */

@@ -901,7 +901,6 @@ server_traverse(cd_server_t *srv, visitproc visit, void *arg)
     Py_VISIT(srv->root_path);
     Py_VISIT(srv->lifespan_state);
     Py_VISIT(srv->action_logger);
-    Py_VISIT(srv->future_kwargs);
     Py_VISIT(srv->share.obj);
     return 0;
 }
@@ -914,8 +913,6 @@ server_clear(cd_server_t *srv)
     Py_CLEAR(srv->lifespan_state);
     Py_CLEAR(srv->action_logger);
     Py_CLEAR(srv->scheme);
-    Py_CLEAR(srv->future_kwargs);
-    srv->future_loop = NULL;
     if (srv->share.obj != NULL) {
         srv->share_index = -1;
         PyBuffer_Release(&srv->share);

@@ -133,6 +133,7 @@ typedef struct {
     PyTypeObject *TLSContext_type;
     PyTypeObject *Hop_type;
     PyTypeObject *ReadyQueue_type;
+    PyTypeObject *LoopMethods_type; /* loopmeth.c */
 
     /* Imported at exec time: asyncio.Task, logging callables. */
     PyObject *asyncio_Task;
@@ -140,6 +141,11 @@ typedef struct {
     /* asyncio.BaseEventLoop.create_future: a loop whose class keeps it
      * gets asyncio.Future(loop=loop) made directly (cd_future_new). */
     PyObject *base_create_future;
+    /* loopmeth.c: the CD_LOOPMETH_* flags of the loop class that last
+     * had them found, while it keeps this version tag (0: none). */
+    unsigned int loopmeth_tag;
+    int loopmeth_flags;
+    PyObject *get_running_loop; /* _asyncio._get_running_loop */
     PyObject *asyncio_CancelledError;
     PyObject *convert_future_exc; /* asyncio.futures._convert_future_exc */
     /* concurrent.futures.Future and its done states: hop.c reads a

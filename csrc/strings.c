@@ -65,6 +65,8 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->TLSContext_type);
     Py_VISIT(st->Hop_type);
     Py_VISIT(st->ReadyQueue_type);
+    Py_VISIT(st->LoopMethods_type);
+    Py_VISIT(st->get_running_loop);
     Py_VISIT(st->convert_future_exc);
     Py_VISIT(st->cf_Future);
     Py_VISIT(st->cf_FINISHED);
@@ -105,6 +107,8 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->TLSContext_type);
     Py_CLEAR(st->Hop_type);
     Py_CLEAR(st->ReadyQueue_type);
+    Py_CLEAR(st->LoopMethods_type);
+    Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->convert_future_exc);
     Py_CLEAR(st->cf_Future);
     Py_CLEAR(st->cf_FINISHED);

@@ -259,6 +259,15 @@ def test_server_futures_follow_a_create_future_patched_mid_connection(server):
     ws.close()
 
 
+def test_server_futures_follow_a_create_future_set_on_the_loop_instance(server):
+    ws = websocket.create_connection(server.ws_url("/instance-create-future"))
+    ws.send("one")
+    assert ws.recv() == "patched"
+    ws.send("two")
+    assert ws.recv() == "calls 1"
+    ws.close()
+
+
 def test_client_ping_gets_pong(server):
     sock = raw_handshake(server.port, "/echo")
     sock.sendall(frame(0x9, b"are you there"))

@@ -15,7 +15,7 @@ import selectors
 from asyncio import format_helpers
 from typing import Any
 
-from ._cdaphne import LoopCore
+from ._cdaphne import LoopCore, LoopMethods
 
 # A file descriptor no real file has: the selector reports it readable
 # when the C side has parsed requests whose apps must start.
@@ -102,8 +102,12 @@ def _report_callback_error(handle: asyncio.Handle, exc: BaseException) -> None:
     handle._loop.call_exception_handler(context)  # type: ignore[attr-defined]
 
 
-class LibuvEventLoop(asyncio.SelectorEventLoop):
+class LibuvEventLoop(LoopMethods, asyncio.SelectorEventLoop):  # type: ignore[misc]
     """asyncio's selector event loop, on libuv.
+
+    `LoopMethods` (csrc/loopmeth.c) comes first: its C methods
+    (`create_future`) are the class's own, so subclasses, class patches
+    and instance attributes override them as they would asyncio's.
 
     Thread hops take libuv's path: `call_soon_threadsafe` wakes the loop
     through a `uv_async_t` (the self-pipe stays for signals only), and

@@ -69,6 +69,28 @@ async def patched_create_future(receive, send) -> None:
     await drain(receive)
 
 
+async def instance_create_future(receive, send) -> None:
+    """Likewise with create_future set on the loop instance."""
+    await send({"type": "websocket.accept"})
+    await receive()
+    loop = asyncio.get_running_loop()
+    original = loop.create_future
+    calls = []
+
+    def counting():
+        calls.append(1)
+        return original()
+
+    loop.create_future = counting
+    try:
+        await send({"type": "websocket.send", "text": "patched"})
+        await receive()
+    finally:
+        del loop.create_future
+    await send({"type": "websocket.send", "text": f"calls {len(calls)}"})
+    await drain(receive)
+
+
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         raise RuntimeError("no lifespan here")
@@ -112,6 +134,8 @@ async def app(scope, receive, send):
         await send({"type": "websocket.accept"})
     elif path == "/patch-create-future":
         await patched_create_future(receive, send)
+    elif path == "/instance-create-future":
+        await instance_create_future(receive, send)
     elif path == "/never-accept":
         await asyncio.sleep(60)
     elif path == "/send-before-accept":
