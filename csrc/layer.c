@@ -958,6 +958,22 @@ cd_channel_expire_groups(cd_core *self, PyObject *name, cd_channel *ch,
     (void)PyList_SetSlice(dead, 0, PyList_GET_SIZE(dead), NULL);
 }
 
+/* Lock held.  Forgets the channels named in dead (they go to trash). */
+static void
+cd_core_detach(cd_core *self, PyObject *dead, cd_bag *trash)
+{
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dead); i++) {
+        PyObject *name = PyList_GET_ITEM(dead, i);
+        PyObject *value = PyDict_GetItemWithError(self->channels, name);
+        if (value != NULL) {
+            ((cd_channel *)value)->attached = 0;
+            cd_bag_put(trash, Py_NewRef(value));
+            (void)PyDict_DelItem(self->channels, name);
+        }
+    }
+    PyErr_Clear();
+}
+
 /* Lock held.  Drops expired messages and forgets idle channels; their
  * names are left in dead (an empty list), which keeps them alive until
  * after unlock. */
@@ -973,16 +989,7 @@ cd_core_forget_idle(cd_core *self, double now, PyObject *dead, cd_bag *trash)
             (void)PyList_Append(dead, name);
         }
     }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dead); i++) {
-        name = PyList_GET_ITEM(dead, i);
-        value = PyDict_GetItemWithError(self->channels, name);
-        if (value != NULL) {
-            ((cd_channel *)value)->attached = 0;
-            cd_bag_put(trash, Py_NewRef(value));
-            (void)PyDict_DelItem(self->channels, name);
-        }
-    }
-    PyErr_Clear();
+    cd_core_detach(self, dead, trash);
 }
 
 /* Drops expired messages and memberships and forgets idle channels. */
@@ -1508,16 +1515,7 @@ Core_flush(cd_core *self, PyObject *Py_UNUSED(ignored))
             (void)PyList_Append(dead, name);
         }
     }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dead); i++) {
-        name = PyList_GET_ITEM(dead, i);
-        value = PyDict_GetItemWithError(self->channels, name);
-        if (value != NULL) {
-            ((cd_channel *)value)->attached = 0;
-            cd_bag_put(&trash, Py_NewRef(value));
-            (void)PyDict_DelItem(self->channels, name);
-        }
-    }
-    PyErr_Clear();
+    cd_core_detach(self, dead, &trash);
     cd_bag_put(&trash, self->groups);
     self->groups = fresh_g;
     fresh_g = NULL;

@@ -12,14 +12,7 @@ async def echo(scope, receive, send):
     message = await receive()
     assert message["type"] == "websocket.connect"
     await send({"type": "websocket.accept"})
-    while True:
-        message = await receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        if message.get("text") is not None:
-            await send({"type": "websocket.send", "text": message["text"]})
-        else:
-            await send({"type": "websocket.send", "bytes": message["bytes"]})
+    await echo_loop(receive, send)
 
 
 async def echo_app_extensions(scope, receive, send):
