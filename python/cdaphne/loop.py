@@ -109,9 +109,10 @@ class LibuvEventLoop(LoopMethods, asyncio.SelectorEventLoop):  # type: ignore[mi
     (`create_future`) are the class's own, so subclasses, class patches
     and instance attributes override them as they would asyncio's.
 
-    Thread hops take libuv's path: `call_soon_threadsafe` wakes the loop
-    through a `uv_async_t` (the self-pipe stays for signals only), and
-    `run_in_executor` completes its future from C on the loop's thread.
+    Thread hops skip asyncio's self-pipe: `call_soon_threadsafe` wakes the
+    loop through an eventfd of its own (csrc/loop.c; the self-pipe stays
+    for signals only), and `run_in_executor` completes its future from C
+    on the loop's thread.
     """
 
     def __init__(self) -> None:

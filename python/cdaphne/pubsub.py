@@ -114,7 +114,6 @@ class _RedisLink:
         # Bounded (--pubsub-redis-max-queue, 0: not): while Redis is
         # unreachable, newer messages are dropped (and counted) rather than
         # piling up.
-        self.max_queue = max_queue
         self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(max_queue)
         self.dropped = 0
         self.tasks: list[asyncio.Task[None]] = []
@@ -140,7 +139,7 @@ class _RedisLink:
             if self.dropped == 1 or self.dropped % 10000 == 0:
                 logger.warning("cdaphne.pubsub: Redis is behind (%d messages waiting, "
                                "--pubsub-redis-max-queue); %d messages dropped",
-                               self.max_queue, self.dropped)
+                               self.queue.maxsize, self.dropped)
 
     async def _writer(self) -> None:
         while True:
