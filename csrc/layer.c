@@ -830,19 +830,47 @@ cd_running_loop(cd_layer_state *st)
     return loop;
 }
 
+/* 1 if loop has create_future in its own __dict__ (where it beats the
+ * class's method, as in asyncio's own loop.create_future() calls), 0 if
+ * not, -1 with an exception. */
+static int
+cd_loop_shadows_create_future(cd_layer_state *st, PyObject *loop)
+{
+    if (Py_TYPE(loop)->tp_dictoffset == 0) {
+        return 0;
+    }
+    PyObject *d = PyObject_GenericGetDict(loop, NULL);
+    if (d == NULL) {
+        return -1;
+    }
+    int r = PyDict_Contains(d, st->s_create_future);
+    Py_DECREF(d);
+    return r;
+}
+
 /* New reference: loop.create_future().  A loop whose class keeps
- * BaseEventLoop's method gets asyncio.Future(loop=loop) directly, which
- * is what that method returns, without its Python frame. */
+ * BaseEventLoop's method, and whose instance does not replace it, gets
+ * asyncio.Future(loop=loop) directly, which is what that method returns,
+ * without its Python frame.  Anything else is called, through the same
+ * lookup as loop.create_future() (instance attribute first). */
 static PyObject *
 cd_new_future(cd_layer_state *st, PyObject *loop)
 {
-    PyObject *m =
-        PyObject_GetAttr((PyObject *)Py_TYPE(loop), st->s_create_future);
+    PyTypeObject *tp = Py_TYPE(loop);
+    PyObject *m = PyObject_GetAttr((PyObject *)tp, st->s_create_future);
     if (m == NULL) {
         return NULL;
     }
-    int base = m == st->base_create_future;
+    int base = m == st->base_create_future &&
+               tp->tp_getattro == PyObject_GenericGetAttr;
     Py_DECREF(m);
+    if (base) {
+        int shadowed = cd_loop_shadows_create_future(st, loop);
+        if (shadowed < 0) {
+            return NULL;
+        }
+        base = !shadowed;
+    }
     if (!base) {
         return PyObject_CallMethodNoArgs(loop, st->s_create_future);
     }

@@ -825,6 +825,70 @@ def test_receive_asks_a_loop_with_its_own_create_future():
         loop.close()
 
 
+def _stock_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.SelectorEventLoop()
+
+
+def _cdaphne_loop() -> asyncio.AbstractEventLoop:
+    from cdaphne.loop import new_event_loop
+
+    return new_event_loop()
+
+
+@pytest.mark.parametrize("new_loop", [_stock_loop, _cdaphne_loop], ids=["asyncio", "cdaphne"])
+def test_receive_follows_a_create_future_set_on_the_loop_instance(new_loop):
+    # asyncio's own code (asyncio.wait, sleep, ...) calls loop.create_future(),
+    # which finds an attribute set on the instance before the class's method:
+    # the layer's waiting receive must make its future the same way.
+    calls: list[asyncio.Future] = []
+
+    class MyFuture(asyncio.Future):
+        pass
+
+    loop = new_loop()
+
+    def create_future() -> asyncio.Future:
+        fut = MyFuture(loop=loop)
+        calls.append(fut)
+        return fut
+
+    loop.create_future = create_future  # type: ignore[method-assign]
+
+    async def main() -> dict:
+        layer = CdaphneLayer()
+        # asyncio itself honours the instance attribute.
+        done, _ = await asyncio.wait([asyncio.ensure_future(asyncio.sleep(0))])
+        assert len(calls) == 1
+        waiting = asyncio.ensure_future(layer.receive("c"))
+        await asyncio.sleep(0)
+        assert len(calls) == 2 and isinstance(calls[1], MyFuture)
+        await layer.send("c", {"type": "late"})
+        got = await asyncio.wait_for(waiting, 5)
+        # A message already queued needs no future at all.
+        await layer.send("c", {"type": "ready"})
+        assert await layer.receive("c") == {"type": "ready"}
+        assert len(calls) == 2
+        return got
+
+    try:
+        assert loop.run_until_complete(main()) == {"type": "late"}
+        del loop.create_future
+        # Without the attribute the class's method is used again.
+        calls.clear()
+        assert loop.run_until_complete(_receive_late()) == {"type": "late"}
+        assert calls == []
+    finally:
+        loop.close()
+
+
+async def _receive_late() -> dict:
+    layer = CdaphneLayer()
+    waiting = asyncio.ensure_future(layer.receive("c"))
+    await asyncio.sleep(0)
+    await layer.send("c", {"type": "late"})
+    return await asyncio.wait_for(waiting, 5)
+
+
 @pytest.mark.asyncio
 async def test_receive_is_a_coroutine_function_for_async_to_sync():
     import inspect
