@@ -909,6 +909,9 @@ void cd_ws_close_with(cd_cycle_t *cy, int code, const char *reason);
  * detach drops every subscription and closes it with the loop. */
 int cd_pubsub_attach(cd_loop_t *loop);
 void cd_pubsub_detach(cd_loop_t *loop);
+/* Fans out what other threads published since the last call (select(),
+ * after uv_run, with the GIL; cheap when nothing waits). */
+void cd_pubsub_drain(cd_loop_t *loop);
 /* The bounds of the loop's inbox of publishes from other threads, from a
  * server's config (0: none; none until a server sets them). */
 void cd_pubsub_set_inbox_limits(cd_loop_t *loop, uint64_t max_items,

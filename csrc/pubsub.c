@@ -13,13 +13,15 @@
  * 1013 (Try Again Later): the client is too slow for the room right now,
  * and reconnecting is the right answer, not a policy violation (1008).
  *
- * Other threads publish through an inbox (a mutex and a uv_async_t): the
- * loop thread fans out in arrival order, so each publisher's order
- * holds.  Measured against loop.call_soon_threadsafe(pubsub_publish, ...)
- * from one thread: 0.9-1.7 M publishes/s on the publishing thread against
- * 0.10-0.21 M/s, and no asyncio Handle or self-pipe write per message.  Hooks
- * (st->pubsub_forward, st->pubsub_on_topic) let Python carry messages to other
- * workers and hosts; they run on the loop thread only. */
+ * Other threads publish through an inbox (a mutex, and the loop's own
+ * wake-up, cd_loop_wake, when it turns non-empty): select() drains it
+ * (cd_pubsub_drain) and fans out in arrival order, so each publisher's
+ * order holds.  Measured against loop.call_soon_threadsafe(pubsub_publish,
+ * ...) from one thread: 0.9-1.7 M publishes/s on the publishing thread
+ * against 0.10-0.21 M/s, and no asyncio Handle or self-pipe write per
+ * message.  Hooks (st->pubsub_forward, st->pubsub_on_topic) let Python
+ * carry messages to other workers and hosts; they run on the loop thread
+ * only. */
 #include "internal.h"
 
 #include <stdlib.h>
@@ -62,7 +64,6 @@ typedef struct {
 } cd_pubsub_item_t;
 
 struct cd_pubsub_s {
-    uv_async_t async;        /* wakes the loop for the inbox */
     cd_loop_t *loop;         /* borrowed: detaches us before it closes */
     cd_state *st;            /* borrowed */
     unsigned long thread;    /* the loop's thread */
@@ -70,6 +71,9 @@ struct cd_pubsub_s {
     uv_mutex_t lock;         /* guards the inbox */
     cd_pubsub_item_t *inbox; /* owned array */
     size_t inbox_n, inbox_cap, inbox_bytes;
+    /* 1 while the inbox holds items (set and cleared under lock): the
+     * loop reads it without the lock at every select(). */
+    atomic_int inbox_pending;
     /* Messages from other threads waiting for the loop: beyond either
      * bound publish() says "full" and the Python wrapper retries.  From
      * the server's config (--pubsub-max-inbox, --pubsub-max-inbox-bytes);
@@ -581,34 +585,33 @@ item_clear(cd_pubsub_item_t *it)
     Py_XDECREF(it->data);
 }
 
-static void
-pubsub_on_async(uv_async_t *h)
+void
+cd_pubsub_drain(cd_loop_t *loop)
 {
-    cd_pubsub_t *ps = cd_container_of(h, cd_pubsub_t, async);
-    cd_gil_ensure(ps->loop);
-    for (;;) {
-        uv_mutex_lock(&ps->lock);
-        cd_pubsub_item_t *items = ps->inbox;
-        size_t n = ps->inbox_n;
-        ps->inbox = NULL;
-        ps->inbox_n = ps->inbox_cap = ps->inbox_bytes = 0;
-        uv_mutex_unlock(&ps->lock);
-        if (n == 0) {
-            free(items);
-            return;
-        }
-        for (size_t i = 0; i < n; i++) {
-            cd_pubsub_item_t *it = &items[i];
-            if (fanout(ps, it->topic, it->frame, NULL) < 0) {
-                cd_log_exception("cdaphne.pubsub: publish failed");
-            }
-            else if (it->forward) {
-                call_forward(ps, it->topic, it->data, it->is_text);
-            }
-            item_clear(it);
-        }
-        free(items);
+    cd_pubsub_t *ps = loop->pubsub;
+    if (ps == NULL || atomic_load(&ps->inbox_pending) == 0) {
+        return;
     }
+    /* One batch: what is pushed from now on turns the inbox non-empty
+     * again and wakes the next poll, so callbacks run in between. */
+    uv_mutex_lock(&ps->lock);
+    cd_pubsub_item_t *items = ps->inbox;
+    size_t n = ps->inbox_n;
+    ps->inbox = NULL;
+    ps->inbox_n = ps->inbox_cap = ps->inbox_bytes = 0;
+    atomic_store(&ps->inbox_pending, 0);
+    uv_mutex_unlock(&ps->lock);
+    for (size_t i = 0; i < n; i++) {
+        cd_pubsub_item_t *it = &items[i];
+        if (fanout(ps, it->topic, it->frame, NULL) < 0) {
+            cd_log_exception("cdaphne.pubsub: publish failed");
+        }
+        else if (it->forward) {
+            call_forward(ps, it->topic, it->data, it->is_text);
+        }
+        item_clear(it);
+    }
+    free(items);
 }
 
 /* 0 queued, 1 full, -1 no memory.  Steals nothing. */
@@ -634,16 +637,24 @@ inbox_push(cd_pubsub_t *ps, cd_pubsub_item_t *it)
             ps->inbox_cap = cap;
         }
     }
+    int first = 0;
     if (r == 0) {
+        first = ps->inbox_n == 0;
         ps->inbox[ps->inbox_n++] = *it;
         ps->inbox_bytes += len;
         Py_INCREF(it->topic);
         Py_INCREF(it->frame);
         Py_XINCREF(it->data);
+        if (first) {
+            atomic_store(&ps->inbox_pending, 1);
+        }
     }
     uv_mutex_unlock(&ps->lock);
-    if (r == 0) {
-        uv_async_send(&ps->async);
+    if (first) {
+        /* Later pushes find the inbox non-empty: the loop, woken for
+         * this one, drains them with it.  We hold the GIL, so the loop
+         * (which detaches us under it) is still open. */
+        cd_loop_wake(ps->loop);
     }
     return r;
 }
@@ -751,6 +762,7 @@ cd_pubsub_attach(cd_loop_t *loop)
         PyErr_NoMemory();
         return -1;
     }
+    atomic_init(&ps->inbox_pending, 0);
     ps->topics = PyDict_New();
     if (ps->topics == NULL || uv_mutex_init(&ps->lock) < 0) {
         Py_XDECREF(ps->topics);
@@ -758,14 +770,6 @@ cd_pubsub_attach(cd_loop_t *loop)
         PyErr_NoMemory();
         return -1;
     }
-    if (uv_async_init(&loop->uv, &ps->async, pubsub_on_async) < 0) {
-        uv_mutex_destroy(&ps->lock);
-        Py_DECREF(ps->topics);
-        free(ps);
-        PyErr_SetString(PyExc_OSError, "uv_async_init failed");
-        return -1;
-    }
-    uv_unref((uv_handle_t *)&ps->async); /* Never keeps the loop alive. */
     ps->loop = loop;
     ps->st = loop->st;
     ps->thread = PyThread_get_thread_ident();
@@ -785,14 +789,6 @@ cd_pubsub_set_inbox_limits(cd_loop_t *loop, uint64_t max_items,
         ps->inbox_max_bytes = max_bytes;
         uv_mutex_unlock(&ps->lock);
     }
-}
-
-static void
-pubsub_on_close(uv_handle_t *h)
-{
-    cd_pubsub_t *ps = cd_container_of(h, cd_pubsub_t, async);
-    uv_mutex_destroy(&ps->lock);
-    free(ps);
 }
 
 void
@@ -829,5 +825,6 @@ cd_pubsub_detach(cd_loop_t *loop)
     ps->inbox = NULL;
     ps->inbox_n = 0;
     loop->pubsub = NULL;
-    uv_close((uv_handle_t *)&ps->async, pubsub_on_close);
+    uv_mutex_destroy(&ps->lock);
+    free(ps);
 }

@@ -195,6 +195,39 @@ def test_publish_from_a_thread_keeps_order(serve):
         m.close()
 
 
+def test_many_threads_publish_while_the_loop_serves_and_nothing_is_lost(serve):
+    proc = serve(APP)
+    members = [Member(proc) for _ in range(3)]
+    for m in members:
+        m.sub("busy")
+    threads, n = 8, 500
+    done = threading.Event()
+
+    def chatter(m: Member) -> None:
+        # The loop keeps receiving WebSocket messages meanwhile.
+        while not done.is_set():
+            m.cmd(op="send", text="noise")
+
+    busy = Member(proc)
+    t = threading.Thread(target=chatter, args=(busy,), daemon=True)
+    t.start()
+    r = httpx.get(
+        proc.url("/threads"), params={"topic": "busy", "n": n, "threads": threads}, timeout=60
+    )
+    done.set()
+    t.join(30)
+    assert r.status_code == 200
+    for m in members:
+        per: dict[int, list[int]] = {}
+        for msg in m.take(threads * n):
+            k, i = msg.split(":")
+            per.setdefault(int(k), []).append(int(i))
+        assert per == {k: list(range(n)) for k in range(threads)}
+        m.close()
+    busy.close()
+    assert stats(proc)["published"] == threads * n
+
+
 # ---- many subscribers, some never reading ---------------------------------
 
 

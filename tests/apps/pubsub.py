@@ -12,7 +12,8 @@ Each text message from the client is a JSON command, answered with
 send() raised.  HTTP: ``/publish?topic=t&text=s`` (a send() message from
 an HTTP scope), ``/thread?topic=t&n=N&size=S`` (N messages "0".."N-1",
 each padded with " " and S "x", published from a plain thread),
-``/scope`` (the extensions), ``/stats``.
+``/threads?topic=t&n=N&threads=T`` (T threads at once, thread k publishing
+"k:0".."k:N-1"), ``/scope`` (the extensions), ``/stats``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def thread_publish(topic: str, n: int, size: int) -> None:
         pubsub.publish(topic, text=f"{i}{pad}")
 
 
+def threads_publish(topic: str, k: int, n: int) -> None:
+    for i in range(n):
+        pubsub.publish(topic, text=f"{k}:{i}")
+
+
 async def http(scope, receive, send):
     q = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
     path = scope["path"]
@@ -66,6 +72,19 @@ async def http(scope, receive, send):
         import asyncio
 
         await asyncio.get_running_loop().run_in_executor(None, t.join)
+        await reply(send, "ok")
+    elif path == "/threads":
+        # T threads at once, thread k publishing "k:0".."k:N-1".
+        ts = [
+            threading.Thread(target=threads_publish, args=(q["topic"], k, int(q["n"])))
+            for k in range(int(q["threads"]))
+        ]
+        for t in ts:
+            t.start()
+        import asyncio
+
+        for t in ts:
+            await asyncio.get_running_loop().run_in_executor(None, t.join)
         await reply(send, "ok")
     elif path == "/scope":
         await reply(send, {k: v for k, v in scope["extensions"].items()})
