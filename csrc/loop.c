@@ -203,6 +203,7 @@ loop_poll_once(cd_loop_t *loop, double timeout)
     }
     uv_timer_stop(&loop->select_timer);
     cd_hop_drain(loop);
+    cd_pubsub_drain(loop);
     return 0;
 }
 
