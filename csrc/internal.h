@@ -913,7 +913,8 @@ void cd_pubsub_detach(cd_loop_t *loop);
  * after uv_run, with the GIL; cheap when nothing waits). */
 void cd_pubsub_drain(cd_loop_t *loop);
 /* The bounds of the loop's inbox of publishes from other threads, from a
- * server's config (0: none; none until a server sets them). */
+ * server's config (0: none; config.py's defaults until a server sets
+ * them). */
 void cd_pubsub_set_inbox_limits(cd_loop_t *loop, uint64_t max_items,
                                 uint64_t max_bytes);
 /* A send() of type `type`: 1 if it was a cdaphne.pubsub.* message and

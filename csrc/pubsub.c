@@ -21,7 +21,8 @@
  * against 0.10-0.21 M/s, and no asyncio Handle or self-pipe write per
  * message.  Hooks (st->pubsub_forward, st->pubsub_on_topic) let Python
  * carry messages to other workers and hosts; they run on the loop thread
- * only. */
+ * only.  The inbox is bounded from its creation by config.py's defaults,
+ * until a server gives its own. */
 #include "internal.h"
 
 #include <stdlib.h>
@@ -76,8 +77,9 @@ struct cd_pubsub_s {
     atomic_int inbox_pending;
     /* Messages from other threads waiting for the loop: beyond either
      * bound publish() says "full" and the Python wrapper retries.  From
-     * the server's config (--pubsub-max-inbox, --pubsub-max-inbox-bytes);
-     * 0: no bound.  Guarded by lock. */
+     * config.py's defaults at attach, then the server's config
+     * (--pubsub-max-inbox, --pubsub-max-inbox-bytes); 0: no bound.
+     * Guarded by lock. */
     uint64_t inbox_max, inbox_max_bytes;
     /* Counters for pubsub_stats(). */
     uint64_t published, delivered, slow_closed, subscriptions;
@@ -750,6 +752,47 @@ cd_pubsub_set_hooks_fn(PyObject *module, PyObject *const *args,
 
 /* ---- attach / detach ---------------------------------------------- */
 
+/* config.py's default for the Config field `name` (a non-negative int)
+ * in *out: 0, or -1 with an exception. */
+static int
+config_default(PyObject *config, const char *name, uint64_t *out)
+{
+    PyObject *v = PyObject_GetAttrString(config, name);
+    if (v == NULL) {
+        return -1;
+    }
+    unsigned long long n = PyLong_AsUnsignedLongLong(v);
+    Py_DECREF(v);
+    if (n == (unsigned long long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = n;
+    return 0;
+}
+
+/* The inbox's bounds before any server gives its own: config.py's
+ * defaults (the only place they live).  0, or -1 with an exception. */
+static int
+inbox_default_limits(cd_pubsub_t *ps)
+{
+    PyObject *mod = PyImport_ImportModule("cdaphne.config");
+    if (mod == NULL) {
+        return -1;
+    }
+    PyObject *config = PyObject_GetAttrString(mod, "Config");
+    Py_DECREF(mod);
+    if (config == NULL) {
+        return -1;
+    }
+    int r = config_default(config, "pubsub_max_inbox", &ps->inbox_max);
+    if (r == 0) {
+        r = config_default(config, "pubsub_max_inbox_bytes",
+                           &ps->inbox_max_bytes);
+    }
+    Py_DECREF(config);
+    return r;
+}
+
 int
 cd_pubsub_attach(cd_loop_t *loop)
 {
@@ -763,6 +806,10 @@ cd_pubsub_attach(cd_loop_t *loop)
         return -1;
     }
     atomic_init(&ps->inbox_pending, 0);
+    if (inbox_default_limits(ps) < 0) {
+        free(ps);
+        return -1;
+    }
     ps->topics = PyDict_New();
     if (ps->topics == NULL || uv_mutex_init(&ps->lock) < 0) {
         Py_XDECREF(ps->topics);

@@ -15,6 +15,7 @@ import threading
 import pytest
 
 from cdaphne import _cdaphne
+from cdaphne.config import Config
 from cdaphne.loop import new_event_loop
 
 
@@ -140,6 +141,23 @@ def _fill_from_a_thread(data: str, tries: int) -> int:
     t.start()
     t.join(120)
     return accepted[0]
+
+
+def test_the_inbox_is_bounded_by_default_before_any_server_exists(loop):
+    # Nobody runs the loop: the inbox only fills.  Config's default bound
+    # holds from the loop's creation, not only once a server applies it.
+    limit = Config.pubsub_max_inbox
+    assert 0 < limit <= 1 << 20
+    assert _fill_from_a_thread("m", limit + 1000) == limit
+
+
+def test_the_inbox_byte_bound_holds_by_default_too(loop):
+    limit = Config.pubsub_max_inbox_bytes
+    size = 1 << 20
+    assert 0 < limit // size <= 1024
+    accepted = _fill_from_a_thread("x" * size, limit // size + 10)
+    # A frame is the payload plus its header (10 bytes at this size).
+    assert accepted == limit // (size + 10)
 
 
 def test_the_queued_messages_go_out_once_the_loop_runs(loop):
