@@ -721,23 +721,25 @@ cfg_pubsub(PyObject *config, cd_config_t *c)
 static int
 cfg_buffers(PyObject *config, cd_config_t *c)
 {
-    uint64_t body, write, tls;
+    uint64_t body, write, tls, rd;
     if (cfg_number_required(config, "body_buffer_size", 1, &body) < 0 ||
         cfg_number_required(config, "write_buffer_size", 1, &write) < 0 ||
-        cfg_number_required(config, "tls_read_size", 1, &tls) < 0) {
+        cfg_number_required(config, "tls_read_size", 1, &tls) < 0 ||
+        cfg_number_required(config, "read_size", 1, &rd) < 0) {
         return -1;
     }
-    if (body == 0 || write == 0 || tls == 0) {
+    if (body == 0 || write == 0 || tls == 0 || rd == 0) {
         /* 0 would pause every read and every send() for good. */
         PyErr_SetString(PyExc_ValueError,
                         "server config 'body_buffer_size', "
-                        "'write_buffer_size' and 'tls_read_size' must be "
-                        "positive");
+                        "'write_buffer_size', 'tls_read_size' and "
+                        "'read_size' must be positive");
         return -1;
     }
     c->body_high_water = (size_t)body;
     c->write_high_water = (size_t)write;
     c->tls_read_size = (size_t)tls;
+    c->read_size = (size_t)rd;
     return 0;
 }
 

@@ -20,6 +20,8 @@ logger = logging.getLogger("cdaphne")
 
 # sizeof(sockaddr_un.sun_path) - 1 on Linux.
 _UNIX_PATH_MAX = 107
+# read_size's bound: 16 MiB.
+_READ_SIZE_MAX = 16 << 20
 
 
 class ConfigError(Exception):
@@ -283,6 +285,10 @@ class Config:
     # TLS ciphertext bytes read from the socket at once, all decrypted in
     # that read (plaintext: at most this plus one 16 KiB record).
     tls_read_size: int = 65536
+    # Bytes read from a plain (not TLS) socket at once (1..16 MiB: one read
+    # returns at most what the socket's receive buffer holds, 6 MiB at
+    # Linux's default tcp_rmem maximum).
+    read_size: int = 65536
     loaded_app: ASGIApp | None = field(default=None, init=False, repr=False)
 
     def binds(self) -> list[Bind]:
@@ -345,6 +351,8 @@ class Config:
                      "write_buffer_size", "tls_read_size"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
+        if not 1 <= self.read_size <= _READ_SIZE_MAX:
+            raise ConfigError(f"read_size must be 1..{_READ_SIZE_MAX} bytes, not {self.read_size}")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be at least 1, not {self.workers}")
         if not self.worker_healthcheck_timeout > 0:
