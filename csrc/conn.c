@@ -18,7 +18,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define CD_READ_SIZE 65536
 /* Lingering close bounds (nginx: lingering_time 30 s, lingering_timeout
  * 5 s; h2o: 3 s): how long and how much input we discard after an error
  * response before closing anyway. */
@@ -221,7 +220,9 @@ conn_linger_on_read(cd_conn_t *c, ssize_t nread)
  * idle WebSockets held 300 MiB of heap (and their pages spread every
  * other allocation apart).  Nothing reallocates or frees c->in inside a
  * read callback: libuv calls alloc only between read callbacks, and the
- * conn is freed in a close callback. */
+ * conn is freed in a close callback.  A read takes at most the server's
+ * --read-size bytes; the loop's buffer is as large as the largest of its
+ * servers' (grown between read callbacks, when nothing points into it). */
 static void
 conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
@@ -231,24 +232,27 @@ conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         return;
     }
     cd_loop_t *loop = c->server->loop;
+    size_t size = c->server->cfg.read_size;
     if (c->in.len == 0) {
         cd_buf_dispose(&c->in);
-        if (loop->read_buf == NULL) {
-            loop->read_buf = malloc(CD_READ_SIZE);
+        if (loop->read_buf == NULL || loop->read_buf_size < size) {
+            free(loop->read_buf);
+            loop->read_buf = malloc(size);
+            loop->read_buf_size = loop->read_buf != NULL ? size : 0;
         }
         if (loop->read_buf != NULL) {
             buf->base = loop->read_buf;
-            buf->len = CD_READ_SIZE;
+            buf->len = size;
             return;
         }
     }
-    if (cd_buf_reserve(&c->in, CD_READ_SIZE) < 0) {
+    if (cd_buf_reserve(&c->in, size) < 0) {
         buf->base = NULL;
         buf->len = 0;
         return;
     }
     buf->base = c->in.base + c->in.len;
-    buf->len = c->in.cap - c->in.len;
+    buf->len = size;
 }
 
 /* After a read into the loop's buffer: the bytes the parsers left move
@@ -322,7 +326,7 @@ conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (c->transport == NULL) {
         if (buf->base == shared) {
             c->in.base = shared; /* borrowed: until conn_keep_input */
-            c->in.cap = CD_READ_SIZE;
+            c->in.cap = buf->len;
         }
         c->in.len += (size_t)nread;
     }

@@ -221,6 +221,8 @@ struct cd_loop_s {
     Py_ssize_t ts_lock_off; /* the offset of its _lock slot */
     PyObject *selector;     /* strong: the LibuvSelector over this core */
     int closed;
+    /* read_buf's bytes: the largest --read-size of its servers (conn.c). */
+    size_t read_buf_size;
 };
 
 /* Retake the GIL if select() released it; every libuv callback that
@@ -367,6 +369,7 @@ typedef struct {
     uint64_t pubsub_max_inbox;  /* publishes from threads waiting, 0 = any */
     uint64_t pubsub_max_inbox_bytes; /* their frames' bytes, 0 = any */
     size_t tls_read_size;            /* TLS ciphertext bytes per socket read */
+    size_t read_size;                /* plain bytes per socket read */
 } cd_config_t;
 
 struct cd_listener_s {

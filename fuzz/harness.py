@@ -830,8 +830,12 @@ def one_input_http(data: bytes) -> None:
     elif variant == 1:
         srv = get_server("http-tight", max_header_size=512, max_body_size=64,
                          http_timeout=0.05, limit_concurrency=2, server_name="s" * 200)
-    else:
+    elif variant == 2:
         srv = get_server("http")
+    else:
+        # Reads of 7 bytes (--read-size) next to the others' 64 KiB on the
+        # same loop: heads, bodies and pipelined requests split anywhere.
+        srv = get_server("http-small-read", read_size=7)
     run_script(srv, http_script, d).finish()
 
 
@@ -1230,8 +1234,10 @@ def one_input_websocket(data: bytes) -> None:
         srv = get_server("ws-slow", ping_interval=0, websocket_connect_timeout=5,
                          websocket_max_message_size=65536, server_name="",
                          ws_per_message_deflate=False)
-    else:
+    elif variant == 2:
         srv = get_server("ws")
+    else:
+        srv = get_server("ws-small-read", read_size=5)  # frames split anywhere
     run_script(srv, ws_script, d).finish()
 
 

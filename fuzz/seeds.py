@@ -214,7 +214,17 @@ def http_seeds() -> dict[str, bytes]:
     request(e)
     e.write().step(2)
     seeds["three-conns"] = e.bytes()
+    small_read(seeds, "post-chunked", "pipelined", "post-split-streamed", "expect-continue",
+               "partial-head-timeout")
     return seeds
+
+
+def small_read(seeds: dict[str, bytes], *names: str) -> None:
+    """The same scripts against the variant-3 server (--read-size of a few
+    bytes): its first byte picks the server."""
+    for name in names:
+        assert seeds[name][0] == 2, name
+        seeds[f"small-read-{name}"] = bytes([3]) + seeds[name][1:]
 
 
 # ---- WebSocket -------------------------------------------------------------------
@@ -359,6 +369,7 @@ def ws_seeds() -> dict[str, bytes]:
     seeds["parked"] = e.step(2).bytes()
     seeds.update(ws_failure_seeds())
     seeds.update(ws_deflate_seeds())
+    small_read(seeds, "fragments", "ping-timers", "burst-before-accept", "pubsub", "parked")
     return seeds
 
 

@@ -1,12 +1,16 @@
 """The bounds that had no flag of their own until the fourth session: the
 pub/sub inbox of publishes from other threads (--pubsub-max-inbox,
 --pubsub-max-inbox-bytes), the queue of messages waiting for Redis
-(--pubsub-redis-max-queue) and the TLS read (--tls-read-size).  Each moves
-with its flag, end to end; a bad value is one line and a non-zero exit."""
+(--pubsub-redis-max-queue), the TLS read (--tls-read-size) and, since the
+fifth, the plain read (--read-size).  Each moves with its flag, end to end;
+a bad value is one line and a non-zero exit."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import socket
 import ssl
 
 import httpx
@@ -24,7 +28,8 @@ APP = "tests.apps.bounds:app"
 # ---- the command line -------------------------------------------------------
 
 @pytest.mark.parametrize("flag", ["--pubsub-max-inbox", "--pubsub-max-inbox-bytes",
-                                  "--pubsub-redis-max-queue", "--tls-read-size"])
+                                  "--pubsub-redis-max-queue", "--tls-read-size",
+                                  "--read-size"])
 @pytest.mark.parametrize(("value", "says"), [("-1", "must not be negative"),
                                              ("lots", "'lots'")])
 def test_bad_bound_value_is_one_line(flag, value, says):
@@ -34,6 +39,12 @@ def test_bad_bound_value_is_one_line(flag, value, says):
 def test_zero_tls_read_size_is_refused():
     assert_one_clear_line(run_cli("-p", "0", "--tls-read-size", "0", HTTP_APP),
                           "tls_read_size")
+
+
+@pytest.mark.parametrize("value", ["0", str((16 << 20) + 1)])
+def test_read_size_out_of_range_is_refused(value):
+    assert_one_clear_line(run_cli("-p", "0", "--read-size", value, HTTP_APP),
+                          "read_size must be 1..16777216", value)
 
 
 # ---- pub/sub inbox ----------------------------------------------------------
@@ -124,3 +135,58 @@ def test_tls_read_size_flag_sets_the_bound(serve, pki):  # noqa: F811
     assert largest_body_message(small, pki) <= 4096 + RECORD
     assert largest_body_message(default, pki) <= 65536 + RECORD
     assert largest_body_message(large, pki) > 65536 + RECORD
+
+
+# ---- plain read -------------------------------------------------------------
+
+def largest_plain_body_message(proc) -> int:
+    """The largest http.request body of a 2 MiB upload to an app that reads
+    slowly, with --body-buffer-size 1: each is what one socket read gave."""
+    body = os.urandom(1 << 20) * 2
+    r = httpx.post(proc.url("/chunks"), content=body, timeout=60)
+    assert r.json()["size"] == len(body)
+    return r.json()["largest"]
+
+
+def test_read_size_flag_sets_the_bound(serve):
+    flags = ("--body-buffer-size", "1")
+    assert largest_plain_body_message(serve(APP, *flags, "--read-size", "4096")) <= 4096
+    assert largest_plain_body_message(serve(APP, *flags)) <= 65536
+    assert largest_plain_body_message(serve(APP, *flags, "--read-size", str(1 << 20))) > 65536
+
+
+@pytest.mark.parametrize("size", ["1", "7", "4096"])
+def test_a_small_read_size_still_serves_large_requests_and_messages(serve, size):
+    proc = serve(APP, "--read-size", size, "--max-header-size", str(64 << 10))
+    # A large head (one 40 KiB header) and a 1 MiB body, pipelined behind a
+    # first request on the same connection: both come out whole.
+    body = os.urandom(1 << 20)
+    big = "b" * (40 << 10)
+    one = (f"POST /digest HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n"
+           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=60) as s:
+        s.sendall(one + one)
+        f = s.makefile("rb")
+        for _ in range(2):
+            assert f.readline().startswith(b"HTTP/1.1 200")
+            length = 0
+            while (line := f.readline()) != b"\r\n":
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            got = json.loads(f.read(length))
+            assert got == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest(),
+                           "x-big": len(big)}
+    # WebSocket messages larger than many reads, text and bytes, both ways.
+    ws = websocket.create_connection(proc.ws_url("/echo"), timeout=60)
+    try:
+        data = os.urandom(512 << 10)
+        ws.send_binary(data)
+        assert ws.recv() == data
+        text = "é" * (100 << 10)
+        ws.send(text)
+        assert ws.recv() == text
+        for i in range(50):  # many small frames in few reads
+            ws.send(f"m{i}")
+        assert [ws.recv() for _ in range(50)] == [f"m{i}" for i in range(50)]
+    finally:
+        ws.close()

@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
            "dropped beyond (0: no bound)")
     a("--tls-read-size", type=_size, default=Config.tls_read_size,
       help="TLS bytes read from a socket at once, all decrypted then")
+    a("--read-size", type=_size, default=Config.read_size,
+      help="bytes read from a plain (not TLS) socket at once (1 to 16 MiB)")
     a("--lifespan", choices=("auto", "on", "off"), default=Config.lifespan,
       help="ASGI lifespan protocol")
     a("-v", "--verbosity", type=int, default=Config.verbosity,
@@ -287,6 +289,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         pubsub_max_inbox_bytes=args.pubsub_max_inbox_bytes,
         pubsub_redis_max_queue=args.pubsub_redis_max_queue,
         tls_read_size=args.tls_read_size,
+        read_size=args.read_size,
         configure_logging=True,
     )
 

@@ -10,12 +10,16 @@ before the inbox said full.
 on the loop thread in one go (nothing else runs in between).
 ``/chunks``: reads the request body, answers its size and the largest
 ``http.request`` body the app was given (slowly: 5 ms per message).
+``/digest``: reads the request body, answers its size, its SHA-256 and the
+length of the ``x-big`` request header.
 WebSocket ``/sub?topic=t``: subscribes, says ``ready``, then only listens.
+WebSocket ``/echo``: sends every message back as it came (text or bytes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 from urllib.parse import parse_qs
@@ -61,15 +65,41 @@ async def http(scope, receive, send):
             more = msg.get("more_body", False)
             await asyncio.sleep(0.005)
         await reply(send, {"size": size, "largest": largest})
+    elif path == "/digest":
+        digest = hashlib.sha256()
+        size = 0
+        more = True
+        while more:
+            msg = await receive()
+            body = msg.get("body", b"")
+            size += len(body)
+            digest.update(body)
+            more = msg.get("more_body", False)
+        big = dict(scope["headers"]).get(b"x-big", b"")
+        await reply(send, {"size": size, "sha256": digest.hexdigest(), "x-big": len(big)})
     else:
         await send({"type": "http.response.start", "status": 404, "headers": []})
         await send({"type": "http.response.body", "body": b""})
+
+
+async def echo(receive, send):
+    while True:
+        msg = await receive()
+        if msg["type"] == "websocket.disconnect":
+            return
+        if msg.get("text") is not None:
+            await send({"type": "websocket.send", "text": msg["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": msg["bytes"]})
 
 
 async def websocket(scope, receive, send):
     q = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
     await receive()  # websocket.connect
     await send({"type": "websocket.accept"})
+    if scope["path"] == "/echo":
+        await echo(receive, send)
+        return
     await send({"type": "cdaphne.pubsub.subscribe", "topic": q["topic"]})
     await send({"type": "websocket.send", "text": "ready"})
     while (await receive())["type"] != "websocket.disconnect":
