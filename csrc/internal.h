@@ -917,7 +917,7 @@ void cd_pubsub_detach(cd_loop_t *loop);
 void cd_pubsub_drain(cd_loop_t *loop);
 /* The bounds of the loop's inbox of publishes from other threads, from a
  * server's config (0: none; config.py's defaults until a server sets
- * them). */
+ * them).  The server's loop becomes the one publish() goes to. */
 void cd_pubsub_set_inbox_limits(cd_loop_t *loop, uint64_t max_items,
                                 uint64_t max_bytes);
 /* A send() of type `type`: 1 if it was a cdaphne.pubsub.* message and

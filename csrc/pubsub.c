@@ -797,7 +797,6 @@ int
 cd_pubsub_attach(cd_loop_t *loop)
 {
     if (loop->pubsub != NULL) {
-        loop->st->pubsub = loop->pubsub;
         return 0;
     }
     cd_pubsub_t *ps = calloc(1, sizeof(*ps));
@@ -821,7 +820,12 @@ cd_pubsub_attach(cd_loop_t *loop)
     ps->st = loop->st;
     ps->thread = PyThread_get_thread_ident();
     loop->pubsub = ps;
-    loop->st->pubsub = ps;
+    /* The process's registry (where publish() goes) is the first loop's
+     * until a server claims its own loop's: another loop made meanwhile
+     * (app code may make one in a thread) must not take it over. */
+    if (loop->st->pubsub == NULL) {
+        loop->st->pubsub = ps;
+    }
     return 0;
 }
 
@@ -831,6 +835,7 @@ cd_pubsub_set_inbox_limits(cd_loop_t *loop, uint64_t max_items,
 {
     cd_pubsub_t *ps = loop->pubsub;
     if (ps != NULL) {
+        loop->st->pubsub = ps; /* A server's loop: publish() comes here. */
         uv_mutex_lock(&ps->lock);
         ps->inbox_max = max_items;
         ps->inbox_max_bytes = max_bytes;

@@ -228,6 +228,18 @@ def test_many_threads_publish_while_the_loop_serves_and_nothing_is_lost(serve):
     assert stats(proc)["published"] == threads * n
 
 
+def test_another_cdaphne_loop_in_the_process_leaves_the_servers_pubsub_alone(serve):
+    proc = serve(APP)
+    m = Member(proc)
+    m.sub("ticks")
+    assert httpx.get(proc.url("/other-loop"), timeout=30).status_code == 200
+    assert stats(proc)["running"] is True
+    r = httpx.get(proc.url("/thread"), params={"topic": "ticks", "n": "3"}, timeout=30)
+    assert r.status_code == 200
+    assert m.take(3) == ["0", "1", "2"]
+    m.close()
+
+
 # ---- many subscribers, some never reading ---------------------------------
 
 

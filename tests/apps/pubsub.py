@@ -12,6 +12,7 @@ Each text message from the client is a JSON command, answered with
 send() raised.  HTTP: ``/publish?topic=t&text=s`` (a send() message from
 an HTTP scope), ``/thread?topic=t&n=N&size=S`` (N messages "0".."N-1",
 each padded with " " and S "x", published from a plain thread),
+``/other-loop`` (makes, runs and closes another cdaphne loop in a thread),
 ``/threads?topic=t&n=N&threads=T`` (T threads at once, thread k publishing
 "k:0".."k:N-1"), ``/scope`` (the extensions), ``/stats``.
 """
@@ -85,6 +86,22 @@ async def http(scope, receive, send):
 
         for t in ts:
             await asyncio.get_running_loop().run_in_executor(None, t.join)
+        await reply(send, "ok")
+    elif path == "/other-loop":
+        # Another cdaphne loop in this process, made and closed in a thread
+        # while the server's runs (as app code may do).
+        from cdaphne.loop import new_event_loop
+
+        def other() -> None:
+            lp = new_event_loop()
+            lp.run_until_complete(asyncio.sleep(0))
+            lp.close()
+
+        import asyncio
+
+        t = threading.Thread(target=other)
+        t.start()
+        await asyncio.get_running_loop().run_in_executor(None, t.join)
         await reply(send, "ok")
     elif path == "/scope":
         await reply(send, {k: v for k, v in scope["extensions"].items()})
