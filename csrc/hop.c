@@ -446,56 +446,6 @@ fail:
     return NULL;
 }
 
-PyObject *
-cd_hop_run_in_executor(cd_loop_t *loop, PyObject *const *args,
-                       Py_ssize_t nargs)
-{
-    cd_state *st = loop->st;
-    PyObject *aio = loop->aio_loop, *fut = NULL, *res = NULL;
-    if (aio == NULL) {
-        /* Detached by close(): what BaseEventLoop._check_closed says. */
-        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
-        return NULL;
-    }
-    int unusual = nargs < 2 || args[0] == Py_None;
-    if (!unusual) {
-        int plain = cd_loopapi_plain(loop, 0);
-        if (plain < 0) {
-            return NULL;
-        }
-        unusual = !plain;
-    }
-    if (unusual) {
-        /* The class's Python method serves what the C path leaves
-         * (closed loop, debug mode, the default executor). */
-        return cd_loopapi_call_class_method(aio, st->s_run_in_executor, args,
-                                            nargs, NULL);
-    }
-    /* executor.submit(func, *args): args[0] is the executor. */
-    fut = PyObject_VectorcallMethod(st->s_submit, args, (size_t)nargs, NULL);
-    if (fut == NULL) {
-        return NULL;
-    }
-    int plain = PyObject_IsInstance(fut, st->cf_Future);
-    if (plain > 0) {
-        res = cd_hop_wrap(loop, fut);
-    }
-    else if (plain == 0) {
-        /* asyncio.wrap_future(fut, loop=loop). */
-        PyObject *asyncio = PyImport_ImportModule("asyncio");
-        PyObject *wrap =
-            asyncio ? PyObject_GetAttr(asyncio, st->s_wrap_future) : NULL;
-        if (wrap != NULL) {
-            PyObject *wargs[2] = {fut, aio};
-            res = PyObject_Vectorcall(wrap, wargs, 1, st->kwnames_loop);
-        }
-        Py_XDECREF(wrap);
-        Py_XDECREF(asyncio);
-    }
-    Py_DECREF(fut);
-    return res;
-}
-
 static int
 hop_traverse(cd_hop_t *hop, visitproc visit, void *arg)
 {

@@ -146,7 +146,7 @@ typedef enum {
     CD_ATTR_DEBUG,         /* loop._debug */
     CD_ATTR_CLOSED,        /* loop._closed */
     CD_ATTR_STOPPING,      /* loop._stopping */
-    CD_ATTR_TIME_IS_CLOCK, /* loop.time() is BaseEventLoop.time */
+    CD_ATTR_TIME_IS_CLOCK, /* no instance attribute replaces loop.time */
     CD_ATTR_NO_FACTORY,    /* loop._task_factory is None */
     CD_ATTR_NFLAGS,
 } cd_attr_flag_t;
@@ -200,7 +200,6 @@ struct cd_loop_s {
     cd_readyq_t *ready_q; /* strong: the ready queue, also loop._ready */
     PyObject *aio_dict;   /* strong: the asyncio loop's __dict__, where its
                              attributes are read; NULL: read them with getattr */
-    int time_is_base;     /* the loop's class keeps BaseEventLoop.time */
     /* The dict watcher id + 1 that watches aio_dict (0: none), kept here
      * because the module state may be gone when a loop outlives its module
      * at interpreter exit. */
@@ -270,10 +269,6 @@ PyObject *cd_hop_wakeup(cd_loop_t *loop, PyObject *unused);
 /* hop(concurrent_future) -> asyncio future of the loop, completed on
  * the loop's thread when the concurrent one is done (wrap_future). */
 PyObject *cd_hop_wrap(cd_loop_t *loop, PyObject *source);
-/* run_in_executor(executor, func, *args): LibuvEventLoop's method with
- * no Python frame for a given executor outside debug mode. */
-PyObject *cd_hop_run_in_executor(cd_loop_t *loop, PyObject *const *args,
-                                 Py_ssize_t nargs);
 
 /* ---- loopapi.c: BaseEventLoop methods without their Python frame ---- */
 /* 1 if the asyncio loop aio is open and not in debug mode (and, if task,
@@ -282,11 +277,10 @@ PyObject *cd_hop_run_in_executor(cd_loop_t *loop, PyObject *const *args,
 int cd_loopapi_plain(cd_loop_t *loop, int task);
 /* create_task(coro, *, name=None, context=None). */
 PyObject *cd_loopapi_create_task(cd_loop_t *loop, PyObject *const *args,
-                                 Py_ssize_t nargs, PyObject *kwnames);
-/* type(aio).<name>(aio, *args, **kw): the class's own method. */
-PyObject *cd_loopapi_call_class_method(PyObject *aio, PyObject *name,
-                                       PyObject *const *args, Py_ssize_t nargs,
-                                       PyObject *kwnames);
+                                 size_t nargsf, PyObject *kwnames);
+/* run_in_executor(executor, func, *args). */
+PyObject *cd_loopapi_run_in_executor(cd_loop_t *loop, PyObject *const *args,
+                                     size_t nargsf, PyObject *kwnames);
 
 /* ---- loopmeth.c: LoopMethods, BaseEventLoop methods on the class -- */
 int cd_loopmeth_type_init(PyObject *module, cd_state *st);
@@ -294,6 +288,17 @@ int cd_loopmeth_type_init(PyObject *module, cd_state *st);
  * directly when that is what the call would make (debug mode aside);
  * else the method is called. */
 PyObject *cd_loopmeth_future_new(cd_state *st, PyObject *loop);
+/* 1 when type(loop).<which> is LoopMethods' or asyncio's own and what
+ * follows LoopMethods in its MRO is asyncio's (a C path may stand for the
+ * call; the instance's own attributes are the caller's to check), 0 if
+ * not, -1 on error. */
+int cd_loopmeth_plain(cd_state *st, PyObject *loop, cd_lm_t which);
+/* Drops the module's note of core (its dealloc). */
+void cd_loopmeth_forget(cd_state *st, cd_loop_t *core);
+/* New reference: fn(self, *args, **kw), args as vectorcall passes them. */
+PyObject *cd_loopmeth_call(PyObject *fn, PyObject *self,
+                           PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames);
 
 /* ---- readyq.c: the loop's ready queue (loop._ready) --------------- */
 int cd_readyq_type_init(PyObject *module, cd_state *st);

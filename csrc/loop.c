@@ -614,6 +614,7 @@ loop_dealloc(cd_loop_t *loop)
 {
     PyTypeObject *tp = Py_TYPE(loop);
     PyObject_GC_UnTrack(loop);
+    cd_loopmeth_forget(loop->st, loop);
     loop_close_uv(loop);
     loop_clear(loop);
     tp->tp_free(loop);
@@ -631,34 +632,8 @@ static PyMethodDef loop_methods[] = {
     {"attach", (PyCFunction)loop_attach, METH_O, "attach(asyncio_loop)"},
     {"wakeup", (PyCFunction)cd_hop_wakeup, METH_NOARGS,
      "Wake select() from any thread (call_soon_threadsafe)."},
-    {"call_soon", (PyCFunction)(void (*)(void))cd_sched_call_soon,
-     METH_FASTCALL | METH_KEYWORDS,
-     "call_soon(callback, *args, context=None): asyncio's, in C."},
-    {"call_soon_threadsafe",
-     (PyCFunction)(void (*)(void))cd_sched_call_soon_threadsafe,
-     METH_FASTCALL | METH_KEYWORDS,
-     "call_soon_threadsafe(callback, *args, context=None), in C."},
-    {"call_at", (PyCFunction)(void (*)(void))cd_sched_call_at,
-     METH_FASTCALL | METH_KEYWORDS,
-     "call_at(when, callback, *args, context=None): asyncio's, in C."},
-    {"call_later", (PyCFunction)(void (*)(void))cd_sched_call_later,
-     METH_FASTCALL | METH_KEYWORDS,
-     "call_later(delay, callback, *args, context=None): asyncio's, in C."},
-    {"get_debug", (PyCFunction)cd_sched_get_debug, METH_NOARGS,
-     "get_debug(): asyncio's, in C."},
-    {"timer_cancelled", (PyCFunction)cd_sched_timer_cancelled, METH_O,
-     "timer_cancelled(handle): asyncio's _timer_handle_cancelled, in C."},
-    {"step", (PyCFunction)cd_sched_step, METH_NOARGS,
-     "One run-once step of the asyncio loop (_run_once)."},
     {"sched_init", (PyCFunction)(void (*)(void))cd_sched_attach, METH_FASTCALL,
      "sched_init(report, selector) -> the ready queue (loop._ready)"},
-    {"hop", (PyCFunction)cd_hop_wrap, METH_O,
-     "hop(concurrent_future) -> asyncio future completed on this loop."},
-    {"run_in_executor", (PyCFunction)(void (*)(void))cd_hop_run_in_executor,
-     METH_FASTCALL, "run_in_executor(executor, func, *args), in C."},
-    {"create_task", (PyCFunction)(void (*)(void))cd_loopapi_create_task,
-     METH_FASTCALL | METH_KEYWORDS,
-     "create_task(coro, *, name=None, context=None), in C."},
     {"close", (PyCFunction)loop_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };

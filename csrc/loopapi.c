@@ -1,12 +1,15 @@
-/* BaseEventLoop.create_task() without its Python frame.
+/* BaseEventLoop.create_task() and run_in_executor() without their Python
+ * frames (LoopMethods' methods, loopmeth.c, call them).
  *
  * Apps make a Task per ensure_future()/create_task() (Channels: one per
- * message a consumer receives from its channel layer); the method's own
- * frame is most of what the loop adds to that.  The C path does what
- * BaseEventLoop.create_task does when no task factory is set and debug
- * mode is off: asyncio.Task(coro, loop=loop, name=name, context=context).
- * Everything else -- a closed loop, debug mode (its traceback trimming),
- * a task factory, odd arguments -- goes to the class's own method. */
+ * message a consumer receives from its channel layer), and a thread hop
+ * per sync_to_async(); the methods' own frames are most of what the loop
+ * adds to that.  The C paths do what BaseEventLoop's functions do when no
+ * task factory is set and debug mode is off, except that an executor's
+ * concurrent future completes its asyncio future from C (hop.c).
+ * Everything else -- a closed loop, debug mode (its checks and traceback
+ * trimming), a task factory, odd arguments -- goes to BaseEventLoop's own
+ * function, which LoopMethods stands for. */
 #include "internal.h"
 
 int
@@ -17,49 +20,13 @@ cd_loopapi_plain(cd_loop_t *loop, int task)
     return cd_sched_loop_plain(loop, task);
 }
 
-/* type(aio).<name>(aio, *args, **kw): the class's own method, which the
- * C entry points bound on the instance hand what they do not serve. */
 PyObject *
-cd_loopapi_call_class_method(PyObject *aio, PyObject *name,
-                             PyObject *const *args, Py_ssize_t nargs,
-                             PyObject *kwnames)
-{
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    PyObject *small[8], **full = small, *res = NULL;
-    PyObject *m = PyObject_GetAttr((PyObject *)Py_TYPE(aio), name);
-    if (m == NULL) {
-        return NULL;
-    }
-    if (nargs + nkw + 1 > (Py_ssize_t)(sizeof(small) / sizeof(small[0]))) {
-        full = PyMem_Malloc((size_t)(nargs + nkw + 1) * sizeof(PyObject *));
-        if (full == NULL) {
-            Py_DECREF(m);
-            return PyErr_NoMemory();
-        }
-    }
-    full[0] = aio;
-    for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
-        full[i + 1] = args[i];
-    }
-    res = PyObject_Vectorcall(m, full, (size_t)nargs + 1, kwnames);
-    if (full != small) {
-        PyMem_Free(full);
-    }
-    Py_DECREF(m);
-    return res;
-}
-
-PyObject *
-cd_loopapi_create_task(cd_loop_t *loop, PyObject *const *args,
-                       Py_ssize_t nargs, PyObject *kwnames)
+cd_loopapi_create_task(cd_loop_t *loop, PyObject *const *args, size_t nargsf,
+                       PyObject *kwnames)
 {
     cd_state *st = loop->st;
     PyObject *aio = loop->aio_loop;
-    if (aio == NULL) {
-        /* Detached by close(): what BaseEventLoop._check_closed says. */
-        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
-        return NULL;
-    }
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     /* name and context, by keyword only, as the method takes them. */
     PyObject *name = Py_None, *context = Py_None;
     int unusual = nargs != 1;
@@ -84,9 +51,121 @@ cd_loopapi_create_task(cd_loop_t *loop, PyObject *const *args,
         unusual = !plain;
     }
     if (unusual) {
-        return cd_loopapi_call_class_method(aio, st->s_create_task, args,
-                                            nargs, kwnames);
+        return cd_loopmeth_call(st->lm_base[CD_LM_CREATE_TASK], aio, args,
+                                nargs, kwnames);
     }
     PyObject *targs[4] = {args[0], aio, name, context};
     return PyObject_Vectorcall(st->asyncio_Task, targs, 1, st->kwnames_task);
+}
+
+/* New reference: the executor of run_in_executor(None, ...), as
+ * BaseEventLoop finds it: the loop's default one, checked, and made the
+ * first time. */
+static PyObject *
+loopapi_default_executor(cd_loop_t *loop)
+{
+    PyObject *aio = loop->aio_loop, *mod = NULL, *cls = NULL, *kw = NULL;
+    PyObject *ex = PyObject_GetAttrString(aio, "_default_executor");
+    PyObject *r =
+        ex ? PyObject_CallMethod(aio, "_check_default_executor", NULL) : NULL;
+    if (r == NULL || ex != Py_None) {
+        Py_XDECREF(r);
+        if (r == NULL) {
+            Py_CLEAR(ex);
+        }
+        return ex;
+    }
+    Py_DECREF(r);
+    Py_CLEAR(ex);
+    mod = PyImport_ImportModule("concurrent.futures");
+    cls = mod ? PyObject_GetAttrString(mod, "ThreadPoolExecutor") : NULL;
+    kw = cls ? Py_BuildValue("{ss}", "thread_name_prefix", "asyncio") : NULL;
+    ex = kw ? PyObject_Call(cls, loop->st->empty_tuple, kw) : NULL;
+    if (ex != NULL &&
+        PyObject_SetAttrString(aio, "_default_executor", ex) < 0) {
+        Py_CLEAR(ex);
+    }
+    Py_XDECREF(mod);
+    Py_XDECREF(cls);
+    Py_XDECREF(kw);
+    return ex;
+}
+
+/* New reference: the asyncio future of executor.submit(func, *args). */
+static PyObject *
+loopapi_submit(cd_loop_t *loop, PyObject *const *args, Py_ssize_t nargs)
+{
+    cd_state *st = loop->st;
+    PyObject *res = NULL;
+    /* executor.submit(func, *args): args[0] is the executor. */
+    PyObject *fut =
+        PyObject_VectorcallMethod(st->s_submit, args, (size_t)nargs, NULL);
+    if (fut == NULL) {
+        return NULL;
+    }
+    int plain = PyObject_IsInstance(fut, st->cf_Future);
+    if (plain > 0) {
+        res = cd_hop_wrap(loop, fut);
+    }
+    else if (plain == 0) {
+        /* asyncio.wrap_future(fut, loop=loop). */
+        PyObject *asyncio = PyImport_ImportModule("asyncio");
+        PyObject *wrap =
+            asyncio ? PyObject_GetAttr(asyncio, st->s_wrap_future) : NULL;
+        if (wrap != NULL) {
+            PyObject *wargs[2] = {fut, loop->aio_loop};
+            res = PyObject_Vectorcall(wrap, wargs, 1, st->kwnames_loop);
+        }
+        Py_XDECREF(wrap);
+        Py_XDECREF(asyncio);
+    }
+    Py_DECREF(fut);
+    return res;
+}
+
+PyObject *
+cd_loopapi_run_in_executor(cd_loop_t *loop, PyObject *const *args,
+                           size_t nargsf, PyObject *kwnames)
+{
+    cd_state *st = loop->st;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    int unusual = nargs < 2 || kwnames != NULL;
+    if (!unusual) {
+        int plain = cd_loopapi_plain(loop, 0);
+        if (plain < 0) {
+            return NULL;
+        }
+        unusual = !plain;
+    }
+    if (unusual) {
+        /* Closed, debug mode (its callback check), bad arguments. */
+        return cd_loopmeth_call(st->lm_base[CD_LM_RUN_IN_EXECUTOR],
+                                loop->aio_loop, args, nargs, kwnames);
+    }
+    if (args[0] != Py_None) {
+        return loopapi_submit(loop, args, nargs);
+    }
+    PyObject *ex = loopapi_default_executor(loop);
+    if (ex == NULL) {
+        return NULL;
+    }
+    PyObject *small[8], **full = small, *res = NULL;
+    if (nargs > (Py_ssize_t)(sizeof(small) / sizeof(small[0]))) {
+        full = PyMem_Malloc((size_t)nargs * sizeof(PyObject *));
+    }
+    if (full == NULL) {
+        PyErr_NoMemory();
+    }
+    else {
+        full[0] = ex;
+        for (Py_ssize_t i = 1; i < nargs; i++) {
+            full[i] = args[i];
+        }
+        res = loopapi_submit(loop, full, nargs);
+    }
+    if (full != small) {
+        PyMem_Free(full);
+    }
+    Py_DECREF(ex);
+    return res;
 }

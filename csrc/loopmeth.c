@@ -2,33 +2,55 @@
  *
  * cdaphne.loop.LibuvEventLoop derives from this type first, so its
  * methods are real methods of the loop class: a subclass that overrides
- * one, a class patched after the loop exists (LibuvEventLoop.m = f) and
- * an instance attribute (loop.m = f) all win over them, as they would
- * over BaseEventLoop's.  A method bound on the instance would shadow the
- * class patch.
+ * one, a class patched after the loop exists (LibuvEventLoop.m = f, or
+ * asyncio.BaseEventLoop.m = f) and an instance attribute (loop.m = f) all
+ * win over them, as they would over BaseEventLoop's.  (A method bound on
+ * the instance would shadow the class patch.)
  *
- * create_future(): BaseEventLoop's is asyncio.Future(loop=self), one
- * Python frame per future (asyncio.wait and shield make one per call).
- * Here it is made directly, unless the class that comes after LoopMethods
- * in the MRO no longer has asyncio's method (a patch of BaseEventLoop or
- * of a class between: that one is called), or the loop is in debug mode
- * (asyncio's method, so the source traceback is the same).  The same
- * check serves the server's own futures (cd_loopmeth_future_new). */
+ * Each method runs its C path (sched.c, loopapi.c) when the class that
+ * comes after LoopMethods in the loop's MRO still has asyncio's own
+ * function for it: LoopMethods then stands for that function.  Anything
+ * else there (a patch of BaseEventLoop, a class in between) is called
+ * instead.  What a class resolves the names to is found by one walk of
+ * its MRO and kept with the class's version tag, which changes whenever
+ * an attribute of the class or of a base is set: a call compares one
+ * integer.  The C paths hand debug mode to asyncio's functions
+ * themselves.
+ *
+ * The type has no fields of its own: a base class larger than `object`
+ * costs the loop's Python subclass its inline attribute values, and with
+ * them CPython 3.13's specialized LOAD_ATTR for every attribute and method
+ * of the loop asyncio's Python code reads (measured: +500 instructions per
+ * call_soon round trip).  The methods find the LoopCore (loop.core) through
+ * the module state instead: the core of the loop that called last, checked
+ * against the loop it is attached to.
+ *
+ * The server's own futures (cd_loopmeth_future_new) and the core's clock
+ * (cd_loopmeth_plain) ask the same resolution whether the class keeps
+ * ours. */
 #include "internal.h"
 
-/* What create_future resolves to on a loop class (cached per type). */
-enum {
-    /* After LoopMethods in the MRO (or first, without it): asyncio's. */
-    CD_LOOPMETH_NEXT_BASE = 1,
-    /* type(loop).create_future is LoopMethods' or asyncio's, and
-     * CD_LOOPMETH_NEXT_BASE: Future(loop=loop) is what a call makes. */
-    CD_LOOPMETH_PLAIN = 2,
+/* The names, by CD_LM_* index. */
+static const char *const lm_names[CD_LM_N] = {
+    [CD_LM_CREATE_FUTURE] = "create_future",
+    [CD_LM_CALL_SOON] = "call_soon",
+    [CD_LM_CALL_SOON_THREADSAFE] = "call_soon_threadsafe",
+    [CD_LM_CALL_AT] = "call_at",
+    [CD_LM_CALL_LATER] = "call_later",
+    [CD_LM_CREATE_TASK] = "create_task",
+    [CD_LM_RUN_IN_EXECUTOR] = "run_in_executor",
+    [CD_LM_GET_DEBUG] = "get_debug",
+    [CD_LM_RUN_ONCE] = "_run_once",
+    [CD_LM_TIMER_CANCELLED] = "_timer_handle_cancelled",
+    [CD_LM_TIME] = "time",
 };
 
-/* Borrowed: k.__dict__["create_future"], or NULL (an exception set if
- * the lookup failed). */
+/* ---- Resolution: what a class's MRO holds for each name. */
+
+/* Borrowed: k.__dict__[name], or NULL (an exception set if the lookup
+ * failed). */
 static PyObject *
-loopmeth_own(cd_state *st, PyTypeObject *k)
+lm_own(PyTypeObject *k, PyObject *name)
 {
 #if PY_VERSION_HEX >= 0x030C0000
     PyObject *d = PyType_GetDict(k); /* new reference (3.12+) */
@@ -38,84 +60,276 @@ loopmeth_own(cd_state *st, PyTypeObject *k)
     if (d == NULL) {
         return NULL;
     }
-    PyObject *v = PyDict_GetItemWithError(d, st->s_create_future);
+    PyObject *v = PyDict_GetItemWithError(d, name);
     Py_DECREF(d); /* v stays alive: the type holds its dict */
     return v;
 }
 
-/* The CD_LOOPMETH_* flags of tp, found by walking its MRO; *next
- * (borrowed, may be NULL) gets what comes after LoopMethods.  -1 with an
- * exception on error. */
+/* Fills c for tp by walking its MRO once: for each name, the first
+ * definition (first) and the first after LoopMethods (c->next; without
+ * LoopMethods in the MRO, the first).  -1 with an exception on error. */
 static int
-loopmeth_resolve(cd_state *st, PyTypeObject *tp, PyObject **next)
+lm_walk(cd_state *st, PyTypeObject *tp, cd_lm_cache_t *c)
 {
-    PyObject *mro = tp->tp_mro;
+    PyObject *mro = tp->tp_mro, *first[CD_LM_N] = {NULL};
     PyObject *own = (PyObject *)st->LoopMethods_type;
-    PyObject *first = NULL, *after = NULL;
+    uint32_t first_is_own = 0, todo = (1u << CD_LM_N) - 1;
     int seen = 0;
-    for (Py_ssize_t i = 0; mro != NULL && i < PyTuple_GET_SIZE(mro); i++) {
-        PyTypeObject *k = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
-        if ((PyObject *)k == own) {
-            seen = 1;
-            first = first ? first : own;
-            continue;
+    c->next_base = c->plain = 0;
+    for (int i = 0; i < CD_LM_N; i++) {
+        c->next[i] = NULL;
+    }
+    for (Py_ssize_t j = 0; mro != NULL && j < PyTuple_GET_SIZE(mro) && todo;
+         j++) {
+        PyTypeObject *k = (PyTypeObject *)PyTuple_GET_ITEM(mro, j);
+        for (int i = 0; i < CD_LM_N; i++) {
+            if (!(todo & (1u << i))) {
+                continue;
+            }
+            PyObject *v = lm_own(k, st->lm_name[i]);
+            if (v == NULL && PyErr_Occurred()) {
+                return -1;
+            }
+            if (v != NULL && first[i] == NULL) {
+                first[i] = v;
+                first_is_own |= (uint32_t)((PyObject *)k == own) << i;
+            }
+            if (v != NULL && seen) {
+                c->next[i] = v;
+                todo &= ~(1u << i);
+            }
         }
-        PyObject *v = loopmeth_own(st, k);
-        if (v == NULL && PyErr_Occurred()) {
-            return -1;
+        seen = seen || (PyObject *)k == own;
+    }
+    for (int i = 0; i < CD_LM_N; i++) {
+        if (!seen) {
+            c->next[i] = first[i]; /* Not a LoopMethods: the first runs. */
         }
-        if (v != NULL) {
-            first = first ? first : v;
-            if (seen) {
-                after = v;
-                break;
+        if (c->next[i] != NULL && c->next[i] == st->lm_base[i]) {
+            c->next_base |= 1u << i;
+            if ((first_is_own & (1u << i)) || first[i] == c->next[i]) {
+                c->plain |= 1u << i;
             }
         }
     }
-    if (!seen) {
-        after = first; /* Not a LibuvEventLoop: what runs is the first. */
-    }
-    *next = after;
-    if (after != st->base_create_future) {
-        return 0;
-    }
-    if (first == own || first == after) {
-        return CD_LOOPMETH_NEXT_BASE | CD_LOOPMETH_PLAIN;
-    }
-    return CD_LOOPMETH_NEXT_BASE;
+    return 0;
 }
 
-/* tp's CD_LOOPMETH_* flags, from the cache while tp keeps the version
- * tag they were found with (setting any class attribute anywhere in its
- * MRO changes the tag).  -1 with an exception on error. */
+/* Finds what tp resolves the names to, into c, and keeps it while tp
+ * keeps its version tag (a class that cannot have one, 0, is walked at
+ * every call).  -1 with an exception on error. */
 static int
-loopmeth_flags(cd_state *st, PyTypeObject *tp)
+lm_resolve(cd_state *st, PyTypeObject *tp, cd_lm_cache_t *c)
 {
-    unsigned int tag = tp->tp_version_tag;
-    if (tag != 0 && tag == st->loopmeth_tag) {
-        return st->loopmeth_flags;
-    }
-    PyObject *next;
-    int flags = loopmeth_resolve(st, tp, &next);
-    if (flags < 0) {
-        return -1;
-    }
-    /* A lookup through the type gives it a version tag if it has none;
-     * a type that cannot have one (0) is walked every time. */
-    PyObject *m = PyObject_GetAttr((PyObject *)tp, st->s_create_future);
+    c->tag = 0;
+#if PY_VERSION_HEX >= 0x030C0000
+    PyUnstable_Type_AssignVersionTag(tp);
+#else
+    /* A lookup through the type gives it a version tag if it has none. */
+    PyObject *m = PyObject_GetAttr((PyObject *)tp, st->lm_name[0]);
     if (m == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return -1;
+        }
+        PyErr_Clear();
+    }
+    Py_XDECREF(m);
+#endif
+    unsigned int tag = tp->tp_version_tag;
+    if (lm_walk(st, tp, c) < 0) {
         return -1;
     }
-    Py_DECREF(m);
-    st->loopmeth_tag = tp->tp_version_tag;
-    st->loopmeth_flags = flags;
-    return flags;
+    /* A walk that ran code (a dict key's __eq__) may have seen a class
+     * that changed under it: then it holds for this call only. */
+    c->tag = tp->tp_version_tag == tag ? tag : 0;
+    return 0;
 }
+
+/* st->lm_cache, current for type(loop); NULL with an exception on
+ * error. */
+static inline cd_lm_cache_t *
+lm_cache(cd_state *st, PyObject *loop)
+{
+    PyTypeObject *tp = Py_TYPE(loop);
+    cd_lm_cache_t *c = &st->lm_cache;
+    if (tp->tp_version_tag != 0 && c->tag == tp->tp_version_tag) {
+        return c;
+    }
+    return lm_resolve(st, tp, c) < 0 ? NULL : c;
+}
+
+int
+cd_loopmeth_plain(cd_state *st, PyObject *loop, cd_lm_t which)
+{
+    const cd_lm_cache_t *c = lm_cache(st, loop);
+    if (c == NULL) {
+        return -1;
+    }
+    return (c->plain >> which) & 1;
+}
+
+PyObject *
+cd_loopmeth_call(PyObject *fn, PyObject *self, PyObject *const *args,
+                 Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *small[8], **full = small;
+    if (nargs + nkw + 1 > (Py_ssize_t)(sizeof(small) / sizeof(small[0]))) {
+        full = PyMem_Malloc((size_t)(nargs + nkw + 1) * sizeof(PyObject *));
+        if (full == NULL) {
+            return PyErr_NoMemory();
+        }
+    }
+    full[0] = self;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
+        full[i + 1] = args[i];
+    }
+    PyObject *r = PyObject_Vectorcall(fn, full, (size_t)nargs + 1, kwnames);
+    if (full != small) {
+        PyMem_Free(full);
+    }
+    return r;
+}
+
+/* ---- The methods. */
+
+/* Borrowed: loop.core (from the loop's __dict__) if it is a LoopCore
+ * attached to the loop with its scheduling core set up, else NULL (an
+ * exception set on error).  Kept in st->lm_core for the next call. */
+static cd_loop_t *
+lm_core_find(cd_state *st, PyObject *self)
+{
+    PyObject *d = PyObject_GenericGetDict(self, NULL), *v = NULL;
+    if (d != NULL) {
+        v = PyDict_GetItemWithError(d, st->s_core);
+        Py_DECREF(d); /* v stays alive: the loop holds its dict */
+    }
+    cd_loop_t *core = (cd_loop_t *)v;
+    if (v == NULL || !PyObject_TypeCheck(v, st->LoopCore_type) ||
+        core->aio_loop != self || core->ready_q == NULL) {
+        return NULL;
+    }
+    st->lm_core = core;
+    return core;
+}
+
+/* lm_core when the notes in st do not settle it. */
+static cd_loop_t *
+lm_core_slow(cd_state *st, PyObject *self, cd_lm_t which)
+{
+    cd_loop_t *core = st->lm_core;
+    if (core == NULL || core->aio_loop != self) {
+        core = lm_core_find(st, self);
+        if (core == NULL && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    const cd_lm_cache_t *c = lm_cache(st, self);
+    if (c == NULL || !((c->next_base >> which) & 1)) {
+        return NULL;
+    }
+    return core;
+}
+
+/* The core when method `which` of self may take its C path: the loop has
+ * its core, and what follows LoopMethods in the MRO is asyncio's
+ * function.  NULL when the next class's method must run instead
+ * (lm_next), with an exception set on error; st->lm_cache is current for
+ * type(self) either way. */
+static inline cd_loop_t *
+lm_core(cd_state *st, PyObject *self, cd_lm_t which)
+{
+    cd_loop_t *core = st->lm_core;
+    unsigned int tag = Py_TYPE(self)->tp_version_tag;
+    if (core != NULL && core->aio_loop == self && tag != 0 &&
+        tag == st->lm_cache.tag && ((st->lm_cache.next_base >> which) & 1)) {
+        return core;
+    }
+    return lm_core_slow(st, self, which);
+}
+
+/* What the class after LoopMethods in self's MRO makes of the call
+ * (st->lm_cache holds it): a function or method descriptor is called with
+ * self first, any other descriptor is bound first, as a method call
+ * would. */
+static PyObject *
+lm_next(cd_state *st, PyObject *self, cd_lm_t which, PyObject *const *args,
+        Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *next = st->lm_cache.next[which];
+    if (next == NULL) {
+        PyErr_Format(PyExc_AttributeError,
+                     "'%.100s' object has no attribute '%s'",
+                     Py_TYPE(self)->tp_name, lm_names[which]);
+        return NULL;
+    }
+    PyObject *res = NULL;
+    Py_INCREF(next); /* The call may patch the class. */
+    descrgetfunc get = Py_TYPE(next)->tp_descr_get;
+    if (PyType_HasFeature(Py_TYPE(next), Py_TPFLAGS_METHOD_DESCRIPTOR)) {
+        res = cd_loopmeth_call(next, self, args, nargs, kwnames);
+    }
+    else {
+        PyObject *bound = get == NULL
+                              ? Py_NewRef(next)
+                              : get(next, self, (PyObject *)Py_TYPE(self));
+        if (bound != NULL) {
+            res = PyObject_Vectorcall(bound, args, (size_t)nargs, kwnames);
+            Py_DECREF(bound);
+        }
+    }
+    Py_DECREF(next);
+    return res;
+}
+
+/* A method: the C path call (a tail call) when lm_core allows it and
+ * the arguments are what it takes (ok), else the next class's method. */
+#define CD_LM_METHOD(fn, which, ok, call)                                     \
+    static PyObject *fn(PyObject *self, PyTypeObject *cls,                    \
+                        PyObject *const *args, Py_ssize_t nargs,              \
+                        PyObject *kwnames)                                    \
+    {                                                                         \
+        cd_state *st = PyType_GetModuleState(cls);                            \
+        cd_loop_t *core = lm_core(st, self, which);                           \
+        if (core == NULL || !(ok)) {                                          \
+            return lm_next(st, self, which, args, nargs, kwnames);            \
+        }                                                                     \
+        return call;                                                          \
+    }
+
+#define CD_LM_ANY 1
+#define CD_LM_NONE (nargs == 0 && kwnames == NULL)
+#define CD_LM_ONE (nargs == 1 && kwnames == NULL)
+CD_LM_METHOD(lm_call_soon, CD_LM_CALL_SOON, CD_LM_ANY,
+             cd_sched_call_soon(core, args, (size_t)nargs, kwnames))
+CD_LM_METHOD(lm_call_soon_threadsafe, CD_LM_CALL_SOON_THREADSAFE, CD_LM_ANY,
+             cd_sched_call_soon_threadsafe(core, args, (size_t)nargs, kwnames))
+CD_LM_METHOD(lm_call_at, CD_LM_CALL_AT, CD_LM_ANY,
+             cd_sched_call_at(core, args, (size_t)nargs, kwnames))
+CD_LM_METHOD(lm_call_later, CD_LM_CALL_LATER, CD_LM_ANY,
+             cd_sched_call_later(core, args, (size_t)nargs, kwnames))
+CD_LM_METHOD(lm_create_task, CD_LM_CREATE_TASK, CD_LM_ANY,
+             cd_loopapi_create_task(core, args, (size_t)nargs, kwnames))
+CD_LM_METHOD(lm_run_in_executor, CD_LM_RUN_IN_EXECUTOR, CD_LM_ANY,
+             cd_loopapi_run_in_executor(core, args, (size_t)nargs, kwnames))
+CD_LM_METHOD(lm_get_debug, CD_LM_GET_DEBUG, CD_LM_NONE,
+             cd_sched_get_debug(core, NULL))
+CD_LM_METHOD(lm_run_once, CD_LM_RUN_ONCE, CD_LM_NONE,
+             cd_sched_step(core, NULL))
+CD_LM_METHOD(lm_timer_handle_cancelled, CD_LM_TIMER_CANCELLED, CD_LM_ONE,
+             cd_sched_timer_cancelled(core, args[0]))
+#undef CD_LM_ANY
+#undef CD_LM_NONE
+#undef CD_LM_ONE
+#undef CD_LM_METHOD
 
 /* 1 if the loop's _debug (in its dict, where BaseEventLoop keeps it) is
  * anything but False, 0 if False, -1 with an exception. */
 static int
-loopmeth_debug(cd_state *st, PyObject *self)
+lm_debug(cd_state *st, PyObject *self)
 {
     PyObject *d = PyObject_GenericGetDict(self, NULL);
     if (d == NULL) {
@@ -129,45 +343,11 @@ loopmeth_debug(cd_state *st, PyObject *self)
     return v != Py_False;
 }
 
-/* New reference: what the class after LoopMethods in self's MRO makes of
- * create_future() (a patched method, or any descriptor). */
-static PyObject *
-loopmeth_call_next(cd_state *st, PyObject *self)
-{
-    PyObject *next;
-    if (loopmeth_resolve(st, Py_TYPE(self), &next) < 0) {
-        return NULL;
-    }
-    if (next == NULL) {
-        PyErr_Format(PyExc_AttributeError,
-                     "'%.100s' object has no attribute 'create_future'",
-                     Py_TYPE(self)->tp_name);
-        return NULL;
-    }
-    PyObject *bound = NULL, *res = NULL;
-    Py_INCREF(next); /* the call may patch the class */
-    descrgetfunc get = Py_TYPE(next)->tp_descr_get;
-    if (get == NULL) {
-        bound = Py_NewRef(next);
-    }
-    else {
-        bound = get(next, self, (PyObject *)Py_TYPE(self));
-        if (bound == NULL) {
-            goto done;
-        }
-    }
-    res = PyObject_CallNoArgs(bound);
-done:
-    Py_XDECREF(bound);
-    Py_DECREF(next);
-    return res;
-}
-
 /* New reference: asyncio.Future(loop=loop).  Inside the running loop
  * that is asyncio.Future(), which the Future finds the loop for without
  * the dict of keywords a call with loop= is given. */
 static PyObject *
-loopmeth_make(cd_state *st, PyObject *loop)
+lm_future_make(cd_state *st, PyObject *loop)
 {
     PyObject *running = PyObject_CallNoArgs(st->get_running_loop);
     if (running == NULL) {
@@ -181,28 +361,32 @@ loopmeth_make(cd_state *st, PyObject *loop)
     return PyObject_Vectorcall(st->asyncio_Future, args, 0, st->kwnames_loop);
 }
 
+/* create_future(): BaseEventLoop's is asyncio.Future(loop=self), one
+ * Python frame per future (asyncio.wait and shield make one per call).
+ * Here it is made directly, unless the next class's method is not
+ * asyncio's, or the loop is in debug mode (asyncio's method, so the
+ * source traceback is the same).  It needs no core. */
 static PyObject *
-loopmeth_create_future(PyObject *self, PyObject *Py_UNUSED(ignored))
+lm_create_future(PyObject *self, PyTypeObject *cls, PyObject *const *args,
+                 Py_ssize_t nargs, PyObject *kwnames)
 {
-    cd_state *st = cd_state_from_type(Py_TYPE(self));
-    if (st == NULL) {
+    cd_state *st = PyType_GetModuleState(cls);
+    const cd_lm_cache_t *c = lm_cache(st, self);
+    if (c == NULL) {
         return NULL;
     }
-    int flags = loopmeth_flags(st, Py_TYPE(self));
-    if (flags < 0) {
-        return NULL;
+    if (nargs != 0 || kwnames != NULL ||
+        !((c->next_base >> CD_LM_CREATE_FUTURE) & 1)) {
+        return lm_next(st, self, CD_LM_CREATE_FUTURE, args, nargs, kwnames);
     }
-    if (!(flags & CD_LOOPMETH_NEXT_BASE)) {
-        return loopmeth_call_next(st, self);
-    }
-    int debug = loopmeth_debug(st, self);
+    int debug = lm_debug(st, self);
     if (debug < 0) {
         return NULL;
     }
     if (debug) {
-        return PyObject_CallOneArg(st->base_create_future, self);
+        return PyObject_CallOneArg(st->lm_base[CD_LM_CREATE_FUTURE], self);
     }
-    return loopmeth_make(st, self);
+    return lm_future_make(st, self);
 }
 
 PyObject *
@@ -211,11 +395,10 @@ cd_loopmeth_future_new(cd_state *st, PyObject *loop)
     PyTypeObject *tp = Py_TYPE(loop);
     int plain = tp->tp_getattro == PyObject_GenericGetAttr;
     if (plain) {
-        int flags = loopmeth_flags(st, tp);
-        if (flags < 0) {
+        plain = cd_loopmeth_plain(st, loop, CD_LM_CREATE_FUTURE);
+        if (plain < 0) {
             return NULL;
         }
-        plain = (flags & CD_LOOPMETH_PLAIN) != 0;
     }
     if (plain && tp->tp_dictoffset != 0) {
         /* An instance attribute wins over the class's method. */
@@ -223,7 +406,7 @@ cd_loopmeth_future_new(cd_state *st, PyObject *loop)
         if (d == NULL) {
             return NULL;
         }
-        int shadowed = PyDict_Contains(d, st->s_create_future);
+        int shadowed = PyDict_Contains(d, st->lm_name[CD_LM_CREATE_FUTURE]);
         Py_DECREF(d);
         if (shadowed < 0) {
             return NULL;
@@ -231,31 +414,105 @@ cd_loopmeth_future_new(cd_state *st, PyObject *loop)
         plain = !shadowed;
     }
     if (!plain) {
-        return PyObject_CallMethodNoArgs(loop, st->s_create_future);
+        return PyObject_CallMethodNoArgs(loop,
+                                         st->lm_name[CD_LM_CREATE_FUTURE]);
     }
-    return loopmeth_make(st, loop);
+    return lm_future_make(st, loop);
 }
 
-static PyMethodDef loopmeth_methods[] = {
-    {"create_future", loopmeth_create_future, METH_NOARGS,
-     "Create a Future object attached to the loop."},
+/* ---- The type. */
+
+void
+cd_loopmeth_forget(cd_state *st, cd_loop_t *core)
+{
+    if (st->lm_core == core) {
+        st->lm_core = NULL;
+    }
+}
+
+#define CD_LM_FASTCALL_FLAGS METH_METHOD | METH_FASTCALL | METH_KEYWORDS
+
+static PyMethodDef lm_methods[] = {
+    {"create_future", (PyCFunction)(void (*)(void))lm_create_future,
+     CD_LM_FASTCALL_FLAGS, "Create a Future object attached to the loop."},
+    {"call_soon", (PyCFunction)(void (*)(void))lm_call_soon,
+     CD_LM_FASTCALL_FLAGS,
+     "call_soon(callback, *args, context=None): asyncio's, in C."},
+    {"call_soon_threadsafe",
+     (PyCFunction)(void (*)(void))lm_call_soon_threadsafe,
+     CD_LM_FASTCALL_FLAGS,
+     "call_soon_threadsafe(callback, *args, context=None), in C."},
+    {"call_at", (PyCFunction)(void (*)(void))lm_call_at, CD_LM_FASTCALL_FLAGS,
+     "call_at(when, callback, *args, context=None): asyncio's, in C."},
+    {"call_later", (PyCFunction)(void (*)(void))lm_call_later,
+     CD_LM_FASTCALL_FLAGS,
+     "call_later(delay, callback, *args, context=None): asyncio's, in C."},
+    {"create_task", (PyCFunction)(void (*)(void))lm_create_task,
+     CD_LM_FASTCALL_FLAGS,
+     "create_task(coro, *, name=None, context=None): asyncio's, in C."},
+    {"run_in_executor", (PyCFunction)(void (*)(void))lm_run_in_executor,
+     CD_LM_FASTCALL_FLAGS,
+     "run_in_executor(executor, func, *args): asyncio's, its future "
+     "completed from C."},
+    {"get_debug", (PyCFunction)(void (*)(void))lm_get_debug,
+     CD_LM_FASTCALL_FLAGS, "get_debug(): asyncio's, in C."},
+    {"_run_once", (PyCFunction)(void (*)(void))lm_run_once,
+     CD_LM_FASTCALL_FLAGS,
+     "One run-once step of the loop: asyncio's, in C (csrc/sched.c)."},
+    {"_timer_handle_cancelled",
+     (PyCFunction)(void (*)(void))lm_timer_handle_cancelled,
+     CD_LM_FASTCALL_FLAGS,
+     "Counts a cancelled timer still in the heap: asyncio's, in C."},
     {NULL, NULL, 0, NULL},
 };
 
-static PyType_Slot loopmeth_slots[] = {
+static PyType_Slot lm_slots[] = {
     {Py_tp_doc, "BaseEventLoop methods in C: the first base of "
                 "cdaphne.loop.LibuvEventLoop."},
-    {Py_tp_methods, loopmeth_methods},
+    {Py_tp_methods, lm_methods},
     {0, NULL},
 };
 
-static PyType_Spec loopmeth_spec = {
+static PyType_Spec lm_spec = {
     .name = "cdaphne._cdaphne.LoopMethods",
-    .basicsize = 0, /* object's: a mixin, no fields */
+    .basicsize = 0, /* object's: see the top of the file */
     .flags =
         Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
-    .slots = loopmeth_slots,
+    .slots = lm_slots,
 };
+
+/* The names, and BaseEventLoop's functions of those names. */
+static int
+lm_init_names(cd_state *st)
+{
+    PyObject *base = NULL;
+    PyObject *mod = PyImport_ImportModule("asyncio.base_events");
+    if (mod == NULL) {
+        return -1;
+    }
+    base = PyObject_GetAttrString(mod, "BaseEventLoop");
+    Py_DECREF(mod);
+    if (base == NULL) {
+        return -1;
+    }
+    int rc = 0;
+    for (int i = 0; i < CD_LM_N && rc == 0; i++) {
+        st->lm_name[i] = PyUnicode_InternFromString(lm_names[i]);
+        st->lm_base[i] = st->lm_name[i]
+                             ? lm_own((PyTypeObject *)base, st->lm_name[i])
+                             : NULL;
+        if (st->lm_base[i] == NULL) {
+            if (!PyErr_Occurred()) {
+                PyErr_Format(PyExc_AttributeError,
+                             "asyncio.BaseEventLoop has no %s", lm_names[i]);
+            }
+            rc = -1;
+        }
+        Py_XINCREF(st->lm_base[i]);
+    }
+    Py_DECREF(base);
+    return rc;
+}
 
 int
 cd_loopmeth_type_init(PyObject *module, cd_state *st)
@@ -266,11 +523,11 @@ cd_loopmeth_type_init(PyObject *module, cd_state *st)
     }
     st->get_running_loop = PyObject_GetAttrString(aio, "_get_running_loop");
     Py_DECREF(aio);
-    if (st->get_running_loop == NULL) {
+    if (st->get_running_loop == NULL || lm_init_names(st) < 0) {
         return -1;
     }
     st->LoopMethods_type =
-        (PyTypeObject *)PyType_FromModuleAndSpec(module, &loopmeth_spec, NULL);
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &lm_spec, NULL);
     if (st->LoopMethods_type == NULL) {
         return -1;
     }

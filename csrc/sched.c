@@ -65,32 +65,13 @@ int
 cd_sched_init(cd_state *st)
 {
     PyObject *events = PyImport_ImportModule("asyncio.events");
-    PyObject *base = NULL;
     int rc = -1;
     if (events == NULL) {
         return -1;
     }
     st->asyncio_Handle = PyObject_GetAttrString(events, "Handle");
     st->asyncio_TimerHandle = PyObject_GetAttrString(events, "TimerHandle");
-    base = PyImport_ImportModule("asyncio.base_events");
-    if (!st->asyncio_Handle || !st->asyncio_TimerHandle || !base) {
-        goto done;
-    }
-    PyObject *cls = PyObject_GetAttrString(base, "BaseEventLoop");
-    if (cls == NULL) {
-        goto done;
-    }
-    st->base_call_soon = PyObject_GetAttrString(cls, "call_soon");
-    st->base_run_once = PyObject_GetAttrString(cls, "_run_once");
-    st->base_call_at = PyObject_GetAttrString(cls, "call_at");
-    st->base_call_later = PyObject_GetAttrString(cls, "call_later");
-    st->base_call_soon_threadsafe =
-        PyObject_GetAttrString(cls, "call_soon_threadsafe");
-    st->base_time = PyObject_GetAttrString(cls, "time");
-    Py_DECREF(cls);
-    if (!st->base_call_soon || !st->base_run_once || !st->base_call_at ||
-        !st->base_call_later || !st->base_call_soon_threadsafe ||
-        !st->base_time) {
+    if (!st->asyncio_Handle || !st->asyncio_TimerHandle) {
         goto done;
     }
     cd_handle_slots_t *o = &st->handle_slots;
@@ -129,7 +110,6 @@ cd_sched_init(cd_state *st)
 #endif
     rc = 0;
 done:
-    Py_XDECREF(base);
     Py_DECREF(events);
     return rc;
 }
@@ -320,13 +300,13 @@ monotonic(double *out)
     return 0;
 }
 
-/* 1 when loop.time() is BaseEventLoop.time's clock (the class keeps it
- * and no instance attribute replaces it), 0 when it must be called, -1 on
+/* 1 when no instance attribute replaces loop.time() (what the class
+ * resolves it to is cd_loopmeth_plain's), 0 when it must be called, -1 on
  * error. */
 static int
 core_time_is_clock_read(cd_loop_t *core)
 {
-    if (!core->time_is_base || core->aio_dict == NULL) {
+    if (core->aio_dict == NULL) {
         return 0;
     }
     PyObject *v = PyDict_GetItemWithError(core->aio_dict, core->st->s_time);
@@ -392,7 +372,7 @@ core_attrs_load(cd_loop_t *core)
 #if PY_VERSION_HEX >= 0x030C0000
     cd_state *st = core->st;
     if (core->aio_loop == NULL || core->aio_dict == NULL ||
-        st->dict_watcher == 0) {
+        core->dict_watch == 0) {
         return 0;
     }
     uint64_t gen = attrs_gen;
@@ -495,10 +475,16 @@ core_selector(cd_loop_t *core)
     return core_get(core, core->st->s__selector);
 }
 
-/* 1 when loop.time() is the monotonic clock, 0 if not, -1 on error. */
+/* 1 when loop.time() is the monotonic clock (its class keeps
+ * BaseEventLoop.time, and no instance attribute replaces it), 0 if not,
+ * -1 on error. */
 static int
 core_time_is_clock(cd_loop_t *core)
 {
+    int plain = cd_loopmeth_plain(core->st, core->aio_loop, CD_LM_TIME);
+    if (plain <= 0) {
+        return plain;
+    }
     int c = core_attrs(core);
     if (c < 0) {
         return -1;
@@ -537,31 +523,6 @@ core_time_obj(cd_loop_t *core)
                                                 : PyFloat_FromDouble(now);
     }
     return PyObject_CallMethodNoArgs(core->aio_loop, core->st->s_time);
-}
-
-/* Calls asyncio's own method fn(loop, *args, **kw) with the arguments
- * as received (vectorcall). */
-static PyObject *
-sched_fallback(PyObject *fn, PyObject *loop, PyObject *const *args,
-               Py_ssize_t nargs, PyObject *kwnames)
-{
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    PyObject *small[8], **full = small;
-    if (nargs + nkw + 1 > 8) {
-        full = PyMem_Malloc((nargs + nkw + 1) * sizeof(PyObject *));
-        if (full == NULL) {
-            return PyErr_NoMemory();
-        }
-    }
-    full[0] = loop;
-    for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
-        full[i + 1] = args[i];
-    }
-    PyObject *r = PyObject_Vectorcall(fn, full, nargs + 1, kwnames);
-    if (full != small) {
-        PyMem_Free(full);
-    }
-    return r;
 }
 
 /* The checks shared by call_soon/call_at/call_later: nfixed positional
@@ -649,8 +610,8 @@ cd_sched_call_soon(cd_loop_t *core, PyObject *const *args, size_t nargsf,
     int ok = sched_check(core, args, nargs, kwnames, 0, &context);
     if (ok <= 0) {
         return ok < 0 ? NULL
-                      : sched_fallback(st->base_call_soon, core->aio_loop,
-                                       args, nargs, kwnames);
+                      : cd_loopmeth_call(st->lm_base[CD_LM_CALL_SOON],
+                                         core->aio_loop, args, nargs, kwnames);
     }
     return sched_ready_push(core, args, nargs, context);
 }
@@ -669,9 +630,10 @@ cd_sched_call_soon_threadsafe(cd_loop_t *core, PyObject *const *args,
     PyObject *context, *h = NULL;
     int ok = sched_check(core, args, nargs, kwnames, 0, &context);
     if (ok <= 0) {
-        return ok < 0 ? NULL
-                      : sched_fallback(st->base_call_soon_threadsafe,
-                                       core->aio_loop, args, nargs, kwnames);
+        return ok < 0
+                   ? NULL
+                   : cd_loopmeth_call(st->lm_base[CD_LM_CALL_SOON_THREADSAFE],
+                                      core->aio_loop, args, nargs, kwnames);
     }
     if (core->ts_handle == NULL) {
         h = sched_ready_push(core, args, nargs, context);
@@ -1009,8 +971,8 @@ cd_sched_call_at(cd_loop_t *core, PyObject *const *args, size_t nargsf,
     int ok = sched_check(core, args, nargs, kwnames, 1, &context);
     if (ok <= 0) {
         return ok < 0 ? NULL
-                      : sched_fallback(st->base_call_at, core->aio_loop, args,
-                                       nargs, kwnames);
+                      : cd_loopmeth_call(st->lm_base[CD_LM_CALL_AT],
+                                         core->aio_loop, args, nargs, kwnames);
     }
     return sched_timer(core, args[0], args + 1, nargs - 1, context);
 }
@@ -1049,8 +1011,8 @@ cd_sched_call_later(cd_loop_t *core, PyObject *const *args, size_t nargsf,
     int ok = sched_check(core, args, nargs, kwnames, 1, &context);
     if (ok <= 0) {
         return ok < 0 ? NULL
-                      : sched_fallback(st->base_call_later, core->aio_loop,
-                                       args, nargs, kwnames);
+                      : cd_loopmeth_call(st->lm_base[CD_LM_CALL_LATER],
+                                         core->aio_loop, args, nargs, kwnames);
     }
     PyObject *when = sched_when(core, args[0]);
     if (when == NULL) {
@@ -1431,9 +1393,9 @@ cd_sched_step(cd_loop_t *core, PyObject *unused)
     int debug = core_flag(core, CD_ATTR_DEBUG, st->s__debug);
     if (debug != 0) {
         /* Slow-callback warnings and _current_handle: asyncio's. */
-        return debug < 0
-                   ? NULL
-                   : PyObject_CallOneArg(st->base_run_once, core->aio_loop);
+        return debug < 0 ? NULL
+                         : PyObject_CallOneArg(st->lm_base[CD_LM_RUN_ONCE],
+                                               core->aio_loop);
     }
     PyObject *sched = core_scheduled(core);
     int r = sched ? sched_prune(core, sched) : -1;
@@ -1472,9 +1434,60 @@ sched_unwatch(cd_loop_t *core, int keep)
     }
 }
 
+#if PY_VERSION_HEX >= 0x030C0000
+/* 1 if the watcher of the loop's __dict__ sees an attribute stored
+ * through the loop, 0 if not, -1 on error.  CPython 3.13.0 stores the
+ * attributes of an object that keeps them inline (a class whose instances
+ * have at most 30 attributes) without telling the watchers of its
+ * materialized __dict__ (gh-125608, fixed in 3.13.1): the loop then gets
+ * a __dict__ of its own (sched_own_dict), or, failing that, the core reads
+ * the __dict__ at every use.  Checked with loop._debug, stored twice. */
+static int
+sched_watch_works(cd_loop_t *core)
+{
+    cd_state *st = core->st;
+    PyObject *v = PyDict_GetItemWithError(core->aio_dict, st->s__debug);
+    if (v == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    uint64_t gen = attrs_gen;
+    Py_INCREF(v);
+    int r = PyObject_SetAttr(core->aio_loop, st->s__debug,
+                             v == Py_None ? Py_False : Py_None);
+    int seen = attrs_gen != gen;
+    if (PyObject_SetAttr(core->aio_loop, st->s__debug, v) < 0) {
+        r = -1;
+    }
+    Py_DECREF(v);
+    return r < 0 ? -1 : seen;
+}
+
+/* Gives the loop a __dict__ of its own, a copy of the one that shows its
+ * inline values, which its watchers then see every store to (the object
+ * stops using the inline values), and reads that one. */
+static int
+sched_own_dict(cd_loop_t *core)
+{
+    PyObject *d = PyObject_GenericGetDict(core->aio_loop, NULL);
+    PyObject *own = d ? PyDict_New() : NULL;
+    int r = own ? PyDict_Update(own, d) : -1;
+    if (r == 0) {
+        /* loop.__dict__ = own, which stops the inline values (3.13.0's
+         * PyObject_GenericSetDict would keep them, and the dict stale). */
+        r = PyObject_SetAttrString(core->aio_loop, "__dict__", own);
+    }
+    Py_XDECREF(d);
+    if (r < 0) {
+        Py_XDECREF(own);
+        return -1;
+    }
+    core->aio_dict = own;
+    return 0;
+}
+#endif
+
 /* Reads the loop's attributes from its __dict__ if its class has no data
- * descriptor for any name the core reads; notes whether it keeps
- * BaseEventLoop.time. */
+ * descriptor for any name the core reads. */
 static int
 sched_attach_dict(cd_loop_t *core)
 {
@@ -1485,7 +1498,6 @@ sched_attach_dict(cd_loop_t *core)
                          st->s__selector,    st->s__clock_resolution,
                          st->s__task_factory};
     sched_unwatch(core, 0);
-    core->time_is_base = 0;
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         PyObject *d = PyObject_GetAttr(tp, names[i]);
         if (d == NULL) {
@@ -1501,12 +1513,6 @@ sched_attach_dict(cd_loop_t *core)
             return 0;
         }
     }
-    PyObject *t = PyObject_GetAttr(tp, st->s_time);
-    if (t == NULL) {
-        return -1;
-    }
-    core->time_is_base = t == st->base_time;
-    Py_DECREF(t);
     PyObject *d = PyObject_GenericGetDict(core->aio_loop, NULL);
     if (d == NULL) {
         return -1;
@@ -1515,16 +1521,27 @@ sched_attach_dict(cd_loop_t *core)
         Py_DECREF(d);
         return 0;
     }
+    core->aio_dict = d;
 #if PY_VERSION_HEX >= 0x030C0000
-    if (st->dict_watcher != 0) {
-        if (PyDict_Watch(st->dict_watcher - 1, d) < 0) {
-            Py_DECREF(d);
+    /* The second try watches a __dict__ of the loop's own. */
+    for (int again = 0; st->dict_watcher != 0; again = 1) {
+        if (PyDict_Watch(st->dict_watcher - 1, core->aio_dict) < 0) {
             return -1;
         }
         core->dict_watch = st->dict_watcher;
+        int seen = sched_watch_works(core);
+        if (seen != 0 || again) {
+            if (seen <= 0) {
+                sched_unwatch(core, 1);
+            }
+            return seen < 0 ? -1 : 0;
+        }
+        sched_unwatch(core, 0);
+        if (sched_own_dict(core) < 0) {
+            return -1;
+        }
     }
 #endif
-    core->aio_dict = d;
     return 0;
 }
 

@@ -113,7 +113,8 @@
     X(s__clock_resolution, "_clock_resolution")                               \
     X(s__when, "_when")                                                       \
     X(s__cancelled, "_cancelled")                                             \
-    X(s__run, "_run")
+    X(s__run, "_run")                                                         \
+    X(s_core, "core")
 
 /* Offsets of asyncio.Handle's slots (sched.c). */
 typedef struct {
@@ -123,6 +124,38 @@ typedef struct {
 } cd_handle_slots_t;
 
 struct cd_pubsub_s;
+
+/* The loop methods that LoopMethods (loopmeth.c) serves in C, and time(),
+ * which the scheduling core reads the clock for: what a loop's class
+ * resolves each name to decides whether the C path may run. */
+typedef enum {
+    CD_LM_CREATE_FUTURE,
+    CD_LM_CALL_SOON,
+    CD_LM_CALL_SOON_THREADSAFE,
+    CD_LM_CALL_AT,
+    CD_LM_CALL_LATER,
+    CD_LM_CREATE_TASK,
+    CD_LM_RUN_IN_EXECUTOR,
+    CD_LM_GET_DEBUG,
+    CD_LM_RUN_ONCE,
+    CD_LM_TIMER_CANCELLED,
+    CD_LM_TIME, /* not a method of LoopMethods */
+    CD_LM_N,
+} cd_lm_t;
+
+/* What a loop class resolves the CD_LM_* names to (loopmeth.c), valid
+ * while the class keeps the version tag it was found with: setting an
+ * attribute of the class or of any class in its MRO changes the tag. */
+typedef struct {
+    unsigned int tag;   /* tp_version_tag of the class; 0: nothing valid */
+    uint32_t next_base; /* bit i: after LoopMethods in the MRO, name i is
+                           asyncio's own function (lm_base[i]) */
+    uint32_t plain;     /* bit i: next_base, and nothing before LoopMethods
+                           overrides name i: type(loop).<i> is ours */
+    PyObject *next[CD_LM_N]; /* borrowed: what follows LoopMethods in the
+                                MRO (the classes' dicts keep it while the
+                                tag holds), or NULL */
+} cd_lm_cache_t;
 
 typedef struct {
     /* Heap types. */
@@ -138,13 +171,17 @@ typedef struct {
     /* Imported at exec time: asyncio.Task, logging callables. */
     PyObject *asyncio_Task;
     PyObject *asyncio_Future;
-    /* asyncio.BaseEventLoop.create_future: a loop whose class keeps it
-     * gets asyncio.Future(loop=loop) made directly (cd_future_new). */
-    PyObject *base_create_future;
-    /* loopmeth.c: the CD_LOOPMETH_* flags of the loop class that last
-     * had them found, while it keeps this version tag (0: none). */
-    unsigned int loopmeth_tag;
-    int loopmeth_flags;
+    /* loopmeth.c: the names of the loop methods LoopMethods serves (and
+     * time), and asyncio.BaseEventLoop's own functions of those names,
+     * which the C paths stand for and fall back to. */
+    PyObject *lm_name[CD_LM_N];
+    PyObject *lm_base[CD_LM_N];
+    /* What the class of the loop asked last resolved the names to. */
+    cd_lm_cache_t lm_cache;
+    /* borrowed: the LoopCore of the loop whose LoopMethods method ran last
+     * (its loop.core): valid while it is attached to that loop; the core
+     * clears it when it goes (cd_loop_t's dealloc). */
+    struct cd_loop_s *lm_core;
     PyObject *get_running_loop; /* _asyncio._get_running_loop */
     PyObject *asyncio_CancelledError;
     PyObject *convert_future_exc; /* asyncio.futures._convert_future_exc */
@@ -157,12 +194,6 @@ typedef struct {
     /* The scheduling core's (sched.c). */
     PyObject *asyncio_Handle;
     PyObject *asyncio_TimerHandle;
-    PyObject *base_call_soon; /* BaseEventLoop.call_soon */
-    PyObject *base_run_once;  /* BaseEventLoop._run_once */
-    PyObject *base_call_at;   /* BaseEventLoop.call_at */
-    PyObject *base_call_later;
-    PyObject *base_call_soon_threadsafe;
-    PyObject *base_time; /* BaseEventLoop.time */
     cd_handle_slots_t handle_slots;
     int dict_watcher; /* sched.c's PyDict watcher id + 1; 0: none */
     /* Where a Handle's weak reference list is (tp_weaklistoffset, which

@@ -42,14 +42,9 @@ cd_strings_init(cd_state *st)
     st->asyncio_CancelledError =
         PyObject_GetAttrString(asyncio, "CancelledError");
     st->asyncio_Future = PyObject_GetAttrString(asyncio, "Future");
-    PyObject *base = PyObject_GetAttrString(asyncio, "BaseEventLoop");
     Py_DECREF(asyncio);
-    if (base != NULL) {
-        st->base_create_future = PyObject_GetAttr(base, st->s_create_future);
-        Py_DECREF(base);
-    }
     if (!st->asyncio_Task || !st->asyncio_CancelledError ||
-        !st->asyncio_Future || !st->base_create_future) {
+        !st->asyncio_Future) {
         return -1;
     }
     return 0;
@@ -66,6 +61,9 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->Hop_type);
     Py_VISIT(st->ReadyQueue_type);
     Py_VISIT(st->LoopMethods_type);
+    for (int i = 0; i < CD_LM_N; i++) {
+        Py_VISIT(st->lm_base[i]);
+    }
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->convert_future_exc);
     Py_VISIT(st->cf_Future);
@@ -74,16 +72,9 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->cf_CANCELLED_AND_NOTIFIED);
     Py_VISIT(st->asyncio_Handle);
     Py_VISIT(st->asyncio_TimerHandle);
-    Py_VISIT(st->base_call_soon);
-    Py_VISIT(st->base_run_once);
-    Py_VISIT(st->base_time);
-    Py_VISIT(st->base_call_later);
-    Py_VISIT(st->base_call_soon_threadsafe);
-    Py_VISIT(st->base_call_at);
     Py_VISIT(st->asyncio_Task);
     Py_VISIT(st->asyncio_CancelledError);
     Py_VISIT(st->asyncio_Future);
-    Py_VISIT(st->base_create_future);
     Py_VISIT(st->asgi_dict);
     Py_VISIT(st->ws_text_template);
     Py_VISIT(st->ws_bytes_template);
@@ -108,6 +99,11 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->Hop_type);
     Py_CLEAR(st->ReadyQueue_type);
     Py_CLEAR(st->LoopMethods_type);
+    for (int i = 0; i < CD_LM_N; i++) {
+        Py_CLEAR(st->lm_name[i]);
+        Py_CLEAR(st->lm_base[i]);
+    }
+    st->lm_cache.tag = 0;
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->convert_future_exc);
     Py_CLEAR(st->cf_Future);
@@ -116,16 +112,9 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->cf_CANCELLED_AND_NOTIFIED);
     Py_CLEAR(st->asyncio_Handle);
     Py_CLEAR(st->asyncio_TimerHandle);
-    Py_CLEAR(st->base_call_soon);
-    Py_CLEAR(st->base_run_once);
-    Py_CLEAR(st->base_time);
-    Py_CLEAR(st->base_call_later);
-    Py_CLEAR(st->base_call_soon_threadsafe);
-    Py_CLEAR(st->base_call_at);
     Py_CLEAR(st->asyncio_Task);
     Py_CLEAR(st->asyncio_CancelledError);
     Py_CLEAR(st->asyncio_Future);
-    Py_CLEAR(st->base_create_future);
     Py_CLEAR(st->empty_bytes);
     Py_CLEAR(st->empty_tuple);
     Py_CLEAR(st->asgi_dict);

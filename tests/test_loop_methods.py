@@ -8,6 +8,8 @@ import asyncio
 import concurrent.futures
 import gc
 import weakref
+from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -201,3 +203,152 @@ def test_a_closed_loop_is_not_kept_alive():
     del lp
     gc.collect()
     assert ref() is None
+
+
+# ---- Every fast method of the loop is a method of the class (issue 11).
+#
+# Each name is what asyncio (or the app) calls on the loop; the workload
+# below reaches every one of them, directly and through asyncio's own
+# code (Future callbacks, sleep, ensure_future, TimerHandle.cancel).
+FAST_METHODS = [
+    "call_soon",
+    "call_later",
+    "call_at",
+    "call_soon_threadsafe",
+    "create_task",
+    "run_in_executor",
+    "get_debug",
+    "create_future",
+    "time",
+    "_run_once",
+    "_timer_handle_cancelled",
+]
+
+
+def _noop() -> None:
+    pass
+
+
+def _workload(loop: asyncio.AbstractEventLoop) -> None:
+    async def child() -> int:
+        await asyncio.sleep(0)
+        return 1
+
+    async def main() -> None:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.001)
+        assert await asyncio.ensure_future(child()) == 1
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            assert await loop.run_in_executor(pool, int, "2") == 2
+        fut = loop.create_future()
+        loop.call_soon_threadsafe(fut.set_result, 3)
+        assert await fut == 3
+        loop.call_soon(_noop)
+        loop.call_at(loop.time() + 10, _noop).cancel()
+        loop.call_later(10, _noop).cancel()
+        loop.get_debug()
+
+    loop.run_until_complete(main())
+
+
+def _recorder(name: str, calls: list[str], original: Any) -> Any:
+    def method(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(name)
+        return original(self, *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+def _asyncios_and_ours() -> list[type[asyncio.AbstractEventLoop]]:
+    return [asyncio.SelectorEventLoop, LibuvEventLoop]
+
+
+@pytest.mark.parametrize("name", FAST_METHODS)
+@pytest.mark.parametrize("base", _asyncios_and_ours(), ids=["asyncio", "cdaphne"])
+def test_a_subclass_override_of_a_fast_method_is_used(base, name):
+    calls: list[str] = []
+
+    def override(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(name)
+        return getattr(super(Sub, self), name)(*args, **kwargs)
+
+    Sub = type("Sub", (base,), {name: override})
+    loop = Sub()
+    try:
+        assert name not in vars(loop)
+        _workload(loop)
+    finally:
+        loop.close()
+    assert calls, f"{base.__name__} subclass: {name} override never called"
+
+
+@pytest.mark.parametrize("name", FAST_METHODS)
+@pytest.mark.parametrize("base", _asyncios_and_ours(), ids=["asyncio", "cdaphne"])
+def test_a_class_patch_made_after_the_loop_exists_is_used_for_every_method(base, name):
+    calls: list[str] = []
+    loop = base()
+    try:
+        _workload(loop)  # warm: whatever is cached is cached now
+        with mock.patch.object(base, name, _recorder(name, calls, getattr(base, name))):
+            _workload(loop)
+        n = len(calls)
+        _workload(loop)  # the patch is gone again
+        assert len(calls) == n
+    finally:
+        loop.close()
+    assert calls, f"{base.__name__}.{name} patched after the loop existed: never called"
+
+
+@pytest.mark.parametrize("name", FAST_METHODS)
+@pytest.mark.parametrize("base", _asyncios_and_ours(), ids=["asyncio", "cdaphne"])
+def test_a_patch_of_base_event_loop_is_used_for_every_method(base, name):
+    calls: list[str] = []
+    loop = base()
+    try:
+        _workload(loop)
+        original = asyncio.BaseEventLoop.__dict__[name]
+        with mock.patch.object(asyncio.BaseEventLoop, name, _recorder(name, calls, original)):
+            _workload(loop)
+    finally:
+        loop.close()
+    assert calls, f"BaseEventLoop.{name} patched: never called on {base.__name__}"
+
+
+@pytest.mark.parametrize("name", FAST_METHODS)
+@pytest.mark.parametrize("base", _asyncios_and_ours(), ids=["asyncio", "cdaphne"])
+def test_an_instance_attribute_wins_for_every_method(base, name):
+    calls: list[str] = []
+    loop = base()
+    try:
+        bound = getattr(loop, name)
+
+        def instead(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(name)
+            return bound(*args, **kwargs)
+
+        setattr(loop, name, instead)
+        _workload(loop)
+        delattr(loop, name)
+        n = len(calls)
+        _workload(loop)
+        assert len(calls) == n
+    finally:
+        loop.close()
+    assert calls
+
+
+def test_the_fast_methods_are_c_methods_of_the_class_not_of_the_instance(loop):
+    for name in FAST_METHODS:
+        assert name not in vars(loop), name
+        if name != "time":
+            assert getattr(LibuvEventLoop, name) is LoopMethods.__dict__[name], name
+
+
+def test_a_class_patch_of_time_moves_the_timers_call_later_makes(loop):
+    when = loop.call_later(5, _noop).when()
+    assert abs(when - (loop.time() + 5)) < 1
+    with mock.patch.object(LibuvEventLoop, "time", lambda self: 1000.0):
+        assert loop.call_later(5, _noop).when() == 1005.0
+        assert loop.call_later(5.5, _noop).when() == 1005.5
+    assert loop.call_later(5, _noop).when() < 1000.0 or loop.time() > 995

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from cdaphne._cdaphne import LoopMethods
 from cdaphne.loop import new_event_loop
 
 Scenario = Callable[[asyncio.AbstractEventLoop], Any]
@@ -798,7 +799,8 @@ def test_call_soon_threadsafe_makes_asyncios_locked_handle(locked_threadsafe):
 
     def scenario(loop):
         if hasattr(loop, "core"):  # cdaphne's: made in C, not by asyncio
-            assert loop.call_soon_threadsafe == loop.core.call_soon_threadsafe
+            assert "call_soon_threadsafe" not in vars(loop)
+            assert type(loop).call_soon_threadsafe is LoopMethods.__dict__["call_soon_threadsafe"]
         out = []
         h = loop.call_soon_threadsafe(out.append, "x")
         assert type(h) is locked_threadsafe
@@ -821,3 +823,20 @@ def test_call_soon_threadsafe_makes_asyncios_locked_handle(locked_threadsafe):
     out, _, _, h_cancelled, gone_cancelled, shared = on_both(scenario)
     assert out == ["x", "kept"]
     assert not h_cancelled and gone_cancelled and not shared
+
+
+def test_the_loops_dict_stays_its_attributes_and_the_core_sees_every_store(loop):
+    """The core caches what it reads of the loop's __dict__ and is told of
+    changes by a dict watcher; CPython 3.13.0 does not tell watchers about
+    attributes an object keeps inline (gh-125608), so the loop may get a
+    __dict__ of its own: that one must stay the loop's attributes."""
+    loop.extra = 1
+    assert vars(loop)["extra"] == 1 and loop.extra == 1
+    vars(loop)["other"] = 2
+    assert loop.other == 2
+    for debug in (True, False, True):
+        loop.set_debug(debug)
+        assert vars(loop)["_debug"] is debug and loop.get_debug() is debug
+        h = loop.call_soon(print)
+        assert (h._source_traceback is not None) is debug
+        h.cancel()

@@ -9,7 +9,6 @@ every asyncio API keeps working inside apps.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import inspect
 import selectors
 from asyncio import format_helpers
@@ -106,13 +105,17 @@ class LibuvEventLoop(LoopMethods, asyncio.SelectorEventLoop):  # type: ignore[mi
     """asyncio's selector event loop, on libuv.
 
     `LoopMethods` (csrc/loopmeth.c) comes first: its C methods
-    (`create_future`) are the class's own, so subclasses, class patches
-    and instance attributes override them as they would asyncio's.
+    (`call_soon`, `call_at`, `call_later`, `call_soon_threadsafe`,
+    `create_task`, `create_future`, `run_in_executor`, `get_debug`,
+    `_run_once`, `_timer_handle_cancelled`) are the class's own, so
+    subclasses, class patches (of this class or of asyncio's) and instance
+    attributes override them as they would asyncio's.  They schedule on
+    `self.core`, the libuv loop's scheduling core (csrc/sched.c).
 
     Thread hops skip asyncio's self-pipe: `call_soon_threadsafe` wakes the
     loop through an eventfd of its own (csrc/loop.c; the self-pipe stays
     for signals only), and `run_in_executor` completes its future from C
-    on the loop's thread.
+    on the loop's thread (csrc/hop.c).
     """
 
     def __init__(self) -> None:
@@ -125,30 +128,12 @@ class LibuvEventLoop(LoopMethods, asyncio.SelectorEventLoop):  # type: ignore[mi
         self._write_to_self = self.core.wakeup
         # The scheduling core in C (csrc/sched.c): _ready becomes its ring
         # of handles (csrc/readyq.c), _scheduled stays a list (kept in
-        # heapq's order from C); debug mode takes asyncio's paths.
+        # heapq's order from C); debug mode takes asyncio's paths.  Until
+        # here LoopMethods' methods were asyncio's.
         ready = self.core.sched_init(_report_callback_error, selector)
         for handle in self._ready:
             ready.append(handle)
         self._ready = ready
-        self.call_soon = self.core.call_soon
-        self.call_at = self.core.call_at
-        self.call_later = self.core.call_later
-        self._timer_handle_cancelled = self.core.timer_cancelled
-        if type(self).get_debug is asyncio.BaseEventLoop.get_debug:
-            # Every Future and Task asks it: read in C (a subclass's own
-            # get_debug stays).
-            self.get_debug = self.core.get_debug  # type: ignore[method-assign]
-        # In C, also where asyncio makes a locked _ThreadSafeHandle (the
-        # core makes the same one).
-        self.call_soon_threadsafe = self.core.call_soon_threadsafe
-        self._run_once = self.core.step
-        if type(self).run_in_executor is LibuvEventLoop.run_in_executor:
-            # A given executor outside debug mode takes the C path
-            # (csrc/hop.c), which hands everything else to the method below.
-            self.run_in_executor = self.core.run_in_executor  # type: ignore[method-assign]
-        if type(self).create_task is asyncio.BaseEventLoop.create_task:
-            # Without a task factory or debug mode, in C (csrc/loopapi.c).
-            self.create_task = self.core.create_task  # type: ignore[method-assign]
 
     # BaseEventLoop's attribute, kept by the C core (csrc/sched.c).
     @property
@@ -158,26 +143,6 @@ class LibuvEventLoop(LoopMethods, asyncio.SelectorEventLoop):  # type: ignore[mi
     @_timer_cancelled_count.setter
     def _timer_cancelled_count(self, n: int) -> None:
         self.core.timer_cancelled_count = n
-
-    def run_in_executor(
-        self, executor: concurrent.futures.Executor | None, func: Any, *args: Any
-    ) -> asyncio.Future[Any]:
-        # BaseEventLoop.run_in_executor, except that the concurrent future
-        # is chained to the asyncio one in C (see csrc/hop.c).
-        self._check_closed()
-        if self._debug:
-            self._check_callback(func, "run_in_executor")  # type: ignore[attr-defined]
-        if executor is None:
-            executor = self._default_executor  # type: ignore[attr-defined]
-            # Only check when the default executor is being used.
-            self._check_default_executor()  # type: ignore[attr-defined]
-            if executor is None:
-                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
-                self._default_executor = executor
-        future = executor.submit(func, *args)
-        if isinstance(future, concurrent.futures.Future):
-            return self.core.hop(future)  # type: ignore[no-any-return]
-        return asyncio.wrap_future(future, loop=self)
 
 
 def new_event_loop() -> LibuvEventLoop:
