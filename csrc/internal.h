@@ -293,12 +293,24 @@ PyObject *cd_loopmeth_future_new(cd_state *st, PyObject *loop);
  * call; the instance's own attributes are the caller's to check), 0 if
  * not, -1 on error. */
 int cd_loopmeth_plain(cd_state *st, PyObject *loop, cd_lm_t which);
+/* Borrowed: k.__dict__[name], or NULL (an exception set if the lookup
+ * failed). */
+PyObject *cd_loopmeth_own(PyTypeObject *k, PyObject *name);
+/* Borrowed: the core of loop when loop.<which>(...) would run its C path
+ * (the class keeps LoopMethods' method, no instance attribute replaces it,
+ * the loop is the core's), for C callers that skip the method call; NULL
+ * if not, with an exception set on error. */
+cd_loop_t *cd_loopmeth_direct(cd_state *st, PyObject *loop, cd_lm_t which);
 /* Drops the module's note of core (its dealloc). */
 void cd_loopmeth_forget(cd_state *st, cd_loop_t *core);
 /* New reference: fn(self, *args, **kw), args as vectorcall passes them. */
 PyObject *cd_loopmeth_call(PyObject *fn, PyObject *self,
                            PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames);
+
+/* ---- timer.c: the loop's timers (asyncio.TimerHandle subclass) ---- */
+/* Imports asyncio's Handle and TimerHandle into st, makes Timer_type. */
+int cd_timer_type_init(PyObject *module, cd_state *st);
 
 /* ---- readyq.c: the loop's ready queue (loop._ready) --------------- */
 int cd_readyq_type_init(PyObject *module, cd_state *st);

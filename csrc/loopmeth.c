@@ -47,10 +47,8 @@ static const char *const lm_names[CD_LM_N] = {
 
 /* ---- Resolution: what a class's MRO holds for each name. */
 
-/* Borrowed: k.__dict__[name], or NULL (an exception set if the lookup
- * failed). */
-static PyObject *
-lm_own(PyTypeObject *k, PyObject *name)
+PyObject *
+cd_loopmeth_own(PyTypeObject *k, PyObject *name)
 {
 #if PY_VERSION_HEX >= 0x030C0000
     PyObject *d = PyType_GetDict(k); /* new reference (3.12+) */
@@ -86,7 +84,7 @@ lm_walk(cd_state *st, PyTypeObject *tp, cd_lm_cache_t *c)
             if (!(todo & (1u << i))) {
                 continue;
             }
-            PyObject *v = lm_own(k, st->lm_name[i]);
+            PyObject *v = cd_loopmeth_own(k, st->lm_name[i]);
             if (v == NULL && PyErr_Occurred()) {
                 return -1;
             }
@@ -420,6 +418,25 @@ cd_loopmeth_future_new(cd_state *st, PyObject *loop)
     return lm_future_make(st, loop);
 }
 
+cd_loop_t *
+cd_loopmeth_direct(cd_state *st, PyObject *loop, cd_lm_t which)
+{
+    cd_loop_t *core = st->lm_core;
+    if (core == NULL || core->aio_loop != loop || core->aio_dict == NULL) {
+        return NULL;
+    }
+    const cd_lm_cache_t *c = lm_cache(st, loop);
+    if (c == NULL || !((c->plain >> which) & 1)) {
+        return NULL;
+    }
+    /* An instance attribute wins over the class's method. */
+    if (PyDict_GetItemWithError(core->aio_dict, st->lm_name[which]) != NULL ||
+        PyErr_Occurred()) {
+        return NULL;
+    }
+    return core;
+}
+
 /* ---- The type. */
 
 void
@@ -498,9 +515,9 @@ lm_init_names(cd_state *st)
     int rc = 0;
     for (int i = 0; i < CD_LM_N && rc == 0; i++) {
         st->lm_name[i] = PyUnicode_InternFromString(lm_names[i]);
-        st->lm_base[i] = st->lm_name[i]
-                             ? lm_own((PyTypeObject *)base, st->lm_name[i])
-                             : NULL;
+        st->lm_base[i] = st->lm_name[i] ? cd_loopmeth_own((PyTypeObject *)base,
+                                                          st->lm_name[i])
+                                        : NULL;
         if (st->lm_base[i] == NULL) {
             if (!PyErr_Occurred()) {
                 PyErr_Format(PyExc_AttributeError,

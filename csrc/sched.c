@@ -8,7 +8,9 @@
  * uses, the timers its `_scheduled` list, kept in heapq's order by heapq's own
  * algorithms with the comparison made in C, and handles are
  * real asyncio.Handle objects (isinstance checks, repr, cancel(),
- * get_context() are asyncio's), created here without running their
+ * get_context() are asyncio's; timers are of a subclass of
+ * asyncio.TimerHandle whose cancel() is in C, timer.c), created here
+ * without running their
  * Python __init__: the slots are stored at the offsets their member
  * descriptors give, exactly as __init__ fills them outside debug mode.
  *
@@ -64,16 +66,7 @@ sched_on_dict_event(PyDict_WatchEvent event, PyObject *dict, PyObject *key,
 int
 cd_sched_init(cd_state *st)
 {
-    PyObject *events = PyImport_ImportModule("asyncio.events");
     int rc = -1;
-    if (events == NULL) {
-        return -1;
-    }
-    st->asyncio_Handle = PyObject_GetAttrString(events, "Handle");
-    st->asyncio_TimerHandle = PyObject_GetAttrString(events, "TimerHandle");
-    if (!st->asyncio_Handle || !st->asyncio_TimerHandle) {
-        goto done;
-    }
     cd_handle_slots_t *o = &st->handle_slots;
     PyObject *h = st->asyncio_Handle;
     if (slot_offset(h, "_callback", &o->callback) < 0 ||
@@ -95,7 +88,9 @@ cd_sched_init(cd_state *st)
     PyTypeObject *htp = (PyTypeObject *)st->asyncio_Handle;
     PyTypeObject *ttp = (PyTypeObject *)st->asyncio_TimerHandle;
     st->handle_weaklist = htp->tp_weaklistoffset;
-    st->handle_reuse = ttp->tp_weaklistoffset == htp->tp_weaklistoffset;
+    st->handle_reuse =
+        ttp->tp_weaklistoffset == htp->tp_weaklistoffset &&
+        st->Timer_type->tp_weaklistoffset == htp->tp_weaklistoffset;
 #if PY_VERSION_HEX >= 0x030E0000
     if (st->handle_weaklist < 0) {
         st->handle_reuse = 0;
@@ -110,7 +105,6 @@ cd_sched_init(cd_state *st)
 #endif
     rc = 0;
 done:
-    Py_DECREF(events);
     return rc;
 }
 
@@ -151,7 +145,7 @@ handle_new(cd_loop_t *core, PyObject *cls, PyObject *callback, PyObject *args,
     if (ctx != NULL && cls == st->asyncio_Handle && core->nspare > 0) {
         h = core->spare_handles[--core->nspare];
     }
-    else if (ctx != NULL && cls == st->asyncio_TimerHandle &&
+    else if (ctx != NULL && cls == (PyObject *)st->Timer_type &&
              core->nspare_timers > 0) {
         h = core->spare_timers[--core->nspare_timers];
     }
@@ -182,7 +176,7 @@ static void
 handle_release(cd_loop_t *core, PyObject *h)
 {
     cd_state *st = core->st;
-    int timer = Py_IS_TYPE(h, (PyTypeObject *)st->asyncio_TimerHandle);
+    int timer = Py_IS_TYPE(h, st->Timer_type);
     int *n = timer ? &core->nspare_timers : &core->nspare;
     int cap = timer ? CD_SPARE_TIMERS : CD_SPARE_HANDLES;
     if (*n == cap || !st->handle_reuse ||
@@ -744,7 +738,7 @@ timer_lt_slow(PyObject *a, PyObject *b)
 
 /* What timer_lt reads of the module, once per sift. */
 typedef struct {
-    PyTypeObject *tp; /* borrowed: asyncio.TimerHandle */
+    PyTypeObject *tp; /* borrowed: the loop's timers' (timer.c) */
     Py_ssize_t when;  /* the offset of its _when slot */
     PyObject *h;      /* borrowed: the heap (a list) */
 } cd_sift_t;
@@ -752,7 +746,7 @@ typedef struct {
 static void
 sift_init(cd_sift_t *s, cd_state *st, PyObject *heap)
 {
-    s->tp = (PyTypeObject *)st->asyncio_TimerHandle;
+    s->tp = st->Timer_type;
     s->when = st->handle_slots.when;
     s->h = heap;
 }
@@ -941,8 +935,8 @@ sched_timer(cd_loop_t *core, PyObject *when, PyObject *const *args,
     cd_state *st = core->st;
     const cd_handle_slots_t *o = &st->handle_slots;
     PyObject *cbargs = sched_cbargs(args, 1, nargs);
-    PyObject *h = cbargs ? handle_new(core, st->asyncio_TimerHandle, args[0],
-                                      cbargs, context)
+    PyObject *h = cbargs ? handle_new(core, (PyObject *)st->Timer_type,
+                                      args[0], cbargs, context)
                          : NULL;
     if (h == NULL) {
         return NULL;
@@ -1112,7 +1106,8 @@ handle_run(cd_loop_t *core, PyObject *h)
     cd_state *st = core->st;
     const cd_handle_slots_t *o = &st->handle_slots;
     PyObject *tp = (PyObject *)Py_TYPE(h);
-    if (tp != st->asyncio_Handle && tp != st->asyncio_TimerHandle) {
+    if (tp != st->asyncio_Handle && tp != (PyObject *)st->Timer_type &&
+        tp != st->asyncio_TimerHandle) {
         PyObject *r = PyObject_CallMethodNoArgs(h, st->s__run);
         Py_XDECREF(r);
         return r == NULL ? -1 : 0;

@@ -114,7 +114,8 @@
     X(s__when, "_when")                                                       \
     X(s__cancelled, "_cancelled")                                             \
     X(s__run, "_run")                                                         \
-    X(s_core, "core")
+    X(s_core, "core")                                                         \
+    X(s__loop, "_loop")
 
 /* Offsets of asyncio.Handle's slots (sched.c). */
 typedef struct {
@@ -191,9 +192,16 @@ typedef struct {
     PyObject *cf_FINISHED;
     PyObject *cf_CANCELLED;
     PyObject *cf_CANCELLED_AND_NOTIFIED;
-    /* The scheduling core's (sched.c). */
+    /* The scheduling core's (sched.c), and its timers' type (timer.c):
+     * asyncio.TimerHandle with cancel() in C, used while TimerHandle.cancel
+     * and Handle.cancel are still these functions (checked at the type's
+     * version tag timer_tag). */
     PyObject *asyncio_Handle;
     PyObject *asyncio_TimerHandle;
+    PyTypeObject *Timer_type;
+    PyObject *timer_cancel;  /* asyncio.TimerHandle.cancel */
+    PyObject *handle_cancel; /* asyncio.Handle.cancel */
+    unsigned int timer_tag;
     cd_handle_slots_t handle_slots;
     int dict_watcher; /* sched.c's PyDict watcher id + 1; 0: none */
     /* Where a Handle's weak reference list is (tp_weaklistoffset, which

@@ -72,6 +72,9 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->cf_CANCELLED_AND_NOTIFIED);
     Py_VISIT(st->asyncio_Handle);
     Py_VISIT(st->asyncio_TimerHandle);
+    Py_VISIT(st->Timer_type);
+    Py_VISIT(st->timer_cancel);
+    Py_VISIT(st->handle_cancel);
     Py_VISIT(st->asyncio_Task);
     Py_VISIT(st->asyncio_CancelledError);
     Py_VISIT(st->asyncio_Future);
@@ -112,6 +115,10 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->cf_CANCELLED_AND_NOTIFIED);
     Py_CLEAR(st->asyncio_Handle);
     Py_CLEAR(st->asyncio_TimerHandle);
+    Py_CLEAR(st->Timer_type);
+    Py_CLEAR(st->timer_cancel);
+    Py_CLEAR(st->handle_cancel);
+    st->timer_tag = 0;
     Py_CLEAR(st->asyncio_Task);
     Py_CLEAR(st->asyncio_CancelledError);
     Py_CLEAR(st->asyncio_Future);

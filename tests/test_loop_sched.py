@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from cdaphne import _cdaphne
 from cdaphne._cdaphne import LoopMethods
 from cdaphne.loop import new_event_loop
 
@@ -342,7 +343,12 @@ def test_call_later_and_call_at_return_asyncio_timer_handles():
         loop.time = lambda: 100.0  # Overridable, as asyncio's tests do.
         h = loop.call_later(5, print, "x")
         a = loop.call_at(50, print)
-        assert type(h) is asyncio.TimerHandle and type(a) is asyncio.TimerHandle
+        # asyncio's TimerHandle, or on cdaphne's loop its subclass whose
+        # cancel() is in C (csrc/timer.c): same name, repr and slots.
+        for t in (h, a):
+            assert isinstance(t, asyncio.TimerHandle) and type(t).__name__ == "TimerHandle"
+            assert type(t) in (asyncio.TimerHandle, _cdaphne.TimerHandle)
+            assert type(t).__mro__[-3:] == asyncio.TimerHandle.__mro__
         out = [h.when(), a.when(), h._scheduled, repr(h), loop._scheduled[0] is a]
         h.cancel()
         out += [h._scheduled, h.cancelled(), loop._timer_cancelled_count, repr(h)]
@@ -452,7 +458,7 @@ def test_handles_made_in_c_are_freed_without_the_gc(loop):
     import gc
 
     def live() -> int:
-        kinds = (asyncio.Handle, asyncio.TimerHandle)
+        kinds = (asyncio.Handle, asyncio.TimerHandle, _cdaphne.TimerHandle)
         return sum(type(o) in kinds for o in gc.get_objects())
 
     async def main() -> None:
@@ -840,3 +846,118 @@ def test_the_loops_dict_stays_its_attributes_and_the_core_sees_every_store(loop)
         h = loop.call_soon(print)
         assert (h._source_traceback is not None) is debug
         h.cancel()
+
+
+# ---- The loop's timers cancel in C (csrc/timer.c) with asyncio's semantics.
+
+
+def test_timer_cancel_matches_asyncio_step_for_step():
+    def scenario(loop):
+        loop.time = lambda: 100.0
+        cb_args = ("x",)
+        h = loop.call_later(5, print, *cb_args)
+        other = asyncio.TimerHandle(105.0, print, cb_args, loop)
+        out = [h == other, h < other, h <= other, hash(h) == hash(other)]
+        assert h.cancel() is None
+        out += [h._cancelled, h.cancelled(), h._scheduled, h._callback, h._args]
+        out += [h.when(), repr(h), loop._timer_cancelled_count, h == other]
+        h.cancel()  # Once only.
+        out.append(loop._timer_cancelled_count)
+        loop.call_soon(loop.stop)
+        loop.run_forever()  # Pruned: no longer scheduled.
+        out += [h._scheduled, loop._timer_cancelled_count, len(loop._scheduled)]
+        return out
+
+    assert on_both(scenario) == [
+        *(True, False, True, True),
+        *(True, True, True, None, None),
+        *(105.0, "<TimerHandle cancelled when=105.0>", 1, False),
+        1,
+        *(False, 0, 0),
+    ]
+
+
+def test_timer_cancel_in_debug_mode_keeps_asyncios_repr():
+    def scenario(loop):
+        loop.time = lambda: 100.0
+        h = loop.call_later(5, print, "x")  # made outside debug mode
+        loop.set_debug(True)
+        h.cancel()
+        loop.set_debug(False)
+        return h._repr, repr(h), h._callback
+
+    r, rep, cb = on_both(scenario)
+    assert r.startswith("<TimerHandle cancelled when=105.0 print(") and r == rep and cb is None
+
+
+def test_timer_cancel_asks_the_loop_subclasss_own_methods():
+    def scenario(base):
+        calls = []
+
+        class Loop(base):
+            def _timer_handle_cancelled(self, handle):
+                calls.append(("cancelled", handle._cancelled))
+                super()._timer_handle_cancelled(handle)
+
+            def get_debug(self):
+                calls.append(("debug",))
+                return super().get_debug()
+
+        loop = Loop()
+        try:
+            h = loop.call_later(10, print)
+            calls.clear()
+            h.cancel()
+            h.cancel()
+            return calls, loop._timer_cancelled_count, h.cancelled()
+        finally:
+            loop.close()
+
+    calls, count, cancelled = scenario(asyncio.SelectorEventLoop)
+    assert scenario(type(new_event_loop_closed())) == (calls, count, cancelled)
+    assert calls[0] == ("cancelled", False) and ("debug",) in calls
+    assert count == 1 and cancelled
+
+
+def new_event_loop_closed():
+    loop = new_event_loop()
+    loop.close()
+    return loop
+
+
+def test_an_error_from_the_loop_leaves_the_timer_uncancelled():
+    def scenario(loop):
+        h = loop.call_later(10, print)
+        loop._timer_handle_cancelled = lambda handle: 1 / 0
+        with pytest.raises(ZeroDivisionError):
+            h.cancel()
+        del loop._timer_handle_cancelled
+        out = [h.cancelled(), h._callback is print, loop._timer_cancelled_count]
+        h.cancel()
+        return [*out, h.cancelled(), loop._timer_cancelled_count]
+
+    assert on_both(scenario) == [False, True, 0, True, 1]
+
+
+@pytest.mark.parametrize("cls", [asyncio.TimerHandle, asyncio.Handle])
+def test_a_patch_of_asyncios_cancel_applies_to_the_loops_timers(cls):
+    original = cls.cancel
+
+    def scenario(loop):
+        calls = []
+
+        def patched(self):
+            calls.append(type(self).__name__)
+            return original(self)
+
+        h = loop.call_later(10, print)
+        cls.cancel = patched
+        try:
+            h.cancel()
+        finally:
+            cls.cancel = original
+        h2 = loop.call_later(10, print)
+        h2.cancel()
+        return calls, h.cancelled(), h2.cancelled(), loop._timer_cancelled_count
+
+    assert on_both(scenario) == (["TimerHandle"], True, True, 2)
