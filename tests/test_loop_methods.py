@@ -352,3 +352,45 @@ def test_a_class_patch_of_time_moves_the_timers_call_later_makes(loop):
         assert loop.call_later(5, _noop).when() == 1005.0
         assert loop.call_later(5.5, _noop).when() == 1005.5
     assert loop.call_later(5, _noop).when() < 1000.0 or loop.time() > 995
+
+
+def test_two_loops_used_in_turn_each_get_their_own_handles():
+    """The methods find a loop's core through the module's note of the last
+    one used: loops used in turn must never swap their queues."""
+    a, b = new_event_loop(), new_event_loop()
+    out: list[str] = []
+    try:
+        for i in range(3):
+            a.call_soon(out.append, f"a{i}")
+            b.call_soon(out.append, f"b{i}")
+            a.call_later(0, out.append, f"A{i}")
+            b.call_at(b.time(), out.append, f"B{i}")
+        a.call_soon(a.stop)
+        a.run_forever()
+        a.run_until_complete(asyncio.sleep(0.01))
+        assert out == ["a0", "a1", "a2", "A0", "A1", "A2"]
+        out.clear()
+        b.run_until_complete(asyncio.sleep(0.01))
+        assert out == ["b0", "b1", "b2", "B0", "B1", "B2"]
+        assert len(a._ready) == len(b._ready) == 0
+    finally:
+        a.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        a.call_soon(print)
+    b.call_soon(print).cancel()  # the other loop is unaffected
+    b.close()
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_loop_dropped_without_close_leaves_the_next_loop_working():
+    for _ in range(3):
+        lp = new_event_loop()
+        lp.call_soon(print).cancel()
+        del lp  # never closed (asyncio warns): its core goes with it
+        gc.collect()
+    lp = new_event_loop()
+    try:
+        assert lp.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
+    finally:
+        lp.close()
