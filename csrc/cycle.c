@@ -462,7 +462,9 @@ cd_cycle_response_start(cd_cycle_t *cy, PyObject *msg)
         PyErr_SetString(PyExc_TypeError, "status must be an int");
         return -1;
     }
-    if (code < 100 || code > 999) {
+    if (code < 200 || code > 999) {
+        /* 1xx is interim, not an answer: 101 would tell the client the
+         * connection switched protocols, 100 would leave it waiting. */
         PyErr_Format(PyExc_ValueError, "invalid status %d", code);
         return -1;
     }

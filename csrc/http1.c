@@ -1043,11 +1043,15 @@ is_token(const char *p, size_t n)
     return n > 0;
 }
 
+/* RFC 9110 5.5: a field value holds no control character but HTAB (CR,
+ * LF and NUL would split or end the head; uvicorn refuses the others
+ * too, and so do h11 and Go). */
 int
 cd_http1_head_value_ok(const char *p, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0') {
+        unsigned char ch = (unsigned char)p[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
             return 0;
         }
     }
@@ -1142,6 +1146,56 @@ enum {
     CD_HEAD_HAS_DATE = 8,
 };
 
+/* An app's content-length: 1*DIGIT with optional whitespace around it
+ * (RFC 9110 8.6), or -1.  strtoll would also take "+5" and "\v5", which
+ * go on the wire as the app wrote them. */
+static int64_t
+head_length(const char *p, Py_ssize_t n)
+{
+    Py_ssize_t i = 0, digits = 0;
+    int64_t v = 0;
+    while (i < n && (p[i] == ' ' || p[i] == '\t')) {
+        i++;
+    }
+    for (; i < n && p[i] >= '0' && p[i] <= '9'; i++, digits++) {
+        if (digits == 18) {
+            return -1;
+        }
+        v = v * 10 + (p[i] - '0');
+    }
+    while (i < n && (p[i] == ' ' || p[i] == '\t')) {
+        i++;
+    }
+    return digits > 0 && i == n ? v : -1;
+}
+
+/* An app's transfer-encoding: a coding list whose last coding is
+ * chunked, applied once (RFC 9112 6.1), since the server frames the body
+ * in chunks whatever the app named. */
+static int
+head_te_ok(const char *p, Py_ssize_t n)
+{
+    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t')) {
+        n--;
+    }
+    if (n < 7 || strncasecmp(p + n - 7, "chunked", 7) != 0) {
+        return 0;
+    }
+    Py_ssize_t k = n - 7; /* Before it: nothing or a comma and OWS. */
+    while (k > 0 && (p[k - 1] == ' ' || p[k - 1] == '\t')) {
+        k--;
+    }
+    if (k > 0 && p[k - 1] != ',') {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i + 7 <= k; i++) {
+        if (strncasecmp(p + i, "chunked", 7) == 0) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* Reads what the app's headers say about framing into h and adds
  * CD_HEAD_HAS_* bits to *has. */
 static int
@@ -1163,14 +1217,9 @@ head_scan(cd_http1_head_t *h, PyObject *headers, int *has)
             continue; /* A 101 has no body to frame. */
         }
         else if (head_name_is(n, "content-length")) {
-            char tmp[32], *end;
-            if (vl <= 0 || vl >= (Py_ssize_t)sizeof(tmp)) {
-                goto bad_length;
-            }
-            memcpy(tmp, vp, (size_t)vl);
-            tmp[vl] = 0;
-            long long cl = strtoll(tmp, &end, 10);
-            if (*end != 0 || cl < 0) {
+            int64_t cl = head_length(vp, vl);
+            if (cl < 0 ||
+                ((*has & CD_HEAD_HAS_CL) && cl != h->content_length)) {
                 goto bad_length;
             }
             h->content_length = cl;
@@ -1184,8 +1233,21 @@ head_scan(cd_http1_head_t *h, PyObject *headers, int *has)
             }
         }
         else if (head_name_is(n, "transfer-encoding")) {
+            if ((*has & CD_HEAD_HAS_TE) || !head_te_ok(vp, vl)) {
+                PyErr_SetString(PyExc_ValueError,
+                                "invalid transfer-encoding: the server "
+                                "frames the body, in chunks");
+                return -1;
+            }
             *has |= CD_HEAD_HAS_TE;
         }
+    }
+    if ((*has & CD_HEAD_HAS_CL) && (*has & CD_HEAD_HAS_TE)) {
+        /* RFC 9112 6.2: a proxy would take the chunks as the framing
+         * and the body as the next response (response smuggling). */
+        PyErr_SetString(PyExc_ValueError,
+                        "content-length and transfer-encoding both set");
+        return -1;
     }
     return 0;
 
@@ -1217,18 +1279,39 @@ head_framing(cd_http1_head_t *h, int has)
             }
         }
     }
-    else if ((has & CD_HEAD_HAS_TE) && !(has & CD_HEAD_HAS_CL) && !bodyless) {
-        h->chunked = 2; /* The app named it; we still frame it. */
+    else if ((has & CD_HEAD_HAS_TE) && !bodyless) {
+        if (h->http10) {
+            /* RFC 9112 6.1: no transfer coding to an HTTP/1.0 client
+             * (head_write_headers leaves the app's out); the close
+             * delimits the body. */
+            h->keep_alive = 0;
+        }
+        else {
+            h->chunked = 2; /* The app named it; we still frame it. */
+        }
     }
 }
 
+/* Writes the app's headers but a repeated content-length (head_scan
+ * checked it holds the same length: one is enough, and some proxies
+ * refuse two) and, to an HTTP/1.0 client, its transfer-encoding. */
 static int
-head_write_headers(cd_buf_t *out, PyObject *headers)
+head_write_headers(cd_buf_t *out, const cd_http1_head_t *h, PyObject *headers)
 {
     Py_ssize_t nh = headers ? PyList_GET_SIZE(headers) : 0;
+    int cl_seen = 0;
     for (Py_ssize_t i = 0; i < nh; i++) {
         PyObject *n = PyTuple_GET_ITEM(PyList_GET_ITEM(headers, i), 0);
         PyObject *v = PyTuple_GET_ITEM(PyList_GET_ITEM(headers, i), 1);
+        if (!h->upgrade && head_name_is(n, "content-length")) {
+            if (cl_seen++) {
+                continue;
+            }
+        }
+        else if (!h->upgrade && h->http10 &&
+                 head_name_is(n, "transfer-encoding")) {
+            continue;
+        }
         if (head_append(out, PyBytes_AS_STRING(n),
                         (size_t)PyBytes_GET_SIZE(n)) < 0 ||
             head_append(out, ": ", 2) < 0 ||
@@ -1262,7 +1345,7 @@ cd_http1_head_write(cd_buf_t *out, cd_http1_head_t *h, PyObject *headers)
         head_append_str(out, cd_http1_reason(h->status)) < 0 ||
         head_append(out, "\r\n", 2) < 0 ||
         (h->fixed && head_append(out, h->fixed, h->fixed_len) < 0) ||
-        head_write_headers(out, headers) < 0) {
+        head_write_headers(out, h, headers) < 0) {
         return -1;
     }
     if (h->add_length) {

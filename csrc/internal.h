@@ -755,16 +755,17 @@ typedef struct {
 /* New reference: `headers` (an iterable of pairs; NULL or None for none)
  * read exactly once into a new list of (bytes, bytes) tuples.  TypeError
  * for an item that is not a pair of bytes, ValueError for a name that is
- * not an RFC 9110 token or a value holding CR, LF or NUL; the messages
- * name the header. */
+ * not an RFC 9110 token or a value holding a control character other
+ * than HTAB; the messages name the header. */
 PyObject *cd_http1_head_headers(PyObject *headers);
-/* 1 if a value has no CR, LF or NUL (for values that are not in a list,
- * such as the subprotocol). */
+/* 1 if a value has no control character but HTAB (for values that are
+ * not in a list, such as the subprotocol). */
 int cd_http1_head_value_ok(const char *p, size_t n);
 /* Appends a whole head (status line to the empty line) to out through
  * its checked growth.  `headers` (borrowed, may be NULL) must come from
- * cd_http1_head_headers.  0, or -1 with ValueError (bad content-length
- * or status) or MemoryError; out then holds a partial head to dispose. */
+ * cd_http1_head_headers.  0, or -1 with ValueError (bad or conflicting
+ * content-length, transfer-encoding not ending in chunked, or status)
+ * or MemoryError; out then holds a partial head to dispose. */
 int cd_http1_head_write(cd_buf_t *out, cd_http1_head_t *h, PyObject *headers);
 
 /* ---- scope.c ------------------------------------------------------ */
