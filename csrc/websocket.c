@@ -73,6 +73,8 @@ struct cd_ws_s {
     int qhead, qlen, qcap;
     size_t qbytes;       /* payload bytes in the queue */
     int queue_full;      /* reading stopped until the app catches up */
+    int write_full;      /* reading stopped until our frames drain (pongs to a
+                            peer that does not read) */
     uint64_t frag_bytes; /* data frames of the message being received */
     int connect_delivered;
     int disconnect_delivered; /* later receive()s wait (Daphne: once) */
@@ -208,6 +210,24 @@ queue_check_high(cd_cycle_t *cy)
 
 static void ws_on_read(cd_conn_t *c);
 
+/* Parse the frames left while reading was stopped, then read again
+ * unless something stops it still. */
+static void
+ws_read_resume(cd_cycle_t *cy)
+{
+    cd_ws_t *ws = cy->ws;
+    cd_conn_t *c = cy->conn;
+    if (c == NULL || ws->state != CD_WS_OPEN) {
+        return;
+    }
+    if (c->in.len > 0) {
+        ws_on_read(c);
+    }
+    if (!ws->queue_full && !ws->write_full && ws->state == CD_WS_OPEN) {
+        cd_conn_read_start(c);
+    }
+}
+
 /* After receive() took a message: once the app caught up, parse the
  * frames left at the bound, then read again. */
 static void
@@ -219,15 +239,22 @@ queue_check_low(cd_cycle_t *cy)
         return;
     }
     ws->queue_full = 0;
+    ws_read_resume(cy);
+}
+
+/* After a read: the frames it brought may queue answers of ours (a pong
+ * per ping) that a peer which does not read leaves in our write queue.
+ * Stop reading above --write-high-water, as send() waits there, still
+ * watching for the peer leaving; ws_on_drain reads again. */
+static void
+write_check_high(cd_cycle_t *cy)
+{
     cd_conn_t *c = cy->conn;
-    if (c == NULL || ws->state != CD_WS_OPEN) {
-        return;
-    }
-    if (c->in.len > 0) {
-        ws_on_read(c);
-    }
-    if (!ws->queue_full && ws->state == CD_WS_OPEN) {
-        cd_conn_read_start(c);
+    if (c != NULL && cy->ws->state == CD_WS_OPEN &&
+        c->state != CD_CONN_CLOSING &&
+        c->write_queued > cy->server->cfg.write_high_water) {
+        cy->ws->write_full = 1;
+        cd_conn_read_pause(c);
     }
 }
 
@@ -860,6 +887,7 @@ ws_on_read(cd_conn_t *c)
     }
     flush_wslay(cy);
     queue_check_high(cy);
+    write_check_high(cy);
     if (quiet && c->in.len == 0) {
         ws_park(ws);
     }
@@ -1124,12 +1152,7 @@ ws_accept(cd_cycle_t *cy, PyObject *msg)
         cd_conn_timer_start(c, cfg->ping_interval);
     }
     ws_log(cy, "connected");
-    if (c->in.len > 0) {
-        ws_on_read(c);
-    }
-    if (!ws->queue_full && ws->state == CD_WS_OPEN) {
-        cd_conn_read_start(c);
-    }
+    ws_read_resume(cy);
     return 0;
 }
 
@@ -1428,9 +1451,9 @@ ws_on_timeout(cd_conn_t *c)
             flush_wslay(cy);
             return;
         }
-        if (ws->queue_full) {
-            /* We stopped reading (the app is behind), so the peer's pong
-             * may be unread: it is not silent. */
+        if (ws->queue_full || ws->write_full) {
+            /* We stopped reading (the app is behind, or the peer does not
+             * read), so the peer's pong may be unread: it is not silent. */
             ws->pong_pending = 0;
             cd_conn_timer_start(c, cfg->ping_interval);
             return;
@@ -1477,6 +1500,19 @@ ws_shutdown(cd_conn_t *c)
     cd_conn_close(c);
 }
 
+/* Our writes drained below half the high-water mark: a send() waiting
+ * goes on, and reading, if the write queue stopped it, starts again. */
+static void
+ws_on_drain(cd_conn_t *c)
+{
+    cd_cycle_conn_on_drain(c);
+    cd_cycle_t *cy = c->cycle;
+    if (cy != NULL && cy->ws != NULL && cy->ws->write_full) {
+        cy->ws->write_full = 0;
+        ws_read_resume(cy);
+    }
+}
+
 /* Open until the close handshake: shutdown waits, then sends 1012. */
 static int
 ws_activity(const cd_conn_t *c)
@@ -1489,7 +1525,7 @@ const cd_proto_t cd_ws_proto = {
     .on_read = ws_on_read,
     .on_eof = cd_conn_close,
     .on_timeout = ws_on_timeout,
-    .on_drain = cd_cycle_conn_on_drain,
+    .on_drain = ws_on_drain,
     .on_close = cd_cycle_conn_on_close,
     .shutdown = ws_shutdown,
     .activity = ws_activity,

@@ -1,0 +1,70 @@
+"""Hostile WebSocket clients against bounded memory, over raw sockets."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from .test_websocket import frame, raw_handshake, read_frame
+
+APP = "tests.apps.wsbehaviour:app"
+
+
+def send_until_stalled(sock: socket.socket, data: bytes, limit: int) -> int:
+    """Sends data over and over until the peer stops taking it for 1 s or
+    `limit` bytes went; returns the bytes sent."""
+    sock.setblocking(False)
+    sent = 0
+    view = memoryview(data)
+    pos = 0
+    stalled_since = None
+    while sent < limit:
+        try:
+            n = sock.send(view[pos:])
+        except BlockingIOError:
+            n = 0
+        if n == 0:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 1.0:
+                break
+            time.sleep(0.01)
+            continue
+        stalled_since = None
+        sent += n
+        pos = (pos + n) % len(data)
+    sock.setblocking(True)
+    return sent
+
+
+def test_ping_flood_from_a_peer_that_never_reads_stops_reading(serve):
+    # Each ping queues a pong: with a peer that reads nothing the pongs
+    # piled up without bound (800 MB of server memory in 4 s).  Above
+    # --write-buffer-size the server stops reading, as send() waits there.
+    proc = serve(APP, "--ping-interval", "0", "--write-buffer-size", "65536")
+    sock = raw_handshake(proc.port, "/")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 262144)
+    ping = frame(0x9, b"p" * 125)
+    sent = send_until_stalled(sock, ping * 512, limit=64 << 20)
+    assert sent < 32 << 20, "the server read on while its pongs piled up"
+    # Once the peer reads, every pong comes, and the server reads again.
+    got: list[tuple[int, bytes]] = []
+
+    def reader() -> None:
+        sock.settimeout(10)
+        while True:
+            opcode, payload = read_frame(sock)
+            got.append((opcode, payload))
+            if opcode == 0x1:
+                return
+
+    t = threading.Thread(target=reader)
+    t.start()
+    sock.sendall(ping[sent % len(ping) :] if sent % len(ping) else b"")
+    pings = -(-sent // len(ping))
+    sock.sendall(frame(0x1, b"after the flood"))
+    t.join(30)
+    assert not t.is_alive()
+    assert got[-1] == (0x1, b"after the flood")
+    assert got[:-1] == [(0xA, b"p" * 125)] * pings
+    sock.close()
