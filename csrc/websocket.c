@@ -1379,8 +1379,12 @@ ws_send(cd_cycle_t *cy, PyObject *msg)
                          ws_state_name(ws->state));
             return NULL;
         }
-        ws->state = CD_WS_DENYING;
         r = cd_cycle_response_start(cy, msg);
+        if (r == 0) {
+            /* Only once it is valid: a refused start leaves the
+             * handshake to answer (500 if the app then fails). */
+            ws->state = CD_WS_DENYING;
+        }
     }
     else if (cd_cycle_type_is(type, st->s_ws_http_response_body)) {
         if (ws->state != CD_WS_DENYING) {
@@ -1549,11 +1553,12 @@ ws_on_task_done(cd_cycle_t *cy, cd_task_end_t end)
         }
         break;
     case CD_WS_DENYING:
-        cy->resp = CD_RESP_DONE;
+        /* The denial never finished: a 500 while its head is unwritten,
+         * else what was written goes out before the close (as for an
+         * HTTP response). */
         ws->state = CD_WS_CLOSED;
-        if (cy->conn != NULL) {
-            cd_conn_close(cy->conn);
-        }
+        cd_cycle_respond_error(cy, 500, "Internal Server Error");
+        cy->resp = CD_RESP_DONE;
         break;
     case CD_WS_OPEN:
         queue_close(ws, raised ? 1011 : 1000, "", 0);

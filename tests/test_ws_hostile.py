@@ -6,6 +6,9 @@ import socket
 import threading
 import time
 
+import pytest
+
+from .conftest import recv_all
 from .test_websocket import frame, raw_handshake, read_frame
 
 APP = "tests.apps.wsbehaviour:app"
@@ -68,3 +71,34 @@ def test_ping_flood_from_a_peer_that_never_reads_stops_reading(serve):
     assert got[-1] == (0x1, b"after the flood")
     assert got[:-1] == [(0xA, b"p" * 125)] * pings
     sock.close()
+
+
+def handshake_reply(port: int, path: str) -> bytes:
+    """The server's whole answer to a WebSocket handshake it refuses."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    return recv_all(sock)
+
+
+@pytest.mark.parametrize(
+    "path", ["/deny-bad-status", "/deny-bad-header", "/deny-no-body", "/accept-bad-header"]
+)
+def test_denial_that_never_wrote_a_head_gets_500(serve, path):
+    # A websocket.http.response.start that send() refused, or one the app
+    # never followed with a body: nothing went out, so the client gets a
+    # 500 as for an HTTP request, not a bare close.
+    proc = serve("tests.apps.wshostile:app")
+    raw = handshake_reply(proc.port, path)
+    assert raw.startswith(b"HTTP/1.1 500 Internal Server Error\r\n"), raw
+    assert raw.endswith(b"\r\n\r\nInternal Server Error")
+
+
+def test_denial_that_raised_mid_body_sends_what_it_wrote(serve):
+    proc = serve("tests.apps.wshostile:app")
+    raw = handshake_reply(proc.port, "/deny-then-raise")
+    assert raw.startswith(b"HTTP/1.1 403 Forbidden\r\n"), raw
+    # The body is cut short: no last chunk tells the client it is whole.
+    assert raw.endswith(b"\r\n\r\n2\r\nno\r\n")
