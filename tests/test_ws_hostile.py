@@ -102,3 +102,17 @@ def test_denial_that_raised_mid_body_sends_what_it_wrote(serve):
     assert raw.startswith(b"HTTP/1.1 403 Forbidden\r\n"), raw
     # The body is cut short: no last chunk tells the client it is whole.
     assert raw.endswith(b"\r\n\r\n2\r\nno\r\n")
+
+
+def test_websocket_receive_and_send_kept_past_the_close_are_harmless(serve):
+    proc = serve("tests.apps.wshostile:app")
+    sock = raw_handshake(proc.port, "/keep")
+    sock.sendall(frame(0x8, b"\x03\xe8"))
+    assert read_frame(sock) == (0x8, b"\x03\xe8")
+    sock.close()
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=5) as http:
+        http.sendall(b"GET /late HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = recv_all(http)
+    # The disconnect was delivered once (the app's loop took it): a later
+    # receive() waits; sends after the close are dropped, as Daphne does.
+    assert raw.endswith(b"\r\n\r\nTimeoutError\nNone\nNone"), raw
