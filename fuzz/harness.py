@@ -664,9 +664,13 @@ def app_headers(d: Data) -> list[Any]:
     for _ in range(d.u8() % 6):
         k = d.u8() % 12
         if k == 0:
-            out.append((b"content-length", d.pick([b"0", b"3", b"100", b"x", b"", b"-1"])))
+            out.append((b"content-length", d.pick([b"0", b"3", b"100", b"x", b"", b"-1",
+                                                   b"+3", b" 3\t", b"\x0b3", b"3, 3",
+                                                   b"99999999999999999999"])))
         elif k == 1:
-            out.append((b"transfer-encoding", b"chunked"))
+            out.append((b"transfer-encoding", d.pick([b"chunked", b"chunked", b"gzip",
+                                                      b"gzip, chunked", b"chunked, chunked",
+                                                      b"Chunked ", b"xchunked"])))
         elif k == 2:
             out.append((b"connection", d.pick([b"close", b"keep-alive", b"Close, x"])))
         elif k == 3:
@@ -1278,7 +1282,7 @@ async def head_script(sess: Session, d: Data) -> None:
         await sess.sleep(1)
     await sess.step(2)
     log("client read", bytes(c.out[:300]))
-    check_response(sess, c, inst, method, status, headers, b"".join(parts))
+    check_response(sess, c, inst, method, version, status, headers, b"".join(parts))
 
 
 async def wait_inst(sess: Session) -> Inst | None:
@@ -1296,15 +1300,33 @@ async def wait_inst(sess: Session) -> Inst | None:
 
 def header_ok(h: Any) -> bool:
     """An app header that is safe to write: [bytes, bytes], a token name,
-    no CR, LF or NUL in the value."""
+    no control character but HTAB in the value."""
     return (isinstance(h, tuple | list) and len(h) == 2 and isinstance(h[0], bytes)
             and isinstance(h[1], bytes)
             and TOKEN_RE.fullmatch(h[0]) is not None
-            and re.search(rb"[\r\n\x00]", h[1]) is None)
+            and re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", h[1]) is None)
 
 
-def check_response(sess: Session, c: Conn, inst: Inst, method: bytes, status: int,
-                   headers: list[Any], body: bytes) -> None:
+def framing_ok(sess: Session, version: bytes, rheaders: list[Any]) -> bool:
+    """The head frames the body one way only (RFC 9112 6.1-6.3): no
+    Content-Length with Transfer-Encoding, one length, digits only, a
+    coding list ending in chunked, none to HTTP/1.0."""
+    lengths = [v for k, v in rheaders if k == b"content-length"]
+    codings = [v for k, v in rheaders if k == b"transfer-encoding"]
+    if len(lengths) > 1 or (lengths and not lengths[0].isdigit()):
+        sess.fail(f"content-length {lengths!r}")
+    elif lengths and codings:
+        sess.fail("content-length and transfer-encoding both sent")
+    elif codings and (version == b"HTTP/1.0" or len(codings) > 1
+                      or not codings[0].lower().endswith(b"chunked")):
+        sess.fail(f"transfer-encoding {codings!r} to {version!r}")
+    else:
+        return True
+    return False
+
+
+def check_response(sess: Session, c: Conn, inst: Inst, method: bytes, version: bytes,
+                   status: int, headers: list[Any], body: bytes) -> None:
     buf = bytes(c.out)
     try:
         got = parse_head(buf)
@@ -1316,6 +1338,8 @@ def check_response(sess: Session, c: Conn, inst: Inst, method: bytes, status: in
             sess.fail(f"the server closed after an incomplete head {buf[:80]!r}")
         return
     rstatus, rheaders, n = got
+    if not framing_ok(sess, version, rheaders):
+        return
     if not inst.started:
         return  # The server refused the start: a 500 or a close is fine.
     if not all(header_ok(h) for h in headers):
@@ -1328,6 +1352,8 @@ def check_response(sess: Session, c: Conn, inst: Inst, method: bytes, status: in
         return
     names = [k for k, _ in rheaders]
     for k, v in headers:
+        if version == b"HTTP/1.0" and k.lower() == b"transfer-encoding":
+            continue  # RFC 9112 6.1: never to an HTTP/1.0 client.
         if (k.lower(), v.strip(b" \t")) not in rheaders:
             sess.fail(f"app header {k!r}: {v[:40]!r} missing from {rheaders!r:.300}")
     if names.count(b"server") > 1 and not any(k.lower() == b"server" for k, _ in headers):

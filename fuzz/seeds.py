@@ -482,6 +482,19 @@ def head_seeds() -> dict[str, bytes]:
         e.u8(1, 9).token(b"x-ws").blob(b"1")  # one accept header
         e.u8(1, 0)  # subprotocol "chat"
         seeds[f"ws-n{name}"] = e.bytes()
+    # Framing headers from the app (content-length pick, transfer-encoding
+    # pick; None: left out), to HTTP/1.1 and HTTP/1.0: CL with TE, a
+    # signed length, gzip alone, chunked to HTTP/1.0.
+    for cl, te, version in [(1, 0, 0), (6, None, 0), (None, 2, 0), (None, 3, 0),
+                            (None, 0, 1), (7, None, 1), (9, 4, 0)]:
+        e = Enc(1).u8(64, 0, version, 0, 0, 1, 1)
+        hs = [(0, cl)] if cl is not None else []
+        hs += [(1, te)] if te is not None else []
+        e.u8(len(hs))
+        for k, idx in hs:
+            e.u8(k, idx)
+        e.u8(0).blob(b"hello")
+        seeds[f"framing-cl{cl}-te{te}-v{version}"] = e.bytes()
     return seeds
 
 
