@@ -29,6 +29,11 @@
 #define CD_WS_QUEUE_BYTES_MIN (64 << 10)
 /* wslay's own message limit when ours is 0 (unlimited). */
 #define CD_WS_WSLAY_MAX_MSG ((1u << 31) - 1)
+/* What each frame of a fragmented message counts toward the message
+ * limit besides its payload: wslay keeps every frame's payload in a
+ * chunk of its own (~95 bytes of heap for a 1-byte frame), so 1-byte
+ * fragments made a 1 MiB message cost 100 MB. */
+#define CD_WS_FRAME_COST 64
 /* How long the peer has to answer our close frame. */
 #define CD_WS_CLOSE_WAIT_MS 5000
 /* permessage-deflate: messages shorter than this go out uncompressed
@@ -71,11 +76,12 @@ struct cd_ws_s {
     cd_deflate_t *pmd;   /* owned: permessage-deflate, NULL unless agreed */
     cd_ws_item_t *queue; /* owned ring */
     int qhead, qlen, qcap;
-    size_t qbytes;       /* payload bytes in the queue */
-    int queue_full;      /* reading stopped until the app catches up */
-    int write_full;      /* reading stopped until our frames drain (pongs to a
-                            peer that does not read) */
-    uint64_t frag_bytes; /* data frames of the message being received */
+    size_t qbytes;        /* payload bytes in the queue */
+    int queue_full;       /* reading stopped until the app catches up */
+    int write_full;       /* reading stopped until our frames drain (pongs to a
+                             peer that does not read) */
+    uint64_t frag_bytes;  /* data frames of the message being received */
+    uint64_t frag_frames; /* how many frames it came in so far */
     int connect_delivered;
     int disconnect_delivered; /* later receive()s wait (Daphne: once) */
     int close_code;           /* for websocket.disconnect */
@@ -242,16 +248,17 @@ queue_check_low(cd_cycle_t *cy)
     ws_read_resume(cy);
 }
 
-/* After a read: the frames it brought may queue answers of ours (a pong
- * per ping) that a peer which does not read leaves in our write queue.
- * Stop reading above --write-high-water, as send() waits there, still
- * watching for the peer leaving; ws_on_drain reads again. */
+/* After a read: the frames it brought may have queued answers of ours
+ * (a pong per ping; `before`: the bytes queued until then) that a peer
+ * which does not read leaves in our write queue.  Stop reading above
+ * --write-buffer-size, as send() waits there, still watching for the
+ * peer leaving; ws_on_drain reads again. */
 static void
-write_check_high(cd_cycle_t *cy)
+write_check_high(cd_cycle_t *cy, size_t before)
 {
     cd_conn_t *c = cy->conn;
     if (c != NULL && cy->ws->state == CD_WS_OPEN &&
-        c->state != CD_CONN_CLOSING &&
+        c->state != CD_CONN_CLOSING && c->write_queued > before &&
         c->write_queued > cy->server->cfg.write_high_water) {
         cy->ws->write_full = 1;
         cd_conn_read_pause(c);
@@ -534,6 +541,8 @@ set_recv_limit(cd_ws_t *ws, const cd_config_t *cfg)
 {
     uint64_t limit =
         cfg->ws_max_message ? cfg->ws_max_message : CD_WS_WSLAY_MAX_MSG;
+    uint64_t cost = ws->frag_frames * CD_WS_FRAME_COST;
+    limit = limit > cost ? limit - cost : 0;
     if (cfg->ws_max_frame && ws->frag_bytes + cfg->ws_max_frame < limit) {
         limit = ws->frag_bytes + cfg->ws_max_frame;
     }
@@ -563,13 +572,16 @@ wslay_on_frame_start(wslay_event_context_ptr ctx,
     }
     ws->in_fragments = !arg->fin;
     if (arg->fin) {
-        ws->frag_bytes = 0; /* The next frame starts a new message. */
+        /* The next frame starts a new message. */
+        ws->frag_bytes = ws->frag_frames = 0;
     }
     else if (arg->opcode == WSLAY_CONTINUATION_FRAME) {
         ws->frag_bytes += arg->payload_length;
+        ws->frag_frames++;
     }
     else {
         ws->frag_bytes = arg->payload_length;
+        ws->frag_frames = 1;
     }
     set_recv_limit(ws, &cy->server->cfg);
 }
@@ -869,6 +881,7 @@ ws_on_read(cd_conn_t *c)
     }
     uint64_t now = uv_now(&c->server->loop->uv);
     int quiet = now - ws->last_read_at >= CD_WS_PARK_AFTER_MS;
+    size_t queued = c->write_queued;
     ws->last_read_at = now;
     cd_buf_consume(&c->in, ws_fast_read(cy));
     if (c->in.len > 0 && c->state != CD_CONN_CLOSING) {
@@ -887,7 +900,7 @@ ws_on_read(cd_conn_t *c)
     }
     flush_wslay(cy);
     queue_check_high(cy);
-    write_check_high(cy);
+    write_check_high(cy, queued);
     if (quiet && c->in.len == 0) {
         ws_park(ws);
     }

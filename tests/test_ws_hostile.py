@@ -116,3 +116,30 @@ def test_websocket_receive_and_send_kept_past_the_close_are_harmless(serve):
     # The disconnect was delivered once (the app's loop took it): a later
     # receive() waits; sends after the close are dropped, as Daphne does.
     assert raw.endswith(b"\r\n\r\nTimeoutError\nNone\nNone"), raw
+
+
+def fragmented(n: int, piece: bytes) -> bytes:
+    """One text message in n fragments of `piece` each."""
+    return (frame(0x1, piece, fin=False) + frame(0x0, piece, fin=False) * (n - 2)
+            + frame(0x0, piece))
+
+
+def test_message_in_tiny_fragments_counts_their_overhead(serve):
+    # wslay keeps each frame's payload in a heap chunk of its own (~95
+    # bytes for 1 byte of payload): 1-byte fragments made a 1 MiB message
+    # cost 100 MB of server memory.  Each frame now counts 64 bytes toward
+    # the message limit as well: 2000 1-byte fragments pass 64 KiB.
+    proc = serve(APP, "--ping-interval", "0", "--websocket-max-message-size", "65536")
+    sock = raw_handshake(proc.port, "/")
+    sock.sendall(fragmented(2000, b"a"))
+    opcode, payload = read_frame(sock)
+    assert (opcode, payload[:2]) == (0x8, b"\x03\xf1"), (opcode, payload[:20])  # 1009
+    sock.close()
+
+
+def test_message_in_a_few_hundred_fragments_is_delivered(serve):
+    proc = serve(APP, "--ping-interval", "0", "--websocket-max-message-size", "65536")
+    sock = raw_handshake(proc.port, "/")
+    sock.sendall(fragmented(400, b"b" * 100))  # 40 000 bytes + 400 x 64
+    assert read_frame(sock) == (0x1, b"b" * 40000)
+    sock.close()
