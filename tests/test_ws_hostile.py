@@ -143,3 +143,18 @@ def test_message_in_a_few_hundred_fragments_is_delivered(serve):
     sock.sendall(fragmented(400, b"b" * 100))  # 40 000 bytes + 400 x 64
     assert read_frame(sock) == (0x1, b"b" * 40000)
     sock.close()
+
+
+def test_two_tasks_in_receive_at_once_lose_no_message(serve):
+    proc = serve("tests.apps.wshostile:app")
+    sock = raw_handshake(proc.port, "/two-receivers")
+    texts = [str(i) for i in range(50)]
+    for i, t in enumerate(texts):
+        sock.sendall(frame(0x1, t.encode()))
+        if i % 7 == 0:
+            time.sleep(0.01)
+    sock.sendall(frame(0x1, b"end"))
+    opcode, payload = read_frame(sock)
+    assert opcode == 0x1
+    assert sorted(payload.decode().split(",")) == sorted([*texts, "end"])
+    sock.close()

@@ -51,8 +51,31 @@ async def app(scope, receive, send):
         raise ValueError("boom while denying")
     elif path == "/accept-bad-header":
         await send({"type": "websocket.accept", "headers": [(b"x-a", b"a\x01b")]})
+    elif path == "/two-receivers":
+        await two_receivers(receive, send)
     elif path == "/keep":
         await send({"type": "websocket.accept"})
         KEPT["ws"] = (receive, send)
         while (await receive())["type"] != "websocket.disconnect":
             pass
+
+
+async def two_receivers(receive, send):
+    """Two tasks in receive() at once: every message reaches one of them."""
+    await send({"type": "websocket.accept"})
+    got: list = []
+
+    async def loop(name):
+        while True:
+            m = await receive()
+            got.append((name, m.get("text")))
+            if m["type"] == "websocket.disconnect" or m.get("text") == "end":
+                return
+
+    a = asyncio.ensure_future(loop("a"))
+    b = asyncio.ensure_future(loop("b"))
+    done, pending = await asyncio.wait([a, b], return_when=asyncio.FIRST_COMPLETED)
+    texts = sorted(t for _, t in got if t is not None)
+    await send({"type": "websocket.send", "text": ",".join(texts)})
+    for t in pending:
+        t.cancel()
