@@ -1468,9 +1468,11 @@ ws_on_timeout(cd_conn_t *c)
             flush_wslay(cy);
             return;
         }
-        if (ws->queue_full || ws->write_full) {
-            /* We stopped reading (the app is behind, or the peer does not
-             * read), so the peer's pong may be unread: it is not silent. */
+        if (ws->queue_full) {
+            /* We stopped reading (the app is behind), so the peer's pong
+             * may be unread: it is not silent.  Not so when we stopped
+             * because the peer does not read (write_full): that peer the
+             * ping timeout is for. */
             ws->pong_pending = 0;
             cd_conn_timer_start(c, cfg->ping_interval);
             return;

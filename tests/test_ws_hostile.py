@@ -9,14 +9,14 @@ import time
 import pytest
 
 from .conftest import recv_all
-from .test_websocket import frame, raw_handshake, read_frame
+from .test_websocket import frame, raw_handshake, read_frame, wait_events
 
 APP = "tests.apps.wsbehaviour:app"
 
 
 def send_until_stalled(sock: socket.socket, data: bytes, limit: int) -> int:
-    """Sends data over and over until the peer stops taking it for 1 s or
-    `limit` bytes went; returns the bytes sent."""
+    """Sends data over and over until the peer stops taking it for 1 s,
+    closes, or `limit` bytes went; returns the bytes sent."""
     sock.setblocking(False)
     sent = 0
     view = memoryview(data)
@@ -27,6 +27,8 @@ def send_until_stalled(sock: socket.socket, data: bytes, limit: int) -> int:
             n = sock.send(view[pos:])
         except BlockingIOError:
             n = 0
+        except (BrokenPipeError, ConnectionResetError):
+            break  # The server closed.
         if n == 0:
             stalled_since = stalled_since or time.monotonic()
             if time.monotonic() - stalled_since > 1.0:
@@ -70,6 +72,20 @@ def test_ping_flood_from_a_peer_that_never_reads_stops_reading(serve):
     assert not t.is_alive()
     assert got[-1] == (0x1, b"after the flood")
     assert got[:-1] == [(0xA, b"p" * 125)] * pings
+    sock.close()
+
+
+def test_ping_flooding_peer_that_never_reads_is_dropped_by_the_ping_timeout(serve):
+    # Reading stopped for it, so its pings no longer show it alive: it
+    # reads nothing of ours, not even our ping, and the ping timeout ends it.
+    proc = serve(APP, "--ping-interval", "0.3", "--ping-timeout", "0.5",
+                 "--write-buffer-size", "65536")
+    sock = raw_handshake(proc.port, "/")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 262144)
+    send_until_stalled(sock, frame(0x9, b"p" * 125) * 512, limit=64 << 20)
+    # Still reading nothing: the server gives up on it by itself.
+    found = wait_events(proc, "websocket.disconnect", timeout=10)
+    assert [e["code"] for e in found] == [1006]
     sock.close()
 
 
