@@ -430,13 +430,71 @@ http_receive(cd_cycle_t *cy)
     }
 }
 
-static PyObject *
-cycle_receive(cd_cycle_t *cy, PyObject *unused)
+/* receive() and send() touch the conn's libuv handles, which only the
+ * loop's thread may do (libuv is not thread-safe).  asgiref's
+ * async_to_sync(send)(msg), in every Channels sync consumer, calls send()
+ * in its sync thread and awaits the result on the loop: called off the
+ * loop's thread, they return cdaphne._offthread.deferred(now, ...), which
+ * calls the `now` variant (raising if still off the thread) when awaited.
+ * 1 if called on the loop's thread; 0 with *out set (new reference, or
+ * NULL with an exception) otherwise. */
+static int
+cycle_on_thread(cd_cycle_t *cy, PyMethodDef *now_def, PyObject *arg,
+                PyObject **out)
 {
+    if (PyThread_get_thread_ident() == cy->thread) {
+        return 1;
+    }
+    *out = NULL;
+    PyObject *mod = PyImport_ImportModule("cdaphne._offthread");
+    PyObject *now = PyCFunction_New(now_def, (PyObject *)cy);
+    if (mod != NULL && now != NULL) {
+        *out =
+            PyObject_CallMethod(mod, "deferred", arg ? "OO" : "O", now, arg);
+    }
+    Py_XDECREF(mod);
+    Py_XDECREF(now);
+    return 0;
+}
+
+static PyObject *
+cycle_off_thread(const char *what)
+{
+    PyErr_Format(PyExc_RuntimeError,
+                 "%s() awaited outside the server's event loop thread; "
+                 "await it on that loop (asgiref.sync.async_to_sync, "
+                 "asyncio.run_coroutine_threadsafe)",
+                 what);
+    return NULL;
+}
+
+static PyObject *cycle_receive_now(cd_cycle_t *cy, PyObject *unused);
+static PyObject *cycle_send_now(cd_cycle_t *cy, PyObject *msg);
+static PyMethodDef receive_now_def = {
+    "receive", (PyCFunction)cycle_receive_now, METH_NOARGS, NULL};
+static PyMethodDef send_now_def = {"send", (PyCFunction)cycle_send_now, METH_O,
+                                   NULL};
+
+static PyObject *
+cycle_receive_now(cd_cycle_t *cy, PyObject *unused)
+{
+    if (PyThread_get_thread_ident() != cy->thread) {
+        return cycle_off_thread("receive");
+    }
     if (cy->ops->receive != NULL) {
         cy->ops->receive(cy);
     }
     return cd_cycle_receive_waiter(cy);
+}
+
+static PyObject *
+cycle_receive(cd_cycle_t *cy, PyObject *unused)
+{
+    PyObject *deferred;
+    if (!cycle_on_thread(cy, &receive_now_def, NULL, &deferred)) {
+        return deferred;
+    }
+    return cycle_receive_now(cy, unused);
 }
 
 /* ---- send --------------------------------------------------------- */
@@ -706,8 +764,21 @@ cycle_task_done(cd_cycle_t *cy, PyObject *task)
 }
 
 static PyObject *
+cycle_send_now(cd_cycle_t *cy, PyObject *msg)
+{
+    if (PyThread_get_thread_ident() != cy->thread) {
+        return cycle_off_thread("send");
+    }
+    return cy->ops->send(cy, msg);
+}
+
+static PyObject *
 cycle_send(cd_cycle_t *cy, PyObject *msg)
 {
+    PyObject *deferred;
+    if (!cycle_on_thread(cy, &send_now_def, msg, &deferred)) {
+        return deferred;
+    }
     return cy->ops->send(cy, msg);
 }
 
@@ -824,6 +895,7 @@ cd_cycle_new(cd_conn_t *c, PyObject *scope)
     cy->resp = CD_RESP_START;
     cy->content_length = -1;
     cy->start_ns = uv_hrtime();
+    cy->thread = PyThread_get_thread_ident(); /* A read callback's. */
     PyObject_GC_Track(cy);
     return cy;
 }

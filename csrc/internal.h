@@ -858,6 +858,7 @@ struct cd_cycle_s {
     PyObject *resp_headers; /* strong: from http.response.start */
     uint64_t start_ns;
     struct cd_pubsub_sub_s *pubsub; /* owned: topics subscribed (pubsub.c) */
+    unsigned long thread; /* the loop's, where receive() and send() may run */
 };
 
 int cd_cycle_type_init(PyObject *module, cd_state *st);

@@ -130,3 +130,19 @@ def test_receive_and_send_kept_past_the_response_are_harmless(server):
         "RuntimeError",
         "TimeoutError",
     ], r.body
+
+
+def test_receive_and_send_called_from_another_thread_run_on_the_loop(serve):
+    # asgiref's async_to_sync(send)(msg), in every Channels sync consumer,
+    # calls send() in its thread and awaits the result on the loop.  The C
+    # send() did its work (libuv writes, timers) when called, in that
+    # thread, racing with the loop: a send() never awaited went out too.
+    # Now the work happens when it is awaited, on the loop's thread only.
+    proc = serve("tests.apps.threadsend:app")
+    with connect(proc) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = Reader(sock).response()
+    assert r.status == 200
+    assert r.body == (b"on the loop;async_to_sync;"
+                      b"send:send() awaited outside the server's event loop thread|"
+                      b"receive:receive() awaited outside the server's event loop thread")
