@@ -392,7 +392,11 @@ on_headers_complete(llhttp_t *p)
         return fail(p, 500);
     }
     if (websocket) {
-        int status = p->method != HTTP_GET ? 400 : cd_ws_begin(c, cy);
+        /* RFC 6455 4.1: an HTTP/1.1 GET (autobahn, under Daphne, answers
+         * an HTTP/1.0 handshake 505; websockets 400). */
+        int status = p->method != HTTP_GET ? 400
+                     : cy->http10          ? 505
+                                           : cd_ws_begin(c, cy);
         if (status) {
             Py_DECREF(cy);
             return fail(p, status);

@@ -174,3 +174,15 @@ def test_two_tasks_in_receive_at_once_lose_no_message(serve):
     assert opcode == 0x1
     assert sorted(payload.decode().split(",")) == sorted([*texts, "end"])
     sock.close()
+
+
+def test_http10_websocket_handshake_gets_505(serve):
+    # RFC 6455 4.1 asks for HTTP/1.1; Daphne (autobahn) answers 505.
+    proc = serve(APP)
+    sock = socket.create_connection(("127.0.0.1", proc.port), timeout=5)
+    sock.sendall(
+        b"GET / HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    raw = recv_all(sock)
+    assert raw.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), raw
