@@ -920,11 +920,13 @@ def frame(fin: bool, rsv: int, opcode: int, payload: bytes, mask: bool = True,
     return head + mask_key + masked
 
 
-def ws_message(d: Data, c: Conn) -> tuple[bytes, Any]:
+def ws_message(d: Data, c: Conn) -> tuple[bytes, Any, bool]:
     """A whole message, fragmented at fuzzer-chosen points, with control
     frames between fragments, compressed (RSV1) now and then if the
     handshake offered permessage-deflate; returns (bytes, what the app
-    must get)."""
+    must get, whether it is in so many fragments that it may pass the
+    message limit: each frame counts 64 bytes, websocket.c
+    CD_WS_FRAME_COST)."""
     kind = d.u8()
     binary = bool(kind & 1)
     payload = d.blob(600)
@@ -932,7 +934,8 @@ def ws_message(d: Data, c: Conn) -> tuple[bytes, Any]:
         payload = payload.decode("utf-8", "replace").encode()
     compressed = bool(kind & 2) and c.offer is not None
     wire = client_compress(c, payload) if compressed else payload
-    nfrag = 1 + d.u8() % 4
+    b = d.u8()
+    nfrag = 1 + b % 4 if b < 252 else (b - 251) * 100  # Rarely: tiny fragments.
     out = b""
     rest = wire
     for i in range(nfrag):
@@ -945,7 +948,7 @@ def ws_message(d: Data, c: Conn) -> tuple[bytes, Any]:
                      long_form=d.u8() % 3 if d.u8() == 0 else 0)
         if not last and d.u8() < 30:
             out += frame(True, 0, 9, d.blob(20))
-    return out, payload if binary else payload.decode()
+    return out, payload if binary else payload.decode(), nfrag > 4
 
 
 TOPICS = ["t", "u", "v", "w", "", "x" * 100, "é", 7]
@@ -1172,8 +1175,9 @@ async def ws_script(sess: Session, d: Data) -> None:
         if await client_op(sess, d, op):
             continue
         if op in (8, 9):
-            data, msg = ws_message(d, c)
+            data, msg, many = ws_message(d, c)
             c.pending += data
+            tracking = tracking and not many
             if tracking:
                 sent.append(msg)
         elif op == 10:

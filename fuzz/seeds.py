@@ -367,6 +367,24 @@ def ws_seeds() -> dict[str, bytes]:
     e.sleep(25)
     ws_app(e, 8, 1, 0, 1).blob(b"bye")
     seeds["parked"] = e.step(2).bytes()
+    # A message in 100 (then 200) empty fragments and a last one: past the
+    # 4096-byte limit at 64 bytes a frame (close 1009).
+    for many, n in ((252, 100), (253, 200)):
+        e = ws_handshake(Enc(2)).write().step(2)
+        ws_app(e, 0)
+        ws_accept(e).step()
+        e.u8(8, 0, 0).blob(b"tiny fragments").u8(many)
+        for i in range(n):
+            last = i == n - 1
+            if not last:
+                e.u8(0)  # an empty part (the last one takes the rest) ...
+            e.b += b"\x11\x22\x33\x44"
+            e.u8(1)  # ... in the short form
+            if not last:
+                e.u8(200)  # no ping after it
+        e.write().step(2)
+        ws_app(e, 0)
+        seeds[f"many-fragments-{n}"] = e.step(2).bytes()
     seeds.update(ws_failure_seeds())
     seeds.update(ws_deflate_seeds())
     small_read(seeds, "fragments", "ping-timers", "burst-before-accept", "pubsub", "parked")
