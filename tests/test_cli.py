@@ -273,3 +273,45 @@ def test_unix_socket_in_missing_directory(tmp_path):
     path = str(tmp_path / "missing" / "x.sock")
     proc = run_cli("-u", path, "--lifespan", "off", APP)
     assert_one_clear_line(proc, path)
+
+
+@pytest.mark.parametrize(("flag", "value", "needle"), [
+    # NaN or inf seconds reached the C core's (uint64_t) casts (undefined).
+    ("--ping-interval", "inf", "ping_interval"),
+    ("--ping-timeout", "nan", "ping_timeout"),
+    ("--websocket_timeout", "nan", "websocket_timeout"),
+    ("--websocket_connect_timeout", "inf", "websocket_connect_timeout"),
+    ("--application-close-timeout", "nan", "application_close_timeout"),
+    ("-t", "inf", "http_timeout"),
+    ("--timeout-graceful-shutdown", "nan", "graceful_timeout"),
+    ("--body-rate-grace", "inf", "body_rate_grace"),
+    ("--timeout-keep-alive", "99999999999", "timeout_keep_alive"),
+    # Beyond what a double holds exactly (cast to uint64: undefined).
+    ("--max-body-size", "99999999999999999999999", "max_body_size"),
+    ("--websocket-max-message-size", "99999999999999999999999", "websocket_max_message_size"),
+    # C ints: 2**31 wrapped negative and turned every request into a 503;
+    # a huge backlog was an OverflowError traceback.
+    ("--limit-concurrency", "2147483648", "limit_concurrency"),
+    ("--backlog", "99999999999", "backlog"),
+    # A traceback (ValueError: negative file descriptor).
+    ("--fd", "-1", "fd"),
+    # Daphne's -v is 0..3 (it raises KeyError beyond); -1 meant debug here.
+    ("-v", "4", "verbosity"),
+    ("-v", "-1", "verbosity"),
+])
+def test_out_of_range_number_is_one_line(flag, value, needle):
+    proc = run_cli("-p", "0", "--lifespan", "off", flag, value, APP)
+    assert_one_clear_line(proc, needle, value)
+
+
+def test_out_of_range_number_with_workers_is_one_line():
+    proc = run_cli("-p", "0", "--workers", "2", "--ping-interval", "nan", APP)
+    assert_one_clear_line(proc, "ping_interval", "nan")
+
+
+def test_access_log_that_cannot_be_opened_is_one_line(tmp_path):
+    """It was a FileNotFoundError traceback, with the lifespan task left
+    pending ("Task was destroyed but it is pending!")."""
+    path = str(tmp_path / "missing" / "access.log")
+    proc = run_cli("-p", "0", APP, "--access-log", path)
+    assert_one_clear_line(proc, path, "No such file")

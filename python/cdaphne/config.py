@@ -22,6 +22,21 @@ logger = logging.getLogger("cdaphne")
 _UNIX_PATH_MAX = 107
 # read_size's bound: 16 MiB.
 _READ_SIZE_MAX = 16 << 20
+# Options in seconds: finite and at most this (~31 years; the C core holds
+# them as uint64 milliseconds, and NaN or inf there is undefined).
+_SECONDS = ("http_timeout", "websocket_timeout", "websocket_connect_timeout", "ping_interval",
+            "ping_timeout", "application_close_timeout", "timeout_keep_alive", "header_timeout",
+            "body_rate_grace", "graceful_timeout", "worker_healthcheck_timeout")
+_SECONDS_MAX = 1e9
+# Byte counts and rates the C core holds as uint64: exact as doubles.
+_COUNTS = ("max_body_size", "max_header_size", "max_header_count", "websocket_max_message_size",
+           "websocket_max_frame_size", "body_buffer_size", "write_buffer_size", "min_body_rate",
+           "pubsub_max_queue", "pubsub_max_topics", "pubsub_max_inbox", "pubsub_max_inbox_bytes",
+           "pubsub_redis_max_queue", "tls_read_size")
+_COUNT_MAX = 1 << 53
+# Options the C core holds as a C int.
+_INTS = ("limit_concurrency", "backlog")
+_INT_MAX = (1 << 31) - 1
 
 
 class ConfigError(Exception):
@@ -333,7 +348,28 @@ class Config:
             if b.tls is not None:
                 b.tls.context()
 
+    def _validate_numbers(self) -> None:
+        """Every number within what the core can hold: one line otherwise."""
+        for name in (*_SECONDS, *_COUNTS, *_INTS):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name} must be a number, not {value!r}")
+            if name in _SECONDS and not -_SECONDS_MAX <= value <= _SECONDS_MAX:
+                raise ConfigError(f"{name} must be a finite number of seconds, "
+                                  f"at most {_SECONDS_MAX:.0f}, not {value}")
+            if name in _COUNTS and not value <= _COUNT_MAX:
+                raise ConfigError(f"{name} must be at most {_COUNT_MAX}, not {value}")
+            if name in _INTS and not value <= _INT_MAX:
+                raise ConfigError(f"{name} must be at most {_INT_MAX}, not {value}")
+        if not 0 <= self.verbosity <= 3:
+            raise ConfigError(f"verbosity must be 0..3, not {self.verbosity}")
+        if self.fd is not None and self.fd < 0:
+            raise ConfigError(f"fd must not be negative, not {self.fd}")
+
     def validate(self) -> None:
+        self._validate_numbers()
         if self.lifespan not in ("auto", "on", "off"):
             raise ConfigError(f"lifespan must be auto, on or off, not {self.lifespan!r}")
         for name in ("websocket_max_message_size", "websocket_max_frame_size", "max_header_size",

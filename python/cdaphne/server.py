@@ -89,14 +89,19 @@ class Server:
         # certificate stops the server here (ConfigError, one line).
         tls = [b.tls.context() if b.tls is not None else None for b in binds]
 
+        # Opened before the app starts: a path that cannot be written is
+        # one line, with no lifespan left running.
+        access_log = None
+        if config.access_log and config.action_logger is None:
+            try:
+                access_log = AccessLogGenerator.open(config.access_log, loop)
+            except OSError as exc:
+                raise StartupError(f"access log {config.access_log}: {exc.strerror}") from exc
+            config.action_logger = access_log
+
         lifespan = Lifespan(app, config.lifespan)
         if not await lifespan.startup():
             return 3
-
-        access_log = None
-        if config.access_log and config.action_logger is None:
-            access_log = AccessLogGenerator.open(config.access_log, loop)
-            config.action_logger = access_log
         try:
             links = await _pubsub.start_links(config)
         except Exception as exc:
