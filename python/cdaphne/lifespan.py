@@ -65,6 +65,9 @@ class Lifespan:
         }
         try:
             await self.app(scope, self._receive, self._send)
+        except asyncio.CancelledError:
+            # The server stopped during startup (or gave up on shutdown).
+            raise
         except BaseException as exc:  # noqa: BLE001 - the app's error decides the mode
             if self._answered_startup:
                 logger.exception("Exception in lifespan after startup")

@@ -99,8 +99,24 @@ class Server:
                 raise StartupError(f"access log {config.access_log}: {exc.strerror}") from exc
             config.action_logger = access_log
 
+        # Signals are ours from before the app's startup: SIGINT or SIGTERM
+        # while it runs abandons it (they were lost, or killed us, before).
+        self._install_signal_handlers(loop)
+        try:
+            return await self._serve(config, app, binds, tls, access_log)
+        finally:
+            self._remove_signal_handlers(loop)
+
+    async def _serve(self, config: Config, app: Any, binds: list[Bind], tls: list[Any],
+                     access_log: AccessLogGenerator | None) -> int:
+        assert self._stop is not None and self.loop is not None
+        loop = self.loop
         lifespan = Lifespan(app, config.lifespan)
-        if not await lifespan.startup():
+        started = await self._start(lifespan)
+        if started is None:
+            logger.info("Stopped during application startup")
+            return 0
+        if not started:
             return 3
         try:
             links = await _pubsub.start_links(config)
@@ -119,7 +135,6 @@ class Server:
             await lifespan.shutdown()
             raise StartupError(str(exc)) from exc
 
-        self._install_signal_handlers(loop)
         self._announce(binds)
         self.started.set()
         if config.on_ready is not None:
@@ -129,12 +144,31 @@ class Server:
         await self._shutdown(core, lifespan.task)
         await _pubsub.stop_links(links)
         await lifespan.shutdown()
-        self._remove_signal_handlers(loop)
         if access_log is not None:
             access_log.flush()
         return 0
 
     # ---- internals ----------------------------------------------------
+    async def _start(self, lifespan: Lifespan) -> bool | None:
+        """The app's lifespan startup, or None when a stop came first (its
+        task is cancelled: the app's cleanup runs)."""
+        assert self._stop is not None
+        startup = asyncio.ensure_future(lifespan.startup())
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait((startup, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if startup.done():
+            return startup.result()
+        startup.cancel()
+        task = lifespan.task
+        if task is not None:
+            task.cancel()
+        await asyncio.wait([t for t in (startup, task) if t is not None],
+                           timeout=self.config.application_close_timeout)
+        return None
+
     def _announce(self, binds: list[Bind]) -> None:
         """The startup lines, Daphne's (a worker's supervisor logs its own)."""
         logger.info("Starting server at %s", ", ".join(sorted(b.describe() for b in binds)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from .common import jsonable, send_json
@@ -61,4 +62,20 @@ async def startup_raises(scope, receive, send):
     if scope["type"] == "lifespan":
         await receive()
         raise RuntimeError("cannot connect to the database")
+    await send_json(send, {})
+
+
+async def slow_startup(scope, receive, send):
+    """Startup that never finishes: the marker says it began and whether it
+    was cancelled (its cleanup ran)."""
+    if scope["type"] == "lifespan":
+        await receive()
+        _marker("starting")
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            _marker("cancelled")
+            raise
+        await send({"type": "lifespan.startup.complete"})
+        return
     await send_json(send, {})

@@ -1,0 +1,33 @@
+"""Lifespan edge cases against a real server process."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+
+def wait_for_file_text(path, text: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_a_startup_that_hangs_stops_the_server(serve, tmp_path, sig):
+    """SIGTERM killed the process (exit -15, the app's cleanup never ran) and
+    SIGINT was not seen until the startup ended (the loop sleeps in libuv),
+    i.e. never: both now cancel the startup and exit 0."""
+    marker = tmp_path / "marker"
+    proc = serve("tests.apps.lifespan:slow_startup", "--lifespan", "on", listen=0,
+                 env={"CDAPHNE_TEST_MARKER": str(marker)})
+    wait_for_file_text(marker, "starting")
+    proc.send_signal(sig)
+    assert proc.wait(timeout=10) == 0, proc.log_tail()
+    assert "cancelled" in marker.read_text()
+    assert "Stopped during application startup" in proc.log
+    assert "Traceback" not in proc.log
