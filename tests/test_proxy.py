@@ -203,3 +203,19 @@ def test_unix_socket_peer_is_trusted(serve, tmp_path):
     assert scope["client"] == ["203.0.113.7", 8443]
     assert scope["scheme"] == "https"
     assert scope["server"] == [path, None]
+
+
+@pytest.mark.parametrize("port", [
+    "\u00b2",  # latin-1 '²': str.isdigit() is True, int() raises (a 500 before)
+    "1" * 5000,  # int() refuses more than 4300 digits (a 500 before)
+    "99999",  # not a port: was put in scope["client"]
+    "-5",
+    "",
+])
+def test_malformed_forwarded_port_gives_port_zero(proxied, port):
+    scope = scope_via(proxied, {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Port": port})
+    assert scope["client"] == ["203.0.113.7", 0]
+    scope = scope_via(proxied, {"Forwarded": f'for="203.0.113.8:{port}"'})
+    assert scope["client"] == ["203.0.113.8", 0]
+    scope = scope_via(proxied, {"Forwarded": f'for="[2001:db8::1]:{port}"'})
+    assert scope["client"] == ["2001:db8::1", 0]

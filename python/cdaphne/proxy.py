@@ -144,7 +144,17 @@ def split_node(node: str) -> tuple[str, int]:
         host, _, port = node.partition(":")
     else:
         host, port = node, ""
-    return host, int(port) if port.isdigit() else 0
+    return host, _port(port)
+
+
+def _port(text: str) -> int:
+    """A port number, or 0 for anything else (str.isdigit() takes '²', which
+    int() refuses, and int() refuses more than 4300 digits)."""
+    text = text.strip()
+    if not 0 < len(text) <= 5 or not text.isascii() or not text.isdigit():
+        return 0
+    port = int(text)
+    return port if port <= 65535 else 0
 
 
 class ProxyHeadersMiddleware:
@@ -192,8 +202,7 @@ class ProxyHeadersMiddleware:
                 if host:
                     port = 0
                     if self.port_header in headers:
-                        text = headers[self.port_header][-1].split(",")[-1].strip()
-                        port = int(text) if text.isdigit() else 0
+                        port = _port(headers[self.port_header][-1].split(",")[-1])
                     client = (_normalise(host), port)
             if b"x-forwarded-proto" in headers:
                 proto = headers[b"x-forwarded-proto"][-1].split(",")[-1]
