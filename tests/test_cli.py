@@ -315,3 +315,22 @@ def test_access_log_that_cannot_be_opened_is_one_line(tmp_path):
     path = str(tmp_path / "missing" / "access.log")
     proc = run_cli("-p", "0", APP, "--access-log", path)
     assert_one_clear_line(proc, path, "No such file")
+
+
+@pytest.mark.parametrize("argv", [
+    ("-e", "tcp:\u00b2"),
+    ("-e", "ssl:\u00b2:privateKey=k.pem"),
+    ("-e", "fd:fileno=\u00b2"),
+    ("-e", "tcp:" + "1" * 5000),
+])
+def test_endpoint_with_non_ascii_digits_is_one_line(argv):
+    """'²'.isdigit() is True and int('²') raises: a ValueError traceback."""
+    assert_one_clear_line(run_cli("--lifespan", "off", *argv, APP), "endpoint")
+
+
+@pytest.mark.parametrize("var", ["WEB_CONCURRENCY", "ASGI_THREADS"])
+def test_environment_number_with_non_ascii_digit_is_one_line(var):
+    proc = subprocess.run([sys.executable, "-m", "cdaphne", "-p", "0", "--lifespan", "off", APP],
+                          cwd=ROOT, capture_output=True, text=True, timeout=10,
+                          stdin=subprocess.DEVNULL, env={**os.environ, var: "\u00b2"})
+    assert_one_clear_line(proc, var)

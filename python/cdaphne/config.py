@@ -39,6 +39,12 @@ _INTS = ("limit_concurrency", "backlog")
 _INT_MAX = (1 << 31) - 1
 
 
+def is_decimal(text: str) -> bool:
+    """ASCII digits that int() takes (str.isdigit() also takes '²', which
+    int() refuses, and int() refuses over 4300 digits)."""
+    return 0 < len(text) <= 18 and text.isascii() and text.isdigit()
+
+
 class ConfigError(Exception):
     """A bad option: the message is one line for the user."""
 
@@ -143,7 +149,7 @@ def parse_endpoint(text: str) -> Bind:
     positional = [p for p in parts if "=" not in p]
     if kind in ("tcp", "tcp6"):
         port = opts.get("port") or (positional[0] if positional else "")
-        if not port.isdigit():
+        if not is_decimal(port):
             raise ConfigError(f"endpoint {text!r}: needs a port, e.g. tcp:8000:interface=0.0.0.0")
         host = opts.get("interface", "0.0.0.0" if kind == "tcp" else "::").strip("[]")
         return Bind("tcp", host=host, port=int(port))
@@ -158,7 +164,7 @@ def parse_endpoint(text: str) -> Bind:
         return Bind("unix", path=path, mode=mode)
     if kind == "fd":
         fileno = opts.get("fileno") or (positional[0] if positional else "")
-        if not fileno.isdigit():
+        if not is_decimal(fileno):
             raise ConfigError(f"endpoint {text!r}: needs fileno=N")
         return Bind("fd", fd=int(fileno))
     if kind == "ssl":
@@ -184,7 +190,7 @@ def _parse_ssl_endpoint(text: str, opts: dict[str, str], positional: list[str]) 
         raise ConfigError(f"endpoint {text!r}: unknown key {unknown[0]!r} "
                           f"(ssl: takes {', '.join(sorted(_SSL_KEYS))})")
     port = opts.get("port") or (positional[0] if positional else "")
-    if not port.isdigit():
+    if not is_decimal(port):
         raise ConfigError(f"endpoint {text!r}: needs a port, e.g. "
                           "ssl:8443:privateKey=key.pem:certKey=cert.pem")
     key = opts.get("privateKey", "server.pem")
@@ -433,7 +439,7 @@ def workers_from_env(environ: Mapping[str, str] = os.environ) -> int | None:
     text = environ.get("WEB_CONCURRENCY", "").strip()
     if not text:
         return None
-    if not text.isdigit() or int(text) < 1:
+    if not is_decimal(text) or int(text) < 1:
         raise ConfigError(f"WEB_CONCURRENCY must be a positive integer, not {text!r}")
     return int(text)
 

@@ -17,7 +17,7 @@ from . import __version__
 from . import pubsub as _pubsub
 from ._cdaphne import Server as CoreServer
 from .accesslog import AccessLogGenerator
-from .config import Bind, Config, ConfigError, configure_logging
+from .config import Bind, Config, ConfigError, configure_logging, is_decimal
 from .lifespan import Lifespan
 from .loop import LibuvEventLoop, new_event_loop
 
@@ -258,7 +258,7 @@ def _configure_loop(loop: asyncio.AbstractEventLoop, config: Config) -> None:
     and verbosity 3 turns on asyncio's debug mode."""
     threads = os.environ.get("ASGI_THREADS", "").strip()
     if threads:
-        if not threads.isdigit() or int(threads) < 1:
+        if not is_decimal(threads) or int(threads) < 1:
             raise ConfigError(f"ASGI_THREADS must be a positive integer, not {threads!r}")
         loop.set_default_executor(ThreadPoolExecutor(max_workers=int(threads)))
     if config.verbosity >= 3:
