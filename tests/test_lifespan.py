@@ -31,3 +31,11 @@ def test_signal_during_a_startup_that_hangs_stops_the_server(serve, tmp_path, si
     assert "cancelled" in marker.read_text()
     assert "Stopped during application startup" in proc.log
     assert "Traceback" not in proc.log
+
+
+def test_startup_failed_without_a_message_logs_no_empty_one(serve):
+    """It logged 'Application startup failed: ' (a dangling colon)."""
+    proc = serve("tests.apps.lifespan:startup_fails_silently", listen=0)
+    assert proc.wait(timeout=10) == 3
+    lines = [ln for ln in proc.log.splitlines() if "Application startup failed" in ln]
+    assert len(lines) == 1 and lines[0].rstrip().endswith("Application startup failed"), proc.log

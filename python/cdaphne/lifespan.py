@@ -42,7 +42,7 @@ class Lifespan:
         await self._inbox.put({"type": "lifespan.startup"})
         await self._startup_done.wait()
         if self.failed_message is not None:
-            logger.error("Application startup failed: %s", self.failed_message)
+            logger.error("Application startup failed%s", _detail(self.failed_message))
             return False
         return True
 
@@ -55,7 +55,7 @@ class Lifespan:
         except TimeoutError:
             logger.warning("Lifespan shutdown timed out after %ss", timeout)
         if self.failed_message is not None:
-            logger.error("Application shutdown failed: %s", self.failed_message)
+            logger.error("Application shutdown failed%s", _detail(self.failed_message))
 
     async def _run(self) -> None:
         scope = {
@@ -102,3 +102,9 @@ class Lifespan:
             self._shutdown_done.set()
         else:
             raise RuntimeError(f"unexpected lifespan message {kind!r}")
+
+
+def _detail(message: str) -> str:
+    """': message', or nothing for a failure without one (the spec's
+    message is optional)."""
+    return f": {message}" if message else ""

@@ -79,3 +79,12 @@ async def slow_startup(scope, receive, send):
         await send({"type": "lifespan.startup.complete"})
         return
     await send_json(send, {})
+
+
+async def startup_fails_silently(scope, receive, send):
+    """lifespan.startup.failed without its optional message."""
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.failed"})
+        return
+    await send_json(send, {})
