@@ -334,3 +334,12 @@ def test_environment_number_with_non_ascii_digit_is_one_line(var):
                           cwd=ROOT, capture_output=True, text=True, timeout=10,
                           stdin=subprocess.DEVNULL, env={**os.environ, var: "\u00b2"})
     assert_one_clear_line(proc, var)
+
+
+def test_unix_socket_in_missing_directory_says_so(tmp_path):
+    """libuv turns bind()'s ENOENT into EACCES: it said 'permission denied'
+    (with --workers, the supervisor binds: it says No such file or directory)."""
+    path = str(tmp_path / "missing" / "x.sock")
+    proc = run_cli("-u", path, "--lifespan", "off", APP)
+    assert_one_clear_line(proc, path, "No such file or directory")
+    assert "permission denied" not in proc.stderr

@@ -185,6 +185,10 @@ class Server:
             self.ports.append(name[1])
         elif bind.kind == "unix":
             _remove_stale_socket(bind.path)
+            directory = os.path.dirname(bind.path) or "."
+            if not os.path.isdir(directory):
+                # libuv reports ENOENT from bind() as EACCES ("permission denied").
+                raise OSError(f"bind {bind.path}: No such file or directory")
             core.listen_unix(bind.path, backlog, tls)
             # Daphne's (Twisted's) socket is 0666 whatever the umask: a proxy
             # running as another user can connect.
