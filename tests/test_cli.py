@@ -343,3 +343,17 @@ def test_unix_socket_in_missing_directory_says_so(tmp_path):
     proc = run_cli("-u", path, "--lifespan", "off", APP)
     assert_one_clear_line(proc, path, "No such file or directory")
     assert "permission denied" not in proc.stderr
+
+
+@pytest.mark.parametrize("kwargs", [
+    "port='8000'",  # TypeError: '<=' not supported between int and str
+    "host=5",  # AttributeError: 'int' object has no attribute 'strip'
+    "verbosity='1'",
+    "port=0, server_name=5",  # TypeError from the C core, lifespan task left pending
+    "port=0, workers='2'",
+])
+def test_python_api_wrong_type_is_one_line(kwargs):
+    code = f"import sys, cdaphne; sys.exit(cdaphne.run('{APP}', lifespan='on', {kwargs}))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=10, stdin=subprocess.DEVNULL)
+    assert_one_clear_line(proc, kwargs.split("=")[-2].split()[-1])

@@ -37,6 +37,15 @@ _COUNT_MAX = 1 << 53
 # Options the C core holds as a C int.
 _INTS = ("limit_concurrency", "backlog")
 _INT_MAX = (1 << 31) - 1
+# Options that must be whole numbers, and text (each may be None where its
+# default is): a wrong type from the Python API is one line, not a
+# TypeError from deep in the server.
+_WHOLE = ("port", "fd", "workers", "max_requests", "max_requests_jitter", "verbosity",
+          "backlog", "limit_concurrency", "ws_deflate_window_bits", "ws_deflate_mem_level",
+          "ssl_cert_reqs", "read_size")
+_TEXT = ("host", "unix_socket", "root_path", "access_log", "log_fmt", "server_name",
+         "forwarded_allow_ips", "proxy_headers_host", "proxy_headers_port", "ssl_certfile",
+         "ssl_keyfile", "ssl_ca_certs", "ssl_ciphers", "pubsub_redis", "lifespan")
 
 
 def is_decimal(text: str) -> bool:
@@ -356,6 +365,14 @@ class Config:
 
     def _validate_numbers(self) -> None:
         """Every number within what the core can hold: one line otherwise."""
+        for name in _WHOLE:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{name} must be a whole number, not {value!r}")
+        for name in _TEXT:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{name} must be a string, not {value!r}")
         for name in (*_SECONDS, *_COUNTS, *_INTS):
             value = getattr(self, name)
             if value is None:
