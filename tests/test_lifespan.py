@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import time
 
 import pytest
@@ -39,3 +40,19 @@ def test_startup_failed_without_a_message_logs_no_empty_one(serve):
     assert proc.wait(timeout=10) == 3
     lines = [ln for ln in proc.log.splitlines() if "Application startup failed" in ln]
     assert len(lines) == 1 and lines[0].rstrip().endswith("Application startup failed"), proc.log
+
+
+def test_shutdown_cancels_an_app_once_and_lets_its_cleanup_finish(serve, tmp_path):
+    """With --application-close-timeout 1 the core's close timeout and the
+    shutdown both cancelled the app at the same moment: the second cancel
+    cut its cleanup short."""
+    marker = tmp_path / "marker"
+    proc = serve("tests.apps.lifespan:slow_cleanup", "--lifespan", "off",
+                 "--application-close-timeout", "1", "--timeout-graceful-shutdown", "0.2",
+                 env={"CDAPHNE_TEST_MARKER": str(marker)})
+    with socket.create_connection((proc.host, proc.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for_file_text(marker, "entered")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, proc.log_tail()
+    assert marker.read_text().split("\n")[1:] == ["cancelled", "cleaned up", ""], proc.log_tail()

@@ -231,7 +231,11 @@ class Server:
         close_timeout = self.config.application_close_timeout
         _, pending = await asyncio.wait(tasks, timeout=min(1.0, close_timeout))
         for task in pending:
-            task.cancel()
+            # Not twice: the core cancels an app application_close_timeout
+            # after its disconnect, and a second cancel would cut short the
+            # cleanup it runs on the first.
+            if not task.cancelling():
+                task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=close_timeout)
 

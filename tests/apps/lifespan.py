@@ -88,3 +88,22 @@ async def startup_fails_silently(scope, receive, send):
         await send({"type": "lifespan.startup.failed"})
         return
     await send_json(send, {})
+
+
+async def slow_cleanup(scope, receive, send):
+    """An HTTP request that never answers and, cancelled, cleans up for
+    0.3 s; the marker counts the cancellations and says if cleanup ended."""
+    if scope["type"] != "http":
+        return
+    _marker("entered")
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        _marker("cancelled")
+        try:
+            await asyncio.sleep(0.3)
+        except asyncio.CancelledError:
+            _marker("cancelled again")
+            raise
+        _marker("cleaned up")
+        raise
