@@ -165,6 +165,21 @@ def test_bad_forwarded_allow_ips_is_one_clear_line():
     assert "10.0.0.0/99" in p.stderr
 
 
+def test_bad_forwarded_allow_ips_with_workers_is_one_clear_line():
+    """Each worker printed it and the supervisor logged their failure."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+    p = subprocess.run([sys.executable, "-m", "cdaphne", "-p", "0", "--workers", "2",
+                        "--proxy-headers", "--forwarded-allow-ips", "10.0.0.0/99", APP],
+                       cwd=ROOT, capture_output=True, text=True, timeout=20)
+    assert p.returncode != 0
+    assert "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "10.0.0.0/99" in p.stderr
+
+
 # ---- the middleware on its own (WebSocket scopes have no server path yet) ----
 
 def run_middleware(scope: dict, **kw) -> dict:

@@ -423,6 +423,14 @@ class Config:
         if self.workers is None and (self.max_requests is not None or self.reuse_port):
             flag = "max_requests" if self.max_requests is not None else "reuse_port"
             raise ConfigError(f"{flag} needs workers (--workers N)")
+        if self.proxy_headers:
+            # Here, not only in load(): a supervisor (--workers) never loads.
+            from .proxy import TrustedHosts
+
+            try:
+                TrustedHosts(self.forwarded_allow_ips)
+            except ValueError as exc:
+                raise ConfigError(f"forwarded_allow_ips: {exc}") from None
         if self.workers is not None and not isinstance(self.app, str):
             raise ConfigError("workers need the application as an import string "
                               "(module:attr), which each worker imports")
