@@ -357,3 +357,10 @@ def test_python_api_wrong_type_is_one_line(kwargs):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=10, stdin=subprocess.DEVNULL)
     assert_one_clear_line(proc, kwargs.split("=")[-2].split()[-1])
+
+
+def test_access_log_that_cannot_be_opened_with_workers_is_one_line(tmp_path):
+    """Each worker printed it, and the supervisor logged their failed boot."""
+    path = str(tmp_path / "missing" / "access.log")
+    proc = run_cli("-p", "0", "--workers", "2", APP, "--access-log", path, timeout=20)
+    assert_one_clear_line(proc, path, "No such file")

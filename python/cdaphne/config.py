@@ -423,6 +423,13 @@ class Config:
         if self.workers is None and (self.max_requests is not None or self.reuse_port):
             flag = "max_requests" if self.max_requests is not None else "reuse_port"
             raise ConfigError(f"{flag} needs workers (--workers N)")
+        if self.workers is not None and self.access_log not in (None, "-"):
+            # Each worker opens it: say once here that it cannot be.
+            try:
+                with open(self.access_log, "a"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"access log {self.access_log}: {exc.strerror}") from None
         if self.proxy_headers:
             # Here, not only in load(): a supervisor (--workers) never loads.
             from .proxy import TrustedHosts
