@@ -477,12 +477,28 @@ def workers_from_env(environ: Mapping[str, str] = os.environ) -> int | None:
 
 
 def is_asgi3(app: Any) -> bool:
+    """Single-callable (ASGI 3) or not, as asgiref's is_double_callable (Daphne)
+    decides: its hints first, then __call__, then the object itself (a
+    functools.partial of an async function is ASGI 3)."""
+    if getattr(app, "_asgi_single_callable", False):
+        return True
+    if getattr(app, "_asgi_double_callable", False):
+        return False
     if inspect.isclass(app):
         return hasattr(app, "__await__")
-    if inspect.isfunction(app) or inspect.ismethod(app):
-        return asyncio.iscoroutinefunction(app)
     call = getattr(app, "__call__", None)  # noqa: B004 - instances, not only functions
-    return asyncio.iscoroutinefunction(call)
+    if call is not None and _is_coroutine_function(call):
+        return True
+    return _is_coroutine_function(app)
+
+
+def _is_coroutine_function(obj: Any) -> bool:
+    # inspect's sees through partials and markcoroutinefunction; asyncio's
+    # marker is what asgiref.sync.markcoroutinefunction sets before 3.12.
+    marker = getattr(asyncio.coroutines, "_is_coroutine", None)
+    return inspect.iscoroutinefunction(obj) or (
+        marker is not None and getattr(obj, "_is_coroutine", None) is marker
+    )
 
 
 class ASGI2Adapter:
