@@ -56,3 +56,18 @@ def test_shutdown_cancels_an_app_once_and_lets_its_cleanup_finish(serve, tmp_pat
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0, proc.log_tail()
     assert marker.read_text().split("\n")[1:] == ["cancelled", "cleaned up", ""], proc.log_tail()
+
+
+def test_a_lifespan_shutdown_that_hangs_is_cancelled_not_destroyed(serve, tmp_path):
+    """After the 10 s lifespan shutdown timeout the task was left pending:
+    'Task was destroyed but it is pending!' and a GeneratorExit traceback
+    ('Exception in lifespan after startup') when the loop closed."""
+    marker = tmp_path / "marker"
+    proc = serve("tests.apps.lifespan:shutdown_hangs", "--lifespan", "on",
+                 env={"CDAPHNE_TEST_MARKER": str(marker)})
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0, proc.log_tail()
+    assert "Lifespan shutdown timed out" in proc.log
+    assert "Task was destroyed" not in proc.log, proc.log_tail()
+    assert "Traceback" not in proc.log, proc.log_tail()
+    assert marker.read_text() == "cancelled\n"

@@ -54,6 +54,10 @@ class Lifespan:
             await asyncio.wait_for(self._shutdown_done.wait(), timeout)
         except TimeoutError:
             logger.warning("Lifespan shutdown timed out after %ss", timeout)
+            # Cancelled, not left pending: the app's cleanup runs now rather
+            # than as a GeneratorExit when the loop is gone.
+            self._task.cancel()
+            await asyncio.wait([self._task], timeout=1.0)
         if self.failed_message is not None:
             logger.error("Application shutdown failed%s", _detail(self.failed_message))
 

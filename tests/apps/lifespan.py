@@ -107,3 +107,21 @@ async def slow_cleanup(scope, receive, send):
             raise
         _marker("cleaned up")
         raise
+
+
+async def shutdown_hangs(scope, receive, send):
+    """Starts, then never answers lifespan.shutdown; the marker says whether
+    its cleanup saw a cancellation."""
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            _marker("cancelled")
+            raise
+        except BaseException as exc:
+            _marker(type(exc).__name__)
+            raise
+    await send_json(send, {})
