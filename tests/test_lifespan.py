@@ -71,3 +71,19 @@ def test_a_lifespan_shutdown_that_hangs_is_cancelled_not_destroyed(serve, tmp_pa
     assert "Task was destroyed" not in proc.log, proc.log_tail()
     assert "Traceback" not in proc.log, proc.log_tail()
     assert marker.read_text() == "cancelled\n"
+
+
+def test_shutdown_with_application_close_timeout_0_lets_cleanup_finish(serve, tmp_path):
+    """With 0 the shutdown waited 0 s after cancelling: the app's task was
+    destroyed pending as the loop closed, its cleanup cut off."""
+    marker = tmp_path / "marker"
+    proc = serve("tests.apps.lifespan:slow_cleanup", "--lifespan", "off",
+                 "--application-close-timeout", "0", "--timeout-graceful-shutdown", "0.2",
+                 env={"CDAPHNE_TEST_MARKER": str(marker)})
+    with socket.create_connection((proc.host, proc.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for_file_text(marker, "entered")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, proc.log_tail()
+    assert "Task was destroyed" not in proc.log, proc.log_tail()
+    assert marker.read_text().split("\n")[1:] == ["cancelled", "cleaned up", ""], proc.log_tail()

@@ -237,7 +237,10 @@ class Server:
             if not task.cancelling():
                 task.cancel()
         if pending:
-            await asyncio.wait(pending, timeout=close_timeout)
+            # At least a moment for the cleanup a cancellation runs (with 0
+            # the tasks were left pending as the loop closed: 'Task was
+            # destroyed but it is pending!').
+            await asyncio.wait(pending, timeout=max(close_timeout, 1.0))
 
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
         if threading.current_thread() is not threading.main_thread():
