@@ -257,14 +257,25 @@ cd_cycle_conn_release(cd_conn_t *c)
 static PyObject *
 cycle_cancel_task(cd_cycle_t *cy, PyObject *unused)
 {
-    if (cy->task != NULL) {
-        PyObject *r = PyObject_CallMethodNoArgs(cy->task, cy->st->s_cancel);
-        Py_XDECREF(r);
-        if (r == NULL) {
-            return NULL;
-        }
+    if (cy->task == NULL) {
+        Py_RETURN_NONE;
     }
-    Py_RETURN_NONE;
+    /* Not twice: an app the shutdown already cancelled may be running its
+     * cleanup, and a second CancelledError would cut it short.  (A cold
+     * path: once per timeout.) */
+    PyObject *n = PyObject_CallMethod(cy->task, "cancelling", NULL);
+    int already = n != NULL ? PyObject_IsTrue(n) : -1;
+    Py_XDECREF(n);
+    if (already < 0 && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear(); /* a task factory's own kind of task */
+        already = 0;
+    }
+    if (already != 0) {
+        return already < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *r = PyObject_CallMethodNoArgs(cy->task, cy->st->s_cancel);
+    Py_XDECREF(r);
+    return r == NULL ? NULL : Py_NewRef(Py_None);
 }
 
 static PyMethodDef cancel_def = {

@@ -87,3 +87,20 @@ def test_shutdown_with_application_close_timeout_0_lets_cleanup_finish(serve, tm
         assert proc.wait(timeout=10) == 0, proc.log_tail()
     assert "Task was destroyed" not in proc.log, proc.log_tail()
     assert marker.read_text().split("\n")[1:] == ["cancelled", "cleaned up", ""], proc.log_tail()
+
+
+def test_the_close_timeout_leaves_an_app_already_cancelling_alone(serve, tmp_path):
+    """The reverse order: the shutdown cancels the app first, and the core's
+    --application-close-timeout, armed when the client left, fires during
+    the app's cleanup: it must not cancel it a second time."""
+    marker = tmp_path / "marker"
+    proc = serve("tests.apps.lifespan:slow_cleanup", "--lifespan", "off",
+                 "--application-close-timeout", "2", "--timeout-graceful-shutdown", "0.2",
+                 env={"CDAPHNE_TEST_MARKER": str(marker), "CDAPHNE_TEST_CLEANUP": "1.5"})
+    with socket.create_connection((proc.host, proc.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for_file_text(marker, "entered")
+    time.sleep(0.2)  # the core sees the client leave and arms its close timeout
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0, proc.log_tail()
+    assert marker.read_text().split("\n")[1:] == ["cancelled", "cleaned up", ""], proc.log_tail()

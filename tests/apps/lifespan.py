@@ -92,7 +92,8 @@ async def startup_fails_silently(scope, receive, send):
 
 async def slow_cleanup(scope, receive, send):
     """An HTTP request that never answers and, cancelled, cleans up for
-    0.3 s; the marker counts the cancellations and says if cleanup ended."""
+    CDAPHNE_TEST_CLEANUP seconds (0.3); the marker counts the cancellations
+    and says if cleanup ended."""
     if scope["type"] != "http":
         return
     _marker("entered")
@@ -101,7 +102,7 @@ async def slow_cleanup(scope, receive, send):
     except asyncio.CancelledError:
         _marker("cancelled")
         try:
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(float(os.environ.get("CDAPHNE_TEST_CLEANUP", "0.3")))
         except asyncio.CancelledError:
             _marker("cancelled again")
             raise
