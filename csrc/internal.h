@@ -148,6 +148,7 @@ typedef enum {
     CD_ATTR_STOPPING,      /* loop._stopping */
     CD_ATTR_TIME_IS_CLOCK, /* no instance attribute replaces loop.time */
     CD_ATTR_NO_FACTORY,    /* loop._task_factory is None */
+    CD_ATTR_WAKE_IS_OURS,  /* no instance attribute replaces _write_to_self */
     CD_ATTR_NFLAGS,
 } cd_attr_flag_t;
 

@@ -42,6 +42,7 @@ static const char *const lm_names[CD_LM_N] = {
     [CD_LM_GET_DEBUG] = "get_debug",
     [CD_LM_RUN_ONCE] = "_run_once",
     [CD_LM_TIMER_CANCELLED] = "_timer_handle_cancelled",
+    [CD_LM_WRITE_TO_SELF] = "_write_to_self",
     [CD_LM_TIME] = "time",
 };
 
@@ -319,6 +320,8 @@ CD_LM_METHOD(lm_run_once, CD_LM_RUN_ONCE, CD_LM_NONE,
              cd_sched_step(core, NULL))
 CD_LM_METHOD(lm_timer_handle_cancelled, CD_LM_TIMER_CANCELLED, CD_LM_ONE,
              cd_sched_timer_cancelled(core, args[0]))
+CD_LM_METHOD(lm_write_to_self, CD_LM_WRITE_TO_SELF, CD_LM_NONE,
+             cd_hop_wakeup(core, NULL))
 #undef CD_LM_ANY
 #undef CD_LM_NONE
 #undef CD_LM_ONE
@@ -480,6 +483,10 @@ static PyMethodDef lm_methods[] = {
      (PyCFunction)(void (*)(void))lm_timer_handle_cancelled,
      CD_LM_FASTCALL_FLAGS,
      "Counts a cancelled timer still in the heap: asyncio's, in C."},
+    {"_write_to_self", (PyCFunction)(void (*)(void))lm_write_to_self,
+     CD_LM_FASTCALL_FLAGS,
+     "Wakes the loop from any thread: the loop's eventfd instead of "
+     "asyncio's self-pipe (csrc/loop.c)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -498,30 +505,52 @@ static PyType_Spec lm_spec = {
     .slots = lm_slots,
 };
 
-/* The names, and BaseEventLoop's functions of those names. */
+/* Borrowed: the first definition of name in tp's MRO, or NULL (an
+ * exception set if the lookup failed). */
+static PyObject *
+lm_mro_own(PyTypeObject *tp, PyObject *name)
+{
+    PyObject *mro = tp->tp_mro, *v = NULL;
+    for (Py_ssize_t j = 0; mro != NULL && j < PyTuple_GET_SIZE(mro); j++) {
+        v = cd_loopmeth_own((PyTypeObject *)PyTuple_GET_ITEM(mro, j), name);
+        if (v != NULL || PyErr_Occurred()) {
+            break;
+        }
+    }
+    return v;
+}
+
+/* The names, and asyncio's functions of those names: what the base class
+ * of asyncio's selector loops resolves them to (BaseEventLoop's, but
+ * BaseSelectorEventLoop's own _write_to_self). */
 static int
 lm_init_names(cd_state *st)
 {
     PyObject *base = NULL;
-    PyObject *mod = PyImport_ImportModule("asyncio.base_events");
+    PyObject *mod = PyImport_ImportModule("asyncio.selector_events");
     if (mod == NULL) {
         return -1;
     }
-    base = PyObject_GetAttrString(mod, "BaseEventLoop");
+    base = PyObject_GetAttrString(mod, "BaseSelectorEventLoop");
     Py_DECREF(mod);
     if (base == NULL) {
         return -1;
     }
-    int rc = 0;
+    int rc = PyType_Check(base) ? 0 : -1;
+    if (rc < 0) {
+        PyErr_SetString(PyExc_TypeError,
+                        "asyncio.BaseSelectorEventLoop is not a class");
+    }
     for (int i = 0; i < CD_LM_N && rc == 0; i++) {
         st->lm_name[i] = PyUnicode_InternFromString(lm_names[i]);
-        st->lm_base[i] = st->lm_name[i] ? cd_loopmeth_own((PyTypeObject *)base,
-                                                          st->lm_name[i])
-                                        : NULL;
+        st->lm_base[i] = st->lm_name[i]
+                             ? lm_mro_own((PyTypeObject *)base, st->lm_name[i])
+                             : NULL;
         if (st->lm_base[i] == NULL) {
             if (!PyErr_Occurred()) {
                 PyErr_Format(PyExc_AttributeError,
-                             "asyncio.BaseEventLoop has no %s", lm_names[i]);
+                             "asyncio.BaseSelectorEventLoop has no %s",
+                             lm_names[i]);
             }
             rc = -1;
         }

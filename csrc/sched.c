@@ -294,16 +294,16 @@ monotonic(double *out)
     return 0;
 }
 
-/* 1 when no instance attribute replaces loop.time() (what the class
- * resolves it to is cd_loopmeth_plain's), 0 when it must be called, -1 on
- * error. */
+/* 1 when no instance attribute replaces the loop's method `name` (what
+ * the class resolves it to is cd_loopmeth_plain's), 0 when it must be
+ * called (or the __dict__ is not read), -1 on error. */
 static int
-core_time_is_clock_read(cd_loop_t *core)
+core_no_instance_attr(cd_loop_t *core, PyObject *name)
 {
     if (core->aio_dict == NULL) {
         return 0;
     }
-    PyObject *v = PyDict_GetItemWithError(core->aio_dict, core->st->s_time);
+    PyObject *v = PyDict_GetItemWithError(core->aio_dict, name);
     if (v != NULL) {
         return 0;
     }
@@ -384,14 +384,19 @@ core_attrs_load(cd_loop_t *core)
         return -1;
     }
     core->attrs.flag[CD_ATTR_NO_FACTORY] = (signed char)nofactory;
-    int clock = core_time_is_clock_read(core);
-    PyObject *sched = clock < 0 ? NULL : core_get(core, st->s__scheduled);
+    int clock = core_no_instance_attr(core, st->s_time);
+    int wake =
+        clock < 0
+            ? -1
+            : core_no_instance_attr(core, st->lm_name[CD_LM_WRITE_TO_SELF]);
+    PyObject *sched = wake < 0 ? NULL : core_get(core, st->s__scheduled);
     PyObject *sel = sched ? core_get(core, st->s__selector) : NULL;
     if (sel == NULL) {
         Py_XDECREF(sched);
         return -1;
     }
     core->attrs.flag[CD_ATTR_TIME_IS_CLOCK] = (signed char)clock;
+    core->attrs.flag[CD_ATTR_WAKE_IS_OURS] = (signed char)wake;
     core->attrs.selector = sel;
     if (PyList_Check(sched)) {
         core->attrs.scheduled = sched;
@@ -486,7 +491,7 @@ core_time_is_clock(cd_loop_t *core)
     if (c > 0) {
         return core->attrs.flag[CD_ATTR_TIME_IS_CLOCK];
     }
-    return core_time_is_clock_read(core);
+    return core_no_instance_attr(core, core->st->s_time);
 }
 
 /* loop.time() as a double. */
@@ -610,8 +615,50 @@ cd_sched_call_soon(cd_loop_t *core, PyObject *const *args, size_t nargsf,
     return sched_ready_push(core, args, nargs, context);
 }
 
+/* 1 when loop._write_to_self() is LoopMethods' wake-up (cd_loop_wake):
+ * the class keeps it and no instance attribute replaces it; 0 if not, -1
+ * on error. */
+static int
+core_wake_is_ours(cd_loop_t *core)
+{
+    PyObject *name = core->st->lm_name[CD_LM_WRITE_TO_SELF];
+    int plain =
+        cd_loopmeth_plain(core->st, core->aio_loop, CD_LM_WRITE_TO_SELF);
+    if (plain <= 0) {
+        return plain;
+    }
+    int c = core_attrs(core);
+    if (c < 0) {
+        return -1;
+    }
+    if (c > 0) {
+        return core->attrs.flag[CD_ATTR_WAKE_IS_OURS];
+    }
+    return core_no_instance_attr(core, name);
+}
+
+/* self._write_to_self(), as BaseEventLoop.call_soon_threadsafe ends: in
+ * C when it is ours, else whatever the loop has (a subclass's, a patch,
+ * an instance attribute).  0, or -1 with an exception. */
+static int
+core_wake(cd_loop_t *core)
+{
+    int ours = core_wake_is_ours(core);
+    if (ours != 0) {
+        if (ours > 0) {
+            cd_loop_wake(core);
+        }
+        return ours < 0 ? -1 : 0;
+    }
+    PyObject *r = PyObject_CallMethodNoArgs(
+        core->aio_loop, core->st->lm_name[CD_LM_WRITE_TO_SELF]);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
 /* call_soon_threadsafe(callback, *args, context=None), from any thread
- * holding the GIL: call_soon, then the loop's wake-up (cd_loop_wake).
+ * holding the GIL: call_soon, then the loop's wake-up (core_wake: its
+ * _write_to_self(), cd_loop_wake unless the loop replaces it).
  * Where asyncio makes a _ThreadSafeHandle (a Handle whose cancel() and
  * _run() take its own RLock), so does this: the same type, its _lock an
  * RLock as threading.RLock() makes it. */
@@ -646,8 +693,9 @@ cd_sched_call_soon_threadsafe(cd_loop_t *core, PyObject *const *args,
         }
         Py_XDECREF(lock);
     }
-    if (h != NULL) {
-        cd_loop_wake(core);
+    if (h != NULL && core_wake(core) < 0) {
+        /* asyncio's raises too, the handle already queued. */
+        Py_CLEAR(h);
     }
     return h;
 }

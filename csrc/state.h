@@ -140,7 +140,8 @@ typedef enum {
     CD_LM_GET_DEBUG,
     CD_LM_RUN_ONCE,
     CD_LM_TIMER_CANCELLED,
-    CD_LM_TIME, /* not a method of LoopMethods */
+    CD_LM_WRITE_TO_SELF, /* BaseSelectorEventLoop's, not BaseEventLoop's */
+    CD_LM_TIME,          /* not a method of LoopMethods */
     CD_LM_N,
 } cd_lm_t;
 
@@ -173,8 +174,10 @@ typedef struct {
     PyObject *asyncio_Task;
     PyObject *asyncio_Future;
     /* loopmeth.c: the names of the loop methods LoopMethods serves (and
-     * time), and asyncio.BaseEventLoop's own functions of those names,
-     * which the C paths stand for and fall back to. */
+     * time), and asyncio's own functions of those names (what
+     * asyncio.selector_events.BaseSelectorEventLoop resolves them to:
+     * BaseEventLoop's but for _write_to_self), which the C paths stand for
+     * and fall back to. */
     PyObject *lm_name[CD_LM_N];
     PyObject *lm_base[CD_LM_N];
     /* What the class of the loop asked last resolved the names to. */

@@ -222,7 +222,14 @@ FAST_METHODS = [
     "time",
     "_run_once",
     "_timer_handle_cancelled",
+    "_write_to_self",
 ]
+
+
+def _asyncios_owner(name: str) -> type:
+    """The asyncio class whose function asyncio's selector loop runs for
+    `name`: BaseEventLoop, but BaseSelectorEventLoop for _write_to_self."""
+    return next(k for k in asyncio.SelectorEventLoop.__mro__ if name in vars(k))
 
 
 def _noop() -> None:
@@ -304,15 +311,17 @@ def test_a_class_patch_made_after_the_loop_exists_is_used_for_every_method(base,
 @pytest.mark.parametrize("base", _asyncios_and_ours(), ids=["asyncio", "cdaphne"])
 def test_a_patch_of_base_event_loop_is_used_for_every_method(base, name):
     calls: list[str] = []
+    owner = _asyncios_owner(name)
+    assert owner is asyncio.BaseEventLoop or name == "_write_to_self"
     loop = base()
     try:
         _workload(loop)
-        original = asyncio.BaseEventLoop.__dict__[name]
-        with mock.patch.object(asyncio.BaseEventLoop, name, _recorder(name, calls, original)):
+        original = owner.__dict__[name]
+        with mock.patch.object(owner, name, _recorder(name, calls, original)):
             _workload(loop)
     finally:
         loop.close()
-    assert calls, f"BaseEventLoop.{name} patched: never called on {base.__name__}"
+    assert calls, f"{owner.__name__}.{name} patched: never called on {base.__name__}"
 
 
 @pytest.mark.parametrize("name", FAST_METHODS)
@@ -394,3 +403,41 @@ def test_a_loop_dropped_without_close_leaves_the_next_loop_working():
         assert lp.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
     finally:
         lp.close()
+
+
+@pytest.mark.parametrize("base", _asyncios_and_ours(), ids=["asyncio", "cdaphne"])
+def test_a_signal_handler_and_another_thread_wake_the_loop_through_its_write_to_self(base):
+    """asyncio wakes the loop with self._write_to_self() from a signal
+    handler and from call_soon_threadsafe in another thread: a subclass's
+    override sees both, and still wakes the loop through super()."""
+    import os
+    import signal
+    import threading
+
+    calls: list[str] = []
+
+    class Sub(base):  # type: ignore[misc, valid-type]
+        def _write_to_self(self) -> None:
+            calls.append(threading.current_thread().name)
+            super()._write_to_self()
+
+    loop = Sub()
+    try:
+        assert "_write_to_self" not in vars(loop)
+        got = loop.create_future()
+        loop.add_signal_handler(signal.SIGUSR1, got.set_result, "signal")
+        loop.call_later(0.01, os.kill, os.getpid(), signal.SIGUSR1)
+        assert loop.run_until_complete(asyncio.wait_for(got, 10)) == "signal"
+        assert calls == ["MainThread"]
+        loop.remove_signal_handler(signal.SIGUSR1)
+
+        fut = loop.create_future()
+        t = threading.Thread(
+            target=loop.call_soon_threadsafe, args=(fut.set_result, "thread"), name="other"
+        )
+        loop.call_soon(t.start)
+        assert loop.run_until_complete(asyncio.wait_for(fut, 10)) == "thread"
+        t.join()
+        assert calls == ["MainThread", "other"]
+    finally:
+        loop.close()

@@ -107,14 +107,16 @@ class LibuvEventLoop(LoopMethods, asyncio.SelectorEventLoop):  # type: ignore[mi
     `LoopMethods` (csrc/loopmeth.c) comes first: its C methods
     (`call_soon`, `call_at`, `call_later`, `call_soon_threadsafe`,
     `create_task`, `create_future`, `run_in_executor`, `get_debug`,
-    `_run_once`, `_timer_handle_cancelled`) are the class's own, so
-    subclasses, class patches (of this class or of asyncio's) and instance
-    attributes override them as they would asyncio's.  They schedule on
+    `_run_once`, `_timer_handle_cancelled`, `_write_to_self`) are the
+    class's own, so subclasses, class patches (of this class or of
+    asyncio's) and instance attributes override them as they would
+    asyncio's.  They schedule on
     `self.core`, the libuv loop's scheduling core (csrc/sched.c).
 
-    Thread hops skip asyncio's self-pipe: `call_soon_threadsafe` wakes the
-    loop through an eventfd of its own (csrc/loop.c; the self-pipe stays
-    for signals only), and `run_in_executor` completes its future from C
+    Thread hops skip asyncio's self-pipe: `_write_to_self` (which
+    `call_soon_threadsafe` and signal handlers call) wakes the loop through
+    an eventfd of its own (csrc/loop.c; the self-pipe stays for the signal
+    wake-up fd only), and `run_in_executor` completes its future from C
     on the loop's thread (csrc/hop.c).
     """
 
@@ -123,9 +125,6 @@ class LibuvEventLoop(LoopMethods, asyncio.SelectorEventLoop):  # type: ignore[mi
         self.core = selector.core  # before __init__ sets the count below
         super().__init__(selector)
         selector.bind(self)
-        # Replaces the self-pipe write of call_soon_threadsafe() and of
-        # signal handlers (thread-safe, silent once closed, as asyncio's).
-        self._write_to_self = self.core.wakeup
         # The scheduling core in C (csrc/sched.c): _ready becomes its ring
         # of handles (csrc/readyq.c), _scheduled stays a list (kept in
         # heapq's order from C); debug mode takes asyncio's paths.  Until
