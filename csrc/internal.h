@@ -205,6 +205,11 @@ struct cd_loop_s {
      * because the module state may be gone when a loop outlives its module
      * at interpreter exit. */
     int dict_watch;
+    /* Whether the names the core reads live in aio_dict: 1 while the
+     * loop's class has no data descriptor for any, found when the class
+     * had the version tag dict_tag (0: check at every use). */
+    unsigned int dict_tag;
+    int dict_plain;
     cd_loop_attrs_t attrs; /* what was read from aio_dict (sched.c) */
     /* strong: Handles already run that nothing else held, cleared, for
      * call_soon to fill again instead of allocating (sched.c). */
@@ -297,6 +302,9 @@ int cd_loopmeth_plain(cd_state *st, PyObject *loop, cd_lm_t which);
 /* Borrowed: k.__dict__[name], or NULL (an exception set if the lookup
  * failed). */
 PyObject *cd_loopmeth_own(PyTypeObject *k, PyObject *name);
+/* Borrowed: the first definition of name in tp's MRO (no descriptor
+ * called), or NULL (an exception set if the lookup failed). */
+PyObject *cd_loopmeth_lookup(PyTypeObject *tp, PyObject *name);
 /* Borrowed: the core of loop when loop.<which>(...) would run its C path
  * (the class keeps LoopMethods' method, no instance attribute replaces it,
  * the loop is the core's), for C callers that skip the method call; NULL
@@ -340,6 +348,8 @@ PyObject *cd_sched_call_later(cd_loop_t *core, PyObject *const *args,
 PyObject *cd_sched_step(cd_loop_t *core, PyObject *unused);
 /* BaseEventLoop.get_debug(). */
 PyObject *cd_sched_get_debug(cd_loop_t *core, PyObject *unused);
+/* 1 if loop._debug is true, 0 if not, -1 on error (cached reads). */
+int cd_sched_debug(cd_loop_t *core);
 /* 1 when the loop is open and not in debug mode (and, if task, has no
  * task factory): what create_task and run_in_executor check before their
  * C paths; 0 if not, -1 on error.  Read through the step's cache (3.12+),

@@ -64,6 +64,19 @@ cd_loopmeth_own(PyTypeObject *k, PyObject *name)
     return v;
 }
 
+PyObject *
+cd_loopmeth_lookup(PyTypeObject *tp, PyObject *name)
+{
+    PyObject *mro = tp->tp_mro, *v = NULL;
+    for (Py_ssize_t j = 0; mro != NULL && j < PyTuple_GET_SIZE(mro); j++) {
+        v = cd_loopmeth_own((PyTypeObject *)PyTuple_GET_ITEM(mro, j), name);
+        if (v != NULL || PyErr_Occurred()) {
+            break;
+        }
+    }
+    return v;
+}
+
 /* Fills c for tp by walking its MRO once: for each name, the first
  * definition (first) and the first after LoopMethods (c->next; without
  * LoopMethods in the MRO, the first).  -1 with an exception on error. */
@@ -327,21 +340,28 @@ CD_LM_METHOD(lm_write_to_self, CD_LM_WRITE_TO_SELF, CD_LM_NONE,
 #undef CD_LM_ONE
 #undef CD_LM_METHOD
 
-/* 1 if the loop's _debug (in its dict, where BaseEventLoop keeps it) is
- * anything but False, 0 if False, -1 with an exception. */
+/* 1 if the loop's _debug is true (or missing: asyncio's method then
+ * raises), 0 if false, -1 with an exception.  Read by the loop's core
+ * when it is the last one used (its cached reads, which honour a property
+ * of the class), else with getattr. */
 static int
 lm_debug(cd_state *st, PyObject *self)
 {
-    PyObject *d = PyObject_GenericGetDict(self, NULL);
-    if (d == NULL) {
-        return -1;
+    cd_loop_t *core = st->lm_core;
+    if (core != NULL && core->aio_loop == self) {
+        return cd_sched_debug(core);
     }
-    PyObject *v = PyDict_GetItemWithError(d, st->s__debug);
-    Py_DECREF(d);
-    if (v == NULL && PyErr_Occurred()) {
-        return -1;
+    PyObject *v = PyObject_GetAttr(self, st->s__debug);
+    if (v == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return -1;
+        }
+        PyErr_Clear();
+        return 1;
     }
-    return v != Py_False;
+    int r = v == Py_False ? 0 : PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
 }
 
 /* New reference: asyncio.Future(loop=loop).  Inside the running loop
@@ -505,21 +525,6 @@ static PyType_Spec lm_spec = {
     .slots = lm_slots,
 };
 
-/* Borrowed: the first definition of name in tp's MRO, or NULL (an
- * exception set if the lookup failed). */
-static PyObject *
-lm_mro_own(PyTypeObject *tp, PyObject *name)
-{
-    PyObject *mro = tp->tp_mro, *v = NULL;
-    for (Py_ssize_t j = 0; mro != NULL && j < PyTuple_GET_SIZE(mro); j++) {
-        v = cd_loopmeth_own((PyTypeObject *)PyTuple_GET_ITEM(mro, j), name);
-        if (v != NULL || PyErr_Occurred()) {
-            break;
-        }
-    }
-    return v;
-}
-
 /* The names, and asyncio's functions of those names: what the base class
  * of asyncio's selector loops resolves them to (BaseEventLoop's, but
  * BaseSelectorEventLoop's own _write_to_self). */
@@ -543,9 +548,10 @@ lm_init_names(cd_state *st)
     }
     for (int i = 0; i < CD_LM_N && rc == 0; i++) {
         st->lm_name[i] = PyUnicode_InternFromString(lm_names[i]);
-        st->lm_base[i] = st->lm_name[i]
-                             ? lm_mro_own((PyTypeObject *)base, st->lm_name[i])
-                             : NULL;
+        st->lm_base[i] =
+            st->lm_name[i]
+                ? cd_loopmeth_lookup((PyTypeObject *)base, st->lm_name[i])
+                : NULL;
         if (st->lm_base[i] == NULL) {
             if (!PyErr_Occurred()) {
                 PyErr_Format(PyExc_AttributeError,

@@ -61,6 +61,15 @@ sched_on_dict_event(PyDict_WatchEvent event, PyObject *dict, PyObject *key,
     attrs_gen++;
     return 0;
 }
+
+/* A loop's class or one of its bases changed (its version tag goes):
+ * what core_dict_check found may no longer hold. */
+static int
+sched_on_type_event(PyTypeObject *type)
+{
+    attrs_gen++;
+    return 0;
+}
 #endif
 
 int
@@ -102,6 +111,11 @@ cd_sched_init(cd_state *st)
         goto done;
     }
     st->dict_watcher = id + 1;
+    id = PyType_AddWatcher(sched_on_type_event);
+    if (id < 0) {
+        goto done;
+    }
+    st->type_watcher = id + 1;
 #endif
     rc = 0;
 done:
@@ -118,6 +132,13 @@ cd_sched_state_clear(cd_state *st)
         }
         st->dict_watcher = 0;
         attrs_gen++; /* Nothing watches the loops' dicts any more. */
+    }
+    if (st->type_watcher != 0) {
+        if (PyType_ClearWatcher(st->type_watcher - 1) < 0) {
+            PyErr_WriteUnraisable(NULL);
+        }
+        st->type_watcher = 0;
+        attrs_gen++;
     }
 #endif
 }
@@ -219,21 +240,94 @@ obj_flag(PyObject *obj, PyObject *name)
     return r;
 }
 
+/* The loop's attributes that the core reads from its __dict__. */
+#define CD_SCHED_NNAMES 7
+static void
+sched_names(cd_state *st, PyObject *names[CD_SCHED_NNAMES])
+{
+    PyObject *n[CD_SCHED_NNAMES] = {
+        st->s__debug,       st->s__closed,   st->s__scheduled,
+        st->s__stopping,    st->s__selector, st->s__clock_resolution,
+        st->s__task_factory};
+    memcpy(names, n, sizeof(n));
+}
+
+/* Notes in core->dict_plain whether the loop's class lets the core read
+ * its attributes from its __dict__: no data descriptor (a property) for
+ * any of the names, which would win over the __dict__.  One walk of the
+ * class's MRO, kept in core->dict_tag with the class's version tag, which
+ * setting an attribute of the class or of a base changes.  -1 on
+ * error. */
+static int
+core_dict_check(cd_loop_t *core)
+{
+    PyTypeObject *tp = Py_TYPE(core->aio_loop);
+    PyObject *names[CD_SCHED_NNAMES];
+    sched_names(core->st, names);
+#if PY_VERSION_HEX >= 0x030C0000
+    PyUnstable_Type_AssignVersionTag(tp);
+#else
+    /* A lookup through the type gives it a version tag if it has none. */
+    PyObject *m = PyObject_GetAttr((PyObject *)tp, names[0]);
+    if (m == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return -1;
+        }
+        PyErr_Clear();
+    }
+    Py_XDECREF(m);
+#endif
+    unsigned int tag = tp->tp_version_tag;
+    int plain = 1;
+    for (int i = 0; i < CD_SCHED_NNAMES && plain; i++) {
+        PyObject *d = cd_loopmeth_lookup(tp, names[i]); /* borrowed */
+        if (d == NULL && PyErr_Occurred()) {
+            return -1;
+        }
+        plain = d == NULL || Py_TYPE(d)->tp_descr_set == NULL;
+    }
+    core->dict_plain = plain;
+    /* A walk that ran code (a key's __eq__) holds for this use only. */
+    core->dict_tag = tp->tp_version_tag == tag ? tag : 0;
+    return 0;
+}
+
+/* Borrowed: the loop's __dict__, where the core reads the names above,
+ * or NULL (an exception set on error) when they must be read with
+ * getattr: the __dict__ is not read, or the loop's class has a data
+ * descriptor for one of them (checked again whenever the class's version
+ * tag changes). */
+static inline PyObject *
+core_dict(cd_loop_t *core)
+{
+    if (core->aio_dict == NULL) {
+        return NULL;
+    }
+    if (core->aio_loop != NULL) {
+        unsigned int tag = Py_TYPE(core->aio_loop)->tp_version_tag;
+        if ((tag == 0 || tag != core->dict_tag) && core_dict_check(core) < 0) {
+            return NULL;
+        }
+    }
+    return core->dict_plain ? core->aio_dict : NULL;
+}
+
 /* New reference: loop.<name>.  The loop's instance attributes (_debug,
  * _closed, _scheduled...) are read from its __dict__ directly when its
- * class defines no data descriptor for them (checked at sched_init): the
- * same value getattr finds, without the walk of the class's MRO. */
+ * class defines no data descriptor for them (core_dict): the same value
+ * getattr finds, without the walk of the class's MRO. */
 static PyObject *
 core_get(cd_loop_t *core, PyObject *name)
 {
-    if (core->aio_dict != NULL) {
-        PyObject *v = PyDict_GetItemWithError(core->aio_dict, name);
+    PyObject *d = core_dict(core);
+    if (d != NULL) {
+        PyObject *v = PyDict_GetItemWithError(d, name);
         if (v != NULL) {
             return Py_NewRef(v);
         }
-        if (PyErr_Occurred()) {
-            return NULL;
-        }
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
     }
     if (core->aio_loop == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "loop core is not attached");
@@ -246,8 +340,12 @@ core_get(cd_loop_t *core, PyObject *name)
 static int
 core_set(cd_loop_t *core, PyObject *name, PyObject *v)
 {
-    if (core->aio_dict != NULL) {
-        return PyDict_SetItem(core->aio_dict, name, v);
+    PyObject *d = core_dict(core);
+    if (d != NULL) {
+        return PyDict_SetItem(d, name, v);
+    }
+    if (PyErr_Occurred()) {
+        return -1;
     }
     return PyObject_SetAttr(core->aio_loop, name, v);
 }
@@ -365,12 +463,15 @@ core_attrs_load(cd_loop_t *core)
 {
 #if PY_VERSION_HEX >= 0x030C0000
     cd_state *st = core->st;
-    if (core->aio_loop == NULL || core->aio_dict == NULL ||
-        core->dict_watch == 0) {
+    if (core->aio_loop == NULL || core->dict_watch == 0) {
         return 0;
     }
     uint64_t gen = attrs_gen;
     attrs_clear(core);
+    if (core_dict(core) == NULL) {
+        /* A property of the class: getattr, one by one. */
+        return PyErr_Occurred() ? -1 : 0;
+    }
     PyObject *names[] = {st->s__debug, st->s__closed, st->s__stopping};
     for (int i = 0; i < 3; i++) {
         int f = attrs_read_flag(core, names[i]);
@@ -404,8 +505,9 @@ core_attrs_load(cd_loop_t *core)
     else {
         Py_DECREF(sched);
     }
-    /* A read through getattr may have run code that changed them. */
-    core->attrs.gen = attrs_gen == gen ? gen : 0;
+    /* A read through getattr may have run code that changed them; a
+     * class without a version tag is checked at every use. */
+    core->attrs.gen = attrs_gen == gen && core->dict_tag != 0 ? gen : 0;
     return core->attrs.gen != 0;
 #else
     return 0;
@@ -1067,6 +1169,12 @@ cd_sched_call_later(cd_loop_t *core, PyObject *const *args, size_t nargsf,
 
 /* get_debug(): BaseEventLoop.get_debug, which asyncio calls for every
  * Future, Task and cancelled handle: loop._debug as stored. */
+int
+cd_sched_debug(cd_loop_t *core)
+{
+    return core_flag(core, CD_ATTR_DEBUG, core->st->s__debug);
+}
+
 PyObject *
 cd_sched_get_debug(cd_loop_t *core, PyObject *unused)
 {
@@ -1530,32 +1638,28 @@ sched_own_dict(cd_loop_t *core)
 #endif
 
 /* Reads the loop's attributes from its __dict__ if its class has no data
- * descriptor for any name the core reads. */
+ * descriptor for any name the core reads (core_dict checks that again
+ * whenever the class changes: a type watcher tells the cached values). */
 static int
 sched_attach_dict(cd_loop_t *core)
 {
+#if PY_VERSION_HEX >= 0x030C0000
     cd_state *st = core->st;
-    PyObject *tp = (PyObject *)Py_TYPE(core->aio_loop);
-    PyObject *names[] = {st->s__debug,       st->s__closed,
-                         st->s__scheduled,   st->s__stopping,
-                         st->s__selector,    st->s__clock_resolution,
-                         st->s__task_factory};
+#endif
     sched_unwatch(core, 0);
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        PyObject *d = PyObject_GetAttr(tp, names[i]);
-        if (d == NULL) {
-            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
-                return -1;
-            }
-            PyErr_Clear();
-            continue;
-        }
-        int data = Py_TYPE(d)->tp_descr_set != NULL;
-        Py_DECREF(d);
-        if (data) {
-            return 0;
-        }
+    if (core_dict_check(core) < 0) {
+        return -1;
     }
+    if (!core->dict_plain) {
+        return 0; /* Never read: getattr finds them. */
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    if (st->type_watcher != 0 &&
+        PyType_Watch(st->type_watcher - 1,
+                     (PyObject *)Py_TYPE(core->aio_loop)) < 0) {
+        return -1;
+    }
+#endif
     PyObject *d = PyObject_GenericGetDict(core->aio_loop, NULL);
     if (d == NULL) {
         return -1;

@@ -207,6 +207,7 @@ typedef struct {
     unsigned int timer_tag;
     cd_handle_slots_t handle_slots;
     int dict_watcher; /* sched.c's PyDict watcher id + 1; 0: none */
+    int type_watcher; /* sched.c's PyType watcher id + 1; 0: none */
     /* Where a Handle's weak reference list is (tp_weaklistoffset, which
      * may be negative: before the object), and whether run Handles may be
      * reused at all (sched.c). */

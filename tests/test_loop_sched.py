@@ -18,7 +18,7 @@ import pytest
 
 from cdaphne import _cdaphne
 from cdaphne._cdaphne import LoopMethods
-from cdaphne.loop import new_event_loop
+from cdaphne.loop import LibuvEventLoop, new_event_loop
 
 Scenario = Callable[[asyncio.AbstractEventLoop], Any]
 
@@ -961,3 +961,50 @@ def test_a_patch_of_asyncios_cancel_applies_to_the_loops_timers(cls):
         return calls, h.cancelled(), h2.cancelled(), loop._timer_cancelled_count
 
     assert on_both(scenario) == (["TimerHandle"], True, True, 2)
+
+
+# ---- A class attribute added after the loop exists (issue 11).
+
+
+@pytest.mark.parametrize("subclass", [False, True], ids=["class", "subclass"])
+@pytest.mark.parametrize(
+    "base", [asyncio.SelectorEventLoop, LibuvEventLoop], ids=["asyncio", "cdaphne"]
+)
+def test_a_property_added_to_the_loop_class_later_wins_over_the_dict(base, subclass):
+    """The core reads the loop's _debug, _closed... from its __dict__ only
+    while no data descriptor of its class (or of a base) would win over the
+    __dict__: a property added after the loop ran is read at once, as
+    getattr reads it, and the __dict__ again once it is gone."""
+    from unittest import mock
+
+    cls = type("Sub", (base,), {}) if subclass else base
+    loop = cls()
+    seen = []
+    try:
+        loop.run_until_complete(asyncio.sleep(0))  # warm every cache
+        assert loop.get_debug() is False and loop.create_future()._source_traceback is None
+        debug = property(lambda self: True, lambda self, v: seen.append(v))
+        with mock.patch.object(base, "_debug", debug, create=True):
+            assert loop.get_debug() is True
+            h = loop.call_soon(print)
+            assert h._source_traceback is not None  # asyncio's debug-mode path
+            h.cancel()
+            assert loop.create_future()._source_traceback is not None
+            timer = loop.call_later(10, print)
+            assert timer._source_traceback is not None
+            timer.cancel()
+            loop.set_debug(False)
+            assert seen == [False] and loop.get_debug() is True
+        assert loop.get_debug() is False
+        assert loop.call_soon(print)._source_traceback is None
+        closed = property(lambda self: True)
+        with mock.patch.object(base, "_closed", closed, create=True):
+            with pytest.raises(RuntimeError, match="closed"):
+                loop.call_soon(print)
+            with pytest.raises(RuntimeError, match="closed"):
+                loop.call_later(1, print)
+        loop.call_soon(seen.append, "ran")
+        loop.run_until_complete(asyncio.sleep(0))
+        assert seen == [False, "ran"]
+    finally:
+        loop.close()
