@@ -738,9 +738,50 @@ tls_tp_read(cd_conn_t *c, const uv_buf_t *buf, size_t nread)
     return r == CD_TLS_EOF ? UV_EOF : 0;
 }
 
-/* Encrypts c->outq: small entries gathered into one record. */
+/* Ciphertext bytes a record may add to its plaintext, at most (TLS 1.2
+ * CBC with SHA-384: header, IV, MAC, padding). */
+#define CD_TLS_RECORD_OVERHEAD 96
+
+/* Appends the ciphertext OpenSSL made to out.  A memory BIO keeps the
+ * largest size it ever held (a flush that encrypted a 4 MiB response at
+ * once left 4 MiB on the idle conn): it is emptied after each record. */
 static int
-tls_encrypt_outq(cd_conn_t *c, cd_tls_t *tls)
+tls_drain(cd_tls_t *t, cd_buf_t *out)
+{
+    size_t len = BIO_ctrl_pending(t->wbio);
+    size_t got = 0;
+    if (len == 0) {
+        return 0;
+    }
+    if (cd_buf_reserve(out, len) < 0) {
+        return UV_ENOMEM;
+    }
+    if (!BIO_read_ex(t->wbio, out->base + out->len, len, &got) || got != len) {
+        ERR_clear_error();
+        return UV_EPROTO;
+    }
+    out->len += len;
+    return 0;
+}
+
+/* Encrypts n plaintext bytes into out, one record at a time. */
+static int
+tls_encrypt(cd_tls_t *t, const char *p, size_t n, cd_buf_t *out)
+{
+    while (n > 0) {
+        size_t step = n < CD_TLS_CHUNK ? n : CD_TLS_CHUNK;
+        if (cd_tls_write(t, p, step) < 0 || tls_drain(t, out) < 0) {
+            return -1;
+        }
+        p += step;
+        n -= step;
+    }
+    return 0;
+}
+
+/* Encrypts c->outq into out: small entries gathered into one record. */
+static int
+tls_encrypt_outq(cd_conn_t *c, cd_tls_t *tls, cd_buf_t *out)
 {
     char gather[CD_TLS_GATHER];
     size_t g = 0;
@@ -753,7 +794,7 @@ tls_encrypt_outq(cd_conn_t *c, cd_tls_t *tls)
             g += n;
             continue;
         }
-        if (g > 0 && cd_tls_write(tls, gather, g) < 0) {
+        if (g > 0 && tls_encrypt(tls, gather, g, out) < 0) {
             return -1;
         }
         g = 0;
@@ -761,46 +802,64 @@ tls_encrypt_outq(cd_conn_t *c, cd_tls_t *tls)
             memcpy(gather, p, n);
             g = n;
         }
-        else if (cd_tls_write(tls, p, n) < 0) {
+        else if (tls_encrypt(tls, p, n, out) < 0) {
             return -1;
         }
     }
-    if (g > 0 && cd_tls_write(tls, gather, g) < 0) {
+    if (g > 0 && tls_encrypt(tls, gather, g, out) < 0) {
         return -1;
     }
     cd_conn_outq_clear(c);
     return 0;
 }
 
+/* Room for the ciphertext of c->outq and what OpenSSL holds already. */
+static size_t
+tls_out_estimate(cd_conn_t *c, cd_tls_t *tls)
+{
+    size_t n = cd_tls_out_pending(tls);
+    for (int i = 0; i < c->outq.n; i++) {
+        n += c->outq.bufs[i].len +
+             (c->outq.bufs[i].len / CD_TLS_CHUNK + 1) * CD_TLS_RECORD_OVERHEAD;
+    }
+    return n;
+}
+
+/* Encrypts c->outq (if it can go) and queues the ciphertext, handshake
+ * records and alerts included, as one block of the wire queue. */
+static int
+tls_flush_to_wire(cd_conn_t *c, cd_tls_conn_t *tc)
+{
+    cd_buf_t out = {NULL, 0, 0};
+    int encrypt = c->outq.n > 0 && cd_tls_is_open(tc->tls);
+    if ((encrypt && (cd_buf_reserve(&out, tls_out_estimate(c, tc->tls)) < 0 ||
+                     tls_encrypt_outq(c, tc->tls, &out) < 0)) ||
+        tls_drain(tc->tls, &out) < 0) {
+        cd_buf_dispose(&out);
+        return -1;
+    }
+    if (out.len == 0) {
+        cd_buf_dispose(&out);
+        return 0;
+    }
+    uv_buf_t b = cd_uvbuf(out.base, out.len);
+    return cd_conn_wire_push(c, &tc->wire, &b, 1, NULL, out.base) < 0 ? -1 : 0;
+}
+
 static cd_outq_t *
 tls_tp_encode(cd_conn_t *c)
 {
     cd_tls_conn_t *tc = c->transport_data;
-    if (c->outq.n > 0) {
-        if (cd_tls_is_open(tc->tls)) {
-            if (tls_encrypt_outq(c, tc->tls) < 0) {
-                return NULL;
-            }
-        }
-        else if (cd_tls_handshake_done(tc->tls) ||
-                 (c->flags & CD_CONN_F_CLOSE_AFTER)) {
-            /* After the peer's close_notify or an error nothing more can
-             * be sent; nor can a response before the handshake (the 503
-             * of --limit-concurrency): drop it. */
-            cd_conn_outq_clear(c);
-        }
-        /* Else it waits for the handshake. */
+    if (c->outq.n > 0 && !cd_tls_is_open(tc->tls) &&
+        (cd_tls_handshake_done(tc->tls) ||
+         (c->flags & CD_CONN_F_CLOSE_AFTER))) {
+        /* After the peer's close_notify or an error nothing more can be
+         * sent; nor can a response before the handshake (the 503 of
+         * --limit-concurrency): drop it. */
+        cd_conn_outq_clear(c);
     }
-    size_t n;
-    char *p = cd_tls_take_out(tc->tls, &n);
-    if (p == NULL) {
-        return cd_tls_out_pending(tc->tls) > 0 ? NULL : &tc->wire;
-    }
-    uv_buf_t b = cd_uvbuf(p, n);
-    if (cd_conn_wire_push(c, &tc->wire, &b, 1, NULL, p) < 0) {
-        return NULL;
-    }
-    return &tc->wire;
+    /* Else, before the handshake, it waits for it. */
+    return tls_flush_to_wire(c, tc) < 0 ? NULL : &tc->wire;
 }
 
 static int
