@@ -1033,6 +1033,8 @@ size_t cd_tls_in_pending(const cd_tls_t *t);
  * (wants more ciphertext, or room ran out), CD_TLS_EOF, or a negative
  * UV_E* error: fatal, close (after sending cd_tls_take_out's alert). */
 int cd_tls_read(cd_tls_t *t, cd_buf_t *out, size_t room);
+/* Gives back the memory BIOs' room once they are empty (OPEN only). */
+void cd_tls_trim(cd_tls_t *t);
 /* Plaintext or ciphertext is left for another cd_tls_read. */
 int cd_tls_has_plaintext(const cd_tls_t *t);
 /* The handshake completed and no close or error happened since. */

@@ -455,6 +455,46 @@ cd_tls_read(cd_tls_t *t, cd_buf_t *out, size_t room)
     return 0;
 }
 
+/* A memory BIO keeps the largest size it ever held (a 64 KiB socket
+ * read left 87 KiB on the idle conn): an empty one that grew past this
+ * is swapped for a new one. */
+#define CD_TLS_BIO_KEEP 8192
+
+static BIO *
+tls_bio_if_grown(BIO *b)
+{
+    BUF_MEM *m = NULL;
+    if (BIO_ctrl_pending(b) > 0 || BIO_get_mem_ptr(b, &m) <= 0 || m == NULL ||
+        m->max <= CD_TLS_BIO_KEEP) {
+        return NULL;
+    }
+    BIO *fresh = BIO_new(BIO_s_mem());
+    if (fresh == NULL) {
+        ERR_clear_error();
+        return NULL;
+    }
+    BIO_set_mem_eof_return(fresh, -1);
+    return fresh;
+}
+
+void
+cd_tls_trim(cd_tls_t *t)
+{
+    if (t->state != CD_TLS_OPEN) {
+        return; /* The handshake's buffering BIO sits on the wbio. */
+    }
+    BIO *b = tls_bio_if_grown(t->rbio);
+    if (b != NULL) {
+        SSL_set0_rbio(t->ssl, b); /* Frees the old one. */
+        t->rbio = b;
+    }
+    b = tls_bio_if_grown(t->wbio);
+    if (b != NULL) {
+        SSL_set0_wbio(t->ssl, b);
+        t->wbio = b;
+    }
+}
+
 int
 cd_tls_has_plaintext(const cd_tls_t *t)
 {
@@ -724,6 +764,9 @@ tls_tp_read(cd_conn_t *c, const uv_buf_t *buf, size_t nread)
     if (cd_tls_out_pending(tc->tls) > 0) {
         cd_conn_want_flush(c); /* Handshake records, tickets, KeyUpdate. */
     }
+    else if (r == 0) {
+        cd_tls_trim(tc->tls);
+    }
     /* Ready once the handshake is done, even if the peer's close_notify
      * came in the same read: its requests are parsed, then it ends. */
     if (!tc->ready && cd_tls_handshake_done(tc->tls)) {
@@ -838,6 +881,7 @@ tls_flush_to_wire(cd_conn_t *c, cd_tls_conn_t *tc)
         cd_buf_dispose(&out);
         return -1;
     }
+    cd_tls_trim(tc->tls);
     if (out.len == 0) {
         cd_buf_dispose(&out);
         return 0;

@@ -4,9 +4,11 @@ ways.  Real server processes, real TLS clients (Python's ssl, openssl)."""
 
 from __future__ import annotations
 
+import json
+
 from .conftest import Reader
 from .test_http_resources import rss_kb
-from .test_tls import get, pki, tls_connect, tls_server  # noqa: F401
+from .test_tls import APP, get, pki, tls_connect, tls_flags, tls_server  # noqa: F401
 
 
 def test_idle_conns_give_back_a_large_response_s_ciphertext(tls_server, pki):  # noqa: F811
@@ -37,3 +39,31 @@ def test_idle_conns_give_back_a_large_response_s_ciphertext(tls_server, pki):  #
         for sock in held:
             sock.close()
     assert get(tls_server, pki, "/hello").status_code == 200
+
+
+def test_idle_conns_give_back_the_read_buffer_of_an_upload(serve, pki):  # noqa: F811
+    # Regression: the ciphertext of each socket read went through a memory
+    # BIO that kept its largest size: every conn that ever read a full
+    # --tls-read-size kept 4/3 of it while idle (a plain conn keeps no
+    # input buffer when idle).
+    proc = serve(APP, *tls_flags(pki, "--tls-read-size", "1048576"))
+    pid = proc.proc.pid
+    body = b"u" * (4 << 20)
+    request = b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % len(body)
+
+    def upload(sock) -> None:
+        sock.sendall(request + body)
+        assert json.loads(Reader(sock, timeout=30).response().body)["size"] == len(body)
+
+    held = [tls_connect(proc, pki)]
+    try:
+        upload(held[0])
+        before = rss_kb(pid)
+        for _ in range(40):
+            held.append(tls_connect(proc, pki))
+            upload(held[-1])
+        grown = rss_kb(pid) - before
+        assert grown < 16 << 10, f"{grown} KiB for 40 idle conns"
+    finally:
+        for sock in held:
+            sock.close()
