@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--ssl-cert-reqs", type=int, choices=(0, 1, 2), default=Config.ssl_cert_reqs,
       help="client certificate: 0 not asked for, 1 optional, 2 required (needs --ssl-ca-certs)")
     a("--ssl-ciphers", default=Config.ssl_ciphers,
-      help="OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's)")
+      help="OpenSSL cipher list for TLS 1.2 (default: OpenSSL's; TLS 1.3 suites are "
+           "OpenSSL's)")
     log = p.add_mutually_exclusive_group()
     log.add_argument("--access-log", default=None,
                      help="where to write the access log ('-' for stdout, the default "

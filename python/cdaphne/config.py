@@ -70,7 +70,9 @@ class TLSOptions:
     password: str | None = field(default=None, repr=False)  # the key's
     ca_certs: str | None = None  # PEM CAs that client certificates must chain to
     cert_reqs: int = 0  # client certificate: 0 none, 1 optional, 2 required (ssl.CERT_*)
-    ciphers: str | None = "TLSv1"  # OpenSSL cipher list for TLS 1.2 (uvicorn's default)
+    # OpenSSL cipher list for TLS 1.2; None: OpenSSL's default (ECDHE
+    # with AES-GCM/ChaCha20 first), as uvicorn and Daphne (Twisted) give.
+    ciphers: str | None = None
     extra_chain: str | None = None  # PEM intermediates sent after the certificate
     dh_params: str | None = None  # PEM DH parameters for DHE suites (else built in)
 
@@ -294,7 +296,7 @@ class Config:
     ssl_keyfile_password: str | None = field(default=None, repr=False)
     ssl_ca_certs: str | None = None
     ssl_cert_reqs: int = 0  # ssl.CERT_NONE
-    ssl_ciphers: str = "TLSv1"
+    ssl_ciphers: str | None = None
     # Binds given as objects, listened to as they are (a supervisor's
     # workers get their inherited sockets this way).
     listen: list[Bind] = field(default_factory=list)
