@@ -5,10 +5,22 @@ ways.  Real server processes, real TLS clients (Python's ssl, openssl)."""
 from __future__ import annotations
 
 import json
+import socket
+import ssl
+
+import pytest
 
 from .conftest import Reader
 from .test_http_resources import rss_kb
-from .test_tls import APP, get, pki, tls_connect, tls_flags, tls_server  # noqa: F401
+from .test_tls import (  # noqa: F401
+    APP,
+    client_ctx,
+    get,
+    pki,
+    tls_connect,
+    tls_flags,
+    tls_server,
+)
 
 
 def test_idle_conns_give_back_a_large_response_s_ciphertext(tls_server, pki):  # noqa: F811
@@ -67,3 +79,29 @@ def test_idle_conns_give_back_the_read_buffer_of_an_upload(serve, pki):  # noqa:
     finally:
         for sock in held:
             sock.close()
+
+
+@pytest.mark.parametrize("endpoint", [False, True])
+def test_tls12_client_with_python_s_default_ciphers_is_served_with_aead(serve, pki, endpoint):  # noqa: F811
+    # Regression: the default cipher list was uvicorn's old "TLSv1", which
+    # leaves TLS 1.2 only CBC suites with SHA-1: Python's ssl (3.10+,
+    # httpx, websockets) offers none of them, so a client capped at TLS
+    # 1.2 got a handshake_failure alert.  uvicorn now leaves OpenSSL's
+    # defaults, Daphne (Twisted) prefers ECDHE with AES-GCM/ChaCha20.
+    if endpoint:
+        ep = (
+            f"ssl:0:privateKey={pki / 'server.key'}:certKey={pki / 'server.pem'}"
+            ":interface=127.0.0.1"
+        )
+        proc = serve(APP, "-e", ep, port=False)
+    else:
+        proc = serve(APP, *tls_flags(pki))
+    ctx = client_ctx(pki)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    raw = socket.create_connection(("127.0.0.1", proc.port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname="localhost") as sock:
+        assert sock.version() == "TLSv1.2"
+        name, _, _ = sock.cipher()
+        assert name.startswith("ECDHE-") and ("GCM" in name or "CHACHA20" in name), name
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert Reader(sock).response().body == b"Hello, world!"
