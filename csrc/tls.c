@@ -30,6 +30,8 @@ static const unsigned char cd_tls_alpn[] = "\x08http/1.1";
 typedef enum {
     CD_TLS_HANDSHAKE, /* before the handshake completed */
     CD_TLS_OPEN,      /* application data flows */
+    CD_TLS_PEER_DONE, /* the peer's close_notify came: we may still send
+                         (TLS 1.3 half-close), as after a plain FIN */
     CD_TLS_SHUTDOWN,  /* our close_notify is queued */
     CD_TLS_DEAD,      /* a fatal error or the peer's close_notify */
 } cd_tls_state_t;
@@ -392,7 +394,7 @@ cd_tls_free(cd_tls_t *t)
 int
 cd_tls_feed(cd_tls_t *t, const char *data, size_t n)
 {
-    if (n == 0 || t->state == CD_TLS_DEAD) {
+    if (n == 0 || t->state == CD_TLS_DEAD || t->state == CD_TLS_PEER_DONE) {
         return 0;
     }
     size_t written;
@@ -419,7 +421,7 @@ tls_check(cd_tls_t *t, int r)
     switch (e) {
     case SSL_ERROR_WANT_READ:
     case SSL_ERROR_WANT_WRITE: /* A memory BIO never pushes back. */ return 0;
-    case SSL_ERROR_ZERO_RETURN: t->state = CD_TLS_DEAD; return CD_TLS_EOF;
+    case SSL_ERROR_ZERO_RETURN: t->state = CD_TLS_PEER_DONE; return CD_TLS_EOF;
     default: t->state = CD_TLS_DEAD; return UV_EPROTO;
     }
 }
@@ -429,6 +431,9 @@ cd_tls_read(cd_tls_t *t, cd_buf_t *out, size_t room)
 {
     if (t->state == CD_TLS_DEAD) {
         return UV_EPROTO;
+    }
+    if (t->state == CD_TLS_PEER_DONE) {
+        return CD_TLS_EOF;
     }
     if (t->state == CD_TLS_HANDSHAKE) {
         ERR_clear_error();
@@ -504,7 +509,7 @@ cd_tls_has_plaintext(const cd_tls_t *t)
 int
 cd_tls_is_open(const cd_tls_t *t)
 {
-    return t->state == CD_TLS_OPEN;
+    return t->state == CD_TLS_OPEN || t->state == CD_TLS_PEER_DONE;
 }
 
 int
@@ -516,7 +521,7 @@ cd_tls_handshake_done(const cd_tls_t *t)
 int
 cd_tls_write(cd_tls_t *t, const char *data, size_t n)
 {
-    if (t->state != CD_TLS_OPEN) {
+    if (!cd_tls_is_open(t)) {
         return t->state == CD_TLS_HANDSHAKE ? UV_EAGAIN : UV_EPIPE;
     }
     while (n > 0) {
@@ -564,7 +569,7 @@ cd_tls_take_out(cd_tls_t *t, size_t *n)
 void
 cd_tls_shutdown(cd_tls_t *t)
 {
-    if (t->state != CD_TLS_OPEN) {
+    if (!cd_tls_is_open(t)) {
         return;
     }
     t->state = CD_TLS_SHUTDOWN;
@@ -761,6 +766,12 @@ tls_tp_read(cd_conn_t *c, const uv_buf_t *buf, size_t nread)
         tls_send_alert(c, tc);
         return r;
     }
+    if (r == CD_TLS_EOF) {
+        /* The peer's close_notify: ours goes back at once (the conn
+         * closes at EOF), for a client that waits for it. */
+        cd_tls_shutdown(tc->tls);
+        tls_send_alert(c, tc);
+    }
     if (cd_tls_out_pending(tc->tls) > 0) {
         cd_conn_want_flush(c); /* Handshake records, tickets, KeyUpdate. */
     }
@@ -897,9 +908,9 @@ tls_tp_encode(cd_conn_t *c)
     if (c->outq.n > 0 && !cd_tls_is_open(tc->tls) &&
         (cd_tls_handshake_done(tc->tls) ||
          (c->flags & CD_CONN_F_CLOSE_AFTER))) {
-        /* After the peer's close_notify or an error nothing more can be
-         * sent; nor can a response before the handshake (the 503 of
-         * --limit-concurrency): drop it. */
+        /* After an error nothing more can be sent; nor can a response
+         * before the handshake (the 503 of --limit-concurrency): drop
+         * it. */
         cd_conn_outq_clear(c);
     }
     /* Else, before the handshake, it waits for it. */

@@ -105,3 +105,21 @@ def test_tls12_client_with_python_s_default_ciphers_is_served_with_aead(serve, p
         assert name.startswith("ECDHE-") and ("GCM" in name or "CHACHA20" in name), name
         sock.sendall(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert Reader(sock).response().body == b"Hello, world!"
+
+
+def test_close_notify_from_the_client_is_answered_with_ours(tls_server, pki):  # noqa: F811
+    # Regression: the peer's close_notify ended the conn without ours, so
+    # a client that closes cleanly and waits for the answer (Python's
+    # unwrap(), as asyncio's SSL transport does too) saw an EOF "in
+    # violation of protocol".  uvicorn (asyncio) answers it.
+    for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+        ctx = client_ctx(pki)
+        ctx.maximum_version = version
+        raw = socket.create_connection(("127.0.0.1", tls_server.port), timeout=10)
+        sock = ctx.wrap_socket(raw, server_hostname="localhost")
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert Reader(sock).response().body == b"Hello, world!"
+        plain = sock.unwrap()  # Sends ours, reads the server's close_notify.
+        assert plain.recv(100) == b""
+        plain.close()
+    assert get(tls_server, pki, "/hello").status_code == 200
