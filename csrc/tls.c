@@ -775,8 +775,8 @@ tls_tp_read(cd_conn_t *c, const uv_buf_t *buf, size_t nread)
     if (cd_tls_out_pending(tc->tls) > 0) {
         cd_conn_want_flush(c); /* Handshake records, tickets, KeyUpdate. */
     }
-    else if (r == 0) {
-        cd_tls_trim(tc->tls);
+    else if (r == 0 && nread > CD_TLS_BIO_KEEP / 2) {
+        cd_tls_trim(tc->tls); /* Only a large read grows the BIO. */
     }
     /* Ready once the handshake is done, even if the peer's close_notify
      * came in the same read: its requests are parsed, then it ends. */
@@ -892,7 +892,9 @@ tls_flush_to_wire(cd_conn_t *c, cd_tls_conn_t *tc)
         cd_buf_dispose(&out);
         return -1;
     }
-    cd_tls_trim(tc->tls);
+    if (out.len > CD_TLS_BIO_KEEP / 2) {
+        cd_tls_trim(tc->tls); /* Only a large drain grew the BIO. */
+    }
     if (out.len == 0) {
         cd_buf_dispose(&out);
         return 0;
