@@ -1037,7 +1037,8 @@ int cd_tls_read(cd_tls_t *t, cd_buf_t *out, size_t room);
 void cd_tls_trim(cd_tls_t *t);
 /* Plaintext or ciphertext is left for another cd_tls_read. */
 int cd_tls_has_plaintext(const cd_tls_t *t);
-/* The handshake completed and no close or error happened since. */
+/* We can send: the handshake completed, and no error and no close_notify
+ * of ours since (the peer's may have come). */
 int cd_tls_is_open(const cd_tls_t *t);
 /* The handshake completed (whatever happened since). */
 int cd_tls_handshake_done(const cd_tls_t *t);
