@@ -311,11 +311,10 @@ PyObject *cd_loopmeth_lookup(PyTypeObject *tp, PyObject *name);
  * if not, with an exception set on error. */
 cd_loop_t *cd_loopmeth_direct(cd_state *st, PyObject *loop, cd_lm_t which);
 /* Drops the module's note of core (its dealloc). */
-void cd_loopmeth_forget(cd_state *st, cd_loop_t *core);
+void cd_loopmeth_forget(cd_loop_t *core);
 /* New reference: fn(self, *args, **kw), args as vectorcall passes them. */
-PyObject *cd_loopmeth_call(PyObject *fn, PyObject *self,
-                           PyObject *const *args, Py_ssize_t nargs,
-                           PyObject *kwnames);
+PyObject *cd_loopmeth_call(PyObject *fn, PyObject *self, PyObject *const *args,
+                           Py_ssize_t nargs, PyObject *kwnames);
 
 /* ---- timer.c: the loop's timers (asyncio.TimerHandle subclass) ---- */
 /* Imports asyncio's Handle and TimerHandle into st, makes Timer_type. */

@@ -614,7 +614,7 @@ loop_dealloc(cd_loop_t *loop)
 {
     PyTypeObject *tp = Py_TYPE(loop);
     PyObject_GC_UnTrack(loop);
-    cd_loopmeth_forget(loop->st, loop);
+    cd_loopmeth_forget(loop);
     loop_close_uv(loop);
     loop_clear(loop);
     tp->tp_free(loop);

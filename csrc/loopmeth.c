@@ -205,9 +205,18 @@ cd_loopmeth_call(PyObject *fn, PyObject *self, PyObject *const *args,
 
 /* ---- The methods. */
 
+/* Borrowed: the LoopCore of the loop whose LoopMethods method ran last
+ * (its loop.core), valid while it is attached to that loop; the core
+ * clears it when it goes (cd_loopmeth_forget, from its dealloc).  Not in
+ * the module state: at interpreter exit a core can outlive the module and
+ * its state (a heap type's module reference is cleared first), and its
+ * dealloc must not read freed memory.  The GIL guards it; the module lives
+ * in one interpreter only (as sched.c's attrs_gen). */
+static cd_loop_t *lm_core_last;
+
 /* Borrowed: loop.core (from the loop's __dict__) if it is a LoopCore
  * attached to the loop with its scheduling core set up, else NULL (an
- * exception set on error).  Kept in st->lm_core for the next call. */
+ * exception set on error).  Kept in lm_core_last for the next call. */
 static cd_loop_t *
 lm_core_find(cd_state *st, PyObject *self)
 {
@@ -221,7 +230,7 @@ lm_core_find(cd_state *st, PyObject *self)
         core->aio_loop != self || core->ready_q == NULL) {
         return NULL;
     }
-    st->lm_core = core;
+    lm_core_last = core;
     return core;
 }
 
@@ -229,7 +238,7 @@ lm_core_find(cd_state *st, PyObject *self)
 static cd_loop_t *
 lm_core_slow(cd_state *st, PyObject *self, cd_lm_t which)
 {
-    cd_loop_t *core = st->lm_core;
+    cd_loop_t *core = lm_core_last;
     if (core == NULL || core->aio_loop != self) {
         core = lm_core_find(st, self);
         if (core == NULL && PyErr_Occurred()) {
@@ -251,7 +260,7 @@ lm_core_slow(cd_state *st, PyObject *self, cd_lm_t which)
 static inline cd_loop_t *
 lm_core(cd_state *st, PyObject *self, cd_lm_t which)
 {
-    cd_loop_t *core = st->lm_core;
+    cd_loop_t *core = lm_core_last;
     unsigned int tag = Py_TYPE(self)->tp_version_tag;
     if (core != NULL && core->aio_loop == self && tag != 0 &&
         tag == st->lm_cache.tag && ((st->lm_cache.next_base >> which) & 1)) {
@@ -347,7 +356,7 @@ CD_LM_METHOD(lm_write_to_self, CD_LM_WRITE_TO_SELF, CD_LM_NONE,
 static int
 lm_debug(cd_state *st, PyObject *self)
 {
-    cd_loop_t *core = st->lm_core;
+    cd_loop_t *core = lm_core_last;
     if (core != NULL && core->aio_loop == self) {
         return cd_sched_debug(core);
     }
@@ -444,7 +453,7 @@ cd_loopmeth_future_new(cd_state *st, PyObject *loop)
 cd_loop_t *
 cd_loopmeth_direct(cd_state *st, PyObject *loop, cd_lm_t which)
 {
-    cd_loop_t *core = st->lm_core;
+    cd_loop_t *core = lm_core_last;
     if (core == NULL || core->aio_loop != loop || core->aio_dict == NULL) {
         return NULL;
     }
@@ -463,10 +472,10 @@ cd_loopmeth_direct(cd_state *st, PyObject *loop, cd_lm_t which)
 /* ---- The type. */
 
 void
-cd_loopmeth_forget(cd_state *st, cd_loop_t *core)
+cd_loopmeth_forget(cd_loop_t *core)
 {
-    if (st->lm_core == core) {
-        st->lm_core = NULL;
+    if (lm_core_last == core) {
+        lm_core_last = NULL;
     }
 }
 

@@ -182,10 +182,6 @@ typedef struct {
     PyObject *lm_base[CD_LM_N];
     /* What the class of the loop asked last resolved the names to. */
     cd_lm_cache_t lm_cache;
-    /* borrowed: the LoopCore of the loop whose LoopMethods method ran last
-     * (its loop.core): valid while it is attached to that loop; the core
-     * clears it when it goes (cd_loop_t's dealloc). */
-    struct cd_loop_s *lm_core;
     PyObject *get_running_loop; /* _asyncio._get_running_loop */
     PyObject *asyncio_CancelledError;
     PyObject *convert_future_exc; /* asyncio.futures._convert_future_exc */
