@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OPS = {
     "call_soon": 20000,
     "call_later": 10000,
+    "call_later_1ms": 10000,
     "sleep0": 10000,
     "future_switch": 10000,
     "create_task": 5000,
@@ -66,7 +67,10 @@ SRC_PATH: list[str] = []
 
 def child_env(*extra: str) -> dict[str, str]:
     parts = [*SRC_PATH, *extra, os.environ.get("PYTHONPATH", "")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in parts if p)}
+    # A fixed hash seed: dict probes (and so instruction counts) vary with it
+    # by ~100 per op from run to run otherwise.
+    env = {"PYTHONHASHSEED": "0", **os.environ}
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in parts if p)}
 
 
 def count(python: str, loop: str, bench: str, n: int) -> tuple[int, int]:
