@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import selectors
+import signal
+import threading
 from asyncio import format_helpers
 from typing import Any
 
@@ -133,6 +135,36 @@ class LibuvEventLoop(LoopMethods, asyncio.SelectorEventLoop):  # type: ignore[mi
         for handle in self._ready:
             ready.append(handle)
         self._ready = ready
+
+    def run_forever(self) -> None:
+        # libuv retries epoll_wait after EINTR, so a signal the loop has no
+        # handler for (Ctrl-C's KeyboardInterrupt, asyncio.Runner's SIGINT
+        # handler) would wait for the loop's next wake-up, where asyncio's
+        # select() returns at once.  In the main thread, with no wake-up fd
+        # set, the signal's C handler writes to the self-pipe the loop polls
+        # (as uvloop does) while it runs.
+        owned = self._own_signal_wakeup()
+        try:
+            super().run_forever()
+        finally:
+            if owned:
+                self._drop_signal_wakeup()
+
+    def _own_signal_wakeup(self) -> bool:
+        if threading.current_thread() is not threading.main_thread() or self._csock is None:
+            return False
+        fd = self._csock.fileno()
+        previous = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+        if previous != -1:  # someone's own (add_signal_handler sets ours)
+            signal.set_wakeup_fd(previous)
+        return previous == -1
+
+    def _drop_signal_wakeup(self) -> None:
+        if self._signal_handlers:  # type: ignore[attr-defined]
+            return  # add_signal_handler's now: it stays set between runs
+        previous = signal.set_wakeup_fd(-1)
+        if self._csock is None or previous != self._csock.fileno():
+            signal.set_wakeup_fd(previous)  # replaced while running: not ours
 
     # BaseEventLoop's attribute, kept by the C core (csrc/sched.c).
     @property
