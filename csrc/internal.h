@@ -312,6 +312,10 @@ PyObject *cd_loopmeth_lookup(PyTypeObject *tp, PyObject *name);
 cd_loop_t *cd_loopmeth_direct(cd_state *st, PyObject *loop, cd_lm_t which);
 /* Drops the module's note of core (its dealloc). */
 void cd_loopmeth_forget(cd_loop_t *core);
+/* Gives tp a version tag if it has none (it stays 0 if it cannot have
+ * one); name: any attribute, looked up through tp where CPython has no
+ * call for it (3.11).  -1 with an exception on error. */
+int cd_type_tag(PyTypeObject *tp, PyObject *name);
 /* New reference: fn(self, *args, **kw), args as vectorcall passes them. */
 PyObject *cd_loopmeth_call(PyObject *fn, PyObject *self, PyObject *const *args,
                            Py_ssize_t nargs, PyObject *kwnames);

@@ -127,18 +127,15 @@ lm_walk(cd_state *st, PyTypeObject *tp, cd_lm_cache_t *c)
     return 0;
 }
 
-/* Finds what tp resolves the names to, into c, and keeps it while tp
- * keeps its version tag (a class that cannot have one, 0, is walked at
- * every call).  -1 with an exception on error. */
-static int
-lm_resolve(cd_state *st, PyTypeObject *tp, cd_lm_cache_t *c)
+int
+cd_type_tag(PyTypeObject *tp, PyObject *name)
 {
-    c->tag = 0;
 #if PY_VERSION_HEX >= 0x030C0000
+    (void)name;
     PyUnstable_Type_AssignVersionTag(tp);
 #else
     /* A lookup through the type gives it a version tag if it has none. */
-    PyObject *m = PyObject_GetAttr((PyObject *)tp, st->lm_name[0]);
+    PyObject *m = PyObject_GetAttr((PyObject *)tp, name);
     if (m == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
             return -1;
@@ -147,6 +144,19 @@ lm_resolve(cd_state *st, PyTypeObject *tp, cd_lm_cache_t *c)
     }
     Py_XDECREF(m);
 #endif
+    return 0;
+}
+
+/* Finds what tp resolves the names to, into c, and keeps it while tp
+ * keeps its version tag (a class that cannot have one, 0, is walked at
+ * every call).  -1 with an exception on error. */
+static int
+lm_resolve(cd_state *st, PyTypeObject *tp, cd_lm_cache_t *c)
+{
+    c->tag = 0;
+    if (cd_type_tag(tp, st->lm_name[0]) < 0) {
+        return -1;
+    }
     unsigned int tag = tp->tp_version_tag;
     if (lm_walk(st, tp, c) < 0) {
         return -1;

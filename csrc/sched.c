@@ -264,19 +264,9 @@ core_dict_check(cd_loop_t *core)
     PyTypeObject *tp = Py_TYPE(core->aio_loop);
     PyObject *names[CD_SCHED_NNAMES];
     sched_names(core->st, names);
-#if PY_VERSION_HEX >= 0x030C0000
-    PyUnstable_Type_AssignVersionTag(tp);
-#else
-    /* A lookup through the type gives it a version tag if it has none. */
-    PyObject *m = PyObject_GetAttr((PyObject *)tp, names[0]);
-    if (m == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
-            return -1;
-        }
-        PyErr_Clear();
+    if (cd_type_tag(tp, names[0]) < 0) {
+        return -1;
     }
-    Py_XDECREF(m);
-#endif
     unsigned int tag = tp->tp_version_tag;
     int plain = 1;
     for (int i = 0; i < CD_SCHED_NNAMES && plain; i++) {
