@@ -566,13 +566,14 @@ core_selector(cd_loop_t *core)
     return core_get(core, core->st->s__selector);
 }
 
-/* 1 when loop.time() is the monotonic clock (its class keeps
- * BaseEventLoop.time, and no instance attribute replaces it), 0 if not,
- * -1 on error. */
+/* 1 when the loop's method `which` is the one the core stands for: its
+ * class keeps it (cd_loopmeth_plain) and no instance attribute replaces
+ * it (the step's cached flag, else a look in the __dict__); 0 if not, -1
+ * on error. */
 static int
-core_time_is_clock(cd_loop_t *core)
+core_method_is_ours(cd_loop_t *core, cd_lm_t which, int flag)
 {
-    int plain = cd_loopmeth_plain(core->st, core->aio_loop, CD_LM_TIME);
+    int plain = cd_loopmeth_plain(core->st, core->aio_loop, which);
     if (plain <= 0) {
         return plain;
     }
@@ -581,9 +582,16 @@ core_time_is_clock(cd_loop_t *core)
         return -1;
     }
     if (c > 0) {
-        return core->attrs.flag[CD_ATTR_TIME_IS_CLOCK];
+        return core->attrs.flag[flag];
     }
-    return core_no_instance_attr(core, core->st->s_time);
+    return core_no_instance_attr(core, core->st->lm_name[which]);
+}
+
+/* 1 when loop.time() is the monotonic clock (BaseEventLoop.time). */
+static int
+core_time_is_clock(cd_loop_t *core)
+{
+    return core_method_is_ours(core, CD_LM_TIME, CD_ATTR_TIME_IS_CLOCK);
 }
 
 /* loop.time() as a double. */
@@ -713,20 +721,8 @@ cd_sched_call_soon(cd_loop_t *core, PyObject *const *args, size_t nargsf,
 static int
 core_wake_is_ours(cd_loop_t *core)
 {
-    PyObject *name = core->st->lm_name[CD_LM_WRITE_TO_SELF];
-    int plain =
-        cd_loopmeth_plain(core->st, core->aio_loop, CD_LM_WRITE_TO_SELF);
-    if (plain <= 0) {
-        return plain;
-    }
-    int c = core_attrs(core);
-    if (c < 0) {
-        return -1;
-    }
-    if (c > 0) {
-        return core->attrs.flag[CD_ATTR_WAKE_IS_OURS];
-    }
-    return core_no_instance_attr(core, name);
+    return core_method_is_ours(core, CD_LM_WRITE_TO_SELF,
+                               CD_ATTR_WAKE_IS_OURS);
 }
 
 /* self._write_to_self(), as BaseEventLoop.call_soon_threadsafe ends: in
