@@ -316,6 +316,8 @@ void cd_loopmeth_forget(cd_loop_t *core);
  * one); name: any attribute, looked up through tp where CPython has no
  * call for it (3.11).  -1 with an exception on error. */
 int cd_type_tag(PyTypeObject *tp, PyObject *name);
+/* Copies the handle slot offsets for the timers' dealloc (cd_sched_init). */
+void cd_timer_note_slots(const cd_handle_slots_t *o);
 /* New reference: fn(self, *args, **kw), args as vectorcall passes them. */
 PyObject *cd_loopmeth_call(PyObject *fn, PyObject *self, PyObject *const *args,
                            Py_ssize_t nargs, PyObject *kwnames);

@@ -117,6 +117,7 @@ cd_sched_init(cd_state *st)
     }
     st->type_watcher = id + 1;
 #endif
+    cd_timer_note_slots(o);
     rc = 0;
 done:
     return rc;

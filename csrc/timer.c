@@ -191,6 +191,18 @@ timer_slots_known(PyObject *cls)
     return PyErr_Occurred() ? -1 : known;
 }
 
+/* The slot offsets, for timer_dealloc: a copy, not the module state's,
+ * because at interpreter exit a timer can outlive its type's module
+ * reference (cleared first) and the module state.  The GIL guards it; the
+ * module lives in one interpreter only. */
+static cd_handle_slots_t timer_offsets;
+
+void
+cd_timer_note_slots(const cd_handle_slots_t *o)
+{
+    timer_offsets = *o;
+}
+
 /* subtype_dealloc, for this final type whose slots are known: it walks
  * every base's member table to find them, a third of what freeing a timer
  * cost. */
@@ -204,8 +216,7 @@ timer_dealloc(PyObject *self)
     }
     PyObject_GC_UnTrack(self);
     PyObject_ClearWeakRefs(self);
-    const cd_handle_slots_t *o =
-        &cd_get_state(PyType_GetModule(tp))->handle_slots;
+    const cd_handle_slots_t *o = &timer_offsets;
     Py_CLEAR(CD_SLOT(self, o->callback));
     Py_CLEAR(CD_SLOT(self, o->args));
     Py_CLEAR(CD_SLOT(self, o->cancelled));
