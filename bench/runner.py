@@ -182,6 +182,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         _stamp_load([sc])
         log("scenario: django")
         scenarios.http_group(ctx, [sc], "django", ctx.servers_for("django"))
+        scenarios.app_alone(ctx, sc)
     if "ws" in results:
         sc = results["ws"]
         client = "picows (bench/ws_client.py)"

@@ -13,7 +13,7 @@ from typing import Any
 from . import env, latency, probes, servers, wrk, ws
 from .config import Mode
 from .cpu import Meter
-from .results import ERROR, SKIPPED, UNAVAILABLE, ScenarioResult, ServerResult
+from .results import ERROR, OK, SKIPPED, UNAVAILABLE, ScenarioResult, ServerResult
 from .servers import HOST, SPECS, RunningServer, Unavailable
 
 Log = Callable[[str], None]
@@ -373,6 +373,44 @@ def layer(ctx: Context, sc: ScenarioResult) -> None:
         sc.raw = json.loads(out.read_text())
     except json.JSONDecodeError as exc:
         sc.status, sc.reason = ERROR, f"layer_bench.py wrote invalid JSON: {exc}"
+
+
+APP_ALONE = {"app-alone": "cdaphne", "app-alone-uvloop": "uvloop"}  # row -> loop
+
+
+def app_alone(ctx: Context, sc: ScenarioResult) -> None:
+    """Rows "app-alone" of the django scenario: bench/app_alone.py drives the view in
+    one process pinned to the server core, on cdaphne's loop and on uvloop (each from
+    the venv its server runs in), alternating; no server can beat these rows."""
+    pythons = {"cdaphne": env.project_python(), "uvloop": env.peer_python()}
+    rows = [r for r, loop in APP_ALONE.items() if not (loop == "uvloop" and ctx.peer_error)]
+    child_env = dict(os.environ, PYTHONPATH=str(env.ROOT / "python"))
+    child_env.pop("PYTHONASYNCIODEBUG", None)
+    for rep in range(ctx.mode.reps):
+        for row in _rotated(rows, rep):
+            res, loop = sc.server(row), APP_ALONE[row]
+            if res.status != OK:
+                continue
+            cmd = [*servers.pin(servers.SERVER_CORE), str(pythons[loop]),
+                   str(env.BENCH / "app_alone.py"), "--loop", loop,
+                   "--duration", str(ctx.mode.duration),
+                   "--connections", str(ctx.mode.connections)]  # fmt: skip
+            try:
+                proc = subprocess.run(cmd, cwd=env.ROOT, env=child_env, capture_output=True,
+                                      text=True, timeout=120 + 5 * ctx.mode.duration)  # fmt: skip
+            except subprocess.TimeoutExpired:
+                res.fail(ERROR, "app_alone.py timed out")
+                continue
+            if proc.returncode != 0 or not proc.stdout.strip():
+                res.fail(ERROR, f"app_alone.py exited {proc.returncode}: {proc.stderr[-400:]}")
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            res.values.append(r["requests_per_s"])
+            cpu_pct = round(100.0 * r["cpu_s"] / r["seconds"], 1)
+            res.runs.append({**r, "cpu": {"server_cpu_pct": cpu_pct, "client_cpu_pct": 0.0}})
+            ctx.log(f"    {row:10s} {r['requests_per_s']:12,.0f} req/s  (no server, {loop} loop)")
+    for row in rows:
+        _cpu_medians(sc.server(row))
 
 
 def aio_micro(ctx: Context, sc: ScenarioResult) -> None:

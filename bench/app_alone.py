@@ -1,0 +1,115 @@
+"""The Django view with no server (`django` scenario, rows "app alone"):
+
+    python bench/app_alone.py --loop cdaphne --duration 3 --connections 50
+
+drives bench/apps/djhello's `get_asgi_application()` in this process, with the
+same GET every server gets and no socket, no HTTP parsing and no server code:
+`connections` coroutines each await one request after another, as wrk's
+connections do. Prints one JSON line (requests, seconds, requests_per_s, cpu_s).
+
+It is the most any server can reach with this app on one core: no row of the
+scenario can go faster than the app alone on the same loop, so a server's ratio
+to another is bounded by the app's own cost, which Django and asgiref set.
+Every response is checked (status 200, the body) and counted only then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aio_micro import LOOPS, new_loop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "apps"))
+os.environ["DJANGO_SETTINGS_MODULE"] = "djhello.settings"
+
+BODY = b"Hello, world!"
+SCOPE = {
+    "type": "http",
+    "asgi": {"version": "3.0", "spec_version": "2.3"},
+    "http_version": "1.1",
+    "method": "GET",
+    "scheme": "http",
+    "path": "/",
+    "raw_path": b"/",
+    "query_string": b"",
+    "root_path": "",
+    "headers": [(b"host", b"127.0.0.1:8000"), (b"accept", b"*/*")],
+    "client": ("127.0.0.1", 40000),
+    "server": ("127.0.0.1", 8000),
+}
+
+
+async def one_request(app: Any) -> None:
+    """One GET as a server would run it: the body once, then a disconnect only
+    after the response (Django listens for it while the view runs)."""
+    asked = False
+    finished = asyncio.Event()
+    status: list[int] = []
+    body: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+        elif message["type"] == "http.response.body":
+            body.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                finished.set()
+
+    await app(dict(SCOPE), receive, send)
+    if status != [200] or b"".join(body) != BODY:
+        raise SystemExit(f"wrong response: {status} {b''.join(body)[:80]!r}")
+
+
+async def drive(app: Any, duration: float, connections: int) -> dict[str, Any]:
+    for _ in range(100):  # warm-up: imports, URL resolver, caches
+        await one_request(app)
+    done = 0
+    deadline = time.perf_counter() + duration
+
+    async def connection() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await one_request(app)
+            done += 1
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(connection() for _ in range(connections)))
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"requests": done, "seconds": round(seconds, 4), "requests_per_s": done / seconds,
+            "cpu_s": round(cpu, 4)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--loop", choices=LOOPS, required=True)
+    ap.add_argument("--duration", type=float, default=3.0)
+    ap.add_argument("--connections", type=int, default=50)
+    args = ap.parse_args(argv)
+    from djhello.asgi import application
+
+    loop = new_loop(args.loop)
+    try:
+        result = loop.run_until_complete(drive(application, args.duration, args.connections))
+    finally:
+        loop.close()
+    print(json.dumps({"loop": args.loop, **result}), flush=True)
+    os._exit(0)  # asgiref's executor threads must not hold the exit
+
+
+if __name__ == "__main__":
+    sys.exit(main())
