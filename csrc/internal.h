@@ -193,6 +193,8 @@ struct cd_loop_s {
                                 end), or -1 */
     int wake_wfd;            /* owned: the pipe's write end, or wake_fd */
     atomic_int wake_pending; /* 1 from a wake-up until the loop reads it */
+    atomic_int wake_writers; /* writes in flight without the GIL (close
+                                waits for them before it closes wake_wfd) */
     /* Thread hops (hop.c).  The GIL guards these fields: every thread
      * that touches them runs Python code at that moment. */
     cd_hop_t *hops_head; /* strong: each queued hop, first to complete */
@@ -256,6 +258,11 @@ int cd_loop_defer_start(cd_loop_t *loop, PyObject *cycle);
  * GIL (close() holds it too: the fd outlives every call); silent once the
  * loop is closed.  Coalesced: one write until the loop reads it. */
 void cd_loop_wake(cd_loop_t *loop);
+/* cd_loop_wake, with the GIL released around the write, as asyncio's
+ * _write_to_self() (socket.send) releases it: the loop it wakes need not
+ * wait for the GIL the caller holds.  The caller holds the GIL and no
+ * borrowed state across the call (other threads run during it). */
+void cd_loop_wake_release_gil(cd_loop_t *loop);
 /* Logs the current exception with the "cdaphne" logger and clears it. */
 void cd_log_exception(const char *msg);
 

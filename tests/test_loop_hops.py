@@ -96,6 +96,44 @@ def test_call_soon_threadsafe_after_close_raises_and_wakeup_is_silent(loop):
     wake()  # From a late thread: no error, no crash.
 
 
+def _close_while_threads_call_soon_threadsafe() -> None:
+    loop = new_event_loop()
+    ran = [0]
+    errors: list[BaseException] = []
+    go = threading.Event()
+
+    def bump() -> None:
+        ran[0] += 1
+
+    def producer() -> None:
+        go.wait()
+        try:
+            while True:
+                loop.call_soon_threadsafe(bump)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=producer) for _ in range(4)]
+    for th in threads:
+        th.start()
+    go.set()
+    loop.run_until_complete(asyncio.sleep(0.005))
+    loop.close()
+    for th in threads:
+        th.join(10)
+    assert not any(th.is_alive() for th in threads)
+    assert len(errors) == 4
+    assert all("closed" in str(e) for e in errors)
+    assert ran[0] > 0
+
+
+def test_call_soon_threadsafe_from_threads_racing_close_ends_cleanly():
+    # The wake-up's write runs without the GIL (as asyncio's socket send
+    # does): close() must not close the eventfd under a write in flight.
+    for _ in range(20):
+        _close_while_threads_call_soon_threadsafe()
+
+
 def test_run_in_executor_wakes_a_loop_blocked_without_timeout(loop):
     # No timer anywhere: only the hop's wake-up can end the poll.
     release = threading.Event()
