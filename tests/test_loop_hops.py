@@ -130,7 +130,7 @@ def _close_while_threads_call_soon_threadsafe() -> None:
 def test_call_soon_threadsafe_from_threads_racing_close_ends_cleanly():
     # The wake-up's write runs without the GIL (as asyncio's socket send
     # does): close() must not close the eventfd under a write in flight.
-    for _ in range(20):
+    for _ in range(5):
         _close_while_threads_call_soon_threadsafe()
 
 
