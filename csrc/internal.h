@@ -159,6 +159,13 @@ typedef struct {
     signed char flag[CD_ATTR_NFLAGS]; /* 0 or 1; -1: not a bool */
 } cd_loop_attrs_t;
 
+/* The core's copy of one entry of loop._scheduled (sched.c). */
+typedef struct {
+    double when; /* the timer's _when; NAN: compare the items in Python */
+    PyObject *h; /* borrowed: the list's item at this index holds it (the
+                    entry is used only while that is still so) */
+} cd_heap_ent_t;
+
 /* Handles kept for reuse (sched.c): as many as a stream of
  * call_soon_threadsafe() callbacks keeps in flight; timers, fewer. */
 #define CD_SPARE_HANDLES 1024
@@ -220,6 +227,11 @@ struct cd_loop_s {
     PyObject *spare_timers[CD_SPARE_TIMERS]; /* strong: TimerHandles, same */
     int nspare_timers;
     Py_ssize_t timer_cancelled; /* loop._timer_cancelled_count */
+    /* owned: loop._scheduled's items and their _when, in its order, so a
+     * sift reads no timer; heap_len -1: made again at the next use. */
+    cd_heap_ent_t *heap;
+    Py_ssize_t heap_len;
+    Py_ssize_t heap_cap;
     PyObject *report;           /* strong: reports a callback's exception */
     /* strong: asyncio.events._ThreadSafeHandle where the running Python
      * has it (call_soon_threadsafe's handle, with a lock), or NULL */

@@ -18,6 +18,7 @@
  * takes asyncio's own Python paths, call for call. */
 #include "internal.h"
 
+#include <math.h>
 #include <structmember.h>
 #include <time.h>
 
@@ -856,12 +857,25 @@ done:
 /* ---- The timer heap: loop._scheduled, a list kept in heapq's order.
  *
  * The same sift algorithms as CPython's _heapq module, with the same
- * comparison (TimerHandle.__lt__ compares _when) made in C for two
- * TimerHandles whose _when are floats: the list is the heap heapq would
- * have built, so asyncio code and tests that use it still find a heap. */
+ * comparison (TimerHandle.__lt__ compares _when; equal ones are not
+ * less, so timers due at the same time leave in heapq's order, as under
+ * asyncio): the list is the heap heapq would have built, so asyncio code
+ * and tests that use it still find a heap.
+ *
+ * A comparison read its two timers through the list (item -> TimerHandle
+ * -> its _when float: dependent loads, cache misses once the heap is
+ * larger than L1).  The core keeps a copy beside the list instead:
+ * core->heap[i] holds the list's item i and its _when as a double, and a
+ * sift moves both together, reading no timer.  The list stays the truth:
+ * an entry is used only while its handle is still the list's item at that
+ * index (a pointer comparison at every read), and the copy is made again
+ * from the list when its size is not the list's (Python code appended,
+ * cleared or replaced the list) or an item moved; debug mode's Python
+ * paths drop it.  A timer's _when does not change while it is in the heap
+ * (asyncio never changes it; heapq would lose its order too). */
 
-/* timer_lt for what the fast path does not serve: TimerHandle.__lt__ or
- * a subclass's own. */
+/* timer_lt for what the copy does not serve: TimerHandle.__lt__ or a
+ * subclass's own. */
 static int
 timer_lt_slow(PyObject *a, PyObject *b)
 {
@@ -873,75 +887,156 @@ timer_lt_slow(PyObject *a, PyObject *b)
     return r;
 }
 
-/* What timer_lt reads of the module, once per sift. */
-typedef struct {
-    PyTypeObject *tp; /* borrowed: the loop's timers' (timer.c) */
-    Py_ssize_t when;  /* the offset of its _when slot */
-    PyObject *h;      /* borrowed: the heap (a list) */
-} cd_sift_t;
-
-static void
-sift_init(cd_sift_t *s, cd_state *st, PyObject *heap)
+/* The key kept for a timer: its _when, for a timer of the core's own type
+ * whose _when is a float; NAN for any other item (compared in Python, as
+ * is a NAN _when, with the same result). */
+static double
+heap_key(cd_state *st, PyObject *h)
 {
-    s->tp = st->Timer_type;
-    s->when = st->handle_slots.when;
-    s->h = heap;
-}
-
-/* 1 if a < b, 0 if not, for two TimerHandles whose _when are floats
- * (as TimerHandle.__lt__ compares them); -2 when Python must compare. */
-static inline int
-timer_lt_fast(const cd_sift_t *s, PyObject *a, PyObject *b)
-{
-    if (Py_IS_TYPE(a, s->tp) && Py_IS_TYPE(b, s->tp)) {
-        PyObject *wa = CD_SLOT(a, s->when);
-        PyObject *wb = CD_SLOT(b, s->when);
-        if (wa != NULL && wb != NULL && PyFloat_CheckExact(wa) &&
-            PyFloat_CheckExact(wb)) {
-            return PyFloat_AS_DOUBLE(wa) < PyFloat_AS_DOUBLE(wb);
+    if (Py_IS_TYPE(h, st->Timer_type)) {
+        PyObject *w = CD_SLOT(h, st->handle_slots.when);
+        if (w != NULL && PyFloat_CheckExact(w)) {
+            return PyFloat_AS_DOUBLE(w);
         }
     }
-    return -2;
+    return NAN;
 }
 
-/* The list's items, read again after a comparison in Python (which may
- * have changed the list: then the size differs, as _heapq checks). */
-static inline PyObject **
-sift_items(const cd_sift_t *s, Py_ssize_t size)
+/* Room for n entries; -1 with MemoryError. */
+static int
+heap_reserve(cd_loop_t *core, Py_ssize_t n)
 {
-    PyObject *h = s->h;
-    if (PyList_GET_SIZE(h) != size) {
+    if (n <= core->heap_cap) {
+        return 0;
+    }
+    Py_ssize_t cap = core->heap_cap > 0 ? core->heap_cap : 64;
+    while (cap < n) {
+        cap *= 2;
+    }
+    cd_heap_ent_t *e = PyMem_Realloc(core->heap, (size_t)cap * sizeof(*e));
+    if (e == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    core->heap = e;
+    core->heap_cap = cap;
+    return 0;
+}
+
+/* Copies the list's items and their keys again. */
+static int
+heap_copy(cd_loop_t *core, PyObject *list)
+{
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    PyObject **items = ((PyListObject *)list)->ob_item;
+    core->heap_len = -1;
+    if (heap_reserve(core, n + 1) < 0) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        core->heap[i].h = items[i];
+        core->heap[i].when = heap_key(core->st, items[i]);
+    }
+    core->heap_len = n;
+    return 0;
+}
+
+/* The copy no longer follows the list (Python code changes it). */
+static void
+heap_forget(cd_loop_t *core)
+{
+    core->heap_len = -1;
+}
+
+/* One sift over the list and the core's copy of it. */
+typedef struct {
+    cd_loop_t *core;     /* borrowed: the caller's */
+    PyObject *list;      /* borrowed: the heap, the caller's reference */
+    PyObject **items;    /* the list's items, read again after Python code */
+    cd_heap_ent_t *ents; /* core->heap, read again after a copy */
+    Py_ssize_t size;     /* the list's size when the sift began */
+} cd_sift_t;
+
+static int
+sift_begin(cd_sift_t *s, cd_loop_t *core, PyObject *list)
+{
+    s->core = core;
+    s->list = list;
+    s->items = ((PyListObject *)list)->ob_item;
+    s->size = PyList_GET_SIZE(list);
+    int r = core->heap_len == s->size ? 0 : heap_copy(core, list);
+    s->ents = core->heap;
+    return r;
+}
+
+/* sift_lt when the copy does not follow the list or a key is NAN. */
+static int
+sift_lt_slow(cd_sift_t *s, Py_ssize_t i, Py_ssize_t j)
+{
+    if (s->ents[i].h != s->items[i] || s->ents[j].h != s->items[j]) {
+        if (heap_copy(s->core, s->list) < 0) {
+            return -1;
+        }
+        s->ents = s->core->heap;
+    }
+    double a = s->ents[i].when, b = s->ents[j].when;
+    if (!isnan(a) && !isnan(b)) {
+        return a < b;
+    }
+    int lt = timer_lt_slow(s->items[i], s->items[j]);
+    if (lt < 0) {
+        return -1;
+    }
+    /* The comparison ran Python code, which may have changed the list
+     * (then its size differs, as _heapq checks). */
+    if (PyList_GET_SIZE(s->list) != s->size) {
         PyErr_SetString(PyExc_RuntimeError,
                         "list changed size during iteration");
-        return NULL;
+        return -1;
     }
-    return ((PyListObject *)h)->ob_item;
+    s->items = ((PyListObject *)s->list)->ob_item;
+    return lt;
+}
+
+/* 1 if item i < item j, 0 if not, -1 on error. */
+static inline int
+sift_lt(cd_sift_t *s, Py_ssize_t i, Py_ssize_t j)
+{
+    const cd_heap_ent_t *e = s->ents;
+    if (e[i].h == s->items[i] && e[j].h == s->items[j]) {
+        double a = e[i].when, b = e[j].when;
+        if (a < b) {
+            return 1;
+        }
+        if (b <= a) {
+            return 0;
+        }
+    }
+    return sift_lt_slow(s, i, j);
+}
+
+static inline void
+sift_swap(cd_sift_t *s, Py_ssize_t i, Py_ssize_t j)
+{
+    PyObject *item = s->items[i];
+    cd_heap_ent_t e = s->ents[i];
+    s->items[i] = s->items[j];
+    s->items[j] = item;
+    s->ents[i] = s->ents[j];
+    s->ents[j] = e;
 }
 
 /* _heapq's siftdown: item pos moves up towards startpos. */
 static int
-heap_siftdown(cd_state *st, PyObject *heap, Py_ssize_t startpos,
-              Py_ssize_t pos)
+heap_siftdown(cd_sift_t *s, Py_ssize_t startpos, Py_ssize_t pos)
 {
-    cd_sift_t s;
-    Py_ssize_t size = PyList_GET_SIZE(heap);
-    PyObject **items = ((PyListObject *)heap)->ob_item;
-    sift_init(&s, st, heap);
     while (pos > startpos) {
         Py_ssize_t parentpos = (pos - 1) >> 1;
-        int lt = timer_lt_fast(&s, items[pos], items[parentpos]);
-        if (lt == -2) {
-            lt = timer_lt_slow(items[pos], items[parentpos]);
-            if (lt < 0 || (items = sift_items(&s, size)) == NULL) {
-                return -1;
-            }
+        int lt = sift_lt(s, pos, parentpos);
+        if (lt <= 0) {
+            return lt;
         }
-        if (lt == 0) {
-            break;
-        }
-        PyObject *item = items[pos];
-        items[pos] = items[parentpos];
-        items[parentpos] = item;
+        sift_swap(s, pos, parentpos);
         pos = parentpos;
     }
     return 0;
@@ -949,49 +1044,56 @@ heap_siftdown(cd_state *st, PyObject *heap, Py_ssize_t startpos,
 
 /* _heapq's siftup: the smaller child rises until a leaf, then siftdown. */
 static int
-heap_siftup(cd_state *st, PyObject *heap, Py_ssize_t pos)
+heap_siftup(cd_sift_t *s, Py_ssize_t pos)
 {
-    cd_sift_t s;
-    Py_ssize_t endpos = PyList_GET_SIZE(heap), startpos = pos;
+    Py_ssize_t endpos = s->size, startpos = pos;
     Py_ssize_t limit = endpos >> 1;
-    PyObject **items = ((PyListObject *)heap)->ob_item;
-    sift_init(&s, st, heap);
     while (pos < limit) {
         Py_ssize_t childpos = 2 * pos + 1;
         if (childpos + 1 < endpos) {
-            int lt = timer_lt_fast(&s, items[childpos], items[childpos + 1]);
-            if (lt == -2) {
-                lt = timer_lt_slow(items[childpos], items[childpos + 1]);
-                if (lt < 0 || (items = sift_items(&s, endpos)) == NULL) {
-                    return -1;
-                }
+            int lt = sift_lt(s, childpos, childpos + 1);
+            if (lt < 0) {
+                return -1;
             }
             childpos += lt ^ 1;
         }
-        PyObject *child = items[childpos];
-        items[childpos] = items[pos];
-        items[pos] = child;
+        sift_swap(s, childpos, pos);
         pos = childpos;
     }
-    return heap_siftdown(st, heap, startpos, pos);
+    return heap_siftdown(s, startpos, pos);
 }
 
 /* heapq.heappush(heap, item). */
 static int
-heap_push(cd_state *st, PyObject *heap, PyObject *item)
+heap_push(cd_loop_t *core, PyObject *heap, PyObject *item)
 {
+    Py_ssize_t n = PyList_GET_SIZE(heap);
+    cd_sift_t s;
     if (PyList_Append(heap, item) < 0) {
         return -1;
     }
-    return heap_siftdown(st, heap, 0, PyList_GET_SIZE(heap) - 1);
+    if (core->heap_len == n) {
+        if (heap_reserve(core, n + 1) < 0) {
+            heap_forget(core);
+            return -1;
+        }
+        core->heap[n].h = item;
+        core->heap[n].when = heap_key(core->st, item);
+        core->heap_len = n + 1;
+    }
+    if (sift_begin(&s, core, heap) < 0) {
+        return -1;
+    }
+    return heap_siftdown(&s, 0, n);
 }
 
 /* New reference: heapq.heappop(heap) of a non-empty heap. */
 static PyObject *
-heap_pop(cd_state *st, PyObject *heap)
+heap_pop(cd_loop_t *core, PyObject *heap)
 {
     Py_ssize_t n = PyList_GET_SIZE(heap);
     PyObject *last;
+    cd_sift_t s;
 #ifndef Py_GIL_DISABLED
     if (n - 1 >= ((PyListObject *)heap)->allocated >> 1) {
         /* What list_resize does when a list shrinks by one within its
@@ -1005,8 +1107,14 @@ heap_pop(cd_state *st, PyObject *heap)
         last = Py_NewRef(PyList_GET_ITEM(heap, n - 1));
         if (PyList_SetSlice(heap, n - 1, n, NULL) < 0) {
             Py_DECREF(last);
+            heap_forget(core);
             return NULL;
         }
+    }
+    if (core->heap_len == n) {
+        /* The last entry moves to the top, as the last item does. */
+        core->heap[0] = core->heap[n - 1];
+        core->heap_len = n - 1;
     }
     if (n == 1) {
         return last;
@@ -1014,7 +1122,7 @@ heap_pop(cd_state *st, PyObject *heap)
     /* The first item's reference moves to the caller; last's to heap[0]. */
     PyObject *first = PyList_GET_ITEM(heap, 0);
     PyList_SET_ITEM(heap, 0, last);
-    if (heap_siftup(st, heap, 0) < 0) {
+    if (sift_begin(&s, core, heap) < 0 || heap_siftup(&s, 0) < 0) {
         Py_DECREF(first);
         return NULL;
     }
@@ -1023,10 +1131,14 @@ heap_pop(cd_state *st, PyObject *heap)
 
 /* heapq.heapify(heap). */
 static int
-heap_heapify(cd_state *st, PyObject *heap)
+heap_heapify(cd_loop_t *core, PyObject *heap)
 {
+    cd_sift_t s;
+    if (sift_begin(&s, core, heap) < 0) {
+        return -1;
+    }
     for (Py_ssize_t i = PyList_GET_SIZE(heap) / 2 - 1; i >= 0; i--) {
-        if (heap_siftup(st, heap, i) < 0) {
+        if (heap_siftup(&s, i) < 0) {
             return -1;
         }
     }
@@ -1064,6 +1176,19 @@ timer_when(cd_state *st, PyObject *h, double *out)
     return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
 
+/* The first timer's _when, from the copy when it follows the list. */
+static int
+heap_top_when(cd_loop_t *core, PyObject *heap, double *out)
+{
+    PyObject *top = PyList_GET_ITEM(heap, 0);
+    if (core->heap_len == PyList_GET_SIZE(heap) && core->heap[0].h == top &&
+        !isnan(core->heap[0].when)) {
+        *out = core->heap[0].when;
+        return 0;
+    }
+    return timer_when(core->st, top, out);
+}
+
 /* Pushes a new TimerHandle(when, ...) on the loop's heap (call_at). */
 static PyObject *
 sched_timer(cd_loop_t *core, PyObject *when, PyObject *const *args,
@@ -1081,7 +1206,7 @@ sched_timer(cd_loop_t *core, PyObject *when, PyObject *const *args,
     CD_SLOT(h, o->when) = Py_NewRef(when);
     CD_SLOT(h, o->scheduled) = Py_NewRef(Py_False);
     PyObject *sched = core_scheduled(core);
-    int r = sched ? heap_push(st, sched, h) : -1;
+    int r = sched ? heap_push(core, sched, h) : -1;
     Py_XDECREF(sched);
     if (r < 0) {
         Py_DECREF(h);
@@ -1101,6 +1226,7 @@ cd_sched_call_at(cd_loop_t *core, PyObject *const *args, size_t nargsf,
     PyObject *context;
     int ok = sched_check(core, args, nargs, kwnames, 1, &context);
     if (ok <= 0) {
+        heap_forget(core); /* asyncio's call_at pushes in Python. */
         return ok < 0 ? NULL
                       : cd_loopmeth_call(st->lm_base[CD_LM_CALL_AT],
                                          core->aio_loop, args, nargs, kwnames);
@@ -1141,6 +1267,7 @@ cd_sched_call_later(cd_loop_t *core, PyObject *const *args, size_t nargsf,
     PyObject *context;
     int ok = sched_check(core, args, nargs, kwnames, 1, &context);
     if (ok <= 0) {
+        heap_forget(core);
         return ok < 0 ? NULL
                       : cd_loopmeth_call(st->lm_base[CD_LM_CALL_LATER],
                                          core->aio_loop, args, nargs, kwnames);
@@ -1335,7 +1462,7 @@ sched_rebuild(cd_loop_t *core, PyObject *sched)
             goto done;
         }
     }
-    if (heap_heapify(st, fresh) < 0 ||
+    if (heap_heapify(core, fresh) < 0 ||
         core_set(core, st->s__scheduled, fresh) < 0) {
         goto done;
     }
@@ -1371,7 +1498,7 @@ sched_prune(cd_loop_t *core, PyObject *sched)
             break;
         }
         core->timer_cancelled--;
-        PyObject *h = heap_pop(st, sched);
+        PyObject *h = heap_pop(core, sched);
         if (h == NULL || timer_set_scheduled(st, h, Py_False) < 0) {
             Py_XDECREF(h);
             return -1;
@@ -1399,8 +1526,7 @@ sched_timeout(cd_loop_t *core, PyObject *sched, double *out)
         return 0;
     }
     double when, now;
-    if (timer_when(st, PyList_GET_ITEM(sched, 0), &when) < 0 ||
-        core_time(core, &now) < 0) {
+    if (heap_top_when(core, sched, &when) < 0 || core_time(core, &now) < 0) {
         return -1;
     }
     double t = when - now;
@@ -1430,13 +1556,13 @@ sched_move_due(cd_loop_t *core, PyObject *sched)
     }
     end += resolution;
     while (PyList_GET_SIZE(sched) > 0) {
-        if (timer_when(st, PyList_GET_ITEM(sched, 0), &when) < 0) {
+        if (heap_top_when(core, sched, &when) < 0) {
             goto done;
         }
         if (when >= end) {
             break;
         }
-        PyObject *h = heap_pop(st, sched);
+        PyObject *h = heap_pop(core, sched);
         int r = h ? timer_set_scheduled(st, h, Py_False) : -1;
         if (r == 0) {
             r = cd_readyq_push(core->ready_q, h);
@@ -1530,10 +1656,15 @@ cd_sched_step(cd_loop_t *core, PyObject *unused)
     }
     int debug = core_flag(core, CD_ATTR_DEBUG, st->s__debug);
     if (debug != 0) {
-        /* Slow-callback warnings and _current_handle: asyncio's. */
-        return debug < 0 ? NULL
-                         : PyObject_CallOneArg(st->lm_base[CD_LM_RUN_ONCE],
-                                               core->aio_loop);
+        /* Slow-callback warnings and _current_handle: asyncio's, whose
+         * heapq calls the copy of the heap does not follow. */
+        heap_forget(core);
+        PyObject *r = debug < 0
+                          ? NULL
+                          : PyObject_CallOneArg(st->lm_base[CD_LM_RUN_ONCE],
+                                                core->aio_loop);
+        heap_forget(core);
+        return r;
     }
     PyObject *sched = core_scheduled(core);
     int r = sched ? sched_prune(core, sched) : -1;
@@ -1732,6 +1863,10 @@ void
 cd_sched_loop_clear(cd_loop_t *core, int closing)
 {
     Py_CLEAR(core->ready_q);
+    PyMem_Free(core->heap);
+    core->heap = NULL;
+    core->heap_len = -1;
+    core->heap_cap = 0;
     /* A closed loop's get_debug() still reads its __dict__ (repr). */
     sched_unwatch(core, closing);
     while (core->nspare > 0) {

@@ -503,6 +503,63 @@ def test_the_timer_heap_is_the_list_heapq_would_build():
     assert len(layouts[0]) == 153 and len(layouts[2]) > 10 and cancelled > 0
 
 
+def test_the_timer_heap_stays_heapqs_when_python_code_changes_the_list():
+    # The core keeps a copy of the list's whens beside it (sched.c): every
+    # change made in Python must be seen.
+    import heapq
+
+    def scenario(loop):
+        out = []
+        base = 1000.0
+        handles = []
+
+        def at(w, i):
+            handles.append(loop.call_at(w, out.append, i))
+
+        def layout():
+            index = {id(h): i for i, h in enumerate(handles)}
+            return [index.get(id(h), -1) for h in loop._scheduled]
+
+        for i in range(60):
+            at(base + (i * 13 % 7), i)
+        layouts = [layout()]
+        sched = loop._scheduled
+        # Same size, items moved: pop the top and push it back in Python.
+        top = heapq.heappop(sched)
+        heapq.heappush(sched, top)
+        sched[1], sched[2] = sched[2], sched[1]  # still a heap? heapq's own fix:
+        heapq.heapify(sched)
+        at(base - 1, 60)
+        layouts.append(layout())
+        # Appended and removed in Python, then C pops.
+        extra = asyncio.TimerHandle(base + 2.5, out.append, (99,), loop)
+        heapq.heappush(sched, extra)
+        handles.append(extra)
+        sched.remove(handles[5])
+        heapq.heapify(sched)
+        at(base + 2.5, 61)
+        layouts.append(layout())
+        # A new list.
+        loop._scheduled = sorted(sched, key=lambda h: h.when(), reverse=True)
+        heapq.heapify(loop._scheduled)
+        at(base + 3, 62)
+        layouts.append(layout())
+        # Debug mode pushes and pops in Python, then C again.
+        loop.set_debug(True)
+        at(base + 1, 63)
+        loop.set_debug(False)
+        at(base + 1, 64)
+        layouts.append(layout())
+        loop.time = lambda: base + 3.5
+        loop._run_once()
+        layouts.append(out)
+        layouts.append(layout())
+        return layouts
+
+    layouts = on_both(scenario)
+    assert len(layouts[0]) == 60 and len(layouts[-2]) > 30
+
+
 def test_a_subclass_clock_and_instance_clock_are_used_for_timers():
     from cdaphne.loop import LibuvEventLoop
 
