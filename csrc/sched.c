@@ -30,6 +30,9 @@
 #define CD_MIN_SCHEDULED_TIMER_HANDLES 100
 #define CD_MIN_CANCELLED_FRACTION 0.5
 #define CD_MAXIMUM_SELECT_TIMEOUT (24.0 * 3600.0)
+/* The entries the core's copy of the heap keeps room for, however few
+ * timers are left (16 bytes each). */
+#define CD_HEAP_KEEP 4096
 
 static int
 slot_offset(PyObject *cls, const char *name, Py_ssize_t *out)
@@ -941,6 +944,25 @@ heap_copy(cd_loop_t *core, PyObject *list)
     return 0;
 }
 
+/* Gives back most of a copy far larger than the heap (after a burst of
+ * timers), as a list does. */
+static void
+heap_trim(cd_loop_t *core)
+{
+    Py_ssize_t cap = core->heap_cap / 2;
+    if (cap < CD_HEAP_KEEP || core->heap_len > cap / 2) {
+        return;
+    }
+    cd_heap_ent_t *e = PyMem_Realloc(core->heap, (size_t)cap * sizeof(*e));
+    if (e != NULL) {
+        core->heap = e;
+        core->heap_cap = cap;
+        if (core->heap_len > cap - 1) {
+            core->heap_len = -1;
+        }
+    }
+}
+
 /* The copy no longer follows the list (Python code changes it). */
 static void
 heap_forget(cd_loop_t *core)
@@ -1116,6 +1138,7 @@ heap_pop(cd_loop_t *core, PyObject *heap)
         core->heap[0] = core->heap[n - 1];
         core->heap_len = n - 1;
     }
+    heap_trim(core);
     if (n == 1) {
         return last;
     }

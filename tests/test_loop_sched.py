@@ -560,6 +560,25 @@ def test_the_timer_heap_stays_heapqs_when_python_code_changes_the_list():
     assert len(layouts[0]) == 60 and len(layouts[-2]) > 30
 
 
+def test_a_burst_of_timers_runs_in_heapq_order_and_the_heap_refills():
+    def scenario(loop):
+        out = []
+        for i in range(20000):
+            loop.call_at(1000.0 + (i * 7919 % 20000) // 3, out.append, i)
+        loop.time = lambda: 2000.0
+        loop._run_once()  # the copy of the heap shrinks as it empties
+        loop.time = lambda: 9000.0
+        loop._run_once()
+        first = list(out)
+        for i in range(50):
+            loop.call_at(8000.0 + i % 4, out.append, -i)
+        loop._run_once()
+        return first, out[len(first) :], len(loop._scheduled)
+
+    first, second, left = on_both(scenario)
+    assert len(first) == 20000 and len(second) == 50 and left == 0
+
+
 def test_a_subclass_clock_and_instance_clock_are_used_for_timers():
     from cdaphne.loop import LibuvEventLoop
 
