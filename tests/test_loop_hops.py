@@ -134,6 +134,38 @@ def test_call_soon_threadsafe_from_threads_racing_close_ends_cleanly():
         _close_while_threads_call_soon_threadsafe()
 
 
+def test_call_soon_threadsafe_while_a_callback_runs_is_run_by_the_next_step(loop):
+    # While the loop runs a step's callbacks it writes no wake-up for
+    # call_soon_threadsafe: the next step must find the handle before it
+    # polls (a watchdog thread would wake it otherwise, and say so).
+    fut = loop.create_future()
+    queued = threading.Event()
+    fired = []
+
+    def from_thread() -> None:
+        loop.call_soon_threadsafe(fut.set_result, "thread")
+        queued.set()
+
+    def callback() -> None:
+        th = threading.Thread(target=from_thread)
+        th.start()
+        assert queued.wait(10)  # The GIL is released while this callback runs.
+        th.join()
+
+    def watchdog() -> None:
+        fired.append(True)
+        loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result("watchdog"))
+
+    timer = threading.Timer(10, watchdog)
+    timer.start()
+    loop.call_soon(callback)
+    try:
+        assert loop.run_until_complete(fut) == "thread"
+    finally:
+        timer.cancel()
+    assert fired == []
+
+
 def test_run_in_executor_wakes_a_loop_blocked_without_timeout(loop):
     # No timer anywhere: only the hop's wake-up can end the poll.
     release = threading.Event()
