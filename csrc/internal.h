@@ -149,6 +149,8 @@ typedef enum {
     CD_ATTR_TIME_IS_CLOCK, /* no instance attribute replaces loop.time */
     CD_ATTR_NO_FACTORY,    /* loop._task_factory is None */
     CD_ATTR_WAKE_IS_OURS,  /* no instance attribute replaces _write_to_self */
+    CD_ATTR_TC_IS_OURS, /* nor _timer_handle_cancelled (TimerHandle.cancel) */
+    CD_ATTR_DEBUG_IS_OURS, /* nor get_debug (TimerHandle.cancel) */
     CD_ATTR_NFLAGS,
 } cd_attr_flag_t;
 
@@ -379,6 +381,11 @@ int cd_sched_debug(cd_loop_t *core);
  * C paths; 0 if not, -1 on error.  Read through the step's cache (3.12+),
  * else from the loop's __dict__ or getattr. */
 int cd_sched_loop_plain(cd_loop_t *core, int task);
+/* 1 when no instance attribute of the loop replaces its method `which`
+ * (for _timer_handle_cancelled and get_debug, from the step's cached
+ * reads of the loop's __dict__ while they are current), 0 if one does or
+ * the __dict__ is not read, -1 on error. */
+int cd_sched_no_instance_attr(cd_loop_t *core, cd_lm_t which);
 /* BaseEventLoop._timer_handle_cancelled(handle), which cancel() calls. */
 PyObject *cd_sched_timer_cancelled(cd_loop_t *core, PyObject *h);
 /* LoopCore.timer_cancelled_count: get and set. */

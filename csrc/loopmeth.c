@@ -472,11 +472,7 @@ cd_loopmeth_direct(cd_state *st, PyObject *loop, cd_lm_t which)
         return NULL;
     }
     /* An instance attribute wins over the class's method. */
-    if (PyDict_GetItemWithError(core->aio_dict, st->lm_name[which]) != NULL ||
-        PyErr_Occurred()) {
-        return NULL;
-    }
-    return core;
+    return cd_sched_no_instance_attr(core, which) > 0 ? core : NULL;
 }
 
 /* ---- The type. */

@@ -485,7 +485,14 @@ core_attrs_load(cd_loop_t *core)
         clock < 0
             ? -1
             : core_no_instance_attr(core, st->lm_name[CD_LM_WRITE_TO_SELF]);
-    PyObject *sched = wake < 0 ? NULL : core_get(core, st->s__scheduled);
+    int tc =
+        wake < 0
+            ? -1
+            : core_no_instance_attr(core, st->lm_name[CD_LM_TIMER_CANCELLED]);
+    int dbg = tc < 0
+                  ? -1
+                  : core_no_instance_attr(core, st->lm_name[CD_LM_GET_DEBUG]);
+    PyObject *sched = dbg < 0 ? NULL : core_get(core, st->s__scheduled);
     PyObject *sel = sched ? core_get(core, st->s__selector) : NULL;
     if (sel == NULL) {
         Py_XDECREF(sched);
@@ -493,6 +500,8 @@ core_attrs_load(cd_loop_t *core)
     }
     core->attrs.flag[CD_ATTR_TIME_IS_CLOCK] = (signed char)clock;
     core->attrs.flag[CD_ATTR_WAKE_IS_OURS] = (signed char)wake;
+    core->attrs.flag[CD_ATTR_TC_IS_OURS] = (signed char)tc;
+    core->attrs.flag[CD_ATTR_DEBUG_IS_OURS] = (signed char)dbg;
     core->attrs.selector = sel;
     if (PyList_Check(sched)) {
         core->attrs.scheduled = sched;
@@ -588,6 +597,21 @@ core_method_is_ours(cd_loop_t *core, cd_lm_t which, int flag)
     }
     if (c > 0) {
         return core->attrs.flag[flag];
+    }
+    return core_no_instance_attr(core, core->st->lm_name[which]);
+}
+
+int
+cd_sched_no_instance_attr(cd_loop_t *core, cd_lm_t which)
+{
+    int flag = which == CD_LM_TIMER_CANCELLED ? CD_ATTR_TC_IS_OURS
+               : which == CD_LM_GET_DEBUG     ? CD_ATTR_DEBUG_IS_OURS
+                                              : -1;
+    if (flag >= 0) {
+        int c = core_attrs(core);
+        if (c != 0) {
+            return c < 0 ? -1 : core->attrs.flag[flag];
+        }
     }
     return core_no_instance_attr(core, core->st->lm_name[which]);
 }

@@ -1015,6 +1015,23 @@ def test_an_error_from_the_loop_leaves_the_timer_uncancelled():
     assert on_both(scenario) == [False, True, 0, True, 1]
 
 
+def test_timer_cancel_asks_instance_attributes_set_after_the_loop_ran():
+    def scenario(loop):
+        calls = []
+        loop.run_until_complete(asyncio.sleep(0))  # the core's reads are cached
+        h1, h2, h3 = (loop.call_later(10, print, i) for i in range(3))
+        h1.cancel()
+        loop.get_debug = lambda: calls.append("debug") or True
+        h2.cancel()  # debug: the repr is kept
+        loop._timer_handle_cancelled = lambda handle: calls.append("cancelled")
+        h3.cancel()
+        del loop.get_debug, loop._timer_handle_cancelled
+        return calls, h1._repr, h2._repr is not None, loop._timer_cancelled_count
+
+    calls, *rest = on_both(scenario)
+    assert calls.count("cancelled") == 1 and "debug" in calls and rest == [None, True, 2]
+
+
 @pytest.mark.parametrize("cls", [asyncio.TimerHandle, asyncio.Handle])
 def test_a_patch_of_asyncios_cancel_applies_to_the_loops_timers(cls):
     original = cls.cancel
