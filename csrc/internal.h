@@ -234,7 +234,7 @@ struct cd_loop_s {
     cd_heap_ent_t *heap;
     Py_ssize_t heap_len;
     Py_ssize_t heap_cap;
-    PyObject *report;           /* strong: reports a callback's exception */
+    PyObject *report; /* strong: reports a callback's exception */
     /* strong: asyncio.events._ThreadSafeHandle where the running Python
      * has it (call_soon_threadsafe's handle, with a lock), or NULL */
     PyObject *ts_handle;
