@@ -871,17 +871,22 @@ typedef enum {
 struct cd_cycle_s {
     PyObject_HEAD
     const cd_cycle_ops_t *ops; /* borrowed: a static table */
-    cd_ws_t *ws;         /* owned: WebSocket state, WebSocket cycles only */
-    cd_state *st;        /* borrowed */
-    cd_server_t *server; /* strong */
-    cd_conn_t *conn;     /* borrowed: NULL once detached */
-    PyObject *scope;     /* strong */
-    PyObject *task;      /* strong: the app's Task, or NULL */
-    PyObject *recv_fut;  /* strong: a receive() waiting, or NULL */
-    PyObject *send_fut;  /* strong: a send() waiting to drain */
-    cd_buf_t body;       /* owned: request body not yet received */
-    int body_complete;   /* llhttp finished the request */
-    int body_delivered;  /* the last http.request went out */
+    cd_ws_t *ws;            /* owned: WebSocket state, WebSocket cycles only */
+    cd_state *st;           /* borrowed */
+    cd_server_t *server;    /* strong */
+    cd_conn_t *conn;        /* borrowed: NULL once detached */
+    PyObject *scope;        /* strong */
+    PyObject *task;         /* strong: the app's Task, or NULL */
+    PyObject *recv_fut;     /* strong: a receive() waiting, or NULL */
+    PyObject *send_fut;     /* strong: a send() waiting to drain */
+    PyObject *waiter;       /* strong: the last receive() waiter, which the
+                               next reuses once nothing else holds it */
+    PyObject *spare_fut[2]; /* strong: the last receive futures, done,
+                               which later ones reuse once nothing else
+                               holds them (cycle.c), or NULL */
+    cd_buf_t body;          /* owned: request body not yet received */
+    int body_complete;      /* llhttp finished the request */
+    int body_delivered;     /* the last http.request went out */
     int disconnected;
     int disconnect_delivered; /* receive() returned the disconnect: later
                                  ones wait (Daphne delivers it once) */
@@ -938,6 +943,8 @@ int cd_cycle_type_is(PyObject *type, PyObject *name);
 /* New reference: what send() returns, a waiter that waits for the
  * socket to drain if `open` and too much output is queued. */
 PyObject *cd_cycle_send_done(cd_cycle_t *cy, int open);
+/* Lets the futures kept for later receive()s go. */
+void cd_cycle_drop_spares(cd_cycle_t *cy);
 /* Wake a waiting receive() if there is a message for it. */
 void cd_cycle_wake_receiver(cd_cycle_t *cy);
 /* New reference: the next message for receive() (HTTP or WebSocket), or

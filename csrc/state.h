@@ -211,8 +211,12 @@ typedef struct {
     int handle_reuse;
     PyObject *empty_bytes;
     PyObject *empty_tuple;
-    PyObject *done_waiter; /* a Waiter that returns None: stateless, shared
-                              by every send() that need not wait */
+    PyObject *done_waiter;    /* a Waiter that returns None: stateless, shared
+                                 by every send() that need not wait */
+    PyObject *stop_iteration; /* strong: the StopIteration a receive()
+                                 returns its message in, raised again
+                                 while nothing else holds it (waiter.c) */
+    PyObject *fut_set_result; /* asyncio.Future.set_result (cycle.c) */
     PyObject *http_scope_template; /* every key of an HTTP scope, None */
     PyObject *ws_scope_template;   /* likewise for WebSocket scopes */
     PyObject *asgi_dict;     /* {"version": "3.0", "spec_version": "2.3"} */

@@ -47,6 +47,11 @@ cd_strings_init(cd_state *st)
         !st->asyncio_Future) {
         return -1;
     }
+    st->fut_set_result =
+        PyObject_GetAttrString(st->asyncio_Future, "set_result");
+    if (st->fut_set_result == NULL) {
+        return -1;
+    }
     return 0;
 }
 
@@ -85,6 +90,8 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->http_scope_template);
     Py_VISIT(st->ws_scope_template);
     Py_VISIT(st->done_waiter);
+    Py_VISIT(st->stop_iteration);
+    Py_VISIT(st->fut_set_result);
     Py_VISIT(st->pubsub_forward);
     Py_VISIT(st->pubsub_on_topic);
     return 0;
@@ -131,6 +138,8 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->http_scope_template);
     Py_CLEAR(st->ws_scope_template);
     Py_CLEAR(st->done_waiter);
+    Py_CLEAR(st->stop_iteration);
+    Py_CLEAR(st->fut_set_result);
     Py_CLEAR(st->pubsub_forward);
     Py_CLEAR(st->pubsub_on_topic);
     Py_CLEAR(st->kwnames_eager);
