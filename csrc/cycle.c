@@ -43,12 +43,20 @@ cd_future_done(cd_state *st, PyObject *fut)
     return is_done;
 }
 
-/* fut.set_result(result) on a future known not to be done. */
+/* fut.set_result(result) on a future known not to be done; an exact
+ * asyncio.Future's method is called without looking it up. */
 static int
 future_set_result(cd_state *st, PyObject *fut, PyObject *result)
 {
     st->scheduled = 1;
-    PyObject *r = PyObject_CallMethodOneArg(fut, st->s_set_result, result);
+    PyObject *r;
+    if (Py_IS_TYPE(fut, (PyTypeObject *)st->asyncio_Future)) {
+        PyObject *args[2] = {fut, result};
+        r = PyObject_Vectorcall(st->fut_set_result, args, 2, NULL);
+    }
+    else {
+        r = PyObject_CallMethodOneArg(fut, st->s_set_result, result);
+    }
     Py_XDECREF(r);
     return r ? 0 : -1;
 }
@@ -152,14 +160,153 @@ drop_done_future(cd_state *st, PyObject **futp)
     return done < 0 ? -1 : 0;
 }
 
+#if PY_VERSION_HEX >= 0x030D0000
+static int
+visit_found(PyObject *o, void *found)
+{
+    *(int *)found = 1;
+    return 0;
+}
+#endif
+
+/* Whether o has no weak reference and no __dict__ made (where CPython
+ * keeps them: tp_weaklistoffset may be negative, before the object). */
+static int
+no_weakref_no_dict(PyObject *o)
+{
+    PyTypeObject *tp = Py_TYPE(o);
+    if (tp->tp_weaklistoffset == 0 ||
+        *(PyObject **)((char *)o + tp->tp_weaklistoffset) != NULL) {
+        return 0;
+    }
+    if (tp->tp_flags & Py_TPFLAGS_MANAGED_DICT) {
+#if PY_VERSION_HEX >= 0x030D0000
+        int found = 0;
+        PyObject_VisitManagedDict(o, visit_found, &found);
+        return !found;
+#else
+        return 0;
+#endif
+    }
+    return tp->tp_dictoffset > 0 &&
+           *(PyObject **)((char *)o + tp->tp_dictoffset) == NULL;
+}
+
+/* Whether fut, done, may be made a new future again: an exact
+ * asyncio.Future that nothing but the cycle holds or watches (no weak
+ * reference, no attribute set on it). */
+static int
+future_unheld(cd_state *st, PyObject *fut)
+{
+    return Py_IS_TYPE(fut, (PyTypeObject *)st->asyncio_Future) &&
+           Py_REFCNT(fut) == 1 && no_weakref_no_dict(fut);
+}
+
+/* Whether the loop makes its futures as Future() does
+ * (cd_loopmeth_future_new): its class keeps our create_future, no
+ * instance attribute hides it, and it is the running loop.  0 or 1, -1
+ * with an exception. */
+static int
+loop_makes_plain_futures(cd_state *st, PyObject *loop)
+{
+    if (loop == NULL) {
+        return 0;
+    }
+    PyTypeObject *tp = Py_TYPE(loop);
+    if (tp->tp_getattro != PyObject_GenericGetAttr) {
+        return 0;
+    }
+    int plain = cd_loopmeth_plain(st, loop, CD_LM_CREATE_FUTURE);
+    if (plain <= 0) {
+        return plain;
+    }
+    if (tp->tp_dictoffset != 0) {
+        PyObject *d = PyObject_GenericGetDict(loop, NULL);
+        if (d == NULL) {
+            return -1;
+        }
+        int shadowed = PyDict_Contains(d, st->lm_name[CD_LM_CREATE_FUTURE]);
+        Py_DECREF(d);
+        if (shadowed != 0) {
+            return shadowed < 0 ? -1 : 0;
+        }
+    }
+    PyObject *running = PyObject_CallNoArgs(st->get_running_loop);
+    if (running == NULL) {
+        return -1;
+    }
+    Py_DECREF(running); /* Compared, not used. */
+    return running == loop;
+}
+
+/* Keeps a woken receive() future (steals fut) for a later receive().  Two
+ * are kept: when the task asks for the next one, the handle that woke it
+ * still holds the newest. */
+static void
+keep_spare_future(cd_cycle_t *cy, PyObject *fut)
+{
+    PyObject *oldest = cy->spare_fut[1];
+    cy->spare_fut[1] = cy->spare_fut[0];
+    cy->spare_fut[0] = fut;
+    Py_XDECREF(oldest);
+}
+
+/* New reference: a pending future for receive().  A kept one that nothing
+ * else holds is made new by asyncio.Future.__init__ (which resets every
+ * field but __dict__, as Future() would set them) when the loop would
+ * make a plain Future: one future allocated and freed per message
+ * otherwise. */
+static PyObject *
+recv_future_new(cd_cycle_t *cy)
+{
+    cd_state *st = cy->st;
+    int i = 1;
+    while (i >= 0 && (cy->spare_fut[i] == NULL ||
+                      !future_unheld(st, cy->spare_fut[i]))) {
+        i--;
+    }
+    if (i >= 0) {
+        int plain = loop_makes_plain_futures(st, cy->server->loop->aio_loop);
+        if (plain < 0) {
+            return NULL;
+        }
+        if (plain) {
+            PyObject *fut = cy->spare_fut[i];
+            cy->spare_fut[i] = NULL;
+            if (Py_TYPE(fut)->tp_init(fut, st->empty_tuple, NULL) < 0) {
+                Py_DECREF(fut);
+                return NULL;
+            }
+            return fut;
+        }
+    }
+    return cd_future_new(cy->server);
+}
+
+/* Lets the kept futures go (a WebSocket that went quiet). */
+void
+cd_cycle_drop_spares(cd_cycle_t *cy)
+{
+    Py_CLEAR(cy->spare_fut[0]);
+    Py_CLEAR(cy->spare_fut[1]);
+}
+
 PyObject *
 cd_cycle_recv_future(cd_cycle_t *cy)
 {
-    if (drop_done_future(cy->st, &cy->recv_fut) < 0) {
-        return NULL;
+    if (cy->recv_fut != NULL) {
+        /* A cancelled receive() leaves its future behind. */
+        int done = cd_future_done(cy->st, cy->recv_fut);
+        if (done < 0) {
+            return NULL;
+        }
+        if (done) {
+            keep_spare_future(cy, cy->recv_fut);
+            cy->recv_fut = NULL;
+        }
     }
     if (cy->recv_fut == NULL) {
-        cy->recv_fut = cd_future_new(cy->server);
+        cy->recv_fut = recv_future_new(cy);
         if (cy->recv_fut == NULL) {
             return NULL;
         }
@@ -204,7 +351,7 @@ cd_cycle_wake_receiver(cd_cycle_t *cy)
             cd_log_exception("Error resolving receive()");
         }
     }
-    Py_DECREF(fut);
+    keep_spare_future(cy, fut);
 }
 
 void
@@ -765,6 +912,10 @@ on_task_done(cd_cycle_t *cy, PyObject *task)
         Py_CLEAR(cy->close_handle);
     }
     Py_CLEAR(cy->task);
+    /* No more receive()s: the waiter (which may hold the cycle) and the
+     * future kept for them go now. */
+    Py_CLEAR(cy->waiter);
+    cd_cycle_drop_spares(cy);
 }
 
 static PyObject *
@@ -920,6 +1071,9 @@ cycle_traverse(cd_cycle_t *cy, visitproc visit, void *arg)
     Py_VISIT(cy->task);
     Py_VISIT(cy->recv_fut);
     Py_VISIT(cy->send_fut);
+    Py_VISIT(cy->waiter);
+    Py_VISIT(cy->spare_fut[0]);
+    Py_VISIT(cy->spare_fut[1]);
     Py_VISIT(cy->resp_headers);
     Py_VISIT(cy->close_handle);
     return 0;
@@ -932,6 +1086,8 @@ cycle_clear(cd_cycle_t *cy)
     Py_CLEAR(cy->task);
     Py_CLEAR(cy->recv_fut);
     Py_CLEAR(cy->send_fut);
+    Py_CLEAR(cy->waiter);
+    cd_cycle_drop_spares(cy);
     Py_CLEAR(cy->resp_headers);
     Py_CLEAR(cy->close_handle);
     return 0;

@@ -16,6 +16,8 @@
 typedef struct {
     PyObject_HEAD
     PyObject *fut;  /* strong: the future to wait on, or NULL */
+    PyObject *it;   /* strong: fut's own iterator (Future.__await__) while
+                       yielded, for an exact asyncio.Future; else NULL */
     cd_cycle_t *cy; /* strong: receive() waiters only, else NULL */
     cd_state *st;   /* borrowed: the module outlives its types */
     int yielded;
@@ -32,18 +34,35 @@ waiter_new(cd_state *st, PyObject *fut)
     st->live.waiters++;
     w->st = st;
     w->fut = fut;
+    w->it = NULL;
     w->cy = NULL;
     w->yielded = 0;
     PyObject_GC_Track(w);
     return (PyObject *)w;
 }
 
+/* The cycle keeps its last receive() waiter (cy->waiter): once nothing
+ * else holds it (its await is over, or it was never awaited) it is as
+ * good as new, and the next receive() returns it again instead of
+ * allocating one per message.  A waiter has no weak references (its
+ * type has no slot for them). */
 PyObject *
 cd_waiter_receive(cd_state *st, cd_cycle_t *cy)
 {
-    cd_waiter_t *w = (cd_waiter_t *)waiter_new(st, NULL);
+    cd_waiter_t *w = (cd_waiter_t *)cy->waiter;
+    if (w != NULL && Py_REFCNT(w) == 1) {
+        Py_CLEAR(w->fut);
+        Py_CLEAR(w->it);
+        w->yielded = 0;
+        if (w->cy == NULL) {
+            w->cy = (cd_cycle_t *)Py_NewRef((PyObject *)cy);
+        }
+        return Py_NewRef((PyObject *)w);
+    }
+    w = (cd_waiter_t *)waiter_new(st, NULL);
     if (w != NULL) {
         w->cy = (cd_cycle_t *)Py_NewRef((PyObject *)cy);
+        Py_XSETREF(cy->waiter, Py_NewRef((PyObject *)w));
     }
     return (PyObject *)w;
 }
@@ -54,16 +73,51 @@ cd_waiter_pending(cd_state *st, PyObject *fut)
     return waiter_new(st, fut);
 }
 
+static PySendResult waiter_take(cd_waiter_t *w, PyObject **result);
+
+/* The future's result, once the task was woken (or at once if it is
+ * done already, as `await fut` does): then a receive() waiter takes its
+ * message. */
+static PySendResult
+waiter_resumed(cd_waiter_t *w, PySendResult r, PyObject **result)
+{
+    if (r != PYGEN_RETURN || w->cy == NULL) {
+        return r;
+    }
+    Py_DECREF(*result); /* None: the future only woke us. */
+    return waiter_take(w, result);
+}
+
+/* Wait on w->fut as `await fut` does.  An exact asyncio.Future is
+ * awaited through its own iterator, which marks it blocking, yields it
+ * and later returns its result (or raises CancelledError) without a
+ * method call either way; any other future gets the same by name. */
 static PySendResult
 waiter_yield(cd_waiter_t *w, PyObject **result)
 {
-    if (PyObject_SetAttr(w->fut, w->st->s_asyncio_future_blocking, Py_True) <
-        0) {
+    PyObject *fut = w->fut;
+    if (Py_IS_TYPE(fut, (PyTypeObject *)w->st->asyncio_Future)) {
+        PyObject *it = Py_TYPE(fut)->tp_as_async->am_await(fut);
+        if (it == NULL) {
+            *result = NULL;
+            return PYGEN_ERROR;
+        }
+        PySendResult r = PyIter_Send(it, Py_None, result);
+        if (r == PYGEN_NEXT) {
+            w->it = it;
+            w->yielded = 1;
+            return r;
+        }
+        Py_DECREF(it);
+        Py_CLEAR(w->fut);
+        return waiter_resumed(w, r, result);
+    }
+    if (PyObject_SetAttr(fut, w->st->s_asyncio_future_blocking, Py_True) < 0) {
         *result = NULL;
         return PYGEN_ERROR;
     }
     w->yielded = 1;
-    *result = Py_NewRef(w->fut);
+    *result = Py_NewRef(fut);
     return PYGEN_NEXT;
 }
 
@@ -103,6 +157,17 @@ waiter_am_send(cd_waiter_t *w, PyObject *arg, PyObject **result)
     if (!w->yielded) {
         return waiter_yield(w, result);
     }
+    if (w->it != NULL) {
+        PyObject *it = w->it;
+        PySendResult r = PyIter_Send(it, Py_None, result);
+        if (r == PYGEN_NEXT) {
+            return r; /* Resumed before the future was done. */
+        }
+        w->it = NULL;
+        Py_DECREF(it);
+        Py_CLEAR(w->fut);
+        return waiter_resumed(w, r, result);
+    }
     PyObject *fut = w->fut;
     w->fut = NULL;
     /* Raises CancelledError if the future was cancelled. */
@@ -111,12 +176,43 @@ waiter_am_send(cd_waiter_t *w, PyObject *arg, PyObject **result)
     if (*result == NULL) {
         return PYGEN_ERROR;
     }
-    if (w->cy != NULL) {
-        Py_DECREF(*result); /* None: the future only woke us. */
-        return waiter_take(w, result);
-    }
-    return PYGEN_RETURN;
+    return waiter_resumed(w, PYGEN_RETURN, result);
 }
+
+#if PY_VERSION_HEX >= 0x030C0000
+/* Raises StopIteration(value), as await (SEND) takes a value from
+ * tp_iternext; steals value.  SEND takes the value out and drops the
+ * exception at once, so the state's spare one is raised again when that
+ * left nothing else holding it and nothing on it (no traceback, context,
+ * cause, notes or attributes: it escaped to no Python code): one
+ * exception object per receive() otherwise.  Raised as it is, so the
+ * exception being handled (if any) does not become its __context__, as
+ * PyErr_SetObject would make it. */
+static void
+waiter_raise_return(cd_state *st, PyObject *value)
+{
+    PyStopIterationObject *e = (PyStopIterationObject *)st->stop_iteration;
+    if (e != NULL && Py_REFCNT(e) == 1 && e->dict == NULL &&
+        e->notes == NULL && e->traceback == NULL && e->context == NULL &&
+        e->cause == NULL && !e->suppress_context) {
+        PyObject *args = PyTuple_Pack(1, value);
+        if (args == NULL) {
+            Py_DECREF(value);
+            return;
+        }
+        Py_XSETREF(e->args, args);
+        Py_XSETREF(e->value, value);
+        PyErr_SetRaisedException(Py_NewRef((PyObject *)e));
+        return;
+    }
+    PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, value);
+    Py_DECREF(value);
+    if (exc != NULL) {
+        Py_XSETREF(st->stop_iteration, Py_NewRef(exc));
+        PyErr_SetRaisedException(exc);
+    }
+}
+#endif
 
 static PyObject *
 waiter_iternext(cd_waiter_t *w)
@@ -134,19 +230,16 @@ waiter_iternext(cd_waiter_t *w)
             Py_DECREF(res);
             return NULL;
         }
+#if PY_VERSION_HEX >= 0x030C0000
+        waiter_raise_return(w->st, res);
+#else
         PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, res);
         Py_DECREF(res);
         if (e != NULL) {
-#if PY_VERSION_HEX >= 0x030C0000
-            /* Raised as it is: SEND takes its value at once, so the
-             * exception being handled (if any) need not become its
-             * __context__ as PyErr_SetObject would make it. */
-            PyErr_SetRaisedException(e);
-#else
             PyErr_SetObject(PyExc_StopIteration, e);
             Py_DECREF(e);
-#endif
         }
+#endif
     }
     return NULL;
 }
@@ -206,6 +299,7 @@ waiter_throw(cd_waiter_t *w, PyObject *args)
     if (tb != NULL) {
         PyException_SetTraceback(val, tb);
     }
+    Py_CLEAR(w->it);
     Py_CLEAR(w->fut);
     Py_CLEAR(w->cy);
     PyErr_Restore(type, val, tb); /* Steals all three. */
@@ -216,6 +310,7 @@ waiter_throw(cd_waiter_t *w, PyObject *args)
 static PyObject *
 waiter_close(cd_waiter_t *w, PyObject *unused)
 {
+    Py_CLEAR(w->it);
     Py_CLEAR(w->fut);
     Py_CLEAR(w->cy);
     Py_RETURN_NONE;
@@ -232,6 +327,7 @@ waiter_traverse(cd_waiter_t *w, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(w));
     Py_VISIT(w->fut);
+    Py_VISIT(w->it);
     Py_VISIT(w->cy);
     return 0;
 }
@@ -239,6 +335,7 @@ waiter_traverse(cd_waiter_t *w, visitproc visit, void *arg)
 static int
 waiter_clear(cd_waiter_t *w)
 {
+    Py_CLEAR(w->it);
     Py_CLEAR(w->fut);
     Py_CLEAR(w->cy);
     return 0;

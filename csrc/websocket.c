@@ -1463,6 +1463,9 @@ ws_on_timeout(cd_conn_t *c)
         ws_reject(cy, 403, "Forbidden");
         return;
     case CD_WS_OPEN:
+        /* Every ping interval: a quiet WebSocket keeps no spare futures
+         * (cycle.c), a busy one makes one again. */
+        cd_cycle_drop_spares(cy);
         if (cfg->ws_timeout && now - ws->opened_at >= cfg->ws_timeout) {
             queue_close(ws, 1000, "", 0);
             flush_wslay(cy);

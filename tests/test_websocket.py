@@ -268,6 +268,31 @@ def test_server_futures_follow_a_create_future_set_on_the_loop_instance(server):
     ws.close()
 
 
+def test_receive_futures_the_app_keeps_are_not_reused(server):
+    ws = websocket.create_connection(server.ws_url("/kept-futures"))
+    for n in range(1, 9):
+        ws.send(f"m{n}")
+        assert ws.recv() == f"ack {n}"
+    assert json.loads(ws.recv()) == []
+    ws.close()
+
+
+def test_receive_awaitables_the_app_keeps_are_not_handed_out_again(server):
+    ws = websocket.create_connection(server.ws_url("/kept-receives"))
+    for text in ("one", "two", "three"):
+        ws.send(text)
+    assert json.loads(ws.recv()) == ["one", False, "two", None, "three"]
+    ws.close()
+
+
+def test_stop_iterations_of_hand_driven_receives_stay_the_apps(server):
+    ws = websocket.create_connection(server.ws_url("/hand-driven"))
+    for text in ("a", "b", "c"):
+        ws.send(text)
+    assert json.loads(ws.recv()) == [[["a", "a"], ["b", "b"], ["c", "c"]], 3]
+    ws.close()
+
+
 def test_client_ping_gets_pong(server):
     sock = raw_handshake(server.port, "/echo")
     sock.sendall(frame(0x9, b"are you there"))

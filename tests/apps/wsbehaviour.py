@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 
 EVENTS: list[dict] = []
 SENT = {"bytes": 0}
@@ -91,6 +92,91 @@ async def instance_create_future(receive, send) -> None:
     await drain(receive)
 
 
+async def kept_futures(receive, send) -> None:
+    """The server may make a done receive() future new again only when
+    nothing else holds it: futures the app kept (strongly, by weak
+    reference, or with an attribute set) must stay as they were."""
+    await send({"type": "websocket.accept"})
+    task = asyncio.current_task()
+    seen: list[str] = []
+    kept: dict = {}
+
+    async def watch(n: int) -> None:
+        # Runs while the app waits in receive(): the future it waits on.
+        fut = task._fut_waiter
+        if fut is None:
+            seen.append(f"{n}: not waiting")
+            return
+        if "strong" in kept and fut is kept["strong"]:
+            seen.append(f"{n}: kept future reused")
+        if "weak" in kept and kept["weak"]() is fut:
+            seen.append(f"{n}: weakly kept future reused")
+        if hasattr(fut, "marker"):
+            seen.append(f"{n}: future with an attribute reused")
+        if n == 1:
+            kept["strong"] = fut
+        elif n == 2:
+            kept["weak"] = weakref.ref(fut)
+        elif n == 3:
+            fut.marker = n
+
+    for n in range(1, 9):
+        # The client sends each message once it has the answer to the one
+        # before: the app waits in receive() for each.
+        watcher = asyncio.ensure_future(watch(n))
+        message = await receive()
+        await watcher
+        if message["type"] != "websocket.receive":
+            return
+        await send({"type": "websocket.send", "text": f"ack {n}"})
+    strong = kept["strong"]
+    if not (strong.done() and strong.result() is None):
+        seen.append("kept future changed")
+    weak = kept["weak"]()
+    if weak is not None and not (weak.done() and weak.result() is None):
+        seen.append("weakly kept future changed")
+    await send({"type": "websocket.send", "text": json.dumps(seen)})
+    await drain(receive)
+
+
+async def kept_receives(receive, send) -> None:
+    """receive() awaitables the app keeps are not handed out again."""
+    await send({"type": "websocket.accept"})
+    got = []
+    r1 = receive()
+    got.append((await r1)["text"])
+    r2 = receive()
+    got.append(r2 is r1)
+    got.append((await r2)["text"])
+    got.append(await r1)
+    receive()  # never awaited, dropped
+    got.append((await receive())["text"])
+    await send({"type": "websocket.send", "text": json.dumps(got)})
+    await drain(receive)
+
+
+async def by_hand(receive) -> StopIteration:
+    """A receive() driven as a plain iterator: its StopIteration."""
+    it = receive().__await__()
+    while True:
+        try:
+            fut = it.send(None)
+        except StopIteration as exc:
+            return exc
+        await asyncio.wait([fut])
+
+
+async def hand_driven(receive, send) -> None:
+    """The StopIteration each receive() returns its message in stays the
+    app's: a later receive() does not change one the app kept."""
+    await send({"type": "websocket.accept"})
+    kept = [await by_hand(receive) for _ in range(3)]
+    texts = [[e.value["text"], e.args[0]["text"]] for e in kept]
+    distinct = len({id(e) for e in kept})
+    await send({"type": "websocket.send", "text": json.dumps([texts, distinct])})
+    await drain(receive)
+
+
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         raise RuntimeError("no lifespan here")
@@ -136,6 +222,12 @@ async def app(scope, receive, send):
         await patched_create_future(receive, send)
     elif path == "/instance-create-future":
         await instance_create_future(receive, send)
+    elif path == "/kept-futures":
+        await kept_futures(receive, send)
+    elif path == "/kept-receives":
+        await kept_receives(receive, send)
+    elif path == "/hand-driven":
+        await hand_driven(receive, send)
     elif path == "/never-accept":
         await asyncio.sleep(60)
     elif path == "/send-before-accept":
