@@ -34,6 +34,9 @@
  * chunk of its own (~95 bytes of heap for a 1-byte frame), so 1-byte
  * fragments made a 1 MiB message cost 100 MB. */
 #define CD_WS_FRAME_COST 64
+/* Outgoing data messages up to this size are copied behind their frame
+ * header (a 4-byte header at most): one buffer per frame. */
+#define CD_WS_COPY_MAX 1024
 /* How long the peer has to answer our close frame. */
 #define CD_WS_CLOSE_WAIT_MS 5000
 /* permessage-deflate: messages shorter than this go out uncompressed
@@ -1250,21 +1253,30 @@ frame_head(char *head, int b0, size_t n)
     return 10;
 }
 
-/* Frame and write one data message, keeping a reference to its bytes. */
+/* Frame and write one data message: a small one copied behind its
+ * header into one block (one buffer to write, no reference to hold), a
+ * larger one as header plus its bytes, keeping a reference to them. */
 static int
 ws_write_frame(cd_cycle_t *cy, int opcode, const char *data, size_t n,
                PyObject *keep)
 {
     cd_conn_t *c = cy->conn;
     flush_wslay(cy);
-    char *head = malloc(10);
+    int copy = n <= CD_WS_COPY_MAX;
+    char *head = malloc(copy ? 4 + n : 10); /* owned until written */
     if (head == NULL) {
         PyErr_NoMemory();
         return -1;
     }
     size_t hl = frame_head(head, 0x80 | opcode, n);
+    if (copy) {
+        memcpy(head + hl, data, n);
+        uv_buf_t b = cd_uvbuf(head, hl + n);
+        cd_conn_write(c, &b, 1, NULL, head);
+        return 0;
+    }
     uv_buf_t bufs[2] = {cd_uvbuf(head, hl), cd_uvbuf_const(data, n)};
-    cd_conn_write(c, bufs, n ? 2 : 1, keep, head);
+    cd_conn_write(c, bufs, 2, keep, head);
     return 0;
 }
 
