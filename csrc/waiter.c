@@ -195,12 +195,22 @@ waiter_raise_return(cd_state *st, PyObject *value)
     if (e != NULL && Py_REFCNT(e) == 1 && e->dict == NULL &&
         e->notes == NULL && e->traceback == NULL && e->context == NULL &&
         e->cause == NULL && !e->suppress_context) {
-        PyObject *args = PyTuple_Pack(1, value);
-        if (args == NULL) {
-            Py_DECREF(value);
-            return;
+        if (e->args != NULL && Py_REFCNT(e->args) == 1 &&
+            PyTuple_GET_SIZE(e->args) == 1) {
+            /* Only the exception holds its args: set in place. */
+            if (PyTuple_SetItem(e->args, 0, Py_NewRef(value)) < 0) {
+                Py_DECREF(value);
+                return;
+            }
         }
-        Py_XSETREF(e->args, args);
+        else {
+            PyObject *args = PyTuple_Pack(1, value);
+            if (args == NULL) {
+                Py_DECREF(value);
+                return;
+            }
+            Py_XSETREF(e->args, args);
+        }
         Py_XSETREF(e->value, value);
         PyErr_SetRaisedException(Py_NewRef((PyObject *)e));
         return;
