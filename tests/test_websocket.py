@@ -124,6 +124,16 @@ def test_text_and_binary_echo(server):
     ws.close()
 
 
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 1024, 1025, 65535, 65536])
+def test_echo_frames_at_the_header_and_copy_bounds(server, size):
+    sock = raw_handshake(server.port, "/echo")
+    payload = bytes(i % 251 for i in range(size))
+    sock.sendall(frame(0x2, payload) + frame(0x1, b"t" * size))
+    assert read_frame(sock) == (0x2, payload)
+    assert read_frame(sock) == (0x1, b"t" * size)
+    sock.close()
+
+
 def test_fragmented_message_is_reassembled(server):
     sock = raw_handshake(server.port, "/echo")
     sock.sendall(frame(0x1, b"frag", fin=False) + frame(0x0, b"men", fin=False))
