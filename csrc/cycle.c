@@ -204,32 +204,17 @@ future_unheld(cd_state *st, PyObject *fut)
 
 /* Whether the loop makes its futures as Future() does
  * (cd_loopmeth_future_new): its class keeps our create_future, no
- * instance attribute hides it, and it is the running loop.  0 or 1, -1
- * with an exception. */
+ * instance attribute hides it (cd_loopmeth_direct), and it is the
+ * running loop.  0 or 1, -1 with an exception. */
 static int
 loop_makes_plain_futures(cd_state *st, PyObject *loop)
 {
-    if (loop == NULL) {
+    if (loop == NULL ||
+        Py_TYPE(loop)->tp_getattro != PyObject_GenericGetAttr) {
         return 0;
     }
-    PyTypeObject *tp = Py_TYPE(loop);
-    if (tp->tp_getattro != PyObject_GenericGetAttr) {
-        return 0;
-    }
-    int plain = cd_loopmeth_plain(st, loop, CD_LM_CREATE_FUTURE);
-    if (plain <= 0) {
-        return plain;
-    }
-    if (tp->tp_dictoffset != 0) {
-        PyObject *d = PyObject_GenericGetDict(loop, NULL);
-        if (d == NULL) {
-            return -1;
-        }
-        int shadowed = PyDict_Contains(d, st->lm_name[CD_LM_CREATE_FUTURE]);
-        Py_DECREF(d);
-        if (shadowed != 0) {
-            return shadowed < 0 ? -1 : 0;
-        }
+    if (cd_loopmeth_direct(st, loop, CD_LM_CREATE_FUTURE) == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
     }
     PyObject *running = PyObject_CallNoArgs(st->get_running_loop);
     if (running == NULL) {
