@@ -357,6 +357,10 @@ cd_conn_read_start(cd_conn_t *c)
     if (c->flags & CD_CONN_F_HUP_INIT) {
         uv_poll_stop(&c->hup);
     }
+    if ((c->flags & CD_CONN_F_HELD) && !(c->flags & CD_CONN_F_LINGER)) {
+        c->flags |= CD_CONN_F_WANT_READ; /* Once the output drains. */
+        return;
+    }
     if ((c->flags & (CD_CONN_F_READING | CD_CONN_F_EOF)) ||
         c->state == CD_CONN_CLOSING) {
         return;
@@ -376,9 +380,35 @@ cd_conn_read_stop(cd_conn_t *c)
     if (c->flags & CD_CONN_F_HUP_INIT) {
         uv_poll_stop(&c->hup);
     }
+    c->flags &= ~CD_CONN_F_WANT_READ;
     if (c->flags & CD_CONN_F_READING) {
         uv_read_stop(&c->io.stream);
         c->flags &= ~CD_CONN_F_READING;
+    }
+}
+
+void
+cd_conn_read_hold(cd_conn_t *c)
+{
+    if (c->flags & CD_CONN_F_HELD) {
+        return;
+    }
+    if (c->flags & CD_CONN_F_READING) {
+        uv_read_stop(&c->io.stream);
+        c->flags &= ~CD_CONN_F_READING;
+        c->flags |= CD_CONN_F_WANT_READ;
+    }
+    c->flags |= CD_CONN_F_HELD;
+}
+
+/* The output drained: reading resumes if the protocol wants it. */
+static void
+conn_read_release(cd_conn_t *c)
+{
+    c->flags &= ~CD_CONN_F_HELD;
+    if (c->flags & CD_CONN_F_WANT_READ) {
+        c->flags &= ~CD_CONN_F_WANT_READ;
+        cd_conn_read_start(c);
     }
 }
 
@@ -507,6 +537,9 @@ conn_on_write(uv_write_t *req, int status)
 void
 cd_conn_on_drain(cd_conn_t *c)
 {
+    if (c->flags & CD_CONN_F_HELD) {
+        conn_read_release(c);
+    }
     if (c->proto != NULL) {
         c->proto->on_drain(c);
     }

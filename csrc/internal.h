@@ -541,6 +541,8 @@ enum {
     CD_CONN_F_HUP_INIT = 1 << 11,   /* hup and hup_fd exist */
     CD_CONN_F_TP_SHUT = 1 << 12,    /* the transport's shutdown ran */
     CD_CONN_F_OVER_LIMIT = 1 << 13, /* beyond --limit-concurrency */
+    CD_CONN_F_HELD = 1 << 14,       /* the transport holds reading */
+    CD_CONN_F_WANT_READ = 1 << 15,  /* reading resumes when released */
 };
 
 /* Output written during one loop turn, sent with one writev before the
@@ -700,6 +702,13 @@ void cd_conn_read_stop(cd_conn_t *c);
  * FIN behind unread data, or an RST), which ends the conn as an EOF does
  * while reading.  cd_conn_read_start or _stop ends the pause. */
 void cd_conn_read_pause(cd_conn_t *c);
+/* For transports: stop reading while the conn's queued output is above
+ * --write-buffer-size because of bytes the transport made itself (TLS
+ * alerts and handshake records for a peer that never reads).  The
+ * protocol's read_start and _stop still say whether it wants to read;
+ * reading resumes, if it does, once the output drains below half the
+ * mark.  The conn's timers run on. */
+void cd_conn_read_hold(cd_conn_t *c);
 void cd_conn_timer_start(cd_conn_t *c, uint64_t ms);
 void cd_conn_timer_stop(cd_conn_t *c);
 /* Writes that drained below the high-water mark. */
