@@ -745,6 +745,21 @@ tls_send_alert(cd_conn_t *c, cd_tls_conn_t *tc)
     }
 }
 
+/* The records a read brought made OpenSSL queue `own` bytes of its
+ * own: a no_renegotiation alert per TLS 1.2 ClientHello, a KeyUpdate
+ * per TLS 1.3 request (31 bytes for a 33-byte record), with no bound.
+ * A peer that never reads keeps them in our write queue: stop reading
+ * above --write-buffer-size, as a WebSocket's pongs do (websocket.c
+ * write_check_high); the drain reads again, the header and idle timers
+ * still drop the peer. */
+static void
+tls_check_flood(cd_conn_t *c, size_t own)
+{
+    if (c->write_queued + own > c->server->cfg.write_high_water) {
+        cd_conn_read_hold(c);
+    }
+}
+
 static int
 tls_tp_read(cd_conn_t *c, const uv_buf_t *buf, size_t nread)
 {
@@ -772,8 +787,10 @@ tls_tp_read(cd_conn_t *c, const uv_buf_t *buf, size_t nread)
         cd_tls_shutdown(tc->tls);
         tls_send_alert(c, tc);
     }
-    if (cd_tls_out_pending(tc->tls) > 0) {
+    size_t own = cd_tls_out_pending(tc->tls);
+    if (own > 0) {
         cd_conn_want_flush(c); /* Handshake records, tickets, KeyUpdate. */
+        tls_check_flood(c, own);
     }
     else if (r == 0 && nread > CD_TLS_BIO_KEEP / 2) {
         cd_tls_trim(tc->tls); /* Only a large read grows the BIO. */

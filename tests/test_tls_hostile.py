@@ -4,11 +4,14 @@ ways.  Real server processes, real TLS clients (Python's ssl, openssl)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import socket
 import ssl
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .conftest import Reader
 from .test_http_resources import rss_kb
@@ -123,3 +126,135 @@ def test_close_notify_from_the_client_is_answered_with_ours(tls_server, pki):  #
         assert plain.recv(100) == b""
         plain.close()
     assert get(tls_server, pki, "/hello").status_code == 200
+
+
+# ---- a hand-built TLS 1.2 record writer ---------------------------------------
+
+
+def _prf_sha256(secret: bytes, label: bytes, seed: bytes, n: int) -> bytes:
+    """TLS 1.2's PRF (RFC 5246 5) with SHA-256."""
+    seed = label + seed
+    out, a = b"", seed
+    while len(out) < n:
+        a = hmac.new(secret, a, hashlib.sha256).digest()
+        out += hmac.new(secret, a + seed, hashlib.sha256).digest()
+    return out[:n]
+
+
+class Tls12Forger:
+    """A TLS 1.2 session (ECDHE-ECDSA-AES128-GCM-SHA256) shaken hands by
+    Python's ssl over memory BIOs, whose client keys come from its key log:
+    it then writes records of its choosing on the raw socket, encrypted
+    with the client's keys and sequence numbers (the Finished was 0)."""
+
+    def __init__(self, proc, certs, keylog) -> None:
+        ctx = client_ctx(certs)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
+        ctx.keylog_filename = str(keylog)
+        self.sock = socket.create_connection(("127.0.0.1", proc.port), timeout=10)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+        server_flight = b""
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.sock.sendall(outgoing.read())
+                data = self.sock.recv(65536)
+                assert data, "the server closed during the handshake"
+                server_flight += data
+                incoming.write(data)
+        self.sock.sendall(outgoing.read())
+        assert obj.version() == "TLSv1.2"
+        # The ServerHello opens the server's flight: record header (5),
+        # handshake header (4), version (2), then its random.
+        server_random = server_flight[11:43]
+        line = next(ln for ln in keylog.read_text().splitlines() if ln.startswith("CLIENT_RANDOM "))
+        _, client_random, master = line.split()
+        block = _prf_sha256(
+            bytes.fromhex(master),
+            b"key expansion",
+            server_random + bytes.fromhex(client_random),
+            40,
+        )
+        self.aead = AESGCM(block[0:16])  # client write key
+        self.salt = block[32:36]  # client write IV
+        self.seq = 1
+
+    def records(self, content_type: int, plaintext: bytes, count: int) -> bytes:
+        out = []
+        for _ in range(count):
+            explicit = self.seq.to_bytes(8, "big")
+            aad = explicit + bytes([content_type]) + b"\x03\x03" + len(plaintext).to_bytes(2, "big")
+            sealed = self.aead.encrypt(self.salt + explicit, plaintext, aad)
+            out.append(
+                bytes([content_type])
+                + b"\x03\x03"
+                + (8 + len(sealed)).to_bytes(2, "big")
+                + explicit
+                + sealed
+            )
+            self.seq += 1
+        return b"".join(out)
+
+    def flood(self, budget: int, stall: float = 5.0) -> tuple[int, bool]:
+        """Sends encrypted ClientHellos (each makes OpenSSL queue a
+        no_renegotiation warning alert), never reading; (bytes sent,
+        whether the server stopped taking them) once budget is sent or a
+        send waited `stall` seconds."""
+        self.sock.settimeout(stall)
+        sent = 0
+        try:
+            while sent < budget:
+                blob = self.records(22, b"\x01\x00\x00\x00", 2000)
+                self.sock.sendall(blob)
+                sent += len(blob)
+        except TimeoutError:
+            return sent, True
+        except OSError:
+            return sent, False  # reset: the server dropped it
+        return sent, False
+
+
+def test_tls12_forged_client_hellos_from_a_peer_that_never_reads_stop_reading(serve, pki, tmp_path):  # noqa: F811
+    # Regression: each encrypted ClientHello after a TLS 1.2 handshake
+    # makes OpenSSL queue a 31-byte no_renegotiation warning alert and go
+    # on; a peer that sent them and never read had the server read on and
+    # queue the alerts without bound (100 MB sent: +87 MB of RSS).  The
+    # server now stops reading while its queued output is over
+    # --write-buffer-size, as a WebSocket's pongs do.
+    proc = serve(APP, *tls_flags(pki, "--timeout-keep-alive", "120"))
+    pid = proc.proc.pid
+    before = rss_kb(pid)
+    forger = Tls12Forger(proc, pki, tmp_path / "keys")
+    try:
+        budget = 48 << 20
+        sent, stalled = forger.flood(budget)
+        grown = rss_kb(pid) - before
+        assert stalled, f"the server read all {sent} bytes"
+        # The kernel's socket buffers hold some MiB; the server keeps at
+        # most --write-buffer-size (1 MiB) plus one read's alerts.
+        assert sent < budget // 2, sent
+        assert grown < 12 << 10, f"+{grown} KiB"
+        # Others are served meanwhile.
+        assert get(proc, pki, "/hello").status_code == 200
+    finally:
+        forger.sock.close()
+    assert get(proc, pki, "/hello").status_code == 200
+
+
+def test_tls12_flooding_peer_held_from_reading_is_still_dropped_when_idle(serve, pki, tmp_path):  # noqa: F811
+    proc = serve(APP, *tls_flags(pki, "--timeout-keep-alive", "2"))
+    forger = Tls12Forger(proc, pki, tmp_path / "keys")
+    with forger.sock:
+        forger.flood(48 << 20)
+        # It reads now: the alerts, then the end (a FIN or a reset).
+        forger.sock.settimeout(30)
+        try:
+            while forger.sock.recv(1 << 20):
+                pass
+        except ConnectionResetError:
+            pass
+    assert get(proc, pki, "/hello").status_code == 200
