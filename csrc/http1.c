@@ -29,6 +29,7 @@ typedef struct {
     PyObject *root_path_header; /* strong: Daphne-Root-Path (bytes) or NULL */
     size_t head_bytes;          /* head bytes on the wire (see count_head) */
     uint64_t body_bytes;        /* request body bytes seen */
+    size_t ext_bytes;           /* the current chunk's extension bytes */
     unsigned nheaders;          /* header fields so far, trailers included */
     unsigned nhost;             /* Host fields */
     unsigned nte;               /* Transfer-Encoding fields */
@@ -96,6 +97,7 @@ on_message_begin(llhttp_t *p)
     h->hvalue.len = 0;
     h->in_value = 0;
     h->head_bytes = 0;
+    h->ext_bytes = 0;
     h->in_head = 1;
     h->nheaders = 0;
     h->nhost = 0;
@@ -444,6 +446,47 @@ on_body(llhttp_t *p, const char *at, size_t n)
     return 0;
 }
 
+/* ---- chunk extensions ----------------------------------------------
+ *
+ * We read none of them (RFC 9112 7.1.1 lets a server ignore them), yet
+ * their bytes are neither body nor head: nothing else bounds them.  One
+ * chunk's extensions (names, values and a separator each) get
+ * CD_HTTP1_MAX_CHUNK_EXT bytes, as in Node (kMaxChunkExtensionsSize, on
+ * llhttp too), Bun and h11 (uvicorn's max_incomplete_event_size bounds
+ * the whole chunk-size line); beyond it, 400 and close. */
+#define CD_HTTP1_MAX_CHUNK_EXT (16 * 1024)
+
+static int
+count_chunk_ext(llhttp_t *p, size_t n)
+{
+    cd_http1_t *h = cd_container_of(p, cd_http1_t, parser);
+    h->ext_bytes += n;
+    return h->ext_bytes > CD_HTTP1_MAX_CHUNK_EXT ? fail(p, 400) : 0;
+}
+
+static int
+on_chunk_extension_span(llhttp_t *p, const char *at, size_t n)
+{
+    (void)at;
+    return count_chunk_ext(p, n);
+}
+
+/* A name or value ended: its ';' or '=' counts. */
+static int
+on_chunk_extension_complete(llhttp_t *p)
+{
+    return count_chunk_ext(p, 1);
+}
+
+/* The chunk-size line ended: the next chunk starts from 0. */
+static int
+on_chunk_header(llhttp_t *p)
+{
+    cd_http1_t *h = cd_container_of(p, cd_http1_t, parser);
+    h->ext_bytes = 0;
+    return 0;
+}
+
 static int
 on_message_complete(llhttp_t *p)
 {
@@ -558,6 +601,11 @@ static const llhttp_settings_t settings = {
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
+    .on_chunk_header = on_chunk_header,
+    .on_chunk_extension_name = on_chunk_extension_span,
+    .on_chunk_extension_value = on_chunk_extension_span,
+    .on_chunk_extension_name_complete = on_chunk_extension_complete,
+    .on_chunk_extension_value_complete = on_chunk_extension_complete,
 };
 
 static int

@@ -538,6 +538,31 @@ VERSIONS = [b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"H
 TOKEN_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
+# One chunk's extension bytes the server takes (http1.c CD_HTTP1_MAX_CHUNK_EXT).
+MAX_CHUNK_EXT = 16 * 1024
+
+
+def chunk_ext(d: Data, x: int) -> tuple[bytes, bool]:
+    """A chunk's extensions, and whether the server must take them: the
+    byte x picks none (mostly), a name, a name and value, a quoted value,
+    several names, a long name around the bound, or name=value pairs after
+    the first (llhttp 8.1 refuses those: not clean)."""
+    if x == 7:
+        return b";x=y", True
+    if x == 8:
+        return b";x", True
+    if x == 10:
+        return b';q="' + re.sub(rb"[^A-Za-z0-9 ]", b"", d.blob(40)) + b'"', True
+    if x == 11:
+        return b";a;b" * (1 + d.u8() % 8), True
+    if x == 12:
+        n = d.u8() * 80  # up to 20,400 bytes: both sides of the bound
+        return b";" + b"e" * n, 1 + n <= MAX_CHUNK_EXT
+    if x == 13:
+        return b";a=b;c=d", False
+    return b"", True
+
+
 def build_request(d: Data, ws: bool = False) -> tuple[bytes, bytes | None]:
     """A request from the fuzzer's choices; returns (bytes, body) where body
     is the exact body the app must receive, or None if the request is not
@@ -615,9 +640,14 @@ def build_request(d: Data, ws: bool = False) -> tuple[bytes, bytes | None]:
         while rest:
             k = max(1, d.u8() % 64)
             part, rest = rest[:k], rest[k:]
-            ext = b";x=y" if d.u8() == 7 else b""
+            ext, ok = chunk_ext(d, d.u8())
+            clean = clean and ok
             tail += b"%x%s\r\n%s\r\n" % (len(part), ext, part)
-        tail += b"0\r\n" + (b"X-Trailer: 1\r\n" if d.u8() == 9 else b"") + b"\r\n"
+        x = d.u8()
+        trailer = b"X-Trailer: 1\r\n" if x == 9 else b""
+        ext, ok = chunk_ext(d, x)
+        clean = clean and ok
+        tail += b"0" + ext + b"\r\n" + trailer + b"\r\n"
     else:
         tail = b""
     if ws:

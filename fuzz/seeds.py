@@ -71,7 +71,9 @@ V11, V10, V20 = 0, 3, 4
 
 def request(e: Enc, method: int = GET, path: bytes = b"", version: int = V11,
             headers: list[list[int]] | None = None, body: bytes | None = None,
-            chunks: list[int] | None = None) -> Enc:
+            chunks: list[int] | None = None, exts: list[list[int]] | None = None) -> Enc:
+    """exts: per chunk, then for the last chunk, the bytes harness.chunk_ext
+    reads (its selector first); none by default."""
     e.u8(8, 0, 0)  # op, client_op's conn byte, the conn
     e.u8(method).blob(path).u8(255).u8(version)
     hs = list(headers or [])
@@ -84,12 +86,13 @@ def request(e: Enc, method: int = GET, path: bytes = b"", version: int = V11,
         e.blob(body)
         if chunks is not None:
             rest = len(body)
+            ext = iter(exts or [])
             for k in chunks:
                 if rest <= 0:
                     break
-                e.u8(k, 0)
+                e.u8(k, *next(ext, [0]))
                 rest -= k
-            e.u8(0)
+            e.u8(*next(ext, [0]))
     return e
 
 
@@ -139,6 +142,15 @@ def http_seeds() -> dict[str, bytes]:
         seeds[f"http10-v{v}"] = simple(v, version=V10).bytes()
     seeds["post-cl"] = simple(2, POST, body=b"a=1&b=2").bytes()
     seeds["post-chunked"] = simple(2, POST, body=b"0123456789abcdef", chunks=[3, 5, 8]).bytes()
+    # Chunk extensions: a name, a quoted value, names, then on the last
+    # chunk one just under the 16 KiB bound; one just over it (400).
+    ext_chunks = [3, 5, 8]
+    seeds["post-chunk-extensions"] = simple(
+        2, POST, body=b"0123456789abcdef", chunks=ext_chunks,
+        exts=[[8], [10, 5, *b"q v 1"], [11, 2], [12, 204]]).bytes()
+    seeds["post-chunk-extension-too-long"] = simple(
+        2, POST, body=b"0123456789abcdef", chunks=ext_chunks, exts=[[7], [12, 205]],
+        resp=False).bytes()
     e = Enc(2)
     request(e, POST, body=b"x" * 40).write(10).step().write(7).step().write()
     receive(e)
@@ -214,8 +226,8 @@ def http_seeds() -> dict[str, bytes]:
     request(e)
     e.write().step(2)
     seeds["three-conns"] = e.bytes()
-    small_read(seeds, "post-chunked", "pipelined", "post-split-streamed", "expect-continue",
-               "partial-head-timeout")
+    small_read(seeds, "post-chunked", "post-chunk-extensions", "pipelined",
+               "post-split-streamed", "expect-continue", "partial-head-timeout")
     return seeds
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -351,3 +352,51 @@ def test_expect_continue_with_too_big_body_gets_413_without_100(limited):
         raw = recv_all(sock)
     assert raw.startswith(b"HTTP/1.1 413")
     assert b"100 Continue" not in raw
+
+
+# ---- chunk extensions -------------------------------------------------------
+
+CHUNKED_POST = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "ext",
+    [
+        b";" + b"n" * (32 << 10),  # one long name
+        b";a=" + b"v" * (32 << 10),  # one long value
+        b';a="' + b"q" * (32 << 10) + b'"',  # a long quoted value
+        b";a" * (16 << 10),  # many short ones
+        b';a="x"' * (6 << 10),  # many quoted ones
+    ],
+    ids=["name", "value", "quoted", "many", "many_quoted"],
+)
+def test_chunk_extensions_over_16_kib_get_400_and_close(server, ext):
+    # Regression: chunk extensions had no bound (their bytes are neither
+    # head nor body): 32 MiB of them on a 2-byte chunk got a 200.  Node
+    # and h11 (uvicorn) stop at 16 KiB.
+    with connect(server) as sock:
+        try:
+            sock.sendall(CHUNKED_POST + b"2" + ext + b"\r\nhi\r\n0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        r = Reader(sock).response()
+        assert r.status == 400
+        assert is_closed(sock)
+    assert httpx.get(server.url("/hello")).status_code == 200
+
+
+def test_chunk_extensions_up_to_16_kib_per_chunk_are_ignored(server):
+    ext = b";n=" + b"v" * ((16 << 10) - 3)  # 16 KiB exactly
+    body = b"".join(b"%x%s\r\n%s\r\n" % (len(part), ext, part) for part in (b"ab", b"cd"))
+    body += b"0" + ext + b"\r\n\r\n"
+    with connect(server) as sock:
+        # Cut anyhow, so that spans end with a read.
+        data = CHUNKED_POST + body
+        for i in range(0, len(data), 1000):
+            sock.sendall(data[i : i + 1000])
+        r = Reader(sock).response()
+        assert r.status == 200
+        assert json.loads(r.body)["body"] == "abcd"
+        # The connection stays usable.
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert Reader(sock).response().body == b"Hello, world!"
