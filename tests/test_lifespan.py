@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import time
 
+import httpx
 import pytest
+import websocket
 
 
 def wait_for_file_text(path, text: str, timeout: float = 10.0) -> None:
@@ -104,3 +107,31 @@ def test_the_close_timeout_leaves_an_app_already_cancelling_alone(serve, tmp_pat
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0, proc.log_tail()
     assert marker.read_text().split("\n")[1:] == ["cancelled", "cleaned up", ""], proc.log_tail()
+
+
+@pytest.mark.parametrize(
+    "app,flags",
+    [
+        ("with_state", ("--lifespan", "off")),
+        ("raises_on_lifespan", ()),  # auto, and the app refuses lifespan
+        ("with_state", ("--lifespan", "on")),
+    ],
+    ids=["off", "auto-unsupported", "on"],
+)
+def test_scope_state_is_a_per_connection_copy_with_or_without_lifespan(serve, app, flags):
+    """Regression: with lifespan off (or refused by the app) HTTP and
+    WebSocket scopes had no "state" key; uvicorn always sets it, a shallow
+    copy of the lifespan's dict (empty without lifespan) per request."""
+    proc = serve(f"tests.apps.lifespan:{app}", *flags)
+    start = {"db": "connected", "counter": 0} if flags[1:] == ("on",) else {}
+    for _ in range(2):  # the app's change to its copy stays in it
+        data = httpx.get(proc.url("/")).json()
+        assert data["has_state"] is True
+        assert data["state"] == {**start, "counter": 1}
+        ws = websocket.create_connection(f"ws://127.0.0.1:{proc.port}/", timeout=10)
+        try:
+            data = json.loads(ws.recv())
+        finally:
+            ws.close()
+        assert data["has_state"] is True
+        assert data["state"] == {**start, "counter": 1}

@@ -125,7 +125,9 @@ class Server:
             raise StartupError(f"cdaphne.pubsub: {exc}") from exc
         core = CoreServer(loop.core, app, config)
         self.core = core
-        core.set_state(lifespan.state if lifespan.enabled else None)
+        # uvicorn's scope["state"]: a shallow copy per request of the
+        # lifespan's dict, an empty one when lifespan is off or refused.
+        core.set_state(lifespan.state)
         try:
             for bind, ctx in zip(binds, tls, strict=True):
                 self._listen(core, bind, ctx)

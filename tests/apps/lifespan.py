@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 from .common import jsonable, send_json
@@ -34,19 +35,31 @@ async def with_state(scope, receive, send):
                 _marker("shutdown")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    await report_state(scope, receive, send, {"events": EVENTS})
+
+
+async def report_state(scope, receive, send, extra: dict | None = None) -> None:
+    """An HTTP response or a WebSocket's one message: the scope's state
+    (its counter bumped first) and whether it has one."""
     state = scope.get("state")
     if state is not None:
         # Each request gets a shallow copy: this must not leak to the next.
         state["counter"] = state.get("counter", 0) + 1
-    await send_json(send, {"state": jsonable(state), "has_state": "state" in scope,
-                           "events": EVENTS})
+    data = {"state": jsonable(state), "has_state": "state" in scope, **(extra or {})}
+    if scope["type"] == "http":
+        await send_json(send, data)
+        return
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": json.dumps(data)})
+    await send({"type": "websocket.close"})
 
 
 async def raises_on_lifespan(scope, receive, send):
     """Channels' ProtocolTypeRouter shape: unknown scope types raise."""
-    if scope["type"] != "http":
+    if scope["type"] not in ("http", "websocket"):
         raise ValueError(f"No application configured for scope type {scope['type']!r}")
-    await send_json(send, {"has_state": "state" in scope})
+    await report_state(scope, receive, send)
 
 
 async def startup_fails(scope, receive, send):
