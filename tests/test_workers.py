@@ -282,11 +282,44 @@ def test_web_concurrency_sets_the_default_worker_count(serve):
 
 
 def test_a_worker_that_cannot_boot_stops_the_supervisor():
-    result = run_cli("-p", "0", "--workers", "2", "tests.apps.no_such_module:app")
+    # Regression: every worker printed the import error (and the supervisor
+    # a line per worker it stopped): now the supervisor says it once.
+    result = run_cli("-p", "0", "--workers", "4", "tests.apps.no_such_module:app")
     assert result.returncode == 1
-    assert 'Could not import module "tests.apps.no_such_module"' in result.stderr
-    assert "failed to boot" in result.stderr
-    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cdaphne: error: a worker failed to boot: ")
+    assert 'Could not import module "tests.apps.no_such_module"' in lines[0]
+
+
+def test_an_app_that_raises_at_import_is_reported_once(tmp_path):
+    (tmp_path / "broken_app.py").write_text("raise RuntimeError('no database URL')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = run_cli("-p", "0", "--workers", "3", "broken_app:app", env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        'cdaphne: error: a worker failed to boot: Error importing "broken_app": '
+        "RuntimeError: no database URL"
+    ], result.stderr
+
+
+def test_a_replacement_that_cannot_boot_is_reported_by_the_supervisor(serve, tmp_path):
+    # A rolling restart after a broken deploy: the old workers keep serving
+    # and the supervisor's log says why the new one failed (the worker no
+    # longer prints it itself).
+    module = tmp_path / "deploy_app.py"
+    module.write_text("from tests.apps.workers import app  # noqa: F401\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = serve("deploy_app:app", "--workers", "2", env=env)
+    old = startup_pids(proc)
+    module.write_text("raise RuntimeError('broken deploy')\n")
+    proc.send_signal(signal.SIGHUP)
+    m = proc.wait_log(r"Worker \d+ failed to boot: (.*); keeping worker (\d+)", timeout=15)[0]
+    assert m.group(1) == 'Error importing "deploy_app": RuntimeError: broken deploy'
+    assert int(m.group(2)) in old
+    assert proc.log.count("broken deploy") == 1, proc.log_tail()
+    assert children(proc.proc.pid) == old
+    get(proc)
 
 
 # ---- the channel layer across workers ----------------------------------------

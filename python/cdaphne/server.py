@@ -56,7 +56,7 @@ class Server:
         try:
             return loop.run_until_complete(self.serve())
         except (ConfigError, StartupError) as exc:
-            print(f"cdaphne: error: {exc}", file=sys.stderr)
+            self._report_error(str(exc))
             return 1
         finally:
             try:
@@ -65,6 +65,10 @@ class Server:
             finally:
                 asyncio.set_event_loop(None)
                 loop.close()
+
+    def _report_error(self, message: str) -> None:
+        """Why the server could not start: one line on stderr."""
+        print(f"cdaphne: error: {message}", file=sys.stderr)
 
     def request_stop(self) -> None:
         """Ask the server to stop; safe from any thread and from signal handlers."""

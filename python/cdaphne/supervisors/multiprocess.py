@@ -73,6 +73,7 @@ class Worker:
     retiring: bool = False  # asked to be replaced (max-requests)
     bus: Endpoint | None = None  # owned by the hub: the channel layer's link
     slot: int = -1  # its slot in the supervisor's share page, -1: none
+    error: bytes | None = None  # why it cannot start, as it told us (worker.ERROR)
 
     @property
     def pid(self) -> int:
@@ -104,6 +105,7 @@ class Supervisor:
         self.signals: collections.deque[int] = collections.deque()
         self.spawn_at: list[float] = []  # scheduled starts (backoff)
         self.failures = 0
+        self.boot_failed = False  # a first worker could not start: we stop
         self.next_start_ok = 0.0
         self.rolling: collections.deque[Worker] = collections.deque()
         self.rolling_active = False
@@ -343,7 +345,8 @@ class Supervisor:
             self._reap()
             if self.stopping:
                 if not self.workers:
-                    logger.info("All workers stopped")
+                    logger.log(logging.DEBUG if self.boot_failed else logging.INFO,
+                               "All workers stopped")
                     return self.exit_code
                 self._check_stopping()
                 continue
@@ -359,6 +362,25 @@ class Supervisor:
             data = b""
         if not data:
             self.sel.unregister(w.ctl)
+            return
+        self._ctl_data(w, data)
+
+    def _drain_ctl(self, w: Worker) -> None:
+        """A worker that exited before it served may have said why after
+        our last read: its last bytes are read before its exit is judged."""
+        while not w.ready:
+            try:
+                data = w.ctl.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            self._ctl_data(w, data)
+
+    def _ctl_data(self, w: Worker, data: bytes) -> None:
+        if w.error is not None or (not w.ready and data.startswith(worker_mod.ERROR)):
+            # Its message runs to EOF (nothing else comes before R).
+            w.error = (w.error or b"") + (data if w.error is not None else data[1:])
             return
         now = time.monotonic()
         w.last_beat = now
@@ -436,6 +458,7 @@ class Supervisor:
                     self.sel.unregister(sock)
                 except (KeyError, ValueError):
                     pass
+            self._drain_ctl(w)
             w.ctl.close()
             self.hub.remove(w.pid)
             if self.share is not None and w.slot >= 0:
@@ -446,17 +469,27 @@ class Supervisor:
         now = time.monotonic()
         if w.stopping is not None:
             level = logging.INFO if code == 0 else logging.WARNING
+            if self.boot_failed:
+                level = logging.DEBUG  # The others, stopped mid-boot: noise.
             logger.log(level, "Worker %d stopped (%s)", w.pid, describe_exit(code))
-            if self.stopping and code != 0:
+            if self.stopping and code != 0 and self.exit_code == 0:
                 self.exit_code = 1
             return
         for x in self.workers:
             if x.replaces is w:
                 x.replaces = None  # Its replacement takes its place.
         if not self.booted and w.replaces is None and not w.ready:
-            # A worker that cannot boot (import error, lifespan failure...)
-            # has said why on stderr: stop, as one server would.
-            logger.error("Worker %d failed to boot: %s; stopping", w.pid, describe_exit(code))
+            # A worker that cannot boot (import error, lifespan failure...):
+            # stop, as one server would.  Its reason (worker.ERROR) is said
+            # here once, not by each worker; a lifespan failure the worker
+            # logged itself.
+            if w.error is not None:
+                print(f"cdaphne: error: a worker failed to boot: "
+                      f"{w.error.decode('utf-8', 'replace')}", file=sys.stderr, flush=True)
+            else:
+                logger.error("Worker %d failed to boot: %s; stopping", w.pid,
+                             describe_exit(code))
+            self.boot_failed = True
             self.exit_code = code if code > 0 else 1
             self._shutdown()
             return
@@ -469,15 +502,16 @@ class Supervisor:
         self.next_start_ok = now + delay
         what = "failed to boot" if not w.ready else "died"
         why = f" after it {w.killed}" if w.killed else ""
+        how = w.error.decode("utf-8", "replace") if w.error is not None else describe_exit(code)
         if w.replaces is not None:
-            logger.error("Worker %d %s: %s%s; keeping worker %d", w.pid, what,
-                         describe_exit(code), why, w.replaces.pid)
+            logger.error("Worker %d %s: %s%s; keeping worker %d", w.pid, what, how, why,
+                         w.replaces.pid)
             w.replaces.retiring = False  # --max-requests: asks again
             self.rolling.clear()
             self.rolling_active = False
             return
         logger.error("Worker %d %s: %s%s; starting another in %.1f s",
-                     w.pid, what, describe_exit(code), why, delay)
+                     w.pid, what, how, why, delay)
         self._reconcile()
 
     def _start_due(self) -> None:

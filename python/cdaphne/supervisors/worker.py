@@ -8,6 +8,9 @@ control socket CTL_FD, then reads one byte per event from it:
     .   heartbeat, from a timer on the worker's event loop: a loop that is
         blocked stops sending them
     M   the worker has started --max-requests requests: replace me
+    E   followed by a message (UTF-8) up to EOF, instead of R: why it
+        cannot start (the app's import, a bind...).  The supervisor says
+        it once for all workers, which all fail the same way.
 
 EOF on the control socket means the supervisor is gone: the worker drains
 and exits as on SIGTERM.  BUS_FD is the channel layer's link (bus.py).
@@ -38,6 +41,7 @@ logger = logging.getLogger("cdaphne")
 READY = b"R"
 BEAT = b"."
 RETIRE = b"M"
+ERROR = b"E"
 
 
 def heartbeat_interval(timeout: float) -> float:
@@ -94,6 +98,15 @@ class WorkerServer(Server):
             self._send(RETIRE)
         assert self.loop is not None
         self._beat = self.loop.call_later(self.interval, self._tick)
+
+    def _report_error(self, message: str) -> None:
+        """To the supervisor, which says it once (all workers fail alike);
+        on stderr if it is gone."""
+        try:
+            self.ctl.settimeout(5.0)
+            self.ctl.sendall(ERROR + message.encode("utf-8", "replace"))
+        except OSError:
+            super()._report_error(message)
 
     def _send(self, msg: bytes) -> None:
         try:
