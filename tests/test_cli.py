@@ -284,6 +284,7 @@ def test_unix_socket_in_missing_directory(tmp_path):
     ("--application-close-timeout", "nan", "application_close_timeout"),
     ("-t", "inf", "http_timeout"),
     ("--timeout-graceful-shutdown", "nan", "graceful_timeout"),
+    ("--timeout-lifespan-shutdown", "inf", "lifespan_shutdown_timeout"),
     ("--body-rate-grace", "inf", "body_rate_grace"),
     ("--timeout-keep-alive", "99999999999", "timeout_keep_alive"),
     # Beyond what a double holds exactly (cast to uint64: undefined).

@@ -76,6 +76,20 @@ def test_a_lifespan_shutdown_that_hangs_is_cancelled_not_destroyed(serve, tmp_pa
     assert marker.read_text() == "cancelled\n"
 
 
+def test_timeout_lifespan_shutdown_sets_how_long_the_shutdown_gets(serve, tmp_path):
+    """It was a fixed 10 s (uvicorn waits without bound, Hypercorn has
+    shutdown_timeout): --timeout-lifespan-shutdown sets it."""
+    marker = tmp_path / "marker"
+    proc = serve("tests.apps.lifespan:shutdown_hangs", "--lifespan", "on",
+                 "--timeout-lifespan-shutdown", "0.5",
+                 env={"CDAPHNE_TEST_MARKER": str(marker)})
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=8) == 0, proc.log_tail()
+    assert "Lifespan shutdown timed out after 0.5s" in proc.log
+    assert "Traceback" not in proc.log, proc.log_tail()
+    assert marker.read_text() == "cancelled\n"
+
+
 def test_shutdown_with_application_close_timeout_0_lets_cleanup_finish(serve, tmp_path):
     """With 0 the shutdown waited 0 s after cancelling: the app's task was
     destroyed pending as the loop closed, its cleanup cut off."""

@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--timeout-graceful-shutdown", dest="graceful_timeout", type=float,
       default=Config.graceful_timeout,
       help="seconds in-flight requests and WebSockets get on shutdown before being closed")
+    a("--timeout-lifespan-shutdown", dest="lifespan_shutdown_timeout", type=float,
+      default=Config.lifespan_shutdown_timeout,
+      help="seconds the app's lifespan shutdown gets, after the connections, before it is "
+           "cancelled")
     a("--workers", type=int, default=None,
       help="run a supervisor and this many worker processes (default: $WEB_CONCURRENCY, "
            "else one process and no supervisor)")
@@ -271,6 +275,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         body_rate_grace=args.body_rate_grace,
         lifespan=args.lifespan,
         graceful_timeout=args.graceful_timeout,
+        lifespan_shutdown_timeout=args.lifespan_shutdown_timeout,
         workers=args.workers if args.workers is not None else workers_from_env(),
         worker_healthcheck_timeout=args.worker_healthcheck_timeout,
         max_requests=args.max_requests,

@@ -26,7 +26,8 @@ _READ_SIZE_MAX = 16 << 20
 # them as uint64 milliseconds, and NaN or inf there is undefined).
 _SECONDS = ("http_timeout", "websocket_timeout", "websocket_connect_timeout", "ping_interval",
             "ping_timeout", "application_close_timeout", "timeout_keep_alive", "header_timeout",
-            "body_rate_grace", "graceful_timeout", "worker_healthcheck_timeout")
+            "body_rate_grace", "graceful_timeout", "lifespan_shutdown_timeout",
+            "worker_healthcheck_timeout")
 _SECONDS_MAX = 1e9
 # Byte counts and rates the C core holds as uint64: exact as doubles.
 _COUNTS = ("max_body_size", "max_header_size", "max_header_count", "websocket_max_message_size",
@@ -267,6 +268,11 @@ class Config:
     lifespan: str = "auto"
     backlog: int = 2048
     graceful_timeout: float = 10
+    # Seconds the app's lifespan shutdown (after the connections) has to
+    # answer before it is cancelled.  uvicorn waits without bound (its
+    # --timeout-graceful-shutdown covers connections only), Hypercorn 60 s
+    # (shutdown_timeout); Daphne has no lifespan.
+    lifespan_shutdown_timeout: float = 10
     action_logger: ActionLogger | None = None
     on_ready: Any = None
     configure_logging: bool = False

@@ -18,9 +18,10 @@ class Lifespan:
     ProtocolTypeRouter does) runs without lifespan; "on": that is fatal.
     """
 
-    def __init__(self, app: ASGIApp, mode: str) -> None:
+    def __init__(self, app: ASGIApp, mode: str, shutdown_timeout: float = 10) -> None:
         self.app = app
         self.mode = mode
+        self.shutdown_timeout = shutdown_timeout
         self.state: dict[str, Any] = {}
         self.enabled = mode != "off"
         self.failed_message: str | None = None
@@ -46,9 +47,10 @@ class Lifespan:
             return False
         return True
 
-    async def shutdown(self, timeout: float = 10) -> None:
+    async def shutdown(self) -> None:
         if not self.enabled or self._task is None or self._task.done():
             return
+        timeout = self.shutdown_timeout
         await self._inbox.put({"type": "lifespan.shutdown"})
         try:
             await asyncio.wait_for(self._shutdown_done.wait(), timeout)

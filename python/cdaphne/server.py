@@ -115,7 +115,7 @@ class Server:
                      access_log: AccessLogGenerator | None) -> int:
         assert self._stop is not None and self.loop is not None
         loop = self.loop
-        lifespan = Lifespan(app, config.lifespan)
+        lifespan = Lifespan(app, config.lifespan, config.lifespan_shutdown_timeout)
         started = await self._start(lifespan)
         if started is None:
             logger.info("Stopped during application startup")

@@ -538,9 +538,11 @@ class Supervisor:
 
     def _check_stopping(self) -> None:
         # Workers drain for graceful_timeout, then give apps
-        # application_close_timeout twice over (disconnect, then cancel).
+        # application_close_timeout twice over (disconnect, then cancel),
+        # then the lifespan shutdown its timeout (and 1 s once cancelled).
         config = self.config
-        limit = config.graceful_timeout + 2 * config.application_close_timeout + 5
+        limit = (config.graceful_timeout + 2 * config.application_close_timeout
+                 + config.lifespan_shutdown_timeout + 6)
         now = time.monotonic()
         for w in self.workers:
             if not w.killed and w.stopping is not None and now - w.stopping > limit:
