@@ -303,6 +303,14 @@ def test_an_app_that_raises_at_import_is_reported_once(tmp_path):
     ], result.stderr
 
 
+def test_a_lifespan_startup_failure_is_reported_once():
+    result = run_cli("-p", "0", "--workers", "3", "tests.apps.lifespan:startup_fails")
+    assert result.returncode == 3  # as one server
+    assert result.stderr.strip().splitlines() == [
+        "cdaphne: error: a worker failed to boot: Application startup failed: database is down"
+    ], result.stderr
+
+
 def test_a_replacement_that_cannot_boot_is_reported_by_the_supervisor(serve, tmp_path):
     # A rolling restart after a broken deploy: the old workers keep serving
     # and the supervisor's log says why the new one failed (the worker no

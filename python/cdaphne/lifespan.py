@@ -36,16 +36,17 @@ class Lifespan:
         return self._task
 
     async def startup(self) -> bool:
-        """True when serving may begin."""
+        """True when serving may begin; else failed_message says why (the
+        server reports it: startup_failure_text)."""
         if not self.enabled:
             return True
         self._task = asyncio.get_running_loop().create_task(self._run())
         await self._inbox.put({"type": "lifespan.startup"})
         await self._startup_done.wait()
-        if self.failed_message is not None:
-            logger.error("Application startup failed%s", _detail(self.failed_message))
-            return False
-        return True
+        return self.failed_message is None
+
+    def startup_failure_text(self) -> str:
+        return f"Application startup failed{_detail(self.failed_message or '')}"
 
     async def shutdown(self) -> None:
         if not self.enabled or self._task is None or self._task.done():

@@ -70,6 +70,10 @@ class Server:
         """Why the server could not start: one line on stderr."""
         print(f"cdaphne: error: {message}", file=sys.stderr)
 
+    def _report_startup_failure(self, text: str) -> None:
+        """The app's lifespan startup failed: logged."""
+        logger.error("%s", text)
+
     def request_stop(self) -> None:
         """Ask the server to stop; safe from any thread and from signal handlers."""
         self._stop_requested = True
@@ -121,6 +125,7 @@ class Server:
             logger.info("Stopped during application startup")
             return 0
         if not started:
+            self._report_startup_failure(lifespan.startup_failure_text())
             return 3
         try:
             links = await _pubsub.start_links(config)

@@ -99,14 +99,23 @@ class WorkerServer(Server):
         assert self.loop is not None
         self._beat = self.loop.call_later(self.interval, self._tick)
 
+    # Why this worker cannot start goes to the supervisor, which says it
+    # once (all workers fail alike); here only if it is gone.
     def _report_error(self, message: str) -> None:
-        """To the supervisor, which says it once (all workers fail alike);
-        on stderr if it is gone."""
+        if not self._tell_supervisor(message):
+            super()._report_error(message)
+
+    def _report_startup_failure(self, text: str) -> None:
+        if not self._tell_supervisor(text):
+            super()._report_startup_failure(text)
+
+    def _tell_supervisor(self, text: str) -> bool:
         try:
             self.ctl.settimeout(5.0)
-            self.ctl.sendall(ERROR + message.encode("utf-8", "replace"))
+            self.ctl.sendall(ERROR + text.encode("utf-8", "replace"))
         except OSError:
-            super()._report_error(message)
+            return False
+        return True
 
     def _send(self, msg: bytes) -> None:
         try:
