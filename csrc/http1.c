@@ -30,13 +30,20 @@ typedef struct {
     size_t head_bytes;          /* head bytes on the wire (see count_head) */
     uint64_t body_bytes;        /* request body bytes seen */
     size_t ext_bytes;           /* the current chunk's extension bytes */
-    unsigned nheaders;          /* header fields so far, trailers included */
-    unsigned nhost;             /* Host fields */
-    unsigned nte;               /* Transfer-Encoding fields */
-    unsigned te_other : 1;      /* one names a coding other than chunked */
-    int fail_status;            /* set by a parser callback that failed */
-    unsigned in_value : 2;      /* in a value; 2: it ended with the buffer */
-    unsigned in_head : 1;       /* between message begin and headers done */
+    /* Chunk framing (size lines, leading zeros, CRLFs) between two
+     * chunks' data, in offsets on the connection's byte stream:
+     * base_off is c->in.base's during an execute. */
+    uint64_t base_off;       /* bytes parsed before c->in.base */
+    uint64_t span_end;       /* end of the head's last token */
+    uint64_t frame_start;    /* where the current framing run began */
+    unsigned last_chunk : 1; /* the 0-size chunk came: trailers follow */
+    unsigned nheaders;       /* header fields so far, trailers included */
+    unsigned nhost;          /* Host fields */
+    unsigned nte;            /* Transfer-Encoding fields */
+    unsigned te_other : 1;   /* one names a coding other than chunked */
+    int fail_status;         /* set by a parser callback that failed */
+    unsigned in_value : 2;   /* in a value; 2: it ended with the buffer */
+    unsigned in_head : 1;    /* between message begin and headers done */
     unsigned expect_continue : 1;
     unsigned ws_upgrade : 1; /* Upgrade: websocket was asked for */
     /* The minimum request body rate (cd_http1_body_wait), on
@@ -84,6 +91,33 @@ count_head(cd_http1_t *h, const char *at, size_t n)
     if (seen > c->server->cfg.max_head) {
         return fail(&h->parser, 431);
     }
+    h->span_end = h->base_off + (uint64_t)(at + n - c->in.base);
+    return 0;
+}
+
+/* ---- chunk framing ---------------------------------------------------
+ *
+ * We read no chunk extension (RFC 9112 7.1.1 lets a server ignore them),
+ * yet their bytes are neither body nor head: nothing else bounds them,
+ * nor the leading zeros of a chunk size (llhttp took 100,000).  One
+ * chunk's extensions (names, values and a separator each) get
+ * CD_HTTP1_MAX_CHUNK_EXT bytes, as in Node (kMaxChunkExtensionsSize, on
+ * llhttp too), Bun and h11 (uvicorn's max_incomplete_event_size bounds
+ * the whole chunk-size line); the framing between two chunks' data (CRLF,
+ * size, extensions, CRLF) gets 1 KiB more.  Beyond either, 400 and
+ * close. */
+#define CD_HTTP1_MAX_CHUNK_EXT (16 * 1024)
+#define CD_HTTP1_MAX_CHUNK_FRAMING (CD_HTTP1_MAX_CHUNK_EXT + 1024)
+
+/* The framing run from h->frame_start ends at stream offset `off` (or
+ * has reached it): within the bound? */
+static int
+check_framing(cd_http1_t *h, uint64_t off)
+{
+    if ((h->parser.flags & F_CHUNKED) && !h->last_chunk &&
+        off - h->frame_start > CD_HTTP1_MAX_CHUNK_FRAMING) {
+        return fail(&h->parser, 400);
+    }
     return 0;
 }
 
@@ -98,6 +132,7 @@ on_message_begin(llhttp_t *p)
     h->in_value = 0;
     h->head_bytes = 0;
     h->ext_bytes = 0;
+    h->last_chunk = 0;
     h->in_head = 1;
     h->nheaders = 0;
     h->nhost = 0;
@@ -373,6 +408,7 @@ on_headers_complete(llhttp_t *p)
         return fail(p, r == -2 ? 400 : 500);
     }
     h->in_head = 0;
+    h->frame_start = h->span_end; /* The body begins (CRLFs aside). */
     int refuse = check_head(h);
     if (refuse) {
         return fail(p, refuse);
@@ -426,6 +462,11 @@ on_body(llhttp_t *p, const char *at, size_t n)
     cd_http1_t *h = cd_container_of(p, cd_http1_t, parser);
     cd_conn_t *c = h->conn;
     cd_cycle_t *cy = c->cycle;
+    uint64_t off = h->base_off + (uint64_t)(at - c->in.base);
+    if (check_framing(h, off) < 0) {
+        return -1;
+    }
+    h->frame_start = off + n;
     if (cy == NULL || cy->disconnected) {
         return 0; /* The response is done: drop the rest. */
     }
@@ -446,15 +487,7 @@ on_body(llhttp_t *p, const char *at, size_t n)
     return 0;
 }
 
-/* ---- chunk extensions ----------------------------------------------
- *
- * We read none of them (RFC 9112 7.1.1 lets a server ignore them), yet
- * their bytes are neither body nor head: nothing else bounds them.  One
- * chunk's extensions (names, values and a separator each) get
- * CD_HTTP1_MAX_CHUNK_EXT bytes, as in Node (kMaxChunkExtensionsSize, on
- * llhttp too), Bun and h11 (uvicorn's max_incomplete_event_size bounds
- * the whole chunk-size line); beyond it, 400 and close. */
-#define CD_HTTP1_MAX_CHUNK_EXT (16 * 1024)
+/* ---- chunk extensions (bounds: see check_framing) ----------------- */
 
 static int
 count_chunk_ext(llhttp_t *p, size_t n)
@@ -478,12 +511,16 @@ on_chunk_extension_complete(llhttp_t *p)
     return count_chunk_ext(p, 1);
 }
 
-/* The chunk-size line ended: the next chunk starts from 0. */
+/* The chunk-size line ended: the next chunk starts from 0.  After the
+ * last chunk, trailers follow: they count as head (count_head). */
 static int
 on_chunk_header(llhttp_t *p)
 {
     cd_http1_t *h = cd_container_of(p, cd_http1_t, parser);
     h->ext_bytes = 0;
+    if (p->content_length == 0) {
+        h->last_chunk = 1;
+    }
     return 0;
 }
 
@@ -774,12 +811,18 @@ http1_parse(cd_http1_t *h)
             err = HPE_USER;
         }
     }
+    if (err == HPE_OK && !h->in_head &&
+        check_framing(h, h->base_off + c->in.len) < 0) {
+        err = HPE_USER; /* A size line that goes on and on. */
+    }
     if (err == HPE_OK) {
+        h->base_off += c->in.len;
         c->in.len = 0;
         return;
     }
     if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
         const char *pos = llhttp_get_error_pos(&h->parser);
+        h->base_off += (uint64_t)(pos - c->in.base);
         cd_buf_consume(&c->in, (size_t)(pos - c->in.base));
         if (c->state == CD_CONN_UPGRADED) {
             http1_upgrade(h); /* The rest is WebSocket frames. */

@@ -538,8 +538,23 @@ VERSIONS = [b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"H
 TOKEN_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
-# One chunk's extension bytes the server takes (http1.c CD_HTTP1_MAX_CHUNK_EXT).
+# One chunk's extension bytes the server takes, and the framing between
+# two chunks' data (http1.c CD_HTTP1_MAX_CHUNK_EXT, _FRAMING).
 MAX_CHUNK_EXT = 16 * 1024
+MAX_CHUNK_FRAMING = MAX_CHUNK_EXT + 1024
+
+
+def chunk_line(d: Data, size: int, x: int) -> tuple[bytes, bool]:
+    """A chunk-size line without its CRLF, and whether the server must
+    take it: x 14 puts leading zeros before the size (both sides of the
+    bound), else chunk_ext picks the extensions."""
+    digits = b"%x" % size
+    if x == 14:
+        n = d.u8() * 80
+        # CRLF before, CRLF after, and the head's CRLFs for a first chunk.
+        return b"0" * n + digits, n + len(digits) + 8 <= MAX_CHUNK_FRAMING
+    ext, ok = chunk_ext(d, x)
+    return digits + ext, ok
 
 
 def chunk_ext(d: Data, x: int) -> tuple[bytes, bool]:
@@ -640,14 +655,14 @@ def build_request(d: Data, ws: bool = False) -> tuple[bytes, bytes | None]:
         while rest:
             k = max(1, d.u8() % 64)
             part, rest = rest[:k], rest[k:]
-            ext, ok = chunk_ext(d, d.u8())
+            line, ok = chunk_line(d, len(part), d.u8())
             clean = clean and ok
-            tail += b"%x%s\r\n%s\r\n" % (len(part), ext, part)
+            tail += line + b"\r\n" + part + b"\r\n"
         x = d.u8()
         trailer = b"X-Trailer: 1\r\n" if x == 9 else b""
-        ext, ok = chunk_ext(d, x)
+        line, ok = chunk_line(d, 0, x)
         clean = clean and ok
-        tail += b"0" + ext + b"\r\n" + trailer + b"\r\n"
+        tail += line + b"\r\n" + trailer + b"\r\n"
     else:
         tail = b""
     if ws:

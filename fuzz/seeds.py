@@ -144,10 +144,17 @@ def http_seeds() -> dict[str, bytes]:
     seeds["post-chunked"] = simple(2, POST, body=b"0123456789abcdef", chunks=[3, 5, 8]).bytes()
     # Chunk extensions: a name, a quoted value, names, then on the last
     # chunk one just under the 16 KiB bound; one just over it (400).
+    # Leading zeros in chunk sizes, under and over the framing bound.
     ext_chunks = [3, 5, 8]
     seeds["post-chunk-extensions"] = simple(
         2, POST, body=b"0123456789abcdef", chunks=ext_chunks,
         exts=[[8], [10, 5, *b"q v 1"], [11, 2], [12, 204]]).bytes()
+    seeds["post-chunk-leading-zeros"] = simple(
+        2, POST, body=b"0123456789abcdef", chunks=ext_chunks,
+        exts=[[14, 3], [14, 212], [0], [14, 1]]).bytes()
+    seeds["post-chunk-leading-zeros-too-many"] = simple(
+        2, POST, body=b"0123456789abcdef", chunks=ext_chunks, exts=[[0], [14, 230]],
+        resp=False).bytes()
     seeds["post-chunk-extension-too-long"] = simple(
         2, POST, body=b"0123456789abcdef", chunks=ext_chunks, exts=[[7], [12, 205]],
         resp=False).bytes()

@@ -385,6 +385,31 @@ def test_chunk_extensions_over_16_kib_get_400_and_close(server, ext):
     assert httpx.get(server.url("/hello")).status_code == 200
 
 
+@pytest.mark.parametrize("first", [True, False], ids=["first_chunk", "later_chunk"])
+def test_chunk_size_with_17_kib_of_leading_zeros_gets_400_and_close(server, first):
+    # Regression: llhttp bounds a chunk size's value, not its digits:
+    # 100,000 leading zeros got a 200.
+    zeros = b"0" * (17 << 10) + b"2\r\nhi\r\n"
+    body = zeros if first else b"2\r\nhi\r\n" + zeros
+    with connect(server) as sock:
+        try:
+            sock.sendall(CHUNKED_POST + body + b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        r = Reader(sock).response()
+        assert r.status == 400
+        assert is_closed(sock)
+
+
+def test_chunk_size_with_some_leading_zeros_is_served(server):
+    body = b"0" * 1000 + b"2\r\nhi\r\n" + b"0" * 1000 + b"2\r\nho\r\n" + b"0" * 1000 + b"\r\n\r\n"
+    with connect(server) as sock:
+        sock.sendall(CHUNKED_POST + body)
+        r = Reader(sock).response()
+        assert r.status == 200
+        assert json.loads(r.body)["body"] == "hiho"
+
+
 def test_chunk_extensions_up_to_16_kib_per_chunk_are_ignored(server):
     ext = b";n=" + b"v" * ((16 << 10) - 3)  # 16 KiB exactly
     body = b"".join(b"%x%s\r\n%s\r\n" % (len(part), ext, part) for part in (b"ab", b"cd"))
@@ -400,3 +425,18 @@ def test_chunk_extensions_up_to_16_kib_per_chunk_are_ignored(server):
         # The connection stays usable.
         sock.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
         assert Reader(sock).response().body == b"Hello, world!"
+
+
+def test_chunk_framing_bounds_hold_with_small_reads(serve):
+    # --read-size 7: every span and size line is cut across many reads.
+    proc = serve("tests.apps.http1:app", "--read-size", "7")
+    ext = b";n=" + b"v" * ((16 << 10) - 3)
+    with connect(proc, timeout=30) as sock:
+        sock.sendall(CHUNKED_POST + b"2" + ext + b"\r\nhi\r\n" + b"0" * 999 + b"0\r\n\r\n")
+        r = Reader(sock, timeout=30).response()
+        assert r.status == 200
+        assert json.loads(r.body)["body"] == "hi"
+    for bad in (b"2" + ext + b"x\r\nhi\r\n0\r\n\r\n", b"0" * (17 << 10) + b"2\r\nhi\r\n"):
+        with connect(proc, timeout=30) as sock:
+            sock.sendall(CHUNKED_POST + bad)
+            assert Reader(sock, timeout=30).response().status == 400
