@@ -13,10 +13,11 @@ side, each for a difference the specs allow:
   scope the tests see, so they check everything else as written.
 - Daphne's scope tests fail on any key they do not know, and compare
   ``client`` with a list. The ASGI spec allows what cdaphne does: it adds
-  ``extensions`` (``websocket.http.response`` on WebSocket scopes) and a
-  WebSocket scope's ``http_version``, and gives ``client``/``server`` as
-  tuples ("Iterable[str, int]"). The scope the tests see goes without those
-  two keys, with lists.
+  ``extensions`` (``websocket.http.response`` on WebSocket scopes), a
+  WebSocket scope's ``http_version`` and ``state`` (the lifespan state's
+  copy, an empty dict without lifespan, as uvicorn sends), and gives
+  ``client``/``server`` as tuples ("Iterable[str, int]"). The scope the
+  tests see goes without those three keys, with lists.
 - Daphne's response tests compare the header list with Daphne's default
   ``Server: daphne``; the name is a setting (``-s``), so the server is given
   Daphne's name.
@@ -70,6 +71,7 @@ def endheaders(self, message_body=None, *, encode_chunked=False):
 def get_received(self):
     scope, messages = _get_received(self)
     scope.pop("extensions", None)
+    scope.pop("state", None)
     if scope.get("type") == "websocket":
         scope.pop("http_version", None)
     for key in ("client", "server"):
