@@ -746,8 +746,9 @@ tls_send_alert(cd_conn_t *c, cd_tls_conn_t *tc)
 }
 
 /* The records a read brought made OpenSSL queue `own` bytes of its
- * own: a no_renegotiation alert per TLS 1.2 ClientHello, a KeyUpdate
- * per TLS 1.3 request (31 bytes for a 33-byte record), with no bound.
+ * own, with no bound: a no_renegotiation alert per TLS 1.2 ClientHello
+ * (31 bytes for a 33-byte record), a KeyUpdate per TLS 1.3 KeyUpdate
+ * that asks for one (27 for 27; tests/test_tls_hostile.py forges both).
  * A peer that never reads keeps them in our write queue: stop reading
  * above --write-buffer-size, as a WebSocket's pongs do (websocket.c
  * write_check_high); the drain reads again, the header and idle timers

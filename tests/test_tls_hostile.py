@@ -141,21 +141,35 @@ def _prf_sha256(secret: bytes, label: bytes, seed: bytes, n: int) -> bytes:
     return out[:n]
 
 
-class Tls12Forger:
-    """A TLS 1.2 session (ECDHE-ECDSA-AES128-GCM-SHA256) shaken hands by
-    Python's ssl over memory BIOs, whose client keys come from its key log:
-    it then writes records of its choosing on the raw socket, encrypted
-    with the client's keys and sequence numbers (the Finished was 0)."""
+def _hkdf_expand_label(h, secret: bytes, label: bytes, n: int) -> bytes:
+    """TLS 1.3's HKDF-Expand-Label (RFC 8446 7.1) with an empty context."""
+    full = b"tls13 " + label
+    info = n.to_bytes(2, "big") + bytes([len(full)]) + full + b"\x00"
+    out, t, i = b"", b"", 1
+    while len(out) < n:
+        t = hmac.new(secret, t + info + bytes([i]), h).digest()
+        out += t
+        i += 1
+    return out[:n]
+
+
+class Forger:
+    """A TLS session shaken hands by Python's ssl over memory BIOs, whose
+    client secrets come from its key log: then it writes records of its
+    own making on the raw socket (batch()), encrypted as the client."""
+
+    version = ssl.TLSVersion.TLSv1_2
 
     def __init__(self, proc, certs, keylog) -> None:
         ctx = client_ctx(certs)
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-        ctx.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
+        ctx.minimum_version = ctx.maximum_version = self.version
+        if self.version == ssl.TLSVersion.TLSv1_2:
+            ctx.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
         ctx.keylog_filename = str(keylog)
         self.sock = socket.create_connection(("127.0.0.1", proc.port), timeout=10)
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
-        server_flight = b""
+        self.server_flight = b""
         while True:
             try:
                 obj.do_handshake()
@@ -164,51 +178,24 @@ class Tls12Forger:
                 self.sock.sendall(outgoing.read())
                 data = self.sock.recv(65536)
                 assert data, "the server closed during the handshake"
-                server_flight += data
+                self.server_flight += data
                 incoming.write(data)
         self.sock.sendall(outgoing.read())
-        assert obj.version() == "TLSv1.2"
-        # The ServerHello opens the server's flight: record header (5),
-        # handshake header (4), version (2), then its random.
-        server_random = server_flight[11:43]
-        line = next(ln for ln in keylog.read_text().splitlines() if ln.startswith("CLIENT_RANDOM "))
-        _, client_random, master = line.split()
-        block = _prf_sha256(
-            bytes.fromhex(master),
-            b"key expansion",
-            server_random + bytes.fromhex(client_random),
-            40,
-        )
-        self.aead = AESGCM(block[0:16])  # client write key
-        self.salt = block[32:36]  # client write IV
-        self.seq = 1
+        self.cipher = obj.cipher()[0]
+        self.keys = dict(ln.split(" ", 1) for ln in keylog.read_text().splitlines() if ln)
 
-    def records(self, content_type: int, plaintext: bytes, count: int) -> bytes:
-        out = []
-        for _ in range(count):
-            explicit = self.seq.to_bytes(8, "big")
-            aad = explicit + bytes([content_type]) + b"\x03\x03" + len(plaintext).to_bytes(2, "big")
-            sealed = self.aead.encrypt(self.salt + explicit, plaintext, aad)
-            out.append(
-                bytes([content_type])
-                + b"\x03\x03"
-                + (8 + len(sealed)).to_bytes(2, "big")
-                + explicit
-                + sealed
-            )
-            self.seq += 1
-        return b"".join(out)
+    def batch(self) -> bytes:
+        raise NotImplementedError
 
     def flood(self, budget: int, stall: float = 5.0) -> tuple[int, bool]:
-        """Sends encrypted ClientHellos (each makes OpenSSL queue a
-        no_renegotiation warning alert), never reading; (bytes sent,
+        """Sends batch() after batch() and never reads; (bytes sent,
         whether the server stopped taking them) once budget is sent or a
         send waited `stall` seconds."""
         self.sock.settimeout(stall)
         sent = 0
         try:
             while sent < budget:
-                blob = self.records(22, b"\x01\x00\x00\x00", 2000)
+                blob = self.batch()
                 self.sock.sendall(blob)
                 sent += len(blob)
         except TimeoutError:
@@ -218,42 +205,102 @@ class Tls12Forger:
         return sent, False
 
 
-def test_tls12_forged_client_hellos_from_a_peer_that_never_reads_stop_reading(serve, pki, tmp_path):  # noqa: F811
+class ClientHelloForger(Forger):
+    """TLS 1.2 (ECDHE-ECDSA-AES128-GCM-SHA256): encrypted ClientHellos, each
+    of which makes OpenSSL queue a no_renegotiation warning alert."""
+
+    def __init__(self, proc, certs, keylog) -> None:
+        super().__init__(proc, certs, keylog)
+        # The ServerHello opens the server's flight: record header (5),
+        # handshake header (4), version (2), then its random.
+        server_random = self.server_flight[11:43]
+        client_random, master = self.keys["CLIENT_RANDOM"].split()
+        block = _prf_sha256(bytes.fromhex(master), b"key expansion",
+                            server_random + bytes.fromhex(client_random), 40)
+        self.aead = AESGCM(block[0:16])  # client write key
+        self.salt = block[32:36]  # client write IV
+        self.seq = 1  # the Finished was 0
+
+    def batch(self) -> bytes:
+        out = []
+        hello = b"\x01\x00\x00\x00"  # handshake type 1, length 0
+        for _ in range(2000):
+            explicit = self.seq.to_bytes(8, "big")
+            aad = explicit + b"\x16\x03\x03" + len(hello).to_bytes(2, "big")
+            sealed = self.aead.encrypt(self.salt + explicit, hello, aad)
+            out.append(b"\x16\x03\x03" + (8 + len(sealed)).to_bytes(2, "big") + explicit + sealed)
+            self.seq += 1
+        return b"".join(out)
+
+
+class KeyUpdateForger(Forger):
+    """TLS 1.3: KeyUpdate(update_requested) messages, each of which makes
+    OpenSSL queue a KeyUpdate of its own; every one moves our keys on."""
+
+    version = ssl.TLSVersion.TLSv1_3
+
+    def __init__(self, proc, certs, keylog) -> None:
+        super().__init__(proc, certs, keylog)
+        self.hash = hashlib.sha384 if self.cipher.endswith("SHA384") else hashlib.sha256
+        self.key_len = 32 if "AES_256" in self.cipher else 16
+        assert "GCM" in self.cipher, self.cipher
+        self.secret = bytes.fromhex(self.keys["CLIENT_TRAFFIC_SECRET_0"].split()[1])
+
+    def batch(self) -> bytes:
+        out = []
+        inner = b"\x18\x00\x00\x01\x01" + b"\x16"  # KeyUpdate, then the content type
+        header = b"\x17\x03\x03" + (len(inner) + 16).to_bytes(2, "big")
+        for _ in range(1000):
+            h, secret = self.hash, self.secret
+            key = _hkdf_expand_label(h, secret, b"key", self.key_len)
+            iv = _hkdf_expand_label(h, secret, b"iv", 12)
+            out.append(header + AESGCM(key).encrypt(iv, inner, header))  # sequence 0
+            self.secret = _hkdf_expand_label(h, secret, b"traffic upd", h().digest_size)
+        return b"".join(out)
+
+
+@pytest.mark.parametrize(
+    ("forger", "budget"),
+    [(ClientHelloForger, 48 << 20), (KeyUpdateForger, 24 << 20)],
+    ids=["tls12-client-hello", "tls13-key-update"],
+)
+def test_records_that_make_openssl_answer_from_a_peer_that_never_reads_stop_reading(
+        serve, pki, tmp_path, forger, budget):  # noqa: F811
     # Regression: each encrypted ClientHello after a TLS 1.2 handshake
     # makes OpenSSL queue a 31-byte no_renegotiation warning alert and go
-    # on; a peer that sent them and never read had the server read on and
-    # queue the alerts without bound (100 MB sent: +87 MB of RSS).  The
-    # server now stops reading while its queued output is over
-    # --write-buffer-size, as a WebSocket's pongs do.
+    # on, each TLS 1.3 KeyUpdate asking for ours a KeyUpdate; a peer that
+    # sent them and never read had the server read on and queue the
+    # answers without bound (100 MB of ClientHellos: +87 MB of RSS; 30 MB
+    # of KeyUpdates: +24 MB).  The server now stops reading while its
+    # queued output is over --write-buffer-size, as a WebSocket's pongs do.
     proc = serve(APP, *tls_flags(pki, "--timeout-keep-alive", "120"))
     pid = proc.proc.pid
     before = rss_kb(pid)
-    forger = Tls12Forger(proc, pki, tmp_path / "keys")
+    flooder = forger(proc, pki, tmp_path / "keys")
     try:
-        budget = 48 << 20
-        sent, stalled = forger.flood(budget)
+        sent, stalled = flooder.flood(budget)
         grown = rss_kb(pid) - before
         assert stalled, f"the server read all {sent} bytes"
         # The kernel's socket buffers hold some MiB; the server keeps at
-        # most --write-buffer-size (1 MiB) plus one read's alerts.
-        assert sent < budget // 2, sent
+        # most --write-buffer-size (1 MiB) plus one read's answers.
+        assert sent < 16 << 20, sent
         assert grown < 12 << 10, f"+{grown} KiB"
         # Others are served meanwhile.
         assert get(proc, pki, "/hello").status_code == 200
     finally:
-        forger.sock.close()
+        flooder.sock.close()
     assert get(proc, pki, "/hello").status_code == 200
 
 
 def test_tls12_flooding_peer_held_from_reading_is_still_dropped_when_idle(serve, pki, tmp_path):  # noqa: F811
     proc = serve(APP, *tls_flags(pki, "--timeout-keep-alive", "2"))
-    forger = Tls12Forger(proc, pki, tmp_path / "keys")
-    with forger.sock:
-        forger.flood(48 << 20)
+    flooder = ClientHelloForger(proc, pki, tmp_path / "keys")
+    with flooder.sock:
+        flooder.flood(48 << 20)
         # It reads now: the alerts, then the end (a FIN or a reset).
-        forger.sock.settimeout(30)
+        flooder.sock.settimeout(30)
         try:
-            while forger.sock.recv(1 << 20):
+            while flooder.sock.recv(1 << 20):
                 pass
         except ConnectionResetError:
             pass
