@@ -601,6 +601,7 @@ conn_uncork(cd_conn_t *c)
         c->cork_link.prev->next = c->cork_link.next;
         c->cork_link.next->prev = c->cork_link.prev;
         c->flags &= ~CD_CONN_F_CORKED;
+        c->server->loop->ncorked--;
     }
 }
 
@@ -635,6 +636,7 @@ cd_conn_want_flush(cd_conn_t *c)
         loop->corked.prev->next = &c->cork_link;
         loop->corked.prev = &c->cork_link;
         c->flags |= CD_CONN_F_CORKED;
+        loop->ncorked++;
     }
 }
 

@@ -192,6 +192,7 @@ struct cd_loop_s {
     PyObject *pending;  /* strong: list of cycles waiting to start */
     PyObject *aio_loop; /* strong: the asyncio loop, once attached */
     cd_link_t corked;   /* conns with output to flush before polling */
+    int ncorked;        /* conns on corked */
     char *read_buf;     /* owned: conn.c reads into it for any conn that holds
                            no unparsed input (cd_conn_t in), or NULL */
     cd_link_t servers;  /* Servers on this loop (each unlinks itself) */
@@ -265,6 +266,13 @@ int cd_loop_type_init(PyObject *module, cd_state *st);
 PyObject *cd_loop_select(cd_loop_t *loop, PyObject *selector, double timeout);
 /* Write out what every corked conn has queued (before each poll). */
 void cd_loop_flush(cd_loop_t *loop);
+/* The scheduler also flushes between two callbacks of a step once this
+ * many conns have output queued: a turn that sends to many clients (a
+ * chat room's broadcast) lets the first ones have theirs while it goes
+ * on, instead of in one burst when it ends, which a client that answers
+ * once it has them all would wait for.  Each flush may wake a client:
+ * not at every send. */
+#define CD_LOOP_FLUSH_BATCH 8
 /* Queues a cycle whose application must start on the next dispatch.
  * Does not steal. */
 int cd_loop_defer_start(cd_loop_t *loop, PyObject *cycle);

@@ -1625,7 +1625,8 @@ done:
     return rc;
 }
 
-/* Runs the handles that were ready when the step started to run them. */
+/* Runs the handles that were ready when the step started to run them,
+ * flushing output once CD_LOOP_FLUSH_BATCH conns have some queued. */
 static int
 sched_run_ready(cd_loop_t *core)
 {
@@ -1643,6 +1644,9 @@ sched_run_ready(cd_loop_t *core)
         handle_release(core, h);
         if (c < 0) {
             return -1;
+        }
+        if (core->ncorked >= CD_LOOP_FLUSH_BATCH) {
+            cd_loop_flush(core);
         }
     }
     return 0;
