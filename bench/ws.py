@@ -4,6 +4,8 @@ import json
 import os
 import select
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -29,6 +31,7 @@ class EchoResult:
     first_error: str
     client_cpu_pct: float
     client: str  # "c" (bench/ws_echo_client.c) or "picows" (bench/ws_client.py)
+    window_client_cpu_pct: float = 0.0  # fanout: the client's CPU between its marks
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +53,41 @@ def _parse(stdout: str, stderr: str, code: int | None) -> dict[str, Any]:
     return data
 
 
+def _communicate_marked(
+    child: subprocess.Popen[bytes], timeout: float, marks: Callable[[str], None]
+) -> tuple[bytes, bytes]:
+    """child.communicate(), calling marks(word) for each "WSMARK word" line
+    of its stdout as it comes (those lines are left out of the result)."""
+    assert child.stdout is not None and child.stderr is not None
+    out, err = bytearray(), bytearray()
+    buf = b""
+    streams = {child.stdout.fileno(): out, child.stderr.fileno(): err}
+    deadline = time.monotonic() + timeout
+    while streams:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            child.kill()
+            break
+        ready, _, _ = select.select(list(streams), [], [], left)
+        for fd in ready:
+            data = os.read(fd, 65536)
+            if not data:
+                del streams[fd]
+            elif fd != child.stdout.fileno():
+                err += data
+            else:
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if line.startswith(b"WSMARK "):
+                        marks(line[len(b"WSMARK ") :].decode().strip())
+                    else:
+                        out += line + b"\n"
+    out += buf
+    child.wait()
+    return bytes(out), bytes(err)
+
+
 def echo(
     url: str,
     connections: int,
@@ -59,6 +97,7 @@ def echo(
     kind: str = "echo",
     pinned: bool = True,
     c_client: Path | None = None,
+    marks: Callable[[str], None] | None = None,
 ) -> EchoResult:
     """`procs` client processes on the client core, `connections` echo loops in all.
 
@@ -66,6 +105,8 @@ def echo(
     pinned=False: the clients run on any core (the --workers scenarios).
     c_client: the compiled bench/ws_echo_client.c, used for kind "echo"
     instead of the picows client (same protocol, checks and report line).
+    marks (kind "fanout"): called with "start" and "end" when the client
+    begins and ends its measured window.
     """
     if kind == "fanout":
         procs = 1
@@ -89,6 +130,10 @@ def echo(
         children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     outputs = []
     for child in children:
+        if marks is not None and kind == "fanout":
+            out, err = _communicate_marked(child, duration + 40, marks)
+            outputs.append(_parse(out.decode(), err.decode(), child.returncode))
+            continue
         try:
             out, err = child.communicate(timeout=duration + 40)
         except subprocess.TimeoutExpired:
@@ -111,6 +156,11 @@ def echo(
         first_error=next((str(o["first_error"]) for o in outputs if o["first_error"]), ""),
         client_cpu_pct=round(100.0 * cpu / elapsed, 1) if elapsed > 0 else 0.0,
         client=str(outputs[0].get("client", "picows")),
+        window_client_cpu_pct=round(
+            100.0 * sum(float(o.get("window_client_cpu_s", 0.0)) for o in outputs) / elapsed, 1
+        )
+        if elapsed > 0
+        else 0.0,
     )
 
 
