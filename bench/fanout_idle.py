@@ -92,6 +92,7 @@ def _record(name: str, seconds: float, out: Path) -> dict[int, int]:
              "--", "sleep", str(seconds)],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        tids.update(_tree(srv.proc.pid))  # Threads started meanwhile.
         client.wait(timeout=seconds + 60)
         return tids
     finally:
