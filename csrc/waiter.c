@@ -75,6 +75,40 @@ cd_waiter_pending(cd_state *st, PyObject *fut)
 
 static PySendResult waiter_take(cd_waiter_t *w, PyObject **result);
 
+/* Whether the running task was asked to cancel: 1 if its cancelling()
+ * is above 0 (or it has no cancelling(), a task factory's own kind of
+ * task), 0 if not, -1 with an exception.  A cold path: a cancelled
+ * receive() future. */
+static int
+task_cancelling(void)
+{
+    PyObject *task = NULL, *n = NULL;
+    int cancelling = -1;
+    PyObject *asyncio = PyImport_ImportModule("asyncio");
+    if (asyncio == NULL) {
+        goto done;
+    }
+    task = PyObject_CallMethod(asyncio, "current_task", NULL);
+    if (task == NULL || task == Py_None) {
+        cancelling = task == NULL ? -1 : 1;
+        goto done;
+    }
+    n = PyObject_CallMethod(task, "cancelling", NULL);
+    if (n == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            cancelling = 1;
+        }
+        goto done;
+    }
+    cancelling = PyObject_IsTrue(n);
+done:
+    Py_XDECREF(n);
+    Py_XDECREF(task);
+    Py_XDECREF(asyncio);
+    return cancelling;
+}
+
 /* The future's result, once the task was woken (or at once if it is
  * done already, as `await fut` does): then a receive() waiter takes its
  * message. */
@@ -265,6 +299,30 @@ waiter_send(cd_waiter_t *w, PyObject *arg)
     return res;
 }
 
+/* Whether exc, thrown into a receive() waiter, is the CancelledError of
+ * the future it waits on, cancelled for another task: concurrent
+ * receive()s share the cycle's future, which the cancellation of one of
+ * their tasks cancels, and asyncio throws that into every task woken by
+ * it.  Then this task, which nobody asked to cancel, waits again (as
+ * with Daphne's queue, where each get() has its own future).  1 or 0, -1
+ * with an exception. */
+static int
+waiter_cancelled_for_another(cd_waiter_t *w, PyObject *exc)
+{
+    if (w->cy == NULL || !w->yielded || w->fut == NULL || exc == NULL ||
+        !PyErr_GivenExceptionMatches(exc, w->st->asyncio_CancelledError)) {
+        return 0;
+    }
+    PyObject *c = PyObject_CallMethod(w->fut, "cancelled", NULL);
+    int cancelled = c != NULL ? PyObject_IsTrue(c) : -1;
+    Py_XDECREF(c);
+    if (cancelled <= 0) {
+        return cancelled;
+    }
+    int cancelling = task_cancelling();
+    return cancelling < 0 ? -1 : !cancelling;
+}
+
 /* throw(exc) or throw(type[, value[, tb]]): what a cancelled task does
  * to the awaitable it waits on (asyncio's FutureIter_throw): let go of
  * the future and the cycle, raise the exception at the await. */
@@ -306,6 +364,19 @@ waiter_throw(cd_waiter_t *w, PyObject *args)
     Py_XINCREF(val);
     Py_XINCREF(tb);
     PyErr_NormalizeException(&type, &val, &tb);
+    int again = waiter_cancelled_for_another(w, val);
+    if (again != 0) {
+        Py_DECREF(type);
+        Py_XDECREF(val);
+        Py_XDECREF(tb);
+        if (again < 0) {
+            return NULL;
+        }
+        Py_CLEAR(w->it);
+        Py_CLEAR(w->fut);
+        w->yielded = 0;
+        return waiter_send(w, Py_None); /* Takes or waits again. */
+    }
     if (tb != NULL) {
         PyException_SetTraceback(val, tb);
     }

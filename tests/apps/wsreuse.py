@@ -1,0 +1,293 @@
+"""Hostile-but-legal receive() patterns, for tests/test_receive_reuse.py.
+
+The server reuses receive()'s waiter, its futures and the StopIteration
+that returns a message (waiter.c, cycle.c).  Each WebSocket route takes
+the client's numbered text messages with one pattern and, on "end",
+sends back the list of every text it saw, in the order it saw them (and
+notes of anything wrong).  The HTTP route does the same for body chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import random
+import sys
+
+VAR = contextvars.ContextVar("var", default="unset")
+
+
+async def accept(receive, send) -> None:
+    msg = await receive()
+    assert msg["type"] == "websocket.connect", msg
+    await send({"type": "websocket.accept"})
+
+
+async def report(send, seen: list) -> None:
+    await send({"type": "websocket.send", "text": json.dumps(seen)})
+    await send({"type": "websocket.close"})
+
+
+def text_of(msg: dict, seen: list) -> str | None:
+    """The message's text, appended to seen; None for a disconnect."""
+    if msg["type"] != "websocket.receive":
+        seen.append(f"! {msg['type']}")
+        return None
+    seen.append(msg["text"])
+    return msg["text"]
+
+
+async def wait_for_tiny(receive, send, seen: list) -> None:
+    # Cancelled mid-wait over and over (timeout 0 cancels a task that
+    # never ran; tiny ones cancel the app's own task in its await).
+    rnd = random.Random(1)
+    while True:
+        try:
+            msg = await asyncio.wait_for(receive(), rnd.choice((0, 1e-6, 1e-4, 1e-3)))
+        except TimeoutError:
+            continue
+        if text_of(msg, seen) in (None, "end"):
+            return
+
+
+async def shielded(receive, send, seen: list) -> None:
+    # A shielded receive() goes on when its waiter is cancelled: awaited
+    # again until it gives its message.
+    pending = None
+    while True:
+        if pending is None:
+            pending = asyncio.ensure_future(receive())
+        try:
+            msg = await asyncio.wait_for(asyncio.shield(pending), 1e-4)
+        except TimeoutError:
+            continue
+        pending = None
+        if text_of(msg, seen) in (None, "end"):
+            return
+
+
+async def wait_set(receive, send, seen: list) -> None:
+    # asyncio.wait({receive task, sleep}): the receive task is cancelled
+    # when the sleep wins.
+    while True:
+        rt = asyncio.ensure_future(receive())
+        st = asyncio.ensure_future(asyncio.sleep(1e-4))
+        done, _ = await asyncio.wait({rt, st}, return_when=asyncio.FIRST_COMPLETED)
+        st.cancel()
+        if rt not in done:
+            rt.cancel()
+            try:
+                msg = await rt
+            except asyncio.CancelledError:
+                continue
+        else:
+            msg = rt.result()
+        if text_of(msg, seen) in (None, "end"):
+            return
+
+
+async def cancelled_task(receive, send, seen: list) -> None:
+    # receive() in a task cancelled after a random number of loop steps.
+    rnd = random.Random(2)
+    while True:
+        t = asyncio.ensure_future(receive())
+        for _ in range(rnd.randrange(4)):
+            await asyncio.sleep(0)
+        t.cancel()
+        try:
+            msg = await t
+        except asyncio.CancelledError:
+            continue
+        if text_of(msg, seen) in (None, "end"):
+            return
+
+
+async def two_tasks(receive, send, seen: list) -> None:
+    # Two tasks in receive() at once; the second is cancelled and made
+    # again every few messages.  The first must not see its cancellation.
+    done = asyncio.Event()
+    rnd = random.Random(3)
+
+    async def reader(name: str) -> None:
+        try:
+            while not done.is_set():
+                msg = await receive()
+                if text_of(msg, seen) in (None, "end"):
+                    done.set()
+        except asyncio.CancelledError:
+            if name == "a" and not done.is_set():
+                seen.append("! reader a cancelled")
+            raise
+
+    a = asyncio.ensure_future(reader("a"))
+    while not done.is_set():
+        b = asyncio.ensure_future(reader("b"))
+        for _ in range(rnd.randrange(1, 6)):
+            await asyncio.sleep(0)
+            if done.is_set():
+                break
+        b.cancel()
+        try:
+            await b
+        except asyncio.CancelledError:
+            pass
+        if a.done():
+            break
+    if not a.done():
+        a.cancel()
+    try:
+        await a
+    except asyncio.CancelledError:
+        pass
+    if not done.is_set():
+        seen.append("! reader a ended early")
+
+
+async def groups(receive, send, seen: list) -> None:
+    # TaskGroup with a receiving task and a sleeping one; gather of a
+    # receive() with a sleep.
+    n = 0
+    while True:
+        n += 1
+        if n % 2 and hasattr(asyncio, "TaskGroup"):
+            async with asyncio.TaskGroup() as tg:
+                rt = tg.create_task(receive())
+                tg.create_task(asyncio.sleep(0))
+            msg = rt.result()
+        else:
+            msg, _ = await asyncio.gather(receive(), asyncio.sleep(0))
+        if text_of(msg, seen) in (None, "end"):
+            return
+
+
+async def keeper(receive, send, seen: list) -> None:
+    # Keeps every object it can reach: the awaitables, the futures the
+    # task waits on (from a done callback and from _fut_waiter), the
+    # StopIterations of hand-driven receive()s, and contextvars set
+    # around each receive().  Checks later that none changed.
+    task = asyncio.current_task()
+    kept_aw, kept_fut, kept_stop = [], [], []
+    fut_states = []
+
+    def on_step(n):
+        async def peek() -> None:
+            fut = task._fut_waiter
+            if fut is not None:
+                kept_fut.append(fut)
+                fut.add_done_callback(lambda f: fut_states.append((n, f.cancelled())))
+
+        return asyncio.ensure_future(peek())
+
+    n = 0
+    while True:
+        n += 1
+        token = VAR.set(f"v{n}")
+        if n % 3 == 0:
+            # Hand-driven: the message comes in StopIteration if there.
+            aw = receive()
+            kept_aw.append(aw)
+            it = aw.__await__()
+            try:
+                fut = it.send(None)
+            except StopIteration as e:
+                kept_stop.append((e, e.value))
+                msg = e.value
+            else:
+                # Not there yet: wait for the future it yielded (which
+                # it marked blocking, as a task would see it).
+                await asyncio.wait({fut})
+                try:
+                    it.send(None)
+                except StopIteration as e:
+                    kept_stop.append((e, e.value))
+                    msg = e.value
+                else:
+                    seen.append("! hand-driven receive() yielded twice")
+                    return
+        else:
+            aw = receive()
+            kept_aw.append(aw)
+            peek = on_step(n)
+            msg = await aw
+            await peek
+        if VAR.get() != f"v{n}":
+            seen.append(f"! contextvar {VAR.get()} after receive {n}")
+        VAR.reset(token)
+        if text_of(msg, seen) in (None, "end"):
+            break
+    # Nothing kept was changed by later receive()s.
+    for e, value in kept_stop:
+        if e.value is not value or e.args != (value,):
+            seen.append(f"! kept StopIteration changed: {e.args!r} vs {value!r}")
+    for fut in kept_fut:
+        if not fut.done():
+            seen.append("! kept receive future pending again")
+    if len({id(a) for a in kept_aw}) != len(kept_aw):
+        seen.append("! receive() awaitables handed out twice")
+
+
+async def ws_default(receive, send, seen: list) -> None:
+    while True:
+        if text_of(await receive(), seen) in (None, "end"):
+            return
+
+
+async def slow_disconnect(receive, send, seen: list) -> None:
+    # Waits in receive() (a kept future pending) when the client goes.
+    while True:
+        msg = await receive()
+        if text_of(msg, seen) is None:
+            print("slow-disconnect saw", json.dumps(seen), file=sys.stderr, flush=True)
+            return
+
+
+ROUTES = {
+    "/wait-for": wait_for_tiny,
+    "/shield": shielded,
+    "/wait-set": wait_set,
+    "/cancel-task": cancelled_task,
+    "/two-tasks": two_tasks,
+    "/groups": groups,
+    "/keeper": keeper,
+    "/default": ws_default,
+}
+
+
+async def http_body(receive, send) -> None:
+    # The request body in many small chunks, read under tiny timeouts.
+    rnd = random.Random(4)
+    body = []
+    while True:
+        try:
+            msg = await asyncio.wait_for(receive(), rnd.choice((0, 1e-6, 1e-4)))
+        except TimeoutError:
+            continue
+        assert msg["type"] == "http.request", msg
+        body.append(msg["body"])
+        if not msg.get("more_body"):
+            break
+    data = b"".join(body)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain")],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+async def app(scope, receive, send) -> None:
+    if scope["type"] == "http":
+        await http_body(receive, send)
+        return
+    if scope["type"] != "websocket":
+        return
+    await accept(receive, send)
+    if scope["path"] == "/slow-disconnect":
+        await slow_disconnect(receive, send, [])
+        return
+    seen: list = []
+    await ROUTES[scope["path"]](receive, send, seen)
+    await report(send, seen)

@@ -1,0 +1,108 @@
+"""receive() reuses its waiter, futures and StopIteration (waiter.c,
+cycle.c): hostile-but-legal apps (tests/apps/wsreuse.py) must still see
+every message exactly once, in order, and keep what they hold."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import websocket
+
+from .conftest import connect, recv_all
+
+APP = "tests.apps.wsreuse:app"
+N = 300
+
+
+def send_numbered(ws, n: int = N) -> list[str]:
+    """Sends "0".."n-1" then "end", in bursts with pauses between (so the
+    app both finds messages queued and waits for them)."""
+    sent = []
+    for i in range(n):
+        ws.send(str(i))
+        sent.append(str(i))
+        if i % 7 == 3:
+            time.sleep(0.002)
+    ws.send("end")
+    return sent + ["end"]
+
+
+@pytest.fixture
+def reuse_server(serve):
+    return serve(APP)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/default",
+        "/wait-for",
+        "/shield",
+        "/wait-set",
+        "/cancel-task",
+        "/two-tasks",
+        "/groups",
+        "/keeper",
+    ],
+)
+def test_each_message_is_seen_once_in_order(reuse_server, path):
+    ws = websocket.create_connection(reuse_server.ws_url(path), timeout=30)
+    sent = send_numbered(ws)
+    seen = json.loads(ws.recv())
+    ws.close()
+    assert seen == sent
+
+
+@pytest.mark.parametrize("path", ["/default", "/wait-for", "/two-tasks", "/keeper"])
+def test_each_message_is_seen_once_with_pings_every_tick(serve, path):
+    # --ping-interval 0.01: the tick drops the spare futures while
+    # receive()s are pending, often.
+    proc = serve(APP, "--ping-interval", "0.01", "--ping-timeout", "30")
+    ws = websocket.create_connection(proc.ws_url(path), timeout=30)
+    sent = send_numbered(ws)
+    seen = json.loads(ws.recv())
+    ws.close()
+    assert seen == sent
+
+
+@pytest.mark.parametrize("path", ["/default", "/cancel-task"])
+def test_each_message_is_seen_once_without_pings(serve, path):
+    proc = serve(APP, "--ping-interval", "0")
+    ws = websocket.create_connection(proc.ws_url(path), timeout=30)
+    sent = send_numbered(ws)
+    seen = json.loads(ws.recv())
+    ws.close()
+    assert seen == sent
+
+
+def test_disconnect_while_a_reused_future_is_pending(reuse_server):
+    for rounds in range(1, 4):
+        ws = websocket.create_connection(reuse_server.ws_url("/slow-disconnect"))
+        sent = [str(i) for i in range(20 * rounds)]
+        for text in sent:
+            ws.send(text)
+        time.sleep(0.05)  # The app waits in receive() again.
+        ws.close()
+        expect = json.dumps(sent + ["! websocket.disconnect"])
+        lines = reuse_server.wait_log("slow-disconnect saw ", count=rounds)
+        assert lines[-1].string.split("saw ", 1)[1] == expect
+
+
+def test_http_body_in_small_chunks_under_tiny_timeouts(reuse_server):
+    sock = connect(reuse_server)
+    chunks = [bytes([65 + i % 26]) * (1 + i % 5) for i in range(400)]
+    sock.sendall(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    for i, c in enumerate(chunks):
+        sock.sendall(b"%x\r\n%s\r\n" % (len(c), c))
+        if i % 9 == 4:
+            time.sleep(0.002)
+    sock.sendall(b"0\r\n\r\n")
+    data = recv_all(sock, timeout=30)
+    sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert body == b"".join(chunks)
