@@ -106,3 +106,14 @@ def test_http_body_in_small_chunks_under_tiny_timeouts(reuse_server):
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head
     assert body == b"".join(chunks)
+
+
+@pytest.mark.parametrize("path", ["/sync", "/async"])
+def test_channels_consumers_see_each_message_once_in_order(serve, path):
+    proc = serve("tests.apps.wsreuse_channels:app")
+    for _ in range(3):
+        ws = websocket.create_connection(proc.ws_url(path), timeout=30)
+        sent = send_numbered(ws)
+        seen = json.loads(ws.recv())
+        ws.close()
+        assert seen == sent
