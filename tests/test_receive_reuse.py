@@ -45,6 +45,7 @@ def reuse_server(serve):
         "/two-tasks",
         "/groups",
         "/keeper",
+        "/traced",
     ],
 )
 def test_each_message_is_seen_once_in_order(reuse_server, path):

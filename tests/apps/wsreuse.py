@@ -227,6 +227,33 @@ async def keeper(receive, send, seen: list) -> None:
         seen.append("! receive() awaitables handed out twice")
 
 
+async def traced(receive, send, seen: list) -> None:
+    # A tracer (as coverage or a debugger runs) sees the StopIterations
+    # that return messages and keeps them: they must stay as they were.
+    kept = []
+
+    def tracer(frame, event, arg):
+        if event == "exception" and arg[0] is StopIteration:
+            kept.append((arg[1], arg[1].value, arg[1].args, list(arg[1].args)))
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        await ws_default(receive, send, seen)
+    finally:
+        sys.settrace(None)
+    changed = [
+        (e.value, v)
+        for e, v, a, items in kept
+        if e.value is not v
+        or e.args is not a
+        or any(x is not y for x, y in zip(a, items, strict=True))
+    ]
+
+    if changed:
+        seen.append(f"! {len(changed)} kept StopIterations changed: {changed!r}"[:300])
+
+
 async def ws_default(receive, send, seen: list) -> None:
     while True:
         if text_of(await receive(), seen) in (None, "end"):
@@ -251,6 +278,7 @@ ROUTES = {
     "/groups": groups,
     "/keeper": keeper,
     "/default": ws_default,
+    "/traced": traced,
 }
 
 
