@@ -167,7 +167,7 @@ async def keeper(receive, send, seen: list) -> None:
     # StopIterations of hand-driven receive()s, and contextvars set
     # around each receive().  Checks later that none changed.
     task = asyncio.current_task()
-    kept_aw, kept_fut, kept_stop = [], [], []
+    kept_aw, kept_fut, kept_stop, kept_tasks = [], [], [], []
     fut_states = []
 
     def on_step(n):
@@ -205,6 +205,14 @@ async def keeper(receive, send, seen: list) -> None:
                 else:
                     seen.append("! hand-driven receive() yielded twice")
                     return
+        elif n % 3 == 1:
+            # In a task whose done callback keeps the task and its
+            # result; a receive() made and dropped unawaited first.
+            receive()
+            t = asyncio.ensure_future(receive())
+            t.add_done_callback(lambda t: kept_tasks.append((t, t.result())))
+            await asyncio.wait({t})
+            msg = t.result()
         else:
             aw = receive()
             kept_aw.append(aw)
@@ -220,6 +228,9 @@ async def keeper(receive, send, seen: list) -> None:
     for e, value in kept_stop:
         if e.value is not value or e.args != (value,):
             seen.append(f"! kept StopIteration changed: {e.args!r} vs {value!r}")
+    for t, result in kept_tasks:
+        if t.result() is not result:
+            seen.append("! kept task result changed")
     for fut in kept_fut:
         if not fut.done():
             seen.append("! kept receive future pending again")
