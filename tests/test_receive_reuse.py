@@ -91,11 +91,15 @@ def test_disconnect_while_a_reused_future_is_pending(reuse_server):
         assert lines[-1].string.split("saw ", 1)[1] == expect
 
 
-def test_http_body_in_small_chunks_under_tiny_timeouts(reuse_server):
+@pytest.mark.parametrize("path", ["/", "/two-readers"])
+def test_http_body_in_small_chunks_comes_whole_and_in_order(reuse_server, path):
+    # "/": read under tiny timeouts; "/two-readers": by two tasks, one of
+    # them cancelled over and over.
     sock = connect(reuse_server)
     chunks = [bytes([65 + i % 26]) * (1 + i % 5) for i in range(400)]
     sock.sendall(
-        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n".encode()
+        + b"Connection: close\r\n\r\n"
     )
     for i, c in enumerate(chunks):
         sock.sendall(b"%x\r\n%s\r\n" % (len(c), c))

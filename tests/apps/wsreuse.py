@@ -317,9 +317,44 @@ async def http_body(receive, send) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
+async def http_two_readers(receive, send) -> None:
+    # Two tasks read the body at once; the second is cancelled and made
+    # again every few steps.  The body comes whole, in order.
+    body = []
+    done = asyncio.Event()
+    rnd = random.Random(5)
+
+    async def reader(name: str) -> None:
+        try:
+            while not done.is_set():
+                msg = await receive()
+                body.append(msg["body"])
+                if not msg.get("more_body"):
+                    done.set()
+        except asyncio.CancelledError:
+            if name == "a" and not done.is_set():
+                body.append(b"! reader a cancelled")
+            raise
+
+    a = asyncio.ensure_future(reader("a"))
+    while not done.is_set() and not a.done():
+        b = asyncio.ensure_future(reader("b"))
+        for _ in range(rnd.randrange(1, 6)):
+            await asyncio.sleep(0)
+        b.cancel()
+        await asyncio.gather(b, return_exceptions=True)
+    a.cancel()
+    await asyncio.gather(a, return_exceptions=True)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"".join(body)})
+
+
 async def app(scope, receive, send) -> None:
     if scope["type"] == "http":
-        await http_body(receive, send)
+        if scope["path"] == "/two-readers":
+            await http_two_readers(receive, send)
+        else:
+            await http_body(receive, send)
         return
     if scope["type"] != "websocket":
         return
