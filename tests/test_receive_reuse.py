@@ -122,3 +122,15 @@ def test_channels_consumers_see_each_message_once_in_order(serve, path):
         seen = json.loads(ws.recv())
         ws.close()
         assert seen == sent
+
+
+@pytest.mark.parametrize("path", ["/default", "/wait-for", "/two-tasks", "/keeper"])
+def test_each_message_is_seen_once_in_asyncio_debug_mode(serve, path):
+    # Debug mode: futures carry their source traceback, the loop checks
+    # more; kept futures are made new under it too.
+    proc = serve(APP, env={"PYTHONASYNCIODEBUG": "1"})
+    ws = websocket.create_connection(proc.ws_url(path), timeout=30)
+    sent = send_numbered(ws)
+    seen = json.loads(ws.recv())
+    ws.close()
+    assert seen == sent
