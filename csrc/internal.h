@@ -151,6 +151,7 @@ typedef enum {
     CD_ATTR_WAKE_IS_OURS,  /* no instance attribute replaces _write_to_self */
     CD_ATTR_TC_IS_OURS, /* nor _timer_handle_cancelled (TimerHandle.cancel) */
     CD_ATTR_DEBUG_IS_OURS, /* nor get_debug (TimerHandle.cancel) */
+    CD_ATTR_CF_IS_OURS,    /* nor create_future (the server's futures) */
     CD_ATTR_NFLAGS,
 } cd_attr_flag_t;
 

@@ -434,6 +434,13 @@ cd_loopmeth_future_new(cd_state *st, PyObject *loop)
 {
     PyTypeObject *tp = Py_TYPE(loop);
     int plain = tp->tp_getattro == PyObject_GenericGetAttr;
+    if (plain && cd_loopmeth_direct(st, loop, CD_LM_CREATE_FUTURE) != NULL) {
+        /* The core's cached reads of the loop's __dict__ answer. */
+        return lm_future_make(st, loop);
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
     if (plain) {
         plain = cd_loopmeth_plain(st, loop, CD_LM_CREATE_FUTURE);
         if (plain < 0) {

@@ -492,7 +492,10 @@ core_attrs_load(cd_loop_t *core)
     int dbg = tc < 0
                   ? -1
                   : core_no_instance_attr(core, st->lm_name[CD_LM_GET_DEBUG]);
-    PyObject *sched = dbg < 0 ? NULL : core_get(core, st->s__scheduled);
+    int cf = dbg < 0 ? -1
+                     : core_no_instance_attr(core,
+                                             st->lm_name[CD_LM_CREATE_FUTURE]);
+    PyObject *sched = cf < 0 ? NULL : core_get(core, st->s__scheduled);
     PyObject *sel = sched ? core_get(core, st->s__selector) : NULL;
     if (sel == NULL) {
         Py_XDECREF(sched);
@@ -502,6 +505,7 @@ core_attrs_load(cd_loop_t *core)
     core->attrs.flag[CD_ATTR_WAKE_IS_OURS] = (signed char)wake;
     core->attrs.flag[CD_ATTR_TC_IS_OURS] = (signed char)tc;
     core->attrs.flag[CD_ATTR_DEBUG_IS_OURS] = (signed char)dbg;
+    core->attrs.flag[CD_ATTR_CF_IS_OURS] = (signed char)cf;
     core->attrs.selector = sel;
     if (PyList_Check(sched)) {
         core->attrs.scheduled = sched;
@@ -606,6 +610,7 @@ cd_sched_no_instance_attr(cd_loop_t *core, cd_lm_t which)
 {
     int flag = which == CD_LM_TIMER_CANCELLED ? CD_ATTR_TC_IS_OURS
                : which == CD_LM_GET_DEBUG     ? CD_ATTR_DEBUG_IS_OURS
+               : which == CD_LM_CREATE_FUTURE ? CD_ATTR_CF_IS_OURS
                                               : -1;
     if (flag >= 0) {
         int c = core_attrs(core);
@@ -653,6 +658,18 @@ core_time_obj(cd_loop_t *core)
     return PyObject_CallMethodNoArgs(core->aio_loop, core->st->s_time);
 }
 
+/* Whether the keyword name kw (a str) is "context": _asyncio passes its
+ * own string, not the interned one st->s_context is (its Tasks call
+ * call_soon(step, context=ctx) at every step).  Compared here in a few
+ * instructions, not PyUnicode_CompareWithASCIIString's ~120. */
+static inline int
+kw_is_context(PyObject *kw)
+{
+    return PyUnicode_Check(kw) && PyUnicode_GET_LENGTH(kw) == 7 &&
+           PyUnicode_KIND(kw) == PyUnicode_1BYTE_KIND &&
+           memcmp(PyUnicode_1BYTE_DATA(kw), "context", 7) == 0;
+}
+
 /* The checks shared by call_soon/call_at/call_later: nfixed positional
  * arguments before the callback's.  Returns 1 when the C path may go on
  * (*context set, NULL if not given), 0 when asyncio's own method must
@@ -676,8 +693,7 @@ sched_check(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs,
     }
     if (nkw == 1) {
         PyObject *kw = PyTuple_GET_ITEM(kwnames, 0);
-        if (kw != st->s_context &&
-            PyUnicode_CompareWithASCIIString(kw, "context") != 0) {
+        if (kw != st->s_context && !kw_is_context(kw)) {
             return 0;
         }
         *context = args[nargs];
