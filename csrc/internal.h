@@ -230,6 +230,9 @@ struct cd_loop_s {
     int nspare;
     PyObject *spare_timers[CD_SPARE_TIMERS]; /* strong: TimerHandles, same */
     int nspare_timers;
+    /* strong: a 1-tuple (None) that a released Handle's _args was and
+     * nothing else holds, for the next call_soon's arguments (sched.c) */
+    PyObject *spare_args;
     Py_ssize_t timer_cancelled; /* loop._timer_cancelled_count */
     /* owned: loop._scheduled's items and their _when, in its order, so a
      * sift reads no timer; heap_len -1: made again at the next use. */

@@ -194,6 +194,24 @@ handle_new(cd_loop_t *core, PyObject *cls, PyObject *callback, PyObject *args,
     return h;
 }
 
+/* Takes the Handle h's _args (at offset off) as the core's spare 1-tuple
+ * when it is one that nothing else holds, its item replaced by None (the
+ * argument is released now, as it would be with the tuple). */
+static void
+handle_keep_args(cd_loop_t *core, PyObject *h, Py_ssize_t off)
+{
+    PyObject *a = CD_SLOT(h, off);
+    if (core->spare_args != NULL || a == NULL || !PyTuple_CheckExact(a) ||
+        PyTuple_GET_SIZE(a) != 1 || Py_REFCNT(a) != 1) {
+        return;
+    }
+    CD_SLOT(h, off) = NULL;
+    PyObject *item = PyTuple_GET_ITEM(a, 0);
+    PyTuple_SET_ITEM(a, 0, Py_NewRef(Py_None));
+    core->spare_args = a;
+    Py_DECREF(item); /* May run code: the tuple is in its place already. */
+}
+
 /* Drops the core's reference to a Handle or TimerHandle it ran or
  * skipped.  One of exactly these types that nothing else holds, not even
  * a weak reference, is as good as freed: its slots are cleared and it
@@ -213,6 +231,7 @@ handle_release(cd_loop_t *core, PyObject *h)
         return;
     }
     const cd_handle_slots_t *o = &st->handle_slots;
+    handle_keep_args(core, h, o->args);
     Py_CLEAR(CD_SLOT(h, o->callback));
     Py_CLEAR(CD_SLOT(h, o->args));
     Py_CLEAR(CD_SLOT(h, o->context));
@@ -713,11 +732,29 @@ sched_check(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs,
     return 1;
 }
 
-/* New reference: the tuple of the callback's arguments. */
+/* New reference: the tuple of the callback's arguments.  One argument
+ * (a future's done callback, a Task's wake-up) goes into the spare 1-tuple
+ * when there is one that nothing else holds (handle_release keeps it). */
 static PyObject *
-sched_cbargs(PyObject *const *args, Py_ssize_t from, Py_ssize_t nargs)
+sched_cbargs(cd_loop_t *core, PyObject *const *args, Py_ssize_t from,
+             Py_ssize_t nargs)
 {
-    PyObject *t = PyTuple_New(nargs - from);
+    PyObject *t = core->spare_args;
+    if (nargs - from == 1 && t != NULL) {
+        core->spare_args = NULL;
+        if (Py_REFCNT(t) == 1) {
+            PyObject *old = PyTuple_GET_ITEM(t, 0); /* None */
+            PyTuple_SET_ITEM(t, 0, Py_NewRef(args[from]));
+            Py_DECREF(old);
+            /* The collector untracks a tuple of None. */
+            if (!PyObject_GC_IsTracked(t)) {
+                PyObject_GC_Track(t);
+            }
+            return t;
+        }
+        Py_DECREF(t);
+    }
+    t = PyTuple_New(nargs - from);
     if (t != NULL) {
         for (Py_ssize_t i = from; i < nargs; i++) {
             PyTuple_SET_ITEM(t, i - from, Py_NewRef(args[i]));
@@ -733,7 +770,7 @@ sched_ready_push(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs,
                  PyObject *context)
 {
     cd_state *st = core->st;
-    PyObject *cbargs = sched_cbargs(args, 1, nargs);
+    PyObject *cbargs = sched_cbargs(core, args, 1, nargs);
     PyObject *h =
         cbargs ? handle_new(core, st->asyncio_Handle, args[0], cbargs, context)
                : NULL;
@@ -814,7 +851,7 @@ cd_sched_call_soon_threadsafe(cd_loop_t *core, PyObject *const *args,
     }
     else {
         PyObject *lock = PyObject_CallNoArgs(core->ts_rlock);
-        PyObject *cbargs = lock ? sched_cbargs(args, 1, nargs) : NULL;
+        PyObject *cbargs = lock ? sched_cbargs(core, args, 1, nargs) : NULL;
         h = cbargs
                 ? handle_new(core, core->ts_handle, args[0], cbargs, context)
                 : NULL;
@@ -1259,7 +1296,7 @@ sched_timer(cd_loop_t *core, PyObject *when, PyObject *const *args,
 {
     cd_state *st = core->st;
     const cd_handle_slots_t *o = &st->handle_slots;
-    PyObject *cbargs = sched_cbargs(args, 1, nargs);
+    PyObject *cbargs = sched_cbargs(core, args, 1, nargs);
     PyObject *h = cbargs ? handle_new(core, (PyObject *)st->Timer_type,
                                       args[0], cbargs, context)
                          : NULL;
@@ -1919,6 +1956,7 @@ cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg)
     for (int i = 0; i < core->nspare_timers; i++) {
         Py_VISIT(core->spare_timers[i]);
     }
+    Py_VISIT(core->spare_args);
     Py_VISIT(core->report);
     Py_VISIT(core->ts_handle);
     Py_VISIT(core->ts_rlock);
@@ -1942,6 +1980,7 @@ cd_sched_loop_clear(cd_loop_t *core, int closing)
     while (core->nspare_timers > 0) {
         Py_CLEAR(core->spare_timers[--core->nspare_timers]);
     }
+    Py_CLEAR(core->spare_args);
     Py_CLEAR(core->report);
     Py_CLEAR(core->ts_handle);
     Py_CLEAR(core->ts_rlock);

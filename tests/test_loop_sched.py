@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import inspect
 import logging
 import threading
 import time
+import weakref
 from asyncio import format_helpers
 from collections.abc import Callable
 from typing import Any
@@ -1101,3 +1103,32 @@ def test_a_property_added_to_the_loop_class_later_wins_over_the_dict(base, subcl
         assert seen == [False, "ran"]
     finally:
         loop.close()
+
+
+def test_one_argument_tuples_of_run_handles_are_never_seen_again():
+    """A run Handle's 1-tuple of arguments that nothing else holds is kept
+    for the next call_soon with one argument: the argument is released when
+    the handle is, and a tuple the app holds (h._args) never changes."""
+
+    class Arg:
+        pass
+
+    def scenario(loop):
+        seen = []
+        arg = Arg()
+        ref = weakref.ref(arg)
+        loop.call_soon(seen.append, arg)
+        del arg
+        loop.run_until_complete(asyncio.sleep(0))
+        seen.clear()
+        gone = ref() is None  # the spare tuple does not keep it
+        kept = loop.call_soon(seen.append, "a")
+        held = kept._args
+        loop.run_until_complete(asyncio.sleep(0))
+        for i in range(3):
+            loop.call_soon(seen.append, i)
+        loop.run_until_complete(asyncio.sleep(0))
+        gc.collect()
+        return gone, held, kept._args is held, seen
+
+    assert on_both(scenario) == (True, ("a",), True, ["a", 0, 1, 2])
