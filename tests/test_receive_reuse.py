@@ -29,6 +29,16 @@ def send_numbered(ws, n: int = N) -> list[str]:
     return sent + ["end"]
 
 
+def assert_seen_once_in_order(url: str) -> None:
+    """One connection: the numbered messages out, then the app's list of
+    what it saw, which must be exactly what was sent."""
+    ws = websocket.create_connection(url, timeout=30)
+    sent = send_numbered(ws)
+    seen = json.loads(ws.recv())
+    ws.close()
+    assert seen == sent
+
+
 @pytest.fixture
 def reuse_server(serve):
     return serve(APP)
@@ -49,11 +59,7 @@ def reuse_server(serve):
     ],
 )
 def test_each_message_is_seen_once_in_order(reuse_server, path):
-    ws = websocket.create_connection(reuse_server.ws_url(path), timeout=30)
-    sent = send_numbered(ws)
-    seen = json.loads(ws.recv())
-    ws.close()
-    assert seen == sent
+    assert_seen_once_in_order(reuse_server.ws_url(path))
 
 
 @pytest.mark.parametrize("path", ["/default", "/wait-for", "/two-tasks", "/keeper"])
@@ -61,21 +67,13 @@ def test_each_message_is_seen_once_with_pings_every_tick(serve, path):
     # --ping-interval 0.01: the tick drops the spare futures while
     # receive()s are pending, often.
     proc = serve(APP, "--ping-interval", "0.01", "--ping-timeout", "30")
-    ws = websocket.create_connection(proc.ws_url(path), timeout=30)
-    sent = send_numbered(ws)
-    seen = json.loads(ws.recv())
-    ws.close()
-    assert seen == sent
+    assert_seen_once_in_order(proc.ws_url(path))
 
 
 @pytest.mark.parametrize("path", ["/default", "/cancel-task"])
 def test_each_message_is_seen_once_without_pings(serve, path):
     proc = serve(APP, "--ping-interval", "0")
-    ws = websocket.create_connection(proc.ws_url(path), timeout=30)
-    sent = send_numbered(ws)
-    seen = json.loads(ws.recv())
-    ws.close()
-    assert seen == sent
+    assert_seen_once_in_order(proc.ws_url(path))
 
 
 def test_disconnect_while_a_reused_future_is_pending(reuse_server):
@@ -117,11 +115,7 @@ def test_http_body_in_small_chunks_comes_whole_and_in_order(reuse_server, path):
 def test_channels_consumers_see_each_message_once_in_order(serve, path):
     proc = serve("tests.apps.wsreuse_channels:app")
     for _ in range(3):
-        ws = websocket.create_connection(proc.ws_url(path), timeout=30)
-        sent = send_numbered(ws)
-        seen = json.loads(ws.recv())
-        ws.close()
-        assert seen == sent
+        assert_seen_once_in_order(proc.ws_url(path))
 
 
 @pytest.mark.parametrize("path", ["/default", "/wait-for", "/two-tasks", "/keeper"])
@@ -129,8 +123,4 @@ def test_each_message_is_seen_once_in_asyncio_debug_mode(serve, path):
     # Debug mode: futures carry their source traceback, the loop checks
     # more; kept futures are made new under it too.
     proc = serve(APP, env={"PYTHONASYNCIODEBUG": "1"})
-    ws = websocket.create_connection(proc.ws_url(path), timeout=30)
-    sent = send_numbered(ws)
-    seen = json.loads(ws.recv())
-    ws.close()
-    assert seen == sent
+    assert_seen_once_in_order(proc.ws_url(path))
