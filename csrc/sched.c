@@ -178,6 +178,13 @@ handle_new(cd_loop_t *core, PyObject *cls, PyObject *callback, PyObject *args,
     else if (ctx != NULL) {
         h = tp->tp_alloc(tp, 0);
     }
+    if (h != NULL && (core->aio_loop == NULL || core->ready_q == NULL)) {
+        /* What ran since the caller's check (an attribute read, the
+         * collector during an allocation) let another thread close the
+         * loop, which drops both. */
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        Py_CLEAR(h);
+    }
     if (h == NULL) {
         Py_XDECREF(ctx);
         Py_DECREF(args);
