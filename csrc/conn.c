@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 /* Lingering close bounds (nginx: lingering_time 30 s, lingering_timeout
@@ -83,6 +84,28 @@ conn_on_handle_close(uv_handle_t *h)
     Py_DECREF(srv);
 }
 
+/* The peer ended its side (FIN, close_notify) and we close at once: the
+ * transport says goodbye too (TLS close_notify, which a client closing
+ * cleanly waits for), in one try that waits for nothing. */
+static void
+conn_say_goodbye(cd_conn_t *c)
+{
+    if (!(c->flags & CD_CONN_F_EOF) || c->transport == NULL ||
+        c->transport->shutdown == NULL ||
+        (c->flags & (CD_CONN_F_TP_SHUT | CD_CONN_F_SHUT_WR)) ||
+        c->writes_in_flight > 0) {
+        return;
+    }
+    c->flags |= CD_CONN_F_TP_SHUT;
+    if (c->transport->shutdown(c) <= 0) {
+        return;
+    }
+    cd_outq_t *q = c->transport->encode(c);
+    if (q != NULL && q->n > 0) {
+        (void)uv_try_write(&c->io.stream, q->bufs, q->n);
+    }
+}
+
 void
 cd_conn_close(cd_conn_t *c)
 {
@@ -92,6 +115,7 @@ cd_conn_close(cd_conn_t *c)
     c->state = CD_CONN_CLOSING;
     conn_uncork(c);
     outq_clear(&c->outq);
+    conn_say_goodbye(c);
     if (c->proto != NULL) {
         c->proto->on_close(c);
     }
@@ -317,8 +341,12 @@ conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_linger_on_read(c, nread);
         return;
     }
+    if (nread == UV_EOF) {
+        conn_on_eof(c); /* The peer's FIN: maybe only a half-close. */
+        return;
+    }
     if (nread < 0) {
-        conn_on_eof(c);
+        cd_conn_close(c); /* A reset: the peer is gone. */
         return;
     }
     int then_eof = 0;
@@ -413,18 +441,27 @@ conn_read_release(cd_conn_t *c)
 }
 
 /* Only UV_DISCONNECT is asked for: the peer's FIN (even behind unread
- * data: EPOLLRDHUP), or a hang-up or error, which end the conn too. */
+ * data: EPOLLRDHUP), or a hang-up or error.  A pending socket error (a
+ * reset) closes the conn; a FIN is an EOF, as when reading. */
 static void
 conn_on_hup(uv_poll_t *h, int status, int events)
 {
     cd_conn_t *c = (cd_conn_t *)h->data;
-    (void)status;
+    int err = 0;
+    socklen_t len = sizeof(err);
     (void)events;
     cd_gil_ensure(c->server->loop);
     uv_poll_stop(h);
-    if (c->state != CD_CONN_CLOSING) {
-        conn_on_eof(c);
+    if (c->state == CD_CONN_CLOSING) {
+        return;
     }
+    if (status < 0 ||
+        getsockopt(c->hup_fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 ||
+        err != 0) {
+        cd_conn_close(c);
+        return;
+    }
+    conn_on_eof(c);
 }
 
 static int

@@ -77,6 +77,15 @@ msg_disconnect(cd_state *st)
     return Py_BuildValue("{OO}", st->s_type, st->s_http_disconnect);
 }
 
+/* The peer sent its FIN after the whole request (http1.c http1_on_eof):
+ * a receive() after the body says http.disconnect, as when it left, yet
+ * a response the app sends still goes out. */
+static inline int
+peer_ended(const cd_cycle_t *cy)
+{
+    return cy->conn != NULL && (cy->conn->flags & CD_CONN_F_EOF);
+}
+
 /* New reference to the next message for receive(), or NULL without an
  * exception when the app has to wait. */
 static PyObject *
@@ -120,7 +129,7 @@ take_message(cd_cycle_t *cy)
     if (cy->disconnect_delivered) {
         return NULL; /* Delivered once; the close timeout bounds the app. */
     }
-    if (cy->disconnected || cy->resp == CD_RESP_DONE) {
+    if (cy->disconnected || cy->resp == CD_RESP_DONE || peer_ended(cy)) {
         cy->disconnect_delivered = 1;
         cd_cycle_arm_close_timeout(cy);
         return msg_disconnect(st);
@@ -136,7 +145,7 @@ has_message(cd_cycle_t *cy)
         return cy->body.len > 0 || cy->body_complete;
     }
     return !cy->disconnect_delivered &&
-           (cy->disconnected || cy->resp == CD_RESP_DONE);
+           (cy->disconnected || cy->resp == CD_RESP_DONE || peer_ended(cy));
 }
 
 PyObject *
@@ -869,7 +878,13 @@ http_on_task_done(cd_cycle_t *cy, cd_task_end_t end)
 {
     switch (end) {
     case CD_TASK_RETURNED:
-        if (cy->resp != CD_RESP_DONE && !cy->disconnected) {
+        if (cy->resp != CD_RESP_DONE && !cy->disconnected &&
+            cy->disconnect_delivered && cy->conn != NULL) {
+            /* The app took the peer's FIN for its leaving (Django stops
+             * the view): no answer, and no error either. */
+            cd_conn_close_after_writes(cy->conn);
+        }
+        else if (cy->resp != CD_RESP_DONE && !cy->disconnected) {
             PyErr_SetString(PyExc_RuntimeError,
                             "ASGI application returned without "
                             "completing the response");

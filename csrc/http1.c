@@ -719,11 +719,48 @@ http1_activity(const cd_conn_t *c)
     return act;
 }
 
+/* The peer's FIN (or TLS close_notify): its input ended, which need not
+ * end the exchange (a half-close: `printf ... | nc -N`, health checkers,
+ * some proxies).  A request the app has whole is answered, and the ones
+ * pipelined before the FIN after it; then the conn closes (http1_after_eof).
+ * Meanwhile a receive() after the full body returns http.disconnect, as
+ * when the client left: the wire cannot tell the two apart until a write
+ * fails.  Anything else (idle, a head or body cut short) ends here. */
+static void
+http1_on_eof(cd_conn_t *c)
+{
+    cd_cycle_t *cy = c->cycle;
+    if (c->state == CD_CONN_ACTIVE && cy != NULL && cy->body_complete &&
+        !cy->disconnected) {
+        cd_cycle_wake_receiver(cy);
+        return;
+    }
+    cd_conn_close(c);
+}
+
+/* After a response on a conn whose peer sent its FIN: what was pipelined
+ * before it is parsed; once no request is left whole, the conn closes
+ * after its writes, so nothing half-closed outlives its last answer. */
+static void
+http1_after_eof(cd_conn_t *c)
+{
+    if (!(c->flags & CD_CONN_F_EOF) || c->state == CD_CONN_CLOSING ||
+        (c->flags & (CD_CONN_F_CLOSE_AFTER | CD_CONN_F_LINGER))) {
+        return;
+    }
+    if (c->state == CD_CONN_HEAD ||
+        (c->cycle != NULL && !c->cycle->body_complete)) {
+        /* Nothing more, or a body that can never end: the app of the
+         * latter gets http.disconnect when the conn closes. */
+        cd_conn_close_after_writes(c);
+    }
+}
+
 const cd_proto_t cd_http1_proto = {
     .name = "http/1.1",
     .open = http1_open,
     .on_read = http1_on_read,
-    .on_eof = cd_conn_close,
+    .on_eof = http1_on_eof,
     .on_timeout = http1_on_timeout,
     .on_drain = cd_cycle_conn_on_drain,
     .on_close = cd_cycle_conn_on_close,
@@ -876,6 +913,7 @@ cd_http1_response_done(cd_conn_t *c, int keep_alive)
     cd_conn_timer_start(c, c->server->cfg.keepalive_timeout);
     cd_conn_read_start(c);
     http1_parse(h);
+    http1_after_eof(c);
 }
 
 const char *
@@ -991,6 +1029,15 @@ cd_http1_continue(cd_cycle_t *cy)
     }
 }
 
+/* The peer sent its FIN and no pipelined byte waits: this response is
+ * the conn's last (it says "connection: close"). */
+static int
+last_before_eof(const cd_cycle_t *cy)
+{
+    const cd_conn_t *c = cy->conn;
+    return c != NULL && (c->flags & CD_CONN_F_EOF) && c->in.len == 0;
+}
+
 /* Appends the response head to out (the head writer below).  `final`
  * says whether the first body message is also the last (then the length
  * is known). */
@@ -1005,7 +1052,7 @@ build_head(cd_cycle_t *cy, size_t first_len, int final, cd_buf_t *out)
         .final = final,
         .first_len = first_len,
         .server_header = srv->server_header,
-        .keep_alive = cy->keep_alive && !srv->closing,
+        .keep_alive = cy->keep_alive && !srv->closing && !last_before_eof(cy),
     };
     if (cd_http1_head_write(out, &h, cy->resp_headers) < 0) {
         return -1;

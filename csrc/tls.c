@@ -782,12 +782,9 @@ tls_tp_read(cd_conn_t *c, const uv_buf_t *buf, size_t nread)
         tls_send_alert(c, tc);
         return r;
     }
-    if (r == CD_TLS_EOF) {
-        /* The peer's close_notify: ours goes back at once (the conn
-         * closes at EOF), for a client that waits for it. */
-        cd_tls_shutdown(tc->tls);
-        tls_send_alert(c, tc);
-    }
+    /* The peer's close_notify (CD_TLS_EOF) is its FIN: ours follows the
+     * last response (conn.c conn_transport_shutdown), or goes at once if
+     * the conn closes now (conn_say_goodbye). */
     size_t own = cd_tls_out_pending(tc->tls);
     if (own > 0) {
         cd_conn_want_flush(c); /* Handshake records, tickets, KeyUpdate. */

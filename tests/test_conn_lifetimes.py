@@ -460,3 +460,86 @@ def test_default_body_rate_lets_a_10_kb_per_second_upload_pass(serve, tmp_path):
         reply, _ = trickle(sock, b"x" * 60_000, 1000, 0.1)  # 10 KB/s for 6 s
     assert reply.startswith(b"HTTP/1.1 200 "), reply[:100]
     assert reply.endswith(b"got 60000")
+
+
+# ---- half-close: the client's FIN after its request ------------------------
+
+
+def test_request_then_fin_is_answered_then_closed(serve):
+    # `printf 'GET / ...' | nc -N`, health checkers, some proxies: the
+    # request, then shutdown(SHUT_WR).  The FIN ends the client's input, not
+    # the exchange: the response is written, then the server closes.
+    proc = serve(APP)
+    with connect(proc) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        reader = Reader(sock)
+        resp = reader.response()
+        assert (resp.status, resp.body) == (200, b"ok")
+        assert reader.read_to_eof() == b""
+
+
+def test_pipelined_requests_then_fin_are_all_answered_in_order(serve):
+    proc = serve(APP)
+    with connect(proc) as sock:
+        sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /server HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+        )
+        sock.shutdown(socket.SHUT_WR)
+        reader = Reader(sock)
+        first, second, third = reader.response(), reader.response(), reader.response()
+        assert (first.status, first.body) == (200, b"ok")
+        assert second.status == 200 and b'"server"' in second.body
+        assert (third.status, third.body) == (200, b"got 3")
+        assert reader.read_to_eof() == b""
+
+
+def test_fin_reaches_an_app_waiting_in_receive_and_its_answer_still_goes_out(serve, tmp_path):
+    # After the whole body, receive() says http.disconnect at the FIN, as
+    # when the client left (a long-poll app cleans up: the wire cannot tell
+    # a half-close from a departure); the response it sends anyway is
+    # written, for a client that only half-closed.
+    proc = serve(APP, env={"CDAPHNE_TEST_DIR": str(tmp_path)})
+    with connect(proc) as sock:
+        sock.sendall(b"GET /wait_disconnect HTTP/1.1\r\nHost: x\r\n\r\n")
+        recorded(tmp_path, "waiting")
+        sock.shutdown(socket.SHUT_WR)
+        assert recorded(tmp_path, "wait_disconnect")["msg"] == {"type": "http.disconnect"}
+        reader = Reader(sock)
+        resp = reader.response()
+        assert (resp.status, resp.body) == (200, b"late")
+        assert reader.read_to_eof() == b""
+
+
+@pytest.mark.parametrize("cut", ["head", "body"])
+def test_fin_inside_a_request_closes_and_disconnects_the_app(serve, tmp_path, cut):
+    # A request that can never end is not kept: nothing answers a cut head,
+    # and the app reading a cut body gets http.disconnect.
+    proc = serve(APP, env={"CDAPHNE_TEST_DIR": str(tmp_path)})
+    with connect(proc) as sock:
+        if cut == "head":
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        else:
+            sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        sock.shutdown(socket.SHUT_WR)
+        assert read_reply(sock) == b""
+    if cut == "body":
+        assert recorded(tmp_path, "upload")["last"] == "http.disconnect"
+
+
+def test_fin_behind_a_pipelined_request_with_its_body_cut_ends_it(serve, tmp_path):
+    # The first request is answered; the second's body can never end: its
+    # app gets http.disconnect and the conn closes after the first answer.
+    proc = serve(APP, env={"CDAPHNE_TEST_DIR": str(tmp_path)})
+    with connect(proc) as sock:
+        sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"
+        )
+        sock.shutdown(socket.SHUT_WR)
+        reader = Reader(sock)
+        assert reader.response().body == b"ok"
+        assert reader.read_to_eof() == b""
+    assert recorded(tmp_path, "upload")["last"] == "http.disconnect"

@@ -513,3 +513,44 @@ def test_limit_concurrency_answers_503_over_tls(serve, pki):
             extra.sendall(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert Reader(extra).response().status == 503
     wait_until(lambda: get(proc, pki, "/hello").status_code == 200, 3)
+
+
+def test_request_then_close_notify_is_answered_then_ours(tls_server, pki):
+    # TLS's half-close: the request, then the client's close_notify with
+    # the TCP connection left open (Python's unwrap(), TLS 1.3 allows it).
+    # As after a plain FIN, the response is written, then our close_notify.
+    for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+        ctx = client_ctx(pki)
+        ctx.maximum_version = version
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+        with socket.create_connection(("127.0.0.1", tls_server.port), timeout=10) as sock:
+            while True:
+                try:
+                    obj.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    sock.sendall(outgoing.read())
+                    data = sock.recv(65536)
+                    assert data, "closed during the handshake"
+                    incoming.write(data)
+            obj.write(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            with pytest.raises(ssl.SSLWantReadError):
+                obj.unwrap()  # Queues our close_notify; the server's is read below.
+            sock.sendall(outgoing.read())
+            plain, closed = b"", False
+            while not closed:
+                data = sock.recv(65536)
+                assert data, f"EOF without close_notify after {plain!r}"
+                incoming.write(data)
+                while True:
+                    try:
+                        plain += obj.read(65536)
+                    except ssl.SSLWantReadError:
+                        break
+                    except ssl.SSLZeroReturnError:
+                        closed = True
+                        break
+            assert plain.startswith(b"HTTP/1.1 200 "), plain
+            assert plain.endswith(b"Hello, world!")
+            assert sock.recv(100) == b""

@@ -682,3 +682,19 @@ def test_idle_connections_cost_no_cpu():
         for sock in socks:
             sock.close()
         assert used < 0.2, f"1000 idle WebSockets used {used:.2f}s of CPU in 2s"
+
+
+def test_fin_on_a_websocket_is_a_disconnect_1006(server):
+    # Unlike an HTTP request's half-close, a FIN on a WebSocket ends it.
+    sock = raw_handshake(server.port, "/record?halfclose")
+    before = len(events(server))
+    sock.shutdown(socket.SHUT_WR)
+    sock.settimeout(5)
+    try:
+        assert sock.recv(65536) == b""
+    except ConnectionResetError:
+        pass
+    sock.close()
+    time.sleep(0.3)
+    new = [e for e in events(server)[before:] if e["event"] == "websocket.disconnect"]
+    assert new == [{"event": "websocket.disconnect", "code": 1006, "reason": ""}]
