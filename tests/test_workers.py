@@ -311,6 +311,21 @@ def test_a_lifespan_startup_failure_is_reported_once():
     ], result.stderr
 
 
+def test_a_lifespan_startup_exception_is_reported_once_with_its_traceback():
+    # Regression: each worker logged its own traceback before the
+    # supervisor's one line; now the line comes once, with the first
+    # failing worker's traceback under it.
+    result = run_cli("-p", "0", "--workers", "3", "--lifespan", "on",
+                     "tests.apps.lifespan:startup_raises")
+    assert result.returncode == 3  # as one server
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == ("cdaphne: error: a worker failed to boot: Application startup failed: "
+                        "RuntimeError: cannot connect to the database"), result.stderr
+    assert lines[1] == "Traceback (most recent call last):", result.stderr
+    assert result.stderr.count("Traceback") == 1, result.stderr
+    assert lines[-1] == "RuntimeError: cannot connect to the database", result.stderr
+
+
 def test_a_replacement_that_cannot_boot_is_reported_by_the_supervisor(serve, tmp_path):
     # A rolling restart after a broken deploy: the old workers keep serving
     # and the supervisor's log says why the new one failed (the worker no

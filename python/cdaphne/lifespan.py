@@ -25,6 +25,9 @@ class Lifespan:
         self.state: dict[str, Any] = {}
         self.enabled = mode != "off"
         self.failed_message: str | None = None
+        # What the app raised before answering startup (mode "on"): the
+        # server logs it with its report (a supervisor once for all).
+        self.startup_error: BaseException | None = None
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._startup_done = asyncio.Event()
         self._shutdown_done = asyncio.Event()
@@ -82,7 +85,7 @@ class Lifespan:
                 logger.info("ASGI 'lifespan' protocol appears unsupported (%s).", exc)
                 self.enabled = False
             else:
-                logger.exception("Exception in 'lifespan' protocol")
+                self.startup_error = exc
                 self.failed_message = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise

@@ -70,8 +70,10 @@ class Server:
         """Why the server could not start: one line on stderr."""
         print(f"cdaphne: error: {message}", file=sys.stderr)
 
-    def _report_startup_failure(self, text: str) -> None:
-        """The app's lifespan startup failed: logged."""
+    def _report_startup_failure(self, text: str, exc: BaseException | None) -> None:
+        """The app's lifespan startup failed: logged, with what it raised."""
+        if exc is not None:
+            logger.error("Exception in 'lifespan' protocol", exc_info=exc)
         logger.error("%s", text)
 
     def request_stop(self) -> None:
@@ -125,7 +127,7 @@ class Server:
             logger.info("Stopped during application startup")
             return 0
         if not started:
-            self._report_startup_failure(lifespan.startup_failure_text())
+            self._report_startup_failure(lifespan.startup_failure_text(), lifespan.startup_error)
             return 3
         try:
             links = await _pubsub.start_links(config)

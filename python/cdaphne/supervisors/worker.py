@@ -30,6 +30,7 @@ import random
 import socket
 import struct
 import sys
+import traceback
 from typing import Any
 
 from ..config import Bind, Config
@@ -105,9 +106,14 @@ class WorkerServer(Server):
         if not self._tell_supervisor(message):
             super()._report_error(message)
 
-    def _report_startup_failure(self, text: str) -> None:
-        if not self._tell_supervisor(text):
-            super()._report_startup_failure(text)
+    def _report_startup_failure(self, text: str, exc: BaseException | None) -> None:
+        # The line, then the traceback: the supervisor prints the first
+        # failing worker's only.
+        full = text
+        if exc is not None:
+            full += "\n" + "".join(traceback.format_exception(exc)).rstrip()
+        if not self._tell_supervisor(full):
+            super()._report_startup_failure(text, exc)
 
     def _tell_supervisor(self, text: str) -> bool:
         try:
