@@ -379,15 +379,33 @@ conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
 }
 
+static void conn_on_hup(uv_poll_t *h, int status, int events);
+static int conn_hup_init(cd_conn_t *c);
+
+/* Watches for the peer leaving while nothing reads (c->hup). */
+static void
+conn_hup_watch(cd_conn_t *c)
+{
+    if (c->state == CD_CONN_CLOSING || (c->flags & CD_CONN_F_EOF)) {
+        return;
+    }
+    if (!(c->flags & CD_CONN_F_HUP_INIT) && conn_hup_init(c) < 0) {
+        return; /* Without the watch: the timers or the app's end close it. */
+    }
+    uv_poll_start(&c->hup, UV_DISCONNECT, conn_on_hup);
+}
+
 void
 cd_conn_read_start(cd_conn_t *c)
 {
+    c->flags &= ~CD_CONN_F_WATCH_HUP; /* A pause ends. */
+    if ((c->flags & CD_CONN_F_HELD) && !(c->flags & CD_CONN_F_LINGER)) {
+        c->flags |= CD_CONN_F_WANT_READ; /* Once the output drains; the
+                                            hold's watch goes on. */
+        return;
+    }
     if (c->flags & CD_CONN_F_HUP_INIT) {
         uv_poll_stop(&c->hup);
-    }
-    if ((c->flags & CD_CONN_F_HELD) && !(c->flags & CD_CONN_F_LINGER)) {
-        c->flags |= CD_CONN_F_WANT_READ; /* Once the output drains. */
-        return;
     }
     if ((c->flags & (CD_CONN_F_READING | CD_CONN_F_EOF)) ||
         c->state == CD_CONN_CLOSING) {
@@ -405,13 +423,13 @@ cd_conn_read_start(cd_conn_t *c)
 void
 cd_conn_read_stop(cd_conn_t *c)
 {
-    if (c->flags & CD_CONN_F_HUP_INIT) {
-        uv_poll_stop(&c->hup);
-    }
-    c->flags &= ~CD_CONN_F_WANT_READ;
+    c->flags &= ~(CD_CONN_F_WANT_READ | CD_CONN_F_WATCH_HUP);
     if (c->flags & CD_CONN_F_READING) {
         uv_read_stop(&c->io.stream);
         c->flags &= ~CD_CONN_F_READING;
+    }
+    if ((c->flags & CD_CONN_F_HUP_INIT) && !(c->flags & CD_CONN_F_HELD)) {
+        uv_poll_stop(&c->hup);
     }
 }
 
@@ -427,9 +445,13 @@ cd_conn_read_hold(cd_conn_t *c)
         c->flags |= CD_CONN_F_WANT_READ;
     }
     c->flags |= CD_CONN_F_HELD;
+    if (!(c->flags & CD_CONN_F_LINGER)) {
+        conn_hup_watch(c); /* A peer that leaves is still seen. */
+    }
 }
 
-/* The output drained: reading resumes if the protocol wants it. */
+/* The output drained: reading resumes if the protocol wants it; else
+ * the watch stays only if the protocol paused (cd_conn_read_pause). */
 static void
 conn_read_release(cd_conn_t *c)
 {
@@ -438,11 +460,17 @@ conn_read_release(cd_conn_t *c)
         c->flags &= ~CD_CONN_F_WANT_READ;
         cd_conn_read_start(c);
     }
+    else if ((c->flags & CD_CONN_F_HUP_INIT) &&
+             !(c->flags & CD_CONN_F_WATCH_HUP)) {
+        uv_poll_stop(&c->hup);
+    }
 }
 
 /* Only UV_DISCONNECT is asked for: the peer's FIN (even behind unread
  * data: EPOLLRDHUP), or a hang-up or error.  A pending socket error (a
- * reset) closes the conn; a FIN is an EOF, as when reading. */
+ * reset) closes the conn; a FIN is an EOF, as when reading, unless the
+ * conn already closes once its writes are out (they, or the timers, end
+ * it: a peer that half-closed may still read them). */
 static void
 conn_on_hup(uv_poll_t *h, int status, int events)
 {
@@ -461,7 +489,9 @@ conn_on_hup(uv_poll_t *h, int status, int events)
         cd_conn_close(c);
         return;
     }
-    conn_on_eof(c);
+    if (!(c->flags & CD_CONN_F_CLOSE_AFTER)) {
+        conn_on_eof(c);
+    }
 }
 
 static int
@@ -495,10 +525,8 @@ cd_conn_read_pause(cd_conn_t *c)
     if (c->state == CD_CONN_CLOSING || (c->flags & CD_CONN_F_EOF)) {
         return;
     }
-    if (!(c->flags & CD_CONN_F_HUP_INIT) && conn_hup_init(c) < 0) {
-        return; /* Paused without the watch: the app's end closes it. */
-    }
-    uv_poll_start(&c->hup, UV_DISCONNECT, conn_on_hup);
+    c->flags |= CD_CONN_F_WATCH_HUP;
+    conn_hup_watch(c);
 }
 
 static void

@@ -555,6 +555,7 @@ enum {
     CD_CONN_F_OVER_LIMIT = 1 << 13, /* beyond --limit-concurrency */
     CD_CONN_F_HELD = 1 << 14,       /* the transport holds reading */
     CD_CONN_F_WANT_READ = 1 << 15,  /* reading resumes when released */
+    CD_CONN_F_WATCH_HUP = 1 << 16,  /* paused: c->hup watches the peer */
 };
 
 /* Output written during one loop turn, sent with one writev before the
@@ -688,7 +689,7 @@ struct cd_conn_s {
     /* A second timer for the protocol (HTTP/1: the minimum body rate). */
     uv_timer_t proto_timer;
 
-    /* The peer's FIN or RST while reading is paused (cd_conn_read_pause):
+    /* The peer's FIN or RST while reading is paused or held:
      * a poll of a dup of the socket, since libuv takes one watcher per
      * fd.  Made on the first pause; closed with the conn. */
     uv_poll_t hup;
@@ -714,12 +715,13 @@ void cd_conn_read_stop(cd_conn_t *c);
  * FIN behind unread data, or an RST), which ends the conn as an EOF does
  * while reading.  cd_conn_read_start or _stop ends the pause. */
 void cd_conn_read_pause(cd_conn_t *c);
-/* For transports: stop reading while the conn's queued output is above
- * --write-buffer-size because of bytes the transport made itself (TLS
- * alerts and handshake records for a peer that never reads).  The
- * protocol's read_start and _stop still say whether it wants to read;
- * reading resumes, if it does, once the output drains below half the
- * mark.  The conn's timers run on. */
+/* Stop reading while the conn's queued output is above
+ * --write-buffer-size because of bytes the server made itself for a
+ * peer that never reads (TLS alerts and handshake records, WebSocket
+ * pongs).  The protocol's read_start and _stop still say whether it
+ * wants to read; reading resumes, if it does, once the output drains
+ * below half the mark.  Meanwhile the peer leaving is still seen (its
+ * FIN is an EOF, a reset closes), and the conn's timers run on. */
 void cd_conn_read_hold(cd_conn_t *c);
 void cd_conn_timer_start(cd_conn_t *c, uint64_t ms);
 void cd_conn_timer_stop(cd_conn_t *c);

@@ -9,11 +9,12 @@ import hmac
 import json
 import socket
 import ssl
+import time
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .conftest import Reader
+from .conftest import Reader, wait_until
 from .test_http_resources import rss_kb
 from .test_tls import (  # noqa: F401
     APP,
@@ -304,4 +305,48 @@ def test_tls12_flooding_peer_held_from_reading_is_still_dropped_when_idle(serve,
                 pass
         except ConnectionResetError:
             pass
+    assert get(proc, pki, "/hello").status_code == 200
+
+
+def _server_side(server_port: int, client_port: int) -> tuple[int, int] | None:
+    """(TCP state, bytes unread) of the server's socket for that client,
+    from /proc/net/tcp; None once it is gone."""
+    local = f"0100007F:{server_port:04X}"
+    remote = f"0100007F:{client_port:04X}"
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[2] == remote:
+                return int(fields[3], 16), int(fields[4].split(":")[1], 16)
+    return None
+
+
+TCP_ESTABLISHED, TCP_CLOSE_WAIT = 0x01, 0x08
+
+
+def test_peer_leaving_a_tls_conn_held_from_reading_is_seen(serve, pki, tmp_path):  # noqa: F811
+    # Regression: a conn holding its reading (the peer sent records that
+    # make OpenSSL answer and reads none of it) watched for nothing but a
+    # write error; the peer's FIN waited for the timers (here 120 s).  The
+    # hold now watches for it, as a paused conn does.
+    proc = serve(APP, *tls_flags(pki, "--timeout-keep-alive", "120", "--header-timeout", "120"))
+    flooder = ClientHelloForger(proc, pki, tmp_path / "keys")
+    with flooder.sock:
+        client_port = flooder.sock.getsockname()[1]
+        flooder.sock.settimeout(10)
+        held = False
+        for _ in range(1000):  # Until the server leaves bytes unread.
+            flooder.sock.sendall(flooder.batch())
+            time.sleep(0.05)  # The server reads what it takes meanwhile.
+            side = _server_side(proc.port, client_port)
+            if side is not None and side[1] > 0:
+                time.sleep(0.3)
+                again = _server_side(proc.port, client_port)
+                if again is not None and again[1] >= side[1]:
+                    held = True
+                    break
+        assert held, "the server read everything"
+        flooder.sock.shutdown(socket.SHUT_WR)
+        wait_until(lambda: (_server_side(proc.port, client_port) or (0, 0))[0]
+                   not in (TCP_ESTABLISHED, TCP_CLOSE_WAIT), timeout=10)
     assert get(proc, pki, "/hello").status_code == 200
