@@ -81,8 +81,6 @@ struct cd_ws_s {
     int qhead, qlen, qcap;
     size_t qbytes;        /* payload bytes in the queue */
     int queue_full;       /* reading stopped until the app catches up */
-    int write_full;       /* reading stopped until our frames drain (pongs to a
-                             peer that does not read) */
     uint64_t frag_bytes;  /* data frames of the message being received */
     uint64_t frag_frames; /* how many frames it came in so far */
     int connect_delivered;
@@ -232,8 +230,8 @@ ws_read_resume(cd_cycle_t *cy)
     if (c->in.len > 0) {
         ws_on_read(c);
     }
-    if (!ws->queue_full && !ws->write_full && ws->state == CD_WS_OPEN) {
-        cd_conn_read_start(c);
+    if (!ws->queue_full && ws->state == CD_WS_OPEN) {
+        cd_conn_read_start(c); /* Once our frames drain, if held. */
     }
 }
 
@@ -253,9 +251,10 @@ queue_check_low(cd_cycle_t *cy)
 
 /* After a read: the frames it brought may have queued answers of ours
  * (a pong per ping; `before`: the bytes queued until then) that a peer
- * which does not read leaves in our write queue.  Stop reading above
- * --write-buffer-size, as send() waits there, still watching for the
- * peer leaving; ws_on_drain reads again. */
+ * which does not read leaves in our write queue.  Above
+ * --write-buffer-size, as send() waits there, the conn holds reading
+ * (cd_conn_read_hold: the peer leaving is still seen) until our frames
+ * drain, as it does for TLS's own records. */
 static void
 write_check_high(cd_cycle_t *cy, size_t before)
 {
@@ -263,8 +262,7 @@ write_check_high(cd_cycle_t *cy, size_t before)
     if (c != NULL && cy->ws->state == CD_WS_OPEN &&
         c->state != CD_CONN_CLOSING && c->write_queued > before &&
         c->write_queued > cy->server->cfg.write_high_water) {
-        cy->ws->write_full = 1;
-        cd_conn_read_pause(c);
+        cd_conn_read_hold(c);
     }
 }
 
@@ -1485,9 +1483,9 @@ ws_on_timeout(cd_conn_t *c)
         }
         if (ws->queue_full) {
             /* We stopped reading (the app is behind), so the peer's pong
-             * may be unread: it is not silent.  Not so when we stopped
-             * because the peer does not read (write_full): that peer the
-             * ping timeout is for. */
+             * may be unread: it is not silent.  Not so when the conn
+             * holds reading because the peer does not read (write_check_
+             * high): that peer the ping timeout is for. */
             ws->pong_pending = 0;
             cd_conn_timer_start(c, cfg->ping_interval);
             return;
@@ -1534,19 +1532,6 @@ ws_shutdown(cd_conn_t *c)
     cd_conn_close(c);
 }
 
-/* Our writes drained below half the high-water mark: a send() waiting
- * goes on, and reading, if the write queue stopped it, starts again. */
-static void
-ws_on_drain(cd_conn_t *c)
-{
-    cd_cycle_conn_on_drain(c);
-    cd_cycle_t *cy = c->cycle;
-    if (cy != NULL && cy->ws != NULL && cy->ws->write_full) {
-        cy->ws->write_full = 0;
-        ws_read_resume(cy);
-    }
-}
-
 /* Open until the close handshake: shutdown waits, then sends 1012. */
 static int
 ws_activity(const cd_conn_t *c)
@@ -1559,7 +1544,7 @@ const cd_proto_t cd_ws_proto = {
     .on_read = ws_on_read,
     .on_eof = cd_conn_close,
     .on_timeout = ws_on_timeout,
-    .on_drain = ws_on_drain,
+    .on_drain = cd_cycle_conn_on_drain, /* after the hold's release */
     .on_close = cd_cycle_conn_on_close,
     .shutdown = ws_shutdown,
     .activity = ws_activity,
