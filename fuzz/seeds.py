@@ -208,6 +208,25 @@ def http_seeds() -> dict[str, bytes]:
     seeds["rst-mid-body"] = Enc(0).u8(8, 0, 0, POST).blob(b"").u8(255, V11, 1, 1).blob(b"z" * 60) \
         .write(30).step().rst().step(2).bytes()
     seeds["eof-after-request"] = simple(2, resp=False).eof().step(2).bytes()
+    # Half-close: the FIN after a whole request; the app reads on (the
+    # disconnect comes at the FIN), answers anyway, and its answer goes out.
+    e = simple(2, resp=False).eof().step(2)
+    receive(e)
+    receive(e)
+    start(e)
+    body(e, b"late")
+    seeds["eof-after-request-answered"] = e.step(2).bytes()
+    e = Enc(2)
+    request(e)
+    request(e, path=b"second")
+    request(e, POST, body=b"abc")
+    e.write().eof().step(2)
+    for _ in range(3):
+        receive(e)
+        start(e)
+        body(e, b"k")
+        e.step(2)
+    seeds["eof-after-pipelined"] = e.bytes()
     e = simple(2, resp=False)
     app(e, 11)
     seeds["app-raises"] = e.step(3).bytes()
