@@ -553,7 +553,7 @@ enum {
     CD_CONN_F_HUP_INIT = 1 << 11,   /* hup and hup_fd exist */
     CD_CONN_F_TP_SHUT = 1 << 12,    /* the transport's shutdown ran */
     CD_CONN_F_OVER_LIMIT = 1 << 13, /* beyond --limit-concurrency */
-    CD_CONN_F_HELD = 1 << 14,       /* the transport holds reading */
+    CD_CONN_F_HELD = 1 << 14,       /* reading held: our output is high */
     CD_CONN_F_WANT_READ = 1 << 15,  /* reading resumes when released */
     CD_CONN_F_WATCH_HUP = 1 << 16,  /* paused: c->hup watches the peer */
 };
@@ -691,7 +691,7 @@ struct cd_conn_s {
 
     /* The peer's FIN or RST while reading is paused or held:
      * a poll of a dup of the socket, since libuv takes one watcher per
-     * fd.  Made on the first pause; closed with the conn. */
+     * fd.  Made on the first pause or hold; closed with the conn. */
     uv_poll_t hup;
     int hup_fd; /* owned: the dup, while CD_CONN_F_HUP_INIT */
 };
