@@ -543,3 +543,17 @@ def test_fin_behind_a_pipelined_request_with_its_body_cut_ends_it(serve, tmp_pat
         assert reader.response().body == b"ok"
         assert reader.read_to_eof() == b""
     assert recorded(tmp_path, "upload")["last"] == "http.disconnect"
+
+
+def test_client_that_closed_fully_is_a_disconnect_once_a_write_fails(serve, tmp_path):
+    # A full close() sends the same FIN as a half-close: the response goes
+    # on, the client's kernel answers it with a reset, and the failed write
+    # is the disconnect (the app that never reads is cancelled after
+    # --application-close-timeout).
+    proc = serve(APP, "--application-close-timeout", "1",
+                 env={"CDAPHNE_TEST_DIR": str(tmp_path)})
+    sock = connect(proc)
+    sock.sendall(b"GET /stream_forever HTTP/1.1\r\nHost: x\r\n\r\n")
+    recorded(tmp_path, "stream_started")
+    sock.close()
+    assert recorded(tmp_path, "stream", timeout=10)["outcome"] == "cancelled"

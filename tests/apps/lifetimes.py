@@ -103,10 +103,27 @@ async def wait_disconnect(scope, receive, send):
     await send_text(send, b"late")
 
 
+async def stream_forever(scope, receive, send):
+    """Streams chunks and never reads; records how it ended."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    _record("stream_started", {})
+    outcome = "returned"
+    try:
+        while True:
+            await send({"type": "http.response.body", "body": b"x" * 1024, "more_body": True})
+            await asyncio.sleep(0.02)
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        raise
+    finally:
+        _record("stream", {"outcome": outcome})
+
+
 ROUTES = {
     "/server": server_view,
     "/wait_disconnect": wait_disconnect,
     "/forever": forever,
     "/upload": upload,
     "/upload_streaming": upload_streaming,
+    "/stream_forever": stream_forever,
 }
