@@ -557,3 +557,16 @@ def test_client_that_closed_fully_is_a_disconnect_once_a_write_fails(serve, tmp_
     recorded(tmp_path, "stream_started")
     sock.close()
     assert recorded(tmp_path, "stream", timeout=10)["outcome"] == "cancelled"
+
+
+def test_half_closed_request_the_app_never_answers_ends_at_the_http_timeout(serve, tmp_path):
+    # A half-closed conn is bounded as any request with the app: by
+    # -t/--http-timeout (503 before the response started), then it closes.
+    proc = serve(APP, "--http-timeout", "1", env={"CDAPHNE_TEST_DIR": str(tmp_path)})
+    with connect(proc) as sock:
+        sock.sendall(b"GET /forever HTTP/1.1\r\nHost: x\r\n\r\n")
+        recorded(tmp_path, "forever_started")
+        sock.shutdown(socket.SHUT_WR)
+        reader = Reader(sock, timeout=10)
+        assert reader.response().status == 503
+        assert reader.read_to_eof() == b""
