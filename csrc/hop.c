@@ -25,28 +25,63 @@
  * lock (the worker sets them before it runs the done callbacks, which is
  * when a hop is queued).  add_done_callback() is done the same way: the
  * callback is appended while the future is not done, else run at once.
- * Other classes (and free-threaded builds) go through their methods. */
+ * Other classes (and free-threaded builds) go through their methods.
+ *
+ * A ThreadPoolExecutor itself (exactly that class, with its own submit)
+ * gets no concurrent future at all on CPython 3.11 to 3.13: run_in_executor
+ * does what its submit() does -- the same locks in the same order, the same
+ * checks, _work_queue.put(), _adjust_thread_count() -- with a C work item
+ * (_HopItem) in place of _WorkItem and its Future.  The executor's own
+ * worker thread calls its run(), which calls fn(*args) as _WorkItem.run
+ * does and queues the outcome here like a finished concurrent future.
+ * The item is its own `.future` for what the executor does to queued work
+ * (shutdown(cancel_futures=True) cancels it, a failed initializer sets
+ * BrokenThreadPool on it).  Cancelling the asyncio future before the
+ * worker starts the item skips the call, as cancelling the concurrent
+ * future does.  Each version's concurrent/futures/thread.py was read for
+ * this; 3.14 changed how workers run items, so it keeps the chain. */
 #include "internal.h"
 
 typedef enum {
-    CD_HOP_WAITING, /* the executor has not finished the work */
+    CD_HOP_WAITING, /* the executor has not finished (an item: not begun) */
+    CD_HOP_RUNNING, /* an item only: its worker is calling fn */
     CD_HOP_QUEUED,  /* finished: in loop->hops_head, not copied yet */
     CD_HOP_DONE,    /* state copied into dest (or dropped) */
 } cd_hop_state_t;
+
+/* How a work item ended (what its concurrent future would hold). */
+typedef enum {
+    CD_HOP_NONE,      /* not yet */
+    CD_HOP_RESULT,    /* outcome: what fn returned */
+    CD_HOP_EXCEPTION, /* outcome: what fn raised, or the executor set */
+    CD_HOP_CANCELLED, /* cancelled before it began */
+} cd_hop_outcome_t;
 
 struct cd_hop_s {
     PyObject_HEAD
     cd_loop_t *loop;  /* strong: the loop that completes dest */
     PyObject *dest;   /* strong: the asyncio future the caller awaits */
-    PyObject *source; /* strong: the concurrent future; NULL once done */
+    PyObject *source; /* strong: the concurrent future; NULL once done,
+                         and always for an item */
     cd_hop_t *next;   /* borrowed: next in loop->hops_head's chain */
     cd_hop_state_t state;
+    /* Work items (_HopItem) only. */
+    int item;                 /* 1: a work item (fields below in use) */
+    cd_hop_outcome_t outcome; /* set once, with state leaving WAITING or
+                                 RUNNING (DONE on a cancelled dest) */
+    PyObject *fn;             /* strong: what run() calls; NULL once it
+                                 began or will never begin */
+    PyObject *args;           /* strong: fn's arguments (tuple), likewise */
+    PyObject *value;          /* strong: the result or exception; NULL
+                                 until then and once copied or dropped */
 };
 
 static void
 hop_set_state(cd_hop_t *hop, cd_hop_state_t to)
 {
-    assert((hop->state == CD_HOP_WAITING && to != CD_HOP_WAITING) ||
+    assert((hop->state == CD_HOP_WAITING && to != CD_HOP_WAITING &&
+            (hop->item || to != CD_HOP_RUNNING)) ||
+           (hop->state == CD_HOP_RUNNING && to > CD_HOP_RUNNING) ||
            (hop->state == CD_HOP_QUEUED && to == CD_HOP_DONE));
     hop->state = to;
 }
@@ -103,19 +138,17 @@ cd_hop_wakeup(cd_loop_t *loop, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* The concurrent future finished (any thread, GIL held): queue the hop
- * for the loop's thread and wake it. */
-static int
-hop_on_source_done(cd_hop_t *hop)
+/* The work finished (any thread, GIL held): queue the hop for the loop's
+ * thread and wake it. */
+static void
+hop_enqueue(cd_hop_t *hop)
 {
     cd_loop_t *loop = hop->loop;
-    if (hop->state != CD_HOP_WAITING) {
-        return 0;
-    }
     if (loop->closed) {
         /* _chain_future: "if dest_loop.is_closed(): return". */
         hop_set_state(hop, CD_HOP_DONE);
-        return 0;
+        Py_CLEAR(hop->value);
+        return;
     }
     hop_set_state(hop, CD_HOP_QUEUED);
     Py_INCREF(hop);
@@ -128,6 +161,15 @@ hop_on_source_done(cd_hop_t *hop)
     }
     loop->hops_tail = hop;
     cd_loop_wake(loop);
+}
+
+/* The concurrent future finished. */
+static int
+hop_on_source_done(cd_hop_t *hop)
+{
+    if (hop->state == CD_HOP_WAITING) {
+        hop_enqueue(hop);
+    }
     return 0;
 }
 
@@ -137,7 +179,7 @@ static int
 hop_on_dest_done(cd_hop_t *hop)
 {
     cd_state *st = hop->loop->st;
-    if (hop->source == NULL) {
+    if (hop->item ? hop->state != CD_HOP_WAITING : hop->source == NULL) {
         return 0;
     }
     PyObject *r = PyObject_CallMethodNoArgs(hop->dest, st->s_cancelled);
@@ -148,6 +190,14 @@ hop_on_dest_done(cd_hop_t *hop)
     Py_DECREF(r);
     if (cancelled <= 0) {
         return cancelled;
+    }
+    if (hop->item) {
+        /* The worker will skip it; dest is cancelled already. */
+        hop->outcome = CD_HOP_CANCELLED;
+        hop_set_state(hop, CD_HOP_DONE);
+        Py_CLEAR(hop->fn);
+        Py_CLEAR(hop->args);
+        return 0;
     }
     r = PyObject_CallMethodNoArgs(hop->source, st->s_cancel);
     Py_XDECREF(r);
@@ -300,6 +350,37 @@ done:
     return rc;
 }
 
+/* _copy_future_state from a finished work item: as hop_copy_state, with
+ * the outcome the item's concurrent future would have held. */
+static int
+item_copy_state(cd_hop_t *hop)
+{
+    cd_state *st = hop->loop->st;
+    if (hop->dest == NULL) {
+        return 0; /* Cleared by the GC: nobody can await it. */
+    }
+    int v = call_test(hop->dest, st->s_cancelled);
+    if (v != 0) {
+        return v < 0 ? -1 : 0;
+    }
+    PyObject *r = PyObject_CallMethodOneArg(
+        hop->dest, st->s_remove_done_callback, (PyObject *)hop);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    if (hop->outcome == CD_HOP_CANCELLED) {
+        r = PyObject_CallMethodNoArgs(hop->dest, st->s_cancel);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    /* An exception set to None reads as a result of None, as there. */
+    PyObject *value = hop->value ? hop->value : Py_None;
+    return hop_set_outcome(hop,
+                           hop->outcome == CD_HOP_EXCEPTION ? value : Py_None,
+                           hop->outcome == CD_HOP_RESULT ? value : Py_None);
+}
+
 /* As asyncio reports an exception raised by a callback. */
 static void
 hop_report(cd_hop_t *hop)
@@ -339,12 +420,13 @@ cd_hop_drain(cd_loop_t *loop)
         }
         hop->next = NULL;
         hop_set_state(hop, CD_HOP_DONE);
-        if (hop_copy_state(hop) < 0) {
+        if ((hop->item ? item_copy_state(hop) : hop_copy_state(hop)) < 0) {
             hop_report(hop);
         }
         /* The concurrent future keeps its callbacks (this hop) after it
          * is done: drop the reference back to it, so no cycle is left. */
         Py_CLEAR(hop->source);
+        Py_CLEAR(hop->value);
         Py_DECREF(hop);
     }
 }
@@ -427,6 +509,9 @@ cd_hop_wrap(cd_loop_t *loop, PyObject *source)
     hop->source = Py_NewRef(source);
     hop->next = NULL;
     hop->state = CD_HOP_WAITING;
+    hop->item = 0;
+    hop->outcome = CD_HOP_NONE;
+    hop->fn = hop->args = hop->value = NULL;
     PyObject_GC_Track(hop);
     /* Same order as _chain_future: destination first. */
     r = PyObject_CallMethodOneArg(dest, st->s_add_done_callback,
@@ -446,6 +531,328 @@ fail:
     return NULL;
 }
 
+/* ---- Work items: ThreadPoolExecutor.submit() without its Future ---- */
+
+/* run(): _WorkItem.run on the executor's worker thread. */
+static PyObject *
+item_run(cd_hop_t *hop, PyObject *unused)
+{
+    if (hop->state != CD_HOP_WAITING || hop->fn == NULL) {
+        /* Cancelled: set_running_or_notify_cancel() would be false. */
+        Py_RETURN_NONE;
+    }
+    hop_set_state(hop, CD_HOP_RUNNING);
+    PyObject *fn = hop->fn, *args = hop->args;
+    hop->fn = hop->args = NULL;
+    PyObject *value = PyObject_Call(fn, args, NULL);
+    cd_hop_outcome_t outcome = CD_HOP_RESULT;
+    if (value == NULL) {
+        /* "except BaseException as exc": everything, SystemExit too. */
+        outcome = CD_HOP_EXCEPTION;
+        value = PyErr_GetRaisedException();
+    }
+    PyObject *res = Py_None;
+    if (hop->state == CD_HOP_RUNNING) {
+        hop->outcome = outcome;
+        hop->value = value;
+        hop_enqueue(hop);
+    }
+    else {
+        /* set_exception() came first: set_result() would raise. */
+        Py_DECREF(value);
+        PyErr_SetString(hop->loop->st->cf_InvalidStateError,
+                        "FINISHED: the work item's future is done");
+        res = NULL;
+    }
+    Py_DECREF(fn);
+    Py_DECREF(args);
+    return Py_XNewRef(res);
+}
+
+/* future.cancel(): what ThreadPoolExecutor.shutdown(cancel_futures=True)
+ * does to queued work; as concurrent.futures.Future.cancel(). */
+static PyObject *
+item_cancel(cd_hop_t *hop, PyObject *unused)
+{
+    switch (hop->state) {
+    case CD_HOP_WAITING:
+        hop->outcome = CD_HOP_CANCELLED;
+        Py_CLEAR(hop->fn);
+        Py_CLEAR(hop->args);
+        hop_enqueue(hop); /* The loop cancels dest. */
+        Py_RETURN_TRUE;
+    case CD_HOP_RUNNING: Py_RETURN_FALSE;
+    case CD_HOP_QUEUED:
+    case CD_HOP_DONE: break;
+    }
+    return PyBool_FromLong(hop->outcome == CD_HOP_CANCELLED);
+}
+
+/* future.set_exception(exc): what a failed initializer does to queued
+ * work (BrokenThreadPool); as concurrent.futures.Future.set_exception(). */
+static PyObject *
+item_set_exception(cd_hop_t *hop, PyObject *exc)
+{
+    if (hop->outcome != CD_HOP_NONE || hop->state > CD_HOP_RUNNING) {
+        PyErr_Format(hop->loop->st->cf_InvalidStateError, "%s: %R",
+                     hop->outcome == CD_HOP_CANCELLED ? "CANCELLED"
+                                                      : "FINISHED",
+                     (PyObject *)hop);
+        return NULL;
+    }
+    hop->outcome = CD_HOP_EXCEPTION;
+    hop->value = Py_NewRef(exc);
+    Py_CLEAR(hop->fn);
+    Py_CLEAR(hop->args);
+    hop_enqueue(hop);
+    Py_RETURN_NONE;
+}
+
+/* future: the item stands for its own concurrent future. */
+static PyObject *
+item_get_future(cd_hop_t *hop, void *closure)
+{
+    return Py_NewRef((PyObject *)hop);
+}
+
+#if !defined(Py_GIL_DISABLED) && PY_VERSION_HEX < 0x030E0000
+/* Finds concurrent.futures.thread's ThreadPoolExecutor and its own submit
+ * once that module is imported (no executor of the class exists before):
+ * 1 found, 0 not yet. */
+static int
+item_resolve(cd_state *st)
+{
+    PyObject *name = PyUnicode_FromString("concurrent.futures.thread");
+    PyObject *mod = name ? PyImport_GetModule(name) : NULL;
+    PyObject *tpe = NULL, *submit = NULL, *qualname = NULL;
+    int rc = 0;
+    if (mod == NULL) {
+        goto done;
+    }
+    PyObject *globals = PyModule_GetDict(mod);
+    tpe = PyObject_GetAttrString(mod, "ThreadPoolExecutor");
+    submit = tpe ? PyObject_GetAttr(tpe, st->s_submit) : NULL;
+    if (globals == NULL || submit == NULL || !PyType_Check(tpe)) {
+        goto done;
+    }
+    /* The function thread.py defines, not a patch made before this first
+     * look: its globals are the module's, its code is that method's. */
+    if (PyFunction_Check(submit) &&
+        PyFunction_GET_GLOBALS(submit) == globals) {
+        qualname =
+            PyObject_GetAttrString(PyFunction_GET_CODE(submit), "co_qualname");
+    }
+    st->tpe_type = Py_NewRef(tpe);
+    st->tpe_globals = Py_NewRef(globals);
+    if (qualname != NULL && PyUnicode_Check(qualname) &&
+        PyUnicode_CompareWithASCIIString(qualname,
+                                         "ThreadPoolExecutor.submit") == 0) {
+        st->tpe_submit = Py_NewRef(submit);
+    }
+    rc = 1;
+done:
+    /* Whatever failed, submit() itself will tell. */
+    PyErr_Clear();
+    Py_XDECREF(qualname);
+    Py_XDECREF(submit);
+    Py_XDECREF(tpe);
+    Py_XDECREF(mod);
+    Py_XDECREF(name);
+    return rc;
+}
+#endif
+
+/* Whether run_in_executor may queue an item on executor ex: 1 yes, 0 no
+ * (the executor's own submit() runs), -1 with an exception. */
+static int
+item_plain_executor(cd_state *st, PyObject *ex)
+{
+#if defined(Py_GIL_DISABLED) || PY_VERSION_HEX >= 0x030E0000
+    /* Free-threaded builds: the GIL guards a hop.  3.14: its workers call
+     * run(ctx), and its submit differs; not checked. */
+    (void)st;
+    (void)ex;
+    return 0;
+#else
+    if (st->tpe_type == NULL) {
+        int r = item_resolve(st);
+        if (r <= 0) {
+            return r;
+        }
+    }
+    if ((PyObject *)Py_TYPE(ex) != st->tpe_type || st->tpe_submit == NULL) {
+        return 0;
+    }
+    /* ex.submit is the class's own function bound to ex: no instance
+     * attribute, no patch of the class (tracing libraries patch it). */
+    PyObject *m = PyObject_GetAttr(ex, st->s_submit);
+    if (m == NULL) {
+        PyErr_Clear(); /* submit's own lookup will raise it again. */
+        return 0;
+    }
+    int plain = PyMethod_Check(m) && PyMethod_GET_SELF(m) == ex &&
+                PyMethod_GET_FUNCTION(m) == st->tpe_submit;
+    Py_DECREF(m);
+    return plain;
+#endif
+}
+
+static void
+item_release(PyObject *lock, cd_state *st)
+{
+    /* Errors while one is pending: the first one wins. */
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *r = PyObject_CallMethodNoArgs(lock, st->s_release);
+    if (r == NULL && exc != NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(r);
+    if (exc != NULL) {
+        PyErr_SetRaisedException(exc);
+    }
+}
+
+/* Returns 1 if the attribute name of obj (or, obj NULL, the thread
+ * module's global) is true, 0 if false, -1 if unreadable (cleared). */
+static int
+item_flag(cd_state *st, PyObject *obj, PyObject *name)
+{
+    PyObject *v =
+        obj ? PyObject_GetAttr(obj, name)
+            : Py_XNewRef(PyDict_GetItemWithError(st->tpe_globals, name));
+    int r = v ? PyObject_IsTrue(v) : -1;
+    Py_XDECREF(v);
+    if (r < 0) {
+        PyErr_Clear();
+    }
+    return r;
+}
+
+/* The body of ThreadPoolExecutor.submit (3.11 to 3.13) with item in
+ * place of _WorkItem: "with self._shutdown_lock, _global_shutdown_lock:"
+ * the checks, _work_queue.put(item), _adjust_thread_count().  1 queued,
+ * 0 nothing done (a check failed or an attribute is odd: submit() itself
+ * raises its exact exception), -1 with an exception. */
+static int
+item_queue(cd_state *st, PyObject *ex, PyObject *item)
+{
+    PyObject *lock = PyObject_GetAttr(ex, st->s__shutdown_lock);
+    PyObject *glock = Py_XNewRef(
+        PyDict_GetItemWithError(st->tpe_globals, st->s__global_shutdown_lock));
+    PyObject *q = NULL, *r = NULL;
+    int rc = 0, held = 0;
+    if (lock == NULL || glock == NULL) {
+        PyErr_Clear();
+        goto done;
+    }
+    rc = -1;
+    if ((r = PyObject_CallMethodNoArgs(lock, st->s_acquire)) == NULL) {
+        goto done;
+    }
+    held = 1;
+    Py_CLEAR(r);
+    if ((r = PyObject_CallMethodNoArgs(glock, st->s_acquire)) == NULL) {
+        goto done;
+    }
+    held = 2;
+    Py_CLEAR(r);
+    rc = 0;
+    if (item_flag(st, ex, st->s__broken) != 0 ||
+        item_flag(st, ex, st->s__shutdown) != 0 ||
+        item_flag(st, NULL, st->s__shutdown) != 0 ||
+        (q = PyObject_GetAttr(ex, st->s__work_queue)) == NULL) {
+        PyErr_Clear();
+        goto done;
+    }
+    rc = -1;
+    if ((r = PyObject_CallMethodOneArg(q, st->s_put, item)) == NULL) {
+        goto done;
+    }
+    Py_CLEAR(r);
+    /* Queued: from here on an error leaves it queued, as there. */
+    if ((r = PyObject_CallMethodNoArgs(ex, st->s__adjust_thread_count)) ==
+        NULL) {
+        goto done;
+    }
+    rc = 1;
+done:
+    if (held == 2) {
+        item_release(glock, st);
+    }
+    if (held >= 1) {
+        item_release(lock, st);
+    }
+    Py_XDECREF(r);
+    Py_XDECREF(q);
+    Py_XDECREF(glock);
+    Py_XDECREF(lock);
+    return rc;
+}
+
+/* New reference: a work item of fn(*args) completing a new future of the
+ * loop. */
+static cd_hop_t *
+item_new(cd_loop_t *loop, PyObject *const *args, Py_ssize_t nargs)
+{
+    cd_state *st = loop->st;
+    PyObject *dest = cd_loopmeth_future_new(st, loop->aio_loop);
+    PyObject *fargs = dest ? PyTuple_New(nargs - 1) : NULL;
+    cd_hop_t *hop = fargs ? PyObject_GC_New(cd_hop_t, st->HopItem_type) : NULL;
+    if (hop == NULL) {
+        Py_XDECREF(dest);
+        Py_XDECREF(fargs);
+        return NULL;
+    }
+    for (Py_ssize_t i = 1; i < nargs; i++) {
+        PyTuple_SET_ITEM(fargs, i - 1, Py_NewRef(args[i]));
+    }
+    hop->loop = (cd_loop_t *)Py_NewRef((PyObject *)loop);
+    hop->dest = dest;
+    hop->source = NULL;
+    hop->next = NULL;
+    hop->state = CD_HOP_WAITING;
+    hop->item = 1;
+    hop->outcome = CD_HOP_NONE;
+    hop->fn = Py_NewRef(args[0]);
+    hop->args = fargs;
+    hop->value = NULL;
+    PyObject_GC_Track(hop);
+    return hop;
+}
+
+int
+cd_hop_submit(cd_loop_t *loop, PyObject *const *args, Py_ssize_t nargs,
+              PyObject **out)
+{
+    cd_state *st = loop->st;
+    *out = NULL;
+    if (nargs < 2 || loop->closed || loop->aio_loop == NULL) {
+        return 0;
+    }
+    int rc = item_plain_executor(st, args[0]);
+    if (rc <= 0) {
+        return rc;
+    }
+    cd_hop_t *hop = item_new(loop, args + 1, nargs - 1);
+    if (hop == NULL) {
+        return -1;
+    }
+    rc = item_queue(st, args[0], (PyObject *)hop);
+    if (rc > 0) {
+        /* As _chain_future: a cancelled dest cancels the work. */
+        PyObject *r = PyObject_CallMethodOneArg(
+            hop->dest, st->s_add_done_callback, (PyObject *)hop);
+        rc = r == NULL ? -1 : 1;
+        Py_XDECREF(r);
+    }
+    if (rc > 0) {
+        *out = Py_NewRef(hop->dest);
+        st->hop_items++;
+    }
+    Py_DECREF(hop);
+    return rc;
+}
+
 static int
 hop_traverse(cd_hop_t *hop, visitproc visit, void *arg)
 {
@@ -453,6 +860,9 @@ hop_traverse(cd_hop_t *hop, visitproc visit, void *arg)
     Py_VISIT((PyObject *)hop->loop);
     Py_VISIT(hop->dest);
     Py_VISIT(hop->source);
+    Py_VISIT(hop->fn);
+    Py_VISIT(hop->args);
+    Py_VISIT(hop->value);
     return 0;
 }
 
@@ -461,6 +871,9 @@ hop_clear(cd_hop_t *hop)
 {
     Py_CLEAR(hop->dest);
     Py_CLEAR(hop->source);
+    Py_CLEAR(hop->fn);
+    Py_CLEAR(hop->args);
+    Py_CLEAR(hop->value);
     /* hop->loop stays: a queued hop is reachable from it, and the loop
      * is what a late source callback reads (its closed flag). */
     return 0;
@@ -494,6 +907,41 @@ static PyType_Spec hop_spec = {
     .slots = hop_slots,
 };
 
+static PyMethodDef item_methods[] = {
+    {"run", (PyCFunction)item_run, METH_NOARGS,
+     "Call the function (the executor's worker thread does)."},
+    {"cancel", (PyCFunction)item_cancel, METH_NOARGS,
+     "Cancel the work if it has not begun."},
+    {"set_exception", (PyCFunction)item_set_exception, METH_O,
+     "Fail the work with an exception if it has not finished."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef item_getset[] = {
+    {"future", (getter)item_get_future, NULL,
+     "The item itself: it stands for its concurrent future.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot item_slots[] = {
+    {Py_tp_dealloc, hop_dealloc},
+    {Py_tp_traverse, hop_traverse},
+    {Py_tp_clear, hop_clear},
+    {Py_tp_call, hop_call},
+    {Py_tp_methods, item_methods},
+    {Py_tp_getset, item_getset},
+    {Py_tp_doc, "A run_in_executor() call queued on a ThreadPoolExecutor."},
+    {0, NULL},
+};
+
+static PyType_Spec item_spec = {
+    .name = "cdaphne._cdaphne._HopItem",
+    .basicsize = sizeof(cd_hop_t),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = item_slots,
+};
+
 int
 cd_hop_type_init(PyObject *module, cd_state *st)
 {
@@ -516,12 +964,15 @@ cd_hop_type_init(PyObject *module, cd_state *st)
     st->cf_CANCELLED = PyObject_GetAttrString(cf, "CANCELLED");
     st->cf_CANCELLED_AND_NOTIFIED =
         PyObject_GetAttrString(cf, "CANCELLED_AND_NOTIFIED");
+    st->cf_InvalidStateError = PyObject_GetAttrString(cf, "InvalidStateError");
     Py_DECREF(cf);
     if (!st->cf_Future || !st->cf_FINISHED || !st->cf_CANCELLED ||
-        !st->cf_CANCELLED_AND_NOTIFIED) {
+        !st->cf_CANCELLED_AND_NOTIFIED || !st->cf_InvalidStateError) {
         return -1;
     }
     st->Hop_type =
         (PyTypeObject *)PyType_FromModuleAndSpec(module, &hop_spec, NULL);
-    return st->Hop_type == NULL ? -1 : 0;
+    st->HopItem_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &item_spec, NULL);
+    return st->Hop_type == NULL || st->HopItem_type == NULL ? -1 : 0;
 }

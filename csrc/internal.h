@@ -308,6 +308,11 @@ PyObject *cd_hop_wakeup(cd_loop_t *loop, PyObject *unused);
 /* hop(concurrent_future) -> asyncio future of the loop, completed on
  * the loop's thread when the concurrent one is done (wrap_future). */
 PyObject *cd_hop_wrap(cd_loop_t *loop, PyObject *source);
+/* run_in_executor(args[0], args[1], *args[2:]) for a ThreadPoolExecutor
+ * that submit() need not see (hop.c's top comment): 1 with *out the new
+ * asyncio future, 0 if the executor's submit() must run, -1 error. */
+int cd_hop_submit(cd_loop_t *loop, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject **out);
 
 /* ---- loopapi.c: BaseEventLoop methods without their Python frame ---- */
 /* 1 if the asyncio loop aio is open and not in debug mode (and, if task,

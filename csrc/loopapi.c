@@ -6,7 +6,8 @@
  * per sync_to_async(); the methods' own frames are most of what the loop
  * adds to that.  The C paths do what BaseEventLoop's functions do when no
  * task factory is set and debug mode is off, except that an executor's
- * concurrent future completes its asyncio future from C (hop.c).
+ * concurrent future completes its asyncio future from C, and a plain
+ * ThreadPoolExecutor gets a C work item instead of a submit() (hop.c).
  * Everything else -- a closed loop, debug mode (its checks and traceback
  * trimming), a task factory, odd arguments -- goes to BaseEventLoop's own
  * function, which LoopMethods stands for. */
@@ -97,6 +98,10 @@ loopapi_submit(cd_loop_t *loop, PyObject *const *args, Py_ssize_t nargs)
 {
     cd_state *st = loop->st;
     PyObject *res = NULL;
+    int queued = cd_hop_submit(loop, args, nargs, &res);
+    if (queued != 0) {
+        return queued < 0 ? NULL : res;
+    }
     /* executor.submit(func, *args): args[0] is the executor. */
     PyObject *fut =
         PyObject_VectorcallMethod(st->s_submit, args, (size_t)nargs, NULL);

@@ -33,16 +33,18 @@ static PyObject *
 cdaphne_debug_counters(PyObject *module, PyObject *unused)
 {
     cd_state *st = cd_get_state(module);
-    return Py_BuildValue("{snsnsnsnsn}", "conns", st->live.conns, "cycles",
+    return Py_BuildValue("{snsnsnsnsnsn}", "conns", st->live.conns, "cycles",
                          st->live.cycles, "ws", st->live.ws, "waiters",
-                         st->live.waiters, "write_reqs", st->live.write_reqs);
+                         st->live.waiters, "write_reqs", st->live.write_reqs,
+                         "hop_items", st->hop_items);
 }
 
 static PyMethodDef cdaphne_methods[] = {
     {"_versions", cdaphne_versions, METH_NOARGS,
      "The versions of libuv, llhttp, wslay and OpenSSL, as a dict."},
     {"_debug_counters", cdaphne_debug_counters, METH_NOARGS,
-     "Live connections, cycles, WebSockets, waiters and write requests."},
+     "Live connections, cycles, WebSockets, waiters and write requests; "
+     "hop_items: run_in_executor() calls that queued a C work item."},
     {"pubsub_publish", (PyCFunction)(void (*)(void))cd_pubsub_publish_fn,
      METH_FASTCALL,
      "pubsub_publish(topic, data, is_text, forward=True) -> bool: fan out "

@@ -81,6 +81,15 @@
     X(s_submit, "submit")                                                     \
     X(s_run_in_executor, "run_in_executor")                                   \
     X(s_wrap_future, "wrap_future")                                           \
+    X(s__shutdown_lock, "_shutdown_lock")                                     \
+    X(s__global_shutdown_lock, "_global_shutdown_lock")                       \
+    X(s__broken, "_broken")                                                   \
+    X(s__shutdown, "_shutdown")                                               \
+    X(s__work_queue, "_work_queue")                                           \
+    X(s__adjust_thread_count, "_adjust_thread_count")                         \
+    X(s_put, "put")                                                           \
+    X(s_acquire, "acquire")                                                   \
+    X(s_release, "release")                                                   \
     X(s_create_task, "create_task")                                           \
     X(s__task_factory, "_task_factory")                                       \
     X(s_name, "name")                                                         \
@@ -167,6 +176,7 @@ typedef struct {
     PyTypeObject *Waiter_type;
     PyTypeObject *TLSContext_type;
     PyTypeObject *Hop_type;
+    PyTypeObject *HopItem_type;
     PyTypeObject *ReadyQueue_type;
     PyTypeObject *LoopMethods_type; /* loopmeth.c */
 
@@ -191,6 +201,15 @@ typedef struct {
     PyObject *cf_FINISHED;
     PyObject *cf_CANCELLED;
     PyObject *cf_CANCELLED_AND_NOTIFIED;
+    PyObject *cf_InvalidStateError;
+    /* concurrent.futures.thread, found when run_in_executor first meets
+     * it imported: ThreadPoolExecutor, its own submit (NULL if already
+     * patched then), the module's globals; and how many run_in_executor()
+     * calls queued a C work item instead of calling submit (hop.c). */
+    PyObject *tpe_type;
+    PyObject *tpe_submit;
+    PyObject *tpe_globals;
+    Py_ssize_t hop_items;
     /* The scheduling core's (sched.c), and its timers' type (timer.c):
      * asyncio.TimerHandle with cancel() in C, used while TimerHandle.cancel
      * and Handle.cancel are still these functions (checked at the type's

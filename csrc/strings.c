@@ -64,6 +64,11 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->Waiter_type);
     Py_VISIT(st->TLSContext_type);
     Py_VISIT(st->Hop_type);
+    Py_VISIT(st->HopItem_type);
+    Py_VISIT(st->cf_InvalidStateError);
+    Py_VISIT(st->tpe_type);
+    Py_VISIT(st->tpe_submit);
+    Py_VISIT(st->tpe_globals);
     Py_VISIT(st->ReadyQueue_type);
     Py_VISIT(st->LoopMethods_type);
     for (int i = 0; i < CD_LM_N; i++) {
@@ -107,6 +112,11 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->Waiter_type);
     Py_CLEAR(st->TLSContext_type);
     Py_CLEAR(st->Hop_type);
+    Py_CLEAR(st->HopItem_type);
+    Py_CLEAR(st->cf_InvalidStateError);
+    Py_CLEAR(st->tpe_type);
+    Py_CLEAR(st->tpe_submit);
+    Py_CLEAR(st->tpe_globals);
     Py_CLEAR(st->ReadyQueue_type);
     Py_CLEAR(st->LoopMethods_type);
     for (int i = 0; i < CD_LM_N; i++) {

@@ -39,7 +39,7 @@ class RecordingExecutor(concurrent.futures.ThreadPoolExecutor):
 
 
 def _live_hops() -> int:
-    return sum(type(o).__name__ == "_Hop" for o in gc.get_objects())
+    return sum(type(o).__name__ in ("_Hop", "_HopItem") for o in gc.get_objects())
 
 
 def test_call_soon_threadsafe_and_hops_do_not_use_the_self_pipe(loop):
