@@ -252,13 +252,21 @@ wake_write(cd_loop_t *loop)
     }
 }
 
+/* Whether this wake-up must write: the loop is open and no write is
+ * pending since it last read (the flag is set here: later wake-ups skip
+ * until wake_on_poll clears it). */
+static int
+wake_claim(cd_loop_t *loop)
+{
+    return !loop->closed && atomic_exchange(&loop->wake_pending, 1) == 0;
+}
+
 void
 cd_loop_wake(cd_loop_t *loop)
 {
-    if (loop->closed || atomic_exchange(&loop->wake_pending, 1) != 0) {
-        return;
+    if (wake_claim(loop)) {
+        wake_write(loop);
     }
-    wake_write(loop);
 }
 
 /* The write wakes the loop's thread, which (on the same core) preempts
@@ -270,7 +278,7 @@ cd_loop_wake(cd_loop_t *loop)
 void
 cd_loop_wake_release_gil(cd_loop_t *loop)
 {
-    if (loop->closed || atomic_exchange(&loop->wake_pending, 1) != 0) {
+    if (!wake_claim(loop)) {
         return;
     }
     Py_INCREF(loop); /* Whatever other threads drop meanwhile. */
