@@ -66,9 +66,10 @@ static PyObject *
 loopapi_default_executor(cd_loop_t *loop)
 {
     PyObject *aio = loop->aio_loop, *mod = NULL, *cls = NULL, *kw = NULL;
-    PyObject *ex = PyObject_GetAttrString(aio, "_default_executor");
-    PyObject *r =
-        ex ? PyObject_CallMethod(aio, "_check_default_executor", NULL) : NULL;
+    PyObject *ex = PyObject_GetAttr(aio, loop->st->s__default_executor);
+    PyObject *r = ex ? PyObject_CallMethodNoArgs(
+                           aio, loop->st->s__check_default_executor)
+                     : NULL;
     if (r == NULL || ex != Py_None) {
         Py_XDECREF(r);
         if (r == NULL) {
@@ -83,7 +84,7 @@ loopapi_default_executor(cd_loop_t *loop)
     kw = cls ? Py_BuildValue("{ss}", "thread_name_prefix", "asyncio") : NULL;
     ex = kw ? PyObject_Call(cls, loop->st->empty_tuple, kw) : NULL;
     if (ex != NULL &&
-        PyObject_SetAttrString(aio, "_default_executor", ex) < 0) {
+        PyObject_SetAttr(aio, loop->st->s__default_executor, ex) < 0) {
         Py_CLEAR(ex);
     }
     Py_XDECREF(mod);

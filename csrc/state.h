@@ -90,6 +90,8 @@
     X(s_put, "put")                                                           \
     X(s_acquire, "acquire")                                                   \
     X(s_release, "release")                                                   \
+    X(s__default_executor, "_default_executor")                               \
+    X(s__check_default_executor, "_check_default_executor")                   \
     X(s_create_task, "create_task")                                           \
     X(s__task_factory, "_task_factory")                                       \
     X(s_name, "name")                                                         \
