@@ -420,6 +420,19 @@ def test_a_submit_patched_on_the_class_or_the_instance_is_called(monkeypatch):
     assert on_both(scenario, items=1) == (1, 2, 3, ["class", "instance"])
 
 
+def test_debug_mode_keeps_the_executors_submit():
+    # Debug mode runs BaseEventLoop.run_in_executor itself (its checks).
+    def scenario(loop):
+        loop.set_debug(True)
+        executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        try:
+            return loop.run_until_complete(loop.run_in_executor(executor, abs, -5))
+        finally:
+            executor.shutdown()
+
+    assert on_both(scenario, items=0) == 5
+
+
 def test_a_submit_patched_before_the_first_run_in_executor_is_never_bypassed():
     # The class's submit is captured when run_in_executor first meets the
     # module: a patch made before then must not be taken for the original.
