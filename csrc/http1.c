@@ -983,14 +983,18 @@ void
 cd_http1_simple_response(cd_conn_t *c, int status, const char *body)
 {
     static const char ctype[] = "content-type: text/plain; charset=utf-8\r\n";
+    /* RFC 6455 4.4: a version refused is answered with the one we speak. */
+    static const char ctype_ws[] =
+        "content-type: text/plain; charset=utf-8\r\n"
+        "sec-websocket-version: 13\r\n";
     size_t blen = strlen(body);
     cd_http1_head_t h = {
         .status = status,
         .final = 1,
         .first_len = blen,
         .server_header = c->server->server_header,
-        .fixed = ctype,
-        .fixed_len = sizeof(ctype) - 1,
+        .fixed = status == 426 ? ctype_ws : ctype,
+        .fixed_len = status == 426 ? sizeof(ctype_ws) - 1 : sizeof(ctype) - 1,
         .keep_alive = 0,
     };
     cd_buf_t out = {0};

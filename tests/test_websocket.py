@@ -18,7 +18,7 @@ import pytest
 import websocket
 import websockets
 
-from .conftest import readable
+from .conftest import Reader, readable
 from .serverproc import ServerProcess, start_server
 
 APP = "tests.apps.wsbehaviour:app"
@@ -384,6 +384,21 @@ def test_bad_version_is_426_and_server_still_serves(server):
     ws.send("still here")
     assert ws.recv() == "still here"
     ws.close()
+
+
+@pytest.mark.parametrize("version", [b"8", b"14", b"13, 8", None])
+def test_refused_version_is_answered_with_the_version_we_speak(server, version):
+    # Regression: the 426 named no version.  RFC 6455 4.4: a server that
+    # does not speak the client's version answers with the
+    # Sec-WebSocket-Version it understands (a client may retry with it).
+    field = b"" if version is None else b"Sec-WebSocket-Version: " + version + b"\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" + field + b"\r\n")
+        r = Reader(sock).response()
+    assert r.status == 426
+    assert r.header_all("sec-websocket-version") == ["13"]
+    assert r.header("connection") == "close"
 
 
 def test_app_crash_before_accept_is_500(server):
