@@ -440,3 +440,30 @@ def test_chunk_framing_bounds_hold_with_small_reads(serve):
         with connect(proc, timeout=30) as sock:
             sock.sendall(CHUNKED_POST + bad)
             assert Reader(sock, timeout=30).response().status == 400
+
+
+@pytest.mark.parametrize("shape", ["name", "value", "quoted", "last_chunk"])
+def test_chunk_extensions_at_and_one_past_16_kib_cut_at_every_byte(serve, shape):
+    # --read-size 1: every span, separator and quote of the extensions ends
+    # a read.  16 KiB exactly is ignored; one byte more gets 400.
+    proc = serve("tests.apps.http1:app", "--read-size", "1")
+    for n, status in ((16 << 10, 200), ((16 << 10) + 1, 400)):
+        ext = {
+            "name": b";" + b"n" * (n - 1),
+            "value": b";n=" + b"v" * (n - 3),
+            "quoted": b';n="' + b"v" * (n - 5) + b'"',
+            "last_chunk": b";n=" + b"v" * (n - 3),
+        }[shape]
+        if shape == "last_chunk":
+            body = b"2\r\nhi\r\n0" + ext + b"\r\n\r\n"
+        else:
+            body = b"2" + ext + b"\r\nhi\r\n0\r\n\r\n"
+        with connect(proc, timeout=60) as sock:
+            try:
+                sock.sendall(CHUNKED_POST + body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            r = Reader(sock, timeout=60).response()
+            assert r.status == status, (n, r.status)
+            if status == 200:
+                assert json.loads(r.body)["body"] == "hi"
