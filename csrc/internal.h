@@ -363,6 +363,10 @@ PyObject *cd_loopmeth_call(PyObject *fn, PyObject *self, PyObject *const *args,
 /* ---- timer.c: the loop's timers (asyncio.TimerHandle subclass) ---- */
 /* Imports asyncio's Handle and TimerHandle into st, makes Timer_type. */
 int cd_timer_type_init(PyObject *module, cd_state *st);
+/* New reference: an empty TimerHandle of tp (a freed one when it can). */
+PyObject *cd_timer_alloc(PyTypeObject *tp);
+/* Frees the timers kept for reuse (before st lets Timer_type go). */
+void cd_timer_state_clear(cd_state *st);
 
 /* ---- readyq.c: the loop's ready queue (loop._ready) --------------- */
 int cd_readyq_type_init(PyObject *module, cd_state *st);

@@ -175,6 +175,9 @@ handle_new(cd_loop_t *core, PyObject *cls, PyObject *callback, PyObject *args,
              core->nspare_timers > 0) {
         h = core->spare_timers[--core->nspare_timers];
     }
+    else if (ctx != NULL && tp == st->Timer_type) {
+        h = cd_timer_alloc(tp);
+    }
     else if (ctx != NULL) {
         h = tp->tp_alloc(tp, 0);
     }

@@ -106,6 +106,7 @@ void
 cd_state_clear(cd_state *st)
 {
     cd_sched_state_clear(st);
+    cd_timer_state_clear(st);
     Py_CLEAR(st->LoopCore_type);
     Py_CLEAR(st->Server_type);
     Py_CLEAR(st->Cycle_type);

@@ -1132,3 +1132,75 @@ def test_one_argument_tuples_of_run_handles_are_never_seen_again():
         return gone, held, kept._args is held, seen
 
     assert on_both(scenario) == (True, ("a",), True, ["a", 0, 1, 2])
+
+
+def test_freed_timers_come_back_with_nothing_of_their_former_life(loop):
+    # Freed TimerHandles are kept for reuse (csrc/timer.c): a new timer in
+    # an old one's memory has its own state only.
+    var = contextvars.ContextVar("var")
+    out = []
+
+    def cb(*args):
+        out.append(args)
+
+    def old_life():
+        var.set("old")
+        olds = [loop.call_later(50 + i, cb, "old", i) for i in range(N)]
+        loop.set_debug(True)  # cancel() keeps the repr
+        for h in olds[::2]:
+            h.cancel()
+        loop.set_debug(False)
+        for h in olds:
+            h._source_traceback = ["a traceback"]
+        refs = [weakref.ref(h) for h in olds]
+        ids = {id(h) for h in olds}
+        loop._scheduled.clear()
+        loop._timer_cancelled_count = 0
+        del olds
+        return refs, ids
+
+    # More than are kept: some new timers are in the memory of these.
+    N = 2000
+    refs, ids = contextvars.copy_context().run(old_life)
+    assert all(r() is None for r in refs)  # the weak references died
+    var.set("new")
+    loop.time = lambda: 10.0
+    news = [loop.call_later(i, cb, "new", i) for i in range(N)]
+    assert ids & {id(h) for h in news}  # some memory was reused
+    for i, h in enumerate(news):
+        assert type(h).__name__ == "TimerHandle" and isinstance(h, asyncio.TimerHandle)
+        assert h._callback is cb and h._args == ("new", i)
+        assert not h.cancelled() and h._scheduled and h._repr is None
+        assert h._source_traceback is None and h._loop is loop
+        assert h.when() == 10.0 + i and repr(h).startswith(f"<TimerHandle when={10.0 + i} ")
+        assert h.get_context()[var] == "new"
+        assert weakref.getweakrefcount(h) == 0 and gc.is_tracked(h)
+    assert len({id(h.get_context()) for h in news}) == N
+    news[1].cancel()
+    assert loop._timer_cancelled_count == 1 and news[1]._callback is None
+    del loop.time  # the clock is far beyond 2010: every timer is due
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == [("new", i) for i in range(N) if i != 1]
+    assert loop._scheduled == [] and not any(h._scheduled for h in news)
+    gc.collect()  # the collector walks reused timers without trouble
+
+
+def test_a_finalizer_patched_in_runs_for_timers_in_reused_memory(loop):
+    ttype = type(loop.call_later(10, print))
+    loop._scheduled.clear()
+    for _ in range(3):
+        [loop.call_later(10, print) for _ in range(200)]  # freed at once
+        loop._scheduled.clear()
+    gone = []
+    ttype.__del__ = lambda self: gone.append(self._args)
+    try:
+        for round_ in range(2):
+            [loop.call_later(10, print, round_, i) for i in range(200)]
+            loop._scheduled.clear()
+            assert sorted(gone) == [(r, i) for r in range(round_ + 1) for i in range(200)]
+    finally:
+        del ttype.__del__
+    [loop.call_later(10, print) for _ in range(200)]
+    loop._scheduled.clear()
+    assert len(gone) == 400
