@@ -374,6 +374,9 @@ int cd_readyq_type_init(PyObject *module, cd_state *st);
 PyObject *cd_readyq_new(cd_state *st);
 /* Appends h (a new reference is taken); -1 with MemoryError. */
 int cd_readyq_push(cd_readyq_t *q, PyObject *h);
+/* Appends h, whose reference it takes on success only (the caller's
+ * reference moves without touching the object). */
+int cd_readyq_push_steal(cd_readyq_t *q, PyObject *h);
 /* New reference: the first handle, removed; NULL (no exception) if empty. */
 PyObject *cd_readyq_pop(cd_readyq_t *q);
 Py_ssize_t cd_readyq_len(cd_readyq_t *q);

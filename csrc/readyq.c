@@ -42,10 +42,20 @@ readyq_grow(cd_readyq_t *q)
 int
 cd_readyq_push(cd_readyq_t *q, PyObject *h)
 {
+    if (cd_readyq_push_steal(q, Py_NewRef(h)) < 0) {
+        Py_DECREF(h);
+        return -1;
+    }
+    return 0;
+}
+
+int
+cd_readyq_push_steal(cd_readyq_t *q, PyObject *h)
+{
     if (q->len == q->cap && readyq_grow(q) < 0) {
         return -1;
     }
-    q->items[(q->head + q->len) & (q->cap - 1)] = Py_NewRef(h);
+    q->items[(q->head + q->len) & (q->cap - 1)] = h;
     q->len++;
     return 0;
 }

@@ -1286,7 +1286,9 @@ timer_when(cd_state *st, PyObject *h, double *out)
     return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
 
-/* The first timer's _when, from the copy when it follows the list. */
+/* The first timer's _when, from the copy when it follows the list: then
+ * 1 (the timer is of the core's own type, heap_key), else 0; -1 on
+ * error. */
 static int
 heap_top_when(cd_loop_t *core, PyObject *heap, double *out)
 {
@@ -1294,7 +1296,7 @@ heap_top_when(cd_loop_t *core, PyObject *heap, double *out)
     if (core->heap_len == PyList_GET_SIZE(heap) && core->heap[0].h == top &&
         !isnan(core->heap[0].when)) {
         *out = core->heap[0].when;
-        return 0;
+        return 1;
     }
     return timer_when(core->st, top, out);
 }
@@ -1554,16 +1556,24 @@ handle_cancelled(cd_state *st, PyObject *h)
     return obj_flag(h, st->s__cancelled);
 }
 
-/* asyncio's rebuild of a heap that is mostly cancelled timers. */
+/* asyncio's rebuild of a heap that is mostly cancelled timers.  The
+ * copy of the heap, when it follows the list, is compacted along to
+ * follow the new one: the heapify reads no timer's _when (a cold float
+ * each).  heap_len is -1 meanwhile, so that a heap call from code run
+ * by the loop (a finalizer) copies its own list, which stops the
+ * compaction; the result is checked item by item. */
 static int
 sched_rebuild(cd_loop_t *core, PyObject *sched)
 {
     cd_state *st = core->st;
+    Py_ssize_t n = PyList_GET_SIZE(sched), k = 0;
+    int compact = core->heap_len == n;
     PyObject *fresh = PyList_New(0);
     int rc = -1;
     if (fresh == NULL) {
         return -1;
     }
+    core->heap_len = -1;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(sched); i++) {
         PyObject *h = PyList_GET_ITEM(sched, i);
         int c = handle_cancelled(st, h);
@@ -1571,6 +1581,21 @@ sched_rebuild(cd_loop_t *core, PyObject *sched)
             (c == 0 && PyList_Append(fresh, h) < 0)) {
             goto done;
         }
+        if (c == 0) {
+            compact = compact && i < n && i < core->heap_cap &&
+                      core->heap_len == -1 && core->heap[i].h == h;
+            if (compact) {
+                core->heap[k++] = core->heap[i];
+            }
+        }
+    }
+    compact = compact && core->heap_len == -1 && k == PyList_GET_SIZE(fresh);
+    for (Py_ssize_t j = 0; compact && j < k; j++) {
+        /* What code ran may have copied another list meanwhile. */
+        compact = core->heap[j].h == PyList_GET_ITEM(fresh, j);
+    }
+    if (compact) {
+        core->heap_len = k;
     }
     if (heap_heapify(core, fresh) < 0 ||
         core_set(core, st->s__scheduled, fresh) < 0) {
@@ -1666,19 +1691,31 @@ sched_move_due(cd_loop_t *core, PyObject *sched)
     }
     end += resolution;
     while (PyList_GET_SIZE(sched) > 0) {
-        if (heap_top_when(core, sched, &when) < 0) {
+        int own = heap_top_when(core, sched, &when);
+        if (own < 0) {
             goto done;
         }
         if (when >= end) {
             break;
         }
+        /* The timers of a batch are far apart in memory and cold by
+         * now: a timer of the copy is known to be of the core's type, so
+         * only its _scheduled slot is touched (the reference moves into
+         * the queue), not the line of its type and refcount. */
         PyObject *h = heap_pop(core, sched);
-        int r = h ? timer_set_scheduled(st, h, Py_False) : -1;
-        if (r == 0) {
-            r = cd_readyq_push(core->ready_q, h);
+        int r = h == NULL ? -1 : 0;
+        if (r == 0 && own) {
+            Py_XSETREF(CD_SLOT(h, st->handle_slots.scheduled),
+                       Py_NewRef(Py_False));
         }
-        Py_XDECREF(h);
+        else if (r == 0) {
+            r = timer_set_scheduled(st, h, Py_False);
+        }
+        if (r == 0) {
+            r = cd_readyq_push_steal(core->ready_q, h);
+        }
         if (r < 0) {
+            Py_XDECREF(h);
             goto done;
         }
     }

@@ -1204,3 +1204,59 @@ def test_a_finalizer_patched_in_runs_for_timers_in_reused_memory(loop):
     [loop.call_later(10, print) for _ in range(200)]
     loop._scheduled.clear()
     assert len(gone) == 400
+
+
+@pytest.mark.parametrize("meddle", [False, True])
+def test_the_rebuild_of_a_mostly_cancelled_heap_is_heapqs(meddle):
+    # The rebuild keeps the core's copy of the heap (sched.c): the layouts
+    # after it and after later pushes and pops are heapq's, also when code
+    # run during the rebuild (an item's _cancelled in Python) pushes a timer.
+    def scenario(loop):
+        out = []
+        base = 1000.0
+        handles = []
+
+        class Item:
+            """Not a Handle: its _cancelled is asked for in Python."""
+
+            _when = base + 5.5
+            _scheduled = True
+
+            @property
+            def _cancelled(self):
+                if meddle and len(handles) == 160:
+                    handles.append(loop.call_at(base + 0.25, out.append, "in"))
+                return False
+
+            def __lt__(self, other):
+                return self._when < other._when
+
+            def __gt__(self, other):
+                return self._when > other._when
+
+            def _run(self):
+                out.append("item")
+
+        def layout():
+            index = {id(h): i for i, h in enumerate(handles)}
+            return [index.get(id(h), -1) for h in loop._scheduled]
+
+        loop.time = lambda: base
+        for i in range(160):
+            handles.append(loop.call_at(base + 1 + (i * 37 % 13) * 0.5, out.append, i))
+        loop._scheduled.append(Item())
+        for h in handles[::3] + handles[1::3]:
+            h.cancel()
+        layouts = [layout(), loop._timer_cancelled_count]
+        loop._run_once()  # the rebuild: more than half are cancelled
+        layouts += [layout(), loop._timer_cancelled_count]
+        for i in range(40):
+            handles.append(loop.call_at(base + 2 + (i * 7 % 5), out.append, -i))
+        layouts.append(layout())
+        loop.time = lambda: base + 4.2
+        loop._run_once()
+        layouts += [layout(), out, [h._scheduled for h in handles]]
+        return layouts
+
+    layouts = on_both(scenario)
+    assert layouts[1] == 107 and layouts[3] == 0 and len(layouts[2]) == 54 + meddle
