@@ -150,6 +150,15 @@ cd_sched_state_clear(cd_state *st)
 
 #define CD_SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 
+/* isinstance(h, asyncio.TimerHandle or Handle: cls), without walking the
+ * MRO for the core's own timers. */
+static inline int
+handle_is(cd_state *st, PyObject *h, PyObject *cls)
+{
+    return Py_IS_TYPE(h, st->Timer_type) ||
+           PyObject_TypeCheck(h, (PyTypeObject *)cls);
+}
+
 /* New reference: asyncio.Handle(callback, args, loop, context) as its
  * __init__ makes it when the loop is not in debug mode (cls Handle or
  * TimerHandle, whose own slots the caller fills).  Steals args;
@@ -1259,7 +1268,7 @@ heap_heapify(cd_loop_t *core, PyObject *heap)
 static int
 timer_set_scheduled(cd_state *st, PyObject *h, PyObject *v)
 {
-    if (PyObject_TypeCheck(h, (PyTypeObject *)st->asyncio_TimerHandle)) {
+    if (handle_is(st, h, st->asyncio_TimerHandle)) {
         Py_XSETREF(CD_SLOT(h, st->handle_slots.scheduled), Py_NewRef(v));
         return 0;
     }
@@ -1270,7 +1279,7 @@ timer_set_scheduled(cd_state *st, PyObject *h, PyObject *v)
 static int
 timer_when(cd_state *st, PyObject *h, double *out)
 {
-    if (PyObject_TypeCheck(h, (PyTypeObject *)st->asyncio_TimerHandle)) {
+    if (handle_is(st, h, st->asyncio_TimerHandle)) {
         PyObject *w = CD_SLOT(h, st->handle_slots.when);
         if (w != NULL && PyFloat_CheckExact(w)) {
             *out = PyFloat_AS_DOUBLE(w);
@@ -1445,7 +1454,7 @@ cd_sched_timer_cancelled(cd_loop_t *core, PyObject *h)
         return NULL;
     }
     int scheduled;
-    if (PyObject_TypeCheck(h, (PyTypeObject *)st->asyncio_TimerHandle) &&
+    if (handle_is(st, h, st->asyncio_TimerHandle) &&
         CD_SLOT(h, st->handle_slots.scheduled) != NULL) {
         scheduled = PyObject_IsTrue(CD_SLOT(h, st->handle_slots.scheduled));
     }
@@ -1544,7 +1553,7 @@ handle_run(cd_loop_t *core, PyObject *h)
 static int
 handle_cancelled(cd_state *st, PyObject *h)
 {
-    if (PyObject_TypeCheck(h, (PyTypeObject *)st->asyncio_Handle)) {
+    if (handle_is(st, h, st->asyncio_Handle)) {
         PyObject *v = CD_SLOT(h, st->handle_slots.cancelled);
         if (v == Py_False) {
             return 0;
