@@ -56,6 +56,12 @@ cd_loopapi_create_task(cd_loop_t *loop, PyObject *const *args, size_t nargsf,
                                 nargs, kwnames);
     }
     PyObject *targs[4] = {args[0], aio, name, context};
+    if (name == Py_None && context == Py_None) {
+        /* Task's own defaults: the call's keywords become a dict (Task has
+         * no vectorcall), one entry is cheaper to make and parse. */
+        return PyObject_Vectorcall(st->asyncio_Task, targs, 1,
+                                   st->kwnames_loop);
+    }
     return PyObject_Vectorcall(st->asyncio_Task, targs, 1, st->kwnames_task);
 }
 

@@ -553,6 +553,35 @@ def test_create_task_passes_name_and_context_and_checks_its_argument(loop):
     loop.run_until_complete(main())
 
 
+def test_create_task_with_default_name_or_context_matches_asyncio(loop):
+    import contextvars
+    import re
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="outer")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "inner")
+
+    async def read() -> str:
+        return var.get()
+
+    async def main() -> None:
+        plain = loop.create_task(read())
+        explicit = loop.create_task(read(), name=None, context=None)
+        named = loop.create_task(read(), name="n")
+        in_ctx = loop.create_task(read(), context=ctx)
+        assert re.fullmatch(r"Task-\d+", plain.get_name())
+        assert re.fullmatch(r"Task-\d+", explicit.get_name())
+        assert explicit.get_name() != plain.get_name()
+        assert named.get_name() == "n"
+        assert re.fullmatch(r"Task-\d+", in_ctx.get_name())
+        assert plain.get_loop() is loop and in_ctx.get_loop() is loop
+        assert in_ctx.get_context() is ctx
+        results = await asyncio.gather(plain, explicit, named, in_ctx)
+        assert results == ["outer", "outer", "outer", "inner"]
+
+    loop.run_until_complete(main())
+
+
 def test_create_task_honours_a_task_factory_set_later_and_debug_mode(loop):
     made = []
 
