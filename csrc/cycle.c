@@ -609,8 +609,8 @@ cycle_on_thread(cd_cycle_t *cy, PyMethodDef *now_def, PyObject *arg,
     return 0;
 }
 
-static PyObject *
-cycle_off_thread(const char *what)
+PyObject *
+cd_cycle_off_thread(const char *what)
 {
     PyErr_Format(PyExc_RuntimeError,
                  "%s() awaited outside the server's event loop thread; "
@@ -631,7 +631,7 @@ static PyObject *
 cycle_receive_now(cd_cycle_t *cy, PyObject *unused)
 {
     if (PyThread_get_thread_ident() != cy->thread) {
-        return cycle_off_thread("receive");
+        return cd_cycle_off_thread("receive");
     }
     if (cy->ops->receive != NULL) {
         cy->ops->receive(cy);
@@ -929,7 +929,7 @@ static PyObject *
 cycle_send_now(cd_cycle_t *cy, PyObject *msg)
 {
     if (PyThread_get_thread_ident() != cy->thread) {
-        return cycle_off_thread("send");
+        return cd_cycle_off_thread("send");
     }
     return cy->ops->send(cy, msg);
 }

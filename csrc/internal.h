@@ -992,6 +992,9 @@ PyObject *cd_cycle_recv_future(cd_cycle_t *cy);
 PyObject *cd_cycle_receive_waiter(cd_cycle_t *cy);
 /* Let a send() waiting for the socket to drain go on. */
 void cd_cycle_wake_sender(cd_cycle_t *cy);
+/* NULL with RuntimeError: what() (receive or send) awaited off the
+ * loop's thread. */
+PyObject *cd_cycle_off_thread(const char *what);
 void cd_cycle_log_access(cd_cycle_t *cy, int status);
 
 /* ---- websocket.c: the handshake, wslay, ASGI websocket events ------ */

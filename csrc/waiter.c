@@ -10,7 +10,13 @@
  * cycle when its task runs again.
  * So a task cancelled while waiting (even after the future completed)
  * never takes a message it cannot deliver: the message stays queued for
- * the next receive(). */
+ * the next receive().
+ *
+ * Only the loop's thread may drive a waiter that holds a cycle or a loop
+ * future (the connection, its libuv handles and the futures are not
+ * thread-safe): awaited in another thread (a loop of its own, or by
+ * hand) it raises RuntimeError and leaves everything as it was, as
+ * asyncio refuses a future of another loop. */
 #include "internal.h"
 
 typedef struct {
@@ -20,6 +26,7 @@ typedef struct {
                        yielded, for an exact asyncio.Future; else NULL */
     cd_cycle_t *cy; /* strong: receive() waiters only, else NULL */
     cd_state *st;   /* borrowed: the module outlives its types */
+    unsigned long thread; /* the loop's, the only one that may drive it */
     int yielded;
 } cd_waiter_t;
 
@@ -36,6 +43,7 @@ waiter_new(cd_state *st, PyObject *fut)
     w->fut = fut;
     w->it = NULL;
     w->cy = NULL;
+    w->thread = 0;
     w->yielded = 0;
     PyObject_GC_Track(w);
     return (PyObject *)w;
@@ -62,15 +70,36 @@ cd_waiter_receive(cd_state *st, cd_cycle_t *cy)
     w = (cd_waiter_t *)waiter_new(st, NULL);
     if (w != NULL) {
         w->cy = (cd_cycle_t *)Py_NewRef((PyObject *)cy);
+        w->thread = cy->thread;
         Py_XSETREF(cy->waiter, Py_NewRef((PyObject *)w));
     }
     return (PyObject *)w;
 }
 
+/* Called by send() on the loop's thread. */
 PyObject *
 cd_waiter_pending(cd_state *st, PyObject *fut)
 {
-    return waiter_new(st, fut);
+    cd_waiter_t *w = (cd_waiter_t *)waiter_new(st, fut);
+    if (w != NULL) {
+        w->thread = PyThread_get_thread_ident();
+    }
+    return (PyObject *)w;
+}
+
+/* 1 with RuntimeError if w holds a cycle or a future and this is not the
+ * loop's thread (nothing touched), else 0.  A receive() waiter holds its
+ * cycle until it returns the message; one that holds neither returns
+ * None anywhere (the shared done waiter). */
+static int
+waiter_off_thread(cd_waiter_t *w)
+{
+    if ((w->cy == NULL && w->fut == NULL) ||
+        w->thread == PyThread_get_thread_ident()) {
+        return 0;
+    }
+    cd_cycle_off_thread(w->cy != NULL ? "receive" : "send");
+    return 1;
 }
 
 static PySendResult waiter_take(cd_waiter_t *w, PyObject **result);
@@ -181,6 +210,10 @@ waiter_take(cd_waiter_t *w, PyObject **result)
 static PySendResult
 waiter_am_send(cd_waiter_t *w, PyObject *arg, PyObject **result)
 {
+    if (waiter_off_thread(w)) {
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
     if (w->cy != NULL && !w->yielded) {
         return waiter_take(w, result);
     }
@@ -325,11 +358,15 @@ waiter_cancelled_for_another(cd_waiter_t *w, PyObject *exc)
 
 /* throw(exc) or throw(type[, value[, tb]]): what a cancelled task does
  * to the awaitable it waits on (asyncio's FutureIter_throw): let go of
- * the future and the cycle, raise the exception at the await. */
+ * the future and the cycle, raise the exception at the await (off the
+ * loop's thread: RuntimeError, nothing let go). */
 static PyObject *
 waiter_throw(cd_waiter_t *w, PyObject *args)
 {
     PyObject *type, *val = NULL, *tb = NULL;
+    if (waiter_off_thread(w)) {
+        return NULL;
+    }
     if (!PyArg_UnpackTuple(args, "throw", 1, 3, &type, &val, &tb)) {
         return NULL;
     }
@@ -387,10 +424,14 @@ waiter_throw(cd_waiter_t *w, PyObject *args)
     return NULL;
 }
 
-/* close(): the awaiting coroutine is closed; let go of what we hold. */
+/* close(): the awaiting coroutine is closed; let go of what we hold
+ * (off the loop's thread: RuntimeError, nothing let go). */
 static PyObject *
 waiter_close(cd_waiter_t *w, PyObject *unused)
 {
+    if (waiter_off_thread(w)) {
+        return NULL;
+    }
     Py_CLEAR(w->it);
     Py_CLEAR(w->fut);
     Py_CLEAR(w->cy);

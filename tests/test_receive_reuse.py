@@ -10,7 +10,7 @@ import time
 import pytest
 import websocket
 
-from .conftest import connect, recv_all
+from .conftest import Reader, connect, recv_all
 
 APP = "tests.apps.wsreuse:app"
 N = 300
@@ -124,3 +124,61 @@ def test_each_message_is_seen_once_in_asyncio_debug_mode(serve, path):
     # more; kept futures are made new under it too.
     proc = serve(APP, env={"PYTHONASYNCIODEBUG": "1"})
     assert_seen_once_in_order(proc.ws_url(path))
+
+
+# receive() called on the loop, its awaitable awaited in another thread:
+# that thread took the message (touching the connection, its libuv handles
+# and the loop's futures, racing with the loop).  Now the awaitable
+# refuses (RuntimeError, as asyncio does for a future of another loop),
+# touches nothing, and the next receive() on the loop gets the message.
+OFF_THREAD = "RuntimeError:receive() awaited outside the server's event loop thread"
+
+
+@pytest.mark.parametrize("path", ["/hand", "/run", "/threadsafe"])
+def test_receive_awaited_in_another_thread_is_refused_and_loses_nothing(serve, path):
+    proc = serve("tests.apps.awaitthread:app")
+    ws = websocket.create_connection(proc.ws_url(path), timeout=30)
+    ws.send("m1")
+    ws.send("m2")
+    report = json.loads(ws.recv())
+    ws.close()
+    assert report == {"off": [OFF_THREAD], "next": "m1"}
+
+
+def test_waiting_receive_resumed_in_another_thread_is_refused(serve):
+    # Yielded on the loop, its future done ("m1" is there), then send(),
+    # throw() and close() from another thread: each refused.
+    proc = serve("tests.apps.awaitthread:app")
+    ws = websocket.create_connection(proc.ws_url("/resumed"), timeout=30)
+    assert ws.recv() == "go"
+    ws.send("m1")
+    ws.send("m2")
+    report = json.loads(ws.recv())
+    ws.close()
+    assert report == {"off": [OFF_THREAD] * 3, "next": "m1"}
+
+
+@pytest.mark.parametrize("path", ["/hand", "/run"])
+def test_http_receive_awaited_in_another_thread_keeps_the_body(serve, path):
+    proc = serve("tests.apps.awaitthread:app")
+    with connect(proc) as sock:
+        sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nm1" % path.encode())
+        r = Reader(sock, 30).response()
+    assert r.status == 200
+    assert json.loads(r.body) == {"off": [OFF_THREAD], "next": "m1"}
+
+
+def test_waiting_send_awaited_in_another_thread_is_refused(serve):
+    # send() on the loop returns an awaitable that waits for the output to
+    # drain (a loop future): awaited in another thread, refused too.
+    proc = serve("tests.apps.awaitthread:app", "--write-buffer-size", "1")
+    with connect(proc) as sock:
+        sock.sendall(b"GET /send HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = recv_all(sock, timeout=30)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    # Chunked: the last chunk before the terminator is the report.
+    report = body[: -len(b"\r\n0\r\n\r\n")].rpartition(b"\r\n")[2]
+    assert json.loads(report) == [
+        "RuntimeError:send() awaited outside the server's event loop thread"
+    ]
