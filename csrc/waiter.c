@@ -19,6 +19,8 @@
  * asyncio refuses a future of another loop. */
 #include "internal.h"
 
+#include <pthread.h>
+
 typedef struct {
     PyObject_HEAD
     PyObject *fut;  /* strong: the future to wait on, or NULL */
@@ -82,7 +84,7 @@ cd_waiter_pending(cd_state *st, PyObject *fut)
 {
     cd_waiter_t *w = (cd_waiter_t *)waiter_new(st, fut);
     if (w != NULL) {
-        w->thread = PyThread_get_thread_ident();
+        w->thread = (unsigned long)pthread_self();
     }
     return (PyObject *)w;
 }
@@ -94,8 +96,9 @@ cd_waiter_pending(cd_state *st, PyObject *fut)
 static int
 waiter_off_thread(cd_waiter_t *w)
 {
+    /* PyThread_get_thread_ident() is this cast, without two calls. */
     if ((w->cy == NULL && w->fut == NULL) ||
-        w->thread == PyThread_get_thread_ident()) {
+        w->thread == (unsigned long)pthread_self()) {
         return 0;
     }
     cd_cycle_off_thread(w->cy != NULL ? "receive" : "send");
