@@ -37,6 +37,7 @@ typedef struct {
     uint64_t span_end;       /* end of the head's last token */
     uint64_t frame_start;    /* where the current framing run began */
     unsigned last_chunk : 1; /* the 0-size chunk came: trailers follow */
+    unsigned last_size : 1;  /* paused at the end of its size line */
     unsigned nheaders;       /* header fields so far, trailers included */
     unsigned nhost;          /* Host fields */
     unsigned nte;            /* Transfer-Encoding fields */
@@ -512,14 +513,19 @@ on_chunk_extension_complete(llhttp_t *p)
 }
 
 /* The chunk-size line ended: the next chunk starts from 0.  After the
- * last chunk, trailers follow: they count as head (count_head). */
+ * last chunk, trailers follow: they count as head (count_head).  No data
+ * follows the last chunk's size line to show where it ended (on_body
+ * does for the others), and llhttp tells a callback without a span no
+ * position: we pause, once a request, for http1_execute to measure it
+ * (llhttp_get_error_pos) and set last_chunk. */
 static int
 on_chunk_header(llhttp_t *p)
 {
     cd_http1_t *h = cd_container_of(p, cd_http1_t, parser);
     h->ext_bytes = 0;
     if (p->content_length == 0) {
-        h->last_chunk = 1;
+        h->last_size = 1;
+        return HPE_PAUSED;
     }
     return 0;
 }
@@ -818,6 +824,30 @@ parse_failed(cd_http1_t *h)
     cd_http1_simple_response(c, status, body);
 }
 
+/* Runs llhttp over c->in, through the pause on_chunk_header makes at
+ * the end of a last chunk's size line: the framing run ends there. */
+static llhttp_errno_t
+http1_execute(cd_http1_t *h)
+{
+    cd_conn_t *c = h->conn;
+    const char *at = c->in.base;
+    const char *end = c->in.base + c->in.len;
+    llhttp_errno_t err;
+    for (;;) {
+        err = llhttp_execute(&h->parser, at, (size_t)(end - at));
+        if (err != HPE_PAUSED || !h->last_size) {
+            return err;
+        }
+        h->last_size = 0;
+        at = llhttp_get_error_pos(&h->parser);
+        if (check_framing(h, h->base_off + (uint64_t)(at - c->in.base)) < 0) {
+            return HPE_USER;
+        }
+        h->last_chunk = 1;
+        llhttp_resume(&h->parser);
+    }
+}
+
 /* Parses what c->in holds; called after reads and after a response. */
 static void
 http1_parse(cd_http1_t *h)
@@ -838,7 +868,7 @@ http1_parse(cd_http1_t *h)
         return;
     }
     h->fail_status = 0;
-    llhttp_errno_t err = llhttp_execute(&h->parser, c->in.base, c->in.len);
+    llhttp_errno_t err = http1_execute(h);
     if (err == HPE_OK && h->in_head) {
         /* The head goes on in the next read: what this one brought
          * counts, up to its last byte. */

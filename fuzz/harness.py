@@ -578,11 +578,18 @@ def chunk_ext(d: Data, x: int) -> tuple[bytes, bool]:
     return b"", True
 
 
+# build_request's body for a request that is valid but for chunk framing
+# past a bound (x 12 or 14 in chunk_line): its app must never see the
+# body end (a last chunk's size line measured, in one read or many).
+REFUSED = b"\0refused"
+
+
 def build_request(d: Data, ws: bool = False) -> tuple[bytes, bytes | None]:
     """A request from the fuzzer's choices; returns (bytes, body) where body
-    is the exact body the app must receive, or None if the request is not
-    a plain valid one."""
+    is the exact body the app must receive, REFUSED, or None if the request
+    is not a plain valid one."""
     clean = True
+    over = False
     sel = d.u8()
     if sel < 230:
         method = METHODS[sel % len(METHODS)]
@@ -655,20 +662,25 @@ def build_request(d: Data, ws: bool = False) -> tuple[bytes, bytes | None]:
         while rest:
             k = max(1, d.u8() % 64)
             part, rest = rest[:k], rest[k:]
-            line, ok = chunk_line(d, len(part), d.u8())
-            clean = clean and ok
+            x = d.u8()
+            line, ok = chunk_line(d, len(part), x)
+            over = over or (not ok and x in (12, 14))
+            clean = clean and (ok or x in (12, 14))
             tail += line + b"\r\n" + part + b"\r\n"
         x = d.u8()
         trailer = b"X-Trailer: 1\r\n" if x == 9 else b""
         line, ok = chunk_line(d, 0, x)
-        clean = clean and ok
+        over = over or (not ok and x in (12, 14))
+        clean = clean and (ok or x in (12, 14))
         tail += line + b"\r\n" + trailer + b"\r\n"
     else:
         tail = b""
     if ws:
         clean = False
     head = b"\r\n".join(lines) + b"\r\n\r\n"
-    return head + tail, body if clean else None
+    if not clean:
+        return head + tail, None
+    return head + tail, REFUSED if over else body
 
 
 def app_http_action(d: Data) -> tuple[Any, ...]:
@@ -858,8 +870,11 @@ async def http_script(sess: Session, d: Data) -> None:
         k = by_conn.get(ci, 0)
         by_conn[ci] = k + 1
         exp = expected.get(ci, [])
-        if k < len(exp) and exp[k] is not None and all(e is not None for e in exp[:k]):
-            if inst.body_done and inst.body != exp[k]:
+        if k < len(exp) and exp[k] is not None and all(
+                e is not None and e is not REFUSED for e in exp[:k]):
+            if inst.body_done and exp[k] is REFUSED:
+                sess.fail(f"chunk framing past its bound: the app got the body {inst.body[:60]!r}")
+            elif inst.body_done and inst.body != exp[k]:
                 sess.fail(f"request body {inst.body[:60]!r} != sent {exp[k][:60]!r}")
 
 

@@ -155,6 +155,12 @@ def http_seeds() -> dict[str, bytes]:
     seeds["post-chunk-leading-zeros-too-many"] = simple(
         2, POST, body=b"0123456789abcdef", chunks=ext_chunks, exts=[[0], [14, 230]],
         resp=False).bytes()
+    # The last chunk's size line past the bound, read whole (64 KiB reads)
+    # and 7 bytes at a time: 400 either way, the app never sees the end.
+    for v in (2, 3):
+        seeds[f"post-last-chunk-leading-zeros-too-many-v{v}"] = simple(
+            v, POST, body=b"0123456789abcdef", chunks=ext_chunks,
+            exts=[[0], [0], [0], [14, 230]], resp=False).bytes()
     seeds["post-chunk-extension-too-long"] = simple(
         2, POST, body=b"0123456789abcdef", chunks=ext_chunks, exts=[[7], [12, 205]],
         resp=False).bytes()

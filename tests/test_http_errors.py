@@ -469,13 +469,6 @@ def test_chunk_extensions_at_and_one_past_16_kib_cut_at_every_byte(serve, shape)
                 assert json.loads(r.body)["body"] == "hi"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="http1.c (owner: L): the 17 KiB framing bound is checked in on_body and at "
-    "the end of a read, and on_chunk_header, where the last chunk's size line ends, "
-    "knows no stream offset: a last chunk's size line that arrives whole in one read "
-    "(up to --read-size, 64 KiB by default, 16 MiB at most) is never measured",
-)
 @pytest.mark.parametrize("first", [True, False], ids=["only_chunk", "after_data"])
 def test_last_chunk_size_with_30_kib_of_leading_zeros_gets_400(server, first):
     # One send of ~30 KiB: on loopback the server reads it whole.
