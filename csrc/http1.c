@@ -1320,6 +1320,8 @@ enum {
     CD_HEAD_HAS_TE = 2,
     CD_HEAD_HAS_SERVER = 4,
     CD_HEAD_HAS_DATE = 8,
+    CD_HEAD_HAS_CLOSE = 16,      /* a connection field naming close */
+    CD_HEAD_HAS_KEEP_ALIVE = 32, /* one naming keep-alive */
 };
 
 /* An app's content-length: 1*DIGIT with optional whitespace around it
@@ -1402,9 +1404,16 @@ head_scan(cd_http1_head_t *h, PyObject *headers, int *has)
             *has |= CD_HEAD_HAS_CL;
         }
         else if (head_name_is(n, "connection")) {
+            /* The app's close closes the conn after the response, as in
+             * uvicorn and h11; its field then says it for us. */
             for (Py_ssize_t k = 0; k + 5 <= vl; k++) {
                 if (strncasecmp(vp + k, "close", 5) == 0) {
                     h->keep_alive = 0;
+                    *has |= CD_HEAD_HAS_CLOSE;
+                }
+                else if (k + 10 <= vl &&
+                         strncasecmp(vp + k, "keep-alive", 10) == 0) {
+                    *has |= CD_HEAD_HAS_KEEP_ALIVE;
                 }
             }
         }
@@ -1543,14 +1552,16 @@ cd_http1_head_write(cd_buf_t *out, cd_http1_head_t *h, PyObject *headers)
         head_append_str(out, h->server_header) < 0) {
         return -1;
     }
+    /* Ours, unless the app's connection field says the same (one field
+     * of each, not two). */
     const char *conn = NULL;
     if (h->upgrade) {
         conn = NULL; /* The fixed lines say "connection: Upgrade". */
     }
     else if (!h->keep_alive) {
-        conn = "connection: close\r\n";
+        conn = has & CD_HEAD_HAS_CLOSE ? NULL : "connection: close\r\n";
     }
-    else if (h->http10) {
+    else if (h->http10 && !(has & CD_HEAD_HAS_KEEP_ALIVE)) {
         conn = "connection: keep-alive\r\n";
     }
     if ((conn != NULL && head_append_str(out, conn) < 0) ||

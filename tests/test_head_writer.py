@@ -87,6 +87,61 @@ def test_head_has_one_date_one_server_and_ends_once(wire):
     assert r.header("content-length") == "3"
 
 
+DATE_RE = rb"date: [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT\r\n"
+
+
+@pytest.mark.parametrize("value", ["close", "Close", "keep-alive,close"])
+@pytest.mark.parametrize("req_close", [False, True], ids=["ka_request", "close_request"])
+def test_app_connection_close_goes_out_once_and_the_server_closes(wire, value, req_close):
+    # uvicorn and h11 close after a response whose app said close; the
+    # head carries the app's field and not a second one of ours.
+    proc = wire("-s", "srv")
+    with connect(proc) as sock:
+        sock.sendall(
+            b"GET /?len=5&conn=%s HTTP/1.1\r\nHost: x\r\n%s\r\n"
+            % (value.encode(), b"Connection: close\r\n" if req_close else b"")
+        )
+        r = Reader(sock).response()
+        assert r.body == b"bbbbb"
+        assert re.fullmatch(
+            rb"HTTP/1\.1 200 OK\r\nconnection: "
+            + re.escape(value.encode())
+            + rb"\r\ncontent-length: 5\r\n"
+            + DATE_RE
+            + rb"server: srv\r\n\r\n",
+            r.raw_head,
+        ), r.raw_head
+        assert is_closed(sock)
+    alive(proc)
+
+
+def test_app_connection_close_on_a_streamed_response(wire):
+    proc = wire("-s", "srv")
+    with connect(proc) as sock:
+        sock.sendall(b"GET /?len=4&stream=1&conn=close HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = Reader(sock).response()
+        assert r.chunked and r.body == b"bbbb"
+        assert r.header_all("connection") == ["close"]
+        assert is_closed(sock)
+    alive(proc)
+
+
+def test_app_keep_alive_to_an_http10_keep_alive_request_goes_out_once(wire):
+    proc = wire("-s", "srv")
+    with connect(proc) as sock:
+        reader = Reader(sock)
+        for _ in range(2):
+            sock.sendall(b"GET /?len=3&conn=keep-alive HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            r = reader.response()
+            assert r.body == b"bbb"
+            assert re.fullmatch(
+                rb"HTTP/1\.1 200 OK\r\nconnection: keep-alive\r\n"
+                rb"content-length: 3\r\n" + DATE_RE + rb"server: srv\r\n\r\n",
+                r.raw_head,
+            ), r.raw_head
+    alive(proc)
+
+
 def test_server_error_response_carries_a_long_server_name(wire):
     # A head the server writes by itself (400) with the 200-char name.
     proc = wire("-s", "e" * 200)

@@ -86,6 +86,8 @@ async def app(scope, receive, send):
     headers = []
     if "close" in q:
         headers.append((b"connection", b"close"))
+    if "conn" in q:
+        headers.append((b"connection", q["conn"].encode()))
     body = b"b" * int(q.get("len", "5"))
     while True:
         msg = await receive()
