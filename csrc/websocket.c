@@ -990,6 +990,7 @@ cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy)
     const char *key = NULL;
     Py_ssize_t keylen = 0;
     int version_ok = 0;
+    int nkey = 0, nversion = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
         PyObject *pair = PyList_GET_ITEM(headers, i);
         PyObject *n = PyTuple_GET_ITEM(pair, 0);
@@ -997,11 +998,18 @@ cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy)
         if (header_eq(n, "sec-websocket-key")) {
             key = PyBytes_AS_STRING(v);
             keylen = PyBytes_GET_SIZE(v);
+            nkey++;
         }
         else if (header_eq(n, "sec-websocket-version")) {
             version_ok = PyBytes_GET_SIZE(v) == 2 &&
                          memcmp(PyBytes_AS_STRING(v), "13", 2) == 0;
+            nversion++;
         }
+    }
+    /* RFC 6455 11.3.1, 11.3.5: neither field appears more than once in
+     * a request; two are as bad as none. */
+    if (nkey > 1 || nversion > 1) {
+        return 400;
     }
     if (!version_ok) {
         return 426;

@@ -18,7 +18,7 @@ import pytest
 import websocket
 import websockets
 
-from .conftest import Reader, readable
+from .conftest import Reader, is_closed, readable
 from .serverproc import ServerProcess, start_server
 
 APP = "tests.apps.wsbehaviour:app"
@@ -399,6 +399,38 @@ def test_refused_version_is_answered_with_the_version_we_speak(server, version):
     assert r.status == 426
     assert r.header_all("sec-websocket-version") == ["13"]
     assert r.header("connection") == "close"
+
+
+KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="
+V13 = b"Sec-WebSocket-Version: 13"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [KEY, b"Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==", V13],
+        [KEY, KEY, V13],
+        [KEY, V13, V13],
+        [KEY, b"Sec-WebSocket-Version: 8", V13],
+        [V13],
+    ],
+    ids=["two_keys", "same_key_twice", "version_twice", "versions_8_13", "no_key"],
+)
+def test_handshake_with_two_keys_or_versions_is_400_as_with_none(server, fields):
+    # Regression: the last key or version was used.  RFC 6455 4.2.1,
+    # 11.3.1, 11.3.5: exactly one of each in a request.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\n" + b"".join(f + b"\r\n" for f in fields)
+                     + b"\r\n")
+        r = Reader(sock).response()
+        assert r.status == 400
+        assert r.header("connection") == "close"
+        assert is_closed(sock)
+    ws = websocket.create_connection(server.ws_url("/echo"))
+    ws.send("still here")
+    assert ws.recv() == "still here"
+    ws.close()
 
 
 def test_app_crash_before_accept_is_500(server):
