@@ -106,6 +106,21 @@ def client_hello() -> bytes:
     return outgoing.read()
 
 
+def bio_handshake(
+    sock: socket.socket, obj: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
+) -> None:
+    """Drives obj's handshake over sock (memory BIOs: the test decides what goes out when)."""
+    while True:
+        try:
+            obj.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            sock.sendall(outgoing.read())
+            data = sock.recv(65536)
+            assert data, "closed during the handshake"
+            incoming.write(data)
+
+
 # ---- clients -----------------------------------------------------------------
 
 def test_https_request_verified_against_the_test_ca(tls_server, pki):
@@ -400,15 +415,7 @@ def test_finished_request_and_close_notify_in_one_write(tls_server, pki):
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = client_ctx(pki).wrap_bio(incoming, outgoing, server_hostname="localhost")
     with socket.create_connection(("127.0.0.1", tls_server.port), timeout=10) as sock:
-        while True:
-            try:
-                obj.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                sock.sendall(outgoing.read())
-                data = sock.recv(65536)
-                assert data, "closed during the handshake"
-                incoming.write(data)
+        bio_handshake(sock, obj, incoming, outgoing)
         obj.write(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
         with pytest.raises(ssl.SSLWantReadError):
             obj.unwrap()
@@ -525,15 +532,7 @@ def test_request_then_close_notify_is_answered_then_ours(tls_server, pki):
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
         with socket.create_connection(("127.0.0.1", tls_server.port), timeout=10) as sock:
-            while True:
-                try:
-                    obj.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    sock.sendall(outgoing.read())
-                    data = sock.recv(65536)
-                    assert data, "closed during the handshake"
-                    incoming.write(data)
+            bio_handshake(sock, obj, incoming, outgoing)
             obj.write(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
             with pytest.raises(ssl.SSLWantReadError):
                 obj.unwrap()  # Queues our close_notify; the server's is read below.
