@@ -575,7 +575,8 @@ def test_create_task_with_default_name_or_context_matches_asyncio(loop):
         assert named.get_name() == "n"
         assert re.fullmatch(r"Task-\d+", in_ctx.get_name())
         assert plain.get_loop() is loop and in_ctx.get_loop() is loop
-        assert in_ctx.get_context() is ctx
+        if hasattr(in_ctx, "get_context"):  # 3.12+; on 3.11 the results show it
+            assert in_ctx.get_context() is ctx
         results = await asyncio.gather(plain, explicit, named, in_ctx)
         assert results == ["outer", "outer", "outer", "inner"]
 
