@@ -530,15 +530,20 @@ def test_the_asyncio_future_keeps_its_callbacks_and_their_order(loop):
 # ---- create_task / create_future without their Python frames (loopapi.c) ----
 
 
-def test_create_task_passes_name_and_context_and_checks_its_argument(loop):
-    import contextvars
-
+def _context_reader():
+    """A context with var set to "inner", and a coroutine function reading var."""
     var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="outer")
     ctx = contextvars.copy_context()
     ctx.run(var.set, "inner")
 
     async def read() -> str:
         return var.get()
+
+    return ctx, read
+
+
+def test_create_task_passes_name_and_context_and_checks_its_argument(loop):
+    ctx, read = _context_reader()
 
     async def main() -> None:
         task = loop.create_task(read(), name="reader", context=ctx)
@@ -554,15 +559,9 @@ def test_create_task_passes_name_and_context_and_checks_its_argument(loop):
 
 
 def test_create_task_with_default_name_or_context_matches_asyncio(loop):
-    import contextvars
     import re
 
-    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="outer")
-    ctx = contextvars.copy_context()
-    ctx.run(var.set, "inner")
-
-    async def read() -> str:
-        return var.get()
+    ctx, read = _context_reader()
 
     async def main() -> None:
         plain = loop.create_task(read())
