@@ -38,6 +38,8 @@ typedef struct {
     uint64_t frame_start;    /* where the current framing run began */
     unsigned last_chunk : 1; /* the 0-size chunk came: trailers follow */
     unsigned last_size : 1;  /* paused at the end of its size line */
+    unsigned ext_semi : 1;   /* a token value ended at a ';' */
+    unsigned ext_next : 1;   /* paused after it (value_complete) */
     unsigned nheaders;       /* header fields so far, trailers included */
     unsigned nhost;          /* Host fields */
     unsigned nte;            /* Transfer-Encoding fields */
@@ -499,7 +501,7 @@ count_chunk_ext(llhttp_t *p, size_t n)
 }
 
 static int
-on_chunk_extension_span(llhttp_t *p, const char *at, size_t n)
+on_chunk_extension_name(llhttp_t *p, const char *at, size_t n)
 {
     (void)at;
     return count_chunk_ext(p, n);
@@ -510,6 +512,41 @@ static int
 on_chunk_extension_complete(llhttp_t *p)
 {
     return count_chunk_ext(p, 1);
+}
+
+/* llhttp 8.1 (Debian bookworm's) ends a token value at a ';' by taking
+ * the ';' and going to the state that expects one (chunk_size_otherwise),
+ * so that ";a=b;c=d", valid (RFC 9112 7.1.1), fails on the "c".  A
+ * quoted value or a name followed by ';' goes to chunk_extensions, as
+ * later llhttp does here too.  We see the value's end: its span stops at
+ * the byte that ended it (unless the read ended there: then the span
+ * goes on in the next execute, from its first byte). */
+static int
+on_chunk_extension_value(llhttp_t *p, const char *at, size_t n)
+{
+    cd_http1_t *h = cd_container_of(p, cd_http1_t, parser);
+    const cd_conn_t *c = h->conn;
+    h->ext_semi = at + n < c->in.base + c->in.len && at[n] == ';';
+    return count_chunk_ext(p, n);
+}
+
+/* ... and once the value is complete, llhttp has taken that ';': we
+ * pause, and http1_execute feeds the ';' to the state that expects it
+ * before the bytes after it, which llhttp then reads as the next
+ * extension, with the checks of any other. */
+static int
+on_chunk_extension_value_complete(llhttp_t *p)
+{
+    cd_http1_t *h = cd_container_of(p, cd_http1_t, parser);
+    if (count_chunk_ext(p, 1) < 0) {
+        return -1;
+    }
+    if (h->ext_semi) {
+        h->ext_semi = 0;
+        h->ext_next = 1;
+        return HPE_PAUSED;
+    }
+    return 0;
 }
 
 /* The chunk-size line ended: the next chunk starts from 0.  After the
@@ -645,10 +682,10 @@ static const llhttp_settings_t settings = {
     .on_body = on_body,
     .on_message_complete = on_message_complete,
     .on_chunk_header = on_chunk_header,
-    .on_chunk_extension_name = on_chunk_extension_span,
-    .on_chunk_extension_value = on_chunk_extension_span,
+    .on_chunk_extension_name = on_chunk_extension_name,
+    .on_chunk_extension_value = on_chunk_extension_value,
     .on_chunk_extension_name_complete = on_chunk_extension_complete,
-    .on_chunk_extension_value_complete = on_chunk_extension_complete,
+    .on_chunk_extension_value_complete = on_chunk_extension_value_complete,
 };
 
 static int
@@ -824,8 +861,9 @@ parse_failed(cd_http1_t *h)
     cd_http1_simple_response(c, status, body);
 }
 
-/* Runs llhttp over c->in, through the pause on_chunk_header makes at
- * the end of a last chunk's size line: the framing run ends there. */
+/* Runs llhttp over c->in, through the pauses on_chunk_header makes at
+ * the end of a last chunk's size line (the framing run ends there) and
+ * on_chunk_extension_value_complete makes after a token value's ';'. */
 static llhttp_errno_t
 http1_execute(cd_http1_t *h)
 {
@@ -835,6 +873,16 @@ http1_execute(cd_http1_t *h)
     llhttp_errno_t err;
     for (;;) {
         err = llhttp_execute(&h->parser, at, (size_t)(end - at));
+        if (err == HPE_PAUSED && h->ext_next) {
+            h->ext_next = 0;
+            at = llhttp_get_error_pos(&h->parser);
+            llhttp_resume(&h->parser);
+            err = llhttp_execute(&h->parser, ";", 1);
+            if (err != HPE_OK) {
+                return err;
+            }
+            continue;
+        }
         if (err != HPE_PAUSED || !h->last_size) {
             return err;
         }

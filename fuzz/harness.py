@@ -560,8 +560,10 @@ def chunk_line(d: Data, size: int, x: int) -> tuple[bytes, bool]:
 def chunk_ext(d: Data, x: int) -> tuple[bytes, bool]:
     """A chunk's extensions, and whether the server must take them: the
     byte x picks none (mostly), a name, a name and value, a quoted value,
-    several names, a long name around the bound, or name=value pairs after
-    the first (llhttp 8.1 refuses those: not clean)."""
+    several names, a long name around the bound, name=value pairs after the
+    first (llhttp 8.1 refused those; http1.c feeds it the ';' it skipped),
+    a list of the fuzzer's names and token or quoted values, or many
+    ";a=b" around the bound."""
     if x == 7:
         return b";x=y", True
     if x == 8:
@@ -574,12 +576,31 @@ def chunk_ext(d: Data, x: int) -> tuple[bytes, bool]:
         n = d.u8() * 80  # up to 20,400 bytes: both sides of the bound
         return b";" + b"e" * n, 1 + n <= MAX_CHUNK_EXT
     if x == 13:
-        return b";a=b;c=d", False
+        return b";a=b;c=d", True
+    if x == 15:
+        return ext_list(d), True
+    if x == 16:
+        n = d.u8() * 20  # 4 bytes each: up to 20,400 bytes
+        return b";a=b" * n, 4 * n <= MAX_CHUNK_EXT
     return b"", True
 
 
+def ext_list(d: Data) -> bytes:
+    """1 to 12 valid extensions: names and token values from the fuzzer's
+    bytes (as tchars), quoted values (as qdtext), or no value."""
+    out = b""
+    for _ in range(1 + d.u8() % 12):
+        out += b";" + (re.sub(rb"[^A-Za-z0-9!#$%&'*+.^_`|~-]", b"", d.blob(8)) or b"n")
+        kind = d.u8() % 3
+        if kind == 1:
+            out += b"=" + (re.sub(rb"[^A-Za-z0-9!#$%&'*+.^_`|~-]", b"", d.blob(8)) or b"v")
+        elif kind == 2:
+            out += b'="' + re.sub(rb'[^ !#-\[\]-~]', b"", d.blob(8)) + b'"'
+    return out
+
+
 # build_request's body for a request that is valid but for chunk framing
-# past a bound (x 12 or 14 in chunk_line): its app must never see the
+# past a bound (x 12, 14 or 16 in chunk_line): its app must never see the
 # body end (a last chunk's size line measured, in one read or many).
 REFUSED = b"\0refused"
 
@@ -664,14 +685,14 @@ def build_request(d: Data, ws: bool = False) -> tuple[bytes, bytes | None]:
             part, rest = rest[:k], rest[k:]
             x = d.u8()
             line, ok = chunk_line(d, len(part), x)
-            over = over or (not ok and x in (12, 14))
-            clean = clean and (ok or x in (12, 14))
+            over = over or (not ok and x in (12, 14, 16))
+            clean = clean and (ok or x in (12, 14, 16))
             tail += line + b"\r\n" + part + b"\r\n"
         x = d.u8()
         trailer = b"X-Trailer: 1\r\n" if x == 9 else b""
         line, ok = chunk_line(d, 0, x)
-        over = over or (not ok and x in (12, 14))
-        clean = clean and (ok or x in (12, 14))
+        over = over or (not ok and x in (12, 14, 16))
+        clean = clean and (ok or x in (12, 14, 16))
         tail += line + b"\r\n" + trailer + b"\r\n"
     else:
         tail = b""

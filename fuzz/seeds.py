@@ -149,6 +149,15 @@ def http_seeds() -> dict[str, bytes]:
     seeds["post-chunk-extensions"] = simple(
         2, POST, body=b"0123456789abcdef", chunks=ext_chunks,
         exts=[[8], [10, 5, *b"q v 1"], [11, 2], [12, 204]]).bytes()
+    # Several extensions: ";a=b;c=d", a list of token and quoted values,
+    # ";a=b" repeated to just under the bound; then just over it (400).
+    ext_list = [15, 2, 1, *b"a", 1, 1, *b"b", 2, *b"cc", 2, 3, *b"x y", 1, *b"e", 0]
+    seeds["post-chunk-extension-lists"] = simple(
+        2, POST, body=b"0123456789abcdef", chunks=ext_chunks,
+        exts=[[13], ext_list, [0], [16, 204]]).bytes()
+    seeds["post-chunk-extension-lists-too-long"] = simple(
+        2, POST, body=b"0123456789abcdef", chunks=ext_chunks,
+        exts=[[13], [0], [16, 205]], resp=False).bytes()
     seeds["post-chunk-leading-zeros"] = simple(
         2, POST, body=b"0123456789abcdef", chunks=ext_chunks,
         exts=[[14, 3], [14, 212], [0], [14, 1]]).bytes()

@@ -469,6 +469,88 @@ def test_chunk_extensions_at_and_one_past_16_kib_cut_at_every_byte(serve, shape)
                 assert json.loads(r.body)["body"] == "hi"
 
 
+# RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS chunk-ext-name
+# [ BWS "=" BWS chunk-ext-val ] ).  llhttp 8.1 took a token value followed
+# by ";" to the state after the ";" without reading it, so that the next
+# name was an "Invalid character in chunk size" (h11, Twisted and Node's
+# later llhttp accept these).  BWS is the one part llhttp refuses, as
+# before, in every position.
+VALID_EXTS = [b";a=b;c=d", b";a=b;c", b";a=b;c=d;e=f", b';a=b;c="d"', b';a="b";c=d;e',
+              b";a;b=c;d", b";a=b;c=d" * 100]
+INVALID_EXTS = [b";a=b;", b";a=b;c=d\x00", b";a=b;c=\"d", b";a=b;c=d\x7f", b";a=b;c=(",
+                b";a=b;c;", b";a=b; c", b";a=b;c =d"]
+# What may follow an extension: after a token value, llhttp now takes
+# exactly what it takes after a name or a quoted value (";;c" and ";=c",
+# empty names, it took and takes after either).
+EXT_TAILS = [b"", b";c", b";c=d", b";;c", b";=c", b";", b"; c", b";c=\x01", b';c="d', b";c=d;",
+             b"\x00", b" ;c", b";c=d ;e", b";c=d;e=\x7f", b"=d"]
+
+
+@pytest.mark.parametrize("ext", VALID_EXTS, ids=range(len(VALID_EXTS)))
+@pytest.mark.parametrize("where", ["data_chunk", "last_chunk"])
+def test_chunk_with_several_extensions_is_served(server, ext, where):
+    # Regression: ";a=b;c=d" got 400.
+    if where == "data_chunk":
+        body = b"2" + ext + b"\r\nhi\r\n0\r\n\r\n"
+    else:
+        body = b"2\r\nhi\r\n0" + ext + b"\r\n\r\n"
+    with connect(server) as sock:
+        sock.sendall(CHUNKED_POST + body)
+        r = Reader(sock).response()
+        assert r.status == 200
+        assert json.loads(r.body)["body"] == "hi"
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert Reader(sock).response().body == b"Hello, world!"
+
+
+@pytest.mark.parametrize("ext", INVALID_EXTS, ids=range(len(INVALID_EXTS)))
+def test_chunk_with_an_invalid_extension_after_a_token_value_gets_400(server, ext):
+    with connect(server) as sock:
+        sock.sendall(CHUNKED_POST + b"2" + ext + b"\r\nhi\r\n0\r\n\r\n")
+        r = Reader(sock).response()
+        assert r.status == 400
+        assert is_closed(sock)
+
+
+def test_after_a_token_value_what_follows_is_read_as_after_a_quoted_one(server):
+    def status(ext: bytes) -> int:
+        with connect(server) as sock:
+            sock.sendall(CHUNKED_POST + b"2" + ext + b"\r\nhi\r\n0\r\n\r\n")
+            return Reader(sock).response().status
+
+    for tail in EXT_TAILS:
+        got = {status(b";a=b" + tail), status(b';a="b"' + tail)}
+        if not tail.startswith(b"="):
+            got.add(status(b";a" + tail))
+        assert len(got) == 1, (tail, got)
+
+
+def test_several_extensions_cut_at_every_byte(serve):
+    # --read-size 1: the ";" after a token value is the first byte of a
+    # read, or the value's last; invalid bytes after it still get 400.
+    proc = serve("tests.apps.http1:app", "--read-size", "1")
+    for ext, status in ((b";a=bc;de=f;g", 200), (b";a=bc;d=\x01", 400), (b";a=bc; d", 400)):
+        with connect(proc, timeout=30) as sock:
+            sock.sendall(CHUNKED_POST + b"2" + ext + b"\r\nhi\r\n1" + ext + b"\r\no\r\n0\r\n\r\n")
+            r = Reader(sock, timeout=30).response()
+            assert r.status == status, ext
+            if status == 200:
+                assert json.loads(r.body)["body"] == "hio"
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_many_token_valued_extensions_keep_the_16_kib_bound(server, extra):
+    # ";a=b" counts its 4 bytes: 4096 of them are 16 KiB exactly.
+    ext = b";a=b" * 4096 + b"c" * extra
+    with connect(server) as sock:
+        try:
+            sock.sendall(CHUNKED_POST + b"2" + ext + b"\r\nhi\r\n0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        r = Reader(sock).response()
+        assert r.status == (400 if extra else 200)
+
+
 @pytest.mark.parametrize("first", [True, False], ids=["only_chunk", "after_data"])
 def test_last_chunk_size_with_30_kib_of_leading_zeros_gets_400(server, first):
     # One send of ~30 KiB: on loopback the server reads it whole.
