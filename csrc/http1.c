@@ -1422,6 +1422,60 @@ head_te_ok(const char *p, Py_ssize_t n)
     return 1;
 }
 
+/* The next element of a comma-separated list (RFC 9110 5.6.1) in
+ * p[*i..n), without the OWS around it: its offset (and *len), or -1 once
+ * none is left.  Empty elements are skipped, as recipients must. */
+static Py_ssize_t
+head_list_next(const char *p, Py_ssize_t n, Py_ssize_t *i, Py_ssize_t *len)
+{
+    Py_ssize_t k = *i;
+    while (k < n) {
+        Py_ssize_t s = k, e = k;
+        while (e < n && p[e] != ',') {
+            e++;
+        }
+        k = e + 1;
+        while (s < e && (p[s] == ' ' || p[s] == '\t')) {
+            s++;
+        }
+        while (e > s && (p[e - 1] == ' ' || p[e - 1] == '\t')) {
+            e--;
+        }
+        if (e > s) {
+            *i = k;
+            *len = e - s;
+            return s;
+        }
+    }
+    *i = n;
+    return -1;
+}
+
+static int
+head_token_is(const char *p, Py_ssize_t n, const char *lower)
+{
+    return (size_t)n == strlen(lower) && strncasecmp(p, lower, (size_t)n) == 0;
+}
+
+/* The connection options of an app's field (RFC 9110 7.6.1: a list of
+ * tokens, matched case-insensitively), into h and *has. */
+static void
+head_scan_connection(cd_http1_head_t *h, const char *p, Py_ssize_t n, int *has)
+{
+    Py_ssize_t i = 0, len, t;
+    while ((t = head_list_next(p, n, &i, &len)) >= 0) {
+        if (head_token_is(p + t, len, "close")) {
+            /* The app's close closes the conn after the response, as in
+             * uvicorn and h11; its field then says it for us. */
+            h->keep_alive = 0;
+            *has |= CD_HEAD_HAS_CLOSE;
+        }
+        else if (head_token_is(p + t, len, "keep-alive")) {
+            *has |= CD_HEAD_HAS_KEEP_ALIVE;
+        }
+    }
+}
+
 /* Reads what the app's headers say about framing into h and adds
  * CD_HEAD_HAS_* bits to *has. */
 static int
@@ -1452,18 +1506,7 @@ head_scan(cd_http1_head_t *h, PyObject *headers, int *has)
             *has |= CD_HEAD_HAS_CL;
         }
         else if (head_name_is(n, "connection")) {
-            /* The app's close closes the conn after the response, as in
-             * uvicorn and h11; its field then says it for us. */
-            for (Py_ssize_t k = 0; k + 5 <= vl; k++) {
-                if (strncasecmp(vp + k, "close", 5) == 0) {
-                    h->keep_alive = 0;
-                    *has |= CD_HEAD_HAS_CLOSE;
-                }
-                else if (k + 10 <= vl &&
-                         strncasecmp(vp + k, "keep-alive", 10) == 0) {
-                    *has |= CD_HEAD_HAS_KEEP_ALIVE;
-                }
-            }
+            head_scan_connection(h, vp, vl, has);
         }
         else if (head_name_is(n, "transfer-encoding")) {
             if ((*has & CD_HEAD_HAS_TE) || !head_te_ok(vp, vl)) {
@@ -1525,11 +1568,34 @@ head_framing(cd_http1_head_t *h, int has)
     }
 }
 
+/* An app's connection field when the conn closes after all: without its
+ * keep-alive, which would go out next to "close", and without the field
+ * if nothing else is left (its other options go out as it wrote them). */
+static int
+head_write_connection(cd_buf_t *out, const char *p, Py_ssize_t n)
+{
+    Py_ssize_t i = 0, len, t;
+    int first = 1;
+    while ((t = head_list_next(p, n, &i, &len)) >= 0) {
+        if (head_token_is(p + t, len, "keep-alive")) {
+            continue;
+        }
+        if (head_append_str(out, first ? "connection: " : ", ") < 0 ||
+            head_append(out, p + t, (size_t)len) < 0) {
+            return -1;
+        }
+        first = 0;
+    }
+    return first ? 0 : head_append(out, "\r\n", 2);
+}
+
 /* Writes the app's headers but a repeated content-length (head_scan
  * checked it holds the same length: one is enough, and some proxies
- * refuse two) and, to an HTTP/1.0 client, its transfer-encoding. */
+ * refuse two), to an HTTP/1.0 client its transfer-encoding, and a
+ * keep-alive the conn will not keep (head_write_connection). */
 static int
-head_write_headers(cd_buf_t *out, const cd_http1_head_t *h, PyObject *headers)
+head_write_headers(cd_buf_t *out, const cd_http1_head_t *h, PyObject *headers,
+                   int has)
 {
     Py_ssize_t nh = headers ? PyList_GET_SIZE(headers) : 0;
     int cl_seen = 0;
@@ -1543,6 +1609,15 @@ head_write_headers(cd_buf_t *out, const cd_http1_head_t *h, PyObject *headers)
         }
         else if (!h->upgrade && h->http10 &&
                  head_name_is(n, "transfer-encoding")) {
+            continue;
+        }
+        else if (!h->upgrade && !h->keep_alive &&
+                 (has & CD_HEAD_HAS_KEEP_ALIVE) &&
+                 head_name_is(n, "connection")) {
+            if (head_write_connection(out, PyBytes_AS_STRING(v),
+                                      PyBytes_GET_SIZE(v)) < 0) {
+                return -1;
+            }
             continue;
         }
         if (head_append(out, PyBytes_AS_STRING(n),
@@ -1578,7 +1653,7 @@ cd_http1_head_write(cd_buf_t *out, cd_http1_head_t *h, PyObject *headers)
         head_append_str(out, cd_http1_reason(h->status)) < 0 ||
         head_append(out, "\r\n", 2) < 0 ||
         (h->fixed && head_append(out, h->fixed, h->fixed_len) < 0) ||
-        head_write_headers(out, h, headers) < 0) {
+        head_write_headers(out, h, headers, has) < 0) {
         return -1;
     }
     if (h->add_length) {

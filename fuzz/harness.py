@@ -750,7 +750,9 @@ def app_headers(d: Data) -> list[Any]:
                                                       b"gzip, chunked", b"chunked, chunked",
                                                       b"Chunked ", b"xchunked"])))
         elif k == 2:
-            out.append((b"connection", d.pick([b"close", b"keep-alive", b"Close, x"])))
+            out.append((b"connection", d.pick([b"close", b"keep-alive", b"Close, x", b"closed",
+                                               b"x-close, Keep-Alive", b"keep-alive,close",
+                                               b" , keep-alive ,"])))
         elif k == 3:
             out.append((b"server", d.blob(40)))
         elif k == 4:
@@ -1410,6 +1412,28 @@ def framing_ok(sess: Session, version: bytes, rheaders: list[Any]) -> bool:
     return False
 
 
+def conn_options(fields: list[Any]) -> list[bytes]:
+    """The options of connection fields (RFC 9110 7.6.1), lowercased."""
+    return [t.strip(b" \t").lower() for k, v in fields if k.lower() == b"connection"
+            for t in v.split(b",") if t.strip(b" \t")]
+
+
+def connection_ok(sess: Session, headers: list[Any], rheaders: list[Any]) -> bool:
+    """The head's connection options say one thing: never close and
+    keep-alive both; every option of the app's but keep-alive goes out, and
+    its keep-alive too unless the conn closes; its close goes out."""
+    app_opts, opts = conn_options(headers), conn_options(rheaders)
+    if b"close" in opts and b"keep-alive" in opts:
+        sess.fail(f"the head says close and keep-alive: {rheaders!r:.300}")
+    elif any(t not in opts for t in app_opts if t != b"keep-alive"):
+        sess.fail(f"app connection options {app_opts!r} missing from {opts!r}")
+    elif b"keep-alive" in app_opts and b"close" not in opts and b"keep-alive" not in opts:
+        sess.fail(f"the app's keep-alive left out of a kept conn: {opts!r}")
+    else:
+        return True
+    return False
+
+
 def check_response(sess: Session, c: Conn, inst: Inst, method: bytes, version: bytes,
                    status: int, headers: list[Any], body: bytes) -> None:
     buf = bytes(c.out)
@@ -1436,9 +1460,13 @@ def check_response(sess: Session, c: Conn, inst: Inst, method: bytes, version: b
         sess.fail(f"status {rstatus} for an app status {status}")
         return
     names = [k for k, _ in rheaders]
+    if not connection_ok(sess, headers, rheaders):
+        return
     for k, v in headers:
         if version == b"HTTP/1.0" and k.lower() == b"transfer-encoding":
             continue  # RFC 9112 6.1: never to an HTTP/1.0 client.
+        if k.lower() == b"connection":
+            continue  # connection_ok checked its options.
         if (k.lower(), v.strip(b" \t")) not in rheaders:
             sess.fail(f"app header {k!r}: {v[:40]!r} missing from {rheaders!r:.300}")
     if names.count(b"server") > 1 and not any(k.lower() == b"server" for k, _ in headers):

@@ -12,10 +12,12 @@ import hashlib
 import os
 import re
 import socket
+from urllib.parse import unquote
 
+import h11
 import pytest
 
-from .conftest import Reader, connect, is_closed, request
+from .conftest import Reader, connect, is_closed, recv_all, request
 
 APP = "tests.apps.wire:app"
 # Free chunks are not cached and are filled with a pattern: a write past
@@ -103,15 +105,110 @@ def test_app_connection_close_goes_out_once_and_the_server_closes(wire, value, r
         )
         r = Reader(sock).response()
         assert r.body == b"bbbbb"
+        # The app's keep-alive is left out: the conn closes.
+        sent = "close" if value == "keep-alive,close" else value
         assert re.fullmatch(
             rb"HTTP/1\.1 200 OK\r\nconnection: "
-            + re.escape(value.encode())
+            + re.escape(sent.encode())
             + rb"\r\ncontent-length: 5\r\n"
             + DATE_RE
             + rb"server: srv\r\n\r\n",
             r.raw_head,
         ), r.raw_head
         assert is_closed(sock)
+    alive(proc)
+
+
+@pytest.mark.parametrize(
+    "value", ["closed", "keep-alive,%20x-close-ish", "x-close", "Close-Later", "closer,keep-alive",
+              "unclose,%09", '"close"'])
+def test_app_connection_options_are_tokens_not_substrings(wire, value):
+    # Regression: "close" anywhere in the app's field closed the conn.
+    # RFC 9110 7.6.1: a comma-separated list of tokens.
+    proc = wire("-s", "srv")
+    with connect(proc) as sock:
+        reader = Reader(sock)
+        for _ in range(2):
+            sock.sendall(b"GET /?len=2&conn=%s HTTP/1.1\r\nHost: x\r\n\r\n" % value.encode())
+            r = reader.response()
+            assert r.body == b"bb"
+            assert r.header_all("connection") == [unquote(value).strip()]
+        assert not is_closed(sock, 0.2)
+    alive(proc)
+
+
+@pytest.mark.parametrize("value", ["x-a,%20CLOSE%20", "a,,close,", "%09close%09", "close,close",
+                                   ",%20,cLoSe"])
+def test_app_connection_close_token_anywhere_in_the_list_closes(wire, value):
+    proc = wire("-s", "srv")
+    with connect(proc) as sock:
+        sock.sendall(b"GET /?len=2&conn=%s HTTP/1.1\r\nHost: x\r\n\r\n" % value.encode())
+        r = Reader(sock).response()
+        assert r.body == b"bb"
+        assert r.header_all("connection") == [unquote(value).strip()]
+        assert is_closed(sock)
+    alive(proc)
+
+
+def h11_response(raw: bytes) -> tuple[h11.Response, bytes]:
+    """The response in raw as h11 (a strict client) reads it; h11 must
+    find it well-formed and see that the conn closes after it."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(raw)
+    conn.receive_data(b"")
+    resp, body = None, b""
+    while True:
+        ev = conn.next_event()
+        if isinstance(ev, h11.Response):
+            resp = ev
+        elif isinstance(ev, h11.Data):
+            body += ev.data
+        elif isinstance(ev, h11.EndOfMessage):
+            break
+        else:
+            raise AssertionError(f"h11: {ev!r}")
+    assert conn.their_state is h11.MUST_CLOSE
+    assert resp is not None
+    return resp, body
+
+
+# (request line and fields, the app's connection field, %-encoded in conn=,
+# the connection fields that must go out).
+MUST_CLOSE = {
+    "http10": (b"GET /?len=3&conn=keep-alive HTTP/1.0\r\n", ["close"]),
+    "http10_other_option": (b"GET /?len=3&conn=keep-alive,%20x-foo HTTP/1.0\r\n",
+                            ["x-foo", "close"]),
+    "http10_close_delimited": (b"GET /?len=3&stream=1&conn=keep-alive HTTP/1.0\r\n"
+                               b"Connection: keep-alive\r\n", ["close"]),
+    "client_close": (b"GET /?len=3&conn=Keep-Alive HTTP/1.1\r\nHost: x\r\n"
+                     b"Connection: close\r\n", ["close"]),
+    "client_close_streamed": (b"GET /?len=3&stream=1&conn=keep-alive HTTP/1.1\r\nHost: x\r\n"
+                              b"Connection: close\r\n", ["close"]),
+    "app_says_both": (b"GET /?len=3&conn=keep-alive,close HTTP/1.1\r\nHost: x\r\n", ["close"]),
+    "app_says_both_and_more": (b"GET /?len=3&conn=x-foo,%20KEEP-ALIVE%20,%20close,keep-alive "
+                               b"HTTP/1.1\r\nHost: x\r\n", ["x-foo, close"]),
+    "half_close": (b"GET /?len=3&delay=0.3&conn=keep-alive HTTP/1.1\r\nHost: x\r\n", ["close"]),
+}
+
+
+@pytest.mark.parametrize("case", list(MUST_CLOSE))
+def test_app_keep_alive_is_left_out_when_the_conn_closes(wire, case):
+    # Regression: the head said "connection: keep-alive" from the app and
+    # "connection: close" from us; it now says only what is true.
+    head, want = MUST_CLOSE[case]
+    proc = wire("-s", "srv")
+    with connect(proc) as sock:
+        sock.sendall(head + b"\r\n")
+        if case == "half_close":
+            sock.shutdown(socket.SHUT_WR)
+        raw = recv_all(sock)
+    resp, body = h11_response(raw)
+    assert body == b"bbb"
+    got = [v.decode() for k, v in resp.headers if k == b"connection"]
+    assert got == want
+    assert b"keep-alive" not in raw.partition(b"\r\n\r\n")[0].lower()
     alive(proc)
 
 

@@ -1,8 +1,13 @@
 """Apps that drive the response head writer and the 101 handshake writer
 with unusual inputs (long server names, odd statuses, hostile header
-sequences).  Driven by the query string; see tests/test_head_writer.py."""
+sequences).  Driven by the query string (conn: a connection field,
+%-decoded; delay: seconds before the response); see
+tests/test_head_writer.py."""
 
 from __future__ import annotations
+
+import asyncio
+from urllib.parse import unquote
 
 from .common import query
 
@@ -87,12 +92,14 @@ async def app(scope, receive, send):
     if "close" in q:
         headers.append((b"connection", b"close"))
     if "conn" in q:
-        headers.append((b"connection", q["conn"].encode()))
+        headers.append((b"connection", unquote(q["conn"]).encode()))
     body = b"b" * int(q.get("len", "5"))
     while True:
         msg = await receive()
         if not msg.get("more_body"):
             break
+    if "delay" in q:
+        await asyncio.sleep(float(q["delay"]))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     if "stream" in q:
         await send({"type": "http.response.body", "body": body, "more_body": True})
