@@ -374,6 +374,18 @@ def test_send_before_accept_raises_in_app(server):
     assert errors and "before websocket.accept" in errors[0]["text"]
 
 
+def test_send_with_both_bytes_and_text_sends_the_bytes(server):
+    # ASGI says exactly one is not None; uvicorn and Hypercorn send the
+    # bytes, Daphne raises when both are non-empty.  Kept, documented.
+    ws = websocket.create_connection(server.ws_url("/send-both"))
+    try:
+        assert ws.recv_data() == (websocket.ABNF.OPCODE_BINARY, b"the bytes")
+        assert ws.recv_data() == (websocket.ABNF.OPCODE_BINARY, b"")
+        assert ws.recv_data() == (websocket.ABNF.OPCODE_TEXT, b"only text")
+    finally:
+        ws.close()
+
+
 def test_bad_version_is_426_and_server_still_serves(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -230,6 +230,14 @@ async def app(scope, receive, send):
         await hand_driven(receive, send)
     elif path == "/never-accept":
         await asyncio.sleep(60)
+    elif path == "/send-both":
+        # ASGI: exactly one of bytes and text is not None; with both the
+        # bytes go out (uvicorn, Hypercorn; see README).
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "bytes": b"the bytes", "text": "the text"})
+        await send({"type": "websocket.send", "bytes": b"", "text": "the text"})
+        await send({"type": "websocket.send", "bytes": None, "text": "only text"})
+        await drain(receive)
     elif path == "/send-before-accept":
         try:
             await send({"type": "websocket.send", "text": "too early"})
