@@ -1572,15 +1572,20 @@ head_framing(cd_http1_head_t *h, int has)
  * keep-alive, which would go out next to "close", and without the field
  * if nothing else is left (its other options go out as it wrote them). */
 static int
-head_write_connection(cd_buf_t *out, const char *p, Py_ssize_t n)
+head_write_connection(cd_buf_t *out, PyObject *name, PyObject *value)
 {
-    Py_ssize_t i = 0, len, t;
+    const char *p = PyBytes_AS_STRING(value);
+    Py_ssize_t n = PyBytes_GET_SIZE(value), i = 0, len, t;
     int first = 1;
     while ((t = head_list_next(p, n, &i, &len)) >= 0) {
         if (head_token_is(p + t, len, "keep-alive")) {
             continue;
         }
-        if (head_append_str(out, first ? "connection: " : ", ") < 0 ||
+        if (first && head_append(out, PyBytes_AS_STRING(name),
+                                 (size_t)PyBytes_GET_SIZE(name)) < 0) {
+            return -1;
+        }
+        if (head_append(out, first ? ": " : ", ", 2) < 0 ||
             head_append(out, p + t, (size_t)len) < 0) {
             return -1;
         }
@@ -1614,8 +1619,7 @@ head_write_headers(cd_buf_t *out, const cd_http1_head_t *h, PyObject *headers,
         else if (!h->upgrade && !h->keep_alive &&
                  (has & CD_HEAD_HAS_KEEP_ALIVE) &&
                  head_name_is(n, "connection")) {
-            if (head_write_connection(out, PyBytes_AS_STRING(v),
-                                      PyBytes_GET_SIZE(v)) < 0) {
+            if (head_write_connection(out, n, v) < 0) {
                 return -1;
             }
             continue;
