@@ -30,6 +30,8 @@
  * ours. */
 #include "internal.h"
 
+#include <structmember.h>
+
 /* The names, by CD_LM_* index. */
 static const char *const lm_names[CD_LM_N] = {
     [CD_LM_CREATE_FUTURE] = "create_future",
@@ -244,10 +246,19 @@ lm_core_find(cd_state *st, PyObject *self)
     return core;
 }
 
-/* lm_core when the notes in st do not settle it. */
+/* lm_core when the notes in st do not settle it.  The first call on a
+ * loop comes here: self is checked to be a LoopMethods (the check a
+ * method descriptor makes at every call) before its core is noted. */
 static cd_loop_t *
 lm_core_slow(cd_state *st, PyObject *self, cd_lm_t which)
 {
+    if (!PyObject_TypeCheck(self, st->LoopMethods_type)) {
+        PyErr_Format(PyExc_TypeError,
+                     "descriptor '%s' for 'LoopMethods' objects doesn't "
+                     "apply to a '%.100s' object",
+                     lm_names[which], Py_TYPE(self)->tp_name);
+        return NULL;
+    }
     cd_loop_t *core = lm_core_last;
     if (core == NULL || core->aio_loop != self) {
         core = lm_core_find(st, self);
@@ -265,18 +276,26 @@ lm_core_slow(cd_state *st, PyObject *self, cd_lm_t which)
 /* The core when method `which` of self may take its C path: the loop has
  * its core, and what follows LoopMethods in the MRO is asyncio's
  * function.  NULL when the next class's method must run instead
- * (lm_next), with an exception set on error; st->lm_cache is current for
- * type(self) either way. */
+ * (lm_next), with an exception set on error; *stp is the module state
+ * and st->lm_cache is current for type(self) either way.  The state of
+ * the loop's core is cls's (the module's LoopMethods is cls) when it
+ * answers: no lookup of the module from cls then. */
 static inline cd_loop_t *
-lm_core(cd_state *st, PyObject *self, cd_lm_t which)
+lm_core(PyTypeObject *cls, PyObject *self, cd_lm_t which, cd_state **stp)
 {
     cd_loop_t *core = lm_core_last;
-    unsigned int tag = Py_TYPE(self)->tp_version_tag;
-    if (core != NULL && core->aio_loop == self && tag != 0 &&
-        tag == st->lm_cache.tag && ((st->lm_cache.next_base >> which) & 1)) {
-        return core;
+    if (core != NULL && core->aio_loop == self) {
+        cd_state *st = core->st;
+        unsigned int tag = Py_TYPE(self)->tp_version_tag;
+        *stp = st;
+        if (st->LoopMethods_type == cls && tag != 0 &&
+            tag == st->lm_cache.tag &&
+            ((st->lm_cache.next_base >> which) & 1)) {
+            return core;
+        }
     }
-    return lm_core_slow(st, self, which);
+    *stp = PyType_GetModuleState(cls);
+    return lm_core_slow(*stp, self, which);
 }
 
 /* What the class after LoopMethods in self's MRO makes of the call
@@ -323,8 +342,8 @@ lm_next(cd_state *st, PyObject *self, cd_lm_t which, PyObject *const *args,
                         PyObject *const *args, Py_ssize_t nargs,              \
                         PyObject *kwnames)                                    \
     {                                                                         \
-        cd_state *st = PyType_GetModuleState(cls);                            \
-        cd_loop_t *core = lm_core(st, self, which);                           \
+        cd_state *st = NULL;                                                  \
+        cd_loop_t *core = lm_core(cls, self, which, &st);                     \
         if (core == NULL || !(ok)) {                                          \
             return lm_next(st, self, which, args, nargs, kwnames);            \
         }                                                                     \
@@ -410,7 +429,21 @@ static PyObject *
 lm_create_future(PyObject *self, PyTypeObject *cls, PyObject *const *args,
                  Py_ssize_t nargs, PyObject *kwnames)
 {
-    cd_state *st = PyType_GetModuleState(cls);
+    cd_loop_t *core = lm_core_last;
+    cd_state *st = core != NULL && core->aio_loop == self
+                       ? core->st
+                       : PyType_GetModuleState(cls);
+    if (st->LoopMethods_type != cls) {
+        st = PyType_GetModuleState(cls);
+    }
+    if ((core == NULL || core->aio_loop != self) &&
+        !PyObject_TypeCheck(self, cls)) {
+        PyErr_Format(PyExc_TypeError,
+                     "descriptor 'create_future' for 'LoopMethods' objects "
+                     "doesn't apply to a '%.100s' object",
+                     Py_TYPE(self)->tp_name);
+        return NULL;
+    }
     const cd_lm_cache_t *c = lm_cache(st, self);
     if (c == NULL) {
         return NULL;
@@ -492,50 +525,247 @@ cd_loopmeth_forget(cd_loop_t *core)
     }
 }
 
-#define CD_LM_FASTCALL_FLAGS METH_METHOD | METH_FASTCALL | METH_KEYWORDS
+/* ---- The method objects.
+ *
+ * Each method is an lm_func_t in LoopMethods' __dict__: a method
+ * descriptor (Py_TPFLAGS_METHOD_DESCRIPTOR, so _PyObject_GetMethod and
+ * LOAD_ATTR call it with self first, unbound) with a vectorcall of its
+ * own.  A builtin method descriptor would check self's type (a walk of
+ * its MRO) and the recursion depth at every call and find the module
+ * state from the class: asyncio's C code calls these by name for every
+ * Future, Task and callback, so each call pays it.  Here the method's
+ * first call on a loop checks self (lm_core_slow), and the loop's core
+ * gives the state after that; the methods call no Python code but
+ * through calls that check the depth themselves. */
 
-static PyMethodDef lm_methods[] = {
-    {"create_future", (PyCFunction)(void (*)(void))lm_create_future,
-     CD_LM_FASTCALL_FLAGS, "Create a Future object attached to the loop."},
-    {"call_soon", (PyCFunction)(void (*)(void))lm_call_soon,
-     CD_LM_FASTCALL_FLAGS,
+typedef PyObject *(*lm_impl_t)(PyObject *self, PyTypeObject *cls,
+                               PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames);
+
+typedef struct {
+    const char *name;
+    lm_impl_t impl;
+    const char *doc;
+} lm_def_t;
+
+typedef struct {
+    PyObject_HEAD
+    /** The call: lm_func_vectorcall. */
+    vectorcallfunc vectorcall;
+    /** The method's C function. */
+    lm_impl_t impl;
+    /** borrowed: static, lm_defs. */
+    const lm_def_t *def;
+    /** strong: LoopMethods, which the method belongs to. */
+    PyTypeObject *cls;
+    /** strong: the method's name, "LoopMethods.<name>". */
+    PyObject *name, *qualname;
+} lm_func_t;
+
+static PyObject *
+lm_func_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                   PyObject *kwnames)
+{
+    lm_func_t *f = (lm_func_t *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "unbound method LoopMethods.%s() needs an argument",
+                     f->def->name);
+        return NULL;
+    }
+    return f->impl(args[0], f->cls, args + 1, nargs - 1, kwnames);
+}
+
+/* Bound to obj (a method object, as a method descriptor's __get__ gives);
+ * unbound through the class. */
+static PyObject *
+lm_func_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    (void)type;
+    if (obj == NULL) {
+        return Py_NewRef(self);
+    }
+    lm_func_t *f = (lm_func_t *)self;
+    if (!PyObject_TypeCheck(obj, f->cls)) {
+        PyErr_Format(PyExc_TypeError,
+                     "descriptor '%s' for 'LoopMethods' objects doesn't "
+                     "apply to a '%.100s' object",
+                     f->def->name, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    return PyMethod_New(self, obj);
+}
+
+static PyObject *
+lm_func_repr(PyObject *self)
+{
+    return PyUnicode_FromFormat("<method '%s' of 'LoopMethods' objects>",
+                                ((lm_func_t *)self)->def->name);
+}
+
+static int
+lm_func_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    lm_func_t *f = (lm_func_t *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT((PyObject *)f->cls);
+    return 0;
+}
+
+static int
+lm_func_clear(PyObject *self)
+{
+    lm_func_t *f = (lm_func_t *)self;
+    Py_CLEAR(f->cls);
+    Py_CLEAR(f->name);
+    Py_CLEAR(f->qualname);
+    return 0;
+}
+
+static void
+lm_func_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    (void)lm_func_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+lm_func_get_name(PyObject *self, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(((lm_func_t *)self)->name);
+}
+
+static PyObject *
+lm_func_get_qualname(PyObject *self, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(((lm_func_t *)self)->qualname);
+}
+
+static PyObject *
+lm_func_get_doc(PyObject *self, void *closure)
+{
+    (void)closure;
+    return PyUnicode_FromString(((lm_func_t *)self)->def->doc);
+}
+
+static PyObject *
+lm_func_get_objclass(PyObject *self, void *closure)
+{
+    (void)closure;
+    return Py_NewRef((PyObject *)((lm_func_t *)self)->cls);
+}
+
+static PyGetSetDef lm_func_getset[] = {
+    {"__name__", lm_func_get_name, NULL, NULL, NULL},
+    {"__qualname__", lm_func_get_qualname, NULL, NULL, NULL},
+    {"__doc__", lm_func_get_doc, NULL, NULL, NULL},
+    {"__objclass__", lm_func_get_objclass, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef lm_func_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(lm_func_t, vectorcall),
+     READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot lm_func_slots[] = {
+    {Py_tp_doc, "A method of LoopMethods (csrc/loopmeth.c)."},
+    {Py_tp_dealloc, lm_func_dealloc},
+    {Py_tp_traverse, lm_func_traverse},
+    {Py_tp_clear, lm_func_clear},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_descr_get, lm_func_get},
+    {Py_tp_repr, lm_func_repr},
+    {Py_tp_getset, lm_func_getset},
+    {Py_tp_members, lm_func_members},
+    {0, NULL},
+};
+
+static PyType_Spec lm_func_spec = {
+    .name = "cdaphne._cdaphne.loop_method",
+    .basicsize = sizeof(lm_func_t),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_METHOD_DESCRIPTOR | Py_TPFLAGS_HAVE_VECTORCALL |
+             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = lm_func_slots,
+};
+
+static const lm_def_t lm_defs[] = {
+    {"create_future", lm_create_future,
+     "Create a Future object attached to the loop."},
+    {"call_soon", lm_call_soon,
      "call_soon(callback, *args, context=None): asyncio's, in C."},
-    {"call_soon_threadsafe",
-     (PyCFunction)(void (*)(void))lm_call_soon_threadsafe,
-     CD_LM_FASTCALL_FLAGS,
+    {"call_soon_threadsafe", lm_call_soon_threadsafe,
      "call_soon_threadsafe(callback, *args, context=None), in C."},
-    {"call_at", (PyCFunction)(void (*)(void))lm_call_at, CD_LM_FASTCALL_FLAGS,
+    {"call_at", lm_call_at,
      "call_at(when, callback, *args, context=None): asyncio's, in C."},
-    {"call_later", (PyCFunction)(void (*)(void))lm_call_later,
-     CD_LM_FASTCALL_FLAGS,
+    {"call_later", lm_call_later,
      "call_later(delay, callback, *args, context=None): asyncio's, in C."},
-    {"create_task", (PyCFunction)(void (*)(void))lm_create_task,
-     CD_LM_FASTCALL_FLAGS,
+    {"create_task", lm_create_task,
      "create_task(coro, *, name=None, context=None): asyncio's, in C."},
-    {"run_in_executor", (PyCFunction)(void (*)(void))lm_run_in_executor,
-     CD_LM_FASTCALL_FLAGS,
+    {"run_in_executor", lm_run_in_executor,
      "run_in_executor(executor, func, *args): asyncio's, its future "
      "completed from C."},
-    {"get_debug", (PyCFunction)(void (*)(void))lm_get_debug,
-     CD_LM_FASTCALL_FLAGS, "get_debug(): asyncio's, in C."},
-    {"_run_once", (PyCFunction)(void (*)(void))lm_run_once,
-     CD_LM_FASTCALL_FLAGS,
+    {"get_debug", lm_get_debug, "get_debug(): asyncio's, in C."},
+    {"_run_once", lm_run_once,
      "One run-once step of the loop: asyncio's, in C (csrc/sched.c)."},
-    {"_timer_handle_cancelled",
-     (PyCFunction)(void (*)(void))lm_timer_handle_cancelled,
-     CD_LM_FASTCALL_FLAGS,
+    {"_timer_handle_cancelled", lm_timer_handle_cancelled,
      "Counts a cancelled timer still in the heap: asyncio's, in C."},
-    {"_write_to_self", (PyCFunction)(void (*)(void))lm_write_to_self,
-     CD_LM_FASTCALL_FLAGS,
+    {"_write_to_self", lm_write_to_self,
      "Wakes the loop from any thread: the loop's eventfd instead of "
      "asyncio's self-pipe (csrc/loop.c)."},
-    {NULL, NULL, 0, NULL},
 };
+
+/* Puts the methods into cls's __dict__ (its type object is kept alive by
+ * them: a heap type's instances hold it). */
+static int
+lm_add_methods(PyTypeObject *cls)
+{
+    PyTypeObject *ftype = (PyTypeObject *)PyType_FromSpec(&lm_func_spec);
+    if (ftype == NULL) {
+        return -1;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *d = PyType_GetDict(cls); /* new reference (3.12+) */
+#else
+    PyObject *d = Py_XNewRef(cls->tp_dict);
+#endif
+    int rc = d != NULL ? 0 : -1;
+    size_t n = sizeof(lm_defs) / sizeof(lm_defs[0]);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        lm_func_t *f = PyObject_GC_New(lm_func_t, ftype);
+        if (f == NULL) {
+            rc = -1;
+            break;
+        }
+        f->vectorcall = lm_func_vectorcall;
+        f->impl = lm_defs[i].impl;
+        f->def = &lm_defs[i];
+        f->cls = (PyTypeObject *)Py_NewRef((PyObject *)cls);
+        f->name = PyUnicode_InternFromString(lm_defs[i].name);
+        f->qualname = PyUnicode_FromFormat("LoopMethods.%s", lm_defs[i].name);
+        PyObject_GC_Track((PyObject *)f);
+        rc = f->name != NULL && f->qualname != NULL
+                 ? PyDict_SetItem(d, f->name, (PyObject *)f)
+                 : -1;
+        Py_DECREF(f);
+    }
+    Py_XDECREF(d);
+    Py_DECREF(ftype);
+    PyType_Modified(cls);
+    return rc;
+}
 
 static PyType_Slot lm_slots[] = {
     {Py_tp_doc, "BaseEventLoop methods in C: the first base of "
                 "cdaphne.loop.LibuvEventLoop."},
-    {Py_tp_methods, lm_methods},
     {0, NULL},
 };
 
@@ -602,7 +832,8 @@ cd_loopmeth_type_init(PyObject *module, cd_state *st)
     }
     st->LoopMethods_type =
         (PyTypeObject *)PyType_FromModuleAndSpec(module, &lm_spec, NULL);
-    if (st->LoopMethods_type == NULL) {
+    if (st->LoopMethods_type == NULL ||
+        lm_add_methods(st->LoopMethods_type) < 0) {
         return -1;
     }
     return PyModule_AddType(module, st->LoopMethods_type);

@@ -441,3 +441,33 @@ def test_a_signal_handler_and_another_thread_wake_the_loop_through_its_write_to_
         assert calls == ["MainThread", "other"]
     finally:
         loop.close()
+
+
+def test_the_methods_are_method_descriptors_that_bind_check_and_describe_themselves(loop):
+    import inspect
+
+    for name in FAST_METHODS:
+        if name == "time":
+            continue
+        meth = LoopMethods.__dict__[name]
+        assert inspect.ismethoddescriptor(meth), name
+        assert meth.__name__ == name and meth.__qualname__ == f"LoopMethods.{name}"
+        assert meth.__objclass__ is LoopMethods and meth.__doc__
+        assert repr(meth) == f"<method '{name}' of 'LoopMethods' objects>"
+        assert meth.__get__(None, LibuvEventLoop) is meth
+        bound = getattr(loop, name)
+        assert bound.__self__ is loop and bound.__func__ is meth and bound == getattr(loop, name)
+        with pytest.raises(TypeError, match="doesn't apply to a 'int' object"):
+            meth.__get__(1, int)
+        with pytest.raises(TypeError, match="doesn't apply to a 'object' object"):
+            meth(object())
+        with pytest.raises(TypeError, match="needs an argument"):
+            meth()
+    assert LoopMethods.__dict__["get_debug"](loop) is False
+    loop.set_debug(True)
+    assert LibuvEventLoop.get_debug(loop) is True and loop.get_debug() is True
+    ran: list[int] = []
+    LoopMethods.__dict__["call_soon"](loop, ran.append, 1)
+    loop.call_soon(ran.append, 2)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert ran == [1, 2]
