@@ -67,8 +67,7 @@ struct cd_hop_s {
                          and always for an item */
     cd_hop_t *next;   /* borrowed: next in loop->hops_head's chain */
     cd_hop_state_t state;
-    /* Work items (_HopItem) only. */
-    int item;                 /* 1: a work item (fields below in use) */
+    /* Work items (_HopItem, hop_is_item) only. */
     cd_hop_outcome_t outcome; /* set once, with state leaving WAITING or
                                  RUNNING (DONE on a cancelled dest) */
     PyObject *fn;             /* strong: what run() calls; NULL once it
@@ -78,11 +77,20 @@ struct cd_hop_s {
                                  until then and once copied or dropped */
 };
 
+/* 1 for a work item (its type says it), 0 for a hop of a concurrent
+ * future.  hop->loop is set while either is in use (cleared only by
+ * tp_clear). */
+static inline int
+hop_is_item(cd_hop_t *hop)
+{
+    return Py_TYPE(hop) == hop->loop->st->HopItem_type;
+}
+
 static void
 hop_set_state(cd_hop_t *hop, cd_hop_state_t to)
 {
     assert((hop->state == CD_HOP_WAITING && to != CD_HOP_WAITING &&
-            (hop->item || to != CD_HOP_RUNNING)) ||
+            (hop_is_item(hop) || to != CD_HOP_RUNNING)) ||
            (hop->state == CD_HOP_RUNNING && to > CD_HOP_RUNNING) ||
            (hop->state == CD_HOP_QUEUED && to == CD_HOP_DONE));
     hop->state = to;
@@ -181,7 +189,8 @@ static int
 hop_on_dest_done(cd_hop_t *hop)
 {
     cd_state *st = hop->loop->st;
-    if (hop->item ? hop->state != CD_HOP_WAITING : hop->source == NULL) {
+    int item = hop_is_item(hop);
+    if (item ? hop->state != CD_HOP_WAITING : hop->source == NULL) {
         return 0;
     }
     PyObject *r = PyObject_CallMethodNoArgs(hop->dest, st->s_cancelled);
@@ -193,7 +202,7 @@ hop_on_dest_done(cd_hop_t *hop)
     if (cancelled <= 0) {
         return cancelled;
     }
-    if (hop->item) {
+    if (item) {
         /* The worker will skip it; dest is cancelled already. */
         hop->outcome = CD_HOP_CANCELLED;
         hop_set_state(hop, CD_HOP_DONE);
@@ -422,7 +431,8 @@ cd_hop_drain(cd_loop_t *loop)
         }
         hop->next = NULL;
         hop_set_state(hop, CD_HOP_DONE);
-        if ((hop->item ? item_copy_state(hop) : hop_copy_state(hop)) < 0) {
+        if ((hop_is_item(hop) ? item_copy_state(hop) : hop_copy_state(hop)) <
+            0) {
             hop_report(hop);
         }
         /* The concurrent future keeps its callbacks (this hop) after it
@@ -511,7 +521,6 @@ cd_hop_wrap(cd_loop_t *loop, PyObject *source)
     hop->source = Py_NewRef(source);
     hop->next = NULL;
     hop->state = CD_HOP_WAITING;
-    hop->item = 0;
     hop->outcome = CD_HOP_NONE;
     hop->fn = hop->args = hop->value = NULL;
     PyObject_GC_Track(hop);
@@ -682,16 +691,24 @@ item_plain_executor(cd_state *st, PyObject *ex)
     if ((PyObject *)Py_TYPE(ex) != st->tpe_type || st->tpe_submit == NULL) {
         return 0;
     }
-    /* ex.submit is the class's own function bound to ex: no instance
-     * attribute, no patch of the class (tracing libraries patch it). */
-    PyObject *m = PyObject_GetAttr(ex, st->s_submit);
-    if (m == NULL) {
+    /* ex.submit is the class's own function bound to ex: no patch of the
+     * class (tracing libraries patch it), no instance attribute.  Read
+     * from the dicts, without the bound method getattr would make. */
+    PyObject *f = cd_loopmeth_lookup(Py_TYPE(ex), st->s_submit);
+    if (f != st->tpe_submit) {
         PyErr_Clear(); /* submit's own lookup will raise it again. */
         return 0;
     }
-    int plain = PyMethod_Check(m) && PyMethod_GET_SELF(m) == ex &&
-                PyMethod_GET_FUNCTION(m) == st->tpe_submit;
-    Py_DECREF(m);
+    int plain = 1;
+    if (Py_TYPE(ex)->tp_dictoffset != 0) {
+        PyObject *d = PyObject_GenericGetDict(ex, NULL);
+        int shadowed = d != NULL ? PyDict_Contains(d, st->s_submit) : -1;
+        Py_XDECREF(d);
+        if (shadowed < 0) {
+            PyErr_Clear();
+        }
+        plain = shadowed == 0;
+    }
     return plain;
 #endif
 }
@@ -810,7 +827,6 @@ item_new(cd_loop_t *loop, PyObject *const *args, Py_ssize_t nargs)
     hop->source = NULL;
     hop->next = NULL;
     hop->state = CD_HOP_WAITING;
-    hop->item = 1;
     hop->outcome = CD_HOP_NONE;
     hop->fn = Py_NewRef(args[0]);
     hop->args = fargs;
