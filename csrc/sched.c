@@ -970,8 +970,11 @@ done:
  * index (a pointer comparison at every read), and the copy is made again
  * from the list when its size is not the list's (Python code appended,
  * cleared or replaced the list) or an item moved; debug mode's Python
- * paths drop it.  A timer's _when does not change while it is in the heap
- * (asyncio never changes it; heapq would lose its order too). */
+ * paths drop it.  asyncio never changes a timer's _when while it is in
+ * the heap; code that does (then heapq.heapify()s the list) is seen when
+ * that timer is the first (heap_top_when reads its _when and drops the
+ * copy if it differs): a changed _when deeper in the heap is not seen by
+ * the sifts before that. */
 
 /* timer_lt for what the copy does not serve: TimerHandle.__lt__ or a
  * subclass's own. */
@@ -1304,8 +1307,16 @@ heap_top_when(cd_loop_t *core, PyObject *heap, double *out)
     PyObject *top = PyList_GET_ITEM(heap, 0);
     if (core->heap_len == PyList_GET_SIZE(heap) && core->heap[0].h == top &&
         !isnan(core->heap[0].when)) {
-        *out = core->heap[0].when;
-        return 1;
+        /* The top's _when as it is now (a timer of the core's type,
+         * heap_key): Python code that changed it in place (and
+         * re-heapified) makes the copy's keys read again. */
+        PyObject *w = CD_SLOT(top, core->st->handle_slots.when);
+        if (w != NULL && PyFloat_CheckExact(w) &&
+            PyFloat_AS_DOUBLE(w) == core->heap[0].when) {
+            *out = core->heap[0].when;
+            return 1;
+        }
+        heap_forget(core);
     }
     return timer_when(core->st, top, out);
 }

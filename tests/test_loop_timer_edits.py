@@ -6,18 +6,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 
-import pytest
-
 from .test_loop_sched import on_both
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sched.c's copy of the heap keeps each timer's _when from its push "
-    "(its comment: 'a timer's _when does not change while it is in the heap'); "
-    "a _when changed in place then heapq.heapify'd, with no item moved, runs "
-    "the timer at its old time (asyncio: at the new one). Owner: TM (sched.c)",
-)
 def test_a_when_changed_in_place_and_reheapified_is_the_one_used():
     def scenario(loop):
         out = []
