@@ -48,6 +48,10 @@ BENCHES = {
     ),
     "executor_rt": ("await run_in_executor(None, f) round trip", "round trip"),
     "sync_to_async_rt": ("await asgiref sync_to_async(f)() round trip", "round trip"),
+    "future_callback": (
+        "create_future + add_done_callback + set_result, the callback run",
+        "future resolved and its callback run",
+    ),
     "done_future": ("await a done future (control: no loop involved)", "await"),
 }
 LOOPS = ("asyncio", "uvloop", "cdaphne")
@@ -280,6 +284,31 @@ def b_sync_to_async_rt(loop: asyncio.AbstractEventLoop, t: Timer) -> int:
                 return
 
     loop.run_until_complete(main())
+    return t.ops
+
+
+def b_future_callback(loop: asyncio.AbstractEventLoop, t: Timer) -> int:
+    # What _asyncio asks of the loop by name for each Future: get_debug()
+    # (Future.__init__), call_soon(cb, fut, context=ctx) (set_result), and
+    # the loop's create_future and step.
+    ran = [0]
+
+    def cb(fut: asyncio.Future[int]) -> None:
+        ran[0] += fut.result()
+
+    async def main() -> None:
+        while True:
+            for _ in range(CHECK_EVERY):
+                fut = loop.create_future()
+                fut.add_done_callback(cb)
+                fut.set_result(1)
+            t.ops += CHECK_EVERY
+            await asyncio.sleep(0)
+            if t.over():
+                return
+
+    loop.run_until_complete(main())
+    assert ran[0] == t.ops, (ran[0], t.ops)
     return t.ops
 
 
