@@ -538,22 +538,16 @@ cd_loopmeth_forget(cd_loop_t *core)
  * gives the state after that; the methods call no Python code but
  * through calls that check the depth themselves. */
 
-typedef PyObject *(*lm_impl_t)(PyObject *self, PyTypeObject *cls,
-                               PyObject *const *args, Py_ssize_t nargs,
-                               PyObject *kwnames);
-
 typedef struct {
     const char *name;
-    lm_impl_t impl;
+    vectorcallfunc call; /* self is args[0] */
     const char *doc;
 } lm_def_t;
 
 typedef struct {
     PyObject_HEAD
-    /** The call: lm_func_vectorcall. */
+    /** The call: the lm_def_t's. */
     vectorcallfunc vectorcall;
-    /** The method's C function. */
-    lm_impl_t impl;
     /** borrowed: static, lm_defs. */
     const lm_def_t *def;
     /** strong: LoopMethods, which the method belongs to. */
@@ -563,19 +557,39 @@ typedef struct {
 } lm_func_t;
 
 static PyObject *
-lm_func_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
-                   PyObject *kwnames)
+lm_func_unbound(PyObject *callable)
 {
-    lm_func_t *f = (lm_func_t *)callable;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs < 1) {
-        PyErr_Format(PyExc_TypeError,
-                     "unbound method LoopMethods.%s() needs an argument",
-                     f->def->name);
-        return NULL;
-    }
-    return f->impl(args[0], f->cls, args + 1, nargs - 1, kwnames);
+    PyErr_Format(PyExc_TypeError,
+                 "unbound method LoopMethods.%s() needs an argument",
+                 ((lm_func_t *)callable)->def->name);
+    return NULL;
 }
+
+/* The vectorcall of method impl (which the compiler inlines here). */
+#define CD_LM_VECTORCALL(vc, impl)                                            \
+    static PyObject *vc(PyObject *callable, PyObject *const *args,            \
+                        size_t nargsf, PyObject *kwnames)                     \
+    {                                                                         \
+        Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);                        \
+        if (nargs < 1) {                                                      \
+            return lm_func_unbound(callable);                                 \
+        }                                                                     \
+        return impl(args[0], ((lm_func_t *)callable)->cls, args + 1,          \
+                    nargs - 1, kwnames);                                      \
+    }
+
+CD_LM_VECTORCALL(lm_vc_create_future, lm_create_future)
+CD_LM_VECTORCALL(lm_vc_call_soon, lm_call_soon)
+CD_LM_VECTORCALL(lm_vc_call_soon_threadsafe, lm_call_soon_threadsafe)
+CD_LM_VECTORCALL(lm_vc_call_at, lm_call_at)
+CD_LM_VECTORCALL(lm_vc_call_later, lm_call_later)
+CD_LM_VECTORCALL(lm_vc_create_task, lm_create_task)
+CD_LM_VECTORCALL(lm_vc_run_in_executor, lm_run_in_executor)
+CD_LM_VECTORCALL(lm_vc_get_debug, lm_get_debug)
+CD_LM_VECTORCALL(lm_vc_run_once, lm_run_once)
+CD_LM_VECTORCALL(lm_vc_timer_handle_cancelled, lm_timer_handle_cancelled)
+CD_LM_VECTORCALL(lm_vc_write_to_self, lm_write_to_self)
+#undef CD_LM_VECTORCALL
 
 /* Bound to obj (a method object, as a method descriptor's __get__ gives);
  * unbound through the class. */
@@ -698,27 +712,27 @@ static PyType_Spec lm_func_spec = {
 };
 
 static const lm_def_t lm_defs[] = {
-    {"create_future", lm_create_future,
+    {"create_future", lm_vc_create_future,
      "Create a Future object attached to the loop."},
-    {"call_soon", lm_call_soon,
+    {"call_soon", lm_vc_call_soon,
      "call_soon(callback, *args, context=None): asyncio's, in C."},
-    {"call_soon_threadsafe", lm_call_soon_threadsafe,
+    {"call_soon_threadsafe", lm_vc_call_soon_threadsafe,
      "call_soon_threadsafe(callback, *args, context=None), in C."},
-    {"call_at", lm_call_at,
+    {"call_at", lm_vc_call_at,
      "call_at(when, callback, *args, context=None): asyncio's, in C."},
-    {"call_later", lm_call_later,
+    {"call_later", lm_vc_call_later,
      "call_later(delay, callback, *args, context=None): asyncio's, in C."},
-    {"create_task", lm_create_task,
+    {"create_task", lm_vc_create_task,
      "create_task(coro, *, name=None, context=None): asyncio's, in C."},
-    {"run_in_executor", lm_run_in_executor,
+    {"run_in_executor", lm_vc_run_in_executor,
      "run_in_executor(executor, func, *args): asyncio's, its future "
      "completed from C."},
-    {"get_debug", lm_get_debug, "get_debug(): asyncio's, in C."},
-    {"_run_once", lm_run_once,
+    {"get_debug", lm_vc_get_debug, "get_debug(): asyncio's, in C."},
+    {"_run_once", lm_vc_run_once,
      "One run-once step of the loop: asyncio's, in C (csrc/sched.c)."},
-    {"_timer_handle_cancelled", lm_timer_handle_cancelled,
+    {"_timer_handle_cancelled", lm_vc_timer_handle_cancelled,
      "Counts a cancelled timer still in the heap: asyncio's, in C."},
-    {"_write_to_self", lm_write_to_self,
+    {"_write_to_self", lm_vc_write_to_self,
      "Wakes the loop from any thread: the loop's eventfd instead of "
      "asyncio's self-pipe (csrc/loop.c)."},
 };
@@ -745,8 +759,7 @@ lm_add_methods(PyTypeObject *cls)
             rc = -1;
             break;
         }
-        f->vectorcall = lm_func_vectorcall;
-        f->impl = lm_defs[i].impl;
+        f->vectorcall = lm_defs[i].call;
         f->def = &lm_defs[i];
         f->cls = (PyTypeObject *)Py_NewRef((PyObject *)cls);
         f->name = PyUnicode_InternFromString(lm_defs[i].name);
