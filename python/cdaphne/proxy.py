@@ -8,7 +8,8 @@ any; a unix-socket peer is local and trusted like 127.0.0.1).
 - RFC 7239 `Forwarded` (`for=`, `proto=`; quoted values, `[IPv6]:port`)
   wins when present; otherwise
 - `X-Forwarded-For` (or Daphne's `--proxy-headers-host` header) gives the
-  client host, `X-Forwarded-Port` (`--proxy-headers-port`) its port and
+  client host (a hop's own port, `1.2.3.4:80` or `[::1]:80`, is its port),
+  `X-Forwarded-Port` (`--proxy-headers-port`) the port when present, and
   `X-Forwarded-Proto` the scheme (ws/wss on WebSocket scopes).
 
 With several hops the client is the right-most address that is not a
@@ -197,10 +198,13 @@ class ProxyHeadersMiddleware:
                 proto = protos[-1] if protos else None
         else:
             if self.host_header in headers:
-                hosts = [h.strip() for v in headers[self.host_header] for h in v.split(",")]
-                host = self.trusted.client_from([h for h in hosts if h])
+                # A hop may carry a port ("1.2.3.4:80", "[::1]:80": IIS ARR,
+                # Azure), read as in a Forwarded for= node.
+                hops = [split_node(h) for v in headers[self.host_header] for h in v.split(",")]
+                hops = [(h, p) for h, p in hops if h]
+                host = self.trusted.client_from([h for h, _ in hops])
                 if host:
-                    port = 0
+                    port = next(p for h, p in reversed(hops) if h == host)
                     if self.port_header in headers:
                         port = _port(headers[self.port_header][-1].split(",")[-1])
                     client = (_normalise(host), port)
