@@ -234,7 +234,8 @@ handle_keep_args(cd_loop_t *core, PyObject *h, Py_ssize_t off)
 /* Drops the core's reference to a Handle or TimerHandle it ran or
  * skipped.  One of exactly these types that nothing else holds, not even
  * a weak reference, is as good as freed: its slots are cleared and it
- * waits for handle_new.  Steals h. */
+ * waits for handle_new.  Not with a finalizer (a __del__ patched on
+ * asyncio's classes): it must run, from the dealloc.  Steals h. */
 static void
 handle_release(cd_loop_t *core, PyObject *h)
 {
@@ -244,7 +245,7 @@ handle_release(cd_loop_t *core, PyObject *h)
     int cap = timer ? CD_SPARE_TIMERS : CD_SPARE_HANDLES;
     if (*n == cap || !st->handle_reuse ||
         !(timer || Py_IS_TYPE(h, (PyTypeObject *)st->asyncio_Handle)) ||
-        Py_REFCNT(h) != 1 ||
+        Py_REFCNT(h) != 1 || Py_TYPE(h)->tp_finalize != NULL ||
         *(PyObject **)((char *)h + st->handle_weaklist) != NULL) {
         Py_DECREF(h);
         return;
