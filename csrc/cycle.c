@@ -1012,13 +1012,32 @@ error:
     Py_XDECREF(receive);
     Py_XDECREF(send);
     if (coro != NULL) {
-        /* Never awaited: close it quietly. */
+        /* Never awaited, or its eager first step raised out of Task():
+         * close it quietly, with the app's exception kept aside (close()
+         * with one set was a SystemError). */
+        PyObject *exc = PyErr_GetRaisedException();
         PyObject *x = PyObject_CallMethod(coro, "close", NULL);
+        if (x == NULL) {
+            PyErr_WriteUnraisable(coro);
+        }
         Py_XDECREF(x);
         Py_DECREF(coro);
+        PyErr_SetRaisedException(exc);
+    }
+    /* SystemExit and KeyboardInterrupt leave the loop after the 500, as
+     * they do from a later step of the app's task (asyncio's rule). */
+    PyObject *exit_exc = NULL;
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
+        PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+        exit_exc = PyErr_GetRaisedException();
+        PyErr_SetRaisedException(Py_NewRef(exit_exc));
     }
     cd_log_exception("Exception inside application");
     cy->ops->on_task_done(cy, CD_TASK_RAISED);
+    if (exit_exc != NULL) {
+        PyErr_SetRaisedException(exit_exc);
+        return -1;
+    }
     return 0;
 }
 

@@ -500,9 +500,29 @@ loop_dispatch(cd_loop_t *loop, PyObject *unused)
         }
         Py_ssize_t n = PyList_GET_SIZE(batch);
         for (Py_ssize_t i = 0; i < n; i++) {
-            if (cd_cycle_start(PyList_GET_ITEM(batch, i)) < 0) {
-                cd_log_exception("Exception starting an ASGI application");
+            if (cd_cycle_start(PyList_GET_ITEM(batch, i)) == 0) {
+                continue;
             }
+            if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
+                PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+                /* An app's first step raised it: it leaves the loop (as
+                 * from asyncio's Handle._run); the requests after it in
+                 * the batch start at the next dispatch. */
+                PyObject *exc = PyErr_GetRaisedException();
+                PyObject *rest = PyList_GetSlice(batch, i + 1, n);
+                int r = rest != NULL
+                            ? PyList_SetSlice(loop->pending, 0, 0, rest)
+                            : -1;
+                Py_XDECREF(rest);
+                Py_DECREF(batch);
+                if (r < 0) {
+                    Py_DECREF(exc);
+                    return NULL;
+                }
+                PyErr_SetRaisedException(exc);
+                return NULL;
+            }
+            cd_log_exception("Exception starting an ASGI application");
         }
         Py_DECREF(batch);
     }
