@@ -153,3 +153,67 @@ def test_query_string_just_under_and_over_the_head_limit(server):
     r = get(server, b"/scope/x?" + b"q" * 70000)
     assert r.status in (414, 431)
     assert get(server, b"/").status == 200
+
+
+# ---- Daphne's -e endpoint strings, as Twisted reads them --------------------
+
+
+@pytest.mark.parametrize(
+    "text, host, port",
+    [
+        # Twisted fills positional arguments in its parser's order:
+        # tcp (port, interface, backlog), tcp6 (port, backlog, interface).
+        ("tcp:8000:127.0.0.1", "127.0.0.1", 8000),
+        ("tcp:8000:127.0.0.1:50", "127.0.0.1", 8000),
+        ("tcp:8000:interface=127.0.0.1:backlog=10", "127.0.0.1", 8000),
+        ("tcp6:8000:50:\\:\\:1", "::1", 8000),
+        ("tcp6:port=8000:interface=\\:\\:1", "::1", 8000),
+        ("ssl:8443:k.pem:c.pem:interface=127.0.0.1", "127.0.0.1", 8443),
+    ],
+)
+def test_endpoint_positional_arguments_follow_twisted(text, host, port):
+    """`tcp:8000:127.0.0.1` is Twisted's (Daphne's) interface 127.0.0.1;
+    the second positional was ignored and the server listened on every
+    interface (0.0.0.0)."""
+    from cdaphne.config import parse_endpoint
+
+    bind = parse_endpoint(text)
+    assert (bind.host, bind.port) == (host, port)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "tcp:8000:interfce=127.0.0.1",  # a typo: Twisted refuses it
+        "tcp:0:unknown=1",
+        "tcp:8000:127.0.0.1:50:extra",  # too many positionals
+        "tcp:8000:interface=127.0.0.1:127.0.0.2",  # a positional after a keyword's slot
+        "tcp6:8000:inteface=\\:\\:1",
+        "unix:/tmp/x.sock:mod=600",
+        "fd:fileno=3:domian=INET",
+    ],
+)
+def test_endpoint_unknown_or_extra_arguments_are_refused(text):
+    """Twisted raises TypeError for these (Daphne does not start); they
+    were ignored, so `interfce=127.0.0.1` listened on every interface."""
+    from cdaphne.config import ConfigError, parse_endpoint
+
+    with pytest.raises(ConfigError):
+        parse_endpoint(text)
+
+
+def test_endpoint_with_a_mistyped_interface_does_not_start(tmp_path):
+    import subprocess
+    import sys
+
+    from .serverproc import ROOT
+
+    r = subprocess.run(
+        [sys.executable, "-m", "cdaphne", "-e", "tcp:0:interfce=127.0.0.1", APP],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=30,
+        text=True,
+    )
+    assert r.returncode != 0
+    assert "interfce" in r.stderr
