@@ -153,20 +153,59 @@ def _split_endpoint(text: str) -> list[str]:
     return parts
 
 
+# Each endpoint type's arguments in the order of Twisted's parser
+# (twisted.internet.endpoints _parseTCP, TCP6 _parseServer, _parseUNIX,
+# _parseSSL; twisted.plugins.fd_endpoint): positional ones fill them in
+# this order, as there; an unknown or repeated one is Twisted's TypeError.
+_ENDPOINT_ARGS = {
+    "tcp": ("port", "interface", "backlog"),
+    "tcp6": ("port", "backlog", "interface"),
+    "unix": ("address", "mode", "backlog", "lockfile"),
+    "fd": ("fileno", "domain"),
+    "ssl": ("port", "privateKey", "certKey", "sslmethod", "interface", "backlog",
+            "extraCertChain", "dhParameters"),
+}
+
+
+def _endpoint_args(text: str, kind: str, parts: list[str]) -> dict[str, str]:
+    """The endpoint's arguments by name, as Twisted binds them."""
+    names = _ENDPOINT_ARGS[kind]
+    positional = [p for p in parts if "=" not in p]
+    if len(positional) > len(names):
+        raise ConfigError(f"endpoint {text!r}: too many arguments "
+                          f"({kind}: takes {', '.join(names)})")
+    args = dict(zip(names, positional, strict=False))
+    for part in parts:
+        if "=" not in part:
+            continue
+        key, value = part.split("=", 1)
+        if key not in names:
+            raise ConfigError(f"endpoint {text!r}: unknown key {key!r} "
+                              f"({kind}: takes {', '.join(names)})")
+        if key in args:
+            raise ConfigError(f"endpoint {text!r}: {key} given twice")
+        args[key] = value
+    return args
+
+
 def parse_endpoint(text: str) -> Bind:
     """Parse a Twisted-style endpoint string as Daphne's -e takes it."""
     kind, _, rest = text.partition(":")
     parts = _split_endpoint(rest) if rest else []
-    opts = dict(p.split("=", 1) for p in parts if "=" in p)
-    positional = [p for p in parts if "=" not in p]
+    if kind not in _ENDPOINT_ARGS:
+        raise ConfigError(f"endpoint {text!r}: unknown endpoint type {kind!r} "
+                          "(tcp, tcp6, ssl, unix, fd)")
+    if kind == "ssl":
+        return _parse_ssl_endpoint(text, parts)
+    opts = _endpoint_args(text, kind, parts)
     if kind in ("tcp", "tcp6"):
-        port = opts.get("port") or (positional[0] if positional else "")
+        port = opts.get("port", "")
         if not is_decimal(port):
             raise ConfigError(f"endpoint {text!r}: needs a port, e.g. tcp:8000:interface=0.0.0.0")
-        host = opts.get("interface", "0.0.0.0" if kind == "tcp" else "::").strip("[]")
-        return Bind("tcp", host=host, port=int(port))
+        host = opts.get("interface") or ("0.0.0.0" if kind == "tcp" else "::")
+        return Bind("tcp", host=host.strip("[]"), port=int(port))
     if kind == "unix":
-        path = opts.get("address") or (positional[0] if positional else "")
+        path = opts.get("address", "")
         if not path:
             raise ConfigError(f"endpoint {text!r}: needs a path, e.g. unix:/tmp/app.sock")
         try:
@@ -174,42 +213,28 @@ def parse_endpoint(text: str) -> Bind:
         except ValueError:
             raise ConfigError(f"endpoint {text!r}: mode must be octal, e.g. mode=660") from None
         return Bind("unix", path=path, mode=mode)
-    if kind == "fd":
-        fileno = opts.get("fileno") or (positional[0] if positional else "")
-        if not is_decimal(fileno):
-            raise ConfigError(f"endpoint {text!r}: needs fileno=N")
-        return Bind("fd", fd=int(fileno))
-    if kind == "ssl":
-        return _parse_ssl_endpoint(text, opts, positional)
-    raise ConfigError(f"endpoint {text!r}: unknown endpoint type {kind!r} "
-                      "(tcp, tcp6, ssl, unix, fd)")
+    fileno = opts.get("fileno", "")
+    if not is_decimal(fileno):
+        raise ConfigError(f"endpoint {text!r}: needs fileno=N")
+    return Bind("fd", fd=int(fileno))
 
 
-# Twisted's ssl: endpoint keys (twisted.internet.endpoints._parseSSL) and
-# what becomes of them here.
-_SSL_KEYS = {"port", "interface", "privateKey", "certKey", "extraCertChain", "dhParameters",
-             "backlog"}
-
-
-def _parse_ssl_endpoint(text: str, opts: dict[str, str], positional: list[str]) -> Bind:
+def _parse_ssl_endpoint(text: str, parts: list[str]) -> Bind:
     """`ssl:PORT:privateKey=key.pem:certKey=cert.pem`, as Daphne takes it (Twisted's
     defaults: privateKey=server.pem, certKey=privateKey; backlog is --backlog's)."""
-    unknown = sorted(set(opts) - _SSL_KEYS)
-    if "sslmethod" in unknown:
+    opts = _endpoint_args(text, "ssl", parts)
+    if "sslmethod" in opts:
         raise ConfigError(f"endpoint {text!r}: sslmethod is not supported "
                           "(cdaphne speaks TLS 1.2 and 1.3)")
-    if unknown:
-        raise ConfigError(f"endpoint {text!r}: unknown key {unknown[0]!r} "
-                          f"(ssl: takes {', '.join(sorted(_SSL_KEYS))})")
-    port = opts.get("port") or (positional[0] if positional else "")
+    port = opts.get("port", "")
     if not is_decimal(port):
         raise ConfigError(f"endpoint {text!r}: needs a port, e.g. "
                           "ssl:8443:privateKey=key.pem:certKey=cert.pem")
     key = opts.get("privateKey", "server.pem")
     tls = TLSOptions(certfile=opts.get("certKey", key), keyfile=key,
                      extra_chain=opts.get("extraCertChain"), dh_params=opts.get("dhParameters"))
-    host = opts.get("interface", "0.0.0.0").strip("[]")
-    return Bind("tcp", host=host, port=int(port), tls=tls)
+    host = opts.get("interface") or "0.0.0.0"
+    return Bind("tcp", host=host.strip("[]"), port=int(port), tls=tls)
 
 
 @dataclass
