@@ -79,3 +79,14 @@ def test_a_worker_that_dies_mid_request_is_replaced_and_the_other_serves(serve, 
     wait_until(
         lambda: {int(get(proc, "/").content) for _ in range(20)} == {survivor} | new, timeout=20
     )
+
+
+def test_an_app_returning_no_coroutine_gets_500_and_its_own_error_logged(serve):
+    """The error path called 42.close() with Task()'s TypeError still set:
+    the log showed "'int' object has no attribute 'close'" instead."""
+    proc = serve("tests.apps.red8_workers:not_a_coroutine")
+    for _ in range(2):
+        assert get(proc, "/").status_code == 500
+    proc.wait_log("a coroutine was expected, got 42", count=2)
+    assert "has no attribute 'close'" not in proc.log
+    assert "SystemError" not in proc.log

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import inspect
 import os
 from urllib.parse import parse_qs
 
@@ -39,3 +40,11 @@ async def app(scope, receive, send):
     if path == "/segv":
         ctypes.string_at(0)
     await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
+
+
+def not_a_coroutine(scope, receive, send):
+    """Says it is a coroutine function (ASGI 3), returns 42."""
+    return 42
+
+
+inspect.markcoroutinefunction(not_a_coroutine)
