@@ -1018,7 +1018,7 @@ error:
         PyObject *exc = PyErr_GetRaisedException();
         PyObject *x = PyObject_CallMethod(coro, "close", NULL);
         if (x == NULL) {
-            PyErr_WriteUnraisable(coro);
+            PyErr_Clear(); /* Not a coroutine (Task() said so): no close. */
         }
         Py_XDECREF(x);
         Py_DECREF(coro);
