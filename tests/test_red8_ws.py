@@ -1,0 +1,69 @@
+"""Red team, session 8: hostile WebSocket opening handshakes on a raw
+socket (RFC 6455 4.2.1)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+APP = "tests.apps.ws:echo"
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+@pytest.fixture
+def server(serve):
+    return serve(APP, "--ping-interval", "0")
+
+
+def status(proc, key: str | None = KEY, version: str | None = "13", extra: str = "") -> int:
+    head = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    if key is not None:
+        head += f"Sec-WebSocket-Key: {key}\r\n"
+    if version is not None:
+        head += f"Sec-WebSocket-Version: {version}\r\n"
+    with socket.create_connection((proc.host, proc.port), timeout=10) as sock:
+        sock.sendall((head + extra + "\r\n").encode("latin-1"))
+        data = b""
+        while b"\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "!!!!!!!!!!!!!!!!!!!!!!!!",  # 24 characters, not base64
+        "AAAAAAAAAAAAAAAAAAAAAAA=",  # base64 of 17 bytes
+        "AAAAAAAAAAAAAAAAAAAA",  # 15 bytes
+        "dGhlIHNhbXBsZSBub25jZQ==dGhl",  # 28 characters
+        "dGhlIHNhbXBsZSBub25jZQ",  # no padding
+        "dGhlIHNhbXBsZSBub25j ZQ=",  # a space inside
+    ],
+)
+def test_a_key_that_is_not_16_bytes_in_base64_gets_400(server, key):
+    """RFC 6455 4.2.1 (5): the key is base64 of 16 bytes, else the server
+    MUST answer with an error such as 400; Daphne (autobahn: 24 chars,
+    "==", base64 alphabet) and uvicorn (websockets: b64decode(validate)
+    of 16 bytes) do.  Any 16 to 40 bytes were accepted."""
+    assert status(server, key) == 400
+    assert status(server) == 101
+
+
+@pytest.mark.parametrize(
+    "version, code",
+    [("8", 426), (None, 426), ("13, 8", 426), ("13", 101)],
+)
+def test_versions(server, version, code):
+    assert status(server, version=version) == code
+
+
+@pytest.mark.parametrize(
+    "protocols",
+    ["a, b", "a,,b", " , ", "a b", "x" * 5000, ",".join(f"p{i}" for i in range(1500))],
+)
+def test_odd_subprotocol_offers_still_connect(server, protocols):
+    assert status(server, extra=f"Sec-WebSocket-Protocol: {protocols}\r\n") == 101
