@@ -980,6 +980,24 @@ ws_deflate_offer(const cd_config_t *cfg, PyObject *headers)
     return NULL;
 }
 
+/* RFC 6455 4.2.1 (5): the key is the base64 of 16 bytes, 24 characters
+ * ending in "==" (autobahn's check, Daphne's; websockets' decodes it). */
+static int
+ws_key_valid(const char *key, Py_ssize_t n)
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                              "abcdefghijklmnopqrstuvwxyz0123456789+/";
+    if (n != 24 || key[22] != '=' || key[23] != '=') {
+        return 0;
+    }
+    for (int i = 0; i < 22; i++) {
+        if (key[i] == '\0' || strchr(b64, key[i]) == NULL) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 int
 cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy)
 {
@@ -1014,7 +1032,7 @@ cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy)
     if (!version_ok) {
         return 426;
     }
-    if (key == NULL || keylen < 16 || keylen > 40) {
+    if (key == NULL || !ws_key_valid(key, keylen)) {
         return 400;
     }
     PyObject *protos = subprotocols(headers);

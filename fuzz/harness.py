@@ -971,7 +971,8 @@ def handshake(d: Data) -> tuple[bytes, bytes, bytes | None]:
         # A broken handshake now and then.
         i = 2 + d.u8() % (len(lines) - 2)
         lines[i] = d.pick([b"Sec-WebSocket-Version: 8", b"Upgrade: h2c", b"X: y",
-                           b"Sec-WebSocket-Key: short", b"Connection: keep-alive"])
+                           b"Sec-WebSocket-Key: short", b"Connection: keep-alive",
+                           b"Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!!!"])
     if d.u8() == 3:
         lines[0] = b"POST /ws HTTP/1.1"
     return b"\r\n".join(lines) + b"\r\n\r\n", key, offer
