@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import inspect
 import os
 import signal
 from urllib.parse import parse_qs
+
+try:
+    from inspect import markcoroutinefunction
+except ImportError:  # Python 3.11
+    from asgiref.sync import markcoroutinefunction
 
 
 async def app(scope, receive, send):
@@ -50,4 +54,4 @@ def not_a_coroutine(scope, receive, send):
     return 42
 
 
-inspect.markcoroutinefunction(not_a_coroutine)
+markcoroutinefunction(not_a_coroutine)
