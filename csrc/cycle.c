@@ -211,6 +211,18 @@ future_unheld(cd_state *st, PyObject *fut)
            Py_REFCNT(fut) == 1 && no_weakref_no_dict(fut);
 }
 
+/* Drops the cycle's reference to a receive() future of either kind. */
+static void
+future_release(cd_state *st, PyObject *fut)
+{
+    if (fut != NULL && cd_rfut_check(st, fut)) {
+        cd_rfut_release(fut);
+    }
+    else {
+        Py_XDECREF(fut);
+    }
+}
+
 /* Whether the loop makes its futures as Future() does
  * (cd_loopmeth_future_new): its class keeps our create_future, no
  * instance attribute hides it (cd_loopmeth_direct), and it is the
@@ -242,25 +254,69 @@ keep_spare_future(cd_cycle_t *cy, PyObject *fut)
     PyObject *oldest = cy->spare_fut[1];
     cy->spare_fut[1] = cy->spare_fut[0];
     cy->spare_fut[0] = fut;
-    Py_XDECREF(oldest);
+    future_release(cy->st, oldest);
 }
 
-/* New reference: a pending future for receive().  A kept one that nothing
- * else holds is made new by asyncio.Future.__init__ (which resets every
- * field but __dict__, as Future() would set them) when the loop would
- * make a plain Future: one future allocated and freed per message
+/* Whether a receive() of loop may wait on a RecvFuture (waiter.c): the
+ * loop would make a plain Future (its class keeps our create_future, no
+ * instance attribute hides it) and is not in debug mode (where a Future
+ * notes where it was made).  Its wake-up goes through the loop's
+ * call_soon as a Future's would (waiter.c rfut_call_soon).  Whether it is
+ * the running loop is the Task's to check, as for any future.  0 or 1, -1
+ * with an exception. */
+static int
+loop_takes_rfut(cd_state *st, PyObject *loop)
+{
+    if (loop == NULL ||
+        Py_TYPE(loop)->tp_getattro != PyObject_GenericGetAttr) {
+        return 0;
+    }
+    cd_loop_t *core = cd_loopmeth_direct(st, loop, CD_LM_CREATE_FUTURE);
+    if (core == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    int debug = cd_sched_debug(core);
+    return debug < 0 ? -1 : !debug;
+}
+
+/* New reference: a RecvFuture for receive(), a kept one that nothing else
+ * holds made pending again when there is one. */
+static PyObject *
+recv_rfut_new(cd_cycle_t *cy, PyObject *loop)
+{
+    for (int i = 1; i >= 0; i--) {
+        PyObject *f = cy->spare_fut[i];
+        if (f != NULL && cd_rfut_check(cy->st, f) && cd_rfut_unheld(f)) {
+            cy->spare_fut[i] = NULL;
+            cd_rfut_reset(f, loop);
+            return f;
+        }
+    }
+    return cd_rfut_new(cy->st, loop);
+}
+
+/* New reference: a pending future for receive(): a RecvFuture where the
+ * loop allows (loop_takes_rfut).  Else an asyncio.Future: a kept one that
+ * nothing else holds is made new by asyncio.Future.__init__ (which resets
+ * every field but __dict__, as Future() would set them) when the loop
+ * would make a plain Future: one future allocated and freed per message
  * otherwise. */
 static PyObject *
 recv_future_new(cd_cycle_t *cy)
 {
     cd_state *st = cy->st;
+    PyObject *loop = cy->server->loop->aio_loop;
+    int light = loop_takes_rfut(st, loop);
+    if (light != 0) {
+        return light < 0 ? NULL : recv_rfut_new(cy, loop);
+    }
     int i = 1;
     while (i >= 0 && (cy->spare_fut[i] == NULL ||
                       !future_unheld(st, cy->spare_fut[i]))) {
         i--;
     }
     if (i >= 0) {
-        int plain = loop_makes_plain_futures(st, cy->server->loop->aio_loop);
+        int plain = loop_makes_plain_futures(st, loop);
         if (plain < 0) {
             return NULL;
         }
@@ -281,8 +337,10 @@ recv_future_new(cd_cycle_t *cy)
 void
 cd_cycle_drop_spares(cd_cycle_t *cy)
 {
-    Py_CLEAR(cy->spare_fut[0]);
-    Py_CLEAR(cy->spare_fut[1]);
+    PyObject *a = cy->spare_fut[0], *b = cy->spare_fut[1];
+    cy->spare_fut[0] = cy->spare_fut[1] = NULL;
+    future_release(cy->st, a);
+    future_release(cy->st, b);
 }
 
 PyObject *
@@ -290,7 +348,9 @@ cd_cycle_recv_future(cd_cycle_t *cy)
 {
     if (cy->recv_fut != NULL) {
         /* A cancelled receive() leaves its future behind. */
-        int done = cd_future_done(cy->st, cy->recv_fut);
+        int done = cd_rfut_check(cy->st, cy->recv_fut)
+                       ? cd_rfut_done(cy->recv_fut)
+                       : cd_future_done(cy->st, cy->recv_fut);
         if (done < 0) {
             return NULL;
         }
@@ -328,6 +388,15 @@ cd_cycle_wake_receiver(cd_cycle_t *cy)
     }
     PyObject *fut = cy->recv_fut;
     cy->recv_fut = NULL;
+    if (cd_rfut_check(cy->st, fut)) {
+        /* Done already only if its receive() was cancelled: nothing to
+         * wake then. */
+        if (cd_rfut_set_result(fut) < 0) {
+            cd_log_exception("Error resolving receive()");
+        }
+        keep_spare_future(cy, fut);
+        return;
+    }
     /* Done already only if its receive() was cancelled: set_result then
      * raises (InvalidStateError) and there is nothing to wake.  Asked
      * after the fact, not with done() before every message. */
@@ -1103,7 +1172,9 @@ cycle_clear(cd_cycle_t *cy)
 {
     Py_CLEAR(cy->scope);
     Py_CLEAR(cy->task);
-    Py_CLEAR(cy->recv_fut);
+    PyObject *recv_fut = cy->recv_fut;
+    cy->recv_fut = NULL;
+    future_release(cy->st, recv_fut);
     Py_CLEAR(cy->send_fut);
     Py_CLEAR(cy->waiter);
     cd_cycle_drop_spares(cy);

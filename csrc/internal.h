@@ -1091,6 +1091,24 @@ PyObject *cd_waiter_pending(cd_state *st, PyObject *fut);
  * when first awaited, or when the cycle's receive future (which only
  * signals) completes. */
 PyObject *cd_waiter_receive(cd_state *st, cd_cycle_t *cy);
+/* The future a waiting receive() yields (RecvFuture, waiter.c). */
+int cd_rfut_check(cd_state *st, PyObject *o);
+/* New reference: a pending one of loop. */
+PyObject *cd_rfut_new(cd_state *st, PyObject *loop);
+/* Whether only its owner holds it (it may be made pending again). */
+int cd_rfut_unheld(PyObject *f);
+/* Makes an unheld one pending again, for loop. */
+void cd_rfut_reset(PyObject *f, PyObject *loop);
+/* Drops the owner's reference (f may be NULL). */
+void cd_rfut_release(PyObject *f);
+int cd_rfut_done(PyObject *f);
+/* Completes it with None and schedules its callbacks (nothing if done
+ * already); -1 with an exception if one could not be scheduled. */
+int cd_rfut_set_result(PyObject *f);
+/* New reference: its result(), or NULL with CancelledError or
+ * InvalidStateError. */
+PyObject *cd_rfut_result(PyObject *f);
+void cd_rfut_set_blocking(PyObject *f);
 
 /* ---- tls.c: OpenSSL over memory BIOs ------------------------------ */
 /* The Python type TLSContext (a server SSL_CTX from the config). */

@@ -78,6 +78,7 @@
     X(s_result, "result")                                                     \
     X(s_exception, "exception")                                               \
     X(s_add_done_callback, "add_done_callback")                               \
+    X(s_get_loop, "get_loop")                                                 \
     X(s_submit, "submit")                                                     \
     X(s_run_in_executor, "run_in_executor")                                   \
     X(s_wrap_future, "wrap_future")                                           \
@@ -176,6 +177,7 @@ typedef struct {
     PyTypeObject *Server_type;
     PyTypeObject *Cycle_type;
     PyTypeObject *Waiter_type;
+    PyTypeObject *RecvFuture_type; /* waiter.c */
     PyTypeObject *TLSContext_type;
     PyTypeObject *Hop_type;
     PyTypeObject *HopItem_type;
@@ -244,6 +246,7 @@ typedef struct {
     PyObject *kwnames_eager; /* ("loop", "eager_start") */
     PyObject *kwnames_loop;  /* ("loop",) */
     PyObject *kwnames_task;  /* ("loop", "name", "context"): loopapi.c */
+    PyObject *kwnames_context; /* ("context",): waiter.c */
     /* Received messages with their keys in place (cd_message_new):
      * {"type": "websocket.receive", "text": None}, likewise "bytes", and
      * {"type": "http.request", "body": None, "more_body": None}. */

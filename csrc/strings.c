@@ -18,6 +18,7 @@ cd_strings_init(cd_state *st)
     st->kwnames_loop = Py_BuildValue("(O)", st->s_loop);
     st->kwnames_task =
         Py_BuildValue("(OOO)", st->s_loop, st->s_name, st->s_context);
+    st->kwnames_context = Py_BuildValue("(O)", st->s_context);
     st->asgi_dict = Py_BuildValue("{OOOO}", st->s_version, st->s_v3_0,
                                   st->s_spec_version, st->s_v2_3);
     st->ws_text_template = Py_BuildValue(
@@ -28,7 +29,8 @@ cd_strings_init(cd_state *st)
         Py_BuildValue("{OOOOOO}", st->s_type, st->s_http_request, st->s_body,
                       Py_None, st->s_more_body, Py_None);
     if (!st->empty_bytes || !st->empty_tuple || !st->kwnames_eager ||
-        !st->kwnames_loop || !st->kwnames_task || !st->asgi_dict ||
+        !st->kwnames_loop || !st->kwnames_task || !st->kwnames_context ||
+        !st->asgi_dict ||
         !st->ws_text_template || !st->ws_bytes_template ||
         !st->http_request_template) {
         return -1;
@@ -62,6 +64,7 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->Server_type);
     Py_VISIT(st->Cycle_type);
     Py_VISIT(st->Waiter_type);
+    Py_VISIT(st->RecvFuture_type);
     Py_VISIT(st->TLSContext_type);
     Py_VISIT(st->Hop_type);
     Py_VISIT(st->HopItem_type);
@@ -111,6 +114,7 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->Server_type);
     Py_CLEAR(st->Cycle_type);
     Py_CLEAR(st->Waiter_type);
+    Py_CLEAR(st->RecvFuture_type);
     Py_CLEAR(st->TLSContext_type);
     Py_CLEAR(st->Hop_type);
     Py_CLEAR(st->HopItem_type);
@@ -156,6 +160,7 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->kwnames_eager);
     Py_CLEAR(st->kwnames_loop);
     Py_CLEAR(st->kwnames_task);
+    Py_CLEAR(st->kwnames_context);
 #define CD_CLEAR_STR(name, text) Py_CLEAR(st->name);
     CD_STRINGS(CD_CLEAR_STR)
 #undef CD_CLEAR_STR
