@@ -246,7 +246,8 @@ typedef struct {
     PyObject *kwnames_eager; /* ("loop", "eager_start") */
     PyObject *kwnames_loop;  /* ("loop",) */
     PyObject *kwnames_task;  /* ("loop", "name", "context"): loopapi.c */
-    PyObject *kwnames_context; /* ("context",): waiter.c */
+    /* ("context",): a RecvFuture's call_soon (waiter.c) */
+    PyObject *kwnames_context;
     /* Received messages with their keys in place (cd_message_new):
      * {"type": "websocket.receive", "text": None}, likewise "bytes", and
      * {"type": "http.request", "body": None, "more_body": None}. */

@@ -30,8 +30,7 @@ cd_strings_init(cd_state *st)
                       Py_None, st->s_more_body, Py_None);
     if (!st->empty_bytes || !st->empty_tuple || !st->kwnames_eager ||
         !st->kwnames_loop || !st->kwnames_task || !st->kwnames_context ||
-        !st->asgi_dict ||
-        !st->ws_text_template || !st->ws_bytes_template ||
+        !st->asgi_dict || !st->ws_text_template || !st->ws_bytes_template ||
         !st->http_request_template) {
         return -1;
     }

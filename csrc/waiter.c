@@ -556,18 +556,18 @@ typedef enum {
 
 typedef struct {
     PyObject_HEAD
-    cd_state *st;       /* borrowed: the module outlives its types */
-    PyObject *loop;     /* strong: the asyncio loop */
-    PyObject *cb;       /* strong: the first done callback, or NULL */
-    PyObject *ctx;      /* strong: its context, or NULL */
-    PyObject *more;     /* strong: a list of (callback, context) after the
-                           first, or NULL */
+    cd_state *st;         /* borrowed: the module outlives its types */
+    PyObject *loop;       /* strong: the asyncio loop */
+    PyObject *cb;         /* strong: the first done callback, or NULL */
+    PyObject *ctx;        /* strong: its context, or NULL */
+    PyObject *more;       /* strong: a list of (callback, context) after the
+                             first, or NULL */
     PyObject *cancel_msg; /* strong: cancel()'s msg, or NULL */
     /* strong: bound methods kept for the names a Task looks up (result,
      * add_done_callback, get_loop), or NULL; each holds this object: a
      * cycle that cd_rfut_release breaks. */
     PyObject *meth[3];
-    PyObject *dict;     /* strong: its __dict__ once made, or NULL */
+    PyObject *dict;        /* strong: its __dict__ once made, or NULL */
     PyObject *weakreflist; /* its weak references, or NULL */
     cd_rf_state_t state;
     int blocking;
@@ -674,9 +674,9 @@ rfut_call_soon(cd_rfut_t *f, PyObject *cb, PyObject *ctx)
         return -1;
     }
     else {
-        h = PyObject_VectorcallMethod(
-            st->lm_name[CD_LM_CALL_SOON], args,
-            3 | PY_VECTORCALL_ARGUMENTS_OFFSET, st->kwnames_context);
+        h = PyObject_VectorcallMethod(st->lm_name[CD_LM_CALL_SOON], args,
+                                      3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                      st->kwnames_context);
     }
     Py_XDECREF(h);
     return h != NULL ? 0 : -1;
@@ -902,8 +902,8 @@ rfut_cancel(cd_rfut_t *f, PyObject *const *args, Py_ssize_t nargs,
     PyObject *msg = Py_None;
     Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
     if (nargs + nkw > 1 ||
-        (nkw == 1 && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0),
-                                                  "msg") != 0)) {
+        (nkw == 1 && PyUnicode_CompareWithASCIIString(
+                         PyTuple_GET_ITEM(kwnames, 0), "msg") != 0)) {
         PyErr_SetString(PyExc_TypeError, "cancel(msg=None)");
         return NULL;
     }

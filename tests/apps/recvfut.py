@@ -1,0 +1,216 @@
+"""Scenarios around a receive() that waits: cancellation, timeouts, shield,
+gather, TaskGroup, two receive()s at once, what the task shows it waits on,
+debug mode.  Each runs against any ASGI-style receive/send pair: under
+cdaphne (the app below) and, in the test process, against Daphne's shape (an
+asyncio.Queue's get() on a stock asyncio loop), and both must report the
+same results.
+
+Protocol with the client: the scenario sends "need:X" when it wants the
+client to send X, and "result:<json>" once done."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+
+async def need(send, text: str) -> None:
+    await send({"type": "websocket.send", "text": "need:" + text})
+
+
+async def waiting(task: asyncio.Task) -> None:
+    """Yields until task waits on a future that is still pending."""
+    for _ in range(100):
+        fut = getattr(task, "_fut_waiter", None)
+        if fut is not None and not fut.done():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the task never waited")
+
+
+async def cancel_while_waiting(receive, send):
+    """A receive() cancelled while it waits takes nothing: the next one
+    gets the message."""
+    t = asyncio.ensure_future(receive())
+    await waiting(t)
+    t.cancel("stop")
+    try:
+        await t
+        outcome = "returned"
+    except asyncio.CancelledError as exc:
+        outcome = ["cancelled", list(exc.args)]
+    await need(send, "one")
+    msg = await receive()
+    return [outcome, t.cancelled(), msg["text"]]
+
+
+async def cancel_after_wake(receive, send):
+    """Cancelled after its message came but before its task ran: the
+    message stays for the next receive()."""
+    t = asyncio.ensure_future(receive())
+    await waiting(t)
+    fut = t._fut_waiter
+    await need(send, "two")
+    # One loop iteration at a time: the iteration that sees the future
+    # done runs before the task's wake-up, queued after this resumption.
+    deadline = time.monotonic() + 10
+    while not fut.done() and time.monotonic() < deadline:
+        await asyncio.sleep(0)
+    t.cancel()
+    try:
+        await t
+        outcome = "returned"
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+    msg = await receive()
+    return [fut.done(), fut.cancelled(), outcome, msg["text"]]
+
+
+async def timeouts(receive, send):
+    """asyncio.timeout() and wait_for() around receive(); nothing lost."""
+    got = []
+    try:
+        async with asyncio.timeout(0.02):
+            await receive()
+        got.append("no timeout")
+    except TimeoutError:
+        got.append("timeout")
+    try:
+        await asyncio.wait_for(receive(), 0.02)
+        got.append("no timeout")
+    except TimeoutError:
+        got.append("wait_for timeout")
+    await need(send, "three")
+    got.append((await asyncio.wait_for(receive(), 10))["text"])
+    return got
+
+
+async def shielded(receive, send):
+    """A shielded receive() outlives the timeout around the shield and
+    gets the message."""
+    inner = asyncio.ensure_future(receive())
+    try:
+        await asyncio.wait_for(asyncio.shield(inner), 0.02)
+        got = ["no timeout"]
+    except TimeoutError:
+        got = ["timeout", inner.done()]
+    await need(send, "four")
+    got.append((await inner)["text"])
+    return got
+
+
+async def gathered(receive, send):
+    """Two receive()s at once (gather): each gets one message."""
+    g = asyncio.gather(receive(), receive())
+    await asyncio.sleep(0.01)
+    await need(send, "five")
+    await need(send, "six")
+    a, b = await g
+    return sorted([a["text"], b["text"]])
+
+
+async def concurrent_one_cancelled(receive, send):
+    """Two receive()s wait; one task is cancelled; the other gets the
+    message, and nothing is lost."""
+    t1 = asyncio.ensure_future(receive())
+    t2 = asyncio.ensure_future(receive())
+    await waiting(t1)
+    await waiting(t2)
+    t1.cancel()
+    try:
+        await t1
+        first = "returned"
+    except asyncio.CancelledError:
+        first = "cancelled"
+    await asyncio.sleep(0.01)
+    await need(send, "seven")
+    second = (await asyncio.wait_for(t2, 10))["text"]
+    return [first, t2.cancelled(), second]
+
+
+async def task_group(receive, send):
+    """A TaskGroup whose other task fails cancels the waiting receive();
+    the message stays for the next one."""
+
+    async def boom():
+        await asyncio.sleep(0.01)
+        raise ValueError("boom")
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(receive())
+            tg.create_task(boom())
+        kind = "no error"
+    except BaseException as exc:  # an ExceptionGroup (3.11+)
+        kind = type(exc).__name__
+    await need(send, "eight")
+    return [kind, (await receive())["text"]]
+
+
+async def what_the_task_waits_on(receive, send):
+    """While a receive() waits, its task's _fut_waiter is a future of the
+    loop (asyncio.isfuture), pending; once the message came, done with
+    the result None or the message."""
+    t = asyncio.ensure_future(receive())
+    await waiting(t)
+    fut = t._fut_waiter
+    loop = asyncio.get_running_loop()
+    seen = [
+        asyncio.isfuture(fut),
+        asyncio.futures._get_loop(fut) is loop,
+        fut.done(),
+        fut.cancelled(),
+        "wait_for=" in repr(t),
+    ]
+    await need(send, "nine")
+    msg = await t
+    seen += [fut.done(), fut.cancelled(), t._fut_waiter is None, msg["text"]]
+    return seen
+
+
+async def debug_mode(receive, send):
+    """In debug mode the waiting receive() still works (cdaphne waits on a
+    real asyncio.Future then, which records where it was made)."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    try:
+        t = asyncio.ensure_future(receive())
+        await waiting(t)
+        fut = t._fut_waiter
+        is_future = isinstance(fut, asyncio.Future)
+        await need(send, "ten")
+        msg = await t
+    finally:
+        loop.set_debug(False)
+    return [is_future, msg["text"]]
+
+
+SCENARIOS = {
+    "cancel_while_waiting": cancel_while_waiting,
+    "cancel_after_wake": cancel_after_wake,
+    "timeouts": timeouts,
+    "shielded": shielded,
+    "gathered": gathered,
+    "concurrent_one_cancelled": concurrent_one_cancelled,
+    "task_group": task_group,
+    "what_the_task_waits_on": what_the_task_waits_on,
+    "debug_mode": debug_mode,
+}
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "websocket":
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    scenario = SCENARIOS[scope["path"].strip("/")]
+    try:
+        result = await scenario(receive, send)
+    except Exception as exc:  # reported, so the test shows it
+        result = ["error", repr(exc)]
+    await send({"type": "websocket.send", "text": "result:" + json.dumps(result)})
+    while (await receive())["type"] != "websocket.disconnect":
+        pass

@@ -1,0 +1,89 @@
+"""A receive() that waits behaves as Daphne's does (an asyncio.Queue's get()
+on a stock asyncio loop) under cancellation, timeouts, shield, gather,
+TaskGroup, concurrent receive()s and debug mode: each scenario of
+tests/apps/recvfut.py runs under a real cdaphne process with a real client,
+and against the queue in this process; the results must be the same."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import websocket
+
+from .apps import recvfut
+from .serverproc import ServerProcess, start_server
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc = start_server("tests.apps.recvfut:app")
+    try:
+        yield proc
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.log_tail()
+    assert "Fatal Python error" not in proc.log
+
+
+def under_cdaphne(server: ServerProcess, name: str):
+    ws = websocket.create_connection(server.ws_url("/" + name), timeout=20)
+    try:
+        while True:
+            text = ws.recv()
+            if text.startswith("need:"):
+                ws.send(text[5:])
+            else:
+                assert text.startswith("result:"), text
+                return json.loads(text[7:])
+    finally:
+        ws.close()
+
+
+def under_stock_asyncio(name: str):
+    """The scenario with Daphne's receive (an asyncio.Queue's get) on a
+    stock asyncio loop; the "client" answers after a short delay."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def send(msg):
+            text = msg["text"]
+            if text.startswith("need:"):
+                reply = {"type": "websocket.receive", "text": text[5:]}
+                loop.call_later(0.005, queue.put_nowait, reply)
+
+        return await recvfut.SCENARIOS[name](queue.get, send)
+
+    loop = asyncio.SelectorEventLoop()
+    try:
+        return json.loads(json.dumps(loop.run_until_complete(main())))
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("name", sorted(recvfut.SCENARIOS))
+def test_waiting_receive_behaves_as_an_asyncio_queue_get(server, name):
+    expected = under_stock_asyncio(name)
+    assert expected[0] != "error", expected
+    assert under_cdaphne(server, name) == expected
+
+
+def test_the_task_waits_on_a_pending_future_of_its_loop(server):
+    assert under_cdaphne(server, "what_the_task_waits_on") == [
+        True,
+        True,
+        False,
+        False,
+        True,
+        True,
+        False,
+        True,
+        "nine",
+    ]
+
+
+def test_message_stays_when_the_task_is_cancelled_after_its_wake_up(server):
+    assert under_cdaphne(server, "cancel_after_wake") == [True, False, "cancelled", "two"]
