@@ -815,12 +815,8 @@ rfut_add_done_callback(cd_rfut_t *f, PyObject *const *args, Py_ssize_t nargs,
     PyObject *ctx = NULL;
     Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
     if (nargs != 1 || nkw > 1 ||
-        (nkw == 1 && PyTuple_GET_ITEM(kwnames, 0) != f->st->s_context &&
-         PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), f->st->s_context) !=
-             0)) {
-        if (PyErr_Occurred()) {
-            return NULL;
-        }
+        (nkw == 1 &&
+         !cd_cycle_type_is(PyTuple_GET_ITEM(kwnames, 0), f->st->s_context))) {
         PyErr_SetString(PyExc_TypeError,
                         "add_done_callback(fn, /, *, context=None)");
         return NULL;
