@@ -682,17 +682,31 @@ rfut_call_soon(cd_rfut_t *f, PyObject *cb, PyObject *ctx)
     return h != NULL ? 0 : -1;
 }
 
+/* Notes a failed call_soon: the first exception is kept in *first for
+ * the caller to raise, later ones are logged. */
+static void
+rfut_note_error(PyObject **first)
+{
+    if (*first == NULL) {
+        *first = PyErr_GetRaisedException();
+    }
+    else {
+        cd_log_exception("Error scheduling a done callback");
+    }
+}
+
 /* Schedules the done callbacks, which go (a Future's
- * future_schedule_callbacks).  -1 with an exception if one could not be
- * scheduled (the others are). */
+ * future_schedule_callbacks).  -1 with the first exception if one could
+ * not be scheduled (the others are). */
 static int
 rfut_schedule(cd_rfut_t *f)
 {
-    PyObject *cb = f->cb, *ctx = f->ctx, *more = f->more;
-    int r = 0;
+    PyObject *cb = f->cb, *ctx = f->ctx, *more = f->more, *first = NULL;
     f->cb = f->ctx = f->more = NULL;
     if (cb != NULL) {
-        r = rfut_call_soon(f, cb, ctx);
+        if (rfut_call_soon(f, cb, ctx) < 0) {
+            rfut_note_error(&first);
+        }
         Py_DECREF(cb);
         Py_DECREF(ctx);
     }
@@ -701,15 +715,16 @@ rfut_schedule(cd_rfut_t *f)
             PyObject *t = PyList_GET_ITEM(more, i);
             if (rfut_call_soon(f, PyTuple_GET_ITEM(t, 0),
                                PyTuple_GET_ITEM(t, 1)) < 0) {
-                if (r < 0) {
-                    cd_log_exception("Error scheduling a done callback");
-                }
-                r = -1;
+                rfut_note_error(&first);
             }
         }
         Py_DECREF(more);
     }
-    return r;
+    if (first != NULL) {
+        PyErr_SetRaisedException(first);
+        return -1;
+    }
+    return 0;
 }
 
 /* set_result(None): 0 (also if f was done: cancelled), -1 with an
@@ -725,14 +740,18 @@ cd_rfut_set_result(PyObject *o)
     return rfut_schedule(f);
 }
 
+/* Raises CancelledError(msg), or CancelledError() without a message, as
+ * a cancelled Future's result() does. */
 static PyObject *
 rfut_cancelled_error(cd_rfut_t *f)
 {
-    if (f->cancel_msg != NULL && f->cancel_msg != Py_None) {
-        PyErr_SetObject(f->st->asyncio_CancelledError, f->cancel_msg);
-    }
-    else {
-        PyErr_SetNone(f->st->asyncio_CancelledError);
+    PyObject *type = f->st->asyncio_CancelledError;
+    PyObject *exc = f->cancel_msg != NULL && f->cancel_msg != Py_None
+                        ? PyObject_CallOneArg(type, f->cancel_msg)
+                        : PyObject_CallNoArgs(type);
+    if (exc != NULL) {
+        PyErr_SetObject(type, exc);
+        Py_DECREF(exc);
     }
     return NULL;
 }

@@ -87,3 +87,9 @@ def test_the_task_waits_on_a_pending_future_of_its_loop(server):
 
 def test_message_stays_when_the_task_is_cancelled_after_its_wake_up(server):
     assert under_cdaphne(server, "cancel_after_wake") == [True, False, "cancelled", "two"]
+
+
+def test_a_waiting_receive_yields_the_servers_own_future(server):
+    # The loop makes plain Futures and is not in debug mode: receive() waits
+    # on a RecvFuture (no asyncio.Future made and completed per message).
+    assert under_cdaphne(server, "waits_on") == ["RecvFuture", "eleven"]

@@ -45,6 +45,29 @@ async def cancel_while_waiting(receive, send):
     return [outcome, t.cancelled(), msg["text"]]
 
 
+async def cancel_message_inside(receive, send):
+    """The CancelledError raised at the awaiting receive() carries the
+    cancel message as it is (a tuple stays one argument)."""
+    seen = []
+
+    async def receiver():
+        try:
+            await receive()
+        except asyncio.CancelledError as exc:
+            seen.append(list(exc.args))
+            raise
+
+    t = asyncio.ensure_future(receiver())
+    await waiting(t)
+    t.cancel(("why", 1))
+    try:
+        await t
+    except asyncio.CancelledError:
+        pass
+    await need(send, "twelve")
+    return [seen, (await receive())["text"]]
+
+
 async def cancel_after_wake(receive, send):
     """Cancelled after its message came but before its task ran: the
     message stays for the next receive()."""
@@ -186,9 +209,20 @@ async def debug_mode(receive, send):
     return [is_future, msg["text"]]
 
 
+async def waits_on(receive, send):
+    """What a waiting receive()'s task waits on, by type name (cdaphne's
+    own: a RecvFuture where the loop allows, else an asyncio.Future)."""
+    t = asyncio.ensure_future(receive())
+    await waiting(t)
+    name = type(t._fut_waiter).__name__
+    await need(send, "eleven")
+    return [name, (await t)["text"]]
+
+
 SCENARIOS = {
     "cancel_while_waiting": cancel_while_waiting,
     "cancel_after_wake": cancel_after_wake,
+    "cancel_message_inside": cancel_message_inside,
     "timeouts": timeouts,
     "shielded": shielded,
     "gathered": gathered,
@@ -206,7 +240,8 @@ async def app(scope, receive, send):
         return
     await receive()  # websocket.connect
     await send({"type": "websocket.accept"})
-    scenario = SCENARIOS[scope["path"].strip("/")]
+    name = scope["path"].strip("/")
+    scenario = waits_on if name == "waits_on" else SCENARIOS[name]
     try:
         result = await scenario(receive, send)
     except Exception as exc:  # reported, so the test shows it
