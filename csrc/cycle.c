@@ -1007,6 +1007,7 @@ static PyObject *
 cycle_send(cd_cycle_t *cy, PyObject *msg)
 {
     PyObject *deferred;
+    cd_waiter_drop_returned(cy->st);
     if (!cycle_on_thread(cy, &send_now_def, msg, &deferred)) {
         return deferred;
     }

@@ -1091,6 +1091,9 @@ PyObject *cd_waiter_pending(cd_state *st, PyObject *fut);
  * when first awaited, or when the cycle's receive future (which only
  * signals) completes. */
 PyObject *cd_waiter_receive(cd_state *st, cd_cycle_t *cy);
+/* Lets go of the message the last receive() returned in the spare
+ * StopIteration (3.12+) once nothing else holds that. */
+void cd_waiter_drop_returned(cd_state *st);
 /* The future a waiting receive() yields (RecvFuture, waiter.c). */
 int cd_rfut_check(cd_state *st, PyObject *o);
 /* New reference: a pending one of loop. */

@@ -321,6 +321,36 @@ waiter_raise_return(cd_state *st, PyObject *value)
 }
 #endif
 
+#if PY_VERSION_HEX >= 0x030C0000
+/* Lets go of the message the spare StopIteration last returned, once
+ * nothing else holds it (await took the value out): the app's message
+ * stays alive only as long as the app keeps it. */
+void
+cd_waiter_drop_returned(cd_state *st)
+{
+    PyStopIterationObject *e = (PyStopIterationObject *)st->stop_iteration;
+    if (e == NULL || Py_REFCNT(e) != 1 || e->value == Py_None) {
+        return;
+    }
+    if (e->args != NULL && Py_REFCNT(e->args) == 1 &&
+        PyTuple_GET_SIZE(e->args) == 1) {
+        PyObject *old = PyTuple_GET_ITEM(e->args, 0);
+        PyTuple_SET_ITEM(e->args, 0, Py_NewRef(Py_None));
+        Py_DECREF(old);
+    }
+    else {
+        Py_SETREF(e->args, Py_NewRef(st->empty_tuple));
+    }
+    Py_XSETREF(e->value, Py_NewRef(Py_None));
+}
+#else
+void
+cd_waiter_drop_returned(cd_state *st)
+{
+    (void)st; /* No spare: a StopIteration per message (3.11). */
+}
+#endif
+
 static PyObject *
 waiter_iternext(cd_waiter_t *w)
 {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import weakref
 
 
 async def need(send, text: str) -> None:
@@ -219,6 +220,23 @@ async def waits_on(receive, send):
     return [name, (await t)["text"]]
 
 
+class Marker:
+    pass
+
+
+async def message_not_kept(receive, send):
+    """A received message lives as long as the app keeps it: nothing of
+    the server's holds it once the app let go of it and sent on."""
+    await need(send, "thirteen")
+    msg = await receive()
+    marker = Marker()
+    ref = weakref.ref(marker)
+    msg["marker"] = marker
+    del marker, msg
+    await need(send, "fourteen")
+    return [ref() is not None, (await receive())["text"]]
+
+
 SCENARIOS = {
     "cancel_while_waiting": cancel_while_waiting,
     "cancel_after_wake": cancel_after_wake,
@@ -230,6 +248,7 @@ SCENARIOS = {
     "task_group": task_group,
     "what_the_task_waits_on": what_the_task_waits_on,
     "debug_mode": debug_mode,
+    "message_not_kept": message_not_kept,
 }
 
 
