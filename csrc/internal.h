@@ -1094,7 +1094,9 @@ PyObject *cd_waiter_receive(cd_state *st, cd_cycle_t *cy);
 /* Lets go of the message the last receive() returned in the spare
  * StopIteration (3.12+) once nothing else holds that. */
 void cd_waiter_drop_returned(cd_state *st);
-/* The future a waiting receive() yields (RecvFuture, waiter.c). */
+
+/* ---- recvfut.c: the future a waiting receive() yields ------------ */
+int cd_rfut_type_init(PyObject *module, cd_state *st);
 int cd_rfut_check(cd_state *st, PyObject *o);
 /* New reference: a pending one of loop. */
 PyObject *cd_rfut_new(cd_state *st, PyObject *loop);

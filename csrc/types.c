@@ -8,6 +8,7 @@ cd_types_init(PyObject *module, cd_state *st)
         cd_server_type_init(module, st) < 0 ||
         cd_cycle_type_init(module, st) < 0 ||
         cd_waiter_type_init(module, st) < 0 ||
+        cd_rfut_type_init(module, st) < 0 ||
         cd_tls_type_init(module, st) < 0 || cd_hop_type_init(module, st) < 0 ||
         cd_readyq_type_init(module, st) < 0 ||
         cd_loopmeth_type_init(module, st) < 0 ||

@@ -1,0 +1,622 @@
+/* RecvFuture: what a waiting receive() yields to its task.
+ *
+ * A receive() that has to wait yields a future to its task, which adds
+ * its wake-up as a done callback, and the message's arrival completes it.
+ * An asyncio.Future does that with a loop.get_debug() call when made and
+ * a loop.call_soon() call by name when completed; this future-like object
+ * (what asyncio's Task accepts: _asyncio_future_blocking, _loop,
+ * add_done_callback(fn, *, context), result(), cancel(msg)) puts the
+ * wake-up on the loop's ready queue itself (cd_sched_call_soon) and is
+ * made again in place for the next message.  It is used only where the
+ * loop would make a plain Future and is not in debug mode (a Future
+ * records where it was made then): cycle.c recv_future_new.
+ *
+ * It has no get_loop(): a Task looks that up first and would make a bound
+ * method per message; asyncio.futures._get_loop() then reads _loop.  The
+ * Task calls result() through PyObject_CallMethod(fut, "result"), which
+ * reads tp_getattr: that returns a bound result() kept on the object. */
+#include "internal.h"
+
+typedef enum {
+    CD_RF_PENDING,
+    CD_RF_DONE,
+    CD_RF_CANCELLED,
+} cd_rf_state_t;
+
+typedef struct {
+    PyObject_HEAD
+    cd_state *st;         /* borrowed: the module outlives its types */
+    PyObject *loop;       /* strong: the asyncio loop */
+    PyObject *cb;         /* strong: the first done callback, or NULL */
+    PyObject *ctx;        /* strong: its context, or NULL */
+    PyObject *more;       /* strong: a list of (callback, context) after the
+                             first, or NULL */
+    PyObject *cancel_msg; /* strong: cancel()'s msg, or NULL */
+    /* strong: bound methods kept for the names a Task looks up (result,
+     * add_done_callback, get_loop), or NULL; each holds this object: a
+     * cycle that cd_rfut_release breaks. */
+    PyObject *meth[3];
+    PyObject *dict;        /* strong: its __dict__ once made, or NULL */
+    PyObject *weakreflist; /* its weak references, or NULL */
+    cd_rf_state_t state;
+    int blocking;
+} cd_rfut_t;
+
+int
+cd_rfut_check(cd_state *st, PyObject *o)
+{
+    return Py_IS_TYPE(o, st->RecvFuture_type);
+}
+
+/* New reference: a pending future of loop. */
+PyObject *
+cd_rfut_new(cd_state *st, PyObject *loop)
+{
+    cd_rfut_t *f = PyObject_GC_New(cd_rfut_t, st->RecvFuture_type);
+    if (f == NULL) {
+        return NULL;
+    }
+    f->st = st;
+    f->loop = Py_NewRef(loop);
+    f->cb = f->ctx = f->more = f->cancel_msg = NULL;
+    f->meth[0] = f->meth[1] = f->meth[2] = NULL;
+    f->dict = f->weakreflist = NULL;
+    f->state = CD_RF_PENDING;
+    f->blocking = 0;
+    PyObject_GC_Track(f);
+    return (PyObject *)f;
+}
+
+/* Whether nothing but its one owner holds or watches f (the bound
+ * methods it keeps hold it too, while nothing else holds them; no weak
+ * reference, no attribute set on it): it may be made new. */
+int
+cd_rfut_unheld(PyObject *o)
+{
+    cd_rfut_t *f = (cd_rfut_t *)o;
+    Py_ssize_t n = 1;
+    if (f->dict != NULL || f->weakreflist != NULL) {
+        return 0;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (f->meth[i] != NULL) {
+            if (Py_REFCNT(f->meth[i]) != 1) {
+                return 0;
+            }
+            n++;
+        }
+    }
+    return Py_REFCNT(f) == n;
+}
+
+/* Makes an unheld f pending again, for loop (as a new one would be). */
+void
+cd_rfut_reset(PyObject *o, PyObject *loop)
+{
+    cd_rfut_t *f = (cd_rfut_t *)o;
+    if (f->loop != loop) {
+        Py_SETREF(f->loop, Py_NewRef(loop));
+    }
+    Py_CLEAR(f->cb);
+    Py_CLEAR(f->ctx);
+    Py_CLEAR(f->more);
+    Py_CLEAR(f->cancel_msg);
+    f->state = CD_RF_PENDING;
+    f->blocking = 0;
+}
+
+/* Drops the owner's reference, breaking the cycle with the kept bound
+ * result() so that nothing waits for the garbage collector. */
+void
+cd_rfut_release(PyObject *o)
+{
+    if (o != NULL) {
+        cd_rfut_t *f = (cd_rfut_t *)o;
+        Py_CLEAR(f->meth[0]);
+        Py_CLEAR(f->meth[1]);
+        Py_CLEAR(f->meth[2]);
+        Py_DECREF(o);
+    }
+}
+
+int
+cd_rfut_done(PyObject *o)
+{
+    return ((cd_rfut_t *)o)->state != CD_RF_PENDING;
+}
+
+/* loop.call_soon(cb, f, context=ctx), as a Future schedules its done
+ * callbacks: in C while the loop keeps LoopMethods' call_soon, else by
+ * name. */
+static int
+rfut_call_soon(cd_rfut_t *f, PyObject *cb, PyObject *ctx)
+{
+    cd_state *st = f->st;
+    PyObject *args[4] = {f->loop, cb, (PyObject *)f, ctx};
+    PyObject *h;
+    st->scheduled = 1;
+    cd_loop_t *core = cd_loopmeth_direct(st, f->loop, CD_LM_CALL_SOON);
+    if (core != NULL) {
+        h = cd_sched_call_soon(core, args + 1, 2, st->kwnames_context);
+    }
+    else if (PyErr_Occurred()) {
+        return -1;
+    }
+    else {
+        h = PyObject_VectorcallMethod(st->lm_name[CD_LM_CALL_SOON], args,
+                                      3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                      st->kwnames_context);
+    }
+    Py_XDECREF(h);
+    return h != NULL ? 0 : -1;
+}
+
+/* Notes a failed call_soon: the first exception is kept in *first for
+ * the caller to raise, later ones are logged. */
+static void
+rfut_note_error(PyObject **first)
+{
+    if (*first == NULL) {
+        *first = PyErr_GetRaisedException();
+    }
+    else {
+        cd_log_exception("Error scheduling a done callback");
+    }
+}
+
+/* Schedules the done callbacks, which go (a Future's
+ * future_schedule_callbacks).  -1 with the first exception if one could
+ * not be scheduled (the others are). */
+static int
+rfut_schedule(cd_rfut_t *f)
+{
+    PyObject *cb = f->cb, *ctx = f->ctx, *more = f->more, *first = NULL;
+    f->cb = f->ctx = f->more = NULL;
+    if (cb != NULL) {
+        if (rfut_call_soon(f, cb, ctx) < 0) {
+            rfut_note_error(&first);
+        }
+        Py_DECREF(cb);
+        Py_DECREF(ctx);
+    }
+    if (more != NULL) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(more); i++) {
+            PyObject *t = PyList_GET_ITEM(more, i);
+            if (rfut_call_soon(f, PyTuple_GET_ITEM(t, 0),
+                               PyTuple_GET_ITEM(t, 1)) < 0) {
+                rfut_note_error(&first);
+            }
+        }
+        Py_DECREF(more);
+    }
+    if (first != NULL) {
+        PyErr_SetRaisedException(first);
+        return -1;
+    }
+    return 0;
+}
+
+/* set_result(None): 0 (also if f was done: cancelled), -1 with an
+ * exception if a callback could not be scheduled. */
+int
+cd_rfut_set_result(PyObject *o)
+{
+    cd_rfut_t *f = (cd_rfut_t *)o;
+    if (f->state != CD_RF_PENDING) {
+        return 0;
+    }
+    f->state = CD_RF_DONE;
+    return rfut_schedule(f);
+}
+
+/* Raises CancelledError(msg), or CancelledError() without a message, as
+ * a cancelled Future's result() does. */
+static PyObject *
+rfut_cancelled_error(cd_rfut_t *f)
+{
+    PyObject *type = f->st->asyncio_CancelledError;
+    PyObject *exc = f->cancel_msg != NULL && f->cancel_msg != Py_None
+                        ? PyObject_CallOneArg(type, f->cancel_msg)
+                        : PyObject_CallNoArgs(type);
+    if (exc != NULL) {
+        PyErr_SetObject(type, exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+static PyObject *
+rfut_invalid_state(const char *msg)
+{
+    PyObject *exceptions = PyImport_ImportModule("asyncio.exceptions");
+    if (exceptions == NULL) {
+        return NULL;
+    }
+    PyObject *exc = PyObject_GetAttrString(exceptions, "InvalidStateError");
+    Py_DECREF(exceptions);
+    if (exc != NULL) {
+        PyErr_SetString(exc, msg);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+/* result(): None once done; raises CancelledError if cancelled. */
+PyObject *
+cd_rfut_result(PyObject *o)
+{
+    cd_rfut_t *f = (cd_rfut_t *)o;
+    switch (f->state) {
+    case CD_RF_DONE: Py_RETURN_NONE;
+    case CD_RF_CANCELLED: return rfut_cancelled_error(f);
+    case CD_RF_PENDING: break;
+    }
+    return rfut_invalid_state("Result is not set.");
+}
+
+static PyObject *
+rfut_result(cd_rfut_t *f, PyObject *unused)
+{
+    return cd_rfut_result((PyObject *)f);
+}
+
+static PyObject *
+rfut_exception(cd_rfut_t *f, PyObject *unused)
+{
+    switch (f->state) {
+    case CD_RF_DONE: Py_RETURN_NONE;
+    case CD_RF_CANCELLED: return rfut_cancelled_error(f);
+    case CD_RF_PENDING: break;
+    }
+    return rfut_invalid_state("Exception is not set.");
+}
+
+static PyObject *
+rfut_done(cd_rfut_t *f, PyObject *unused)
+{
+    return PyBool_FromLong(f->state != CD_RF_PENDING);
+}
+
+static PyObject *
+rfut_cancelled(cd_rfut_t *f, PyObject *unused)
+{
+    return PyBool_FromLong(f->state == CD_RF_CANCELLED);
+}
+
+static PyObject *
+rfut_get_loop(cd_rfut_t *f, void *closure)
+{
+    return Py_NewRef(f->loop);
+}
+
+static PyObject *
+rfut_get_loop_meth(cd_rfut_t *f, PyObject *unused)
+{
+    return Py_NewRef(f->loop);
+}
+
+/* add_done_callback(fn, *, context=None). */
+static PyObject *
+rfut_add_done_callback(cd_rfut_t *f, PyObject *const *args, Py_ssize_t nargs,
+                       PyObject *kwnames)
+{
+    PyObject *ctx = NULL;
+    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs != 1 || nkw > 1 ||
+        (nkw == 1 &&
+         !cd_cycle_type_is(PyTuple_GET_ITEM(kwnames, 0), f->st->s_context))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "add_done_callback(fn, /, *, context=None)");
+        return NULL;
+    }
+    if (nkw == 1 && args[1] != Py_None) {
+        ctx = Py_NewRef(args[1]);
+    }
+    else {
+        ctx = PyContext_CopyCurrent();
+        if (ctx == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *fn = args[0];
+    if (f->state != CD_RF_PENDING) {
+        int r = rfut_call_soon(f, fn, ctx);
+        Py_DECREF(ctx);
+        return r < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    if (f->cb == NULL && f->more == NULL) {
+        f->cb = Py_NewRef(fn);
+        f->ctx = ctx;
+        Py_RETURN_NONE;
+    }
+    PyObject *t = PyTuple_Pack(2, fn, ctx);
+    Py_DECREF(ctx);
+    if (t == NULL) {
+        return NULL;
+    }
+    if (f->more == NULL && (f->more = PyList_New(0)) == NULL) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    int r = PyList_Append(f->more, t);
+    Py_DECREF(t);
+    return r < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+/* remove_done_callback(fn): how many were removed. */
+static PyObject *
+rfut_remove_done_callback(cd_rfut_t *f, PyObject *fn)
+{
+    Py_ssize_t removed = 0;
+    if (f->cb != NULL) {
+        int eq = PyObject_RichCompareBool(f->cb, fn, Py_EQ);
+        if (eq < 0) {
+            return NULL;
+        }
+        if (eq) {
+            Py_CLEAR(f->cb);
+            Py_CLEAR(f->ctx);
+            removed++;
+        }
+    }
+    for (Py_ssize_t i = 0; f->more != NULL && i < PyList_GET_SIZE(f->more);) {
+        PyObject *t = PyList_GET_ITEM(f->more, i);
+        int eq = PyObject_RichCompareBool(PyTuple_GET_ITEM(t, 0), fn, Py_EQ);
+        if (eq < 0) {
+            return NULL;
+        }
+        if (eq) {
+            if (PySequence_DelItem(f->more, i) < 0) {
+                return NULL;
+            }
+            removed++;
+        }
+        else {
+            i++;
+        }
+    }
+    return PyLong_FromSsize_t(removed);
+}
+
+/* cancel(msg=None), as Future.cancel. */
+static PyObject *
+rfut_cancel(cd_rfut_t *f, PyObject *const *args, Py_ssize_t nargs,
+            PyObject *kwnames)
+{
+    PyObject *msg = Py_None;
+    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs + nkw > 1 ||
+        (nkw == 1 && PyUnicode_CompareWithASCIIString(
+                         PyTuple_GET_ITEM(kwnames, 0), "msg") != 0)) {
+        PyErr_SetString(PyExc_TypeError, "cancel(msg=None)");
+        return NULL;
+    }
+    if (nargs + nkw == 1) {
+        msg = args[0];
+    }
+    if (f->state != CD_RF_PENDING) {
+        Py_RETURN_FALSE;
+    }
+    f->state = CD_RF_CANCELLED;
+    Py_XSETREF(f->cancel_msg, Py_NewRef(msg));
+    if (rfut_schedule(f) < 0) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+rfut_get_blocking(cd_rfut_t *f, void *closure)
+{
+    return PyBool_FromLong(f->blocking);
+}
+
+static int
+rfut_set_blocking(cd_rfut_t *f, PyObject *v, void *closure)
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete attribute");
+        return -1;
+    }
+    int b = PyObject_IsTrue(v);
+    if (b < 0) {
+        return -1;
+    }
+    f->blocking = b;
+    return 0;
+}
+
+/* Sets the blocking flag, as awaiting a Future does before yielding it. */
+void
+cd_rfut_set_blocking(PyObject *o)
+{
+    ((cd_rfut_t *)o)->blocking = 1;
+}
+
+static PyObject *rfut_bound(cd_rfut_t *f, int i);
+
+/* The names a Task reads at every wait: the flag, and the bound methods
+ * kept (no method object made and freed per message); any other name is
+ * looked up as usual.  asyncio's names are the interned ones. */
+static PyObject *
+rfut_getattro(cd_rfut_t *f, PyObject *name)
+{
+    cd_state *st = f->st;
+    if (name == st->s_asyncio_future_blocking) {
+        return PyBool_FromLong(f->blocking);
+    }
+    if (name == st->s_add_done_callback) {
+        return rfut_bound(f, 1);
+    }
+    if (name == st->s_get_loop) {
+        return rfut_bound(f, 2);
+    }
+    return PyObject_GenericGetAttr((PyObject *)f, name);
+}
+
+static int
+rfut_setattro(cd_rfut_t *f, PyObject *name, PyObject *v)
+{
+    if (name == f->st->s_asyncio_future_blocking && v != NULL) {
+        int b = PyObject_IsTrue(v);
+        if (b < 0) {
+            return -1;
+        }
+        f->blocking = b;
+        return 0;
+    }
+    return PyObject_GenericSetAttr((PyObject *)f, name, v);
+}
+
+/* The char * attribute lookup, which PyObject_CallMethod(fut, "result")
+ * uses (a Task's wake-up): result is the bound method kept; any other
+ * name is looked up as usual. */
+static PyObject *
+rfut_getattr(cd_rfut_t *f, char *name)
+{
+    if (strcmp(name, "result") == 0) {
+        return rfut_bound(f, 0);
+    }
+    PyObject *s = PyUnicode_FromString(name);
+    if (s == NULL) {
+        return NULL;
+    }
+    PyObject *r = rfut_getattro(f, s);
+    Py_DECREF(s);
+    return r;
+}
+
+static PyObject *
+rfut_repr(cd_rfut_t *f)
+{
+    static const char *names[] = {"pending", "finished", "cancelled"};
+    int ncb = (f->cb != NULL) +
+              (f->more != NULL ? (int)PyList_GET_SIZE(f->more) : 0);
+    return PyUnicode_FromFormat("<%s %s callbacks=%d>", Py_TYPE(f)->tp_name,
+                                names[f->state], ncb);
+}
+
+static int
+rfut_traverse(cd_rfut_t *f, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(f));
+    Py_VISIT(f->loop);
+    Py_VISIT(f->cb);
+    Py_VISIT(f->ctx);
+    Py_VISIT(f->more);
+    Py_VISIT(f->cancel_msg);
+    Py_VISIT(f->meth[0]);
+    Py_VISIT(f->meth[1]);
+    Py_VISIT(f->meth[2]);
+    Py_VISIT(f->dict);
+    return 0;
+}
+
+static int
+rfut_clear(cd_rfut_t *f)
+{
+    Py_CLEAR(f->loop);
+    Py_CLEAR(f->cb);
+    Py_CLEAR(f->ctx);
+    Py_CLEAR(f->more);
+    Py_CLEAR(f->cancel_msg);
+    Py_CLEAR(f->meth[0]);
+    Py_CLEAR(f->meth[1]);
+    Py_CLEAR(f->meth[2]);
+    Py_CLEAR(f->dict);
+    return 0;
+}
+
+static void
+rfut_dealloc(cd_rfut_t *f)
+{
+    PyTypeObject *tp = Py_TYPE(f);
+    PyObject_GC_UnTrack(f);
+    if (f->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)f);
+    }
+    rfut_clear(f);
+    tp->tp_free(f);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef rfut_methods[] = {
+    {"result", (PyCFunction)rfut_result, METH_NOARGS, NULL},
+    {"exception", (PyCFunction)rfut_exception, METH_NOARGS, NULL},
+    {"done", (PyCFunction)rfut_done, METH_NOARGS, NULL},
+    {"cancelled", (PyCFunction)rfut_cancelled, METH_NOARGS, NULL},
+    {"add_done_callback", (PyCFunction)(void (*)(void))rfut_add_done_callback,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"get_loop", (PyCFunction)rfut_get_loop_meth, METH_NOARGS, NULL},
+    {"remove_done_callback", (PyCFunction)rfut_remove_done_callback, METH_O,
+     NULL},
+    {"cancel", (PyCFunction)(void (*)(void))rfut_cancel,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* New reference: the bound method kept in meth[i]: result,
+ * add_done_callback, get_loop (their rfut_methods entries). */
+static PyObject *
+rfut_bound(cd_rfut_t *f, int i)
+{
+    static const int def[3] = {0, 4, 5};
+    if (f->meth[i] == NULL) {
+        f->meth[i] = PyCFunction_New(&rfut_methods[def[i]], (PyObject *)f);
+        if (f->meth[i] == NULL) {
+            return NULL;
+        }
+    }
+    return Py_NewRef(f->meth[i]);
+}
+
+static PyGetSetDef rfut_getset[] = {
+    {"_asyncio_future_blocking", (getter)rfut_get_blocking,
+     (setter)rfut_set_blocking, NULL, NULL},
+    {"_loop", (getter)rfut_get_loop, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+#if PY_VERSION_HEX < 0x030C0000
+#include <structmember.h>
+#define Py_T_PYSSIZET T_PYSSIZET
+#define Py_READONLY READONLY
+#endif
+
+static PyMemberDef rfut_members[] = {
+    {"__dictoffset__", Py_T_PYSSIZET, offsetof(cd_rfut_t, dict), Py_READONLY,
+     NULL},
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(cd_rfut_t, weakreflist),
+     Py_READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot rfut_slots[] = {
+    {Py_tp_members, rfut_members},
+    {Py_tp_getattr, rfut_getattr},
+    {Py_tp_getattro, rfut_getattro},
+    {Py_tp_setattro, rfut_setattro},
+    {Py_tp_repr, rfut_repr},
+    {Py_tp_methods, rfut_methods},
+    {Py_tp_getset, rfut_getset},
+    {Py_tp_traverse, rfut_traverse},
+    {Py_tp_clear, rfut_clear},
+    {Py_tp_dealloc, rfut_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec rfut_spec = {
+    .name = "cdaphne._cdaphne.RecvFuture",
+    .basicsize = sizeof(cd_rfut_t),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = rfut_slots,
+};
+
+int
+cd_rfut_type_init(PyObject *module, cd_state *st)
+{
+    st->RecvFuture_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &rfut_spec, NULL);
+    return st->RecvFuture_type == NULL ? -1 : 0;
+}
