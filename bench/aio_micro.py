@@ -48,6 +48,10 @@ BENCHES = {
     ),
     "executor_rt": ("await run_in_executor(None, f) round trip", "round trip"),
     "sync_to_async_rt": ("await asgiref sync_to_async(f)() round trip", "round trip"),
+    "thread_context_rt": (
+        "async with ThreadSensitiveContext(): await sync_to_async(f)()",
+        "context with its thread started, used and joined",
+    ),
     "future_callback": (
         "create_future + add_done_callback + set_result, the callback run",
         "future resolved and its callback run",
@@ -281,6 +285,29 @@ def b_sync_to_async_rt(loop: asyncio.AbstractEventLoop, t: Timer) -> int:
             assert await af(t.ops) == t.ops + 1
             t.ops += 1
             if t.ops % 128 == 0 and t.over():
+                return
+
+    loop.run_until_complete(main())
+    return t.ops
+
+
+def b_thread_context_rt(loop: asyncio.AbstractEventLoop, t: Timer) -> int:
+    # What asgiref does around each Django request: a ThreadSensitiveContext
+    # whose exit joins the executor thread of its first thread-sensitive
+    # call from a thread of its own (two threads started and joined per op).
+    from asgiref.sync import ThreadSensitiveContext, sync_to_async
+
+    def f(i: int) -> int:
+        return i + 1
+
+    af = sync_to_async(f)
+
+    async def main() -> None:
+        while True:
+            async with ThreadSensitiveContext():
+                assert await af(t.ops) == t.ops + 1
+            t.ops += 1
+            if t.ops % 16 == 0 and t.over():
                 return
 
     loop.run_until_complete(main())

@@ -35,6 +35,7 @@ OPS = {
     "threadsafe_stream": 5000,
     "executor_rt": 1000,
     "sync_to_async_rt": 1000,
+    "thread_context_rt": 300,
     "future_callback": 10240,
 }
 
