@@ -534,7 +534,10 @@ core_attrs_load(cd_loop_t *core)
     int cf = dbg < 0 ? -1
                      : core_no_instance_attr(core,
                                              st->lm_name[CD_LM_CREATE_FUTURE]);
-    PyObject *sched = cf < 0 ? NULL : core_get(core, st->s__scheduled);
+    int cs = cf < 0
+                 ? -1
+                 : core_no_instance_attr(core, st->lm_name[CD_LM_CALL_SOON]);
+    PyObject *sched = cs < 0 ? NULL : core_get(core, st->s__scheduled);
     PyObject *sel = sched ? core_get(core, st->s__selector) : NULL;
     if (sel == NULL) {
         Py_XDECREF(sched);
@@ -545,6 +548,7 @@ core_attrs_load(cd_loop_t *core)
     core->attrs.flag[CD_ATTR_TC_IS_OURS] = (signed char)tc;
     core->attrs.flag[CD_ATTR_DEBUG_IS_OURS] = (signed char)dbg;
     core->attrs.flag[CD_ATTR_CF_IS_OURS] = (signed char)cf;
+    core->attrs.flag[CD_ATTR_CS_IS_OURS] = (signed char)cs;
     core->attrs.selector = sel;
     if (PyList_Check(sched)) {
         core->attrs.scheduled = sched;
@@ -650,6 +654,7 @@ cd_sched_no_instance_attr(cd_loop_t *core, cd_lm_t which)
     int flag = which == CD_LM_TIMER_CANCELLED ? CD_ATTR_TC_IS_OURS
                : which == CD_LM_GET_DEBUG     ? CD_ATTR_DEBUG_IS_OURS
                : which == CD_LM_CREATE_FUTURE ? CD_ATTR_CF_IS_OURS
+               : which == CD_LM_CALL_SOON     ? CD_ATTR_CS_IS_OURS
                                               : -1;
     if (flag >= 0) {
         int c = core_attrs(core);

@@ -237,7 +237,32 @@ async def message_not_kept(receive, send):
     return [ref() is not None, (await receive())["text"]]
 
 
+async def call_soon_patched(receive, send):
+    """A call_soon set on the loop instance schedules the wake-up of a
+    waiting receive() (it wins over the class's, as for any Future), and
+    no longer once deleted."""
+    loop = asyncio.get_running_loop()
+    calls = []
+
+    def call_soon(cb, *args, context=None):
+        calls.append(cb)
+        return type(loop).call_soon(loop, cb, *args, context=context)
+
+    loop.call_soon = call_soon
+    try:
+        await need(send, "fifteen")
+        first = (await receive())["text"]
+        woken_through_it = len(calls) >= 1
+    finally:
+        del loop.call_soon
+    calls.clear()
+    await need(send, "sixteen")
+    second = (await receive())["text"]
+    return [woken_through_it, calls, first, second]
+
+
 SCENARIOS = {
+    "call_soon_patched": call_soon_patched,
     "cancel_while_waiting": cancel_while_waiting,
     "cancel_after_wake": cancel_after_wake,
     "cancel_message_inside": cancel_message_inside,
