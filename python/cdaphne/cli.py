@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="seconds the app's lifespan shutdown gets, after the connections, before it is "
            "cancelled")
     a("--workers", type=int, default=None,
-      help="run a supervisor and this many worker processes (default: $WEB_CONCURRENCY, "
+      help="run a supervisor and this many worker processes, 1 to 1024 (default: $WEB_CONCURRENCY, "
            "else one process and no supervisor)")
     a("--worker-healthcheck-timeout", type=float, default=Config.worker_healthcheck_timeout,
       help="seconds a worker may miss heartbeats before it is killed and replaced")

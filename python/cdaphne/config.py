@@ -33,11 +33,13 @@ _SECONDS_MAX = 1e9
 _COUNTS = ("max_body_size", "max_header_size", "max_header_count", "websocket_max_message_size",
            "websocket_max_frame_size", "body_buffer_size", "write_buffer_size", "min_body_rate",
            "pubsub_max_queue", "pubsub_max_topics", "pubsub_max_inbox", "pubsub_max_inbox_bytes",
-           "pubsub_redis_max_queue", "tls_read_size")
+           "pubsub_redis_max_queue", "tls_read_size", "max_requests", "max_requests_jitter")
 _COUNT_MAX = 1 << 53
 # Options the C core holds as a C int.
-_INTS = ("limit_concurrency", "backlog")
+_INTS = ("limit_concurrency", "backlog", "fd")
 _INT_MAX = (1 << 31) - 1
+# Worker processes the supervisor forks at most.
+_WORKERS_MAX = 1024
 # Options that must be whole numbers, and text (each may be None where its
 # default is): a wrong type from the Python API is one line, not a
 # TypeError from deep in the server.
@@ -439,14 +441,17 @@ class Config:
                               f"not {self.ws_deflate_window_bits}")
         if not 1 <= self.ws_deflate_mem_level <= 9:
             raise ConfigError(f"ws_deflate_mem_level must be 1..9, not {self.ws_deflate_mem_level}")
-        for name in ("header_timeout", "timeout_keep_alive", "body_buffer_size",
+        for name in ("header_timeout", "timeout_keep_alive", "body_buffer_size", "max_header_size",
                      "write_buffer_size", "tls_read_size"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
         if not 1 <= self.read_size <= _READ_SIZE_MAX:
             raise ConfigError(f"read_size must be 1..{_READ_SIZE_MAX} bytes, not {self.read_size}")
-        if self.workers is not None and self.workers < 1:
-            raise ConfigError(f"workers must be at least 1, not {self.workers}")
+        if self.workers is not None and not 1 <= self.workers <= _WORKERS_MAX:
+            # A typo (an extra digit, a pasted number) forked until the
+            # machine ran out of processes.
+            raise ConfigError(f"workers must be at least 1 and at most {_WORKERS_MAX}, "
+                              f"not {self.workers}")
         if not self.worker_healthcheck_timeout > 0:
             raise ConfigError("worker_healthcheck_timeout must be positive")
         if self.max_requests is not None and self.max_requests < 1:
@@ -504,8 +509,8 @@ def workers_from_env(environ: Mapping[str, str] = os.environ) -> int | None:
     text = environ.get("WEB_CONCURRENCY", "").strip()
     if not text:
         return None
-    if not is_decimal(text) or int(text) < 1:
-        raise ConfigError(f"WEB_CONCURRENCY must be a positive integer, not {text!r}")
+    if not is_decimal(text) or not 1 <= int(text) <= _WORKERS_MAX:
+        raise ConfigError(f"WEB_CONCURRENCY must be an integer 1..{_WORKERS_MAX}, not {text!r}")
     return int(text)
 
 

@@ -208,7 +208,12 @@ class Server:
             os.chmod(bind.path, bind.mode)
             name = (bind.path, None)
         else:
-            sock = socket.socket(fileno=bind.fd)
+            try:
+                sock = socket.socket(fileno=bind.fd)
+            except (OSError, OverflowError) as exc:
+                # Said which flag: it was "[Errno 9] Bad file descriptor".
+                why = getattr(exc, "strerror", None) or str(exc)
+                raise OSError(f"fd {bind.fd}: {why}") from None
             is_unix = sock.family == socket.AF_UNIX
             sock.detach()
             name = core.listen_fd(bind.fd, is_unix, backlog, tls)
