@@ -28,6 +28,7 @@ typedef struct {
     PyObject *headers;          /* strong: list of (name, value) or NULL */
     PyObject *root_path_header; /* strong: Daphne-Root-Path (bytes) or NULL */
     size_t head_bytes;          /* head bytes on the wire (see count_head) */
+    size_t head_seen;           /* of them, to the last span counted */
     uint64_t body_bytes;        /* request body bytes seen */
     size_t ext_bytes;           /* the current chunk's extension bytes */
     /* Chunk framing (size lines, leading zeros, CRLFs) between two
@@ -94,6 +95,7 @@ count_head(cd_http1_t *h, const char *at, size_t n)
     if (seen > c->server->cfg.max_head) {
         return fail(&h->parser, 431);
     }
+    h->head_seen = seen;
     h->span_end = h->base_off + (uint64_t)(at + n - c->in.base);
     return 0;
 }
@@ -134,6 +136,7 @@ on_message_begin(llhttp_t *p)
     h->hvalue.len = 0;
     h->in_value = 0;
     h->head_bytes = 0;
+    h->head_seen = 0;
     h->ext_bytes = 0;
     h->last_chunk = 0;
     h->in_head = 1;
@@ -409,6 +412,11 @@ on_headers_complete(llhttp_t *p)
     int r = flush_header(h);
     if (r < 0) {
         return fail(p, r == -2 ? 400 : 500);
+    }
+    /* The CRLF ending the last field and the empty line came after the
+     * last span counted: a head 1 to 4 bytes over the bound was served. */
+    if (h->head_seen + 4 > srv->cfg.max_head) {
+        return fail(p, 431);
     }
     h->in_head = 0;
     h->frame_start = h->span_end; /* The body begins (CRLFs aside). */
