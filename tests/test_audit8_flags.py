@@ -70,6 +70,17 @@ CASES = (
         ("--lifespan", "maybe"),
         ("--log-level", "loud"),
         ("--ws-per-message-deflate", "perhaps"),
+        # Negative seconds were taken silently, and read as 0 (off) by the
+        # core: --application-close-timeout -5 never cancelled the app.
+        ("--ping-interval", "-5"),
+        ("--ping-timeout", "-5"),
+        ("--websocket_connect_timeout", "-5"),
+        ("--application-close-timeout", "-5"),
+        ("-t", "-5"),
+        ("--timeout-graceful-shutdown", "-5"),
+        ("--timeout-lifespan-shutdown", "-5"),
+        ("--limit-concurrency", "-5"),
+        ("--backlog", "-5"),
     ]
 )
 

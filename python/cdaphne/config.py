@@ -421,6 +421,12 @@ class Config:
                 raise ConfigError(f"{name} must be at most {_COUNT_MAX}, not {value}")
             if name in _INTS and not value <= _INT_MAX:
                 raise ConfigError(f"{name} must be at most {_INT_MAX}, not {value}")
+        for name in (*_SECONDS, "limit_concurrency", "backlog"):
+            value = getattr(self, name)
+            # Read as 0 (off) by the core, while Python waited 0 s: say so.
+            # websocket_timeout's -1 is Daphne's "no limit".
+            if value is not None and value < 0 and name != "websocket_timeout":
+                raise ConfigError(f"{name} must not be negative, not {value}")
         if not 0 <= self.verbosity <= 3:
             raise ConfigError(f"verbosity must be 0..3, not {self.verbosity}")
         if self.fd is not None and self.fd < 0:
