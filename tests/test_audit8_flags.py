@@ -130,6 +130,9 @@ def test_an_fd_that_is_not_a_socket_is_named(fd):
     ("--reuse-port",),
     ("--proxy-headers", "--forwarded-allow-ips", "1.2.3.4/99"),
     ("--pubsub-redis", "http://localhost"),
+    # It served, with a "--- Logging error ---" traceback for every log line.
+    ("--log-fmt", "%(nope)s"),
+    ("--log-fmt", "%(message)d"),
 ])
 def test_bad_or_conflicting_flags_are_one_line(argv):
     proc = _run("-p", "0", "--lifespan", "off", *argv, APP)

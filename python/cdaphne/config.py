@@ -464,6 +464,12 @@ class Config:
             raise ConfigError(f"max_requests must be at least 1, not {self.max_requests}")
         if self.max_requests_jitter < 0:
             raise ConfigError("max_requests_jitter must not be negative")
+        if self.configure_logging:
+            # A bad one logged a "--- Logging error ---" traceback per line.
+            try:
+                logging.Formatter(self.log_fmt).format(logging.makeLogRecord({"msg": "x"}))
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ConfigError(f"log_fmt {self.log_fmt!r}: {exc}") from None
         if self.workers is None and (self.max_requests is not None or self.reuse_port):
             flag = "max_requests" if self.max_requests is not None else "reuse_port"
             raise ConfigError(f"{flag} needs workers (--workers N)")
