@@ -133,6 +133,9 @@ def test_an_fd_that_is_not_a_socket_is_named(fd):
     # It served, with a "--- Logging error ---" traceback for every log line.
     ("--log-fmt", "%(nope)s"),
     ("--log-fmt", "%(message)d"),
+    # Went out as written: a header line of the operator's own in every response.
+    ("-s", "x\r\nX-Evil: 1"),
+    ("-s", "x\x01y"),
 ])
 def test_bad_or_conflicting_flags_are_one_line(argv):
     proc = _run("-p", "0", "--lifespan", "off", *argv, APP)

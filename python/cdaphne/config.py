@@ -464,6 +464,11 @@ class Config:
             raise ConfigError(f"max_requests must be at least 1, not {self.max_requests}")
         if self.max_requests_jitter < 0:
             raise ConfigError("max_requests_jitter must not be negative")
+        if self.server_name is not None and any(
+                (c < " " and c != "\t") or c == "\x7f" for c in self.server_name):
+            # It went out as written: "x\r\nX-Evil: 1" added a header line.
+            raise ConfigError(f"server_name {self.server_name!r}: no control characters "
+                              "(CR, LF, NUL...) may go in the Server header")
         if self.configure_logging:
             # A bad one logged a "--- Logging error ---" traceback per line.
             try:
