@@ -120,6 +120,7 @@ def test_an_fd_that_is_not_a_socket_is_named(fd):
     ("--ssl-keyfile", "/nonexistent/key.pem"),
     ("--ssl-ciphers", "HIGH", "--ssl-cert-reqs", "2"),
     ("--ssl-cert-reqs", "2"),
+    ("--ssl-ciphers", "HIGH"),  # served plain HTTP, the flag ignored
     ("-e", "ssl:0:privateKey=/nonexistent/key.pem"),
     ("-e", "bogus:0"),
     ("-e", "fd:fileno=99999999999999999999"),

@@ -382,7 +382,7 @@ class Config:
 
     def tls_options(self) -> TLSOptions | None:
         """The --ssl-* flags as TLSOptions, or None when TLS is off."""
-        flags = (self.ssl_keyfile, self.ssl_keyfile_password, self.ssl_ca_certs)
+        flags = (self.ssl_keyfile, self.ssl_keyfile_password, self.ssl_ca_certs, self.ssl_ciphers)
         if self.ssl_certfile is None:
             if any(f is not None for f in flags) or self.ssl_cert_reqs:
                 raise ConfigError("TLS needs ssl_certfile (--ssl-certfile)")
