@@ -137,6 +137,10 @@ def test_an_fd_that_is_not_a_socket_is_named(fd):
     # Went out as written: a header line of the operator's own in every response.
     ("-s", "x\r\nX-Evil: 1"),
     ("-s", "x\x01y"),
+    # An empty socket path served TCP on port 8000 instead (Daphne and
+    # uvicorn do the same: the path is tested for truth).
+    ("-u", ""),
+    ("--uds", ""),
 ])
 def test_bad_or_conflicting_flags_are_one_line(argv):
     proc = _run("-p", "0", "--lifespan", "off", *argv, APP)

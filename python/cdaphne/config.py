@@ -361,6 +361,8 @@ class Config:
         binds = [parse_endpoint(e) for e in self.endpoints]
         binds += [dataclasses.replace(b) for b in self.listen]
         tls = self.tls_options()
+        if self.unix_socket == "":
+            raise ConfigError("unix socket path is empty (-u/--uds)")
         if self.unix_socket:
             binds.append(Bind("unix", path=self.unix_socket, tls=tls))
         if self.fd is not None:
