@@ -359,6 +359,18 @@ def test_expect_continue_with_too_big_body_gets_413_without_100(limited):
 CHUNKED_POST = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
+def post_chunk_extension(server, ext: bytes) -> tuple[int, bool]:
+    """POSTs a 2-byte chunk carrying ext, then the last chunk: the status,
+    and for an error whether the server then closed the connection."""
+    with connect(server) as sock:
+        try:
+            sock.sendall(CHUNKED_POST + b"2" + ext + b"\r\nhi\r\n0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        status = Reader(sock).response().status
+        return status, status >= 400 and is_closed(sock)
+
+
 @pytest.mark.parametrize(
     "ext",
     [
@@ -374,14 +386,9 @@ def test_chunk_extensions_over_16_kib_get_400_and_close(server, ext):
     # Regression: chunk extensions had no bound (their bytes are neither
     # head nor body): 32 MiB of them on a 2-byte chunk got a 200.  Node
     # and h11 (uvicorn) stop at 16 KiB.
-    with connect(server) as sock:
-        try:
-            sock.sendall(CHUNKED_POST + b"2" + ext + b"\r\nhi\r\n0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        r = Reader(sock).response()
-        assert r.status == 400
-        assert is_closed(sock)
+    status, closed = post_chunk_extension(server, ext)
+    assert status == 400
+    assert closed
     assert httpx.get(server.url("/hello")).status_code == 200
 
 
@@ -505,18 +512,14 @@ def test_chunk_with_several_extensions_is_served(server, ext, where):
 
 @pytest.mark.parametrize("ext", INVALID_EXTS, ids=range(len(INVALID_EXTS)))
 def test_chunk_with_an_invalid_extension_after_a_token_value_gets_400(server, ext):
-    with connect(server) as sock:
-        sock.sendall(CHUNKED_POST + b"2" + ext + b"\r\nhi\r\n0\r\n\r\n")
-        r = Reader(sock).response()
-        assert r.status == 400
-        assert is_closed(sock)
+    status, closed = post_chunk_extension(server, ext)
+    assert status == 400
+    assert closed
 
 
 def test_after_a_token_value_what_follows_is_read_as_after_a_quoted_one(server):
     def status(ext: bytes) -> int:
-        with connect(server) as sock:
-            sock.sendall(CHUNKED_POST + b"2" + ext + b"\r\nhi\r\n0\r\n\r\n")
-            return Reader(sock).response().status
+        return post_chunk_extension(server, ext)[0]
 
     for tail in EXT_TAILS:
         got = {status(b";a=b" + tail), status(b';a="b"' + tail)}
@@ -542,13 +545,7 @@ def test_several_extensions_cut_at_every_byte(serve):
 def test_many_token_valued_extensions_keep_the_16_kib_bound(server, extra):
     # ";a=b" counts its 4 bytes: 4096 of them are 16 KiB exactly.
     ext = b";a=b" * 4096 + b"c" * extra
-    with connect(server) as sock:
-        try:
-            sock.sendall(CHUNKED_POST + b"2" + ext + b"\r\nhi\r\n0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        r = Reader(sock).response()
-        assert r.status == (400 if extra else 200)
+    assert post_chunk_extension(server, ext)[0] == (400 if extra else 200)
 
 
 @pytest.mark.parametrize("first", [True, False], ids=["only_chunk", "after_data"])

@@ -8,19 +8,7 @@ import gc
 
 import pytest
 
-from cdaphne.loop import new_event_loop
-
-
-def on_both(scenario):
-    results = []
-    for make in (asyncio.SelectorEventLoop, new_event_loop):
-        loop = make()
-        try:
-            results.append(scenario(loop))
-        finally:
-            loop.close()
-    assert results[1] == results[0]
-    return results[1]
+from .test_loop_sched import on_both
 
 
 @pytest.mark.parametrize("cls", ["Handle", "TimerHandle"])
