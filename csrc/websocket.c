@@ -1098,18 +1098,28 @@ accept_subprotocol(cd_cycle_t *cy, PyObject *msg, cd_buf_t *out)
  * extension offer (above, from cd_deflate_response): an app's own
  * Sec-WebSocket-Extensions field in websocket.accept would claim an
  * extension we do not run, or name ours twice (clients then fail the
- * handshake), so it is dropped.  Daphne sends none of the app's accept
- * headers; uvicorn sends both fields.  list: ours to edit. */
+ * handshake), so it is dropped.  So are its connection and upgrade fields:
+ * the fixed lines say "upgrade: websocket" and "connection: Upgrade", and
+ * a second field ("connection: close", "upgrade: h2c") contradicts the
+ * switch (the websockets client refuses it).  Daphne sends none of the
+ * app's accept headers; uvicorn (websockets) adds them all next to its
+ * own.  list: ours to edit. */
 static int
-drop_app_extensions(PyObject *list)
+drop_app_fields(PyObject *list)
 {
-    static const char name[] = "sec-websocket-extensions";
+    static const char *const names[] = {"sec-websocket-extensions",
+                                        "connection", "upgrade"};
     for (Py_ssize_t i = PyList_GET_SIZE(list) - 1; i >= 0; i--) {
         PyObject *n = PyTuple_GET_ITEM(PyList_GET_ITEM(list, i), 0);
-        if (PyBytes_GET_SIZE(n) == sizeof(name) - 1 &&
-            strncasecmp(PyBytes_AS_STRING(n), name, sizeof(name) - 1) == 0 &&
-            PyList_SetSlice(list, i, i + 1, NULL) < 0) {
-            return -1;
+        size_t len = (size_t)PyBytes_GET_SIZE(n);
+        for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
+            if (len == strlen(names[k]) &&
+                strncasecmp(PyBytes_AS_STRING(n), names[k], len) == 0) {
+                if (PyList_SetSlice(list, i, i + 1, NULL) < 0) {
+                    return -1;
+                }
+                break;
+            }
         }
     }
     return 0;
@@ -1151,7 +1161,7 @@ build_accept(cd_cycle_t *cy, PyObject *msg, cd_buf_t *out)
         goto done;
     }
     list = cd_http1_head_headers(hs);
-    if (list == NULL || drop_app_extensions(list) < 0) {
+    if (list == NULL || drop_app_fields(list) < 0) {
         goto done;
     }
     cd_http1_head_t h = {

@@ -67,3 +67,50 @@ def test_versions(server, version, code):
 )
 def test_odd_subprotocol_offers_still_connect(server, protocols):
     assert status(server, extra=f"Sec-WebSocket-Protocol: {protocols}\r\n") == 101
+
+
+def test_app_connection_and_upgrade_fields_stay_out_of_the_101(serve):
+    """An app's own connection / upgrade fields in websocket.accept went
+    into the 101 next to ours ("connection: close" beside "connection:
+    Upgrade"); the 101 must say each once, the server's, and keep the
+    app's other headers (strict clients: websockets and h11)."""
+    import h11
+    from websockets.sync.client import connect
+
+    proc = serve("tests.apps.ws:echo_app_conn_fields", "--ping-interval", "0")
+    with connect(proc.ws_url("/")) as ws:
+        assert ws.response.headers.get_all("Connection") == ["Upgrade"]
+        assert ws.response.headers.get_all("Upgrade") == ["websocket"]
+        assert ws.response.headers["x-app"] == "kept"
+        ws.send("still open")
+        assert ws.recv() == "still open"
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method="GET",
+        target="/",
+        headers=[
+            ("Host", "x"),
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", KEY),
+            ("Sec-WebSocket-Version", "13"),
+        ],
+    )
+    with socket.create_connection((proc.host, proc.port), timeout=10) as sock:
+        sock.sendall(conn.send(request) + conn.send(h11.EndOfMessage()))
+        event = h11.NEED_DATA
+        while event is h11.NEED_DATA:
+            data = sock.recv(4096)
+            assert data, "closed before the 101"
+            conn.receive_data(data)
+            event = conn.next_event()
+    assert isinstance(event, h11.InformationalResponse)
+    assert event.status_code == 101
+    names = [name for name, _ in event.headers]
+    assert names.count(b"connection") == 1
+    assert names.count(b"upgrade") == 1
+    fields = dict(event.headers)
+    assert fields[b"connection"] == b"Upgrade"
+    assert fields[b"upgrade"] == b"websocket"
+    assert fields[b"x-app"] == b"kept"
+    assert conn.their_state is h11.SWITCHED_PROTOCOL

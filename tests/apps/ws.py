@@ -26,6 +26,22 @@ async def echo_app_extensions(scope, receive, send):
     await echo_loop(receive, send)
 
 
+async def echo_app_conn_fields(scope, receive, send):
+    """Echo, accepting with its own connection and upgrade fields (any case):
+    the 101 must keep only the server's, and the app's other header."""
+    if scope["type"] != "websocket":
+        return
+    await receive()
+    headers = [
+        (b"connection", b"close"),
+        (b"Upgrade", b"h2c"),
+        (b"CONNECTION", b"keep-alive"),
+        (b"x-app", b"kept"),
+    ]
+    await send({"type": "websocket.accept", "headers": headers})
+    await echo_loop(receive, send)
+
+
 async def echo_loop(receive, send):
     while True:
         message = await receive()
