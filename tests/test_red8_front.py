@@ -217,3 +217,26 @@ def test_endpoint_with_a_mistyped_interface_does_not_start(tmp_path):
     )
     assert r.returncode != 0
     assert "interfce" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "forwarded",
+    [
+        'for="',  # unterminated: the client host was '"'
+        'for="203.0.113.9',
+        'for="203.0.113.9\\"',  # the closing quote escaped
+        'for="203.0.113.9"x',
+        'for=203.0.113.9"',
+        'for=""',  # an empty node: the client host was ''
+        'for="203.0.113.9, for=198.51.100.1;proto=https',
+    ],
+)
+def test_an_invalid_forwarded_node_keeps_the_peer_address(proxied, forwarded):
+    """RFC 7239 4: a for= node is a token or a quoted-string; a malformed
+    one (an unterminated quote gave the client host '"') is ignored, as
+    "unknown" is: the peer address is kept."""
+    scope = scope_of(proxied, headers=f"Forwarded: {forwarded}\r\n".encode("latin-1"))
+    assert scope["client"][0] == "127.0.0.1" and scope["client"][1] > 0
+    assert scope["scheme"] == "http"
+    scope = scope_of(proxied, headers=b'Forwarded: for="203.0.113.9:81"\r\n')
+    assert scope["client"] == ["203.0.113.9", 81]

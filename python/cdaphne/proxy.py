@@ -106,23 +106,30 @@ def _split_quoted(text: str, sep: str) -> list[str]:
 
 
 def _unquote(value: str) -> str:
+    """A token, or a quoted-string's content; "" for a malformed value (an
+    unterminated quote, a quote inside a token or after the closing one),
+    which the caller ignores as it ignores "unknown"."""
     value = value.strip()
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        out, escaped = [], False
-        for ch in value[1:-1]:
-            if escaped:
-                out.append(ch)
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            else:
-                out.append(ch)
-        return "".join(out)
-    return value
+    if not value.startswith('"'):
+        return "" if '"' in value else value
+    out, escaped = [], False
+    for i in range(1, len(value)):
+        ch = value[i]
+        if escaped:
+            out.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            return "".join(out) if i == len(value) - 1 else ""
+        else:
+            out.append(ch)
+    return ""
 
 
 def parse_forwarded(value: str) -> list[dict[str, str]]:
-    """RFC 7239 elements, left to right, keys lower-cased."""
+    """RFC 7239 elements, left to right, keys lower-cased; a malformed value
+    is "" (a for= node that says nothing, kept in the chain)."""
     elements = []
     for element in _split_quoted(value, ","):
         pairs: dict[str, str] = {}
@@ -189,7 +196,8 @@ class ProxyHeadersMiddleware:
             chosen = self.trusted.client_from([n[1][0] for n in nodes])
             for element, (host, port) in reversed(nodes):
                 if host == chosen:
-                    if host.lower() != "unknown" and not host.startswith("_"):
+                    # "", malformed (see _unquote), says nothing either.
+                    if host and host.lower() != "unknown" and not host.startswith("_"):
                         client = (host, port)
                     proto = element.get("proto")
                     break
