@@ -149,3 +149,50 @@ def test_scope_state_is_a_per_connection_copy_with_or_without_lifespan(serve, ap
             ws.close()
         assert data["has_state"] is True
         assert data["state"] == {**start, "counter": 1}
+
+
+@pytest.mark.parametrize("mode", ["auto", "on"])
+@pytest.mark.parametrize(
+    "what, raised, code",
+    [("exit:3", "SystemExit(3)", 3), ("exit:0", "SystemExit(0)", 0),
+     ("kbint", "KeyboardInterrupt", 130)],
+)
+def test_system_exit_or_ctrl_c_in_lifespan_startup_says_so_in_one_line(serve, mode, what,
+                                                                       raised, code):
+    """SystemExit(3) in startup was logged "ASGI 'lifespan' protocol appears
+    unsupported (3)" (mode auto; on: a traceback, "Application startup
+    failed: SystemExit: 3" and "Task exception was never retrieved"), and
+    KeyboardInterrupt left "--- Logging error ---" at interpreter shutdown.
+    Now one line says what the app raised; the exit code is Python's."""
+    proc = serve("tests.apps.lifespan:raises_in_lifespan", "--lifespan", mode, listen=0,
+                 env={"CDAPHNE_TEST_RAISE": what})
+    proc.expected_exit = code
+    assert proc.wait(timeout=15) == code, proc.log_tail()
+    line = f"The application raised {raised} in lifespan startup: exiting with code {code}"
+    assert proc.log.count(line) == 1, proc.log_tail()
+    for text in ("Traceback", "Logging error", "unsupported", "never retrieved",
+                 "Starting server"):
+        assert text not in proc.log, proc.log_tail()
+
+
+@pytest.mark.parametrize("what, raised, code",
+                         [("exit:4", "SystemExit(4)", 4), ("kbint", "KeyboardInterrupt", 130)])
+def test_system_exit_or_ctrl_c_in_lifespan_later_stops_the_server_with_its_code(serve, what,
+                                                                                raised, code):
+    """After startup (the server stops) or at shutdown: the same one line
+    and exit code."""
+    proc = serve("tests.apps.lifespan:raises_in_lifespan",
+                 env={"CDAPHNE_TEST_RAISE": what, "CDAPHNE_TEST_RAISE_AT": "after"})
+    proc.expected_exit = code
+    assert httpx.get(proc.url("/raise")).status_code == 204
+    assert proc.wait(timeout=15) == code, proc.log_tail()
+    proc2 = serve("tests.apps.lifespan:raises_in_lifespan",
+                  env={"CDAPHNE_TEST_RAISE": what, "CDAPHNE_TEST_RAISE_AT": "shutdown"})
+    proc2.expected_exit = code
+    assert httpx.get(proc2.url("/")).status_code == 204
+    assert proc2.stop() == code, proc2.log_tail()
+    for p, when in ((proc, "after startup"), (proc2, "shutdown")):
+        line = f"The application raised {raised} in lifespan {when}: exiting with code {code}"
+        assert p.log.count(line) == 1, p.log_tail()
+        for text in ("Traceback", "Logging error", "never retrieved"):
+            assert text not in p.log, p.log_tail()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ._types import ASGIApp, Message
@@ -18,7 +19,8 @@ class Lifespan:
     ProtocolTypeRouter does) runs without lifespan; "on": that is fatal.
     """
 
-    def __init__(self, app: ASGIApp, mode: str, shutdown_timeout: float = 10) -> None:
+    def __init__(self, app: ASGIApp, mode: str, shutdown_timeout: float = 10,
+                 on_exit: Callable[[], None] | None = None) -> None:
         self.app = app
         self.mode = mode
         self.shutdown_timeout = shutdown_timeout
@@ -28,6 +30,11 @@ class Lifespan:
         # What the app raised before answering startup (mode "on"): the
         # server logs it with its report (a supervisor once for all).
         self.startup_error: BaseException | None = None
+        # The app raised SystemExit or KeyboardInterrupt: the process's exit
+        # code (logged in one line; on_exit, the server's stop, is called).
+        self.exit_code: int | None = None
+        self._on_exit = on_exit
+        self._shutting_down = False
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._startup_done = asyncio.Event()
         self._shutdown_done = asyncio.Event()
@@ -55,6 +62,7 @@ class Lifespan:
         if not self.enabled or self._task is None or self._task.done():
             return
         timeout = self.shutdown_timeout
+        self._shutting_down = True
         await self._inbox.put({"type": "lifespan.shutdown"})
         try:
             await asyncio.wait_for(self._shutdown_done.wait(), timeout)
@@ -78,6 +86,8 @@ class Lifespan:
         except asyncio.CancelledError:
             # The server stopped during startup (or gave up on shutdown).
             raise
+        except (KeyboardInterrupt, SystemExit) as exc:
+            self._exit(exc)
         except BaseException as exc:  # noqa: BLE001 - the app's error decides the mode
             if self._answered_startup:
                 logger.exception("Exception in lifespan after startup")
@@ -87,11 +97,29 @@ class Lifespan:
             else:
                 self.startup_error = exc
                 self.failed_message = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
         finally:
             self._startup_done.set()
             self._shutdown_done.set()
+
+    def _exit(self, exc: KeyboardInterrupt | SystemExit) -> None:
+        """The app asked the process to end: one line, the exit code Python
+        gives (SystemExit's code, 130 for KeyboardInterrupt), no traceback
+        and no task left holding the exception (asyncio logged "Task
+        exception was never retrieved", at interpreter shutdown a logging
+        error).  uvicorn takes both as any error (auto: "lifespan
+        unsupported", serving on; on: startup failed, exit 3)."""
+        self.exit_code = _exit_code(exc)
+        if self._shutting_down:
+            when = "shutdown"
+        elif self._answered_startup:
+            when = "after startup"
+        else:
+            when = "startup"
+        raised = repr(exc) if exc.args else type(exc).__name__
+        logger.error("The application raised %s in lifespan %s: exiting with code %d",
+                     raised, when, self.exit_code)
+        if self._on_exit is not None:
+            self._on_exit()
 
     async def _receive(self) -> Message:
         return await self._inbox.get()
@@ -112,6 +140,18 @@ class Lifespan:
             self._shutdown_done.set()
         else:
             raise RuntimeError(f"unexpected lifespan message {kind!r}")
+
+
+def _exit_code(exc: KeyboardInterrupt | SystemExit) -> int:
+    """The code the interpreter exits with when exc goes uncaught (a
+    SystemExit that is not an int or None: printed, exit 1)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return 130  # 128 + SIGINT, what a shell shows
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    return 1
 
 
 def _detail(message: str) -> str:

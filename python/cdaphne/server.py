@@ -121,8 +121,11 @@ class Server:
                      access_log: AccessLogGenerator | None) -> int:
         assert self._stop is not None and self.loop is not None
         loop = self.loop
-        lifespan = Lifespan(app, config.lifespan, config.lifespan_shutdown_timeout)
+        lifespan = Lifespan(app, config.lifespan, config.lifespan_shutdown_timeout,
+                            on_exit=self._stop.set)
         started = await self._start(lifespan)
+        if lifespan.exit_code is not None:
+            return lifespan.exit_code  # The app raised SystemExit: logged.
         if started is None:
             logger.info("Stopped during application startup")
             return 0
@@ -159,7 +162,7 @@ class Server:
         await lifespan.shutdown()
         if access_log is not None:
             access_log.flush()
-        return 0
+        return lifespan.exit_code if lifespan.exit_code is not None else 0
 
     # ---- internals ----------------------------------------------------
     async def _start(self, lifespan: Lifespan) -> bool | None:

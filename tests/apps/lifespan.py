@@ -139,3 +139,30 @@ async def shutdown_hangs(scope, receive, send):
             _marker(type(exc).__name__)
             raise
     await send_json(send, {})
+
+
+async def raises_in_lifespan(scope, receive, send):
+    """Raises what CDAPHNE_TEST_RAISE names (SystemExit(N) for "exit:N",
+    else KeyboardInterrupt) in lifespan, when CDAPHNE_TEST_RAISE_AT says:
+    at startup (the default), after startup (on a request to /raise), or
+    at shutdown.  HTTP gets 204."""
+    at = os.environ.get("CDAPHNE_TEST_RAISE_AT", "startup")
+    if scope["type"] == "lifespan":
+        await receive()
+        if at != "startup":
+            await send({"type": "lifespan.startup.complete"})
+            if at == "after":
+                await RAISE_NOW.wait()
+            else:
+                await receive()
+        what = os.environ.get("CDAPHNE_TEST_RAISE", "kbint")
+        if what.startswith("exit:"):
+            raise SystemExit(int(what[5:]))
+        raise KeyboardInterrupt
+    if scope["path"] == "/raise":
+        RAISE_NOW.set()
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body"})
+
+
+RAISE_NOW = asyncio.Event()
