@@ -1020,6 +1020,43 @@ static PyMethodDef send_def = {"send", (PyCFunction)cycle_send, METH_O, NULL};
 static PyMethodDef done_def = {"_task_done", (PyCFunction)cycle_task_done,
                                METH_O, NULL};
 
+/* Task(coro, loop=loop, eager_start=True), made as type_call makes it
+ * (tp_new, then tp_init: Task has no vectorcall, so the call built the
+ * same tuple and dict) to keep the task when its first step raises
+ * SystemExit or KeyboardInterrupt out of Task(): asyncio set that
+ * exception on the task, which then died unretrieved and logged "Task
+ * exception was never retrieved" besides our own log.  Retrieved here;
+ * the exception stays raised for the caller. */
+static PyObject *
+new_eager_task(cd_state *st, PyObject *coro, PyObject *loop)
+{
+    PyTypeObject *tp = (PyTypeObject *)st->asyncio_Task;
+    PyObject *task = NULL;
+    PyObject *kw = NULL;
+    PyObject *args = PyTuple_Pack(1, coro);
+    if (args == NULL || (kw = PyDict_New()) == NULL ||
+        PyDict_SetItem(kw, st->s_loop, loop) < 0 ||
+        PyDict_SetItem(kw, st->s_eager_start, Py_True) < 0 ||
+        (task = tp->tp_new(tp, args, kw)) == NULL) {
+        goto done;
+    }
+    if (Py_TYPE(task)->tp_init(task, args, kw) < 0) {
+        PyObject *exc = PyErr_GetRaisedException();
+        PyObject *r = PyObject_CallMethodNoArgs(task, st->s_exception);
+        if (r == NULL) {
+            PyErr_Clear(); /* Not done: Task() refused its arguments. */
+        }
+        Py_XDECREF(r);
+        Py_CLEAR(task);
+        PyErr_SetRaisedException(exc);
+    }
+
+done:
+    Py_XDECREF(args);
+    Py_XDECREF(kw);
+    return task;
+}
+
 int
 cd_cycle_start(PyObject *obj)
 {
@@ -1038,9 +1075,7 @@ cd_cycle_start(PyObject *obj)
         goto error;
     }
     if (srv->cfg.eager_tasks) {
-        PyObject *targs[3] = {coro, srv->loop->aio_loop, Py_True};
-        task =
-            PyObject_Vectorcall(st->asyncio_Task, targs, 1, st->kwnames_eager);
+        task = new_eager_task(st, coro, srv->loop->aio_loop);
     }
     else {
         PyObject *targs[2] = {coro, srv->loop->aio_loop};

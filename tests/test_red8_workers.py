@@ -90,3 +90,16 @@ def test_an_app_returning_no_coroutine_gets_500_and_its_own_error_logged(serve):
     proc.wait_log("a coroutine was expected, got 42", count=2)
     assert "has no attribute 'close'" not in proc.log
     assert "SystemError" not in proc.log
+
+
+@pytest.mark.parametrize("path", ["/sys_exit?c=3", "/kbint"])
+def test_an_exit_from_the_app_s_first_step_is_logged_once(serve, path):
+    """On 3.12+ the eager first step's SystemExit leaves Task() with the
+    exception set on a task nobody held: besides "Exception inside
+    application", asyncio logged "Task exception was never retrieved"."""
+    proc = serve(APP)
+    proc.expected_exit = None
+    assert get(proc, path).status_code == 500
+    assert proc.wait(15) != 0
+    assert proc.log.count("Exception inside application") == 1, proc.log_tail()
+    assert "never retrieved" not in proc.log, proc.log_tail()
