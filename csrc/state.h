@@ -242,11 +242,10 @@ typedef struct {
     PyObject *fut_set_result; /* asyncio.Future.set_result (cycle.c) */
     PyObject *http_scope_template; /* every key of an HTTP scope, None */
     PyObject *ws_scope_template;   /* likewise for WebSocket scopes */
-    PyObject *asgi_dict;     /* {"version": "3.0", "spec_version": "2.3"} */
-    PyObject *kwnames_eager; /* ("loop", "eager_start") */
-    PyObject *kwnames_loop;  /* ("loop",) */
-    PyObject *kwnames_task;  /* ("loop", "name", "context"): loopapi.c */
-    /* ("context",): a RecvFuture's call_soon (waiter.c) */
+    PyObject *asgi_dict;    /* {"version": "3.0", "spec_version": "2.3"} */
+    PyObject *kwnames_loop; /* ("loop",) */
+    PyObject *kwnames_task; /* ("loop", "name", "context"): loopapi.c */
+    /* ("context",): a RecvFuture's call_soon (recvfut.c) */
     PyObject *kwnames_context;
     /* Received messages with their keys in place (cd_message_new):
      * {"type": "websocket.receive", "text": None}, likewise "bytes", and

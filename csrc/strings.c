@@ -14,7 +14,6 @@ cd_strings_init(cd_state *st)
 
     st->empty_bytes = PyBytes_FromStringAndSize("", 0);
     st->empty_tuple = PyTuple_New(0);
-    st->kwnames_eager = Py_BuildValue("(OO)", st->s_loop, st->s_eager_start);
     st->kwnames_loop = Py_BuildValue("(O)", st->s_loop);
     st->kwnames_task =
         Py_BuildValue("(OOO)", st->s_loop, st->s_name, st->s_context);
@@ -28,9 +27,9 @@ cd_strings_init(cd_state *st)
     st->http_request_template =
         Py_BuildValue("{OOOOOO}", st->s_type, st->s_http_request, st->s_body,
                       Py_None, st->s_more_body, Py_None);
-    if (!st->empty_bytes || !st->empty_tuple || !st->kwnames_eager ||
-        !st->kwnames_loop || !st->kwnames_task || !st->kwnames_context ||
-        !st->asgi_dict || !st->ws_text_template || !st->ws_bytes_template ||
+    if (!st->empty_bytes || !st->empty_tuple || !st->kwnames_loop ||
+        !st->kwnames_task || !st->kwnames_context || !st->asgi_dict ||
+        !st->ws_text_template || !st->ws_bytes_template ||
         !st->http_request_template) {
         return -1;
     }
@@ -156,7 +155,6 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->fut_set_result);
     Py_CLEAR(st->pubsub_forward);
     Py_CLEAR(st->pubsub_on_topic);
-    Py_CLEAR(st->kwnames_eager);
     Py_CLEAR(st->kwnames_loop);
     Py_CLEAR(st->kwnames_task);
     Py_CLEAR(st->kwnames_context);

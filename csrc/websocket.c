@@ -1098,9 +1098,10 @@ accept_subprotocol(cd_cycle_t *cy, PyObject *msg, cd_buf_t *out)
  * extension offer (above, from cd_deflate_response): an app's own
  * Sec-WebSocket-Extensions field in websocket.accept would claim an
  * extension we do not run, or name ours twice (clients then fail the
- * handshake), so it is dropped.  So are its connection and upgrade fields:
- * the fixed lines say "upgrade: websocket" and "connection: Upgrade", and
- * a second field ("connection: close", "upgrade: h2c") contradicts the
+ * handshake), so it is dropped.  So are its connection, upgrade and
+ * sec-websocket-accept fields: the fixed lines say "upgrade: websocket",
+ * "connection: Upgrade" and the accept key, and a second field
+ * ("connection: close", "upgrade: h2c", another key) contradicts the
  * switch (the websockets client refuses it).  Daphne sends none of the
  * app's accept headers; uvicorn (websockets) adds them all next to its
  * own.  list: ours to edit. */
@@ -1108,7 +1109,8 @@ static int
 drop_app_fields(PyObject *list)
 {
     static const char *const names[] = {"sec-websocket-extensions",
-                                        "connection", "upgrade"};
+                                        "sec-websocket-accept", "connection",
+                                        "upgrade"};
     for (Py_ssize_t i = PyList_GET_SIZE(list) - 1; i >= 0; i--) {
         PyObject *n = PyTuple_GET_ITEM(PyList_GET_ITEM(list, i), 0);
         size_t len = (size_t)PyBytes_GET_SIZE(n);

@@ -69,7 +69,7 @@ def test_odd_subprotocol_offers_still_connect(server, protocols):
     assert status(server, extra=f"Sec-WebSocket-Protocol: {protocols}\r\n") == 101
 
 
-def test_app_connection_and_upgrade_fields_stay_out_of_the_101(serve):
+def test_app_connection_upgrade_and_accept_fields_stay_out_of_the_101(serve):
     """An app's own connection / upgrade fields in websocket.accept went
     into the 101 next to ours ("connection: close" beside "connection:
     Upgrade"); the 101 must say each once, the server's, and keep the
@@ -109,6 +109,7 @@ def test_app_connection_and_upgrade_fields_stay_out_of_the_101(serve):
     names = [name for name, _ in event.headers]
     assert names.count(b"connection") == 1
     assert names.count(b"upgrade") == 1
+    assert names.count(b"sec-websocket-accept") == 1
     fields = dict(event.headers)
     assert fields[b"connection"] == b"Upgrade"
     assert fields[b"upgrade"] == b"websocket"

@@ -27,7 +27,8 @@ async def echo_app_extensions(scope, receive, send):
 
 
 async def echo_app_conn_fields(scope, receive, send):
-    """Echo, accepting with its own connection and upgrade fields (any case):
+    """Echo, accepting with its own connection, upgrade and
+    sec-websocket-accept fields (any case):
     the 101 must keep only the server's, and the app's other header."""
     if scope["type"] != "websocket":
         return
@@ -36,6 +37,7 @@ async def echo_app_conn_fields(scope, receive, send):
         (b"connection", b"close"),
         (b"Upgrade", b"h2c"),
         (b"CONNECTION", b"keep-alive"),
+        (b"Sec-WebSocket-Accept", b"bm90IHRoZSBhY2NlcHQ="),
         (b"x-app", b"kept"),
     ]
     await send({"type": "websocket.accept", "headers": headers})
