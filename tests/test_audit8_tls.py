@@ -27,6 +27,9 @@ from .test_tls import (  # noqa: F401
 )
 
 APP = "tests.apps.audit8:app"
+# Under `make test-asan` every allocation carries ASan's redzones (and
+# PYTHONMALLOC=malloc): the same handshakes hold ~67 KiB each there.
+ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
 
 
 def _bio(pki, version=None, alpn=None):  # noqa: F811
@@ -240,7 +243,8 @@ def test_thousand_half_open_handshakes_are_bounded_and_timed_out(serve, pki):  #
             socks.append(s)
         time.sleep(1)  # all accepted and read
         grown = rss_kb(pid) - before
-        assert grown < 1000 * 64, f"+{grown} KiB for 1,000 half-open handshakes"
+        per_handshake_kib = 128 if ASAN else 64
+        assert grown < 1000 * per_handshake_kib, f"+{grown} KiB for 1,000 half-open handshakes"
         assert get(proc, pki, "/hello").status_code == 200
         for s in socks:
             s.settimeout(15)
