@@ -1553,13 +1553,19 @@ async def head_ws(sess: Session, d: Data, c: Conn) -> None:
         return
     if sub is not None and re.search(r"[\r\n\x00]", sub):
         sess.fail(f"101 sent with subprotocol {sub!r:.100}")
+    server_owned = (b"sec-websocket-extensions", b"sec-websocket-accept", b"connection", b"upgrade")
     for k, v in headers:
-        if k.lower() == b"sec-websocket-extensions":
-            # The server answers the extension offer itself; the app's
-            # own field is dropped (tests/test_deflate.py).
+        if k.lower() in server_owned:
+            # The server answers the extension offer and writes the switch
+            # itself; the app's own fields are dropped (tests/test_deflate.py,
+            # tests/test_red8_ws.py).
             continue
         if (k.lower(), v.strip(b" \t")) not in rheaders:
             sess.fail(f"accept header {k!r}: {v[:40]!r} missing from {rheaders!r:.300}")
+    names = [k for k, _ in rheaders]
+    for name in server_owned[1:]:
+        if names.count(name) != 1:
+            sess.fail(f"101 has {names.count(name)} {name!r} fields: {rheaders!r:.300}")
     hmap = dict(rheaders)
     want = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
     if hmap.get(b"sec-websocket-accept") != want:
