@@ -11,11 +11,14 @@
  * loop would make a plain Future and is not in debug mode (a Future
  * records where it was made then): cycle.c recv_future_new.
  *
- * It has no get_loop(): a Task looks that up first and would make a bound
- * method per message; asyncio.futures._get_loop() then reads _loop.  The
- * Task calls result() through PyObject_CallMethod(fut, "result"), which
- * reads tp_getattr: that returns a bound result() kept on the object. */
+ * A Task reads _asyncio_future_blocking, get_loop and add_done_callback
+ * by name at every wait, and calls result() through
+ * PyObject_CallMethod(fut, "result"), which reads tp_getattr: those
+ * names are answered from the flag and from bound methods kept on the
+ * object (rfut_getattro, rfut_getattr), not made and freed per message. */
 #include "internal.h"
+
+#include <string.h>
 
 typedef enum {
     CD_RF_PENDING,

@@ -20,7 +20,6 @@
 #include "internal.h"
 
 #include <pthread.h>
-#include <string.h>
 
 typedef struct {
     PyObject_HEAD
