@@ -181,8 +181,8 @@ def run(argv: list[str]) -> dict[str, Any]:
         sc.params = {"connections": mode.connections, "seconds": mode.duration, "runs": mode.reps}
         _stamp_load([sc])
         log("scenario: django")
-        scenarios.http_group(ctx, [sc], "django", ctx.servers_for("django"))
-        scenarios.app_alone(ctx, sc)
+        alone = scenarios.alone_rows(ctx)
+        scenarios.http_group(ctx, [sc], "django", ctx.servers_for("django"), alone)
     if "ws" in results:
         sc = results["ws"]
         client = "picows (bench/ws_client.py)"

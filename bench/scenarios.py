@@ -137,8 +137,15 @@ def _cpu_medians(res: ServerResult, throughput: bool = True) -> None:
             res.extra["per_server_cpu_s"] = round(per_cpu[len(per_cpu) // 2], 1)
 
 
-def http_group(ctx: Context, scenarios: list[ScenarioResult], app: str, names: list[str]) -> None:
-    """Scenarios sharing one app (hello and pipeline): servers started once, all alternating."""
+def http_group(
+    ctx: Context,
+    scenarios: list[ScenarioResult],
+    app: str,
+    names: list[str],
+    alone: list[str] | None = None,
+) -> None:
+    """Scenarios sharing one app (hello and pipeline): servers started once, all alternating.
+    alone: the django scenario's app-alone rows, which take their turns among the servers."""
     mode = ctx.mode
     content_type = "text/plain" if app == "hello" else None
 
@@ -162,9 +169,13 @@ def http_group(ctx: Context, scenarios: list[ScenarioResult], app: str, names: l
                         ctx.log(f"  {name}: pipelining check failed: {why}")
                         sc.server(name).fail(ERROR, f"pipelining broken: {why}")
                         eligible.remove(name)
-            ctx.log(f"  {sc.key}: {mode.reps} runs x {mode.duration} s, order rotates: {eligible}")
+            rows = eligible + (alone or [])
+            ctx.log(f"  {sc.key}: {mode.reps} runs x {mode.duration} s, order rotates: {rows}")
             for rep in range(mode.reps):
-                for name in _rotated(eligible, rep):
+                for name in _rotated(rows, rep):
+                    if name not in running:
+                        _alone_run(ctx, sc, name)
+                        continue
                     srv, res = running[name], sc.server(name)
                     if _died(srv, res):
                         continue
@@ -173,7 +184,7 @@ def http_group(ctx: Context, scenarios: list[ScenarioResult], app: str, names: l
                     else:
                         _wrk_run(ctx, name, srv, res, depth)
                     _died(srv, res)
-            for name in eligible:
+            for name in rows:
                 res = sc.server(name)
                 _cpu_medians(res, throughput=sc.key != "latency")
                 if sc.key == "latency" and res.runs:
@@ -398,39 +409,40 @@ def layer(ctx: Context, sc: ScenarioResult) -> None:
 APP_ALONE = {"app-alone": "cdaphne", "app-alone-uvloop": "uvloop"}  # row -> loop
 
 
-def app_alone(ctx: Context, sc: ScenarioResult) -> None:
+def alone_rows(ctx: Context) -> list[str]:
     """Rows "app-alone" of the django scenario: bench/app_alone.py drives the view in
     one process pinned to the server core, on cdaphne's loop and on uvloop (each from
-    the venv its server runs in), alternating; no server can beat these rows."""
+    the venv its server runs in); no server can beat these rows.  http_group runs
+    them in the servers' rotation, so a server and its app alone are measured in
+    the same minutes of a machine whose speed drifts."""
+    return [r for r, loop in APP_ALONE.items() if not (loop == "uvloop" and ctx.peer_error)]
+
+
+def _alone_run(ctx: Context, sc: ScenarioResult, row: str) -> None:
     pythons = {"cdaphne": env.project_python(), "uvloop": env.peer_python()}
-    rows = [r for r, loop in APP_ALONE.items() if not (loop == "uvloop" and ctx.peer_error)]
     child_env = dict(os.environ, PYTHONPATH=str(env.ROOT / "python"))
     child_env.pop("PYTHONASYNCIODEBUG", None)
-    for rep in range(ctx.mode.reps):
-        for row in _rotated(rows, rep):
-            res, loop = sc.server(row), APP_ALONE[row]
-            if res.status != OK:
-                continue
-            cmd = [*servers.pin(servers.SERVER_CORE), str(pythons[loop]),
-                   str(env.BENCH / "app_alone.py"), "--loop", loop,
-                   "--duration", str(ctx.mode.duration),
-                   "--connections", str(ctx.mode.connections)]  # fmt: skip
-            try:
-                proc = subprocess.run(cmd, cwd=env.ROOT, env=child_env, capture_output=True,
-                                      text=True, timeout=120 + 5 * ctx.mode.duration)  # fmt: skip
-            except subprocess.TimeoutExpired:
-                res.fail(ERROR, "app_alone.py timed out")
-                continue
-            if proc.returncode != 0 or not proc.stdout.strip():
-                res.fail(ERROR, f"app_alone.py exited {proc.returncode}: {proc.stderr[-400:]}")
-                continue
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            res.values.append(r["requests_per_s"])
-            cpu_pct = round(100.0 * r["cpu_s"] / r["seconds"], 1)
-            res.runs.append({**r, "cpu": {"server_cpu_pct": cpu_pct, "client_cpu_pct": 0.0}})
-            ctx.log(f"    {row:10s} {r['requests_per_s']:12,.0f} req/s  (no server, {loop} loop)")
-    for row in rows:
-        _cpu_medians(sc.server(row))
+    res, loop = sc.server(row), APP_ALONE[row]
+    if res.status != OK:
+        return
+    cmd = [*servers.pin(servers.SERVER_CORE), str(pythons[loop]),
+           str(env.BENCH / "app_alone.py"), "--loop", loop,
+           "--duration", str(ctx.mode.duration),
+           "--connections", str(ctx.mode.connections)]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, cwd=env.ROOT, env=child_env, capture_output=True,
+                              text=True, timeout=120 + 5 * ctx.mode.duration)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        res.fail(ERROR, "app_alone.py timed out")
+        return
+    if proc.returncode != 0 or not proc.stdout.strip():
+        res.fail(ERROR, f"app_alone.py exited {proc.returncode}: {proc.stderr[-400:]}")
+        return
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    res.values.append(r["requests_per_s"])
+    cpu_pct = round(100.0 * r["cpu_s"] / r["seconds"], 1)
+    res.runs.append({**r, "cpu": {"server_cpu_pct": cpu_pct, "client_cpu_pct": 0.0}})
+    ctx.log(f"    {row:10s} {r['requests_per_s']:12,.0f} req/s  (no server, {loop} loop)")
 
 
 def aio_micro(ctx: Context, sc: ScenarioResult) -> None:
