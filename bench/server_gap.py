@@ -367,6 +367,16 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed")
     rows = args.rows.split(",")
+    for row in rows:
+        if row not in ALONE and row not in servers.SPECS:
+            raise SystemExit(f"unknown row {row}: {', '.join([*ALONE, *servers.SPECS])}")
+        peer = ALONE.get(row) == "uvloop" or (
+            row in servers.SPECS and servers.SPECS[row].venv == "peer"
+        )
+        if peer and not env.peer_python().exists():
+            raise SystemExit(
+                f"{row} needs the peers' venv {env.PEER_VENV}: `python -m bench` makes it"
+            )
     if args.counts:
         return counts_main(rows, args.seconds)
     results: dict[str, list[dict[str, float]]] = {r: [] for r in rows}
