@@ -624,6 +624,66 @@ item_get_future(cd_hop_t *hop, void *closure)
 }
 
 #if !defined(Py_GIL_DISABLED) && PY_VERSION_HEX < 0x030E0000
+/* New reference: attribute name of owner if it is the function the module
+ * of globals defined as qualname (not a patch), else NULL (none set). */
+static PyObject *
+item_own_function(PyObject *owner, const char *name, PyObject *globals,
+                  const char *qualname)
+{
+    PyObject *f = PyObject_GetAttrString(owner, name), *q = NULL;
+    if (f != NULL && PyFunction_Check(f) &&
+        PyFunction_GET_GLOBALS(f) == globals) {
+        q = PyObject_GetAttrString(PyFunction_GET_CODE(f), "co_qualname");
+    }
+    if (q == NULL || !PyUnicode_Check(q) ||
+        PyUnicode_CompareWithASCIIString(q, qualname) != 0) {
+        Py_CLEAR(f);
+    }
+    Py_XDECREF(q);
+    PyErr_Clear();
+    return f;
+}
+
+/* Finds what item_adjust() reads: thread.py's own _adjust_thread_count,
+ * and threading's Semaphore (with its own acquire), Condition and the
+ * lock type.  All or nothing: without them _adjust_thread_count() is
+ * called. */
+static void
+item_resolve_adjust(cd_state *st, PyObject *tpe, PyObject *globals)
+{
+    PyObject *threading = PyDict_GetItemString(globals, "threading");
+    PyObject *tg = threading && PyModule_Check(threading)
+                       ? PyModule_GetDict(threading)
+                       : NULL;
+    PyObject *sem = tg ? PyDict_GetItemString(tg, "Semaphore") : NULL;
+    PyObject *cond = tg ? PyDict_GetItemString(tg, "Condition") : NULL;
+    PyObject *thread = PyImport_ImportModule("_thread");
+    PyObject *lock =
+        thread ? PyObject_GetAttrString(thread, "LockType") : NULL;
+    PyObject *adjust =
+        item_own_function(tpe, "_adjust_thread_count", globals,
+                          "ThreadPoolExecutor._adjust_thread_count");
+    PyObject *acquire =
+        sem ? item_own_function(sem, "acquire", tg, "Semaphore.acquire")
+            : NULL;
+    if (adjust != NULL && acquire != NULL && PyType_Check(sem) &&
+        cond != NULL && PyType_Check(cond) && lock != NULL &&
+        PyType_Check(lock)) {
+        st->tpe_adjust = Py_NewRef(adjust);
+        st->sem_type = Py_NewRef(sem);
+        st->sem_acquire = Py_NewRef(acquire);
+        st->cond_type = Py_NewRef(cond);
+        st->lock_type = Py_NewRef(lock);
+    }
+    PyErr_Clear();
+    Py_XDECREF(acquire);
+    Py_XDECREF(adjust);
+    Py_XDECREF(lock);
+    Py_XDECREF(thread);
+}
+#endif
+
+#if !defined(Py_GIL_DISABLED) && PY_VERSION_HEX < 0x030E0000
 /* Finds concurrent.futures.thread's ThreadPoolExecutor and its own submit
  * once that module is imported (no executor of the class exists before):
  * 1 found, 0 not yet. */
@@ -656,6 +716,7 @@ item_resolve(cd_state *st)
         PyUnicode_CompareWithASCIIString(qualname,
                                          "ThreadPoolExecutor.submit") == 0) {
         st->tpe_submit = Py_NewRef(submit);
+        item_resolve_adjust(st, tpe, globals);
     }
     rc = 1;
 done:
@@ -666,6 +727,127 @@ done:
     Py_XDECREF(tpe);
     Py_XDECREF(mod);
     Py_XDECREF(name);
+    return rc;
+}
+#endif
+
+#if !defined(Py_GIL_DISABLED) && PY_VERSION_HEX < 0x030E0000
+/* 1 if obj.name is want, the function of obj's class: no patch of the
+ * class, no instance attribute; else 0 (errors cleared: the method's own
+ * lookup raises them again).  Read from the dicts, without the bound
+ * method getattr would make. */
+static int
+item_is_own(PyObject *obj, PyObject *name, PyObject *want)
+{
+    if (cd_loopmeth_lookup(Py_TYPE(obj), name) != want) {
+        PyErr_Clear();
+        return 0;
+    }
+    int plain = 1;
+    if (Py_TYPE(obj)->tp_dictoffset != 0) {
+        PyObject *d = PyObject_GenericGetDict(obj, NULL);
+        int shadowed = d != NULL ? PyDict_Contains(d, name) : -1;
+        Py_XDECREF(d);
+        if (shadowed < 0) {
+            PyErr_Clear();
+        }
+        plain = shadowed == 0;
+    }
+    return plain;
+}
+
+/* Whether ex's pool has its max_workers threads ("len(self._threads) <
+ * self._max_workers" false): 1 yes, 0 no or unreadable (cleared). */
+static int
+item_pool_full(cd_state *st, PyObject *ex)
+{
+    PyObject *threads = PyObject_GetAttr(ex, st->s__threads);
+    PyObject *max = threads ? PyObject_GetAttr(ex, st->s__max_workers) : NULL;
+    Py_ssize_t n = max ? PyObject_Size(threads) : -1;
+    PyObject *num = n >= 0 ? PyLong_FromSsize_t(n) : NULL;
+    int lt = num ? PyObject_RichCompareBool(num, max, Py_LT) : -1;
+    if (lt < 0) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(num);
+    Py_XDECREF(max);
+    Py_XDECREF(threads);
+    return lt == 0;
+}
+
+/* The lock of ex's idle semaphore if ex, the semaphore, its condition and
+ * lock are the originals (new reference), else NULL (cleared). */
+static PyObject *
+item_idle_lock(cd_state *st, PyObject *ex, PyObject **sem)
+{
+    PyObject *cond = NULL, *lock = NULL;
+    *sem = NULL;
+    if (st->tpe_adjust == NULL ||
+        !item_is_own(ex, st->s__adjust_thread_count, st->tpe_adjust)) {
+        return NULL;
+    }
+    *sem = PyObject_GetAttr(ex, st->s__idle_semaphore);
+    if (*sem == NULL || (PyObject *)Py_TYPE(*sem) != st->sem_type ||
+        !item_is_own(*sem, st->s_acquire, st->sem_acquire)) {
+        goto done;
+    }
+    cond = PyObject_GetAttr(*sem, st->s__cond);
+    if (cond == NULL || (PyObject *)Py_TYPE(cond) != st->cond_type) {
+        goto done;
+    }
+    lock = PyObject_GetAttr(cond, st->s__lock);
+    if (lock != NULL && (PyObject *)Py_TYPE(lock) != st->lock_type) {
+        Py_CLEAR(lock);
+    }
+done:
+    PyErr_Clear();
+    Py_XDECREF(cond);
+    if (lock == NULL) {
+        Py_CLEAR(*sem);
+    }
+    return lock;
+}
+
+/* ThreadPoolExecutor._adjust_thread_count() after an item is queued, in
+ * C while the executor, its idle semaphore and the semaphore's condition
+ * and lock are the originals: "if self._idle_semaphore.acquire(timeout=0):
+ * return" (the semaphore's count taken down by one), and, the count at 0,
+ * nothing more while the pool has its max_workers threads.  The GIL is
+ * held throughout and the condition's lock is free, so no other thread
+ * acts in between: the outcome of one interleaving of the Python code,
+ * without the Condition.wait(0) it makes at 0.  1 done, 0 not done (call
+ * the method: a thread to start, a lock held, or something odd), -1 with
+ * an exception. */
+static int
+item_adjust(cd_state *st, PyObject *ex)
+{
+    PyObject *sem = NULL, *lock = item_idle_lock(st, ex, &sem);
+    PyObject *locked = NULL, *v = NULL, *dec = NULL;
+    int rc = 0;
+    if (lock == NULL) {
+        return 0;
+    }
+    /* Held: another thread is inside "with self._cond" (release()); the
+     * method waits for it. */
+    locked = PyObject_CallMethodNoArgs(lock, st->s_locked);
+    v = locked == Py_False ? PyObject_GetAttr(sem, st->s__value) : NULL;
+    long n = v != NULL && PyLong_CheckExact(v) ? PyLong_AsLong(v) : -1;
+    PyErr_Clear();
+    if (n > 0) {
+        rc = (dec = PyLong_FromLong(n - 1)) == NULL ||
+                     PyObject_SetAttr(sem, st->s__value, dec) < 0
+                 ? -1
+                 : 1;
+    }
+    else if (n == 0) {
+        rc = item_pool_full(st, ex);
+    }
+    st->hop_adjusts += rc > 0;
+    Py_XDECREF(dec);
+    Py_XDECREF(v);
+    Py_XDECREF(locked);
+    Py_DECREF(lock);
+    Py_DECREF(sem);
     return rc;
 }
 #endif
@@ -692,24 +874,8 @@ item_plain_executor(cd_state *st, PyObject *ex)
         return 0;
     }
     /* ex.submit is the class's own function bound to ex: no patch of the
-     * class (tracing libraries patch it), no instance attribute.  Read
-     * from the dicts, without the bound method getattr would make. */
-    PyObject *f = cd_loopmeth_lookup(Py_TYPE(ex), st->s_submit);
-    if (f != st->tpe_submit) {
-        PyErr_Clear(); /* submit's own lookup will raise it again. */
-        return 0;
-    }
-    int plain = 1;
-    if (Py_TYPE(ex)->tp_dictoffset != 0) {
-        PyObject *d = PyObject_GenericGetDict(ex, NULL);
-        int shadowed = d != NULL ? PyDict_Contains(d, st->s_submit) : -1;
-        Py_XDECREF(d);
-        if (shadowed < 0) {
-            PyErr_Clear();
-        }
-        plain = shadowed == 0;
-    }
-    return plain;
+     * class (tracing libraries patch it), no instance attribute. */
+    return item_is_own(ex, st->s_submit, st->tpe_submit);
 #endif
 }
 
@@ -786,8 +952,10 @@ item_queue(cd_state *st, PyObject *ex, PyObject *item)
     }
     Py_CLEAR(r);
     /* Queued: from here on an error leaves it queued, as there. */
-    if ((r = PyObject_CallMethodNoArgs(ex, st->s__adjust_thread_count)) ==
-        NULL) {
+    int adjusted = item_adjust(st, ex);
+    if (adjusted < 0 ||
+        (adjusted == 0 && (r = PyObject_CallMethodNoArgs(
+                               ex, st->s__adjust_thread_count)) == NULL)) {
         goto done;
     }
     rc = 1;

@@ -33,10 +33,11 @@ static PyObject *
 cdaphne_debug_counters(PyObject *module, PyObject *unused)
 {
     cd_state *st = cd_get_state(module);
-    return Py_BuildValue("{snsnsnsnsnsn}", "conns", st->live.conns, "cycles",
+    return Py_BuildValue("{snsnsnsnsnsnsn}", "conns", st->live.conns, "cycles",
                          st->live.cycles, "ws", st->live.ws, "waiters",
                          st->live.waiters, "write_reqs", st->live.write_reqs,
-                         "hop_items", st->hop_items);
+                         "hop_items", st->hop_items, "hop_adjusts",
+                         st->hop_adjusts);
 }
 
 static PyMethodDef cdaphne_methods[] = {
@@ -44,7 +45,8 @@ static PyMethodDef cdaphne_methods[] = {
      "The versions of libuv, llhttp, wslay and OpenSSL, as a dict."},
     {"_debug_counters", cdaphne_debug_counters, METH_NOARGS,
      "Live connections, cycles, WebSockets, waiters and write requests; "
-     "hop_items: run_in_executor() calls that queued a C work item."},
+     "hop_items: run_in_executor() calls that queued a C work item; "
+     "hop_adjusts: their _adjust_thread_count() done in C."},
     {"pubsub_publish", (PyCFunction)(void (*)(void))cd_pubsub_publish_fn,
      METH_FASTCALL,
      "pubsub_publish(topic, data, is_text, forward=True) -> bool: fan out "

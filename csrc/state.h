@@ -88,6 +88,13 @@
     X(s__shutdown, "_shutdown")                                               \
     X(s__work_queue, "_work_queue")                                           \
     X(s__adjust_thread_count, "_adjust_thread_count")                         \
+    X(s__idle_semaphore, "_idle_semaphore")                                   \
+    X(s__cond, "_cond")                                                       \
+    X(s__lock, "_lock")                                                       \
+    X(s__value, "_value")                                                     \
+    X(s_locked, "locked")                                                     \
+    X(s__threads, "_threads")                                                 \
+    X(s__max_workers, "_max_workers")                                         \
     X(s_put, "put")                                                           \
     X(s_acquire, "acquire")                                                   \
     X(s_release, "release")                                                   \
@@ -214,6 +221,17 @@ typedef struct {
     PyObject *tpe_submit;
     PyObject *tpe_globals;
     Py_ssize_t hop_items;
+    /* What _adjust_thread_count() does after a queued item, read in C
+     * while these are the originals (hop.c item_adjust): its own function
+     * (NULL if already patched), threading's Semaphore and its own
+     * acquire, Condition, and the type of threading.Lock(); how many
+     * calls were answered in C. */
+    PyObject *tpe_adjust;
+    PyObject *sem_type;
+    PyObject *sem_acquire;
+    PyObject *cond_type;
+    PyObject *lock_type;
+    Py_ssize_t hop_adjusts;
     /* The scheduling core's (sched.c), and its timers' type (timer.c):
      * asyncio.TimerHandle with cancel() in C, used while TimerHandle.cancel
      * and Handle.cancel are still these functions (checked at the type's

@@ -70,6 +70,11 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->tpe_type);
     Py_VISIT(st->tpe_submit);
     Py_VISIT(st->tpe_globals);
+    Py_VISIT(st->tpe_adjust);
+    Py_VISIT(st->sem_type);
+    Py_VISIT(st->sem_acquire);
+    Py_VISIT(st->cond_type);
+    Py_VISIT(st->lock_type);
     Py_VISIT(st->ReadyQueue_type);
     Py_VISIT(st->LoopMethods_type);
     for (int i = 0; i < CD_LM_N; i++) {
@@ -120,6 +125,11 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->tpe_type);
     Py_CLEAR(st->tpe_submit);
     Py_CLEAR(st->tpe_globals);
+    Py_CLEAR(st->tpe_adjust);
+    Py_CLEAR(st->sem_type);
+    Py_CLEAR(st->sem_acquire);
+    Py_CLEAR(st->cond_type);
+    Py_CLEAR(st->lock_type);
     Py_CLEAR(st->ReadyQueue_type);
     Py_CLEAR(st->LoopMethods_type);
     for (int i = 0; i < CD_LM_N; i++) {

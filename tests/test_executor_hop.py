@@ -602,3 +602,132 @@ def test_the_work_item_stands_for_its_future_to_the_executor():
     finally:
         executor.shutdown()
         loop.close()
+
+
+# _adjust_thread_count() after a queued item: hop.c answers it in C (the
+# idle semaphore's count, the pool's size) while the executor, Semaphore,
+# Condition and lock are the originals; "hop_adjusts" counts those.
+
+
+def hop_adjusts() -> int:
+    return _cdaphne._debug_counters()["hop_adjusts"]
+
+
+def _wait_idle(executor: concurrent.futures.ThreadPoolExecutor, count: int) -> None:
+    """Waits until count workers have said they are idle (the semaphore)."""
+    for _ in range(WAIT * 1000):
+        if executor._idle_semaphore._value >= count:
+            return
+        threading.Event().wait(0.001)
+    raise AssertionError(f"workers not idle: {executor._idle_semaphore._value}")
+
+
+def test_the_idle_semaphore_and_the_pool_size_are_the_executors_own():
+    adjusts: dict[str, int] = {}
+
+    def scenario(loop):
+        executor = concurrent.futures.ThreadPoolExecutor(max_workers=3)
+        before = hop_adjusts()
+
+        async def one_by_one():
+            seen = []
+            for i in range(10):
+                fut = loop.run_in_executor(executor, abs, -i)
+                if i > 0:  # The first starts the thread, which may go idle.
+                    seen.append((executor._idle_semaphore._value, len(executor._threads)))
+                assert await fut == i
+                _wait_idle(executor, 1)
+            return seen
+
+        async def burst():
+            gate = threading.Event()
+            futs = [loop.run_in_executor(executor, gate.wait, WAIT) for _ in range(6)]
+            seen = (executor._idle_semaphore._value, len(executor._threads))
+            gate.set()
+            assert await asyncio.gather(*futs) == [True] * 6
+            return seen
+
+        try:
+            first = loop.run_until_complete(one_by_one())
+            second = loop.run_until_complete(burst())
+            adjusts[type(loop).__module__] = hop_adjusts() - before
+            return first, second
+        finally:
+            executor.shutdown()
+
+    first, second = on_both(scenario, items=16)
+    # One thread serves the calls one by one; each takes the idle count.
+    assert first == [(0, 1)] * 9
+    # Six at once: the idle one takes the first, two more threads start.
+    assert second == (0, 3)
+    # In C: 9 of the 10 (the first starts the thread) and the burst's
+    # first and its last three (the pool full); not the two thread starts.
+    assert adjusts == {"asyncio.unix_events": 0, "cdaphne.loop": 13}
+
+
+def test_a_semaphore_held_by_another_thread_is_waited_for():
+    # release() in another thread holds the condition while it changes
+    # the count: reading the count then would lose its update.
+    def scenario(loop):
+        executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        sem = executor._idle_semaphore
+        entered, gate = threading.Event(), threading.Event()
+
+        def slow_release() -> None:
+            with sem._cond:
+                entered.set()
+                value = sem._value
+                threading.Event().wait(0.05)  # Let the loop thread run.
+                sem._value = value + 1
+
+        try:
+            # The one worker is busy (it cannot release the count itself).
+            busy = loop.run_in_executor(executor, gate.wait, WAIT)
+            other = threading.Thread(target=slow_release)
+            other.start()
+            assert entered.wait(WAIT)
+            before = hop_adjusts()
+            fut = loop.run_in_executor(executor, abs, -2)
+            seen = hop_adjusts() - before
+            other.join(WAIT)
+            seen = seen, sem._value  # Before the busy worker goes idle.
+            gate.set()
+            return loop.run_until_complete(asyncio.gather(busy, fut)), seen
+        finally:
+            executor.shutdown()
+
+    # The call waited for the lock (in Python), then took the released count.
+    assert on_both(scenario, items=2) == ([True, 2], (0, 0))  # (not in C, the count)
+
+
+def test_a_patched_semaphore_acquire_or_adjust_thread_count_is_called(monkeypatch):
+    calls: list[str] = []
+    acquire = threading.Semaphore.acquire
+    adjust = concurrent.futures.ThreadPoolExecutor._adjust_thread_count
+
+    def traced_acquire(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append("acquire")
+        return acquire(self, *args, **kwargs)
+
+    def scenario(loop):
+        executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        try:
+            assert loop.run_until_complete(loop.run_in_executor(executor, abs, -1)) == 1
+            _wait_idle(executor, 1)
+            with monkeypatch.context() as m:
+                m.setattr(threading.Semaphore, "acquire", traced_acquire)
+                assert loop.run_until_complete(loop.run_in_executor(executor, abs, -2)) == 2
+            _wait_idle(executor, 1)
+
+            def mine() -> None:
+                calls.append("adjust")
+                adjust(executor)
+
+            executor._adjust_thread_count = mine  # type: ignore[method-assign]
+            assert loop.run_until_complete(loop.run_in_executor(executor, abs, -3)) == 3
+            return calls[:]
+        finally:
+            calls.clear()
+            executor.shutdown()
+
+    assert on_both(scenario, items=3) == ["acquire", "adjust"]
