@@ -41,7 +41,17 @@
  * future does.  One visible difference: the traceback of what fn raised
  * starts at fn (run() is C, _WorkItem.run's frame in thread.py is not
  * there).  Each version's concurrent/futures/thread.py was read for this;
- * 3.14 changed how workers run items, so it keeps the chain. */
+ * 3.14 changed how workers run items, so it keeps the chain.
+ *
+ * _adjust_thread_count() is done in C too while the executor's method,
+ * threading.Semaphore.acquire and the semaphore's Condition and lock are
+ * the originals: its acquire(timeout=0) of the idle count, and nothing
+ * more when that count is 0 and the pool is full.  At 0, acquire() itself
+ * makes a Condition.wait(0) (a new lock, released and taken again) only to
+ * return False: with the GIL held and the condition's lock free, the C
+ * code gives what the method gives when no other thread runs in between
+ * (item_adjust).  A thread to start, or the lock held by another thread,
+ * calls the method. */
 #include "internal.h"
 
 typedef enum {
