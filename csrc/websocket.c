@@ -1066,7 +1066,7 @@ cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy)
 }
 
 /* The subprotocol the app chose, as "sec-websocket-protocol: x\r\n"
- * appended to out; nothing if it chose none. */
+ * appended to out: 1; 0 and nothing if it chose none. */
 static int
 accept_subprotocol(cd_cycle_t *cy, PyObject *msg, cd_buf_t *out)
 {
@@ -1091,7 +1091,25 @@ accept_subprotocol(cd_cycle_t *cy, PyObject *msg, cd_buf_t *out)
         PyErr_NoMemory();
         return -1;
     }
-    return 0;
+    return 1;
+}
+
+/* The index of field name n (bytes) among the 101's server-owned fields,
+ * any case; -1 if it is not one.  Index 0 is sec-websocket-protocol. */
+static int
+owned_field(PyObject *n)
+{
+    static const char *const names[] = {
+        "sec-websocket-protocol", "sec-websocket-extensions",
+        "sec-websocket-accept", "connection", "upgrade"};
+    size_t len = (size_t)PyBytes_GET_SIZE(n);
+    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
+        if (len == strlen(names[k]) &&
+            strncasecmp(PyBytes_AS_STRING(n), names[k], len) == 0) {
+            return (int)k;
+        }
+    }
+    return -1;
 }
 
 /* The server frames the messages, so it alone answers the client's
@@ -1104,24 +1122,23 @@ accept_subprotocol(cd_cycle_t *cy, PyObject *msg, cd_buf_t *out)
  * ("connection: close", "upgrade: h2c", another key) contradicts the
  * switch (the websockets client refuses it).  Daphne sends none of the
  * app's accept headers; uvicorn (websockets) adds them all next to its
- * own.  list: ours to edit. */
+ * own.  The 101 names one subprotocol: with the subprotocol key (written
+ * by accept_subprotocol) the app's sec-websocket-protocol fields are
+ * dropped, as Daphne sends only the key; without it the app's first one
+ * stays (uvicorn sends it) and later ones are dropped.  keep_proto: the
+ * message has no subprotocol key.  list: ours to edit. */
 static int
-drop_app_fields(PyObject *list)
+drop_app_fields(PyObject *list, int keep_proto)
 {
-    static const char *const names[] = {"sec-websocket-extensions",
-                                        "sec-websocket-accept", "connection",
-                                        "upgrade"};
-    for (Py_ssize_t i = PyList_GET_SIZE(list) - 1; i >= 0; i--) {
-        PyObject *n = PyTuple_GET_ITEM(PyList_GET_ITEM(list, i), 0);
-        size_t len = (size_t)PyBytes_GET_SIZE(n);
-        for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
-            if (len == strlen(names[k]) &&
-                strncasecmp(PyBytes_AS_STRING(n), names[k], len) == 0) {
-                if (PyList_SetSlice(list, i, i + 1, NULL) < 0) {
-                    return -1;
-                }
-                break;
-            }
+    Py_ssize_t i = 0;
+    while (i < PyList_GET_SIZE(list)) {
+        int k = owned_field(PyTuple_GET_ITEM(PyList_GET_ITEM(list, i), 0));
+        if (k < 0 || (k == 0 && keep_proto)) {
+            keep_proto = keep_proto && k != 0;
+            i++;
+        }
+        else if (PyList_SetSlice(list, i, i + 1, NULL) < 0) {
+            return -1;
         }
     }
     return 0;
@@ -1151,7 +1168,8 @@ build_accept(cd_cycle_t *cy, PyObject *msg, cd_buf_t *out)
         PyErr_NoMemory();
         goto done;
     }
-    if (accept_subprotocol(cy, msg, &fixed) < 0) {
+    int sub = accept_subprotocol(cy, msg, &fixed);
+    if (sub < 0) {
         goto done;
     }
     if (cy->ws->pmd != NULL && cd_deflate_response(cy->ws->pmd, &fixed) < 0) {
@@ -1163,7 +1181,7 @@ build_accept(cd_cycle_t *cy, PyObject *msg, cd_buf_t *out)
         goto done;
     }
     list = cd_http1_head_headers(hs);
-    if (list == NULL || drop_app_fields(list) < 0) {
+    if (list == NULL || drop_app_fields(list, !sub) < 0) {
         goto done;
     }
     cd_http1_head_t h = {

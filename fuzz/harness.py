@@ -767,8 +767,12 @@ def app_headers(d: Data) -> list[Any]:
             out.append(("x-str", "v"))
         elif k == 9:
             # The server answers the extension offer: it drops this one.
-            out.append((b"Sec-WebSocket-Extensions",
-                        d.pick([b"permessage-deflate", b"x-custom", b""])))
+            # A 101 names one subprotocol: the key's, else the app's first.
+            if d.u8() & 1:
+                out.append((b"Sec-WebSocket-Protocol", d.pick([b"chat", b"x", b" x\t"])))
+            else:
+                out.append((b"Sec-WebSocket-Extensions",
+                            d.pick([b"permessage-deflate", b"x-custom", b""])))
         else:
             out.append((d.token(), re.sub(rb"[\r\n\x00]", b"", d.blob(40))))
     return out
@@ -1554,8 +1558,11 @@ async def head_ws(sess: Session, d: Data, c: Conn) -> None:
     if sub is not None and re.search(r"[\r\n\x00]", sub):
         sess.fail(f"101 sent with subprotocol {sub!r:.100}")
     server_owned = (b"sec-websocket-extensions", b"sec-websocket-accept", b"connection", b"upgrade")
+    # The 101 names one subprotocol: the key's, else the app's first field
+    # (its later ones, and all of them beside the key, are dropped).
+    app_protos = [v.strip(b" \t") for k, v in headers if k.lower() == b"sec-websocket-protocol"]
     for k, v in headers:
-        if k.lower() in server_owned:
+        if k.lower() in server_owned or k.lower() == b"sec-websocket-protocol":
             # The server answers the extension offer and writes the switch
             # itself; the app's own fields are dropped (tests/test_deflate.py,
             # tests/test_red8_ws.py).
@@ -1571,8 +1578,10 @@ async def head_ws(sess: Session, d: Data, c: Conn) -> None:
     if hmap.get(b"sec-websocket-accept") != want:
         sess.fail(f"bad sec-websocket-accept {hmap.get(b'sec-websocket-accept')!r}")
     # The server writes the subprotocol as UTF-8; the parser strips blanks.
-    if sub is not None and hmap.get(b"sec-websocket-protocol") != sub.encode().strip(b" \t"):
-        sess.fail(f"subprotocol {hmap.get(b'sec-websocket-protocol')!r} != {sub!r}")
+    protos = [v for k, v in rheaders if k == b"sec-websocket-protocol"]
+    want_protos = [sub.encode().strip(b" \t")] if sub is not None else app_protos[:1]
+    if protos != want_protos:
+        sess.fail(f"subprotocol fields {protos!r:.200} != {want_protos!r:.200}")
     check_ws_output(sess, c, key)
 
 

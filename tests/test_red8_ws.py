@@ -69,6 +69,33 @@ def test_odd_subprotocol_offers_still_connect(server, protocols):
     assert status(server, extra=f"Sec-WebSocket-Protocol: {protocols}\r\n") == 101
 
 
+def h11_101(proc, target: str = "/", offer: str | None = None):
+    """The h11 client connection and the response event to a handshake
+    for target (offering the subprotocols in offer, if any)."""
+    import h11
+
+    conn = h11.Connection(h11.CLIENT)
+    headers = [
+        ("Host", "x"),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", KEY),
+        ("Sec-WebSocket-Version", "13"),
+    ]
+    if offer is not None:
+        headers.append(("Sec-WebSocket-Protocol", offer))
+    request = h11.Request(method="GET", target=target, headers=headers)
+    with socket.create_connection((proc.host, proc.port), timeout=10) as sock:
+        sock.sendall(conn.send(request) + conn.send(h11.EndOfMessage()))
+        event = h11.NEED_DATA
+        while event is h11.NEED_DATA:
+            data = sock.recv(4096)
+            assert data, "closed before the 101"
+            conn.receive_data(data)
+            event = conn.next_event()
+    return conn, event
+
+
 def test_app_connection_upgrade_and_accept_fields_stay_out_of_the_101(serve):
     """An app's own connection / upgrade fields in websocket.accept went
     into the 101 next to ours ("connection: close" beside "connection:
@@ -84,26 +111,7 @@ def test_app_connection_upgrade_and_accept_fields_stay_out_of_the_101(serve):
         assert ws.response.headers["x-app"] == "kept"
         ws.send("still open")
         assert ws.recv() == "still open"
-    conn = h11.Connection(h11.CLIENT)
-    request = h11.Request(
-        method="GET",
-        target="/",
-        headers=[
-            ("Host", "x"),
-            ("Upgrade", "websocket"),
-            ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Key", KEY),
-            ("Sec-WebSocket-Version", "13"),
-        ],
-    )
-    with socket.create_connection((proc.host, proc.port), timeout=10) as sock:
-        sock.sendall(conn.send(request) + conn.send(h11.EndOfMessage()))
-        event = h11.NEED_DATA
-        while event is h11.NEED_DATA:
-            data = sock.recv(4096)
-            assert data, "closed before the 101"
-            conn.receive_data(data)
-            event = conn.next_event()
+    conn, event = h11_101(proc)
     assert isinstance(event, h11.InformationalResponse)
     assert event.status_code == 101
     names = [name for name, _ in event.headers]
@@ -115,3 +123,35 @@ def test_app_connection_upgrade_and_accept_fields_stay_out_of_the_101(serve):
     assert fields[b"upgrade"] == b"websocket"
     assert fields[b"x-app"] == b"kept"
     assert conn.their_state is h11.SWITCHED_PROTOCOL
+
+
+@pytest.mark.parametrize(
+    "query, want",
+    [
+        ("key=chat&field=x", b"chat"),
+        ("key=chat&field=chat", b"chat"),
+        ("field=x", b"x"),
+        ("field=x&field=chat", b"x"),
+        ("key=chat", b"chat"),
+    ],
+)
+def test_the_101_carries_one_subprotocol(serve, query, want):
+    """An app's sec-websocket-protocol field in websocket.accept went out
+    next to the subprotocol key's (two fields; clients fail the
+    handshake).  The key wins and the app's fields are dropped, as Daphne
+    sends only the key; without the key, the app's first field is kept
+    (uvicorn sends an app's field) and any later ones are dropped."""
+    import h11
+    from websockets.sync.client import connect
+
+    proc = serve("tests.apps.ws:echo_app_proto_fields", "--ping-interval", "0")
+    _, event = h11_101(proc, "/?" + query, offer="chat, x")
+    assert isinstance(event, h11.InformationalResponse)
+    assert event.status_code == 101
+    protos = [v for k, v in event.headers if k == b"sec-websocket-protocol"]
+    assert protos == [want]
+    assert dict(event.headers)[b"x-app"] == b"kept"
+    with connect(proc.ws_url("/?" + query), subprotocols=["chat", "x"]) as ws:
+        assert ws.subprotocol == want.decode()
+        ws.send("still open")
+        assert ws.recv() == "still open"

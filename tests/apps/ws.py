@@ -44,6 +44,24 @@ async def echo_app_conn_fields(scope, receive, send):
     await echo_loop(receive, send)
 
 
+async def echo_app_proto_fields(scope, receive, send):
+    """Echo, accepting with the subprotocol named by the query's "key"
+    (if any) and one sec-websocket-protocol field per "field" value: the
+    101 must carry exactly one subprotocol."""
+    if scope["type"] != "websocket":
+        return
+    await receive()
+    from urllib.parse import parse_qs
+
+    query = parse_qs(scope["query_string"].decode())
+    headers = [(b"Sec-WebSocket-Protocol", v.encode()) for v in query.get("field", [])]
+    msg = {"type": "websocket.accept", "headers": headers + [(b"x-app", b"kept")]}
+    if "key" in query:
+        msg["subprotocol"] = query["key"][0]
+    await send(msg)
+    await echo_loop(receive, send)
+
+
 async def echo_loop(receive, send):
     while True:
         message = await receive()
