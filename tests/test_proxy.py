@@ -98,6 +98,27 @@ def test_forwarded_allow_ips_star_trusts_everyone_and_takes_left_most(serve):
     assert scope["client"] == ["10.0.0.1", 0]
 
 
+def test_forwarded_allow_ips_alone_turns_proxy_headers_on(serve):
+    """--forwarded-allow-ips without --proxy-headers was silently ignored.
+    uvicorn reads proxy headers by default, so its users give only this
+    flag; naming the trusted proxies turns proxy headers on here too."""
+    proc = serve(APP, "--forwarded-allow-ips", "127.0.0.2")
+    scope = scope_via(proc, XFF, source="127.0.0.2")
+    assert scope["client"] == ["203.0.113.7", 8443]
+    assert scope["scheme"] == "https"
+    # Only the named peer is trusted.
+    assert scope_via(proc, XFF)["client"][0] == "127.0.0.1"
+
+
+def test_forwarded_allow_ips_environment_alone_trusts_nothing(serve):
+    """$FORWARDED_ALLOW_IPS only says whom --proxy-headers trusts: set in
+    the environment for another server, it turns nothing on."""
+    proc = serve(APP, env={"FORWARDED_ALLOW_IPS": "*"})
+    scope = scope_via(proc, XFF)
+    assert scope["client"][0] == "127.0.0.1"
+    assert scope["scheme"] == "http"
+
+
 def test_proxy_headers_host_and_port_options(serve):
     proc = serve(APP, "--proxy-headers", "--proxy-headers-host", "X-Real-IP",
                  "--proxy-headers-port", "X-Real-Port")

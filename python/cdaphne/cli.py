@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="header carrying the client address (X-Forwarded-For; X-Real-IP is common)")
     a("--proxy-headers-port", default=None,
       help="header carrying the client port (X-Forwarded-Port)")
-    a("--forwarded-allow-ips", default=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
-      help="comma-separated addresses trusted for proxy headers ('*' for all)")
+    a("--forwarded-allow-ips", default=None,
+      help="comma-separated addresses trusted for proxy headers ('*' for all; default "
+           "$FORWARDED_ALLOW_IPS or 127.0.0.1); giving it turns --proxy-headers on")
     a("-t", "--http-timeout", type=float, default=None,
       help="seconds before a response that has not started gets a 503")
     a("--websocket-max-message-size", "--ws-max-size", type=_size,
@@ -231,6 +232,12 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     args = parser.parse_args(argv)
     if args.log_level is not None:
         args.verbosity = _LOG_LEVELS[args.log_level]
+    if args.forwarded_allow_ips is None:
+        args.forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+    else:
+        # uvicorn reads proxy headers unless told not to: its users name
+        # the trusted proxies with this flag alone.
+        args.proxy_headers = True
     for flag in ("proxy_headers_host", "proxy_headers_port"):
         if getattr(args, flag) and not args.proxy_headers:
             # Daphne refuses these without --proxy-headers too.
