@@ -272,6 +272,23 @@ def test_server_name_flag(serve):
     assert r.headers["server"] == "MyServer/1.0"
 
 
+@pytest.mark.parametrize(
+    "flags, want",
+    [
+        (("--no-server-name", "-s", "MyServer/1.0"), "MyServer/1.0"),
+        (("-s", "MyServer/1.0", "--no-server-name"), None),
+        (("--no-server-header", "--server-name", "x"), "x"),
+    ],
+)
+def test_server_name_flags_last_one_wins(serve, flags, want):
+    """-s and --no-server-name together: Daphne's two flags set one value,
+    so the last one given wins (uvicorn's --server-header/--no-server-header
+    likewise).  --no-server-name won wherever it stood."""
+    proc = serve("tests.apps.http1:app", *flags)
+    r = httpx.get(proc.url("/hello"))
+    assert r.headers.get("server") == want
+
+
 def test_head_sent_in_tiny_pieces_is_parsed(server):
     import socket as _socket
     head = (b"GET /scope HTTP/1.1\r\nHost: x\r\nX-Long-Value: one two  three\r\n"

@@ -213,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
            "info = 1, debug = 2")
     a("--backlog", type=_size, default=Config.backlog, help="listen backlog (2048)")
     a("-s", "--server-name", default=Config.server_name, help="the Server header's value")
-    a("--no-server-name", "--no-server-header", action="store_true", help="send no Server header")
+    # One value, as in Daphne: with -s the last of the two flags wins.
+    a("--no-server-name", "--no-server-header", dest="server_name", action="store_const",
+      const=None, help="send no Server header")
     a("--version", action=_VersionAction)
     return p
 
@@ -258,7 +260,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         log_fmt=args.log_fmt,
         verbosity=args.verbosity,
         backlog=args.backlog,
-        server_name=None if args.no_server_name else args.server_name,
+        server_name=args.server_name,
         http_timeout=args.http_timeout,
         websocket_timeout=args.websocket_timeout,
         websocket_connect_timeout=args.websocket_connect_timeout,
