@@ -860,6 +860,28 @@ conn_peer_tuple(cd_conn_t *c)
     return cd_server_addr_tuple(&ss);
 }
 
+/* --limit-concurrency: a connection over the limit is answered 503 once
+ * it is ready (a TLS one after its handshake, so the client reads why).
+ * A half-done TLS handshake holds ~46 KiB until --header-timeout, so a
+ * client could hold any number past the limit: TLS connections over it
+ * are let in up to as many again as the limit, and at least
+ * CD_OVER_LIMIT_TLS_MIN (a small limit still answers a burst); beyond,
+ * one is closed at accept.  Returns 1 for that; c is counted already. */
+#define CD_OVER_LIMIT_TLS_MIN 64
+static int
+conn_over_limit(cd_conn_t *c, const cd_listener_t *ls)
+{
+    int64_t limit = c->server->cfg.limit_concurrency;
+    int64_t n = c->server->nconns;
+    if (limit == 0 || n <= limit) {
+        return 0;
+    }
+    c->flags |= CD_CONN_F_OVER_LIMIT; /* Refused once ready. */
+    int64_t extra =
+        limit > CD_OVER_LIMIT_TLS_MIN ? limit : CD_OVER_LIMIT_TLS_MIN;
+    return ls->transport != NULL && n > limit + extra;
+}
+
 cd_conn_t *
 cd_conn_new(cd_listener_t *ls)
 {
@@ -904,15 +926,16 @@ cd_conn_new(cd_listener_t *ls)
     srv->conns.next->prev = &c->link;
     srv->conns.next = &c->link;
     srv->nconns++;
-    if (srv->cfg.limit_concurrency &&
-        srv->nconns > srv->cfg.limit_concurrency) {
-        c->flags |= CD_CONN_F_OVER_LIMIT; /* Refused once ready. */
-    }
+    int turn_away = conn_over_limit(c, ls);
     Py_INCREF(srv);
 
     if (uv_accept(&ls->io.stream, &c->io.stream) < 0) {
         cd_conn_close(c);
         return NULL;
+    }
+    if (turn_away) {
+        cd_conn_close(c); /* Freed by its close callbacks, as above. */
+        return c;
     }
     if (!ls->is_unix) {
         uv_tcp_nodelay(&c->io.tcp, 1);

@@ -13,6 +13,7 @@ import socket
 import ssl
 import time
 
+import httpx
 import pytest
 
 from .conftest import wait_until
@@ -257,3 +258,46 @@ def test_thousand_half_open_handshakes_are_bounded_and_timed_out(serve, pki):  #
             s.close()
     assert get(proc, pki, "/hello").status_code == 200
     print(f"RSS +{grown} KiB for 1,000 half-open TLS handshakes")
+
+
+def test_half_open_handshakes_over_limit_concurrency_are_bounded(serve, pki):  # noqa: F811
+    """Over --limit-concurrency a TLS connection is answered 503 once its
+    handshake is done, so the server held every over-limit half-open
+    handshake (~46 KiB each) until --header-timeout: a client could keep
+    any number past the limit.  As many more as the limit, and at least
+    64, are held (each gets its 503); more are closed at accept."""
+    limit, opened = 4, 120
+    proc = serve(APP, *tls_flags(pki, "--limit-concurrency", str(limit)))
+    hello = client_hello()
+    socks = []
+    try:
+        for _ in range(opened):
+            s = socket.create_connection(("127.0.0.1", proc.port), timeout=10)
+            s.sendall(hello[: len(hello) // 2])
+            socks.append(s)
+        time.sleep(1)  # all accepted and read
+        closed = 0
+        for s in socks:
+            s.setblocking(False)
+            try:
+                if s.recv(4096) == b"":
+                    closed += 1
+            except ConnectionResetError:
+                closed += 1
+            except BlockingIOError:
+                pass  # held
+        assert closed >= opened - (limit + 64), closed
+        assert closed < opened, closed  # the 64 over the limit were held
+    finally:
+        for s in socks:
+            s.close()
+    # Their places are free again once the server has seen them go: a
+    # client is served (until then it may get a 503 or a close).
+
+    def served() -> bool:
+        try:
+            return get(proc, pki, "/hello").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    assert wait_until(served, timeout=10)
