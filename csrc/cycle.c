@@ -77,13 +77,14 @@ msg_disconnect(cd_state *st)
     return Py_BuildValue("{OO}", st->s_type, st->s_http_disconnect);
 }
 
-/* The peer sent its FIN after the whole request (http1.c http1_on_eof):
- * a receive() after the body says http.disconnect, as when it left, yet
- * a response the app sends still goes out. */
+/* The peer sent its FIN after the whole request and http1.c says so now
+ * (fin_grace_arm): a receive() after the body says http.disconnect, as
+ * when it left, yet a response the app sends still goes out. */
 static inline int
 peer_ended(const cd_cycle_t *cy)
 {
-    return cy->conn != NULL && (cy->conn->flags & CD_CONN_F_EOF);
+    return cy->fin_told && cy->conn != NULL &&
+           (cy->conn->flags & CD_CONN_F_EOF);
 }
 
 /* New reference to the next message for receive(), or NULL without an

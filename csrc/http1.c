@@ -55,9 +55,13 @@ typedef struct {
     uint64_t rate_waited; /* ms the app waited for body, before rate_since */
     uint64_t rate_since;  /* loop ms the current wait began */
     uint64_t rate_bytes;  /* body bytes that came while the app waited */
+    /* Loop ms of the peer's FIN, or of a whole request parsed after it
+     * (fin_grace_arm), on c->proto_timer once the body is complete. */
+    uint64_t fin_at;
 } cd_http1_t;
 
 static void http1_parse(cd_http1_t *h);
+static void fin_grace_arm(cd_conn_t *c);
 
 /* The conn's HTTP/1 state, or NULL once the conn is no longer HTTP/1
  * (a WebSocket, closing before it was ready). */
@@ -583,9 +587,59 @@ on_message_complete(llhttp_t *p)
     if (c->cycle != NULL) {
         c->cycle->body_complete = 1;
         cd_cycle_on_body(c->cycle);
+        if (c->flags & CD_CONN_F_EOF) {
+            /* Pipelined before the FIN: its own grace from now. */
+            h->fin_at = uv_now(c->proto_timer.loop);
+            fin_grace_arm(c);
+        }
     }
     c->flags |= CD_CONN_F_PAUSED;
     return HPE_PAUSED;
+}
+
+/* ---- a FIN during a request -----------------------------------------
+ *
+ * The peer's FIN after a whole request is a half-close (`nc -N`, health
+ * checkers: it still reads) or a departure (close()): the wire tells them
+ * apart only when a write fails.  Django listens for http.disconnect while
+ * its view runs and drops the response when it comes, so telling it at
+ * the FIN left half-closed clients unanswered.  An app whose response has
+ * not started gets --half-close-grace from the FIN to start it; then a
+ * receive() says http.disconnect (a long poll hears of a departure).  Once
+ * its response has started, its writes tell (a reset fails them).  A
+ * response already started at the FIN is told at once (a stream). */
+
+static void
+fin_grace_on_timer(uv_timer_t *t)
+{
+    cd_conn_t *c = cd_container_of(t, cd_conn_t, proto_timer);
+    cd_gil_ensure(c->server->loop);
+    cd_cycle_t *cy = c->cycle;
+    if (http1_of(c) == NULL || c->state != CD_CONN_ACTIVE || cy == NULL ||
+        !(c->flags & CD_CONN_F_EOF) || cy->resp != CD_RESP_START) {
+        return;
+    }
+    cy->fin_told = 1;
+    cd_cycle_wake_receiver(cy);
+}
+
+/* Starts (or restarts, for what is left) the grace of c's request after
+ * the peer's FIN; nothing if there is no such request waiting for its
+ * response. */
+static void
+fin_grace_arm(cd_conn_t *c)
+{
+    cd_http1_t *h = http1_of(c);
+    cd_cycle_t *cy = c->cycle;
+    if (h == NULL || cy == NULL || c->state != CD_CONN_ACTIVE ||
+        !(c->flags & CD_CONN_F_EOF) || !cy->body_complete ||
+        cy->disconnected || cy->fin_told || cy->resp != CD_RESP_START) {
+        return;
+    }
+    uint64_t now = uv_now(c->proto_timer.loop);
+    uint64_t due = h->fin_at + c->server->cfg.half_close_grace;
+    uv_timer_start(&c->proto_timer, fin_grace_on_timer,
+                   due > now ? due - now : 0, 0);
 }
 
 /* ---- minimum request body rate --------------------------------------
@@ -674,6 +728,7 @@ cd_http1_body_wait(cd_conn_t *c, int waiting)
         h->rate_waited = body_rate_waited(h, now);
         c->flags &= ~CD_CONN_F_BODY_WAIT;
         uv_timer_stop(&c->proto_timer);
+        fin_grace_arm(c); /* The timer is the FIN's again, if it came. */
     }
 }
 
@@ -783,7 +838,13 @@ http1_on_eof(cd_conn_t *c)
     cd_cycle_t *cy = c->cycle;
     if (c->state == CD_CONN_ACTIVE && cy != NULL && cy->body_complete &&
         !cy->disconnected) {
-        cd_cycle_wake_receiver(cy);
+        if (cy->resp != CD_RESP_START) {
+            cy->fin_told = 1; /* A stream: told at once. */
+            cd_cycle_wake_receiver(cy);
+            return;
+        }
+        http1_of(c)->fin_at = uv_now(c->proto_timer.loop);
+        fin_grace_arm(c);
         return;
     }
     cd_conn_close(c);

@@ -448,6 +448,8 @@ typedef struct {
     int ws_deflate_mem_level;    /* 1..9 */
     uint64_t min_body_rate;    /* body bytes/s while the app waits, 0 = none */
     uint64_t body_rate_grace;  /* ms of waiting before the rate counts */
+    uint64_t half_close_grace; /* ms an app has after the peer's FIN to
+                                  start its response (http1.c) */
     uint64_t pubsub_max_queue; /* bytes queued for a subscriber, 0 = any */
     uint64_t pubsub_max_topics; /* topics one WebSocket may subscribe to */
     uint64_t pubsub_max_inbox;  /* publishes from threads waiting, 0 = any */
@@ -927,6 +929,8 @@ struct cd_cycle_s {
     int disconnect_delivered; /* receive() returned the disconnect: later
                                  ones wait (Daphne delivers it once) */
     int continue_sent;
+    int fin_told; /* the peer's FIN is a disconnect for receive() now
+                     (http1.c fin_grace_arm) */
     int expect_continue;
     int http10;
     int is_head;

@@ -787,6 +787,8 @@ server_read_limits(cd_config_t *c, PyObject *config)
             0 ||
         cfg_number_required(config, "body_rate_grace", 1000,
                             &c->body_rate_grace) < 0 ||
+        cfg_number_required(config, "half_close_grace", 1000,
+                            &c->half_close_grace) < 0 ||
         cfg_pubsub(config, c) < 0) {
         return -1;
     }

@@ -152,6 +152,7 @@ class Server:
             websocket_connect_timeout=0.05, websocket_timeout=1.0, ping_interval=0.02,
             ping_timeout=0.03, websocket_max_message_size=4096, websocket_max_frame_size=4096,
             max_header_size=4096, pubsub_max_queue=8192, pubsub_max_topics=3,
+            half_close_grace=0.05,
         )
         defaults.update(cfg)
         self.config = Config(app, **defaults)

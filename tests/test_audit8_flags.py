@@ -18,7 +18,8 @@ APP = "tests.apps.http1:app"
 # the values its own checks refuse.
 SECONDS = ["--websocket_timeout", "--websocket_connect_timeout", "--ping-interval",
            "--ping-timeout", "--application-close-timeout", "-t", "--timeout-keep-alive",
-           "--header-timeout", "--body-rate-grace", "--timeout-graceful-shutdown",
+           "--header-timeout", "--body-rate-grace", "--half-close-grace",
+           "--timeout-graceful-shutdown",
            "--timeout-lifespan-shutdown", "--worker-healthcheck-timeout"]
 SIZES = ["--websocket-max-message-size", "--websocket-max-frame-size", "--max-body-size",
          "--body-buffer-size", "--write-buffer-size", "--max-header-size", "--max-header-count",

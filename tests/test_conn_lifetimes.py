@@ -13,6 +13,7 @@ import sys
 import time
 import types
 
+import httpx
 import pytest
 
 from cdaphne._cdaphne import Server as CoreServer
@@ -479,6 +480,26 @@ def test_request_then_fin_is_answered_then_closed(serve):
         assert reader.read_to_eof() == b""
 
 
+@pytest.mark.parametrize("view, body", [("/", b"hello"), ("/slow", b"slow"),
+                                        ("/aslow", b"aslow")])
+def test_django_view_answers_a_half_closed_client(serve, view, body):
+    # Django's handler listens for http.disconnect while its view runs and
+    # drops the response when it comes: at the FIN, a half-closed client
+    # got nothing, even from a view that returns at once (uvicorn and
+    # Daphne send nothing either: they take the FIN for a departure).  The
+    # app now has --half-close-grace (5 s) from the FIN to start its
+    # response before receive() says http.disconnect.
+    proc = serve("tests.apps.django_views:application")
+    assert httpx.get(proc.url("/")).text == "hello"  # Django is loaded
+    with connect(proc) as sock:
+        sock.sendall(f"GET {view} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        sock.shutdown(socket.SHUT_WR)
+        reader = Reader(sock, timeout=10)
+        resp = reader.response()
+        assert (resp.status, resp.body) == (200, body)
+        assert reader.read_to_eof() == b""
+
+
 def test_pipelined_requests_then_fin_are_all_answered_in_order(serve):
     proc = serve(APP)
     with connect(proc) as sock:
@@ -497,16 +518,18 @@ def test_pipelined_requests_then_fin_are_all_answered_in_order(serve):
 
 
 def test_fin_reaches_an_app_waiting_in_receive_and_its_answer_still_goes_out(serve, tmp_path):
-    # After the whole body, receive() says http.disconnect at the FIN, as
-    # when the client left (a long-poll app cleans up: the wire cannot tell
-    # a half-close from a departure); the response it sends anyway is
-    # written, for a client that only half-closed.
-    proc = serve(APP, env={"CDAPHNE_TEST_DIR": str(tmp_path)})
+    # After the whole body, receive() says http.disconnect once the app
+    # has had --half-close-grace (5 s; 1 s here) from the FIN to start its
+    # response, as when the client left (a long-poll app cleans up: the
+    # wire cannot tell a half-close from a departure); the response it
+    # sends anyway is written, for a client that only half-closed.
+    proc = serve(APP, "--half-close-grace", "1", env={"CDAPHNE_TEST_DIR": str(tmp_path)})
     with connect(proc) as sock:
         sock.sendall(b"GET /wait_disconnect HTTP/1.1\r\nHost: x\r\n\r\n")
         recorded(tmp_path, "waiting")
         sock.shutdown(socket.SHUT_WR)
-        assert recorded(tmp_path, "wait_disconnect")["msg"] == {"type": "http.disconnect"}
+        msg = recorded(tmp_path, "wait_disconnect", timeout=10)["msg"]
+        assert msg == {"type": "http.disconnect"}
         reader = Reader(sock)
         resp = reader.response()
         assert (resp.status, resp.body) == (200, b"late")

@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
            "after --body-rate-grace (408 below it; 0: no minimum)")
     a("--body-rate-grace", type=_rate, default=Config.body_rate_grace,
       help="seconds the app may wait for body bytes before --min-body-rate applies")
+    a("--half-close-grace", type=_rate, default=Config.half_close_grace,
+      help="seconds an app has after the client's FIN (half-close) to start its response "
+           "before receive() says http.disconnect")
     a("--timeout-graceful-shutdown", dest="graceful_timeout", type=float,
       default=Config.graceful_timeout,
       help="seconds in-flight requests and WebSockets get on shutdown before being closed")
@@ -282,6 +285,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         max_header_count=args.max_header_count,
         min_body_rate=args.min_body_rate,
         body_rate_grace=args.body_rate_grace,
+        half_close_grace=args.half_close_grace,
         lifespan=args.lifespan,
         graceful_timeout=args.graceful_timeout,
         lifespan_shutdown_timeout=args.lifespan_shutdown_timeout,

@@ -26,7 +26,7 @@ _READ_SIZE_MAX = 16 << 20
 # them as uint64 milliseconds, and NaN or inf there is undefined).
 _SECONDS = ("http_timeout", "websocket_timeout", "websocket_connect_timeout", "ping_interval",
             "ping_timeout", "application_close_timeout", "timeout_keep_alive", "header_timeout",
-            "body_rate_grace", "graceful_timeout", "lifespan_shutdown_timeout",
+            "body_rate_grace", "half_close_grace", "graceful_timeout", "lifespan_shutdown_timeout",
             "worker_healthcheck_timeout")
 _SECONDS_MAX = 1e9
 # Byte counts and rates the C core holds as uint64: exact as doubles.
@@ -292,6 +292,10 @@ class Config:
     # all; otherwise 408 (or a close once the response started).  0: no check.
     min_body_rate: float = 240
     body_rate_grace: float = 5
+    # After the client's FIN (a half-close, or a departure: they look alike
+    # until a write fails), the seconds an app has to start its response
+    # before receive() says http.disconnect (Django then drops it).
+    half_close_grace: float = 5
     lifespan: str = "auto"
     backlog: int = 2048
     graceful_timeout: float = 10
@@ -439,7 +443,7 @@ class Config:
         if self.lifespan not in ("auto", "on", "off"):
             raise ConfigError(f"lifespan must be auto, on or off, not {self.lifespan!r}")
         for name in ("websocket_max_message_size", "websocket_max_frame_size", "max_header_size",
-                     "max_header_count", "min_body_rate", "body_rate_grace",
+                     "max_header_count", "min_body_rate", "body_rate_grace", "half_close_grace",
                      "pubsub_max_queue", "pubsub_max_topics", "pubsub_max_inbox",
                      "pubsub_max_inbox_bytes", "pubsub_redis_max_queue"):
             if getattr(self, name) < 0:
