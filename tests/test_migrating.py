@@ -249,3 +249,50 @@ def test_log_level_warning_is_quiet_like_uvicorn(serve, tmp_path):
 def test_no_server_header(serve):
     proc = serve(APP, "--no-server-header")
     assert "server" not in httpx.get(proc.url("/hello")).headers
+
+
+def test_a_stdout_nobody_reads_does_not_stall_the_server(tmp_path):
+    """The access log wrote to stdout blocking on the loop thread: once a
+    pipe nobody reads was full, every connection stalled.  Now what the
+    pipe does not take waits (up to 1 MiB) and goes out once it is read."""
+    import fcntl
+
+    rfd, wfd = os.pipe()
+    fcntl.fcntl(wfd, 1031, 4096)  # F_SETPIPE_SZ: a page holds ~60 lines
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cdaphne", "-p", "0", APP], cwd=ROOT,
+                            stdout=wfd, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            env=env)
+    os.close(wfd)
+    try:
+        port = None
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            m = re.search(rb"Listening on TCP address \S+:(\d+)", raw)
+            if m:
+                port = int(m.group(1))
+                break
+        assert port, "no listening line"
+        with httpx.Client(timeout=5) as client:
+            for i in range(300):  # ~21 KB of lines: five times the pipe
+                assert client.get(f"http://127.0.0.1:{port}/hello?n={i}").status_code == 200
+        # Read now: every line comes out, in order.
+        os.set_blocking(rfd, False)
+        got = b""
+        deadline = time.monotonic() + 10
+        while got.count(b"GET /hello") < 300 and time.monotonic() < deadline:
+            try:
+                got += os.read(rfd, 65536)
+            except BlockingIOError:
+                time.sleep(0.05)
+        numbers = [int(n) for n in re.findall(rb"GET /hello\?n=(\d+)", got)]
+        assert numbers == list(range(300))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # stalled in a write (the old behaviour)
+            proc.wait()
+        os.close(rfd)

@@ -161,7 +161,7 @@ class Server:
         await _pubsub.stop_links(links)
         await lifespan.shutdown()
         if access_log is not None:
-            access_log.flush()
+            access_log.close()
         return lifespan.exit_code if lifespan.exit_code is not None else 0
 
     # ---- internals ----------------------------------------------------
