@@ -210,3 +210,31 @@ def test_trailers_count_towards_the_header_fields(serve):
     # The head is fine; with the trailers the request has 13 fields.
     assert raw.startswith(b"HTTP/1.1 431 ")
     still_serving(proc)
+
+
+CHUNKED = POST + b"Transfer-Encoding: chunked\r\n\r\n"
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize("size_line", [b"5 ;a=b", b"5\t;a=b", b"5; a=b", b"5 ; a=b",
+                                       b"5;a = b", b"5;a= b", b"5;a=b "])
+def test_whitespace_around_chunk_extension_separators_gets_400(server, size_line):
+    """RFC 9112's chunk-ext allows BWS around ";" and "=" (which senders
+    must not send).  Refused, as llhttp 8 and 9 do even in lenient mode
+    (uvicorn with httptools, Node) and h11 and Twisted (Daphne) do before
+    the ";"; Daphne accepts it after.  One answer, and nothing after it is
+    read as a request."""
+    data = CHUNKED + size_line + b"\r\nhello\r\n0\r\n\r\n" + SMUGGLED
+    assert refused(server, data) == BAD_REQUEST
+    still_serving(server)
+
+
+@pytest.mark.parametrize("size_line", [b"5;a=b", b'5;a="b c"', b"5;a;b=c"])
+def test_chunk_extensions_without_whitespace_keep_the_body_boundary(server, size_line):
+    with connect(server) as sock:
+        sock.sendall(CHUNKED + size_line + b"\r\nhello\r\n0\r\n\r\n"
+                     + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        reader = Reader(sock)
+        first, second = reader.response(), reader.response()
+    assert first.status == 200 and json.loads(first.body)["size"] == 5
+    assert (second.status, second.body) == (200, b"Hello, world!")
