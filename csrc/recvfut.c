@@ -295,7 +295,7 @@ rfut_get_loop(cd_rfut_t *f, void *closure)
 static PyObject *
 rfut_get_loop_meth(cd_rfut_t *f, PyObject *unused)
 {
-    return Py_NewRef(f->loop);
+    return rfut_get_loop(f, NULL);
 }
 
 /* add_done_callback(fn, *, context=None). */
@@ -446,7 +446,7 @@ rfut_getattro(cd_rfut_t *f, PyObject *name)
 {
     cd_state *st = f->st;
     if (name == st->s_asyncio_future_blocking) {
-        return PyBool_FromLong(f->blocking);
+        return rfut_get_blocking(f, NULL);
     }
     if (name == st->s_add_done_callback) {
         return rfut_bound(f, 1);
@@ -460,13 +460,8 @@ rfut_getattro(cd_rfut_t *f, PyObject *name)
 static int
 rfut_setattro(cd_rfut_t *f, PyObject *name, PyObject *v)
 {
-    if (name == f->st->s_asyncio_future_blocking && v != NULL) {
-        int b = PyObject_IsTrue(v);
-        if (b < 0) {
-            return -1;
-        }
-        f->blocking = b;
-        return 0;
+    if (name == f->st->s_asyncio_future_blocking) {
+        return rfut_set_blocking(f, v, NULL);
     }
     return PyObject_GenericSetAttr((PyObject *)f, name, v);
 }
