@@ -93,3 +93,14 @@ def test_a_waiting_receive_yields_the_servers_own_future(server):
     # The loop makes plain Futures and is not in debug mode: receive() waits
     # on a RecvFuture (no asyncio.Future made and completed per message).
     assert under_cdaphne(server, "waits_on") == ["RecvFuture", "eleven"]
+
+
+def test_a_done_callback_of_the_held_future_closes_the_connection(server):
+    start = len(server.log)
+    ws = websocket.create_connection(server.ws_url("/closes_in_a_done_callback"), timeout=20)
+    assert ws.recv() == "need:c1"
+    ws.send("c1")
+    opcode, data = ws.recv_data(control_frame=True)
+    assert (opcode, data[:2]) == (websocket.ABNF.OPCODE_CLOSE, (4001).to_bytes(2, "big"))
+    server.wait_log("closes_in_a_done_callback: c1", timeout=10)
+    assert "Exception inside application" not in server.log[start:]

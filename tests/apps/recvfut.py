@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 import weakref
 
@@ -285,6 +286,8 @@ async def app(scope, receive, send):
     await receive()  # websocket.connect
     await send({"type": "websocket.accept"})
     name = scope["path"].strip("/")
+    if name in ENDINGS:
+        return await ENDINGS[name](receive, send)
     scenario = waits_on if name == "waits_on" else SCENARIOS[name]
     try:
         result = await scenario(receive, send)
@@ -293,3 +296,183 @@ async def app(scope, receive, send):
     await send({"type": "websocket.send", "text": "result:" + json.dumps(result)})
     while (await receive())["type"] != "websocket.disconnect":
         pass
+
+
+# Red team (session 9): an app that gets hold of the future its waiting
+# receive() yields (the task's _fut_waiter) and uses it as any asyncio
+# future.  Under Daphne's shape it is an asyncio.Future of Queue.get.
+
+
+async def held_future(receive, send):
+    """The future a waiting receive() yields, held; its message sent."""
+    t = asyncio.ensure_future(receive())
+    await waiting(t)
+    return t, t._fut_waiter
+
+
+def exc_name(fn, *args):
+    """What fn(*args) raised: its type's name and its arguments."""
+    try:
+        fn(*args)
+        return "returned"
+    except BaseException as exc:
+        return [type(exc).__name__, list(map(str, exc.args))]
+
+
+def exc_type(fn, *args):
+    """What fn(*args) raised: its type's name (the messages name the type
+    or are worded differently)."""
+    return exc_name(fn, *args)[0]
+
+
+async def misuse_before_done(receive, send):
+    """result()/exception() before done, bad arguments, pickle and copy:
+    the same errors as an asyncio.Future's."""
+    import copy
+    import pickle
+
+    t, fut = await held_future(receive, send)
+    seen = [
+        exc_name(fut.result),
+        exc_name(fut.exception),
+        exc_type(fut.add_done_callback),
+        exc_type(fut.add_done_callback, print, print),
+        exc_type(fut.cancel, 1, 2),
+        exc_type(pickle.dumps, fut),
+        exc_type(copy.copy, fut),
+        exc_type(copy.deepcopy, fut),
+        asyncio.isfuture(fut),
+        asyncio.ensure_future(fut) is fut,
+        asyncio.wrap_future(fut) is fut,
+        fut.get_loop() is asyncio.get_running_loop(),
+    ]
+    await need(send, "a5")
+    seen.append((await t)["text"])
+    seen += [fut.result(), fut.exception(), fut.done(), fut.cancelled()]
+    return seen
+
+
+async def callbacks_on_held_future(receive, send):
+    """Done callbacks added to the held future (through a bound method kept
+    from the first wait): one raises (the loop's exception handler gets it),
+    one cancels (too late: False), one removes another (too late: 0), one
+    re-enters receive(), and remove_done_callback while pending."""
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(repr(ctx.get("exception"))))
+    t, fut = await held_future(receive, send)
+    add = fut.add_done_callback
+    seen = []
+    inner = []
+
+    def raises(f):
+        seen.append("raises")
+        raise ValueError("from a callback")
+
+    def cancels(f):
+        seen.append(["cancel", f.cancel("late"), f is fut])
+
+    def removes(f):
+        seen.append(["remove", f.remove_done_callback(raises)])
+
+    def reenters(f):
+        inner.append(asyncio.ensure_future(receive()))
+
+    def never(f):
+        seen.append("never")
+
+    add(raises)
+    add(never)
+    add(cancels)
+    add(never)
+    add(removes)
+    add(reenters)
+    seen.append(fut.remove_done_callback(never))
+    await need(send, "a6")
+    first = (await t)["text"]
+    await asyncio.sleep(0.01)
+    await need(send, "a7")
+    second = (await asyncio.wait_for(inner[0], 10))["text"]
+    late = []
+    add(lambda f: late.append(f.done()))
+    await asyncio.sleep(0)
+    loop.set_exception_handler(None)
+    return [seen, errors, first, second, late]
+
+
+async def wait_and_shield_on_held_future(receive, send):
+    """asyncio.wait([fut]) and shield(fut) on the held future."""
+    t, fut = await held_future(receive, send)
+    done, pending = await asyncio.wait([fut], timeout=0.01)
+    before = [len(done), len(pending)]
+    shielded = asyncio.shield(fut)
+    await need(send, "a8")
+    done, pending = await asyncio.wait([fut], timeout=10)
+    return [before, len(done), len(pending), await shielded, (await t)["text"]]
+
+
+async def held_across_messages(receive, send):
+    """Futures held (strongly, weakly, through a bound method or an
+    attribute) across later messages keep their state; every later wait
+    yields a pending future; gc.collect() in between changes nothing."""
+    import gc
+
+    held = []
+    weak = []
+    texts = []
+    for i, how in enumerate(["strong", "weak", "bound", "attr", "none"]):
+        t, fut = await held_future(receive, send)
+        if how == "strong":
+            held.append(fut)
+        elif how == "weak":
+            weak.append(weakref.ref(fut))
+        elif how == "bound":
+            held.append(fut.add_done_callback)
+        elif how == "attr":
+            fut.mark = i
+        del fut
+        gc.collect()
+        await need(send, f"h{i}")
+        texts.append((await t)["text"])
+    t, fut = await held_future(receive, send)
+    fresh = [fut.done(), fut not in held]
+    await need(send, "h-end")
+    texts.append((await t)["text"])
+    states = [h.done() for h in held if hasattr(h, "done")]
+    return [texts, fresh, states, [w() is None or w().done() for w in weak]]
+
+
+SCENARIOS.update(
+    {
+        f.__name__: f
+        for f in (
+            misuse_before_done,
+            callbacks_on_held_future,
+            wait_and_shield_on_held_future,
+            held_across_messages,
+        )
+    }
+)
+
+
+# Endings, not compared with Daphne's shape (the connection or the server
+# goes away while the app holds the future): the test checks what the
+# client sees and that the server logs no error and exits cleanly.
+
+
+async def closes_in_a_done_callback(receive, send):
+    """A done callback of the held future closes the connection: the
+    receive() still gets its message, the client sees the close."""
+    t, fut = await held_future(receive, send)
+    fut.add_done_callback(
+        lambda f: asyncio.ensure_future(send({"type": "websocket.close", "code": 4001}))
+    )
+    await need(send, "c1")
+    msg = await t
+    print("closes_in_a_done_callback:", msg["text"], file=sys.stderr, flush=True)
+    await receive()
+
+
+ENDINGS = {
+    "closes_in_a_done_callback": closes_in_a_done_callback,
+}
