@@ -436,6 +436,15 @@ cd_rfut_set_blocking(PyObject *o)
     ((cd_rfut_t *)o)->blocking = 1;
 }
 
+/* __await__ and __iter__: new reference, a waiter (waiter.c) that waits
+ * on f as a Future's own iterator does: yields f while it is pending,
+ * then returns its result (or raises CancelledError). */
+static PyObject *
+rfut_await(cd_rfut_t *f)
+{
+    return cd_waiter_pending(f->st, Py_NewRef((PyObject *)f));
+}
+
 static PyObject *rfut_bound(cd_rfut_t *f, int i);
 
 /* The names a Task reads at every wait: the flag, and the bound methods
@@ -591,6 +600,8 @@ static PyMemberDef rfut_members[] = {
 
 static PyType_Slot rfut_slots[] = {
     {Py_tp_members, rfut_members},
+    {Py_am_await, rfut_await},
+    {Py_tp_iter, rfut_await},
     {Py_tp_getattr, rfut_getattr},
     {Py_tp_getattro, rfut_getattro},
     {Py_tp_setattro, rfut_setattro},

@@ -78,7 +78,8 @@ cd_waiter_receive(cd_state *st, cd_cycle_t *cy)
     return (PyObject *)w;
 }
 
-/* Called by send() on the loop's thread. */
+/* Called by send() and by a RecvFuture's __await__ on the loop's
+ * thread. */
 PyObject *
 cd_waiter_pending(cd_state *st, PyObject *fut)
 {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 
 import pytest
 import websocket
@@ -95,6 +96,15 @@ def test_a_waiting_receive_yields_the_servers_own_future(server):
     assert under_cdaphne(server, "waits_on") == ["RecvFuture", "eleven"]
 
 
+def test_held_future_when_the_client_closes(server):
+    start = len(server.log)
+    ws = websocket.create_connection(server.ws_url("/held_when_the_client_closes"), timeout=20)
+    assert ws.recv() == "holding"
+    ws.close()
+    server.wait_log("held_when_the_client_closes: ok", timeout=10)
+    assert "Exception inside application" not in server.log[start:]
+
+
 def test_a_done_callback_of_the_held_future_closes_the_connection(server):
     start = len(server.log)
     ws = websocket.create_connection(server.ws_url("/closes_in_a_done_callback"), timeout=20)
@@ -104,3 +114,21 @@ def test_a_done_callback_of_the_held_future_closes_the_connection(server):
     assert (opcode, data[:2]) == (websocket.ABNF.OPCODE_CLOSE, (4001).to_bytes(2, "big"))
     server.wait_log("closes_in_a_done_callback: c1", timeout=10)
     assert "Exception inside application" not in server.log[start:]
+
+
+@pytest.mark.parametrize("name", ["plain_at_shutdown", "held_at_shutdown"])
+def test_held_future_at_server_shutdown(name):
+    # The open WebSocket holds shutdown for the graceful timeout: short.
+    proc = start_server("tests.apps.recvfut:app", "--timeout-graceful-shutdown", "0.2")
+    try:
+        ws = websocket.create_connection(proc.ws_url("/" + name), timeout=20)
+        assert ws.recv() == "holding"
+        proc.send_signal(signal.SIGTERM)
+        opcode, _ = ws.recv_data(control_frame=True)  # answers the close
+        assert opcode == websocket.ABNF.OPCODE_CLOSE
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.log_tail()
+    assert f"{name}: websocket.disconnect" in proc.log, proc.log_tail()
+    assert "Fatal Python error" not in proc.log
+    assert "Exception inside application" not in proc.log

@@ -442,10 +442,40 @@ async def held_across_messages(receive, send):
     return [texts, fresh, states, [w() is None or w().done() for w in weak]]
 
 
+async def await_held_future(receive, send):
+    """`await fut`, twice, and wait_for(fut) on the held future: each gets
+    its result; the receive() gets the message."""
+    t, fut = await held_future(receive, send)
+    await need(send, "a1")
+    first = await fut
+    second = await fut
+    third = await asyncio.wait_for(fut, 10)
+    msg = await t
+    return [first, second, third, msg["text"]]
+
+
+async def await_held_future_from_two_tasks(receive, send):
+    """Two other tasks await the held future while receive() waits on it:
+    all three wake, only receive() gets the message."""
+    t, fut = await held_future(receive, send)
+
+    async def wait_on():
+        return await fut
+
+    others = [asyncio.ensure_future(wait_on()) for _ in range(2)]
+    await asyncio.sleep(0)
+    await need(send, "a2")
+    got = await asyncio.gather(*others)
+    msg = await t
+    return [got, msg["text"]]
+
+
 SCENARIOS.update(
     {
         f.__name__: f
         for f in (
+            await_held_future,
+            await_held_future_from_two_tasks,
             misuse_before_done,
             callbacks_on_held_future,
             wait_and_shield_on_held_future,
@@ -455,9 +485,41 @@ SCENARIOS.update(
 )
 
 
+async def awaits(fut):
+    return await fut
+
+
 # Endings, not compared with Daphne's shape (the connection or the server
 # goes away while the app holds the future): the test checks what the
 # client sees and that the server logs no error and exits cleanly.
+
+
+async def held_when_the_client_closes(receive, send):
+    """Tasks await the held future and the receive() when the client
+    closes: the receive() gets websocket.disconnect, the others None; a
+    done callback on the held future sends (ignored after the disconnect,
+    as Daphne does) and another re-enters receive() (which waits: the one
+    disconnect went to the first receive(), as with Daphne's queue)."""
+    t, fut = await held_future(receive, send)
+    others = [asyncio.ensure_future(awaits(fut)) for _ in range(2)]
+    late = []
+
+    def sends(f):
+        late.append(asyncio.ensure_future(send({"type": "websocket.send", "text": "late"})))
+
+    def reenters(f):
+        late.append(asyncio.ensure_future(receive()))
+
+    fut.add_done_callback(sends)
+    fut.add_done_callback(reenters)
+    await send({"type": "websocket.send", "text": "holding"})
+    msg = await t
+    got = await asyncio.gather(*others)
+    await asyncio.sleep(0.05)
+    seen = [msg["type"], got, fut.done(), late[0].result(), late[1].done()]
+    late[1].cancel()
+    assert seen == ["websocket.disconnect", [None, None], True, None, False], seen
+    print("held_when_the_client_closes: ok", file=sys.stderr, flush=True)
 
 
 async def closes_in_a_done_callback(receive, send):
@@ -473,6 +535,26 @@ async def closes_in_a_done_callback(receive, send):
     await receive()
 
 
+async def held_at_shutdown(receive, send):
+    """Tasks await the held future and the receive() when the server
+    shuts down."""
+    t, fut = await held_future(receive, send)
+    others = [asyncio.ensure_future(awaits(fut)) for _ in range(2)]
+    await send({"type": "websocket.send", "text": "holding"})
+    msg = await t
+    print(
+        "held_at_shutdown:", msg["type"], await asyncio.gather(*others), file=sys.stderr, flush=True
+    )
+
+
+async def plain_at_shutdown(receive, send):
+    await send({"type": "websocket.send", "text": "holding"})
+    print("plain_at_shutdown:", (await receive())["type"], file=sys.stderr, flush=True)
+
+
 ENDINGS = {
+    "plain_at_shutdown": plain_at_shutdown,
+    "held_when_the_client_closes": held_when_the_client_closes,
     "closes_in_a_done_callback": closes_in_a_done_callback,
+    "held_at_shutdown": held_at_shutdown,
 }
