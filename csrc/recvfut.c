@@ -212,17 +212,25 @@ cd_rfut_set_result(PyObject *o)
     return rfut_schedule(f);
 }
 
-/* Raises CancelledError(msg), or CancelledError() without a message, as
- * a cancelled Future's result() does. */
+/* _make_cancelled_error(): new reference, CancelledError(msg), or
+ * CancelledError() without a message (asyncio's gather() calls it on a
+ * cancelled child). */
+static PyObject *
+rfut_make_cancelled_error(cd_rfut_t *f, PyObject *unused)
+{
+    PyObject *type = f->st->asyncio_CancelledError;
+    return f->cancel_msg != NULL && f->cancel_msg != Py_None
+               ? PyObject_CallOneArg(type, f->cancel_msg)
+               : PyObject_CallNoArgs(type);
+}
+
+/* Raises that error, as a cancelled Future's result() does. */
 static PyObject *
 rfut_cancelled_error(cd_rfut_t *f)
 {
-    PyObject *type = f->st->asyncio_CancelledError;
-    PyObject *exc = f->cancel_msg != NULL && f->cancel_msg != Py_None
-                        ? PyObject_CallOneArg(type, f->cancel_msg)
-                        : PyObject_CallNoArgs(type);
+    PyObject *exc = rfut_make_cancelled_error(f, NULL);
     if (exc != NULL) {
-        PyErr_SetObject(type, exc);
+        PyErr_SetObject(f->st->asyncio_CancelledError, exc);
         Py_DECREF(exc);
     }
     return NULL;
@@ -408,6 +416,25 @@ rfut_cancel(cd_rfut_t *f, PyObject *const *args, Py_ssize_t nargs,
     Py_RETURN_TRUE;
 }
 
+/* _cancel_message, which asyncio's gather(return_exceptions=True) reads
+ * from a cancelled child. */
+static PyObject *
+rfut_get_cancel_message(cd_rfut_t *f, void *closure)
+{
+    return Py_NewRef(f->cancel_msg != NULL ? f->cancel_msg : Py_None);
+}
+
+static int
+rfut_set_cancel_message(cd_rfut_t *f, PyObject *v, void *closure)
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete attribute");
+        return -1;
+    }
+    Py_XSETREF(f->cancel_msg, Py_NewRef(v));
+    return 0;
+}
+
 static PyObject *
 rfut_get_blocking(cd_rfut_t *f, void *closure)
 {
@@ -559,6 +586,8 @@ static PyMethodDef rfut_methods[] = {
      NULL},
     {"cancel", (PyCFunction)(void (*)(void))rfut_cancel,
      METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"_make_cancelled_error", (PyCFunction)rfut_make_cancelled_error,
+     METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -581,6 +610,8 @@ static PyGetSetDef rfut_getset[] = {
     {"_asyncio_future_blocking", (getter)rfut_get_blocking,
      (setter)rfut_set_blocking, NULL, NULL},
     {"_loop", (getter)rfut_get_loop, NULL, NULL, NULL},
+    {"_cancel_message", (getter)rfut_get_cancel_message,
+     (setter)rfut_set_cancel_message, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

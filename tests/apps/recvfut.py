@@ -470,12 +470,34 @@ async def await_held_future_from_two_tasks(receive, send):
     return [got, msg["text"]]
 
 
+async def gather_cancelled_future(receive, send):
+    """gather() over the held future once its task was cancelled (which
+    cancels the future): with and without return_exceptions."""
+    t, fut = await held_future(receive, send)
+    t.cancel("gone")
+    try:
+        await t
+        outcome = "returned"
+    except asyncio.CancelledError as exc:
+        outcome = ["cancelled", list(exc.args)]
+    got = await asyncio.gather(fut, return_exceptions=True)
+    got = [[type(e).__name__, list(e.args)] for e in got]
+    try:
+        await asyncio.wait_for(asyncio.gather(fut), 10)
+        plain = "returned"
+    except asyncio.CancelledError as exc:
+        plain = ["cancelled", list(exc.args)]
+    await need(send, "a3")
+    return [outcome, got, plain, (await receive())["text"]]
+
+
 SCENARIOS.update(
     {
         f.__name__: f
         for f in (
             await_held_future,
             await_held_future_from_two_tasks,
+            gather_cancelled_future,
             misuse_before_done,
             callbacks_on_held_future,
             wait_and_shield_on_held_future,
