@@ -475,14 +475,18 @@ rfut_await(cd_rfut_t *f)
 static PyObject *rfut_bound(cd_rfut_t *f, int i);
 
 /* The names a Task reads at every wait: the flag, and the bound methods
- * kept (no method object made and freed per message); any other name is
- * looked up as usual.  asyncio's names are the interned ones. */
+ * kept (no method object made and freed per message) while no attribute
+ * was set on it (one set hides a method, as on any object); any other
+ * name is looked up as usual.  asyncio's names are the interned ones. */
 static PyObject *
 rfut_getattro(cd_rfut_t *f, PyObject *name)
 {
     cd_state *st = f->st;
     if (name == st->s_asyncio_future_blocking) {
         return rfut_get_blocking(f, NULL);
+    }
+    if (f->dict != NULL) {
+        return PyObject_GenericGetAttr((PyObject *)f, name);
     }
     if (name == st->s_add_done_callback) {
         return rfut_bound(f, 1);
@@ -503,12 +507,12 @@ rfut_setattro(cd_rfut_t *f, PyObject *name, PyObject *v)
 }
 
 /* The char * attribute lookup, which PyObject_CallMethod(fut, "result")
- * uses (a Task's wake-up): result is the bound method kept; any other
- * name is looked up as usual. */
+ * uses (a Task's wake-up): result is the bound method kept while no
+ * attribute was set; any other name is looked up as usual. */
 static PyObject *
 rfut_getattr(cd_rfut_t *f, char *name)
 {
-    if (strcmp(name, "result") == 0) {
+    if (f->dict == NULL && strcmp(name, "result") == 0) {
         return rfut_bound(f, 0);
     }
     PyObject *s = PyUnicode_FromString(name);

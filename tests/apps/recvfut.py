@@ -491,6 +491,22 @@ async def gather_cancelled_future(receive, send):
     return [outcome, got, plain, (await receive())["text"]]
 
 
+async def instance_attributes_win(receive, send):
+    """Attributes set on the held future hide its methods, as on any
+    asyncio.Future; deleted, the methods are back."""
+    t, fut = await held_future(receive, send)
+    names = ["add_done_callback", "get_loop", "result", "done", "foo"]
+    for name in names:
+        setattr(fut, name, name + "!")
+    seen = [getattr(fut, name) for name in names]
+    seen.append(fut.add_done_callback)
+    for name in names:
+        delattr(fut, name)
+    seen.append([callable(getattr(fut, n, None)) for n in names])
+    await need(send, "a4")
+    return [seen, (await t)["text"]]
+
+
 SCENARIOS.update(
     {
         f.__name__: f
@@ -498,6 +514,7 @@ SCENARIOS.update(
             await_held_future,
             await_held_future_from_two_tasks,
             gather_cancelled_future,
+            instance_attributes_win,
             misuse_before_done,
             callbacks_on_held_future,
             wait_and_shield_on_held_future,
