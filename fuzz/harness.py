@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import hashlib
 import logging
 import os
@@ -39,6 +40,7 @@ import struct
 import sys
 import tempfile
 import time
+import weakref
 import zlib
 from collections import deque
 from typing import Any
@@ -199,6 +201,10 @@ class Inst:
         self.started = False
         self.busy = False
         self.send_errors = 0
+        # receive_held: futures of earlier waits the app keeps (strongly,
+        # through a bound method, or weakly), a few at most.
+        self.held: deque[Any] = deque(maxlen=4)
+        self.keep: deque[Any] = deque(maxlen=4)
 
     def post(self, action: tuple[Any, ...]) -> None:
         self.mail.append(action)
@@ -258,6 +264,11 @@ async def do_receive(sess: Session, inst: Inst, timeout: float | None) -> None:
                                 "receive() under wait_for")
         except TimeoutError:
             return
+    note_message(sess, inst, msg)
+
+
+def note_message(sess: Session, inst: Inst, msg: Any) -> None:
+    """A message receive() returned: well-formed, and in order."""
     if not isinstance(msg, dict) or "type" not in msg:
         sess.fail(f"receive() returned {msg!r}")
     inst.received.append(msg)
@@ -272,10 +283,186 @@ async def do_receive(sess: Session, inst: Inst, timeout: float | None) -> None:
         inst.ws_msgs.append(msg.get("bytes") if msg.get("bytes") is not None else msg.get("text"))
 
 
+async def awaits(fut: Any) -> Any:
+    return await fut
+
+
+class HeldFuture:
+    """receive_held: the future a waiting receive() yields (its task's
+    _fut_waiter, a RecvFuture on this loop), used by the app as any asyncio
+    future; what it must then show."""
+
+    def __init__(self, sess: Session, inst: Inst, fut: Any) -> None:
+        self.sess = sess
+        self.fut = fut
+        self.called: list[Any] = []
+        self.expected = 0  # done callbacks added and not removed
+        self.pending_adds = 0  # of those, added while it was pending
+        self.awaiters: list[asyncio.Task[Any]] = []
+        if any(fut is h for h in inst.held) or any(w() is fut for w in inst.keep
+                                                   if isinstance(w, weakref.ref)):
+            sess.fail(f"a waiting receive() yields {fut!r}, which the app still holds")
+
+    def add(self, with_context: bool) -> None:
+        if with_context:
+            self.fut.add_done_callback(self.called.append, context=contextvars.copy_context())
+        else:
+            self.fut.add_done_callback(self.called.append)
+        self.expected += 1
+        self.pending_adds += not self.fut.done()
+
+    def remove(self) -> None:
+        n = self.fut.remove_done_callback(self.called.append)
+        want = 0 if self.fut.done() else self.pending_adds
+        if n != want:
+            self.sess.fail(f"remove_done_callback removed {n}, not {want}")
+        self.expected -= n
+        self.pending_adds -= n
+
+    def ask(self) -> None:
+        """result() and exception(), as an asyncio.Future answers them."""
+        fut = self.fut
+        want: Any = (asyncio.InvalidStateError if not fut.done() else
+                     asyncio.CancelledError if fut.cancelled() else None)
+        for name in ("result", "exception"):
+            try:
+                got: Any = getattr(fut, name)()
+                if got is not None:
+                    got = f"returned {got!r}"
+            except (asyncio.InvalidStateError, asyncio.CancelledError) as exc:
+                got = type(exc)
+            if got is not want:
+                self.sess.fail(f"{fut!r}.{name}() gave {got!r}, not {want!r}")
+
+    def look(self) -> None:
+        fut = self.fut
+        if not (asyncio.isfuture(fut) and fut.get_loop() is loop() and repr(fut)):
+            self.sess.fail(f"{fut!r} is not a future of the running loop")
+
+    async def check(self) -> None:
+        """Once its receive() is over: done; every callback ran once with
+        it; every task awaiting it got its result."""
+        fut = self.fut
+        for _ in range(4):
+            await asyncio.sleep(0)
+        if not fut.done():
+            self.sess.fail(f"{fut!r} still pending after its receive() ended")
+            return
+        if len(self.called) != self.expected or any(c is not fut for c in self.called):
+            self.sess.fail(f"{len(self.called)} done callbacks ran, {self.expected} expected")
+        for t in self.awaiters:
+            if not t.done():
+                self.sess.fail("a task awaiting a done receive() future still waits")
+            elif t.cancelled() != fut.cancelled() or (not t.cancelled() and t.result() is not None):
+                self.sess.fail(f"a task awaiting {fut!r} ended as {t!r}")
+
+
+async def receive_held(sess: Session, inst: Inst, ops: bytes) -> None:
+    """A receive() in a task of its own whose waiting future the app gets
+    hold of and uses as any asyncio future, one op per byte: done callbacks
+    added (with or without a context) and removed, result()/exception()
+    asked, awaited by other tasks, kept across later receive()s (strongly,
+    through a bound method, weakly, with an attribute set), loop steps,
+    a call_soon set on the loop instance or deleted, the receive()'s task
+    cancelled or the future itself cancelled.  Then
+    the receive() gets its message (noted in order) or, if it still waits,
+    is cancelled."""
+    t = asyncio.ensure_future(inst.receive())
+    held: HeldFuture | None = None
+    ours = False  # t or its future cancelled by this script
+    n = 0
+    patched = False
+    try:
+        for op in ops:
+            fut = getattr(t, "_fut_waiter", None)
+            for _ in range(3):
+                if fut is not None or t.done():
+                    break
+                await asyncio.sleep(0)
+                fut = getattr(t, "_fut_waiter", None)
+            if fut is None:
+                break
+            n += 1
+            if held is None or held.fut is not fut:
+                if held is not None:
+                    await held.check()
+                held = HeldFuture(sess, inst, fut)
+            o = op % 12
+            if o in (0, 1):
+                held.add(o == 1)
+            elif o == 2:
+                held.remove()
+            elif o == 3:
+                held.ask()
+            elif o == 4:
+                held.awaiters.append(asyncio.ensure_future(awaits(fut)))
+            elif o == 5:
+                inst.held.append(fut)
+            elif o == 6:
+                inst.held.append(fut)
+                inst.keep.append(fut.add_done_callback)
+            elif o == 7:
+                inst.keep.append(weakref.ref(fut))
+            elif o == 8:
+                fut.mark = op
+            elif o == 9 and op & 64:
+                patched = toggle_call_soon(patched)
+            elif o == 9:
+                held.look()
+                await sess.step(1)
+            elif o == 10:
+                ours = True
+                t.cancel()
+                break
+            else:
+                ours = True
+                fut.cancel(op if op & 16 else None)
+        done, _ = await asyncio.wait({t}, timeout=0.005)
+        if not done:
+            ours = True
+            t.cancel()
+        try:
+            msg = await t
+        except asyncio.CancelledError:
+            if not ours:
+                sess.fail("a held receive() raised CancelledError though nothing cancelled it")
+            msg = None
+        log("receive_held:", n, "ops on", held and held.fut, "then", msg)
+        if msg is not None:
+            note_message(sess, inst, msg)
+        if held is not None:
+            await held.check()
+        for h in inst.held:
+            if not h.done():
+                sess.fail(f"{h!r}, held by the app, is pending again")
+    finally:
+        if patched:
+            toggle_call_soon(patched)
+        if not t.done():
+            t.cancel()
+
+
+def toggle_call_soon(patched: bool) -> bool:
+    """Sets a call_soon on the loop instance (which then schedules every
+    future's callbacks, a RecvFuture's too, by name), or deletes it."""
+    lp = loop()
+    if patched:
+        del lp.call_soon
+        return False
+
+    def call_soon(cb: Any, *args: Any, context: Any = None) -> Any:
+        return type(lp).call_soon(lp, cb, *args, context=context)
+
+    lp.call_soon = call_soon
+    return True
+
+
 async def perform(sess: Session, inst: Inst, act: tuple[Any, ...]) -> None:
     kind = act[0]
     if kind == "receive":
         await do_receive(sess, inst, None)
+    elif kind == "receive_held":
+        await receive_held(sess, inst, act[1])
     elif kind == "receive_cancel":
         await do_receive(sess, inst, act[1])
     elif kind == "receive_many":
@@ -1065,7 +1252,9 @@ def app_pubsub_action(d: Data) -> tuple[Any, ...]:
 
 
 def app_ws_action(d: Data) -> tuple[Any, ...]:
-    a = d.u8() % 20
+    a = d.u8() % 24
+    if a >= 20:
+        return ("receive_held", d.blob(24))
     if a >= 16:
         return app_pubsub_action(d)
     if a in (0, 1):

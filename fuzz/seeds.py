@@ -443,7 +443,40 @@ def ws_seeds() -> dict[str, bytes]:
         seeds[f"many-fragments-{n}"] = e.step(2).bytes()
     seeds.update(ws_failure_seeds())
     seeds.update(ws_deflate_seeds())
+    seeds.update(ws_held_seeds())
     small_read(seeds, "fragments", "ping-timers", "burst-before-accept", "pubsub", "parked")
+    return seeds
+
+
+def ws_held_seeds() -> dict[str, bytes]:
+    """receive_held (harness.receive_held): a receive() whose waiting future
+    the app holds and uses, one op per byte (0/1 add a done callback, 2
+    remove it, 3 result()/exception(), 4 another task awaits it, 5/6/7
+    keep it strongly, by a bound method, weakly, 8 set an attribute, 9
+    step the loop (73: set or delete a call_soon on the loop instance),
+    10 cancel the receive()'s task, 11 cancel the future);
+    the client's message comes while it waits, or not at all."""
+    seeds = {}
+    programs = {
+        "callbacks": bytes([0, 1, 0, 2, 0, 3, 4, 4, 9, 9, 9, 9, 9, 3]),
+        "kept": bytes([5, 6, 7, 8, 0, 9, 9, 9, 9, 9, 9]),
+        "call-soon-patched": bytes([0, 73, 1, 9, 9, 73, 0, 73, 9, 9, 9, 9]),
+        "task-cancelled": bytes([0, 4, 9, 3, 10]),
+        "future-cancelled": bytes([0, 4, 1, 59, 9, 0, 4, 11, 9, 9, 9]),
+        "never-comes": bytes([0, 5, 4, 3]),
+    }
+    for name, ops in programs.items():
+        e = ws_handshake(Enc(2)).write().step(2)
+        ws_app(e, 0)
+        ws_accept(e).step()
+        for _ in range(3):  # three in a row: kept ones must stay done
+            ws_app(e, 20).blob(ops)
+            e.step(2)
+            if name != "never-comes":
+                ws_msg(e, b"while held").write().step()
+            e.step(3)
+        ws_app(e, 0)
+        seeds[f"held-{name}"] = e.step(2).bytes()
     return seeds
 
 
