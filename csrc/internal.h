@@ -1119,6 +1119,9 @@ int cd_rfut_set_result(PyObject *f);
  * InvalidStateError. */
 PyObject *cd_rfut_result(PyObject *f);
 void cd_rfut_set_blocking(PyObject *f);
+/* Whether its cancel() came from the Task.cancel() of a task waiting on
+ * it (else the app cancelled it itself). */
+int cd_rfut_cancelled_by_task(PyObject *f);
 
 /* ---- tls.c: OpenSSL over memory BIOs ------------------------------ */
 /* The Python type TLSContext (a server SSL_CTX from the config). */

@@ -43,6 +43,9 @@ typedef struct {
     PyObject *weakreflist; /* its weak references, or NULL */
     cd_rf_state_t state;
     int blocking;
+    /* Cancelled by the Task.cancel() of a task waiting on it (not by the
+     * app itself): rfut_cancelled_by_task. */
+    int by_task;
 } cd_rfut_t;
 
 int
@@ -65,7 +68,7 @@ cd_rfut_new(cd_state *st, PyObject *loop)
     f->meth[0] = f->meth[1] = f->meth[2] = NULL;
     f->dict = f->weakreflist = NULL;
     f->state = CD_RF_PENDING;
-    f->blocking = 0;
+    f->blocking = f->by_task = 0;
     PyObject_GC_Track(f);
     return (PyObject *)f;
 }
@@ -105,7 +108,7 @@ cd_rfut_reset(PyObject *o, PyObject *loop)
     Py_CLEAR(f->more);
     Py_CLEAR(f->cancel_msg);
     f->state = CD_RF_PENDING;
-    f->blocking = 0;
+    f->blocking = f->by_task = 0;
 }
 
 /* Drops the owner's reference, breaking the cycle with the kept bound
@@ -389,6 +392,56 @@ rfut_remove_done_callback(cd_rfut_t *f, PyObject *fn)
     return PyLong_FromSsize_t(removed);
 }
 
+/* Whether cb is the wake-up of a task that was asked to cancel (its
+ * cancelling() is above 0): a Task's wake-up is a method of the task.
+ * Errors are cleared: a cold path, which decides only whether concurrent
+ * receive()s wait again (cd_rfut_cancelled_by_task). */
+static int
+rfut_wakes_cancelled_task(cd_state *st, PyObject *cb)
+{
+    PyObject *task = PyCFunction_Check(cb) ? PyCFunction_GET_SELF(cb)
+                     : PyMethod_Check(cb)  ? PyMethod_GET_SELF(cb)
+                                           : NULL;
+    if (task == NULL ||
+        !PyObject_TypeCheck(task, (PyTypeObject *)st->asyncio_Future)) {
+        return 0;
+    }
+    Py_INCREF(task); /* The call may drop the callback that holds it. */
+    PyObject *n = PyObject_CallMethod(task, "cancelling", NULL);
+    int r = n != NULL && PyLong_Check(n) && PyLong_AsLong(n) > 0;
+    Py_XDECREF(n);
+    Py_DECREF(task);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+    }
+    return r;
+}
+
+/* Whether a task waiting on f is being cancelled, which is then why f is:
+ * Task.cancel() counts the request before it cancels the future it waits
+ * on. */
+static int
+rfut_cancelled_by_task(cd_rfut_t *f)
+{
+    if (f->cb != NULL && rfut_wakes_cancelled_task(f->st, f->cb)) {
+        return 1;
+    }
+    for (Py_ssize_t i = 0; f->more != NULL && i < PyList_GET_SIZE(f->more);
+         i++) {
+        PyObject *t = PyList_GET_ITEM(f->more, i);
+        if (rfut_wakes_cancelled_task(f->st, PyTuple_GET_ITEM(t, 0))) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int
+cd_rfut_cancelled_by_task(PyObject *o)
+{
+    return ((cd_rfut_t *)o)->by_task;
+}
+
 /* cancel(msg=None), as Future.cancel. */
 static PyObject *
 rfut_cancel(cd_rfut_t *f, PyObject *const *args, Py_ssize_t nargs,
@@ -407,6 +460,10 @@ rfut_cancel(cd_rfut_t *f, PyObject *const *args, Py_ssize_t nargs,
     }
     if (f->state != CD_RF_PENDING) {
         Py_RETURN_FALSE;
+    }
+    f->by_task = rfut_cancelled_by_task(f);
+    if (f->state != CD_RF_PENDING) {
+        Py_RETURN_FALSE; /* cancelling() ran code that completed it */
     }
     f->state = CD_RF_CANCELLED;
     Py_XSETREF(f->cancel_msg, Py_NewRef(msg));

@@ -397,13 +397,20 @@ waiter_send(cd_waiter_t *w, PyObject *arg)
  * receive()s share the cycle's future, which the cancellation of one of
  * their tasks cancels, and asyncio throws that into every task woken by
  * it.  Then this task, which nobody asked to cancel, waits again (as
- * with Daphne's queue, where each get() has its own future).  1 or 0, -1
- * with an exception. */
+ * with Daphne's queue, where each get() has its own future).  Not when
+ * the app cancelled a RecvFuture itself (no task waiting on it was being
+ * cancelled): that raises, as Daphne's get() does when its future is
+ * cancelled.  1 or 0, -1 with an exception. */
 static int
 waiter_cancelled_for_another(cd_waiter_t *w, PyObject *exc)
 {
     if (w->cy == NULL || !w->yielded || w->fut == NULL || exc == NULL ||
         !PyErr_GivenExceptionMatches(exc, w->st->asyncio_CancelledError)) {
+        return 0;
+    }
+    if (cd_rfut_check(w->st, w->fut) && !cd_rfut_cancelled_by_task(w->fut)) {
+        /* The app cancelled it itself: raised, as a Future's await would
+         * (and a Queue.get() whose future is cancelled). */
         return 0;
     }
     PyObject *c = PyObject_CallMethod(w->fut, "cancelled", NULL);

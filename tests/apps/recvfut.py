@@ -633,6 +633,23 @@ async def evil_remove_done_callback(receive, send):
     return [got, outcome, sorted(set(seen)), fut.cancelled(), (await receive())["text"]]
 
 
+async def cancel_held_future_directly(receive, send):
+    """The app cancels the held future itself (not the receive()'s task):
+    the receive() raises CancelledError, as a Queue.get() whose future is
+    cancelled does; the next receive() gets the message."""
+    t, fut = await held_future(receive, send)
+    fut.cancel("direct")
+    try:
+        await asyncio.wait_for(t, 2)
+        outcome = "returned"
+    except asyncio.CancelledError as exc:
+        outcome = ["cancelled", list(exc.args)]
+    except TimeoutError:
+        outcome = "still waiting"
+    await need(send, "d1")
+    return [outcome, t.cancelled(), fut.cancelled(), (await receive())["text"]]
+
+
 SCENARIOS.update(
     {
         f.__name__: f
@@ -646,6 +663,7 @@ SCENARIOS.update(
             wait_and_shield_on_held_future,
             held_across_messages,
             evil_remove_done_callback,
+            cancel_held_future_directly,
         )
     }
 )
