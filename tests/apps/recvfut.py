@@ -650,6 +650,38 @@ async def cancel_held_future_directly(receive, send):
     return [outcome, t.cancelled(), fut.cancelled(), (await receive())["text"]]
 
 
+async def call_soon_class_patched_while_waiting(receive, send):
+    """call_soon patched on the loop's class while a receive() waits (after
+    its first use), then restored: the wake-up goes through the patch, as
+    any future's callbacks would; after the restore, no longer."""
+    loop = asyncio.get_running_loop()
+    cls = type(loop)
+    had = "call_soon" in vars(cls)
+    original = cls.call_soon
+    calls = []
+
+    def call_soon(self, cb, *args, context=None):
+        calls.append(getattr(cb, "__qualname__", type(cb).__name__))
+        return original(self, cb, *args, context=context)
+
+    t, fut = await held_future(receive, send)
+    cls.call_soon = call_soon
+    try:
+        await need(send, "p1")
+        first = (await t)["text"]
+    finally:
+        if had:
+            cls.call_soon = original
+        else:
+            del cls.call_soon
+    woken = len(calls) > 0
+    calls.clear()
+    t, fut = await held_future(receive, send)
+    await need(send, "p2")
+    second = (await t)["text"]
+    return [woken, calls, first, second, cls.call_soon is original]
+
+
 SCENARIOS.update(
     {
         f.__name__: f
@@ -664,6 +696,7 @@ SCENARIOS.update(
             held_across_messages,
             evil_remove_done_callback,
             cancel_held_future_directly,
+            call_soon_class_patched_while_waiting,
         )
     }
 )
