@@ -31,20 +31,25 @@ async def waiting(task: asyncio.Task) -> None:
     raise AssertionError("the task never waited")
 
 
+async def how_it_ended(aw) -> object:
+    """How awaiting aw ended: "returned", or the CancelledError's args."""
+    try:
+        await aw
+        return "returned"
+    except asyncio.CancelledError as exc:
+        return ["cancelled", list(exc.args)]
+
+
 async def cancel_while_waiting(receive, send):
     """A receive() cancelled while it waits takes nothing: the next one
     gets the message."""
     t = asyncio.ensure_future(receive())
     await waiting(t)
     t.cancel("stop")
-    try:
-        await t
-        outcome = "returned"
-    except asyncio.CancelledError as exc:
-        outcome = ["cancelled", list(exc.args)]
+    ended = await how_it_ended(t)
     await need(send, "one")
     msg = await receive()
-    return [outcome, t.cancelled(), msg["text"]]
+    return [ended, t.cancelled(), msg["text"]]
 
 
 async def cancel_message_inside(receive, send):
@@ -476,20 +481,12 @@ async def gather_cancelled_future(receive, send):
     cancels the future): with and without return_exceptions."""
     t, fut = await held_future(receive, send)
     t.cancel("gone")
-    try:
-        await t
-        outcome = "returned"
-    except asyncio.CancelledError as exc:
-        outcome = ["cancelled", list(exc.args)]
+    ended = await how_it_ended(t)
     got = await asyncio.gather(fut, return_exceptions=True)
     got = [[type(e).__name__, list(e.args)] for e in got]
-    try:
-        await asyncio.wait_for(asyncio.gather(fut), 10)
-        plain = "returned"
-    except asyncio.CancelledError as exc:
-        plain = ["cancelled", list(exc.args)]
+    plain = await how_it_ended(asyncio.wait_for(asyncio.gather(fut), 10))
     await need(send, "a3")
-    return [outcome, got, plain, (await receive())["text"]]
+    return [ended, got, plain, (await receive())["text"]]
 
 
 async def instance_attributes_win(receive, send):
@@ -621,16 +618,12 @@ async def evil_remove_done_callback(receive, send):
     fut.add_done_callback(Evil(lambda: t.cancel("inside")))
     fut.add_done_callback(plain)
     got.append(exc_type(fut.remove_done_callback, plain))
-    try:
-        await t
-        outcome = "returned"
-    except asyncio.CancelledError:
-        outcome = "cancelled"
+    ended = await how_it_ended(t)
     await asyncio.sleep(0)
     await need(send, "e1")
     # Which callbacks survive a list changed under the comparisons is
     # CPython's detail (3.13 rebuilds it): only that they ran is compared.
-    return [got, outcome, sorted(set(seen)), fut.cancelled(), (await receive())["text"]]
+    return [got, ended, sorted(set(seen)), fut.cancelled(), (await receive())["text"]]
 
 
 async def cancel_held_future_directly(receive, send):
