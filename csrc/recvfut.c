@@ -15,7 +15,14 @@
  * by name at every wait, and calls result() through
  * PyObject_CallMethod(fut, "result"), which reads tp_getattr: those
  * names are answered from the flag and from bound methods kept on the
- * object (rfut_getattro, rfut_getattr), not made and freed per message. */
+ * object (rfut_getattro, rfut_getattr), not made and freed per message.
+ *
+ * An app can get hold of it (task._fut_waiter) and use it as any asyncio
+ * future: await it, hand it to gather() (which reads
+ * _make_cancelled_error() and _cancel_message), set attributes on it
+ * (which hide its methods), cancel it (its receive() then raises
+ * CancelledError).  One that is held is never made new
+ * (cd_rfut_unheld). */
 #include "internal.h"
 
 #include <string.h>
