@@ -9,6 +9,11 @@
 # and prints the instructions counted divided by the messages echoed (user
 # space only: the kernel's share is not counted).  The profile stays in
 # OUTDIR/callgrind.out for callgrind_annotate.
+#
+# CALLGRIND_WS_MESSAGES=N in the environment: each measured connection sends
+# exactly N messages instead of running SECONDS, so two builds do the same
+# work and their totals compare as they are (the handshakes, closes and the
+# dump's wake-up requests are then the same fixed part of both).
 set -eu
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
@@ -37,7 +42,13 @@ $CLIENT echo --url "$URL" --connections "$CONNS" --duration 2 >/dev/null
 callgrind_control -i on $SERVER >/dev/null 2>&1 &
 CONTROL=$!
 sleep 1
-$CLIENT echo --url "$URL" --connections "$CONNS" --duration "$SECS" >"$OUT/client.json"
+if [ -n "${CALLGRIND_WS_MESSAGES:-}" ]; then
+    RUN="--messages $CALLGRIND_WS_MESSAGES"
+else
+    RUN="--duration $SECS"
+fi
+# shellcheck disable=SC2086 # RUN is two words on purpose
+$CLIENT echo --url "$URL" --connections "$CONNS" $RUN >"$OUT/client.json"
 wait $CONTROL
 callgrind_control -d $SERVER >/dev/null 2>&1 &
 CONTROL=$!

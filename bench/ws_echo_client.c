@@ -21,6 +21,8 @@
  * Build: cc -O2 -o ws_echo_client ws_echo_client.c
  * Run:   ./ws_echo_client echo --url ws://127.0.0.1:PORT/ --connections 50
  *            --duration 3 --size 64 --first-id 0
+ * --messages N instead of --duration: each connection sends exactly N
+ * messages, then closes (a fixed amount of work, for instruction counts).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -83,7 +85,8 @@ static struct {
     double duration;
     size_t size;
     uint32_t first_id;
-} opt = {NULL, NULL, "/", 50, 5.0, 64, 0};
+    uint64_t messages; /* per connection; 0: until the deadline */
+} opt = {NULL, NULL, "/", 50, 5.0, 64, 0, 0};
 
 static struct {
     uint64_t messages;
@@ -423,7 +426,7 @@ conn_on_message(conn_t *c, int opcode, const uint8_t *p, size_t len)
         return;
     }
     stats.messages++;
-    if (now() < deadline) {
+    if (opt.messages ? c->seq < opt.messages : now() < deadline) {
         if (conn_send_next(c) < 0) {
             conn_lost(c, "write failed");
         }
@@ -812,6 +815,9 @@ parse_args(int argc, char **argv)
         else if (strcmp(k, "--first-id") == 0) {
             opt.first_id = (uint32_t)atol(v);
         }
+        else if (strcmp(k, "--messages") == 0) {
+            opt.messages = (uint64_t)atoll(v);
+        }
         else {
             return -1;
         }
@@ -869,7 +875,8 @@ main(int argc, char **argv)
     if (parse_args(argc, argv) < 0) {
         fprintf(stderr,
                 "usage: %s echo --url ws://HOST:PORT/PATH [--connections N] "
-                "[--duration S] [--size BYTES] [--first-id N]\n",
+                "[--duration S | --messages N] [--size BYTES] "
+                "[--first-id N]\n",
                 argv[0]);
         return 2;
     }
@@ -892,7 +899,8 @@ main(int argc, char **argv)
         return 1;
     }
     double start = now();
-    deadline = start + opt.duration;
+    /* --messages: no deadline (a lost connection still counts). */
+    deadline = start + (opt.messages ? 1e9 : opt.duration);
     for (int i = 0; i < opt.connections; i++) {
         if (conn_start(&conns[i], ai, opt.first_id + (uint32_t)i) < 0) {
             stats.connect_failures++;
