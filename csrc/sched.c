@@ -220,14 +220,15 @@ static void
 handle_keep_args(cd_loop_t *core, PyObject *h, Py_ssize_t off)
 {
     PyObject *a = CD_SLOT(h, off);
-    if (core->spare_args != NULL || a == NULL || !PyTuple_CheckExact(a) ||
-        PyTuple_GET_SIZE(a) != 1 || Py_REFCNT(a) != 1) {
+    if (core->nspare_args == CD_SPARE_ARGS || a == NULL ||
+        !PyTuple_CheckExact(a) || PyTuple_GET_SIZE(a) != 1 ||
+        Py_REFCNT(a) != 1) {
         return;
     }
     CD_SLOT(h, off) = NULL;
     PyObject *item = PyTuple_GET_ITEM(a, 0);
     PyTuple_SET_ITEM(a, 0, Py_NewRef(Py_None));
-    core->spare_args = a;
+    core->spare_args[core->nspare_args++] = a;
     Py_DECREF(item); /* May run code: the tuple is in its place already. */
 }
 
@@ -764,9 +765,8 @@ static PyObject *
 sched_cbargs(cd_loop_t *core, PyObject *const *args, Py_ssize_t from,
              Py_ssize_t nargs)
 {
-    PyObject *t = core->spare_args;
-    if (nargs - from == 1 && t != NULL) {
-        core->spare_args = NULL;
+    if (nargs - from == 1 && core->nspare_args > 0) {
+        PyObject *t = core->spare_args[--core->nspare_args];
         if (Py_REFCNT(t) == 1) {
             PyObject *old = PyTuple_GET_ITEM(t, 0); /* None */
             PyTuple_SET_ITEM(t, 0, Py_NewRef(args[from]));
@@ -779,7 +779,7 @@ sched_cbargs(cd_loop_t *core, PyObject *const *args, Py_ssize_t from,
         }
         Py_DECREF(t);
     }
-    t = PyTuple_New(nargs - from);
+    PyObject *t = PyTuple_New(nargs - from);
     if (t != NULL) {
         for (Py_ssize_t i = from; i < nargs; i++) {
             PyTuple_SET_ITEM(t, i - from, Py_NewRef(args[i]));
@@ -2029,7 +2029,9 @@ cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg)
     for (int i = 0; i < core->nspare_timers; i++) {
         Py_VISIT(core->spare_timers[i]);
     }
-    Py_VISIT(core->spare_args);
+    for (int i = 0; i < core->nspare_args; i++) {
+        Py_VISIT(core->spare_args[i]);
+    }
     Py_VISIT(core->report);
     Py_VISIT(core->ts_handle);
     Py_VISIT(core->ts_rlock);
@@ -2053,7 +2055,9 @@ cd_sched_loop_clear(cd_loop_t *core, int closing)
     while (core->nspare_timers > 0) {
         Py_CLEAR(core->spare_timers[--core->nspare_timers]);
     }
-    Py_CLEAR(core->spare_args);
+    while (core->nspare_args > 0) {
+        Py_CLEAR(core->spare_args[--core->nspare_args]);
+    }
     Py_CLEAR(core->report);
     Py_CLEAR(core->ts_handle);
     Py_CLEAR(core->ts_rlock);
