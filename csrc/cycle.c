@@ -334,7 +334,7 @@ recv_future_new(cd_cycle_t *cy)
     return cd_future_new(cy->server);
 }
 
-/* Lets the kept futures go (a WebSocket that went quiet). */
+/* Lets the kept futures and messages go (a WebSocket that went quiet). */
 void
 cd_cycle_drop_spares(cd_cycle_t *cy)
 {
@@ -342,6 +342,108 @@ cd_cycle_drop_spares(cd_cycle_t *cy)
     cy->spare_fut[0] = cy->spare_fut[1] = NULL;
     future_release(cy->st, a);
     future_release(cy->st, b);
+    Py_CLEAR(cy->sent_msg[0]);
+    Py_CLEAR(cy->sent_msg[1]);
+    Py_CLEAR(cy->free_msg);
+}
+
+/* ---- receive()'s messages, made again in place ---------------------
+ * A message dict that the app let go of is made into the next one
+ * (cd_cycle_message) instead of a new dict allocated and the old freed.
+ * The cycle keeps the last two it made (sent_msg): an app that awaits
+ * receive() in a loop still holds the last one while the next is made.
+ * Once only the cycle holds one, it is let go of at the app's next send()
+ * or the next message, whichever comes first (as the spare StopIteration
+ * is, waiter.c): if the app changed it (a key added or taken out, a
+ * value of its own) it is freed then, with whatever the app put in it;
+ * if it is as it was made, it waits in free_msg with only its payload. */
+
+/* Whether msg, which only the cycle holds, may be what cd_cycle_message
+ * made: an exact dict of two keys, "type" with type (the same objects)
+ * first.  Whether the other is the payload's key shows when it is set
+ * again (the size stays 2).  The two then are what a new copy of the
+ * template would be, down to their order. */
+static int
+message_as_made(cd_state *st, PyObject *msg, PyObject *type)
+{
+    if (!PyDict_CheckExact(msg) || PyDict_GET_SIZE(msg) != 2) {
+        return 0;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    return PyDict_Next(msg, &pos, &k, &v) && k == st->s_type && v == type;
+}
+
+static void
+messages_let_go_slow(cd_cycle_t *cy)
+{
+    for (int i = 0; i < 2; i++) {
+        PyObject *msg = cy->sent_msg[i];
+        if (msg == NULL || Py_REFCNT(msg) != 1) {
+            continue;
+        }
+        cy->sent_msg[i] = NULL;
+        if (cy->free_msg == NULL &&
+            message_as_made(cy->st, msg, cy->sent_type[i])) {
+            cy->free_msg = msg;
+            cy->free_type = cy->sent_type[i];
+            cy->free_key = cy->sent_key[i];
+        }
+        else {
+            Py_DECREF(msg);
+        }
+    }
+}
+
+static inline void
+messages_let_go(cd_cycle_t *cy)
+{
+    PyObject *a = cy->sent_msg[0], *b = cy->sent_msg[1];
+    if ((a != NULL && Py_REFCNT(a) == 1) || (b != NULL && Py_REFCNT(b) == 1)) {
+        messages_let_go_slow(cy);
+    }
+}
+
+/* New reference: a message for receive(), {"type": type, key: value}
+ * (template: that dict with None for value; type and key: module state
+ * strings); steals value.  Made in free_msg when that has the same type
+ * and key.  len: the payload's size; a message with a payload over 4 KiB
+ * is not kept (its dict is a small part of its cost). */
+PyObject *
+cd_cycle_message(cd_cycle_t *cy, PyObject *template, PyObject *type,
+                 PyObject *key, PyObject *value, size_t len)
+{
+    if (value == NULL) {
+        return NULL;
+    }
+    messages_let_go(cy);
+    PyObject *msg = NULL;
+    if (cy->free_msg != NULL && Py_REFCNT(cy->free_msg) == 1 &&
+        cy->free_type == type && cy->free_key == key) {
+        msg = cy->free_msg;
+        cy->free_msg = NULL;
+        if (PyDict_SetItem(msg, key, value) < 0 || PyDict_GET_SIZE(msg) != 2) {
+            /* Its other key was not key (an error: none set). */
+            Py_CLEAR(msg);
+        }
+    }
+    if (msg == NULL) {
+        msg = PyErr_Occurred()
+                  ? NULL
+                  : cd_message_new(template, key, Py_NewRef(value));
+    }
+    Py_DECREF(value);
+    if (msg == NULL || len > 4096) {
+        return msg;
+    }
+    Py_XDECREF(cy->sent_msg[1]); /* Held by the app too (let go above). */
+    cy->sent_msg[1] = cy->sent_msg[0];
+    cy->sent_type[1] = cy->sent_type[0];
+    cy->sent_key[1] = cy->sent_key[0];
+    cy->sent_msg[0] = Py_NewRef(msg);
+    cy->sent_type[0] = type;
+    cy->sent_key[0] = key;
+    return msg;
 }
 
 PyObject *
@@ -1009,6 +1111,7 @@ cycle_send(cd_cycle_t *cy, PyObject *msg)
 {
     PyObject *deferred;
     cd_waiter_drop_returned(cy->st);
+    messages_let_go(cy);
     if (!cycle_on_thread(cy, &send_now_def, msg, &deferred)) {
         return deferred;
     }
@@ -1199,6 +1302,9 @@ cycle_traverse(cd_cycle_t *cy, visitproc visit, void *arg)
     Py_VISIT(cy->waiter);
     Py_VISIT(cy->spare_fut[0]);
     Py_VISIT(cy->spare_fut[1]);
+    Py_VISIT(cy->sent_msg[0]);
+    Py_VISIT(cy->sent_msg[1]);
+    Py_VISIT(cy->free_msg);
     Py_VISIT(cy->resp_headers);
     Py_VISIT(cy->close_handle);
     return 0;

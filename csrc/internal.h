@@ -927,6 +927,15 @@ struct cd_cycle_s {
     PyObject *spare_fut[2]; /* strong: the last receive futures, done,
                                which later ones reuse once nothing else
                                holds them (cycle.c), or NULL */
+    /* Messages made by cd_cycle_message (cycle.c), for receive(): */
+    PyObject *sent_msg[2];  /* strong: the last two, which the app may
+                               still hold, or NULL */
+    PyObject *sent_type[2]; /* borrowed (module state): their "type" */
+    PyObject *sent_key[2];  /* borrowed (module state): their payload key */
+    PyObject *free_msg;     /* strong: one the app let go of as it was made,
+                               for the next to be made in, or NULL */
+    PyObject *free_type;    /* borrowed (module state) */
+    PyObject *free_key;     /* borrowed (module state) */
     cd_buf_t body;          /* owned: request body not yet received */
     int body_complete;      /* llhttp finished the request */
     int body_delivered;     /* the last http.request went out */
@@ -990,6 +999,8 @@ int cd_cycle_type_is(PyObject *type, PyObject *name);
 PyObject *cd_cycle_send_done(cd_cycle_t *cy, int open);
 /* Lets the futures kept for later receive()s go. */
 void cd_cycle_drop_spares(cd_cycle_t *cy);
+PyObject *cd_cycle_message(cd_cycle_t *cy, PyObject *template, PyObject *type,
+                           PyObject *key, PyObject *value, size_t len);
 /* Wake a waiting receive() if there is a message for it. */
 void cd_cycle_wake_receiver(cd_cycle_t *cy);
 /* New reference: the next message for receive() (HTTP or WebSocket), or

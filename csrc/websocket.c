@@ -463,8 +463,10 @@ ws_deliver(cd_cycle_t *cy, int text, PyObject *payload, size_t len)
 {
     cd_state *st = cy->st;
     PyObject *msg =
-        text ? cd_message_new(st->ws_text_template, st->s_text, payload)
-             : cd_message_new(st->ws_bytes_template, st->s_bytes, payload);
+        text ? cd_cycle_message(cy, st->ws_text_template, st->s_ws_receive,
+                                st->s_text, payload, len)
+             : cd_cycle_message(cy, st->ws_bytes_template, st->s_ws_receive,
+                                st->s_bytes, payload, len);
     if (msg == NULL || queue_push(cy->ws, msg, len) < 0) {
         cd_log_exception("Error queueing a WebSocket message");
         return;

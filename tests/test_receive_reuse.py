@@ -76,6 +76,26 @@ def test_each_message_is_seen_once_without_pings(serve, path):
     assert_seen_once_in_order(proc.ws_url(path))
 
 
+def test_messages_made_in_ones_the_app_let_go_of_are_new_dicts(reuse_server):
+    # Text and binary messages, in bursts and one at a time: each comes as
+    # a new {"type", "text" | "bytes"} dict whatever the app did to the
+    # ones before (tests/apps/wsreuse.py mutator).
+    ws = websocket.create_connection(reuse_server.ws_url("/mutator"), timeout=30)
+    sent = []
+    for i in range(N):
+        if i % 5 in (1, 2):
+            ws.send_binary(str(i).encode())
+        else:
+            ws.send(str(i))
+        sent.append(str(i))
+        if i % 7 == 3:
+            time.sleep(0.002)
+    ws.send("end")
+    seen = json.loads(ws.recv())
+    ws.close()
+    assert seen == sent + ["end"]
+
+
 def test_disconnect_while_a_reused_future_is_pending(reuse_server):
     for rounds in range(1, 4):
         ws = websocket.create_connection(reuse_server.ws_url("/slow-disconnect"))

@@ -271,6 +271,53 @@ async def ws_default(receive, send, seen: list) -> None:
             return
 
 
+async def mutator(receive, send, seen: list) -> None:
+    # The server makes a message in one the app let go of (cycle.c,
+    # cd_cycle_message).  This app changes what it gets in every legal way
+    # (keys added, removed, put back in another order, values replaced by
+    # equal ones), keeps some, and checks that each message is a new dict
+    # as a copy would be, keys in order, and that the kept ones stay.
+    kept = []
+    n = 0
+    while True:
+        msg = await receive()
+        n += 1
+        if msg["type"] != "websocket.receive":
+            seen.append(f"! {msg['type']}")
+            return
+        key = "text" if "text" in msg else "bytes"
+        value = msg.get(key)
+        expected = [("type", "websocket.receive"), (key, value)]
+        if type(msg) is not dict or list(msg.items()) != expected:
+            seen.append(f"! message {n}: {msg!r}")
+        if any(msg is k for k, _ in kept):
+            seen.append(f"! message {n} is a kept one")
+        seen.append(value.decode() if isinstance(value, bytes) else value)
+        if value in ("end", b"end"):
+            break
+        change = n % 9
+        if change == 1:
+            msg["extra"] = n
+        elif change == 2:
+            del msg["type"]
+            msg["type"] = "websocket.receive"  # now after the payload
+        elif change == 3:
+            msg["type"] = "websocket." + "receive"[: n % 2 + 6] + "receive"[n % 2 + 6 :]
+        elif change == 4:
+            msg.clear()
+        elif change == 5:
+            msg[key] = "replaced"
+        elif change == 6:
+            kept.append((msg, dict(msg)))
+        elif change == 7:
+            msg.pop(key)
+        elif change == 8:
+            msg["type"] = "changed"
+    for k, copy in kept:
+        if k != copy or list(k) != list(copy):
+            seen.append(f"! kept message changed: {k!r} vs {copy!r}")
+
+
 async def slow_disconnect(receive, send, seen: list) -> None:
     # Waits in receive() (a kept future pending) when the client goes.
     while True:
@@ -290,6 +337,7 @@ ROUTES = {
     "/keeper": keeper,
     "/default": ws_default,
     "/traced": traced,
+    "/mutator": mutator,
 }
 
 
