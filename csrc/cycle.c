@@ -968,6 +968,21 @@ cd_cycle_type_is(PyObject *type, PyObject *name)
                   (size_t)n * (size_t)kind) == 0;
 }
 
+/* cd_cycle_type_is, known by identity when type is the object *seen
+ * (strong, module state): the last string that matched, kept. */
+int
+cd_cycle_type_is_seen(PyObject *type, PyObject *name, PyObject **seen)
+{
+    if (type == *seen) {
+        return 1;
+    }
+    if (!cd_cycle_type_is(type, name)) {
+        return 0;
+    }
+    Py_XSETREF(*seen, Py_NewRef(type));
+    return 1;
+}
+
 PyObject *
 cd_cycle_send_done(cd_cycle_t *cy, int open)
 {

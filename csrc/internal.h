@@ -994,6 +994,7 @@ void cd_cycle_arm_close_timeout(cd_cycle_t *cy);
  * not a dict with a type. */
 PyObject *cd_cycle_message_type(cd_state *st, PyObject *msg);
 int cd_cycle_type_is(PyObject *type, PyObject *name);
+int cd_cycle_type_is_seen(PyObject *type, PyObject *name, PyObject **seen);
 /* New reference: what send() returns, a waiter that waits for the
  * socket to drain if `open` and too much output is queued. */
 PyObject *cd_cycle_send_done(cd_cycle_t *cy, int open);

@@ -317,6 +317,21 @@ rfut_get_loop_meth(cd_rfut_t *f, PyObject *unused)
 }
 
 /* add_done_callback(fn, *, context=None). */
+/* Whether the 1-tuple kwnames is ("context",).  The Task passes the
+ * same tuple every time: known by identity after the first. */
+static int
+kwnames_are_context(cd_state *st, PyObject *kwnames)
+{
+    if (kwnames == st->kwnames_context_seen) {
+        return 1;
+    }
+    if (!cd_cycle_type_is(PyTuple_GET_ITEM(kwnames, 0), st->s_context)) {
+        return 0;
+    }
+    Py_XSETREF(st->kwnames_context_seen, Py_NewRef(kwnames));
+    return 1;
+}
+
 static PyObject *
 rfut_add_done_callback(cd_rfut_t *f, PyObject *const *args, Py_ssize_t nargs,
                        PyObject *kwnames)
@@ -324,8 +339,7 @@ rfut_add_done_callback(cd_rfut_t *f, PyObject *const *args, Py_ssize_t nargs,
     PyObject *ctx = NULL;
     Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
     if (nargs != 1 || nkw > 1 ||
-        (nkw == 1 &&
-         !cd_cycle_type_is(PyTuple_GET_ITEM(kwnames, 0), f->st->s_context))) {
+        (nkw == 1 && !kwnames_are_context(f->st, kwnames))) {
         PyErr_SetString(PyExc_TypeError,
                         "add_done_callback(fn, /, *, context=None)");
         return NULL;

@@ -265,6 +265,13 @@ typedef struct {
     PyObject *kwnames_task; /* ("loop", "name", "context"): loopapi.c */
     /* ("context",): a RecvFuture's call_soon (recvfut.c) */
     PyObject *kwnames_context;
+    /* The last keyword names that a RecvFuture's add_done_callback found
+     * to be ("context",), or NULL: the Task's own tuple, whose string is
+     * not the interned one (recvfut.c). */
+    PyObject *kwnames_context_seen;
+    /* The app's last string found equal to "websocket.send", or NULL: a
+     * literal in the app's code is the same object at every send(). */
+    PyObject *ws_send_seen;
     /* Received messages with their keys in place (cd_message_new):
      * {"type": "websocket.receive", "text": None}, likewise "bytes", and
      * {"type": "http.request", "body": None, "more_body": None}. */

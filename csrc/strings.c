@@ -103,6 +103,8 @@ cd_state_traverse(cd_state *st, visitproc visit, void *arg)
     Py_VISIT(st->done_waiter);
     Py_VISIT(st->stop_iteration);
     Py_VISIT(st->fut_set_result);
+    Py_VISIT(st->kwnames_context_seen);
+    Py_VISIT(st->ws_send_seen);
     Py_VISIT(st->pubsub_forward);
     Py_VISIT(st->pubsub_on_topic);
     return 0;
@@ -168,6 +170,8 @@ cd_state_clear(cd_state *st)
     Py_CLEAR(st->kwnames_loop);
     Py_CLEAR(st->kwnames_task);
     Py_CLEAR(st->kwnames_context);
+    Py_CLEAR(st->kwnames_context_seen);
+    Py_CLEAR(st->ws_send_seen);
 #define CD_CLEAR_STR(name, text) Py_CLEAR(st->name);
     CD_STRINGS(CD_CLEAR_STR)
 #undef CD_CLEAR_STR

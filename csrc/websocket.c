@@ -1433,7 +1433,7 @@ ws_send(cd_cycle_t *cy, PyObject *msg)
         return NULL;
     }
     int r;
-    if (cd_cycle_type_is(type, st->s_ws_send)) {
+    if (cd_cycle_type_is_seen(type, st->s_ws_send, &st->ws_send_seen)) {
         r = ws_send_data(cy, msg);
     }
     else if (cd_cycle_type_is(type, st->s_ws_accept)) {
