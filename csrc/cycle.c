@@ -799,16 +799,23 @@ static PyMethodDef receive_now_def = {
 static PyMethodDef send_now_def = {"send", (PyCFunction)cycle_send_now, METH_O,
                                    NULL};
 
+/* receive() on the loop's thread. */
+static PyObject *
+cycle_receive_here(cd_cycle_t *cy)
+{
+    if (cy->ops->receive != NULL) {
+        cy->ops->receive(cy);
+    }
+    return cd_cycle_receive_waiter(cy);
+}
+
 static PyObject *
 cycle_receive_now(cd_cycle_t *cy, PyObject *unused)
 {
     if (PyThread_get_thread_ident() != cy->thread) {
         return cd_cycle_off_thread("receive");
     }
-    if (cy->ops->receive != NULL) {
-        cy->ops->receive(cy);
-    }
-    return cd_cycle_receive_waiter(cy);
+    return cycle_receive_here(cy);
 }
 
 static PyObject *
@@ -818,7 +825,7 @@ cycle_receive(cd_cycle_t *cy, PyObject *unused)
     if (!cycle_on_thread(cy, &receive_now_def, NULL, &deferred)) {
         return deferred;
     }
-    return cycle_receive_now(cy, unused);
+    return cycle_receive_here(cy);
 }
 
 /* ---- send --------------------------------------------------------- */
