@@ -271,8 +271,14 @@ def note_message(sess: Session, inst: Inst, msg: Any) -> None:
     """A message receive() returned: well-formed, and in order."""
     if not isinstance(msg, dict) or "type" not in msg:
         sess.fail(f"receive() returned {msg!r}")
-    inst.received.append(msg)
     t = msg["type"]
+    if t == "websocket.receive" and (
+        type(msg) is not dict or len(msg) != 2 or list(msg)[1] not in ("bytes", "text")
+    ):
+        sess.fail(f"receive() returned {msg!r}")
+    # A copy is kept: the server makes a later message in a dict the app
+    # let go of (cycle.c cd_cycle_message), which this one is once changed.
+    inst.received.append(dict(msg))
     if t == "http.request":
         if inst.body_done:
             sess.fail("http.request after the last body chunk")
@@ -281,6 +287,27 @@ def note_message(sess: Session, inst: Inst, msg: Any) -> None:
             inst.body_done = True
     elif t == "websocket.receive":
         inst.ws_msgs.append(msg.get("bytes") if msg.get("bytes") is not None else msg.get("text"))
+        change_message(msg, len(inst.received))
+
+
+def change_message(msg: dict[str, Any], n: int) -> None:
+    """What an app may do to a message it got before it lets go of it."""
+    key = "bytes" if "bytes" in msg else "text"
+    change = n % 8
+    if change == 1:
+        msg["extra"] = n
+    elif change == 2:
+        msg["type"] = msg.pop("type")  # now after the payload
+    elif change == 3:
+        msg.clear()
+    elif change == 4:
+        msg[key] = "x"
+    elif change == 5:
+        msg.pop(key, None)
+    elif change == 6:
+        msg["type"] = "changed"
+    elif change == 7 and key in msg:
+        msg["bytes" if key == "text" else "text"] = msg.pop(key)
 
 
 async def awaits(fut: Any) -> Any:
