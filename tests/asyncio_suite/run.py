@@ -31,7 +31,8 @@ itself.  Each result records whether the test created a LibuvEventLoop
 `id` is `module.Class.test` (fnmatch patterns allowed), kind is `fail`
 (runs and must fail or error: a pass is reported as an unexpected pass)
 or `skip` (not run: hangs, crashes or tests a stdlib selector).
-`@3.11` or `@3.12+` limits a line to those Python versions.  The run
+`@3.11` or `@3.12+` limits a line to those Python versions, `@asan` to a
+run under ASan (`make test-asan`).  The run
 fails on any unexpected failure, unexpected pass or crashed module.
 
 --track-private records, per test, the private loop attributes (`_x`) the
@@ -295,6 +296,11 @@ class Exclusion:
     used: bool = False
 
 
+def under_asan():
+    """Whether this run has ASan preloaded (make test-asan)."""
+    return "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
 def version_matches(spec, version=sys.version_info[:2]):
     if spec.endswith("+"):
         return version >= tuple(int(x) for x in spec[:-1].split("."))
@@ -315,10 +321,37 @@ def load_exclusions(path):
             kind, _, versions = kind.partition("@")
             if kind not in ("fail", "skip"):
                 raise SystemExit(f"{path}:{lineno}: kind must be fail or skip: {kind}")
-            if versions and not version_matches(versions):
+            if versions == "asan":
+                if not under_asan():
+                    continue
+            elif versions and not version_matches(versions):
                 continue
             out.append(Exclusion(pattern, kind, reason))
     return out
+
+
+def run_child_process(cmd, env, timeout):
+    """Runs one child in a session of its own: (exit status, stdout, stderr).
+    Waits for the child itself, not for the end of its output: a process a
+    test forked (TestFork) keeps the child's stdout open and, if it hangs,
+    would hold the parent until the module timeout.  What is left of the
+    session once the child has ended is killed."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=err, text=True, env=env, start_new_session=True
+        )
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        returncode = proc.wait()
+        out.seek(0)
+        err.seek(0)
+        return returncode, out.read(), err.read()
 
 
 def run_module(
@@ -345,20 +378,8 @@ def run_module(
             cmd += ["--per-test-timeout", str(per_test_timeout)]
             for s in skips:
                 cmd += ["--skip", s]
-            proc = subprocess.Popen(
-                cmd,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-                start_new_session=True,
-            )
             left = max(1.0, timeout - (time.monotonic() - t0))
-            try:
-                stdout, stderr = proc.communicate(timeout=left)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                stdout, stderr = proc.communicate()
+            returncode, stdout, stderr = run_child_process(cmd, env, left)
             if verbose:
                 sys.stderr.write(stderr)
             ended = False
@@ -378,7 +399,7 @@ def run_module(
                 break
             started = [ln[6:] for ln in stdout.splitlines() if ln.startswith("START ")]
             crashed = next((t for t in reversed(started) if t not in results), None)
-            why = f"child exited {proc.returncode}\n{stderr[-3000:]}"
+            why = f"child exited {returncode}\n{stderr[-3000:]}"
             if crashed is None:
                 return None, time.monotonic() - t0, why
             results[crashed] = {"outcome": "crash", "detail": why, "on_libuv": None}
