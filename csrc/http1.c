@@ -616,7 +616,7 @@ fin_grace_on_timer(uv_timer_t *t)
     cd_gil_ensure(c->server->loop);
     cd_cycle_t *cy = c->cycle;
     if (http1_of(c) == NULL || c->state != CD_CONN_ACTIVE || cy == NULL ||
-        !(c->flags & CD_CONN_F_EOF) || cy->resp != CD_RESP_START) {
+        !(c->flags & CD_CONN_F_EOF)) {
         return;
     }
     cy->fin_told = 1;
@@ -624,8 +624,11 @@ fin_grace_on_timer(uv_timer_t *t)
 }
 
 /* Starts (or restarts, for what is left) the grace of c's request after
- * the peer's FIN; nothing if there is no such request waiting for its
- * response. */
+ * the peer's FIN; nothing if there is no such request or it was told.
+ * The grace ends when it is over or, once the response has started, at
+ * the next loop turn: an app that started its response and then waits in
+ * receive() must hear of the FIN (a half-closed peer's socket gives no
+ * other sign until a write fails, and such an app may write nothing). */
 static void
 fin_grace_arm(cd_conn_t *c)
 {
@@ -633,13 +636,13 @@ fin_grace_arm(cd_conn_t *c)
     cd_cycle_t *cy = c->cycle;
     if (h == NULL || cy == NULL || c->state != CD_CONN_ACTIVE ||
         !(c->flags & CD_CONN_F_EOF) || !cy->body_complete ||
-        cy->disconnected || cy->fin_told || cy->resp != CD_RESP_START) {
+        cy->disconnected || cy->fin_told) {
         return;
     }
     uint64_t now = uv_now(c->proto_timer.loop);
     uint64_t due = h->fin_at + c->server->cfg.half_close_grace;
-    uv_timer_start(&c->proto_timer, fin_grace_on_timer,
-                   due > now ? due - now : 0, 0);
+    uint64_t wait = cy->resp == CD_RESP_START && due > now ? due - now : 0;
+    uv_timer_start(&c->proto_timer, fin_grace_on_timer, wait, 0);
 }
 
 /* ---- minimum request body rate --------------------------------------

@@ -536,6 +536,23 @@ def test_fin_reaches_an_app_waiting_in_receive_and_its_answer_still_goes_out(ser
         assert reader.read_to_eof() == b""
 
 
+def test_fin_reaches_an_app_that_started_its_response_in_the_grace(serve, tmp_path):
+    # The FIN comes, then the app starts its response within the grace and
+    # waits in receive(): it hears http.disconnect when the grace ends (it
+    # waited forever: a half-closed socket gives no other sign, and the
+    # fuzz target's connection never ended).
+    proc = serve(APP, "--half-close-grace", "1", env={"CDAPHNE_TEST_DIR": str(tmp_path)})
+    with connect(proc) as sock:
+        sock.sendall(b"GET /start_then_wait HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        msg = recorded(tmp_path, "start_then_wait", timeout=10)["msg"]
+        assert msg == {"type": "http.disconnect"}
+        reader = Reader(sock)
+        resp = reader.response()
+        assert (resp.status, resp.body) == (200, b"late")
+        assert reader.read_to_eof() == b""
+
+
 @pytest.mark.parametrize("cut", ["head", "body"])
 def test_fin_inside_a_request_closes_and_disconnects_the_app(serve, tmp_path, cut):
     # A request that can never end is not kept: nothing answers a cut head,

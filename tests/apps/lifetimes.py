@@ -103,6 +103,18 @@ async def wait_disconnect(scope, receive, send):
     await send_text(send, b"late")
 
 
+async def start_then_wait(scope, receive, send):
+    """Reads the body, starts its response a little later (the client's
+    FIN comes first), then waits in receive() before the body."""
+    while (await receive()).get("more_body", False):
+        pass
+    await asyncio.sleep(0.3)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    msg = await receive()
+    _record("start_then_wait", {"msg": msg})
+    await send({"type": "http.response.body", "body": b"late"})
+
+
 async def stream_forever(scope, receive, send):
     """Streams chunks and never reads; records how it ended."""
     await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -122,6 +134,7 @@ async def stream_forever(scope, receive, send):
 ROUTES = {
     "/server": server_view,
     "/wait_disconnect": wait_disconnect,
+    "/start_then_wait": start_then_wait,
     "/forever": forever,
     "/upload": upload,
     "/upload_streaming": upload_streaming,
