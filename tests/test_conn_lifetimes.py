@@ -517,35 +517,25 @@ def test_pipelined_requests_then_fin_are_all_answered_in_order(serve):
         assert reader.read_to_eof() == b""
 
 
-def test_fin_reaches_an_app_waiting_in_receive_and_its_answer_still_goes_out(serve, tmp_path):
+@pytest.mark.parametrize("route", ["wait_disconnect", "start_then_wait"])
+def test_fin_reaches_an_app_waiting_in_receive_and_its_answer_still_goes_out(
+    serve, tmp_path, route
+):
     # After the whole body, receive() says http.disconnect once the app
     # has had --half-close-grace (5 s; 1 s here) from the FIN to start its
     # response, as when the client left (a long-poll app cleans up: the
     # wire cannot tell a half-close from a departure); the response it
     # sends anyway is written, for a client that only half-closed.
+    # start_then_wait starts its response within the grace, then waits in
+    # receive(): it hears of the FIN when the grace ends (it waited forever:
+    # a half-closed socket gives no other sign).
     proc = serve(APP, "--half-close-grace", "1", env={"CDAPHNE_TEST_DIR": str(tmp_path)})
     with connect(proc) as sock:
-        sock.sendall(b"GET /wait_disconnect HTTP/1.1\r\nHost: x\r\n\r\n")
-        recorded(tmp_path, "waiting")
+        sock.sendall(f"GET /{route} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        if route == "wait_disconnect":
+            recorded(tmp_path, "waiting")
         sock.shutdown(socket.SHUT_WR)
-        msg = recorded(tmp_path, "wait_disconnect", timeout=10)["msg"]
-        assert msg == {"type": "http.disconnect"}
-        reader = Reader(sock)
-        resp = reader.response()
-        assert (resp.status, resp.body) == (200, b"late")
-        assert reader.read_to_eof() == b""
-
-
-def test_fin_reaches_an_app_that_started_its_response_in_the_grace(serve, tmp_path):
-    # The FIN comes, then the app starts its response within the grace and
-    # waits in receive(): it hears http.disconnect when the grace ends (it
-    # waited forever: a half-closed socket gives no other sign, and the
-    # fuzz target's connection never ended).
-    proc = serve(APP, "--half-close-grace", "1", env={"CDAPHNE_TEST_DIR": str(tmp_path)})
-    with connect(proc) as sock:
-        sock.sendall(b"GET /start_then_wait HTTP/1.1\r\nHost: x\r\n\r\n")
-        sock.shutdown(socket.SHUT_WR)
-        msg = recorded(tmp_path, "start_then_wait", timeout=10)["msg"]
+        msg = recorded(tmp_path, route, timeout=10)["msg"]
         assert msg == {"type": "http.disconnect"}
         reader = Reader(sock)
         resp = reader.response()
