@@ -130,7 +130,11 @@ def test_receive_after_body_blocks_until_response_done_then_disconnect(server):
     assert report(server, "after_response") == {"type": "http.disconnect"}
 
 
-def test_receive_after_body_returns_disconnect_when_client_leaves(server):
+def test_receive_after_body_returns_disconnect_when_client_leaves(serve):
+    # --half-close-grace 0: the FIN of the close() is a disconnect at once
+    # (by default the app has 5 s to start its response first, as long as
+    # report()'s wait: a race).
+    server = serve("tests.apps.http1:app", "--half-close-grace", "0")
     sock = connect(server)
     sock.sendall(b"POST /disc_client HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
     assert report(server, "waiting") is True
