@@ -381,6 +381,7 @@ def measure(loop_kind: str, bench: str, duration: float) -> dict[str, Any]:
         "ops_per_s": ops / seconds,
         "cpu_s": round(cpu, 4),
         "python": sys.version.split()[0],
+        "prefix": sys.prefix,
     }
 
 

@@ -451,8 +451,16 @@ def aio_micro(ctx: Context, sc: ScenarioResult) -> None:
     server core. The table lives in sc.raw; ratios are to uvloop."""
     from . import aio_micro as micro
 
-    pythons = {"asyncio": env.project_python(), "cdaphne": env.project_python(),
-               "uvloop": env.peer_python()}  # fmt: skip
+    # Every loop runs on one interpreter, the peers' (it has uvloop; cdaphne comes
+    # from python/ on PYTHONPATH), so all start from the same state.  A venv's
+    # start-up (.venv's .pth files: setuptools' distutils hack, the editable
+    # finder) decides how many types have a version tag before threading's get
+    # theirs, and so which of CPython's 4,096 method-cache slots (version XOR the
+    # name's address) they share: from .venv, threading.Condition.__exit__ and
+    # _thread.lock.__exit__ share one, and every `with` on a Condition misses it
+    # twice (threadsafe_stream: ~1,400 more instructions per callback, asyncio's
+    # loop and ours alike).  Without peers, uvloop's row is unavailable.
+    python = env.project_python() if ctx.peer_error else env.peer_python()
     loops = [n for n in micro.LOOPS if not (n == "uvloop" and ctx.peer_error)]
     script = env.BENCH / "aio_micro.py"
     child_env = dict(os.environ, PYTHONPATH=str(env.ROOT / "python"))
@@ -467,7 +475,7 @@ def aio_micro(ctx: Context, sc: ScenarioResult) -> None:
                 row = rows[name]
                 if row["status"] != "ok":
                     continue
-                cmd = [*servers.pin(servers.SERVER_CORE), str(pythons[name]), str(script),
+                cmd = [*servers.pin(servers.SERVER_CORE), str(python), str(script),
                        "--loop", name, "--bench", bench,
                        "--duration", str(ctx.mode.duration)]  # fmt: skip
                 timeout = 60 + 5 * ctx.mode.duration

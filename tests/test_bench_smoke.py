@@ -62,6 +62,7 @@ def test_aio_micro_benchmarks_run_and_check_themselves_on_each_loop(loop: str) -
         r = json.loads(proc.stdout)
         assert r["bench"] == bench and r["loop"] == loop
         assert r["ops"] > 0 and r["ops_per_s"] > 0, r
+        assert r["prefix"] == sys.prefix, r  # the interpreter it ran on
 
 
 def test_callgrind_reader_splits_self_and_inclusive_costs(tmp_path: Path) -> None:
