@@ -6,8 +6,9 @@
 Runs each benchmark of bench/aio_micro.py for a fixed number of ops under
 `valgrind --tool=callgrind` twice (N and 3N ops) and prints the difference
 in instructions divided by 2N: start-up, imports and warm-up cancel out, so
-the number is repeatable whatever the machine's load.  uvloop runs in the
-peers' venv (bench/.work/venv, or --peer-python).
+the number is repeatable whatever the machine's load.  Every loop runs in the
+peers' interpreter (bench/.work/venv, or --peer-python), as the aio-micro
+scenario runs them; without one, asyncio's and ours run in this one.
 """
 
 from __future__ import annotations
@@ -165,10 +166,14 @@ def main(argv: list[str] | None = None) -> int:
             if cand.exists():
                 peer = str(cand)
                 break
+    if peer is not None and not SRC_PATH:
+        SRC_PATH.append(str(ROOT / "python"))  # cdaphne, in the peers' interpreter
     for bench in args.bench.split(","):
         for loop in args.loop.split(","):
-            python = peer if loop == "uvloop" else sys.executable
-            if python is None:
+            # Every loop on one interpreter, as the aio-micro scenario runs them
+            # (bench/scenarios.py aio_micro says why).
+            python = peer if peer is not None else sys.executable
+            if loop == "uvloop" and peer is None:
                 raise SystemExit("no peers' venv with uvloop: pass --peer-python")
             n = int(OPS[bench] * args.scale)
             ops1, ir1 = count(python, loop, bench, n)
