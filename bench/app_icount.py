@@ -8,6 +8,13 @@ Runs the app alone for N and 3N requests (50 connections) under
 instructions divided by 2N: start-up, imports and warm-up cancel out.
 --keep DIR keeps both callgrind files (callgrind_annotate the pair to split the
 cost per function).  uvloop runs in the peers' venv (bench/.work/venv).
+
+    .venv/bin/python -m bench.app_icount --app chat --loop cdaphne --requests 20
+
+--app chat counts the chat fan-out with no server instead (bench/chat_alone.py:
+--members consumers, --requests broadcasts, one at a time) and prints
+instructions per delivery (broadcasts x members), the figure to hold against
+`bench.callgrind_fanout --layer channels` (the same room through the server).
 """
 
 from __future__ import annotations
@@ -46,8 +53,23 @@ os._exit(0)
 """
 
 
-def count(python: str, loop: str, n: int, connections: int, out: Path) -> int:
-    code = CHILD.format(bench=str(ROOT / "bench"), loop=loop, n=n, connections=connections)
+CHILD_CHAT = r"""
+import os, sys
+sys.path.insert(0, {bench!r})
+import chat_alone
+from aio_micro import new_loop
+from chatroom.asgi import application
+
+loop = new_loop({loop!r})
+loop.run_until_complete(chat_alone.drive(application, 0.0, {connections}, {n}))
+print("DONE", flush=True)
+os._exit(0)
+"""
+
+
+def count(python: str, loop: str, n: int, connections: int, out: Path, app: str = "django") -> int:
+    child = CHILD_CHAT if app == "chat" else CHILD
+    code = child.format(bench=str(ROOT / "bench"), loop=loop, n=n, connections=connections)
     env = dict(os.environ, PYTHONHASHSEED="0")
     proc = subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", python, "-c", code],
@@ -68,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--peer-python", default=None)
     ap.add_argument("--keep", default=None, help="directory for the callgrind files")
+    ap.add_argument("--app", choices=["django", "chat"], default="django")
+    ap.add_argument("--members", type=int, default=100, help="--app chat: room members")
     args = ap.parse_args(argv)
+    chat = args.app == "chat"
+    width = args.members if chat else args.connections
     peer = args.peer_python
     for cand in (
         ROOT / "bench/.work/venv/bin/python",
@@ -83,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         python = peer if loop == "uvloop" else sys.executable
         if python is None:
             raise SystemExit("no peers' venv with uvloop: pass --peer-python")
-        ir1 = count(python, loop, n, args.connections, keep / f"cg.{loop}.{n}")
-        ir3 = count(python, loop, 3 * n, args.connections, keep / f"cg.{loop}.{3 * n}")
-        print(f"{loop}: {(ir3 - ir1) / (2 * n):.0f} instructions/request", flush=True)
+        ir1 = count(python, loop, n, width, keep / f"cg.{args.app}.{loop}.{n}", args.app)
+        ir3 = count(python, loop, 3 * n, width, keep / f"cg.{args.app}.{loop}.{3 * n}", args.app)
+        per, unit = (2 * n * args.members, "delivery") if chat else (2 * n, "request")
+        print(f"{loop}: {(ir3 - ir1) / per:.0f} instructions/{unit}", flush=True)
     return 0
 
 

@@ -33,6 +33,19 @@ adds and removes; the column is left out if perf cannot add it), counted by
 run; the app alone over two runs of different length, whose difference
 cancels start-up and warm-up.
 
+--app fanout measures the chat fan-out instead (the `fanout` scenario: the
+Channels tutorial consumer on Channels' InMemoryChannelLayer, 100 members of
+one room, one broadcast at a time from bench/ws_client.py's picows client on
+core 1), per delivery (broadcasts x members); the app-alone rows run
+bench/chat_alone.py (the same consumers and layer, no socket).  The window is
+the client's own (between its WSMARK start and end lines): CPU from /proc and
+perf's samples inside it; the counts sum the `perf stat -I` intervals that lie
+wholly inside it, divided by the deliveries of that share of the window.
+
+    .venv/bin/python -m bench.server_gap --app fanout \
+        --rows cdaphne,app-alone,granian,uvicorn,app-alone-uvloop
+    .venv/bin/python -m bench.server_gap --app fanout --counts
+
 Needs perf (cpu-clock is a software event: no hardware counters needed) and
 root.  Sampling costs each row the same ~1%.
 """
@@ -49,10 +62,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from . import env, servers
+from . import env, servers, ws
 
 FREQ = 2000  # samples per second of core 0
 ALONE = {"app-alone": "cdaphne", "app-alone-uvloop": "uvloop"}
@@ -67,7 +82,9 @@ NET_CALLS = {
 }  # fmt: skip
 COLUMNS = ["python", "ours", "libc", "futex", "thread", "net", "sched", "fault", "k-other"]
 FRAME = re.compile(r"\s*[0-9a-f]+\s+(\S+)\s+\((.*)\)")
-SYSCALL = re.compile(r"__(?:x64|do)_sys_(\w+)")
+# The system call a kernel sample is under.  Some calls have no __x64_sys_
+# frame in the stack (the kernel inlines it): ksys_write, __sys_sendto.
+SYSCALL = re.compile(r"(?:__(?:x64|do)_sys_|ksys_|__sys_)(\w+)")
 
 
 def kernel_column(syms: list[str]) -> str:
@@ -169,6 +186,58 @@ def wrk(url: str, seconds: float) -> subprocess.Popen[str]:
 
 
 Run = tuple[set[int], float, float]  # pids, requests/s, CPU seconds per request
+FANOUT_MEMBERS = 100
+APP = "django"  # --app: what a row serves
+UNIT = "request"  # what the rows are per ("delivery" for --app fanout)
+
+
+@dataclasses.dataclass
+class Window:
+    """The fan-out client's measured window: deliveries, and what the caller's
+    on_start/on_end saw at its marks."""
+
+    deliveries: int = 0
+    elapsed: float = 0.0
+    marks: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def fanout(url: str, seconds: float, on_mark: Callable[[str], None] | None = None) -> Window:
+    """One fan-out run of `seconds` (bench/ws_client.py fanout, pinned to core 1);
+    on_mark("start"/"end") runs at the client's marks (their monotonic times are kept)."""
+    win = Window()
+
+    def mark(what: str) -> None:
+        win.marks[what] = time.monotonic()
+        if on_mark is not None:
+            on_mark(what)
+
+    r = ws.echo(url, FANOUT_MEMBERS, int(seconds), 64, 1, "fanout", marks=mark)
+    if r.errors and any(r.errors.values()) or r.connected < FANOUT_MEMBERS:
+        raise SystemExit(f"fanout client failed: {r.errors} {r.first_error}")
+    win.deliveries, win.elapsed = r.messages, r.messages / r.rate if r.rate else 0.0
+    return win
+
+
+def run_fanout(name: str, seconds: float, data: Path, log_dir: Path) -> Run:
+    """A server under the fan-out client while perf samples core 0 from a
+    second after the client's start mark."""
+    srv = servers.start(servers.SPECS[name], "chat", log_dir, timeout=60)
+    try:
+        fanout(srv.ws_url, 2)  # warm-up
+        pids = tree(srv.proc.pid)
+        cpu: dict[str, float] = {}
+        rec = threading.Timer(1.0, record, (seconds, data))
+
+        def on_mark(what: str) -> None:
+            cpu[what] = cpu_seconds(pids)
+            if what == "start":
+                rec.start()
+
+        win = fanout(srv.ws_url, seconds + 2, on_mark)
+        rec.join()
+        return pids, win.deliveries / win.elapsed, (cpu["end"] - cpu["start"]) / win.deliveries
+    finally:
+        srv.stop()
 
 
 def run_server(name: str, seconds: float, data: Path, log_dir: Path) -> Run:
@@ -192,23 +261,31 @@ def run_server(name: str, seconds: float, data: Path, log_dir: Path) -> Run:
         srv.stop()
 
 
+def alone_script() -> str:
+    """The app alone: Django's view (bench/app_alone.py) or the chat room
+    (bench/chat_alone.py: 100 members, one broadcast at a time)."""
+    return "chat_alone.py" if APP == "fanout" else "app_alone.py"
+
+
 def run_alone(row: str, seconds: float, data: Path) -> Run:
     """bench/app_alone.py while perf samples core 0.  The window opens once
     asgiref's threads exist (the app is serving)."""
     loop = ALONE[row]
     python = env.project_python() if loop == "cdaphne" else env.peer_python()
-    cmd = [*servers.pin(servers.SERVER_CORE), str(python), str(env.BENCH / "app_alone.py"),
+    cmd = [*servers.pin(servers.SERVER_CORE), str(python), str(env.BENCH / alone_script()),
            "--loop", loop, "--duration", str(seconds + 4)]  # fmt: skip
     child_env = dict(os.environ, PYTHONPATH=str(env.ROOT / "python"))
     proc = subprocess.Popen(cmd, cwd=env.ROOT, env=child_env, stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while len(os.listdir(f"/proc/{proc.pid}/task")) < 3 and time.monotonic() < deadline:
+    threads = 2 if APP == "fanout" else 3  # the loop and asgiref's worker(s)
+    while len(os.listdir(f"/proc/{proc.pid}/task")) < threads and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(1)
     record(seconds, data)
     out = proc.communicate()[0]
     r = json.loads(out.strip().splitlines()[-1])
-    return {proc.pid}, r["requests_per_s"], r["cpu_s"] / r["requests"]
+    n = r["deliveries" if APP == "fanout" else "requests"]
+    return {proc.pid}, n / r["seconds"], r["cpu_s"] / n
 
 
 COUNTS = {
@@ -220,7 +297,9 @@ COUNTS = {
     "write": "syscalls:sys_enter_write",
     "writev": "syscalls:sys_enter_writev",
     "clone3": "syscalls:sys_enter_clone3",
-    "take_gil": "cdgap:take_gil",
+    # An event name of this process's own: perf refuses a second probe of the
+    # same name (another tool's take_gil), and the probe is removed at the end.
+    "take_gil": f"cdgap:take_gil_{os.getpid()}",
 }
 
 
@@ -228,7 +307,8 @@ def add_gil_probe() -> bool:
     """The take_gil uprobe on the project's libpython (the peers' venv shares it)."""
     code = "import sysconfig as s; print(*map(s.get_config_var, ('LIBDIR', 'INSTSONAME')))"
     lib = subprocess.run([str(env.project_python()), "-c", code], capture_output=True, text=True)
-    add = ["perf", "probe", "-q", "-x", "/".join(lib.stdout.split()), "cdgap:take_gil=take_gil"]
+    probe = f"{COUNTS['take_gil']}=take_gil"
+    add = ["perf", "probe", "-q", "-x", "/".join(lib.stdout.split()), probe]
     return lib.returncode == 0 and subprocess.run(add, capture_output=True).returncode == 0
 
 
@@ -266,6 +346,8 @@ def count_server(name: str, seconds: float, events: list[str], tmp: Path) -> dic
         spec, argv=lambda t, p: [*stat_argv(events, out), "-I", str(ms), "--", *spec.argv(t, p)]
     )
     t0 = time.monotonic()
+    if APP == "fanout":
+        return count_fanout(counted, seconds, events, out, t0, tmp)
     srv = servers.start(counted, "django", tmp / "logs", timeout=60)
     try:
         wrk(srv.url, 2).wait()  # warm-up
@@ -285,6 +367,26 @@ def count_server(name: str, seconds: float, events: list[str], tmp: Path) -> dic
     return {k: v / int(m.group(1)) for k, v in counts.items()}
 
 
+def count_fanout(
+    spec: servers.ServerSpec, seconds: float, events: list[str], out: Path, t0: float, tmp: Path
+) -> dict[str, float]:
+    """count_server for --app fanout: the intervals wholly inside the client's
+    window (less its first half second), over the deliveries of that share."""
+    srv = servers.start(spec, "chat", tmp / "logs", timeout=60)
+    try:
+        fanout(srv.ws_url, 2)  # warm-up
+        win = fanout(srv.ws_url, seconds)
+    finally:
+        srv.stop()
+    begin, end = win.marks["start"] - t0 + 0.5, win.marks["end"] - t0
+    covered = (int((end - begin) / 0.25) - 1) * 0.25
+    counts = read_stat(out, events, (begin + 0.25, begin + 0.25 + covered))
+    if not counts or covered <= 0:
+        raise SystemExit(f"{spec.name}: perf stat counted nothing:\n{out.read_text()[-2000:]}")
+    share = win.deliveries * covered / win.elapsed
+    return {k: v / share for k, v in counts.items()}
+
+
 def count_alone(row: str, seconds: float, events: list[str], tmp: Path) -> dict[str, float]:
     loop = ALONE[row]
     python = env.project_python() if loop == "cdaphne" else env.peer_python()
@@ -292,13 +394,14 @@ def count_alone(row: str, seconds: float, events: list[str], tmp: Path) -> dict[
     runs = []
     for duration in (1.0, 1.0 + seconds):
         out = tmp / f"{row}-{duration:g}.stat"
-        script = str(env.BENCH / "app_alone.py")
+        script = str(env.BENCH / alone_script())
         cmd = [*servers.pin(servers.SERVER_CORE), *stat_argv(events, out), "--", str(python),
                script, "--loop", loop, "--duration", str(duration)]  # fmt: skip
         proc = subprocess.run(cmd, cwd=env.ROOT, env=child_env, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise SystemExit(f"{row}: app_alone.py failed:\n{proc.stderr[-1000:]}")
-        n = json.loads(proc.stdout.strip().splitlines()[-1])["requests"]
+            raise SystemExit(f"{row}: {alone_script()} failed:\n{proc.stderr[-1000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        n = r["deliveries" if APP == "fanout" else "requests"]
         runs.append((n, read_stat(out, events)))
     (n1, c1), (n2, c2) = runs
     return {k: (c2[k] - c1.get(k, 0.0)) / (n2 - n1) for k in c2}
@@ -325,8 +428,8 @@ def counts_main(rows: list[str], seconds: float) -> int:
                     results[row] = count_server(row, seconds, events, Path(tmp))
     finally:
         if added:
-            subprocess.run(["perf", "probe", "-q", "-d", "cdgap:take_gil"], capture_output=True)
-    print(f"per request, whole process tree ({seconds:g} s of load)")
+            subprocess.run(["perf", "probe", "-q", "-d", COUNTS["take_gil"]], capture_output=True)
+    print(f"per {UNIT}, whole process tree ({seconds:g} s of load)")
     print(counts_table(results))
     return 0
 
@@ -335,6 +438,8 @@ def measure(row: str, seconds: float, tmp: Path) -> dict[str, float]:
     data = tmp / f"{row}.data"
     if row in ALONE:
         pids, rate, cpu = run_alone(row, seconds, data)
+    elif APP == "fanout":
+        pids, rate, cpu = run_fanout(row, seconds, data, tmp / "logs")
     else:
         pids, rate, cpu = run_server(row, seconds, data, tmp / "logs")
     counts, total = split(data, pids)
@@ -362,7 +467,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=1, help="runs per row (alternating; medians)")
     ap.add_argument("--json", action="store_true", help="also print every run as JSON")
     ap.add_argument("--counts", action="store_true", help="exact counts per request instead")
+    ap.add_argument("--app", choices=["django", "fanout"], default="django")
     args = ap.parse_args(argv)
+    global APP, UNIT
+    APP = args.app
+    UNIT = "delivery" if APP == "fanout" else "request"
+    if APP == "fanout" and "--rows" not in " ".join(argv or sys.argv):
+        args.rows = "cdaphne,app-alone,granian,uvicorn,app-alone-uvloop"
     for tool in ("perf", "wrk"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed")
@@ -387,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[row].append(res)
                 if args.json:
                     print(json.dumps({"row": row, **{k: round(v, 1) for k, v in res.items()}}))
-    print(f"microseconds of core 0 per request (median of {args.reps}, {args.seconds:g} s sampled)")
+    print(f"microseconds of core 0 per {UNIT} (median of {args.reps}, {args.seconds:g} s sampled)")
     print(table(results))
     return 0
 
