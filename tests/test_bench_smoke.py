@@ -92,3 +92,17 @@ def test_callgrind_reader_splits_self_and_inclusive_costs(tmp_path: Path) -> Non
     exit_dump = tmp_path / "cg.exit"
     exit_dump.write_text("desc: Trigger: Program termination\ntotals: 99\n")
     assert _total(exit_dump) == 0
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "cdaphne"])
+def test_chat_alone_delivers_every_broadcast_to_every_member(loop: str) -> None:
+    """bench/chat_alone.py (server_gap --app fanout's app-alone rows): the Channels
+    room with no server; it checks each member's message itself and exits non-zero
+    on a wrong one."""
+    cmd = [sys.executable, "bench/chat_alone.py", "--loop", loop, "--duration", "0.2",
+           "--members", "7"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["loop"] == loop
+    assert r["deliveries"] > 0 and r["deliveries"] % 7 == 0, r
