@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,21 +96,31 @@ async def drive(app: Any, duration: float, connections: int) -> dict[str, Any]:
             "cpu_s": round(cpu, 4)}  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def serve_alone(
+    doc: str, target: str, drive: Callable[..., Awaitable[dict[str, Any]]],
+    width: tuple[str, int], argv: list[str] | None = None,
+) -> int:  # fmt: skip
+    """The command line of an app-alone script (this one, bench/chat_alone.py):
+    --loop, --duration and the width flag (name, default); runs
+    drive(app, duration, width) on a new loop of that kind and prints its JSON line."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--loop", choices=LOOPS, required=True)
     ap.add_argument("--duration", type=float, default=3.0)
-    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument(f"--{width[0]}", type=int, default=width[1], dest="width")
     args = ap.parse_args(argv)
-    from djhello.asgi import application
-
+    module, _, name = target.partition(":")
+    application = getattr(importlib.import_module(module), name)
     loop = new_loop(args.loop)
     try:
-        result = loop.run_until_complete(drive(application, args.duration, args.connections))
+        result = loop.run_until_complete(drive(application, args.duration, args.width))
     finally:
         loop.close()
     print(json.dumps({"loop": args.loop, **result}), flush=True)
     os._exit(0)  # asgiref's executor threads must not hold the exit
+
+
+def main(argv: list[str] | None = None) -> int:
+    return serve_alone(__doc__ or "", "djhello.asgi:application", drive, ("connections", 50), argv)
 
 
 if __name__ == "__main__":

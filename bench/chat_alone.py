@@ -20,32 +20,22 @@ no server row can spend less CPU per delivery than this on the same loop.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from aio_micro import LOOPS, new_loop
+from app_alone import SCOPE as HTTP_SCOPE
+from app_alone import serve_alone  # also puts bench/apps on sys.path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "apps"))
 os.environ["DJANGO_SETTINGS_MODULE"] = "chatroom.settings"
 
-SCOPE = {
+# The Django view's scope (bench/app_alone.py) as a WebSocket one.
+SCOPE = {k: v for k, v in HTTP_SCOPE.items() if k != "method"} | {
     "type": "websocket",
-    "asgi": {"version": "3.0", "spec_version": "2.3"},
-    "http_version": "1.1",
     "scheme": "ws",
-    "path": "/",
-    "raw_path": b"/",
-    "query_string": b"",
-    "root_path": "",
     "headers": [(b"host", b"127.0.0.1:8000")],
-    "client": ("127.0.0.1", 40000),
-    "server": ("127.0.0.1", 8000),
     "subprotocols": [],
 }
 
@@ -131,20 +121,7 @@ async def drive(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--loop", choices=LOOPS, required=True)
-    ap.add_argument("--duration", type=float, default=3.0)
-    ap.add_argument("--members", type=int, default=100)
-    args = ap.parse_args(argv)
-    from chatroom.asgi import application
-
-    loop = new_loop(args.loop)
-    try:
-        result = loop.run_until_complete(drive(application, args.duration, args.members))
-    finally:
-        loop.close()
-    print(json.dumps({"loop": args.loop, **result}), flush=True)
-    os._exit(0)  # asgiref's executor threads must not hold the exit
+    return serve_alone(__doc__ or "", "chatroom.asgi:application", drive, ("members", 100), argv)
 
 
 if __name__ == "__main__":
