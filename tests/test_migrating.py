@@ -251,6 +251,24 @@ def test_no_server_header(serve):
     assert "server" not in httpx.get(proc.url("/hello")).headers
 
 
+def spawn_with_stdout(wfd: int) -> tuple[subprocess.Popen, int]:
+    """A cdaphne process whose stdout is wfd (closed here), and its port."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cdaphne", "-p", "0", APP], cwd=ROOT,
+                            stdout=wfd, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            env=env)
+    os.close(wfd)
+    assert proc.stderr is not None
+    for raw in proc.stderr:
+        m = re.search(rb"Listening on TCP address \S+:(\d+)", raw)
+        if m:
+            return proc, int(m.group(1))
+    proc.kill()
+    proc.wait()
+    raise AssertionError("no listening line")
+
+
 def test_a_stdout_nobody_reads_does_not_stall_the_server(tmp_path):
     """The access log wrote to stdout blocking on the loop thread: once a
     pipe nobody reads was full, every connection stalled.  Now what the
@@ -259,21 +277,8 @@ def test_a_stdout_nobody_reads_does_not_stall_the_server(tmp_path):
 
     rfd, wfd = os.pipe()
     fcntl.fcntl(wfd, 1031, 4096)  # F_SETPIPE_SZ: a page holds ~60 lines
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("PYTHONPATH", None)
-    proc = subprocess.Popen([sys.executable, "-m", "cdaphne", "-p", "0", APP], cwd=ROOT,
-                            stdout=wfd, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            env=env)
-    os.close(wfd)
+    proc, port = spawn_with_stdout(wfd)
     try:
-        port = None
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            m = re.search(rb"Listening on TCP address \S+:(\d+)", raw)
-            if m:
-                port = int(m.group(1))
-                break
-        assert port, "no listening line"
         with httpx.Client(timeout=5) as client:
             for i in range(300):  # ~21 KB of lines: five times the pipe
                 assert client.get(f"http://127.0.0.1:{port}/hello?n={i}").status_code == 200
@@ -296,3 +301,35 @@ def test_a_stdout_nobody_reads_does_not_stall_the_server(tmp_path):
             proc.kill()  # stalled in a write (the old behaviour)
             proc.wait()
         os.close(rfd)
+
+
+def test_a_stdout_whose_reader_left_turns_the_log_off_with_a_warning():
+    """The non-blocking writer's failed write left its memoryview of the
+    backlog alive in the traceback, so clearing the backlog raised
+    BufferError: "Exception in callback" instead of the warning."""
+    rfd, wfd = os.pipe()
+    proc, port = spawn_with_stdout(wfd)
+    try:
+        with httpx.Client(timeout=5) as client:
+            assert client.get(f"http://127.0.0.1:{port}/hello?n=0").status_code == 200
+            got = b""
+            deadline = time.monotonic() + 5
+            while b"GET /hello?n=0" not in got and time.monotonic() < deadline:
+                got += os.read(rfd, 65536)
+            assert b"GET /hello?n=0" in got
+            os.close(rfd)
+            rfd = -1
+            for i in range(1, 4):  # The log goes; the server keeps serving.
+                assert client.get(f"http://127.0.0.1:{port}/hello?n={i}").status_code == 200
+                time.sleep(0.05)
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=15)
+        finally:
+            if rfd >= 0:
+                os.close(rfd)
+    assert proc.returncode == 0, err
+    text = err.decode("utf-8", "replace")
+    assert text.count("Access log disabled: cannot write to it") == 1, text
+    assert "Traceback" not in text and "BufferError" not in text, text

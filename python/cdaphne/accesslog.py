@@ -214,7 +214,9 @@ class AccessLogGenerator:
         if self._out is not None:
             self._out.close()
             self._out = None
-        self._backlog.clear()
+        # A new one: the failed write's traceback (exc) still holds a
+        # memoryview of the old, which cannot be resized while it lives.
+        self._backlog = bytearray()
         logger.warning("Access log disabled: cannot write to it (%s)", exc)
 
     def close(self) -> None:
