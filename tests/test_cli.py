@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import ROOT, Reader, connect
+from .conftest import ROOT, Reader, ServerProcess, connect
 
 APP = "tests.apps.http1:app"
 
@@ -197,6 +197,46 @@ def test_inherited_fd(serve):
     assert proc.port == port
     r = httpx.get(f"http://127.0.0.1:{port}/scope").json()
     assert r["server"] == ["127.0.0.1", port]
+
+
+# cdaphne started with stdin and stdout closed (a daemon's `<&- >&-`): the
+# interpreter's own closes them here, before anything of cdaphne's runs.
+CLOSED_STDIO = ("import os, runpy, sys; os.close(0); os.close(1); sys.argv[0] = 'cdaphne'; "
+                "runpy.run_module('cdaphne', run_name='__main__')")
+
+
+def test_closed_stdin_and_stdout_serve_and_exit_cleanly():
+    # libuv's epoll descriptor took fd 0, and libuv asserts that it never
+    # closes 0-2: the server aborted at shutdown (and a connection on one of
+    # them would never be closed).  The loop now opens /dev/null on them.
+    proc = ServerProcess(["-p", "0", "--access-log", "-", APP],
+                         cmd=[sys.executable, "-c", CLOSED_STDIO])
+    try:
+        proc.wait_listening()
+        for _ in range(3):
+            r = httpx.get(proc.url("/hello"), headers={"connection": "close"}, timeout=5)
+            assert r.status_code == 200
+    finally:
+        rc = proc.stop()
+    assert rc == 0, proc.log_tail()
+    assert "Assertion" not in proc.log
+
+
+def test_closed_stdin_and_stdout_with_workers_give_them_dev_null(tmp_path):
+    # The supervisor's listening socket took fd 1, and its workers, which
+    # inherit its stdout, wrote their access log (and would print) into it.
+    path = str(tmp_path / "w.sock")
+    proc = ServerProcess(["--workers", "2", "-u", path, "--access-log", "-", APP],
+                         cmd=[sys.executable, "-c", CLOSED_STDIO])
+    try:
+        proc.wait_listening()
+        for _ in range(6):
+            assert unix_get(path, "/hello").status_code == 200
+        time.sleep(0.2)
+    finally:
+        rc = proc.stop()
+    assert rc == 0, proc.log_tail()
+    assert "Access log disabled" not in proc.log, proc.log_tail()
 
 
 def test_endpoint_tcp_and_unix_together(serve, tmp_path):

@@ -9,7 +9,9 @@ every asyncio API keeps working inside apps.
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
+import os
 import selectors
 import signal
 import threading
@@ -23,11 +25,33 @@ from ._cdaphne import LoopCore, LoopMethods
 _DISPATCH_FD = -1
 
 
+def reserve_stdio() -> None:
+    """Opens /dev/null on whichever of descriptors 0-2 is closed (a daemon
+    started with `<&- >&-`), as the process's own would be.  Else the
+    loop's epoll descriptor or a socket takes one: libuv aborts when it
+    closes it (uv__close asserts that it never closes 0-2) and never closes
+    a stream on one; a supervisor's listening socket would be its workers'
+    stdin or stdout."""
+    for fd in range(3):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                continue
+        nul = os.open(os.devnull, os.O_RDWR)  # The lowest free descriptor:
+        if nul == fd:
+            os.set_inheritable(fd, True)
+        else:
+            os.close(nul)  # another thread took fd first.
+
+
 class LibuvSelector(selectors._BaseSelectorImpl):  # type: ignore[misc]
     """A selector backed by a libuv loop (`LoopCore`)."""
 
     def __init__(self) -> None:
         super().__init__()
+        reserve_stdio()
         self.core = LoopCore()
         self._dispatch_ready: list[tuple[selectors.SelectorKey, int]] = []
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import Bind, Config, ConfigError, configure_logging
+from ..loop import reserve_stdio
 from ..server import _describe, _remove_stale_socket
 from . import worker as worker_mod
 from .bus import Endpoint, Hub
@@ -121,6 +122,7 @@ class Supervisor:
     # ---- public API ---------------------------------------------------
     def run(self) -> int:
         config = self.config
+        reserve_stdio()  # Before a listening socket could take 0-2.
         if config.configure_logging:
             if config.log_fmt == Config.log_fmt:
                 config.log_fmt = "%(asctime)-15s %(levelname)-8s [%(process)d] %(message)s"
