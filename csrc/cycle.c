@@ -344,6 +344,8 @@ cd_cycle_drop_spares(cd_cycle_t *cy)
     future_release(cy->st, b);
     Py_CLEAR(cy->sent_msg[0]);
     Py_CLEAR(cy->sent_msg[1]);
+    Py_CLEAR(cy->sent_val[0]);
+    Py_CLEAR(cy->sent_val[1]);
     Py_CLEAR(cy->free_msg);
 }
 
@@ -358,40 +360,44 @@ cd_cycle_drop_spares(cd_cycle_t *cy)
  * value of its own) it is freed then, with whatever the app put in it;
  * if it is as it was made, it waits in free_msg with only its payload. */
 
-/* Whether msg, which only the cycle holds, may be what cd_cycle_message
- * made: an exact dict of two keys, "type" with type (the same objects)
- * first.  Whether the other is the payload's key shows when it is set
- * again (the size stays 2).  The two then are what a new copy of the
- * template would be, down to their order. */
+/* Whether msg, which only the cycle holds, is as cd_cycle_message made
+ * it: an exact dict of two keys, "type" with type, then key with val (the
+ * same objects).  The two then are what a new copy of the template would
+ * be, down to their order, and nothing in it is the app's (a value of its
+ * own in the payload's place would live on in free_msg). */
 static int
-message_as_made(cd_state *st, PyObject *msg, PyObject *type)
+message_as_made(cd_state *st, PyObject *msg, PyObject *type, PyObject *key,
+                PyObject *val)
 {
     if (!PyDict_CheckExact(msg) || PyDict_GET_SIZE(msg) != 2) {
         return 0;
     }
     Py_ssize_t pos = 0;
     PyObject *k, *v;
-    return PyDict_Next(msg, &pos, &k, &v) && k == st->s_type && v == type;
+    return PyDict_Next(msg, &pos, &k, &v) && k == st->s_type && v == type &&
+           PyDict_Next(msg, &pos, &k, &v) && k == key && v == val;
 }
 
 static void
 messages_let_go_slow(cd_cycle_t *cy)
 {
     for (int i = 0; i < 2; i++) {
-        PyObject *msg = cy->sent_msg[i];
+        PyObject *msg = cy->sent_msg[i], *val = cy->sent_val[i];
         if (msg == NULL || Py_REFCNT(msg) != 1) {
             continue;
         }
-        cy->sent_msg[i] = NULL;
+        cy->sent_msg[i] = cy->sent_val[i] = NULL;
         if (cy->free_msg == NULL &&
-            message_as_made(cy->st, msg, cy->sent_type[i])) {
+            message_as_made(cy->st, msg, cy->sent_type[i], cy->sent_key[i],
+                            val)) {
             cy->free_msg = msg;
             cy->free_type = cy->sent_type[i];
             cy->free_key = cy->sent_key[i];
         }
         else {
-            Py_DECREF(msg);
+            Py_DECREF(msg); /* May run code (what the app put in it). */
         }
+        Py_XDECREF(val);
     }
 }
 
@@ -432,17 +438,23 @@ cd_cycle_message(cd_cycle_t *cy, PyObject *template, PyObject *type,
                   ? NULL
                   : cd_message_new(template, key, Py_NewRef(value));
     }
-    Py_DECREF(value);
     if (msg == NULL || len > 4096) {
+        Py_DECREF(value);
         return msg;
     }
-    Py_XDECREF(cy->sent_msg[1]); /* Held by the app too (let go above). */
+    /* The oldest goes (held by the app too, unless code that ran since
+     * messages_let_go let it go): released once the two are in place. */
+    PyObject *old = cy->sent_msg[1], *old_val = cy->sent_val[1];
     cy->sent_msg[1] = cy->sent_msg[0];
+    cy->sent_val[1] = cy->sent_val[0];
     cy->sent_type[1] = cy->sent_type[0];
     cy->sent_key[1] = cy->sent_key[0];
     cy->sent_msg[0] = Py_NewRef(msg);
+    cy->sent_val[0] = value; /* The reference stolen. */
     cy->sent_type[0] = type;
     cy->sent_key[0] = key;
+    Py_XDECREF(old);
+    Py_XDECREF(old_val);
     return msg;
 }
 
@@ -1326,6 +1338,8 @@ cycle_traverse(cd_cycle_t *cy, visitproc visit, void *arg)
     Py_VISIT(cy->spare_fut[1]);
     Py_VISIT(cy->sent_msg[0]);
     Py_VISIT(cy->sent_msg[1]);
+    Py_VISIT(cy->sent_val[0]);
+    Py_VISIT(cy->sent_val[1]);
     Py_VISIT(cy->free_msg);
     Py_VISIT(cy->resp_headers);
     Py_VISIT(cy->close_handle);

@@ -932,6 +932,7 @@ struct cd_cycle_s {
                                still hold, or NULL */
     PyObject *sent_type[2]; /* borrowed (module state): their "type" */
     PyObject *sent_key[2];  /* borrowed (module state): their payload key */
+    PyObject *sent_val[2];  /* strong: their payloads, or NULL */
     PyObject *free_msg;     /* strong: one the app let go of as it was made,
                                for the next to be made in, or NULL */
     PyObject *free_type;    /* borrowed (module state) */

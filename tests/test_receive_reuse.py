@@ -96,6 +96,24 @@ def test_messages_made_in_ones_the_app_let_go_of_are_new_dicts(reuse_server):
     assert seen == sent + ["end"]
 
 
+def test_a_value_the_app_put_in_a_message_goes_when_the_message_is_let_go_of(serve):
+    # A message whose payload the app replaced kept that value alive in the
+    # dict kept for the next message of its kind (cycle.c free_msg): with
+    # only binary messages after it, until a ping tick (none here).
+    proc = serve(APP, "--ping-interval", "0")
+    ws = websocket.create_connection(proc.ws_url("/own-values"), timeout=30)
+    for _ in range(3):
+        ws.send("put")
+        assert ws.recv() == "ok"
+        for _ in range(2):
+            ws.send_binary(b"check")
+            assert ws.recv() == "ok"
+    ws.send("end")
+    seen = json.loads(ws.recv())
+    ws.close()
+    assert seen == ["put", "gone", "gone"] * 3 + ["end"]
+
+
 def test_disconnect_while_a_reused_future_is_pending(reuse_server):
     for rounds in range(1, 4):
         ws = websocket.create_connection(reuse_server.ws_url("/slow-disconnect"))

@@ -14,6 +14,7 @@ import contextvars
 import json
 import random
 import sys
+import weakref
 
 VAR = contextvars.ContextVar("var", default="unset")
 
@@ -318,6 +319,36 @@ async def mutator(receive, send, seen: list) -> None:
             seen.append(f"! kept message changed: {k!r} vs {copy!r}")
 
 
+class Marker:
+    """An app's own value, whose end a weak reference shows."""
+
+
+async def own_values(receive, send, seen: list) -> None:
+    # A text message's payload replaced by a value of the app's own, then
+    # the message let go of: the value goes with it, as with a new dict,
+    # even while the messages after it are binary (made in other dicts).
+    # Each binary message notes whether the values put so far are gone.
+    refs = []
+    while True:
+        msg = await receive()
+        if msg["type"] != "websocket.receive":
+            seen.append(f"! {msg['type']}")
+            return
+        if msg.get("text") == "end":
+            seen.append("end")
+            return
+        if "text" in msg:
+            value = Marker()
+            refs.append(weakref.ref(value))
+            msg["text"] = value
+            del value
+            seen.append("put")
+        else:
+            seen.append("alive" if any(r() is not None for r in refs) else "gone")
+        del msg
+        await send({"type": "websocket.send", "text": "ok"})  # lets it go
+
+
 async def slow_disconnect(receive, send, seen: list) -> None:
     # Waits in receive() (a kept future pending) when the client goes.
     while True:
@@ -338,6 +369,7 @@ ROUTES = {
     "/default": ws_default,
     "/traced": traced,
     "/mutator": mutator,
+    "/own-values": own_values,
 }
 
 
