@@ -1088,6 +1088,12 @@ accept_subprotocol(cd_cycle_t *cy, PyObject *msg, cd_buf_t *out)
     if (sub == NULL || sub == Py_None) {
         return PyErr_Occurred() ? -1 : 0;
     }
+    if (!PyUnicode_Check(sub)) {
+        PyErr_Format(PyExc_TypeError,
+                     "the subprotocol must be str or None, not %.100s",
+                     Py_TYPE(sub)->tp_name);
+        return -1;
+    }
     Py_ssize_t n;
     const char *p = PyUnicode_AsUTF8AndSize(sub, &n);
     if (p == NULL) {

@@ -1296,7 +1296,9 @@ def app_ws_action(d: Data) -> tuple[Any, ...]:
             msg["headers"] = app_headers(d)
         s = d.u8()
         if s & 1:
-            msg["subprotocol"] = d.blob(40).decode("latin-1") if s & 2 else "chat"
+            sub = d.blob(40).decode("latin-1") if s & 2 else "chat"
+            # bytes: send() raises TypeError, the handshake is refused.
+            msg["subprotocol"] = sub.encode("latin-1") if s & 4 else sub
         return ("send", msg)
     if a in (6, 7):
         if d.u8() & 1:

@@ -312,6 +312,8 @@ def test_app_server_header_replaces_the_default_in_the_handshake(wire):
     ("nul_value", "ValueError: invalid character in the value of header b'x-a'"),
     ("bad_name", "ValueError: invalid header name"),
     ("crlf_subprotocol", "ValueError: invalid character in subprotocol"),
+    # It said "bad argument type for built-in operation".
+    ("bytes_subprotocol", "TypeError: the subprotocol must be str or None, not bytes"),
 ])
 def test_bad_accept_raises_in_send_and_refuses_the_handshake(wire, mode, exc):
     # The exception leaves the app, so the handshake is refused with 500;

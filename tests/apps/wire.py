@@ -63,6 +63,8 @@ def accept_message(mode: str) -> dict:
         msg["headers"] = [(b"x-a", b"v\x00x-injected: 1")]
     elif mode == "crlf_subprotocol":
         msg["subprotocol"] = "chat\r\nx-injected: 1"
+    elif mode == "bytes_subprotocol":
+        msg["subprotocol"] = b"chat"
     elif mode == "bad_name":
         msg["headers"] = [(b"x-injected: 1\r\nx-a", b"v")]
     elif mode == "app_server":
