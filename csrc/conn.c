@@ -1012,3 +1012,12 @@ cd_conn_shutdown(cd_conn_t *c)
         cd_conn_close(c);
     }
 }
+
+void
+cd_conn_stop(cd_conn_t *c)
+{
+    if (c->proto != NULL && c->proto->stop != NULL &&
+        c->state != CD_CONN_CLOSING) {
+        c->proto->stop(c);
+    }
+}

@@ -659,6 +659,9 @@ struct cd_proto_s {
     void (*on_close)(cd_conn_t *c);
     /* The end of a graceful shutdown: close now, politely. */
     void (*shutdown)(cd_conn_t *c);
+    /* The start of a graceful shutdown: begin to end what will not end
+     * on its own (a WebSocket: close 1012).  NULL: nothing to do. */
+    void (*stop)(cd_conn_t *c);
     /* CD_ACT_* bits; none: fresh (nothing read yet), left a moment. */
     int (*activity)(const cd_conn_t *c);
     /* The conn is freed (its last close callback): free proto_data and
@@ -759,6 +762,8 @@ void cd_conn_set_proto(cd_conn_t *c, const cd_proto_t *proto, void *data);
 int cd_conn_activity(const cd_conn_t *c);
 /* The end of a graceful shutdown: the protocol closes (WebSocket 1012). */
 void cd_conn_shutdown(cd_conn_t *c);
+/* The server stops: the protocol's stop hook, if any. */
+void cd_conn_stop(cd_conn_t *c);
 /* For transports: have the conn flushed before the loop polls again,
  * even if the protocol queued nothing (handshake records, alerts). */
 void cd_conn_want_flush(cd_conn_t *c);

@@ -554,7 +554,8 @@ server_close_listeners_c(cd_server_t *srv)
  * response (lingering close) is left to finish; it is bounded.  So is a
  * fresh conn (accepted, no byte read yet): its request may be in the
  * socket already, so it is served (then closed) if it comes soon; the
- * caller closes it with close_all() otherwise. */
+ * caller closes it with close_all() otherwise.  An open WebSocket is
+ * closed with 1012 now (uvicorn's shutdown): its app hears at once. */
 static PyObject *
 server_close_listeners(cd_server_t *srv, PyObject *unused)
 {
@@ -566,6 +567,9 @@ server_close_listeners(cd_server_t *srv, PyObject *unused)
         l = l->next;
         if (cd_conn_activity(c) & CD_ACT_CLOSE_NOW) {
             cd_conn_close(c);
+        }
+        else {
+            cd_conn_stop(c);
         }
     }
     Py_RETURN_NONE;

@@ -101,6 +101,7 @@ struct cd_ws_s {
 };
 
 static int ws_unpark(cd_cycle_t *cy);
+static void ws_stop(cd_conn_t *c);
 
 static const char *
 ws_state_name(cd_ws_state_t s)
@@ -513,8 +514,10 @@ wslay_on_msg(wslay_event_context_ptr ctx,
     }
     if (arg->opcode == WSLAY_CONNECTION_CLOSE) {
         int code = arg->status_code;
-        ws->close_code = code ? code : 1005;
-        if (arg->msg_length > 2) {
+        if (ws->state != CD_WS_CLOSED) { /* Else the app was told. */
+            ws->close_code = code ? code : 1005;
+        }
+        if (arg->msg_length > 2 && ws->state != CD_WS_CLOSED) {
             PyObject *reason =
                 PyUnicode_DecodeUTF8((const char *)arg->msg + 2,
                                      (Py_ssize_t)arg->msg_length - 2, NULL);
@@ -1243,6 +1246,9 @@ ws_accept(cd_cycle_t *cy, PyObject *msg)
     }
     ws_log(cy, "connected");
     ws_read_resume(cy);
+    if (cy->server->closing) {
+        ws_stop(c); /* Accepted while the server stops. */
+    }
     return 0;
 }
 
@@ -1608,6 +1614,26 @@ ws_shutdown(cd_conn_t *c)
     cd_conn_close(c);
 }
 
+/* Server stopping: close with 1012 now and tell the app at once (uvicorn
+ * does both at its shutdown's start), so a quiet WebSocket does not hold
+ * the stop for the graceful timeout.  The peer's close frame then ends
+ * the conn (or CD_WS_CLOSE_WAIT_MS, or close_all); the app's message says
+ * 1012 whatever the peer's frame says. */
+static void
+ws_stop(cd_conn_t *c)
+{
+    cd_cycle_t *cy = c->cycle;
+    if (cy == NULL || cy->ws == NULL || cy->ws->state != CD_WS_OPEN) {
+        return;
+    }
+    queue_close(cy->ws, 1012, "", 0);
+    flush_wslay(cy);
+    if (cy->ws->state == CD_WS_CLOSING) {
+        cy->ws->close_code = 1012;
+        cd_cycle_on_disconnect(cy);
+    }
+}
+
 /* Open until the close handshake: shutdown waits, then sends 1012. */
 static int
 ws_activity(const cd_conn_t *c)
@@ -1623,6 +1649,7 @@ const cd_proto_t cd_ws_proto = {
     .on_drain = cd_cycle_conn_on_drain, /* after the hold's release */
     .on_close = cd_cycle_conn_on_close,
     .shutdown = ws_shutdown,
+    .stop = ws_stop,
     .activity = ws_activity,
     .free = cd_cycle_conn_release,
 };

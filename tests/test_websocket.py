@@ -17,6 +17,7 @@ import httpx
 import pytest
 import websocket
 import websockets
+import websockets.sync.client
 
 from .conftest import Reader, is_closed, readable
 from .serverproc import ServerProcess, start_server
@@ -725,6 +726,26 @@ def test_shutdown_closes_open_sockets_with_1012():
         assert (opcode, close_code(payload)) == (0x8, 1012)
         sock.close()
         assert server.wait(10) == 0
+    finally:
+        if server.proc.poll() is None:
+            server.stop()
+
+
+def test_shutdown_tells_an_idle_websocket_and_its_app_at_once():
+    # uvicorn's shutdown: close 1012 to the client and websocket.disconnect
+    # 1012 to the app when the stop begins.  Both waited for the graceful
+    # timeout before (the app then heard 1006), so a quiet Channels
+    # consumer held every restart for it.
+    server = start_server(APP, "--timeout-graceful-shutdown", "60")
+    try:
+        with websockets.sync.client.connect(server.ws_url("/say-disconnect")) as client:
+            server.proc.send_signal(signal.SIGTERM)
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                client.recv(timeout=30)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1012
+        assert server.wait(30) == 0
+        heard = [line for line in server.log.splitlines() if "app heard" in line]
+        assert heard == ['app heard {"code": 1012, "reason": "", "type": "websocket.disconnect"}']
     finally:
         if server.proc.poll() is None:
             server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import weakref
 
 EVENTS: list[dict] = []
@@ -211,6 +212,11 @@ async def app(scope, receive, send):
     elif path == "/record":
         await send({"type": "websocket.accept"})
         await drain(receive)
+    elif path == "/say-disconnect":
+        # What the app hears, on stderr: the server's log outlives it.
+        await send({"type": "websocket.accept"})
+        message = await drain(receive)
+        print("app heard", json.dumps(message, sort_keys=True), file=sys.stderr, flush=True)
     elif path == "/crash":
         await send({"type": "websocket.accept"})
         raise ValueError("boom after accept")
