@@ -1354,6 +1354,39 @@ sched_timer(cd_loop_t *core, PyObject *when, PyObject *const *args,
     return h;
 }
 
+/* 0 if the loop can wait until when; else -1 with what stock asyncio
+ * raises once the timer is first in its heap (run_forever: `when -
+ * loop.time()` is the select() timeout): ValueError for NaN, TypeError
+ * for a Decimal.  Raised here, as uvloop does: the timer never runs on
+ * stock, and the loop would stop with it. */
+static int
+sched_when_check(cd_loop_t *core, PyObject *when)
+{
+    double w;
+    if (PyFloat_CheckExact(when)) {
+        w = PyFloat_AS_DOUBLE(when);
+    }
+    else if (PyLong_CheckExact(when)) {
+        return 0;
+    }
+    else {
+        PyObject *now = core_time_obj(core);
+        PyObject *left = now ? PyNumber_Subtract(when, now) : NULL;
+        Py_XDECREF(now);
+        if (left == NULL) {
+            return -1;
+        }
+        w = PyFloat_Check(left) ? PyFloat_AS_DOUBLE(left) : 0.0;
+        Py_DECREF(left);
+    }
+    if (isnan(w)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "cannot convert float NaN to integer");
+        return -1;
+    }
+    return 0;
+}
+
 /* call_at(when, callback, *args, context=None). */
 PyObject *
 cd_sched_call_at(cd_loop_t *core, PyObject *const *args, size_t nargsf,
@@ -1368,6 +1401,9 @@ cd_sched_call_at(cd_loop_t *core, PyObject *const *args, size_t nargsf,
         return ok < 0 ? NULL
                       : cd_loopmeth_call(st->lm_base[CD_LM_CALL_AT],
                                          core->aio_loop, args, nargs, kwnames);
+    }
+    if (sched_when_check(core, args[0]) < 0) {
+        return NULL;
     }
     return sched_timer(core, args[0], args + 1, nargs - 1, context);
 }
@@ -1411,7 +1447,8 @@ cd_sched_call_later(cd_loop_t *core, PyObject *const *args, size_t nargsf,
                                          core->aio_loop, args, nargs, kwnames);
     }
     PyObject *when = sched_when(core, args[0]);
-    if (when == NULL) {
+    if (when == NULL || sched_when_check(core, when) < 0) {
+        Py_XDECREF(when);
         return NULL;
     }
     PyObject *h = sched_timer(core, when, args + 1, nargs - 1, context);

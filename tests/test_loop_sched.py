@@ -1262,3 +1262,35 @@ def test_the_rebuild_of_a_mostly_cancelled_heap_is_heapqs(meddle):
 
     layouts = on_both(scenario)
     assert layouts[1] == 107 and layouts[3] == 0 and len(layouts[2]) == 54 + meddle
+
+
+@pytest.mark.parametrize(
+    ("method", "when", "raised"),
+    [
+        ("call_at", float("nan"), (ValueError, "cannot convert float NaN to integer")),
+        ("call_later", float("nan"), (ValueError, "cannot convert float NaN to integer")),
+        ("call_at", "decimal", (TypeError, "unsupported operand type(s) for -: "
+                                           "'decimal.Decimal' and 'float'")),
+        ("call_later", "decimal", (TypeError, "unsupported operand type(s) for +: "
+                                              "'float' and 'decimal.Decimal'")),
+    ],
+)
+def test_a_when_the_loop_cannot_wait_for_raises_what_asyncio_raises(method, when, raised):
+    # Stock asyncio raises once the timer is first in its heap (the select
+    # timeout is `when - loop.time()`), out of run_until_complete, and the
+    # timer never runs; cdaphne raises the same at the call, as uvloop does.
+    # It ran the timer before.
+    from decimal import Decimal
+
+    def scenario(loop):
+        done = loop.create_future()
+        value = Decimal(loop.time()) if when == "decimal" else when
+        try:
+            getattr(loop, method)(value, done.set_result, "ran")
+            return loop.run_until_complete(done)
+        except (ValueError, TypeError) as exc:
+            return type(exc), str(exc)
+        finally:
+            loop._scheduled.clear()
+
+    assert on_both(scenario) == raised
