@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import sys
 
 import httpx
 import pytest
 
+from cdaphne.config import Config
 from cdaphne.proxy import ProxyHeadersMiddleware, parse_forwarded
 
 from .conftest import Reader
+from .serverproc import ServerProcess
 
 APP = "tests.apps.http1:app"
 
@@ -108,6 +112,35 @@ def test_forwarded_allow_ips_alone_turns_proxy_headers_on(serve):
     assert scope["scheme"] == "https"
     # Only the named peer is trusted.
     assert scope_via(proc, XFF)["client"][0] == "127.0.0.1"
+
+
+def test_run_with_forwarded_allow_ips_alone_turns_proxy_headers_on():
+    """cdaphne.run(forwarded_allow_ips=...) as the flag (it was ignored
+    there): Config's defaults decide it, for the CLI and the API alike."""
+    code = ("import cdaphne; cdaphne.run('tests.apps.http1:app', host='127.0.0.1', "
+            "port=0, forwarded_allow_ips='127.0.0.2', configure_logging=True)")
+    proc = ServerProcess([], cmd=[sys.executable, "-c", code])
+    try:
+        proc.wait_listening()
+        scope = scope_via(proc, XFF, source="127.0.0.2")
+        assert scope["client"] == ["203.0.113.7", 8443]
+        assert scope_via(proc, XFF)["client"][0] == "127.0.0.1"
+    finally:
+        assert proc.stop() == 0, proc.log_tail()
+
+
+def test_config_defaults_for_proxy_headers():
+    # The environment names whom to trust; alone it turns nothing on.
+    assert Config("m:a").proxy_headers is False
+    assert Config("m:a", forwarded_allow_ips="*").proxy_headers is True
+    assert Config("m:a", proxy_headers=False, forwarded_allow_ips="*").proxy_headers is False
+    os.environ["FORWARDED_ALLOW_IPS"] = "10.0.0.1"
+    try:
+        config = Config("m:a")
+    finally:
+        del os.environ["FORWARDED_ALLOW_IPS"]
+    assert (config.proxy_headers, config.forwarded_allow_ips) == (False, "10.0.0.1")
+    assert Config("m:a").forwarded_allow_ips == "127.0.0.1"
 
 
 def test_forwarded_allow_ips_environment_alone_trusts_nothing(serve):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import sys
 from typing import NoReturn
@@ -237,14 +236,10 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     args = parser.parse_args(argv)
     if args.log_level is not None:
         args.verbosity = _LOG_LEVELS[args.log_level]
-    if args.forwarded_allow_ips is None:
-        args.forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
-    else:
-        # uvicorn reads proxy headers unless told not to: its users name
-        # the trusted proxies with this flag alone.
-        args.proxy_headers = True
+    # --forwarded-allow-ips turns proxy headers on (Config's default).
+    proxy_headers = args.proxy_headers or args.forwarded_allow_ips is not None
     for flag in ("proxy_headers_host", "proxy_headers_port"):
-        if getattr(args, flag) and not args.proxy_headers:
+        if getattr(args, flag) and not proxy_headers:
             # Daphne refuses these without --proxy-headers too.
             parser.error(f"--{flag.replace('_', '-')} needs --proxy-headers")
     return Config(
@@ -255,7 +250,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         fd=args.fd,
         endpoints=args.endpoints,
         root_path=args.root_path,
-        proxy_headers=args.proxy_headers,
+        proxy_headers=args.proxy_headers or None,  # None: Config decides
         proxy_headers_host=args.proxy_headers_host,
         proxy_headers_port=args.proxy_headers_port,
         forwarded_allow_ips=args.forwarded_allow_ips,

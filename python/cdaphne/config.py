@@ -250,10 +250,14 @@ class Config:
     fd: int | None = None
     endpoints: list[str] = field(default_factory=list)
     root_path: str = ""
-    proxy_headers: bool = False
+    # None: on when forwarded_allow_ips is given (uvicorn reads proxy
+    # headers by default: its users name the trusted proxies alone).
+    proxy_headers: bool | None = None
     proxy_headers_host: str | None = None  # None: X-Forwarded-For
     proxy_headers_port: str | None = None  # None: X-Forwarded-Port
-    forwarded_allow_ips: str = "127.0.0.1"
+    # None: $FORWARDED_ALLOW_IPS, else 127.0.0.1 (uvicorn's); the
+    # environment alone turns proxy headers on nowhere.
+    forwarded_allow_ips: str | None = None
     access_log: str | None = None
     log_fmt: str = "%(asctime)-15s %(levelname)-8s %(message)s"
     verbosity: int = 1
@@ -359,6 +363,12 @@ class Config:
     # Linux's default tcp_rmem maximum).
     read_size: int = 65536
     loaded_app: ASGIApp | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.proxy_headers is None:
+            self.proxy_headers = self.forwarded_allow_ips is not None
+        if self.forwarded_allow_ips is None:
+            self.forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
     def binds(self) -> list[Bind]:
         """Where to listen, Daphne's way: endpoints, plus host/port/socket/fd if given."""
