@@ -114,6 +114,23 @@ def test_signal_stops_idle_server_promptly(serve, sig):
     assert "Traceback" not in proc.log
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_second_signal_while_executor_threads_run_ends_the_process_by_it(serve, sig):
+    # The stop is over but an executor thread runs on (60 s): a second
+    # signal ends the process by that signal, as uvicorn's every signalled
+    # stop does.  Our handlers were gone by then: SIGTERM killed us the
+    # same way by chance, SIGINT raised KeyboardInterrupt (a traceback).
+    proc = serve("tests.apps.slow:app")
+    assert httpx.get(proc.url("/?thread=60")).text == "started;finished"
+    proc.send_signal(sig)
+    proc.wait_log("Waiting for executor threads to finish")
+    proc.send_signal(sig)
+    proc.expected_exit = -sig
+    assert proc.wait(timeout=20) == -sig
+    assert "Traceback" not in proc.log
+    assert "Exiting now: executor threads still running" in proc.log
+
+
 def test_signal_stops_with_idle_keep_alive_connection_promptly(serve):
     proc = serve(APP)
     with connect(proc) as sock:

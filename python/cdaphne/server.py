@@ -45,6 +45,8 @@ class Server:
         self.started = threading.Event()
         self._stop: asyncio.Event | None = None
         self._stop_requested = False
+        self._signals: asyncio.AbstractEventLoop | None = None  # handlers on it
+        self._exiting = False  # serving is over: executor threads waited for
 
     # ---- public API ---------------------------------------------------
     def run(self) -> int:
@@ -53,6 +55,10 @@ class Server:
             configure_logging(self.config)
         loop = new_event_loop()
         asyncio.set_event_loop(loop)
+        # Ours until the loop closes: a signal while the executor's threads
+        # are waited for met the default action before (SIGTERM killed,
+        # SIGINT raised KeyboardInterrupt with a traceback).
+        self._install_signal_handlers(loop)
         try:
             return loop.run_until_complete(self.serve())
         except (ConfigError, StartupError) as exc:
@@ -61,10 +67,22 @@ class Server:
         finally:
             try:
                 loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.run_until_complete(loop.shutdown_default_executor())
+                loop.run_until_complete(self._wait_executor(loop))
             finally:
+                self._remove_signal_handlers(loop)
                 asyncio.set_event_loop(None)
                 loop.close()
+
+    async def _wait_executor(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The default executor's threads, waited for; a signal meanwhile
+        ends the process by that signal (_on_signal)."""
+        self._exiting = True
+        wait = asyncio.ensure_future(loop.shutdown_default_executor())
+        done, _ = await asyncio.wait({wait}, timeout=0.5)
+        if not done:
+            logger.info("Waiting for executor threads to finish "
+                        "(a second SIGINT or SIGTERM exits now)")
+        await wait
 
     def _report_error(self, message: str) -> None:
         """Why the server could not start: one line on stderr."""
@@ -111,11 +129,12 @@ class Server:
 
         # Signals are ours from before the app's startup: SIGINT or SIGTERM
         # while it runs abandons it (they were lost, or killed us, before).
-        self._install_signal_handlers(loop)
+        installed = self._install_signal_handlers(loop)
         try:
             return await self._serve(config, app, binds, tls, access_log)
         finally:
-            self._remove_signal_handlers(loop)
+            if installed:
+                self._remove_signal_handlers(loop)
 
     async def _serve(self, config: Config, app: Any, binds: list[Bind], tls: list[Any],
                      access_log: AccessLogGenerator | None) -> int:
@@ -263,19 +282,33 @@ class Server:
             # destroyed but it is pending!').
             await asyncio.wait(pending, timeout=max(close_timeout, 1.0))
 
-    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """True if this call installed them (run() did not before)."""
+        if threading.current_thread() is not threading.main_thread() or self._signals:
+            return False
         for sig in HANDLED_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        self._signals = loop
+        return True
 
     def _remove_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        if self._signals is not loop:
             return
+        self._signals = None
         for sig in HANDLED_SIGNALS:
             loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig: int) -> None:
+        if self._exiting:
+            # Serving is over and an executor thread is still running (a
+            # blocked sync view): the user insists.  The process ends by
+            # the signal, as uvicorn's always does (status 128 + N).
+            logger.warning("Exiting now: executor threads still running")
+            assert self._signals is not None
+            self._remove_signal_handlers(self._signals)
+            signal.signal(sig, signal.SIG_DFL)
+            signal.raise_signal(sig)
+            return
         if self._stop is not None and self._stop.is_set():
             # A second Ctrl-C: stop waiting for the grace period.
             if self.core is not None:
