@@ -245,7 +245,8 @@ struct cd_loop_s {
     cd_heap_ent_t *heap;
     Py_ssize_t heap_len;
     Py_ssize_t heap_cap;
-    PyObject *report; /* strong: reports a callback's exception */
+    uint64_t heap_writes; /* cd_timer_when_writes() when the keys were read */
+    PyObject *report;     /* strong: reports a callback's exception */
     /* strong: asyncio.events._ThreadSafeHandle where the running Python
      * has it (call_soon_threadsafe's handle, with a lock), or NULL */
     PyObject *ts_handle;
@@ -362,6 +363,10 @@ void cd_loopmeth_forget(cd_loop_t *core);
 int cd_type_tag(PyTypeObject *tp, PyObject *name);
 /* Copies the handle slot offsets for the timers' dealloc (cd_sched_init). */
 void cd_timer_note_slots(const cd_handle_slots_t *o);
+/* How many times Python code set a timer's _when so far (the loop writes
+ * the slot itself): sched.c's copy of the heap's keys is read again when
+ * this moved.  Read on every sift: a variable, not a call. */
+extern uint64_t cd_timer_when_writes;
 /* New reference: fn(self, *args, **kw), args as vectorcall passes them. */
 PyObject *cd_loopmeth_call(PyObject *fn, PyObject *self, PyObject *const *args,
                            Py_ssize_t nargs, PyObject *kwnames);

@@ -1031,6 +1031,13 @@ heap_reserve(cd_loop_t *core, Py_ssize_t n)
     return 0;
 }
 
+/* The copy is the n-item list's, with the keys its timers have now. */
+static int
+heap_follows(const cd_loop_t *core, Py_ssize_t n)
+{
+    return core->heap_len == n && core->heap_writes == cd_timer_when_writes;
+}
+
 /* Copies the list's items and their keys again. */
 static int
 heap_copy(cd_loop_t *core, PyObject *list)
@@ -1038,6 +1045,7 @@ heap_copy(cd_loop_t *core, PyObject *list)
     Py_ssize_t n = PyList_GET_SIZE(list);
     PyObject **items = ((PyListObject *)list)->ob_item;
     core->heap_len = -1;
+    core->heap_writes = cd_timer_when_writes;
     if (heap_reserve(core, n + 1) < 0) {
         return -1;
     }
@@ -1091,7 +1099,7 @@ sift_begin(cd_sift_t *s, cd_loop_t *core, PyObject *list)
     s->list = list;
     s->items = ((PyListObject *)list)->ob_item;
     s->size = PyList_GET_SIZE(list);
-    int r = core->heap_len == s->size ? 0 : heap_copy(core, list);
+    int r = heap_follows(core, s->size) ? 0 : heap_copy(core, list);
     s->ents = core->heap;
     return r;
 }
@@ -1199,7 +1207,7 @@ heap_push(cd_loop_t *core, PyObject *heap, PyObject *item)
     if (PyList_Append(heap, item) < 0) {
         return -1;
     }
-    if (core->heap_len == n) {
+    if (heap_follows(core, n)) {
         if (heap_reserve(core, n + 1) < 0) {
             heap_forget(core);
             return -1;
@@ -1238,7 +1246,7 @@ heap_pop(cd_loop_t *core, PyObject *heap)
             return NULL;
         }
     }
-    if (core->heap_len == n) {
+    if (heap_follows(core, n)) {
         /* The last entry moves to the top, as the last item does. */
         core->heap[0] = core->heap[n - 1];
         core->heap_len = n - 1;
@@ -1311,7 +1319,7 @@ static int
 heap_top_when(cd_loop_t *core, PyObject *heap, double *out)
 {
     PyObject *top = PyList_GET_ITEM(heap, 0);
-    if (core->heap_len == PyList_GET_SIZE(heap) && core->heap[0].h == top &&
+    if (heap_follows(core, PyList_GET_SIZE(heap)) && core->heap[0].h == top &&
         !isnan(core->heap[0].when)) {
         /* The top's _when as it is now (a timer of the core's type,
          * heap_key): Python code that changed it in place (and
@@ -1630,7 +1638,7 @@ sched_rebuild(cd_loop_t *core, PyObject *sched)
 {
     cd_state *st = core->st;
     Py_ssize_t n = PyList_GET_SIZE(sched), k = 0;
-    int compact = core->heap_len == n;
+    int compact = heap_follows(core, n);
     PyObject *fresh = PyList_New(0);
     int rc = -1;
     if (fresh == NULL) {

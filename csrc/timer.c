@@ -285,6 +285,52 @@ cd_timer_state_clear(cd_state *st)
     }
 }
 
+/* _when, over asyncio.TimerHandle's slot: the same slot, read and written
+ * as its member descriptor does, and each write counted (asyncio's heapq
+ * compares the _when timers have at each push and pop; sched.c keeps a
+ * copy of them). */
+uint64_t cd_timer_when_writes;
+
+static int
+timer_no_when(PyObject *self)
+{
+    PyObject *name = PyType_GetName(Py_TYPE(self));
+    if (name != NULL) {
+        PyErr_Format(PyExc_AttributeError,
+                     "'%U' object has no attribute '_when'", name);
+        Py_DECREF(name);
+    }
+    return -1;
+}
+
+static PyObject *
+timer_get_when(PyObject *self, void *closure)
+{
+    PyObject *v = CD_SLOT(self, timer_offsets.when);
+    if (v == NULL) {
+        timer_no_when(self);
+        return NULL;
+    }
+    return Py_NewRef(v);
+}
+
+static int
+timer_set_when(PyObject *self, PyObject *value, void *closure)
+{
+    PyObject **slot = &CD_SLOT(self, timer_offsets.when);
+    if (value == NULL && *slot == NULL) {
+        return timer_no_when(self);
+    }
+    Py_XSETREF(*slot, Py_XNewRef(value));
+    cd_timer_when_writes++;
+    return 0;
+}
+
+static PyGetSetDef timer_getset[] = {
+    {"_when", timer_get_when, timer_set_when, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyMethodDef timer_methods[] = {
     {"cancel", (PyCFunction)(void (*)(void))timer_cancel,
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
@@ -299,6 +345,7 @@ static PyType_Slot timer_slots[] = {
     {Py_tp_doc, "asyncio.TimerHandle with cancel() in C: the timers "
                 "cdaphne's loop makes."},
     {Py_tp_methods, timer_methods},
+    {Py_tp_getset, timer_getset},
     {0, NULL},
 };
 

@@ -79,3 +79,42 @@ def test_timers_pushed_and_popped_by_python_code_in_any_order_match_asyncio():
 
     for seed in range(200):
         on_both(lambda loop, seed=seed: scenario(loop, seed))
+
+
+def test_a_when_changed_in_place_anywhere_in_the_heap_is_seen_as_asyncio_sees_it():
+    # An app sets a scheduled timer's _when (no heapify): asyncio's heapq
+    # compares the timers' _when as they are at each push and pop, so the
+    # new value steers the sifts that meet that timer.  cdaphne kept each
+    # timer's _when from its push but the first one's: timers ran in
+    # another order.
+    import random
+
+    def scenario(loop, seed):
+        rnd = random.Random(seed)
+        out = []
+        now = [1000.0]
+        loop.time = lambda: now[0]
+        handles = []
+        for step in range(60):
+            op = rnd.random()
+            if op < 0.45:
+                w = now[0] + rnd.random() * 5
+                handles.append(loop.call_at(w, out.append, len(handles)))
+            elif op < 0.7 and loop._scheduled:
+                rnd.choice(loop._scheduled)._when = now[0] + rnd.random() * 5
+            elif op < 0.9:
+                now[0] += rnd.choice([0, 0.5, 1])
+                loop.call_soon(int)
+                loop._run_once()
+            else:
+                loop.call_soon(out.append, f"soon{step}")
+        for _ in range(8):
+            now[0] += 2
+            loop.call_soon(int)
+            loop._run_once()
+        left = [h.when() for h in loop._scheduled]
+        loop._scheduled.clear()
+        return out, left
+
+    for seed in range(200):
+        on_both(lambda loop, seed=seed: scenario(loop, seed))
