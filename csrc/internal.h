@@ -411,6 +411,11 @@ PyObject *cd_sched_step(cd_loop_t *core, PyObject *unused);
 PyObject *cd_sched_get_debug(cd_loop_t *core, PyObject *unused);
 /* 1 if loop._debug is true, 0 if not, -1 on error (cached reads). */
 int cd_sched_debug(cd_loop_t *core);
+/* 1 when the loop's call_soon_threadsafe and _write_to_self are the
+ * core's (class and instance): asyncio's run_in_executor completes its
+ * future through both, so the C hops may wake the loop themselves; 0 if
+ * not, -1 on error. */
+int cd_sched_threadsafe_plain(cd_loop_t *core);
 /* 1 when the loop is open and not in debug mode (and, if task, has no
  * task factory): what create_task and run_in_executor check before their
  * C paths; 0 if not, -1 on error.  Read through the step's cache (3.12+),

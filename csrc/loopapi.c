@@ -144,13 +144,17 @@ cd_loopapi_run_in_executor(cd_loop_t *loop, PyObject *const *args,
     int unusual = nargs < 2 || kwnames != NULL;
     if (!unusual) {
         int plain = cd_loopapi_plain(loop, 0);
+        if (plain > 0) {
+            plain = cd_sched_threadsafe_plain(loop);
+        }
         if (plain < 0) {
             return NULL;
         }
         unusual = !plain;
     }
     if (unusual) {
-        /* Closed, debug mode (its callback check), bad arguments. */
+        /* Closed, debug mode (its callback check), bad arguments, a
+         * wake-up of the loop's own (the C hops would go past it). */
         return cd_loopmeth_call(st->lm_base[CD_LM_RUN_IN_EXECUTOR],
                                 loop->aio_loop, args, nargs, kwnames);
     }

@@ -832,6 +832,21 @@ core_wake_is_ours(cd_loop_t *core)
                                CD_ATTR_WAKE_IS_OURS);
 }
 
+int
+cd_sched_threadsafe_plain(cd_loop_t *core)
+{
+    cd_state *st = core->st;
+    int r = core_wake_is_ours(core);
+    if (r > 0) {
+        r = cd_loopmeth_plain(st, core->aio_loop, CD_LM_CALL_SOON_THREADSAFE);
+    }
+    if (r > 0) {
+        r = core_no_instance_attr(core,
+                                  st->lm_name[CD_LM_CALL_SOON_THREADSAFE]);
+    }
+    return r;
+}
+
 /* self._write_to_self(), as BaseEventLoop.call_soon_threadsafe ends: in
  * C when it is ours, else whatever the loop has (a subclass's, a patch,
  * an instance attribute).  0, or -1 with an exception. */

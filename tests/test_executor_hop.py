@@ -731,3 +731,35 @@ def test_a_patched_semaphore_acquire_or_adjust_thread_count_is_called(monkeypatc
             executor.shutdown()
 
     assert on_both(scenario, items=3) == ["acquire", "adjust"]
+
+
+@pytest.mark.parametrize("method", ["_write_to_self", "call_soon_threadsafe"])
+def test_an_overridden_wake_up_is_called_for_every_completion(method):
+    # asyncio completes run_in_executor's future from the worker thread
+    # with call_soon_threadsafe, which ends with _write_to_self: a loop that
+    # replaces either (to count, or to wake something of its own) sees
+    # every completion.  cdaphne's work items woke the loop in C, past both.
+    def scenario(loop):
+        calls = []
+        original = getattr(loop, method)
+
+        def wrapper(*args, **kwargs):
+            calls.append(threading.current_thread().name)
+            return original(*args, **kwargs)
+
+        setattr(loop, method, wrapper)
+        executor = concurrent.futures.ThreadPoolExecutor(2)
+
+        async def main():
+            return await asyncio.gather(*(loop.run_in_executor(executor, abs, -i)
+                                          for i in range(5)))
+
+        try:
+            result = loop.run_until_complete(main())
+        finally:
+            executor.shutdown()
+        # Once per completion, from the worker, or from the loop's thread
+        # when the work was done before its callback was added.
+        return result, len(calls)
+
+    assert on_both(scenario, items=0) == ([0, 1, 2, 3, 4], 5)
