@@ -223,6 +223,7 @@ struct cd_loop_s {
      * because the module state may be gone when a loop outlives its module
      * at interpreter exit. */
     int dict_watch;
+    int dict_attaching; /* sched_attach_dict runs (it may set __dict__) */
     /* Whether the names the core reads live in aio_dict: 1 while the
      * loop's class has no data descriptor for any, found when the class
      * had the version tag dict_tag (0: check at every use). */
@@ -431,6 +432,9 @@ PyObject *cd_sched_timer_cancelled(cd_loop_t *core, PyObject *h);
 /* LoopCore.timer_cancelled_count: get and set. */
 PyObject *cd_sched_get_cancelled(cd_loop_t *core, void *closure);
 int cd_sched_set_cancelled(cd_loop_t *core, PyObject *v, void *closure);
+/* sched_dict_replaced(): loop.__dict__ was assigned (the loop class's
+ * __dict__ descriptor tells): the core reads and watches the new one. */
+PyObject *cd_sched_dict_replaced(cd_loop_t *core, PyObject *unused);
 PyObject *cd_sched_attach(cd_loop_t *core, PyObject *const *args,
                           Py_ssize_t nargs);
 int cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg);

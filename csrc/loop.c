@@ -694,6 +694,8 @@ static PyMethodDef loop_methods[] = {
     {"attach", (PyCFunction)loop_attach, METH_O, "attach(asyncio_loop)"},
     {"wakeup", (PyCFunction)cd_hop_wakeup, METH_NOARGS,
      "Wake select() from any thread (call_soon_threadsafe)."},
+    {"sched_dict_replaced", (PyCFunction)cd_sched_dict_replaced, METH_NOARGS,
+     "loop.__dict__ was assigned: read and watch the new one"},
     {"sched_init", (PyCFunction)(void (*)(void))cd_sched_attach, METH_FASTCALL,
      "sched_init(report, selector) -> the ready queue (loop._ready)"},
     {"close", (PyCFunction)loop_close, METH_NOARGS, NULL},

@@ -2047,6 +2047,22 @@ sched_attach_dict(cd_loop_t *core)
     return 0;
 }
 
+PyObject *
+cd_sched_dict_replaced(cd_loop_t *core, PyObject *unused)
+{
+    if (core->aio_loop == NULL || core->ready_q == NULL ||
+        core->dict_attaching) {
+        Py_RETURN_NONE; /* Not attached yet, or our own (sched_own_dict). */
+    }
+    core->dict_attaching = 1;
+    int r = sched_attach_dict(core);
+    core->dict_attaching = 0;
+    if (r < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* sched_init(report, selector) -> the ready queue: takes the Python
  * function that reports an exception raised by a callback and the
  * LibuvSelector whose select() the step runs in C; returns the queue that
@@ -2068,7 +2084,10 @@ cd_sched_attach(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
     }
-    if (sched_attach_dict(core) < 0 || sched_attach_threadsafe(core) < 0) {
+    core->dict_attaching = 1;
+    int r = sched_attach_dict(core);
+    core->dict_attaching = 0;
+    if (r < 0 || sched_attach_threadsafe(core) < 0) {
         return NULL;
     }
     Py_XSETREF(core->report, Py_NewRef(args[0]));

@@ -1294,3 +1294,31 @@ def test_a_when_the_loop_cannot_wait_for_raises_what_asyncio_raises(method, when
             loop._scheduled.clear()
 
     assert on_both(scenario) == raised
+
+
+def test_a_replaced_loop_dict_is_the_one_read():
+    # loop.__dict__ = a copy: the C core kept reading the old dict, so
+    # set_debug(True) then get_debug() said False and a task factory set
+    # afterwards was never called.
+    def scenario(loop):
+        loop.__dict__ = dict(loop.__dict__)
+        loop.set_debug(True)
+        debug = loop.get_debug()
+        loop.set_debug(False)
+        made = []
+
+        def factory(loop, coro, **kwargs):
+            made.append(coro.__name__)
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        loop.set_task_factory(factory)
+
+        async def work():
+            await asyncio.sleep(0)
+            return 7
+
+        result = loop.run_until_complete(loop.create_task(work()))
+        loop.set_task_factory(None)
+        return debug, made, result, vars(loop) is loop.__dict__
+
+    assert on_both(scenario) == (True, ["work"], 7, True)

@@ -127,6 +127,27 @@ def _report_callback_error(handle: asyncio.Handle, exc: BaseException) -> None:
     handle._loop.call_exception_handler(context)  # type: ignore[attr-defined]
 
 
+class _LoopDict:
+    """`loop.__dict__`, as the base class's descriptor gives it; assigning
+    it tells the C core, which reads the loop's attributes from the dict
+    it found (a new dict's `_debug` or task factory went unseen)."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+
+    def __get__(self, obj: Any, cls: Any = None) -> Any:
+        return self if obj is None else self.base.__get__(obj, cls)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        self.base.__set__(obj, value)
+        core = obj.__dict__.get("core")
+        if core is not None:
+            core.sched_dict_replaced()
+
+    def __delete__(self, obj: Any) -> None:
+        self.base.__delete__(obj)
+
+
 class LibuvEventLoop(LoopMethods, asyncio.SelectorEventLoop):  # type: ignore[misc]
     """asyncio's selector event loop, on libuv.
 
@@ -145,6 +166,9 @@ class LibuvEventLoop(LoopMethods, asyncio.SelectorEventLoop):  # type: ignore[mi
     wake-up fd only), and `run_in_executor` completes its future from C
     on the loop's thread (csrc/hop.c).
     """
+
+    __dict__ = _LoopDict(next(c.__dict__["__dict__"] for c in asyncio.SelectorEventLoop.__mro__
+                              if "__dict__" in c.__dict__))
 
     def __init__(self) -> None:
         selector = LibuvSelector()
