@@ -9,6 +9,20 @@ import heapq
 from .test_loop_sched import on_both
 
 
+def clocked(loop) -> list[float]:
+    """loop.time() is now[0] from here on, which step() advances."""
+    now = [1000.0]
+    loop.time = lambda: now[0]
+    return now
+
+
+def step(loop, now: list[float], advance: float) -> None:
+    """One _run_once of a loop whose time is now[0], advanced first."""
+    now[0] += advance
+    loop.call_soon(int)  # the step does not block
+    loop._run_once()
+
+
 def test_a_when_changed_in_place_and_reheapified_is_the_one_used():
     def scenario(loop):
         out = []
@@ -41,10 +55,9 @@ def test_timers_pushed_and_popped_by_python_code_in_any_order_match_asyncio():
     def scenario(loop, seed):
         rnd = random.Random(seed)
         out = []
-        now = [1000.0]
-        loop.time = lambda: now[0]
+        now = clocked(loop)
         handles = []
-        for step in range(40):
+        for i in range(40):
             op = rnd.random()
             if op < 0.4:
                 w = now[0] + rnd.choice([0, 0.5, 1, 2, 3, rnd.random() * 5])
@@ -52,7 +65,7 @@ def test_timers_pushed_and_popped_by_python_code_in_any_order_match_asyncio():
             elif op < 0.5 and handles:
                 rnd.choice(handles).cancel()
             elif op < 0.55:
-                t = MyTimer(now[0] + rnd.random() * 3, out.append, (f"sub{step}",), loop)
+                t = MyTimer(now[0] + rnd.random() * 3, out.append, (f"sub{i}",), loop)
                 heapq.heappush(loop._scheduled, t)
             elif op < 0.6 and loop._scheduled:
                 heapq.heappop(loop._scheduled)._scheduled = False
@@ -64,15 +77,11 @@ def test_timers_pushed_and_popped_by_python_code_in_any_order_match_asyncio():
             elif op < 0.7:
                 loop._scheduled.clear()
             elif op < 0.85:
-                now[0] += rnd.choice([0, 0.5, 1, 2])
-                loop.call_soon(int)
-                loop._run_once()
+                step(loop, now, rnd.choice([0, 0.5, 1, 2]))
             else:
-                loop.call_soon(out.append, f"soon{step}")
+                loop.call_soon(out.append, f"soon{i}")
         for _ in range(4):
-            now[0] += 2
-            loop.call_soon(int)
-            loop._run_once()
+            step(loop, now, 2)
         left = sorted(h.when() for h in loop._scheduled)
         loop._scheduled.clear()
         return out, left, loop._timer_cancelled_count
@@ -90,28 +99,20 @@ def test_a_when_changed_in_place_anywhere_in_the_heap_is_seen_as_asyncio_sees_it
     import random
 
     def scenario(loop, seed):
-        rnd = random.Random(seed)
-        out = []
-        now = [1000.0]
-        loop.time = lambda: now[0]
-        handles = []
-        for step in range(60):
+        now = clocked(loop)
+        rnd, out = random.Random(seed), []
+        for i in range(60):
             op = rnd.random()
             if op < 0.45:
-                w = now[0] + rnd.random() * 5
-                handles.append(loop.call_at(w, out.append, len(handles)))
+                loop.call_at(now[0] + rnd.random() * 5, out.append, i)
             elif op < 0.7 and loop._scheduled:
                 rnd.choice(loop._scheduled)._when = now[0] + rnd.random() * 5
             elif op < 0.9:
-                now[0] += rnd.choice([0, 0.5, 1])
-                loop.call_soon(int)
-                loop._run_once()
+                step(loop, now, rnd.choice([0, 0.5, 1]))
             else:
-                loop.call_soon(out.append, f"soon{step}")
+                loop.call_soon(out.append, f"soon{i}")
         for _ in range(8):
-            now[0] += 2
-            loop.call_soon(int)
-            loop._run_once()
+            step(loop, now, 2)
         left = [h.when() for h in loop._scheduled]
         loop._scheduled.clear()
         return out, left
