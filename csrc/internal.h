@@ -178,6 +178,11 @@ typedef struct {
  * loop turn's batch of wake-ups (a WebSocket echo at 50 connections runs
  * ~40 a turn), 64 bytes each. */
 #define CD_SPARE_ARGS 256
+/* Write blocks (conn.c, cd_conn_block): the bytes of one, and how many a
+ * loop keeps for reuse once their writes are done (a WebSocket echo at 50
+ * connections writes 50 small frames a turn). */
+#define CD_BLOCK_SIZE 1032
+#define CD_SPARE_BLOCKS 128
 
 /* The Python object LoopCore.  It owns the uv_loop_t; asyncio's
  * SelectorEventLoop drives it through cdaphne.loop.LibuvSelector. */
@@ -240,6 +245,10 @@ struct cd_loop_s {
      * nothing else holds, for the next call_soons' arguments (sched.c) */
     PyObject *spare_args[CD_SPARE_ARGS];
     int nspare_args;
+    /* owned: CD_BLOCK_SIZE blocks whose writes are done, for the next
+     * cd_conn_block(); freed when the loop closes (conn.c) */
+    char *spare_blocks[CD_SPARE_BLOCKS];
+    int nspare_blocks;
     Py_ssize_t timer_cancelled; /* loop._timer_cancelled_count */
     /* owned: loop._scheduled's items and their _when, in its order, so a
      * sift reads no timer; heap_len -1: made again at the next use. */
@@ -739,6 +748,14 @@ cd_conn_t *cd_conn_new(cd_listener_t *ls);
  * NULL) is freed once the data is sent. */
 int cd_conn_write(cd_conn_t *c, uv_buf_t *bufs, int nbufs, PyObject *keep,
                   char *owned);
+/* A block of CD_BLOCK_SIZE bytes from the loop's spares (else malloc), or
+ * NULL; owned by the caller until cd_conn_write_block takes it. */
+char *cd_conn_block(cd_conn_t *c);
+/* cd_conn_write of the first len bytes of block (from cd_conn_block),
+ * which goes back to the loop's spares once sent.  Steals block. */
+int cd_conn_write_block(cd_conn_t *c, char *block, size_t len);
+/* Frees the loop's spare blocks (loop.c, at close). */
+void cd_conn_blocks_free(cd_loop_t *loop);
 void cd_conn_close(cd_conn_t *c);
 /* Close once every queued write is done. */
 void cd_conn_close_after_writes(cd_conn_t *c);

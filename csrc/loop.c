@@ -591,6 +591,7 @@ loop_close_uv(cd_loop_t *loop)
     loop->ready = NULL;
     free(loop->read_buf);
     loop->read_buf = NULL;
+    cd_conn_blocks_free(loop);
 }
 
 static PyObject *

@@ -1333,9 +1333,13 @@ frame_head(char *head, int b0, size_t n)
     return 10;
 }
 
+_Static_assert(4 + CD_WS_COPY_MAX <= CD_BLOCK_SIZE,
+               "a copied frame fits a write block");
+
 /* Frame and write one data message: a small one copied behind its
- * header into one block (one buffer to write, no reference to hold), a
- * larger one as header plus its bytes, keeping a reference to them. */
+ * header into one of the loop's write blocks (one buffer to write, no
+ * reference to hold, no malloc once the loop has spares), a larger one
+ * as header plus its bytes, keeping a reference to them. */
 static int
 ws_write_frame(cd_cycle_t *cy, int opcode, const char *data, size_t n,
                PyObject *keep)
@@ -1343,7 +1347,8 @@ ws_write_frame(cd_cycle_t *cy, int opcode, const char *data, size_t n,
     cd_conn_t *c = cy->conn;
     flush_wslay(cy);
     int copy = n <= CD_WS_COPY_MAX;
-    char *head = malloc(copy ? 4 + n : 10); /* owned until written */
+    /* owned until written */
+    char *head = copy ? cd_conn_block(c) : malloc(10);
     if (head == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -1351,8 +1356,7 @@ ws_write_frame(cd_cycle_t *cy, int opcode, const char *data, size_t n,
     size_t hl = frame_head(head, 0x80 | opcode, n);
     if (copy) {
         memcpy(head + hl, data, n);
-        uv_buf_t b = cd_uvbuf(head, hl + n);
-        cd_conn_write(c, &b, 1, NULL, head);
+        cd_conn_write_block(c, head, hl + n);
         return 0;
     }
     uv_buf_t bufs[2] = {cd_uvbuf(head, hl), cd_uvbuf_const(data, n)};

@@ -4,8 +4,10 @@ their messages while the turn goes on, not only when it ends."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 import struct
+import threading
 
 from .test_websocket import frame, raw_handshake, read_frame
 
@@ -88,3 +90,48 @@ def test_a_turn_sending_to_members_that_close_reset_or_lag_serves_the_rest(serve
                 except OSError:
                     pass
                 sock.close()
+
+
+def test_small_frames_queued_reset_and_reused_come_out_whole(serve):
+    # Frames up to 1 KiB go out of write blocks the loop reuses once sent
+    # (conn.c, cd_conn_block).  A client that does not read keeps its echoes
+    # queued in the server's writes; another resets with its echoes queued
+    # (its blocks go back mid-stream); a third echoes while both are so,
+    # pipelined and one at a time: every client that reads gets each frame
+    # it sent, byte for byte and in order, at every size around the limit.
+    proc = serve("tests.apps.ws:echo")
+    rng = random.Random(11)
+    sizes = [0, 1, 125, 126, 1019, 1020, 1021, 1024, 1025, 1030]
+
+    def payloads(n: int) -> list[bytes]:
+        return [rng.randbytes(sizes[i % len(sizes)]) for i in range(n)]
+
+    def send_all(sock, sent: list[bytes]) -> None:
+        for p in sent:
+            sock.sendall(frame(0x2, p))
+
+    lagger, resetter = raw_handshake(proc.port), raw_handshake(proc.port)
+    lag_sent, reset_sent = payloads(600), payloads(600)
+    senders = [threading.Thread(target=send_all, args=(lagger, lag_sent)),
+               threading.Thread(target=send_all, args=(resetter, reset_sent))]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join(30)
+    resetter.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    resetter.close()
+    reader = raw_handshake(proc.port)
+    reader.settimeout(10)
+    try:
+        for batch in (1, 50, 1, 50):
+            for _ in range(20):
+                sent = payloads(batch)
+                reader.sendall(b"".join(frame(0x2, p) for p in sent))
+                assert [read_data_frame(reader) for _ in sent] == [(0x2, p) for p in sent]
+        lagger.settimeout(10)
+        got = [read_data_frame(lagger) for _ in lag_sent]
+        assert got == [(0x2, p) for p in lag_sent]
+    finally:
+        for sock in (reader, lagger):
+            sock.sendall(frame(0x8, b"\x03\xe8"))
+            sock.close()
