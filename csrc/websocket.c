@@ -80,6 +80,7 @@ struct cd_ws_s {
     cd_ws_item_t *queue; /* owned ring */
     int qhead, qlen, qcap;
     size_t qbytes;        /* payload bytes in the queue */
+    size_t qbound;        /* ws_queue_bound() of the server's config */
     int queue_full;       /* reading stopped until the app catches up */
     uint64_t frag_bytes;  /* data frames of the message being received */
     uint64_t frag_frames; /* how many frames it came in so far */
@@ -201,8 +202,7 @@ queue_at_bound(cd_cycle_t *cy)
 {
     cd_ws_t *ws = cy->ws;
     return ws->state == CD_WS_OPEN &&
-           (ws->qlen >= CD_WS_QUEUE_HIGH ||
-            ws->qbytes >= ws_queue_bound(&cy->server->cfg));
+           (ws->qlen >= CD_WS_QUEUE_HIGH || ws->qbytes >= ws->qbound);
 }
 
 /* After a read: stop reading while the app is behind, still watching
@@ -243,7 +243,7 @@ queue_check_low(cd_cycle_t *cy)
 {
     cd_ws_t *ws = cy->ws;
     if (!ws->queue_full || ws->qlen > CD_WS_QUEUE_LOW ||
-        ws->qbytes >= ws_queue_bound(&cy->server->cfg) / 2) {
+        ws->qbytes >= ws->qbound / 2) {
         return;
     }
     ws->queue_full = 0;
@@ -685,13 +685,13 @@ ws_failed(cd_cycle_t *cy, int code)
     cd_cycle_on_disconnect(cy);
 }
 
-/* Write whatever wslay has queued (pongs, close frames). */
+/* flush_wslay while wslay's context exists. */
 static void
-flush_wslay(cd_cycle_t *cy)
+flush_wslay_ctx(cd_cycle_t *cy)
 {
     cd_ws_t *ws = cy->ws;
     cd_conn_t *c = cy->conn;
-    if (ws->ctx == NULL || c == NULL || c->state == CD_CONN_CLOSING) {
+    if (c == NULL || c->state == CD_CONN_CLOSING) {
         return;
     }
     if (wslay_event_want_write(ws->ctx)) {
@@ -716,6 +716,17 @@ flush_wslay(cd_cycle_t *cy)
             ws_set_closing(ws, 0);
             cd_conn_timer_start(c, CD_WS_CLOSE_WAIT_MS);
         }
+    }
+}
+
+/* Write whatever wslay has queued (pongs, close frames): nothing while
+ * it is parked, as it is between the messages of an echo (checked here,
+ * in line: two calls a message). */
+static inline void
+flush_wslay(cd_cycle_t *cy)
+{
+    if (cy->ws->ctx != NULL) {
+        flush_wslay_ctx(cy);
     }
 }
 
@@ -1068,6 +1079,7 @@ cd_ws_begin(cd_conn_t *c, cd_cycle_t *cy)
     memcpy(ws->key, key, keylen);
     cy->st->live.ws++;
     ws->cy = cy;
+    ws->qbound = ws_queue_bound(&c->server->cfg);
     ws->pmd = ws_deflate_offer(&c->server->cfg, headers);
     ws->state = CD_WS_CONNECTING;
     ws->close_code = 1006;
