@@ -151,8 +151,10 @@ cd_type_tag(PyTypeObject *tp, PyObject *name)
 
 /* Finds what tp resolves the names to, into c, and keeps it while tp
  * keeps its version tag (a class that cannot have one, 0, is walked at
- * every call).  -1 with an exception on error. */
-static int
+ * every call).  -1 with an exception on error.  Out of line: lm_cache's
+ * callers (cd_loopmeth_direct, twice a WebSocket echo message) find the
+ * cache current and then save no registers for it. */
+static __attribute__((noinline)) int
 lm_resolve(cd_state *st, PyTypeObject *tp, cd_lm_cache_t *c)
 {
     c->tag = 0;

@@ -571,13 +571,21 @@ core_attrs_load(cd_loop_t *core)
  * they were read at is the watchers' (0 is never current: attrs_clear
  * sets it when the loop stops being watched). */
 static inline int
-core_attrs(cd_loop_t *core)
+core_attrs_current(const cd_loop_t *core)
 {
 #if PY_VERSION_HEX >= 0x030C0000
-    if (core->attrs.gen == attrs_gen) {
+    return core->attrs.gen == attrs_gen;
+#else
+    return 0;
+#endif
+}
+
+static inline int
+core_attrs(cd_loop_t *core)
+{
+    if (core_attrs_current(core)) {
         return 1;
     }
-#endif
     return core_attrs_load(core);
 }
 
@@ -649,6 +657,21 @@ core_method_is_ours(cd_loop_t *core, cd_lm_t which, int flag)
     return core_no_instance_attr(core, core->st->lm_name[which]);
 }
 
+/* cd_sched_no_instance_attr when the attributes are not current (flag:
+ * the one that says it, or -1), out of line: the call that finds them
+ * current (two a WebSocket echo message) saves no registers for it. */
+static __attribute__((noinline)) int
+no_instance_attr_load(cd_loop_t *core, cd_lm_t which, int flag)
+{
+    if (flag >= 0) {
+        int c = core_attrs(core);
+        if (c != 0) {
+            return c < 0 ? -1 : core->attrs.flag[flag];
+        }
+    }
+    return core_no_instance_attr(core, core->st->lm_name[which]);
+}
+
 int
 cd_sched_no_instance_attr(cd_loop_t *core, cd_lm_t which)
 {
@@ -657,13 +680,10 @@ cd_sched_no_instance_attr(cd_loop_t *core, cd_lm_t which)
                : which == CD_LM_CREATE_FUTURE ? CD_ATTR_CF_IS_OURS
                : which == CD_LM_CALL_SOON     ? CD_ATTR_CS_IS_OURS
                                               : -1;
-    if (flag >= 0) {
-        int c = core_attrs(core);
-        if (c != 0) {
-            return c < 0 ? -1 : core->attrs.flag[flag];
-        }
+    if (flag >= 0 && core_attrs_current(core)) {
+        return core->attrs.flag[flag];
     }
-    return core_no_instance_attr(core, core->st->lm_name[which]);
+    return no_instance_attr_load(core, which, flag);
 }
 
 /* 1 when loop.time() is the monotonic clock (BaseEventLoop.time). */
