@@ -572,12 +572,32 @@ cd_conn_timer_stop(cd_conn_t *c)
  * costing a malloc and a free each (about 140 instructions). */
 #define CD_BLOCK_TAG ((uintptr_t)1)
 
+/* Under ASan a spare block is poisoned while it waits, so a use after its
+ * write let it go is still reported, as it would be after free(). */
+#if defined(__SANITIZE_ADDRESS__)
+#define CD_ASAN_POISON 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CD_ASAN_POISON 1
+#endif
+#endif
+#ifdef CD_ASAN_POISON
+#include <sanitizer/asan_interface.h>
+#define block_poison(p) ASAN_POISON_MEMORY_REGION((p), CD_BLOCK_SIZE)
+#define block_unpoison(p) ASAN_UNPOISON_MEMORY_REGION((p), CD_BLOCK_SIZE)
+#else
+#define block_poison(p) ((void)(p))
+#define block_unpoison(p) ((void)(p))
+#endif
+
 char *
 cd_conn_block(cd_conn_t *c)
 {
     cd_loop_t *loop = c->server->loop;
     if (loop->nspare_blocks > 0) {
-        return loop->spare_blocks[--loop->nspare_blocks];
+        char *p = loop->spare_blocks[--loop->nspare_blocks];
+        block_unpoison(p);
+        return p;
     }
     return malloc(CD_BLOCK_SIZE);
 }
@@ -594,6 +614,7 @@ owned_free(cd_loop_t *loop, char *p)
     p = (char *)((uintptr_t)p & ~CD_BLOCK_TAG);
     if (loop != NULL && !loop->closed &&
         loop->nspare_blocks < CD_SPARE_BLOCKS) {
+        block_poison(p);
         loop->spare_blocks[loop->nspare_blocks++] = p;
         return;
     }
@@ -604,7 +625,9 @@ void
 cd_conn_blocks_free(cd_loop_t *loop)
 {
     while (loop->nspare_blocks > 0) {
-        free(loop->spare_blocks[--loop->nspare_blocks]);
+        char *p = loop->spare_blocks[--loop->nspare_blocks];
+        block_unpoison(p);
+        free(p);
     }
 }
 
