@@ -1397,11 +1397,30 @@ sched_timer(cd_loop_t *core, PyObject *when, PyObject *const *args,
     return h;
 }
 
+/* -1 with ValueError for a NaN the loop cannot wait for, on the Pythons
+ * whose _run_once keeps the NaN as its select() timeout (3.13: `timeout =
+ * when - time()` and two comparisons); 3.11 and 3.12 clamp it to 0
+ * (`max(0, nan)` is 0) and run the timer, so there a NaN is let through. */
+static int
+when_nan_check(double w)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    if (isnan(w)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "cannot convert float NaN to integer");
+        return -1;
+    }
+#else
+    (void)w;
+#endif
+    return 0;
+}
+
 /* 0 if the loop can wait until when; else -1 with what stock asyncio
  * raises once the timer is first in its heap (run_forever: `when -
- * loop.time()` is the select() timeout): ValueError for NaN, TypeError
- * for a Decimal.  Raised here, as uvloop does: the timer never runs on
- * stock, and the loop would stop with it. */
+ * loop.time()` is the select() timeout): ValueError for NaN (3.13),
+ * TypeError for a Decimal.  Raised here, as uvloop does: the timer never
+ * runs on stock, and the loop would stop with it. */
 static int
 sched_when_check(cd_loop_t *core, PyObject *when)
 {
@@ -1422,12 +1441,7 @@ sched_when_check(cd_loop_t *core, PyObject *when)
         w = PyFloat_Check(left) ? PyFloat_AS_DOUBLE(left) : 0.0;
         Py_DECREF(left);
     }
-    if (isnan(w)) {
-        PyErr_SetString(PyExc_ValueError,
-                        "cannot convert float NaN to integer");
-        return -1;
-    }
-    return 0;
+    return when_nan_check(w);
 }
 
 /* call_at(when, callback, *args, context=None). */
