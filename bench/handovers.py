@@ -84,6 +84,11 @@ def parse(data: Path) -> list[dict]:
     fields = "comm,pid,tid,time,event,trace,ip,sym"
     out = subprocess.run(["perf", "script", "-i", str(data), "-F", fields, "--no-inline"],
                          capture_output=True, text=True).stdout  # fmt: skip
+    return parse_text(out)
+
+
+def parse_text(out: str) -> list[dict]:
+    """perf script's lines: one dict per event, its stack's symbols leaf first."""
     evs: list[dict] = []
     for line in out.splitlines():
         m = HEAD.match(line)
@@ -98,7 +103,7 @@ def parse(data: Path) -> list[dict]:
 
 def where(stack: list[str]) -> str:
     frames = [s for s in stack if not s.startswith(PLUMBING)][:3]
-    py = next((s.split(":")[0][4:] for s in stack if s.startswith("py::")), "")
+    py = next((s[4:].split(":")[0] for s in stack if s.startswith("py::")), "")
     return "/".join(frames) + (f" <{py}>" if py else "")
 
 

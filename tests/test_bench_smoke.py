@@ -106,3 +106,53 @@ def test_chat_alone_delivers_every_broadcast_to_every_member(loop: str) -> None:
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["loop"] == loop
     assert r["deliveries"] > 0 and r["deliveries"] % 7 == 0, r
+
+
+HANDOVERS_SCRIPT = """\
+python 100/100 9.999900: syscalls:sys_enter_clone3: uargs: 0x7ffc
+python 100/100 9.999950: syscalls:sys_enter_clone3: uargs: 0x7ffc
+python 100/100 10.000000: syscalls:sys_enter_clone3: uargs: 0x7ffc
+python 100/100 10.000100: syscalls:sys_enter_futex: uaddr: 0x7f, op: 0x00000081, val: 0x1
+\t           87ebf sem_post@GLIBC_2.2.5 (/usr/lib/libc.so.6)
+\t          265b5f _queue_SimpleQueue_put (/usr/lib/libpython3.13.so)
+\t          2880f7 cd_hop_submit (/x/_cdaphne.so)
+\t    7fd4fecf8fe5 py::SyncToAsync.__call__:/x/sync.py (/tmp/perf-100.map)
+
+python 100/100 10.000110: sched:sched_switch: prev_comm=python prev_pid=100 prev_prio=120 \
+prev_state=R ==> next_comm=python next_pid=101 next_prio=120
+\tffffffff82267448 __schedule ([kernel.kallsyms])
+\t          265b5f _queue_SimpleQueue_put (/usr/lib/libpython3.13.so)
+\t          2880f7 cd_hop_submit (/x/_cdaphne.so)
+
+python 100/101 10.000120: sched:sched_switch: prev_comm=python prev_pid=101 prev_prio=120 \
+prev_state=S ==> next_comm=python next_pid=100 next_prio=120
+\t          265fd4 take_gil (/usr/lib/libpython3.13.so)
+\t          2aaa64 _queue_SimpleQueue_get (/usr/lib/libpython3.13.so)
+
+python 100/100 10.000200: syscalls:sys_enter_clone3: uargs: 0x7ffc
+python 100/100 10.000300: syscalls:sys_enter_clone3: uargs: 0x7ffc
+python 100/101 10.000310: sched:sched_switch: prev_comm=python prev_pid=101 prev_prio=120 \
+prev_state=S ==> next_comm=other next_pid=7 next_prio=120
+\t          2aaa64 _queue_SimpleQueue_get (/usr/lib/libpython3.13.so)
+python 100/100 10.000400: syscalls:sys_enter_clone3: uargs: 0x7ffc
+"""
+
+
+def test_handovers_counts_switches_and_futex_per_request_by_thread_and_place() -> None:
+    """bench/handovers.py's reader: a request is two clone3 calls of the loop's
+    thread; the second half of the requests is counted (here the second of three
+    starts, to the last: one request, not the switch after it), each event keyed
+    by thread, state and where it was, the futex and GIL plumbing left out."""
+    from bench.handovers import counts, parse_text
+
+    evs = parse_text(HANDOVERS_SCRIPT)
+    assert len(evs) == 10
+    put = ["sem_post@GLIBC_2.2.5", "_queue_SimpleQueue_put", "cd_hop_submit"]
+    assert evs[3]["stack"][:3] == put
+    n, found = counts(evs)
+    assert n == 1
+    assert found == {
+        ("futex", "L", "WAKE", "_queue_SimpleQueue_put/cd_hop_submit <SyncToAsync.__call__>"): 1,
+        ("switch", "L", "R", "_queue_SimpleQueue_put/cd_hop_submit"): 1,
+        ("switch", "T", "S", "take_gil/_queue_SimpleQueue_get"): 1,
+    }
