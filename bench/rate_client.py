@@ -66,9 +66,7 @@ async def run_conn(i: int, args: argparse.Namespace, t0: float, end: float,
                    stats: dict[str, int], latencies: list[float]) -> None:  # fmt: skip
     loop = asyncio.get_running_loop()
     try:
-        _, conn = await loop.create_connection(
-            lambda: Conn(stats, latencies), args.host, args.port
-        )
+        _, conn = await loop.create_connection(lambda: Conn(stats, latencies), args.host, args.port)
     except OSError:
         stats["connect"] += 1
         return
@@ -119,9 +117,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "rate_achieved": round(len(lat) / args.duration, 1),
         "responses": len(lat),
         "errors": {k: v for k, v in stats.items() if k != "sent"},
-        "latency_ms": {"p50": round(pct(lat, 50), 3), "p90": round(pct(lat, 90), 3),
-                       "p99": round(pct(lat, 99), 3), "p999": round(pct(lat, 99.9), 3),
-                       "max": round(lat[-1] * 1000, 3) if lat else 0.0},  # fmt: skip
+        "latency_ms": {
+            "p50": round(pct(lat, 50), 3),
+            "p90": round(pct(lat, 90), 3),
+            "p99": round(pct(lat, 99), 3),
+            "p999": round(pct(lat, 99.9), 3),
+            "max": round(lat[-1] * 1000, 3) if lat else 0.0,
+        },
         "client_cpu_s": round(time.process_time(), 3),
     }
 

@@ -37,8 +37,11 @@ def _run_clients(url: str, members: int, procs: int, duration: int, size: int) -
             "--size", str(size), "--first-id", str(i), "--start-at", f"{start_at:.3f}",
             "--window", str(WINDOW),
         ]  # fmt: skip
-        children.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE))
+        children.append(
+            subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        )
     # Each process prints WSREADY once its members joined; then all start together.
     for child in children:
         assert child.stdout is not None
@@ -79,8 +82,13 @@ def _run_clients(url: str, members: int, procs: int, duration: int, size: int) -
             "mismatch": sum(int(o["mismatches"]) for o in outs),
         },
         "first_error": next((str(o["first_error"]) for o in outs if o["first_error"]), ""),
-        "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0),
-                       "samples": len(lat)},  # fmt: skip
+        "latency_ms": {
+            "p50": pct(0.5),
+            "p90": pct(0.9),
+            "p99": pct(0.99),
+            "max": pct(1.0),
+            "samples": len(lat),
+        },
         "client_cpu_pct": round(100.0 * sum(float(o["client_cpu_s"]) for o in outs) / duration, 1),
     }
 

@@ -74,8 +74,17 @@ def _stamp_load(group: list[ScenarioResult]) -> None:
 def _needs_peers(chosen: list[str], selected: list[str]) -> bool:
     if any(
         s in chosen
-        for s in ("ws", "fanout", "ws-idle", "ws-idle-channels", "latency", "chat-w2", "aio-micro",
-                  "room-100", "room-1000")
+        for s in (
+            "ws",
+            "fanout",
+            "ws-idle",
+            "ws-idle-channels",
+            "latency",
+            "chat-w2",
+            "aio-micro",
+            "room-100",
+            "room-1000",
+        )
     ):
         return True  # the picows client and uvloop live in the peer venv
     return any(

@@ -136,62 +136,106 @@ SPECS: dict[str, ServerSpec] = {
     for s in [
         ServerSpec("cdaphne", "project", ALL_APPS, _cdaphne, "cdaphne (this project), 1 process"),
         ServerSpec(
-            "cdaphne-layer", "project", frozenset({"chat"}), _cdaphne,
+            "cdaphne-layer",
+            "project",
+            frozenset({"chat"}),
+            _cdaphne,
             "cdaphne with its own C channel layer (cdaphne.layers.InMemoryChannelLayer)",
             env=(("BENCH_CHANNEL_LAYER", "cdaphne.layers.InMemoryChannelLayer"),),
-        ),  # fmt: skip
+        ),
         ServerSpec(
-            "cdaphne-pubsub", "project", frozenset({"chat"}), _cdaphne,
+            "cdaphne-pubsub",
+            "project",
+            frozenset({"chat"}),
+            _cdaphne,
             "cdaphne, the chat room on cdaphne.pubsub (cdaphne.channels.PubSubMixin)",
             env=(("BENCH_CHAT_PUBSUB", "1"),),
-        ),  # fmt: skip
+        ),
         ServerSpec(
-            "uvicorn", "peer", ALL_APPS, _uvicorn,
+            "uvicorn",
+            "peer",
+            ALL_APPS,
+            _uvicorn,
             "uvicorn --http httptools --loop uvloop --ws websockets, 1 worker",
-        ),  # fmt: skip
+        ),
         ServerSpec("granian", "peer", ALL_APPS, _granian, "granian --interface asgi, 1 worker"),
         ServerSpec("hypercorn", "peer", ALL_APPS, _hypercorn, "hypercorn -k uvloop, 1 worker"),
         ServerSpec("daphne", "peer", ALL_APPS, _daphne, "daphne (Twisted), 1 process"),
         ServerSpec(
-            "fastpysgi", "peer", frozenset({"hello", "django"}), _fastpysgi,
+            "fastpysgi",
+            "peer",
+            frozenset({"hello", "django"}),
+            _fastpysgi,
             "fastpysgi (C, libuv, llhttp), 1 process, no WebSocket",
-        ),  # fmt: skip
+        ),
         ServerSpec(
-            "ceiling", "none", frozenset({"hello"}), _ceiling,
+            "ceiling",
+            "none",
+            frozenset({"hello"}),
+            _ceiling,
             "bench/ceiling.c: bare libuv, constant response, no Python",
-        ),  # fmt: skip
-        ServerSpec("cdaphne-tls", "project", frozenset({"hello"}), _cdaphne_tls,
-                   "cdaphne --ssl-certfile/--ssl-keyfile (OpenSSL)", tls=True),
-        ServerSpec("uvicorn-tls", "peer", frozenset({"hello"}), _uvicorn_tls,
-                   "uvicorn (httptools, uvloop) --ssl-certfile/--ssl-keyfile (Python's ssl)",
-                   tls=True),
-        ServerSpec("granian-tls", "peer", frozenset({"hello"}), _granian_tls,
-                   "granian --interface asgi --ssl-certificate/--ssl-keyfile", tls=True),
+        ),
+        ServerSpec(
+            "cdaphne-tls",
+            "project",
+            frozenset({"hello"}),
+            _cdaphne_tls,
+            "cdaphne --ssl-certfile/--ssl-keyfile (OpenSSL)",
+            tls=True,
+        ),
+        ServerSpec(
+            "uvicorn-tls",
+            "peer",
+            frozenset({"hello"}),
+            _uvicorn_tls,
+            "uvicorn (httptools, uvloop) --ssl-certfile/--ssl-keyfile (Python's ssl)",
+            tls=True,
+        ),
+        ServerSpec(
+            "granian-tls",
+            "peer",
+            frozenset({"hello"}),
+            _granian_tls,
+            "granian --interface asgi --ssl-certificate/--ssl-keyfile",
+            tls=True,
+        ),
         # --workers 2 (the hello-w2 and chat-w2 scenarios). For the chat room each one
         # needs a layer that spans the workers: cdaphne's C layer (relayed by the
         # supervisor) or channels_redis on the scenario's redis-server.
         ServerSpec(
-            "cdaphne-w2", "project", W2_APPS, _cdaphne_w2,
+            "cdaphne-w2",
+            "project",
+            W2_APPS,
+            _cdaphne_w2,
             f"cdaphne --workers {WORKERS} (shared listening socket); chat: its C layer"
             " (cdaphne.layers.InMemoryChannelLayer, relayed by the supervisor)",
             env=(C_LAYER,),
-        ),  # fmt: skip
+        ),
         ServerSpec(
-            "cdaphne-w2-redis", "project", frozenset({"chat"}), _cdaphne_w2,
+            "cdaphne-w2-redis",
+            "project",
+            frozenset({"chat"}),
+            _cdaphne_w2,
             f"cdaphne --workers {WORKERS}; chat: channels_redis RedisChannelLayer",
             env=(REDIS_LAYER,),
-        ),  # fmt: skip
+        ),
         ServerSpec(
-            "uvicorn-w2", "peer", W2_APPS, _uvicorn_w2,
+            "uvicorn-w2",
+            "peer",
+            W2_APPS,
+            _uvicorn_w2,
             f"uvicorn --http httptools --loop uvloop --ws websockets --workers {WORKERS};"
             " chat: channels_redis RedisChannelLayer",
             env=(REDIS_LAYER,),
-        ),  # fmt: skip
+        ),
         ServerSpec(
-            "granian-w2", "peer", W2_APPS, _granian_w2,
+            "granian-w2",
+            "peer",
+            W2_APPS,
+            _granian_w2,
             f"granian --interface asgi --workers {WORKERS}; chat: channels_redis RedisChannelLayer",
             env=(REDIS_LAYER,),
-        ),  # fmt: skip
+        ),
     ]
 }
 

@@ -37,9 +37,24 @@ def free_port() -> int:
 
 def start_server(deflate: bool, port: int) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'python'}:{ROOT / 'bench' / 'apps'}")
-    cmd = ["taskset", "-c", "0", sys.executable, "-m", "cdaphne", "-b", "127.0.0.1",
-           "-p", str(port), "--no-access-log", "--ping-interval", "0",
-           "--ws-per-message-deflate", "true" if deflate else "false", "echo:app"]
+    cmd = [
+        "taskset",
+        "-c",
+        "0",
+        sys.executable,
+        "-m",
+        "cdaphne",
+        "-b",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--no-access-log",
+        "--ping-interval",
+        "0",
+        "--ws-per-message-deflate",
+        "true" if deflate else "false",
+        "echo:app",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -76,8 +91,11 @@ async def client(url: str, size: int, conns: int, duration: float) -> dict[str, 
     cpu0, t0 = time.process_time(), time.monotonic()
     await asyncio.gather(*(one(i) for i in range(conns)))
     elapsed = time.monotonic() - t0
-    return {"rate": count / elapsed, "messages": count,
-            "client_cpu": 100 * (time.process_time() - cpu0) / elapsed}
+    return {
+        "rate": count / elapsed,
+        "messages": count,
+        "client_cpu": 100 * (time.process_time() - cpu0) / elapsed,
+    }
 
 
 def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
@@ -88,11 +106,18 @@ def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
 
 
 def run_client(url: str, size: int, conns: int, duration: float) -> dict[str, float]:
-    code = (f"import asyncio, json, sys; sys.path.insert(0, {str(ROOT)!r}); "
-            f"from bench.ws_deflate import client; "
-            f"print(json.dumps(asyncio.run(client({url!r}, {size}, {conns}, {duration}))))")
-    out = subprocess.run(["taskset", "-c", "1", sys.executable, "-c", code],
-                         capture_output=True, text=True, timeout=duration + 60, check=True)
+    code = (
+        f"import asyncio, json, sys; sys.path.insert(0, {str(ROOT)!r}); "
+        f"from bench.ws_deflate import client; "
+        f"print(json.dumps(asyncio.run(client({url!r}, {size}, {conns}, {duration}))))"
+    )
+    out = subprocess.run(
+        ["taskset", "-c", "1", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -121,12 +146,15 @@ def main() -> None:
             med = {d: statistics.median(r["rate"] for r in runs[d]) for d in runs}
             cpu = {d: statistics.median(r["client_cpu"] for r in runs[d]) for d in runs}
             us = {d: statistics.median(r["server_us"] for r in runs[d]) for d in runs}
-            print(f"{size:6d} B text: deflate on {med[True]:8.0f} msg/s (client CPU "
-                  f"{cpu[True]:.0f}%, server {us[True]:.1f} us CPU/msg), off {med[False]:8.0f}"
-                  f" msg/s (client CPU {cpu[False]:.0f}%, server {us[False]:.1f} us CPU/msg),"
-                  f" on/off {med[True] / med[False]:.2f}; runs on "
-                  f"{[round(r['rate']) for r in runs[True]]} off "
-                  f"{[round(r['rate']) for r in runs[False]]}", flush=True)
+            print(
+                f"{size:6d} B text: deflate on {med[True]:8.0f} msg/s (client CPU "
+                f"{cpu[True]:.0f}%, server {us[True]:.1f} us CPU/msg), off {med[False]:8.0f}"
+                f" msg/s (client CPU {cpu[False]:.0f}%, server {us[False]:.1f} us CPU/msg),"
+                f" on/off {med[True] / med[False]:.2f}; runs on "
+                f"{[round(r['rate']) for r in runs[True]]} off "
+                f"{[round(r['rate']) for r in runs[False]]}",
+                flush=True,
+            )
     finally:
         for proc, _ in servers.values():
             proc.terminate()
