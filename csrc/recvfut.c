@@ -378,39 +378,95 @@ rfut_add_done_callback(cd_rfut_t *f, PyObject *const *args, Py_ssize_t nargs,
     return r < 0 ? NULL : Py_NewRef(Py_None);
 }
 
-/* remove_done_callback(fn): how many were removed. */
+/* rfut_more_remove for a list of two or more, as CPython's
+ * _asyncio.Future does it (future_remove_done_callback): the entries not
+ * equal to fn, collected while the comparisons may change the list, then
+ * replace the whole list unless as many are kept as it now holds.  How
+ * many that counts as removed, or -1 on error. */
+static Py_ssize_t
+rfut_more_rebuild(cd_rfut_t *f, PyObject *fn, Py_ssize_t len)
+{
+    Py_ssize_t removed = -1;
+    PyObject *kept = PyList_New(0);
+    if (kept == NULL) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; f->more != NULL && i < PyList_GET_SIZE(f->more);
+         i++) {
+        PyObject *t = Py_NewRef(PyList_GET_ITEM(f->more, i));
+        int eq = PyObject_RichCompareBool(PyTuple_GET_ITEM(t, 0), fn, Py_EQ);
+        if (eq == 0) {
+            eq = PyList_Append(kept, t);
+        }
+        Py_DECREF(t);
+        if (eq < 0) {
+            goto done;
+        }
+    }
+    Py_ssize_t nkept = PyList_GET_SIZE(kept);
+    if (nkept == 0 || f->more == NULL) {
+        Py_CLEAR(f->more);
+        removed = len;
+        goto done;
+    }
+    Py_ssize_t now = PyList_GET_SIZE(f->more);
+    if (nkept != now && PyList_SetSlice(f->more, 0, now, kept) < 0) {
+        goto done;
+    }
+    removed = now - nkept;
+done:
+    Py_DECREF(kept);
+    return removed;
+}
+
+/* Removes the entries of f->more equal to fn, as CPython's Future: a
+ * list of one that matches is dropped whole (with whatever its comparison
+ * added).  How many that counts as removed, or -1 on error. */
+static Py_ssize_t
+rfut_more_remove(cd_rfut_t *f, PyObject *fn)
+{
+    if (f->more == NULL) {
+        return 0;
+    }
+    Py_ssize_t len = PyList_GET_SIZE(f->more);
+    if (len == 0) {
+        Py_CLEAR(f->more);
+        return 0;
+    }
+    if (len > 1) {
+        return rfut_more_rebuild(f, fn, len);
+    }
+    PyObject *t = Py_NewRef(PyList_GET_ITEM(f->more, 0));
+    int eq = PyObject_RichCompareBool(PyTuple_GET_ITEM(t, 0), fn, Py_EQ);
+    Py_DECREF(t);
+    if (eq > 0) {
+        Py_CLEAR(f->more);
+    }
+    return eq;
+}
+
+/* remove_done_callback(fn): how many were removed, counted as CPython's
+ * _asyncio.Future counts them when the comparisons change the callbacks
+ * (tests/apps/recvfut.py evil_remove_done_callback_keeps). */
 static PyObject *
 rfut_remove_done_callback(cd_rfut_t *f, PyObject *fn)
 {
-    Py_ssize_t removed = 0;
+    Py_ssize_t first = 0;
     if (f->cb != NULL) {
-        int eq = PyObject_RichCompareBool(f->cb, fn, Py_EQ);
+        PyObject *cb = Py_NewRef(f->cb);
+        int eq = PyObject_RichCompareBool(cb, fn, Py_EQ);
+        Py_DECREF(cb);
         if (eq < 0) {
             return NULL;
         }
         if (eq) {
             Py_CLEAR(f->cb);
             Py_CLEAR(f->ctx);
-            removed++;
+            first = 1;
         }
     }
-    for (Py_ssize_t i = 0; f->more != NULL && i < PyList_GET_SIZE(f->more);) {
-        PyObject *t = PyList_GET_ITEM(f->more, i);
-        int eq = PyObject_RichCompareBool(PyTuple_GET_ITEM(t, 0), fn, Py_EQ);
-        if (eq < 0) {
-            return NULL;
-        }
-        if (eq) {
-            if (PySequence_DelItem(f->more, i) < 0) {
-                return NULL;
-            }
-            removed++;
-        }
-        else {
-            i++;
-        }
-    }
-    return PyLong_FromSsize_t(removed);
+    Py_ssize_t more = rfut_more_remove(f, fn);
+    return more < 0 ? NULL : PyLong_FromSsize_t(first + more);
 }
 
 /* Whether cb is the wake-up of a task that was asked to cancel (its

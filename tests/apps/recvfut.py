@@ -621,9 +621,70 @@ async def evil_remove_done_callback(receive, send):
     ended = await how_it_ended(t)
     await asyncio.sleep(0)
     await need(send, "e1")
-    # Which callbacks survive a list changed under the comparisons is
-    # CPython's detail (3.13 rebuilds it): only that they ran is compared.
-    return [got, ended, sorted(set(seen)), fut.cancelled(), (await receive())["text"]]
+    return [got, ended, seen, fut.cancelled(), (await receive())["text"]]
+
+
+async def evil_remove_done_callback_keeps(receive, send):
+    """remove_done_callback() whose comparisons add or remove callbacks
+    keeps the same callbacks, in the same order, as an asyncio.Future's
+    (CPython's _asyncio.Future: a one-entry list that matches is dropped
+    whole; a longer one is rebuilt from what did not match, which replaces
+    the whole list unless it is as long as the list has become)."""
+    t, fut = await held_future(receive, send)
+    ran = []
+
+    def label(name):
+        def cb(f):
+            ran.append(name)
+
+        cb.__qualname__ = name
+        return cb
+
+    class Evil:
+        """Equal to `key` only; the first comparison runs `action`."""
+
+        def __init__(self, name, key, action):
+            self.name, self.key, self.action = name, key, action
+
+        def __eq__(self, other):
+            action, self.action = self.action, None
+            if action is not None:
+                action()
+            return other is self.key
+
+        __hash__ = object.__hash__
+
+        def __call__(self, f):
+            ran.append(self.name)
+
+    key, a, b, c, d = (label(n) for n in "kabcd")
+    add = fut.add_done_callback
+    counts = []
+    # One entry after the task's wake-up, equal, and it adds one more.
+    add(Evil("e1", key, lambda: add(a)))
+    counts.append(fut.remove_done_callback(key))
+    # A longer list: a comparison adds an entry that is equal too.
+    add(Evil("e2", None, lambda: add(key)))
+    add(b)
+    add(key)
+    counts.append(fut.remove_done_callback(key))
+    # A comparison removes entries before and after the one compared.
+    add(c)
+    add(Evil("e3", None, lambda: fut.remove_done_callback(c)))
+    add(c)
+    add(key)
+    counts.append(fut.remove_done_callback(key))
+    # A comparison removes every entry but the wake-up (a nested call).
+    add(d)
+    add(Evil("e4", None, lambda: [fut.remove_done_callback(x) for x in list(ran_on)]))
+    add(key)
+    ran_on = [d]
+    counts.append(fut.remove_done_callback(key))
+    t.cancel("end")
+    ended = await how_it_ended(t)
+    await asyncio.sleep(0)
+    await need(send, "k1")
+    return [counts, ended, ran, (await receive())["text"]]
 
 
 async def cancel_held_future_directly(receive, send):
@@ -688,6 +749,7 @@ SCENARIOS.update(
             wait_and_shield_on_held_future,
             held_across_messages,
             evil_remove_done_callback,
+            evil_remove_done_callback_keeps,
             cancel_held_future_directly,
             call_soon_class_patched_while_waiting,
         )
