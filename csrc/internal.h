@@ -153,6 +153,7 @@ typedef enum {
     CD_ATTR_DEBUG_IS_OURS, /* nor get_debug (TimerHandle.cancel) */
     CD_ATTR_CF_IS_OURS,    /* nor create_future (the server's futures) */
     CD_ATTR_CS_IS_OURS,    /* nor call_soon (a RecvFuture's wake-up) */
+    CD_ATTR_CST_IS_OURS,   /* nor call_soon_threadsafe (run_in_executor) */
     CD_ATTR_NFLAGS,
 } cd_attr_flag_t;
 

@@ -492,6 +492,20 @@ attrs_read_flag(cd_loop_t *core, PyObject *name)
 }
 #endif
 
+/* The flags that say no instance attribute replaces a loop method. */
+static const struct {
+    cd_attr_flag_t flag;
+    cd_lm_t lm;
+} attr_methods[] = {
+    {CD_ATTR_TIME_IS_CLOCK, CD_LM_TIME},
+    {CD_ATTR_WAKE_IS_OURS, CD_LM_WRITE_TO_SELF},
+    {CD_ATTR_TC_IS_OURS, CD_LM_TIMER_CANCELLED},
+    {CD_ATTR_DEBUG_IS_OURS, CD_LM_GET_DEBUG},
+    {CD_ATTR_CF_IS_OURS, CD_LM_CREATE_FUTURE},
+    {CD_ATTR_CS_IS_OURS, CD_LM_CALL_SOON},
+    {CD_ATTR_CST_IS_OURS, CD_LM_CALL_SOON_THREADSAFE},
+};
+
 /* core_attrs when the values must be read again. */
 static int
 core_attrs_load(cd_loop_t *core)
@@ -520,36 +534,19 @@ core_attrs_load(cd_loop_t *core)
         return -1;
     }
     core->attrs.flag[CD_ATTR_NO_FACTORY] = (signed char)nofactory;
-    int clock = core_no_instance_attr(core, st->s_time);
-    int wake =
-        clock < 0
-            ? -1
-            : core_no_instance_attr(core, st->lm_name[CD_LM_WRITE_TO_SELF]);
-    int tc =
-        wake < 0
-            ? -1
-            : core_no_instance_attr(core, st->lm_name[CD_LM_TIMER_CANCELLED]);
-    int dbg = tc < 0
-                  ? -1
-                  : core_no_instance_attr(core, st->lm_name[CD_LM_GET_DEBUG]);
-    int cf = dbg < 0 ? -1
-                     : core_no_instance_attr(core,
-                                             st->lm_name[CD_LM_CREATE_FUTURE]);
-    int cs = cf < 0
-                 ? -1
-                 : core_no_instance_attr(core, st->lm_name[CD_LM_CALL_SOON]);
-    PyObject *sched = cs < 0 ? NULL : core_get(core, st->s__scheduled);
+    for (size_t i = 0; i < sizeof attr_methods / sizeof *attr_methods; i++) {
+        int f = core_no_instance_attr(core, st->lm_name[attr_methods[i].lm]);
+        if (f < 0) {
+            return -1;
+        }
+        core->attrs.flag[attr_methods[i].flag] = (signed char)f;
+    }
+    PyObject *sched = core_get(core, st->s__scheduled);
     PyObject *sel = sched ? core_get(core, st->s__selector) : NULL;
     if (sel == NULL) {
         Py_XDECREF(sched);
         return -1;
     }
-    core->attrs.flag[CD_ATTR_TIME_IS_CLOCK] = (signed char)clock;
-    core->attrs.flag[CD_ATTR_WAKE_IS_OURS] = (signed char)wake;
-    core->attrs.flag[CD_ATTR_TC_IS_OURS] = (signed char)tc;
-    core->attrs.flag[CD_ATTR_DEBUG_IS_OURS] = (signed char)dbg;
-    core->attrs.flag[CD_ATTR_CF_IS_OURS] = (signed char)cf;
-    core->attrs.flag[CD_ATTR_CS_IS_OURS] = (signed char)cs;
     core->attrs.selector = sel;
     if (PyList_Check(sched)) {
         core->attrs.scheduled = sched;
@@ -855,14 +852,10 @@ core_wake_is_ours(cd_loop_t *core)
 int
 cd_sched_threadsafe_plain(cd_loop_t *core)
 {
-    cd_state *st = core->st;
     int r = core_wake_is_ours(core);
     if (r > 0) {
-        r = cd_loopmeth_plain(st, core->aio_loop, CD_LM_CALL_SOON_THREADSAFE);
-    }
-    if (r > 0) {
-        r = core_no_instance_attr(core,
-                                  st->lm_name[CD_LM_CALL_SOON_THREADSAFE]);
+        r = core_method_is_ours(core, CD_LM_CALL_SOON_THREADSAFE,
+                                CD_ATTR_CST_IS_OURS);
     }
     return r;
 }
@@ -2081,6 +2074,17 @@ sched_attach_dict(cd_loop_t *core)
     return 0;
 }
 
+/* sched_attach_dict, marked as running: the __dict__ it may set on the
+ * loop (sched_own_dict) is then not taken for the app's replacement. */
+static int
+sched_attach_dict_marked(cd_loop_t *core)
+{
+    core->dict_attaching = 1;
+    int r = sched_attach_dict(core);
+    core->dict_attaching = 0;
+    return r;
+}
+
 PyObject *
 cd_sched_dict_replaced(cd_loop_t *core, PyObject *unused)
 {
@@ -2088,10 +2092,7 @@ cd_sched_dict_replaced(cd_loop_t *core, PyObject *unused)
         core->dict_attaching) {
         Py_RETURN_NONE; /* Not attached yet, or our own (sched_own_dict). */
     }
-    core->dict_attaching = 1;
-    int r = sched_attach_dict(core);
-    core->dict_attaching = 0;
-    if (r < 0) {
+    if (sched_attach_dict_marked(core) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -2118,10 +2119,8 @@ cd_sched_attach(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
     }
-    core->dict_attaching = 1;
-    int r = sched_attach_dict(core);
-    core->dict_attaching = 0;
-    if (r < 0 || sched_attach_threadsafe(core) < 0) {
+    if (sched_attach_dict_marked(core) < 0 ||
+        sched_attach_threadsafe(core) < 0) {
         return NULL;
     }
     Py_XSETREF(core->report, Py_NewRef(args[0]));

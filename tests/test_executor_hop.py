@@ -24,7 +24,7 @@ import pytest
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 
 from cdaphne import _cdaphne
-from cdaphne.loop import new_event_loop
+from cdaphne.loop import LibuvEventLoop, new_event_loop
 
 WAIT = 30  # seconds: a bound for anything that must happen, never a timing
 
@@ -440,7 +440,7 @@ def test_a_submit_patched_before_the_first_run_in_executor_is_never_bypassed():
         """
         import concurrent.futures, functools
         from cdaphne import _cdaphne
-        from cdaphne.loop import new_event_loop
+        from cdaphne.loop import LibuvEventLoop, new_event_loop
 
         calls = []
         original = concurrent.futures.ThreadPoolExecutor.submit
@@ -763,3 +763,69 @@ def test_an_overridden_wake_up_is_called_for_every_completion(method):
         return result, len(calls)
 
     assert on_both(scenario, items=0) == ([0, 1, 2, 3, 4], 5)
+
+
+def test_a_call_soon_threadsafe_set_after_a_hop_and_deleted_is_seen_each_time():
+    # cdaphne's loop remembers that no instance attribute replaces
+    # call_soon_threadsafe until the loop's __dict__ changes: an attribute
+    # set after a hop took the C path must be called, and once deleted the
+    # C path is taken again.
+    def scenario(loop):
+        calls = []
+        original = loop.call_soon_threadsafe
+
+        def wrapper(*args, **kwargs):
+            calls.append(threading.current_thread().name)
+            return original(*args, **kwargs)
+
+        executor = concurrent.futures.ThreadPoolExecutor(1)
+        try:
+            seen = [loop.run_until_complete(loop.run_in_executor(executor, abs, -1))]
+            loop.call_soon_threadsafe = wrapper  # type: ignore[method-assign]
+            seen.append(loop.run_until_complete(loop.run_in_executor(executor, abs, -2)))
+            seen.append(len(calls))
+            del loop.call_soon_threadsafe
+            seen.append(loop.run_until_complete(loop.run_in_executor(executor, abs, -3)))
+            seen.append(len(calls))
+            return seen
+        finally:
+            executor.shutdown()
+
+    assert on_both(scenario, items=2) == [1, 2, 1, 3, 1]
+
+
+def test_a_subclass_overriding_call_soon_threadsafe_sees_every_completion():
+    calls = []
+
+    def subclass(base: type) -> type:
+        class Counting(base):  # type: ignore[misc,valid-type]
+            def call_soon_threadsafe(self, *args, **kwargs):
+                calls.append(threading.current_thread().name)
+                return super().call_soon_threadsafe(*args, **kwargs)
+
+        return Counting
+
+    def scenario(loop):
+        executor = concurrent.futures.ThreadPoolExecutor(2)
+
+        async def main():
+            return await asyncio.gather(*(loop.run_in_executor(executor, abs, -i)
+                                          for i in range(5)))
+
+        try:
+            return loop.run_until_complete(main()), len(calls)
+        finally:
+            calls.clear()
+            executor.shutdown()
+
+    classes = {"asyncio": subclass(asyncio.SelectorEventLoop), "cdaphne": subclass(LibuvEventLoop)}
+    seen = {}
+    for name, cls in classes.items():
+        loop = cls()
+        before = hop_items()
+        try:
+            seen[name] = scenario(loop)
+        finally:
+            loop.close()
+        assert hop_items() == before
+    assert seen["cdaphne"] == seen["asyncio"] == ([0, 1, 2, 3, 4], 5)
