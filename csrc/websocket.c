@@ -1634,12 +1634,24 @@ ws_shutdown(cd_conn_t *c)
  * does both at its shutdown's start), so a quiet WebSocket does not hold
  * the stop for the graceful timeout.  The peer's close frame then ends
  * the conn (or CD_WS_CLOSE_WAIT_MS, or close_all); the app's message says
- * 1012 whatever the peer's frame says. */
+ * 1012 whatever the peer's frame says.  A handshake the app has not
+ * answered is refused with a 500 (uvicorn's answer; Daphne drops the
+ * conn) and the app hears websocket.disconnect 1006 at once; its accept
+ * then does nothing, as after the client went away. */
 static void
 ws_stop(cd_conn_t *c)
 {
     cd_cycle_t *cy = c->cycle;
-    if (cy == NULL || cy->ws == NULL || cy->ws->state != CD_WS_OPEN) {
+    if (cy == NULL || cy->ws == NULL) {
+        return;
+    }
+    if (cy->ws->state == CD_WS_CONNECTING ||
+        cy->ws->state == CD_WS_HANDSHAKE) {
+        ws_reject(cy, 500, "Internal Server Error");
+        cd_cycle_wake_receiver(cy);
+        return;
+    }
+    if (cy->ws->state != CD_WS_OPEN) {
         return;
     }
     queue_close(cy->ws, 1012, "", 0);

@@ -751,6 +751,38 @@ def test_shutdown_tells_an_idle_websocket_and_its_app_at_once():
             server.stop()
 
 
+def test_shutdown_refuses_a_handshake_the_app_has_not_answered():
+    # uvicorn answers such a handshake 500 when its stop begins and its app
+    # hears websocket.disconnect 1006 (Daphne drops the connection).  It
+    # was left to the app until the graceful timeout, which held the stop.
+    server = start_server(APP, "--timeout-graceful-shutdown", "60")
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        sock.sendall(
+            b"GET /answer-late HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        server.wait_log("app waits")
+        server.proc.send_signal(signal.SIGTERM)
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+        sock.close()
+        assert reply.startswith(b"HTTP/1.1 500 "), reply
+        assert reply.endswith(b"\r\n\r\nInternal Server Error")
+        assert server.wait(30) == 0
+        heard = [line for line in server.log.splitlines() if line.startswith("app ")]
+        assert heard == [
+            "app waits",
+            'app heard {"code": 1006, "reason": "", "type": "websocket.disconnect"}',
+            "app accept returned",
+        ]
+    finally:
+        if server.proc.poll() is None:
+            server.stop()
+
+
 def test_idle_connections_cost_no_cpu():
     psutil = pytest.importorskip("psutil")
     with running(APP) as s:

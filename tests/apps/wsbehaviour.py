@@ -234,6 +234,17 @@ async def app(scope, receive, send):
         await kept_receives(receive, send)
     elif path == "/hand-driven":
         await hand_driven(receive, send)
+    elif path == "/answer-late":
+        # A handshake not yet answered when the stop begins: what the app
+        # hears, then what its accept does, on stderr.
+        print("app waits", file=sys.stderr, flush=True)
+        message = await receive()
+        print("app heard", json.dumps(message, sort_keys=True), file=sys.stderr, flush=True)
+        try:
+            await send({"type": "websocket.accept"})
+            print("app accept returned", file=sys.stderr, flush=True)
+        except Exception as exc:
+            print("app accept raised", type(exc).__name__, file=sys.stderr, flush=True)
     elif path == "/never-accept":
         await asyncio.sleep(60)
     elif path == "/send-both":
