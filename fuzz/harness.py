@@ -346,6 +346,26 @@ class HeldFuture:
         self.expected -= n
         self.pending_adds -= n
 
+    def remove_adding(self) -> None:
+        """remove_done_callback() with a comparand whose first comparison
+        adds a callback: nothing is removed, the added one is kept (as an
+        asyncio.Future does)."""
+        added: list[int] = []
+        held = self
+
+        class Adds:
+            def __eq__(self, other: object) -> bool:
+                if not added:
+                    added.append(1)
+                    held.add(False)
+                return False
+
+            __hash__ = object.__hash__
+
+        n = self.fut.remove_done_callback(Adds())
+        if n != 0:
+            self.sess.fail(f"remove_done_callback of an unknown callback removed {n}")
+
     def ask(self) -> None:
         """result() and exception(), as an asyncio.Future answers them."""
         fut = self.fut
@@ -387,7 +407,8 @@ class HeldFuture:
 async def receive_held(sess: Session, inst: Inst, ops: bytes) -> None:
     """A receive() in a task of its own whose waiting future the app gets
     hold of and uses as any asyncio future, one op per byte: done callbacks
-    added (with or without a context) and removed, result()/exception()
+    added (with or without a context) and removed (also by a comparand that
+    adds one), result()/exception()
     asked, awaited by other tasks, kept across later receive()s (strongly,
     through a bound method, weakly, with an attribute set), loop steps,
     a call_soon set on the loop instance or deleted, the receive()'s task
@@ -417,6 +438,8 @@ async def receive_held(sess: Session, inst: Inst, ops: bytes) -> None:
             o = op % 12
             if o in (0, 1):
                 held.add(o == 1)
+            elif o == 2 and op & 64:
+                held.remove_adding()
             elif o == 2:
                 held.remove()
             elif o == 3:
