@@ -38,13 +38,18 @@ def hop_items() -> int:
     return _cdaphne._debug_counters()["hop_items"]
 
 
-def on_both(scenario: Callable[[asyncio.AbstractEventLoop], Any], items: int | None) -> Any:
+def on_both(
+    scenario: Callable[[asyncio.AbstractEventLoop], Any],
+    items: int | None,
+    loops: dict[str, Callable[[], asyncio.AbstractEventLoop]] = LOOPS,
+) -> Any:
     """Runs scenario(loop) on both loops and checks they observed the same.
 
     items: how many run_in_executor() calls must have queued a C work item
-    on cdaphne's loop (None: at least one)."""
+    on cdaphne's loop (None: at least one).  loops: the two loops' factories
+    (LOOPS: stock asyncio's and cdaphne's)."""
     seen = {}
-    for name, factory in LOOPS.items():
+    for name, factory in loops.items():
         loop = factory()
         before = hop_items()
         try:
@@ -819,13 +824,4 @@ def test_a_subclass_overriding_call_soon_threadsafe_sees_every_completion():
             executor.shutdown()
 
     classes = {"asyncio": subclass(asyncio.SelectorEventLoop), "cdaphne": subclass(LibuvEventLoop)}
-    seen = {}
-    for name, cls in classes.items():
-        loop = cls()
-        before = hop_items()
-        try:
-            seen[name] = scenario(loop)
-        finally:
-            loop.close()
-        assert hop_items() == before
-    assert seen["cdaphne"] == seen["asyncio"] == ([0, 1, 2, 3, 4], 5)
+    assert on_both(scenario, items=0, loops=classes) == ([0, 1, 2, 3, 4], 5)
