@@ -131,6 +131,22 @@ def test_second_signal_while_executor_threads_run_ends_the_process_by_it(serve, 
     assert "Exiting now: executor threads still running" in proc.log
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_before_the_executor_wait_is_announced_lets_the_stop_finish(serve, sig):
+    # A worker whose boot failed met the supervisor's stop in its (empty)
+    # wait for executor threads, logged "Exiting now: executor threads still
+    # running" and died by the signal.  Only once the wait is announced does
+    # a signal end the process; before, it is part of the stop.
+    proc = serve("tests.apps.slow:app")
+    assert httpx.get(proc.url("/?thread=1.5")).text == "started;finished"
+    proc.send_signal(sig)
+    time.sleep(0.2)  # the stop is over, the wait's first 0.5 s run
+    proc.send_signal(sig)
+    assert proc.wait(timeout=20) == 0
+    assert "Exiting now" not in proc.log
+    assert "Traceback" not in proc.log
+
+
 def test_signal_stops_with_idle_keep_alive_connection_promptly(serve):
     proc = serve(APP)
     with connect(proc) as sock:

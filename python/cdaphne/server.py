@@ -46,7 +46,7 @@ class Server:
         self._stop: asyncio.Event | None = None
         self._stop_requested = False
         self._signals: asyncio.AbstractEventLoop | None = None  # handlers on it
-        self._exiting = False  # serving is over: executor threads waited for
+        self._exiting = False  # the wait for executor threads was announced
 
     # ---- public API ---------------------------------------------------
     def run(self) -> int:
@@ -74,14 +74,16 @@ class Server:
                 loop.close()
 
     async def _wait_executor(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The default executor's threads, waited for; a signal meanwhile
-        ends the process by that signal (_on_signal)."""
-        self._exiting = True
+        """The default executor's threads, waited for; a signal once the
+        wait is announced ends the process by that signal (_on_signal).
+        Not before: a worker whose boot failed meets the supervisor's stop
+        here, with no thread to wait for, and said "Exiting now"."""
         wait = asyncio.ensure_future(loop.shutdown_default_executor())
         done, _ = await asyncio.wait({wait}, timeout=0.5)
         if not done:
             logger.info("Waiting for executor threads to finish "
                         "(a second SIGINT or SIGTERM exits now)")
+            self._exiting = True
         await wait
 
     def _report_error(self, message: str) -> None:
