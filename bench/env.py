@@ -20,6 +20,8 @@ CEILING_SRC = BENCH / "ceiling.c"
 CEILING_BIN = WORK / "ceiling"
 WS_CLIENT_SRC = BENCH / "ws_echo_client.c"
 WS_CLIENT_BIN = WORK / "ws_echo_client"
+WS_CEILING_SRC = BENCH / "ws_ceiling.c"
+WS_CEILING_BIN = WORK / "ws_ceiling"
 TLS_DIR = WORK / "tls"  # the hello-tls scenario's self-signed certificate
 
 # Installed into bench/.work/venv, never into the project's .venv.
@@ -145,6 +147,11 @@ def build_ceiling(log: Log) -> Path:
 def build_ws_client(log: Log) -> Path:
     """Compile bench/ws_echo_client.c (epoll, no library) into bench/.work."""
     return _compile(log, WS_CLIENT_SRC, WS_CLIENT_BIN, "C WebSocket echo client", [])
+
+
+def build_ws_ceiling(log: Log) -> Path:
+    """Compile bench/ws_ceiling.c (a bare libuv WebSocket echo) into bench/.work."""
+    return _compile(log, WS_CEILING_SRC, WS_CEILING_BIN, "WebSocket ceiling", ["libuv"])
 
 
 def tls_cert() -> tuple[Path, Path]:
