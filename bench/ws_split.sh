@@ -13,7 +13,9 @@
 # messages (2,000) of 64 bytes, one at a time, and the server's utime and
 # stime over that run (/proc/PID/stat, the whole process, in clock ticks)
 # are divided by the messages: exact on a loaded machine too, to a tick (keep
-# MESSAGES x CONNECTIONS >= 100,000).
+# MESSAGES x CONNECTIONS >= 100,000).  The client's own CPU per message
+# (its getrusage, user and kernel) is printed too: at ~6-9 us it needs most
+# of core 1 when the server runs at its own core's rate.
 #
 # --counts also runs `perf stat` on the server over the run: context
 # switches, every system call, and the ones an echo server makes by kind
@@ -91,12 +93,14 @@ grep -q "\"connected\": $CONNS, .*\"mismatches\": 0, \"closed_early\": 0," "$OUT
     exit 1
 }
 M=$((N * CONNS))
+CLIENT_CPU=$(sed -n 's/.*"client_cpu_s": \([0-9.]*\).*/\1/p' "$OUT/client.json")
 awk -v s="$SERVER" -v m=$M -v hz="$(getconf CLK_TCK)" -v u0="$UT0" -v u1="$UT1" \
-    -v s0="$ST0" -v s1="$ST1" -v t0="$T0" -v t1="$T1" 'BEGIN {
+    -v s0="$ST0" -v s1="$ST1" -v t0="$T0" -v t1="$T1" -v c="$CLIENT_CPU" 'BEGIN {
     u = (u1 - u0) * 1e6 / hz / m; k = (s1 - s0) * 1e6 / hz / m
     printf "%s: %d messages in %.2f s (%.0f/s); CPU per message: user %.2f us, " \
-        "kernel %.2f us, total %.2f us (kernel %.0f%%; %d + %d ticks)\n",
-        s, m, t1 - t0, m / (t1 - t0), u, k, u + k, 100 * k / (u + k), u1 - u0, s1 - s0
+        "kernel %.2f us, total %.2f us (kernel %.0f%%; %d + %d ticks); the client %.2f us\n",
+        s, m, t1 - t0, m / (t1 - t0), u, k, u + k, 100 * k / (u + k), u1 - u0, s1 - s0,
+        c * 1e6 / m
 }'
 if [ "$COUNTS" = --counts ]; then
     awk -F, -v m=$M '$1 ~ /^[0-9.]+$/ && $1 > 0 {
