@@ -237,3 +237,27 @@ def test_a_corrupted_echo_is_a_mismatch(fake_server, client: Path) -> None:
     assert r["mismatches"] == 2
     assert r["messages"] == 0
     assert "differs" in r["first_error"]
+
+
+# ---- bench/ws_ceiling.c, the bare libuv echo that bench/ws_split.sh compares --
+
+
+@pytest.mark.skipif(shutil.which("pkg-config") is None, reason="no pkg-config (libuv)")
+@pytest.mark.parametrize("size", [64, 300])
+def test_the_ws_ceiling_echoes_what_the_client_checks(client: Path, size: int) -> None:
+    ceiling = env.build_ws_ceiling(lambda _msg: None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(ceiling), str(port)], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        assert "Listening on" in proc.stderr.readline()
+        r = run_client(client, f"ws://127.0.0.1:{port}/", 3, 1, size)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert r["first_error"] == ""
+    assert r["connected"] == 3
+    assert r["messages"] > 0
+    assert (r["mismatches"], r["closed_early"], r["connect_failures"]) == (0, 0, 0)
