@@ -264,6 +264,10 @@ struct cd_loop_s {
     PyObject *ts_rlock;     /* strong: what makes its _lock, or NULL */
     Py_ssize_t ts_lock_off; /* the offset of its _lock slot */
     PyObject *selector;     /* strong: the LibuvSelector over this core */
+    /* strong: an asyncio.Future of aio_loop done with the result None,
+     * which a RecvFuture hands to a Task's wake-up (recvfut.c), or NULL:
+     * made by cd_sched_done_future */
+    PyObject *done_fut;
     int closed;
     /* read_buf's bytes: the largest --read-size of its servers (conn.c). */
     size_t read_buf_size;
@@ -422,6 +426,9 @@ PyObject *cd_sched_step(cd_loop_t *core, PyObject *unused);
 PyObject *cd_sched_get_debug(cd_loop_t *core, PyObject *unused);
 /* 1 if loop._debug is true, 0 if not, -1 on error (cached reads). */
 int cd_sched_debug(cd_loop_t *core);
+/* Borrowed: an asyncio.Future of the core's loop, done with the result
+ * None (made at the first call and kept), or NULL with an exception. */
+PyObject *cd_sched_done_future(cd_loop_t *core);
 /* 1 when the loop's call_soon_threadsafe and _write_to_self are the
  * core's (class and instance): asyncio's run_in_executor completes its
  * future through both, so the C hops may wake the loop themselves; 0 if

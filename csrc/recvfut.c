@@ -138,9 +138,37 @@ cd_rfut_done(PyObject *o)
     return ((cd_rfut_t *)o)->state != CD_RF_PENDING;
 }
 
+/* Whether cb is the wake-up of a C Task (_asyncio's task_wakeup, bound to
+ * the task): known by its name and its task the first time, then by its C
+ * function. */
+static int
+rfut_is_task_wakeup(cd_state *st, PyObject *cb)
+{
+    if (!PyCFunction_Check(cb)) {
+        return 0;
+    }
+    PyCFunction fn = PyCFunction_GET_FUNCTION(cb);
+    if (st->task_wakeup != NULL) {
+        return fn == st->task_wakeup;
+    }
+    PyObject *task = PyCFunction_GET_SELF(cb);
+    if (task == NULL ||
+        !PyObject_TypeCheck(task, (PyTypeObject *)st->asyncio_Task) ||
+        strcmp(((PyCFunctionObject *)cb)->m_ml->ml_name, "task_wakeup") != 0) {
+        return 0;
+    }
+    st->task_wakeup = fn;
+    return 1;
+}
+
 /* loop.call_soon(cb, f, context=ctx), as a Future schedules its done
  * callbacks: in C while the loop keeps LoopMethods' call_soon, else by
- * name. */
+ * name.  A C Task's wake-up is given the core's done Future instead of a
+ * RecvFuture done with None: it reads only the result of what it is
+ * given, an exact Future's in C, anything else's through
+ * PyObject_CallMethod(fut, "result") (~200 instructions per message);
+ * the task takes its message from the RecvFuture it waits on
+ * (waiter.c).  Any other callback is given f. */
 static int
 rfut_call_soon(cd_rfut_t *f, PyObject *cb, PyObject *ctx)
 {
@@ -150,6 +178,10 @@ rfut_call_soon(cd_rfut_t *f, PyObject *cb, PyObject *ctx)
     st->scheduled = 1;
     cd_loop_t *core = cd_loopmeth_direct(st, f->loop, CD_LM_CALL_SOON);
     if (core != NULL) {
+        if (f->state == CD_RF_DONE && rfut_is_task_wakeup(st, cb) &&
+            (args[2] = cd_sched_done_future(core)) == NULL) {
+            return -1;
+        }
         h = cd_sched_call_soon(core, args + 1, 2, st->kwnames_context);
     }
     else if (PyErr_Occurred()) {

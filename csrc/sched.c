@@ -2128,6 +2128,37 @@ cd_sched_attach(cd_loop_t *core, PyObject *const *args, Py_ssize_t nargs)
     return Py_NewRef((PyObject *)core->ready_q);
 }
 
+PyObject *
+cd_sched_done_future(cd_loop_t *core)
+{
+    if (core->done_fut != NULL) {
+        return core->done_fut;
+    }
+    if (core->aio_loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return NULL;
+    }
+    PyObject *kw = NULL, *fut = NULL, *r = NULL;
+    kw = Py_BuildValue("{sO}", "loop", core->aio_loop);
+    if (kw == NULL) {
+        goto done;
+    }
+    fut = PyObject_Call(core->st->asyncio_Future, core->st->empty_tuple, kw);
+    if (fut == NULL) {
+        goto done;
+    }
+    r = PyObject_CallMethod(fut, "set_result", "O", Py_None);
+    if (r != NULL && core->done_fut == NULL) {
+        core->done_fut =
+            Py_NewRef(fut); /* Unless made meanwhile (code ran). */
+    }
+done:
+    Py_XDECREF(kw);
+    Py_XDECREF(fut);
+    Py_XDECREF(r);
+    return r != NULL ? core->done_fut : NULL;
+}
+
 int
 cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg)
 {
@@ -2145,6 +2176,7 @@ cd_sched_loop_traverse(cd_loop_t *core, visitproc visit, void *arg)
         Py_VISIT(core->spare_args[i]);
     }
     Py_VISIT(core->report);
+    Py_VISIT(core->done_fut);
     Py_VISIT(core->ts_handle);
     Py_VISIT(core->ts_rlock);
     Py_VISIT(core->selector);
@@ -2171,6 +2203,7 @@ cd_sched_loop_clear(cd_loop_t *core, int closing)
         Py_CLEAR(core->spare_args[--core->nspare_args]);
     }
     Py_CLEAR(core->report);
+    Py_CLEAR(core->done_fut);
     Py_CLEAR(core->ts_handle);
     Py_CLEAR(core->ts_rlock);
     Py_CLEAR(core->selector);

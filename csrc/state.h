@@ -269,6 +269,10 @@ typedef struct {
      * to be ("context",), or NULL: the Task's own tuple, whose string is
      * not the interned one (recvfut.c). */
     PyObject *kwnames_context_seen;
+    /* The C function of _asyncio's Task wake-up (task_wakeup), once a
+     * RecvFuture's done callback was found to be one, or NULL
+     * (recvfut.c). */
+    PyCFunction task_wakeup;
     /* The app's last string found equal to "websocket.send", or NULL: a
      * literal in the app's code is the same object at every send(). */
     PyObject *ws_send_seen;
