@@ -267,8 +267,45 @@ async def call_soon_patched(receive, send):
     return [woken_through_it, calls, first, second]
 
 
+class SubTask(asyncio.Task):
+    pass
+
+
+async def task_kinds(receive, send):
+    """A receive() that waits wakes each kind of task the same way: a Task
+    subclass (the C task's wake-up bound to it), asyncio's Python Task
+    (its wake-up a bound method) and a plain Task, also two at once; a
+    done callback added next to a task's wake-up gets the future the task
+    waited on."""
+    loop = asyncio.get_running_loop()
+    py_task = getattr(asyncio.tasks, "_PyTask", asyncio.Task)
+    seen = []
+    for name, make in (
+        ("sub", lambda c: SubTask(c, loop=loop)),
+        ("py", lambda c: py_task(c, loop=loop)),
+        ("plain", loop.create_task),
+    ):
+        t = make(receive())
+        await waiting(t)
+        fut = t._fut_waiter
+        got = []
+        fut.add_done_callback(lambda f, fut=fut, got=got: got.append(f is fut))
+        await need(send, name)
+        seen += [type(t).__name__, (await t)["text"]]
+        await asyncio.sleep(0)
+        seen.append(got)
+    a, b = SubTask(receive(), loop=loop), py_task(receive(), loop=loop)
+    await waiting(a)
+    await waiting(b)
+    await need(send, "x")
+    await need(send, "y")
+    seen.append(sorted(m["text"] for m in await asyncio.gather(a, b)))
+    return seen
+
+
 SCENARIOS = {
     "call_soon_patched": call_soon_patched,
+    "task_kinds": task_kinds,
     "cancel_while_waiting": cancel_while_waiting,
     "cancel_after_wake": cancel_after_wake,
     "cancel_message_inside": cancel_message_inside,
