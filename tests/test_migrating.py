@@ -303,6 +303,59 @@ def test_a_stdout_nobody_reads_does_not_stall_the_server(tmp_path):
         os.close(rfd)
 
 
+def test_a_line_over_4_kib_does_not_take_the_lines_after_it_into_a_split_write():
+    """Lines go to a stdout pipe in writes of up to 4 KiB (PIPE_BUF) ending
+    on a line, so another writer of the pipe (a worker) never lands inside
+    one.  A first line over 4 KiB made the write the whole backlog: a pipe
+    with room for part of it took part, cutting a short line after it, and
+    the other writer's line went into that line.  Here the test is the
+    other writer: the pipe is full, it frees two pages, then writes its own
+    line as soon as it has read what the server wrote."""
+    rfd, wfd = os.pipe()
+    other = os.dup(wfd)
+    os.set_blocking(other, False)
+    page = b"P" * 4095 + b"\n"
+    proc, port = spawn_with_stdout(wfd)
+    got = b""
+    try:
+        try:
+            while True:  # Full (16 pages).
+                os.write(other, page)
+        except BlockingIOError:
+            pass
+        with httpx.Client(timeout=5) as client:
+            client.get(f"http://127.0.0.1:{port}/hello?long={'x' * 5000}")
+            for i in range(60):
+                assert client.get(f"http://127.0.0.1:{port}/hello?n={i}").status_code == 200
+        time.sleep(0.3)
+        got += os.read(rfd, 4096) + os.read(rfd, 4096)  # Two pages free.
+        time.sleep(0.5)  # The server's retries write what the pipe takes.
+        os.set_blocking(rfd, False)
+        deadline = time.monotonic() + 10
+        wrote = False
+        while b"GET /hello?n=59" not in got and time.monotonic() < deadline:
+            try:
+                got += os.read(rfd, 65536)
+            except BlockingIOError:
+                time.sleep(0.01)
+                continue
+            if not wrote and got.count(b"\n") >= 16:  # The pages read.
+                os.write(other, b"OTHER\n")
+                wrote = True
+        assert wrote
+    finally:
+        os.close(other)
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        finally:
+            os.close(rfd)
+    lines = got.decode("utf-8", "replace").splitlines()
+    mixed = [ln[:80] for ln in lines if ln not in ("P" * 4095, "OTHER") and not LINE.match(ln)]
+    assert mixed == []
+    assert [int(n) for n in re.findall(r"GET /hello\?n=(\d+)", "\n".join(lines))] == list(range(60))
+
+
 def test_a_stdout_whose_reader_left_turns_the_log_off_with_a_warning():
     """The non-blocking writer's failed write left its memoryview of the
     backlog alive in the traceback, so clearing the backlog raised

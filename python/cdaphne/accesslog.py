@@ -186,7 +186,10 @@ class AccessLogGenerator:
         self._retry = None
         out = self._out
         while self._backlog and out is not None:
-            end = self._backlog.rfind(b"\n", 0, _CHUNK) + 1 or len(self._backlog)
+            # A line over _CHUNK goes alone: not atomic, but the lines
+            # after it are not taken into its write.
+            end = (self._backlog.rfind(b"\n", 0, _CHUNK) + 1 or self._backlog.find(b"\n") + 1
+                   or len(self._backlog))
             try:
                 n = out.write(memoryview(self._backlog)[:end])
             except BlockingIOError:
