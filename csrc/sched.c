@@ -1785,6 +1785,28 @@ sched_timeout(cd_loop_t *core, PyObject *sched, double *out)
     return 0;
 }
 
+/* Whether the first timer's _when >= end, compared in Python as asyncio
+ * does, for a _when no double holds (an int beyond one: OverflowError
+ * from heap_top_when, which stock asyncio raises only where it waits for
+ * that timer): 1, 0, or -1 with the error. */
+static int
+top_later_slow(cd_state *st, PyObject *sched, double end)
+{
+    if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+        return -1;
+    }
+    PyErr_Clear();
+    PyObject *e = NULL;
+    PyObject *w = PyObject_GetAttr(PyList_GET_ITEM(sched, 0), st->s__when);
+    int r = -1;
+    if (w != NULL && (e = PyFloat_FromDouble(end)) != NULL) {
+        r = PyObject_RichCompareBool(w, e, Py_GE);
+    }
+    Py_XDECREF(w);
+    Py_XDECREF(e);
+    return r;
+}
+
 /* Moves the timers due by now (+ the clock's resolution) to _ready. */
 static int
 sched_move_due(cd_loop_t *core, PyObject *sched)
@@ -1806,9 +1828,16 @@ sched_move_due(cd_loop_t *core, PyObject *sched)
     while (PyList_GET_SIZE(sched) > 0) {
         int own = heap_top_when(core, sched, &when);
         if (own < 0) {
-            goto done;
+            int later = top_later_slow(st, sched, end);
+            if (later < 0) {
+                goto done;
+            }
+            if (later > 0) {
+                break;
+            }
+            own = 0;
         }
-        if (when >= end) {
+        else if (when >= end) {
             break;
         }
         /* The timers of a batch are far apart in memory and cold by

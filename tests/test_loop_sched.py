@@ -1304,6 +1304,30 @@ def test_a_when_the_loop_cannot_wait_for_raises_what_asyncio_raises(method, when
     assert on_both(scenario) == raised
 
 
+@pytest.mark.parametrize("when", [10**400, -(10**400)])
+def test_a_when_beyond_a_float_behind_a_timer_that_ends_the_run(when):
+    # An int no double holds as _when: stock asyncio compares it with
+    # the loop's time in Python (no error) once the timer before it ran,
+    # and raises OverflowError only where it waits for it (`when -
+    # loop.time()`); our core read every first _when as a double and
+    # raised OverflowError out of run_until_complete after the first.
+    def scenario(loop):
+        ran = []
+        done = loop.create_future()
+        loop.call_at(when, ran.append, "huge")
+        loop.call_later(0.01, done.set_result, "ran")
+        try:
+            return loop.run_until_complete(done), ran
+        except OverflowError as exc:
+            return str(exc)
+        finally:
+            loop._scheduled.clear()
+
+    # A negative one is first in the heap at the first wait: both raise.
+    assert on_both(scenario) == (
+        "int too large to convert to float" if when < 0 else ("ran", []))
+
+
 def test_a_replaced_loop_dict_is_the_one_read():
     # loop.__dict__ = a copy: the C core kept reading the old dict, so
     # set_debug(True) then get_debug() said False and a task factory set
