@@ -1312,6 +1312,12 @@ ws_close(cd_cycle_t *cy, PyObject *msg)
         return -1;
     }
     if (v != NULL && v != Py_None) {
+        if (!PyUnicode_Check(v)) {
+            PyErr_Format(PyExc_TypeError,
+                         "the close reason must be str or None, not %.100s",
+                         Py_TYPE(v)->tp_name);
+            return -1;
+        }
         reason = PyUnicode_AsUTF8AndSize(v, &rlen);
         if (reason == NULL) {
             return -1;

@@ -1331,8 +1331,12 @@ def app_ws_action(d: Data) -> tuple[Any, ...]:
         msg = {"type": "websocket.close"}
         if d.u8() & 1:
             msg["code"] = d.pick([1000, 1001, 1005, 1006, 1011, 3000, 4999, 5000, 70000, -1, 999])
-        if d.u8() & 1:
+        r = d.u8()
+        if r & 1:
             msg["reason"] = d.blob(200).decode("utf-8", "replace")
+            # bytes: send() raises TypeError (the app's error: close 1011).
+            if (r & 6) == 6:
+                msg["reason"] = msg["reason"].encode()
         return ("send", msg)
     if a == 9:
         return ("send", {"type": "websocket.http.response.start",

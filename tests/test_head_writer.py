@@ -297,6 +297,30 @@ def test_accept_headers_whose_items_change_between_reads(wire):
     alive(proc)
 
 
+@pytest.mark.parametrize("reason,exc", [
+    ("str", None),
+    # It said "bad argument type for built-in operation".
+    ("bytes", "TypeError: the close reason must be str or None, not bytes"),
+    ("int", "TypeError: the close reason must be str or None, not int"),
+])
+def test_a_close_reason_that_is_not_str_raises_in_send(wire, reason, exc):
+    proc = wire()
+    _, reader, sock = handshake(proc, f"/?mode=plain&reason={reason}")
+    with sock:
+        assert b" 101 " in reader.read_until(b"\r\n\r\n")
+        mask = os.urandom(4)
+        sock.sendall(b"\x81\x82" + mask + bytes(b ^ mask[i] for i, b in enumerate(b"hi")))
+        assert reader.read_exact(4) == b"\x81\x02hi"
+        head = reader.read_exact(2)
+        got = head + reader.read_exact(head[1])
+    if exc is None:
+        assert got == b"\x88\x05\x03\xe8bye"
+    else:
+        assert got == b"\x88\x02\x03\xf3"  # 1011: the app raised
+        proc.wait_log(re.escape(exc))
+    alive(proc)
+
+
 def test_app_server_header_replaces_the_default_in_the_handshake(wire):
     proc = wire("-s", "default-name")
     _, reader, sock = handshake(proc, "/?mode=app_server")

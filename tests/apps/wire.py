@@ -79,7 +79,8 @@ async def websocket(scope, receive, send):
     msg = await receive()
     if msg["type"] == "websocket.receive":
         await send({"type": "websocket.send", "text": msg.get("text") or "?"})
-        await send({"type": "websocket.close"})
+        reason = {"bytes": b"bye", "int": 7}.get(query(scope).get("reason", ""), "bye")
+        await send({"type": "websocket.close", "reason": reason})
 
 
 async def app(scope, receive, send):
