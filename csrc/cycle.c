@@ -586,8 +586,9 @@ cycle_cancel_task(cd_cycle_t *cy, PyObject *unused)
         Py_RETURN_NONE;
     }
     /* Not twice: an app the shutdown already cancelled may be running its
-     * cleanup, and a second CancelledError would cut it short.  (A cold
-     * path: once per timeout.) */
+     * cleanup, and a second CancelledError would cut it short.  Yet a
+     * cancel pending now may be the app's own (asyncio.timeout, wait_for),
+     * which it takes back: look again a timeout later.  (A cold path.) */
     PyObject *n = PyObject_CallMethod(cy->task, "cancelling", NULL);
     int already = n != NULL ? PyObject_IsTrue(n) : -1;
     Py_XDECREF(n);
@@ -596,6 +597,12 @@ cycle_cancel_task(cd_cycle_t *cy, PyObject *unused)
         already = 0;
     }
     if (already != 0) {
+        if (already > 0) {
+            PyObject *running = cy->close_handle; /* the loop holds it too */
+            cy->close_handle = NULL;
+            cd_cycle_arm_close_timeout(cy);
+            Py_XDECREF(running);
+        }
         return already < 0 ? NULL : Py_NewRef(Py_None);
     }
     PyObject *r = PyObject_CallMethodNoArgs(cy->task, cy->st->s_cancel);

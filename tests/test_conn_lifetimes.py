@@ -216,6 +216,26 @@ def test_close_timeout_cancels_app_whose_client_left_before_it_started(serve, tm
     assert ended["after"] < 5
 
 
+def test_close_timeout_cancels_app_whose_own_deadline_ran_out_with_it(serve, tmp_path):
+    # The app's own asyncio.timeout cancels its task in the same loop turn
+    # as the close timeout comes (the task's cancelling() is 1 then, and
+    # the timeout takes that cancel back): the close timeout must still
+    # end the app, which then waits in receive() with its client gone.
+    proc = serve(APP, "--application-close-timeout", "0.5",
+                 env={"CDAPHNE_TEST_DIR": str(tmp_path)})
+    sock = connect(proc)
+    sock.sendall(b"GET /own_deadline?block=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.2)
+    # A reset: the app hears at once (a FIN waits --half-close-grace).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    msg = recorded(tmp_path, "own_deadline_disconnect")["msg"]
+    assert msg == {"type": "http.disconnect"}
+    ended = recorded(tmp_path, "own_deadline", timeout=10)
+    assert ended["outcome"] == "cancelled"
+    assert ended["after"] < 5
+
+
 # ---- a client leaving while a pipelined request waits ----------------------
 
 # What the client pipelines behind a request still with the app: more than

@@ -54,6 +54,31 @@ async def forever(scope, receive, send):
         _record("forever", {"outcome": outcome, "after": time.monotonic() - t0})
 
 
+async def own_deadline(scope, receive, send):
+    """Reads the request and its disconnect; then a deadline of its own
+    (asyncio.timeout) runs out in the same loop turn as the server's
+    application_close_timeout (the loop is blocked ?block= seconds past
+    both), and it waits in receive() again.  Records how it ended."""
+    t0 = time.monotonic()
+    outcome = "returned"
+    try:
+        await receive()
+        msg = await receive()
+        _record("own_deadline_disconnect", {"msg": msg})
+        try:
+            async with asyncio.timeout(0.001):
+                time.sleep(float(query(scope).get("block", "0")))
+                await asyncio.sleep(3600)
+        except TimeoutError:
+            pass
+        await receive()
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        raise
+    finally:
+        _record("own_deadline", {"outcome": outcome, "after": time.monotonic() - t0})
+
+
 async def upload(scope, receive, send):
     """Reads the body (after ?delay= seconds); records its size and the
     last message type."""
@@ -136,6 +161,7 @@ ROUTES = {
     "/wait_disconnect": wait_disconnect,
     "/start_then_wait": start_then_wait,
     "/forever": forever,
+    "/own_deadline": own_deadline,
     "/upload": upload,
     "/upload_streaming": upload_streaming,
     "/stream_forever": stream_forever,
