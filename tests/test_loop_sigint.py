@@ -79,3 +79,30 @@ print("ok", flush=True)
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("reuse", ["closed", "reused_by_a_blocking_file"])
+def test_a_wakeup_fd_its_owner_closed_and_left_set_does_not_make_the_loop_raise(reuse):
+    # A loop whose close() failed (or any code) left the process's signal
+    # wake-up fd set to a descriptor it then closed: our run_forever gave it
+    # back at its start and raised OSError EBADF (or ValueError, blocking),
+    # where stock asyncio's never touches it.  The stale one is dropped.
+    script = PRELUDE + f"""
+import os, socket
+a, b = socket.socketpair()
+a.setblocking(False)
+signal.set_wakeup_fd(a.fileno())
+stale = a.fileno()
+a.close()
+if {reuse!r} == "reused_by_a_blocking_file":
+    assert os.open(os.devnull, os.O_RDONLY) == stale
+for factory in (asyncio.SelectorEventLoop, new_event_loop):
+    loop = factory()
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+assert signal.set_wakeup_fd(-1) == -1, "the stale wake-up fd is still set"
+print("ok", flush=True)
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

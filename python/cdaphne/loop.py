@@ -148,6 +148,18 @@ class _LoopDict:
         self.base.__delete__(obj)
 
 
+def _set_wakeup_fd(fd: int) -> bool:
+    """signal.set_wakeup_fd(fd) for a fd that was set before; False when it
+    can no longer be (closed by its owner, or its number reused by a blocking
+    file): it stays unset.  Stock asyncio's run_forever never touches it, so
+    a stale one must not make ours raise."""
+    try:
+        signal.set_wakeup_fd(fd)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 class LibuvEventLoop(LoopMethods, asyncio.SelectorEventLoop):  # type: ignore[misc]
     """asyncio's selector event loop, on libuv.
 
@@ -203,16 +215,16 @@ class LibuvEventLoop(LoopMethods, asyncio.SelectorEventLoop):  # type: ignore[mi
             return False
         fd = self._csock.fileno()
         previous = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
-        if previous != -1:  # someone's own (add_signal_handler sets ours)
-            signal.set_wakeup_fd(previous)
-        return previous == -1
+        # Someone's own (add_signal_handler sets ours) is given back, unless
+        # its owner closed it and left it set: then ours stays for the run.
+        return previous == -1 or not _set_wakeup_fd(previous)
 
     def _drop_signal_wakeup(self) -> None:
         if self._signal_handlers:  # type: ignore[attr-defined]
             return  # add_signal_handler's now: it stays set between runs
         previous = signal.set_wakeup_fd(-1)
         if self._csock is None or previous != self._csock.fileno():
-            signal.set_wakeup_fd(previous)  # replaced while running: not ours
+            _set_wakeup_fd(previous)  # replaced while running: not ours
 
     # BaseEventLoop's attribute, kept by the C core (csrc/sched.c).
     @property
