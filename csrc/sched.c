@@ -490,7 +490,6 @@ attrs_read_flag(cd_loop_t *core, PyObject *name)
     Py_DECREF(v);
     return r;
 }
-#endif
 
 /* The flags that say no instance attribute replaces a loop method. */
 static const struct {
@@ -505,6 +504,7 @@ static const struct {
     {CD_ATTR_CS_IS_OURS, CD_LM_CALL_SOON},
     {CD_ATTR_CST_IS_OURS, CD_LM_CALL_SOON_THREADSAFE},
 };
+#endif
 
 /* core_attrs when the values must be read again. */
 static int
