@@ -1125,6 +1125,7 @@ on_task_done(cd_cycle_t *cy, PyObject *task)
         Py_CLEAR(cy->close_handle);
     }
     Py_CLEAR(cy->task);
+    cd_admit_done(cy);
     /* No more receive()s: the waiter (which may hold the cycle) and the
      * future kept for them go now. */
     Py_CLEAR(cy->waiter);
@@ -1284,6 +1285,7 @@ error:
     }
     cd_log_exception("Exception inside application");
     cy->ops->on_task_done(cy, CD_TASK_RAISED);
+    cd_admit_done(cy);
     if (exit_exc != NULL) {
         PyErr_SetRaisedException(exit_exc);
         return -1;

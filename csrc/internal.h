@@ -187,6 +187,19 @@ typedef struct {
 
 /* The Python object LoopCore.  It owns the uv_loop_t; asyncio's
  * SelectorEventLoop drives it through cdaphne.loop.LibuvSelector. */
+/* Admission (admit.c): how many HTTP apps a loop runs at once.  Past the
+ * limit a request waits, parsed, in arrival order, while the process keeps
+ * its core busy; a core left idle, a slot freed or a long wait lets it in. */
+typedef struct {
+    PyObject *waiting; /* strong: list of HTTP cycles not started yet */
+    int running;       /* HTTP apps started and not done */
+    int limit;         /* running before a request waits (0: no limit) */
+    int cap;           /* the limit now: raised while the core idles with
+                          requests waiting, lowered back while it is busy */
+    uint64_t mark_ns;  /* start of the window the CPU is measured over */
+    uint64_t mark_cpu; /* the process's CPU time (ns) then */
+} cd_admit_t;
+
 struct cd_loop_s {
     PyObject_HEAD
     /* public */
@@ -202,6 +215,7 @@ struct cd_loop_s {
     int nready;
     int ready_cap;
     PyObject *pending;  /* strong: list of cycles waiting to start */
+    cd_admit_t admit;   /* HTTP apps running at once (admit.c) */
     PyObject *aio_loop; /* strong: the asyncio loop, once attached */
     cd_link_t corked;   /* conns with output to flush before polling */
     int ncorked;        /* conns on corked */
@@ -472,6 +486,7 @@ typedef struct {
     size_t body_high_water;      /* stop reading above this much body */
     size_t write_high_water;     /* send() waits above this much queued */
     int limit_concurrency;       /* connections before 503, 0 = none */
+    int max_running_requests;    /* HTTP apps at once on a busy core */
     int eager_tasks;             /* Task(eager_start=True) available */
     uint64_t ws_connect_timeout; /* ms to accept a WebSocket, 0 = none */
     uint64_t ws_timeout;         /* ms a WebSocket may live, 0 = forever */
@@ -955,6 +970,13 @@ typedef enum {
     CD_RESP_DONE,
 } cd_resp_state_t;
 
+typedef enum {
+    CD_ADMIT_NEW = 0, /* not looked at (and never for a WebSocket) */
+    CD_ADMIT_WAITING, /* on the loop's waiting list */
+    CD_ADMIT_RUNNING, /* holds one of the loop's slots */
+    CD_ADMIT_DONE,    /* gave its slot back */
+} cd_admit_state_t;
+
 struct cd_cycle_s {
     PyObject_HEAD
     const cd_cycle_ops_t *ops; /* borrowed: a static table */
@@ -997,6 +1019,8 @@ struct cd_cycle_s {
     cd_resp_state_t resp;
     PyObject *close_handle; /* strong: call_later handle, or NULL */
     int close_timeout_due;  /* asked for before the task existed */
+    cd_admit_state_t admit; /* where the request is in admit.c */
+    uint64_t waiting_since; /* uv_now() when it began to wait */
     int status;
     int chunked;
     int64_t content_length; /* -1 unknown */
@@ -1013,6 +1037,21 @@ int cd_cycle_type_init(PyObject *module, cd_state *st);
 cd_cycle_t *cd_cycle_new(cd_conn_t *c, PyObject *scope);
 /* 1 if cy has HTTP's operations (not a WebSocket). */
 int cd_cycle_is_http(const cd_cycle_t *cy);
+
+/* admit.c */
+int cd_admit_init(cd_loop_t *loop);
+void cd_admit_set_limit(cd_loop_t *loop, int limit);
+/* 1: start cy now; 0: it waits (the loop holds it); -1 with an exception */
+int cd_admit_start(cd_loop_t *loop, cd_cycle_t *cy);
+/* cy's app is done (or never ran): its slot goes to the next waiting. */
+void cd_admit_done(cd_cycle_t *cy);
+/* The select() timeout while requests wait: their checks need a turn. */
+double cd_admit_timeout(cd_loop_t *loop, double timeout);
+/* After a poll: lets waiting requests in if the core was not busy, or the
+ * first has waited too long.  -1 with an exception. */
+int cd_admit_after_poll(cd_loop_t *loop);
+/* The stop: every waiting request starts now. */
+int cd_admit_all(cd_loop_t *loop);
 /* Start the app for a cycle (called from the loop's dispatch). */
 int cd_cycle_start(PyObject *cycle);
 void cd_cycle_on_body(cd_cycle_t *cy);

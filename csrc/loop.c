@@ -425,7 +425,8 @@ cd_loop_select(cd_loop_t *loop, PyObject *selector, double timeout)
     if (PyList_GET_SIZE(loop->pending) > 0) {
         return PyObject_GetAttrString(selector, "_dispatch_ready");
     }
-    if (loop_poll_once(loop, timeout) < 0) {
+    if (loop_poll_once(loop, cd_admit_timeout(loop, timeout)) < 0 ||
+        cd_admit_after_poll(loop) < 0) {
         return NULL;
     }
     if (loop->nready == 0 && PyList_GET_SIZE(loop->pending) == 0) {
@@ -500,7 +501,9 @@ loop_dispatch(cd_loop_t *loop, PyObject *unused)
         }
         Py_ssize_t n = PyList_GET_SIZE(batch);
         for (Py_ssize_t i = 0; i < n; i++) {
-            if (cd_cycle_start(PyList_GET_ITEM(batch, i)) == 0) {
+            PyObject *cy = PyList_GET_ITEM(batch, i);
+            int now = cd_admit_start(loop, (cd_cycle_t *)cy);
+            if (now == 0 || (now == 1 && cd_cycle_start(cy) == 0)) {
                 continue;
             }
             if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
@@ -523,6 +526,7 @@ loop_dispatch(cd_loop_t *loop, PyObject *unused)
                 return NULL;
             }
             cd_log_exception("Exception starting an ASGI application");
+            cd_admit_done((cd_cycle_t *)cy);
         }
         Py_DECREF(batch);
     }
@@ -623,7 +627,7 @@ loop_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     loop->closed = 1; /* Until uv_loop_init succeeds. */
     loop->wake_fd = loop->wake_wfd = -1;
     loop->pending = PyList_New(0);
-    if (loop->pending == NULL) {
+    if (loop->pending == NULL || cd_admit_init(loop) < 0) {
         Py_DECREF(loop);
         return NULL;
     }
@@ -657,6 +661,7 @@ loop_traverse(cd_loop_t *loop, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(loop));
     Py_VISIT(loop->pending);
+    Py_VISIT(loop->admit.waiting);
     Py_VISIT(loop->aio_loop);
     int r = cd_sched_loop_traverse(loop, visit, arg);
     return r ? r : cd_hop_loop_traverse(loop, visit, arg);
@@ -668,6 +673,7 @@ loop_clear(cd_loop_t *loop)
     cd_hop_loop_close(loop);
     cd_sched_loop_clear(loop, 0);
     Py_CLEAR(loop->pending);
+    Py_CLEAR(loop->admit.waiting);
     Py_CLEAR(loop->aio_loop);
     return 0;
 }

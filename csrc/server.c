@@ -560,6 +560,9 @@ static PyObject *
 server_close_listeners(cd_server_t *srv, PyObject *unused)
 {
     server_close_listeners_c(srv);
+    if (cd_admit_all(srv->loop) < 0) {
+        return NULL;
+    }
     srv->closing = 1;
     cd_link_t *l = srv->conns.next;
     while (l != &srv->conns) {
@@ -774,6 +777,10 @@ server_read_limits(cd_config_t *c, PyObject *config)
         return -1;
     }
     c->limit_concurrency = (int)v;
+    if (cfg_number_required(config, "max_running_requests", 1, &v) < 0) {
+        return -1;
+    }
+    c->max_running_requests = v > INT_MAX ? INT_MAX : (int)v;
     if (cfg_number_required(config, "websocket_connect_timeout", 1000,
                             &c->ws_connect_timeout) < 0 ||
         cfg_number_required(config, "websocket_timeout", 1000,
@@ -897,6 +904,7 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     }
     cd_pubsub_set_inbox_limits(srv->loop, srv->cfg.pubsub_max_inbox,
                                srv->cfg.pubsub_max_inbox_bytes);
+    cd_admit_set_limit(srv->loop, srv->cfg.max_running_requests);
     return (PyObject *)srv;
 }
 

@@ -1158,7 +1158,8 @@ def one_input_http(data: bytes) -> None:
         srv = get_server("http-tcp", tcp=True, max_body_size=256, server_name="c" * 14)
     elif variant == 1:
         srv = get_server("http-tight", max_header_size=512, max_body_size=64,
-                         http_timeout=0.05, limit_concurrency=2, server_name="s" * 200)
+                         http_timeout=0.05, limit_concurrency=2, server_name="s" * 200,
+                         max_running_requests=1)
     elif variant == 2:
         srv = get_server("http")
     else:

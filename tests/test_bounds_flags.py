@@ -29,7 +29,7 @@ APP = "tests.apps.bounds:app"
 
 @pytest.mark.parametrize("flag", ["--pubsub-max-inbox", "--pubsub-max-inbox-bytes",
                                   "--pubsub-redis-max-queue", "--tls-read-size",
-                                  "--read-size"])
+                                  "--read-size", "--max-running-requests"])
 @pytest.mark.parametrize(("value", "says"), [("-1", "must not be negative"),
                                              ("lots", "'lots'")])
 def test_bad_bound_value_is_one_line(flag, value, says):

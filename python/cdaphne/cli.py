@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="seconds a client has to send a whole request head")
     a("--limit-concurrency", type=int, default=None,
       help="connections beyond this get a 503")
+    a("--max-running-requests", type=_size, default=Config.max_running_requests,
+      help="HTTP requests whose app runs at once while the worker's core is busy; more "
+           "wait their turn (0: no limit)")
     a("--max-body-size", type=_size, default=None, help="largest request body, bytes (413 beyond)")
     a("--body-buffer-size", type=_size, default=Config.body_buffer_size,
       help="request body bytes held for an app that is not reading; reading pauses beyond")
@@ -273,6 +276,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         timeout_keep_alive=args.timeout_keep_alive,
         header_timeout=args.header_timeout,
         limit_concurrency=args.limit_concurrency,
+        max_running_requests=args.max_running_requests,
         max_body_size=args.max_body_size,
         body_buffer_size=args.body_buffer_size,
         write_buffer_size=args.write_buffer_size,

@@ -36,7 +36,7 @@ _COUNTS = ("max_body_size", "max_header_size", "max_header_count", "websocket_ma
            "pubsub_redis_max_queue", "tls_read_size", "max_requests", "max_requests_jitter")
 _COUNT_MAX = 1 << 53
 # Options the C core holds as a C int.
-_INTS = ("limit_concurrency", "backlog", "fd")
+_INTS = ("limit_concurrency", "backlog", "fd", "max_running_requests")
 _INT_MAX = (1 << 31) - 1
 # Worker processes the supervisor forks at most.
 _WORKERS_MAX = 1024
@@ -45,7 +45,7 @@ _WORKERS_MAX = 1024
 # TypeError from deep in the server.
 _WHOLE = ("port", "fd", "workers", "max_requests", "max_requests_jitter", "verbosity",
           "backlog", "limit_concurrency", "ws_deflate_window_bits", "ws_deflate_mem_level",
-          "ssl_cert_reqs", "read_size")
+          "ssl_cert_reqs", "read_size", "max_running_requests")
 _TEXT = ("host", "unix_socket", "root_path", "access_log", "log_fmt", "server_name",
          "forwarded_allow_ips", "proxy_headers_host", "proxy_headers_port", "ssl_certfile",
          "ssl_keyfile", "ssl_ca_certs", "ssl_ciphers", "pubsub_redis", "lifespan")
@@ -281,6 +281,12 @@ class Config:
     timeout_keep_alive: float = 60
     header_timeout: float = 30
     limit_concurrency: int | None = None
+    # HTTP requests whose app runs at once in one worker while the worker
+    # keeps its core busy; more wait, parsed, in arrival order, and go in
+    # as apps end, when the core has idled over 2 ms, or after 0.5 s of
+    # waiting (csrc/admit.c).  0: no limit.  WebSockets are not counted.
+    # Servers on one loop share the smallest limit among them.
+    max_running_requests: int = 8
     max_body_size: int | None = None
     # Request body bytes held for an app that has not called receive() yet
     # (reading pauses beyond: TCP backpressure), and response or WebSocket
@@ -437,7 +443,7 @@ class Config:
                 raise ConfigError(f"{name} must be at most {_COUNT_MAX}, not {value}")
             if name in _INTS and not value <= _INT_MAX:
                 raise ConfigError(f"{name} must be at most {_INT_MAX}, not {value}")
-        for name in (*_SECONDS, "limit_concurrency", "backlog"):
+        for name in (*_SECONDS, "limit_concurrency", "backlog", "max_running_requests"):
             value = getattr(self, name)
             # Read as 0 (off) by the core, while Python waited 0 s: say so.
             # websocket_timeout's -1 is Daphne's "no limit".

@@ -1,0 +1,101 @@
+"""--max-running-requests (csrc/admit.c): past it, HTTP requests wait their
+turn while the worker keeps its core busy; apps that wait on something else,
+a stop, and WebSockets are never held by it."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import websocket
+
+from .conftest import Reader, connect
+
+APP = "tests.apps.admission:app"
+
+
+def get_all(proc, paths: list[str], timeout: float = 30.0) -> list[tuple[int, bytes]]:
+    """Every request's head sent at once (each on its own connection, all
+    connected first), then every response read."""
+    socks = [connect(proc, timeout) for _ in paths]
+    try:
+        for sock, path in zip(socks, paths, strict=True):
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        out = []
+        for sock in socks:
+            r = Reader(sock, timeout).response()
+            out.append((r.status, r.body))
+        return out
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def most_running(proc) -> int:
+    [(status, body)] = get_all(proc, ["/stats"])
+    assert status == 200
+    return int(body)
+
+
+def test_past_the_limit_requests_wait_while_the_core_is_busy(serve):
+    proc = serve(APP, "--max-running-requests", "2")
+    # Six requests of 60 ms of CPU each, yielding every 10 ms: all six
+    # would run at once (next test), two do.
+    out = get_all(proc, ["/busy?ms=10&chunks=6"] * 6)
+    assert out == [(200, b"done")] * 6
+    assert most_running(proc) == 2
+
+
+def test_with_no_limit_every_request_runs_at_once(serve):
+    proc = serve(APP, "--max-running-requests", "0")
+    out = get_all(proc, ["/busy?ms=10&chunks=6"] * 6)
+    assert out == [(200, b"done")] * 6
+    assert most_running(proc) == 6
+
+
+def test_requests_whose_apps_wait_on_a_timer_all_go_in(serve):
+    """Sleeping apps leave the core idle: the limit in force rises and
+    every request runs at once, as with no limit."""
+    proc = serve(APP, "--max-running-requests", "2")
+    out = get_all(proc, ["/sleep?s=0.5"] * 12)
+    assert out == [(200, b"slept")] * 12
+    assert most_running(proc) == 12
+
+
+def test_a_request_that_waits_for_a_later_one_is_not_deadlocked(serve):
+    proc = serve(APP, "--max-running-requests", "1")
+    assert get_all(proc, ["/wait/a", "/set/a"]) == [(200, b"set"), (200, b"ok")]
+    assert get_all(proc, ["/wait/b", "/wait/c", "/set/c", "/set/b"]) == [
+        (200, b"set"), (200, b"set"), (200, b"ok"), (200, b"ok")]
+
+
+def test_a_websocket_is_never_held_by_the_limit(serve):
+    """One HTTP request keeps the core busy (holding the one slot) until a
+    WebSocket connects: the WebSocket's app runs meanwhile."""
+    proc = serve(APP, "--max-running-requests", "1")
+    sock = connect(proc)
+    try:
+        sock.sendall(b"GET /busy-until-ws HTTP/1.1\r\nHost: t\r\n\r\n")
+        ws = websocket.create_connection(f"ws://{proc.host}:{proc.port}/", timeout=10)
+        ws.close()
+        r = Reader(sock, 10).response()
+        assert (r.status, r.body) == (200, b"ws")
+    finally:
+        sock.close()
+
+
+def test_requests_waiting_at_the_stop_are_served(serve):
+    proc = serve(APP, "--max-running-requests", "1")
+    socks = [connect(proc, 30) for _ in range(3)]
+    try:
+        for sock in socks:
+            sock.sendall(b"GET /busy?ms=10&chunks=20 HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.2)  # the first runs (200 ms of CPU), two wait
+        proc.send_signal(signal.SIGTERM)
+        out = [Reader(s, 30).response() for s in socks]
+        assert [(r.status, r.body) for r in out] == [(200, b"done")] * 3
+    finally:
+        for sock in socks:
+            sock.close()
+    assert proc.wait(30) == 0
+    proc.stopped = True
