@@ -173,6 +173,9 @@ loop_poll_once(cd_loop_t *loop, double timeout)
         PyErr_SetString(PyExc_RuntimeError, "loop core is closed");
         return -1;
     }
+    /* Requests waiting for their turn (admit.c) are looked at again
+     * within a window at most. */
+    timeout = cd_admit_timeout(loop, timeout);
     /* Output queued during this turn goes out now, in one writev per
      * conn.  Its completions may wake apps: then don't block. */
     loop->st->scheduled = 0;
@@ -205,7 +208,7 @@ loop_poll_once(cd_loop_t *loop, double timeout)
     uv_timer_stop(&loop->select_timer);
     cd_hop_drain(loop);
     cd_pubsub_drain(loop);
-    return 0;
+    return cd_admit_after_poll(loop);
 }
 
 /* ---- The wake-up: other threads end the loop's poll.
@@ -425,8 +428,7 @@ cd_loop_select(cd_loop_t *loop, PyObject *selector, double timeout)
     if (PyList_GET_SIZE(loop->pending) > 0) {
         return PyObject_GetAttrString(selector, "_dispatch_ready");
     }
-    if (loop_poll_once(loop, cd_admit_timeout(loop, timeout)) < 0 ||
-        cd_admit_after_poll(loop) < 0) {
+    if (loop_poll_once(loop, timeout) < 0) {
         return NULL;
     }
     if (loop->nready == 0 && PyList_GET_SIZE(loop->pending) == 0) {
