@@ -175,7 +175,10 @@ loop_poll_once(cd_loop_t *loop, double timeout)
     }
     /* Requests waiting for their turn (admit.c) are looked at again
      * within a window at most. */
-    timeout = cd_admit_timeout(loop, timeout);
+    int waiting = PyList_GET_SIZE(loop->admit.waiting) > 0;
+    if (waiting) {
+        timeout = cd_admit_timeout(loop, timeout);
+    }
     /* Output queued during this turn goes out now, in one writev per
      * conn.  Its completions may wake apps: then don't block. */
     loop->st->scheduled = 0;
@@ -208,7 +211,7 @@ loop_poll_once(cd_loop_t *loop, double timeout)
     uv_timer_stop(&loop->select_timer);
     cd_hop_drain(loop);
     cd_pubsub_drain(loop);
-    return cd_admit_after_poll(loop);
+    return waiting ? cd_admit_after_poll(loop) : 0;
 }
 
 /* ---- The wake-up: other threads end the loop's poll.
