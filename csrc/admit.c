@@ -7,18 +7,22 @@
  * (cap) a parsed request waits, in arrival order, until
  *  - a running one ends (its slot passes on), or
  *  - the process used under half of a core over a window of WINDOW_NS
- *    while requests waited: the apps wait on something else (a database, a
- *    timer, another request, a long poll), so cap rises by the configured
- *    limit and that many more go in -- the limit never leaves the core
- *    idle; a window with the core busier lowers cap again by as much, down
- *    to the configured limit; or
+ *    while requests waited, counting the time the loop's thread waited for
+ *    a CPU as used (other processes taking the core do not make it idle): the
+ * apps wait on something else (a database, a timer, another request, a long
+ * poll), so cap rises by the configured limit and that many more go in -- the
+ * limit never leaves the core idle; a window with the core busier lowers cap
+ * again by as much, down to the configured limit; or
  *  - it has waited MAX_WAIT_MS (apps that keep the core busy for long
  *    cannot hold the others back for good).
  * WebSockets are never held: their app runs for the connection's life. */
 
 #include "internal.h"
 
+#include <fcntl.h>
+#include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 
 #define WINDOW_NS (2 * 1000 * 1000)
 #define MAX_WAIT_MS 500
@@ -33,18 +37,54 @@ process_cpu_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* The time the calling (loop) thread has waited runnable for a CPU, from
+ * Linux's schedstat (0 where there is none: then only the CPU counts). */
+static uint64_t
+loop_thread_delay_ns(cd_admit_t *a)
+{
+    if (a->schedstat_fd == -1) {
+        a->schedstat_fd =
+            open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+        if (a->schedstat_fd < 0) {
+            a->schedstat_fd = -2;
+        }
+    }
+    char buf[96];
+    ssize_t n = a->schedstat_fd >= 0
+                    ? pread(a->schedstat_fd, buf, sizeof(buf) - 1, 0)
+                    : -1;
+    unsigned long long run = 0, delay = 0;
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = '\0';
+    return sscanf(buf, "%llu %llu", &run, &delay) == 2 ? delay : 0;
+}
+
 static void
 window_restart(cd_admit_t *a)
 {
     a->mark_ns = uv_hrtime();
     a->mark_cpu = process_cpu_ns();
+    a->mark_delay = loop_thread_delay_ns(a);
 }
 
 int
 cd_admit_init(cd_loop_t *loop)
 {
+    loop->admit.schedstat_fd = -1;
     loop->admit.waiting = PyList_New(0);
     return loop->admit.waiting == NULL ? -1 : 0;
+}
+
+void
+cd_admit_clear(cd_loop_t *loop)
+{
+    Py_CLEAR(loop->admit.waiting);
+    if (loop->admit.schedstat_fd >= 0) {
+        close(loop->admit.schedstat_fd);
+    }
+    loop->admit.schedstat_fd = -2;
 }
 
 /* Servers sharing a loop share its limit: the smallest one set. */
@@ -142,8 +182,8 @@ cap_adjust(cd_admit_t *a)
     if (now - a->mark_ns < WINDOW_NS) {
         return;
     }
-    uint64_t cpu = process_cpu_ns();
-    if (cpu - a->mark_cpu < (now - a->mark_ns) / 2) {
+    uint64_t cpu = process_cpu_ns(), delay = loop_thread_delay_ns(a);
+    if (cpu - a->mark_cpu + (delay - a->mark_delay) < (now - a->mark_ns) / 2) {
         a->cap = a->cap > INT_MAX - a->limit ? INT_MAX : a->cap + a->limit;
     }
     else {
@@ -151,6 +191,7 @@ cap_adjust(cd_admit_t *a)
     }
     a->mark_ns = now;
     a->mark_cpu = cpu;
+    a->mark_delay = delay;
 }
 
 /* How many to let in now: up to cap, or one if the first has waited

@@ -191,13 +191,16 @@ typedef struct {
  * limit a request waits, parsed, in arrival order, while the process keeps
  * its core busy; a core left idle, a slot freed or a long wait lets it in. */
 typedef struct {
-    PyObject *waiting; /* strong: list of HTTP cycles not started yet */
-    int running;       /* HTTP apps started and not done */
-    int limit;         /* running before a request waits (0: no limit) */
-    int cap;           /* the limit now: raised while the core idles with
-                          requests waiting, lowered back while it is busy */
-    uint64_t mark_ns;  /* start of the window the CPU is measured over */
-    uint64_t mark_cpu; /* the process's CPU time (ns) then */
+    PyObject *waiting;   /* strong: list of HTTP cycles not started yet */
+    int running;         /* HTTP apps started and not done */
+    int limit;           /* running before a request waits (0: no limit) */
+    int cap;             /* the limit now: raised while the core idles with
+                            requests waiting, lowered back while it is busy */
+    uint64_t mark_ns;    /* start of the window the CPU is measured over */
+    uint64_t mark_cpu;   /* the process's CPU time (ns) then */
+    uint64_t mark_delay; /* the loop thread's wait for a CPU (ns) then */
+    int schedstat_fd;    /* owned: the loop thread's /proc schedstat, -1 not
+                            opened yet, -2 not available */
 } cd_admit_t;
 
 struct cd_loop_s {
@@ -1040,6 +1043,7 @@ int cd_cycle_is_http(const cd_cycle_t *cy);
 
 /* admit.c */
 int cd_admit_init(cd_loop_t *loop);
+void cd_admit_clear(cd_loop_t *loop);
 void cd_admit_set_limit(cd_loop_t *loop, int limit);
 /* 1: start cy now; 0: it waits (the loop holds it); -1 with an exception */
 int cd_admit_start(cd_loop_t *loop, cd_cycle_t *cy);

@@ -678,7 +678,7 @@ loop_clear(cd_loop_t *loop)
     cd_hop_loop_close(loop);
     cd_sched_loop_clear(loop, 0);
     Py_CLEAR(loop->pending);
-    Py_CLEAR(loop->admit.waiting);
+    cd_admit_clear(loop);
     Py_CLEAR(loop->aio_loop);
     return 0;
 }
