@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
 import websocket
 
 from .conftest import Reader, connect
@@ -37,29 +38,19 @@ def most_running(proc) -> int:
     return int(body)
 
 
-def test_past_the_limit_requests_wait_while_the_core_is_busy(serve):
-    proc = serve(APP, "--max-running-requests", "2")
-    # Six requests of 60 ms of CPU each, yielding every 10 ms: all six
-    # would run at once (next test), two do.
-    out = get_all(proc, ["/busy?ms=10&chunks=6"] * 6)
-    assert out == [(200, b"done")] * 6
-    assert most_running(proc) == 2
-
-
-def test_with_no_limit_every_request_runs_at_once(serve):
-    proc = serve(APP, "--max-running-requests", "0")
-    out = get_all(proc, ["/busy?ms=10&chunks=6"] * 6)
-    assert out == [(200, b"done")] * 6
-    assert most_running(proc) == 6
-
-
-def test_requests_whose_apps_wait_on_a_timer_all_go_in(serve):
-    """Sleeping apps leave the core idle: the limit in force rises and
-    every request runs at once, as with no limit."""
-    proc = serve(APP, "--max-running-requests", "2")
-    out = get_all(proc, ["/sleep?s=0.5"] * 12)
-    assert out == [(200, b"slept")] * 12
-    assert most_running(proc) == 12
+@pytest.mark.parametrize(("limit", "path", "n", "body", "most"), [
+    # Six requests of 60 ms of CPU each, yielding every 10 ms: two run at
+    # once, and all six with no limit.
+    ("2", "/busy?ms=10&chunks=6", 6, b"done", 2),
+    ("0", "/busy?ms=10&chunks=6", 6, b"done", 6),
+    # Sleeping apps leave the core idle: the limit in force rises and every
+    # request runs at once, as with no limit.
+    ("2", "/sleep?s=0.5", 12, b"slept", 12),
+], ids=["busy_core_holds_the_limit", "no_limit", "apps_waiting_on_a_timer_all_go_in"])
+def test_how_many_requests_run_at_once(serve, limit, path, n, body, most):
+    proc = serve(APP, "--max-running-requests", limit)
+    assert get_all(proc, [path] * n) == [(200, body)] * n
+    assert most_running(proc) == most
 
 
 def test_a_request_that_waits_for_a_later_one_is_not_deadlocked(serve):
