@@ -38,22 +38,18 @@ process_cpu_ns(void)
 }
 
 /* The time the calling (loop) thread has waited runnable for a CPU, from
- * Linux's schedstat (0 where there is none: then only the CPU counts). */
+ * Linux's schedstat (0 where there is none: then only the CPU counts).
+ * Opened each time: no descriptor is held, and it is always this thread's. */
 static uint64_t
-loop_thread_delay_ns(cd_admit_t *a)
+loop_thread_delay_ns(void)
 {
-    if (a->schedstat_fd == -1) {
-        a->schedstat_fd =
-            open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
-        if (a->schedstat_fd < 0) {
-            a->schedstat_fd = -2;
-        }
-    }
     char buf[96];
-    ssize_t n = a->schedstat_fd >= 0
-                    ? pread(a->schedstat_fd, buf, sizeof(buf) - 1, 0)
-                    : -1;
+    int fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
     unsigned long long run = 0, delay = 0;
+    if (fd >= 0) {
+        close(fd);
+    }
     if (n <= 0) {
         return 0;
     }
@@ -66,13 +62,12 @@ window_restart(cd_admit_t *a)
 {
     a->mark_ns = uv_hrtime();
     a->mark_cpu = process_cpu_ns();
-    a->mark_delay = loop_thread_delay_ns(a);
+    a->mark_delay = loop_thread_delay_ns();
 }
 
 int
 cd_admit_init(cd_loop_t *loop)
 {
-    loop->admit.schedstat_fd = -1;
     loop->admit.waiting = PyList_New(0);
     return loop->admit.waiting == NULL ? -1 : 0;
 }
@@ -81,10 +76,6 @@ void
 cd_admit_clear(cd_loop_t *loop)
 {
     Py_CLEAR(loop->admit.waiting);
-    if (loop->admit.schedstat_fd >= 0) {
-        close(loop->admit.schedstat_fd);
-    }
-    loop->admit.schedstat_fd = -2;
 }
 
 /* Servers sharing a loop share its limit: the smallest one set. */
@@ -182,7 +173,7 @@ cap_adjust(cd_admit_t *a)
     if (now - a->mark_ns < WINDOW_NS) {
         return;
     }
-    uint64_t cpu = process_cpu_ns(), delay = loop_thread_delay_ns(a);
+    uint64_t cpu = process_cpu_ns(), delay = loop_thread_delay_ns();
     if (cpu - a->mark_cpu + (delay - a->mark_delay) < (now - a->mark_ns) / 2) {
         a->cap = a->cap > INT_MAX - a->limit ? INT_MAX : a->cap + a->limit;
     }

@@ -199,8 +199,6 @@ typedef struct {
     uint64_t mark_ns;    /* start of the window the CPU is measured over */
     uint64_t mark_cpu;   /* the process's CPU time (ns) then */
     uint64_t mark_delay; /* the loop thread's wait for a CPU (ns) then */
-    int schedstat_fd;    /* owned: the loop thread's /proc schedstat, -1 not
-                            opened yet, -2 not available */
 } cd_admit_t;
 
 struct cd_loop_s {
