@@ -60,6 +60,28 @@ def test_a_request_that_waits_for_a_later_one_is_not_deadlocked(serve):
         (200, b"set"), (200, b"set"), (200, b"ok"), (200, b"ok")]
 
 
+def test_a_request_answered_while_it_waits_never_starts_its_app(serve):
+    """--http-timeout answers 503 to both requests: the first, running (its
+    app goes on, as under Daphne), and the second, still waiting for the
+    one slot while the first keeps the core busy: its app never starts (it
+    did once the first ended, and failed sending a second response)."""
+    proc = serve(APP, "--max-running-requests", "1", "--http-timeout", "0.2")
+    assert get_all(proc, ["/busy?ms=10&chunks=60", "/busy?ms=1&chunks=1"]) == [
+        (503, b"Service Unavailable"), (503, b"Service Unavailable")]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        # Each ask waits for the slot too: a 503 while the first runs.
+        [(status, body)] = get_all(proc, ["/started"])
+        if status == 200 and body.endswith(b" 0"):
+            break
+        time.sleep(0.05)
+    # A waiting request is let in by the slot the first gives back, or
+    # after 0.5 s of waiting at the latest.
+    time.sleep(0.6)
+    assert get_all(proc, ["/started"]) == [(200, b"1 0")]
+    # The first app's own late response is the one error logged.
+
+
 def test_a_websocket_is_never_held_by_the_limit(serve):
     """One HTTP request keeps the core busy (holding the one slot) until a
     WebSocket connects: the WebSocket's app runs meanwhile."""

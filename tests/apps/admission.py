@@ -9,6 +9,8 @@
                               connected (400 ms of CPU at most); says "ws" or
                               "no ws"
     GET /stats                the most requests seen running at once, reset
+    GET /started              "<apps started> <running now>" (these two
+                              paths not counted)
     WebSocket                 accepted; marks that one connected
 """
 
@@ -20,6 +22,7 @@ from urllib.parse import parse_qs
 
 running = 0
 most = 0
+started = 0
 events: dict[str, asyncio.Event] = {}
 ws_connected = False
 
@@ -66,7 +69,7 @@ async def handle(path: str, query: dict[str, list[str]]) -> tuple[int, bytes]:
 
 
 async def app(scope, receive, send):
-    global running, most, ws_connected
+    global running, most, started, ws_connected
     if scope["type"] == "websocket":
         await receive()
         ws_connected = True
@@ -80,6 +83,10 @@ async def app(scope, receive, send):
         seen, most = most, 0
         await respond(send, 200, str(seen).encode())
         return
+    if scope["path"] == "/started":
+        await respond(send, 200, f"{started} {running}".encode())
+        return
+    started += 1
     running += 1
     most = max(most, running)
     try:
