@@ -1354,3 +1354,26 @@ def test_a_replaced_loop_dict_is_the_one_read():
         return debug, made, result, vars(loop) is loop.__dict__
 
     assert on_both(scenario) == (True, ["work"], 7, True)
+
+
+def test_a_timer_copies_as_asyncios_does():
+    """copy.copy of a call_later handle works (it raised "cannot pickle
+    'cdaphne._cdaphne.TimerHandle' object"): the copy has the
+    original's when, callback, arguments and state, and cancelling it leaves
+    the original scheduled; the type can be made as asyncio's can."""
+    import copy
+
+    def scenario(loop):
+        ran = []
+        h = loop.call_at(loop.time() + 0.01, ran.append, 1)
+        c = copy.copy(h)
+        out = [(type(c).__name__, type(c) is type(h), c.when() == h.when(),
+                c._callback == h._callback, c._args, c.cancelled(), c._scheduled)]
+        c.cancel()
+        made = type(h)(loop.time() + 1, print, (), loop)
+        out.append((made.cancelled(), made._scheduled, made < h, h < made))
+        loop.run_until_complete(asyncio.sleep(0.05))
+        return out, ran, h.cancelled(), loop._timer_cancelled_count
+
+    same = ("TimerHandle", True, True, True, (1,), False, True)
+    assert on_both(scenario) == ([same, (False, False, False, True)], [1], False, 1)
