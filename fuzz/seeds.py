@@ -59,6 +59,11 @@ class Enc:
     def close_all(self) -> Enc:
         return self.u8(7, 0, 20)
 
+    def timer(self, kind: int, *args: int) -> Enc:
+        """A timer op (harness.Timers.op): 0 call_later, 1 cancel, 2 copy,
+        3 move _when, 4 push a made one, 5 remove from the heap."""
+        return self.u8(7, 0, 48, kind, *args)
+
     def bytes(self) -> bytes:
         return bytes(self.b)
 
@@ -264,6 +269,13 @@ def http_seeds() -> dict[str, bytes]:
     e = simple(2, resp=False)
     e.close_all().step(2)
     seeds["close-all"] = e.bytes()
+    e = simple(2)
+    for delay in (16, 0, 20, 40, 17):  # 0, -16, 4, 24 and 1 ms
+        e.timer(0, delay)
+    e.timer(1, 0).timer(2, 1, 1).timer(2, 2, 0).timer(3, 3, 9).timer(3, 2, 2)
+    e.timer(4, 0, 1, 3).timer(4, 1, 0, 5).timer(5, 4).timer(3, 6, 8)
+    e.step(2).sleep(30).step(2)
+    seeds["timers"] = e.bytes()
     e = Enc(1)
     for _ in range(3):
         e.u8(12, 0, 0)  # new connection
