@@ -4,26 +4,21 @@ pinned sdists from PyPI, fetched on first use into the cache directory)."""
 
 from __future__ import annotations
 
+import pytest
+
 from .loop_suites import run as suites
 
 
-def _failed(result: suites.Result) -> str:
-    failed = sorted(t for t, outcome in result.outcomes.items() if outcome == "failed")
-    return f"{failed}\n{result.output[-8000:]}" if failed else ""
-
-
-def test_asgirefs_own_suite_passes_on_cdaphnes_loop() -> None:
-    r = suites.run_asgiref()
-    assert r.ran >= 100, f"asgiref's suite did not run:\n{r.output[-4000:]}"
-    assert not _failed(r), f"asgiref's tests failing on cdaphne's loop: {_failed(r)}"
+# (the suite, tests it runs at least, cdaphne loops its async tests and
+# every async_to_sync make at least)
+@pytest.mark.parametrize(("run", "tests", "loops"), [
+    (suites.run_asgiref, 100, 50),
+    (suites.run_django, 400, 100),
+], ids=["asgiref", "django"])
+def test_the_suite_passes_on_cdaphnes_loop(run, tests, loops) -> None:
+    r = run()
+    assert r.ran >= tests, f"the suite did not run:\n{r.output[-4000:]}"
+    failed = sorted(t for t, outcome in r.outcomes.items() if outcome == "failed")
+    assert not failed, f"failing on cdaphne's loop: {failed}\n{r.output[-8000:]}"
     assert r.status == 0, r.output[-4000:]
-    # Its async tests and every async_to_sync made a loop: ours.
-    assert r.loops >= 50, f"only {r.loops} cdaphne loops made: the suite ran on another loop"
-
-
-def test_djangos_async_test_modules_pass_on_cdaphnes_loop() -> None:
-    r = suites.run_django()
-    assert r.ran >= 400, f"Django's tests did not run:\n{r.output[-4000:]}"
-    assert not _failed(r), f"Django's tests failing on cdaphne's loop: {_failed(r)}"
-    assert r.status == 0, r.output[-4000:]
-    assert r.loops >= 100, f"only {r.loops} cdaphne loops made: the suite ran on another loop"
+    assert r.loops >= loops, f"only {r.loops} cdaphne loops made: the suite ran on another loop"
