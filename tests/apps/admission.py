@@ -9,20 +9,18 @@
                               connected (400 ms of CPU at most); says "ws" or
                               "no ws"
     GET /stats                the most requests seen running at once, reset
-    GET /started              "<apps started> <running now>" (these two
-                              paths not counted)
     WebSocket                 accepted; marks that one connected
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from urllib.parse import parse_qs
 
 running = 0
 most = 0
-started = 0
 events: dict[str, asyncio.Event] = {}
 ws_connected = False
 
@@ -69,7 +67,7 @@ async def handle(path: str, query: dict[str, list[str]]) -> tuple[int, bytes]:
 
 
 async def app(scope, receive, send):
-    global running, most, started, ws_connected
+    global running, most, ws_connected
     if scope["type"] == "websocket":
         await receive()
         ws_connected = True
@@ -83,14 +81,14 @@ async def app(scope, receive, send):
         seen, most = most, 0
         await respond(send, 200, str(seen).encode())
         return
-    if scope["path"] == "/started":
-        await respond(send, 200, f"{started} {running}".encode())
-        return
-    started += 1
+    # Each app's start and end, for tests that tell apps apart by query.
+    target = f"{scope['path']}?{scope['query_string'].decode()}"
+    print("admission app: start", target, file=sys.stderr, flush=True)
     running += 1
     most = max(most, running)
     try:
         status, body = await handle(scope["path"], parse_qs(scope["query_string"].decode()))
     finally:
         running -= 1
+        print("admission app: end", target, file=sys.stderr, flush=True)
     await respond(send, status, body)
