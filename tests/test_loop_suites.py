@@ -22,3 +22,4 @@ def test_the_suite_passes_on_cdaphnes_loop(run, tests, loops) -> None:
     assert not failed, f"failing on cdaphne's loop: {failed}\n{r.output[-8000:]}"
     assert r.status == 0, r.output[-4000:]
     assert r.loops >= loops, f"only {r.loops} cdaphne loops made: the suite ran on another loop"
+    assert r.foreign == 0, f"{r.foreign} loops not cdaphne's made (not through the policy)"
