@@ -500,12 +500,15 @@ async def test_expiry_multi(cls):
 @impls()
 @pytest.mark.asyncio
 async def test_message_expiry_earliest_message_expires(cls):
-    layer = cls(expiry=1.0)
+    # A 0.8 s margin for the second message (sent 1.2 s before the
+    # receive, it expires 2 s after it was sent): 0.4 s was not enough
+    # on a loaded machine under ASan ("Third!" came first).
+    layer = cls(expiry=2.0)
     channel = await layer.new_channel()
     await layer.send(channel, {"type": "test.message", "text": "First!"})
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(1.2)
     await layer.send(channel, {"type": "test.message", "text": "Second!"})
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(1.2)
     await layer.send(channel, {"type": "test.message", "text": "Third!"})
     assert (await recv(layer, channel))["text"] == "Second!"
     assert (await recv(layer, channel))["text"] == "Third!"
@@ -515,13 +518,14 @@ async def test_message_expiry_earliest_message_expires(cls):
 @impls("a message expiring unread removes its channel from every group")
 @pytest.mark.asyncio
 async def test_message_expiry_group_send(cls):
-    layer = cls(expiry=1.0)
+    # The margin of the test above.
+    layer = cls(expiry=2.0)
     channel = await layer.new_channel()
     await layer.group_add("test-group", channel)
     await layer.group_send("test-group", {"type": "test.message", "text": "First!"})
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(1.2)
     await layer.group_send("test-group", {"type": "test.message", "text": "Second!"})
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(1.2)
     await layer.group_send("test-group", {"type": "test.message", "text": "Third!"})
     assert (await recv(layer, channel))["text"] == "Second!"
     assert (await recv(layer, channel))["text"] == "Third!"
