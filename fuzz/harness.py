@@ -542,6 +542,8 @@ async def perform(sess: Session, inst: Inst, act: tuple[Any, ...]) -> None:
         await off_thread(sess, inst, act[1])
     elif kind == "thread_await":
         await awaited_off_thread(sess, inst, act[1])
+    elif kind == "waiter":
+        await drive_waiter(sess, inst, act[1])
     elif kind == "publish_burst":
         # Past the socket buffers and the queue bound: the subscriber is
         # closed 1013 (pubsub.c deliver, websocket.c cd_ws_close_with).
@@ -589,15 +591,50 @@ def await_in_thread(aw: Any) -> BaseException | None:
     return None
 
 
+def app_message(inst: Inst, how: int) -> dict[str, Any]:
+    """A message send() takes on this connection (after the accept or the
+    response start)."""
+    if inst.scope["type"] == "websocket":
+        return {"type": "websocket.send", "bytes": b"t"} if how & 4 else {
+            "type": "websocket.send", "text": "t"}
+    return {"type": "http.response.body", "body": b"t", "more_body": True}
+
+
+async def drive_waiter(sess: Session, inst: Inst, how: int) -> None:
+    """What receive()/send() return, driven by hand as a task would not:
+    closed (twice) before it ran, or sent None, then its future awaited a
+    while and sent None again, or closed while it waits.  A receive()'s
+    message comes out of StopIteration (noted in order); one closed
+    before it gave its message must leave that message for the next."""
+    what = "receive" if how & 1 else "send"
+    aw = inst.receive() if what == "receive" else inst.send(app_message(inst, how))
+    if how & 2:
+        aw.close()
+        aw.close()
+        return
+    it = aw.__await__()
+    for _ in range(3):
+        try:
+            fut = it.send(None)
+        except StopIteration as stop:
+            if what == "receive":
+                note_message(sess, inst, stop.value)
+            return
+        if fut is None or not how & 8:
+            break
+        fut._asyncio_future_blocking = False
+        await asyncio.wait({fut}, timeout=0.005)
+        if not fut.done():
+            break
+    it.close()
+
+
 async def awaited_off_thread(sess: Session, inst: Inst, how: int) -> None:
     """receive()/send() awaited in another thread: made there (a deferred
     call) or on the loop (the waiter); either must raise RuntimeError there
     and leave the connection as it was."""
     what = "receive" if how & 1 else "send"
-    msg: dict[str, Any] = {"type": "http.response.body", "body": b"t", "more_body": True}
-    if inst.scope["type"] == "websocket":
-        msg = {"type": "websocket.send", "bytes": b"t"} if how & 4 else {
-            "type": "websocket.send", "text": "t"}
+    msg = app_message(inst, how)
     if how & 2:
         def made_there() -> BaseException | None:
             return await_in_thread(inst.receive() if what == "receive" else inst.send(msg))
@@ -1170,8 +1207,10 @@ def app_http_action(d: Data) -> tuple[Any, ...]:
 def app_thread_action(d: Data, b: int, choose: Any) -> tuple[Any, ...]:
     """An app calling receive()/send() off the loop's thread: a send or
     receive of `choose` done through a thread, or awaited in one."""
-    if b & 1:
+    if b % 4 == 1:
         return ("thread_await", d.u8())
+    if b % 4 == 2:
+        return ("waiter", d.u8())
     act = choose(d)
     if act[0] == "send":
         return ("thread", act)

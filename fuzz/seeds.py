@@ -308,6 +308,19 @@ def http_thread_seeds() -> dict[str, bytes]:
         start(e)
         body(e, b"after")
         seeds[f"awaited-off-thread-{how}"] = e.step(2).bytes()
+    # 250: receive()/send()'s awaitable driven by hand (harness.drive_waiter).
+    for how in (1, 3, 9, 0, 2):
+        e = Enc(2)
+        request(e, POST, body=b"by hand", chunks=[3, 4]).write(80).step(2)
+        app(e, 250, how)
+        if how in (0, 2):
+            start(e)
+            app(e, 250, how)
+        else:
+            e.write().step(2)
+            app(e, 250, how | 8)
+        receive(e)
+        seeds[f"waiter-by-hand-{how}"] = e.step(2).bytes()
     e = Enc(2)
     request(e).write().step(2).timers(TIMER_OPS)
     receive(e)
@@ -515,6 +528,16 @@ def ws_thread_seeds() -> dict[str, bytes]:
         ws_msg(e, b"after").write().step()
         ws_app(e, 0)
         seeds[f"awaited-off-thread-{how}"] = e.step(2).bytes()
+    for how in (1, 3, 9, 0, 4):
+        e = ws_handshake(Enc(2)).write().step(2)
+        ws_app(e, 0)
+        ws_accept(e).step()
+        ws_app(e, 246, how)
+        ws_msg(e, b"one").write().step()
+        ws_msg(e, b"two").write().step()
+        ws_app(e, 246, how | 8)
+        ws_app(e, 0)
+        seeds[f"waiter-by-hand-{how}"] = e.step(2).bytes()
     e = ws_handshake(Enc(2)).write().step(2)
     ws_app(e, 0)
     ws_accept(e).step()
