@@ -330,6 +330,13 @@ def http_thread_seeds() -> dict[str, bytes]:
     request(e).write().step(2)
     receive(e)
     seeds["renew-loop"] = e.renew_loop().step(2).bytes()
+    # The variant-1 server refuses a body slower than --min-body-rate once
+    # its app waited 10 ms (http1.c body_rate_on_timer).
+    e = Enc(1)
+    request(e, POST, body=b"slow", chunks=[1, 3]).write(75).step(2)
+    receive(e)
+    receive(e)  # waits for the rest
+    seeds["slow-body"] = e.sleep(20).sleep(20).write().step(2).bytes()
     return seeds
 
 
