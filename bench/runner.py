@@ -215,7 +215,8 @@ def run(argv: list[str]) -> dict[str, Any]:
                      "runs": mode.reps}  # fmt: skip
         _stamp_load([sc])
         log("scenario: fanout")
-        scenarios.ws_echo(ctx, sc, ctx.servers_for("fanout"), kind="fanout")
+        alone = scenarios.alone_rows(ctx)
+        scenarios.ws_echo(ctx, sc, ctx.servers_for("fanout"), kind="fanout", alone=alone)
     if "ws-idle" in results:
         sc = results["ws-idle"]
         sc.params = {"idle_connections": mode.idle_connections}

@@ -235,9 +235,16 @@ def _latency_summary(res: ServerResult) -> None:
     )
 
 
-def ws_echo(ctx: Context, sc: ScenarioResult, names: list[str], kind: str = "echo") -> None:
+def ws_echo(
+    ctx: Context,
+    sc: ScenarioResult,
+    names: list[str],
+    kind: str = "echo",
+    alone: list[str] | None = None,
+) -> None:
     """WebSocket echo (messages per second at N connections, every echo checked), or
-    kind "fanout": Channels chat-room broadcasts (deliveries per second, each checked)."""
+    kind "fanout": Channels chat-room broadcasts (deliveries per second, each checked).
+    alone: the fanout scenario's app-alone rows, which take their turns among the servers."""
     mode = ctx.mode
     app = "chat" if kind == "fanout" else "echo"
     connections = mode.fanout_connections if kind == "fanout" else mode.ws_connections
@@ -260,9 +267,13 @@ def ws_echo(ctx: Context, sc: ScenarioResult, names: list[str], kind: str = "ech
             except ws.WsClientError as exc:
                 ctx.log(f"  warm-up of {name} failed: {exc}")
         eligible = list(running)
-        ctx.log(f"  {sc.key}: {mode.reps} runs x {mode.duration} s, order rotates: {eligible}")
+        rows = eligible + (alone or [])
+        ctx.log(f"  {sc.key}: {mode.reps} runs x {mode.duration} s, order rotates: {rows}")
         for rep in range(mode.reps):
-            for name in _rotated(eligible, rep):
+            for name in _rotated(rows, rep):
+                if name not in running:
+                    _alone_run(ctx, sc, name)
+                    continue
                 srv, res = running[name], sc.server(name)
                 if _died(srv, res):
                     continue
@@ -301,7 +312,7 @@ def ws_echo(ctx: Context, sc: ScenarioResult, names: list[str], kind: str = "ech
                     f"  client cpu {r.client_cpu_pct:.0f}%"
                 )
                 _died(srv, res)
-        for name in eligible:
+        for name in rows:
             _cpu_medians(sc.server(name))
 
 
@@ -409,12 +420,20 @@ def layer(ctx: Context, sc: ScenarioResult) -> None:
 APP_ALONE = {"app-alone": "cdaphne", "app-alone-uvloop": "uvloop"}  # row -> loop
 
 
+# scenario -> (script, its JSON line's rate, its size argument's flag, the mode's size)
+ALONE_SCRIPTS = {
+    "django": ("app_alone.py", "requests_per_s", "--connections", "connections"),
+    "fanout": ("chat_alone.py", "deliveries_per_s", "--members", "fanout_connections"),
+}
+
+
 def alone_rows(ctx: Context) -> list[str]:
-    """Rows "app-alone" of the django scenario: bench/app_alone.py drives the view in
-    one process pinned to the server core, on cdaphne's loop and on uvloop (each from
-    the venv its server runs in); no server can beat these rows.  http_group runs
-    them in the servers' rotation, so a server and its app alone are measured in
-    the same minutes of a machine whose speed drifts."""
+    """Rows "app-alone" of the django and fanout scenarios: bench/app_alone.py (the
+    view) or bench/chat_alone.py (the chat room) drives the app in one process
+    pinned to the server core, on cdaphne's loop and on uvloop (each from the venv
+    its server runs in); no server can beat these rows.  They take their turns in
+    the servers' rotation, so a server and its app alone are measured in the same
+    minutes of a machine whose speed drifts."""
     return [r for r, loop in APP_ALONE.items() if not (loop == "uvloop" and ctx.peer_error)]
 
 
@@ -425,24 +444,25 @@ def _alone_run(ctx: Context, sc: ScenarioResult, row: str) -> None:
     res, loop = sc.server(row), APP_ALONE[row]
     if res.status != OK:
         return
+    script, rate, size_flag, size = ALONE_SCRIPTS[sc.key]
     cmd = [*servers.pin(servers.SERVER_CORE), str(pythons[loop]),
-           str(env.BENCH / "app_alone.py"), "--loop", loop,
+           str(env.BENCH / script), "--loop", loop,
            "--duration", str(ctx.mode.duration),
-           "--connections", str(ctx.mode.connections)]  # fmt: skip
+           size_flag, str(getattr(ctx.mode, size))]  # fmt: skip
     try:
         proc = subprocess.run(cmd, cwd=env.ROOT, env=child_env, capture_output=True,
                               text=True, timeout=120 + 5 * ctx.mode.duration)  # fmt: skip
     except subprocess.TimeoutExpired:
-        res.fail(ERROR, "app_alone.py timed out")
+        res.fail(ERROR, f"{script} timed out")
         return
     if proc.returncode != 0 or not proc.stdout.strip():
-        res.fail(ERROR, f"app_alone.py exited {proc.returncode}: {proc.stderr[-400:]}")
+        res.fail(ERROR, f"{script} exited {proc.returncode}: {proc.stderr[-400:]}")
         return
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    res.values.append(r["requests_per_s"])
+    res.values.append(r[rate])
     cpu_pct = round(100.0 * r["cpu_s"] / r["seconds"], 1)
     res.runs.append({**r, "cpu": {"server_cpu_pct": cpu_pct, "client_cpu_pct": 0.0}})
-    ctx.log(f"    {row:10s} {r['requests_per_s']:12,.0f} req/s  (no server, {loop} loop)")
+    ctx.log(f"    {row:10s} {r[rate]:12,.0f} {sc.unit}  (no server, {loop} loop)")
 
 
 def aio_micro(ctx: Context, sc: ScenarioResult) -> None:

@@ -8,6 +8,8 @@
  * it byte for byte and sends the next one, until the deadline; then it sends a
  * close frame and waits (briefly) for the server's.  One line on stdout:
  *   WSJSON {"messages": ..., "elapsed_s": ..., "connected": ..., ...}
+ * and exit status 1, with one line on stderr, if any connection failed,
+ * closed early or got a wrong echo (the report is printed all the same).
  *
  * It is a real client: the opening handshake checks the status 101, the
  * Upgrade and Connection headers and Sec-WebSocket-Accept (SHA-1 of the key,
@@ -825,5 +827,13 @@ main(int argc, char **argv)
     json_string(stats.first_error);
     printf(", \"client_cpu_s\": %.3f, \"client\": \"c\"}\n", cpu);
     fflush(stdout);
+    if (stats.connect_failures || stats.closed_early || stats.mismatches) {
+        fprintf(stderr,
+                "ws_echo_client: %d of %d connections failed, %d closed "
+                "early, %d wrong echoes: %s\n",
+                stats.connect_failures, opt.connections, stats.closed_early,
+                stats.mismatches, stats.first_error);
+        return 1;
+    }
     return 0;
 }

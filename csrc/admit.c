@@ -92,6 +92,9 @@ int
 cd_admit_start(cd_loop_t *loop, cd_cycle_t *cy)
 {
     cd_admit_t *a = &loop->admit;
+    if (cy->admit == CD_ADMIT_ANSWERED) {
+        return 0;
+    }
     if (cy->admit != CD_ADMIT_NEW || !cd_cycle_is_http(cy)) {
         return 1; /* RUNNING: let in while it waited */
     }
@@ -153,6 +156,27 @@ cd_admit_done(cd_cycle_t *cy)
          * check, which lets it in after MAX_WAIT_MS at the latest. */
         cd_log_exception("Exception letting a waiting request in");
     }
+}
+
+void
+cd_admit_withdraw(cd_cycle_t *cy)
+{
+    cd_admit_t *a = &cy->server->loop->admit;
+    if (cy->admit == CD_ADMIT_WAITING && a->waiting != NULL) {
+        Py_ssize_t n = PyList_GET_SIZE(a->waiting);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (PyList_GET_ITEM(a->waiting, i) == (PyObject *)cy) {
+                /* The conn holds cy too: the list's reference is not
+                 * its last. */
+                (void)PySequence_DelItem(a->waiting, i);
+                break;
+            }
+        }
+    }
+    else if (cy->admit == CD_ADMIT_RUNNING) {
+        cd_admit_done(cy);
+    }
+    cy->admit = CD_ADMIT_ANSWERED;
 }
 
 double

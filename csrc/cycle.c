@@ -746,6 +746,12 @@ cd_cycle_respond_error(cd_cycle_t *cy, int status, const char *body)
         cy->resp = CD_RESP_DONE;
         cd_cycle_log_access(cy, status);
         cd_http1_simple_response(c, status, body);
+        if (cy->task == NULL && cd_cycle_is_http(cy)) {
+            /* Still waiting for its turn (admit.c) or its dispatch: the
+             * client has its answer, so the app would only fail to send
+             * a second one. */
+            cd_admit_withdraw(cy);
+        }
     }
     else if (cy->resp == CD_RESP_BODY) {
         /* What was sent goes out; the unfinished body tells the client

@@ -972,10 +972,12 @@ typedef enum {
 } cd_resp_state_t;
 
 typedef enum {
-    CD_ADMIT_NEW = 0, /* not looked at (and never for a WebSocket) */
-    CD_ADMIT_WAITING, /* on the loop's waiting list */
-    CD_ADMIT_RUNNING, /* holds one of the loop's slots */
-    CD_ADMIT_DONE,    /* gave its slot back */
+    CD_ADMIT_NEW = 0,  /* not looked at (and never for a WebSocket) */
+    CD_ADMIT_WAITING,  /* on the loop's waiting list */
+    CD_ADMIT_RUNNING,  /* holds one of the loop's slots */
+    CD_ADMIT_DONE,     /* gave its slot back */
+    CD_ADMIT_ANSWERED, /* answered (503, 408, 400) before its app started:
+                          the app never starts */
 } cd_admit_state_t;
 
 struct cd_cycle_s {
@@ -1047,6 +1049,9 @@ void cd_admit_set_limit(cd_loop_t *loop, int limit);
 int cd_admit_start(cd_loop_t *loop, cd_cycle_t *cy);
 /* cy's app is done (or never ran): its slot goes to the next waiting. */
 void cd_admit_done(cd_cycle_t *cy);
+/* cy was answered before its app started: the app never starts, and cy
+ * leaves the waiting list or gives back the slot it was let in with. */
+void cd_admit_withdraw(cd_cycle_t *cy);
 /* The select() timeout while requests wait: their checks need a turn. */
 double cd_admit_timeout(cd_loop_t *loop, double timeout);
 /* After a poll: lets waiting requests in if the core was not busy, or the

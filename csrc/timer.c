@@ -354,8 +354,10 @@ static PyType_Spec timer_spec = {
     .name = "cdaphne._cdaphne.TimerHandle",
     .basicsize = 0, /* asyncio.TimerHandle's slots */
     /* GC, traverse and clear: inherited with the slots.  Not immutable:
-     * CPython 3.14 refuses an immutable type over a mutable base. */
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+     * CPython 3.14 refuses an immutable type over a mutable base.  Made
+     * as asyncio's is (object.__new__ and TimerHandle.__init__), so that
+     * copy.copy() and pickle, which make a bare one, work as on stock. */
+    .flags = Py_TPFLAGS_DEFAULT,
     .slots = timer_slots,
 };
 

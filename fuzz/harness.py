@@ -31,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
+import copy
 import hashlib
+import heapq
 import logging
 import os
 import re
@@ -748,6 +750,64 @@ class Conn:
             self.sock = None
 
 
+class Timers:
+    """Timers on the server's loop, scheduled, cancelled, copied and edited
+    as Python code may (asyncio's `_when`, `_scheduled` and heap are
+    public enough that libraries touch them): sched.c keeps its own copy
+    of the heap's keys, which must follow.  A cancelled timer never runs
+    and none runs twice."""
+
+    def __init__(self, sess: Session) -> None:
+        self.sess = sess
+        self.handles: list[Any] = []
+        self.runs: list[int] = []
+
+    def ran(self, i: int) -> None:
+        self.runs.append(i)
+        if self.handles[i].cancelled():
+            self.sess.fail(f"timer {i} ran after its cancel()")
+        if self.runs.count(i) > 1:
+            self.sess.fail(f"timer {i} ran twice")
+
+    def op(self, d: Data) -> None:
+        lp = loop()
+        kind = d.u8() % 6
+        if kind == 0 or not self.handles:
+            delay = (d.u8() - 16) / 1000  # -16 to 239 ms
+            log("timer call_later", delay)
+            self.handles.append(lp.call_later(delay, self.ran, len(self.handles)))
+            return
+        h = d.pick(self.handles)
+        log("timer op", kind, h)
+        if kind == 1:
+            h.cancel()
+        elif kind == 2:
+            c = copy.copy(h)
+            if d.u8() & 1:
+                c.cancel()  # The original stays scheduled.
+        elif kind == 3 and h in lp._scheduled:
+            # A deadline moved in place, then the heap mended (an int key
+            # takes the copy's slow path).
+            n = d.u8()
+            h._when = lp.time() + n / 1000 if n & 1 else int(lp.time()) + n % 4
+            heapq.heapify(lp._scheduled)
+        elif kind == 4:
+            # Made and pushed as asyncio's call_at does in Python.
+            cls = type(h) if d.u8() & 1 else asyncio.TimerHandle
+            t = cls(lp.time() + d.u8() / 1000, self.ran, (len(self.handles),), lp)
+            self.handles.append(t)
+            heapq.heappush(lp._scheduled, t)
+            t._scheduled = True
+        elif kind == 5 and h in lp._scheduled:
+            lp._scheduled.remove(h)
+            heapq.heapify(lp._scheduled)
+            h._scheduled = False
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.cancel()
+
+
 class Session:
     """The state of one input."""
 
@@ -759,6 +819,7 @@ class Session:
         self.errors: list[str] = []
         self.failures: list[str] = []
         self.renew_loop = False
+        self.timers = Timers(self)
 
     def fail(self, msg: str) -> None:
         log("FAILURE", msg)
@@ -789,6 +850,7 @@ class Session:
 
     async def settle(self) -> None:
         """Close clients, let apps return, wait for the server to drop all."""
+        self.timers.close()
         for c in self.conns:
             c.close()
         deadline = time.monotonic() + SETTLE_SECONDS
@@ -820,7 +882,7 @@ class Session:
             raise FuzzFailure("; ".join(self.failures))
 
 
-class Timers:
+class WhenTimers:
     """Timers of loop.call_later/call_at whose _when the app reads, lowers,
     replaces by an int, deletes and puts back (sched.c keeps a copy of the
     heap's _when: cd_timer_when_writes tells it they changed).  Only
@@ -894,10 +956,10 @@ class Timers:
                 self.cancelled.add(i)
 
 
-async def timers(sess: Session, ops: bytes) -> None:
+async def when_timers(sess: Session, ops: bytes) -> None:
     """A few loop timers the script makes, changes, cancels and steps
     past, one op per byte."""
-    t = Timers(sess)
+    t = WhenTimers(sess)
     for b in ops:
         o = b % 5
         if o == 0 or not t.handles:
@@ -1329,9 +1391,11 @@ async def client_op(sess: Session, d: Data, op: int) -> bool:
         elif what < 48:
             log("close_all")
             sess.srv.core.close_all()
-        elif what < 80:
-            await timers(sess, d.blob(32))
-        elif what < 84:
+        elif what < 112:
+            sess.timers.op(d)
+        elif what < 144:
+            await when_timers(sess, d.blob(32))
+        elif what < 148:
             # After this input every server closes and the loop with them
             # (loop.c loop_close_uv, conn.c cd_conn_blocks_free).
             sess.renew_loop = True

@@ -59,13 +59,18 @@ class Enc:
     def close_all(self) -> Enc:
         return self.u8(7, 0, 20)
 
-    def timers(self, ops: bytes) -> Enc:
-        """harness.timers: one op per byte (b % 5: 0 add, 1 change, 2
-        cancel, 3 step, 4 sleep)."""
-        return self.u8(7, 0, 48).blob(ops)
+    def timer(self, kind: int, *args: int) -> Enc:
+        """A timer op (harness.Timers.op): 0 call_later, 1 cancel, 2 copy,
+        3 move _when, 4 push a made one, 5 remove from the heap."""
+        return self.u8(7, 0, 48, kind, *args)
+
+    def when_timers(self, ops: bytes) -> Enc:
+        """harness.when_timers: one op per byte (b % 5: 0 add, 1 change,
+        2 cancel, 3 step, 4 sleep)."""
+        return self.u8(7, 0, 112).blob(ops)
 
     def renew_loop(self) -> Enc:
-        return self.u8(7, 0, 80)
+        return self.u8(7, 0, 144)
 
     def bytes(self) -> bytes:
         return bytes(self.b)
@@ -272,6 +277,13 @@ def http_seeds() -> dict[str, bytes]:
     e = simple(2, resp=False)
     e.close_all().step(2)
     seeds["close-all"] = e.bytes()
+    e = simple(2)
+    for delay in (16, 0, 20, 40, 17):  # 0, -16, 4, 24 and 1 ms
+        e.timer(0, delay)
+    e.timer(1, 0).timer(2, 1, 1).timer(2, 2, 0).timer(3, 3, 9).timer(3, 2, 2)
+    e.timer(4, 0, 1, 3).timer(4, 1, 0, 5).timer(5, 4).timer(3, 6, 8)
+    e.step(2).sleep(30).step(2)
+    seeds["timers"] = e.bytes()
     e = Enc(1)
     for _ in range(3):
         e.u8(12, 0, 0)  # new connection
@@ -322,10 +334,10 @@ def http_thread_seeds() -> dict[str, bytes]:
         receive(e)
         seeds[f"waiter-by-hand-{how}"] = e.step(2).bytes()
     e = Enc(2)
-    request(e).write().step(2).timers(TIMER_OPS)
+    request(e).write().step(2).when_timers(TIMER_OPS)
     receive(e)
     start(e)
-    seeds["timers"] = e.step(2).bytes()
+    seeds["when-timers"] = e.step(2).bytes()
     e = Enc(0)
     request(e).write().step(2)
     receive(e)
@@ -562,10 +574,10 @@ def ws_thread_seeds() -> dict[str, bytes]:
     seeds["http-timeout-after-accept"] = e.step(2).bytes()
     e = ws_handshake(Enc(2)).write().step(2)
     ws_app(e, 0)
-    ws_accept(e).step().timers(TIMER_OPS)
+    ws_accept(e).step().when_timers(TIMER_OPS)
     ws_msg(e, b"after timers").write().step()
     ws_app(e, 0)
-    seeds["timers"] = e.renew_loop().step(2).bytes()
+    seeds["when-timers"] = e.renew_loop().step(2).bytes()
     return seeds
 
 

@@ -4,6 +4,7 @@ a stop, and WebSockets are never held by it."""
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -58,6 +59,24 @@ def test_a_request_that_waits_for_a_later_one_is_not_deadlocked(serve):
     assert get_all(proc, ["/wait/a", "/set/a"]) == [(200, b"set"), (200, b"ok")]
     assert get_all(proc, ["/wait/b", "/wait/c", "/set/c", "/set/b"]) == [
         (200, b"set"), (200, b"set"), (200, b"ok"), (200, b"ok")]
+
+
+def test_a_request_answered_while_it_waits_never_starts_its_app(serve):
+    """--http-timeout answers 503 to both requests: the first, running (its
+    app goes on, as under Daphne), and the second, still waiting for the
+    one slot: its app never starts (it did once the first ended, and failed
+    sending a second response).  The 1 ms timeout fires before a 2 ms window
+    of admit.c could let the second in, however busy the machine."""
+    proc = serve(APP, "--max-running-requests", "1", "--http-timeout", "0.001")
+    first, second = "/busy?ms=10&chunks=30", "/busy?ms=1&chunks=1"
+    assert get_all(proc, [first, second]) == [
+        (503, b"Service Unavailable"), (503, b"Service Unavailable")]
+    proc.wait_log(f"admission app: end {re.escape(first)}", timeout=30)
+    # A waiting request goes in when the slot is given back, or after 0.5 s
+    # of waiting at the latest.
+    time.sleep(0.6)
+    assert f"admission app: start {first}" in proc.log
+    assert f"admission app: start {second}" not in proc.log
 
 
 def test_a_websocket_is_never_held_by_the_limit(serve):

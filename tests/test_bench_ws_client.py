@@ -32,11 +32,17 @@ def client() -> Path:
     return env.build_ws_client(lambda _msg: None)
 
 
-def run_client(client: Path, url: str, connections: int, duration: float, size: int) -> dict:
+def run_client(client: Path, url: str, connections: int, duration: float, size: int,
+               status: int = 0) -> dict:
+    """The client's report; status: the exit status it must end with (1:
+    some connection failed, closed early or got a wrong echo)."""
     cmd = [str(client), "echo", "--url", url, "--connections", str(connections),
            "--duration", str(duration), "--size", str(size), "--first-id", "7"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == status, proc.stderr
+    if status:
+        assert proc.stderr.startswith("ws_echo_client: "), proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
     line = next(x for x in proc.stdout.splitlines() if x.startswith("WSJSON "))
     report: dict = json.loads(line[len("WSJSON ") :])
     assert report["client"] == "c"
@@ -223,16 +229,27 @@ def test_split_fragmented_and_interleaved_frames_are_reassembled(
 
 def test_a_wrong_accept_fails_the_handshake(fake_server, client: Path) -> None:
     srv = fake_server(_tricky_echo, accept=lambda key: _good_accept(key + b"x"))
-    r = run_client(client, f"ws://127.0.0.1:{srv.port}/", 3, 1, 64)
+    r = run_client(client, f"ws://127.0.0.1:{srv.port}/", 3, 1, 64, status=1)
     srv.close()
     assert r["connect_failures"] == 3
     assert r["connected"] == 0 and r["messages"] == 0
     assert "handshake" in r["first_error"]
 
 
+def test_a_refused_connection_is_a_failure_and_a_non_zero_exit(client: Path) -> None:
+    # A benchmark pointed at a server that is not there must not pass for a
+    # run: it exited 0 with no message sent.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed, nothing listens
+    r = run_client(client, f"ws://127.0.0.1:{port}/", 3, 1, 64, status=1)
+    assert r["connect_failures"] == 3 and r["connected"] == 0 and r["messages"] == 0
+    assert "refused" in r["first_error"].lower()
+
+
 def test_a_corrupted_echo_is_a_mismatch(fake_server, client: Path) -> None:
     srv = fake_server(_corrupt_echo)
-    r = run_client(client, f"ws://127.0.0.1:{srv.port}/", 2, 1, 64)
+    r = run_client(client, f"ws://127.0.0.1:{srv.port}/", 2, 1, 64, status=1)
     srv.close()
     assert r["mismatches"] == 2
     assert r["messages"] == 0

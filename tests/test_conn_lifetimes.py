@@ -72,6 +72,25 @@ def test_unix_head_completed_during_grace_period(serve, tmp_path, env):
     assert "Segmentation fault" not in proc.log
 
 
+def test_the_stop_ends_an_app_that_swallows_its_cancellation(serve):
+    """An app cancelled once (its client gone at the stop) that goes on is
+    cancelled again once its cleanup time is over, not left pending as the
+    loop closes (the stop skipped tasks already cancelling)."""
+    proc = serve("tests.apps.stubborn:app", "--application-close-timeout", "1",
+                 "--timeout-graceful-shutdown", "1")
+    sock = connect(proc)
+    try:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        proc.wait_log("stubborn app: started")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.log_tail()
+    finally:
+        sock.close()
+    assert "stubborn app: cancelled twice, ending" in proc.log, proc.log_tail()
+    assert "did not end after its cancellation" in proc.log, proc.log_tail()
+    assert "Task was destroyed but it is pending" not in proc.log
+
+
 def test_sigterm_closes_idle_and_half_sent_connections_at_once(serve):
     proc = serve(APP, "--timeout-graceful-shutdown", "30")
     idle = connect(proc)

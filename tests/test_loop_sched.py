@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import gc
 import inspect
 import logging
@@ -363,6 +364,52 @@ def test_call_later_and_call_at_return_asyncio_timer_handles():
     assert on_both(scenario) == [
         *(105.0, 50, True, f"<TimerHandle when=105.0 {PRINT_X}>", True),
         *(True, True, 1, "<TimerHandle cancelled when=105.0>", 2),
+    ]
+
+
+def test_timer_handles_copy_compare_and_construct_as_asyncios_do():
+    # What else asyncio's TimerHandle, a Python class, does with a copy or
+    # a timer its class made: ==, hash, order, slots, repr (also in debug
+    # mode), weakref, no __dict__, _run.
+    def scenario(loop):
+        loop.time = lambda: 100.0
+        h = loop.call_later(5, print, "x")
+        later = loop.call_at(200, print)
+        soon = loop.call_soon(print, "y")
+        c, s = copy.copy(h), copy.copy(soon)
+        out = [type(c) is type(h), c == h, c is not h, hash(c) == hash(h), c.when()]
+        out += [c._callback is print, c._args, c._cancelled, c._scheduled, c._loop is loop]
+        out += [c._context is h._context, repr(c), repr(s) == repr(soon)]
+        out += [h < later, later > h, h <= c, h >= c, h != later, h == later]
+        made = type(h)(105.0, print, ("x",), loop)
+        out += [made == h, made.when(), repr(made), made._scheduled]
+        out += [weakref.ref(c)() is c, hasattr(c, "__dict__")]
+        ran: list[str] = []
+        copy.copy(loop.call_later(1, ran.append, "timer"))._run()
+        copy.copy(loop.call_soon(ran.append, "soon"))._run()
+        out.append(ran)
+        try:
+            c.other = 1
+        except AttributeError:
+            out.append("no other attribute")
+        c.cancel()  # Not in the loop's heap, but _scheduled (copied): counted.
+        out += [c.cancelled(), h.cancelled(), loop._timer_cancelled_count, repr(c)]
+        loop.set_debug(True)
+        d = copy.copy(loop.call_later(1, print))
+        out += ["created at" in repr(d), d._source_traceback is not None]
+        for t in (h, later, soon, d):
+            t.cancel()
+        return out
+
+    assert on_both(scenario) == [
+        *(True, True, True, True, 105.0),
+        *(True, ("x",), False, True, True),
+        *(True, f"<TimerHandle when=105.0 {PRINT_X}>", True),
+        *(True, True, True, True, True, False),
+        *(True, 105.0, f"<TimerHandle when=105.0 {PRINT_X}>", False),
+        *(True, False, ["timer", "soon"], "no other attribute"),
+        *(True, False, 1, "<TimerHandle cancelled when=105.0>"),
+        *(True, True),
     ]
 
 
@@ -1354,3 +1401,26 @@ def test_a_replaced_loop_dict_is_the_one_read():
         return debug, made, result, vars(loop) is loop.__dict__
 
     assert on_both(scenario) == (True, ["work"], 7, True)
+
+
+def test_a_timer_copies_as_asyncios_does():
+    """copy.copy of a call_later handle works (it raised "cannot pickle
+    'cdaphne._cdaphne.TimerHandle' object"): the copy has the
+    original's when, callback, arguments and state, and cancelling it leaves
+    the original scheduled; the type can be made as asyncio's can."""
+    import copy
+
+    def scenario(loop):
+        ran = []
+        h = loop.call_at(loop.time() + 0.01, ran.append, 1)
+        c = copy.copy(h)
+        out = [(type(c).__name__, type(c) is type(h), c.when() == h.when(),
+                c._callback == h._callback, c._args, c.cancelled(), c._scheduled)]
+        c.cancel()
+        made = type(h)(loop.time() + 1, print, (), loop)
+        out.append((made.cancelled(), made._scheduled, made < h, h < made))
+        loop.run_until_complete(asyncio.sleep(0.05))
+        return out, ran, h.cancelled(), loop._timer_cancelled_count
+
+    same = ("TimerHandle", True, True, True, (1,), False, True)
+    assert on_both(scenario) == ([same, (False, False, False, True)], [1], False, 1)

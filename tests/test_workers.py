@@ -13,6 +13,9 @@ import sys
 import threading
 import time
 
+import httpx
+import pytest
+
 from .conftest import ROOT, Reader, ServerProcess, wait_until
 
 APP = "tests.apps.workers:app"
@@ -170,6 +173,23 @@ def test_sigterm_completes_the_request_in_flight_and_exits_0(serve):
     assert result and pid_of(result[0]) in pids
     assert proc.wait(15) == 0
     assert "All workers stopped" in proc.log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_while_a_worker_waits_for_executor_threads_ends_by_it(serve, sig):
+    """As one server does (tests/test_cli.py): the stop is over but a
+    worker's executor thread runs on (60 s); the user signals again: the
+    worker ends by the signal, and so does the supervisor, not with exit
+    status 1 and the worker reported as failed."""
+    proc = serve("tests.apps.slow:app", "--workers", "1")
+    assert httpx.get(proc.url("/?thread=60")).text == "started;finished"
+    proc.send_signal(sig)
+    proc.wait_log("Waiting for executor threads to finish")
+    proc.send_signal(sig)
+    proc.expected_exit = -sig
+    assert proc.wait(timeout=20) == -sig, proc.log_tail()
+    assert "Exiting now: executor threads still running" in proc.log
+    assert "Traceback" not in proc.log
 
 
 def test_ttin_and_ttou_add_and_remove_a_worker(serve):

@@ -282,7 +282,17 @@ class Server:
             # At least a moment for the cleanup a cancellation runs (with 0
             # the tasks were left pending as the loop closed: 'Task was
             # destroyed but it is pending!').
-            await asyncio.wait(pending, timeout=max(close_timeout, 1.0))
+            _, pending = await asyncio.wait(pending, timeout=max(close_timeout, 1.0))
+        if pending:
+            # Cancelled and still running once their cleanup time is over:
+            # an app that caught the CancelledError and went on.
+            logger.warning("%d application task(s) did not end after its cancellation: "
+                           "cancelled again", len(pending))
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+        for task in pending:
+            logger.error("Application task still running as the loop closes: %r", task)
 
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> bool:
         """True if this call installed them (run() did not before)."""

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from urllib.parse import parse_qs
 
@@ -80,10 +81,14 @@ async def app(scope, receive, send):
         seen, most = most, 0
         await respond(send, 200, str(seen).encode())
         return
+    # Each app's start and end, for tests that tell apps apart by query.
+    target = f"{scope['path']}?{scope['query_string'].decode()}"
+    print("admission app: start", target, file=sys.stderr, flush=True)
     running += 1
     most = max(most, running)
     try:
         status, body = await handle(scope["path"], parse_qs(scope["query_string"].decode()))
     finally:
         running -= 1
+        print("admission app: end", target, file=sys.stderr, flush=True)
     await respond(send, status, body)

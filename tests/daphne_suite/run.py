@@ -32,7 +32,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 VERSION = "4.2.3"
-SDIST = f"daphne-{VERSION}.tar.gz"
 SHA256 = "1c458f81926b37301cadc8ec1b6316d9a5db53fba061fc4826610395fe5d5c81"
 TEST_FILES = ("tests/test_http_request.py", "tests/test_http_response.py",
               "tests/test_websocket.py")
@@ -49,31 +48,34 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def fetch() -> Path:
-    """The extracted sdist (downloaded and checked on first use)."""
+def fetch(package: str = "daphne", version: str = VERSION, sha256: str = SHA256) -> Path:
+    """The extracted sdist of package==version (downloaded and checked on
+    first use; tests/loop_suites fetches asgiref's and Django's too)."""
     root = cache_dir()
-    tree = root / f"daphne-{VERSION}"
+    name = f"{package}-{version}"
+    tree = root / name
     if (tree / ".checked").exists():
         return tree
     root.mkdir(parents=True, exist_ok=True)
-    tarball = Path(os.environ.get("CDAPHNE_DAPHNE_SDIST") or root / SDIST)
+    given = os.environ.get("CDAPHNE_DAPHNE_SDIST") if package == "daphne" else None
+    tarball = Path(given or root / f"{name}.tar.gz")
     if not tarball.exists():
         # pip, the ordinary client for the package index, fetches the sdist.
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-             "--no-binary", ":all:", "--dest", str(root), f"daphne=={VERSION}"],
+             "--no-binary", ":all:", "--dest", str(root), f"{package}=={version}"],
             check=True, timeout=300)
     digest = _sha256(tarball)
-    if digest != SHA256:
-        raise RuntimeError(f"{tarball}: sha256 {digest}, expected {SHA256}")
+    if digest != sha256:
+        raise RuntimeError(f"{tarball}: sha256 {digest}, expected {sha256}")
     staging = Path(tempfile.mkdtemp(dir=root))
     try:
         with tarfile.open(tarball) as tar:
             tar.extractall(staging, filter="data")
-        (staging / f"daphne-{VERSION}" / ".checked").write_text(SHA256 + "\n")
+        (staging / name / ".checked").write_text(sha256 + "\n")
         if tree.exists():
             shutil.rmtree(tree)
-        (staging / f"daphne-{VERSION}").replace(tree)
+        (staging / name).replace(tree)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return tree
@@ -94,33 +96,45 @@ def run(pytest_args: list[str], *, timeout: float = 300) -> tuple[int, str, dict
         argv = [sys.executable, "-m", "pytest", "-p", "cdaphne_daphne_plugin",
                 "-p", "no:cacheprovider", "-q", "-rfE", "--timeout", "60",
                 f"--junitxml={junit}", *TEST_FILES, *pytest_args]
-        # Its own session, so that every server process a test leaves behind
-        # (Daphne's testing instance terminates but never joins) goes with it.
-        proc = subprocess.Popen(argv, cwd=tree, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        status, out = run_command(argv, tree, env, timeout)
+        return status, out, outcomes(junit)
+
+
+def run_command(argv: list[str], cwd: Path, env: dict[str, str],
+                timeout: float) -> tuple[int, str]:
+    """(status, output) of a suite's command, in a session of its own so
+    that every process a test leaves behind (Daphne's testing instance
+    terminates but never joins) goes with it."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        out += f"\n*** the suite did not finish within {timeout} s\n".encode()
+    finally:
         try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-            out += f"\n*** Daphne's suite did not finish within {timeout} s\n".encode()
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return proc.returncode, out.decode(errors="replace"), _outcomes(junit)
+        except ProcessLookupError:
+            pass
+    return proc.returncode, out.decode(errors="replace")
 
 
-def _outcomes(junit: str) -> dict[str, str]:
+def outcomes(junit: str) -> dict[str, str]:
     """{"test_file.py::Class::test": "passed" | "failed" | "skipped"}."""
     if not os.path.exists(junit):
         return {}
     outcomes = {}
     for case in ET.parse(junit).iter("testcase"):
-        # classname is "tests.test_http_request.TestHTTPRequest".
-        parts = case.get("classname", "").split(".")
-        name = f"{parts[-2]}.py::{parts[-1]}::{case.get('name')}"
+        # classname is "tests.test_http_request.TestHTTPRequest", or
+        # "tests.test_sync" for a function, or "" and the name is the
+        # module's (a module skipped whole).
+        parts = case.get("classname", "").split(".")[1:]
+        if parts:
+            name = "::".join([f"{parts[0]}.py", *parts[1:], case.get("name", "")])
+        else:
+            name = case.get("name", "").split(".")[-1] + ".py"
         outcome = "passed"
         for child in case:
             if child.tag in ("failure", "error"):

@@ -4,7 +4,9 @@ Signals (to the supervisor; workers run in their own process group, so a
 terminal's Ctrl-C reaches only the supervisor, which forwards it once):
 
     SIGTERM, SIGINT   every worker drains as one server does; exit 0 when all
-                      have (a second signal cuts the grace period short)
+                      have (a second signal cuts the grace period short; if
+                      a worker then ends by it, waiting for executor
+                      threads, the supervisor ends by that signal too)
     SIGHUP            rolling restart: one worker at a time, the new one
                       serving before the old one gets SIGTERM
     SIGTTIN, SIGTTOU  one worker more, one fewer
@@ -113,6 +115,11 @@ class Supervisor:
         self.booted = False
         self.stopping = False
         self.exit_code = 0
+        # The signal the user sent again while stopping, once a worker has
+        # ended by it (the SIGTERM it was forwarded as): the supervisor
+        # then ends by it too, as one server does.
+        self.forced: int | None = None
+        self.ended_by_force = False
         self.payload = b""
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -141,7 +148,7 @@ class Supervisor:
         try:
             for _ in range(self.target):
                 self._start()
-            return self._main_loop()
+            code = self._main_loop()
         finally:
             for w in self.workers:
                 if w.proc.poll() is None:
@@ -150,6 +157,10 @@ class Supervisor:
             self._restore_signals()
             self._close_listeners()
             self._close_share()
+        if code == 0 and self.forced is not None and self.ended_by_force:
+            signal.signal(self.forced, signal.SIG_DFL)
+            signal.raise_signal(self.forced)
+        return code
 
     # ---- sockets ------------------------------------------------------
     def _bind(self) -> None:
@@ -474,7 +485,9 @@ class Supervisor:
             if self.boot_failed:
                 level = logging.DEBUG  # The others, stopped mid-boot: noise.
             logger.log(level, "Worker %d stopped (%s)", w.pid, describe_exit(code))
-            if self.stopping and code != 0 and self.exit_code == 0:
+            if self.forced is not None and code == -signal.SIGTERM:
+                self.ended_by_force = True
+            elif self.stopping and code != 0 and self.exit_code == 0:
                 self.exit_code = 1
             return
         for x in self.workers:
@@ -585,7 +598,9 @@ class Supervisor:
     def _on_signal(self, sig: int) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
             if self.stopping:
-                # Again: workers cut their grace period short.
+                # Again: workers cut their grace period short (one waiting
+                # for executor threads ends by the signal).
+                self.forced = sig
                 for w in self.workers:
                     self._signal(w, signal.SIGTERM)
                 return
