@@ -4,12 +4,19 @@
 # -fsanitize=fuzzer-no-link,address,undefined, linked with fuzz/driver.c
 # against the libpython of $PY (the venv's interpreter by default).
 #   fuzz/build.sh [target...]   (default: http websocket head tls)
+# FUZZ_COVERAGE=1 adds clang's source-based coverage (into build/fuzz-cov
+# unless FUZZ_OUT says otherwise): fuzz/coverage.sh reads it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PY:-.venv/bin/python}
 CC=${FUZZ_CC:-clang-14}
-OUT=${FUZZ_OUT:-build/fuzz}
+COV=${FUZZ_COVERAGE:-0}
+if [ "$COV" = 1 ]; then
+    OUT=${FUZZ_OUT:-build/fuzz-cov}
+else
+    OUT=${FUZZ_OUT:-build/fuzz}
+fi
 TARGETS=${*:-http websocket head tls}
 
 pyvar() { "$PY" -c "import sysconfig; print(sysconfig.get_config_var('$1') or '')"; }
@@ -25,6 +32,9 @@ fi
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 CFLAGS="-std=c11 -g -O1 $SAN -Icsrc -I/usr/share/include/llhttp -I/usr/share \
 -I$PY_INC $(pkg-config --cflags libuv openssl zlib) -Wall -Wno-unused-parameter"
+if [ "$COV" = 1 ]; then
+    CFLAGS="$CFLAGS -fprofile-instr-generate -fcoverage-mapping"
+fi
 LIBS="-L$PY_LIBDIR -Wl,-rpath,$PY_LIBDIR -lpython$PY_LDVERSION \
 $(pkg-config --libs libuv openssl zlib) -lwslay -lm -ldl -lpthread"
 

@@ -42,6 +42,7 @@ import struct
 import sys
 import tempfile
 import time
+import warnings
 import weakref
 import zlib
 from collections import deque
@@ -54,6 +55,9 @@ from cdaphne.loop import new_event_loop
 
 # Apps raise on purpose and the server logs it: keep the output quiet.
 logging.disable(logging.CRITICAL)
+# An app task cancelled while its thread called receive() drops the
+# deferred call that thread got (cdaphne._offthread): the app's doing.
+warnings.filterwarnings("ignore", "coroutine 'deferred' was never awaited")
 
 DEBUG = os.environ.get("CDAPHNE_FUZZ_DEBUG") == "1"
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -540,12 +544,115 @@ async def perform(sess: Session, inst: Inst, act: tuple[Any, ...]) -> None:
                 pubsub.publish(act[1], bytes=act[2])
         except TypeError:
             pass  # A bad topic name.
+    elif kind == "thread":
+        await off_thread(sess, inst, act[1])
+    elif kind == "thread_await":
+        await awaited_off_thread(sess, inst, act[1])
+    elif kind == "waiter":
+        await drive_waiter(sess, inst, act[1])
+    elif kind == "publish_burst":
+        # Past the socket buffers and the queue bound: the subscriber is
+        # closed 1013 (pubsub.c deliver, websocket.c cd_ws_close_with).
+        for _ in range(act[2]):
+            await inst.send({"type": "cdaphne.pubsub.publish", "topic": act[1],
+                             "bytes": bytes(65536)})
     elif kind == "send_cancel":
         try:
             await guarded(sess, inst, asyncio.wait_for(inst.send(act[1]), act[2]),
                           "send() under wait_for")
         except TimeoutError:
             pass
+
+
+async def off_thread(sess: Session, inst: Inst, act: tuple[Any, ...]) -> None:
+    """receive() or send() called in another thread (as asgiref's
+    async_to_sync does) and what it returns awaited on the loop."""
+    if act[0] == "send":
+        aw = await asyncio.to_thread(inst.send, act[1])
+        await guarded(sess, inst, aw, "send() called off the loop")
+        t = act[1].get("type") if isinstance(act[1], dict) else None
+        if t == "websocket.accept":
+            inst.accepted = True
+        elif t == "http.response.start":
+            inst.started = True
+    else:
+        aw = await asyncio.to_thread(inst.receive)
+        try:
+            msg = await guarded(sess, inst, asyncio.wait_for(aw, 0.005),
+                                "receive() called off the loop")
+        except TimeoutError:
+            return
+        note_message(sess, inst, msg)
+
+
+def await_in_thread(aw: Any) -> BaseException | None:
+    """Awaits aw on a loop of this thread's own: what it raised."""
+    async def run() -> Any:
+        return await aw
+
+    try:
+        asyncio.run(run())
+    except BaseException as exc:  # noqa: BLE001 - the finding is what it was
+        return exc
+    return None
+
+
+def app_message(inst: Inst, how: int) -> dict[str, Any]:
+    """A message send() takes on this connection (after the accept or the
+    response start)."""
+    if inst.scope["type"] == "websocket":
+        return {"type": "websocket.send", "bytes": b"t"} if how & 4 else {
+            "type": "websocket.send", "text": "t"}
+    return {"type": "http.response.body", "body": b"t", "more_body": True}
+
+
+async def drive_waiter(sess: Session, inst: Inst, how: int) -> None:
+    """What receive()/send() return, driven by hand as a task would not:
+    closed (twice) before it ran, or sent None, then its future awaited a
+    while and sent None again, or closed while it waits.  A receive()'s
+    message comes out of StopIteration (noted in order); one closed
+    before it gave its message must leave that message for the next."""
+    what = "receive" if how & 1 else "send"
+    aw = inst.receive() if what == "receive" else inst.send(app_message(inst, how))
+    if how & 2:
+        aw.close()
+        aw.close()
+        return
+    it = aw.__await__()
+    for _ in range(3):
+        try:
+            fut = it.send(None)
+        except StopIteration as stop:
+            if what == "receive":
+                note_message(sess, inst, stop.value)
+            return
+        if fut is None or not how & 8:
+            break
+        fut._asyncio_future_blocking = False
+        await asyncio.wait({fut}, timeout=0.005)
+        if not fut.done():
+            break
+    it.close()
+
+
+async def awaited_off_thread(sess: Session, inst: Inst, how: int) -> None:
+    """receive()/send() awaited in another thread: made there (a deferred
+    call) or on the loop (the waiter); either must raise RuntimeError there
+    and leave the connection as it was."""
+    what = "receive" if how & 1 else "send"
+    msg = app_message(inst, how)
+    if how & 2:
+        def made_there() -> BaseException | None:
+            return await_in_thread(inst.receive() if what == "receive" else inst.send(msg))
+        exc = await asyncio.to_thread(made_there)
+    else:
+        aw = inst.receive() if what == "receive" else inst.send(msg)
+        exc = await asyncio.to_thread(await_in_thread, aw)
+        if what == "send":
+            # A send() waiter made on the loop did its work when called.
+            return
+    if not isinstance(exc, RuntimeError):
+        sess.fail(f"{what}() awaited off the loop's thread gave {exc!r}, not RuntimeError")
 
 
 class Conn:
@@ -711,6 +818,7 @@ class Session:
         self.conns: list[Conn] = []
         self.errors: list[str] = []
         self.failures: list[str] = []
+        self.renew_loop = False
         self.timers = Timers(self)
 
     def fail(self, msg: str) -> None:
@@ -774,6 +882,126 @@ class Session:
             raise FuzzFailure("; ".join(self.failures))
 
 
+class WhenTimers:
+    """Timers of loop.call_later/call_at whose _when the app reads, lowers,
+    replaces by an int, deletes and puts back (sched.c keeps a copy of the
+    heap's _when: cd_timer_when_writes tells it they changed).  Only
+    lowered: asyncio's heap assumes a key never grows in it, and a
+    grown first timer would hold back the script's own sleeps."""
+
+    def __init__(self, sess: Session) -> None:
+        self.sess = sess
+        self.handles: list[Any] = []
+        self.ran: list[int] = []
+        self.cancelled: set[int] = set()
+        self.changed: set[int] = set()
+
+    def add(self, b: int) -> None:
+        lp = loop()
+        i = len(self.handles)
+        delay = (b >> 3) * 0.0005
+        if b & 4:
+            h = lp.call_at(lp.time() + delay, self.ran.append, i)
+        else:
+            h = lp.call_later(delay, self.ran.append, i)
+        self.handles.append(h)
+
+    def change(self, i: int, b: int) -> None:
+        h = self.handles[i]
+        o = b % 4
+        if o == 0:
+            if h._when != h.when() or not isinstance(h._when, float | int):
+                self.sess.fail(f"timer _when {h._when!r} but when() {h.when()!r}")
+        elif o == 1:
+            h._when = h._when - (b >> 2) * 0.0002
+            self.changed.add(i)
+        elif o == 2:
+            h._when = int(h._when)  # Lower: floor of a positive time.
+            self.changed.add(i)
+        else:
+            self.delete(h)
+
+    def delete(self, h: Any) -> None:
+        """del _when, read it and del it again (AttributeError both
+        times), then put it back before the loop sees the heap."""
+        when = h._when
+        del h._when
+        for what in ("read", "del"):
+            try:
+                if what == "read":
+                    h._when  # noqa: B018 - the read is the point
+                else:
+                    del h._when
+            except AttributeError:
+                continue
+            self.sess.fail(f"a timer with _when deleted: {what} did not raise AttributeError")
+        h._when = when
+
+    async def finish(self) -> None:
+        """Every timer ran at most once, never after its cancel, and each
+        one left alone ran once its time came."""
+        lp = loop()
+        due = [h.when() for i, h in enumerate(self.handles)
+               if i not in self.cancelled and i not in self.changed]
+        if due:
+            await asyncio.sleep(max(0.0, max(due) - lp.time()) + 0.001)
+        for i, h in enumerate(self.handles):
+            n = self.ran.count(i)
+            if n > 1 or (i in self.cancelled and n) or (
+                    n == 0 and i not in self.cancelled and i not in self.changed):
+                self.sess.fail(f"timer {i} ran {n} times (cancelled: {i in self.cancelled}, "
+                               f"_when changed: {i in self.changed})")
+            if not n:
+                h.cancel()
+                self.cancelled.add(i)
+
+
+async def when_timers(sess: Session, ops: bytes) -> None:
+    """A few loop timers the script makes, changes, cancels and steps
+    past, one op per byte."""
+    t = WhenTimers(sess)
+    for b in ops:
+        o = b % 5
+        if o == 0 or not t.handles:
+            t.add(b)
+        elif o == 1:
+            t.change(b % len(t.handles), b >> 3)
+        elif o == 2:
+            i = (b >> 2) % len(t.handles)
+            if i not in t.cancelled and t.ran.count(i) == 0:
+                t.handles[i].cancel()
+                t.cancelled.add(i)
+        elif o == 3:
+            await sess.step(1)
+        else:
+            await sess.sleep(1 + (b >> 6))
+    log("timers:", len(t.handles), "made,", len(t.ran), "ran")
+    await t.finish()
+
+
+def renew_loop() -> None:
+    """Closes every server and the loop: the next input makes new ones."""
+    global LOOP
+    lp = LOOP
+    if lp is None:
+        return
+    for srv in SERVERS.values():
+        srv.core.close_all()
+        if srv.open:
+            srv.core.close_listeners()
+            srv.open = False
+
+    async def drain() -> None:
+        for _ in range(4):
+            await asyncio.sleep(0)
+
+    lp.run_until_complete(drain())
+    SERVERS.clear()
+    lp.close()
+    LOOP = None
+    log("loop closed")
+
+
 def run_script(srv: Server, script: Any, d: Data) -> Session:
     global SESSION
     sess = SESSION = Session(srv)
@@ -788,6 +1016,8 @@ def run_script(srv: Server, script: Any, d: Data) -> Session:
         loop().run_until_complete(main())
     finally:
         SESSION = None
+    if sess.renew_loop:
+        renew_loop()
     return sess
 
 
@@ -1005,7 +1235,10 @@ def build_request(d: Data, ws: bool = False) -> tuple[bytes, bytes | None]:
 
 
 def app_http_action(d: Data) -> tuple[Any, ...]:
-    a = d.u8() % 16
+    b = d.u8()
+    if b >= 248:
+        return app_thread_action(d, b, app_http_action)
+    a = b % 16
     if a in (0, 1):
         return ("receive",)
     if a == 2:
@@ -1035,6 +1268,19 @@ def app_http_action(d: Data) -> tuple[Any, ...]:
     if a == 14:
         return ("send", {"type": "http.response.trailers", "headers": [], "more_trailers": False})
     return ("receive",)
+
+
+def app_thread_action(d: Data, b: int, choose: Any) -> tuple[Any, ...]:
+    """An app calling receive()/send() off the loop's thread: a send or
+    receive of `choose` done through a thread, or awaited in one."""
+    if b % 4 == 1:
+        return ("thread_await", d.u8())
+    if b % 4 == 2:
+        return ("waiter", d.u8())
+    act = choose(d)
+    if act[0] == "send":
+        return ("thread", act)
+    return ("thread", ("receive",))
 
 
 def app_headers(d: Data) -> list[Any]:
@@ -1147,6 +1393,12 @@ async def client_op(sess: Session, d: Data, op: int) -> bool:
             sess.srv.core.close_all()
         elif what < 112:
             sess.timers.op(d)
+        elif what < 144:
+            await when_timers(sess, d.blob(32))
+        elif what < 148:
+            # After this input every server closes and the loop with them
+            # (loop.c loop_close_uv, conn.c cd_conn_blocks_free).
+            sess.renew_loop = True
     else:
         return False
     return True
@@ -1221,9 +1473,11 @@ def one_input_http(data: bytes) -> None:
     if variant == 0:
         srv = get_server("http-tcp", tcp=True, max_body_size=256, server_name="c" * 14)
     elif variant == 1:
+        # body_rate_grace: a body slower than --min-body-rate (240 B/s)
+        # for 10 ms is refused (http1.c body_rate_on_timer).
         srv = get_server("http-tight", max_header_size=512, max_body_size=64,
                          http_timeout=0.05, limit_concurrency=2, server_name="s" * 200,
-                         max_running_requests=1)
+                         max_running_requests=1, body_rate_grace=0.01)
     elif variant == 2:
         srv = get_server("http")
     else:
@@ -1367,7 +1621,12 @@ def app_pubsub_action(d: Data) -> tuple[Any, ...]:
 
 
 def app_ws_action(d: Data) -> tuple[Any, ...]:
-    a = d.u8() % 24
+    b = d.u8()
+    if 244 <= b < 255:  # 255 stays 15 (send_cancel: the only flow-controlled send)
+        if b >= 252:
+            return ("publish_burst", d.pick(TOPICS[:4]), 2 + d.u8() % 8)
+        return app_thread_action(d, b, app_ws_action)
+    a = b % 24
     if a >= 20:
         return ("receive_held", d.blob(24))
     if a >= 16:
@@ -1633,8 +1892,14 @@ async def ws_script(sess: Session, d: Data) -> None:
 
 def one_input_websocket(data: bytes) -> None:
     d = Data(data)
-    variant = d.u8() % 4
-    if variant == 0:
+    b = d.u8()
+    variant = b % 4 if b < 248 else 4
+    if variant == 4:
+        # --http-timeout on a WebSocket: it holds from the request to the
+        # accept (http1.c starts it, websocket.c stops it), and over a
+        # handshake the app is slow to answer.
+        srv = get_server("ws-http-timeout", http_timeout=0.01)
+    elif variant == 0:
         srv = get_server("ws-tcp", tcp=True, server_name="w" * 200,
                          ws_deflate_window_bits=9, ws_deflate_mem_level=1)
     elif variant == 1:
@@ -1934,6 +2199,8 @@ def tls_material() -> dict[str, Any]:
         client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         client.check_hostname = False
         client.verify_mode = ssl.CERT_NONE
+        # The server picks http/1.1 (tls.c tls_on_alpn).
+        client.set_alpn_protocols(["h2", "http/1.1"])
         hello_in, hello_out = ssl.MemoryBIO(), ssl.MemoryBIO()
         obj = client.wrap_bio(hello_in, hello_out, server_hostname="localhost")
         try:

@@ -64,6 +64,14 @@ class Enc:
         3 move _when, 4 push a made one, 5 remove from the heap."""
         return self.u8(7, 0, 48, kind, *args)
 
+    def when_timers(self, ops: bytes) -> Enc:
+        """harness.when_timers: one op per byte (b % 5: 0 add, 1 change,
+        2 cancel, 3 step, 4 sleep)."""
+        return self.u8(7, 0, 112).blob(ops)
+
+    def renew_loop(self) -> Enc:
+        return self.u8(7, 0, 144)
+
     def bytes(self) -> bytes:
         return bytes(self.b)
 
@@ -282,8 +290,65 @@ def http_seeds() -> dict[str, bytes]:
     request(e)
     e.write().step(2)
     seeds["three-conns"] = e.bytes()
+    seeds.update(http_thread_seeds())
     small_read(seeds, "post-chunked", "post-chunk-extensions", "pipelined",
                "post-split-streamed", "expect-continue", "partial-head-timeout")
+    return seeds
+
+
+# Timers made, read (1), lowered (11, 41), made ints (21), their _when
+# deleted and put back (31), cancelled (2, 7), stepped and slept past.
+TIMER_OPS = bytes([0, 5, 40, 80, 1, 11, 21, 31, 41, 3, 2, 160, 6, 16, 26, 36, 7, 4, 3, 44])
+
+
+def http_thread_seeds() -> dict[str, bytes]:
+    """receive()/send() from another thread (harness.app_thread_action:
+    248 does a receive or send through a thread, 249 awaits one in a
+    thread), loop timers, and a loop closed after the input."""
+    seeds = {}
+    e = Enc(2)
+    request(e, POST, body=b"through a thread").write().step(2)
+    app(e, 248, 0)  # receive() called in a thread, awaited on the loop
+    app(e, 248, 4, 0, 2, 0)  # send(http.response.start) the same way
+    app(e, 248, 6, blob=b"from a thread", tail=(0,))
+    seeds["off-thread"] = e.step(2).bytes()
+    for how in range(4):
+        e = Enc(2)
+        request(e).write().step(2)
+        app(e, 249, how)
+        receive(e)
+        start(e)
+        body(e, b"after")
+        seeds[f"awaited-off-thread-{how}"] = e.step(2).bytes()
+    # 250: receive()/send()'s awaitable driven by hand (harness.drive_waiter).
+    for how in (1, 3, 9, 0, 2):
+        e = Enc(2)
+        request(e, POST, body=b"by hand", chunks=[3, 4]).write(80).step(2)
+        app(e, 250, how)
+        if how in (0, 2):
+            start(e)
+            app(e, 250, how)
+        else:
+            e.write().step(2)
+            app(e, 250, how | 8)
+        receive(e)
+        seeds[f"waiter-by-hand-{how}"] = e.step(2).bytes()
+    e = Enc(2)
+    request(e).write().step(2).when_timers(TIMER_OPS)
+    receive(e)
+    start(e)
+    seeds["when-timers"] = e.step(2).bytes()
+    e = Enc(0)
+    request(e).write().step(2)
+    receive(e)
+    seeds["renew-loop"] = e.renew_loop().step(2).bytes()
+    # The variant-1 server refuses a body slower than --min-body-rate once
+    # its app waited 10 ms (http1.c body_rate_on_timer).
+    e = Enc(1)
+    request(e, POST, body=b"slow", chunks=[1, 3]).write(75).step(2)
+    receive(e)
+    receive(e)  # waits for the rest
+    seeds["slow-body"] = e.sleep(20).sleep(20).write().step(2).bytes()
     return seeds
 
 
@@ -456,7 +521,63 @@ def ws_seeds() -> dict[str, bytes]:
     seeds.update(ws_failure_seeds())
     seeds.update(ws_deflate_seeds())
     seeds.update(ws_held_seeds())
+    seeds.update(ws_thread_seeds())
     small_read(seeds, "fragments", "ping-timers", "burst-before-accept", "pubsub", "parked")
+    return seeds
+
+
+def ws_thread_seeds() -> dict[str, bytes]:
+    """Off the loop's thread (244: through a thread, 245: awaited in one),
+    a publish burst that closes its own subscriber 1013 (252), the
+    --http-timeout server (first byte 248), loop timers and a loop
+    closed after the input."""
+    seeds = {}
+    e = ws_handshake(Enc(2)).write().step(2)
+    ws_app(e, 244, 0)  # receive websocket.connect through a thread
+    ws_app(e, 244, 4, 0, 0)  # accept
+    ws_msg(e, b"to a thread").write().step()
+    ws_app(e, 244, 0)
+    ws_app(e, 244, 6, 0).blob(b"from a thread")
+    seeds["off-thread"] = e.step(2).bytes()
+    for how in (0, 1, 2, 3, 5):
+        e = ws_handshake(Enc(2)).write().step(2)
+        ws_app(e, 0)
+        ws_accept(e).step()
+        ws_app(e, 245, how)
+        ws_msg(e, b"after").write().step()
+        ws_app(e, 0)
+        seeds[f"awaited-off-thread-{how}"] = e.step(2).bytes()
+    for how in (1, 3, 9, 0, 4):
+        e = ws_handshake(Enc(2)).write().step(2)
+        ws_app(e, 0)
+        ws_accept(e).step()
+        ws_app(e, 246, how)
+        ws_msg(e, b"one").write().step()
+        ws_msg(e, b"two").write().step()
+        ws_app(e, 246, how | 8)
+        ws_app(e, 0)
+        seeds[f"waiter-by-hand-{how}"] = e.step(2).bytes()
+    e = ws_handshake(Enc(2)).write().step(2)
+    ws_app(e, 0)
+    ws_accept(e).step()
+    ws_app(e, 16, 0, 0)  # subscribe "t"
+    ws_app(e, 252, 0, 6)  # 8 publishes of 64 KiB to "t", unread
+    seeds["publish-burst"] = e.step(2).sleep(5).bytes()
+    e = ws_handshake(Enc(248)).write().step(2)
+    ws_app(e, 0)
+    seeds["http-timeout-before-accept"] = e.sleep(25).step(2).bytes()
+    e = ws_handshake(Enc(248)).write().step(2)
+    ws_app(e, 0)
+    ws_accept(e).step().sleep(25)
+    ws_msg(e, b"past the http timeout").write().step()
+    ws_app(e, 0)
+    seeds["http-timeout-after-accept"] = e.step(2).bytes()
+    e = ws_handshake(Enc(2)).write().step(2)
+    ws_app(e, 0)
+    ws_accept(e).step().when_timers(TIMER_OPS)
+    ws_msg(e, b"after timers").write().step()
+    ws_app(e, 0)
+    seeds["when-timers"] = e.renew_loop().step(2).bytes()
     return seeds
 
 
