@@ -539,18 +539,19 @@ def ws_thread_seeds() -> dict[str, bytes]:
     ws_app(e, 244, 0)
     ws_app(e, 244, 6, 0).blob(b"from a thread")
     seeds["off-thread"] = e.step(2).bytes()
-    for how in (0, 1, 2, 3, 5):
+    def accepted() -> Enc:
         e = ws_handshake(Enc(2)).write().step(2)
         ws_app(e, 0)
-        ws_accept(e).step()
+        return ws_accept(e).step()
+
+    for how in (0, 1, 2, 3, 5):
+        e = accepted()
         ws_app(e, 245, how)
         ws_msg(e, b"after").write().step()
         ws_app(e, 0)
         seeds[f"awaited-off-thread-{how}"] = e.step(2).bytes()
     for how in (1, 3, 9, 0, 4):
-        e = ws_handshake(Enc(2)).write().step(2)
-        ws_app(e, 0)
-        ws_accept(e).step()
+        e = accepted()
         ws_app(e, 246, how)
         ws_msg(e, b"one").write().step()
         ws_msg(e, b"two").write().step()
