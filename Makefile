@@ -27,6 +27,7 @@ test-asyncio: install
 lint: install
 	@scripts/devtools.sh lint
 	$(VENV)/bin/ruff check python tests examples fuzz
+	$(VENV)/bin/mypy
 	clang-format-16 --dry-run -Werror csrc/*.c csrc/*.h fuzz/*.c
 
 # The whole suite on an ASan+UBSan build of the extension (server

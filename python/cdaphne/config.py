@@ -512,7 +512,7 @@ class Config:
             from .proxy import TrustedHosts
 
             try:
-                TrustedHosts(self.forwarded_allow_ips)
+                TrustedHosts(self.forwarded_allow_ips)  # type: ignore[arg-type]  # set by __post_init__
             except ValueError as exc:
                 raise ConfigError(f"forwarded_allow_ips: {exc}") from None
         if self.workers is not None and not isinstance(self.app, str):

@@ -41,6 +41,7 @@ import itertools
 import logging
 import re
 import secrets
+import sys
 import time
 from typing import Any
 
@@ -105,15 +106,10 @@ except ImportError:  # Channels is optional: keep the same API without it.
             return name[: name.find("!") + 1] if "!" in name else name
 
 
-try:
+if sys.version_info >= (3, 12):
     from inspect import markcoroutinefunction as _mark
-except ImportError:  # Python 3.11
-    try:
-        from asgiref.sync import markcoroutinefunction as _mark
-    except ImportError:  # pragma: no cover - asgiref is a dependency
-
-        def _mark(func):
-            return func
+else:  # asgiref (a dependency) has it from 3.7
+    from asgiref.sync import markcoroutinefunction as _mark
 
 
 __all__ = ["ChannelFull", "InMemoryChannelLayer"]

@@ -14,6 +14,7 @@ import inspect
 import os
 import selectors
 import signal
+import socket
 import threading
 from asyncio import format_helpers
 from typing import Any
@@ -46,8 +47,12 @@ def reserve_stdio() -> None:
             os.close(nul)  # another thread took fd first.
 
 
-class LibuvSelector(selectors._BaseSelectorImpl):  # type: ignore[misc]
+class LibuvSelector(selectors._BaseSelectorImpl):
     """A selector backed by a libuv loop (`LoopCore`)."""
+
+    # _BaseSelectorImpl's, which typeshed does not declare.
+    _fd_to_key: dict[int, selectors.SelectorKey]
+    _fileobj_lookup: Any
 
     def __init__(self) -> None:
         super().__init__()
@@ -118,7 +123,7 @@ def _report_callback_error(handle: asyncio.Handle, exc: BaseException) -> None:
     kwargs = {"debug": handle._loop.get_debug()} if _FORMAT_TAKES_DEBUG else {}  # type: ignore[attr-defined]
     cb = format_helpers._format_callback_source(
         handle._callback,  # type: ignore[attr-defined]
-        handle._args,  # type: ignore[attr-defined]
+        handle._args,
         **kwargs,
     )
     context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
@@ -181,6 +186,9 @@ class LibuvEventLoop(LoopMethods, asyncio.SelectorEventLoop):  # type: ignore[mi
 
     __dict__ = _LoopDict(next(c.__dict__["__dict__"] for c in asyncio.SelectorEventLoop.__mro__
                               if "__dict__" in c.__dict__))
+    # BaseSelectorEventLoop's, which typeshed does not declare.
+    _csock: socket.socket | None
+    _ready: Any
 
     def __init__(self) -> None:
         selector = LibuvSelector()
@@ -229,7 +237,7 @@ class LibuvEventLoop(LoopMethods, asyncio.SelectorEventLoop):  # type: ignore[mi
     # BaseEventLoop's attribute, kept by the C core (csrc/sched.c).
     @property
     def _timer_cancelled_count(self) -> int:
-        return self.core.timer_cancelled_count  # type: ignore[no-any-return]
+        return self.core.timer_cancelled_count
 
     @_timer_cancelled_count.setter
     def _timer_cancelled_count(self, n: int) -> None:

@@ -210,12 +210,12 @@ class ProxyHeadersMiddleware:
                 # Azure), read as in a Forwarded for= node.
                 hops = [split_node(h) for v in headers[self.host_header] for h in v.split(",")]
                 hops = [(h, p) for h, p in hops if h]
-                host = self.trusted.client_from([h for h, _ in hops])
-                if host:
-                    port = next(p for h, p in reversed(hops) if h == host)
+                hop = self.trusted.client_from([h for h, _ in hops])
+                if hop:
+                    port = next(p for h, p in reversed(hops) if h == hop)
                     if self.port_header in headers:
                         port = _port(headers[self.port_header][-1].split(",")[-1])
-                    client = (_normalise(host), port)
+                    client = (_normalise(hop), port)
             if b"x-forwarded-proto" in headers:
                 proto = headers[b"x-forwarded-proto"][-1].split(",")[-1]
 

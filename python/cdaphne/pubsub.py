@@ -44,9 +44,9 @@ def publish(topic: str, text: str | None = None, bytes: bytes | None = None) -> 
     thread it is handed to the loop, in order.  When the loop has too much
     from other threads waiting, this waits for it (backpressure).
     """
-    if (text is None) == (bytes is None):
-        raise TypeError("publish() takes exactly one of text= or bytes=")
     data = text if text is not None else bytes
+    if data is None or (text is not None and bytes is not None):
+        raise TypeError("publish() takes exactly one of text= or bytes=")
     delay = 0.0005
     while not _cdaphne.pubsub_publish(topic, data, text is not None):
         time.sleep(delay)

@@ -217,6 +217,7 @@ class Server:
 
     def _listen(self, core: CoreServer, bind: Bind, tls: Any = None) -> None:
         backlog = self.config.backlog
+        name: tuple[str, int | None]
         if bind.kind == "tcp":
             name = core.listen_tcp(bind.host, bind.port, backlog, tls)
             self.ports.append(name[1])
@@ -241,7 +242,7 @@ class Server:
             is_unix = sock.family == socket.AF_UNIX
             sock.detach()
             name = core.listen_fd(bind.fd, is_unix, backlog, tls)
-            if not is_unix:
+            if name[1] is not None:  # a TCP socket's port
                 self.ports.append(name[1])
         self.sockets.append(name)
 

@@ -114,7 +114,7 @@ class _BodyChunks:
         await self.app(scope, chunked_receive, send)
 
 
-class CdaphneProcess(_context.Process):  # type: ignore[misc]
+class CdaphneProcess(_context.Process):
     """A cdaphne server for ``get_application()`` in a child process.
 
     The child calls ``setup()``, then ``get_application()``, binds ``host`` on
@@ -268,7 +268,7 @@ else:
         @classmethod
         def setUpClass(cls) -> None:
             for connection in connections.all():
-                if connection.vendor == "sqlite" and connection.is_in_memory_db():  # type: ignore[attr-defined]
+                if connection.vendor == "sqlite" and connection.is_in_memory_db():
                     raise ImproperlyConfigured(
                         "ChannelsLiveServerTestCase can not be used with in memory databases"
                     )

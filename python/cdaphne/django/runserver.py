@@ -70,7 +70,7 @@ def get_default_application() -> ASGIApp:
             f"Cannot import ASGI_APPLICATION module {module_path!r}: {_describe(exc)}"
         ) from exc
     try:
-        return getattr(module, attr)  # type: ignore[no-any-return]
+        return getattr(module, attr)
     except AttributeError:
         raise ImproperlyConfigured(
             f"Cannot find {attr!r} in ASGI_APPLICATION module {module_path!r}."
@@ -190,7 +190,7 @@ class Command(StaticfilesRunserverCommand):
             and use_static_handler
             and (settings.DEBUG or insecure_serving)
         ):
-            return ASGIStaticFilesHandler(application)  # type: ignore[arg-type]
+            return ASGIStaticFilesHandler(application)
         return application
 
     def inner_run(self, *args: Any, **options: Any) -> None:

@@ -34,7 +34,7 @@ import pickle
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 logger = logging.getLogger("cdaphne")
@@ -193,8 +193,8 @@ class Hub:
                         self._send(other, raw)
             elif op == SEND:
                 pid = owner_pid(key)
-                other = self.by_pid.get(pid) if pid is not None else None
-                self._request(end, tag, payload, raw, [other] if other is not end else [])
+                owner = self.by_pid.get(pid) if pid is not None else None
+                self._request(end, tag, payload, raw, [owner] if owner is not end else [])
             elif op == FLUSH:
                 others = [e for e in self.by_pid.values() if e is not end]
                 self._request(end, tag, payload, raw, others)
@@ -204,7 +204,7 @@ class Hub:
         return alive
 
     def _request(self, end: Endpoint, tag: bytes, payload: bytes, raw: bytes,
-                 targets: list[Endpoint | None]) -> None:
+                 targets: Sequence[Endpoint | None]) -> None:
         """Forward request raw to targets; answer end once all have."""
         if len(payload) < REQ.size:
             return

@@ -466,7 +466,7 @@ class Supervisor:
             if code is None:
                 continue
             self.workers.remove(w)
-            for sock in (w.ctl, w.bus.sock if w.bus else None):
+            for sock in (w.ctl, w.bus.sock) if w.bus else (w.ctl,):
                 try:
                     self.sel.unregister(sock)
                 except (KeyError, ValueError):
