@@ -221,7 +221,12 @@ def run_child(module_name, skip_patterns, done_path, out_path, per_test_timeout)
         selected.addTest(t)
 
     class Result(unittest.TextTestResult):
+        # 3.12.1's unittest stops a test whose setUpClass skipped it without
+        # starting it: such a test ran nothing, on no loop.
+        _started = None
+
         def startTest(self, test):
+            self._started = test
             self._created = created[0]
             self._t0 = time.monotonic()
             touched.clear()
@@ -234,8 +239,9 @@ def run_child(module_name, skip_patterns, done_path, out_path, per_test_timeout)
             super().stopTest(test)
             tid = short_id(test.id())
             entry = results.pop(tid, {"outcome": "pass"})
-            entry["on_libuv"] = created[0] > self._created
-            entry["seconds"] = round(time.monotonic() - self._t0, 3)
+            started, self._started = self._started is test, None
+            entry["on_libuv"] = started and created[0] > self._created
+            entry["seconds"] = round(time.monotonic() - self._t0, 3) if started else 0.0
             if touched:
                 entry["private"] = sorted(touched)
             record(tid, entry)

@@ -32,6 +32,10 @@ DJANGO = (("django", "6.1.3", "b5d2d9e35295065d13b1927b3f19a59bd119f737aa6299def
 # signals, decorators, the test client); about 10 s.
 DJANGO_MODULES = ("async", "asgi", "handlers", "signals", "decorators",
                   "middleware_exceptions", "test_client", "deprecation")
+# CPython 3.12.0 and 3.12.1 name the wrong line for a warning raised inside a
+# multi-line `with (...)`: deprecation.test_warn_about_implementation fails
+# there on stock asyncio too (6 of 18, no loop involved), so it is left out.
+WRONG_WARNING_LINES = (3, 12) <= sys.version_info[:3] <= (3, 12, 1)
 DJANGO_RAN = re.compile(r"^Ran (\d+) tests? in ", re.MULTILINE)
 DJANGO_FAILED = re.compile(r"^(?:FAIL|ERROR): (\w+) \(([\w.]+)\)", re.MULTILINE)  # name, its path
 
@@ -77,11 +81,19 @@ def run_asgiref(timeout: float = 300) -> Result:
         return Result(status, out, found, *_loops(tmp), len(found))
 
 
+def _django_labels(tree: Path) -> list[str]:
+    if not WRONG_WARNING_LINES:
+        return list(DJANGO_MODULES)
+    kept = sorted(f"deprecation.{p.stem}" for p in (tree / "tests" / "deprecation").glob("test*.py")
+                  if p.stem != "test_warn_about_implementation")
+    return [m for m in DJANGO_MODULES if m != "deprecation"] + kept
+
+
 def run_django(timeout: float = 600) -> Result:
     tree = fetch(*DJANGO)
     with tempfile.TemporaryDirectory(prefix="cdaphne-django-") as tmp:
         argv = [sys.executable, str(HERE / "django_runtests.py"), "--parallel", "1",
-                *DJANGO_MODULES]
+                *_django_labels(tree)]
         status, out = run_command(argv, tree / "tests", _env(tree, tmp), timeout)
         ran = DJANGO_RAN.search(out)
         failed = {m[2]: "failed" for m in DJANGO_FAILED.finditer(out)}
