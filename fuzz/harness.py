@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextvars
 import copy
 import hashlib
@@ -41,11 +42,14 @@ import socket
 import struct
 import sys
 import tempfile
+import threading
 import time
 import warnings
 import weakref
 import zlib
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
 from cdaphne import pubsub
@@ -1357,6 +1361,122 @@ async def app_op(sess: Session, d: Data, choose: Any) -> None:
     await sess.step(1)
 
 
+class Boom(Exception):
+    """What a script's executor function raises."""
+
+
+def _init_fails(gate: threading.Event) -> None:
+    # Fails only once the work is queued, so that it is the queued work
+    # the broken pool fails (set_exception), not the submits.
+    gate.wait(5)
+    raise Boom("initializer")
+
+
+async def _hop_outcome(fut: Any) -> Any:
+    try:
+        return await asyncio.wait_for(fut, 5)
+    except (Boom, BrokenThreadPool, asyncio.CancelledError) as exc:
+        return type(exc)
+
+
+async def executor_op(sess: Session, b: int) -> None:
+    """Work handed to a thread pool ends as the app's future says (hop.c):
+    a result, the function's exception, a cancel of queued work by
+    shutdown(cancel_futures=True), a pool broken by its initializer, or
+    the work of an executor of another kind (hop.c cd_hop_wrap)."""
+    lp = loop()
+    kind = b % 4
+    log("executor op", kind)
+    if kind in (0, 1):
+        gate = threading.Event()
+        ex = ThreadPoolExecutor(max_workers=1, initializer=_init_fails if kind else None,
+                                initargs=(gate,) if kind else ())
+        running = threading.Event()
+        first = lp.run_in_executor(ex, _hold, running, gate)
+        queued = [lp.run_in_executor(ex, pow, 2, i) for i in range(1 + (b >> 2) % 4)]
+        if not kind:
+            # The first is running, the rest queued: only they are cancelled.
+            running.wait(5)
+            ex.shutdown(wait=False, cancel_futures=True)
+        gate.set()
+        got = [await _hop_outcome(f) for f in (first, *queued)]
+        ex.shutdown(wait=True)
+        log("executor work ended", got)
+        want = BrokenThreadPool if kind else asyncio.CancelledError
+        if kind and got != [want] * len(got):
+            sess.fail(f"a broken pool's work ended {got!r}")
+        if not kind and got != [True] + [want] * len(queued):
+            sess.fail(f"work cancelled by shutdown ended {got!r}")
+    elif kind == 2:
+        got = await _hop_outcome(lp.run_in_executor(None, _raise_or_return, b))
+        log("executor work ended", got)
+        if got != (Boom if b & 4 else b):
+            sess.fail(f"run_in_executor of {b} gave {got!r}")
+    else:
+        # Not a ThreadPoolExecutor: the loop hops on the concurrent future
+        # submit() returns (of the plain class or not), done later on a
+        # thread, cancelled from the loop first, or done within submit().
+        cancel, at_once = b & 20 == 16, b & 20 == 20
+        ex = HandExecutor(plain=bool(b & 8), at_once=at_once)
+        fut = lp.run_in_executor(ex, _raise_or_return, b)
+        if cancel:
+            fut.cancel()
+            await sess.step(1)
+        ex.start()
+        got = await _hop_outcome(fut)
+        ex.join()
+        log("hand executor's work ended", got)
+        if got != (asyncio.CancelledError if cancel else Boom if b & 4 else b):
+            sess.fail(f"work of an executor of another kind ({b}) ended {got!r}")
+
+
+class OtherFuture(concurrent.futures.Future):
+    """A concurrent future of another class than the plain one."""
+
+
+class HandExecutor(concurrent.futures.Executor):
+    """An executor that is not a ThreadPoolExecutor: each submit() gets its
+    own thread, started by start(), or runs within submit()."""
+
+    def __init__(self, plain: bool, at_once: bool) -> None:
+        self.plain, self.at_once = plain, at_once
+        self.threads: list[threading.Thread] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        f = concurrent.futures.Future() if self.plain else OtherFuture()
+
+        def work() -> None:
+            if f.set_running_or_notify_cancel():
+                try:
+                    f.set_result(fn(*args, **kwargs))
+                except BaseException as exc:  # noqa: BLE001 - as the pool does
+                    f.set_exception(exc)
+        if self.at_once:
+            work()
+        else:
+            self.threads.append(threading.Thread(target=work))
+        return f
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def join(self) -> None:
+        for t in self.threads:
+            t.join(5)
+
+
+def _hold(running: threading.Event, gate: threading.Event) -> bool:
+    running.set()
+    return gate.wait(5)
+
+
+def _raise_or_return(b: int) -> int:
+    if b & 4:
+        raise Boom(b)
+    return b
+
+
 async def client_op(sess: Session, d: Data, op: int) -> bool:
     """The ops shared by the targets; False if op is not one of them."""
     conns = sess.conns
@@ -1399,6 +1519,8 @@ async def client_op(sess: Session, d: Data, op: int) -> bool:
             # After this input every server closes and the loop with them
             # (loop.c loop_close_uv, conn.c cd_conn_blocks_free).
             sess.renew_loop = True
+        elif what < 180:
+            await executor_op(sess, what - 148)
     else:
         return False
     return True

@@ -72,6 +72,16 @@ class Enc:
     def renew_loop(self) -> Enc:
         return self.u8(7, 0, 144)
 
+    def executor(self, b: int) -> Enc:
+        """harness.executor_op (b % 4: 0 queued work cancelled by the
+        pool's shutdown, 1 a pool broken by its initializer, 2
+        run_in_executor returning or raising, 3 an executor of another
+        kind: its future plain (8) or not, done on a thread, cancelled
+        first (16) or done in submit() (20); b >> 2 picks the variant,
+        4 raising)."""
+        assert b < 32
+        return self.u8(7, 0, 148 + b)
+
     def bytes(self) -> bytes:
         return bytes(self.b)
 
@@ -284,6 +294,10 @@ def http_seeds() -> dict[str, bytes]:
     e.timer(4, 0, 1, 3).timer(4, 1, 0, 5).timer(5, 4).timer(3, 6, 8)
     e.step(2).sleep(30).step(2)
     seeds["timers"] = e.bytes()
+    e = simple(2)
+    for b in (0, 4, 13, 1, 5, 2, 6, 3, 7, 11, 15, 19, 27, 23, 31):
+        e.executor(b)
+    seeds["executor"] = e.step(2).bytes()
     e = Enc(1)
     for _ in range(3):
         e.u8(12, 0, 0)  # new connection

@@ -148,3 +148,52 @@ def test_head_target_calls_the_app_on_a_loaded_machine() -> None:
             harness.one_input_head({data!r})
         """)
         assert r.returncode == 0, f"{name}: {r.stderr[-2000:]}"
+
+
+def test_executor_ops_check_what_stock_asyncio_does() -> None:
+    # harness.executor_op's checks (work cancelled by shutdown, a pool broken
+    # by its initializer, a function's result or exception, an executor of
+    # another kind) hold on stock asyncio's loop as on ours, for every op
+    # byte, and catch a loop that hands back a wrong result.
+    r = run_harness("""
+        import asyncio
+
+        from cdaphne.loop import new_event_loop
+
+        class Sess:
+            failures = []
+
+            def fail(self, msg):
+                self.failures.append(msg)
+
+            async def step(self, n=1):
+                for _ in range(n):
+                    await asyncio.sleep(0)
+
+        def failures(make, lie=False):
+            harness.LOOP = lp = make()
+            if lie:
+                real = lp.run_in_executor
+
+                def run_in_executor(ex, fn, *args):
+                    return real(ex, lambda: fn(*args) + 1)
+                lp.run_in_executor = run_in_executor
+            sess = Sess()
+            sess.failures = []
+            for b in range(32):
+                lp.run_until_complete(harness.executor_op(sess, b))
+            lp.close()
+            return sess.failures
+
+        assert failures(asyncio.new_event_loop) == []
+        assert failures(new_event_loop) == []
+        lied = failures(new_event_loop, lie=True)
+        # The first work of kind 0's 8, the 4 returning functions of kind 2,
+        # and kind 3's 2 that return on a thread (3 and 11).
+        assert sum("cancelled by shutdown" in f for f in lied) == 8, lied
+        assert sum("run_in_executor of" in f for f in lied) == 4, lied
+        assert sum("another kind" in f for f in lied) == 2, lied
+        assert len(lied) == 14, lied
+        print("ok")
+    """)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
