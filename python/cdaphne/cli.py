@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-running-requests", type=_size, default=Config.max_running_requests,
       help="HTTP requests whose app runs at once while the worker's core is busy; more "
            "wait their turn (0: no limit)")
+    a("--sched-batch", type=_bool, default=Config.sched_batch, metavar="BOOL",
+      help="Linux: run the server's threads under SCHED_BATCH, so that the threads it "
+           "wakes for thread hops wait their turn instead of preempting it (true)")
     a("--max-body-size", type=_size, default=None, help="largest request body, bytes (413 beyond)")
     a("--body-buffer-size", type=_size, default=Config.body_buffer_size,
       help="request body bytes held for an app that is not reading; reading pauses beyond")
@@ -277,6 +280,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         header_timeout=args.header_timeout,
         limit_concurrency=args.limit_concurrency,
         max_running_requests=args.max_running_requests,
+        sched_batch=args.sched_batch,
         max_body_size=args.max_body_size,
         body_buffer_size=args.body_buffer_size,
         write_buffer_size=args.write_buffer_size,
