@@ -26,7 +26,7 @@ SCENARIO_TITLES = {
 ALL_SERVERS = (
     "cdaphne", "cdaphne-layer", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling",
     "cdaphne-w2", "cdaphne-w2-redis", "uvicorn-w2", "granian-w2",
-    "cdaphne-tls", "uvicorn-tls", "granian-tls", "cdaphne-pubsub",
+    "cdaphne-tls", "uvicorn-tls", "granian-tls", "cdaphne-pubsub", "cdaphne-no-batch",
 )  # fmt: skip
 
 

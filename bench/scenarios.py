@@ -22,11 +22,13 @@ Probe = Callable[[RunningServer], str | None]
 DEFAULT_SERVERS = {
     "hello": ["cdaphne", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling"],
     "pipeline": ["cdaphne", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling"],
-    "django": ["cdaphne", "uvicorn", "daphne", "granian"],
+    "django": ["cdaphne", "cdaphne-no-batch", "uvicorn", "daphne", "granian"],
     "ws": ["cdaphne", "uvicorn", "granian", "daphne", "hypercorn"],
     "ws-idle": ["cdaphne", "uvicorn", "granian", "daphne", "hypercorn"],
     "ws-idle-channels": ["cdaphne", "cdaphne-layer", "daphne", "uvicorn"],
-    "fanout": ["cdaphne", "cdaphne-layer", "uvicorn", "granian", "daphne", "hypercorn"],
+    "fanout": [
+        "cdaphne", "cdaphne-no-batch", "cdaphne-layer", "uvicorn", "granian", "daphne", "hypercorn",
+    ],
     "latency": ["cdaphne", "uvicorn", "granian", "hypercorn", "daphne", "fastpysgi", "ceiling"],
     # --workers 2 (bench/workers.py), with cdaphne in one process as the reference.
     "hello-w2": ["cdaphne-w2", "uvicorn-w2", "granian-w2", "cdaphne"],

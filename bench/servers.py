@@ -62,6 +62,10 @@ def _cdaphne(target: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
+def _cdaphne_no_batch(target: str, port: int) -> list[str]:
+    return [*_cdaphne(target, port)[:-1], "--sched-batch", "false", target]
+
+
 def _cdaphne_w2(target: str, port: int) -> list[str]:
     return [*_cdaphne(target, port)[:-1], "--workers", str(WORKERS), target]
 
@@ -142,6 +146,13 @@ SPECS: dict[str, ServerSpec] = {
             _cdaphne,
             "cdaphne with its own C channel layer (cdaphne.layers.InMemoryChannelLayer)",
             env=(("BENCH_CHANNEL_LAYER", "cdaphne.layers.InMemoryChannelLayer"),),
+        ),
+        ServerSpec(
+            "cdaphne-no-batch",
+            "project",
+            frozenset({"django", "chat"}),
+            _cdaphne_no_batch,
+            "cdaphne --sched-batch false: its threads under the default scheduling policy",
         ),
         ServerSpec(
             "cdaphne-pubsub",
