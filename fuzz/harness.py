@@ -1624,8 +1624,13 @@ async def ready_queue_op(sess: Session, v: int) -> None:
 async def _unbound_call(lp: Any, f: Any, name: str) -> str | None:
     """type(loop).<name>(loop, ...): what went wrong, or None."""
     ran: list[int] = []
-    if name in ("call_soon", "call_soon_threadsafe"):
+    if name == "call_soon":
         f(lp, ran.append, 1)
+    elif name == "call_soon_threadsafe":
+        f(lp, ran.append, 1)
+        # The wake-up asyncio's call_soon_threadsafe ends with, unbound too.
+        if type(lp)._write_to_self(lp) is not None:
+            return "then _write_to_self() returned something"
     elif name == "call_later":
         f(lp, 0, ran.append, 1)
     elif name == "call_at":
