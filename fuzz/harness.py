@@ -1814,7 +1814,9 @@ async def cancel_message_receive(sess: Session, inst: Inst, v: int) -> None:
         await asyncio.sleep(0)
     try:
         fut = getattr(t, "_fut_waiter", None)
-        if fut is None or t.done():
+        if fut is None or t.done() or fut.done():
+            # Its message came (the future may be done before the task
+            # wakes up).
             note_message(sess, inst, await t)
             return
         await cancel_message_op(sess, fut, t, v)
