@@ -241,6 +241,13 @@ def test_introspect_ops_check_what_stock_asyncio_does() -> None:
 
         assert failures(asyncio.new_event_loop) == []
         assert failures(new_event_loop) == []
+        # On ours the op's parts meet the C types (its checks of
+        # LoopMethods' own names run on them).
+        lp = new_event_loop()
+        assert type(lp._ready).__name__ == "ReadyQueue"
+        for name in harness.LOOP_METHODS:
+            assert type(getattr(LibuvEventLoop, name)).__name__ == "loop_method", name
+        lp.close()
 
         # Lies, each a loop that gets one part wrong:
         class LeftIsRight(deque):
