@@ -53,6 +53,7 @@ from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
 from cdaphne import pubsub
+from cdaphne._cdaphne import LoopMethods
 from cdaphne._cdaphne import Server as CoreServer
 from cdaphne.config import Config
 from cdaphne.loop import new_event_loop
@@ -554,6 +555,8 @@ async def perform(sess: Session, inst: Inst, act: tuple[Any, ...]) -> None:
         await awaited_off_thread(sess, inst, act[1])
     elif kind == "waiter":
         await drive_waiter(sess, inst, act[1])
+    elif kind == "cancel_message":
+        await cancel_message_receive(sess, inst, act[1])
     elif kind == "publish_burst":
         # Past the socket buffers and the queue bound: the subscriber is
         # closed 1013 (pubsub.c deliver, websocket.c cd_ws_close_with).
@@ -1478,6 +1481,403 @@ def _raise_or_return(b: int) -> int:
     return b
 
 
+# ---- introspect_op: the loop's own structures, used as Python code does ----
+
+# How long unsettable_op waits for the loop's report (tests lower it).
+REPORT_SECONDS = 5.0
+# Methods LoopMethods has in C (csrc/loopmeth.c lm_defs) whose unbound call
+# does its work and nothing else to the loop: the callback it must run, or
+# the value it must give, is checked (loop_method_op).
+LOOP_METHODS = ("call_soon", "call_soon_threadsafe", "call_later", "call_at", "create_future",
+                "create_task", "run_in_executor")
+
+
+class Refused(Exception):
+    """What an Unsettable future raises when it is completed."""
+
+
+class Unsettable(asyncio.Future):
+    """A loop future whose set_result/set_exception raise: what a
+    create_future override returns, run_in_executor's completion of it
+    fails and is reported (hop.c hop_report)."""
+
+    def set_result(self, result: Any) -> None:
+        raise Refused("set_result")
+
+    def set_exception(self, exception: Any) -> None:
+        raise Refused("set_exception")
+
+
+async def introspect_op(sess: Session, d: Data, b: int) -> None:
+    """An app that introspects and edits the loop's own structures, as
+    asyncio's own code, its tests and real apps do (b % 5): the ready
+    queue (readyq.c), the loop's methods seen as functions (loopmeth.c),
+    the timer heap edited with heapq (sched.c), a future's
+    _cancel_message (recvfut.c for receive()'s), a run_in_executor()
+    future that cannot take its outcome (hop.c hop_report).  Each
+    outcome is checked as stock asyncio's loop gives it."""
+    kind, v = b % 5, b // 5
+    log("introspect op", kind, v)
+    if kind == 0:
+        await ready_queue_op(sess, v)
+    elif kind == 1:
+        await loop_method_op(sess, LOOP_METHODS[v % len(LOOP_METHODS)])
+    elif kind == 2:
+        await timer_heap_op(sess, v)
+    elif kind == 3:
+        # On a loop future, then (when an app runs) on what its waiting
+        # receive() yields: a RecvFuture on ours.
+        await cancel_message_op(sess, loop().create_future(), None, v)
+        inst = await sess.inst(d)
+        if inst is not None:
+            inst.post(("cancel_message", v))
+            await sess.step(1)
+    else:
+        await unsettable_op(sess, v)
+
+
+def _pop_own(ready: Any, h: Any) -> Any:
+    """ready.pop() of h, which this thread appended last: what another
+    thread's call_soon_threadsafe appended since (not before h) is popped
+    first and put back after."""
+    snap = list(ready)
+    ahead = snap[:next((i for i, x in enumerate(snap) if x is h), len(snap))]
+    late = []
+    got = ready.pop()
+    while got is not h and ready and len(late) < 64 and not any(x is got for x in ahead):
+        late.append(got)
+        got = ready.pop()
+    for x in reversed(late):
+        ready.append(x)
+    return got
+
+
+async def ready_queue_op(sess: Session, v: int) -> None:
+    """loop._ready used as the deque asyncio's code and tests use: len,
+    iteration, indexing (out of range: IndexError), repr, a Handle appended
+    and another appended left (it runs before what was queued), a
+    cancelled one appended (v & 1: never runs), and, of what the op put
+    there itself, pop() and popleft() (v & 2: they never run).  Only the
+    loop's thread takes from the left end: other threads append on the
+    right."""
+    lp = loop()
+    ready = lp._ready
+    ran: list[str] = []
+
+    def handle(name: str) -> asyncio.Handle:
+        return asyncio.Handle(ran.append, (name,), lp)
+
+    lp.call_soon(ran.append, "queued")
+    if not any(getattr(h, "_callback", None) == ran.append for h in ready):
+        sess.fail(f"_ready does not hold the handle call_soon() queued: {ready!r}")
+    a, first = handle("appended"), handle("appended left")
+    before = list(ready)
+    n = len(before)
+    ready.append(a)
+    ready.appendleft(first)
+    after = list(ready)
+    # Only the left end is the loop thread's alone: what another thread
+    # appended since may come before a.
+    if (ready[0] is not first or len(ready) < n + 2 or a not in ready
+            or any(x is not y for x, y in zip(after[1:n + 1], before, strict=False))
+            or not any(h is a for h in after[n + 1:])):
+        sess.fail(f"_ready after appendleft() and append(): {after!r}, before: {before!r}")
+    last = ready[-1]
+    if not any(h is last for h in list(ready)[n + 1:]):
+        sess.fail(f"_ready[-1] is {last!r}, not what append() put last")
+    if repr(a) not in repr(ready) or repr(first) not in repr(ready):
+        sess.fail(f"repr(_ready) lacks what was put there: {ready!r}")
+    for i in (len(ready) + 100, -len(ready) - 100):
+        try:
+            ready[i]
+        except IndexError:
+            continue
+        sess.fail(f"_ready[{i}] of {len(ready)} did not raise IndexError")
+    never = []
+    if v & 1:
+        c = handle("cancelled")
+        c.cancel()
+        ready.append(c)
+        never.append("cancelled")
+    if v & 2:
+        # Put there and taken back: each end's own.
+        left, right = handle("popped left"), handle("popped")
+        ready.appendleft(left)
+        got = ready.popleft()
+        if got is not left:
+            sess.fail(f"_ready.popleft() gave {got!r}, not the handle appendleft() put")
+        ready.append(right)
+        got = _pop_own(ready, right)
+        if got is not right:
+            sess.fail(f"_ready.pop() gave {got!r}, not the handle append() put")
+        never += ["popped left", "popped"]
+    want = ["appended left", "queued", "appended"]
+    for _ in range(6):
+        if len(ran) >= len(want):
+            break
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    if ran != want:
+        sess.fail(f"handles put on _ready ran as {ran}, not {want} (never: {never})")
+
+
+async def _unbound_call(lp: Any, f: Any, name: str) -> str | None:
+    """type(loop).<name>(loop, ...): what went wrong, or None."""
+    ran: list[int] = []
+    if name == "call_soon":
+        f(lp, ran.append, 1)
+    elif name == "call_soon_threadsafe":
+        f(lp, ran.append, 1)
+        # The wake-up asyncio's call_soon_threadsafe ends with, unbound too.
+        if type(lp)._write_to_self(lp) is not None:
+            return "then _write_to_self() returned something"
+    elif name == "call_later":
+        f(lp, 0, ran.append, 1)
+    elif name == "call_at":
+        f(lp, lp.time(), ran.append, 1)
+    elif name == "create_future":
+        fut = f(lp)
+        return None if asyncio.isfuture(fut) and fut.get_loop() is lp else f"gave {fut!r}"
+    elif name == "create_task":
+        got = await f(lp, asyncio.sleep(0, 7))
+        return None if got == 7 else f"a task of sleep(0, 7) gave {got!r}"
+    else:
+        got = await asyncio.wait_for(f(lp, None, pow, 2, 5), 5)
+        return None if got == 32 else f"pow(2, 5) in the executor gave {got!r}"
+    for _ in range(20):
+        if ran:
+            break
+        await asyncio.sleep(0.001 if name in ("call_later", "call_at") else 0)
+    return None if ran == [1] else f"ran its callback {len(ran)} times"
+
+
+async def loop_method_op(sess: Session, name: str) -> None:
+    """type(loop).<name> seen as a function, as inspect, functools and
+    mocks see it: its names, repr and doc; bound by __get__ to the loop,
+    unbound through the class; called unbound with the loop first (it
+    must do its work), and with nothing (TypeError).  On ours it is a
+    LoopMethods method (csrc/loopmeth.c lm_func_*), which also names its
+    class and refuses to bind to another object."""
+    lp = loop()
+    cls = type(lp)
+    f = getattr(cls, name)
+    bound = f.__get__(lp, cls)
+    if (f.__name__ != name or not f.__qualname__.endswith("." + name)
+            or not isinstance(f.__doc__, str | None) or name not in repr(f)):
+        sess.fail(f"{cls.__name__}.{name}: __name__ {f.__name__!r}, __qualname__ "
+                  f"{f.__qualname__!r}, __doc__ {f.__doc__!r}, repr {f!r}")
+    if f.__get__(None, cls) is not f or bound.__self__ is not lp or bound.__func__ is not f:
+        sess.fail(f"{cls.__name__}.{name}.__get__ gave {f.__get__(None, cls)!r}, {bound!r}")
+    try:
+        f()
+        sess.fail(f"{cls.__name__}.{name}() with no self did not raise TypeError")
+    except TypeError:
+        pass
+    if type(f).__name__ == "loop_method":
+        owner = next(k for k in cls.__mro__ if name in vars(k))
+        if (f.__qualname__ != f"{owner.__name__}.{name}" or f.__objclass__ is not owner
+                or repr(f) != f"<method {name!r} of {owner.__name__!r} objects>"):
+            sess.fail(f"LoopMethods.{name}: __qualname__ {f.__qualname__!r}, __objclass__ "
+                      f"{f.__objclass__!r}, repr {f!r}")
+        for wrong in (lambda: f.__get__(42, int), lambda: f(object())):
+            try:
+                wrong()
+                sess.fail(f"LoopMethods.{name} took an object that is not a loop")
+            except TypeError:
+                pass
+    wrong = await _unbound_call(lp, f, name)
+    if wrong is not None:
+        sess.fail(f"{cls.__name__}.{name}(loop, ...) called unbound {wrong}")
+
+
+def _unschedule(sess: Session, h: Any) -> None:
+    """Takes timer h out of loop._scheduled, as Python code does, and
+    cancels it (not counted as a cancelled timer in the heap)."""
+    lp = loop()
+    if any(x is h for x in lp._scheduled):
+        lp._scheduled.remove(h)
+        heapq.heapify(lp._scheduled)
+    else:
+        sess.fail(f"{h!r} left loop._scheduled by itself")
+    h._scheduled = False
+    h.cancel()
+
+
+async def timer_heap_op(sess: Session, v: int) -> None:
+    """loop._scheduled edited by Python code, as asyncio's own call_at
+    and libraries do (sched.c keeps a copy of the heap's keys): a
+    TimerHandle made in Python and heapq.heappush()ed, timers' _when
+    lowered and raised then heapq.heapify(), a timer whose _when is an
+    int no float holds (10**400, compared in Python: sched.c
+    top_later_slow), which never runs and is taken out again (before
+    the others are scheduled, or after they ran: v & 2), and call_at(None)
+    refused by asyncio's own method (sched.c heap_forget).  The timers
+    run in _when order."""
+    lp = loop()
+    ran: list[str] = []
+    huge = asyncio.TimerHandle(10**400, ran.append, ("huge",), lp)
+    heapq.heappush(lp._scheduled, huge)
+    huge._scheduled = True
+    try:
+        # The loop steps with it first in the heap when no other timer
+        # is there; this task stays ready, so the loop never waits for it
+        # (stock asyncio's `when - time()` would overflow there).
+        for _ in range(2):
+            await asyncio.sleep(0)
+        if v & 2:
+            _unschedule(sess, huge)
+        t0 = lp.time()
+        lp.call_at(t0 + 0.004, ran.append, "a")
+        b = asyncio.TimerHandle(t0 + 0.001, ran.append, ("b",), lp)
+        heapq.heappush(lp._scheduled, b)
+        b._scheduled = True
+        c = lp.call_at(t0 + 0.006, ran.append, "c")
+        c._when = t0 + 0.002
+        want = ["b", "c", "a"]
+        if v & 1:
+            lp.call_at(t0 + 0.003, ran.append, "raised")._when = t0 + 0.005
+            want.append("raised")
+        heapq.heapify(lp._scheduled)
+        try:
+            lp.call_at(None, ran.append, "none")
+            sess.fail("call_at(None, ...) did not raise TypeError")
+        except TypeError:
+            pass
+        await asyncio.sleep(0.008)
+        deadline = time.monotonic() + 1
+        while len(ran) < len(want) and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        if ran != want:
+            sess.fail(f"timers edited in loop._scheduled ran as {ran}, not {want}")
+    finally:
+        if huge._scheduled:
+            _unschedule(sess, huge)
+
+
+async def cancel_message_op(sess: Session, fut: Any, waiting: Any, v: int) -> None:
+    """A pending future's _cancel_message read and set (before the cancel
+    or after it: v & 2, v & 4), the future cancelled with a message
+    (None, a str, not a str: v % 3), then what the task waiting on it
+    (waiting, else one made here), gather(return_exceptions=True) and an
+    await of it give: as an asyncio.Future (recvfut.c's getset for
+    receive()'s)."""
+    if waiting is None:
+        waiting = asyncio.ensure_future(awaits(fut))
+        await asyncio.sleep(0)
+    what = type(fut).__name__
+    msg = (None, "m", 7)[v % 3]
+    got: list[Any] = [fut._cancel_message]
+    if v & 2:
+        fut._cancel_message = "set before"
+        got.append(fut._cancel_message)
+    cancelled = fut.cancel(msg)
+    got += [cancelled, fut._cancel_message]
+    final = msg
+    if v & 4:
+        fut._cancel_message = final = "set after"
+        got.append(fut._cancel_message)
+    try:
+        del fut._cancel_message
+        got.append("deleted")
+    except AttributeError:
+        pass
+    want = [None, *(["set before"] if v & 2 else []), True, msg,
+            *(["set after"] if v & 4 else [])]
+    if got != want:
+        sess.fail(f"{what}._cancel_message read, set, cancel({msg!r}): {got}, not {want}")
+    args = () if final is None else (final,)
+    outcomes = []
+    for aw in (waiting, asyncio.gather(fut, return_exceptions=True), awaits(fut)):
+        try:
+            outcomes.append(await asyncio.wait_for(aw, 5))
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # The app's own task is cancelled.
+            outcomes.append(exc.args)
+    want = [args, [asyncio.CancelledError("" if final is None else final)], args]
+    if (outcomes[0] != args or outcomes[2] != args or not isinstance(outcomes[1], list)
+            or len(outcomes[1]) != 1 or type(outcomes[1][0]) is not asyncio.CancelledError
+            or outcomes[1][0].args != want[1][0].args):
+        sess.fail(f"a {what} cancelled with _cancel_message {final!r}: its waiting task, "
+                  f"gather(return_exceptions=True) and await gave {outcomes}, not {want}")
+
+
+async def cancel_message_receive(sess: Session, inst: Inst, v: int) -> None:
+    """cancel_message_op on what a waiting receive() yields (its task's
+    _fut_waiter: a RecvFuture on ours); a receive() that does not wait
+    gives its message (noted in order)."""
+    t = asyncio.ensure_future(inst.receive())
+    for _ in range(3):
+        if t.done() or getattr(t, "_fut_waiter", None) is not None:
+            break
+        await asyncio.sleep(0)
+    try:
+        fut = getattr(t, "_fut_waiter", None)
+        if fut is None or t.done() or fut.done():
+            # Its message came (the future may be done before the task
+            # wakes up).
+            note_message(sess, inst, await t)
+            return
+        await cancel_message_op(sess, fut, t, v)
+    finally:
+        if not t.done():
+            t.cancel()
+
+
+async def unsettable_op(sess: Session, v: int) -> None:
+    """run_in_executor() with the loop's create_future overridden (an
+    instance attribute, taken back at once) to give an Unsettable: the
+    loop cannot complete it with the function's result (or, v & 1, its
+    exception), and reports that once to its exception handler, as an
+    exception in a callback (hop.c hop_report on ours), the future left
+    pending.  The work goes to the default executor or, v & 2, to an
+    executor of another kind (hop.c cd_hop_wrap).  The handler set here
+    forwards any other report to the one it replaced."""
+    lp = loop()
+    reports: list[dict[str, Any]] = []
+    prev = lp.get_exception_handler()
+
+    def on_error(lp_: Any, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), Refused):
+            reports.append(context)
+        elif prev is not None:
+            prev(lp_, context)
+        else:
+            lp_.default_exception_handler(context)
+
+    ex = HandExecutor(plain=bool(v & 4), at_once=False) if v & 2 else None
+    lp.set_exception_handler(on_error)
+    try:
+        lp.create_future = lambda: Unsettable(loop=lp)
+        try:
+            fut = lp.run_in_executor(ex, _raise_or_return, 4 if v & 1 else 0)
+        finally:
+            del lp.create_future
+        if ex is not None:
+            ex.start()
+        deadline = time.monotonic() + REPORT_SECONDS
+        while not reports and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        await sess.step(2)
+        if ex is not None:
+            ex.join()
+    finally:
+        lp.set_exception_handler(prev)
+    if not isinstance(fut, Unsettable):
+        sess.fail(f"run_in_executor() gave {fut!r}, not the loop's create_future()'s")
+    ours = isinstance(lp, LoopMethods)
+    message = ("Exception in callback completing a run_in_executor() future" if ours
+               else "Exception in callback ")
+    if (len(reports) != 1 or not reports[0]["message"].startswith(message)
+            or (ours and reports[0].get("future") is not fut)):
+        sess.fail(f"a run_in_executor() future that refuses its outcome: {len(reports)} "
+                  f"reports {[r.get('message') for r in reports]}, not one {message!r}")
+    if fut.done():
+        sess.fail(f"{fut!r} is done though it refused its outcome")
+    fut.cancel()
+
+
 async def client_op(sess: Session, d: Data, op: int) -> bool:
     """The ops shared by the targets; False if op is not one of them."""
     conns = sess.conns
@@ -1522,6 +1922,8 @@ async def client_op(sess: Session, d: Data, op: int) -> bool:
             sess.renew_loop = True
         elif what < 180:
             await executor_op(sess, what - 148)
+        elif what < 212:
+            await introspect_op(sess, d, what - 180)
     else:
         return False
     return True

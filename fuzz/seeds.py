@@ -82,6 +82,15 @@ class Enc:
         assert b < 32
         return self.u8(7, 0, 148 + b)
 
+    def introspect(self, b: int) -> Enc:
+        """harness.introspect_op (b % 5: 0 loop._ready as a deque, 1 the
+        loop's methods as functions, 2 loop._scheduled edited with heapq,
+        3 a future's _cancel_message, then on a waiting receive()'s (its
+        app byte follows), 4 a run_in_executor() future that cannot take
+        its outcome; b // 5 picks the variant)."""
+        assert b < 32
+        return self.u8(7, 0, 180 + b, *([0] if b % 5 == 3 else []))
+
     def bytes(self) -> bytes:
         return bytes(self.b)
 
@@ -298,6 +307,13 @@ def http_seeds() -> dict[str, bytes]:
     for b in (0, 4, 13, 1, 5, 2, 6, 3, 7, 11, 15, 19, 27, 23, 31):
         e.executor(b)
     seeds["executor"] = e.step(2).bytes()
+    e = simple(2, resp=False)
+    receive(e)  # The next one waits: on a RecvFuture.
+    for b in range(32):
+        e.introspect(b)
+        if b % 5 == 3:
+            e.step(4).step(4)  # The app's turn with a waiting receive().
+    seeds["introspect"] = e.step(2).bytes()
     e = Enc(1)
     for _ in range(3):
         e.u8(12, 0, 0)  # new connection

@@ -197,3 +197,145 @@ def test_executor_ops_check_what_stock_asyncio_does() -> None:
         print("ok")
     """)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_introspect_ops_check_what_stock_asyncio_does() -> None:
+    # harness.introspect_op's checks (loop._ready as a deque, the loop's
+    # methods as functions, loop._scheduled edited with heapq, a future's
+    # _cancel_message, a run_in_executor() future that refuses its outcome)
+    # hold on stock asyncio's loop as on ours for every op byte, and each
+    # catches a loop that gets its part wrong.
+    r = run_harness("""
+        import asyncio
+        from collections import deque
+
+        import seeds
+        from cdaphne.loop import LibuvEventLoop, new_event_loop
+
+        class Sess:
+            def __init__(self):
+                self.failures = []
+
+            def fail(self, msg):
+                self.failures.append(msg)
+
+            async def step(self, n=1):
+                for _ in range(n):
+                    await asyncio.sleep(0)
+
+            async def inst(self, d):
+                d.u8()
+                return None  # No app: a loop future only.
+
+        def failures(make, kinds=range(5)):
+            harness.LOOP = lp = make()
+            sess = Sess()
+            for b in range(32):
+                if b % 5 in kinds:
+                    lp.run_until_complete(harness.introspect_op(sess, harness.Data(b""), b))
+            lp.close()
+            return sess.failures
+
+        def count(got, what):
+            return sum(what in f for f in got)
+
+        assert failures(asyncio.new_event_loop) == []
+        assert failures(new_event_loop) == []
+        # On ours the op's parts meet the C types (its checks of
+        # LoopMethods' own names run on them).
+        lp = new_event_loop()
+        assert type(lp._ready).__name__ == "ReadyQueue"
+        for name in harness.LOOP_METHODS:
+            assert type(getattr(LibuvEventLoop, name)).__name__ == "loop_method", name
+        lp.close()
+
+        # Lies, each a loop that gets one part wrong:
+        class LeftIsRight(deque):
+            def appendleft(self, h):
+                self.append(h)
+
+        def misordered():
+            lp = asyncio.new_event_loop()
+            lp._ready = LeftIsRight()
+            return lp
+
+        lied = failures(misordered, [0])
+        # Each of the 7 ready-queue ops: the ends and the order of what ran;
+        # the 3 that pop: popleft() then takes another handle.
+        assert count(lied, "after appendleft() and append()") == 7, lied
+        assert count(lied, "ran as") == 7, lied
+        assert count(lied, "_ready.popleft() gave") == 3, lied
+        assert len(lied) == 17, lied
+
+        class Drops(LibuvEventLoop):
+            def call_soon(self, cb, *args, context=None):
+                if getattr(cb, "__name__", None) == "append":
+                    return asyncio.Handle(cb, args, self)  # never queued
+                return super().call_soon(cb, *args, context=context)
+
+        lied = failures(Drops, [0, 1])
+        # The 7 ready-queue ops lose the handle call_soon() queued; the
+        # call_soon op (b = 1) sees its unbound call do nothing.
+        assert count(lied, "does not hold the handle call_soon() queued") == 7, lied
+        assert count(lied, "ran as") == 7, lied
+        assert count(lied, "Drops.call_soon(loop, ...) called unbound ran its callback 0") == 1
+        assert len(lied) == 15, lied
+
+        def early():
+            lp = new_event_loop()
+            call_at = lp.call_at
+            lp.call_at = lambda when, *a, **kw: call_at(when and when - 0.004, *a, **kw)
+            return lp
+
+        lied = failures(early, [2])
+        assert count(lied, "edited in loop._scheduled ran as") == 6, lied
+        assert len(lied) == 6, lied
+
+        class Deaf(asyncio.Future):
+            def cancel(self, msg=None):
+                return super().cancel()
+
+        class DeafLoop(asyncio.SelectorEventLoop):
+            def create_future(self):
+                return Deaf(loop=self)
+
+        lied = failures(DeafLoop, [3])
+        # Of the 6 ops, 4 cancel with a message (read back wrong), and in
+        # 2 of them it is what the waiting task, gather and await give.
+        assert count(lied, "_cancel_message read, set, cancel(") == 4, lied
+        assert count(lied, "cancelled with _cancel_message") == 2, lied
+        assert len(lied) == 6, lied
+
+        def silent():
+            lp = new_event_loop()
+            lp.call_exception_handler = lambda context: None
+            return lp
+
+        harness.REPORT_SECONDS = 0.2
+        lied = failures(silent, [4])
+        assert count(lied, "0 reports") == 6, lied
+        assert len(lied) == 6, lied
+        print("ok")
+    """)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
+def test_introspect_seed_reaches_receive_futures() -> None:
+    # The seed's _cancel_message ops reach what a waiting receive()
+    # yields on the real server (a RecvFuture), with no finding.
+    r = run_harness("""
+        import seeds
+
+        seen = []
+        real = harness.cancel_message_op
+
+        async def spy(sess, fut, waiting, v):
+            seen.append(type(fut).__name__)
+            await real(sess, fut, waiting, v)
+
+        harness.cancel_message_op = spy
+        harness.one_input_http(seeds.http_seeds()["introspect"])
+        assert seen.count("RecvFuture") == 6, seen
+        print("ok")
+    """)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
