@@ -691,8 +691,9 @@ static PyMemberDef lm_func_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+/* No Py_tp_doc: PyType_FromSpec would store it as the type's __doc__
+ * over the __doc__ getset, and every method would show it for its own. */
 static PyType_Slot lm_func_slots[] = {
-    {Py_tp_doc, "A method of LoopMethods (csrc/loopmeth.c)."},
     {Py_tp_dealloc, lm_func_dealloc},
     {Py_tp_traverse, lm_func_traverse},
     {Py_tp_clear, lm_func_clear},
