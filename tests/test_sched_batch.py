@@ -17,10 +17,19 @@ THREADS = ("loop", "executor", "sync_to_async", "thread")
 pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
 
 
+# Sets the policy, then becomes the server: Python, not chrt, so that the
+# sanitized run's LD_PRELOAD reaches the server (tests/serverproc.py).
+LAUNCH = (
+    "import os, sys\n"
+    "policy = getattr(os, sys.argv[1])\n"
+    "os.sched_setscheduler(0, policy, os.sched_param(0))\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'cdaphne', *sys.argv[2:]])\n"
+)
+
+
 def started_as(policy: str, *argv: str) -> ServerProcess:
-    """The server started under `chrt -<policy> 0`, whatever the test runs under."""
-    cmd = ["chrt", f"-{policy}", "0", sys.executable, "-m", "cdaphne"]
-    proc = ServerProcess(["-p", "0", *argv, APP], cmd=cmd)
+    """The server started under `policy` (os.SCHED_*), whatever the test runs under."""
+    proc = ServerProcess([policy, "-p", "0", *argv, APP], cmd=[sys.executable, "-c", LAUNCH])
     proc.wait_listening()
     return proc
 
@@ -35,17 +44,17 @@ def policies(proc: ServerProcess) -> dict[str, int]:
 
 
 def test_server_threads_run_under_sched_batch_by_default() -> None:
-    assert policies(started_as("o")) == dict.fromkeys(THREADS, os.SCHED_BATCH)
+    assert policies(started_as("SCHED_OTHER")) == dict.fromkeys(THREADS, os.SCHED_BATCH)
 
 
 def test_sched_batch_false_keeps_the_default_policy() -> None:
-    got = policies(started_as("o", "--sched-batch", "false"))
+    got = policies(started_as("SCHED_OTHER", "--sched-batch", "false"))
     assert got == dict.fromkeys(THREADS, os.SCHED_OTHER)
 
 
 def test_a_policy_the_operator_chose_stays() -> None:
-    # chrt -i: SCHED_IDLE, which the server must not turn into SCHED_BATCH.
-    assert policies(started_as("i")) == dict.fromkeys(THREADS, os.SCHED_IDLE)
+    # SCHED_IDLE (chrt -i), which the server must not turn into SCHED_BATCH.
+    assert policies(started_as("SCHED_IDLE")) == dict.fromkeys(THREADS, os.SCHED_IDLE)
 
 
 def test_sched_batch_flag_takes_a_bool_only() -> None:
