@@ -178,9 +178,15 @@ class Server:
             self.core.listen_unix(self.addr, 128, tls)
         self.open = True
 
-    def connect(self) -> socket.socket:
+    def connect(self, bufsize: int = 0) -> socket.socket:
+        """bufsize: the client's socket buffers, set before connect (a TCP
+        receive window is agreed then), so that the server's output fills
+        them soon when the client does not read."""
         fam = socket.AF_INET if self.tcp else socket.AF_UNIX
         s = socket.socket(fam, socket.SOCK_STREAM)
+        if bufsize:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, bufsize)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, bufsize)
         s.connect(self.addr)
         s.setblocking(False)
         return s
@@ -662,8 +668,8 @@ async def awaited_off_thread(sess: Session, inst: Inst, how: int) -> None:
 class Conn:
     """A client socket: bytes still to write, bytes read."""
 
-    def __init__(self, srv: Server, ws: bool = False) -> None:
-        self.sock: socket.socket | None = srv.connect()
+    def __init__(self, srv: Server, ws: bool = False, bufsize: int = 0) -> None:
+        self.sock: socket.socket | None = srv.connect(bufsize)
         self.tcp = srv.tcp
         self.local = tuple(self.sock.getsockname()) if srv.tcp else None
         self.pending = bytearray()
@@ -1478,6 +1484,177 @@ def _raise_or_return(b: int) -> int:
     return b
 
 
+# ---- a peer that floods and never reads --------------------------------------
+
+# read_hold_op's own server: a --write-buffer-size of 4 KiB (one read's
+# pongs pass it), on a unix socket, whose send buffer is fixed (TCP's grow
+# to 4 MiB on loopback as they fill, which made a stall come late or not at
+# all); the client's own (HOLD_BUFSIZE) is small, so that its sends stall
+# soon after the server stops reading.  No server pings and long timeouts:
+# only the hold's own watch (conn.c conn_hup_watch) can see a held peer
+# leave in time.
+HOLD_SERVER = dict(write_buffer_size=4096, ping_interval=0, websocket_timeout=60,
+                   websocket_connect_timeout=5, header_timeout=5)
+HOLD_BUFSIZE = 4096
+
+
+def _wmem_default() -> int:
+    try:
+        with open("/proc/sys/net/core/wmem_default") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 212992
+
+
+# Pongs past this must stall the client's sends: the server's socket
+# buffer, one read's pongs (64 KiB of pings) and its write buffer take less;
+# a server that read on would take every ping.
+HOLD_STALL_BOUND = 2 * _wmem_default() + (128 << 10)
+HOLD_PAYLOADS = (0, 4, 40, 125)
+HOLD_KEY = base64.b64encode(b"hold" * 4)
+CLOSE_1000 = struct.pack("!H", 1000)
+
+
+async def until(c: Conn, cond: Any) -> bool:
+    """Turns the loop, writing what c has pending and reading what it is
+    sent, until cond() holds (True) or SETTLE_SECONDS pass (False)."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    spins = 0
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        spins += 1
+        await asyncio.sleep(0 if spins < 20 else 0.001)
+        c.write(65536)
+        c.pump()
+    return True
+
+
+async def push_unread(c: Conn) -> bool:
+    """Writes c's pending bytes and reads none of the server's: True once
+    the sends stall (no progress over 20 turns of 1 ms), False if all went."""
+    idle = 0
+    while c.pending and idle < 20:
+        before = len(c.pending)
+        c.write(65536)
+        idle = idle + 1 if len(c.pending) == before else 0
+        await asyncio.sleep(0.001 if idle else 0)
+    return bool(c.pending)
+
+
+def pong_problem(got: list[bytes], want: list[bytes]) -> str | None:
+    """What differs between the pongs that came and the pings' payloads."""
+    for i, (g, w) in enumerate(zip(got, want, strict=False)):
+        if g != w:
+            return f"pong {i} of {len(want)} carries {g[:12]!r}, not its ping's {w[:12]!r}"
+    if len(got) != len(want):
+        return f"{len(got)} pongs came for {len(want)} pings"
+    return None
+
+
+async def read_hold_op(sess: Session, d: Data, b: int) -> None:
+    """A WebSocket peer that pings and does not read (conn.c
+    cd_conn_read_hold, websocket.c write_check_high), on its own connection
+    to the HOLD_SERVER: b % 4 picks how it ends, (b >> 2) % 4 the pings'
+    payload size (HOLD_PAYLOADS; each starts with its number), d's next
+    bytes the count (100 to 8260, written in one go), a filler and the
+    mask.  The server must stop reading once the pongs pass its write
+    buffer (pongs past HOLD_STALL_BOUND stall the client's sends), then
+    either the client reads again (0: the app closes, 1: the client does)
+    and every pong comes in order with its ping's payload, the app gets
+    the client's next message and the close handshake completes, or the
+    client leaves while held (2: half-closes, 3: resets), which the server
+    must see; either way the connection ends and the app with it."""
+    end, size = b % 4, HOLD_PAYLOADS[(b >> 2) % 4]
+    n = 100 + 32 * d.u8()
+    filler = bytes([d.u8()])
+    key = d.take(4).ljust(4, b"\0")
+    srv = get_server("ws-hold", **HOLD_SERVER)
+    c = Conn(srv, ws=True, bufsize=HOLD_BUFSIZE)
+    assert c.frames is not None
+    c.frames.control = []
+    c.pending += (b"GET /hold HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % HOLD_KEY)
+    # Its app call: the first after the connect with this path (ops run
+    # one at a time: no other handshake comes meanwhile).
+    before = len(sess.insts)
+    mine = [None]
+
+    def called() -> bool:
+        mine[0] = next((i for i in sess.insts[before:] if i.scope["type"] == "websocket"
+                        and i.scope.get("path") == "/hold"), None)
+        return mine[0] is not None
+
+    if not await until(c, called):
+        sess.fail("read hold: the app was not called for the handshake")
+        c.close()
+        return
+    inst: Inst = mine[0]
+    # Its messages are no script's: the targets' checks leave it out.
+    sess.insts.remove(inst)
+    inst.post(("receive",))
+    inst.post(("send", {"type": "websocket.accept"}))
+    try:
+        if not await until(c, lambda: c.frames is not None and c.frames.active):
+            sess.fail(f"read hold: no 101 for the handshake: {bytes(c.out[:80])!r}")
+            return
+        pings = [i.to_bytes(4, "big") + filler * (size - 4) if size else b"" for i in range(n)]
+        c.pending += b"".join(frame(True, 0, 9, p, mask_key=key) for p in pings)
+        flood = len(c.pending)
+        stalled = await push_unread(c)
+        log("read hold:", n, "pings of", size, "bytes,", flood, "bytes, stalled:", stalled,
+            "end:", end)
+        if not stalled and n * (2 + size) > HOLD_STALL_BOUND:
+            sess.fail(f"read hold: the server read all {flood} bytes of {n} pings while "
+                      f"their {n * (2 + size)} bytes of pongs went unread: "
+                      "it never stopped reading")
+        if end < 2:
+            await hold_read_again(sess, c, inst, end, pings, key)
+        else:
+            if end == 2:
+                c.half_close()
+            else:
+                c.reset()
+            what = "half-closed" if end == 2 else "reset"
+            if not await until(c, lambda: srv.core.connections == 0):
+                sess.fail(f"read hold: the server kept the connection of a peer that {what} "
+                          f"while held ({flood} bytes of pings, stalled: {stalled})")
+    finally:
+        inst.post(("receive",))
+        inst.post(("return",))
+        c.close()
+        if not await until(c, lambda: inst not in sess.live and srv.core.connections == 0):
+            sess.fail(f"read hold: {srv.core.connections} connection(s) and the app "
+                      f"(running: {inst in sess.live}) left after the client closed")
+        check_ws_output(sess, c, HOLD_KEY)
+
+
+async def hold_read_again(sess: Session, c: Conn, inst: Inst, end: int, pings: list[bytes],
+                          key: bytes) -> None:
+    """read_hold_op's client reads again: every pong, the server reading
+    the next message, the close handshake (end 0: the app closes first)."""
+    assert c.frames is not None and c.frames.control is not None
+    control = c.frames.control
+    await until(c, lambda: len(control) >= len(pings) or c.eof or c.frames.closed)
+    problem = pong_problem([p for op, p in control if op == 10], pings)
+    if problem:
+        sess.fail(f"read hold: once the client read again, {problem}")
+        return
+    c.pending += frame(True, 0, 1, b"after the flood", mask_key=key)
+    inst.post(("receive",))
+    if not await until(c, lambda: "after the flood" in inst.ws_msgs or inst not in sess.live):
+        sess.fail("read hold: the app never got the message sent after the flood: "
+                  "the server did not read again once its pongs drained")
+        return
+    if end == 0:
+        inst.post(("send", {"type": "websocket.close", "code": 1000}))
+        await until(c, lambda: c.frames is not None and c.frames.closed)
+    c.pending += frame(True, 0, 8, CLOSE_1000, mask_key=key)
+    if not await until(c, lambda: c.eof) or control[-1] != (8, CLOSE_1000):
+        sess.fail(f"read hold: the close handshake after the flood did not complete "
+                  f"(the server's last control frame: {control[-1]!r:.60})")
+
+
 async def client_op(sess: Session, d: Data, op: int) -> bool:
     """The ops shared by the targets; False if op is not one of them."""
     conns = sess.conns
@@ -1522,6 +1699,8 @@ async def client_op(sess: Session, d: Data, op: int) -> bool:
             sess.renew_loop = True
         elif what < 180:
             await executor_op(sess, what - 148)
+        elif 212 <= what < 244:
+            await read_hold_op(sess, d, what - 212)
     else:
         return False
     return True
@@ -1684,7 +1863,10 @@ def frame(fin: bool, rsv: int, opcode: int, payload: bytes, mask: bool = True,
         head = struct.pack("!BBQ", b0, mbit | 127, n)
     if not mask:
         return head + payload
-    masked = bytes(b ^ mask_key[i & 3] for i, b in enumerate(payload))
+    # XORed as one number: byte by byte took too long for thousands of
+    # frames (the read-hold op's floods).
+    stream = (mask_key * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload) ^ int.from_bytes(stream)).to_bytes(n, "big")
     return head + mask_key + masked
 
 
@@ -1813,6 +1995,9 @@ class FrameScanner:
         self.failure: str | None = None
         self.deflate = False  # The 101 agreed on permessage-deflate.
         self.closed = False  # A close frame came: nothing may follow it.
+        # The control frames (opcode, payload) in order, when kept: the
+        # read-hold op checks every pong against its ping.
+        self.control: list[tuple[int, bytes]] | None = None
 
     def feed(self, data: bytes) -> None:
         if self.failure is not None:
@@ -1866,6 +2051,8 @@ class FrameScanner:
             if op == 8:
                 self.failure = close_payload_problem(bytes(buf[hl:hl + ln]))
                 self.closed = True
+            if self.control is not None:
+                self.control.append((op, bytes(buf[hl:hl + ln])))
             del buf[:hl + ln]
             return True
         take = min(ln, len(buf) - hl)

@@ -82,6 +82,15 @@ class Enc:
         assert b < 32
         return self.u8(7, 0, 148 + b)
 
+    def read_hold(self, b: int, count: int, fill: int = 0x70,
+                  mask: bytes = b"\x11\x22\x33\x44") -> Enc:
+        """harness.read_hold_op: a peer that pings and does not read (b %
+        4: 0 reads again and the app closes, 1 reads again and closes
+        first, 2 half-closes while held, 3 resets; (b >> 2) % 4 the
+        payload size, harness.HOLD_PAYLOADS), 100 + 32 * count pings."""
+        assert b < 32 and len(mask) == 4
+        return self.u8(7, 0, 212 + b, count, fill).u8(*mask)
+
     def bytes(self) -> bytes:
         return bytes(self.b)
 
@@ -536,6 +545,7 @@ def ws_seeds() -> dict[str, bytes]:
     seeds.update(ws_deflate_seeds())
     seeds.update(ws_held_seeds())
     seeds.update(ws_thread_seeds())
+    seeds.update(ws_hold_seeds())
     small_read(seeds, "fragments", "ping-timers", "burst-before-accept", "pubsub", "parked")
     return seeds
 
@@ -593,6 +603,28 @@ def ws_thread_seeds() -> dict[str, bytes]:
     ws_msg(e, b"after timers").write().step()
     ws_app(e, 0)
     seeds["when-timers"] = e.renew_loop().step(2).bytes()
+    return seeds
+
+
+def ws_hold_seeds() -> dict[str, bytes]:
+    """A peer that floods pings and does not read (harness.read_hold_op), on
+    the op's own server, next to an accepted connection of the script's:
+    8260 pings of 125 bytes (past harness.HOLD_STALL_BOUND), then each
+    ending; 100 empty pings that pass the 4 KiB write buffer in one read."""
+    seeds = {}
+    ends = ("app-closes", "client-closes", "half-close", "reset")
+    for end, name in enumerate(ends):
+        e = ws_handshake(Enc(2)).write().step(2)
+        ws_app(e, 0)
+        ws_accept(e).step()
+        e.read_hold(12 + end, 255).step()
+        ws_msg(e, b"after the hold").write().step()
+        ws_app(e, 0)
+        seeds[f"read-hold-{name}"] = e.step(2).bytes()
+    e = ws_handshake(Enc(2)).write().step(2)
+    ws_app(e, 0)
+    ws_accept(e).step()
+    seeds["read-hold-small"] = e.read_hold(0, 0).step(2).bytes()
     return seeds
 
 

@@ -197,3 +197,65 @@ def test_executor_ops_check_what_stock_asyncio_does() -> None:
         print("ok")
     """)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_read_hold_op_checks_the_held_connection() -> None:
+    # harness.read_hold_op: a WebSocket peer that floods pings and does not
+    # read. Each of its seeds passes on the real server (it stops reading,
+    # every pong comes in order once the client reads, the peer leaving
+    # while held is seen), and each check fails when the outcome differs:
+    # a pong lost or altered on its way to the client, a server that reads
+    # on (a write buffer too big for the flood), a peer that never leaves.
+    r = run_harness("""
+        import seeds
+
+        hold = seeds.ws_hold_seeds()
+
+        def failure(name):
+            try:
+                harness.one_input_websocket(hold[name])
+            except harness.FuzzFailure as exc:
+                return str(exc)
+            return None
+
+        for name in hold:
+            assert failure(name) is None, (name, failure(name))
+
+        scan = harness.FrameScanner._one
+
+        def spoiled(n, spoil):
+            # FrameScanner._one spoiling the client's n-th pong once.
+            done = []
+
+            def one(self):
+                got = scan(self)
+                c = self.control
+                if not done and c and len(c) == n and c[-1][0] == 10:
+                    done.append(spoil(c))
+                return got
+            return one
+
+        def lose(c):
+            del c[-1]
+
+        def alter(c):
+            c[-1] = (10, c[-1][1][:4] + b"?" + c[-1][1][5:])
+
+        for n, spoil, name in ((500, lose, "app-closes"), (700, alter, "client-closes")):
+            harness.FrameScanner._one = spoiled(n, spoil)
+            got = failure(f"read-hold-{name}")
+            assert got is not None and f"pong {n - 1} of 8260 carries" in got, got
+        harness.FrameScanner._one = scan
+
+        # A new hold server whose write buffer the flood never passes.
+        harness.SERVERS["ws-hold"].open = False
+        harness.HOLD_SERVER["write_buffer_size"] = 1 << 30
+        got = failure("read-hold-app-closes")
+        assert got is not None and "it never stopped reading" in got, got
+
+        harness.Conn.half_close = lambda self: None
+        got = failure("read-hold-half-close")
+        assert got is not None and "kept the connection of a peer that half-closed" in got, got
+        print("ok")
+    """)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
