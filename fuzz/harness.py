@@ -180,8 +180,8 @@ class Server:
 
     def connect(self, bufsize: int = 0) -> socket.socket:
         """bufsize: the client's socket buffers, set before connect (a TCP
-        receive window is agreed then), so that the server's output fills
-        them soon when the client does not read."""
+        receive window is agreed then): small, they fill soon when the
+        client does not read, or when the server does not."""
         fam = socket.AF_INET if self.tcp else socket.AF_UNIX
         s = socket.socket(fam, socket.SOCK_STREAM)
         if bufsize:
