@@ -1490,11 +1490,12 @@ def _raise_or_return(b: int) -> int:
 # pongs pass it), on a unix socket, whose send buffer is fixed (TCP's grow
 # to 4 MiB on loopback as they fill, which made a stall come late or not at
 # all); the client's own (HOLD_BUFSIZE) is small, so that its sends stall
-# soon after the server stops reading.  No server pings and long timeouts:
-# only the hold's own watch (conn.c conn_hup_watch) can see a held peer
-# leave in time.
+# soon after the server stops reading.  No server pings and long timeouts
+# (a TLS conn's first request waits for the keep-alive one): only the
+# hold's own watch (conn.c conn_hup_watch) can see a held peer leave in
+# time.
 HOLD_SERVER = dict(write_buffer_size=4096, ping_interval=0, websocket_timeout=60,
-                   websocket_connect_timeout=5, header_timeout=5)
+                   websocket_connect_timeout=5, header_timeout=5, timeout_keep_alive=5)
 HOLD_BUFSIZE = 4096
 
 
@@ -1553,45 +1554,42 @@ def pong_problem(got: list[bytes], want: list[bytes]) -> str | None:
 
 
 async def read_hold_op(sess: Session, d: Data, b: int) -> None:
-    """A WebSocket peer that pings and does not read (conn.c
-    cd_conn_read_hold, websocket.c write_check_high), on its own connection
-    to the HOLD_SERVER: b % 4 picks how it ends, (b >> 2) % 4 the pings'
-    payload size (HOLD_PAYLOADS; each starts with its number), d's next
-    bytes the count (100 to 8260, written in one go), a filler and the
-    mask.  The server must stop reading once the pongs pass its write
-    buffer (pongs past HOLD_STALL_BOUND stall the client's sends), then
-    either the client reads again (0: the app closes, 1: the client does)
-    and every pong comes in order with its ping's payload, the app gets
-    the client's next message and the close handshake completes, or the
-    client leaves while held (2: half-closes, 3: resets), which the server
-    must see; either way the connection ends and the app with it."""
+    """A peer that makes the server answer and does not read (conn.c
+    cd_conn_read_hold), on its own connection to a HOLD_SERVER: pings on a
+    WebSocket (websocket.c write_check_high), or with b & 16 TLS 1.3
+    KeyUpdates that ask for the server's (tls.c tls_check_flood).  b % 4
+    picks how it ends, (b >> 2) % 4 the pings' payload size (HOLD_PAYLOADS;
+    each starts with its number), d's next bytes the count (100 to 8260
+    pings, a quarter as many KeyUpdates, written in one go), a filler and
+    the mask.  The server must stop
+    reading once its answers pass its write buffer (answers past
+    HOLD_STALL_BOUND stall the client's sends), then either the client
+    reads again (0: the app closes, 1: the client does) and gets every
+    answer in order (each pong with its ping's payload; every KeyUpdate,
+    or the client's TLS cannot read what follows) and the connection works
+    on (the app gets the client's next message, the close handshake
+    completes; a request is answered), or the client leaves while held (2:
+    half-closes, 3: resets), which the server must see; either way the
+    connection ends and the app with it."""
     end, size = b % 4, HOLD_PAYLOADS[(b >> 2) % 4]
     n = 100 + 32 * d.u8()
     filler = bytes([d.u8()])
     key = d.take(4).ljust(4, b"\0")
+    if b & 16:
+        # A quarter: each KeyUpdate costs both sides a key derivation
+        # (8260 took 0.5 s); 152 answers pass the 4 KiB write buffer.
+        await tls_hold(sess, end, n // 4)
+        return
     srv = get_server("ws-hold", **HOLD_SERVER)
     c = Conn(srv, ws=True, bufsize=HOLD_BUFSIZE)
     assert c.frames is not None
     c.frames.control = []
     c.pending += (b"GET /hold HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % HOLD_KEY)
-    # Its app call: the first after the connect with this path (ops run
-    # one at a time: no other handshake comes meanwhile).
-    before = len(sess.insts)
-    mine = [None]
-
-    def called() -> bool:
-        mine[0] = next((i for i in sess.insts[before:] if i.scope["type"] == "websocket"
-                        and i.scope.get("path") == "/hold"), None)
-        return mine[0] is not None
-
-    if not await until(c, called):
-        sess.fail("read hold: the app was not called for the handshake")
+    inst = await hold_app(sess, c)
+    if inst is None:
         c.close()
         return
-    inst: Inst = mine[0]
-    # Its messages are no script's: the targets' checks leave it out.
-    sess.insts.remove(inst)
     inst.post(("receive",))
     inst.post(("send", {"type": "websocket.accept"}))
     try:
@@ -1600,33 +1598,161 @@ async def read_hold_op(sess: Session, d: Data, b: int) -> None:
             return
         pings = [i.to_bytes(4, "big") + filler * (size - 4) if size else b"" for i in range(n)]
         c.pending += b"".join(frame(True, 0, 9, p, mask_key=key) for p in pings)
-        flood = len(c.pending)
-        stalled = await push_unread(c)
-        log("read hold:", n, "pings of", size, "bytes,", flood, "bytes, stalled:", stalled,
-            "end:", end)
-        if not stalled and n * (2 + size) > HOLD_STALL_BOUND:
-            sess.fail(f"read hold: the server read all {flood} bytes of {n} pings while "
-                      f"their {n * (2 + size)} bytes of pongs went unread: "
-                      "it never stopped reading")
+        await hold_flood(sess, c, f"{n} pings of {size} bytes", n * (2 + size))
         if end < 2:
             await hold_read_again(sess, c, inst, end, pings, key)
         else:
-            if end == 2:
-                c.half_close()
-            else:
-                c.reset()
-            what = "half-closed" if end == 2 else "reset"
-            if not await until(c, lambda: srv.core.connections == 0):
-                sess.fail(f"read hold: the server kept the connection of a peer that {what} "
-                          f"while held ({flood} bytes of pings, stalled: {stalled})")
+            await hold_leave(sess, c, srv, end)
     finally:
+        await hold_settle(sess, c, srv, inst)
+        check_ws_output(sess, c, HOLD_KEY)
+
+
+async def hold_app(sess: Session, c: Conn) -> Inst | None:
+    """The app call of c's request for /hold: the first after the connect
+    with that path (ops run one at a time: no other request comes
+    meanwhile), taken out of the script's (the targets' checks are not
+    about it)."""
+    before = len(sess.insts)
+    mine: list[Inst] = []
+
+    def called() -> bool:
+        mine.extend(i for i in sess.insts[before:] if i.scope.get("path") == "/hold")
+        return bool(mine)
+
+    if not await until(c, called):
+        sess.fail("read hold: the app was not called for the request")
+        return None
+    sess.insts.remove(mine[0])
+    return mine[0]
+
+
+async def hold_flood(sess: Session, c: Conn, what: str, answers: int) -> None:
+    """Writes c's pending flood without reading; answers: the bytes the
+    server writes for it."""
+    flood = len(c.pending)
+    stalled = await push_unread(c)
+    log("read hold:", what, flood, "bytes, stalled:", stalled)
+    if not stalled and answers > HOLD_STALL_BOUND:
+        sess.fail(f"read hold: the server read all {flood} bytes of {what} while their "
+                  f"{answers} bytes of answers went unread: it never stopped reading")
+
+
+async def hold_leave(sess: Session, c: Conn, srv: Server, end: int) -> None:
+    """The client half-closes (end 2) or resets (3) without reading: the
+    server must see it and drop the connection."""
+    if end == 2:
+        c.half_close()
+    else:
+        c.reset()
+    if not await until(c, lambda: srv.core.connections == 0):
+        what = "half-closed" if end == 2 else "reset"
+        sess.fail(f"read hold: the server kept the connection of a peer that {what} while held")
+
+
+async def hold_settle(sess: Session, c: Conn, srv: Server, inst: Inst | None) -> None:
+    """The client closes: the connection and its app must end."""
+    if inst is not None:
         inst.post(("receive",))
         inst.post(("return",))
-        c.close()
-        if not await until(c, lambda: inst not in sess.live and srv.core.connections == 0):
-            sess.fail(f"read hold: {srv.core.connections} connection(s) and the app "
-                      f"(running: {inst in sess.live}) left after the client closed")
-        check_ws_output(sess, c, HOLD_KEY)
+    c.close()
+    if not await until(c, lambda: inst not in sess.live and srv.core.connections == 0):
+        sess.fail(f"read hold: {srv.core.connections} connection(s) and the app "
+                  f"(running: {inst in sess.live}) left after the client closed")
+
+
+_LIBSSL: Any = None
+
+
+def key_updates(obj: Any, n: int) -> bool:
+    """n TLS 1.3 KeyUpdate(update_requested) records from the SSLObject
+    obj, into its outgoing BIO (Python's ssl has no call for them:
+    OpenSSL's SSL_key_update through ctypes, on the SSL* that _ssl keeps
+    after its object's head and a weak reference, checked by the object
+    _ssl stores as its app data); False if that SSL* is not found."""
+    import ctypes
+
+    global _LIBSSL
+    if _LIBSSL is None:
+        lib = ctypes.CDLL("libssl.so.3")
+        lib.SSL_key_update.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.SSL_get_ex_data.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.SSL_get_ex_data.restype = ctypes.c_void_p
+        _LIBSSL = lib
+    inner = obj._sslobj
+    at = id(inner) + object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)
+    ssl_ptr = ctypes.c_void_p.from_address(at).value
+    if not ssl_ptr or _LIBSSL.SSL_get_ex_data(ssl_ptr, 0) != id(inner):
+        return False
+    for _ in range(n):
+        if _LIBSSL.SSL_key_update(ssl_ptr, 1) != 1:  # SSL_KEY_UPDATE_REQUESTED
+            return False
+        obj.do_handshake()  # Sends it now.
+    return True
+
+
+async def tls_hold(sess: Session, end: int, n: int) -> None:
+    """read_hold_op over TLS 1.3: n KeyUpdates, each making OpenSSL queue
+    one of its own (27 bytes for 27); then a request must be answered, which
+    the client can read only if every KeyUpdate of the server's came, once
+    and in order (its keys move on with each)."""
+    import ssl
+
+    srv = get_server("tls-hold", tls=tls_material()["server"], **HOLD_SERVER)
+    c = Conn(srv, bufsize=HOLD_BUFSIZE)
+    t = TLSClient(c)
+
+    def shake() -> bool:
+        t.shuffle()
+        try:
+            t.obj.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        finally:
+            t.shuffle()
+        return True
+
+    inst: Inst | None = None
+    try:
+        if not await until(c, shake):
+            sess.fail("read hold: the TLS handshake did not complete")
+            return
+        if t.obj.version() != "TLSv1.3" or not key_updates(t.obj, n):
+            log("read hold: no TLS 1.3 KeyUpdate from", t.obj.version())
+            return
+        t.shuffle()
+        await hold_flood(sess, c, f"{n} TLS KeyUpdates", n * 27)
+        if end >= 2:
+            await hold_leave(sess, c, srv, end)
+            return
+        t.obj.write(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        t.shuffle()
+        inst = await hold_app(sess, c)
+        if inst is None:
+            return
+        inst.post(("send", {"type": "http.response.start", "status": 200, "headers": []}))
+        inst.post(("send", {"type": "http.response.body", "body": b"after the hold"}))
+        got = bytearray()
+
+        def answered() -> bool:
+            t.shuffle()
+            try:
+                got.extend(t.obj.read(65536))
+            except ssl.SSLWantReadError:
+                pass
+            return got.endswith(b"after the hold")
+
+        try:
+            if not await until(c, answered):
+                sess.fail(f"read hold: no answer to a request after {n} TLS KeyUpdates "
+                          f"(read {bytes(got[:60])!r})")
+        except ssl.SSLError as exc:
+            sess.fail(f"read hold: the client's TLS failed on the server's records after "
+                      f"{n} KeyUpdates (one lost or out of order?): {exc!r}")
+        if end == 1:
+            t.close_notify()
+    finally:
+        await hold_settle(sess, c, srv, inst)
 
 
 async def hold_read_again(sess: Session, c: Conn, inst: Inst, end: int, pings: list[bytes],
@@ -2534,6 +2660,22 @@ class TLSClient:
         self.conn = c
         self.dead = False
         self.open = False
+
+    def shuffle(self) -> None:
+        """Reads the conn into the incoming BIO, queues the outgoing one."""
+        c = self.conn
+        c.pump()
+        self.incoming.write(bytes(c.out))
+        c.out.clear()
+        c.pending += self.outgoing.read()
+
+    def close_notify(self) -> None:
+        try:
+            self.obj.unwrap()
+        except (self.ssl.SSLWantReadError, self.ssl.SSLError):
+            pass
+        self.conn.pending += self.outgoing.read()
+        self.dead = True
 
     def step(self, d: Data) -> None:
         c = self.conn

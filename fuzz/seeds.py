@@ -84,10 +84,11 @@ class Enc:
 
     def read_hold(self, b: int, count: int, fill: int = 0x70,
                   mask: bytes = b"\x11\x22\x33\x44") -> Enc:
-        """harness.read_hold_op: a peer that pings and does not read (b %
-        4: 0 reads again and the app closes, 1 reads again and closes
-        first, 2 half-closes while held, 3 resets; (b >> 2) % 4 the
-        payload size, harness.HOLD_PAYLOADS), 100 + 32 * count pings."""
+        """harness.read_hold_op: a peer that pings (b & 16: sends TLS
+        KeyUpdates) and does not read (b % 4: 0 reads again and the app
+        closes, 1 reads again and closes first, 2 half-closes while held,
+        3 resets; (b >> 2) % 4 the payload size, harness.HOLD_PAYLOADS),
+        100 + 32 * count pings (a quarter as many KeyUpdates)."""
         assert b < 32 and len(mask) == 4
         return self.u8(7, 0, 212 + b, count, fill).u8(*mask)
 
@@ -785,17 +786,27 @@ def head_seeds() -> dict[str, bytes]:
     return seeds
 
 
+# ---- TLS ----------------------------------------------------------------------------
+
+def tls_seeds() -> dict[str, bytes]:
+    """harness.read_hold_op's TLS 1.3 flood (b & 16): 2065 KeyUpdates from a
+    peer that does not read, then each ending."""
+    ends = ("answered", "close-notify", "half-close", "reset")
+    return {f"read-hold-{name}": Enc().read_hold(16 + end, 255).bytes()
+            for end, name in enumerate(ends)}
+
+
 # Seeds that crash on main go to fuzz/crashes/<target>/ (untracked) instead
 # of the corpus until their fix lands; list them here by name. (Issue 9's
 # defects 1, 3 and 4 were listed until their fixes were merged.)
-KNOWN_DEFECTS: dict[str, list[str]] = {"http": [], "websocket": [], "head": []}
+KNOWN_DEFECTS: dict[str, list[str]] = {"http": [], "websocket": [], "head": [], "tls": []}
 
 
 def main() -> None:
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "corpus")
     held = os.path.join(HERE, "crashes")
     for target, seeds in (("http", http_seeds()), ("websocket", ws_seeds()),
-                          ("head", head_seeds())):
+                          ("head", head_seeds()), ("tls", tls_seeds())):
         n = 0
         for name, data in seeds.items():
             sha = hashlib.sha1(data).hexdigest()[:12]

@@ -200,26 +200,51 @@ def test_executor_ops_check_what_stock_asyncio_does() -> None:
 
 
 def test_read_hold_op_checks_the_held_connection() -> None:
-    # harness.read_hold_op: a WebSocket peer that floods pings and does not
-    # read. Each of its seeds passes on the real server (it stops reading,
-    # every pong comes in order once the client reads, the peer leaving
-    # while held is seen), and each check fails when the outcome differs:
-    # a pong lost or altered on its way to the client, a server that reads
-    # on (a write buffer too big for the flood), a peer that never leaves.
+    # harness.read_hold_op: a WebSocket peer that floods pings, or a TLS one
+    # KeyUpdates, and does not read. Each of its seeds passes on the real
+    # server (it stops reading, every answer comes in order once the client
+    # reads, the peer leaving while held is seen), and each check fails
+    # when the outcome differs: a pong lost or altered on its way to the
+    # client, a TLS record lost, a server that reads on (a write buffer too
+    # big for the flood), a peer that never leaves.
     r = run_harness("""
         import seeds
 
         hold = seeds.ws_hold_seeds()
+        tls = seeds.tls_seeds()
 
-        def failure(name):
+        def failure(name, target=harness.one_input_websocket, inputs=hold):
             try:
-                harness.one_input_websocket(hold[name])
+                target(inputs[name])
             except harness.FuzzFailure as exc:
                 return str(exc)
             return None
 
         for name in hold:
             assert failure(name) is None, (name, failure(name))
+        for name in tls:
+            assert failure(name, harness.one_input_tls, tls) is None, name
+
+        # The first 27 bytes the TLS client reads after its flood (the
+        # server's first KeyUpdate) never reach its TLS layer.
+        shuffle, flood = harness.TLSClient.shuffle, harness.hold_flood
+        lost = []
+
+        async def flooded(*args):
+            await flood(*args)
+            lost.append(False)
+
+        def lossy(self):
+            self.conn.pump()
+            if lost == [False] and self.conn.out:
+                del self.conn.out[:27]
+                lost[0] = True
+            shuffle(self)
+
+        harness.hold_flood, harness.TLSClient.shuffle = flooded, lossy
+        got = failure("read-hold-answered", harness.one_input_tls, tls)
+        assert got is not None and "the client's TLS failed" in got, got
+        harness.hold_flood, harness.TLSClient.shuffle = flood, shuffle
 
         scan = harness.FrameScanner._one
 
