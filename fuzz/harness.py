@@ -1586,7 +1586,7 @@ async def read_hold_op(sess: Session, d: Data, b: int) -> None:
     c.frames.control = []
     c.pending += (b"GET /hold HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % HOLD_KEY)
-    inst = await hold_app(sess, c)
+    inst = await hold_app(sess, c, srv)
     if inst is None:
         c.close()
         return
@@ -1608,16 +1608,14 @@ async def read_hold_op(sess: Session, d: Data, b: int) -> None:
         check_ws_output(sess, c, HOLD_KEY)
 
 
-async def hold_app(sess: Session, c: Conn) -> Inst | None:
-    """The app call of c's request for /hold: the first after the connect
-    with that path (ops run one at a time: no other request comes
-    meanwhile), taken out of the script's (the targets' checks are not
-    about it)."""
-    before = len(sess.insts)
+async def hold_app(sess: Session, c: Conn, srv: Server) -> Inst | None:
+    """The app call of c's request: the first on srv, a hold server (this
+    op alone connects to them, one connection at a time), taken out of the
+    script's (the targets' checks are not about it)."""
     mine: list[Inst] = []
 
     def called() -> bool:
-        mine.extend(i for i in sess.insts[before:] if i.scope.get("path") == "/hold")
+        mine.extend(i for i in sess.insts if (i.scope.get("server") or [None])[0] == srv.addr)
         return bool(mine)
 
     if not await until(c, called):
@@ -1727,7 +1725,7 @@ async def tls_hold(sess: Session, end: int, n: int) -> None:
             return
         t.obj.write(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
         t.shuffle()
-        inst = await hold_app(sess, c)
+        inst = await hold_app(sess, c, srv)
         if inst is None:
             return
         inst.post(("send", {"type": "http.response.start", "status": 200, "headers": []}))
