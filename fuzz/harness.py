@@ -1559,8 +1559,8 @@ async def read_hold_op(sess: Session, d: Data, b: int) -> None:
     WebSocket (websocket.c write_check_high), or with b & 16 TLS 1.3
     KeyUpdates that ask for the server's (tls.c tls_check_flood).  b % 4
     picks how it ends, (b >> 2) % 4 the pings' payload size (HOLD_PAYLOADS;
-    each starts with its number), d's next bytes the count (100 to 8260
-    pings, a quarter as many KeyUpdates, written in one go), a filler and
+    each starts with its number), d's next bytes the count (100 to 5200
+    pings, an eighth as many KeyUpdates, written in one go), a filler and
     the mask.  The server must stop
     reading once its answers pass its write buffer (answers past
     HOLD_STALL_BOUND stall the client's sends), then either the client
@@ -1572,13 +1572,16 @@ async def read_hold_op(sess: Session, d: Data, b: int) -> None:
     half-closes, 3: resets), which the server must see; either way the
     connection ends and the app with it."""
     end, size = b % 4, HOLD_PAYLOADS[(b >> 2) % 4]
-    n = 100 + 32 * d.u8()
+    # At most 5200: 125-byte ones pass HOLD_STALL_BOUND, and the biggest
+    # flood stays near 0.4 s on the sanitizers' build.
+    n = 100 + 20 * d.u8()
     filler = bytes([d.u8()])
     key = d.take(4).ljust(4, b"\0")
     if b & 16:
-        # A quarter: each KeyUpdate costs both sides a key derivation
-        # (8260 took 0.5 s); 152 answers pass the 4 KiB write buffer.
-        await tls_hold(sess, end, n // 4)
+        # An eighth: each KeyUpdate costs both sides a key derivation
+        # (2065 took 0.6 s on the sanitizers' build); 152 answers pass the
+        # 4 KiB write buffer.
+        await tls_hold(sess, end, n // 8)
         return
     srv = get_server("ws-hold", **HOLD_SERVER)
     c = Conn(srv, ws=True, bufsize=HOLD_BUFSIZE)

@@ -88,7 +88,7 @@ class Enc:
         KeyUpdates) and does not read (b % 4: 0 reads again and the app
         closes, 1 reads again and closes first, 2 half-closes while held,
         3 resets; (b >> 2) % 4 the payload size, harness.HOLD_PAYLOADS),
-        100 + 32 * count pings (a quarter as many KeyUpdates)."""
+        100 + 20 * count pings (an eighth as many KeyUpdates)."""
         assert b < 32 and len(mask) == 4
         return self.u8(7, 0, 212 + b, count, fill).u8(*mask)
 
@@ -610,7 +610,7 @@ def ws_thread_seeds() -> dict[str, bytes]:
 def ws_hold_seeds() -> dict[str, bytes]:
     """A peer that floods pings and does not read (harness.read_hold_op), on
     the op's own server, next to an accepted connection of the script's:
-    8260 pings of 125 bytes (past harness.HOLD_STALL_BOUND), then each
+    5200 pings of 125 bytes (past harness.HOLD_STALL_BOUND), then each
     ending; 100 empty pings that pass the 4 KiB write buffer in one read."""
     seeds = {}
     ends = ("app-closes", "client-closes", "half-close", "reset")
@@ -789,7 +789,7 @@ def head_seeds() -> dict[str, bytes]:
 # ---- TLS ----------------------------------------------------------------------------
 
 def tls_seeds() -> dict[str, bytes]:
-    """harness.read_hold_op's TLS 1.3 flood (b & 16): 2065 KeyUpdates from a
+    """harness.read_hold_op's TLS 1.3 flood (b & 16): 650 KeyUpdates from a
     peer that does not read, then each ending."""
     ends = ("answered", "close-notify", "half-close", "reset")
     return {f"read-hold-{name}": Enc().read_hold(16 + end, 255).bytes()
