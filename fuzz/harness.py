@@ -179,9 +179,15 @@ class Server:
             self.core.listen_unix(self.addr, 128, tls)
         self.open = True
 
-    def connect(self) -> socket.socket:
+    def connect(self, bufsize: int = 0) -> socket.socket:
+        """bufsize: the client's socket buffers, set before connect (a TCP
+        receive window is agreed then): small, they fill soon when the
+        client does not read, or when the server does not."""
         fam = socket.AF_INET if self.tcp else socket.AF_UNIX
         s = socket.socket(fam, socket.SOCK_STREAM)
+        if bufsize:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, bufsize)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, bufsize)
         s.connect(self.addr)
         s.setblocking(False)
         return s
@@ -665,8 +671,8 @@ async def awaited_off_thread(sess: Session, inst: Inst, how: int) -> None:
 class Conn:
     """A client socket: bytes still to write, bytes read."""
 
-    def __init__(self, srv: Server, ws: bool = False) -> None:
-        self.sock: socket.socket | None = srv.connect()
+    def __init__(self, srv: Server, ws: bool = False, bufsize: int = 0) -> None:
+        self.sock: socket.socket | None = srv.connect(bufsize)
         self.tcp = srv.tcp
         self.local = tuple(self.sock.getsockname()) if srv.tcp else None
         self.pending = bytearray()
@@ -1876,6 +1882,302 @@ async def unsettable_op(sess: Session, v: int) -> None:
     if fut.done():
         sess.fail(f"{fut!r} is done though it refused its outcome")
     fut.cancel()
+# ---- a peer that floods and never reads --------------------------------------
+
+# read_hold_op's own server: a --write-buffer-size of 4 KiB (one read's
+# pongs pass it), on a unix socket, whose send buffer is fixed (TCP's grow
+# to 4 MiB on loopback as they fill, which made a stall come late or not at
+# all); the client's own (HOLD_BUFSIZE) is small, so that its sends stall
+# soon after the server stops reading.  No server pings and long timeouts
+# (a TLS conn's first request waits for the keep-alive one): only the
+# hold's own watch (conn.c conn_hup_watch) can see a held peer leave in
+# time.
+HOLD_SERVER = dict(write_buffer_size=4096, ping_interval=0, websocket_timeout=60,
+                   websocket_connect_timeout=5, header_timeout=5, timeout_keep_alive=5)
+HOLD_BUFSIZE = 4096
+
+
+def _wmem_default() -> int:
+    try:
+        with open("/proc/sys/net/core/wmem_default") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 212992
+
+
+# Pongs past this must stall the client's sends: the server's socket
+# buffer, one read's pongs (64 KiB of pings) and its write buffer take less;
+# a server that read on would take every ping.
+HOLD_STALL_BOUND = 2 * _wmem_default() + (128 << 10)
+HOLD_PAYLOADS = (0, 4, 40, 125)
+HOLD_KEY = base64.b64encode(b"hold" * 4)
+CLOSE_1000 = struct.pack("!H", 1000)
+
+
+async def until(c: Conn, cond: Any) -> bool:
+    """Turns the loop, writing what c has pending and reading what it is
+    sent, until cond() holds (True) or SETTLE_SECONDS pass (False)."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    spins = 0
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        spins += 1
+        await asyncio.sleep(0 if spins < 20 else 0.001)
+        c.write(65536)
+        c.pump()
+    return True
+
+
+async def push_unread(c: Conn) -> bool:
+    """Writes c's pending bytes and reads none of the server's: True once
+    the sends stall (no progress over 20 turns of 1 ms), False if all went."""
+    idle = 0
+    while c.pending and idle < 20:
+        before = len(c.pending)
+        c.write(65536)
+        idle = idle + 1 if len(c.pending) == before else 0
+        await asyncio.sleep(0.001 if idle else 0)
+    return bool(c.pending)
+
+
+def pong_problem(got: list[bytes], want: list[bytes]) -> str | None:
+    """What differs between the pongs that came and the pings' payloads."""
+    for i, (g, w) in enumerate(zip(got, want, strict=False)):
+        if g != w:
+            return f"pong {i} of {len(want)} carries {g[:12]!r}, not its ping's {w[:12]!r}"
+    if len(got) != len(want):
+        return f"{len(got)} pongs came for {len(want)} pings"
+    return None
+
+
+async def read_hold_op(sess: Session, d: Data, b: int) -> None:
+    """A peer that makes the server answer and does not read (conn.c
+    cd_conn_read_hold), on its own connection to a HOLD_SERVER: pings on a
+    WebSocket (websocket.c write_check_high), or with b & 16 TLS 1.3
+    KeyUpdates that ask for the server's (tls.c tls_check_flood).  b % 4
+    picks how it ends, (b >> 2) % 4 the pings' payload size (HOLD_PAYLOADS;
+    each starts with its number), d's next bytes the count (100 to 5200
+    pings, an eighth as many KeyUpdates, written in one go), a filler and
+    the mask.  The server must stop
+    reading once its answers pass its write buffer (answers past
+    HOLD_STALL_BOUND stall the client's sends), then either the client
+    reads again (0: the app closes, 1: the client does) and gets every
+    answer in order (each pong with its ping's payload; every KeyUpdate,
+    or the client's TLS cannot read what follows) and the connection works
+    on (the app gets the client's next message, the close handshake
+    completes; a request is answered), or the client leaves while held (2:
+    half-closes, 3: resets), which the server must see; either way the
+    connection ends and the app with it."""
+    end, size = b % 4, HOLD_PAYLOADS[(b >> 2) % 4]
+    # At most 5200: 125-byte ones pass HOLD_STALL_BOUND, and the biggest
+    # flood stays near 0.4 s on the sanitizers' build.
+    n = 100 + 20 * d.u8()
+    filler = bytes([d.u8()])
+    key = d.take(4).ljust(4, b"\0")
+    if b & 16:
+        # An eighth: each KeyUpdate costs both sides a key derivation
+        # (2065 took 0.6 s on the sanitizers' build); 152 answers pass the
+        # 4 KiB write buffer.
+        await tls_hold(sess, end, n // 8)
+        return
+    srv = get_server("ws-hold", **HOLD_SERVER)
+    c = Conn(srv, ws=True, bufsize=HOLD_BUFSIZE)
+    assert c.frames is not None
+    c.frames.control = []
+    c.pending += (b"GET /hold HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % HOLD_KEY)
+    inst = await hold_app(sess, c, srv)
+    if inst is None:
+        c.close()
+        return
+    inst.post(("receive",))
+    inst.post(("send", {"type": "websocket.accept"}))
+    try:
+        if not await until(c, lambda: c.frames is not None and c.frames.active):
+            sess.fail(f"read hold: no 101 for the handshake: {bytes(c.out[:80])!r}")
+            return
+        pings = [i.to_bytes(4, "big") + filler * (size - 4) if size else b"" for i in range(n)]
+        c.pending += b"".join(frame(True, 0, 9, p, mask_key=key) for p in pings)
+        await hold_flood(sess, c, f"{n} pings of {size} bytes", n * (2 + size))
+        if end < 2:
+            await hold_read_again(sess, c, inst, end, pings, key)
+        else:
+            await hold_leave(sess, c, srv, end)
+    finally:
+        await hold_settle(sess, c, srv, inst)
+        check_ws_output(sess, c, HOLD_KEY)
+
+
+async def hold_app(sess: Session, c: Conn, srv: Server) -> Inst | None:
+    """The app call of c's request: the first on srv, a hold server (this
+    op alone connects to them, one connection at a time), taken out of the
+    script's (the targets' checks are not about it)."""
+    mine: list[Inst] = []
+
+    def called() -> bool:
+        mine.extend(i for i in sess.insts if (i.scope.get("server") or [None])[0] == srv.addr)
+        return bool(mine)
+
+    if not await until(c, called):
+        sess.fail("read hold: the app was not called for the request")
+        return None
+    sess.insts.remove(mine[0])
+    return mine[0]
+
+
+async def hold_flood(sess: Session, c: Conn, what: str, answers: int) -> None:
+    """Writes c's pending flood without reading; answers: the bytes the
+    server writes for it."""
+    flood = len(c.pending)
+    stalled = await push_unread(c)
+    log("read hold:", what, flood, "bytes, stalled:", stalled)
+    if not stalled and answers > HOLD_STALL_BOUND:
+        sess.fail(f"read hold: the server read all {flood} bytes of {what} while their "
+                  f"{answers} bytes of answers went unread: it never stopped reading")
+
+
+async def hold_leave(sess: Session, c: Conn, srv: Server, end: int) -> None:
+    """The client half-closes (end 2) or resets (3) without reading: the
+    server must see it and drop the connection."""
+    if end == 2:
+        c.half_close()
+    else:
+        c.reset()
+    if not await until(c, lambda: srv.core.connections == 0):
+        what = "half-closed" if end == 2 else "reset"
+        sess.fail(f"read hold: the server kept the connection of a peer that {what} while held")
+
+
+async def hold_settle(sess: Session, c: Conn, srv: Server, inst: Inst | None) -> None:
+    """The client closes: the connection and its app must end."""
+    if inst is not None:
+        inst.post(("receive",))
+        inst.post(("return",))
+    c.close()
+    if not await until(c, lambda: inst not in sess.live and srv.core.connections == 0):
+        sess.fail(f"read hold: {srv.core.connections} connection(s) and the app "
+                  f"(running: {inst in sess.live}) left after the client closed")
+
+
+_LIBSSL: Any = None
+
+
+def key_updates(obj: Any, n: int) -> bool:
+    """n TLS 1.3 KeyUpdate(update_requested) records from the SSLObject
+    obj, into its outgoing BIO (Python's ssl has no call for them:
+    OpenSSL's SSL_key_update through ctypes, on the SSL* that _ssl keeps
+    after its object's head and a weak reference, checked by the object
+    _ssl stores as its app data); False if that SSL* is not found."""
+    import ctypes
+
+    global _LIBSSL
+    if _LIBSSL is None:
+        lib = ctypes.CDLL("libssl.so.3")
+        lib.SSL_key_update.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.SSL_get_ex_data.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.SSL_get_ex_data.restype = ctypes.c_void_p
+        _LIBSSL = lib
+    inner = obj._sslobj
+    at = id(inner) + object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)
+    ssl_ptr = ctypes.c_void_p.from_address(at).value
+    if not ssl_ptr or _LIBSSL.SSL_get_ex_data(ssl_ptr, 0) != id(inner):
+        return False
+    for _ in range(n):
+        if _LIBSSL.SSL_key_update(ssl_ptr, 1) != 1:  # SSL_KEY_UPDATE_REQUESTED
+            return False
+        obj.do_handshake()  # Sends it now.
+    return True
+
+
+async def tls_hold(sess: Session, end: int, n: int) -> None:
+    """read_hold_op over TLS 1.3: n KeyUpdates, each making OpenSSL queue
+    one of its own (27 bytes for 27); then a request must be answered, which
+    the client can read only if every KeyUpdate of the server's came, once
+    and in order (its keys move on with each)."""
+    import ssl
+
+    srv = get_server("tls-hold", tls=tls_material()["server"], **HOLD_SERVER)
+    c = Conn(srv, bufsize=HOLD_BUFSIZE)
+    t = TLSClient(c)
+
+    def shake() -> bool:
+        t.shuffle()
+        try:
+            t.obj.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        finally:
+            t.shuffle()
+        return True
+
+    inst: Inst | None = None
+    try:
+        if not await until(c, shake):
+            sess.fail("read hold: the TLS handshake did not complete")
+            return
+        if t.obj.version() != "TLSv1.3" or not key_updates(t.obj, n):
+            log("read hold: no TLS 1.3 KeyUpdate from", t.obj.version())
+            return
+        t.shuffle()
+        await hold_flood(sess, c, f"{n} TLS KeyUpdates", n * 27)
+        if end >= 2:
+            await hold_leave(sess, c, srv, end)
+            return
+        t.obj.write(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        t.shuffle()
+        inst = await hold_app(sess, c, srv)
+        if inst is None:
+            return
+        inst.post(("send", {"type": "http.response.start", "status": 200, "headers": []}))
+        inst.post(("send", {"type": "http.response.body", "body": b"after the hold"}))
+        got = bytearray()
+
+        def answered() -> bool:
+            t.shuffle()
+            try:
+                got.extend(t.obj.read(65536))
+            except ssl.SSLWantReadError:
+                pass
+            return got.endswith(b"after the hold")
+
+        try:
+            if not await until(c, answered):
+                sess.fail(f"read hold: no answer to a request after {n} TLS KeyUpdates "
+                          f"(read {bytes(got[:60])!r})")
+        except ssl.SSLError as exc:
+            sess.fail(f"read hold: the client's TLS failed on the server's records after "
+                      f"{n} KeyUpdates (one lost or out of order?): {exc!r}")
+        if end == 1:
+            t.close_notify()
+    finally:
+        await hold_settle(sess, c, srv, inst)
+
+
+async def hold_read_again(sess: Session, c: Conn, inst: Inst, end: int, pings: list[bytes],
+                          key: bytes) -> None:
+    """read_hold_op's client reads again: every pong, the server reading
+    the next message, the close handshake (end 0: the app closes first)."""
+    assert c.frames is not None and c.frames.control is not None
+    control = c.frames.control
+    await until(c, lambda: len(control) >= len(pings) or c.eof or c.frames.closed)
+    problem = pong_problem([p for op, p in control if op == 10], pings)
+    if problem:
+        sess.fail(f"read hold: once the client read again, {problem}")
+        return
+    c.pending += frame(True, 0, 1, b"after the flood", mask_key=key)
+    inst.post(("receive",))
+    if not await until(c, lambda: "after the flood" in inst.ws_msgs or inst not in sess.live):
+        sess.fail("read hold: the app never got the message sent after the flood: "
+                  "the server did not read again once its pongs drained")
+        return
+    if end == 0:
+        inst.post(("send", {"type": "websocket.close", "code": 1000}))
+        await until(c, lambda: c.frames is not None and c.frames.closed)
+    c.pending += frame(True, 0, 8, CLOSE_1000, mask_key=key)
+    if not await until(c, lambda: c.eof) or control[-1] != (8, CLOSE_1000):
+        sess.fail(f"read hold: the close handshake after the flood did not complete "
+                  f"(the server's last control frame: {control[-1]!r:.60})")
 
 
 async def client_op(sess: Session, d: Data, op: int) -> bool:
@@ -1924,6 +2226,8 @@ async def client_op(sess: Session, d: Data, op: int) -> bool:
             await executor_op(sess, what - 148)
         elif what < 212:
             await introspect_op(sess, d, what - 180)
+        elif what < 244:
+            await read_hold_op(sess, d, what - 212)
     else:
         return False
     return True
@@ -2086,7 +2390,10 @@ def frame(fin: bool, rsv: int, opcode: int, payload: bytes, mask: bool = True,
         head = struct.pack("!BBQ", b0, mbit | 127, n)
     if not mask:
         return head + payload
-    masked = bytes(b ^ mask_key[i & 3] for i, b in enumerate(payload))
+    # XORed as one number: byte by byte took too long for thousands of
+    # frames (the read-hold op's floods).
+    stream = (mask_key * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload) ^ int.from_bytes(stream)).to_bytes(n, "big")
     return head + mask_key + masked
 
 
@@ -2215,6 +2522,9 @@ class FrameScanner:
         self.failure: str | None = None
         self.deflate = False  # The 101 agreed on permessage-deflate.
         self.closed = False  # A close frame came: nothing may follow it.
+        # The control frames (opcode, payload) in order, when kept: the
+        # read-hold op checks every pong against its ping.
+        self.control: list[tuple[int, bytes]] | None = None
 
     def feed(self, data: bytes) -> None:
         if self.failure is not None:
@@ -2268,6 +2578,8 @@ class FrameScanner:
             if op == 8:
                 self.failure = close_payload_problem(bytes(buf[hl:hl + ln]))
                 self.closed = True
+            if self.control is not None:
+                self.control.append((op, bytes(buf[hl:hl + ln])))
             del buf[:hl + ln]
             return True
         take = min(ln, len(buf) - hl)
@@ -2749,6 +3061,22 @@ class TLSClient:
         self.conn = c
         self.dead = False
         self.open = False
+
+    def shuffle(self) -> None:
+        """Reads the conn into the incoming BIO, queues the outgoing one."""
+        c = self.conn
+        c.pump()
+        self.incoming.write(bytes(c.out))
+        c.out.clear()
+        c.pending += self.outgoing.read()
+
+    def close_notify(self) -> None:
+        try:
+            self.obj.unwrap()
+        except (self.ssl.SSLWantReadError, self.ssl.SSLError):
+            pass
+        self.conn.pending += self.outgoing.read()
+        self.dead = True
 
     def step(self, d: Data) -> None:
         c = self.conn

@@ -91,6 +91,16 @@ class Enc:
         assert b < 32
         return self.u8(7, 0, 180 + b, *([0] if b % 5 == 3 else []))
 
+    def read_hold(self, b: int, count: int, fill: int = 0x70,
+                  mask: bytes = b"\x11\x22\x33\x44") -> Enc:
+        """harness.read_hold_op: a peer that pings (b & 16: sends TLS
+        KeyUpdates) and does not read (b % 4: 0 reads again and the app
+        closes, 1 reads again and closes first, 2 half-closes while held,
+        3 resets; (b >> 2) % 4 the payload size, harness.HOLD_PAYLOADS),
+        100 + 20 * count pings (an eighth as many KeyUpdates)."""
+        assert b < 32 and len(mask) == 4
+        return self.u8(7, 0, 212 + b, count, fill).u8(*mask)
+
     def bytes(self) -> bytes:
         return bytes(self.b)
 
@@ -552,6 +562,7 @@ def ws_seeds() -> dict[str, bytes]:
     seeds.update(ws_deflate_seeds())
     seeds.update(ws_held_seeds())
     seeds.update(ws_thread_seeds())
+    seeds.update(ws_hold_seeds())
     small_read(seeds, "fragments", "ping-timers", "burst-before-accept", "pubsub", "parked")
     return seeds
 
@@ -609,6 +620,28 @@ def ws_thread_seeds() -> dict[str, bytes]:
     ws_msg(e, b"after timers").write().step()
     ws_app(e, 0)
     seeds["when-timers"] = e.renew_loop().step(2).bytes()
+    return seeds
+
+
+def ws_hold_seeds() -> dict[str, bytes]:
+    """A peer that floods pings and does not read (harness.read_hold_op), on
+    the op's own server, next to an accepted connection of the script's:
+    5200 pings of 125 bytes (past harness.HOLD_STALL_BOUND), then each
+    ending; 100 empty pings that pass the 4 KiB write buffer in one read."""
+    seeds = {}
+    ends = ("app-closes", "client-closes", "half-close", "reset")
+    for end, name in enumerate(ends):
+        e = ws_handshake(Enc(2)).write().step(2)
+        ws_app(e, 0)
+        ws_accept(e).step()
+        e.read_hold(12 + end, 255).step()
+        ws_msg(e, b"after the hold").write().step()
+        ws_app(e, 0)
+        seeds[f"read-hold-{name}"] = e.step(2).bytes()
+    e = ws_handshake(Enc(2)).write().step(2)
+    ws_app(e, 0)
+    ws_accept(e).step()
+    seeds["read-hold-small"] = e.read_hold(0, 0).step(2).bytes()
     return seeds
 
 
@@ -769,17 +802,27 @@ def head_seeds() -> dict[str, bytes]:
     return seeds
 
 
+# ---- TLS ----------------------------------------------------------------------------
+
+def tls_seeds() -> dict[str, bytes]:
+    """harness.read_hold_op's TLS 1.3 flood (b & 16): 650 KeyUpdates from a
+    peer that does not read, then each ending."""
+    ends = ("answered", "close-notify", "half-close", "reset")
+    return {f"read-hold-{name}": Enc().read_hold(16 + end, 255).bytes()
+            for end, name in enumerate(ends)}
+
+
 # Seeds that crash on main go to fuzz/crashes/<target>/ (untracked) instead
 # of the corpus until their fix lands; list them here by name. (Issue 9's
 # defects 1, 3 and 4 were listed until their fixes were merged.)
-KNOWN_DEFECTS: dict[str, list[str]] = {"http": [], "websocket": [], "head": []}
+KNOWN_DEFECTS: dict[str, list[str]] = {"http": [], "websocket": [], "head": [], "tls": []}
 
 
 def main() -> None:
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "corpus")
     held = os.path.join(HERE, "crashes")
     for target, seeds in (("http", http_seeds()), ("websocket", ws_seeds()),
-                          ("head", head_seeds())):
+                          ("head", head_seeds()), ("tls", tls_seeds())):
         n = 0
         for name, data in seeds.items():
             sha = hashlib.sha1(data).hexdigest()[:12]

@@ -339,3 +339,90 @@ def test_introspect_seed_reaches_receive_futures() -> None:
         print("ok")
     """)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
+def test_read_hold_op_checks_the_held_connection() -> None:
+    # harness.read_hold_op: a WebSocket peer that floods pings, or a TLS one
+    # KeyUpdates, and does not read. Each of its seeds passes on the real
+    # server (it stops reading, every answer comes in order once the client
+    # reads, the peer leaving while held is seen), and each check fails
+    # when the outcome differs: a pong lost or altered on its way to the
+    # client, a TLS record lost, a server that reads on (a write buffer too
+    # big for the flood), a peer that never leaves.
+    r = run_harness("""
+        import seeds
+
+        hold = seeds.ws_hold_seeds()
+        tls = seeds.tls_seeds()
+
+        def failure(name, target=harness.one_input_websocket, inputs=hold):
+            try:
+                target(inputs[name])
+            except harness.FuzzFailure as exc:
+                return str(exc)
+            return None
+
+        for name in hold:
+            assert failure(name) is None, (name, failure(name))
+        for name in tls:
+            assert failure(name, harness.one_input_tls, tls) is None, name
+
+        # The first 27 bytes the TLS client reads after its flood (the
+        # server's first KeyUpdate) never reach its TLS layer.
+        shuffle, flood = harness.TLSClient.shuffle, harness.hold_flood
+        lost = []
+
+        async def flooded(*args):
+            await flood(*args)
+            lost.append(False)
+
+        def lossy(self):
+            self.conn.pump()
+            if lost == [False] and self.conn.out:
+                del self.conn.out[:27]
+                lost[0] = True
+            shuffle(self)
+
+        harness.hold_flood, harness.TLSClient.shuffle = flooded, lossy
+        got = failure("read-hold-answered", harness.one_input_tls, tls)
+        assert got is not None and "the client's TLS failed" in got, got
+        harness.hold_flood, harness.TLSClient.shuffle = flood, shuffle
+
+        scan = harness.FrameScanner._one
+
+        def spoiled(n, spoil):
+            # FrameScanner._one spoiling the client's n-th pong once.
+            done = []
+
+            def one(self):
+                got = scan(self)
+                c = self.control
+                if not done and c and len(c) == n and c[-1][0] == 10:
+                    done.append(spoil(c))
+                return got
+            return one
+
+        def lose(c):
+            del c[-1]
+
+        def alter(c):
+            c[-1] = (10, c[-1][1][:4] + b"?" + c[-1][1][5:])
+
+        for n, spoil, name in ((500, lose, "app-closes"), (700, alter, "client-closes")):
+            harness.FrameScanner._one = spoiled(n, spoil)
+            got = failure(f"read-hold-{name}")
+            assert got is not None and f"pong {n - 1} of 5200 carries" in got, got
+        harness.FrameScanner._one = scan
+
+        # A new hold server whose write buffer the flood never passes.
+        harness.SERVERS["ws-hold"].open = False
+        harness.HOLD_SERVER["write_buffer_size"] = 1 << 30
+        got = failure("read-hold-app-closes")
+        assert got is not None and "it never stopped reading" in got, got
+
+        harness.Conn.half_close = lambda self: None
+        got = failure("read-hold-half-close")
+        assert got is not None and "kept the connection of a peer that half-closed" in got, got
+        print("ok")
+    """)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
