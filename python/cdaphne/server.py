@@ -342,11 +342,12 @@ def use_batch_scheduling() -> None:
     a worker while the loop holds the GIL, and the worker wakes the loop as
     it finishes: each preempts the other only to wait for the GIL, and
     CPython's GIL hand-over itself (a signal, then an unlock) wakes the
-    waiter twice.  Measured on one core: 6.0 context switches per
-    run_in_executor round trip, 2.0 under SCHED_BATCH, where a woken thread
-    runs when its waker blocks or its slice ends.  It changes nothing else:
-    the same fair share and nice value; other processes' threads still
-    preempt ours as before."""
+    waiter twice.  Measured on one core (README, Speed): 6.6 context
+    switches per run_in_executor round trip, 2.2 under SCHED_BATCH, where a
+    woken thread runs when its waker blocks or its slice ends.  The same
+    fair share and nice value; other processes' threads still preempt ours.
+    What it costs: a thread of ours woken while another process runs on its
+    core waits for that process's slice instead of preempting it."""
     batch = getattr(os, "SCHED_BATCH", None)
     if batch is None or not hasattr(os, "sched_setscheduler"):
         return
