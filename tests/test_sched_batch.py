@@ -52,6 +52,13 @@ def test_sched_batch_false_keeps_the_default_policy() -> None:
     assert got == dict.fromkeys(THREADS, os.SCHED_OTHER)
 
 
+def test_workers_keep_the_default_policy() -> None:
+    # Workers sharing a listening socket race to accept: under SCHED_BATCH
+    # the running one took every one-at-a-time connection.
+    got = policies(started_as("SCHED_OTHER", "--workers", "2"))
+    assert got == dict.fromkeys(THREADS, os.SCHED_OTHER)
+
+
 def test_a_policy_the_operator_chose_stays() -> None:
     # SCHED_IDLE (chrt -i), which the server must not turn into SCHED_BATCH.
     assert policies(started_as("SCHED_IDLE")) == dict.fromkeys(THREADS, os.SCHED_IDLE)

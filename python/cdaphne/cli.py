@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
            "wait their turn (0: no limit)")
     a("--sched-batch", type=_bool, default=Config.sched_batch, metavar="BOOL",
       help="Linux: run the server's threads under SCHED_BATCH, so that the threads it "
-           "wakes for thread hops wait their turn instead of preempting it (true)")
+           "wakes for thread hops wait their turn instead of preempting it; not with "
+           "--workers (true)")
     a("--max-body-size", type=_size, default=None, help="largest request body, bytes (413 beyond)")
     a("--body-buffer-size", type=_size, default=Config.body_buffer_size,
       help="request body bytes held for an app that is not reading; reading pauses beyond")

@@ -292,7 +292,9 @@ class Config:
     # under the default policy.  A thread the loop wakes (a worker handed
     # sync_to_async work, the loop woken by that worker) then no longer
     # preempts its waker on the same core only to wait for the GIL the
-    # waker holds: 6.6 context switches per thread hop become 2.2.
+    # waker holds: 6.6 context switches per thread hop become 2.2.  A server
+    # alone only: --workers keep the default policy (supervisors/multiprocess.py
+    # says why).
     sched_batch: bool = True
     max_body_size: int | None = None
     # Request body bytes held for an app that has not called receive() yet
