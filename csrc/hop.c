@@ -103,6 +103,9 @@ hop_set_state(cd_hop_t *hop, cd_hop_state_t to)
             (hop_is_item(hop) || to != CD_HOP_RUNNING)) ||
            (hop->state == CD_HOP_RUNNING && to > CD_HOP_RUNNING) ||
            (hop->state == CD_HOP_QUEUED && to == CD_HOP_DONE));
+    if (to == CD_HOP_DONE) {
+        hop->loop->hops_out--;
+    }
     hop->state = to;
 }
 
@@ -533,6 +536,7 @@ cd_hop_wrap(cd_loop_t *loop, PyObject *source)
     hop->state = CD_HOP_WAITING;
     hop->outcome = CD_HOP_NONE;
     hop->fn = hop->args = hop->value = NULL;
+    loop->hops_out++;
     PyObject_GC_Track(hop);
     /* Same order as _chain_future: destination first. */
     r = PyObject_CallMethodOneArg(dest, st->s_add_done_callback,
@@ -1009,6 +1013,7 @@ item_new(cd_loop_t *loop, PyObject *const *args, Py_ssize_t nargs)
     hop->fn = Py_NewRef(args[0]);
     hop->args = fargs;
     hop->value = NULL;
+    loop->hops_out++;
     PyObject_GC_Track(hop);
     return hop;
 }
@@ -1078,6 +1083,9 @@ hop_dealloc(cd_hop_t *hop)
     PyTypeObject *tp = Py_TYPE(hop);
     PyObject_GC_UnTrack(hop);
     hop_clear(hop);
+    if (hop->loop != NULL && hop->state != CD_HOP_DONE) {
+        hop->loop->hops_out--; /* never finished: it is out no more */
+    }
     Py_CLEAR(hop->loop);
     tp->tp_free(hop);
     Py_DECREF(tp);

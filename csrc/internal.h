@@ -9,6 +9,7 @@
 
 #include <limits.h>
 #include <llhttp.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -201,6 +202,14 @@ typedef struct {
     uint64_t mark_delay; /* the loop thread's wait for a CPU (ns) then */
 } cd_admit_t;
 
+/* The loop thread's scheduling policy (policy.c). */
+typedef enum {
+    CD_POLICY_OFF,   /* not asked for, or not ours to change */
+    CD_POLICY_ASKED, /* asked for; the loop's thread not seen yet */
+    CD_POLICY_OTHER, /* policy_tid under SCHED_OTHER, the default */
+    CD_POLICY_BATCH, /* policy_tid under SCHED_BATCH, set here */
+} cd_policy_t;
+
 struct cd_loop_s {
     PyObject_HEAD
     /* public */
@@ -236,6 +245,11 @@ struct cd_loop_s {
      * that touches them runs Python code at that moment. */
     cd_hop_t *hops_head; /* strong: each queued hop, first to complete */
     cd_hop_t *hops_tail; /* borrowed: the last of hops_head's chain */
+    int hops_out;        /* hops made and not done (policy.c reads it) */
+    /* The loop thread's scheduling policy (policy.c). */
+    cd_policy_t policy;
+    pthread_t policy_thread; /* the thread `policy` describes */
+    int policy_tid;          /* its kernel thread id */
     /* Scheduling core (sched.c), set by sched_init(). */
     cd_readyq_t *ready_q; /* strong: the ready queue, also loop._ready */
     PyObject *aio_dict;   /* strong: the asyncio loop's __dict__, where its
@@ -1040,6 +1054,12 @@ int cd_cycle_type_init(PyObject *module, cd_state *st);
 cd_cycle_t *cd_cycle_new(cd_conn_t *c, PyObject *scope);
 /* 1 if cy has HTTP's operations (not a WebSocket). */
 int cd_cycle_is_http(const cd_cycle_t *cy);
+
+/* policy.c: SCHED_BATCH for the loop's thread while thread hops are out */
+void cd_policy_ask(cd_loop_t *loop);
+void cd_policy_hop_out(cd_loop_t *loop);
+void cd_policy_before_sleep(cd_loop_t *loop);
+void cd_policy_close(cd_loop_t *loop);
 
 /* admit.c */
 int cd_admit_init(cd_loop_t *loop);

@@ -204,6 +204,7 @@ loop_poll_once(cd_loop_t *loop, double timeout)
         uv_run(&loop->uv, mode);
     }
     else {
+        cd_policy_before_sleep(loop);
         loop->released = PyEval_SaveThread();
         uv_run(&loop->uv, mode);
         cd_gil_ensure(loop);
@@ -587,6 +588,7 @@ loop_close_uv(cd_loop_t *loop)
     }
     cd_pubsub_detach(loop);
     loop->closed = 1;
+    cd_policy_close(loop);
     cd_hop_loop_close(loop);
     wake_close_poll(loop);
     uv_walk(&loop->uv, walk_close, NULL);
@@ -610,6 +612,13 @@ loop_close(cd_loop_t *loop, PyObject *unused)
     /* Breaks the loop <-> core cycles without waiting for the GC. */
     cd_sched_loop_clear(loop, 1);
     Py_CLEAR(loop->aio_loop);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+loop_sched_batch(cd_loop_t *loop, PyObject *unused)
+{
+    cd_policy_ask(loop);
     Py_RETURN_NONE;
 }
 
@@ -710,6 +719,9 @@ static PyMethodDef loop_methods[] = {
      "loop.__dict__ was assigned: read and watch the new one"},
     {"sched_init", (PyCFunction)(void (*)(void))cd_sched_attach, METH_FASTCALL,
      "sched_init(report, selector) -> the ready queue (loop._ready)"},
+    {"sched_batch_during_hops", (PyCFunction)loop_sched_batch, METH_NOARGS,
+     "From now on the loop's thread runs under SCHED_BATCH while thread "
+     "hops are out, if it is under the default policy (Linux; policy.c)."},
     {"close", (PyCFunction)loop_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };

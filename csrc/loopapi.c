@@ -105,6 +105,9 @@ loopapi_submit(cd_loop_t *loop, PyObject *const *args, Py_ssize_t nargs)
 {
     cd_state *st = loop->st;
     PyObject *res = NULL;
+    /* Before submit(), which may start the executor's threads: they
+     * inherit the policy. */
+    cd_policy_hop_out(loop);
     int queued = cd_hop_submit(loop, args, nargs, &res);
     if (queued != 0) {
         return queued < 0 ? NULL : res;

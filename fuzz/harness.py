@@ -68,6 +68,9 @@ DEBUG = os.environ.get("CDAPHNE_FUZZ_DEBUG") == "1"
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # Seconds to wait for the server to drop every connection after a script.
 SETTLE_SECONDS = 3.0
+# The loop goes to SCHED_BATCH while thread hops are out (csrc/policy.c):
+# checked only when this process runs under the default policy.
+POLICY_CHECKED = hasattr(os, "SCHED_BATCH") and os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
 class FuzzFailure(AssertionError):
@@ -135,6 +138,7 @@ def loop() -> Any:
     global LOOP
     if LOOP is None:
         LOOP = new_event_loop()
+        LOOP.core.sched_batch_during_hops()
         asyncio.set_event_loop(LOOP)
         LOOP.set_exception_handler(_on_loop_error)
     return LOOP
@@ -885,10 +889,23 @@ class Session:
                       f"(apps still running: {len(self.live)})")
         elif self.live:
             self.fail(f"{len(self.live)} app(s) still running after their connections closed")
+        elif POLICY_CHECKED and not await self.policy_default(time.monotonic() + SETTLE_SECONDS):
+            self.fail("the loop's thread stayed under SCHED_BATCH with no thread hop out")
         if not self.srv.open:
             # The script closed the listeners: this server is done.
             self.srv.core.close_all()
             await asyncio.sleep(0)
+
+    async def policy_default(self, deadline: float) -> bool:
+        """Whether the loop, sleeping once its apps are gone, is back under
+        the default policy (policy.c; a cancelled app's worker may still
+        run its hop for a while)."""
+        while True:
+            await asyncio.sleep(0.002)
+            if os.sched_getscheduler(0) == os.SCHED_OTHER:
+                return True
+            if time.monotonic() > deadline:
+                return False
 
     def finish(self) -> None:
         if self.failures:

@@ -199,6 +199,51 @@ def test_executor_ops_check_what_stock_asyncio_does() -> None:
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
+def test_executor_ops_leave_the_loop_under_the_default_policy() -> None:
+    # csrc/policy.c under harness.executor_op, as the fuzz targets run it:
+    # the loop's thread is under SCHED_BATCH while a hop is out and back
+    # under the default policy once it sleeps after each op byte's hops
+    # (results, exceptions, cancels, broken pools, other executors); and
+    # Session.settle's check sees a thread left under SCHED_BATCH.
+    r = run_harness("""
+        import asyncio
+        import os
+        import threading
+        import time
+
+        class Sess:
+            failures = []
+
+            def fail(self, msg):
+                self.failures.append(msg)
+
+            async def step(self, n=1):
+                for _ in range(n):
+                    await asyncio.sleep(0)
+
+        def default_policy(seconds):
+            check = harness.Session.policy_default(None, time.monotonic() + seconds)
+            return lp.run_until_complete(check)
+
+        assert harness.POLICY_CHECKED
+        lp = harness.loop()
+        tid = threading.get_native_id()
+        lp.run_until_complete(asyncio.sleep(0.01))  # the thread that polls is the loop's
+        during = lp.run_until_complete(lp.run_in_executor(None, os.sched_getscheduler, tid))
+        assert during == os.SCHED_BATCH, during
+        assert default_policy(3)
+        sess = Sess()
+        for b in range(32):
+            lp.run_until_complete(harness.executor_op(sess, b))
+            assert default_policy(3), b
+        assert sess.failures == [], sess.failures
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        assert not default_policy(0.05)
+        print("ok")
+    """)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 def test_introspect_ops_check_what_stock_asyncio_does() -> None:
     # harness.introspect_op's checks (loop._ready as a deque, the loop's
     # methods as functions, loop._scheduled edited with heapq, a future's

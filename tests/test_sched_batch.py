@@ -1,5 +1,7 @@
-"""--sched-batch: a real server's threads, and those its apps hop to, run
-under SCHED_BATCH unless told not to, and a policy the operator chose stays."""
+"""--sched-batch: a real server's loop runs under SCHED_BATCH while a thread
+hop is out and under the default policy otherwise, the executor threads it
+starts meanwhile inherit SCHED_BATCH, unless told not to; a policy the
+operator chose stays."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import pytest
 from .serverproc import ServerProcess
 
 APP = "tests.apps.schedpolicy:app"
-THREADS = ("loop", "executor", "sync_to_async", "thread")
+THREADS = ("loop", "loop_started", "loop_in_hop", "executor", "sync_to_async", "worker_started")
+HOPPED = THREADS[2:]  # while a hop is out, or on a thread a hop's worker started
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
 
@@ -34,34 +37,51 @@ def started_as(policy: str, *argv: str) -> ServerProcess:
     return proc
 
 
-def policies(proc: ServerProcess) -> dict[str, int]:
+def policies(proc: ServerProcess, requests: int = 1) -> list[dict[str, int]]:
+    """What the app reports, one request after another."""
     try:
-        r = httpx.get(proc.url("/"), timeout=10)
-        assert r.status_code == 200, r.text
-        return {k: r.json()[k] for k in THREADS}
+        got = []
+        for _ in range(requests):
+            r = httpx.get(proc.url("/"), timeout=10)
+            assert r.status_code == 200, r.text
+            got.append({k: r.json()[k] for k in THREADS})
+        return got
     finally:
         proc.stop()
 
 
-def test_server_threads_run_under_sched_batch_by_default() -> None:
-    assert policies(started_as("SCHED_OTHER")) == dict.fromkeys(THREADS, os.SCHED_BATCH)
+def test_the_loop_runs_under_sched_batch_while_a_hop_is_out() -> None:
+    want = {**dict.fromkeys(THREADS[:2], os.SCHED_OTHER), **dict.fromkeys(HOPPED, os.SCHED_BATCH)}
+    # The second request finds the loop back under the default policy: it
+    # slept with no hop out in between.
+    assert policies(started_as("SCHED_OTHER"), requests=2) == [want, want]
+
+
+def test_the_loop_leaves_sched_batch_after_hops_that_raise_or_are_cancelled() -> None:
+    proc = started_as("SCHED_OTHER")
+    try:
+        r = httpx.get(proc.url("/odd"), timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"loop": os.SCHED_OTHER}
+    finally:
+        proc.stop()
 
 
 def test_sched_batch_false_keeps_the_default_policy() -> None:
     got = policies(started_as("SCHED_OTHER", "--sched-batch", "false"))
-    assert got == dict.fromkeys(THREADS, os.SCHED_OTHER)
+    assert got == [dict.fromkeys(THREADS, os.SCHED_OTHER)]
 
 
 def test_workers_keep_the_default_policy() -> None:
     # Workers sharing a listening socket race to accept: under SCHED_BATCH
     # the running one took every one-at-a-time connection.
     got = policies(started_as("SCHED_OTHER", "--workers", "2"))
-    assert got == dict.fromkeys(THREADS, os.SCHED_OTHER)
+    assert got == [dict.fromkeys(THREADS, os.SCHED_OTHER)]
 
 
 def test_a_policy_the_operator_chose_stays() -> None:
     # SCHED_IDLE (chrt -i), which the server must not turn into SCHED_BATCH.
-    assert policies(started_as("SCHED_IDLE")) == dict.fromkeys(THREADS, os.SCHED_IDLE)
+    assert policies(started_as("SCHED_IDLE")) == [dict.fromkeys(THREADS, os.SCHED_IDLE)]
 
 
 def test_sched_batch_flag_takes_a_bool_only() -> None:

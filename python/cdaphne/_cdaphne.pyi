@@ -26,6 +26,8 @@ class LoopCore:
     ) -> deque[Any]:
         """Start the C scheduling core; returns the ready queue (loop._ready)."""
     def sched_dict_replaced(self) -> None: ...
+    def sched_batch_during_hops(self) -> None:
+        """The loop's thread under SCHED_BATCH while thread hops are out (csrc/policy.c)."""
     timer_cancelled_count: int
 
 class LoopMethods:

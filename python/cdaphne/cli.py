@@ -151,9 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="HTTP requests whose app runs at once while the worker's core is busy; more "
            "wait their turn (0: no limit)")
     a("--sched-batch", type=_bool, default=Config.sched_batch, metavar="BOOL",
-      help="Linux: run the server's threads under SCHED_BATCH, so that the threads it "
-           "wakes for thread hops wait their turn instead of preempting it; not with "
-           "--workers (true)")
+      help="Linux: the loop's thread under SCHED_BATCH while thread hops are out, so "
+           "that it and the executor threads it wakes wait their turn instead of "
+           "preempting each other; not with --workers (true)")
     a("--max-body-size", type=_size, default=None, help="largest request body, bytes (413 beyond)")
     a("--body-buffer-size", type=_size, default=Config.body_buffer_size,
       help="request body bytes held for an app that is not reading; reading pauses beyond")

@@ -287,14 +287,16 @@ class Config:
     # waiting (csrc/admit.c).  0: no limit.  WebSockets are not counted.
     # Servers on one loop share the smallest limit among them.
     max_running_requests: int = 8
-    # Linux: the thread that runs the server, and the threads it starts (the
-    # apps' executor threads inherit it), under SCHED_BATCH, when they are
-    # under the default policy.  A thread the loop wakes (a worker handed
-    # sync_to_async work, the loop woken by that worker) then no longer
-    # preempts its waker on the same core only to wait for the GIL the
-    # waker holds: 6.6 context switches per thread hop become 2.2.  A server
-    # alone only: --workers keep the default policy (supervisors/multiprocess.py
-    # says why).
+    # Linux: the loop's thread under SCHED_BATCH while thread hops are out
+    # (run_in_executor, sync_to_async), when it is under the default policy;
+    # the executor threads it starts meanwhile inherit it.  A thread the loop
+    # wakes (a worker handed sync_to_async work, the loop woken by that
+    # worker) then no longer preempts its waker on the same core only to
+    # wait for the GIL the waker holds: 6.6 context switches per thread hop
+    # become 2.2.  With no hop out the loop sleeps under the default policy,
+    # so the network still wakes it at once on a busy core (csrc/policy.c).
+    # A server alone only: --workers keep the default policy
+    # (supervisors/multiprocess.py says why).
     sched_batch: bool = True
     max_body_size: int | None = None
     # Request body bytes held for an app that has not called receive() yet

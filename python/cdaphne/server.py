@@ -53,9 +53,9 @@ class Server:
         """Serve until SIGINT/SIGTERM or request_stop(); returns the exit code."""
         if self.config.configure_logging:
             configure_logging(self.config)
-        if self.config.sched_batch:
-            use_batch_scheduling()
         loop = new_event_loop()
+        if self.config.sched_batch:
+            loop.core.sched_batch_during_hops()
         asyncio.set_event_loop(loop)
         # Ours until the loop closes: a signal while the executor's threads
         # are waited for met the default action before (SIGTERM killed,
@@ -330,32 +330,6 @@ class Server:
                 self.core.close_all()
             return
         self.request_stop()
-
-
-def use_batch_scheduling() -> None:
-    """This thread, and the threads it starts from now on, under SCHED_BATCH
-    (Linux), if it runs under the default policy: one an operator chose
-    (`chrt`, a real-time or idle policy) stays.
-
-    Under the default policy a thread that is woken preempts its waker when
-    they share a core.  A thread hop (sync_to_async, run_in_executor) wakes
-    a worker while the loop holds the GIL, and the worker wakes the loop as
-    it finishes: each preempts the other only to wait for the GIL, and
-    CPython's GIL hand-over itself (a signal, then an unlock) wakes the
-    waiter twice.  Measured on one core (README, Speed): 6.6 context
-    switches per run_in_executor round trip, 2.2 under SCHED_BATCH, where a
-    woken thread runs when its waker blocks or its slice ends.  The same
-    fair share and nice value; other processes' threads still preempt ours.
-    What it costs: a thread of ours woken while another process runs on its
-    core waits for that process's slice instead of preempting it."""
-    batch = getattr(os, "SCHED_BATCH", None)
-    if batch is None or not hasattr(os, "sched_setscheduler"):
-        return
-    try:
-        if os.sched_getscheduler(0) == os.SCHED_OTHER:
-            os.sched_setscheduler(0, batch, os.sched_param(0))
-    except OSError as exc:  # a seccomp filter or a container that forbids it
-        logger.debug("SCHED_BATCH not set: %s", exc)
 
 
 def _configure_loop(loop: asyncio.AbstractEventLoop, config: Config) -> None:

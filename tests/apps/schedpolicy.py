@@ -1,20 +1,25 @@
-"""Reports the scheduling policy of the threads an app runs on: the
-loop's, the default executor's, asgiref's thread-sensitive one's and a
-thread the app starts itself (--sched-batch)."""
+"""Reports the scheduling policy of the threads an app runs on (--sched-batch):
+the loop's while no thread hop is out and while one is, the default
+executor's, asgiref's thread-sensitive one's, a thread the loop starts and
+one a worker starts."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import operator
 import os
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import sync_to_async
 
 from .common import read_body, send_json
 
 
-def policy() -> int:
-    return os.sched_getscheduler(0)
+def policy(tid: int = 0) -> int:
+    return os.sched_getscheduler(tid)
 
 
 def started_thread() -> int:
@@ -25,14 +30,34 @@ def started_thread() -> int:
     return out[0]
 
 
+async def odd_hops(loop: asyncio.AbstractEventLoop) -> None:
+    """Hops that end otherwise: one raises, one is cancelled while it runs,
+    one before it begins; then the loop sleeps past them all."""
+    with contextlib.suppress(ZeroDivisionError):
+        await loop.run_in_executor(None, operator.truediv, 1, 0)
+    pool = ThreadPoolExecutor(max_workers=1)
+    running = loop.run_in_executor(pool, time.sleep, 0.2)
+    queued = loop.run_in_executor(pool, time.sleep, 0.2)
+    await asyncio.sleep(0.05)
+    running.cancel()
+    queued.cancel()
+    pool.shutdown(wait=False)
+    await asyncio.sleep(0.4)
+
+
 async def app(scope, receive, send):
     if scope["type"] != "http":
         raise RuntimeError("http only")
     await read_body(receive)
     loop = asyncio.get_running_loop()
-    await send_json(send, {
-        "loop": policy(),
-        "executor": await loop.run_in_executor(None, policy),
-        "sync_to_async": await sync_to_async(policy, thread_sensitive=True)(),
-        "thread": await asyncio.to_thread(started_thread),
-    })
+    if scope["path"] == "/odd":
+        await odd_hops(loop)
+        await send_json(send, {"loop": policy()})
+        return
+    loop_tid = threading.get_native_id()
+    report = {"loop": policy(), "loop_started": started_thread()}
+    report["loop_in_hop"] = await loop.run_in_executor(None, policy, loop_tid)
+    report["executor"] = await loop.run_in_executor(None, policy)
+    report["sync_to_async"] = await sync_to_async(policy, thread_sensitive=True)()
+    report["worker_started"] = await asyncio.to_thread(started_thread)
+    await send_json(send, report)
