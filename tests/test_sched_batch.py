@@ -50,8 +50,14 @@ def policies(proc: ServerProcess, requests: int = 1) -> list[dict[str, int]]:
         proc.stop()
 
 
+def batch_while_hopping() -> dict[str, int]:
+    """The app's report with the policy on: the loop under the default
+    policy while no hop is out, SCHED_BATCH where one is."""
+    return {**dict.fromkeys(THREADS[:2], os.SCHED_OTHER), **dict.fromkeys(HOPPED, os.SCHED_BATCH)}
+
+
 def test_the_loop_runs_under_sched_batch_while_a_hop_is_out() -> None:
-    want = {**dict.fromkeys(THREADS[:2], os.SCHED_OTHER), **dict.fromkeys(HOPPED, os.SCHED_BATCH)}
+    want = batch_while_hopping()
     # The second request finds the loop back under the default policy: it
     # slept with no hop out in between.
     assert policies(started_as("SCHED_OTHER"), requests=2) == [want, want]
@@ -72,11 +78,12 @@ def test_sched_batch_false_keeps_the_default_policy() -> None:
     assert got == [dict.fromkeys(THREADS, os.SCHED_OTHER)]
 
 
-def test_workers_keep_the_default_policy() -> None:
-    # Workers sharing a listening socket race to accept: under SCHED_BATCH
-    # the running one took every one-at-a-time connection.
-    got = policies(started_as("SCHED_OTHER", "--workers", "2"))
-    assert got == [dict.fromkeys(THREADS, os.SCHED_OTHER)]
+def test_workers_do_as_a_server_alone() -> None:
+    # Under the policy all the time, workers sharing a listening socket raced
+    # to accept and the running one took every one-at-a-time connection
+    # (tests/test_workers.py); a worker sleeps under the default policy now.
+    got = policies(started_as("SCHED_OTHER", "--workers", "2"), requests=4)
+    assert got == [batch_while_hopping()] * 4
 
 
 def test_a_policy_the_operator_chose_stays() -> None:

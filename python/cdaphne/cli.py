@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--sched-batch", type=_bool, default=Config.sched_batch, metavar="BOOL",
       help="Linux: the loop's thread under SCHED_BATCH while thread hops are out, so "
            "that it and the executor threads it wakes wait their turn instead of "
-           "preempting each other; not with --workers (true)")
+           "preempting each other (true)")
     a("--max-body-size", type=_size, default=None, help="largest request body, bytes (413 beyond)")
     a("--body-buffer-size", type=_size, default=Config.body_buffer_size,
       help="request body bytes held for an app that is not reading; reading pauses beyond")

@@ -295,8 +295,6 @@ class Config:
     # wait for the GIL the waker holds: 6.6 context switches per thread hop
     # become 2.2.  With no hop out the loop sleeps under the default policy,
     # so the network still wakes it at once on a busy core (csrc/policy.c).
-    # A server alone only: --workers keep the default policy
-    # (supervisors/multiprocess.py says why).
     sched_batch: bool = True
     max_body_size: int | None = None
     # Request body bytes held for an app that has not called receive() yet

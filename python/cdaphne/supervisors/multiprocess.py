@@ -247,16 +247,12 @@ class Supervisor:
 
     def _payload(self) -> bytes:
         config = self.config
-        # sched_batch=False: workers sharing a listening socket race to
-        # accept, and one woken under SCHED_BATCH waits while the one running
-        # takes the connection: one-at-a-time connections all went to one
-        # worker (tests/test_workers.py, 2 runs in 5).
         worker_config = dataclasses.replace(
             config, host=None, port=None, unix_socket=None, fd=None, endpoints=[], listen=[],
             ssl_certfile=None, ssl_keyfile=None, ssl_keyfile_password=None, ssl_ca_certs=None,
             ssl_cert_reqs=0,
             workers=None, max_requests=None, max_requests_jitter=0, reuse_port=False,
-            on_ready=None, sched_batch=False)
+            on_ready=None)
         try:
             data = pickle.dumps({
                 "config": worker_config,
