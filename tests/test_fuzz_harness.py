@@ -19,8 +19,28 @@ from .serverproc import ROOT, start_server
 CORPUS = ROOT / "fuzz" / "corpus"
 
 
+# What harness ops call on a session, for the programs below that run ops
+# without a server: fail() and step().
+STUB_SESSION = """
+import asyncio as _asyncio
+
+
+class StubSession:
+    def __init__(self):
+        self.failures = []
+
+    def fail(self, msg):
+        self.failures.append(msg)
+
+    async def step(self, n=1):
+        for _ in range(n):
+            await _asyncio.sleep(0)
+"""
+
+
 def run_harness(code: str) -> subprocess.CompletedProcess[str]:
-    prog = "import sys\nsys.path.insert(0, 'fuzz')\nimport harness\n" + textwrap.dedent(code)
+    prog = "import sys\nsys.path.insert(0, 'fuzz')\nimport harness\n" + STUB_SESSION
+    prog += textwrap.dedent(code)
     return subprocess.run([sys.executable, "-c", prog], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
 
@@ -160,16 +180,6 @@ def test_executor_ops_check_what_stock_asyncio_does() -> None:
 
         from cdaphne.loop import new_event_loop
 
-        class Sess:
-            failures = []
-
-            def fail(self, msg):
-                self.failures.append(msg)
-
-            async def step(self, n=1):
-                for _ in range(n):
-                    await asyncio.sleep(0)
-
         def failures(make, lie=False):
             harness.LOOP = lp = make()
             if lie:
@@ -178,8 +188,7 @@ def test_executor_ops_check_what_stock_asyncio_does() -> None:
                 def run_in_executor(ex, fn, *args):
                     return real(ex, lambda: fn(*args) + 1)
                 lp.run_in_executor = run_in_executor
-            sess = Sess()
-            sess.failures = []
+            sess = StubSession()
             for b in range(32):
                 lp.run_until_complete(harness.executor_op(sess, b))
             lp.close()
@@ -211,16 +220,6 @@ def test_executor_ops_leave_the_loop_under_the_default_policy() -> None:
         import threading
         import time
 
-        class Sess:
-            failures = []
-
-            def fail(self, msg):
-                self.failures.append(msg)
-
-            async def step(self, n=1):
-                for _ in range(n):
-                    await asyncio.sleep(0)
-
         def default_policy(seconds):
             check = harness.Session.policy_default(None, time.monotonic() + seconds)
             return lp.run_until_complete(check)
@@ -232,7 +231,7 @@ def test_executor_ops_leave_the_loop_under_the_default_policy() -> None:
         during = lp.run_until_complete(lp.run_in_executor(None, os.sched_getscheduler, tid))
         assert during == os.SCHED_BATCH, during
         assert default_policy(3)
-        sess = Sess()
+        sess = StubSession()
         for b in range(32):
             lp.run_until_complete(harness.executor_op(sess, b))
             assert default_policy(3), b
@@ -257,17 +256,7 @@ def test_introspect_ops_check_what_stock_asyncio_does() -> None:
         import seeds
         from cdaphne.loop import LibuvEventLoop, new_event_loop
 
-        class Sess:
-            def __init__(self):
-                self.failures = []
-
-            def fail(self, msg):
-                self.failures.append(msg)
-
-            async def step(self, n=1):
-                for _ in range(n):
-                    await asyncio.sleep(0)
-
+        class Sess(StubSession):
             async def inst(self, d):
                 d.u8()
                 return None  # No app: a loop future only.
