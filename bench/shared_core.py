@@ -5,7 +5,8 @@
 cdaphne pinned to core 0 three ways, alternating: the default (`--sched-batch`:
 SCHED_BATCH for the loop's thread only while thread hops are out), every thread
 under SCHED_BATCH (`chrt -b 0`: the first form of --sched-batch) and
-`--sched-batch false`; each with and without a busy-looping process on core 0.
+`--sched-batch false`; each with and without a busy-looping process on core 0 (--app long-hop:
+hello world while a run_in_executor of a second is always out).
 bench/rate_client.py (peer venv, core 1) sends the rate over 10 connections for
 --seconds and reports percentiles counted from when each request was due.
 Prints one markdown row per configuration with the runs' p50, p90 and p99 (ms).
@@ -22,7 +23,11 @@ import time
 from . import env
 from .servers import CLIENT_CORE, HOST, SERVER_CORE, pin
 
-APPS = {"hello": "hello:app", "django": "djhello.asgi:application"}
+APPS = {
+    "hello": "hello:app",
+    "long-hop": "longhop:app",  # hello world with a hop always out for a second
+    "django": "djhello.asgi:application",
+}
 MODES = {
     "default": ([], []),
     "all threads SCHED_BATCH (chrt -b 0)": (["chrt", "-b", "0"], []),

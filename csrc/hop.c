@@ -436,6 +436,9 @@ hop_report(cd_hop_t *hop)
 void
 cd_hop_drain(cd_loop_t *loop)
 {
+    if (loop->hops_head != NULL) {
+        cd_policy_hops_back(loop);
+    }
     while (loop->hops_head != NULL) {
         cd_hop_t *hop = loop->hops_head;
         loop->hops_head = hop->next;

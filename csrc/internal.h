@@ -250,6 +250,8 @@ struct cd_loop_s {
     cd_policy_t policy;
     pthread_t policy_thread; /* the thread `policy` describes */
     int policy_tid;          /* its kernel thread id */
+    uint64_t hop_moved_ns;   /* uv_hrtime() when a hop last went out or
+                                came back */
     /* Scheduling core (sched.c), set by sched_init(). */
     cd_readyq_t *ready_q; /* strong: the ready queue, also loop._ready */
     PyObject *aio_dict;   /* strong: the asyncio loop's __dict__, where its
@@ -1058,6 +1060,7 @@ int cd_cycle_is_http(const cd_cycle_t *cy);
 /* policy.c: SCHED_BATCH for the loop's thread while thread hops are out */
 void cd_policy_ask(cd_loop_t *loop);
 void cd_policy_hop_out(cd_loop_t *loop);
+void cd_policy_hops_back(cd_loop_t *loop);
 void cd_policy_before_sleep(cd_loop_t *loop);
 void cd_policy_close(cd_loop_t *loop);
 

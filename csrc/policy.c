@@ -14,9 +14,13 @@
  * on one core: 1.7 ms median latency, 0.09 ms under the default policy).
  * So the loop's thread goes to SCHED_BATCH when it hands work to an
  * executor and back to the default policy when it is about to sleep with
- * no hop out.  ThreadPoolExecutor starts its threads in submit(), after
- * the switch: they inherit SCHED_BATCH, and a worker the loop wakes does
- * not preempt it either.
+ * no hop out, or with none gone out or come back for STALE_NS: a slow
+ * view's or a long job's hop has no hand-overs to save, and the network
+ * would wait for other processes' slices as long as it ran (hello world
+ * beside a busy process with a one-second hop always out: 1.72 ms median,
+ * 0.08-0.10 ms once the hop goes stale).  ThreadPoolExecutor starts its
+ * threads in submit(), after the switch: they inherit SCHED_BATCH, and a
+ * worker the loop wakes does not preempt it either.
  *
  * Only a thread found under SCHED_OTHER is changed: a policy the operator
  * chose (chrt: batch, idle, real-time) stays.  The thread is the one that
@@ -32,6 +36,9 @@
 #endif
 
 #if defined(__linux__) && defined(SCHED_BATCH)
+
+/* Hops of a Django request come and go every few hundred microseconds. */
+#define STALE_NS (5 * 1000 * 1000)
 
 static void
 policy_set(cd_loop_t *loop, cd_policy_t to)
@@ -77,9 +84,21 @@ cd_policy_ask(cd_loop_t *loop)
 void
 cd_policy_hop_out(cd_loop_t *loop)
 {
+    if (loop->policy == CD_POLICY_OFF) {
+        return;
+    }
+    loop->hop_moved_ns = uv_hrtime();
     if (loop->policy == CD_POLICY_OTHER &&
         pthread_equal(pthread_self(), loop->policy_thread)) {
         policy_set(loop, CD_POLICY_BATCH);
+    }
+}
+
+void
+cd_policy_hops_back(cd_loop_t *loop)
+{
+    if (loop->policy != CD_POLICY_OFF) {
+        loop->hop_moved_ns = uv_hrtime();
     }
 }
 
@@ -90,7 +109,8 @@ cd_policy_before_sleep(cd_loop_t *loop)
         return;
     }
     policy_find_thread(loop);
-    if (loop->policy == CD_POLICY_BATCH && loop->hops_out == 0) {
+    if (loop->policy == CD_POLICY_BATCH &&
+        (loop->hops_out == 0 || uv_hrtime() - loop->hop_moved_ns > STALE_NS)) {
         policy_set(loop, CD_POLICY_OTHER);
     }
 }
@@ -113,6 +133,11 @@ cd_policy_ask(cd_loop_t *loop)
 
 void
 cd_policy_hop_out(cd_loop_t *loop)
+{
+}
+
+void
+cd_policy_hops_back(cd_loop_t *loop)
 {
 }
 

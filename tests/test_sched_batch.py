@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import httpx
 import pytest
@@ -69,6 +70,20 @@ def test_the_loop_leaves_sched_batch_after_hops_that_raise_or_are_cancelled() ->
         r = httpx.get(proc.url("/odd"), timeout=10)
         assert r.status_code == 200, r.text
         assert r.json() == {"loop": os.SCHED_OTHER}
+    finally:
+        proc.stop()
+
+
+def test_a_long_hop_does_not_hold_the_policy() -> None:
+    # A hop that neither starts nor ends for a while (a slow view, a long
+    # job) has nothing to gain from it: the loop goes back to the default
+    # policy, so that the network wakes it at once on a busy core again.
+    proc = started_as("SCHED_OTHER")
+    try:
+        got = [httpx.get(proc.url("/long"), timeout=10).json()]
+        time.sleep(0.1)  # the hop is still out, and has been for 100 ms
+        got.append(httpx.get(proc.url("/loop"), timeout=10).json())
+        assert got == [{"loop": os.SCHED_BATCH}, {"loop": os.SCHED_OTHER}]
     finally:
         proc.stop()
 

@@ -293,8 +293,9 @@ class Config:
     # wakes (a worker handed sync_to_async work, the loop woken by that
     # worker) then no longer preempts its waker on the same core only to
     # wait for the GIL the waker holds: 6.6 context switches per thread hop
-    # become 2.2.  With no hop out the loop sleeps under the default policy,
-    # so the network still wakes it at once on a busy core (csrc/policy.c).
+    # become 2.2.  With no hop out, or none that came or went for 5 ms, the
+    # loop sleeps under the default policy, so the network still wakes it at
+    # once on a busy core (csrc/policy.c).
     sched_batch: bool = True
     max_body_size: int | None = None
     # Request body bytes held for an app that has not called receive() yet

@@ -45,11 +45,25 @@ async def odd_hops(loop: asyncio.AbstractEventLoop) -> None:
     await asyncio.sleep(0.4)
 
 
+LONG_HOPS: set[asyncio.Future[None]] = set()
+
+
 async def app(scope, receive, send):
     if scope["type"] != "http":
         raise RuntimeError("http only")
     await read_body(receive)
     loop = asyncio.get_running_loop()
+    if scope["path"] == "/long":
+        # A hop out for a second, not awaited: a slow view's, a long job's.
+        hop = loop.run_in_executor(None, time.sleep, 1.0)
+        LONG_HOPS.add(hop)
+        hop.add_done_callback(LONG_HOPS.discard)
+        await send_json(send, {"loop": policy()})
+        return
+    if scope["path"] == "/loop":
+        await asyncio.sleep(0.01)  # the loop sleeps once first
+        await send_json(send, {"loop": policy()})
+        return
     if scope["path"] == "/odd":
         await odd_hops(loop)
         await send_json(send, {"loop": policy()})
