@@ -15,13 +15,12 @@ Prints one markdown row per configuration with the runs' p50, p90 and p99 (ms).
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
 
-from . import env
-from .servers import CLIENT_CORE, HOST, SERVER_CORE, pin
+from . import env, latency, servers
+from .servers import SERVER_CORE, pin
 
 APPS = {
     "hello": "hello:app",
@@ -39,8 +38,8 @@ PORT = 8431
 def one_run(
     app: str, prefix: list[str], flags: list[str], busy: bool, args: argparse.Namespace
 ) -> dict[str, float]:
-    cmd = [*pin(SERVER_CORE), *prefix, str(env.project_python()), "-m", "cdaphne", "-b", HOST,
-           "-p", str(PORT), "--no-access-log", *flags, APPS[app]]  # fmt: skip
+    cdaphne = servers._cdaphne(APPS[app], PORT)
+    cmd = [*pin(SERVER_CORE), *prefix, *cdaphne[:-1], *flags, cdaphne[-1]]
     srv = subprocess.Popen(cmd, cwd=env.BENCH / "apps", stderr=subprocess.DEVNULL)
     hog = None
     try:
@@ -48,23 +47,16 @@ def one_run(
         if busy:
             hog = subprocess.Popen([*pin(SERVER_CORE), sys.executable, "-c", "while True: pass"])
             time.sleep(0.3)
-        out = subprocess.run(
-            [*pin(CLIENT_CORE), str(env.peer_python()), str(env.BENCH / "rate_client.py"),
-             "--host", HOST, "--port", str(PORT), "--rate", str(args.rate),
-             "--connections", "10", "--duration", str(args.seconds)],  # fmt: skip
-            capture_output=True, text=True, timeout=args.seconds + 40,
-        ).stdout
+        report = latency.run(PORT, args.rate, 10, args.seconds)
     finally:
         for p in (hog, srv):
             if p is not None:
                 p.terminate()
                 p.wait()
-    line = next(x for x in out.splitlines() if x.startswith("RATEJSON "))
-    report = json.loads(line[len("RATEJSON ") :])
-    latency: dict[str, float] = report["latency_ms"]
     if report["errors"] != {"connect": 0, "bad_response": 0, "timeout_or_closed": 0}:
         raise SystemExit(f"rate client errors: {report['errors']}")
-    return latency
+    got: dict[str, float] = report["latency_ms"]
+    return got
 
 
 def main(argv: list[str] | None = None) -> int:
